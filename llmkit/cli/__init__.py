@@ -1,0 +1,114 @@
+"""The ``llmkit`` command line: the Typer app, shared options and the exception -> message table.
+
+Every command module registers itself on :data:`app`, validates its arguments, makes one library
+call inside :func:`command_guard`, and hands the result to :class:`~llmkit.cli.output.Output`.
+
+Exit codes: 0 ok; 1 a check failed; 2 bad usage or bad input; 3 internal error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import traceback
+from contextlib import contextmanager
+from typing import Annotated, Callable, Iterator
+
+import typer
+
+from llmkit import __version__
+from llmkit.cli.output import Output
+from llmkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, LlmkitError
+
+app = typer.Typer(
+    name="llmkit",
+    help="Exact, streaming tools for Chinese LLaMA-family weights: inspect, decrypt, recover, merge LoRA, "
+         "convert and verify. Results go to stdout, progress and errors to stderr. "
+         "Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 internal error.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Options every command takes.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout, and nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, logs or warnings on stderr.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", envvar="LLMKIT_DEBUG",
+                                        help="Show the full traceback when something fails.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
+
+
+def _os_error(e: OSError) -> str:
+    where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+    if isinstance(e, FileNotFoundError):
+        return f"{where}no such file or folder (check the path)"
+    if isinstance(e, PermissionError):
+        return f"{where}permission denied (check the file's permissions or choose another path)"
+    if isinstance(e, IsADirectoryError):
+        return f"{where}is a folder where a file was expected (pass the file)"
+    if isinstance(e, NotADirectoryError):
+        return f"{where}is a file where a folder was expected (pass the folder)"
+    if e.errno == errno.ENOSPC:
+        return f"{where}disk full (free some space or choose another output folder)"
+    return f"{where}{e.strerror or e} (check the path and try again)"
+
+
+# The exception -> (message, exit code) table, first match wins (the hf CLI pattern).
+ERROR_TABLE: list[tuple[type[BaseException], Callable[[BaseException], tuple[str, int]]]] = [
+    (LlmkitError, lambda e: (str(e), e.exit_code)),  # type: ignore[attr-defined]
+    (KeyboardInterrupt, lambda e: ("interrupted; no partial output was kept", EXIT_INTERRUPTED)),
+    (MemoryError, lambda e: ("out of memory (close other programs, or use a smaller --shard-size)", EXIT_INTERNAL)),
+    (OSError, lambda e: (_os_error(e), EXIT_BAD_INPUT)),  # type: ignore[arg-type]
+]
+
+
+def describe_error(e: BaseException) -> tuple[str, int]:
+    for kind, explain in ERROR_TABLE:
+        if isinstance(e, kind):
+            return explain(e)
+    return (f"internal error: {type(e).__name__}: {e} (rerun with --debug and report the traceback)", EXIT_INTERNAL)
+
+
+@contextmanager
+def command_guard(out: Output) -> Iterator[None]:
+    """Run a command body: any exception becomes one line on stderr and an exit code."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - this is the one place that turns errors into messages
+        if isinstance(e, SystemExit):
+            raise
+        message, code = describe_error(e)
+        if out.debug:
+            traceback.print_exc(file=sys.stderr)
+        out.err.print(f"error: {message}", markup=False, style="red", soft_wrap=True)
+        raise typer.Exit(code) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """llmkit: exact, streaming tools for Chinese LLaMA-family weights."""
+
+
+def _register() -> None:
+    # Imported for their side effect: each module adds its command to `app`.
+    from llmkit.cli import demo_cmd, inspect_cmd  # noqa: F401
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,60 @@
+"""``llmkit demo``: run the whole lifecycle on a generated tiny model, offline, in under a minute."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.output import Output
+from llmkit.demo import DemoResult, DemoStep, run_demo
+from llmkit.errors import EXIT_CHECK_FAILED, OutputExistsError
+
+
+def _render(result: DemoResult, keep: bool) -> callable:
+    def render(console: Console) -> None:
+        table = Table(title="llmkit demo", box=None, pad_edge=False)
+        for col in ("step", "result", "seconds", "detail"):
+            table.add_column(col, justify="right" if col == "seconds" else "left")
+        for s in result.steps:
+            table.add_row(s.name, "ok" if s.ok else "FAILED", f"{s.seconds:.2f}", s.detail)
+        console.print(table)
+        if keep:
+            console.print(f"files kept in {result.workdir}", markup=False)
+    return render
+
+
+@app.command("demo")
+def demo_command(
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Folder to work in (default: a new temporary folder).")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the generated files instead of deleting them.")] = False,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Generate a tiny LLaMA and run every lifecycle step on it, checking each against an independent reference."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        if workdir is not None and workdir.exists() and any(workdir.iterdir()) and not force:
+            raise OutputExistsError("demo folder is not empty", path=workdir,
+                                    hint="choose an empty --workdir or pass --force")
+        folder = workdir or Path(tempfile.mkdtemp(prefix="llmkit-demo-"))
+
+        def on_step(step: DemoStep) -> None:
+            out.log(f"{'ok' if step.ok else 'FAILED':>6}  {step.name} ({step.seconds:.2f} s)")
+
+        try:
+            result = run_demo(folder, on_step=on_step)
+        finally:
+            if not keep:
+                shutil.rmtree(folder, ignore_errors=True)
+        out.result(result, _render(result, keep))
+        if not result.ok:
+            raise typer.Exit(EXIT_CHECK_FAILED)

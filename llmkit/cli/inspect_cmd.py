@@ -1,0 +1,74 @@
+"""``llmkit inspect PATH``: what a model or adapter holds, from headers only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.output import Output
+from llmkit.io.sinks import human_bytes
+from llmkit.summary import ModelSummary, summarize
+
+
+def _render(s: ModelSummary, show_tensors: bool) -> callable:
+    def render(console: Console) -> None:
+        rows = [
+            ("path", s.path),
+            ("kind", s.kind),
+            ("layout", s.layout),
+            ("files", str(len(s.files))),
+            ("tensors", str(s.tensor_count)),
+            ("parameters", f"{s.parameters:,}"),
+            ("size", f"{human_bytes(s.total_bytes)} ({s.total_bytes:,} bytes)"),
+            ("dtypes", ", ".join(f"{k} x{v}" for k, v in s.dtypes.items())),
+        ]
+        if s.architecture:
+            rows.append(("architecture", s.architecture))
+        if s.num_layers is not None:
+            rows.append(("layers", str(s.num_layers)))
+        if s.hidden_size is not None:
+            rows.append(("hidden size", str(s.hidden_size)))
+        if s.vocab_size is not None:
+            rows.append(("vocab size", str(s.vocab_size)))
+        if s.adapter is not None:
+            a = s.adapter
+            rows += [("lora r", str(a.r)), ("lora alpha", f"{a.lora_alpha:g}"),
+                     ("target modules", ", ".join(a.target_modules) or "-"),
+                     ("modules to save", ", ".join(a.modules_to_save) or "-"),
+                     ("fan_in_fan_out", str(a.fan_in_fan_out).lower()), ("use_rslora", str(a.use_rslora).lower())]
+            if a.base_model:
+                rows.append(("base model", a.base_model))
+        width = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            console.print(f"{k:<{width}}  {v}", markup=False)
+        if show_tensors:
+            table = Table(box=None, pad_edge=False, show_edge=False)
+            for col in ("name", "dtype", "shape", "bytes"):
+                table.add_column(col, justify="right" if col == "bytes" else "left")
+            for t in s.tensors:
+                table.add_row(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", f"{t.nbytes:,}")
+            console.print()
+            console.print(table)
+    return render
+
+
+@app.command("inspect")
+def inspect_command(
+    path: Annotated[Path, typer.Argument(help="A model or adapter folder, a weight file, or a shard index.")],
+    tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="List every tensor.")] = True,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show format, tensors, parameter count, size, architecture, vocab and LoRA settings (no data is read)."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        summary = summarize(path)
+        for w in summary.warnings:
+            out.warn(w)
+        out.result(summary, _render(summary, tensors))

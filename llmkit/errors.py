@@ -1,0 +1,56 @@
+"""Exceptions that carry the offending path and the fix.
+
+Library code raises these; ``llmkit.cli`` turns them into one line on stderr and an exit code.
+Exit codes: 0 success, 1 a check failed (checksum mismatch, integrity sum), 2 bad usage or
+bad input, 3 an unexpected internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+
+
+class LlmkitError(Exception):
+    """An error a user can act on: ``path: message (hint)``."""
+
+    exit_code: int = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class InputError(LlmkitError):
+    """The input is missing, malformed, of the wrong kind or inconsistent."""
+
+
+class UnsafeFileError(InputError):
+    """A pickled file tried to run code or load a non-tensor object; it was not executed."""
+
+
+class OutputExistsError(InputError):
+    """The output would overwrite something and ``--force`` was not given."""
+
+
+class DiskSpaceError(InputError):
+    """Not enough free space for the planned output."""
+
+
+class CheckFailed(LlmkitError):
+    """A verification ran and did not pass (mismatched checksum, integrity sum, ...)."""
+
+    exit_code = EXIT_CHECK_FAILED

@@ -1,0 +1,424 @@
+"""The sharded writer: every job's output goes through :class:`ShardedWriter`.
+
+The writer is given the full list of output tensors (name, dtype, shape) up front. That is what
+lets it stream: shard boundaries, file headers and byte offsets are fixed before the first tensor
+arrives, so each tensor's bytes are written straight to their place and then dropped. Peak memory
+is one tensor, whatever the shard size.
+
+- safetensors: header first (keys in plan order, ``__metadata__ = {"format": "pt"}``, padded with
+  spaces to 8 bytes, as ``safetensors.torch.save_file`` does), then the data.
+- bin: the torch zip layout is laid out by ``torch.save`` under ``torch.serialization.skip_data``
+  (empty tensors, no data written), then each tensor's bytes are written into its ``data/N`` record
+  and the zip CRCs are patched at the end, so ``unzip -t`` and ``torch.load`` both accept the file.
+
+Safe writes: all files go to temporary names (``.NAME.llmkit-tmp``) in the output folder and are
+renamed only after every planned tensor was written and sizes check out; on any error the temporary
+files are removed. Existing outputs are refused unless ``force``; free disk space is checked first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+import torch
+
+from llmkit.errors import DiskSpaceError, InputError, OutputExistsError
+from llmkit.io.dtypes import CONFIG_NAMES, itemsize, st_code
+
+DEFAULT_SHARD_SIZE = 5_000_000_000
+TMP_SUFFIX = ".llmkit-tmp"
+# Non-weight files carried from a model folder to an output folder.
+AUX_FILES = (
+    "config.json", "generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+)
+_WEIGHT_RE = re.compile(r"^(model.*\.safetensors|pytorch_model.*\.bin|.*\.index\.json|consolidated\.\d+\.pth)$")
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str | int) -> int:
+    """``"5GB"`` -> 5_000_000_000 (decimal units as in transformers; ``GiB`` for binary)."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", text.upper())
+    if not m:
+        raise InputError(f"cannot parse size {text!r}", hint="use e.g. 5GB, 500MB or 2GiB")
+    value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2) or ""])
+    if value <= 0:
+        raise InputError(f"size must be positive, got {text!r}")
+    return value
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An output tensor as planned: name, dtype, shape."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * itemsize(self.dtype)
+
+
+def plan_shards(specs: list[TensorSpec], shard_size: int) -> list[list[TensorSpec]]:
+    """Greedy split in order: a shard closes before a tensor that would push it past ``shard_size``.
+
+    A tensor larger than ``shard_size`` gets a shard of its own (as transformers does).
+    """
+    shards: list[list[TensorSpec]] = []
+    current: list[TensorSpec] = []
+    size = 0
+    for s in specs:
+        if current and size + s.nbytes > shard_size:
+            shards.append(current)
+            current, size = [], 0
+        current.append(s)
+        size += s.nbytes
+    if current or not shards:
+        shards.append(current)
+    return shards
+
+
+def shard_names(fmt: str, count: int) -> list[str]:
+    stem, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
+    if count == 1:
+        return [f"{stem}.{ext}"]
+    return [f"{stem}-{i:05d}-of-{count:05d}.{ext}" for i in range(1, count + 1)]
+
+
+def index_name(fmt: str) -> str:
+    return "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
+
+
+def safetensors_header(specs: list[TensorSpec], metadata: dict[str, str] | None) -> bytes:
+    """The header bytes (8-byte length + padded JSON) for tensors stored in ``specs`` order."""
+    header: dict[str, object] = {}
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    offset = 0
+    for s in specs:
+        header[s.name] = {"dtype": st_code(s.dtype), "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
+        offset += s.nbytes
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """A tensor's raw little-endian C-order bytes, without a copy when it is already contiguous."""
+    t = t.detach().cpu().contiguous().reshape(-1)
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.view(torch.uint8).numpy())
+
+
+def free_bytes(folder: Path) -> int:
+    p = folder
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def ensure_output_is_new(out_dir: Path, inputs: Iterable[Path]) -> None:
+    """Refuse an output folder that is (or is inside) an input: llmkit never modifies inputs."""
+    out = out_dir.resolve()
+    for p in inputs:
+        src = Path(p).resolve()
+        folder = src if src.is_dir() else src.parent
+        if out == folder:
+            raise InputError("the output folder is an input folder", path=out_dir,
+                             hint="choose another -o; llmkit never writes into its inputs")
+
+
+@dataclass
+class _Shard:
+    name: str
+    specs: list[TensorSpec]
+    offsets: dict[str, int] = field(default_factory=dict)  # tensor name -> file offset of its data
+    record: dict[str, str] = field(default_factory=dict)  # bin: tensor name -> zip record name
+    remaining: set[str] = field(default_factory=set)
+    handle: BinaryIO | None = None
+    crc: dict[str, int] = field(default_factory=dict)
+    size: int = 0  # expected file size in bytes
+
+
+class ShardedWriter:
+    """Write a planned set of tensors as HF-style shards; a context manager.
+
+    ``with ShardedWriter(out, specs) as w: w.write(name, tensor) ...`` — on a clean exit the files
+    are checked and renamed to their final names; on an exception nothing is left behind.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, specs: list[TensorSpec], *, fmt: str = "safetensors",
+                 shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
+                 metadata: dict[str, str] | None = None, extra_bytes: int = 0):
+        if fmt not in ("safetensors", "bin"):
+            raise InputError(f"unknown output format {fmt!r}", hint="use safetensors or bin")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise InputError(f"tensor {dup!r} planned twice")
+        self.out_dir = Path(out_dir)
+        self.fmt = fmt
+        self.force = force
+        self.metadata = {"format": "pt"} if metadata is None else metadata
+        plan = plan_shards(specs, shard_size)
+        self.shards = [_Shard(n, s) for n, s in zip(shard_names(fmt, len(plan)), plan)]
+        self._by_name: dict[str, tuple[_Shard, TensorSpec]] = {s.name: (sh, s) for sh in self.shards for s in sh.specs}
+        self.total_size = sum(s.nbytes for s in specs)
+        self.files: list[str] = [sh.name for sh in self.shards]
+        if len(self.shards) > 1:
+            self.files.append(index_name(fmt))
+        self._aux: dict[str, bytes] = {}
+        self._temps: list[Path] = []
+        self._done = False
+        self._check_destination(extra_bytes)
+
+    # ---- checks before any byte is written ----
+    def _check_destination(self, extra_bytes: int) -> None:
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise OutputExistsError("output path exists and is not a folder", path=self.out_dir,
+                                    hint="choose another -o")
+        if self.out_dir.is_dir() and not self.force:
+            clash = sorted(p.name for p in self.out_dir.iterdir()
+                           if p.name in self.files or p.name in AUX_FILES or _WEIGHT_RE.match(p.name))
+            if clash:
+                raise OutputExistsError(f"output folder already holds {', '.join(clash[:3])}"
+                                        + (" ..." if len(clash) > 3 else ""),
+                                        path=self.out_dir, hint="pass --force to overwrite, or choose another -o")
+        need = self.total_size + extra_bytes + 64 * 2**20
+        free = free_bytes(self.out_dir)
+        if free < need:
+            raise DiskSpaceError(f"needs {human_bytes(need)} of free space, {human_bytes(free)} available",
+                                 path=self.out_dir, hint="free some space or choose another -o")
+
+    # ---- context manager ----
+    def __enter__(self) -> "ShardedWriter":
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.finalize()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
+
+    def _tmp(self, name: str) -> Path:
+        p = self.out_dir / f".{name}{TMP_SUFFIX}"
+        self._temps.append(p)
+        return p
+
+    # ---- shards ----
+    def _open_shard(self, sh: _Shard) -> None:
+        path = self._tmp(sh.name)
+        if self.fmt == "safetensors":
+            head = safetensors_header(sh.specs, self.metadata)
+            offset = len(head)
+            for s in sh.specs:
+                sh.offsets[s.name] = offset
+                offset += s.nbytes
+            sh.size = offset
+            sh.handle = open(path, "wb")
+            sh.handle.write(head)
+        else:
+            self._layout_torch_zip(sh, path)
+            sh.handle = open(path, "r+b")
+        sh.remaining = {s.name for s in sh.specs}
+
+    @staticmethod
+    def _layout_torch_zip(sh: _Shard, path: Path) -> None:
+        """Let torch.save lay out the zip with no data (skip_data), then find each record's offset."""
+        import zipfile
+
+        from torch.serialization import skip_data
+
+        # torch.empty reserves address space only; skip_data never touches the pages.
+        empties = {s.name: torch.empty(s.shape, dtype=s.dtype) for s in sh.specs}
+        with skip_data(), open(path, "wb") as f:
+            torch.save(empties, f)  # a file object: the archive is named "archive" as in transformers' files
+        del empties
+        with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+            records = {}
+            for info in zf.infolist():
+                f.seek(info.header_offset + 26)
+                n, m = struct.unpack("<HH", f.read(4))
+                records[info.filename.split("/", 1)[1]] = (info.header_offset + 30 + n + m, info.filename)
+        # Storages are numbered in first-seen order, which is the dict's order.
+        for i, s in enumerate(sh.specs):
+            offset, record = records[f"data/{i}"]
+            sh.offsets[s.name] = offset
+            sh.record[s.name] = record
+        sh.size = path.stat().st_size
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write one planned tensor; it must have the planned dtype and shape."""
+        try:
+            sh, spec = self._by_name[name]
+        except KeyError:
+            raise InputError(f"tensor {name!r} is not in the output plan") from None
+        if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
+            raise InputError(f"tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, "
+                             f"planned {spec.dtype} {spec.shape}")
+        if sh.handle is None:
+            if sh.remaining or sh.offsets:
+                raise InputError(f"tensor {name!r} written twice")
+            self._open_shard(sh)
+        if name not in sh.remaining:
+            raise InputError(f"tensor {name!r} written twice")
+        data = tensor_bytes(tensor)
+        assert sh.handle is not None
+        sh.handle.seek(sh.offsets[name])
+        sh.handle.write(data)
+        if self.fmt == "bin":
+            sh.crc[sh.record[name]] = zlib.crc32(data)
+        sh.remaining.discard(name)
+        if not sh.remaining:
+            self._close_shard(sh)
+
+    def _close_shard(self, sh: _Shard) -> None:
+        assert sh.handle is not None
+        if self.fmt == "bin":
+            _patch_zip_crcs(sh.handle, sh.crc)
+        sh.handle.flush()
+        os.fsync(sh.handle.fileno())
+        sh.handle.close()
+        sh.handle = None
+
+    # ---- non-weight files ----
+    def add_file(self, name: str, data: bytes) -> None:
+        """A small non-weight file (config, tokenizer) written with the shards."""
+        self._aux[name] = data
+
+    def copy_aux_files(self, folder: Path | None, *, dtype: torch.dtype | None = None,
+                       vocab_size: int | None = None, skip: Iterable[str] = ()) -> list[str]:
+        """Carry config/tokenizer files from ``folder``; update ``config.json`` dtype and vocab size."""
+        copied: list[str] = []
+        if folder is None:
+            return copied
+        for name in AUX_FILES:
+            p = folder / name
+            if name in skip or not p.is_file():
+                continue
+            data = p.read_bytes()
+            if name == "config.json" and (dtype is not None or vocab_size is not None):
+                data = updated_config(data, p, dtype=dtype, vocab_size=vocab_size)
+            self.add_file(name, data)
+            copied.append(name)
+        return copied
+
+    # ---- the end ----
+    def finalize(self) -> list[Path]:
+        """Check every planned tensor was written, write the index, rename temp files to final names."""
+        if self._done:
+            return [self.out_dir / n for n in self.files]
+        missing = [s.name for sh in self.shards for s in sh.specs if sh.handle is None and not sh.offsets]
+        missing += [n for sh in self.shards for n in sorted(sh.remaining)]
+        if missing:
+            raise InputError(f"{len(missing)} planned tensor(s) were never written, e.g. {missing[0]!r}")
+        for sh in self.shards:
+            if not sh.specs and not sh.offsets:  # an empty model: one empty shard
+                self._open_shard(sh)
+                self._close_shard(sh)
+            tmp = self.out_dir / f".{sh.name}{TMP_SUFFIX}"
+            actual = tmp.stat().st_size
+            if actual != sh.size:
+                raise InputError(f"shard {sh.name} has {actual} bytes, expected {sh.size}", path=tmp)
+        if len(self.shards) > 1:
+            index = {"metadata": {"total_size": self.total_size},
+                     "weight_map": {s.name: sh.name for sh in self.shards for s in sh.specs}}
+            self._aux[index_name(self.fmt)] = (json.dumps(index, indent=2) + "\n").encode()
+        for name, data in self._aux.items():
+            self._tmp(name).write_bytes(data)
+        finals = []
+        if self.force:
+            self._remove_stale()
+        for tmp in self._temps:
+            final = self.out_dir / tmp.name[1:-len(TMP_SUFFIX)]
+            os.replace(tmp, final)
+            finals.append(final)
+        self._temps.clear()
+        self._done = True
+        self.files = [p.name for p in finals]
+        return finals
+
+    def _remove_stale(self) -> None:
+        keep = {tmp.name[1:-len(TMP_SUFFIX)] for tmp in self._temps}
+        for p in self.out_dir.iterdir():
+            if p.is_file() and p.name not in keep and _WEIGHT_RE.match(p.name):
+                p.unlink()
+
+    def abort(self) -> None:
+        for sh in self.shards:
+            if sh.handle is not None:
+                sh.handle.close()
+                sh.handle = None
+        for tmp in self._temps:
+            tmp.unlink(missing_ok=True)
+        self._temps.clear()
+
+
+def _patch_zip_crcs(f: BinaryIO, crcs: dict[str, int]) -> None:
+    """Write real CRC-32s into the local and central headers of the given zip records."""
+    import zipfile
+
+    f.seek(0)
+    with zipfile.ZipFile(f) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        cd_start = zf.start_dir
+    for record, crc in crcs.items():
+        f.seek(infos[record].header_offset + 14)
+        f.write(struct.pack("<I", crc))
+    # Walk the central directory: 46-byte fixed entries, CRC at +16.
+    f.seek(cd_start)
+    for _ in range(len(infos)):
+        entry = f.tell()
+        fixed = f.read(46)
+        if fixed[:4] != b"PK\x01\x02":
+            raise InputError("unexpected torch zip layout while patching CRCs")
+        n, m, k = struct.unpack("<HHH", fixed[28:34])
+        name = f.read(n).decode()
+        if name in crcs:
+            f.seek(entry + 16)
+            f.write(struct.pack("<I", crcs[name]))
+        f.seek(entry + 46 + n + m + k)
+
+
+def updated_config(data: bytes, path: Path, *, dtype: torch.dtype | None, vocab_size: int | None) -> bytes:
+    """``config.json`` with ``torch_dtype``/``dtype`` and ``vocab_size`` set; other keys untouched."""
+    try:
+        cfg = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise InputError(f"invalid JSON: {e}", path=path) from None
+    if dtype is not None:
+        name = CONFIG_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+        keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]
+        for k in keys:
+            cfg[k] = name
+    if vocab_size is not None:
+        cfg["vocab_size"] = vocab_size
+    return (json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()

@@ -1,0 +1,481 @@
+"""Tensor sources: list names, dtypes and shapes from headers, read one tensor at a time.
+
+Every weight layout llmkit reads is a :class:`TensorSource`:
+
+- a single ``*.safetensors`` file, or shards with ``model.safetensors.index.json``;
+- a single ``pytorch_model.bin`` (or any torch zip file), or shards with ``pytorch_model.bin.index.json``;
+- Meta ``consolidated.NN.pth`` shards with ``params.json`` (joined per SPEC.md section 4);
+- a peft adapter folder (``adapter_model.safetensors`` / ``.bin``).
+
+Pickled files are opened with ``torch.load(mmap=True, weights_only=True)``: nothing in them is
+executed, and tensor data stays in the (copy-on-write) file mapping until it is used.
+Memory: listing costs headers only; :meth:`TensorSource.get` materialises one tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import re
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from llmkit.errors import InputError, UnsafeFileError
+from llmkit.io.dtypes import ST_TO_TORCH, st_code
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+ADAPTER_CONFIG = "adapter_config.json"
+# A safetensors header larger than this is corrupt (the Rust reader's own limit is 100 MB).
+MAX_HEADER_BYTES = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor's name, dtype and shape, known without reading its data."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    file: Path
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+class TensorFile:
+    """One weight file. Subclasses fill ``infos`` at open time and read data in ``get``."""
+
+    path: Path
+    infos: dict[str, TensorInfo]
+
+    def get(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """Parse and validate a safetensors header; return (header, data start offset in bytes)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise InputError("not a safetensors file: shorter than its 8-byte header length",
+                             path=path, hint="the file is truncated; download it again")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES or n > size - 8:
+            raise InputError(f"corrupt safetensors header (declares {n} header bytes, file has {size})",
+                             path=path, hint="the file is truncated or not safetensors; download it again")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"corrupt safetensors header: {e}", path=path,
+                         hint="the file is damaged; download it again") from None
+    if not isinstance(header, dict):
+        raise InputError("corrupt safetensors header: not a JSON object", path=path)
+    data_len = size - 8 - n
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = entry["data_offsets"]
+            dtype = entry["dtype"]
+            shape = entry["shape"]
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"corrupt safetensors header entry for {name!r}", path=path) from None
+        if dtype not in ST_TO_TORCH:
+            raise InputError(f"tensor {name!r} has dtype {dtype}, which llmkit cannot handle", path=path)
+        end = max(end, stop)
+    if end > data_len:
+        raise InputError(
+            f"file is truncated: its header describes {end} bytes of tensor data but only {data_len} are present",
+            path=path, hint="download it again")
+    if end < data_len:
+        raise InputError(f"corrupt safetensors file: {data_len - end} unexpected bytes after the tensor data",
+                         path=path, hint="download it again")
+    return header, 8 + n
+
+
+class SafetensorsFile(TensorFile):
+    """A ``.safetensors`` file read through ``safe_open`` (one tensor copied out per ``get``)."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self.path = path
+        header, _ = _read_safetensors_header(path)
+        self.metadata: dict[str, str] = header.get("__metadata__") or {}
+        entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                         key=lambda kv: kv[1]["data_offsets"][0])
+        self.infos = {k: TensorInfo(k, ST_TO_TORCH[v["dtype"]], tuple(v["shape"]), path) for k, v in entries}
+        try:
+            self._handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as e:  # safetensors raises its own SafetensorError
+            raise InputError(f"cannot open safetensors file: {e}", path=path,
+                             hint="the file is damaged; download it again") from None
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._handle.get_tensor(name)
+
+    def close(self) -> None:
+        self._handle = None
+
+
+def _explain_torch_load_error(path: Path, err: Exception) -> InputError:
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
+        what = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"GLOBAL ([\w.]+)", text)
+        detail = f" (it references {what.group(1)})" if what else ""
+        return UnsafeFileError(
+            f"refused to load: the pickle contains objects other than tensors{detail}; nothing in it was run",
+            path=path, hint="only load weights from sources you trust; ask for a safetensors version")
+    if "central directory" in text or "zip archive" in text or isinstance(err, zipfile.BadZipFile):
+        return InputError("not a readable torch zip archive (truncated or corrupt)", path=path,
+                          hint="download the file again")
+    if "mmap" in text and "zipfile" in text:
+        return InputError("legacy (pre-1.6) torch file format cannot be read lazily", path=path,
+                          hint="re-save it with a current torch or convert it to safetensors")
+    return InputError(f"cannot read torch file: {text.splitlines()[0] if text else type(err).__name__}",
+                      path=path, hint="the file may be damaged; download it again")
+
+
+class TorchFile(TensorFile):
+    """A torch zip file (``.bin``/``.pth``/``.pt``) holding a flat ``{name: tensor}`` dict.
+
+    Loaded with ``weights_only=True`` (no code runs) and ``mmap=True`` (data stays on disk).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except IsADirectoryError:
+            raise InputError("expected a file, found a folder", path=path) from None
+        if magic[:2] != b"PK":
+            raise InputError("not a torch zip archive (legacy or corrupt torch file)", path=path,
+                             hint="re-save it with torch>=1.6 or download it again")
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except Exception as e:
+            raise _explain_torch_load_error(path, e) from None
+        if not isinstance(state, dict):
+            raise InputError(f"expected a dict of tensors, found {type(state).__name__}", path=path)
+        bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise InputError(f"not a flat state dict: entry {bad[0]!r} is not a tensor", path=path,
+                             hint="llmkit reads {name: tensor} checkpoints")
+        self._state: dict[str, torch.Tensor] | None = state
+        self.infos = {k: TensorInfo(k, v.dtype, tuple(v.shape), path) for k, v in state.items()}
+
+    def get(self, name: str) -> torch.Tensor:
+        assert self._state is not None
+        return self._state[name]
+
+    def close(self) -> None:
+        self._state = None
+
+
+def open_file(path: Path) -> TensorFile:
+    if path.suffix == ".safetensors":
+        return SafetensorsFile(path)
+    return TorchFile(path)
+
+
+@dataclass
+class AdapterInfo:
+    """What ``adapter_config.json`` says about a peft LoRA adapter."""
+
+    r: int
+    lora_alpha: float
+    target_modules: list[str]
+    modules_to_save: list[str]
+    fan_in_fan_out: bool
+    use_rslora: bool
+    base_model: str | None
+    peft_type: str
+
+    @classmethod
+    def read(cls, path: Path) -> "AdapterInfo":
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"cannot read adapter config: {e}", path=path) from None
+        targets = cfg.get("target_modules") or []
+        if isinstance(targets, str):
+            targets = [targets]
+        return cls(
+            r=int(cfg.get("r", 8)),
+            lora_alpha=float(cfg.get("lora_alpha", 8)),
+            target_modules=sorted(targets),
+            modules_to_save=list(cfg.get("modules_to_save") or []),
+            fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
+            use_rslora=bool(cfg.get("use_rslora", False)),
+            base_model=cfg.get("base_model_name_or_path"),
+            peft_type=str(cfg.get("peft_type", "LORA")),
+        )
+
+
+@dataclass
+class TensorSource:
+    """A model or adapter as one ordered set of named tensors, whatever its files look like.
+
+    ``layout`` is one of ``safetensors``, ``safetensors-sharded``, ``bin``, ``bin-sharded``,
+    ``meta-pth``. ``folder`` holds the non-weight files (config, tokenizer), if any.
+    """
+
+    path: Path
+    layout: str
+    files: list[TensorFile]
+    weight_map: dict[str, TensorFile]
+    folder: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+    adapter: AdapterInfo | None = None
+
+    # ---- listing (no tensor data is read) ----
+    def keys(self) -> list[str]:
+        return list(self.weight_map)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.weight_map[name].infos[name]
+
+    def infos(self) -> list[TensorInfo]:
+        return [self.info(k) for k in self.weight_map]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def __len__(self) -> int:
+        return len(self.weight_map)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.nbytes for i in self.infos())
+
+    @property
+    def max_tensor_bytes(self) -> int:
+        return max((i.nbytes for i in self.infos()), default=0)
+
+    @property
+    def weight_files(self) -> list[Path]:
+        return [f.path for f in self.files]
+
+    def config(self) -> dict | None:
+        """``config.json`` beside the weights, if any."""
+        if self.folder and (self.folder / "config.json").is_file():
+            try:
+                return json.loads((self.folder / "config.json").read_text())
+            except json.JSONDecodeError as e:
+                raise InputError(f"invalid JSON: {e}", path=self.folder / "config.json") from None
+        return None
+
+    # ---- data ----
+    def get(self, name: str) -> torch.Tensor:
+        """One tensor (its data read now; peak memory ~ this tensor)."""
+        try:
+            f = self.weight_map[name]
+        except KeyError:
+            raise InputError(f"no tensor named {name!r}", path=self.path) from None
+        return f.get(name)
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.weight_map:
+            yield name, self.get(name)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> "TensorSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- Meta consolidated.NN.pth
+
+_META_CAT_DIM0 = ("attention.wq.", "attention.wk.", "attention.wv.", "feed_forward.w1.", "feed_forward.w3.",
+                  "output.")
+_META_CAT_DIM1 = ("attention.wo.", "feed_forward.w2.", "tok_embeddings.")
+
+
+def meta_shard_dim(name: str) -> int | None:
+    """The dim along which Meta model-parallel shards split ``name`` (SPEC.md section 4).
+
+    None means replicated in every shard (norms, ``rope.freqs``): shard 0's copy is used.
+    """
+    if any(name.startswith(p) or f".{p}" in name for p in _META_CAT_DIM0):
+        return 0
+    if any(name.startswith(p) or f".{p}" in name for p in _META_CAT_DIM1):
+        return 1
+    return None
+
+
+class MetaSource(TensorSource):
+    """Meta ``consolidated.NN.pth`` shards presented as whole tensors (joined on demand)."""
+
+    def __init__(self, path: Path, folder: Path, shard_files: list[TorchFile]):
+        first = shard_files[0]
+        for other in shard_files[1:]:
+            if set(other.infos) != set(first.infos):
+                missing = sorted(set(first.infos) ^ set(other.infos))[:3]
+                raise InputError(f"Meta shards disagree on tensor names (e.g. {', '.join(missing)})",
+                                 path=other.path, hint="all consolidated.NN.pth files must come from one model")
+        super().__init__(path=path, layout="meta-pth", files=list(shard_files),
+                         weight_map={k: first for k in first.infos}, folder=folder)
+        self._joined: dict[str, TensorInfo] = {}
+        for name, info in first.infos.items():
+            dim = meta_shard_dim(name) if len(shard_files) > 1 else None
+            shape = list(info.shape)
+            if dim is not None:
+                shape[dim] = sum(f.infos[name].shape[dim] for f in shard_files)
+            self._joined[name] = TensorInfo(name, info.dtype, tuple(shape), path)
+        self.params = self._read_params(folder)
+
+    @staticmethod
+    def _read_params(folder: Path) -> dict | None:
+        p = folder / "params.json"
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"invalid JSON: {e}", path=p) from None
+
+    def info(self, name: str) -> TensorInfo:
+        return self._joined[name]
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self._joined:
+            raise InputError(f"no tensor named {name!r}", path=self.path)
+        dim = meta_shard_dim(name) if len(self.files) > 1 else None
+        if dim is None:
+            return self.files[0].get(name)
+        return torch.cat([f.get(name) for f in self.files], dim=dim)
+
+
+# ---------------------------------------------------------------- opening any layout
+
+_SHARD_RE = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)$")
+
+
+def _open_indexed(index_path: Path) -> TensorSource:
+    folder = index_path.parent
+    try:
+        index = json.loads(index_path.read_text())
+        weight_map: dict[str, str] = index["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"not a valid shard index ({e})", path=index_path, hint="download it again") from None
+    names = list(dict.fromkeys(weight_map.values()))
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise InputError(f"index names {len(missing)} missing shard(s): {', '.join(missing)}", path=index_path,
+                         hint="download the missing files again")
+    files = {n: open_file(folder / n) for n in names}
+    for n, f in files.items():
+        listed = {k for k, v in weight_map.items() if v == n}
+        absent = sorted(listed - set(f.infos))
+        if absent:
+            raise InputError(f"shard lacks {len(absent)} tensor(s) the index assigns to it, e.g. {absent[0]!r}",
+                             path=f.path, hint="the shard and the index come from different versions; "
+                                               "download both again")
+        unlisted = sorted(set(f.infos) - listed)
+        if unlisted:
+            raise InputError(f"shard holds {len(unlisted)} tensor(s) the index does not list, e.g. {unlisted[0]!r}",
+                             path=f.path, hint="the shard and the index come from different versions; "
+                                               "download both again")
+    layout = "safetensors-sharded" if index_path.name.endswith(".safetensors.index.json") else "bin-sharded"
+    ext = ".safetensors" if layout.startswith("safetensors") else ".bin"
+    extra = sorted(p.name for p in folder.iterdir()
+                   if p.name.endswith(ext) and _SHARD_RE.match(p.name) and p.name not in files)
+    warnings = [f"{folder / e}: shard file not named by {index_path.name}; it is ignored" for e in extra]
+    # Keep the file order the index gives, tensor order within each file as stored.
+    ordered: dict[str, TensorFile] = {}
+    for n in names:
+        for k in files[n].infos:
+            ordered[k] = files[n]
+    return TensorSource(path=index_path, layout=layout, files=list(files.values()), weight_map=ordered,
+                        folder=folder, warnings=warnings)
+
+
+def _single(path: Path) -> TensorSource:
+    f = open_file(path)
+    layout = "safetensors" if path.suffix == ".safetensors" else "bin"
+    return TensorSource(path=path, layout=layout, files=[f], weight_map={k: f for k in f.infos},
+                        folder=path.parent)
+
+
+def _meta(folder: Path, shards: list[Path]) -> TensorSource:
+    return MetaSource(folder, folder, [TorchFile(p) for p in shards])
+
+
+def open_source(path: str | os.PathLike) -> TensorSource:
+    """Open any supported weight layout at ``path`` (a file or a folder) without reading tensor data."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file or folder", path=path, hint="check the path")
+    if path.is_file():
+        name = path.name
+        if name.endswith(".index.json"):
+            return _open_indexed(path)
+        if name.endswith(".ckpt"):
+            raise InputError("MindSpore .ckpt files are not readable by this llmkit version yet", path=path)
+        if re.fullmatch(r"consolidated\.\d+\.pth", name):
+            shards = sorted(path.parent.glob("consolidated.*.pth"))
+            return _meta(path.parent, shards if len(shards) > 1 else [path])
+        if path.suffix in (".safetensors", ".bin", ".pth", ".pt"):
+            return _single(path)
+        raise InputError("unknown weight file type", path=path,
+                         hint="expected .safetensors, .bin, .pth, or an *.index.json")
+    folder = path
+    adapter = AdapterInfo.read(folder / ADAPTER_CONFIG) if (folder / ADAPTER_CONFIG).is_file() else None
+    candidates = [
+        folder / SAFETENSORS_INDEX,
+        folder / "model.safetensors",
+        folder / "adapter_model.safetensors",
+        folder / BIN_INDEX,
+        folder / "pytorch_model.bin",
+        folder / "adapter_model.bin",
+    ]
+    for c in candidates:
+        if c.is_file():
+            src = _open_indexed(c) if c.name.endswith(".index.json") else _single(c)
+            src.path = folder
+            src.adapter = adapter
+            return src
+    meta = sorted(folder.glob("consolidated.*.pth"))
+    if meta:
+        return _meta(folder, meta)
+    singles = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if len(singles) == 1:
+        src = _single(singles[0])
+        src.adapter = adapter
+        return src
+    if singles:
+        raise InputError(f"{len(singles)} weight files but no index file", path=folder,
+                         hint=f"add the {SAFETENSORS_INDEX} / {BIN_INDEX} that came with them, or pass one file")
+    raise InputError("no weight files found", path=folder,
+                     hint="expected model.safetensors, model.safetensors.index.json, pytorch_model.bin(.index.json), "
+                          "consolidated.NN.pth or adapter_model.*")
+
+
+def safetensors_code(info: TensorInfo) -> str:
+    """Display name of a tensor's dtype (safetensors codes: F16, BF16, F32, ...)."""
+    return st_code(info.dtype)
