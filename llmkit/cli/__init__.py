@@ -103,8 +103,12 @@ def _root(
 
 
 def _register() -> None:
-    # Imported for their side effect: each module adds its command to `app`.
-    from llmkit.cli import demo_cmd, inspect_cmd  # noqa: F401
+    # Every llmkit/cli/*_cmd.py module adds its command(s) to `app` when imported.
+    import importlib
+    import pkgutil
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.endswith("_cmd")):
+        importlib.import_module(f"{__name__}.{mod}")
 
 
 _register()

@@ -1,0 +1,1 @@
+"""Demo steps of each job, registered with llmkit.demo.demo_step (one module per job)."""
