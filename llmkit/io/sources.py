@@ -23,7 +23,7 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import torch
 
@@ -113,28 +113,50 @@ def _read_safetensors_header(path: Path) -> tuple[dict, int]:
 
 
 class SafetensorsFile(TensorFile):
-    """A ``.safetensors`` file read through ``safe_open`` (one tensor copied out per ``get``)."""
+    """A ``.safetensors`` file: header validated by llmkit and by ``safe_open``; data read with ``readinto``.
+
+    ``get`` reads one tensor's bytes straight into a fresh tensor (one copy, no file mapping), so
+    the resident memory of a read is the tensor itself, not the tensor plus mapped file pages.
+    """
 
     def __init__(self, path: Path):
         from safetensors import safe_open
 
         self.path = path
-        header, _ = _read_safetensors_header(path)
+        header, self._data_start = _read_safetensors_header(path)
         self.metadata: dict[str, str] = header.get("__metadata__") or {}
         entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
                          key=lambda kv: kv[1]["data_offsets"][0])
         self.infos = {k: TensorInfo(k, ST_TO_TORCH[v["dtype"]], tuple(v["shape"]), path) for k, v in entries}
-        try:
-            self._handle = safe_open(str(path), framework="pt", device="cpu")
+        self._offsets = {k: tuple(v["data_offsets"]) for k, v in entries}
+        try:  # the reference parser's own validation (overlaps, holes, shapes vs offsets)
+            with safe_open(str(path), framework="pt", device="cpu"):
+                pass
         except Exception as e:  # safetensors raises its own SafetensorError
             raise InputError(f"cannot open safetensors file: {e}", path=path,
                              hint="the file is damaged; download it again") from None
+        self._handle: BinaryIO | None = open(path, "rb")
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handle.get_tensor(name)
+        info = self.infos[name]
+        begin, end = self._offsets[name]
+        tensor = torch.empty(info.shape, dtype=info.dtype)
+        if end > begin:
+            assert self._handle is not None
+            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+            self._handle.seek(self._data_start + begin)
+            done = 0
+            while done < len(view):  # one read() returns at most ~2 GB on Linux
+                got = self._handle.readinto(view[done:])
+                if not got:
+                    raise InputError(f"file shrank while reading tensor {name!r}", path=self.path)
+                done += got
+        return tensor
 
     def close(self) -> None:
-        self._handle = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 def _explain_torch_load_error(path: Path, err: Exception) -> InputError:
