@@ -59,7 +59,7 @@ def _render(s: ModelSummary, show_tensors: bool) -> callable:
 
 @app.command("inspect")
 def inspect_command(
-    path: Annotated[Path, typer.Argument(help="A model or adapter folder, a weight file, or a shard index.")],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="A model or adapter folder, a weight file, or a shard index.")],
     tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="List every tensor.")] = True,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
