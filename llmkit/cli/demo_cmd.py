@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.output import Output
@@ -19,12 +18,13 @@ from llmkit.errors import EXIT_CHECK_FAILED, OutputExistsError
 
 def _render(result: DemoResult, keep: bool) -> callable:
     def render(console: Console) -> None:
-        table = Table(title="llmkit demo", box=None, pad_edge=False)
-        for col in ("step", "result", "seconds", "detail"):
-            table.add_column(col, justify="right" if col == "seconds" else "left")
+        width = max((len(s.name) for s in result.steps), default=4)
+        console.print(f"{'step':<{width}}  result  seconds  detail", markup=False)
         for s in result.steps:
-            table.add_row(s.name, "ok" if s.ok else "FAILED", f"{s.seconds:.2f}", s.detail)
-        console.print(table)
+            console.print(f"{s.name:<{width}}  {'ok' if s.ok else 'FAILED':<6}  {s.seconds:>7.2f}  {s.detail}",
+                          markup=False, soft_wrap=True)
+        total = sum(s.seconds for s in result.steps)
+        console.print(f"{'total':<{width}}  {'ok' if result.ok else 'FAILED':<6}  {total:>7.2f}", markup=False)
         if keep:
             console.print(f"files kept in {result.workdir}", markup=False)
     return render
