@@ -1,0 +1,73 @@
+"""``llmkit models``: the models and published checksum tables llmkit knows."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.output import Output
+
+
+@dataclass
+class TableListing:
+    name: str
+    algorithm: str
+    source: str
+    file: str
+    files: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class ModelsListing:
+    models: list[dict]
+    tables: list[TableListing]
+
+
+def _listing() -> ModelsListing:
+    from llmkit.registry import MODELS, builtin_tables
+
+    tables = [TableListing(t.name, t.algorithm, t.source, str(t.path),
+                           [{"path": e.path, "digest": e.digest} for e in t.entries])
+              for t in builtin_tables().values()]
+    return ModelsListing([asdict(m) for m in MODELS], tables)
+
+
+def _render(listing: ModelsListing, show_files: bool) -> callable:
+    def render(console: Console) -> None:
+        rows = [("name", "kind", "hub repo", "dtype", "vocab")]
+        rows += [(m["name"], m["kind"], m["repo_id"] or "-", m["dtype"] or "-",
+                  str(m["vocab_size"]) if m["vocab_size"] else "-") for m in listing.models]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:  # plain columns: never truncated, whatever the terminal width
+            console.print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), markup=False)
+        console.print()
+        for m in listing.models:
+            if m["tables"] or m["needs"]:
+                tables = ", ".join(f"{stage}: {name}" for stage, name in m["tables"].items()) or "-"
+                console.print(f"{m['name']}: tables {tables}; needs {m['needs'] or '-'}", markup=False)
+        console.print()
+        console.print("checksum tables (llmkit verify --table NAME):", markup=False)
+        for tab in listing.tables:
+            console.print(f"  {tab.name:<22} {tab.algorithm:<6} {len(tab.files)} files  {tab.file}", markup=False)
+            if show_files:
+                for f in tab.files:
+                    console.print(f"      {f['digest']}  {f['path']}", markup=False)
+    return render
+
+
+@app.command("models")
+def models_command(
+    files: Annotated[bool, typer.Option("--files", help="Also list every file and digest of each table.")] = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List the known models (hub repo, dtype, vocab, what each needs) and the published checksum tables."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        listing = _listing()
+        out.result(listing, _render(listing, files))

@@ -1,0 +1,179 @@
+"""``llmkit verify`` and ``llmkit checksum``: published checksum tables and per-tensor hashes."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.output import Output
+from llmkit.errors import EXIT_CHECK_FAILED, InputError
+
+
+class Algo(str, Enum):
+    md5 = "md5"
+    sha256 = "sha256"
+
+
+AlgoOpt = Annotated[Optional[Algo], typer.Option("--algo", help="Digest algorithm (default: the table's; without "
+                                                               "--table, md5).")]
+ChecksumAlgoOpt = Annotated[Optional[Algo], typer.Option("--algo", help="Digest algorithm (default: md5 for files, "
+                                                                       "sha256 for --tensors).")]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=0, help="Files (or tensors) hashed in parallel on threads; "
+                                                                  "0 = auto (up to 4). Use 1 on a spinning disk.")]
+
+_STATUS_TEXT = {"ok": ("OK", "green"), "mismatch": ("FAILED", "red"), "missing": ("MISSING", "red"),
+                "extra": ("not in the table", "dim")}
+
+
+def _jobs(n: int) -> int:
+    from llmkit.verify import default_jobs
+
+    return n or default_jobs()
+
+
+def _render_report(report) -> callable:
+    def render(console: Console) -> None:
+        for f in report.files:
+            text, style = _STATUS_TEXT[f.status]
+            console.print(f"{f.path}: ", end="", markup=False)
+            console.print(text, style=style, markup=False)
+            if f.status == "mismatch":
+                console.print(f"    expected {f.expected}  ({f.table})", markup=False)
+                console.print(f"    actual   {f.actual}", markup=False)
+            if f.note:
+                console.print(f"    {f.note}", markup=False, style="yellow")
+        for note in report.notes:
+            console.print(f"note: {note}", markup=False, style="yellow")
+        c = report.counts()
+        tables = ", ".join(report.tables) or "-"
+        verdict = "all expected files match" if report.ok else "verification FAILED"
+        console.print(f"{verdict}: {c['ok']} ok, {c['mismatch']} mismatch, {c['missing']} missing, "
+                      f"{c['extra']} extra; table {tables} ({report.algorithm})", markup=False,
+                      style="green" if report.ok else "red")
+    return render
+
+
+def _render_tensors(report) -> callable:
+    def render(console: Console) -> None:
+        how = "bit for bit" if report.method == "bytes" else f"by {report.method} digests"
+        if report.identical:
+            console.print(f"tensors identical: {report.compared} tensors compared {how}", markup=False,
+                          style="green")
+        else:
+            console.print(f"tensors DIFFER ({len(report.differing)} of {report.compared} compared {how}; "
+                          f"{len(report.only_a)} only in A, {len(report.only_b)} only in B)", markup=False,
+                          style="red")
+            for name in report.differing[:10]:
+                console.print(f"  differs: {name} ({report.reasons.get(name, '')})", markup=False)
+            if len(report.differing) > 10:
+                console.print(f"  ... and {len(report.differing) - 10} more (--json lists all)", markup=False)
+            for name in report.only_a[:5]:
+                console.print(f"  only in A: {name}", markup=False)
+            for name in report.only_b[:5]:
+                console.print(f"  only in B: {name}", markup=False)
+        for f in report.files:
+            text, style = {"ok": ("OK", "green"), "mismatch": ("DIFFERS", "red"), "missing": ("only in B", "red"),
+                           "extra": ("only in A", "red")}[f.status]
+            console.print(f"{f.path}: ", end="", markup=False)
+            console.print(text, style=style, markup=False, end="")
+            console.print(f" ({f.note})" if f.note else "", markup=False)
+        console.print(f"A = {report.a}\nB = {report.b}", markup=False, style="dim")
+    return render
+
+
+@app.command("verify")
+def verify_command(
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        metavar="PATH...", help="Downloaded folders or files (default with --table FILE: the current folder). "
+                                "With --tensors: two models or tensor tables, A and B.")] = None,
+    table: Annotated[Optional[str], typer.Option(
+        "--table", "-t", metavar="NAME|FILE",
+        help="A built-in table (llmkit models lists them) or an md5sum-format file. Default: pick the built-in "
+             "table(s) matching the file names and sizes.")] = None,
+    algo: AlgoOpt = None,
+    jobs: JobsOpt = 0,
+    tensors: Annotated[bool, typer.Option(
+        "--tensors", help="Compare two models tensor by tensor (names, dtypes, shapes, raw bytes), whatever their "
+                          "shards or format; either may be a table from 'llmkit checksum --tensors'.")] = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check files against published checksum tables: ok / mismatch / missing / extra. Exit 0 only if all match."""
+    from llmkit import verify as v
+
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    paths = list(paths or [])
+    with command_guard(out):
+        if tensors:
+            if len(paths) != 2:
+                raise InputError(f"--tensors compares exactly two models, got {len(paths)} path(s)",
+                                 hint="llmkit verify --tensors MODEL_A MODEL_B (either may be a --tensors table)")
+            if table is not None:
+                raise InputError("--tensors and --table do not combine",
+                                 hint="pass a tensor table as A or B instead")
+            for p in paths:
+                if not p.exists():
+                    raise InputError("no such file or folder", path=p, hint="check the path")
+            total = v.tensor_total_bytes(paths[0]) or v.tensor_total_bytes(paths[1])
+            with out.progress("comparing tensors", total) as advance:
+                report = v.verify_tensors(paths[0], paths[1], jobs=_jobs(jobs), progress=advance)
+            out.result(report, _render_tensors(report))
+        else:
+            plan = v.plan_verify(paths, table=table, algorithm=algo.value if algo else None)
+            with out.progress(f"{plan.algorithm} hashing", plan.total_bytes) as advance:
+                report = v.run_verify(plan, jobs=_jobs(jobs), progress=advance)
+            out.result(report, _render_report(report))
+    if not report.ok:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command("checksum")
+def checksum_command(
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Files or folders (folders recursively, "
+                                                                       "hidden files skipped); with --tensors: models.")],
+    algo: ChecksumAlgoOpt = None,
+    tensors: Annotated[bool, typer.Option(
+        "--tensors", help="One line per tensor: '<digest of raw bytes>  <name> <dtype> [<shape>]', independent of "
+                          "shards and file format (compare with 'llmkit verify --tensors').")] = False,
+    jobs: JobsOpt = 0,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Print checksums in md5sum format (so 'llmkit checksum DIR > t.md5 && md5sum -c t.md5' works)."""
+    from llmkit import verify as v
+
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        if tensors:
+            algorithm = algo.value if algo else "sha256"
+            tables = []
+            for p in paths:
+                total = v.tensor_total_bytes(p)
+                with out.progress(f"{algorithm} per tensor", total) as advance:
+                    tables.append(v.tensor_table(p, algorithm, jobs=_jobs(jobs), progress=advance))
+
+            def render_tables(console: Console) -> None:
+                for t in tables:
+                    console.file.write(t.text())
+                console.file.flush()
+
+            out.result(tables if len(tables) > 1 else tables[0], render_tables)
+        else:
+            algorithm = algo.value if algo else "md5"
+            planned = v.plan_checksum(paths)
+            with out.progress(f"{algorithm} hashing", sum(f.stat().st_size for _, f in planned)) as advance:
+                result = v.checksum_files(planned, algorithm, jobs=_jobs(jobs), progress=advance)
+
+            def render(console: Console) -> None:
+                # Plain lines (no rich wrapping/markup) so the output is a valid md5sum table.
+                console.file.write("".join(line + "\n" for line in result.lines()))
+                console.file.flush()
+
+            out.result(result, render)

@@ -1,0 +1,70 @@
+"""Demo step: checksum and verify earlier outputs; compare the re-sharded model with the base by tensors.
+
+Independent references: ``hashlib`` over the file bytes, GNU ``md5sum -c`` on the table llmkit wrote
+(when installed), and sha256 of the reference state dict's numpy bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+
+from llmkit.demo import DemoContext, demo_step
+from llmkit.errors import CheckFailed
+
+
+@demo_step(45, "checksum + verify (files and tensors)")
+def _verify(ctx: DemoContext) -> str:
+    from llmkit.verify import (checksum_files, compare_sources, plan_checksum, plan_verify, run_verify,
+                               tensor_table)
+
+    work = ctx.workdir / "verify"
+    work.mkdir(parents=True, exist_ok=True)
+    folder = ctx.workdir / "layouts" / "bin-sharded"
+
+    # 1. llmkit checksum FOLDER: every digest equals hashlib's.
+    result = checksum_files(plan_checksum([folder]), "md5", jobs=2)
+    for f in result.files:
+        want = hashlib.md5(open(f.path, "rb").read()).hexdigest()
+        if f.digest != want:
+            raise CheckFailed(f"checksum of {f.path} is {f.digest}, hashlib says {want}")
+    table = work / "bin-sharded.md5"
+    table.write_text("".join(line + "\n" for line in result.lines()))
+    checked_by = "hashlib"
+    if shutil.which("md5sum"):
+        run = subprocess.run(["md5sum", "-c", "--strict", "--quiet", str(table)], capture_output=True, text=True)
+        if run.returncode != 0:
+            raise CheckFailed(f"md5sum -c rejects the table llmkit wrote: {run.stdout or run.stderr}")
+        checked_by = "hashlib and md5sum -c"
+
+    # 2. llmkit verify against that table: all ok; a copy with one flipped byte is caught.
+    report = run_verify(plan_verify([folder], table=table), jobs=2)
+    if not report.ok or report.counts()["ok"] != len(result.files):
+        raise CheckFailed(f"verify of an unchanged folder failed: {report.counts()}")
+    damaged = work / "damaged"
+    if damaged.exists():
+        shutil.rmtree(damaged)
+    shutil.copytree(folder, damaged)
+    shard = sorted(damaged.glob("pytorch_model-*.bin"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    (damaged / "bin-sharded.md5").write_text(table.read_text().replace(str(folder), str(damaged)))
+    bad = run_verify(plan_verify([damaged], table=damaged / "bin-sharded.md5"), jobs=1)
+    failed = [f.path for f in bad.files if f.status == "mismatch"]
+    if bad.ok or failed != [str(shard)]:
+        raise CheckFailed(f"verify did not single out the damaged shard: {failed}")
+
+    # 3. The re-sharded safetensors model (step 40) vs the base: other bytes, same tensors.
+    resharded = ctx.workdir / "resharded"
+    cmp = compare_sources(resharded, ctx.base)
+    if not cmp.identical:
+        raise CheckFailed(f"re-sharded model differs from the base: {cmp.differing[:3]} {cmp.only_a[:3]}")
+    digests = {t.name: t.digest for t in tensor_table(resharded, "sha256", jobs=2).tensors}
+    for name, tensor in ctx.reference.items():
+        want = hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
+        if digests.get(name) != want:
+            raise CheckFailed(f"per-tensor sha256 of {name} does not match the reference tensor")
+    return (f"{len(result.files)} files: md5 = {checked_by}; verify ok, flipped byte caught in {shard.name}; "
+            f"resharded = base in all {cmp.compared} tensors (bytes and sha256)")
