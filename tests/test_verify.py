@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from llmkit.errors import InputError
 from llmkit.verify import (compare_sources, hash_file, plan_verify, run_verify, tensor_digest, verify_file,
                            verify_paths)
 
-LLMKIT = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "llmkit"
+LLMKIT = [sys.executable, "-m", "llmkit"]  # the installed package, run as a separate process
 
 
 def md5(data: bytes) -> str:
@@ -385,14 +386,14 @@ def test_checksum_skips_hidden_download_caches(tmp_path, run_cli):
 def test_end_to_end_subprocess_checksum_then_verify(tmp_path):
     folder = make_folder(tmp_path / "m")
     env = {**os.environ, "LLMKIT_DEBUG": ""}
-    table = subprocess.run([LLMKIT, "checksum", "m", "--jobs", "2"], cwd=tmp_path, capture_output=True, text=True,
+    table = subprocess.run([*LLMKIT, "checksum", "m", "--jobs", "2"], cwd=tmp_path, capture_output=True, text=True,
                            env=env, check=True).stdout
     (tmp_path / "t.md5").write_text(table)
-    ok = subprocess.run([LLMKIT, "verify", "m", "--table", "t.md5", "--json"], cwd=tmp_path, capture_output=True,
+    ok = subprocess.run([*LLMKIT, "verify", "m", "--table", "t.md5", "--json"], cwd=tmp_path, capture_output=True,
                         text=True, env=env)
     assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
     (folder / "b.json").write_text("{}")
-    bad = subprocess.run([LLMKIT, "verify", "m", "--table", "t.md5", "-q"], cwd=tmp_path, capture_output=True,
+    bad = subprocess.run([*LLMKIT, "verify", "m", "--table", "t.md5", "-q"], cwd=tmp_path, capture_output=True,
                          text=True, env=env)
     assert bad.returncode == 1 and "m/b.json: FAILED" in bad.stdout and bad.stderr == ""
 
