@@ -1,0 +1,140 @@
+"""``llmkit decrypt`` / ``llmkit encrypt``: the TechGPT and BELLE XOR formats (SPEC.md section 1)."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Callable, List
+
+import typer
+from rich.console import Console
+
+from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.output import Output
+from llmkit.errors import InputError
+
+if TYPE_CHECKING:  # llmkit.crypto (numpy) is imported when a crypto command runs, not at CLI start-up
+    from llmkit.crypto import CryptoResult
+
+
+class DecryptFormat(str, Enum):
+    auto = "auto"
+    techgpt = "techgpt"
+    belle = "belle"
+
+
+class EncryptFormat(str, Enum):
+    techgpt = "techgpt"
+    belle = "belle"
+
+
+KeyOpt = Annotated[Path, typer.Option(
+    "--key", "-k", help="The key: Meta's original LLaMA-1 7B consolidated.00.pth (13,476,939,516 bytes; also for "
+                        "13B models). Checked by size and md5 (cached after the first run).")]
+NoKeyCheckOpt = Annotated[bool, typer.Option(
+    "--no-key-check", help="Do not check that the key is LLaMA-1 7B consolidated.00.pth (for weights encrypted "
+                           "with another key on purpose).")]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, max=16,
+                                      help="Files processed in parallel (each ~16 MB of buffers).")]
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def _render(result: CryptoResult) -> Callable[[Console], None]:
+    def render(console: Console) -> None:
+        verb = "decrypted" if result.command == "decrypt" else "encrypted"
+        for f in result.files:
+            console.print(f"{verb}  {f.input} -> {f.output}  ({f.format}, {f.bytes:,} bytes, {f.seconds:.2f} s)",
+                          markup=False)
+            for c in f.checks:
+                mark = {"ok": "ok", "mismatch": "MISMATCH"}.get(c.status, c.status)
+                console.print(f"    {mark:<8} {c.name}: {c.detail}", markup=False)
+        rate = result.bytes / result.seconds if result.seconds > 0 else 0.0
+        console.print(f"{len(result.files)} file(s), {_fmt_bytes(result.bytes)} in {result.seconds:.2f} s "
+                      f"({_fmt_bytes(int(rate))}/s); key check: {result.key_check}", markup=False)
+    return render
+
+
+def _report(out: Output, result: CryptoResult, *, to_stderr: bool) -> None:
+    for name in result.ignored:
+        out.log(f"ignored (not {'an .enc file' if result.command == 'decrypt' else 'encrypted'}): {name}")
+    for w in result.warnings:
+        out.warn(w)
+    if to_stderr:  # stdout carries the data
+        if not out.quiet:
+            _render(result)(out.err)
+    else:
+        out.result(result, _render(result))
+
+
+@app.command("decrypt")
+def decrypt_command(
+    inputs: Annotated[List[Path], typer.Argument(
+        help=".enc files, folders (every *.enc in them; other files are ignored), or - for stdin.",
+        show_default=False)],
+    key: KeyOpt,
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Output folder (created if needed), or - for stdout.")] = Path("."),
+    fmt: Annotated[DecryptFormat, typer.Option(
+        "--format", help="auto: BELLE when the file starts with the sha256 in its name, else TechGPT. "
+                         "Required for stdin.")] = DecryptFormat.auto,
+    no_key_check: NoKeyCheckOpt = False,
+    jobs: JobsOpt = 1,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Decrypt XOR-encrypted weights (TechGPT-1.0, BELLE, point-alpaca), exactly and at disk speed.
+
+    Output names drop the .<hex>.enc suffix. BELLE files are verified against their sha256 header,
+    TechGPT-1.0 files against the MD5s published in its model card; a failed check leaves nothing
+    under the final name. Example: cat x.enc | llmkit decrypt - --format techgpt --key K -o - | md5sum
+    """
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        from llmkit.crypto import decrypt
+
+        to_stdout = str(output) == "-"
+        if to_stdout and json_:
+            raise InputError("--json prints to stdout, which -o - uses for the data", hint="drop --json or use -o DIR")
+        result = decrypt(inputs, key, None if to_stdout else output, fmt=fmt.value, key_check=not no_key_check,
+                         jobs=jobs, force=force, stream=sys.stdout.buffer if to_stdout else None,
+                         stdin=sys.stdin.buffer, progress=out.progress)
+        _report(out, result, to_stderr=to_stdout)
+
+
+@app.command("encrypt")
+def encrypt_command(
+    inputs: Annotated[List[Path], typer.Argument(
+        help="Files or folders (every file in them except *.enc, README*, LICENSE* and hidden files).",
+        show_default=False)],
+    key: KeyOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created if needed).")],
+    fmt: Annotated[EncryptFormat, typer.Option(
+        "--format", help="techgpt: no header, named <name>.<sha256 of empty>.enc (as TechGPT-1.0); belle: "
+                         "32-byte sha256 header, named <name>.<sha256>.enc (verifiable).")] = EncryptFormat.techgpt,
+    no_key_check: NoKeyCheckOpt = False,
+    jobs: JobsOpt = 1,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """XOR-encrypt files exactly as the upstream TechGPT / BELLE tools publish them (the inverse of decrypt)."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        from llmkit.crypto import encrypt
+
+        if str(output) == "-":
+            raise InputError("encrypt writes files into a folder", hint="pass -o DIR")
+        result = encrypt(inputs, key, output, fmt=fmt.value, key_check=not no_key_check, jobs=jobs, force=force,
+                         progress=out.progress)
+        _report(out, result, to_stderr=False)
