@@ -82,12 +82,12 @@ def test_debug_shows_the_traceback(run_cli, tmp_path):
 
 
 def test_internal_errors_say_how_to_report(monkeypatch, run_cli, tiny_factory):
-    import llmkit.cli.inspect_cmd as cmd
+    import llmkit.summary
 
     def broken(path):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(cmd, "summarize", broken)
+    monkeypatch.setattr(llmkit.summary, "summarize", broken)
     r = run_cli("inspect", tiny_factory().path)
     assert r.exit_code == 3 and "internal error" in r.stderr and "--debug" in r.stderr
 

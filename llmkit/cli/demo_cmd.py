@@ -12,11 +12,10 @@ from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.output import Output
-from llmkit.demo import DemoResult, DemoStep, run_demo
 from llmkit.errors import EXIT_CHECK_FAILED, OutputExistsError
 
 
-def _render(result: DemoResult, keep: bool) -> callable:
+def _render(result, keep: bool) -> callable:
     def render(console: Console) -> None:
         width = max((len(s.name) for s in result.steps), default=4)
         console.print(f"{'step':<{width}}  result  seconds  detail", markup=False)
@@ -47,7 +46,9 @@ def demo_command(
                                     hint="choose an empty --workdir or pass --force")
         folder = workdir or Path(tempfile.mkdtemp(prefix="llmkit-demo-"))
 
-        def on_step(step: DemoStep) -> None:
+        from llmkit.demo import run_demo  # imported here: torch loads only when a command needs it
+
+        def on_step(step) -> None:
             out.log(f"{'ok' if step.ok else 'FAILED':>6}  {step.name} ({step.seconds:.2f} s)")
 
         try:

@@ -11,11 +11,10 @@ from rich.table import Table
 
 from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.output import Output
-from llmkit.io.sinks import human_bytes
-from llmkit.summary import ModelSummary, summarize
+from llmkit.units import human_bytes
 
 
-def _render(s: ModelSummary, show_tensors: bool) -> callable:
+def _render(s, show_tensors: bool) -> callable:  # s: llmkit.summary.ModelSummary
     def render(console: Console) -> None:
         rows = [
             ("path", s.path),
@@ -68,6 +67,8 @@ def inspect_command(
     """Show format, tensors, parameter count, size, architecture, vocab and LoRA settings (no data is read)."""
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
+        from llmkit.summary import summarize  # imported here: torch loads only when a command needs it
+
         summary = summarize(path)
         for w in summary.warnings:
             out.warn(w)
