@@ -1,0 +1,111 @@
+"""``llmkit merge-lora --base BASE --lora ADAPTER [--lora ...] -o OUT``: peft LoRA adapters -> a plain model."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Callable
+
+import typer
+from rich.console import Console
+
+from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.output import Output
+from llmkit.units import DEFAULT_SHARD_SIZE, human_bytes, parse_size
+
+
+class DtypeChoice(str, Enum):
+    keep = "keep"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+class FormatChoice(str, Enum):
+    safetensors = "safetensors"
+    bin = "bin"
+    pth = "pth"
+
+
+def _render(r) -> Callable[[Console], None]:  # r: llmkit.lora.MergeResult
+    def render(console: Console) -> None:
+        p = lambda text: console.print(text, markup=False)  # noqa: E731
+        p(f"base        {r.base}")
+        for i, a in enumerate(r.adapters, 1):
+            extra = []
+            if a.replaced:
+                extra.append(f"replaces {', '.join(a.replaced)}")
+            if a.tokenizer_size is not None:
+                extra.append(f"tokenizer {a.tokenizer_size}")
+            if a.fan_in_fan_out:
+                extra.append("fan_in_fan_out")
+            p(f"lora {i:<6} {a.path}  (r={a.r}, alpha={a.lora_alpha:g}, scaling={a.scaling:g}"
+              f"{', rslora' if a.use_rslora else ''}; {a.lora_modules} layers"
+              + (f"; {'; '.join(extra)}" if extra else "") + ")")
+        if r.vocab_before is not None:
+            change = f"{r.vocab_before} -> {r.vocab_after}" if r.vocab_after != r.vocab_before else str(r.vocab_after)
+            p(f"vocabulary  {change}")
+        for name, rows in r.mean_initialised_rows.items():
+            p(f"mean rows   {name}: {rows} new row(s) set to the mean of the existing rows")
+        p(f"tokenizer   {r.tokenizer_from or '-'}")
+        p(f"output      {r.output}  ({r.format}, dtype {r.dtype}, {r.tensors} tensors, {human_bytes(r.total_bytes)})")
+        if r.dry_run:
+            p(f"dry run     nothing written; would write {', '.join(r.files)}")
+        else:
+            p(f"files       {', '.join(r.files)}")
+            p(f"time        {r.seconds:.2f} s")
+    return render
+
+
+@app.command("merge-lora")
+def merge_lora_command(
+    base: Annotated[Path, typer.Option(
+        "--base", metavar="BASE",
+        help="The base model folder (Hugging Face layout: safetensors or .bin, sharded or not).")],
+    lora: Annotated[list[Path], typer.Option(
+        "--lora", metavar="ADAPTER",
+        help="A local peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors/.bin). Repeat it "
+             "to apply several adapters in order, e.g. Chinese-LLaMA-Plus then Chinese-Alpaca-Plus.")],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="OUT", help="Output folder for the merged model.")],
+    dtype: Annotated[DtypeChoice, typer.Option(
+        "--dtype", help="Output dtype; the merge is done in it (keep: each tensor's own dtype).")] = DtypeChoice.keep,
+    fmt: Annotated[FormatChoice, typer.Option(
+        "--format",
+        help="safetensors or bin (Hugging Face shards), or pth (Meta consolidated.NN.pth + params.json, q/k in "
+             "Meta's rotary layout, as llama.cpp's converter reads).")] = FormatChoice.safetensors,
+    shard_size: Annotated[str | None, typer.Option(
+        "--shard-size", metavar="SIZE",
+        help="Largest shard for safetensors/bin, e.g. 5GB (the default) or 2GiB.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(
+        "--tokenizer", metavar="DIR",
+        help="Tokenizer folder for the output (default: the last adapter that has one, else the base's).")] = None,
+    pth_shards: Annotated[int | None, typer.Option(
+        "--pth-shards", min=1, metavar="N",
+        help="Number of consolidated.NN.pth files (default: Meta's, by hidden size: 7B 1, 13B 2, 33B 4, "
+             "65B 8).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Run every check and show the plan; write nothing.")] = False,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Merge peft LoRA adapters (ZhiXi, CuteGPT, Chinese-LLaMA/Alpaca) into a base model, streaming."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        from llmkit.lora import plan_merge  # imported here: torch loads only when a command runs
+
+        size = parse_size(shard_size) if shard_size else DEFAULT_SHARD_SIZE
+        if shard_size and fmt is FormatChoice.pth:
+            out.warn("--shard-size does not apply to --format pth (use --pth-shards)")
+        with plan_merge(base, list(lora), dtype=dtype.value, fmt=fmt.value, tokenizer=tokenizer,
+                        pth_shards=pth_shards) as plan:
+            for w in plan.warnings:
+                out.warn(w)
+            planned = plan.open_output(output, shard_size=size, force=force)  # refuses before any progress
+            if dry_run:
+                result = plan.result(planned, dry_run=True)
+            else:
+                with out.progress("merging", plan.base.total_bytes) as advance:
+                    result = plan.write(planned, advance)
+        out.result(result, _render(result))
