@@ -132,44 +132,46 @@ class _Shard:
     name: str
     specs: list[TensorSpec]
     offsets: dict[str, int] = field(default_factory=dict)  # tensor name -> file offset of its data
-    record: dict[str, str] = field(default_factory=dict)  # bin: tensor name -> zip record name
+    record: dict[str, str] = field(default_factory=dict)  # torch zip: tensor name -> zip record name
     remaining: set[str] = field(default_factory=set)
     handle: BinaryIO | None = None
     crc: dict[str, int] = field(default_factory=dict)
     size: int = 0  # expected file size in bytes
 
+    @property
+    def started(self) -> bool:
+        return bool(self.offsets)
 
-class ShardedWriter:
-    """Write a planned set of tensors as HF-style shards; a context manager.
 
-    ``with ShardedWriter(out, specs) as w: w.write(name, tensor) ...`` — on a clean exit the files
-    are checked and renamed to their final names; on an exception nothing is left behind.
+class ShardSetWriter:
+    """Safe, streaming writing of a fixed set of weight files (the machinery under every writer).
+
+    ``shards`` is ``[(file name, specs in file order), ...]``; ``fmt`` is ``safetensors`` or ``bin``
+    (a torch zip, also used for Meta ``.pth``). Tensors are written with :meth:`write_to`; extra small
+    files with :meth:`add_file`. A context manager: a clean exit checks and renames everything, an
+    exception removes every temporary file.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, specs: list[TensorSpec], *, fmt: str = "safetensors",
-                 shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
-                 metadata: dict[str, str] | None = None, extra_bytes: int = 0):
+    def __init__(self, out_dir: str | os.PathLike, shards: list[tuple[str, list[TensorSpec]]], *,
+                 fmt: str, force: bool = False, metadata: dict[str, str] | None = None, extra_bytes: int = 0):
         if fmt not in ("safetensors", "bin"):
             raise InputError(f"unknown output format {fmt!r}", hint="use safetensors or bin")
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            dup = next(n for n in names if names.count(n) > 1)
-            raise InputError(f"tensor {dup!r} planned twice")
+        for file_name, specs in shards:
+            names = [s.name for s in specs]
+            if len(set(names)) != len(names):
+                dup = next(n for n in names if names.count(n) > 1)
+                raise InputError(f"tensor {dup!r} planned twice in {file_name}")
         self.out_dir = Path(out_dir)
         self.fmt = fmt
         self.force = force
         self.metadata = {"format": "pt"} if metadata is None else metadata
-        plan = plan_shards(specs, shard_size)
-        self.shards = [_Shard(n, s) for n, s in zip(shard_names(fmt, len(plan)), plan)]
-        self._by_name: dict[str, tuple[_Shard, TensorSpec]] = {s.name: (sh, s) for sh in self.shards for s in sh.specs}
-        self.total_size = sum(s.nbytes for s in specs)
+        self.shards = [_Shard(n, list(s)) for n, s in shards]
+        self._specs = [{s.name: s for s in sh.specs} for sh in self.shards]
+        self.total_size = sum(s.nbytes for sh in self.shards for s in sh.specs)
         self.files: list[str] = [sh.name for sh in self.shards]
-        if len(self.shards) > 1:
-            self.files.append(index_name(fmt))
         self._aux: dict[str, bytes] = {}
         self._temps: list[Path] = []
         self._done = False
-        self._check_destination(extra_bytes)
 
     # ---- checks before any byte is written ----
     def _check_destination(self, extra_bytes: int) -> None:
@@ -190,7 +192,7 @@ class ShardedWriter:
                                  path=self.out_dir, hint="free some space or choose another -o")
 
     # ---- context manager ----
-    def __enter__(self) -> "ShardedWriter":
+    def __enter__(self):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -222,46 +224,23 @@ class ShardedWriter:
             sh.handle = open(path, "wb")
             sh.handle.write(head)
         else:
-            self._layout_torch_zip(sh, path)
+            _layout_torch_zip(sh, path)
             sh.handle = open(path, "r+b")
         sh.remaining = {s.name for s in sh.specs}
 
-    @staticmethod
-    def _layout_torch_zip(sh: _Shard, path: Path) -> None:
-        """Let torch.save lay out the zip with no data (skip_data), then find each record's offset."""
-        import zipfile
-
-        from torch.serialization import skip_data
-
-        # torch.empty reserves address space only; skip_data never touches the pages.
-        empties = {s.name: torch.empty(s.shape, dtype=s.dtype) for s in sh.specs}
-        with skip_data(), open(path, "wb") as f:
-            torch.save(empties, f)  # a file object: the archive is named "archive" as in transformers' files
-        del empties
-        with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
-            records = {}
-            for info in zf.infolist():
-                f.seek(info.header_offset + 26)
-                n, m = struct.unpack("<HH", f.read(4))
-                records[info.filename.split("/", 1)[1]] = (info.header_offset + 30 + n + m, info.filename)
-        # Storages are numbered in first-seen order, which is the dict's order.
-        for i, s in enumerate(sh.specs):
-            offset, record = records[f"data/{i}"]
-            sh.offsets[s.name] = offset
-            sh.record[s.name] = record
-        sh.size = path.stat().st_size
-
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Write one planned tensor; it must have the planned dtype and shape."""
-        try:
-            sh, spec = self._by_name[name]
-        except KeyError:
-            raise InputError(f"tensor {name!r} is not in the output plan") from None
+    def write_to(self, shard: int, name: str, tensor: torch.Tensor) -> None:
+        """Write one planned tensor of file number ``shard``; it must have the planned dtype and shape."""
+        if not 0 <= shard < len(self.shards):
+            raise InputError(f"no shard {shard} in the output plan")
+        sh = self.shards[shard]
+        spec = self._specs[shard].get(name)
+        if spec is None:
+            raise InputError(f"tensor {name!r} is not in the output plan of {sh.name}")
         if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
             raise InputError(f"tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, "
                              f"planned {spec.dtype} {spec.shape}")
         if sh.handle is None:
-            if sh.remaining or sh.offsets:
+            if sh.started:
                 raise InputError(f"tensor {name!r} written twice")
             self._open_shard(sh)
         if name not in sh.remaining:
@@ -269,9 +248,7 @@ class ShardedWriter:
         data = tensor_bytes(tensor)
         assert sh.handle is not None
         sh.handle.seek(sh.offsets[name])
-        # 1 MiB slices: one huge write() is 3-5x slower into the page cache than the same bytes in slices.
-        for start in range(0, len(data), WRITE_SLICE):
-            sh.handle.write(data[start:start + WRITE_SLICE])
+        sh.handle.write(data)
         if self.fmt == "bin":
             sh.crc[sh.record[name]] = zlib.crc32(data)
         sh.remaining.discard(name)
@@ -292,49 +269,56 @@ class ShardedWriter:
         """A small non-weight file (config, tokenizer) written with the shards."""
         self._aux[name] = data
 
-    def copy_aux_files(self, folder: Path | None, *, dtype: torch.dtype | None = None,
-                       vocab_size: int | None = None, skip: Iterable[str] = ()) -> list[str]:
-        """Carry config/tokenizer files from ``folder``; update ``config.json`` dtype and vocab size."""
+    def copy_files(self, folder: Path | None, names: Iterable[str]) -> list[str]:
+        """Carry the named files that exist in ``folder`` into the output, unchanged."""
         copied: list[str] = []
         if folder is None:
             return copied
-        for name in AUX_FILES:
+        for name in names:
             p = folder / name
-            if name in skip or not p.is_file():
-                continue
-            data = p.read_bytes()
-            if name == "config.json" and (dtype is not None or vocab_size is not None):
-                data = updated_config(data, p, dtype=dtype, vocab_size=vocab_size)
-            self.add_file(name, data)
-            copied.append(name)
+            if p.is_file():
+                self.add_file(name, p.read_bytes())
+                copied.append(name)
+        return copied
+
+    def copy_aux_files(self, folder: Path | None, *, dtype: torch.dtype | None = None,
+                       vocab_size: int | None = None, skip: Iterable[str] = ()) -> list[str]:
+        """Carry config/tokenizer files from ``folder``; update ``config.json`` dtype and vocab size."""
+        skip = set(skip)
+        copied = self.copy_files(folder, [n for n in AUX_FILES if n not in skip])
+        if "config.json" in copied and (dtype is not None or vocab_size is not None):
+            assert folder is not None
+            self._aux["config.json"] = updated_config(self._aux["config.json"], folder / "config.json",
+                                                      dtype=dtype, vocab_size=vocab_size)
         return copied
 
     # ---- the end ----
+    def _index_files(self) -> dict[str, bytes]:
+        """Files derived from the finished plan (the shard index); none by default."""
+        return {}
+
     def finalize(self) -> list[Path]:
-        """Check every planned tensor was written, write the index, rename temp files to final names."""
+        """Check every planned tensor was written, write derived files, rename temp files to final names."""
         if self._done:
             return [self.out_dir / n for n in self.files]
-        missing = [s.name for sh in self.shards for s in sh.specs if sh.handle is None and not sh.offsets]
-        missing += [n for sh in self.shards for n in sorted(sh.remaining)]
+        missing = [f"{sh.name}:{s.name}" for sh in self.shards for s in sh.specs if not sh.started]
+        missing += [f"{sh.name}:{n}" for sh in self.shards for n in sorted(sh.remaining)]
         if missing:
             raise InputError(f"{len(missing)} planned tensor(s) were never written, e.g. {missing[0]!r}")
         for sh in self.shards:
-            if not sh.specs and not sh.offsets:  # an empty model: one empty shard
+            if not sh.specs and not sh.started:  # an empty model: one empty, valid file
                 self._open_shard(sh)
                 self._close_shard(sh)
             tmp = self.out_dir / f".{sh.name}{TMP_SUFFIX}"
             actual = tmp.stat().st_size
             if actual != sh.size:
                 raise InputError(f"shard {sh.name} has {actual} bytes, expected {sh.size}", path=tmp)
-        if len(self.shards) > 1:
-            index = {"metadata": {"total_size": self.total_size},
-                     "weight_map": {s.name: sh.name for sh in self.shards for s in sh.specs}}
-            self._aux[index_name(self.fmt)] = (json.dumps(index, indent=2) + "\n").encode()
+        self._aux.update(self._index_files())
         for name, data in self._aux.items():
             self._tmp(name).write_bytes(data)
-        finals = []
         if self.force:
             self._remove_stale()
+        finals = []
         for tmp in self._temps:
             final = self.out_dir / tmp.name[1:-len(TMP_SUFFIX)]
             os.replace(tmp, final)
@@ -358,6 +342,69 @@ class ShardedWriter:
         for tmp in self._temps:
             tmp.unlink(missing_ok=True)
         self._temps.clear()
+
+
+class ShardedWriter(ShardSetWriter):
+    """Write a planned set of tensors as HF-style shards; a context manager.
+
+    ``with ShardedWriter(out, specs) as w: w.write(name, tensor) ...`` — on a clean exit the files
+    are checked and renamed to their final names; on an exception nothing is left behind.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, specs: list[TensorSpec], *, fmt: str = "safetensors",
+                 shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
+                 metadata: dict[str, str] | None = None, extra_bytes: int = 0):
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise InputError(f"tensor {dup!r} planned twice")
+        if fmt not in ("safetensors", "bin"):
+            raise InputError(f"unknown output format {fmt!r}", hint="use safetensors or bin")
+        plan = plan_shards(specs, shard_size)
+        super().__init__(out_dir, list(zip(shard_names(fmt, len(plan)), plan)), fmt=fmt, force=force,
+                         metadata=metadata)
+        self._shard_of = {s.name: i for i, sh in enumerate(self.shards) for s in sh.specs}
+        if len(self.shards) > 1:
+            self.files.append(index_name(fmt))
+        self._check_destination(extra_bytes)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write one planned tensor; it must have the planned dtype and shape."""
+        if name not in self._shard_of:
+            raise InputError(f"tensor {name!r} is not in the output plan")
+        self.write_to(self._shard_of[name], name, tensor)
+
+    def _index_files(self) -> dict[str, bytes]:
+        if len(self.shards) == 1:
+            return {}
+        index = {"metadata": {"total_size": self.total_size},
+                 "weight_map": {s.name: sh.name for sh in self.shards for s in sh.specs}}
+        return {index_name(self.fmt): (json.dumps(index, indent=2) + "\n").encode()}
+
+
+def _layout_torch_zip(sh: _Shard, path: Path) -> None:
+    """Let torch.save lay out the zip with no data (skip_data), then find each record's offset."""
+    import zipfile
+
+    from torch.serialization import skip_data
+
+    # torch.empty reserves address space only; skip_data never touches the pages.
+    empties = {s.name: torch.empty(s.shape, dtype=s.dtype) for s in sh.specs}
+    with skip_data(), open(path, "wb") as f:
+        torch.save(empties, f)  # a file object: the archive is named "archive" as in transformers' files
+    del empties
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+        records = {}
+        for info in zf.infolist():
+            f.seek(info.header_offset + 26)
+            n, m = struct.unpack("<HH", f.read(4))
+            records[info.filename.split("/", 1)[1]] = (info.header_offset + 30 + n + m, info.filename)
+    # Storages are numbered in first-seen order, which is the dict's order.
+    for i, s in enumerate(sh.specs):
+        offset, record = records[f"data/{i}"]
+        sh.offsets[s.name] = offset
+        sh.record[s.name] = record
+    sh.size = path.stat().st_size
 
 
 def _patch_zip_crcs(f: BinaryIO, crcs: dict[str, int]) -> None:
