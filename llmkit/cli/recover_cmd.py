@@ -1,0 +1,173 @@
+"""``llmkit recover`` and ``llmkit make-diff``: weight diffs (ZhiXi / stanford_alpaca style), streamed."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.output import Output
+from llmkit.errors import EXIT_CHECK_FAILED
+from llmkit.units import human_bytes, parse_size
+
+# The published ZhiXi-13B fp32 sum (llmkit.recover.ZHIXI_13B_FP32_SUM); a literal so that --help needs no torch.
+ZHIXI_SUM_TEXT = "94052.2891"
+
+
+class RecoverDtype(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class DiffDtype(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+class Format(str, Enum):
+    safetensors = "safetensors"
+    bin = "bin"
+
+
+FormatOpt = Annotated[Format, typer.Option("--format", help="Output format of the weight files.")]
+ShardOpt = Annotated[str, typer.Option("--shard-size", help="Largest output shard, e.g. 5GB, 10GB, 2GiB.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Run every check and print the plan (sizes, "
+                                                            "disk space, memory estimate); write nothing.")]
+BaseOpt = Annotated[Path, typer.Option("--base", help="The base model (e.g. LLaMA-13B converted to Hugging Face); "
+                                                      "any layout: folder, shard index or single file.")]
+OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder (must not be an input folder).")]
+
+
+def _log_plan(out: Output, plan, dry_run: bool) -> None:  # plan: llmkit.recover.WeightDiffPlan
+    from llmkit.recover import describe_plan
+
+    if not dry_run:
+        for key, value in describe_plan(plan):
+            out.log(f"{key:>15}  {value}")
+    for note in plan.notes:
+        if "no tokenizer" in note:
+            out.warn(note)
+        else:
+            out.log(f"note: {note}")
+
+
+def _render(result):  # result: llmkit.recover.WeightDiffResult
+    from llmkit.recover import describe_plan
+
+    def render(console: Console) -> None:
+        plan = result.plan
+        rows: list[tuple[str, str]] = []
+        if result.dry_run:
+            rows += describe_plan(plan)
+            rows.append(("files", ", ".join(plan.files)))
+            for note in plan.notes:
+                rows.append(("note", note))
+            rows.append(("dry run", "all checks passed; nothing was written"))
+        else:
+            verb = "recovered" if plan.operation == "recover" else "diff written"
+            weights = [f for f in result.files if f not in plan.aux_files]
+            rows.append((verb, f"{plan.output} ({plan.dtype}, {plan.tensors} tensors, "
+                               f"{human_bytes(plan.output_bytes)} in {len(weights)} file(s))"))
+            rate = plan.output_bytes / result.seconds if result.seconds > 0 else 0.0
+            rows.append(("time", f"{result.seconds:.1f} s ({human_bytes(rate)}/s written)"))
+            rows.append(("files", ", ".join(result.files)))
+        if result.check_sum is not None:
+            c = result.check_sum
+            extra = f", upstream fp32 way {c.sum_fp32_upstream:.4f}" if c.sum_fp32_upstream is not None else ""
+            verdict = (f"matches {c.expected:.4f} within {c.atol:g}" if c.passed else "FAILED")
+            rows.append(("check-sum", f"{c.sum_fp64:.4f} (fp64{extra}): {verdict}"))
+        for p in result.published:
+            if p.matched_table:
+                rows.append(("published md5", f"{p.file} {p.md5} matches {p.matched_table}"))
+            else:
+                rows.append(("published md5", f"{p.file} {p.md5} matches none of {', '.join(p.tables)} "
+                                              "(byte layout differs from upstream's writer; compare by tensors)"))
+        if result.reference is not None:
+            r = result.reference
+            if r.passed:
+                rows.append(("reference", f"all {r.identical} tensors identical to {r.reference}: "
+                                          "the content is right"))
+            else:
+                examples = ", ".join((r.differing + r.only_output + r.only_reference)[:3])
+                rows.append(("reference", f"{len(r.differing)} differing, {len(r.only_output)} only in the output, "
+                                          f"{len(r.only_reference)} only in {r.reference} (e.g. {examples})"))
+        width = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            console.print(f"{k:<{width}}  {v}", markup=False)
+    return render
+
+
+def _finish(out: Output, result) -> None:
+    out.result(result, _render(result))
+    if result.reference is not None and not result.reference.passed:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command("recover")
+def recover_command(
+    base: BaseOpt,
+    diff: Annotated[Path, typer.Option("--diff", help="The published weight diff (e.g. zjunlp/zhixi-13b-diff); "
+                                                      "its config and tokenizer files go to the output.")],
+    output: OutOpt,
+    dtype: Annotated[Optional[RecoverDtype], typer.Option(
+        "--dtype", help="Output dtype (default: the diff's). fp32: fp32(diff) + fp32(base). fp16: fp16(diff) + "
+                        "fp16(base), one rounding of the fp16 sum, as upstream --is_fp16. bf16: the fp32 sum "
+                        "rounded once.")] = None,
+    fmt: FormatOpt = Format.safetensors,
+    shard_size: ShardOpt = "5GB",
+    dry_run: DryRunOpt = False,
+    check_sum: Annotated[Optional[float], typer.Option(
+        "--check-sum", help="Run upstream's naive integrity check: the sum of all output values (fp64) must equal "
+                            f"VALUE within 0.01 (ZhiXi-13B fp32: {ZHIXI_SUM_TEXT}). Exit 1 and keep no output "
+                            "otherwise.")] = None,
+    reference: Annotated[Optional[Path], typer.Option(
+        "--reference", help="After writing, compare the output tensor by tensor with this model; exit 1 if any "
+                            "tensor differs.")] = None,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Recover a model from a weight diff: out = diff + base for every tensor, streamed in bounded memory."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        from llmkit.recover import recover
+
+        result = recover(base, diff, output, dtype=dtype.value if dtype else None, fmt=fmt.value,
+                         shard_size=parse_size(shard_size), force=force,
+                         dry_run=dry_run, check_sum=check_sum, reference=reference, progress=out.progress,
+                         on_plan=lambda plan: _log_plan(out, plan, dry_run))
+        _finish(out, result)
+
+
+@app.command("make-diff")
+def make_diff_command(
+    base: BaseOpt,
+    target: Annotated[Path, typer.Option("--target", help="The fine-tuned model; its config and tokenizer files "
+                                                          "go to the diff.")],
+    output: OutOpt,
+    dtype: Annotated[DiffDtype, typer.Option(
+        "--dtype", help="Diff dtype: computed as fp32(target) - fp32(base), stored in fp32 (exact) or rounded "
+                        "once to fp16.")] = DiffDtype.fp32,
+    fmt: FormatOpt = Format.safetensors,
+    shard_size: ShardOpt = "5GB",
+    dry_run: DryRunOpt = False,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Make a weight diff: diff = target - base for every tensor (the inverse of recover), streamed."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        from llmkit.recover import make_diff
+
+        result = make_diff(base, target, output, dtype=dtype.value, fmt=fmt.value,
+                           shard_size=parse_size(shard_size), force=force, dry_run=dry_run, progress=out.progress,
+                           on_plan=lambda plan: _log_plan(out, plan, dry_run))
+        _finish(out, result)
