@@ -532,12 +532,14 @@ class MergePlan:
                         t = unpermute_hf_to_meta(t, heads[leaf])
                     for i, piece in enumerate(meta_split(meta, t, self.pth_shards)):
                         writer.write(i, meta, piece)
+                    self.base.release(name)  # mapped .bin pages of the used tensor leave RSS
                     advance(self.base.info(name).nbytes)
                 writer.copy_files(tok, TOKENIZER_FILES)
         else:
             with output.writer as writer:
                 for name, _ in output.names:
                     writer.write(name, self.merged(name))
+                    self.base.release(name)  # mapped .bin pages of the used tensor leave RSS
                     advance(self.base.info(name).nbytes)
                 vocab = self.vocab_after if self.vocab_after != self.vocab_before else None
                 writer.copy_aux_files(self.base.folder, dtype=self.out_dtype, vocab_size=vocab, skip=TOKENIZER_FILES)

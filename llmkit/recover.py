@@ -30,11 +30,9 @@ beside it); the published value counts 40 layers of ``inv_freq`` buffers (about 
 
 from __future__ import annotations
 
-import ctypes
 import math
 import mmap
 import os
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -49,7 +47,7 @@ from llmkit.errors import CheckFailed, InputError
 from llmkit.io import DEFAULT_SHARD_SIZE, ShardedWriter, TensorSpec, open_source
 from llmkit.io.dtypes import CLI_DTYPES, st_code
 from llmkit.io.sinks import AUX_FILES, ensure_output_is_new, free_bytes, human_bytes
-from llmkit.io.sources import MetaSource, TensorInfo, TensorSource, TorchFile
+from llmkit.io.sources import MetaSource, TensorInfo, TensorSource
 
 # The published integrity sum of the recovered ZhiXi-13B in fp32 (KnowLM tools/weight_diff.py).
 ZHIXI_13B_FP32_SUM = 94052.2891
@@ -194,76 +192,6 @@ def fp64_sum(t: torch.Tensor) -> float:
     for start in range(0, flat.numel(), _SUM_CHUNK):
         total += float(flat[start:start + _SUM_CHUNK].sum(dtype=torch.float64))
     return total
-
-
-# ------------------------------------------------------------------ memory: mapped .bin pages
-
-_MADV_WILLNEED = 3
-_MADV_DONTNEED = 4
-
-
-def _libc():
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-class _MappedPages:
-    """Drop the resident pages of tensors read from memory-mapped ``.bin`` files once they are used.
-
-    ``torch.load(mmap=True)`` maps a whole shard privately; every page a tensor touches stays in the
-    process's RSS until the mapping closes, so reading a 10 GB shard would show 10 GB of RSS. After a
-    tensor is used, ``madvise(MADV_DONTNEED)`` on the whole pages inside it drops them (they would be
-    re-read from the file; llmkit never writes to input mappings). Only ranges verified in
-    ``/proc/self/maps`` to lie in a file mapping of that very file are touched.
-    """
-
-    def __init__(self) -> None:
-        self._libc = _libc() if sys.platform.startswith("linux") else None
-        self._ranges: dict[Path, list[tuple[int, int]]] = {}
-
-    def _file_ranges(self, path: Path) -> list[tuple[int, int]]:
-        path = path.resolve()
-        if path not in self._ranges:
-            ranges = []
-            try:
-                with open("/proc/self/maps") as f:
-                    for line in f:
-                        parts = line.split(maxsplit=5)
-                        if len(parts) == 6 and parts[5].strip() == str(path):
-                            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-                            ranges.append((lo, hi))
-            except OSError:
-                pass
-            self._ranges[path] = ranges
-        return self._ranges[path]
-
-    def _advise(self, src: TensorSource, name: str, tensor: torch.Tensor | None, advice: int) -> None:
-        if self._libc is None or tensor is None or name not in src.weight_map or isinstance(src, MetaSource):
-            return
-        f = src.weight_map[name]
-        if not isinstance(f, TorchFile):
-            return
-        storage = tensor.untyped_storage()
-        lo, hi = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
-        page = mmap.PAGESIZE
-        a, b = lo + (-lo) % page, hi - hi % page  # whole pages inside the tensor only
-        if b <= a:
-            return
-        if any(r_lo <= a and b <= r_hi for r_lo, r_hi in self._file_ranges(f.path)):
-            self._libc.madvise(a, b - a, advice)
-
-    def release(self, src: TensorSource, name: str, tensor: torch.Tensor | None) -> None:
-        """Drop the tensor's resident pages (it has been used)."""
-        self._advise(src, name, tensor, _MADV_DONTNEED)
-
-    def prefetch(self, src: TensorSource, name: str) -> None:
-        """Start reading a memory-mapped tensor from disk in the background (kernel readahead)."""
-        if name in src.weight_map and isinstance(src.weight_map[name], TorchFile) and not isinstance(src, MetaSource):
-            self._advise(src, name, src.weight_map[name].get(name), _MADV_WILLNEED)
 
 
 # ------------------------------------------------------------------ checks before the long work
@@ -639,22 +567,23 @@ def compare_by_tensors(output: Path, reference: str | os.PathLike) -> ReferenceC
 
 # ------------------------------------------------------------------ the streaming loop
 
-def _pairs(job: _Job, pages: _MappedPages) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, other[name], base[name]) in the other's order; the next pair is prefetched, used pages dropped."""
+def _pairs(job: _Job) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, other[name], base[name]) in the other's order; the next pair is prefetched and used
+    tensors released, so mapped ``.bin`` pages do not pile up in RSS (see ``TensorSource.release``)."""
     inv_freq = legacy_inv_freq(job.rope[0], job.rope[1]) if job.plan.computed_buffers and job.rope else None
     computed = set(job.plan.computed_buffers)
     names = job.other.keys()
     for i, name in enumerate(names):
         if i + 1 < len(names):
-            pages.prefetch(job.other, names[i + 1])
+            job.other.prefetch(names[i + 1])
             if names[i + 1] not in computed:
-                pages.prefetch(job.base, names[i + 1])
+                job.base.prefetch(names[i + 1])
         o = job.other.get(name)
         b = inv_freq if name in computed else job.base.get(name)
         yield name, o, b
-        pages.release(job.other, name, o)
+        job.other.release(name)
         if name not in computed:
-            pages.release(job.base, name, b)
+            job.base.release(name)
 
 
 def _write(writer: ShardedWriter, name: str, tensor: torch.Tensor) -> int:
@@ -664,7 +593,6 @@ def _write(writer: ShardedWriter, name: str, tensor: torch.Tensor) -> int:
 
 def _run(job: _Job, *, check_sum: float | None, reference, progress: ProgressFactory | None) -> WeightDiffResult:
     plan = job.plan
-    pages = _MappedPages()
     compute = recover_tensor if plan.operation == "recover" else diff_tensor
     s64, s32 = 0.0, (torch.zeros((), dtype=torch.float32) if job.out_dtype == torch.float32 else None)
     buffers = 0
@@ -676,7 +604,7 @@ def _run(job: _Job, *, check_sum: float | None, reference, progress: ProgressFac
     with job.writer as writer, ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmkit-write") as pool:
         with (progress(label, plan.output_bytes) if progress else nullcontext(lambda n: None)) as advance:
             pending: Future | None = None
-            for name, o, b in _pairs(job, pages):
+            for name, o, b in _pairs(job):
                 out = compute(o, b, job.out_dtype)
                 del o, b
                 if check_sum is not None:

@@ -132,6 +132,8 @@ def compare_sources(a: TensorSource | Path, b: TensorSource | Path, *,
                 elif not _same_bytes(sa.get(name), sb.get(name)):
                     result.differing.append(name)
                     result.reasons[name] = "bytes differ"
+                sa.release(name)  # mapped .bin pages of compared tensors leave RSS
+                sb.release(name)
                 if progress is not None:
                     progress(ia.nbytes)
             result.identical = not (result.differing or result.only_a or result.only_b)

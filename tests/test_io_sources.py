@@ -190,3 +190,30 @@ def test_pickled_data_stays_mapped_copy_on_write(tiny_factory, tmp_path):
     t.add_(1.0)  # a careless in-place op must never reach the input file
     f.close()
     assert (folder / "pytorch_model.bin").read_bytes() == before
+
+
+def test_iterating_a_mapped_bin_keeps_rss_near_one_tensor(tmp_path):
+    """torch.load(mmap=True) keeps touched pages resident; the source drops them as the loop moves on."""
+    import subprocess
+    import sys
+    import textwrap
+
+    make = f"""import torch
+torch.save({{f"t{{i}}": torch.full((8 * 2**20,), float(i)) for i in range(8)}}, {str(tmp_path / "pytorch_model.bin")!r})
+"""
+    subprocess.run([sys.executable, "-c", make], check=True)  # built elsewhere: this RSS stays clean
+    measure = textwrap.dedent(f"""
+        import resource, torch
+        from llmkit.io import open_source
+        src = open_source({str(tmp_path)!r})
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        total = 0.0
+        for name, t in src:
+            total += float(t.sum())  # touches every page of the tensor
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert total == sum(i * 8 * 2**20 for i in range(8)), total
+        print((peak - base) * 1024)
+    """)
+    proc = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True, check=True)
+    grown = int(proc.stdout.split()[-1])
+    assert grown < 3 * 32 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB reading a 256 MiB .bin"
