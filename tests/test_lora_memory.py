@@ -7,13 +7,10 @@ Chinese-LLaMA-shaped: LoRA on the 7 linear layers plus full embed_tokens/lm_head
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-import pytest
+from rss_probe import needs_proc, peak_growth
 
 HIDDEN, INTERMEDIATE, VOCAB, NEW_VOCAB, R = 512, 1408, 2048, 2560, 8
 LARGEST_FP32 = INTERMEDIATE * HIDDEN * 4  # the fp32 delta of an MLP layer, 2.9 MB
@@ -58,16 +55,11 @@ MEASURE = textwrap.dedent("""
     from pathlib import Path
     from llmkit.lora import merge_lora
 
-    def status(key):
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
 
     root = Path(sys.argv[1])
     # warm-up (imports, thread pools, allocator) on a copy of the job, then measure a fresh run
     merge_lora(root / "base", [root / "lora"], root / "warm")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    reset_peak()
     before = status("VmRSS")
     merge_lora(root / "base", [root / "lora"], root / "out")
     print(json.dumps({"growth": status("VmHWM") - before}))
@@ -75,13 +67,10 @@ MEASURE = textwrap.dedent("""
 
 
 def _peak_growth(root: Path, layers: int) -> int:
-    folder = root / f"l{layers}"
-    subprocess.run([sys.executable, "-c", GENERATE, folder, str(layers)], check=True)
-    r = subprocess.run([sys.executable, "-c", MEASURE, folder], capture_output=True, text=True, check=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])["growth"]
+    return peak_growth(GENERATE, MEASURE, root / f"l{layers}", str(layers))
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the RSS peak")
+@needs_proc
 def test_merge_peak_rss_is_a_few_tensors_and_flat_in_layers(tmp_path):
     small, large = _peak_growth(tmp_path, 2), _peak_growth(tmp_path, 10)
     # Holding the model would add 8 x 9 MB for the extra layers; streaming adds nothing measurable.

@@ -8,13 +8,10 @@ base fp16 safetensors, as for ZhiXi-13B.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-import pytest
+from rss_probe import needs_proc, peak_growth
 
 HIDDEN, INTERMEDIATE, VOCAB = 512, 1408, 2048
 LARGEST = VOCAB * HIDDEN * 4  # fp32 embedding = 4 MiB
@@ -54,16 +51,11 @@ MEASURE = textwrap.dedent("""
     from llmkit.errors import CheckFailed
     from llmkit.recover import recover
 
-    def status(key):
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
 
     root = Path(sys.argv[1])
     # warm-up on the same files (imports, thread pools, allocator), then measure a fresh run
     recover(root / "base", root / "diff", root / "warm", dry_run=True)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    reset_peak()
     before = status("VmRSS")
     try:  # with the fp64 integrity sum on the way; 0.0 fails only at the end, after the whole stream
         recover(root / "base", root / "diff", root / "out", check_sum=0.0)
@@ -74,13 +66,10 @@ MEASURE = textwrap.dedent("""
 
 
 def _peak_growth(root: Path, layers: int) -> int:
-    folder = root / f"l{layers}"
-    subprocess.run([sys.executable, "-c", GENERATE, folder, str(layers)], check=True)
-    r = subprocess.run([sys.executable, "-c", MEASURE, folder], capture_output=True, text=True, check=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])["growth"]
+    return peak_growth(GENERATE, MEASURE, root / f"l{layers}", str(layers))
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the RSS peak")
+@needs_proc
 def test_recover_peak_rss_is_about_three_largest_tensors_and_flat_in_layers(tmp_path):
     small, large = _peak_growth(tmp_path, 2), _peak_growth(tmp_path, 10)
     # Holding the inputs of 8 extra layers would add ~8 x 20 MB; streaming adds nothing measurable.
