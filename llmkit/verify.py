@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from llmkit.errors import InputError
+from llmkit.io.sinks import tensor_bytes
 from llmkit.io.sources import TensorSource, open_source
 from llmkit.registry import (KNOWN_SIZES, MODELS, TABLE_APPROX_BYTES, ChecksumTable, TableEntry, builtin_tables,
                              get_table)
@@ -61,15 +62,6 @@ def hash_file(path: Path, algorithm: str = "md5", *, progress: Callable[[int], N
             if progress is not None:
                 progress(n)
     return h.hexdigest()
-
-
-def tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """The tensor's raw bytes in C order (native = little-endian on every platform torch ships for)."""
-    t = tensor.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    t = t.contiguous().reshape(-1)
-    return memoryview(t.view(torch.uint8).numpy())
 
 
 def tensor_digest(tensor: torch.Tensor, algorithm: str = "sha256") -> str:
