@@ -48,6 +48,8 @@ from typing import BinaryIO, Callable, ContextManager, Iterator, Sequence
 import numpy as np
 
 from llmkit.errors import CheckFailed, DiskSpaceError, InputError, OutputExistsError
+from llmkit.hashing import hash_file
+from llmkit.units import human_bytes
 
 CHUNK = 10 * 2**20  # upstream data chunk and key read size (SPEC.md 1)
 BLOCK = 2 * 2**20  # llmkit's I/O unit; must divide CHUNK
@@ -78,14 +80,6 @@ ProgressFactory = Callable[[str, "int | None"], ContextManager[Callable[[int], N
 @contextmanager
 def _no_progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     yield lambda n: None
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    raise AssertionError
 
 
 # ------------------------------------------------------------------ results
@@ -510,15 +504,8 @@ def check_key(path: str | os.PathLike, *, progress: ProgressFactory | None = Non
     if isinstance(cached, dict) and cached.get("size") == st.st_size and cached.get("mtime_ns") == st.st_mtime_ns:
         digest, status = str(cached.get("md5")), "verified (cached)"
     else:
-        h = hashlib.md5()
-        buf = np.empty(BLOCK * 4, dtype=np.uint8)
-        view = memoryview(buf)
-        with (progress or _no_progress)("checking the key (md5, once)", st.st_size) as advance, \
-                open(path, "rb", buffering=0) as f:
-            while n := _read_full(f, view):
-                h.update(view[:n])
-                advance(n)
-        digest, status = h.hexdigest(), "verified"
+        with (progress or _no_progress)("checking the key (md5, once)", st.st_size) as advance:
+            digest, status = hash_file(path, "md5", progress=advance), "verified"
         _store_key_cache(entry_key, {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": digest})
     if digest != KEY_MD5:
         raise _wrong_key(path, f"the key file has md5 {digest}")
@@ -651,7 +638,7 @@ def _check_outputs(out_dir: Path, names: list[str], inputs: list[Path], force: b
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free < need + 64 * 2**20:
-        raise DiskSpaceError(f"needs {_human(need)} of free space, {_human(free)} available", path=out_dir,
+        raise DiskSpaceError(f"needs {human_bytes(need)} of free space, {human_bytes(free)} available", path=out_dir,
                              hint="free some space or choose another -o")
 
 

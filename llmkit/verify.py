@@ -27,47 +27,19 @@ from typing import Callable
 import torch
 
 from llmkit.errors import InputError
+from llmkit.hashing import ALGORITHMS, BUFFER_BYTES, hash_file, new_hash  # noqa: F401
 from llmkit.io.sinks import tensor_bytes
 from llmkit.io.sources import TensorSource, open_source
 from llmkit.registry import (KNOWN_SIZES, MODELS, TABLE_APPROX_BYTES, ChecksumTable, TableEntry, builtin_tables,
                              get_table)
 
-BUFFER_BYTES = 8 * 1024 * 1024
-ALGORITHMS = ("md5", "sha256")
-
-
-def _new_hash(algorithm: str):
-    if algorithm not in ALGORITHMS:
-        raise InputError(f"unknown checksum algorithm {algorithm!r}", hint=f"use one of {', '.join(ALGORITHMS)}")
-    return hashlib.new(algorithm)
-
-
-def hash_file(path: Path, algorithm: str = "md5", *, progress: Callable[[int], None] | None = None) -> str:
-    """Hex digest of the file's bytes. Reads 8 MiB at a time into one reused buffer; calls
-    ``progress(nbytes)`` after each read. Memory: one buffer."""
-    h = _new_hash(algorithm)
-    buf = bytearray(BUFFER_BYTES)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        if hasattr(os, "posix_fadvise"):  # ask for aggressive read-ahead, as md5sum does
-            try:
-                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            except OSError:
-                pass
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            if progress is not None:
-                progress(n)
-    return h.hexdigest()
+# hash_file / new_hash live in llmkit.hashing (no torch import); re-exported here.
 
 
 def tensor_digest(tensor: torch.Tensor, algorithm: str = "sha256") -> str:
     """Hex digest of the tensor's raw bytes (C order). dtype and shape are not part of the digest;
     the ``--tensors`` table carries them beside it."""
-    h = _new_hash(algorithm)
+    h = new_hash(algorithm)
     h.update(tensor_bytes(tensor))
     return h.hexdigest()
 
@@ -627,7 +599,7 @@ def plan_checksum(paths: list[Path]) -> list[tuple[str, Path]]:
 
 def checksum_files(planned: list[tuple[str, Path]], algorithm: str = "md5", *, jobs: int = 1,
                    progress: Callable[[int], None] | None = None) -> ChecksumResult:
-    _new_hash(algorithm)
+    new_hash(algorithm)
     digests = hash_files([f for _, f in planned], algorithm, jobs=jobs, progress=progress)
     return ChecksumResult(algorithm, [FileDigest(shown, digests[f], f.stat().st_size) for shown, f in planned])
 
@@ -670,7 +642,7 @@ def tensor_table(source: TensorSource | Path, algorithm: str = "sha256", *, jobs
     Tensors are read one at a time on the calling thread (sources are not thread-safe) and hashed on
     ``jobs`` threads, with at most ``2 * jobs`` tensors in flight: memory ~ that many tensors.
     """
-    _new_hash(algorithm)
+    new_hash(algorithm)
     src, close = _as_source(source)
     try:
         names = src.keys()
