@@ -73,7 +73,9 @@ def _peak_growth(root: Path, layers: int) -> int:
 @needs_proc
 def test_merge_peak_rss_is_a_few_tensors_and_flat_in_layers(tmp_path):
     small, large = _peak_growth(tmp_path, 2), _peak_growth(tmp_path, 10)
-    # Holding the model would add 8 x 9 MB for the extra layers; streaming adds nothing measurable.
-    assert large - small < PER_LAYER, (small, large)
+    # Holding the model would add 8 x PER_LAYER (51 MB) for the 8 extra layers; streaming adds nothing but
+    # allocator noise, measured up to ~8 MB on a loaded 2-core machine (more than one layer's 6.4 MB).
+    # Half of the non-streaming growth separates the two cases without flaking.
+    assert large - small < 4 * PER_LAYER, (small, large)
     # In flight: an fp16 weight, its fp32 delta and the rounded result, plus a small constant.
     assert large < 3 * LARGEST_FP32 + 24 * 2**20, (small, large)
