@@ -35,7 +35,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import sys
 import threading
 import time
@@ -49,7 +48,7 @@ import numpy as np
 
 from llmkit.errors import CheckFailed, DiskSpaceError, InputError, OutputExistsError
 from llmkit.hashing import hash_file
-from llmkit.units import human_bytes
+from llmkit.units import free_bytes, human_bytes
 
 CHUNK = 10 * 2**20  # upstream data chunk and key read size (SPEC.md 1)
 BLOCK = 2 * 2**20  # llmkit's I/O unit; must divide CHUNK
@@ -633,10 +632,7 @@ def _check_outputs(out_dir: Path, names: list[str], inputs: list[Path], force: b
             raise OutputExistsError(f"the output folder already holds {', '.join(clash[:3])}"
                                     + (" ..." if len(clash) > 3 else ""), path=out_dir,
                                     hint="pass --force to overwrite, or choose another -o")
-    probe = out_dir
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = free_bytes(out_dir)
     if free < need + 64 * 2**20:
         raise DiskSpaceError(f"needs {human_bytes(need)} of free space, {human_bytes(free)} available", path=out_dir,
                              hint="free some space or choose another -o")

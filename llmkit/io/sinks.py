@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import shutil
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import torch
 
 from llmkit.errors import DiskSpaceError, InputError, OutputExistsError
 from llmkit.io.dtypes import CONFIG_NAMES, itemsize, st_code
-from llmkit.units import DEFAULT_SHARD_SIZE, human_bytes, parse_size  # noqa: F401 (re-exported)
+from llmkit.units import DEFAULT_SHARD_SIZE, free_bytes, human_bytes, parse_size  # noqa: F401 (re-exported)
 
 TMP_SUFFIX = ".llmkit-tmp"
 WRITE_SLICE = 1 << 20  # bytes per write() call
@@ -107,13 +106,6 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     if t.numel() == 0:
         return memoryview(b"")
     return memoryview(t.view(torch.uint8).numpy())
-
-
-def free_bytes(folder: Path) -> int:
-    p = folder
-    while not p.exists():
-        p = p.parent
-    return shutil.disk_usage(p).free
 
 
 def ensure_output_is_new(out_dir: Path, inputs: Iterable[Path]) -> None:
