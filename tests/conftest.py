@@ -42,6 +42,22 @@ def tiny_factory(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def lora_work(tmp_path_factory) -> Path:
+    """A tiny base (fp32; fp16; bf16 .bin) and three tiny adapters (CuteGPT-, Chinese-LLaMA-, Chinese-Alpaca-like)
+    built with peft. Read-only: tests that alter one copy it first."""
+    from llmkit.tiny_lora import save_chinese_alpaca_like, save_chinese_llama_like, save_cutegpt_like
+
+    root = tmp_path_factory.mktemp("lora")
+    save_tiny_model(root / "base", "safetensors")
+    save_tiny_model(root / "base-fp16", "safetensors", dtype=torch.float16)
+    save_tiny_model(root / "base-bf16-bin", "bin", dtype=torch.bfloat16)
+    save_cutegpt_like(root / "cute")
+    save_chinese_llama_like(root / "llama")
+    save_chinese_alpaca_like(root / "alpaca")
+    return root
+
+
 @dataclass
 class CliResult:
     exit_code: int

@@ -17,22 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from llmkit.io import open_source
 from llmkit.lora import merge_lora, tokenizer_size
-from llmkit.tiny import save_tiny_model, write_tokenizer
-from llmkit.tiny_lora import (LLAMA_LINEAR, peft_merged_state, save_chinese_alpaca_like, save_chinese_llama_like,
-                              save_cutegpt_like, save_tiny_adapter, save_tiny_base, save_tiny_gpt2,
+from llmkit.tiny import write_tokenizer
+from llmkit.tiny_lora import (LLAMA_LINEAR, peft_merged_state, save_tiny_adapter, save_tiny_base, save_tiny_gpt2,
                               save_tiny_gpt2_adapter)
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("lora")
-    save_tiny_model(root / "base", "safetensors")
-    save_tiny_model(root / "base-fp16", "safetensors", dtype=torch.float16)
-    save_tiny_model(root / "base-bf16-bin", "bin", dtype=torch.bfloat16)
-    save_cutegpt_like(root / "cute")
-    save_chinese_llama_like(root / "llama")
-    save_chinese_alpaca_like(root / "alpaca")
-    return root
 
 
 def merged_state(out: Path) -> dict[str, torch.Tensor]:
@@ -68,16 +55,16 @@ def assert_within_one_ulp(got: dict[str, torch.Tensor], ref: dict[str, torch.Ten
         assert ((t.float() - r.float()).abs() <= spacing).all(), name
 
 
-def test_single_qv_adapter_matches_peft(work, tmp_path):
-    merge_lora(work / "base", [work / "cute"], tmp_path / "out")
-    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(work / "base", [work / "cute"]))
+def test_single_qv_adapter_matches_peft(lora_work, tmp_path):
+    merge_lora(lora_work / "base", [lora_work / "cute"], tmp_path / "out")
+    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(lora_work / "base", [lora_work / "cute"]))
 
 
-def test_all_linear_adapter_matches_peft(work, tmp_path):
+def test_all_linear_adapter_matches_peft(lora_work, tmp_path):
     save_tiny_adapter(tmp_path / "ad", target_modules="all-linear", r=4, lora_alpha=16)
     assert len(json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["target_modules"]) == 14
-    merge_lora(work / "base", [tmp_path / "ad"], tmp_path / "out")
-    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(work / "base", [tmp_path / "ad"]))
+    merge_lora(lora_work / "base", [tmp_path / "ad"], tmp_path / "out")
+    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(lora_work / "base", [tmp_path / "ad"]))
 
 
 def test_fan_in_fan_out_conv1d_adapter_matches_peft(tmp_path):
@@ -88,35 +75,35 @@ def test_fan_in_fan_out_conv1d_adapter_matches_peft(tmp_path):
     assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(tmp_path / "gpt2", [tmp_path / "ad"]))
 
 
-def test_fan_in_fan_out_flag_on_linear_layers_is_overridden_like_peft(work, tmp_path):
+def test_fan_in_fan_out_flag_on_linear_layers_is_overridden_like_peft(lora_work, tmp_path):
     save_tiny_adapter(tmp_path / "ad", target_modules=LLAMA_LINEAR)
     cfg_path = tmp_path / "ad" / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["fan_in_fan_out"] = True  # as older peft saved it; peft switches it off for nn.Linear
     cfg_path.write_text(json.dumps(cfg))
-    result = merge_lora(work / "base", [tmp_path / "ad"], tmp_path / "out")
+    result = merge_lora(lora_work / "base", [tmp_path / "ad"], tmp_path / "out")
     assert any("fan_in_fan_out" in w for w in result.warnings)
-    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(work / "base", [tmp_path / "ad"]))
+    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(lora_work / "base", [tmp_path / "ad"]))
 
 
-def test_rslora_scaling_matches_peft(work, tmp_path):
+def test_rslora_scaling_matches_peft(lora_work, tmp_path):
     save_tiny_adapter(tmp_path / "ad", use_rslora=True, r=16, lora_alpha=8)
-    result = merge_lora(work / "base", [tmp_path / "ad"], tmp_path / "out")
+    result = merge_lora(lora_work / "base", [tmp_path / "ad"], tmp_path / "out")
     assert result.adapters[0].scaling == 8 / 16 ** 0.5
-    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(work / "base", [tmp_path / "ad"]))
+    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(lora_work / "base", [tmp_path / "ad"]))
 
 
-def test_rank_and_alpha_patterns_match_peft(work, tmp_path):
+def test_rank_and_alpha_patterns_match_peft(lora_work, tmp_path):
     save_tiny_adapter(tmp_path / "ad", target_modules=LLAMA_LINEAR, r=4, lora_alpha=8,
                       rank_pattern={"v_proj": 2, "layers.1.mlp.down_proj": 6}, alpha_pattern={"q_proj": 3})
-    merge_lora(work / "base", [tmp_path / "ad"], tmp_path / "out")
-    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(work / "base", [tmp_path / "ad"]))
+    merge_lora(lora_work / "base", [tmp_path / "ad"], tmp_path / "out")
+    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(lora_work / "base", [tmp_path / "ad"]))
 
 
-def test_embedding_and_lm_head_lora_match_peft(work, tmp_path):
+def test_embedding_and_lm_head_lora_match_peft(lora_work, tmp_path):
     save_tiny_adapter(tmp_path / "ad", target_modules=("embed_tokens", "q_proj", "lm_head"))
-    merge_lora(work / "base", [tmp_path / "ad"], tmp_path / "out")
-    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(work / "base", [tmp_path / "ad"]))
+    merge_lora(lora_work / "base", [tmp_path / "ad"], tmp_path / "out")
+    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(lora_work / "base", [tmp_path / "ad"]))
 
 
 def test_lora_bias_matches_peft(tmp_path):
@@ -126,75 +113,75 @@ def test_lora_bias_matches_peft(tmp_path):
     assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(tmp_path / "gpt2", [tmp_path / "ad"]))
 
 
-def test_modules_to_save_with_vocab_resize_matches_peft(work, tmp_path):
-    result = merge_lora(work / "base", [work / "alpaca"], tmp_path / "out")
+def test_modules_to_save_with_vocab_resize_matches_peft(lora_work, tmp_path):
+    result = merge_lora(lora_work / "base", [lora_work / "alpaca"], tmp_path / "out")
     assert (result.vocab_before, result.vocab_after) == (100, 101)
     got = merged_state(tmp_path / "out")
-    saved = load_file(work / "alpaca" / "adapter_model.safetensors")
+    saved = load_file(lora_work / "alpaca" / "adapter_model.safetensors")
     assert torch.equal(got["model.embed_tokens.weight"], saved["base_model.model.model.embed_tokens.weight"])
     assert torch.equal(got["lm_head.weight"], saved["base_model.model.lm_head.weight"])
-    assert_equal_to_peft(got, peft_merged_state(work / "base", [work / "alpaca"]))
+    assert_equal_to_peft(got, peft_merged_state(lora_work / "base", [lora_work / "alpaca"]))
 
 
-def test_two_adapters_in_order_match_peft(tmp_path, work):
+def test_two_adapters_in_order_match_peft(tmp_path, lora_work):
     # LLaMA 90 tokens -> "Chinese-LLaMA" LoRA 100 -> "Chinese-Alpaca" LoRA 101, like 32000 -> 49953 -> 49954.
     save_tiny_base(tmp_path / "base90", vocab_size=90)
-    adapters = [work / "llama", work / "alpaca"]
+    adapters = [lora_work / "llama", lora_work / "alpaca"]
     result = merge_lora(tmp_path / "base90", adapters, tmp_path / "out")
     assert [a.vocab_size for a in result.adapters] == [100, 101]
     assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(tmp_path / "base90", adapters))
 
 
-def test_three_adapters_deltas_add_up_in_order_like_peft(work, tmp_path):
-    adapters = [work / "cute", work / "llama", work / "alpaca"]
-    merge_lora(work / "base", adapters, tmp_path / "out")
-    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(work / "base", adapters))
+def test_three_adapters_deltas_add_up_in_order_like_peft(lora_work, tmp_path):
+    adapters = [lora_work / "cute", lora_work / "llama", lora_work / "alpaca"]
+    merge_lora(lora_work / "base", adapters, tmp_path / "out")
+    assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(lora_work / "base", adapters))
 
 
-def test_bin_adapter_matches_peft_and_the_safetensors_one(work, tmp_path):
+def test_bin_adapter_matches_peft_and_the_safetensors_one(lora_work, tmp_path):
     save_tiny_adapter(tmp_path / "st", target_modules=LLAMA_LINEAR, seed=5)
     save_tiny_adapter(tmp_path / "bin", target_modules=LLAMA_LINEAR, seed=5, safe_serialization=False)
     assert (tmp_path / "bin" / "adapter_model.bin").is_file()
-    merge_lora(work / "base", [tmp_path / "bin"], tmp_path / "out-bin")
-    merge_lora(work / "base", [tmp_path / "st"], tmp_path / "out-st")
+    merge_lora(lora_work / "base", [tmp_path / "bin"], tmp_path / "out-bin")
+    merge_lora(lora_work / "base", [tmp_path / "st"], tmp_path / "out-st")
     got = merged_state(tmp_path / "out-bin")
-    assert_equal_to_peft(got, peft_merged_state(work / "base", [tmp_path / "bin"]))
+    assert_equal_to_peft(got, peft_merged_state(lora_work / "base", [tmp_path / "bin"]))
     assert all(torch.equal(got[k], v) for k, v in merged_state(tmp_path / "out-st").items())
 
 
 @pytest.mark.parametrize("base_name,dtype", [("base-fp16", torch.float16), ("base-bf16-bin", torch.bfloat16)])
-def test_half_precision_base_equals_peft_and_is_within_one_ulp_of_legacy_peft(work, tmp_path, base_name, dtype):
-    adapters = [work / "cute", work / "alpaca"]
-    merge_lora(work / base_name, adapters, tmp_path / "out")
+def test_half_precision_base_equals_peft_and_is_within_one_ulp_of_legacy_peft(lora_work, tmp_path, base_name, dtype):
+    adapters = [lora_work / "cute", lora_work / "alpaca"]
+    merge_lora(lora_work / base_name, adapters, tmp_path / "out")
     got = merged_state(tmp_path / "out")
     assert got["model.layers.0.self_attn.q_proj.weight"].dtype == dtype
-    assert_equal_to_peft(got, peft_merged_state(work / base_name, adapters, dtype=dtype))
+    assert_equal_to_peft(got, peft_merged_state(lora_work / base_name, adapters, dtype=dtype))
     # peft without adapter upcasting (older peft) rounds the delta to the weight dtype first: two roundings.
     # Same adapter values for both (saved in the half dtype, as old adapters were).
     save_tiny_adapter(tmp_path / "half", target_modules=LLAMA_LINEAR, r=8, lora_alpha=16, dtype=dtype)
-    legacy = peft_merged_state(work / base_name, [tmp_path / "half"], dtype=dtype, autocast_adapter_dtype=False)
-    merge_lora(work / base_name, [tmp_path / "half"], tmp_path / "one")
+    legacy = peft_merged_state(lora_work / base_name, [tmp_path / "half"], dtype=dtype, autocast_adapter_dtype=False)
+    merge_lora(lora_work / base_name, [tmp_path / "half"], tmp_path / "one")
     one = merged_state(tmp_path / "one")
     assert not all(torch.equal(one[k], legacy[k]) for k in one)  # the two rules do differ ...
-    assert_within_one_ulp(one, legacy, merged_state(work / base_name))  # ... by at most one ulp
+    assert_within_one_ulp(one, legacy, merged_state(lora_work / base_name))  # ... by at most one ulp
 
 
-def test_dtype_option_merges_in_the_output_dtype_like_peft_loading_in_it(work, tmp_path):
-    adapters = [work / "cute", work / "alpaca"]
-    merge_lora(work / "base", adapters, tmp_path / "out", dtype="fp16")
+def test_dtype_option_merges_in_the_output_dtype_like_peft_loading_in_it(lora_work, tmp_path):
+    adapters = [lora_work / "cute", lora_work / "alpaca"]
+    merge_lora(lora_work / "base", adapters, tmp_path / "out", dtype="fp16")
     got = merged_state(tmp_path / "out")
-    assert_equal_to_peft(got, peft_merged_state(work / "base", adapters, dtype=torch.float16))
+    assert_equal_to_peft(got, peft_merged_state(lora_work / "base", adapters, dtype=torch.float16))
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["vocab_size"] == 101 and config.get("dtype", config.get("torch_dtype")) == "float16"
 
 
-def test_fp32_merge_within_1e6_of_the_published_formula(work, tmp_path):
+def test_fp32_merge_within_1e6_of_the_published_formula(lora_work, tmp_path):
     # SPEC.md section 3 written out: W + (B @ A) * alpha / r
-    merge_lora(work / "base", [work / "cute"], tmp_path / "out")
+    merge_lora(lora_work / "base", [lora_work / "cute"], tmp_path / "out")
     got = merged_state(tmp_path / "out")
-    base = load_file(work / "base" / "model.safetensors")
-    ad = load_file(work / "cute" / "adapter_model.safetensors")
-    cfg = json.loads((work / "cute" / "adapter_config.json").read_text())
+    base = load_file(lora_work / "base" / "model.safetensors")
+    ad = load_file(lora_work / "cute" / "adapter_model.safetensors")
+    cfg = json.loads((lora_work / "cute" / "adapter_config.json").read_text())
     for layer in range(2):
         for proj in ("q_proj", "v_proj"):
             key = f"model.layers.{layer}.self_attn.{proj}"
@@ -205,25 +192,25 @@ def test_fp32_merge_within_1e6_of_the_published_formula(work, tmp_path):
             assert torch.allclose(got[f"{key}.weight"].double(), expected, rtol=1e-6, atol=1e-6 * scale)
 
 
-def test_unreplaced_new_rows_are_the_mean_of_the_old_rows(work, tmp_path):
+def test_unreplaced_new_rows_are_the_mean_of_the_old_rows(lora_work, tmp_path):
     # Only embed_tokens is saved: lm_head's new row comes from the resize, as in transformers' mean resizing.
     save_tiny_adapter(tmp_path / "ad", vocab_size=101, tokenizer_pad=True, target_modules=("q_proj",),
                       modules_to_save=("embed_tokens",))
-    result = merge_lora(work / "base", [tmp_path / "ad"], tmp_path / "out")
+    result = merge_lora(lora_work / "base", [tmp_path / "ad"], tmp_path / "out")
     assert result.mean_initialised_rows == {"lm_head.weight": 1}
     got = merged_state(tmp_path / "out")["lm_head.weight"]
-    old = load_file(work / "base" / "model.safetensors")["lm_head.weight"]
+    old = load_file(lora_work / "base" / "model.safetensors")["lm_head.weight"]
     assert torch.equal(got[:100], old)
     assert torch.equal(got[100], torch.mean(old.to(torch.float32), dim=0).to(old.dtype))
     # transformers samples the row from N(mean, 1e-9 * covariance): equal up to that jitter
-    ref = peft_merged_state(work / "base", [tmp_path / "ad"])
+    ref = peft_merged_state(lora_work / "base", [tmp_path / "ad"])
     assert_equal_to_peft({k: v for k, v in merged_state(tmp_path / "out").items() if k != "lm_head.weight"}, ref)
     jitter = 10 * (1e-9 * old.var(dim=0)).sqrt()
     assert ((got[100] - ref["lm_head.weight"][100]).abs() <= jitter).all()
 
 
-def test_default_adapter_names_and_other_key_prefixes_are_understood(work, tmp_path):
-    original = load_file(work / "llama" / "adapter_model.safetensors")
+def test_default_adapter_names_and_other_key_prefixes_are_understood(lora_work, tmp_path):
+    original = load_file(lora_work / "llama" / "adapter_model.safetensors")
     variants = {
         "named": {k.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default.")
                   .replace("model.embed_tokens.weight", "model.embed_tokens.modules_to_save.default.weight"): v
@@ -233,20 +220,20 @@ def test_default_adapter_names_and_other_key_prefixes_are_understood(work, tmp_p
     reference = None
     for name, state in variants.items():
         folder = tmp_path / name
-        shutil.copytree(work / "llama", folder)
+        shutil.copytree(lora_work / "llama", folder)
         save_file(state, folder / "adapter_model.safetensors", metadata={"format": "pt"})
-        merge_lora(work / "base", [folder], tmp_path / f"out-{name}")
+        merge_lora(lora_work / "base", [folder], tmp_path / f"out-{name}")
         got = merged_state(tmp_path / f"out-{name}")
-        reference = reference or peft_merged_state(work / "base", [work / "llama"])
+        reference = reference or peft_merged_state(lora_work / "base", [lora_work / "llama"])
         assert_equal_to_peft(got, reference)
 
 
-def test_output_tokenizer_and_vocab_size_come_from_the_last_adapter_with_a_tokenizer(work, tmp_path):
+def test_output_tokenizer_and_vocab_size_come_from_the_last_adapter_with_a_tokenizer(lora_work, tmp_path):
     save_tiny_adapter(tmp_path / "plain", target_modules=("q_proj",))  # no tokenizer
-    merge_lora(work / "base", [work / "alpaca", tmp_path / "plain"], tmp_path / "out")
+    merge_lora(lora_work / "base", [lora_work / "alpaca", tmp_path / "plain"], tmp_path / "out")
     out = tmp_path / "out"
-    assert (out / "added_tokens.json").read_bytes() == (work / "alpaca" / "added_tokens.json").read_bytes()
-    assert (out / "tokenizer.model").read_bytes() == (work / "alpaca" / "tokenizer.model").read_bytes()
+    assert (out / "added_tokens.json").read_bytes() == (lora_work / "alpaca" / "added_tokens.json").read_bytes()
+    assert (out / "tokenizer.model").read_bytes() == (lora_work / "alpaca" / "tokenizer.model").read_bytes()
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 101
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -254,11 +241,11 @@ def test_output_tokenizer_and_vocab_size_come_from_the_last_adapter_with_a_token
     assert LlamaForCausalLM.from_pretrained(out).get_input_embeddings().weight.shape[0] == 101
 
 
-def test_tokenizer_only_adapters_take_the_base_tokenizer(work, tmp_path):
+def test_tokenizer_only_adapters_take_the_base_tokenizer(lora_work, tmp_path):
     save_tiny_adapter(tmp_path / "plain", target_modules=("q_proj",))
-    result = merge_lora(work / "base", [tmp_path / "plain"], tmp_path / "out")
-    assert result.tokenizer_from == str(work / "base")
-    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == (work / "base" / "tokenizer.model").read_bytes()
+    result = merge_lora(lora_work / "base", [tmp_path / "plain"], tmp_path / "out")
+    assert result.tokenizer_from == str(lora_work / "base")
+    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == (lora_work / "base" / "tokenizer.model").read_bytes()
 
 
 @pytest.mark.parametrize("pad,special_only", [(False, False), (True, False), (False, True)])
@@ -272,12 +259,12 @@ def test_tokenizer_size_counts_like_transformers(tmp_path, pad, special_only):
     assert tokenizer_size(tmp_path) == len(AutoTokenizer.from_pretrained(tmp_path))
 
 
-def test_larger_tokenizer_option_grows_the_vocabulary_with_mean_rows(work, tmp_path):
-    result = merge_lora(work / "base", [work / "cute"], tmp_path / "out", tokenizer=work / "alpaca")
+def test_larger_tokenizer_option_grows_the_vocabulary_with_mean_rows(lora_work, tmp_path):
+    result = merge_lora(lora_work / "base", [lora_work / "cute"], tmp_path / "out", tokenizer=lora_work / "alpaca")
     assert (result.vocab_before, result.vocab_after) == (100, 101)
     assert result.mean_initialised_rows == {"model.embed_tokens.weight": 1, "lm_head.weight": 1}
     got = merged_state(tmp_path / "out")
-    ref = peft_merged_state(work / "base", [work / "cute"])  # then resized to the 101-token tokenizer
+    ref = peft_merged_state(lora_work / "base", [lora_work / "cute"])  # then resized to the 101-token tokenizer
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         old = ref[name]
         assert torch.equal(got[name][:100], old)
