@@ -365,10 +365,6 @@ class TensorSource:
         return sum(i.nbytes for i in self.infos())
 
     @property
-    def max_tensor_bytes(self) -> int:
-        return max((i.nbytes for i in self.infos()), default=0)
-
-    @property
     def weight_files(self) -> list[Path]:
         return [f.path for f in self.files]
 
