@@ -15,6 +15,12 @@ file (so the short last key read and the wrap to key offset 0 are on the timed p
   ``xor_bytes``, sha256 of the output), in a subprocess. ``--upstream-max`` times it on a prefix
   and extrapolates (the re-slice is quadratic, so the extrapolation is a lower bound).
 
+``--published`` benchmarks the path users take on TechGPT-1.0's files: the plaintext is a real zip
+archive (stored, zip64, as torch writes) named ``pytorch_model.bin``, encrypted by ``llmkit encrypt``,
+and a checksum table (``LLMKIT_CHECKSUMS``) publishes the md5 of both the ``.enc`` and the
+plaintext, so every timed run hashes the output, checks the whole zip, and must report the output
+md5 as verified against the table.
+
 Outputs are compared: llmkit's output must equal the upstream loop's output (md5 by hashlib).
 Files are read from the page cache after the first run (no root to drop caches): all three
 contenders see the same warm cache. Prints a table and the ratios.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -109,6 +116,20 @@ def generate(path: Path, size: int, seed: int) -> None:
             left -= n
 
 
+def generate_zip(path: Path, size: int, seed: int) -> None:
+    """A stored zip64 archive of about ``size`` bytes of random data (what torch.save writes, minus the pickle)."""
+    import zipfile
+
+    rng = np.random.default_rng(seed)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+        with z.open("archive/data/0", "w", force_zip64=True) as f:
+            left = max(0, size - 4096)
+            while left:
+                n = min(left, 64 * 2**20)
+                f.write(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+                left -= n
+
+
 def timed(cmd: list[str], **kw) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of one subprocess."""
     t0 = time.perf_counter()
@@ -138,17 +159,35 @@ def main() -> None:
                     help="time the upstream loop on at most this many bytes and extrapolate (0 = the whole file)")
     ap.add_argument("--skip-upstream", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--published", action="store_true",
+                    help="a zip named pytorch_model.bin whose md5s a checksum table publishes (verified each run)")
     args = ap.parse_args()
 
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="llmkit-bench-decrypt-", dir=args.workdir))
     try:
-        enc = work / f"weights.dat.{EMPTY}.enc"
+        plain_name = "pytorch_model.bin" if args.published else "weights.dat"
+        enc = work / f"{plain_name}.{EMPTY}.enc"
         key = work / "consolidated.00.pth"
         key_size = max(1, size - 5 * 2**20 + 12_345)  # shorter than the data: the wrap is on the timed path
         print(f"generating {size:,} bytes of data and a {key_size:,}-byte key in {work} ...", file=sys.stderr)
-        generate(enc, size, 1)
         generate(key, key_size, 2)
+        env = dict(os.environ)
+        if args.published:
+            plain = work / "plain" / plain_name
+            plain.parent.mkdir()
+            generate_zip(plain, size, 1)
+            subprocess.run([str(LLMKIT), "encrypt", str(plain), "--key", str(key), "-o", str(work), "--no-key-check",
+                            "-q"], check=True, stdout=subprocess.DEVNULL)
+            tables = work / "tables"
+            tables.mkdir()
+            (tables / "bench.md5").write_text(f"{md5(plain)}  ./{plain_name}\n")
+            (tables / "bench.enc.md5").write_text(f"{md5(enc)}  ./{enc.name}\n")
+            env["LLMKIT_CHECKSUMS"] = str(tables)
+            os.environ["LLMKIT_CHECKSUMS"] = str(tables)
+            plain.unlink()
+        else:
+            generate(enc, size, 1)
         os.sync()  # start every contender with a clean page cache (no pending writeback of the inputs)
         out = {name: work / name for name in ("cp", "llmkit", "lib", "upstream")}
         for d in out.values():
@@ -161,7 +200,7 @@ def main() -> None:
 
         for _ in range(args.repeat):
             # Every run starts from the same state: outputs removed, no writeback pending (os.sync).
-            target = out["cp"] / "weights.dat"
+            target = out["cp"] / plain_name
             os.sync()
             cp_times.append(timed(["cp", str(enc), str(target)])[0])
             target.unlink()
@@ -172,16 +211,22 @@ def main() -> None:
             sync_times.append(time.perf_counter() - t0)
             target.unlink()
             for d in (out["llmkit"], out["lib"]):
-                (d / "weights.dat").unlink(missing_ok=True)
+                (d / plain_name).unlink(missing_ok=True)
             os.sync()
-            secs, peak = timed([str(LLMKIT), "decrypt", str(enc), "--key", str(key), "-o", str(out["llmkit"]),
-                                "--no-key-check", "--force", "-q"], stdout=subprocess.DEVNULL)
+            report = work / "report.json"
+            with open(report, "w") as rep:
+                secs, peak = timed([str(LLMKIT), "decrypt", str(enc), "--key", str(key), "-o", str(out["llmkit"]),
+                                    "--no-key-check", "--force", "--json"], stdout=rep, env=env)
+            checks = {c["name"]: c["status"] for c in json.loads(report.read_text())["files"][0]["checks"]}
+            if args.published and checks.get("output md5") != "ok":
+                raise SystemExit(f"the output was not verified against the table: {checks}")
             cli_times.append(secs)
             rss.append(peak)
             os.sync()
             t0 = time.perf_counter()
             crypto.decrypt([enc], key, out["lib"], key_check=False, force=True)
             lib_times.append(time.perf_counter() - t0)
+        print(f"checks of the last CLI run: {checks}")
 
         up_secs = None
         limit = parse_size(args.upstream_max)
@@ -192,7 +237,7 @@ def main() -> None:
             if measured < size:
                 up_secs *= size / measured
             else:
-                same = md5(out["upstream"] / "weights.dat") == md5(out["llmkit"] / "weights.dat")
+                same = md5(out["upstream"] / plain_name) == md5(out["llmkit"] / plain_name)
                 print(f"llmkit output == upstream output: {same}")
                 if not same:
                     raise SystemExit("llmkit and the upstream loop disagree")

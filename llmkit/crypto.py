@@ -29,7 +29,6 @@ md5 :data:`KEY_MD5`); the full md5 is cached by (resolved path, size, mtime) in
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -46,8 +45,10 @@ from typing import BinaryIO, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 
-from llmkit.errors import CheckFailed, DiskSpaceError, InputError, OutputExistsError
+from llmkit.errors import CheckFailed, DiskSpaceError, InputError, OutputExistsError, writing
 from llmkit.hashing import hash_file
+from llmkit.io.destination import ensure_output_is_new
+from llmkit.io.sniff import ContentCheck, ContentError
 from llmkit.units import free_bytes, human_bytes
 
 CHUNK = 10 * 2**20  # upstream data chunk and key read size (SPEC.md 1)
@@ -67,8 +68,6 @@ KEY_CACHE_FILE = "key-md5.json"
 
 FORMATS = ("techgpt", "belle")
 _HEX64 = re.compile(r"(?P<name>.+)\.(?P<hex>[0-9a-fA-F]{64})")
-_JSON_PARSE_LIMIT = 64 * 2**20  # JSON files up to this size are parsed completely at the end
-_TORCH_LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")  # pickle of torch's magic number
 
 assert CHUNK % BLOCK == 0
 _WRITE_BEHIND_OK = sys.platform.startswith("linux") and hasattr(os, "posix_fadvise")
@@ -215,126 +214,6 @@ class KeyStream:
         return self._tiled[s:s + n]
 
 
-# ------------------------------------------------------------------ plausibility of decrypted bytes
-
-
-class Plausibility:
-    """Cheap checks that decrypted bytes look like the file kind their name says (wrong key = garbage).
-
-    JSON: valid UTF-8, no raw control characters, starts with ``{`` or ``[``, and (up to 64 MiB)
-    parses at the end. Torch files (``.bin``, ``.pth``, ``.pt``): a zip archive (or torch's legacy
-    pickle magic). ``.safetensors``: a plausible header length followed by ``{``. ``tokenizer.model``:
-    a SentencePiece protobuf (field 1 ``pieces``, whose first field is the piece string). Empty files
-    are not judged.
-    """
-
-    def __init__(self, kind: str, name: str):
-        self.kind = kind
-        self.name = name
-        self.seen = 0
-        self._decoder = codecs.getincrementaldecoder("utf-8")("strict") if kind == "JSON" else None
-        self._text: list[str] | None = [] if kind == "JSON" else None
-        self._text_bytes = 0
-
-    @classmethod
-    def for_name(cls, name: str) -> "Plausibility | None":
-        lower = name.lower()
-        if lower.endswith(".json"):
-            return cls("JSON", name)
-        if lower.endswith((".bin", ".pth", ".pt")):
-            return cls("torch zip", name)
-        if lower.endswith(".safetensors"):
-            return cls("safetensors", name)
-        if lower == "tokenizer.model":
-            return cls("SentencePiece protobuf", name)
-        return None
-
-    def _fail(self, detail: str) -> None:
-        raise CheckFailed(
-            f"the decrypted bytes are not a {self.kind} file ({detail}); decryption stopped",
-            path=self.name,
-            hint="the key is not the one these weights were encrypted with: TechGPT-1.0 needs "
-                 f"{KEY_DESCRIPTION} (LLaMA-2's file or a converted model is the usual mistake)")
-
-    def feed(self, data: np.ndarray) -> None:
-        first = self.seen == 0
-        self.seen += len(data)
-        if self.kind == "JSON":
-            self._feed_json(data, first)
-        elif first:
-            head = data[:64].tobytes()
-            if self.kind == "torch zip":
-                if not (head.startswith(b"PK\x03\x04") or head.startswith(_TORCH_LEGACY_MAGIC)):
-                    self._fail(f"starts with {head[:4].hex()}, not a zip header 504b0304")
-            elif self.kind == "safetensors":
-                n = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
-                if not (0 < n < 100_000_000) or len(head) < 9 or head[8:9] != b"{":
-                    self._fail("no safetensors JSON header at the start")
-            elif self.kind == "SentencePiece protobuf":
-                if not _looks_like_sentencepiece(head):
-                    self._fail(f"starts with {head[:4].hex()}, not a 'pieces' protobuf field")
-
-    def _feed_json(self, data: np.ndarray, first: bool) -> None:
-        # Raw bytes < 0x20 other than tab, LF, CR are invalid anywhere in JSON (even inside strings).
-        control = (data < 0x20) & (data != 9) & (data != 10) & (data != 13)
-        if control.any():
-            self._fail(f"control byte 0x{int(data[int(np.argmax(control))]):02x}")
-        assert self._decoder is not None and self._text is not None
-        try:
-            text = self._decoder.decode(data.tobytes())
-        except UnicodeDecodeError:
-            self._fail("invalid UTF-8")
-        if first:
-            stripped = text.lstrip("\ufeff \t\r\n")
-            if stripped and stripped[0] not in "{[":
-                self._fail(f"starts with {stripped[:1]!r}, not '{{' or '['")
-        if self._text_bytes <= _JSON_PARSE_LIMIT:
-            self._text.append(text)
-            self._text_bytes += len(data)
-
-    def finish(self) -> None:
-        """End-of-file checks (JSON parses)."""
-        if self.kind != "JSON" or self.seen == 0:
-            return
-        assert self._decoder is not None and self._text is not None
-        try:
-            self._decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            self._fail("invalid UTF-8 at the end")
-        if self._text_bytes <= _JSON_PARSE_LIMIT:
-            try:
-                json.loads("".join(self._text))
-            except ValueError as e:
-                self._fail(f"does not parse: {e}")
-        self._text = []
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int] | None:
-    value = shift = 0
-    while i < len(buf) and shift < 35:
-        b = buf[i]
-        value |= (b & 0x7F) << shift
-        i += 1
-        if not b & 0x80:
-            return value, i
-        shift += 7
-    return None
-
-
-def _looks_like_sentencepiece(head: bytes) -> bool:
-    # ModelProto: repeated SentencePiece pieces = 1 (tag 0x0a, length); SentencePiece: string piece = 1.
-    if not head.startswith(b"\x0a"):
-        return False
-    outer = _varint(head, 1)
-    if outer is None or outer[0] == 0:
-        return False
-    i = outer[1]
-    if i >= len(head) or head[i] != 0x0A:
-        return False
-    inner = _varint(head, i + 1)
-    return inner is not None and 0 < inner[0] <= outer[0]
-
-
 # ------------------------------------------------------------------ the pipeline
 
 
@@ -344,23 +223,37 @@ class _Cancelled(Exception):
 
 def xor_stream(src: BinaryIO, dst: BinaryIO, key: KeyStream, *,
                input_hashes: Sequence["hashlib._Hash"] = (), output_hashes: Sequence["hashlib._Hash"] = (),
-               check: Plausibility | None = None, advance: Callable[[int], None] = lambda n: None,
+               check: ContentCheck | None = None, advance: Callable[[int], None] = lambda n: None,
                cancel: threading.Event | None = None, write_behind: bool = False) -> int:
     """XOR all of ``src`` (from its current position) with the key stream into ``dst``; returns bytes.
 
-    Reading (+ input hashes), key reads and XOR (+ plausibility and output hashes), and writing run
-    in three threads over :data:`SLOTS` reusable buffers, so they overlap; blocks are written in
-    order. ``check`` sees the first block before anything is written. ``write_behind`` (a regular
-    output file) starts the disk writeback of finished windows early, so a final fsync is short.
+    Four threads over :data:`SLOTS` reusable buffers, so everything overlaps: a reader (+ input
+    hashes, used by encrypt for the BELLE header), this thread (key read, XOR, content check), a
+    writer, and a hasher for ``output_hashes`` (MD5 runs at ~0.5 GB/s on one core, slower than the
+    disk; beside the writer it costs no extra time up to that rate). A slot is reused once both the
+    writer and the hasher are done with it; blocks are written in order. ``check`` sees every block
+    before it is written, so garbage in the first block never reaches ``dst``. ``write_behind`` (a
+    regular output file) starts the disk writeback of finished windows early, so a final fsync is short.
     """
     slots = [(np.empty(BLOCK, dtype=np.uint8), np.empty(BLOCK, dtype=np.uint8)) for _ in range(SLOTS)]
     free: queue.Queue[int] = queue.Queue()
     for i in range(SLOTS):
         free.put(i)
     to_xor: queue.Queue[tuple[int, int, int] | None] = queue.Queue()
-    to_write: queue.Queue[tuple[int, int] | None] = queue.Queue()
+    consumers: list[queue.Queue[tuple[int, int] | None]] = [queue.Queue()]  # [writer, hasher?]
+    if output_hashes:
+        consumers.append(queue.Queue())
+    pending = [0] * SLOTS  # consumers still holding each slot
+    pending_lock = threading.Lock()
     errors: list[BaseException] = []
     written = [0]
+
+    def release(i: int) -> None:
+        with pending_lock:
+            pending[i] -= 1
+            done = pending[i] == 0
+        if done:
+            free.put(i)
 
     def reader() -> None:
         offset = 0
@@ -391,10 +284,7 @@ def xor_stream(src: BinaryIO, dst: BinaryIO, key: KeyStream, *,
     flushed = [0]
 
     def writer() -> None:
-        while True:
-            item = to_write.get()
-            if item is None:
-                return
+        while (item := consumers[0].get()) is not None:
             i, n = item
             if not errors:
                 try:
@@ -408,17 +298,25 @@ def xor_stream(src: BinaryIO, dst: BinaryIO, key: KeyStream, *,
                         flushed[0] += WRITE_BEHIND
                 except BaseException as e:  # noqa: BLE001
                     errors.append(e)
-            free.put(i)  # keep draining so the reader never waits forever
+            release(i)  # keep draining so the reader never waits forever
+
+    def hasher() -> None:
+        while (item := consumers[1].get()) is not None:
+            i, n = item
+            if not errors:
+                view = memoryview(slots[i][0])[:n]
+                for h in output_hashes:
+                    h.update(view)
+            release(i)
 
     threads = [threading.Thread(target=reader, name="llmkit-xor-read", daemon=True),
                threading.Thread(target=writer, name="llmkit-xor-write", daemon=True)]
+    if output_hashes:
+        threads.append(threading.Thread(target=hasher, name="llmkit-xor-hash", daemon=True))
     for t in threads:
         t.start()
     try:
-        while True:
-            item = to_xor.get()
-            if item is None:
-                break
+        while (item := to_xor.get()) is not None:
             i, n, offset = item
             if errors:
                 free.put(i)
@@ -429,10 +327,10 @@ def xor_stream(src: BinaryIO, dst: BinaryIO, key: KeyStream, *,
                 np.bitwise_xor(data, key.block(offset, n, scratch), out=data)
                 if check is not None:
                     check.feed(data)
-                view = memoryview(data)
-                for h in output_hashes:
-                    h.update(view)
-                to_write.put((i, n))
+                with pending_lock:
+                    pending[i] = len(consumers)
+                for q in consumers:
+                    q.put((i, n))
             except Exception as e:  # noqa: BLE001 - stop the reader, drain, raise below
                 errors.append(e)
                 free.put(i)
@@ -440,7 +338,8 @@ def xor_stream(src: BinaryIO, dst: BinaryIO, key: KeyStream, *,
         errors.append(e)
         raise
     finally:
-        to_write.put(None)
+        for q in consumers:
+            q.put(None)
         if errors:
             free.put(-1)  # wake a reader waiting for a slot
         for t in threads:
@@ -607,8 +506,9 @@ def _expand_decrypt_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Pa
     return files, ignored
 
 
-def _check_outputs(out_dir: Path, names: list[str], inputs: list[Path], force: bool, need: int,
-                   extra_clashes: Callable[[str], list[str]] | None = None) -> None:
+def _check_outputs(out_dir: Path, names: list[str], inputs: list[Path], files: Sequence[Path | None], force: bool,
+                   need: int, extra_clashes: Callable[[str], list[str]] | None = None) -> None:
+    """Pre-flight checks of the output folder; ``inputs`` as given (files, folders), ``files`` expanded."""
     seen: dict[str, int] = {}
     for n in names:
         seen[n] = seen.get(n, 0) + 1
@@ -618,7 +518,8 @@ def _check_outputs(out_dir: Path, names: list[str], inputs: list[Path], force: b
                          hint="pass each file once, or decrypt them into different folders")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError("the output path exists and is not a folder", path=out_dir, hint="choose another -o")
-    resolved_inputs = {p.resolve() for p in inputs}
+    ensure_output_is_new(out_dir, inputs)
+    resolved_inputs = {p.resolve() for p in files if p is not None}
     for n in names:
         target = out_dir / n
         if target.resolve() in resolved_inputs:
@@ -664,48 +565,119 @@ def _run_all(jobs: list[_Job], work: Callable[[_Job, threading.Event], FileResul
     return [r for r in results if r is not None]
 
 
+class _Stage:
+    """The output set of one run under temporary names, renamed together once every file is done.
+
+    So a multi-file run is all or nothing: a failure or Ctrl-C in any file leaves no file of the
+    run under a final name, and a re-run needs no ``--force``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[Path, Path]] = []  # (temporary, final)
+
+    def add(self, tmp: Path, final: Path) -> None:
+        with self._lock:
+            self._items.append((tmp, final))
+
+    def commit(self, replace: Sequence[Path] = ()) -> None:
+        """Rename every temporary file to its final name (after removing ``replace``: stale outputs)."""
+        for stale in replace:
+            stale.unlink(missing_ok=True)
+        with self._lock:
+            items, self._items = self._items, []
+        for tmp, final in items:
+            os.replace(tmp, final)
+        for folder in {final.parent for _, final in items}:
+            _fsync_dir(folder)
+
+    def discard(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for tmp, _ in items:
+            tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not sync folders
+    finally:
+        os.close(fd)
+
+
 def _finish_tables(job: _Job, result: FileResult, warnings: list[str]) -> None:
     """Compare md5s with the published tables (TechGPT-1.0's card). Raises CheckFailed on a wrong key.
 
-    A failure needs proof that the key is wrong: the input is the published .enc file but the output
-    is not the published plaintext. A file that merely shares a name with a table entry (another
-    model in the same format) gets a warning, not a failure.
+    Only the output is hashed while streaming: a match proves both the download and the key. The
+    input is hashed (a second read) only to explain a mismatch. A failure needs proof that the key is
+    wrong: the input is the published .enc file but the output is not the published plaintext. A
+    file that merely shares a name with a table entry (another model in the same format) gets a
+    warning, not a failure.
     """
+    out_ok = bool(job.out_entries) and any(result.md5 == h for _, h in job.out_entries)
     published_input = False
     if job.in_entries:
         tables = ", ".join(t for t, _ in job.in_entries)
-        if any(result.input_md5 == h for _, h in job.in_entries):
-            published_input = True
-            result.checks.append(Check("input md5", "ok", f"{result.input_md5} matches table {tables}"))
+        if out_ok:
+            result.checks.append(Check("input md5", "ok", f"implied by the output md5 (table {tables})"))
+        elif job.src is None:
+            result.checks.append(Check("input md5", "info", "stdin: not hashed"))
         else:
-            msg = (f"{job.display}: md5 {result.input_md5} differs from the published {job.in_entries[0][1]} "
-                   f"(table {tables}): a damaged or partial download, or another model")
-            result.checks.append(Check("input md5", "mismatch", msg))
-            warnings.append(msg)
+            result.input_md5 = hash_file(job.src, "md5")
+            if any(result.input_md5 == h for _, h in job.in_entries):
+                published_input = True
+                result.checks.append(Check("input md5", "ok", f"{result.input_md5} matches table {tables}"))
+            else:
+                msg = (f"{job.display}: md5 {result.input_md5} differs from the published {job.in_entries[0][1]} "
+                       f"(table {tables}): a damaged or partial download, or another model")
+                result.checks.append(Check("input md5", "mismatch", msg))
+                warnings.append(msg)
     if job.out_entries:
         tables = ", ".join(t for t, _ in job.out_entries)
-        if any(result.md5 == h for _, h in job.out_entries):
+        if out_ok:
             result.checks.append(Check("output md5", "ok", f"{result.md5} matches table {tables}"))
         elif published_input:
             raise CheckFailed(
                 f"decrypted to md5 {result.md5}, but table {tables} publishes {job.out_entries[0][1]} although the "
-                "input is the published file; nothing was kept", path=result.output,
-                hint=f"the key is wrong: use {KEY_DESCRIPTION}")
+                "input is the published file" + ("; nothing was kept" if result.output != "-" else ""),
+                path=result.output, hint=f"the key is wrong: use {KEY_DESCRIPTION}")
         else:
-            msg = (f"{result.output}: md5 {result.md5} differs from table {tables} ({job.out_entries[0][1]}); "
-                   "the input is not the published file either")
+            msg = (f"{result.output}: md5 {result.md5} differs from table {tables} ({job.out_entries[0][1]})"
+                   + ("; the input is not the published file either" if job.in_entries else ""))
             result.checks.append(Check("output md5", "mismatch", msg))
             warnings.append(msg)
 
 
+def _content_failed(e: ContentError, job: _Job, to_stream: bool) -> CheckFailed:
+    """A content check failure as the user's error: garbage means a wrong key, a short file a bad download."""
+    if e.incomplete:
+        kept = "discard what reached stdout" if to_stream else "nothing was kept"
+        return CheckFailed(f"the decrypted {e.kind} file is incomplete: {e.detail}; {kept}", path=job.display,
+                           hint="the .enc file is truncated or damaged: download it again "
+                                "(llmkit verify compares it with the published MD5s)")
+    return CheckFailed(f"the decrypted bytes are not a {e.kind} file ({e.detail}); decryption stopped",
+                       path=job.display,
+                       hint="the key is not the one these weights were encrypted with: TechGPT-1.0 needs "
+                            f"{KEY_DESCRIPTION} (LLaMA-2's file or a converted model is the usual mistake); "
+                            "--no-content-check decrypts files that are not model files")
+
+
 def _decrypt_one(job: _Job, key: Path, out_dir: Path | None, stream: BinaryIO | None, stdin: BinaryIO | None,
-                 advance: Callable[[int], None], cancel: threading.Event, warnings: list[str]) -> FileResult:
+                 advance: Callable[[int], None], cancel: threading.Event, warnings: list[str],
+                 stage: _Stage, content_check: bool) -> FileResult:
     start = time.perf_counter()
-    in_md5 = hashlib.md5() if job.in_entries else None
     out_md5 = hashlib.md5() if job.out_entries else None
     out_sha = hashlib.sha256() if job.fmt == "belle" else None
     out_name = job.out_name or "-"
-    check = Plausibility.for_name(job.out_name) if job.out_name else None
+    check: ContentCheck | None = None
+    if content_check:
+        check = ContentCheck.for_name(job.out_name, job.payload) if job.out_name else ContentCheck(None)
     tmp = out_dir / f".{out_name}{TMP_SUFFIX}" if out_dir is not None else None
     src_cm = open(job.src, "rb", buffering=0) if job.src is not None else nullcontext(stdin)
     try:
@@ -722,15 +694,17 @@ def _decrypt_one(job: _Job, key: Path, out_dir: Path | None, stream: BinaryIO | 
                                      path=job.display, hint="the file is truncated; download it again")
                 if job.header is not None and header != job.header:
                     raise InputError("the header changed while decrypting", path=job.display)
-                if in_md5 is not None:
-                    in_md5.update(header)
             dst_cm = open(tmp, "wb", buffering=0) if tmp is not None else nullcontext(stream)
-            with dst_cm as dst:
+            with writing(out_dir / out_name if out_dir is not None else "-"), dst_cm as dst:
                 assert dst is not None
-                n = xor_stream(src, dst, ks, input_hashes=[in_md5] if in_md5 else [],
-                               output_hashes=[h for h in (out_md5, out_sha) if h is not None],
-                               check=check, advance=advance, cancel=cancel,
-                               write_behind=_WRITE_BEHIND_OK and tmp is not None)
+                try:
+                    n = xor_stream(src, dst, ks, output_hashes=[h for h in (out_md5, out_sha) if h is not None],
+                                   check=check, advance=advance, cancel=cancel,
+                                   write_behind=_WRITE_BEHIND_OK and tmp is not None)
+                    if check is not None:
+                        check.finish()
+                except ContentError as e:
+                    raise _content_failed(e, job, tmp is None) from None
                 if tmp is not None:
                     os.fsync(dst.fileno())
                 else:
@@ -738,8 +712,6 @@ def _decrypt_one(job: _Job, key: Path, out_dir: Path | None, stream: BinaryIO | 
         if job.payload is not None and n != job.payload:
             raise InputError(f"read {n:,} bytes, expected {job.payload:,}: the file changed while decrypting",
                              path=job.display)
-        if check is not None:
-            check.finish()
         result = FileResult(job.display, str(out_dir / out_name) if out_dir is not None else "-", job.fmt, n)
         if out_sha is not None:
             result.sha256 = out_sha.hexdigest()
@@ -748,15 +720,13 @@ def _decrypt_one(job: _Job, key: Path, out_dir: Path | None, stream: BinaryIO | 
                                   + ("; nothing was kept" if tmp is not None else ""), path=job.display,
                                   hint="the file is truncated or damaged (download it again), or the key is wrong")
             result.checks.append(Check("sha256 header", "ok", f"{result.sha256} matches the BELLE header"))
-        if in_md5 is not None:
-            result.input_md5 = in_md5.hexdigest()
         if out_md5 is not None:
             result.md5 = out_md5.hexdigest()
         _finish_tables(job, result, warnings)
         if check is not None and check.seen:
-            result.checks.append(Check("plausible", "ok", f"decrypted bytes look like a {check.kind} file"))
+            result.checks.append(Check("plausible", "ok", f"a whole {check.kind} file"))
         if tmp is not None and out_dir is not None:
-            os.replace(tmp, out_dir / out_name)
+            stage.add(tmp, out_dir / out_name)
             tmp = None
         result.seconds = round(time.perf_counter() - start, 3)
         return result
@@ -766,14 +736,17 @@ def _decrypt_one(job: _Job, key: Path, out_dir: Path | None, stream: BinaryIO | 
 
 
 def decrypt(inputs: Sequence[str | os.PathLike], key: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-            *, fmt: str = "auto", key_check: bool = True, jobs: int = 1, force: bool = False,
-            stream: BinaryIO | None = None, stdin: BinaryIO | None = None,
+            *, fmt: str = "auto", key_check: bool = True, content_check: bool = True, jobs: int = 1,
+            force: bool = False, stream: BinaryIO | None = None, stdin: BinaryIO | None = None,
             progress: ProgressFactory | None = None) -> CryptoResult:
     """Decrypt ``.enc`` files (or every ``*.enc`` in folders) into ``out_dir``, or into ``stream``.
 
     ``"-"`` in ``inputs`` reads ``stdin`` (needs ``fmt``). Everything that can be checked before the
     long work is checked first: inputs, formats, output names, existing outputs (refused without
-    ``force``), free space, the key. Peak memory ~16 MiB per parallel file, whatever the file size.
+    ``force``), free space, the key. ``content_check``: the decrypted bytes must be a whole file of
+    the kind the name says (JSON, safetensors, torch zip, SentencePiece; stdin: whichever the first
+    bytes look like). The output set is renamed to its final names only when every file passed.
+    Peak memory ~16 MiB per parallel file, whatever the file size.
     """
     t0 = time.perf_counter()
     key = Path(key)
@@ -815,23 +788,29 @@ def decrypt(inputs: Sequence[str | os.PathLike], key: str | os.PathLike, out_dir
             job.in_entries, job.out_entries = _published(p.name), _published(out_name)
         plan.append(job)
     out_path = Path(out_dir) if out_dir is not None else None
+    given = [Path(i) for i in inputs if str(i) != "-"]
     if out_path is not None:
-        _check_outputs(out_path, [j.out_name for j in plan if j.out_name], [p for p in files if p is not None],
-                       force, sum(j.payload or 0 for j in plan))
+        _check_outputs(out_path, [j.out_name for j in plan if j.out_name], given, files, force,
+                       sum(j.payload or 0 for j in plan))
     key_status = check_key(key, progress=progress) if key_check else "skipped"
     if out_path is not None:
         out_path.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
     total = sum(j.payload for j in plan) if all(j.payload is not None for j in plan) else None
-    with (progress or _no_progress)("decrypting", total) as advance:
-        lock = threading.Lock()
+    stage = _Stage()
+    try:
+        with (progress or _no_progress)("decrypting", total) as advance:
+            lock = threading.Lock()
 
-        def safe_advance(n: int) -> None:
-            with lock:
-                advance(n)
+            def safe_advance(n: int) -> None:
+                with lock:
+                    advance(n)
 
-        results = _run_all(plan, lambda j, c: _decrypt_one(j, key, out_path, stream, stdin, safe_advance, c,
-                                                           warnings), jobs)
+            results = _run_all(plan, lambda j, c: _decrypt_one(j, key, out_path, stream, stdin, safe_advance, c,
+                                                               warnings, stage, content_check), jobs)
+        stage.commit()
+    finally:
+        stage.discard()
     return CryptoResult("decrypt", str(key), key_status, str(out_path) if out_path is not None else "-", results,
                         ignored, warnings, sum(r.bytes for r in results), round(time.perf_counter() - t0, 3))
 
@@ -875,14 +854,16 @@ def _stale_belle_outputs(out_dir: Path, name: str) -> list[str]:
 
 
 def _encrypt_one(job: _Job, key: Path, out_dir: Path, force: bool, advance: Callable[[int], None],
-                 cancel: threading.Event) -> FileResult:
+                 cancel: threading.Event, stage: _Stage, stale: list[Path]) -> FileResult:
     start = time.perf_counter()
     assert job.src is not None
     name = job.src.name
     tmp: Path | None = out_dir / f".{name}.{job.fmt}.enc{TMP_SUFFIX}"
     sha = hashlib.sha256() if job.fmt == "belle" else None
     try:
-        with open(job.src, "rb", buffering=0) as src, KeyStream(key) as ks, open(tmp, "w+b", buffering=0) as dst:
+        label = EMPTY_SHA256 if sha is None else "<sha256>"
+        with writing(out_dir / f"{name}.{label}.enc"), open(job.src, "rb", buffering=0) as src, \
+                KeyStream(key) as ks, open(tmp, "w+b", buffering=0) as dst:
             _sequential(src)
             if sha is not None:
                 dst.write(bytes(HEADER_BYTES))  # placeholder; the digest is known at the end
@@ -898,10 +879,8 @@ def _encrypt_one(job: _Job, key: Path, out_dir: Path, force: bool, advance: Call
         label = sha.hexdigest() if sha is not None else EMPTY_SHA256
         final = f"{name}.{label}.enc"
         if force and sha is not None:
-            for stale in _stale_belle_outputs(out_dir, name):
-                if stale != final:
-                    (out_dir / stale).unlink()
-        os.replace(tmp, out_dir / final)
+            stale += [out_dir / old for old in _stale_belle_outputs(out_dir, name) if old != final]
+        stage.add(tmp, out_dir / final)
         tmp = None
         result = FileResult(str(job.src), str(out_dir / final), job.fmt, n,
                             sha256=sha.hexdigest() if sha is not None else None)
@@ -934,11 +913,12 @@ def encrypt(inputs: Sequence[str | os.PathLike], key: str | os.PathLike, out_dir
                          hint=f"pass {KEY_DESCRIPTION}")
     out_path = Path(out_dir)
     names = [p.name for p in files]
+    given = [Path(i) for i in inputs]
     if fmt == "techgpt":
-        _check_outputs(out_path, [f"{n}.{EMPTY_SHA256}.enc" for n in names], files, force,
+        _check_outputs(out_path, [f"{n}.{EMPTY_SHA256}.enc" for n in names], given, files, force,
                        sum(p.stat().st_size for p in files))
     else:  # the BELLE names carry the plaintext sha256, known only at the end: any <name>.<hex>.enc clashes
-        _check_outputs(out_path, [f"{n}.<sha256>.enc" for n in names], files, force,
+        _check_outputs(out_path, [f"{n}.<sha256>.enc" for n in names], given, files, force,
                        sum(p.stat().st_size + HEADER_BYTES for p in files),
                        extra_clashes=lambda n: _stale_belle_outputs(out_path, n[:-len(".<sha256>.enc")]))
     key_status = check_key(key, progress=progress) if key_check else "skipped"
@@ -951,6 +931,12 @@ def encrypt(inputs: Sequence[str | os.PathLike], key: str | os.PathLike, out_dir
             with lock:
                 advance(n)
 
-        results = _run_all(plan, lambda j, c: _encrypt_one(j, key, out_path, force, safe_advance, c), jobs)
+        stage, stale = _Stage(), []
+        try:
+            results = _run_all(plan, lambda j, c: _encrypt_one(j, key, out_path, force, safe_advance, c, stage,
+                                                               stale), jobs)
+            stage.commit(replace=stale)
+        finally:
+            stage.discard()
     return CryptoResult("encrypt", str(key), key_status, str(out_path), results, ignored, [],
                         sum(r.bytes for r in results), round(time.perf_counter() - t0, 3))

@@ -7,7 +7,10 @@ bad input, 3 an unexpected internal error, 130 interrupted.
 
 from __future__ import annotations
 
+import errno
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -54,3 +57,36 @@ class CheckFailed(LlmkitError):
     """A verification ran and did not pass (mismatched checksum, integrity sum, ...)."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+class WriteError(LlmkitError):
+    """Writing an output failed (disk full, file-size limit, read-only filesystem): names the file."""
+
+
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT})
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an out-of-space / size-limit / read-only error inside the block into :func:`write_error` for ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise write_error(e, path) from e
+        raise
+
+
+def write_error(e: OSError, path: str | Path) -> LlmkitError:
+    """An OS error raised while writing ``path`` as a one-line error that says what ran out."""
+    if e.errno == errno.ENOSPC:
+        what, hint = "the disk is full", "free some space or choose another -o"
+    elif e.errno == errno.EFBIG:
+        what, hint = "the file-size limit was reached", "raise the limit (ulimit -f) or use a smaller --shard-size"
+    elif e.errno == errno.EROFS:
+        what, hint = "the filesystem is read-only", "choose an -o on a writable filesystem"
+    elif e.errno == errno.EDQUOT:
+        what, hint = "the disk quota is exhausted", "free some space or choose another -o"
+    else:
+        what, hint = e.strerror or str(e), "check the output folder and try again"
+    return WriteError(f"writing failed: {what}; nothing was kept", path=path, hint=hint)

@@ -34,7 +34,13 @@ KeyOpt = Annotated[Path, typer.Option(
                         "13B models). Checked by size and md5 (cached after the first run).")]
 NoKeyCheckOpt = Annotated[bool, typer.Option(
     "--no-key-check", help="Do not check that the key is LLaMA-1 7B consolidated.00.pth (for weights encrypted "
-                           "with another key on purpose).")]
+                           "with another key on purpose). The other checks still run: decrypt's content check "
+                           "(garbage from a wrong key stops before anything is written; a truncated file fails), "
+                           "BELLE's sha256 header and the published MD5 tables.")]
+NoContentCheckOpt = Annotated[bool, typer.Option(
+    "--no-content-check", help="Do not check that the decrypted bytes are a whole file of the kind their name says "
+                               "(JSON, safetensors, torch zip, SentencePiece; for stdin, the kind the first bytes "
+                               "look like). For decrypting files that are not model files.")]
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, max=16,
                                       help="Files processed in parallel (each ~16 MB of buffers).")]
 
@@ -81,11 +87,13 @@ def decrypt_command(
         show_default=False)],
     key: KeyOpt,
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Output folder (created if needed), or - for stdout.")] = Path("."),
+        "--output", "-o", help="Output folder (created if needed; not an input folder), or - for stdout.",
+        show_default=False)],
     fmt: Annotated[DecryptFormat, typer.Option(
         "--format", help="auto: BELLE when the file starts with the sha256 in its name, else TechGPT. "
                          "Required for stdin.")] = DecryptFormat.auto,
     no_key_check: NoKeyCheckOpt = False,
+    no_content_check: NoContentCheckOpt = False,
     jobs: JobsOpt = 1,
     force: ForceOpt = False,
     json_: JsonOpt = False,
@@ -94,9 +102,11 @@ def decrypt_command(
 ) -> None:
     """Decrypt XOR-encrypted weights (TechGPT-1.0, BELLE, point-alpaca), exactly and at disk speed.
 
-    Output names drop the .<hex>.enc suffix. BELLE files are verified against their sha256 header,
-    TechGPT-1.0 files against the MD5s published in its model card; a failed check leaves nothing
-    under the final name. Example: cat x.enc | llmkit decrypt - --format techgpt --key K -o - | md5sum
+    Output names drop the .<hex>.enc suffix. The decrypted bytes must be a whole file of the kind the
+    name says; BELLE files are verified against their sha256 header, TechGPT-1.0 files against the
+    MD5s published in its model card. The files of one run get their final names together, only
+    when every file passed; a failure leaves none of them. With -o - a failure exits non-zero (use
+    set -o pipefail). Example: cat x.enc | llmkit decrypt - --format techgpt --key K -o - | md5sum
     """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
@@ -106,8 +116,9 @@ def decrypt_command(
         if to_stdout and json_:
             raise InputError("--json prints to stdout, which -o - uses for the data", hint="drop --json or use -o DIR")
         result = decrypt(inputs, key, None if to_stdout else output, fmt=fmt.value, key_check=not no_key_check,
-                         jobs=jobs, force=force, stream=sys.stdout.buffer if to_stdout else None,
-                         stdin=sys.stdin.buffer, progress=out.progress)
+                         content_check=not no_content_check, jobs=jobs, force=force,
+                         stream=sys.stdout.buffer if to_stdout else None, stdin=sys.stdin.buffer,
+                         progress=out.progress)
         _report(out, result, to_stderr=to_stdout)
 
 

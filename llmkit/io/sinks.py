@@ -31,6 +31,7 @@ from typing import BinaryIO, Iterable
 import torch
 
 from llmkit.errors import DiskSpaceError, InputError, OutputExistsError
+from llmkit.io.destination import ensure_output_is_new  # noqa: F401 (re-exported)
 from llmkit.io.dtypes import CONFIG_NAMES, itemsize, st_code
 from llmkit.units import DEFAULT_SHARD_SIZE, free_bytes, human_bytes, parse_size  # noqa: F401 (re-exported)
 
@@ -106,17 +107,6 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     if t.numel() == 0:
         return memoryview(b"")
     return memoryview(t.view(torch.uint8).numpy())
-
-
-def ensure_output_is_new(out_dir: Path, inputs: Iterable[Path]) -> None:
-    """Refuse an output folder that is (or is inside) an input: llmkit never modifies inputs."""
-    out = out_dir.resolve()
-    for p in inputs:
-        src = Path(p).resolve()
-        folder = src if src.is_dir() else src.parent
-        if out == folder:
-            raise InputError("the output folder is an input folder", path=out_dir,
-                             hint="choose another -o; llmkit never writes into its inputs")
 
 
 @dataclass
