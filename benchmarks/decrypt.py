@@ -228,6 +228,12 @@ def main() -> None:
             lib_times.append(time.perf_counter() - t0)
         print(f"checks of the last CLI run: {checks}")
 
+        md5_times = []  # the floor of a verified decrypt: MD5 is one sequential stream on one core
+        for _ in range(2):
+            t0 = time.perf_counter()
+            md5(enc)
+            md5_times.append(time.perf_counter() - t0)
+
         up_secs = None
         limit = parse_size(args.upstream_max)
         if not args.skip_upstream:
@@ -244,20 +250,22 @@ def main() -> None:
 
         gb = size / 1e9
         print(f"\nfile {size:,} bytes, key {key_size:,} bytes, {args.repeat} runs, {os.cpu_count()} cores")
-        print(f"{'contender':<34}{'median s':>9}{'best s':>8}{'GB/s':>7}   runs")
+        print(f"{'contender':<38}{'median s':>9}{'best s':>8}{'GB/s':>7}   runs")
         rows = [("cp", cp_times), ("cp + sync", sync_times), ("llmkit decrypt (CLI, wall)", cli_times),
-                ("llmkit.crypto.decrypt (library)", lib_times), ("llmkit start-up (--version)", [startup])]
+                ("llmkit.crypto.decrypt (library)", lib_times), ("llmkit start-up (--version)", [startup]),
+                ("md5 of the file (hashlib, warm cache)", md5_times)]
         if up_secs is not None:
             rows.append(("upstream loop" + (" (extrapolated)" if limit and limit < size else ""), [up_secs]))
         for name, runs in rows:
             med, best = statistics.median(runs), min(runs)
-            print(f"{name:<34}{med:>9.2f}{best:>8.2f}{gb / best:>7.2f}   {' '.join(f'{r:.2f}' for r in runs)}")
+            print(f"{name:<38}{med:>9.2f}{best:>8.2f}{gb / best:>7.2f}   {' '.join(f'{r:.2f}' for r in runs)}")
         print(f"\nllmkit CLI peak RSS: {max(rss) / 2**20:.0f} MiB")
         print("ratios (median / best of runs):")
         for label, a, b in [("llmkit CLI / cp", cli_times, cp_times),
                             ("llmkit CLI / (cp + sync)", cli_times, sync_times),
                             ("llmkit library / cp", lib_times, cp_times),
-                            ("llmkit library / (cp + sync)", lib_times, sync_times)]:
+                            ("llmkit library / (cp + sync)", lib_times, sync_times),
+                            ("llmkit library / md5 alone", lib_times, md5_times)]:
             print(f"  {label:<30}{statistics.median(a) / statistics.median(b):6.2f} / {min(a) / min(b):.2f}")
         if up_secs is not None:
             print(f"  {'upstream / llmkit CLI':<30}{up_secs / statistics.median(cli_times):6.1f} / "
