@@ -45,11 +45,11 @@ from typing import BinaryIO, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 
-from llmkit.errors import CheckFailed, DiskSpaceError, InputError, OutputExistsError, writing
+from llmkit.errors import CheckFailed, InputError, OutputExistsError, writing
 from llmkit.hashing import hash_file
 from llmkit.io.destination import ensure_output_is_new
 from llmkit.io.sniff import ContentCheck, ContentError
-from llmkit.units import free_bytes, human_bytes
+from llmkit.units import check_space, free_bytes
 
 CHUNK = 10 * 2**20  # upstream data chunk and key read size (SPEC.md 1)
 BLOCK = 2 * 2**20  # llmkit's I/O unit; must divide CHUNK
@@ -519,10 +519,10 @@ def _check_outputs(out_dir: Path, names: list[str], inputs: list[Path], files: S
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError("the output path exists and is not a folder", path=out_dir, hint="choose another -o")
     ensure_output_is_new(out_dir, inputs)
-    resolved_inputs = {p.resolve() for p in files if p is not None}
+    resolved_inputs = {os.path.realpath(p) for p in files if p is not None}
     for n in names:
         target = out_dir / n
-        if target.resolve() in resolved_inputs:
+        if os.path.realpath(target) in resolved_inputs:
             raise InputError(f"the output {n} would overwrite an input", path=out_dir,
                              hint="choose another -o; llmkit never writes over its inputs")
     if not force:
@@ -533,10 +533,7 @@ def _check_outputs(out_dir: Path, names: list[str], inputs: list[Path], files: S
             raise OutputExistsError(f"the output folder already holds {', '.join(clash[:3])}"
                                     + (" ..." if len(clash) > 3 else ""), path=out_dir,
                                     hint="pass --force to overwrite, or choose another -o")
-    free = free_bytes(out_dir)
-    if free < need + 64 * 2**20:
-        raise DiskSpaceError(f"needs {human_bytes(need)} of free space, {human_bytes(free)} available", path=out_dir,
-                             hint="free some space or choose another -o")
+    check_space(out_dir, need, free_bytes(out_dir))  # a read-only file system, or output + margin > free
 
 
 # ------------------------------------------------------------------ running jobs

@@ -53,6 +53,10 @@ class DiskSpaceError(InputError):
     """Not enough free space for the planned output."""
 
 
+class OutputNotWritableError(InputError):
+    """The output folder cannot be written (a read-only file system)."""
+
+
 class CheckFailed(LlmkitError):
     """A verification ran and did not pass (mismatched checksum, integrity sum, ...)."""
 
@@ -67,22 +71,27 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT})
 
 
 @contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Turn an out-of-space / size-limit / read-only error inside the block into :func:`write_error` for ``path``."""
+def writing(path: str | Path, *, smaller: str | None = None) -> Iterator[None]:
+    """Turn an out-of-space / size-limit / read-only error inside the block into :func:`write_error` for ``path``.
+
+    ``path`` is the file's final name (not its temporary one). ``smaller``: how to make the file smaller,
+    for the size-limit hint (e.g. ``"use a smaller --shard-size"``).
+    """
     try:
         yield
     except OSError as e:
         if e.errno in WRITE_ERRNOS:
-            raise write_error(e, path) from e
+            raise write_error(e, path, smaller=smaller) from e
         raise
 
 
-def write_error(e: OSError, path: str | Path) -> LlmkitError:
+def write_error(e: OSError, path: str | Path, *, smaller: str | None = None) -> LlmkitError:
     """An OS error raised while writing ``path`` as a one-line error that says what ran out."""
     if e.errno == errno.ENOSPC:
         what, hint = "the disk is full", "free some space or choose another -o"
     elif e.errno == errno.EFBIG:
-        what, hint = "the file-size limit was reached", "raise the limit (ulimit -f) or use a smaller --shard-size"
+        what = "the file-size limit was reached"
+        hint = "raise the limit (ulimit -f)" + (f" or {smaller}" if smaller else "")
     elif e.errno == errno.EROFS:
         what, hint = "the filesystem is read-only", "choose an -o on a writable filesystem"
     elif e.errno == errno.EDQUOT:

@@ -11,8 +11,10 @@ in order, written out one tensor at a time:
   fp32, ``autocast_adapter_dtype=True``, and ``W += delta`` promotes), so fp32, fp16 and bf16 results equal
   peft's bit for bit. Older peft (and ``autocast_adapter_dtype=False``) rounded the delta to fp16 first and
   then added (two roundings); that differs from llmkit by at most one ulp.
-- **dtype**: the merge happens in the output dtype (``--dtype``; ``keep`` = each tensor's own), as when peft
-  merges into a base loaded with ``from_pretrained(..., dtype=...)``.
+- **dtype** (``--dtype``; ``keep`` = each tensor's own): a tensor that keeps its dtype is merged in it, each
+  adapter's sum rounded, as peft merging into the model as loaded. A tensor converted to another dtype is
+  merged in fp32 (the base exactly, every adapter's delta) and cast once: ``round_out(float32(W) + delta)``,
+  not ``round_out(W) + delta`` (two roundings); a tensor no adapter changes is cast once.
 - **fan_in_fan_out** is decided by the base weight's layout, as peft decides by the layer type: a Linear
   weight ``[out, in]`` never transposes (peft overrides ``fan_in_fan_out=true`` with a warning), a GPT-2
   ``Conv1D`` weight ``[in, out]`` always does. LoRA on an embedding adds ``(B @ A)^T``.
@@ -31,8 +33,8 @@ replacement is applied, and it is written; peak ~ a few copies of the largest te
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from typing import Callable, Iterator
 import torch
 
 from llmkit.errors import InputError
+from llmkit.io.jsonfile import json_kind, read_json
 from llmkit.io.sinks import AUX_FILES, DEFAULT_SHARD_SIZE, ShardedWriter, TensorSpec, ensure_output_is_new
 from llmkit.io.sources import ADAPTER_CONFIG, MetaSource, TensorSource, open_source
 
@@ -75,12 +78,19 @@ _UNSUPPORTED_KEYS = {
 
 # ------------------------------------------------------------------ adapter_config.json
 
+# Types peft accepts for the adapter_config.json fields llmkit reads (else a plain error, not a crash).
+_CONFIG_FIELD_TYPES = {"target_modules": (list, str), "modules_to_save": list, "rank_pattern": dict,
+                       "alpha_pattern": dict, "layers_to_transform": (int, list), "layers_pattern": (list, str),
+                       "exclude_modules": (list, str)}
+
+
 @dataclass
 class LoraSettings:
     """The parts of ``adapter_config.json`` that decide the merge (the file is authoritative)."""
 
     path: Path
     r: int
+    r_given: bool  # False: the file has no "r" and r is peft's default, 8
     lora_alpha: float
     target_modules: list[str] | str | None
     modules_to_save: list[str]
@@ -97,13 +107,8 @@ class LoraSettings:
 
     @classmethod
     def read(cls, path: Path) -> "LoraSettings":
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"cannot read adapter config: {e}", path=path,
-                             hint="download the adapter again") from None
-        if not isinstance(cfg, dict):
-            raise InputError("adapter config is not a JSON object", path=path)
+        cfg = read_json(path, hint="download the adapter again")  # not a JSON object: an InputError naming it
+        assert isinstance(cfg, dict)
         peft_type = str(cfg.get("peft_type", "LORA")).upper()
         if peft_type != "LORA":
             raise InputError(f"this is a {peft_type} adapter; llmkit merges LoRA adapters only", path=path)
@@ -116,23 +121,32 @@ class LoraSettings:
         if cfg.get("trainable_token_indices"):
             raise InputError("the adapter trains single token rows (trainable_token_indices), which llmkit does "
                              "not merge", path=path, hint="merge it with peft's merge_and_unload")
+        for key, kinds in _CONFIG_FIELD_TYPES.items():
+            if cfg.get(key) is not None and not isinstance(cfg[key], kinds):
+                expected = " or ".join(json_kind(k()) for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+                raise InputError(f"{key} is {json_kind(cfg[key])}; peft expects {expected}",
+                                 path=path, hint="fix that field or download the adapter again")
         try:
+            # Without "r" peft's LoraConfig uses its default r=8 (and lora_alpha=8); it then refuses weights of
+            # another rank (a size mismatch). llmkit does the same, and says that r was not given.
             r = int(cfg.get("r", 8))
             alpha = float(cfg.get("lora_alpha", 8))
+            rank_pattern = {str(k): int(v) for k, v in (cfg.get("rank_pattern") or {}).items()}
+            alpha_pattern = {str(k): float(v) for k, v in (cfg.get("alpha_pattern") or {}).items()}
         except (TypeError, ValueError):
-            raise InputError("r / lora_alpha are not numbers", path=path) from None
+            raise InputError("r / lora_alpha (or rank_pattern / alpha_pattern values) are not numbers",
+                             path=path, hint="fix them or download the adapter again") from None
         if r <= 0:
             raise InputError(f"r must be positive, found {r}", path=path)
         targets = cfg.get("target_modules")
         if isinstance(targets, (list, tuple, set)):
             targets = [str(t) for t in targets]
         return cls(
-            path=path, r=r, lora_alpha=alpha, target_modules=targets,
+            path=path, r=r, r_given="r" in cfg, lora_alpha=alpha, target_modules=targets,
             modules_to_save=[str(m) for m in (cfg.get("modules_to_save") or [])],
             fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
             use_rslora=bool(cfg.get("use_rslora", False)),
-            rank_pattern={str(k): int(v) for k, v in (cfg.get("rank_pattern") or {}).items()},
-            alpha_pattern={str(k): float(v) for k, v in (cfg.get("alpha_pattern") or {}).items()},
+            rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
             layers_to_transform=cfg.get("layers_to_transform"),
             layers_pattern=cfg.get("layers_pattern"),
             exclude_modules=cfg.get("exclude_modules"),
@@ -214,11 +228,9 @@ def _token_text(value: object) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read tokenizer file: {e}", path=path) from None
-    return data if isinstance(data, dict) else {}
+    data = read_json(path, hint="put back the tokenizer files that came with the model or adapter")
+    assert isinstance(data, dict)
+    return data
 
 
 def has_tokenizer(folder: Path | None) -> bool:
@@ -403,6 +415,9 @@ class MergeResult:
     rounding: str
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    free_disk_bytes: int = 0  # free space found in the output folder's filesystem
+    needed_disk_bytes: int = 0  # output + copied files + margin; less free space is refused
+    disk_margin_bytes: int = 0  # free space kept beyond the output (llmkit.units.space_margin)
 
 
 @dataclass
@@ -468,25 +483,28 @@ class MergePlan:
         adapters from the last replacing one on matter).
         """
         dtype = self.output_dtype(name)
+        # One rounding (SPEC.md section 3): converting to another dtype (--dtype) works in fp32 and casts once
+        # at the end; in the tensor's own dtype each adapter rounds, as peft merging into a model loaded in it.
+        work = dtype if dtype == self.base.info(name).dtype else torch.float32
         vocab = name in self.vocab_tensors
         last = max((i for i, ad in enumerate(self.adapters) if name in ad.replacements), default=None)
-        t = self.base.get(name).to(dtype) if last is None else None
+        t = self.base.get(name) if last is None else None
         for ad in self.adapters[last or 0:]:
             key = ad.replacements.get(name)
             if key is not None:  # replaced whole (its rows were checked against the vocabulary plan)
-                t = ad.source.get(key).to(dtype)
+                t = ad.source.get(key).to(work)
             elif vocab and ad.vocab_size is not None and ad.vocab_size > t.shape[0]:
-                t = grow_rows(t, ad.vocab_size)
+                t = grow_rows(t.to(work), ad.vocab_size)
             mod = ad.modules.get(name)
             if mod is not None:
-                t = add_in_fp32(t, lora_delta(ad.source, mod))
+                t = add_in_fp32(t, lora_delta(ad.source, mod), work)
             bias = ad.bias_modules.get(name)
             if bias is not None:
                 assert bias.bias_key is not None
-                t = add_in_fp32(t, ad.source.get(bias.bias_key).to(torch.float32).mul(bias.scaling))
+                t = add_in_fp32(t, ad.source.get(bias.bias_key).to(torch.float32).mul(bias.scaling), work)
         if vocab and self.final_vocab_step is not None and self.final_vocab_step > t.shape[0]:
-            t = grow_rows(t, self.final_vocab_step)
-        return t
+            t = grow_rows(t.to(work), self.final_vocab_step)
+        return t.to(dtype)  # the one cast (none when nothing changed the tensor's dtype)
 
     # ---- running ----
     def open_output(self, out_dir: str | Path, *, shard_size: int = DEFAULT_SHARD_SIZE,
@@ -494,7 +512,8 @@ class MergePlan:
         """Plan the output files and check the destination (not an input, not existing without ``force``,
         enough free space). Nothing is written yet."""
         out_dir = Path(out_dir)
-        ensure_output_is_new(out_dir, [self.base.path, *(a.folder for a in self.adapters),
+        ensure_output_is_new(out_dir, [self.base.path, *([self.base.folder] if self.base.folder else []),
+                                       *(a.folder for a in self.adapters),
                                        *([self.tokenizer_folder] if self.tokenizer_folder else [])])
         if self.fmt != "pth":
             specs = self.specs()
@@ -555,7 +574,9 @@ class MergePlan:
             mean_initialised_rows=dict(self.mean_rows),
             tokenizer_from=str(self.tokenizer_folder) if has_tokenizer(self.tokenizer_folder) else None,
             tensors=len(output.names), total_bytes=output.total_bytes, files=list(output.writer.files),
-            rounding=ROUNDING, seconds=round(seconds, 3), warnings=list(self.warnings))
+            rounding=ROUNDING, seconds=round(seconds, 3), warnings=list(self.warnings),
+            free_disk_bytes=output.writer.free_disk_bytes, needed_disk_bytes=output.writer.needed_disk_bytes,
+            disk_margin_bytes=output.writer.space_margin)
 
     def run(self, out_dir: str | Path, *, shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
             dry_run: bool = False, progress: Callable[[int], None] | None = None) -> MergeResult:
@@ -598,8 +619,8 @@ def lora_delta(source: TensorSource, mod: LoraModule) -> torch.Tensor:
     return delta.mul_(mod.scaling)  # in place: the same values as peft's `... * scaling`, one buffer less
 
 
-def add_in_fp32(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``round(float(weight) + delta)`` to the weight's dtype: one rounding (peft's ``W += delta``).
+def add_in_fp32(weight: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``round(float(weight) + delta)`` to ``dtype`` (default: the weight's): one rounding (peft's ``W += delta``).
 
     ``delta`` (fp32, owned by the caller) is overwritten: IEEE addition is commutative, so
     ``delta += weight`` gives the bits of ``float(weight) + delta`` without an fp32 copy of the weight.
@@ -607,7 +628,8 @@ def add_in_fp32(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     if delta.dtype != torch.float32:
         delta = delta.to(torch.float32)
     delta.add_(weight)
-    return delta if weight.dtype == torch.float32 else delta.to(weight.dtype)
+    dtype = dtype or weight.dtype
+    return delta if dtype == torch.float32 else delta.to(dtype)
 
 
 def grow_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -666,12 +688,41 @@ def _load_adapter(folder: Path, base: TensorSource, resolver: _Resolver, model_t
     return ad
 
 
+def _saved_modules(keys: list[str]) -> dict[str, str]:
+    """Which full tensors of an adapter file end up in peft's merged model: adapter-side name -> adapter key.
+
+    Every layout peft has written (SPEC.md section 3), as peft 0.21's ``set_peft_model_state_dict`` loads it
+    and ``merge_and_unload`` keeps it (tests/test_lora_peft_layouts.py checks each against peft):
+
+    - ``X.weight``: a ``modules_to_save`` module's trained copy (Chinese-LLaMA-Alpaca, peft 0.3-0.21) or an
+      embedding layer saved because the vocabulary was resized. peft loads it and the merge keeps it: it wins.
+    - ``X.base_layer.weight``: the saved base layer of an embedding LoRA targets; loaded, then the delta adds.
+    - ``X.modules_to_save.weight`` + ``X.original_module.weight``: since peft 0.8, ``save_embedding_layers="auto"``
+      saves a resized ``modules_to_save`` module as the whole wrapper, beside ``X.weight``. peft ignores the first
+      (an unexpected key, equal to ``X.weight``) and loads the second into the untrained copy that
+      ``merge_and_unload`` throws away: ``original_module`` never reaches the output.
+
+    A ``modules_to_save`` copy (also ``.modules_to_save.<adapter>.``) is used only when the file has no
+    ``X.weight`` (peft fails on such a file with a KeyError; llmkit reads it as the trained copy).
+    """
+    chosen: dict[str, tuple[bool, str]] = {}  # name -> (is a modules_to_save copy, key)
+    for key in keys:
+        name = _strip_peft_prefix(key)
+        if ".original_module." in name:
+            continue
+        name, copies = _MODULES_TO_SAVE_RE.subn(".", name)
+        name = name.replace(".base_layer.", ".")
+        if name not in chosen or (chosen[name][0] and not copies):
+            chosen[name] = (copies > 0, key)
+    return {name: key for name, (_, key) in chosen.items()}
+
+
 def _index_adapter(ad: Adapter, base: TensorSource, resolver: _Resolver, model_type: str | None,
                    vocab: dict[str, str], warnings: list[str]) -> None:
     s = ad.settings
     parts: dict[str, dict[str, str]] = {}  # module -> {"A": key, "B": key, "bias": key, "embedding": "1"}
     adapter_names: set[str] = set()
-    full: list[tuple[str, str]] = []  # (adapter key, base-side name)
+    full: list[str] = []  # keys of full tensors (saved modules), sorted out by _saved_modules
     for key in ad.source.keys():
         name = _strip_peft_prefix(key)
         for marker, why in _UNSUPPORTED_KEYS.items():
@@ -699,15 +750,14 @@ def _index_adapter(ad: Adapter, base: TensorSource, resolver: _Resolver, model_t
         if ".lora_" in name:
             raise InputError(f"unrecognised LoRA tensor {key!r}", path=ad.file,
                              hint="llmkit reads lora_A/lora_B and lora_embedding_A/B tensors")
-        plain = _MODULES_TO_SAVE_RE.sub(".", name).replace(".base_layer.", ".")
-        full.append((key, plain))
+        full.append(key)
     if len(adapter_names) > 1:
         raise InputError(f"the adapter file holds several adapters ({', '.join(sorted(adapter_names))})",
                          path=ad.file, hint="save each adapter into its own folder")
 
     base_shapes = {n: base.info(n).shape for n in base.keys()}
     # Full tensors (modules_to_save, saved embedding layers) replace base tensors.
-    for key, plain in full:
+    for plain, key in _saved_modules(full).items():
         target = resolver.find(plain)
         if target is None:
             raise InputError(f"the adapter holds {key!r}, which the base model does not have", path=ad.file,
@@ -734,6 +784,11 @@ def _index_adapter(ad: Adapter, base: TensorSource, resolver: _Resolver, model_t
             raise InputError(f"LoRA layer {module!r} has mismatched A {list(a_shape)} and B {list(b_shape)}",
                              path=ad.file, hint="the adapter file is damaged; download it again")
         if a_shape[0] != r:
+            if not s.r_given and s._pattern_key(s.rank_pattern, module) is None:
+                raise InputError(f"adapter_config.json has no r (peft then uses its default, r=8) but lora_A of "
+                                 f"{module!r} has {a_shape[0]} rows", path=s.path,
+                                 hint=f"add \"r\": {a_shape[0]} to adapter_config.json if that is the adapter's "
+                                      "rank; peft refuses this adapter as it is")
             raise InputError(f"adapter_config.json says r={r} for {module!r} but its lora_A has {a_shape[0]} rows",
                              path=ad.file, hint="the config and the weights belong to different adapters")
         mod = LoraModule(module=module, target=target, a_key=entry["A"], b_key=entry["B"],
@@ -965,7 +1020,7 @@ def plan_merge(base: str | Path, adapters: list[str | Path], *, dtype: str = "ke
     folders = [Path(a) for a in adapters]
     seen: set[Path] = set()
     for f in folders:
-        key = f.resolve()
+        key = Path(os.path.realpath(f))  # never raises on a symlink loop (open_source names it below)
         if key in seen:
             raise InputError("the same adapter is given twice", path=f, hint="pass each --lora once")
         seen.add(key)
@@ -973,7 +1028,7 @@ def plan_merge(base: str | Path, adapters: list[str | Path], *, dtype: str = "ke
     base_src = _open_base(Path(base))
     loaded: list[Adapter] = []
     try:
-        cfg = base_src.config()
+        cfg = base_src.config()  # a config.json that is not a JSON object is an InputError
         model_type = (cfg or {}).get("model_type")
         resolver = _Resolver(base_src)
         vocab = _vocab_tensors(base_src)

@@ -46,7 +46,8 @@ import torch
 from llmkit.errors import CheckFailed, InputError
 from llmkit.io import DEFAULT_SHARD_SIZE, ShardedWriter, TensorSpec, open_source
 from llmkit.io.dtypes import CLI_DTYPES, st_code
-from llmkit.io.sinks import AUX_FILES, ensure_output_is_new, free_bytes, human_bytes
+from llmkit.io.jsonfile import int_field
+from llmkit.io.sinks import AUX_FILES, human_bytes
 from llmkit.io.sources import MetaSource, TensorInfo, TensorSource
 
 # The published integrity sum of the recovered ZhiXi-13B in fp32 (KnowLM tools/weight_diff.py).
@@ -88,6 +89,8 @@ class WeightDiffPlan:
     largest_tensor_bytes: int
     memory_estimate_bytes: int  # peak RSS estimate: per-tensor working set + this process now
     free_disk_bytes: int
+    needed_disk_bytes: int  # output + config/tokenizer files + the margin below; less free space is refused
+    disk_margin_bytes: int  # free space kept beyond the output (llmkit.units.space_margin)
     computed_buffers: list[str] = field(default_factory=list)  # base inv_freq buffers computed from config
     aux_files: dict[str, str] = field(default_factory=dict)  # output file -> folder it is copied from
     notes: list[str] = field(default_factory=list)
@@ -242,10 +245,16 @@ def _rope_settings(*sources: TensorSource) -> tuple[int, float] | None:
     """(head_dim, rope theta) from the first config.json that has them."""
     for src in sources:
         cfg = src.config() or {}
-        hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
-        head_dim = cfg.get("head_dim") or (hidden // heads if hidden and heads else None)
+        where = src.folder / "config.json" if src.folder else None
+        hidden = int_field(cfg, "hidden_size", path=where)
+        heads = int_field(cfg, "num_attention_heads", path=where)
+        head_dim = int_field(cfg, "head_dim", path=where) or (hidden // heads if hidden and heads else None)
         if head_dim:
-            theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta") or 10000.0
+            rope = cfg.get("rope_parameters")
+            theta = cfg.get("rope_theta") or (rope.get("rope_theta") if isinstance(rope, dict) else None) or 10000.0
+            if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+                raise InputError(f"rope_theta must be a positive number, found {theta!r}", path=where,
+                                 hint="the file is damaged or was edited by hand; download it again")
             return int(head_dim), float(theta)
     return None
 
@@ -301,9 +310,16 @@ def _check_shapes(other: TensorSource, base: TensorSource, role: str, computed: 
     if embed is not None:
         _, b, o = embed
         if b[0] < o[0]:
-            message += (f". The base has a {b[0]}-token vocabulary but the {what} {o[0]}: this is the wrong base "
-                        f"(the {what} was made against a model with an extended {o[0]}-token vocabulary)")
-            hint = f"recover from the {o[0]}-token model the {what} was made from, not from the original LLaMA"
+            if role == "diff":
+                message += (f". The base has a {b[0]}-token vocabulary but the diff {o[0]}: this is the wrong base "
+                            f"(the diff was made against a model with an extended {o[0]}-token vocabulary)")
+                hint = f"recover from the {o[0]}-token model the diff was made from, not from the original LLaMA"
+            else:
+                message += (f". The base has a {b[0]}-token vocabulary but the tuned model {o[0]}: a diff needs "
+                            f"both with the same vocabulary (the tuned model was trained from a model with an "
+                            f"extended {o[0]}-token vocabulary)")
+                hint = (f"pass the {o[0]}-token model the tuned model was trained from as --base, e.g. the "
+                        "vocabulary-extended base rather than the original LLaMA")
         else:
             message += (f". The base has a {b[0]}-token vocabulary but the {what} only {o[0]}: this is the wrong "
                         "base (perhaps an already-extended or merged model)")
@@ -311,10 +327,10 @@ def _check_shapes(other: TensorSource, base: TensorSource, role: str, computed: 
         hidden = next(((b[-1], o[-1]) for n, b, o in bad if n.endswith(_EMBED_SUFFIXES) and b and len(b) == 2),
                       None)
         if hidden and hidden[0] != hidden[1]:
-            from llmkit.summary import guess_architecture
+            from llmkit.summary import describe_hidden_size
 
-            message += (f". The base is {guess_architecture(hidden[0])} (hidden {hidden[0]}) but the {what} is "
-                        f"{guess_architecture(hidden[1])} (hidden {hidden[1]}): wrong base")
+            message += (f". The base is {describe_hidden_size(hidden[0])} but the {what} is "
+                        f"{describe_hidden_size(hidden[1])}: wrong base")
     raise InputError(message, path=base.path, hint=hint)
 
 
@@ -400,7 +416,6 @@ def _prepare(operation: str, base_path, other_path, out, *, dtype: str | None, f
 
 def _plan(operation: str, base: TensorSource, other: TensorSource, out: Path, *, role: str, dtype: str | None,
           fmt: str, shard_size: int, force: bool) -> _Job:
-    ensure_output_is_new(out, [base.path, other.path])
     if len(other) == 0:
         raise InputError(f"the {_describe_role(role)} holds no tensors", path=other.path)
     computed, ignored = _check_names(other, base, role)
@@ -434,7 +449,11 @@ def _plan(operation: str, base: TensorSource, other: TensorSource, out: Path, *,
     specs = [TensorSpec(i.name, out_dtype, i.shape) for i in o_infos]
     aux, notes = _aux_plan(other, base, role)
     aux_bytes = sum((Path(folder) / name).stat().st_size for name, folder in aux.items())
-    writer = ShardedWriter(out, specs, fmt=fmt, shard_size=shard_size, force=force, extra_bytes=aux_bytes)
+    # The writer refuses an output that is, is inside or contains an input (the weight files and the
+    # folders config/tokenizer files are read from), before anything is created.
+    inputs = [base.path, base.folder, other.path, other.folder]
+    writer = ShardedWriter(out, specs, fmt=fmt, shard_size=shard_size, force=force, extra_bytes=aux_bytes,
+                           inputs=inputs)
 
     def b_dtype(name: str) -> torch.dtype:
         return torch.float32 if name in computed else base.info(name).dtype
@@ -478,7 +497,9 @@ def _plan(operation: str, base: TensorSource, other: TensorSource, out: Path, *,
         largest_tensor=largest.name,
         largest_tensor_bytes=largest.numel * out_dtype.itemsize,
         memory_estimate_bytes=working + _current_rss(),
-        free_disk_bytes=free_bytes(out),
+        free_disk_bytes=writer.free_disk_bytes,
+        needed_disk_bytes=writer.needed_disk_bytes,
+        disk_margin_bytes=writer.space_margin,
         computed_buffers=computed,
         aux_files=aux,
         notes=notes,
@@ -698,7 +719,8 @@ def describe_plan(plan: WeightDiffPlan) -> list[tuple[str, str]]:
                    f"weight/index file(s))"),
         ("dtype", f"{plan.dtype}: {plan.arithmetic}"),
         ("tensors", f"{plan.tensors} ({plan.parameters:,} parameters)"),
-        ("output size", f"{human_bytes(plan.output_bytes)} (free: {human_bytes(plan.free_disk_bytes)})"),
+        ("output size", (f"{human_bytes(plan.output_bytes)} (needs {human_bytes(plan.needed_disk_bytes)} free with "
+                         f"a {human_bytes(plan.disk_margin_bytes)} margin; free: {human_bytes(plan.free_disk_bytes)})")),
         ("largest tensor", f"{plan.largest_tensor} ({human_bytes(plan.largest_tensor_bytes)})"),
         ("memory", f"about {human_bytes(plan.memory_estimate_bytes)} peak"),
     ]

@@ -207,8 +207,16 @@ def get_table(name_or_file: str | Path) -> ChecksumTable:
     p = Path(name_or_file)
     if p.is_file():
         return load_table(p)
-    if key.endswith(tuple(TABLE_SUFFIXES)) and table_name(p) in tables and not p.exists():
+    if key.endswith(tuple(TABLE_SUFFIXES)) and table_name(p) in tables and not os.path.lexists(p):
         return tables[table_name(p)]
+    if p.is_dir():
+        raise InputError("is a folder, not a checksum table file", path=p,
+                         hint="pass the md5sum-format table file (or a built-in table name) as --table")
+    if os.path.islink(p):
+        from llmkit.io.destination import broken_link
+
+        raise InputError(f"the table path {broken_link(p) or 'is a broken symlink'}", path=p,
+                         hint="fix the link or pass the table file itself")
     raise InputError(f"no built-in table named {key!r} and no such file", path=None,
                      hint=f"built-in tables: {', '.join(tables)} (llmkit models lists them)")
 

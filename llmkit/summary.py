@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmkit.errors import InputError
+from llmkit.io.jsonfile import int_field
 from llmkit.io.sources import AdapterInfo, MetaSource, TensorSource, open_source, safetensors_code
 
 # LLaMA size by hidden size (LLaMA-1 family).
@@ -57,6 +59,21 @@ def guess_architecture(hidden: int | None) -> str | None:
     return LLAMA_SIZES.get(hidden, f"LLaMA-like (hidden size {hidden})")
 
 
+def describe_hidden_size(hidden: int) -> str:
+    """``LLaMA-13B (hidden size 5120)``, or ``LLaMA-like (hidden size 32)``: the size named once."""
+    name = LLAMA_SIZES.get(hidden)
+    return f"{name} (hidden size {hidden})" if name else f"LLaMA-like (hidden size {hidden})"
+
+
+def _setting(cfg: dict, key: str, where: Path | None, warnings: list[str]) -> int | None:
+    """A positive integer setting of config.json / params.json; a wrong value is a warning, not a crash."""
+    try:
+        return int_field(cfg, key, path=where)
+    except InputError as e:
+        warnings.append(f"{e}; ignored")
+        return None
+
+
 def summarize(path: str | Path) -> ModelSummary:
     """Describe the weights at ``path`` without reading tensor data."""
     with open_source(path) as src:
@@ -64,12 +81,15 @@ def summarize(path: str | Path) -> ModelSummary:
         cfg = src.config() or {}
         warnings = list(src.warnings)
         embed = _embed_shape(src)
-        hidden = cfg.get("hidden_size")
-        vocab = cfg.get("vocab_size")
+        where = src.folder / "config.json" if src.folder else None
+        hidden = _setting(cfg, "hidden_size", where, warnings)
+        vocab = _setting(cfg, "vocab_size", where, warnings)
+        num_layers = _setting(cfg, "num_hidden_layers", where, warnings)
         if isinstance(src, MetaSource) and src.params:
-            hidden = hidden or src.params.get("dim")
+            params_json = src.folder / "params.json" if src.folder else None
+            hidden = hidden or _setting(src.params, "dim", params_json, warnings)
             v = src.params.get("vocab_size")
-            vocab = vocab or (v if isinstance(v, int) and v > 0 else None)
+            vocab = vocab or (v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None)
         if embed is not None and len(embed) == 2:
             if vocab is not None and embed[0] != vocab:
                 warnings.append(f"config.json says vocab_size {vocab} but the embedding has {embed[0]} rows")
@@ -91,7 +111,7 @@ def summarize(path: str | Path) -> ModelSummary:
             total_bytes=sum(i.nbytes for i in infos),
             dtypes=dtypes,
             hidden_size=hidden,
-            num_layers=cfg.get("num_hidden_layers") or (max(layers) + 1 if layers else None),
+            num_layers=num_layers or (max(layers) + 1 if layers else None),
             vocab_size=vocab,
             architecture=guess_architecture(hidden) if src.adapter is None else None,
             adapter=src.adapter,

@@ -140,16 +140,22 @@ def peft_merged_state(base: Path, adapters: Sequence[Path], *, dtype: torch.dtyp
                       autocast_adapter_dtype: bool = True) -> dict[str, torch.Tensor]:
     """What peft makes of ``adapters`` on ``base``: the independent reference llmkit is checked against.
 
-    The Chinese-LLaMA-Alpaca recipe, with today's libraries: load the base with transformers in ``dtype``;
-    for each adapter in order, resize the embeddings to ``len(tokenizer)`` when the adapter folder carries a
-    tokenizer of another size, then ``PeftModel.from_pretrained(...).merge_and_unload()``.
+    The Chinese-LLaMA-Alpaca recipe, with today's libraries: load the base with transformers; for each adapter
+    in order, resize the embeddings to ``len(tokenizer)`` when the adapter folder carries a tokenizer of
+    another size, then ``PeftModel.from_pretrained(...).merge_and_unload()``.
+
+    ``dtype`` is the output dtype. A base already in it is merged in it, as loaded (each adapter's sum rounded
+    to it). A base in another dtype (e.g. fp32 base, fp16 output) is loaded in fp32, merged there, and the
+    merged model is cast to ``dtype`` once at the end: one rounding (SPEC.md section 3).
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_pretrained(Path(base), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(Path(base), dtype="auto")
+        if model.dtype != dtype:
+            model = model.to(torch.float32)  # exact for fp16/bf16 weights
         for adapter in adapters:
             adapter = Path(adapter)
             if (adapter / "tokenizer.model").is_file() or (adapter / "tokenizer.json").is_file():
@@ -158,4 +164,4 @@ def peft_merged_state(base: Path, adapters: Sequence[Path], *, dtype: torch.dtyp
                     model.resize_token_embeddings(size)
             model = PeftModel.from_pretrained(model, adapter, autocast_adapter_dtype=autocast_adapter_dtype)
             model = model.merge_and_unload()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k: (v.to(dtype) if v.is_floating_point() else v).detach().clone() for k, v in model.state_dict().items()}

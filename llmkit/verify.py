@@ -28,6 +28,7 @@ import torch
 
 from llmkit.errors import InputError
 from llmkit.hashing import ALGORITHMS, BUFFER_BYTES, hash_file, new_hash  # noqa: F401
+from llmkit.io.destination import broken_link
 from llmkit.io.sinks import tensor_bytes
 from llmkit.io.sources import TensorSource, open_source
 from llmkit.registry import (KNOWN_SIZES, MODELS, TABLE_APPROX_BYTES, ChecksumTable, TableEntry, builtin_tables,
@@ -189,6 +190,15 @@ class _Root:
         return display_path(self.arg, key) if self.folder is not None else key
 
 
+def _not_found(p: Path) -> InputError:
+    problem = broken_link(p)
+    if problem is not None:
+        return InputError(f"the path {problem}", path=p, hint="fix the link or pass the file itself")
+    if p.exists():
+        return InputError("not a regular file or folder", path=p, hint="pass files or folders")
+    return InputError("no such file or folder", path=p, hint="check the path")
+
+
 def _roots(paths: list[Path]) -> list[_Root]:
     roots: list[_Root] = []
     loose: dict[str, Path] = {}
@@ -198,7 +208,7 @@ def _roots(paths: list[Path]) -> list[_Root]:
         elif p.is_file():
             loose[str(p)] = p
         else:
-            raise InputError("no such file or folder", path=p, hint="check the path")
+            raise _not_found(p)
     if loose:
         roots.append(_Root("", None, loose))
     return roots
@@ -545,6 +555,12 @@ def classify_mismatch(path: Path, expected: str, algorithm: str, *, table: Check
             return f"not a readable checkpoint ({e.message}): damaged or truncated, download it again"
         except Exception as e:  # noqa: BLE001 - any reader failure means the file is unusable
             return f"not a readable checkpoint ({type(e).__name__}): damaged or truncated, download it again"
+        if path.suffix == ".safetensors":
+            return (f"bytes differ, but the file is a readable safetensors checkpoint with {n} tensors; safetensors "
+                    f"bytes are deterministic (a header, then the raw tensor data), so different bytes mean "
+                    f"different tensor values, or equal tensors stored in another order, under other names or "
+                    f"with other header metadata (e.g. written by another tool or with another shard size); "
+                    f"compare tensors with 'llmkit verify --tensors {path} REFERENCE' to tell which")
         return (f"bytes differ, but the file is a readable checkpoint with {n} tensors; .bin bytes depend on the "
                 f"torch/transformers version and shard size that wrote them, so compare tensors with "
                 f"'llmkit verify --tensors {path} REFERENCE' to tell a re-save from corruption")
@@ -593,7 +609,7 @@ def plan_checksum(paths: list[Path]) -> list[tuple[str, Path]]:
         elif p.is_file():
             out.append((str(p), p))
         else:
-            raise InputError("no such file or folder", path=p, hint="check the path")
+            raise _not_found(p)
     return out
 
 

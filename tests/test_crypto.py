@@ -1,8 +1,8 @@
-"""Library tests of llmkit.crypto against the SPEC.md section 1 key stream, written out here.
+"""Library tests of llmkit.crypto against the SPEC.md section 1 key stream.
 
-The reference (``upstream_xor``) is the upstream loop itself: 10 MiB data chunks, one sequential
-10 MiB key read per chunk, seek to 0 on an empty read, the key read tiled to the chunk. It shares
-no code with llmkit.
+The reference (``upstream_xor``, tests/spec_reference.py) is the upstream loop itself: 10 MiB data
+chunks, one sequential 10 MiB key read per chunk, seek to 0 on an empty read, the key read tiled to
+the chunk. It shares no code with llmkit.
 """
 
 from __future__ import annotations
@@ -21,25 +21,10 @@ import pytest
 
 import llmkit.crypto as crypto
 from llmkit.errors import CheckFailed, InputError, OutputExistsError
+from spec_reference import upstream_xor
 
 C = 10 * 1024 * 1024
 EMPTY = hashlib.sha256(b"").hexdigest()
-
-
-def upstream_xor(data: bytes, key_path: Path) -> bytes:
-    """SPEC.md 1, written as the upstream scripts loop (independent of llmkit)."""
-    out = bytearray()
-    with open(key_path, "rb") as key:
-        for start in range(0, len(data), C):
-            chunk = data[start:start + C]
-            k = key.read(C)
-            if k == b"":
-                key.seek(0)
-                k = key.read(C)
-            tiled = (k * (len(chunk) // len(k) + 1))[:len(chunk)]
-            x = int.from_bytes(chunk, "little") ^ int.from_bytes(tiled, "little")
-            out += x.to_bytes(len(chunk), "little")
-    return bytes(out)
 
 
 def naive_xor(data: bytes, key: bytes) -> bytes:

@@ -13,25 +13,11 @@ from pathlib import Path
 import pytest
 
 import llmkit.crypto as crypto
+from spec_reference import upstream_xor
 
 C = 10 * 1024 * 1024
 EMPTY = hashlib.sha256(b"").hexdigest()
 LLMKIT = Path(sys.executable).parent / "llmkit"
-
-
-def upstream_xor(data: bytes, key_path: Path) -> bytes:
-    """SPEC.md 1: one sequential 10 MiB key read per 10 MiB chunk, seek(0) on an empty read, tiled."""
-    out = bytearray()
-    with open(key_path, "rb") as key:
-        for start in range(0, len(data), C):
-            chunk = data[start:start + C]
-            k = key.read(C)
-            if not k:
-                key.seek(0)
-                k = key.read(C)
-            tiled = (k * (len(chunk) // len(k) + 1))[:len(chunk)]
-            out += (int.from_bytes(chunk, "little") ^ int.from_bytes(tiled, "little")).to_bytes(len(chunk), "little")
-    return bytes(out)
 
 
 def write(path: Path, data: bytes) -> Path:

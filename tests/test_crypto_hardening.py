@@ -26,27 +26,13 @@ import typer.main
 import llmkit.crypto as crypto
 from llmkit.cli import app
 from llmkit.errors import CheckFailed
+from spec_reference import upstream_xor
 
 C = 10 * 1024 * 1024
 EMPTY = hashlib.sha256(b"").hexdigest()
 LLMKIT = Path(sys.executable).parent / "llmkit"
 KINDS = ["model.safetensors", "pytorch_model.bin", "config.json", "tokenizer.model"]
 FOLDER = ["config.json", "generation_config.json", "model.safetensors"]  # the big one sorts last
-
-
-def upstream_xor(data: bytes, key_path: Path) -> bytes:
-    """SPEC.md 1: one sequential 10 MiB key read per 10 MiB chunk, seek(0) on an empty read, tiled."""
-    out = bytearray()
-    with open(key_path, "rb") as key:
-        for start in range(0, len(data), C):
-            chunk = data[start:start + C]
-            k = key.read(C)
-            if not k:
-                key.seek(0)
-                k = key.read(C)
-            tiled = (k * (len(chunk) // len(k) + 1))[:len(chunk)]
-            out += (int.from_bytes(chunk, "little") ^ int.from_bytes(tiled, "little")).to_bytes(len(chunk), "little")
-    return bytes(out)
 
 
 def write(path: Path, data: bytes) -> Path:

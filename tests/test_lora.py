@@ -166,13 +166,57 @@ def test_half_precision_base_equals_peft_and_is_within_one_ulp_of_legacy_peft(lo
     assert_within_one_ulp(one, legacy, merged_state(lora_work / base_name))  # ... by at most one ulp
 
 
-def test_dtype_option_merges_in_the_output_dtype_like_peft_loading_in_it(lora_work, tmp_path):
+def test_dtype_option_rounds_once_like_peft_merging_in_fp32_then_casting(lora_work, tmp_path):
+    # peft_merged_state(dtype=fp16) on the fp32 base: peft merges in fp32, the merged model is cast once
     adapters = [lora_work / "cute", lora_work / "alpaca"]
     merge_lora(lora_work / "base", adapters, tmp_path / "out", dtype="fp16")
     got = merged_state(tmp_path / "out")
     assert_equal_to_peft(got, peft_merged_state(lora_work / "base", adapters, dtype=torch.float16))
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["vocab_size"] == 101 and config.get("dtype", config.get("torch_dtype")) == "float16"
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """A tiny base or adapter read with safetensors / torch directly (not llmkit)."""
+    for name in ("model.safetensors", "adapter_model.safetensors"):
+        if (folder / name).is_file():
+            return load_file(folder / name)
+    name = "pytorch_model.bin" if (folder / "pytorch_model.bin").is_file() else "adapter_model.bin"
+    return torch.load(folder / name, weights_only=True)
+
+
+@pytest.mark.parametrize("base_name,dtype,out_dtype", [
+    ("base", "fp16", torch.float16), ("base", "bf16", torch.bfloat16), ("base-bf16-bin", "fp16", torch.float16),
+    ("base-fp16", "fp32", torch.float32)])
+def test_dtype_conversion_rounds_once_per_the_published_formula(lora_work, tmp_path, run_cli, base_name, dtype,
+                                                                out_dtype):
+    # SPEC.md section 3: W' = cast(float32(W) + (B @ A) * lora_alpha / r), one rounding to the output dtype;
+    # saved modules and untouched tensors: one cast. Never cast(cast(W) + delta) (two roundings).
+    adapter = tmp_path / "ad"
+    save_tiny_adapter(adapter, target_modules=LLAMA_LINEAR, r=4, lora_alpha=16, modules_to_save=("lm_head",))
+    res = run_cli("merge-lora", "--base", lora_work / base_name, "--lora", adapter, "-o", tmp_path / "out",
+                  "--dtype", dtype)
+    assert res.exit_code == 0, res.stderr
+    got = merged_state(tmp_path / "out")
+    base, ad = read_weights(lora_work / base_name), read_weights(adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    scaling = cfg["lora_alpha"] / cfg["r"]
+    lora_tensors = double_rounding_differs = 0
+    for name, w in base.items():
+        module = f"base_model.model.{name.removesuffix('.weight')}"
+        if f"base_model.model.{name}" in ad:  # modules_to_save: the saved tensor, cast once
+            expected = ad[f"base_model.model.{name}"].to(out_dtype)
+        elif f"{module}.lora_A.weight" in ad:
+            delta = (ad[f"{module}.lora_B.weight"].float() @ ad[f"{module}.lora_A.weight"].float()) * scaling
+            expected = (w.float() + delta).to(out_dtype)
+            lora_tensors += 1
+            double_rounding_differs += int(not torch.equal(got[name], (w.to(out_dtype).float() + delta).to(out_dtype)))
+        else:
+            expected = w.to(out_dtype)
+        assert got[name].dtype == out_dtype and torch.equal(got[name], expected), name
+    assert lora_tensors == 14
+    if base_name == "base":  # from fp32 the two rules differ: the test tells them apart
+        assert double_rounding_differs == lora_tensors
 
 
 def test_fp32_merge_within_1e6_of_the_published_formula(lora_work, tmp_path):

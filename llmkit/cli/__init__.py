@@ -4,6 +4,8 @@ Every command module registers itself on :data:`app`, validates its arguments, m
 call inside :func:`command_guard`, and hands the result to :class:`~llmkit.cli.output.Output`.
 
 Exit codes: 0 ok; 1 a check failed; 2 bad usage or bad input; 3 internal error; 130 interrupted.
+Every failure is one ``error:`` line on stderr and, with ``--json``, one JSON object on stdout
+(:class:`~llmkit.cli.output.Failure`); usage errors (bad flags) are handled by :class:`LlmkitGroup`.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import errno
 import sys
 import traceback
 from contextlib import contextmanager
-from typing import Annotated, Callable, Iterator
+from typing import Annotated, Any, Callable, Iterator
 
 import typer
 
 from llmkit import __version__
-from llmkit.cli.output import Output
-from llmkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, LlmkitError
+from llmkit.cli.output import Failure, Output
+from llmkit.cli.usage import LlmkitGroup
+from llmkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, LlmkitError
 
 app = typer.Typer(
     name="llmkit",
+    cls=LlmkitGroup,
     help="Exact, streaming tools for Chinese LLaMA-family weights: inspect, decrypt, recover, merge LoRA, "
          "convert and verify. Results go to stdout, progress and errors to stderr. "
          "Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 internal error.",
@@ -40,52 +44,59 @@ DebugOpt = Annotated[bool, typer.Option("--debug", envvar="LLMKIT_DEBUG",
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 
 
-def _os_error(e: OSError) -> str:
-    where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+def _os_error(e: OSError) -> Failure:
+    path = str(e.filename) if getattr(e, "filename", None) else None
     if isinstance(e, FileNotFoundError):
-        return f"{where}no such file or folder (check the path)"
+        return Failure("no such file or folder", path, "check the path")
     if isinstance(e, PermissionError):
-        return f"{where}permission denied (check the file's permissions or choose another path)"
+        return Failure("permission denied", path, "check the file's permissions or choose another path")
     if isinstance(e, IsADirectoryError):
-        return f"{where}is a folder where a file was expected (pass the file)"
+        return Failure("is a folder where a file was expected", path, "pass the file")
     if isinstance(e, NotADirectoryError):
-        return f"{where}is a file where a folder was expected (pass the folder)"
+        return Failure("is a file where a folder was expected", path, "pass the folder")
     if e.errno == errno.ENOSPC:
-        return f"{where}disk full (free some space or choose another output folder)"
-    return f"{where}{e.strerror or e} (check the path and try again)"
+        return Failure("disk full", path, "free some space or choose another output folder")
+    return Failure(str(e.strerror or e), path, "check the path and try again")
 
 
-# The exception -> (message, exit code) table, first match wins (the hf CLI pattern).
-ERROR_TABLE: list[tuple[type[BaseException], Callable[[BaseException], tuple[str, int]]]] = [
-    (LlmkitError, lambda e: (str(e), e.exit_code)),  # type: ignore[attr-defined]
-    (KeyboardInterrupt, lambda e: ("interrupted; no partial output was kept", EXIT_INTERRUPTED)),
-    (MemoryError, lambda e: ("out of memory (close other programs, or use a smaller --shard-size)", EXIT_INTERNAL)),
-    (OSError, lambda e: (_os_error(e), EXIT_BAD_INPUT)),  # type: ignore[arg-type]
+def _llmkit_error(e: LlmkitError) -> Failure:
+    return Failure(e.message, e.path, e.hint, e.exit_code)
+
+
+# The exception -> Failure (message, path, hint, exit code) table, first match wins (the hf CLI pattern).
+ERROR_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure]]] = [
+    (LlmkitError, _llmkit_error),
+    (KeyboardInterrupt, lambda e: Failure("interrupted; no partial output was kept", exit_code=EXIT_INTERRUPTED)),
+    (MemoryError, lambda e: Failure("out of memory", hint="close other programs, or use a smaller --shard-size",
+                                    exit_code=EXIT_INTERNAL)),
+    (OSError, _os_error),
 ]
 
 
-def describe_error(e: BaseException) -> tuple[str, int]:
+def describe_error(e: BaseException) -> Failure:
     for kind, explain in ERROR_TABLE:
         if isinstance(e, kind):
             return explain(e)
-    return (f"internal error: {type(e).__name__}: {e} (rerun with --debug and report the traceback)", EXIT_INTERNAL)
+    return Failure(f"internal error: {type(e).__name__}: {e}",
+                   hint="rerun with --debug and report the traceback", exit_code=EXIT_INTERNAL)
 
 
 @contextmanager
 def command_guard(out: Output) -> Iterator[None]:
-    """Run a command body: any exception becomes one line on stderr and an exit code."""
+    """Run a command body: any exception becomes one line on stderr (and the error object with --json)
+    and an exit code."""
     try:
         yield
     except typer.Exit:
         raise
     except BaseException as e:  # noqa: BLE001 - this is the one place that turns errors into messages
-        if isinstance(e, SystemExit):
+        if isinstance(e, (SystemExit, GeneratorExit)):
             raise
-        message, code = describe_error(e)
+        failure = describe_error(e)
         if out.debug:
             traceback.print_exc(file=sys.stderr)
-        out.err.print(f"error: {message}", markup=False, style="red", soft_wrap=True)
-        raise typer.Exit(code) from None
+        out.fail(failure)
+        raise typer.Exit(failure.exit_code) from None
 
 
 def _version(value: bool) -> None:

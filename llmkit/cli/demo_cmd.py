@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
-from llmkit.cli.output import Output
+from llmkit.cli.output import Failure, Output
 from llmkit.errors import EXIT_CHECK_FAILED, OutputExistsError
 
 
@@ -56,6 +56,10 @@ def demo_command(
         finally:
             if not keep:
                 shutil.rmtree(folder, ignore_errors=True)
-        out.result(result, _render(result, keep))
+        failed = None
+        if not result.ok:
+            names = ", ".join(step.name for step in result.steps if not step.ok) or "a step"
+            failed = Failure(f"demo failed: {names} did not pass", exit_code=EXIT_CHECK_FAILED)
+        out.result(result, _render(result, keep), failed=failed)
         if not result.ok:
             raise typer.Exit(EXIT_CHECK_FAILED)

@@ -50,6 +50,8 @@ def _render(r) -> Callable[[Console], None]:  # r: llmkit.lora.MergeResult
         p(f"tokenizer   {r.tokenizer_from or '-'}")
         p(f"output      {r.output}  ({r.format}, dtype {r.dtype}, {r.tensors} tensors, {human_bytes(r.total_bytes)})")
         if r.dry_run:
+            p(f"disk        needs {human_bytes(r.needed_disk_bytes)} free (with a {human_bytes(r.disk_margin_bytes)} "
+              f"margin); free: {human_bytes(r.free_disk_bytes)}")
             p(f"dry run     nothing written; would write {', '.join(r.files)}")
         else:
             p(f"files       {', '.join(r.files)}")

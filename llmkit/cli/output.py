@@ -3,6 +3,10 @@
 stdout carries results only (a rich rendering, or JSON with ``--json``); stderr carries progress
 bars, log lines, warnings and errors. ``--quiet`` silences progress and log lines (results and
 errors still print). ``--json`` implies no progress and no logs.
+
+With ``--json`` every outcome is exactly one JSON value on stdout: the result on success; on a failure
+the error object of :class:`Failure` (``{"ok": false, "error", "path", "hint", "exit_code"}``), or, for a
+check that ran and failed (exit 1), the command's report with those five keys added.
 """
 
 from __future__ import annotations
@@ -34,6 +38,29 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+@dataclasses.dataclass
+class Failure:
+    """Why a command failed: ``error: <path>: <message> (<hint>)`` on stderr, the error object with --json."""
+
+    message: str
+    path: str | None = None
+    hint: str | None = None
+    exit_code: int = 2
+
+    def line(self) -> str:
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        return f"error: {text} ({self.hint})" if self.hint else f"error: {text}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": False, "error": self.message, "path": self.path, "hint": self.hint,
+                "exit_code": self.exit_code}
+
+
+def write_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
 class Output:
     """Where a command's words go. One per command invocation."""
 
@@ -42,6 +69,7 @@ class Output:
         self.silent = quiet  # the user's --quiet: no warnings either
         self.quiet = quiet or json_mode
         self.debug = debug
+        self.printed_json = False  # a JSON value is on stdout: never print a second one
         self.out = Console(file=sys.stdout, soft_wrap=True, highlight=False)
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
@@ -55,13 +83,31 @@ class Output:
         if not self.silent:
             self.err.print(f"warning: {message}", markup=False, style="yellow")
 
-    def result(self, data: Any, render: Callable[[Console], None]) -> None:
-        """The command's result: JSON on stdout with --json, otherwise ``render`` draws it on stdout."""
+    def result(self, data: Any, render: Callable[[Console], None], *, failed: Failure | None = None) -> None:
+        """The command's result: JSON on stdout with --json, otherwise ``render`` draws it on stdout.
+
+        ``failed``: the result is the report of a check that did not pass (the caller then exits with
+        ``failed.exit_code``); with --json its five error keys are added to the report object.
+        """
         if self.json_mode:
-            sys.stdout.write(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
+            payload = to_jsonable(data)
+            if failed is not None and isinstance(payload, dict):
+                payload = {**payload, **failed.to_json()}
+            write_json(payload)
+            self.printed_json = True
         else:
             render(self.out)
+
+    def fail(self, failure: Failure) -> None:
+        """Report a failure: the one ``error:`` line on stderr, and with --json the error object on stdout
+        (unless a result is already there)."""
+        if self.json_mode and not self.printed_json:
+            self.printed_json = True
+            try:
+                write_json(failure.to_json())
+            except OSError:  # stdout is gone (a closed pipe): the stderr line still says what happened
+                pass
+        self.err.print(failure.line(), markup=False, style="red", soft_wrap=True)
 
     @contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
-from llmkit.cli.output import Output
+from llmkit.cli.output import Failure, Output
 from llmkit.errors import EXIT_CHECK_FAILED
 from llmkit.units import human_bytes, parse_size
 
@@ -103,8 +103,16 @@ def _render(result):  # result: llmkit.recover.WeightDiffResult
 
 
 def _finish(out: Output, result) -> None:
-    out.result(result, _render(result))
-    if result.reference is not None and not result.reference.passed:
+    r = result.reference
+    failed = None
+    if r is not None and not r.passed:
+        failed = Failure(f"the output differs from the reference: {len(r.differing)} tensor(s) differ, "
+                         f"{len(r.only_output)} only in the output, {len(r.only_reference)} only in the reference",
+                         path=str(result.plan.output),
+                         hint=f"llmkit verify --tensors {result.plan.output} {r.reference} --json lists them",
+                         exit_code=EXIT_CHECK_FAILED)
+    out.result(result, _render(result), failed=failed)
+    if failed is not None:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 

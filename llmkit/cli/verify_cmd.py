@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
-from llmkit.cli.output import Output
+from llmkit.cli.output import Failure, Output
 from llmkit.errors import EXIT_CHECK_FAILED, InputError
 
 
@@ -86,6 +86,21 @@ def _render_tensors(report) -> callable:
     return render
 
 
+def _files_failure(report) -> Failure:
+    c = report.counts()
+    return Failure(f"verification failed: {c['mismatch']} mismatch, {c['missing']} missing, {c['ok']} ok",
+                   exit_code=EXIT_CHECK_FAILED)
+
+
+def _tensors_failure(report) -> Failure:
+    parts = [f"{len(report.differing)} of {report.compared} compared differ", f"{len(report.only_a)} only in A",
+             f"{len(report.only_b)} only in B"]
+    files = sum(1 for f in report.files if f.status != "ok")
+    if files:
+        parts.append(f"{files} other file(s) differ")
+    return Failure(f"tensors differ: {', '.join(parts)}", exit_code=EXIT_CHECK_FAILED)
+
+
 @app.command("verify")
 def verify_command(
     paths: Annotated[Optional[list[Path]], typer.Argument(
@@ -123,12 +138,12 @@ def verify_command(
             total = v.tensor_total_bytes(paths[0]) or v.tensor_total_bytes(paths[1])
             with out.progress("comparing tensors", total) as advance:
                 report = v.verify_tensors(paths[0], paths[1], jobs=_jobs(jobs), progress=advance)
-            out.result(report, _render_tensors(report))
+            out.result(report, _render_tensors(report), failed=None if report.ok else _tensors_failure(report))
         else:
             plan = v.plan_verify(paths, table=table, algorithm=algo.value if algo else None)
             with out.progress(f"{plan.algorithm} hashing", plan.total_bytes) as advance:
                 report = v.run_verify(plan, jobs=_jobs(jobs), progress=advance)
-            out.result(report, _render_report(report))
+            out.result(report, _render_report(report), failed=None if report.ok else _files_failure(report))
     if not report.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
 

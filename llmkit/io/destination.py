@@ -1,26 +1,75 @@
 """Where outputs may go: checks every writing command makes before it writes (torch-free).
 
 llmkit never writes into, beside or around its inputs, so an input is never modified and a later
-run never reads its own output as input.
+run never reads its own output as input. An ``-o`` that cannot become a folder (a dangling symlink, a
+symlink loop, a file, a path under a file) is refused with what it is, before anything is created.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Iterable
 
-from llmkit.errors import InputError
+from llmkit.errors import InputError, OutputExistsError
 
 
-def ensure_output_is_new(out_dir: Path, inputs: Iterable[Path]) -> None:
+def broken_link(path: str | os.PathLike) -> str | None:
+    """What is wrong with ``path`` if it is a symlink that leads nowhere ("is a dangling symlink to X",
+    "is a symlink loop"); None for anything else (including a path that does not exist at all)."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symlink loop"
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"is a dangling symlink to {target}"
+    return None
+
+
+def check_output_path(out_dir: str | os.PathLike) -> None:
+    """Refuse an output folder path that cannot be made a folder, naming what is in the way.
+
+    The path itself or its nearest existing ancestor may be a dangling symlink or a symlink loop
+    (``mkdir`` would fail with "File exists" or loop), or a file (no folder can go inside it).
+    """
+    out = Path(out_dir)
+    for p in (out, *out.parents):
+        if not os.path.lexists(p):
+            continue
+        problem = broken_link(p)
+        if problem is not None:
+            what = "the output path" if p == out else f"{p} (on the output path)"
+            hint = ("remove the link, or create the folder it points to first" if "dangling" in problem
+                    else "remove the link or choose another -o")
+            raise InputError(f"{what} {problem}", path=out_dir, hint=hint)
+        if not p.is_dir():
+            if p == out:
+                raise OutputExistsError("output path exists and is not a folder", path=out_dir,
+                                        hint="choose another -o")
+            raise InputError(f"{p} is a file, so no output folder can be made inside it", path=out_dir,
+                             hint="choose another -o")
+        return
+
+
+def ensure_output_is_new(out_dir: Path, inputs: Iterable[str | os.PathLike | None]) -> None:
     """Refuse an output folder that is, is inside, or contains an input folder, or is an input file's folder.
 
     Symlinks are resolved (without failing on loops): llmkit never writes into, beside or around its
-    inputs, so a later run never reads its own output as input.
+    inputs, so a later run never reads its own output as input. ``None`` entries are skipped. The
+    output path itself must be able to become a folder (:func:`check_output_path`).
     """
+    check_output_path(out_dir)
     out = Path(os.path.realpath(out_dir))
     for p in inputs:
+        if p is None:
+            continue
         src = Path(os.path.realpath(p))
         if src.is_dir():
             if out == src or src in out.parents:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Iterable
 
 import torch
 
@@ -32,11 +33,13 @@ class MetaShardWriter(ShardSetWriter):
     """
 
     def __init__(self, out_dir: str | os.PathLike, shard_specs: list[list[TensorSpec]], *, params: dict,
-                 force: bool = False, extra_bytes: int = 0):
+                 force: bool = False, extra_bytes: int = 0,
+                 inputs: Iterable[str | os.PathLike | None] | None = None):
         if not shard_specs:
             raise InputError("a Meta checkpoint needs at least one shard")
         super().__init__(out_dir, [(meta_shard_name(i), specs) for i, specs in enumerate(shard_specs)],
-                         fmt="bin", force=force)
+                         fmt="bin", force=force, inputs=inputs)
+        self.smaller_files = "use more --pth-shards"
         self.files.append(PARAMS_JSON)
         self.add_file(PARAMS_JSON, (json.dumps(params) + "\n").encode())
         self._check_destination(extra_bytes)

@@ -13,7 +13,11 @@ is one tensor, whatever the shard size.
 
 Safe writes: all files go to temporary names (``.NAME.llmkit-tmp``) in the output folder and are
 renamed only after every planned tensor was written and sizes check out; on any error the temporary
-files are removed. Existing outputs are refused unless ``force``; free disk space is checked first.
+files are removed. Before anything is created the writer refuses an output that is, is inside or
+contains one of its ``inputs`` (:func:`~llmkit.io.destination.ensure_output_is_new`), an ``-o`` that
+cannot be a folder (dangling symlink, loop, file), existing outputs unless ``force``, a read-only file
+system, and too little free space (output + :func:`~llmkit.units.space_margin`). A failed write (disk
+full, file-size limit, quota) is reported naming the file being written (:func:`llmkit.errors.writing`).
 """
 
 from __future__ import annotations
@@ -30,10 +34,17 @@ from typing import BinaryIO, Iterable
 
 import torch
 
-from llmkit.errors import DiskSpaceError, InputError, OutputExistsError
-from llmkit.io.destination import ensure_output_is_new  # noqa: F401 (re-exported)
+from llmkit.errors import DiskSpaceError, InputError, OutputExistsError, writing  # noqa: F401 (re-exported)
+from llmkit.io.destination import check_output_path, ensure_output_is_new
 from llmkit.io.dtypes import CONFIG_NAMES, itemsize, st_code
-from llmkit.units import DEFAULT_SHARD_SIZE, free_bytes, human_bytes, parse_size  # noqa: F401 (re-exported)
+from llmkit.io.jsonfile import parse_json
+from llmkit.units import (  # noqa: F401
+    DEFAULT_SHARD_SIZE,
+    check_space,
+    free_bytes,
+    human_bytes,
+    parse_size,
+)
 
 TMP_SUFFIX = ".llmkit-tmp"
 WRITE_SLICE = 1 << 20  # bytes per write() call
@@ -132,10 +143,16 @@ class ShardSetWriter:
     (a torch zip, also used for Meta ``.pth``). Tensors are written with :meth:`write_to`; extra small
     files with :meth:`add_file`. A context manager: a clean exit checks and renames everything, an
     exception removes every temporary file.
+
+    ``inputs``: every file and folder the job reads (models, adapters, the folders config and tokenizer
+    files come from); the output may not be, be inside or contain any of them (symlinks resolved). The
+    subclasses check the destination when constructed: after that, :attr:`free_disk_bytes`,
+    :attr:`space_margin` and :attr:`needed_disk_bytes` say what was found and required.
     """
 
     def __init__(self, out_dir: str | os.PathLike, shards: list[tuple[str, list[TensorSpec]]], *,
-                 fmt: str, force: bool = False, metadata: dict[str, str] | None = None, extra_bytes: int = 0):
+                 fmt: str, force: bool = False, metadata: dict[str, str] | None = None, extra_bytes: int = 0,
+                 inputs: Iterable[str | os.PathLike | None] | None = None):
         if fmt not in ("safetensors", "bin"):
             raise InputError(f"unknown output format {fmt!r}", hint="use safetensors or bin")
         for file_name, specs in shards:
@@ -154,12 +171,18 @@ class ShardSetWriter:
         self._aux: dict[str, bytes] = {}
         self._temps: list[Path] = []
         self._done = False
+        self.inputs = list(inputs) if inputs is not None else None
+        self.free_disk_bytes = 0
+        self.space_margin = 0
+        self.needed_disk_bytes = 0
+        self.smaller_files: str | None = None  # how to get smaller weight files (for the size-limit hint)
 
     # ---- checks before any byte is written ----
     def _check_destination(self, extra_bytes: int) -> None:
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise OutputExistsError("output path exists and is not a folder", path=self.out_dir,
-                                    hint="choose another -o")
+        if self.inputs is not None:
+            ensure_output_is_new(self.out_dir, self.inputs)
+        else:
+            check_output_path(self.out_dir)
         if self.out_dir.is_dir() and not self.force:
             clash = sorted(p.name for p in self.out_dir.iterdir()
                            if p.name in self.files or p.name in AUX_FILES or _WEIGHT_RE.match(p.name))
@@ -167,15 +190,15 @@ class ShardSetWriter:
                 raise OutputExistsError(f"output folder already holds {', '.join(clash[:3])}"
                                         + (" ..." if len(clash) > 3 else ""),
                                         path=self.out_dir, hint="pass --force to overwrite, or choose another -o")
-        need = self.total_size + extra_bytes + 64 * 2**20
-        free = free_bytes(self.out_dir)
-        if free < need:
-            raise DiskSpaceError(f"needs {human_bytes(need)} of free space, {human_bytes(free)} available",
-                                 path=self.out_dir, hint="free some space or choose another -o")
+        need = self.total_size + extra_bytes + sum(len(d) for d in self._aux.values())
+        self.free_disk_bytes = free_bytes(self.out_dir)
+        self.space_margin = check_space(self.out_dir, need, self.free_disk_bytes)
+        self.needed_disk_bytes = need + self.space_margin
 
     # ---- context manager ----
     def __enter__(self):
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with writing(self.out_dir):
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -203,11 +226,13 @@ class ShardSetWriter:
                 sh.offsets[s.name] = offset
                 offset += s.nbytes
             sh.size = offset
-            sh.handle = open(path, "wb")
-            sh.handle.write(head)
+            with writing(self.out_dir / sh.name, smaller=self.smaller_files):
+                sh.handle = open(path, "wb")
+                sh.handle.write(head)
         else:
-            _layout_torch_zip(sh, path)
-            sh.handle = open(path, "r+b")
+            with writing(self.out_dir / sh.name, smaller=self.smaller_files):
+                _layout_torch_zip(sh, path)
+                sh.handle = open(path, "r+b")
         sh.remaining = {s.name for s in sh.specs}
 
     def write_to(self, shard: int, name: str, tensor: torch.Tensor) -> None:
@@ -229,9 +254,10 @@ class ShardSetWriter:
             raise InputError(f"tensor {name!r} written twice")
         data = tensor_bytes(tensor)
         assert sh.handle is not None
-        sh.handle.seek(sh.offsets[name])
-        for start in range(0, len(data), WRITE_SLICE):  # one huge write() is several times slower
-            sh.handle.write(data[start:start + WRITE_SLICE])
+        with writing(self.out_dir / sh.name, smaller=self.smaller_files):
+            sh.handle.seek(sh.offsets[name])
+            for start in range(0, len(data), WRITE_SLICE):  # one huge write() is several times slower
+                sh.handle.write(data[start:start + WRITE_SLICE])
         if self.fmt == "bin":
             sh.crc[sh.record[name]] = zlib.crc32(data)
         sh.remaining.discard(name)
@@ -240,11 +266,12 @@ class ShardSetWriter:
 
     def _close_shard(self, sh: _Shard) -> None:
         assert sh.handle is not None
-        if self.fmt == "bin":
-            _patch_zip_crcs(sh.handle, sh.crc)
-        sh.handle.flush()
-        os.fsync(sh.handle.fileno())
-        sh.handle.close()
+        with writing(self.out_dir / sh.name, smaller=self.smaller_files):
+            if self.fmt == "bin":
+                _patch_zip_crcs(sh.handle, sh.crc)
+            sh.handle.flush()
+            os.fsync(sh.handle.fileno())
+            sh.handle.close()
         sh.handle = None
 
     # ---- non-weight files ----
@@ -298,13 +325,15 @@ class ShardSetWriter:
                 raise InputError(f"shard {sh.name} has {actual} bytes, expected {sh.size}", path=tmp)
         self._aux.update(self._index_files())
         for name, data in self._aux.items():
-            self._tmp(name).write_bytes(data)
+            with writing(self.out_dir / name):
+                self._tmp(name).write_bytes(data)
         if self.force:
             self._remove_stale()
         finals = []
         for tmp in self._temps:
             final = self.out_dir / tmp.name[1:-len(TMP_SUFFIX)]
-            os.replace(tmp, final)
+            with writing(final):
+                os.replace(tmp, final)
             finals.append(final)
         self._temps.clear()
         self._done = True
@@ -320,7 +349,10 @@ class ShardSetWriter:
     def abort(self) -> None:
         for sh in self.shards:
             if sh.handle is not None:
-                sh.handle.close()
+                try:
+                    sh.handle.close()  # flushes: fails again when the disk is full or the size limit hit
+                except OSError:
+                    pass
                 sh.handle = None
         for tmp in self._temps:
             tmp.unlink(missing_ok=True)
@@ -336,7 +368,8 @@ class ShardedWriter(ShardSetWriter):
 
     def __init__(self, out_dir: str | os.PathLike, specs: list[TensorSpec], *, fmt: str = "safetensors",
                  shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
-                 metadata: dict[str, str] | None = None, extra_bytes: int = 0):
+                 metadata: dict[str, str] | None = None, extra_bytes: int = 0,
+                 inputs: Iterable[str | os.PathLike | None] | None = None):
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
@@ -345,8 +378,9 @@ class ShardedWriter(ShardSetWriter):
             raise InputError(f"unknown output format {fmt!r}", hint="use safetensors or bin")
         plan = plan_shards(specs, shard_size)
         super().__init__(out_dir, list(zip(shard_names(fmt, len(plan)), plan)), fmt=fmt, force=force,
-                         metadata=metadata)
+                         metadata=metadata, inputs=inputs)
         self._shard_of = {s.name: i for i, sh in enumerate(self.shards) for s in sh.specs}
+        self.smaller_files = "use a smaller --shard-size"
         if len(self.shards) > 1:
             self.files.append(index_name(fmt))
         self._check_destination(extra_bytes)
@@ -418,10 +452,8 @@ def _patch_zip_crcs(f: BinaryIO, crcs: dict[str, int]) -> None:
 
 def updated_config(data: bytes, path: Path, *, dtype: torch.dtype | None, vocab_size: int | None) -> bytes:
     """``config.json`` with ``torch_dtype``/``dtype`` and ``vocab_size`` set; other keys untouched."""
-    try:
-        cfg = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON: {e}", path=path) from None
+    cfg = parse_json(data, path)
+    assert isinstance(cfg, dict)
     if dtype is not None:
         name = CONFIG_NAMES.get(dtype, str(dtype).removeprefix("torch."))
         keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]

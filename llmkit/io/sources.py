@@ -31,7 +31,9 @@ from typing import BinaryIO, Iterator
 import torch
 
 from llmkit.errors import InputError, UnsafeFileError
+from llmkit.io.destination import broken_link
 from llmkit.io.dtypes import ST_TO_TORCH, st_code
+from llmkit.io.jsonfile import read_json
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -309,23 +311,32 @@ class AdapterInfo:
 
     @classmethod
     def read(cls, path: Path) -> "AdapterInfo":
-        try:
-            cfg = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"cannot read adapter config: {e}", path=path) from None
+        cfg = read_json(path, hint="download the adapter again")
+        assert isinstance(cfg, dict)
         targets = cfg.get("target_modules") or []
         if isinstance(targets, str):
             targets = [targets]
-        return cls(
-            r=int(cfg.get("r", 8)),
-            lora_alpha=float(cfg.get("lora_alpha", 8)),
-            target_modules=sorted(targets),
-            modules_to_save=list(cfg.get("modules_to_save") or []),
-            fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
-            use_rslora=bool(cfg.get("use_rslora", False)),
-            base_model=cfg.get("base_model_name_or_path"),
-            peft_type=str(cfg.get("peft_type", "LORA")),
-        )
+        saved = cfg.get("modules_to_save") or []
+        if isinstance(saved, str):
+            saved = [saved]
+        base_model = cfg.get("base_model_name_or_path")
+        try:
+            if not isinstance(targets, list) or not isinstance(saved, list):
+                raise TypeError
+            return cls(
+                r=int(cfg.get("r", 8)),
+                lora_alpha=float(cfg.get("lora_alpha", 8)),
+                target_modules=sorted(str(t) for t in targets),
+                modules_to_save=[str(m) for m in saved],
+                fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
+                use_rslora=bool(cfg.get("use_rslora", False)),
+                base_model=str(base_model) if base_model is not None else None,
+                peft_type=str(cfg.get("peft_type", "LORA")),
+            )
+        except (TypeError, ValueError):
+            raise InputError("adapter_config.json has a setting of the wrong type (r and lora_alpha must be "
+                             "numbers, target_modules and modules_to_save lists of names)", path=path,
+                             hint="download the adapter again") from None
 
 
 @dataclass
@@ -371,10 +382,9 @@ class TensorSource:
     def config(self) -> dict | None:
         """``config.json`` beside the weights, if any."""
         if self.folder and (self.folder / "config.json").is_file():
-            try:
-                return json.loads((self.folder / "config.json").read_text())
-            except json.JSONDecodeError as e:
-                raise InputError(f"invalid JSON: {e}", path=self.folder / "config.json") from None
+            cfg = read_json(self.folder / "config.json")
+            assert isinstance(cfg, dict)
+            return cfg
         return None
 
     # ---- data ----
@@ -462,10 +472,9 @@ class MetaSource(TensorSource):
         p = folder / "params.json"
         if not p.is_file():
             return None
-        try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"invalid JSON: {e}", path=p) from None
+        params = read_json(p)
+        assert isinstance(params, dict)
+        return params
 
     def info(self, name: str) -> TensorInfo:
         return self._joined[name]
@@ -497,11 +506,14 @@ _SHARD_RE = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin
 
 def _open_indexed(index_path: Path) -> TensorSource:
     folder = index_path.parent
-    try:
-        index = json.loads(index_path.read_text())
-        weight_map: dict[str, str] = index["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise InputError(f"not a valid shard index ({e})", path=index_path, hint="download it again") from None
+    index = read_json(index_path, what="the shard index", hint="download it again")
+    assert isinstance(index, dict)
+    weight_map = index.get("weight_map")
+    if weight_map is None:
+        raise InputError("not a valid shard index: it has no weight_map", path=index_path, hint="download it again")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise InputError("not a valid shard index: weight_map must map tensor names to shard file names",
+                         path=index_path, hint="download it again")
     names = list(dict.fromkeys(weight_map.values()))
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
@@ -549,6 +561,9 @@ def open_source(path: str | os.PathLike) -> TensorSource:
     """Open any supported weight layout at ``path`` (a file or a folder) without reading tensor data."""
     path = Path(path)
     if not path.exists():
+        problem = broken_link(path)
+        if problem is not None:
+            raise InputError(f"the path {problem}", path=path, hint="fix the link or pass the model itself")
         raise InputError("no such file or folder", path=path, hint="check the path")
     if path.is_file():
         name = path.name
