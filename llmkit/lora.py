@@ -46,7 +46,7 @@ import torch
 from llmkit.errors import InputError
 from llmkit.io.jsonfile import json_kind, read_json
 from llmkit.io.sinks import AUX_FILES, DEFAULT_SHARD_SIZE, ShardedWriter, TensorSpec, ensure_output_is_new
-from llmkit.io.sources import ADAPTER_CONFIG, MetaSource, TensorSource, open_source
+from llmkit.io.sources import ADAPTER_CONFIG, TensorSource, open_source
 
 DTYPE_CHOICES = {"keep": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FORMATS = ("safetensors", "bin", "pth")
@@ -519,8 +519,7 @@ class MergePlan:
             specs = self.specs()
             writer = ShardedWriter(out_dir, specs, fmt=self.fmt, shard_size=shard_size, force=force)
             return PlannedOutput(out_dir, writer, [(n, n) for n in self.base.keys()], sum(s.nbytes for s in specs))
-        from llmkit.convert import hf_to_meta_name, meta_params, meta_split_sizes
-        from llmkit.io.meta_sink import MetaShardWriter
+        from llmkit.io.meta import MetaShardWriter, hf_to_meta_name, meta_params, meta_split_sizes
 
         assert self.config is not None
         names = [(n, m) for n in self.base.keys() if (m := hf_to_meta_name(n)) is not None]
@@ -537,7 +536,7 @@ class MergePlan:
         advance = progress or (lambda n: None)
         tok = self.tokenizer_folder if has_tokenizer(self.tokenizer_folder) else None
         if self.fmt == "pth":
-            from llmkit.convert import meta_params, meta_split, unpermute_hf_to_meta
+            from llmkit.io.meta import meta_params, meta_split, unpermute_hf_to_meta
 
             assert self.config is not None
             params = meta_params(self.config)
@@ -657,7 +656,7 @@ def _open_base(path: Path) -> TensorSource:
         raise InputError("--base is a LoRA adapter folder, not a model", path=path,
                          hint="pass the base model as --base and the adapter as --lora")
     base = open_source(path)
-    if isinstance(base, MetaSource):
+    if base.layout == "meta-pth":
         base.close()
         raise InputError("the base is in Meta's consolidated.NN.pth layout; LoRA adapters are trained on the "
                          "Hugging Face layout", path=path,
@@ -1041,7 +1040,7 @@ def plan_merge(base: str | Path, adapters: list[str | Path], *, dtype: str = "ke
             base_src, loaded, vocab, Path(tokenizer) if tokenizer else None, warnings)
         shards = 1
         if fmt == "pth":
-            from llmkit.convert import default_meta_shards, hf_to_meta_name, meta_params, meta_split_sizes
+            from llmkit.io.meta import default_meta_shards, hf_to_meta_name, meta_params, meta_split_sizes
 
             if cfg is None:
                 raise InputError("--format pth needs the base's config.json (heads, layers)", path=base_src.path)

@@ -48,7 +48,7 @@ from llmkit.io import DEFAULT_SHARD_SIZE, ShardedWriter, TensorSpec, open_source
 from llmkit.io.dtypes import CLI_DTYPES, st_code
 from llmkit.io.jsonfile import int_field
 from llmkit.io.sinks import AUX_FILES, human_bytes
-from llmkit.io.sources import MetaSource, TensorInfo, TensorSource
+from llmkit.io.sources import TensorInfo, TensorSource
 
 # The published integrity sum of the recovered ZhiXi-13B in fp32 (KnowLM tools/weight_diff.py).
 ZHIXI_13B_FP32_SUM = 94052.2891
@@ -217,7 +217,7 @@ def _open_model(path: str | os.PathLike, role: str) -> TensorSource:
         src.close()
         raise InputError(f"the {role} is a LoRA adapter, not a full model", path=path,
                          hint="weight diffs are full state dicts; LoRA adapters are merged with merge-lora")
-    if isinstance(src, MetaSource):
+    if src.layout == "meta-pth":
         src.close()
         raise InputError(f"the {role} is in Meta consolidated.NN.pth layout, whose tensor names differ "
                          "from the Hugging Face names of weight diffs", path=path,

@@ -354,7 +354,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="llama-13b-meta", family="LLaMA-1 (Meta)", kind="meta-original", repo_id=None,
         files=("consolidated.00.pth", "consolidated.01.pth", "params.json"), dtype="float16", vocab_size=32000,
-        card="seeds/002_130bd4a25acaf759.txt", notes="two model-parallel shards; convert with `llmkit convert`",
+        card="seeds/002_130bd4a25acaf759.txt", notes="two model-parallel shards in Meta's original layout (llmkit inspect reads it)",
     ),
     ModelSpec(
         name="llama-13b-hf", family="LLaMA-1 (Meta)", kind="full", repo_id=None, files=(),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llmkit.errors import InputError
 from llmkit.io.jsonfile import int_field
-from llmkit.io.sources import AdapterInfo, MetaSource, TensorSource, open_source, safetensors_code
+from llmkit.io.sources import AdapterInfo, TensorSource, open_source, safetensors_code
 
 # LLaMA size by hidden size (LLaMA-1 family).
 LLAMA_SIZES = {4096: "LLaMA-7B", 5120: "LLaMA-13B", 6656: "LLaMA-33B", 8192: "LLaMA-65B"}
@@ -85,7 +85,7 @@ def summarize(path: str | Path) -> ModelSummary:
         hidden = _setting(cfg, "hidden_size", where, warnings)
         vocab = _setting(cfg, "vocab_size", where, warnings)
         num_layers = _setting(cfg, "num_hidden_layers", where, warnings)
-        if isinstance(src, MetaSource) and src.params:
+        if src.layout == "meta-pth" and src.params:
             params_json = src.folder / "params.json" if src.folder else None
             hidden = hidden or _setting(src.params, "dim", params_json, warnings)
             v = src.params.get("vocab_size")

@@ -26,12 +26,13 @@ ST_TO_TORCH: dict[str, torch.dtype] = {
 }
 TORCH_TO_ST: dict[torch.dtype, str] = {v: k for k, v in ST_TO_TORCH.items()}
 
-# Names accepted by --dtype options.
+# Names accepted by --dtype options (and shown in results); "keep" keeps each tensor's dtype.
 CLI_DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "fp16": torch.float16,
     "bf16": torch.bfloat16,
 }
+DTYPE_CHOICES: dict[str, torch.dtype | None] = {"keep": None, **CLI_DTYPES}
 
 # Names transformers writes into config.json ("torch_dtype" / "dtype").
 CONFIG_NAMES: dict[torch.dtype, str] = {
@@ -52,6 +53,16 @@ def st_code(dtype: torch.dtype) -> str:
 def itemsize(dtype: torch.dtype) -> int:
     """Bytes per element."""
     return torch.empty((), dtype=dtype).element_size()
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """The CLI name of a dtype (``fp16``), ``keep`` for None, else torch's short name (``int64``)."""
+    if dtype is None:
+        return "keep"
+    for name, d in CLI_DTYPES.items():
+        if d == dtype:
+            return name
+    return str(dtype).replace("torch.", "")
 
 
 def parse_cli_dtype(name: str) -> torch.dtype:

@@ -23,20 +23,20 @@ full, file-size limit, quota) is reported naming the file being written (:func:`
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import Any, BinaryIO, Callable, Iterable, Protocol
 
 import torch
 
 from llmkit.errors import DiskSpaceError, InputError, OutputExistsError, writing  # noqa: F401 (re-exported)
 from llmkit.io.destination import check_output_path, ensure_output_is_new
-from llmkit.io.dtypes import CONFIG_NAMES, itemsize, st_code
+from llmkit.io.dtypes import CONFIG_NAMES
+from llmkit.io.files import AUX_FILES
+from llmkit.io.layouts import LAYOUTS, FileStart, TensorSpec, safetensors_header, tensor_bytes  # noqa: F401
 from llmkit.io.jsonfile import parse_json
 from llmkit.units import (  # noqa: F401
     DEFAULT_SHARD_SIZE,
@@ -47,26 +47,7 @@ from llmkit.units import (  # noqa: F401
 )
 
 TMP_SUFFIX = ".llmkit-tmp"
-WRITE_SLICE = 1 << 20  # bytes per write() call
-# Non-weight files carried from a model folder to an output folder.
-AUX_FILES = (
-    "config.json", "generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
-)
 _WEIGHT_RE = re.compile(r"^(model.*\.safetensors|pytorch_model.*\.bin|.*\.index\.json|consolidated\.\d+\.pth)$")
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """An output tensor as planned: name, dtype, shape."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * itemsize(self.dtype)
-
 
 def plan_shards(specs: list[TensorSpec], shard_size: int) -> list[list[TensorSpec]]:
     """Greedy split in order: a shard closes before a tensor that would push it past ``shard_size``.
@@ -98,42 +79,18 @@ def index_name(fmt: str) -> str:
     return "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
 
 
-def safetensors_header(specs: list[TensorSpec], metadata: dict[str, str] | None) -> bytes:
-    """The header bytes (8-byte length + padded JSON) for tensors stored in ``specs`` order."""
-    header: dict[str, object] = {}
-    if metadata is not None:
-        header["__metadata__"] = metadata
-    offset = 0
-    for s in specs:
-        header[s.name] = {"dtype": st_code(s.dtype), "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
-        offset += s.nbytes
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def tensor_bytes(t: torch.Tensor) -> memoryview:
-    """A tensor's raw little-endian C-order bytes, without a copy when it is already contiguous."""
-    t = t.detach().cpu().contiguous().reshape(-1)
-    if t.numel() == 0:
-        return memoryview(b"")
-    return memoryview(t.view(torch.uint8).numpy())
-
-
 @dataclass
 class _Shard:
     name: str
     specs: list[TensorSpec]
-    offsets: dict[str, int] = field(default_factory=dict)  # tensor name -> file offset of its data
-    record: dict[str, str] = field(default_factory=dict)  # torch zip: tensor name -> zip record name
+    start: FileStart | None = None  # where each tensor goes, once the file is started
     remaining: set[str] = field(default_factory=set)
     handle: BinaryIO | None = None
-    crc: dict[str, int] = field(default_factory=dict)
-    size: int = 0  # expected file size in bytes
+    crc: dict[str, int] = field(default_factory=dict)  # tensor name -> CRC-32 (layouts that need it)
 
     @property
     def started(self) -> bool:
-        return bool(self.offsets)
+        return self.start is not None
 
 
 class ShardSetWriter:
@@ -153,8 +110,9 @@ class ShardSetWriter:
     def __init__(self, out_dir: str | os.PathLike, shards: list[tuple[str, list[TensorSpec]]], *,
                  fmt: str, force: bool = False, metadata: dict[str, str] | None = None, extra_bytes: int = 0,
                  inputs: Iterable[str | os.PathLike | None] | None = None):
-        if fmt not in ("safetensors", "bin"):
-            raise InputError(f"unknown output format {fmt!r}", hint="use safetensors or bin")
+        if fmt not in LAYOUTS:
+            raise InputError(f"unknown output format {fmt!r}", hint=f"use one of {', '.join(LAYOUTS)}")
+        self.layout = LAYOUTS[fmt]
         for file_name, specs in shards:
             names = [s.name for s in specs]
             if len(set(names)) != len(names):
@@ -219,20 +177,9 @@ class ShardSetWriter:
     # ---- shards ----
     def _open_shard(self, sh: _Shard) -> None:
         path = self._tmp(sh.name)
-        if self.fmt == "safetensors":
-            head = safetensors_header(sh.specs, self.metadata)
-            offset = len(head)
-            for s in sh.specs:
-                sh.offsets[s.name] = offset
-                offset += s.nbytes
-            sh.size = offset
-            with writing(self.out_dir / sh.name, smaller=self.smaller_files):
-                sh.handle = open(path, "wb")
-                sh.handle.write(head)
-        else:
-            with writing(self.out_dir / sh.name, smaller=self.smaller_files):
-                _layout_torch_zip(sh, path)
-                sh.handle = open(path, "r+b")
+        with writing(self.out_dir / sh.name, smaller=self.smaller_files):
+            sh.handle = open(path, "w+b")
+            sh.start = self.layout.start(sh.handle, path, sh.specs, self.metadata)
         sh.remaining = {s.name for s in sh.specs}
 
     def write_to(self, shard: int, name: str, tensor: torch.Tensor) -> None:
@@ -253,22 +200,20 @@ class ShardSetWriter:
         if name not in sh.remaining:
             raise InputError(f"tensor {name!r} written twice")
         data = tensor_bytes(tensor)
-        assert sh.handle is not None
+        assert sh.handle is not None and sh.start is not None
         with writing(self.out_dir / sh.name, smaller=self.smaller_files):
-            sh.handle.seek(sh.offsets[name])
-            for start in range(0, len(data), WRITE_SLICE):  # one huge write() is several times slower
-                sh.handle.write(data[start:start + WRITE_SLICE])
-        if self.fmt == "bin":
-            sh.crc[sh.record[name]] = zlib.crc32(data)
+            self.layout.write_tensor(sh.handle, sh.start, name, data)
+        if self.layout.needs_crc:
+            sh.crc[name] = zlib.crc32(data)
         sh.remaining.discard(name)
         if not sh.remaining:
             self._close_shard(sh)
 
     def _close_shard(self, sh: _Shard) -> None:
         assert sh.handle is not None
+        assert sh.start is not None
         with writing(self.out_dir / sh.name, smaller=self.smaller_files):
-            if self.fmt == "bin":
-                _patch_zip_crcs(sh.handle, sh.crc)
+            self.layout.finish(sh.handle, sh.start, sh.crc)
             sh.handle.flush()
             os.fsync(sh.handle.fileno())
             sh.handle.close()
@@ -292,10 +237,13 @@ class ShardSetWriter:
         return copied
 
     def copy_aux_files(self, folder: Path | None, *, dtype: torch.dtype | None = None,
-                       vocab_size: int | None = None, skip: Iterable[str] = ()) -> list[str]:
-        """Carry config/tokenizer files from ``folder``; update ``config.json`` dtype and vocab size."""
+                       vocab_size: int | None = None, skip: Iterable[str] = (),
+                       only: Iterable[str] | None = None) -> list[str]:
+        """Carry config/tokenizer files from ``folder`` (``only`` those, or all but ``skip``); update
+        ``config.json`` dtype and vocab size."""
         skip = set(skip)
-        copied = self.copy_files(folder, [n for n in AUX_FILES if n not in skip])
+        wanted = AUX_FILES if only is None else tuple(only)
+        copied = self.copy_files(folder, [n for n in wanted if n not in skip])
         if "config.json" in copied and (dtype is not None or vocab_size is not None):
             assert folder is not None
             self._aux["config.json"] = updated_config(self._aux["config.json"], folder / "config.json",
@@ -321,8 +269,9 @@ class ShardSetWriter:
                 self._close_shard(sh)
             tmp = self.out_dir / f".{sh.name}{TMP_SUFFIX}"
             actual = tmp.stat().st_size
-            if actual != sh.size:
-                raise InputError(f"shard {sh.name} has {actual} bytes, expected {sh.size}", path=tmp)
+            assert sh.start is not None
+            if actual != sh.start.size:
+                raise InputError(f"shard {sh.name} has {actual} bytes, expected {sh.start.size}", path=tmp)
         self._aux.update(self._index_files())
         for name, data in self._aux.items():
             with writing(self.out_dir / name):
@@ -399,57 +348,6 @@ class ShardedWriter(ShardSetWriter):
         return {index_name(self.fmt): (json.dumps(index, indent=2) + "\n").encode()}
 
 
-def _layout_torch_zip(sh: _Shard, path: Path) -> None:
-    """Let torch.save lay out the zip with no data (skip_data), then find each record's offset."""
-    import zipfile
-
-    from torch.serialization import skip_data
-
-    # torch.empty reserves address space only; skip_data never touches the pages.
-    empties = {s.name: torch.empty(s.shape, dtype=s.dtype) for s in sh.specs}
-    with skip_data(), open(path, "wb") as f:
-        torch.save(empties, f)  # a file object: the archive is named "archive" as in transformers' files
-    del empties
-    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
-        records = {}
-        for info in zf.infolist():
-            f.seek(info.header_offset + 26)
-            n, m = struct.unpack("<HH", f.read(4))
-            records[info.filename.split("/", 1)[1]] = (info.header_offset + 30 + n + m, info.filename)
-    # Storages are numbered in first-seen order, which is the dict's order.
-    for i, s in enumerate(sh.specs):
-        offset, record = records[f"data/{i}"]
-        sh.offsets[s.name] = offset
-        sh.record[s.name] = record
-    sh.size = path.stat().st_size
-
-
-def _patch_zip_crcs(f: BinaryIO, crcs: dict[str, int]) -> None:
-    """Write real CRC-32s into the local and central headers of the given zip records."""
-    import zipfile
-
-    f.seek(0)
-    with zipfile.ZipFile(f) as zf:
-        infos = {i.filename: i for i in zf.infolist()}
-        cd_start = zf.start_dir
-    for record, crc in crcs.items():
-        f.seek(infos[record].header_offset + 14)
-        f.write(struct.pack("<I", crc))
-    # Walk the central directory: 46-byte fixed entries, CRC at +16.
-    f.seek(cd_start)
-    for _ in range(len(infos)):
-        entry = f.tell()
-        fixed = f.read(46)
-        if fixed[:4] != b"PK\x01\x02":
-            raise InputError("unexpected torch zip layout while patching CRCs")
-        n, m, k = struct.unpack("<HHH", fixed[28:34])
-        name = f.read(n).decode()
-        if name in crcs:
-            f.seek(entry + 16)
-            f.write(struct.pack("<I", crcs[name]))
-        f.seek(entry + 46 + n + m + k)
-
-
 def updated_config(data: bytes, path: Path, *, dtype: torch.dtype | None, vocab_size: int | None) -> bytes:
     """``config.json`` with ``torch_dtype``/``dtype`` and ``vocab_size`` set; other keys untouched."""
     cfg = parse_json(data, path)
@@ -462,3 +360,65 @@ def updated_config(data: bytes, path: Path, *, dtype: torch.dtype | None, vocab_
     if vocab_size is not None:
         cfg["vocab_size"] = vocab_size
     return (json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+# ------------------------------------------------------------------ the sink protocol and its registry
+
+
+class Sink(Protocol):
+    """Where a job's tensors go. Given every output spec up front; checks the destination when made
+    (not an input, not existing without ``force``, free disk) and exposes what it found; a context
+    manager that owns temporary names, fsync and the final rename (nothing kept on an exception)."""
+
+    files: list[str]
+    total_size: int
+    free_disk_bytes: int
+    space_margin: int
+    needed_disk_bytes: int
+
+    def write(self, name: str, tensor: torch.Tensor) -> None: ...
+
+    def add_file(self, name: str, data: bytes) -> None: ...
+
+    def copy_aux_files(self, folder: Path | None, *, dtype: torch.dtype | None = None,
+                       vocab_size: int | None = None, skip: Iterable[str] = (),
+                       only: Iterable[str] | None = None) -> list[str]: ...
+
+    def __enter__(self) -> "Sink": ...
+
+    def __exit__(self, exc_type, exc, tb) -> None: ...
+
+
+SinkFactory = Callable[..., Sink]
+SINKS: dict[str, SinkFactory] = {}
+
+
+def register_sink(fmt: str) -> Callable[[SinkFactory], SinkFactory]:
+    """Register ``factory(out_dir, specs, *, force, inputs, extra_bytes, **options)`` as format ``fmt``."""
+    def deco(factory: SinkFactory) -> SinkFactory:
+        SINKS[fmt] = factory
+        return factory
+    return deco
+
+
+def open_sink(fmt: str, out_dir: str | os.PathLike, specs: list[TensorSpec], *, force: bool = False,
+              inputs: Iterable[str | os.PathLike | None] | None = None, extra_bytes: int = 0,
+              **options: Any) -> Sink:
+    """The sink for format ``fmt`` (``safetensors``, ``bin``, ``meta-pth``, ...), destination checked."""
+    if fmt == "meta-pth" and fmt not in SINKS:
+        import llmkit.io.meta  # noqa: F401 - registers the Meta sink
+    if fmt not in SINKS:
+        raise InputError(f"unknown output format {fmt!r}", hint=f"use one of {', '.join(sorted(SINKS))}")
+    return SINKS[fmt](out_dir, specs, force=force, inputs=inputs, extra_bytes=extra_bytes, **options)
+
+
+def _sharded(fmt: str) -> SinkFactory:
+    def factory(out_dir, specs, *, force=False, inputs=None, extra_bytes=0, shard_size=DEFAULT_SHARD_SIZE,
+                metadata=None) -> Sink:
+        return ShardedWriter(out_dir, specs, fmt=fmt, shard_size=shard_size, force=force, metadata=metadata,
+                             extra_bytes=extra_bytes, inputs=inputs)
+    return factory
+
+
+register_sink("safetensors")(_sharded("safetensors"))
+register_sink("bin")(_sharded("bin"))

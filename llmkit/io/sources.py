@@ -427,78 +427,6 @@ class TensorSource:
         self.close()
 
 
-# ---------------------------------------------------------------- Meta consolidated.NN.pth
-
-_META_CAT_DIM0 = ("attention.wq.", "attention.wk.", "attention.wv.", "feed_forward.w1.", "feed_forward.w3.",
-                  "output.")
-_META_CAT_DIM1 = ("attention.wo.", "feed_forward.w2.", "tok_embeddings.")
-
-
-def meta_shard_dim(name: str) -> int | None:
-    """The dim along which Meta model-parallel shards split ``name`` (SPEC.md section 4).
-
-    None means replicated in every shard (norms, ``rope.freqs``): shard 0's copy is used.
-    """
-    if any(name.startswith(p) or f".{p}" in name for p in _META_CAT_DIM0):
-        return 0
-    if any(name.startswith(p) or f".{p}" in name for p in _META_CAT_DIM1):
-        return 1
-    return None
-
-
-class MetaSource(TensorSource):
-    """Meta ``consolidated.NN.pth`` shards presented as whole tensors (joined on demand)."""
-
-    def __init__(self, path: Path, folder: Path, shard_files: list[TorchFile]):
-        first = shard_files[0]
-        for other in shard_files[1:]:
-            if set(other.infos) != set(first.infos):
-                missing = sorted(set(first.infos) ^ set(other.infos))[:3]
-                raise InputError(f"Meta shards disagree on tensor names (e.g. {', '.join(missing)})",
-                                 path=other.path, hint="all consolidated.NN.pth files must come from one model")
-        super().__init__(path=path, layout="meta-pth", files=list(shard_files),
-                         weight_map={k: first for k in first.infos}, folder=folder)
-        self._joined: dict[str, TensorInfo] = {}
-        for name, info in first.infos.items():
-            dim = meta_shard_dim(name) if len(shard_files) > 1 else None
-            shape = list(info.shape)
-            if dim is not None:
-                shape[dim] = sum(f.infos[name].shape[dim] for f in shard_files)
-            self._joined[name] = TensorInfo(name, info.dtype, tuple(shape), path)
-        self.params = self._read_params(folder)
-
-    @staticmethod
-    def _read_params(folder: Path) -> dict | None:
-        p = folder / "params.json"
-        if not p.is_file():
-            return None
-        params = read_json(p)
-        assert isinstance(params, dict)
-        return params
-
-    def info(self, name: str) -> TensorInfo:
-        return self._joined[name]
-
-    def get(self, name: str) -> torch.Tensor:
-        if name not in self._joined:
-            raise InputError(f"no tensor named {name!r}", path=self.path)
-        dim = meta_shard_dim(name) if len(self.files) > 1 else None
-        if dim is None:
-            return self.files[0].get(name)
-        joined = torch.cat([f.get(name) for f in self.files], dim=dim)  # a copy: the pieces can go
-        for f in self.files:
-            f.release(name)
-        return joined
-
-    def release(self, name: str) -> None:
-        if meta_shard_dim(name) is None or len(self.files) == 1:
-            self.files[0].release(name)
-
-    def prefetch(self, name: str) -> None:
-        for f in self.files:
-            f.prefetch(name)
-
-
 # ---------------------------------------------------------------- opening any layout
 
 _SHARD_RE = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)$")
@@ -554,6 +482,8 @@ def _single(path: Path) -> TensorSource:
 
 
 def _meta(folder: Path, shards: list[Path]) -> TensorSource:
+    from llmkit.io.meta import MetaSource  # the Meta rules live in io/meta.py, which builds on this module
+
     return MetaSource(folder, folder, [TorchFile(p) for p in shards])
 
 

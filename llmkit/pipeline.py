@@ -1,0 +1,260 @@
+"""One shape for every job: options -> plan -> one runner -> a sink from the registry.
+
+A job module (recover, lora, ...) turns its frozen options dataclass and its opened sources into a
+:class:`Plan`: the output tensors in output order (:class:`~llmkit.io.sinks.TensorSpec`), a
+``produce(name)`` transform that reads what it needs, ``reads(name)`` (what ``produce`` reads, so
+mapped pages can be prefetched and released), the aux files, the pre-checks already done and
+structured :class:`Notice` s. Then:
+
+- :func:`open_plan_sink` opens the sink the plan names from the registry (``llmkit.io.sinks.open_sink``);
+  the sink checks the destination (not an input, not existing without ``force``, free disk) before
+  anything is created;
+- :func:`plan_report` says what a run would do (sizes, disk, memory): every ``--dry-run`` renders it;
+- :func:`execute` runs any plan: one tensor at a time, the next tensor's pages prefetched while this
+  one is computed, used pages released, a writer thread so that reading and computing tensor N+1
+  overlap with writing tensor N, taps (hashes, integrity sums) fed while streaming and judged before
+  the rename, one progress convention.
+
+Every command's result derives from :class:`Result` (``ok``, ``outputs``, ``checks``, ``notices``),
+which ``--json`` serializes the same way for every command (docs/json.md).
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+
+if TYPE_CHECKING:  # torch and the io layer load when a job runs, not when the CLI starts
+    import torch
+
+    from llmkit.io.sinks import Sink, TensorSpec
+    from llmkit.io.sources import TensorSource
+
+# progress(label, total_bytes) -> context manager yielding advance(nbytes); Output.progress fits.
+ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Callable[[int], None]]]
+
+
+@contextmanager
+def no_progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """The progress factory that shows nothing."""
+    yield lambda n: None
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something a user should read: ``level`` is ``info`` (a log line) or ``warning``."""
+
+    level: str
+    text: str
+
+    @classmethod
+    def info(cls, text: str) -> "Notice":
+        return cls("info", text)
+
+    @classmethod
+    def warning(cls, text: str) -> "Notice":
+        return cls("warning", text)
+
+
+@dataclass
+class Check:
+    """One verification: ``status`` is ``ok``, ``mismatch`` (a warning), ``failed`` or ``info``."""
+
+    name: str
+    status: str
+    detail: str
+
+
+@dataclass(kw_only=True)
+class Result:
+    """What every command's result holds, serialized the same way by ``--json``.
+
+    ``ok``: every check passed; ``outputs``: the files or folders written (final names; empty for a
+    dry run); ``checks``: what was verified; ``notices``: what the user should read.
+    """
+
+    ok: bool = True
+    outputs: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+
+    def texts(self, level: str) -> list[str]:
+        return [n.text for n in self.notices if n.level == level]
+
+
+# ------------------------------------------------------------------ plans
+
+
+class Tap(Protocol):
+    """Sees every output tensor while it streams (a hash, an integrity sum)."""
+
+    def feed(self, name: str, tensor: "torch.Tensor") -> None: ...
+
+    def finish(self) -> Check | None:
+        """Judged before the output is renamed: raise :class:`~llmkit.errors.CheckFailed` to keep nothing."""
+        ...
+
+
+@dataclass
+class AuxCopy:
+    """Config/tokenizer files carried from ``folder`` (those of ``names`` that exist); ``config.json``
+    gets ``dtype`` and ``vocab_size`` when given."""
+
+    folder: Path | None
+    names: tuple[str, ...]
+    dtype: "torch.dtype | None" = None
+    vocab_size: int | None = None
+
+
+@dataclass
+class Plan:
+    """Everything a run will do, known before any tensor data is read. Sizes in bytes."""
+
+    job: str  # the command: recover, make-diff, merge-lora, ...
+    output: Path
+    fmt: str  # a sink registry name: safetensors, bin, meta-pth
+    specs: list["TensorSpec"]  # output tensors in output order
+    produce: Callable[[str], "torch.Tensor"]  # one output tensor (planned dtype and shape)
+    reads: Callable[[str], list[tuple["TensorSource", str]]]  # (source, tensor) that produce(name) reads
+    inputs: list[Path]  # every file and folder read: the output may not be, be in, or contain one
+    input_bytes: int  # tensor bytes read from the inputs
+    working_set_bytes: int  # bytes alive while the largest tensor is processed
+    label: str = "writing"  # the progress bar's label
+    aux: list[AuxCopy] = field(default_factory=list)
+    sink_options: dict[str, Any] = field(default_factory=dict)  # shard_size; meta-pth: config, shards
+    checks: list[Check] = field(default_factory=list)  # pre-checks done while planning
+    notices: list[Notice] = field(default_factory=list)
+    taps: list[Tap] = field(default_factory=list)
+    sources: list["TensorSource"] = field(default_factory=list)  # closed by close()
+
+    def close(self) -> None:
+        for s in self.sources:
+            s.close()
+
+    def __enter__(self) -> "Plan":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def aux_bytes(self) -> int:
+        return sum((a.folder / n).stat().st_size for a in self.aux if a.folder is not None
+                   for n in a.names if (a.folder / n).is_file())
+
+
+@dataclass
+class PlanReport:
+    """What ``--dry-run`` shows for every tensor job, the same way. Sizes in bytes."""
+
+    output: str
+    format: str
+    tensors: int
+    output_bytes: int
+    input_bytes: int
+    files: list[str]
+    largest_tensor: str
+    largest_tensor_bytes: int
+    memory_estimate_bytes: int  # peak RSS estimate: the working set + this process now
+    free_disk_bytes: int
+    needed_disk_bytes: int  # output + copied files + margin; less free space is refused
+    disk_margin_bytes: int
+
+
+def open_plan_sink(plan: Plan, *, force: bool = False) -> "Sink":
+    """The plan's sink from the registry; it checks the destination before anything is created."""
+    from llmkit.io.sinks import open_sink
+
+    return open_sink(plan.fmt, plan.output, plan.specs, force=force, inputs=plan.inputs,
+                     extra_bytes=plan.aux_bytes, **plan.sink_options)
+
+
+def current_rss() -> int:
+    """Resident bytes of this process now."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * mmap.PAGESIZE
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def plan_report(plan: Plan, sink: "Sink") -> PlanReport:
+    largest = max(plan.specs, key=lambda s: s.nbytes, default=None)
+    return PlanReport(
+        output=str(plan.output), format=plan.fmt, tensors=len(plan.specs), output_bytes=sink.total_size,
+        input_bytes=plan.input_bytes, files=list(sink.files) + sorted(n for a in plan.aux if a.folder is not None
+                                                                      for n in a.names if (a.folder / n).is_file()),
+        largest_tensor=largest.name if largest else "", largest_tensor_bytes=largest.nbytes if largest else 0,
+        memory_estimate_bytes=plan.working_set_bytes + current_rss(), free_disk_bytes=sink.free_disk_bytes,
+        needed_disk_bytes=sink.needed_disk_bytes, disk_margin_bytes=sink.space_margin)
+
+
+# ------------------------------------------------------------------ the runner
+
+
+@dataclass
+class Execution:
+    """What :func:`execute` did: final file names, tap results, seconds."""
+
+    files: list[str]
+    checks: list[Check]
+    seconds: float
+
+
+def _tensor_stream(plan: Plan) -> Iterator[tuple[str, "torch.Tensor"]]:
+    """(name, produced tensor) in output order; the next tensor's inputs are prefetched while this one
+    is computed, and the pages of used inputs released (mapped ``.bin`` pages do not pile up in RSS)."""
+    names = [s.name for s in plan.specs]
+    for i, name in enumerate(names):
+        if i + 1 < len(names):
+            for src, key in plan.reads(names[i + 1]):
+                src.prefetch(key)
+        yield name, plan.produce(name)
+        for src, key in plan.reads(name):
+            src.release(key)
+
+
+def _write(sink: "Sink", name: str, tensor: "torch.Tensor") -> int:
+    sink.write(name, tensor)
+    return tensor.numel() * tensor.element_size()
+
+
+def execute(plan: Plan, sink: "Sink", *, progress: ProgressFactory | None = None) -> Execution:
+    """Run ``plan`` into ``sink`` (from :func:`open_plan_sink`); a failure or a failed tap keeps nothing.
+
+    One background thread writes tensor N while tensor N+1 is read and computed (file writes and
+    torch ops release the GIL); at most one finished tensor waits, so peak memory is about one
+    tensor's working set plus one finished tensor, whatever the model size.
+    """
+    start = time.perf_counter()
+    checks: list[Check] = []
+    total = sum(s.nbytes for s in plan.specs)
+    with sink, ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmkit-write") as pool:
+        with (progress or no_progress)(plan.label, total) as advance:
+            pending: Future | None = None
+            for name, tensor in _tensor_stream(plan):
+                for tap in plan.taps:
+                    tap.feed(name, tensor)
+                if pending is not None:
+                    advance(pending.result())
+                pending = pool.submit(_write, sink, name, tensor)
+                del tensor
+            if pending is not None:
+                advance(pending.result())
+        for a in plan.aux:
+            sink.copy_aux_files(a.folder, dtype=a.dtype, vocab_size=a.vocab_size, only=a.names)
+        for tap in plan.taps:  # decided before the rename: a failed tap raises and nothing is kept
+            check = tap.finish()
+            if check is not None:
+                checks.append(check)
+    return Execution(list(sink.files), checks, round(time.perf_counter() - start, 3))
