@@ -47,7 +47,7 @@ import numpy as np
 
 from llmkit.errors import CheckFailed, InputError, OutputExistsError, writing
 from llmkit.hashing import hash_file
-from llmkit.io.destination import ensure_output_is_new
+from llmkit.io.destination import TMP_SUFFIX, StagedFiles, ensure_output_is_new
 from llmkit.io.sniff import ContentCheck, ContentError
 from llmkit.units import check_space, free_bytes
 
@@ -57,7 +57,6 @@ SLOTS = 4  # blocks in flight per file (reader -> XOR/hash -> writer)
 WRITE_BEHIND = 64 * 2**20  # output bytes per early-writeback window (Linux posix_fadvise DONTNEED)
 HEADER_BYTES = 32  # BELLE: raw sha256 of the plaintext
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # TechGPT's constant label
-TMP_SUFFIX = ".llmkit-tmp"  # same temp naming as llmkit.io.sinks
 
 # The key: Meta's LLaMA-1 7B consolidated.00.pth (the same file is the key for 7B and 13B models).
 # Test seam: tests patch these two constants (they are read at call time).
@@ -562,52 +561,6 @@ def _run_all(jobs: list[_Job], work: Callable[[_Job, threading.Event], FileResul
     return [r for r in results if r is not None]
 
 
-class _Stage:
-    """The output set of one run under temporary names, renamed together once every file is done.
-
-    So a multi-file run is all or nothing: a failure or Ctrl-C in any file leaves no file of the
-    run under a final name, and a re-run needs no ``--force``.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: list[tuple[Path, Path]] = []  # (temporary, final)
-
-    def add(self, tmp: Path, final: Path) -> None:
-        with self._lock:
-            self._items.append((tmp, final))
-
-    def commit(self, replace: Sequence[Path] = ()) -> None:
-        """Rename every temporary file to its final name (after removing ``replace``: stale outputs)."""
-        for stale in replace:
-            stale.unlink(missing_ok=True)
-        with self._lock:
-            items, self._items = self._items, []
-        for tmp, final in items:
-            os.replace(tmp, final)
-        for folder in {final.parent for _, final in items}:
-            _fsync_dir(folder)
-
-    def discard(self) -> None:
-        with self._lock:
-            items, self._items = self._items, []
-        for tmp, _ in items:
-            tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems do not sync folders
-    finally:
-        os.close(fd)
-
-
 def _finish_tables(job: _Job, result: FileResult, warnings: list[str]) -> None:
     """Compare md5s with the published tables (TechGPT-1.0's card). Raises CheckFailed on a wrong key.
 
@@ -667,7 +620,7 @@ def _content_failed(e: ContentError, job: _Job, to_stream: bool) -> CheckFailed:
 
 def _decrypt_one(job: _Job, key: Path, out_dir: Path | None, stream: BinaryIO | None, stdin: BinaryIO | None,
                  advance: Callable[[int], None], cancel: threading.Event, warnings: list[str],
-                 stage: _Stage, content_check: bool) -> FileResult:
+                 stage: StagedFiles, content_check: bool) -> FileResult:
     start = time.perf_counter()
     out_md5 = hashlib.md5() if job.out_entries else None
     out_sha = hashlib.sha256() if job.fmt == "belle" else None
@@ -794,7 +747,7 @@ def decrypt(inputs: Sequence[str | os.PathLike], key: str | os.PathLike, out_dir
         out_path.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
     total = sum(j.payload for j in plan) if all(j.payload is not None for j in plan) else None
-    stage = _Stage()
+    stage = StagedFiles()
     try:
         with (progress or _no_progress)("decrypting", total) as advance:
             lock = threading.Lock()
@@ -851,7 +804,7 @@ def _stale_belle_outputs(out_dir: Path, name: str) -> list[str]:
 
 
 def _encrypt_one(job: _Job, key: Path, out_dir: Path, force: bool, advance: Callable[[int], None],
-                 cancel: threading.Event, stage: _Stage, stale: list[Path]) -> FileResult:
+                 cancel: threading.Event, stage: StagedFiles, stale: list[Path]) -> FileResult:
     start = time.perf_counter()
     assert job.src is not None
     name = job.src.name
@@ -928,7 +881,7 @@ def encrypt(inputs: Sequence[str | os.PathLike], key: str | os.PathLike, out_dir
             with lock:
                 advance(n)
 
-        stage, stale = _Stage(), []
+        stage, stale = StagedFiles(), []
         try:
             results = _run_all(plan, lambda j, c: _encrypt_one(j, key, out_path, force, safe_advance, c, stage,
                                                                stale), jobs)

@@ -1,7 +1,8 @@
 """Where outputs may go: checks every writing command makes before it writes (torch-free).
 
 llmkit never writes into, beside or around its inputs, so an input is never modified and a later
-run never reads its own output as input. An ``-o`` that cannot become a folder (a dangling symlink, a
+run never reads its own output as input. Outputs are written under temporary names in the output
+folder and renamed together when complete (:class:`StagedFiles`). An ``-o`` that cannot become a folder (a dangling symlink, a
 symlink loop, a file, a path under a file) is refused with what it is, before anything is created.
 """
 
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
-from llmkit.errors import InputError, OutputExistsError
+from llmkit.errors import InputError, OutputExistsError, writing
+
+TMP_SUFFIX = ".llmkit-tmp"  # temporary names: ".NAME.llmkit-tmp" in the output folder
 
 
 def broken_link(path: str | os.PathLike) -> str | None:
@@ -82,3 +86,61 @@ def ensure_output_is_new(out_dir: Path, inputs: Iterable[str | os.PathLike | Non
         elif out == src.parent or out == src:
             raise InputError(f"the output folder is the folder of the input {p}", path=out_dir,
                              hint="choose another -o; llmkit never writes beside or over its inputs")
+
+
+class StagedFiles:
+    """The output files of one run under temporary names, renamed together once every file is done.
+
+    So a run is all or nothing: a failure or Ctrl-C leaves no file of the run under a final name (nor
+    a temporary file, after :meth:`discard`), and a re-run needs no ``--force``. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[Path, Path]] = []  # (temporary, final)
+
+    def add(self, tmp: Path, final: Path) -> None:
+        with self._lock:
+            self._items.append((tmp, final))
+
+    def temp(self, final: Path) -> Path:
+        """A temporary name beside ``final`` (hidden, ``.NAME.llmkit-tmp``), registered for commit/discard."""
+        tmp = final.parent / f".{final.name}{TMP_SUFFIX}"
+        self.add(tmp, final)
+        return tmp
+
+    @property
+    def finals(self) -> list[Path]:
+        with self._lock:
+            return [final for _, final in self._items]
+
+    def commit(self, replace: Sequence[Path] = ()) -> None:
+        """Rename every temporary file to its final name (after removing ``replace``: stale outputs)."""
+        for stale in replace:
+            stale.unlink(missing_ok=True)
+        with self._lock:
+            items, self._items = self._items, []
+        for tmp, final in items:
+            with writing(final):
+                os.replace(tmp, final)
+        for folder in {final.parent for _, final in items}:
+            _fsync_dir(folder)
+
+    def discard(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for tmp, _ in items:
+            tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not sync folders
+    finally:
+        os.close(fd)

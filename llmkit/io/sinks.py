@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Protocol
 import torch
 
 from llmkit.errors import DiskSpaceError, InputError, OutputExistsError, writing  # noqa: F401 (re-exported)
-from llmkit.io.destination import check_output_path, ensure_output_is_new
+from llmkit.io.destination import TMP_SUFFIX, StagedFiles, check_output_path, ensure_output_is_new  # noqa: F401
 from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import AUX_FILES
 from llmkit.io.layouts import LAYOUTS, FileStart, TensorSpec, safetensors_header, tensor_bytes  # noqa: F401
@@ -46,7 +46,6 @@ from llmkit.units import (  # noqa: F401
     parse_size,
 )
 
-TMP_SUFFIX = ".llmkit-tmp"
 _WEIGHT_RE = re.compile(r"^(model.*\.safetensors|pytorch_model.*\.bin|.*\.index\.json|consolidated\.\d+\.pth)$")
 
 def plan_shards(specs: list[TensorSpec], shard_size: int) -> list[list[TensorSpec]]:
@@ -127,7 +126,7 @@ class ShardSetWriter:
         self.total_size = sum(s.nbytes for sh in self.shards for s in sh.specs)
         self.files: list[str] = [sh.name for sh in self.shards]
         self._aux: dict[str, bytes] = {}
-        self._temps: list[Path] = []
+        self._stage = StagedFiles()
         self._done = False
         self.inputs = list(inputs) if inputs is not None else None
         self.free_disk_bytes = 0
@@ -170,9 +169,7 @@ class ShardSetWriter:
             self.abort()
 
     def _tmp(self, name: str) -> Path:
-        p = self.out_dir / f".{name}{TMP_SUFFIX}"
-        self._temps.append(p)
-        return p
+        return self._stage.temp(self.out_dir / name)
 
     # ---- shards ----
     def _open_shard(self, sh: _Shard) -> None:
@@ -278,19 +275,14 @@ class ShardSetWriter:
                 self._tmp(name).write_bytes(data)
         if self.force:
             self._remove_stale()
-        finals = []
-        for tmp in self._temps:
-            final = self.out_dir / tmp.name[1:-len(TMP_SUFFIX)]
-            with writing(final):
-                os.replace(tmp, final)
-            finals.append(final)
-        self._temps.clear()
+        finals = self._stage.finals
+        self._stage.commit()
         self._done = True
         self.files = [p.name for p in finals]
         return finals
 
     def _remove_stale(self) -> None:
-        keep = {tmp.name[1:-len(TMP_SUFFIX)] for tmp in self._temps}
+        keep = {p.name for p in self._stage.finals}
         for p in self.out_dir.iterdir():
             if p.is_file() and p.name not in keep and _WEIGHT_RE.match(p.name):
                 p.unlink()
@@ -303,9 +295,7 @@ class ShardSetWriter:
                 except OSError:
                     pass
                 sh.handle = None
-        for tmp in self._temps:
-            tmp.unlink(missing_ok=True)
-        self._temps.clear()
+        self._stage.discard()
 
 
 class ShardedWriter(ShardSetWriter):

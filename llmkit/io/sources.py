@@ -14,286 +14,30 @@ Memory: listing costs headers only; :meth:`TensorSource.get` materialises one te
 
 from __future__ import annotations
 
-import ctypes
-import json
-import math
-import mmap
 import os
-import pickle
 import re
-import struct
-import sys
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 import torch
 
-from llmkit.errors import InputError, UnsafeFileError
+from llmkit.errors import InputError
 from llmkit.io.destination import broken_link
-from llmkit.io.dtypes import ST_TO_TORCH, st_code
+from llmkit.io.dtypes import st_code
 from llmkit.io.jsonfile import read_json
+from llmkit.io.tensorfiles import (  # noqa: F401 (re-exported: the readers of single files)
+    MAX_HEADER_BYTES,
+    SafetensorsFile,
+    TensorFile,
+    TensorInfo,
+    TorchFile,
+    open_file,
+)
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
-# A safetensors header larger than this is corrupt (the Rust reader's own limit is 100 MB).
-MAX_HEADER_BYTES = 100_000_000
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """A tensor's name, dtype and shape, known without reading its data."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    file: Path
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * torch.empty((), dtype=self.dtype).element_size()
-
-
-class TensorFile:
-    """One weight file. Subclasses fill ``infos`` at open time and read data in ``get``."""
-
-    path: Path
-    infos: dict[str, TensorInfo]
-
-    def get(self, name: str) -> torch.Tensor:
-        raise NotImplementedError
-
-    def release(self, name: str) -> None:
-        """Drop memory this file still holds for ``name`` after it was used (no-op unless mapped)."""
-
-    def prefetch(self, name: str) -> None:
-        """Start reading ``name`` from disk in the background (no-op unless mapped)."""
-
-    def close(self) -> None:
-        pass
-
-
-def _read_safetensors_header(path: Path) -> tuple[dict, int]:
-    """Parse and validate a safetensors header; return (header, data start offset in bytes)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise InputError("not a safetensors file: shorter than its 8-byte header length",
-                             path=path, hint="the file is truncated; download it again")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER_BYTES or n > size - 8:
-            raise InputError(f"corrupt safetensors header (declares {n} header bytes, file has {size})",
-                             path=path, hint="the file is truncated or not safetensors; download it again")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"corrupt safetensors header: {e}", path=path,
-                         hint="the file is damaged; download it again") from None
-    if not isinstance(header, dict):
-        raise InputError("corrupt safetensors header: not a JSON object", path=path)
-    data_len = size - 8 - n
-    end = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, stop = entry["data_offsets"]
-            dtype = entry["dtype"]
-            shape = entry["shape"]
-        except (KeyError, TypeError, ValueError):
-            raise InputError(f"corrupt safetensors header entry for {name!r}", path=path) from None
-        if dtype not in ST_TO_TORCH:
-            raise InputError(f"tensor {name!r} has dtype {dtype}, which llmkit cannot handle", path=path)
-        end = max(end, stop)
-    if end > data_len:
-        raise InputError(
-            f"file is truncated: its header describes {end} bytes of tensor data but only {data_len} are present",
-            path=path, hint="download it again")
-    if end < data_len:
-        raise InputError(f"corrupt safetensors file: {data_len - end} unexpected bytes after the tensor data",
-                         path=path, hint="download it again")
-    return header, 8 + n
-
-
-class SafetensorsFile(TensorFile):
-    """A ``.safetensors`` file: header validated by llmkit and by ``safe_open``; data read with ``readinto``.
-
-    ``get`` reads one tensor's bytes straight into a fresh tensor (one copy, no file mapping), so
-    the resident memory of a read is the tensor itself, not the tensor plus mapped file pages.
-    """
-
-    def __init__(self, path: Path):
-        from safetensors import safe_open
-
-        self.path = path
-        header, self._data_start = _read_safetensors_header(path)
-        self.metadata: dict[str, str] = header.get("__metadata__") or {}
-        entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
-                         key=lambda kv: kv[1]["data_offsets"][0])
-        self.infos = {k: TensorInfo(k, ST_TO_TORCH[v["dtype"]], tuple(v["shape"]), path) for k, v in entries}
-        self._offsets = {k: tuple(v["data_offsets"]) for k, v in entries}
-        try:  # the reference parser's own validation (overlaps, holes, shapes vs offsets)
-            with safe_open(str(path), framework="pt", device="cpu"):
-                pass
-        except Exception as e:  # safetensors raises its own SafetensorError
-            raise InputError(f"cannot open safetensors file: {e}", path=path,
-                             hint="the file is damaged; download it again") from None
-        self._handle: BinaryIO | None = open(path, "rb")
-
-    def get(self, name: str) -> torch.Tensor:
-        info = self.infos[name]
-        begin, end = self._offsets[name]
-        tensor = torch.empty(info.shape, dtype=info.dtype)
-        if end > begin:
-            assert self._handle is not None
-            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-            self._handle.seek(self._data_start + begin)
-            done = 0
-            while done < len(view):  # one read() returns at most ~2 GB on Linux
-                got = self._handle.readinto(view[done:])
-                if not got:
-                    raise InputError(f"file shrank while reading tensor {name!r}", path=self.path)
-                done += got
-        return tensor
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-
-def _explain_torch_load_error(path: Path, err: Exception) -> InputError:
-    text = str(err)
-    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
-        what = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"GLOBAL ([\w.]+)", text)
-        detail = f" (it references {what.group(1)})" if what else ""
-        return UnsafeFileError(
-            f"refused to load: the pickle contains objects other than tensors{detail}; nothing in it was run",
-            path=path, hint="only load weights from sources you trust; ask for a safetensors version")
-    if "central directory" in text or "zip archive" in text or isinstance(err, zipfile.BadZipFile):
-        return InputError("not a readable torch zip archive (truncated or corrupt)", path=path,
-                          hint="download the file again")
-    if "mmap" in text and "zipfile" in text:
-        return InputError("legacy (pre-1.6) torch file format cannot be read lazily", path=path,
-                          hint="re-save it with a current torch or convert it to safetensors")
-    return InputError(f"cannot read torch file: {text.splitlines()[0] if text else type(err).__name__}",
-                      path=path, hint="the file may be damaged; download it again")
-
-
-class TorchFile(TensorFile):
-    """A torch zip file (``.bin``/``.pth``/``.pt``) holding a flat ``{name: tensor}`` dict.
-
-    Loaded with ``weights_only=True`` (no code runs) and ``mmap=True`` (data stays on disk).
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            with open(path, "rb") as f:
-                magic = f.read(4)
-        except IsADirectoryError:
-            raise InputError("expected a file, found a folder", path=path) from None
-        if magic[:2] != b"PK":
-            raise InputError("not a torch zip archive (legacy or corrupt torch file)", path=path,
-                             hint="re-save it with torch>=1.6 or download it again")
-        try:
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except Exception as e:
-            raise _explain_torch_load_error(path, e) from None
-        if not isinstance(state, dict):
-            raise InputError(f"expected a dict of tensors, found {type(state).__name__}", path=path)
-        bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-        if bad:
-            raise InputError(f"not a flat state dict: entry {bad[0]!r} is not a tensor", path=path,
-                             hint="llmkit reads {name: tensor} checkpoints")
-        self._state: dict[str, torch.Tensor] | None = state
-        self.infos = {k: TensorInfo(k, v.dtype, tuple(v.shape), path) for k, v in state.items()}
-
-    def get(self, name: str) -> torch.Tensor:
-        assert self._state is not None
-        return self._state[name]
-
-    def release(self, name: str) -> None:
-        # torch.load(mmap=True) maps the whole file privately and every page a tensor touched stays in
-        # the process's RSS until the file is closed: 10 GB for one ZhiXi shard. MADV_DONTNEED drops
-        # them; they would be re-read from the file (llmkit never writes into input mappings).
-        _PAGES.advise(self, name, _MADV_DONTNEED)
-
-    def prefetch(self, name: str) -> None:
-        _PAGES.advise(self, name, _MADV_WILLNEED)
-
-    def close(self) -> None:
-        self._state = None
-        _PAGES.forget(self.path)
-
-
-_MADV_WILLNEED = 3
-_MADV_DONTNEED = 4
-
-
-class _PageAdvisor:
-    """``madvise`` on the whole pages inside a tensor of a memory-mapped torch file (Linux only).
-
-    Only address ranges that ``/proc/self/maps`` shows as mappings of that very file are touched,
-    so a tensor that is not (or no longer) file-backed is never advised.
-    """
-
-    def __init__(self) -> None:
-        self._libc = None
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-                self._libc = libc
-            except (OSError, AttributeError):
-                self._libc = None
-        self._ranges: dict[Path, list[tuple[int, int]]] = {}
-
-    def _file_ranges(self, path: Path) -> list[tuple[int, int]]:
-        path = path.resolve()
-        if path not in self._ranges:
-            ranges = []
-            try:
-                with open("/proc/self/maps") as f:
-                    for line in f:
-                        parts = line.split(maxsplit=5)
-                        if len(parts) == 6 and parts[5].strip() == str(path):
-                            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-                            ranges.append((lo, hi))
-            except OSError:
-                pass
-            self._ranges[path] = ranges
-        return self._ranges[path]
-
-    def advise(self, f: "TorchFile", name: str, advice: int) -> None:
-        if self._libc is None or f._state is None or name not in f._state:
-            return
-        storage = f._state[name].untyped_storage()
-        lo, hi = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
-        page = mmap.PAGESIZE
-        a, b = lo + (-lo) % page, hi - hi % page  # whole pages inside the tensor only
-        if b > a and any(r_lo <= a and b <= r_hi for r_lo, r_hi in self._file_ranges(f.path)):
-            self._libc.madvise(a, b - a, advice)
-
-    def forget(self, path: Path) -> None:
-        self._ranges.pop(path.resolve(), None)
-
-
-_PAGES = _PageAdvisor()
-
-
-def open_file(path: Path) -> TensorFile:
-    if path.suffix == ".safetensors":
-        return SafetensorsFile(path)
-    return TorchFile(path)
 
 
 @dataclass
