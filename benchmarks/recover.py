@@ -8,10 +8,14 @@ Hugging Face), the diff in fp32 ``.bin`` shards. One layer is ~0.81 GB of fp32 d
 base; embeddings and lm_head add 1.05 GB + 0.52 GB. Every contender runs in a fresh subprocess that
 reports its wall time (after imports) and its peak RSS (VmHWM):
 
-- ``read inputs``: every input file read once, sequentially (the floor for any recovery);
-  read and llmkit alternate ``--repeat`` times (default 3) and the median time is reported;
+- ``read inputs``: every input file read once, sequentially;
+- ``I/O floor``: every input file read once, then as many bytes as llmkit's output written to one file
+  and fsynced: the least any recovery must do (read the inputs, write the output with fsync);
+  read, floor and llmkit alternate ``--repeat`` times (default 3) and the median time is reported;
 - ``llmkit``: ``llmkit.recover.recover`` (fp32, safetensors output, fsynced) at two or three layer
   counts, to show that the peak RSS does not grow with the model;
+- ``--compare-root DIR``: the same llmkit run from another checkout (e.g. before a refactor:
+  ``git worktree add /tmp/before <rev>``), alternating with this one, for before/after numbers;
 - ``upstream``: KnowLM ``tools/weight_diff.py recover`` as published: both models loaded with
   ``AutoModelForCausalLM.from_pretrained(dtype=float32)``, state dicts added in place, the naive sum,
   ``save_pretrained`` (transformers 5, not fsynced; that favours upstream).
@@ -60,6 +64,27 @@ for p in files:
         while f.readinto(buf):
             pass
 report(start)
+'''
+
+FLOOR = PRELUDE + r'''
+import os
+out, size = Path(sys.argv[1]), int(sys.argv[2])
+files = [Path(p) for p in sys.argv[3:]]
+buf = bytearray(16 << 20)
+start = time.perf_counter()
+for p in files:
+    with open(p, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+with open(out, "wb", buffering=0) as f:
+    left = size
+    while left:
+        n = min(left, len(buf))
+        f.write(memoryview(buf)[:n])
+        left -= n
+    os.fsync(f.fileno())
+report(start)
+out.unlink()
 '''
 
 LLMKIT = PRELUDE + r'''
@@ -172,8 +197,8 @@ def drop_cache(paths: list[Path]) -> None:
             os.close(fd)
 
 
-def run(script: str, *args: str | Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+def run(script: str, *args: str | Path, root: Path = ROOT) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     r = subprocess.run([PYTHON, "-c", script, *map(str, args)], capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise SystemExit(f"benchmark step failed:\n{r.stderr[-3000:]}")
@@ -206,6 +231,8 @@ def main() -> None:
                                                                    "(0 skips upstream)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of read and llmkit per size (median reported)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--compare-root", type=Path, default=None,
+                    help="another llmkit checkout to time the same way (before/after a change)")
     args = ap.parse_args()
     llmkit_layers = sorted({int(x) for x in args.llmkit_layers.split(",")} | (
         {args.upstream_layers} if args.upstream_layers else set()))
@@ -221,16 +248,26 @@ def main() -> None:
             inputs = weight_files(base) + weight_files(diff)
             in_bytes = sum(p.stat().st_size for p in inputs)
             out = work / f"llmkit-{layers}l"
-            reads, mines = [], []
-            for _ in range(args.repeat):  # alternate, so both see the same background load
+            reads, floors, mines, others = [], [], [], []
+            out_bytes = 0
+            for _ in range(args.repeat):  # alternate, so all see the same background load
                 drop_cache(inputs)
                 reads.append(run(READ, *inputs))
+                if args.compare_root is not None:
+                    shutil.rmtree(out, ignore_errors=True)
+                    drop_cache(inputs)
+                    others.append(run(LLMKIT, base, diff, out, root=args.compare_root))
                 shutil.rmtree(out, ignore_errors=True)
                 drop_cache(inputs)
                 mines.append(run(LLMKIT, base, diff, out))
+                out_bytes = sum(p.stat().st_size for p in weight_files(out))
+                drop_cache(inputs)
+                floors.append(run(FLOOR, work / "floor.out", out_bytes, *inputs))
             read, mine = median_run(reads), median_run(mines)
-            out_bytes = sum(p.stat().st_size for p in weight_files(out))
-            row = {"layers": layers, "input_bytes": in_bytes, "output_bytes": out_bytes, "read": read, "llmkit": mine}
+            row = {"layers": layers, "input_bytes": in_bytes, "output_bytes": out_bytes, "read": read, "llmkit": mine,
+                   "floor": median_run(floors)}
+            if others:
+                row["compare"] = median_run(others)
             if layers == args.upstream_layers:
                 up_out = work / f"upstream-{layers}l"
                 drop_cache(inputs)
@@ -258,6 +295,14 @@ def main() -> None:
     for r in rows:
         print(f"  {r['layers']} layer(s): read runs {r['read']['all_seconds']} s, "
               f"llmkit runs {r['llmkit']['all_seconds']} s")
+    print("\nagainst the I/O floor (read the inputs, write the output bytes, fsync), medians:")
+    for r in rows:
+        line = (f"  {r['layers']} layer(s): floor {r['floor']['seconds']:.2f} s, llmkit {r['llmkit']['seconds']:.2f} s "
+                f"= {r['llmkit']['seconds'] / r['floor']['seconds']:.2f}x floor, RSS {gb(r['llmkit']['peak_rss'])}")
+        if "compare" in r:
+            line += (f"; --compare-root {r['compare']['seconds']:.2f} s = "
+                     f"{r['compare']['seconds'] / r['floor']['seconds']:.2f}x floor, RSS {gb(r['compare']['peak_rss'])}")
+        print(line)
     if len(rows) > 1:
         lo, hi = rows[0], rows[-1]
         print(f"\nllmkit peak RSS {gb(lo['llmkit']['peak_rss'])} at {lo['layers']} layer(s), "

@@ -61,12 +61,12 @@ def best_of(cmd: list[str], cwd: Path, repeat: int) -> float:
 
 
 def best_in_process(folder: Path, table: Path, jobs: int, repeat: int) -> float:
-    from llmkit.verify import plan_verify, run_verify
+    from llmkit.verify import VerifyOptions, verify_files
 
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        report = run_verify(plan_verify([folder], table=table), jobs=jobs)
+        report = verify_files(VerifyOptions((folder,), table=table, jobs=jobs))
         times.append(time.perf_counter() - t0)
         assert report.ok
     return min(times)
@@ -107,13 +107,13 @@ def main() -> None:
             "in-process run_verify jobs=2": best_in_process(folder, table, 2, args.repeat),
         }
         if args.buffers:
-            import llmkit.verify as v
+            import llmkit.hashing as h  # hash_file reads its buffer size from there
 
-            default = v.BUFFER_BYTES
+            default = h.BUFFER_BYTES
             for b in args.buffers.split(","):
-                v.BUFFER_BYTES = parse_size(b)
+                h.BUFFER_BYTES = parse_size(b)
                 results[f"in-process jobs=1, buffer {b}"] = best_in_process(folder, table, 1, args.repeat)
-            v.BUFFER_BYTES = default
+            h.BUFFER_BYTES = default
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import llmkit.cli"], check=True)
         results["llmkit start-up (import llmkit.cli)"] = time.perf_counter() - t0

@@ -199,6 +199,22 @@ def plan_report(plan: Plan, sink: "Sink") -> PlanReport:
         needed_disk_bytes=sink.needed_disk_bytes, disk_margin_bytes=sink.space_margin)
 
 
+def plan_rows(report: Any) -> list[tuple[str, str]]:
+    """What ``--dry-run`` shows for every tensor job, the same way: (label, text) rows for a
+    :class:`PlanReport` (or any result carrying its fields)."""
+    from llmkit.units import human_bytes
+
+    return [
+        ("output", f"{report.output} ({report.format}, {report.tensors} tensors, {human_bytes(report.output_bytes)})"),
+        ("files", ", ".join(report.files)),
+        ("reads", human_bytes(report.input_bytes)),
+        ("largest tensor", f"{report.largest_tensor} ({human_bytes(report.largest_tensor_bytes)})"),
+        ("memory", f"about {human_bytes(report.memory_estimate_bytes)} peak (one tensor at a time)"),
+        ("disk", f"needs {human_bytes(report.needed_disk_bytes)} free (with a {human_bytes(report.disk_margin_bytes)} "
+                 f"margin); free: {human_bytes(report.free_disk_bytes)}"),
+    ]
+
+
 # ------------------------------------------------------------------ the runner
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from llmkit.errors import InputError
+from llmkit.pipeline import Result
 
 ALGORITHMS: dict[str, int] = {"md5": 32, "sha256": 64}  # name -> hex digits
 TABLE_SUFFIXES: dict[str, str] = {".md5": "md5", ".sha256": "sha256"}
@@ -402,3 +403,31 @@ def table_for(model: str, stage: str) -> ChecksumTable | None:
 def models_using_table(table: str) -> list[tuple[str, str]]:
     """(model name, stage) pairs that refer to ``table``."""
     return [(m.name, stage) for m in MODELS for stage, t in m.tables.items() if t == table]
+
+
+# ---------------------------------------------------------------- llmkit models
+
+
+@dataclass
+class TableListing:
+    name: str
+    algorithm: str
+    source: str
+    file: str
+    files: list[dict[str, str]] = field(default_factory=list)  # {"path", "digest"} per line
+
+
+@dataclass
+class ModelsListing(Result):
+    """``llmkit models``: every :class:`ModelSpec` (as a dict) and every built-in table."""
+
+    models: list[dict]
+    tables: list[TableListing]
+
+
+def list_models() -> ModelsListing:
+    """The registry as data: the known models and the built-in tables with their lines."""
+    tables = [TableListing(t.name, t.algorithm, t.source, str(t.path),
+                           [{"path": e.path, "digest": e.digest} for e in t.entries])
+              for t in builtin_tables().values()]
+    return ModelsListing(models=[asdict(m) for m in MODELS], tables=tables)

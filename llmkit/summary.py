@@ -1,4 +1,8 @@
-"""What a weight folder or file holds, from headers only (``llmkit inspect``)."""
+"""What a weight folder or file holds, from headers only (``llmkit inspect``).
+
+:func:`inspect_model` takes an :class:`InspectOptions` (the command's one library call); :func:`summarize`
+reads one path.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 from llmkit.errors import InputError
 from llmkit.io.jsonfile import int_field
 from llmkit.io.sources import AdapterInfo, TensorSource, open_source, safetensors_code
+from llmkit.pipeline import Notice, Result
 
 # LLaMA size by hidden size (LLaMA-1 family).
 LLAMA_SIZES = {4096: "LLaMA-7B", 5120: "LLaMA-13B", 6656: "LLaMA-33B", 8192: "LLaMA-65B"}
@@ -24,9 +29,18 @@ class TensorRow:
     nbytes: int
 
 
+@dataclass(frozen=True)
+class InspectOptions:
+    """``llmkit inspect PATH``: a model or adapter folder, a weight file or a shard index. (``--tensors``
+    only chooses what the text output shows; the result always lists every tensor.)"""
+
+    path: Path
+
+
 @dataclass
-class ModelSummary:
-    """Result of ``llmkit inspect``. Sizes in bytes; ``parameters`` counts elements."""
+class ModelSummary(Result):
+    """Result of ``llmkit inspect``. Sizes in bytes; ``parameters`` counts elements. ``warnings`` (also
+    ``warning`` notices): settings that were ignored or disagree with the weights."""
 
     path: str
     layout: str
@@ -116,5 +130,11 @@ def summarize(path: str | Path) -> ModelSummary:
             architecture=guess_architecture(hidden) if src.adapter is None else None,
             adapter=src.adapter,
             warnings=warnings,
+            notices=[Notice.warning(w) for w in warnings],
             tensors=[TensorRow(i.name, safetensors_code(i), list(i.shape), i.nbytes) for i in infos],
         )
+
+
+def inspect_model(options: InspectOptions) -> ModelSummary:
+    """``llmkit inspect``: :func:`summarize` the options' path (headers only, no tensor data read)."""
+    return summarize(options.path)

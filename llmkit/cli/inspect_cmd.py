@@ -67,9 +67,8 @@ def inspect_command(
     """Show format, tensors, parameter count, size, architecture, vocab and LoRA settings (no data is read)."""
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
-        from llmkit.summary import summarize  # imported here: torch loads only when a command needs it
+        from llmkit.summary import InspectOptions, inspect_model  # imported here: torch loads only when needed
 
-        summary = summarize(path)
-        for w in summary.warnings:
-            out.warn(w)
+        summary = inspect_model(InspectOptions(path))
+        out.notices(summary)
         out.result(summary, _render(summary, tensors))

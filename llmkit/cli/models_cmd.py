@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Annotated
 
 import typer
@@ -12,32 +11,8 @@ from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.output import Output
 
 
-@dataclass
-class TableListing:
-    name: str
-    algorithm: str
-    source: str
-    file: str
-    files: list[dict[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class ModelsListing:
-    models: list[dict]
-    tables: list[TableListing]
-
-
-def _listing() -> ModelsListing:
-    from llmkit.registry import MODELS, builtin_tables
-
-    tables = [TableListing(t.name, t.algorithm, t.source, str(t.path),
-                           [{"path": e.path, "digest": e.digest} for e in t.entries])
-              for t in builtin_tables().values()]
-    return ModelsListing([asdict(m) for m in MODELS], tables)
-
-
-def _render(listing: ModelsListing, show_files: bool) -> callable:
-    def render(console: Console) -> None:
+def _render(listing, show_files: bool) -> callable:
+    def render(console: Console) -> None:  # listing: llmkit.registry.ModelsListing
         rows = [("name", "kind", "hub repo", "dtype", "vocab")]
         rows += [(m["name"], m["kind"], m["repo_id"] or "-", m["dtype"] or "-",
                   str(m["vocab_size"]) if m["vocab_size"] else "-") for m in listing.models]
@@ -69,5 +44,7 @@ def models_command(
     """List the known models (hub repo, dtype, vocab, what each needs) and the published checksum tables."""
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
-        listing = _listing()
+        from llmkit.registry import list_models
+
+        listing = list_models()
         out.result(listing, _render(listing, files))

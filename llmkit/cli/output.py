@@ -22,6 +22,8 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
+from llmkit.pipeline import plan_rows  # noqa: F401 (what --dry-run shows for every tensor job)
+
 
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses, paths, torch dtypes and tuples -> plain JSON values."""
@@ -83,6 +85,11 @@ class Output:
         if not self.silent:
             self.err.print(f"warning: {message}", markup=False, style="yellow")
 
+    def notices(self, result: Any) -> None:
+        """A result's notices on stderr: ``info`` as log lines, ``warning`` as warnings (llmkit.pipeline.Notice)."""
+        for n in getattr(result, "notices", ()):
+            (self.warn if n.level == "warning" else self.log)(n.text)
+
     def result(self, data: Any, render: Callable[[Console], None], *, failed: Failure | None = None) -> None:
         """The command's result: JSON on stdout with --json, otherwise ``render`` draws it on stdout.
 
@@ -120,3 +127,4 @@ class Output:
         with bar:
             task = bar.add_task(description, total=total)
             yield lambda n: bar.advance(task, n)
+

@@ -49,11 +49,7 @@ def _log_plan(out: Output, plan, dry_run: bool) -> None:  # plan: llmkit.recover
     if not dry_run:
         for key, value in describe_plan(plan):
             out.log(f"{key:>15}  {value}")
-    for note in plan.notes:
-        if "no tokenizer" in note:
-            out.warn(note)
-        else:
-            out.log(f"note: {note}")
+    out.notices(plan)
 
 
 def _render(result):  # result: llmkit.recover.WeightDiffResult
@@ -64,7 +60,6 @@ def _render(result):  # result: llmkit.recover.WeightDiffResult
         rows: list[tuple[str, str]] = []
         if result.dry_run:
             rows += describe_plan(plan)
-            rows.append(("files", ", ".join(plan.files)))
             for note in plan.notes:
                 rows.append(("note", note))
             rows.append(("dry run", "all checks passed; nothing was written"))
@@ -144,12 +139,12 @@ def recover_command(
     """Recover a model from a weight diff: out = diff + base for every tensor, streamed in bounded memory."""
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
-        from llmkit.recover import recover
+        from llmkit.recover import RecoverOptions, run
 
-        result = recover(base, diff, output, dtype=dtype.value if dtype else None, fmt=fmt.value,
-                         shard_size=parse_size(shard_size), force=force,
-                         dry_run=dry_run, check_sum=check_sum, reference=reference, progress=out.progress,
-                         on_plan=lambda plan: _log_plan(out, plan, dry_run))
+        options = RecoverOptions(base, diff, output, dtype=dtype.value if dtype else None, fmt=fmt.value,
+                                 shard_size=parse_size(shard_size), force=force, dry_run=dry_run,
+                                 check_sum=check_sum, reference=reference)
+        result = run(options, progress=out.progress, on_plan=lambda plan: _log_plan(out, plan, dry_run))
         _finish(out, result)
 
 
@@ -173,9 +168,9 @@ def make_diff_command(
     """Make a weight diff: diff = target - base for every tensor (the inverse of recover), streamed."""
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
-        from llmkit.recover import make_diff
+        from llmkit.recover import MakeDiffOptions, run
 
-        result = make_diff(base, target, output, dtype=dtype.value, fmt=fmt.value,
-                           shard_size=parse_size(shard_size), force=force, dry_run=dry_run, progress=out.progress,
-                           on_plan=lambda plan: _log_plan(out, plan, dry_run))
+        options = MakeDiffOptions(base, target, output, dtype=dtype.value, fmt=fmt.value,
+                                  shard_size=parse_size(shard_size), force=force, dry_run=dry_run)
+        result = run(options, progress=out.progress, on_plan=lambda plan: _log_plan(out, plan, dry_run))
         _finish(out, result)

@@ -30,12 +30,6 @@ _STATUS_TEXT = {"ok": ("OK", "green"), "mismatch": ("FAILED", "red"), "missing":
                 "extra": ("not in the table", "dim")}
 
 
-def _jobs(n: int) -> int:
-    from llmkit.verify import default_jobs
-
-    return n or default_jobs()
-
-
 def _render_report(report) -> callable:
     def render(console: Console) -> None:
         for f in report.files:
@@ -101,6 +95,22 @@ def _tensors_failure(report) -> Failure:
     return Failure(f"tensors differ: {', '.join(parts)}", exit_code=EXIT_CHECK_FAILED)
 
 
+def _render_tables(result) -> callable:  # result: llmkit.verify.TensorChecksums
+    def render(console: Console) -> None:
+        for t in result.tables:
+            console.file.write(t.text())
+        console.file.flush()
+    return render
+
+
+def _render_lines(result) -> callable:  # result: llmkit.verify.ChecksumResult
+    def render(console: Console) -> None:
+        # Plain lines (no rich wrapping/markup) so the output is a valid md5sum table.
+        console.file.write("".join(line + "\n" for line in result.lines()))
+        console.file.flush()
+    return render
+
+
 @app.command("verify")
 def verify_command(
     paths: Annotated[Optional[list[Path]], typer.Argument(
@@ -120,29 +130,26 @@ def verify_command(
     debug: DebugOpt = False,
 ) -> None:
     """Check files against published checksum tables: ok / mismatch / missing / extra. Exit 0 only if all match."""
-    from llmkit import verify as v
-
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     paths = list(paths or [])
     with command_guard(out):
         if tensors:
+            from llmkit.verify import TensorVerifyOptions, verify_tensors
+
             if len(paths) != 2:
                 raise InputError(f"--tensors compares exactly two models, got {len(paths)} path(s)",
                                  hint="llmkit verify --tensors MODEL_A MODEL_B (either may be a --tensors table)")
             if table is not None:
                 raise InputError("--tensors and --table do not combine",
                                  hint="pass a tensor table as A or B instead")
-            for p in paths:
-                if not p.exists():
-                    raise InputError("no such file or folder", path=p, hint="check the path")
-            total = v.tensor_total_bytes(paths[0]) or v.tensor_total_bytes(paths[1])
-            with out.progress("comparing tensors", total) as advance:
-                report = v.verify_tensors(paths[0], paths[1], jobs=_jobs(jobs), progress=advance)
+            report = verify_tensors(TensorVerifyOptions(paths[0], paths[1], jobs=jobs), progress=out.progress)
             out.result(report, _render_tensors(report), failed=None if report.ok else _tensors_failure(report))
         else:
-            plan = v.plan_verify(paths, table=table, algorithm=algo.value if algo else None)
-            with out.progress(f"{plan.algorithm} hashing", plan.total_bytes) as advance:
-                report = v.run_verify(plan, jobs=_jobs(jobs), progress=advance)
+            from llmkit.verify import VerifyOptions, verify_files
+
+            options = VerifyOptions(tuple(paths), table=table, algorithm=algo.value if algo else None, jobs=jobs)
+            report = verify_files(options, progress=out.progress)
+            # The report renders its notes (stdout, as "note:" lines), so out.notices() is not called.
             out.result(report, _render_report(report), failed=None if report.ok else _files_failure(report))
     if not report.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
@@ -162,33 +169,14 @@ def checksum_command(
     debug: DebugOpt = False,
 ) -> None:
     """Print checksums in md5sum format (so 'llmkit checksum DIR > t.md5 && md5sum -c t.md5' works)."""
-    from llmkit import verify as v
-
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
+        from llmkit.verify import ChecksumOptions, checksum
+
+        options = ChecksumOptions(tuple(paths), algorithm=algo.value if algo else None, tensors=tensors, jobs=jobs)
+        result = checksum(options, progress=out.progress)
         if tensors:
-            algorithm = algo.value if algo else "sha256"
-            tables = []
-            for p in paths:
-                total = v.tensor_total_bytes(p)
-                with out.progress(f"{algorithm} per tensor", total) as advance:
-                    tables.append(v.tensor_table(p, algorithm, jobs=_jobs(jobs), progress=advance))
-
-            def render_tables(console: Console) -> None:
-                for t in tables:
-                    console.file.write(t.text())
-                console.file.flush()
-
-            out.result(tables if len(tables) > 1 else tables[0], render_tables)
+            # Stable JSON: the one model's table as an object, an array of tables for several models.
+            out.result(result.tables if len(result.tables) > 1 else result.tables[0], _render_tables(result))
         else:
-            algorithm = algo.value if algo else "md5"
-            planned = v.plan_checksum(paths)
-            with out.progress(f"{algorithm} hashing", sum(f.stat().st_size for _, f in planned)) as advance:
-                result = v.checksum_files(planned, algorithm, jobs=_jobs(jobs), progress=advance)
-
-            def render(console: Console) -> None:
-                # Plain lines (no rich wrapping/markup) so the output is a valid md5sum table.
-                console.file.write("".join(line + "\n" for line in result.lines()))
-                console.file.flush()
-
-            out.result(result, render)
+            out.result(result, _render_lines(result))

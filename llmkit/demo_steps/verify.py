@@ -16,15 +16,15 @@ from llmkit.errors import CheckFailed
 
 @demo_step(45, "checksum + verify (files and tensors)")
 def _verify(ctx: DemoContext) -> str:
-    from llmkit.verify import (checksum_files, compare_sources, plan_checksum, plan_verify, run_verify,
-                               tensor_table)
+    from llmkit.verify import (ChecksumOptions, VerifyOptions, checksum, compare_sources, tensor_table,
+                               verify_files)
 
     work = ctx.workdir / "verify"
     work.mkdir(parents=True, exist_ok=True)
     folder = ctx.workdir / "layouts" / "bin-sharded"
 
     # 1. llmkit checksum FOLDER: every digest equals hashlib's.
-    result = checksum_files(plan_checksum([folder]), "md5", jobs=2)
+    result = checksum(ChecksumOptions((folder,), "md5", jobs=2))
     for f in result.files:
         want = hashlib.md5(open(f.path, "rb").read()).hexdigest()
         if f.digest != want:
@@ -39,7 +39,7 @@ def _verify(ctx: DemoContext) -> str:
         checked_by = "hashlib and md5sum -c"
 
     # 2. llmkit verify against that table: all ok; a copy with one flipped byte is caught.
-    report = run_verify(plan_verify([folder], table=table), jobs=2)
+    report = verify_files(VerifyOptions((folder,), table=table, jobs=2))
     if not report.ok or report.counts()["ok"] != len(result.files):
         raise CheckFailed(f"verify of an unchanged folder failed: {report.counts()}")
     damaged = work / "damaged"
@@ -51,7 +51,7 @@ def _verify(ctx: DemoContext) -> str:
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     (damaged / "bin-sharded.md5").write_text(table.read_text().replace(str(folder), str(damaged)))
-    bad = run_verify(plan_verify([damaged], table=damaged / "bin-sharded.md5"), jobs=1)
+    bad = verify_files(VerifyOptions((damaged,), table=damaged / "bin-sharded.md5", jobs=1))
     failed = [f.path for f in bad.files if f.status == "mismatch"]
     if bad.ok or failed != [str(shard)]:
         raise CheckFailed(f"verify did not single out the damaged shard: {failed}")

@@ -1,0 +1,173 @@
+"""Checks before the long work: the two models fit each other, and where config/tokenizer files come from.
+
+Every check here reads headers and small files only, and names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+
+from llmkit.errors import InputError
+from llmkit.io.dtypes import st_code
+from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
+from llmkit.io.jsonfile import int_field
+from llmkit.io.sources import TensorInfo, TensorSource, open_source
+from llmkit.recover.arithmetic import ROTARY_BUFFER
+
+_EMBED_SUFFIXES = ("embed_tokens.weight", "lm_head.weight")
+
+
+def dtype_counts(infos: list[TensorInfo]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for i in infos:
+        code = st_code(i.dtype)
+        counts[code] = counts.get(code, 0) + 1
+    return counts
+
+
+def open_model(path: str | os.PathLike, role: str) -> TensorSource:
+    src = open_source(path)
+    if src.adapter is not None:
+        src.close()
+        raise InputError(f"the {role} is a LoRA adapter, not a full model", path=path,
+                         hint="weight diffs are full state dicts; LoRA adapters are merged with merge-lora")
+    if src.layout == "meta-pth":
+        src.close()
+        raise InputError(f"the {role} is in Meta consolidated.NN.pth layout, whose tensor names differ "
+                         "from the Hugging Face names of weight diffs", path=path,
+                         hint="convert it to Hugging Face format first (as upstream does with "
+                              "convert_llama_weights_to_hf.py)")
+    for info in src.infos():
+        if not info.dtype.is_floating_point or info.dtype.itemsize == 1:
+            src.close()
+            raise InputError(f"tensor {info.name!r} has dtype {info.dtype}; weight diffs need fp32, fp16 or bf16",
+                             path=path)
+    return src
+
+
+def layer_count(names: list[str]) -> int | None:
+    layers = set()
+    for n in names:
+        parts = n.split(".")
+        for i, p in enumerate(parts[:-1]):
+            if p == "layers" and parts[i + 1].isdigit():
+                layers.add(int(parts[i + 1]))
+    return max(layers) + 1 if layers else None
+
+
+def rope_settings(*sources: TensorSource) -> tuple[int, float] | None:
+    """(head_dim, rope theta) from the first config.json that has them."""
+    for src in sources:
+        cfg = src.config() or {}
+        where = src.folder / "config.json" if src.folder else None
+        hidden = int_field(cfg, "hidden_size", path=where)
+        heads = int_field(cfg, "num_attention_heads", path=where)
+        head_dim = int_field(cfg, "head_dim", path=where) or (hidden // heads if hidden and heads else None)
+        if head_dim:
+            rope = cfg.get("rope_parameters")
+            theta = cfg.get("rope_theta") or (rope.get("rope_theta") if isinstance(rope, dict) else None) or 10000.0
+            if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+                raise InputError(f"rope_theta must be a positive number, found {theta!r}", path=where,
+                                 hint="the file is damaged or was edited by hand; download it again")
+            return int(head_dim), float(theta)
+    return None
+
+
+def describe_role(role: str) -> str:
+    return "diff" if role == "diff" else "tuned model"
+
+
+def check_names(other: TensorSource, base: TensorSource, role: str) -> tuple[list[str], list[str]]:
+    """Key-set check; returns (base buffers to compute, base tensors ignored). Raises on a real mismatch."""
+    o_keys, b_keys = set(other.keys()), set(base.keys())
+    missing = [k for k in other.keys() if k not in b_keys]
+    computed = [k for k in missing if k.endswith(ROTARY_BUFFER)]
+    missing = [k for k in missing if not k.endswith(ROTARY_BUFFER)]
+    extra = [k for k in base.keys() if k not in o_keys]
+    ignored = [k for k in extra if k.endswith(ROTARY_BUFFER)]
+    extra = [k for k in extra if not k.endswith(ROTARY_BUFFER)]
+    what = describe_role(role)
+    layers = (layer_count(base.keys()), layer_count(other.keys()))
+    layer_note = (f"; the base has {layers[0]} layers, the {what} {layers[1]}"
+                  if layers[0] != layers[1] and None not in layers else "")
+    if missing:
+        raise InputError(f"the base lacks {len(missing)} tensor(s) the {what} has, e.g. "
+                         f"{', '.join(missing[:3])}{layer_note}", path=base.path,
+                         hint=f"use the base model the {what} was made from (for ZhiXi-13B: LLaMA-13B "
+                              "converted to Hugging Face)")
+    if extra:
+        raise InputError(f"the {what} lacks {len(extra)} tensor(s) the base has, e.g. {', '.join(extra[:3])}"
+                         f"{layer_note}", path=other.path,
+                         hint=f"the {what} is incomplete (download it again) or was made from another base")
+    return computed, ignored
+
+
+def check_shapes(other: TensorSource, base: TensorSource, role: str, computed: list[str],
+                  rope: tuple[int, float] | None) -> None:
+    what = describe_role(role)
+    bad = []
+    for name in other.keys():
+        o_shape = other.info(name).shape
+        if name in computed:
+            b_shape = (rope[0] // 2,) if rope else None
+        else:
+            b_shape = base.info(name).shape
+        if b_shape != o_shape:
+            bad.append((name, b_shape, o_shape))
+    if not bad:
+        return
+    listing = "; ".join(f"{n}: base {list(b) if b else '?'} vs {what} {list(o)}" for n, b, o in bad[:3])
+    message = f"shapes differ for {len(bad)} tensor(s): {listing}"
+    hint = f"use the base model the {what} was made from"
+    embed = next(((n, b, o) for n, b, o in bad if n.endswith(_EMBED_SUFFIXES) and b and len(b) == 2
+                  and b[1] == o[1]), None)
+    if embed is not None:
+        _, b, o = embed
+        if b[0] < o[0]:
+            if role == "diff":
+                message += (f". The base has a {b[0]}-token vocabulary but the diff {o[0]}: this is the wrong base "
+                            f"(the diff was made against a model with an extended {o[0]}-token vocabulary)")
+                hint = f"recover from the {o[0]}-token model the diff was made from, not from the original LLaMA"
+            else:
+                message += (f". The base has a {b[0]}-token vocabulary but the tuned model {o[0]}: a diff needs "
+                            f"both with the same vocabulary (the tuned model was trained from a model with an "
+                            f"extended {o[0]}-token vocabulary)")
+                hint = (f"pass the {o[0]}-token model the tuned model was trained from as --base, e.g. the "
+                        "vocabulary-extended base rather than the original LLaMA")
+        else:
+            message += (f". The base has a {b[0]}-token vocabulary but the {what} only {o[0]}: this is the wrong "
+                        "base (perhaps an already-extended or merged model)")
+    else:
+        hidden = next(((b[-1], o[-1]) for n, b, o in bad if n.endswith(_EMBED_SUFFIXES) and b and len(b) == 2),
+                      None)
+        if hidden and hidden[0] != hidden[1]:
+            from llmkit.summary import describe_hidden_size
+
+            message += (f". The base is {describe_hidden_size(hidden[0])} but the {what} is "
+                        f"{describe_hidden_size(hidden[1])}: wrong base")
+    raise InputError(message, path=base.path, hint=hint)
+
+
+def aux_plan(other: TensorSource, base: TensorSource, role: str) -> tuple[dict[str, str], list[str]]:
+    """Which config/tokenizer file comes from where: the diff's folder first (SPEC.md section 2)."""
+    plan: dict[str, str] = {}
+    notes: list[str] = []
+    ofolder, bfolder = other.folder, base.folder
+    what = describe_role(role)
+    for name in CONFIG_FILES:
+        if ofolder and (ofolder / name).is_file():
+            plan[name] = str(ofolder)
+        elif bfolder and (bfolder / name).is_file():
+            plan[name] = str(bfolder)
+            notes.append(f"{name} copied from the base folder: the {what} folder has none")
+    tok_from = ofolder if ofolder and any((ofolder / n).is_file() for n in TOKENIZER_FILES) else None
+    if tok_from is None and bfolder and any((bfolder / n).is_file() for n in TOKENIZER_FILES):
+        tok_from = bfolder
+        notes.append(f"tokenizer files copied from the base folder: the {what} folder has none")
+    if tok_from is not None:
+        for name in TOKENIZER_FILES:
+            if (tok_from / name).is_file():
+                plan[name] = str(tok_from)
+    if not any(n in plan for n in TOKENIZER_FILES):
+        notes.append("no tokenizer files found in either folder; the output has none")
+    return plan, notes

@@ -1,0 +1,193 @@
+"""Two models compared tensor by tensor (``llmkit verify --tensors A B``), whatever their shards or format.
+
+Either side may be a model or a ``--tensors`` table. Two models are compared byte for byte, one tensor
+pair in memory at a time; a model and a table by the table's digest algorithm. When A and B are
+folders their other files (config, tokenizer) are compared too: JSON by content, the rest by sha256.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from llmkit.errors import InputError
+from llmkit.hashing import hash_file
+from llmkit.io.sources import TensorSource
+from llmkit.pipeline import Check, ProgressFactory, Result, no_progress
+from llmkit.verify.files import WEIGHT_SUFFIXES, FileCheck, list_files, resolve_jobs
+from llmkit.verify.mismatch import json_difference
+from llmkit.verify.tensors import (TensorDigest, as_source, dtype_code, is_tensor_table, load_tensor_table,
+                                       shape_text, tensor_table, tensor_total_bytes)
+
+
+@dataclass(frozen=True)
+class TensorVerifyOptions:
+    """``llmkit verify --tensors A B``: two models (or ``--tensors`` table files); ``jobs`` hashing
+    threads when a side is a table (0 = up to 4)."""
+
+    a: Path
+    b: Path
+    jobs: int = 0
+
+
+@dataclass
+class TensorComparison:
+    """Result of :func:`compare_sources`; name lists follow the order of ``a`` (``only_b``: of ``b``)."""
+
+    identical: bool
+    differing: list[str] = field(default_factory=list)
+    only_a: list[str] = field(default_factory=list)
+    only_b: list[str] = field(default_factory=list)
+    compared: int = 0
+    reasons: dict[str, str] = field(default_factory=dict)  # name -> "dtype F16 vs F32" / "shape ..." / "bytes"
+
+    def judge(self, name: str, dtypes: tuple[str, str], shapes: tuple[tuple, tuple], same_bytes: Callable[[], bool]):
+        """Count one tensor present on both sides; record why it differs (dtype, shape, then bytes)."""
+        self.compared += 1
+        if dtypes[0] != dtypes[1]:
+            self.reasons[name] = f"dtype {dtypes[0]} vs {dtypes[1]}"
+        elif tuple(shapes[0]) != tuple(shapes[1]):
+            self.reasons[name] = f"shape {shape_text(shapes[0])} vs {shape_text(shapes[1])}"
+        elif not same_bytes():
+            self.reasons[name] = "bytes differ"
+        else:
+            return
+        self.differing.append(name)
+
+    def finish(self) -> "TensorComparison":
+        self.identical = not (self.differing or self.only_a or self.only_b)
+        return self
+
+
+def _same_bytes(ta: torch.Tensor, tb: torch.Tensor) -> bool:
+    a = ta.detach().contiguous().reshape(-1).view(torch.uint8)
+    b = tb.detach().contiguous().reshape(-1).view(torch.uint8)
+    return bool(torch.equal(a, b))
+
+
+def compare_sources(a: TensorSource | Path, b: TensorSource | Path, *,
+                    progress: Callable[[int], None] | None = None) -> TensorComparison:
+    """Compare two models tensor by tensor: names, dtypes, shapes and raw bytes (bit-exact, so NaNs
+    with equal bits are equal and -0.0 differs from 0.0). Streaming: one tensor pair in memory.
+    ``progress(nbytes)`` is called with the bytes of each tensor of ``a`` compared."""
+    sa, close_a = as_source(a)
+    try:
+        sb, close_b = as_source(b)
+        try:
+            keys_a, keys_b = set(sa.keys()), set(sb.keys())
+            result = TensorComparison(identical=True, only_a=[k for k in sa.keys() if k not in keys_b],
+                                      only_b=[k for k in sb.keys() if k not in keys_a])
+            for name in sa.keys():
+                if name not in keys_b:
+                    continue
+                ia, ib = sa.info(name), sb.info(name)
+                result.judge(name, (dtype_code(ia.dtype), dtype_code(ib.dtype)), (ia.shape, ib.shape),
+                             lambda: _same_bytes(sa.get(name), sb.get(name)))
+                sa.release(name)  # mapped .bin pages of compared tensors leave RSS
+                sb.release(name)
+                if progress is not None:
+                    progress(ia.nbytes)
+            return result.finish()
+        finally:
+            if close_b:
+                sb.close()
+    finally:
+        if close_a:
+            sa.close()
+
+
+def _compare_tables(ta: list[TensorDigest], tb: list[TensorDigest]) -> TensorComparison:
+    db = {t.name: t for t in tb}
+    da = {t.name: t for t in ta}
+    res = TensorComparison(identical=True, only_a=[t.name for t in ta if t.name not in db],
+                           only_b=[t.name for t in tb if t.name not in da])
+    for t in ta:
+        o = db.get(t.name)
+        if o is not None:
+            res.judge(t.name, (t.dtype, o.dtype), (t.shape, o.shape), lambda: t.digest == o.digest)
+    return res.finish()
+
+
+@dataclass
+class TensorVerifyReport(Result):
+    """``llmkit verify --tensors A B``: tensor by tensor, plus the non-weight files of two folders.
+    ``ok``: identical tensors and every other file ok; ``checks``: one for the tensors, one per file."""
+
+    a: str
+    b: str
+    method: str  # "bytes" (two models) or the digest algorithm (a model against a table)
+    identical: bool
+    compared: int
+    differing: list[str] = field(default_factory=list)
+    only_a: list[str] = field(default_factory=list)
+    only_b: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+    files: list[FileCheck] = field(default_factory=list)  # config/tokenizer files compared (folders only)
+
+
+def _aux_files(folder: Path) -> dict[str, Path]:
+    """Non-weight files of a model folder (config, tokenizer, ...), without shard indexes."""
+    return {rel: p for rel, p in list_files(folder).items()
+            if not rel.endswith(WEIGHT_SUFFIXES) and not rel.endswith(".index.json")}
+
+
+def compare_aux_files(a: Path, b: Path) -> list[FileCheck]:
+    """Compare the non-weight files of two model folders: JSON semantically (formatting or metadata
+    only is reported as ok with a note), everything else by sha256."""
+    fa, fb = _aux_files(a), _aux_files(b)
+    out: list[FileCheck] = []
+    for rel in sorted(set(fa) | set(fb)):
+        pa, pb = fa.get(rel), fb.get(rel)
+        if pa is None or pb is None:
+            out.append(FileCheck(rel, None, None, "sha256", "missing" if pa is None else "extra",
+                                 note=f"only in {b if pa is None else a}"))
+            continue
+        ha, hb = hash_file(pa, "sha256"), hash_file(pb, "sha256")
+        if ha == hb:
+            out.append(FileCheck(rel, hb, ha, "sha256", "ok"))
+            continue
+        status, note = json_difference(pa.read_bytes(), pb.read_bytes()) if rel.endswith(".json") \
+            else ("mismatch", "bytes differ")
+        out.append(FileCheck(rel, hb, ha, "sha256", status, note=note))
+    return out
+
+
+def _compare(a: Path, b: Path, jobs: int, progress: Callable[[int], None]) -> tuple[TensorComparison, str]:
+    """(comparison, method): two tables by digests, a model and a table by the table's algorithm,
+    two models by bytes."""
+    a_tab, b_tab = is_tensor_table(a), is_tensor_table(b)
+    if a_tab and b_tab:
+        ta, tb = load_tensor_table(a), load_tensor_table(b)
+        if ta.algorithm != tb.algorithm:
+            raise InputError(f"the tables use different algorithms ({ta.algorithm}, {tb.algorithm})", path=b,
+                             hint="write both with the same llmkit checksum --tensors --algo")
+        return _compare_tables(ta.tensors, tb.tensors), ta.algorithm
+    if a_tab or b_tab:
+        table = load_tensor_table(a if a_tab else b)
+        model = tensor_table(b if a_tab else a, table.algorithm, jobs=jobs, progress=progress)
+        ta_, tb_ = (table.tensors, model.tensors) if a_tab else (model.tensors, table.tensors)
+        return _compare_tables(ta_, tb_), table.algorithm
+    return compare_sources(a, b, progress=progress), "bytes"
+
+
+def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | None = None) -> TensorVerifyReport:
+    """Compare two models tensor by tensor (either may be a ``--tensors`` table file), under one
+    ``comparing tensors`` progress bar (bytes of tensor data)."""
+    a, b = Path(options.a), Path(options.b)
+    for p in (a, b):
+        if not p.exists():
+            raise InputError("no such file or folder", path=p, hint="check the path")
+    total = tensor_total_bytes(a) or tensor_total_bytes(b)
+    with (progress or no_progress)("comparing tensors", total) as advance:
+        cmp, method = _compare(a, b, resolve_jobs(options.jobs), advance)
+    files = compare_aux_files(a, b) if a.is_dir() and b.is_dir() else []
+    summary = (f"{cmp.compared} compared by {method}, {len(cmp.differing)} differ, {len(cmp.only_a)} only in A, "
+               f"{len(cmp.only_b)} only in B")
+    checks = [Check("tensors", "ok" if cmp.identical else "mismatch", summary)] + [f.check() for f in files]
+    return TensorVerifyReport(ok=cmp.identical and all(f.status == "ok" for f in files), checks=checks, a=str(a),
+                              b=str(b), method=method, identical=cmp.identical, compared=cmp.compared,
+                              differing=cmp.differing, only_a=cmp.only_a, only_b=cmp.only_b, reasons=cmp.reasons,
+                              files=files)
