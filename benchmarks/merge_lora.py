@@ -15,6 +15,10 @@ the resized case peft also runs with ``mean_resizing=False`` (transformers' defa
 
     flock /tmp/llmkit-bench.lock .venv/bin/python benchmarks/merge_lora.py --layers 4
 
+``--floor N`` times llmkit N times against the I/O floor (``io_floor.py``: read the base and the adapter,
+write the output's bytes, fsync), inputs evicted from the page cache before each run, and skips peft;
+``--compare-root DIR`` times another llmkit checkout the same way (before/after a change).
+
 Memory: peft holds the whole model (about 2.1 GB for 4 layers, plus the resized vocabulary and the
 adapter's saved modules); llmkit holds a few tensors. Keep ``--layers`` small enough for the machine.
 """
@@ -32,6 +36,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from io_floor import drop_cache, measure_floor
 
 HIDDEN, FFN, HEADS, VOCAB, CHINESE_VOCAB = 4096, 11008, 32, 32000, 49953
 LINEAR = {"self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (HIDDEN, HIDDEN),
@@ -136,15 +142,43 @@ def child(which: str, base: Path, adapter: Path, out: Path) -> None:
     print(json.dumps({"seconds": seconds, "durable_seconds": durable, "peak_rss_bytes": hwm_kb * 1024}))
 
 
-def measure(which: str, base: Path, adapter: Path, out: Path) -> dict:
+def measure(which: str, base: Path, adapter: Path, out: Path, root: Path | None = None) -> dict:
     if out.exists():
         shutil.rmtree(out)
     os.sync()  # start each run with no dirty pages left by the previous one
+    env = dict(os.environ, PYTHONPATH=str(root)) if root is not None else None
     proc = subprocess.run([sys.executable, __file__, "--child", which, str(base), str(adapter), str(out)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{which} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def floor_rows(work: Path, base: Path, adapter: Path, kind: str, runs: int, compare_root: Path | None) -> None:
+    """llmkit (and ``compare_root``'s llmkit) against the I/O floor, alternating, inputs evicted each time."""
+    import statistics
+
+    inputs = sorted(p for folder in (base, adapter) for p in folder.iterdir() if p.is_file())
+    out = work / f"out-{kind}-floor"
+    times: dict[str, list[float]] = {"floor": [], "llmkit": [], "compare": []}
+    rss: dict[str, int] = {}
+    for _ in range(runs):
+        for name, root in (("llmkit", None), ("compare", compare_root)):
+            if name == "compare" and root is None:
+                continue
+            drop_cache(inputs)
+            r = measure("llmkit", base, adapter, out, root=root)
+            times[name].append(r["durable_seconds"])
+            rss[name] = max(rss.get(name, 0), r["peak_rss_bytes"])
+        out_bytes = sum(f.stat().st_size for f in out.iterdir())
+        times["floor"].append(measure_floor(inputs, out_bytes, work / "floor.out")["seconds"])
+        shutil.rmtree(out)
+    floor = statistics.median(times["floor"])
+    for name in ("llmkit", "compare"):
+        if times[name]:
+            med = statistics.median(times[name])
+            print(f"{kind:<8} {name:<8} median {med:6.2f} s = {med / floor:.2f}x the I/O floor ({floor:.2f} s); "
+                  f"peak RSS {rss[name] / 1e9:.2f} GB; runs {[round(t, 2) for t in times[name]]}")
 
 
 def same_tensors(a: Path, b: Path) -> tuple[int, int]:
@@ -166,6 +200,8 @@ def main() -> None:
     p.add_argument("--adapters", default="qv,chinese", help="comma list of qv, chinese")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--floor", type=int, default=0, help="runs of llmkit against the I/O floor (skips peft)")
+    p.add_argument("--compare-root", type=Path, default=None, help="another llmkit checkout, with --floor")
     args = p.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="llmkit-bench-lora-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -181,6 +217,9 @@ def main() -> None:
         for kind in args.adapters.split(","):
             adapter = work / f"adapter-{kind}"
             generate_adapter(adapter, args.layers, kind)
+            if args.floor:
+                floor_rows(work, base, adapter, kind, args.floor, args.compare_root)
+                continue
             tools = ("llmkit", "peft") + (("peft-nomean",) if kind == "chinese" else ())
             results = {}
             for w in tools:
@@ -190,6 +229,8 @@ def main() -> None:
             rows.append((kind, results, compared, differ))
             for w in tools:
                 shutil.rmtree(work / f"out-{kind}-{w}")
+        if args.floor:
+            return
         print(f"{'adapter':<8} {'tool':<12} {'seconds':>8} {'+fsync':>8} {'peak RSS':>10}")
         for kind, results, compared, differ in rows:
             for w, r in results.items():

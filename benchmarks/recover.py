@@ -38,6 +38,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from io_floor import drop_cache, measure_floor
+
 HIDDEN, INTERMEDIATE, VOCAB, HEADS = 4096, 11008, 32000, 32
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -53,38 +55,6 @@ def peak():
 
 def report(start):
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss": peak()}))
-'''
-
-READ = PRELUDE + r'''
-files = [Path(p) for p in sys.argv[1:]]
-buf = bytearray(16 << 20)
-start = time.perf_counter()
-for p in files:
-    with open(p, "rb", buffering=0) as f:
-        while f.readinto(buf):
-            pass
-report(start)
-'''
-
-FLOOR = PRELUDE + r'''
-import os
-out, size = Path(sys.argv[1]), int(sys.argv[2])
-files = [Path(p) for p in sys.argv[3:]]
-buf = bytearray(16 << 20)
-start = time.perf_counter()
-for p in files:
-    with open(p, "rb", buffering=0) as f:
-        while f.readinto(buf):
-            pass
-with open(out, "wb", buffering=0) as f:
-    left = size
-    while left:
-        n = min(left, len(buf))
-        f.write(memoryview(buf)[:n])
-        left -= n
-    os.fsync(f.fileno())
-report(start)
-out.unlink()
 '''
 
 LLMKIT = PRELUDE + r'''
@@ -186,17 +156,6 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in (".bin", ".safetensors"))
 
 
-def drop_cache(paths: list[Path]) -> None:
-    """Evict files from the page cache (clean pages only, so fsync first)."""
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 def run(script: str, *args: str | Path, root: Path = ROOT) -> dict:
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     r = subprocess.run([PYTHON, "-c", script, *map(str, args)], capture_output=True, text=True, env=env)
@@ -251,8 +210,7 @@ def main() -> None:
             reads, floors, mines, others = [], [], [], []
             out_bytes = 0
             for _ in range(args.repeat):  # alternate, so all see the same background load
-                drop_cache(inputs)
-                reads.append(run(READ, *inputs))
+                reads.append(measure_floor(inputs, 0, work / "floor.out"))
                 if args.compare_root is not None:
                     shutil.rmtree(out, ignore_errors=True)
                     drop_cache(inputs)
@@ -261,8 +219,7 @@ def main() -> None:
                 drop_cache(inputs)
                 mines.append(run(LLMKIT, base, diff, out))
                 out_bytes = sum(p.stat().st_size for p in weight_files(out))
-                drop_cache(inputs)
-                floors.append(run(FLOOR, work / "floor.out", out_bytes, *inputs))
+                floors.append(measure_floor(inputs, out_bytes, work / "floor.out"))
             read, mine = median_run(reads), median_run(mines)
             row = {"layers": layers, "input_bytes": in_bytes, "output_bytes": out_bytes, "read": read, "llmkit": mine,
                    "floor": median_run(floors)}
@@ -300,8 +257,9 @@ def main() -> None:
         line = (f"  {r['layers']} layer(s): floor {r['floor']['seconds']:.2f} s, llmkit {r['llmkit']['seconds']:.2f} s "
                 f"= {r['llmkit']['seconds'] / r['floor']['seconds']:.2f}x floor, RSS {gb(r['llmkit']['peak_rss'])}")
         if "compare" in r:
-            line += (f"; --compare-root {r['compare']['seconds']:.2f} s = "
-                     f"{r['compare']['seconds'] / r['floor']['seconds']:.2f}x floor, RSS {gb(r['compare']['peak_rss'])}")
+            c = r["compare"]
+            line += (f"; --compare-root {c['seconds']:.2f} s = {c['seconds'] / r['floor']['seconds']:.2f}x floor, "
+                     f"RSS {gb(c['peak_rss'])}")
         print(line)
     if len(rows) > 1:
         lo, hi = rows[0], rows[-1]

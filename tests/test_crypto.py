@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import llmkit.crypto as crypto
+import llmkit.crypto.keycheck as crypto_keycheck
 from llmkit.errors import CheckFailed, InputError, OutputExistsError
 from spec_reference import upstream_xor
 
@@ -224,8 +225,8 @@ def fake_llama_key(tmp_path, monkeypatch):
     """A small key that the key check accepts: the test seam is the two module constants."""
     key_bytes = randbytes(3 * 2**20 + 11, 22)
     key = write(tmp_path / "consolidated.00.pth", key_bytes)
-    monkeypatch.setattr(crypto, "KEY_SIZE", len(key_bytes))
-    monkeypatch.setattr(crypto, "KEY_MD5", hashlib.md5(key_bytes).hexdigest())
+    monkeypatch.setattr(crypto_keycheck, "KEY_SIZE", len(key_bytes))
+    monkeypatch.setattr(crypto_keycheck, "KEY_MD5", hashlib.md5(key_bytes).hexdigest())
     monkeypatch.setenv("LLMKIT_CACHE_DIR", str(tmp_path / "cache"))
     return key
 
@@ -249,7 +250,7 @@ def test_key_md5_is_checked_once_and_cached(fake_llama_key, monkeypatch):
     def no_hashing(*a, **k):
         raise AssertionError("the key was hashed again")
 
-    monkeypatch.setattr(crypto.hashlib, "md5", no_hashing)
+    monkeypatch.setattr(hashlib, "md5", no_hashing)
     assert crypto.check_key(fake_llama_key) == "verified (cached)"
     monkeypatch.undo()
 
@@ -262,7 +263,7 @@ def test_key_cache_is_invalidated_by_mtime(fake_llama_key):
 
 
 def test_same_size_key_with_wrong_md5_is_refused(fake_llama_key, monkeypatch):
-    monkeypatch.setattr(crypto, "KEY_MD5", "0" * 32)
+    monkeypatch.setattr(crypto_keycheck, "KEY_MD5", "0" * 32)
     with pytest.raises(InputError, match="md5"):
         crypto.check_key(fake_llama_key)
     with pytest.raises(InputError, match="md5"):  # also when the md5 comes from the cache

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import llmkit.crypto as crypto
+import llmkit.crypto.keycheck as crypto_keycheck
 from spec_reference import upstream_xor
 
 C = 10 * 1024 * 1024
@@ -73,8 +73,8 @@ def test_cli_wrong_key_is_refused_with_exit_2_and_no_output(run_cli, setup):
 def test_cli_key_check_runs_once_then_uses_the_cache(run_cli, setup, monkeypatch):
     tmp, key, data, enc, _ = setup
     raw = key.read_bytes()
-    monkeypatch.setattr(crypto, "KEY_SIZE", len(raw))
-    monkeypatch.setattr(crypto, "KEY_MD5", hashlib.md5(raw).hexdigest())
+    monkeypatch.setattr(crypto_keycheck, "KEY_SIZE", len(raw))
+    monkeypatch.setattr(crypto_keycheck, "KEY_MD5", hashlib.md5(raw).hexdigest())
     monkeypatch.setenv("LLMKIT_CACHE_DIR", str(tmp / "cache"))
     first = run_cli("decrypt", enc, "--key", key, "-o", tmp / "a", "--json")
     second = run_cli("decrypt", enc, "--key", key, "-o", tmp / "b", "--json")

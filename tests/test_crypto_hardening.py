@@ -24,6 +24,8 @@ import torch
 import typer.main
 
 import llmkit.crypto as crypto
+import llmkit.crypto.jobs as crypto_jobs
+import llmkit.crypto.tables as crypto_tables
 from llmkit.cli import app
 from llmkit.errors import CheckFailed
 from spec_reference import upstream_xor
@@ -287,7 +289,7 @@ def test_ctrl_c_in_the_last_file_keeps_nothing_of_the_folder(tmp_path, model_fol
             raise KeyboardInterrupt
         return n
 
-    monkeypatch.setattr(crypto, "xor_stream", interrupted_on_the_third)
+    monkeypatch.setattr(crypto_jobs, "xor_stream", interrupted_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         crypto.decrypt([enc], key, tmp_path / "out", key_check=False)
     assert len(calls) == 3
@@ -344,7 +346,7 @@ def test_output_inside_the_input_folder_is_refused_and_the_inputs_are_unchanged(
 
 
 def _fake_published(monkeypatch, table: dict[str, str]) -> None:
-    monkeypatch.setattr(crypto, "_published",
+    monkeypatch.setattr(crypto_tables, "_published",
                         lambda name, *a, **k: [("fake-table", table[name])] if name in table else [])
 
 

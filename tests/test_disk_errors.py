@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmkit import crypto, units
+from llmkit import units
+from llmkit.crypto import plan as crypto_plan
 from llmkit.errors import DiskSpaceError, OutputNotWritableError, WriteError
 from llmkit.io import ShardedWriter, TensorSpec, sinks
 
@@ -257,7 +258,7 @@ def test_recover_dry_run_states_the_needed_space_and_margin(run_cli, lora_work, 
     assert plan["disk_margin_bytes"] == expected_margin(tensors + aux) == MiB
     assert plan["needed_disk_bytes"] == tensors + aux + MiB
     text = run_cli("recover", "--base", lora_work / "base", "--diff", diff.path, "-o", tmp_path / "out", "--dry-run")
-    row = next(line for line in text.stdout.splitlines() if line.startswith("output size"))
+    row = next(line for line in text.stdout.splitlines() if line.startswith("disk"))
     assert "margin" in row and "needs" in row and "free:" in row, row
     assert not (tmp_path / "out").exists()
 
@@ -269,10 +270,10 @@ def test_decrypt_margin_is_proportional_and_stated(run_cli, tmp_path, monkeypatc
     enc.mkdir()
     (enc / f"w.dat.{EMPTY}.enc").write_bytes(os.urandom(470_000))
     argv = ["decrypt", enc, "--key", key, "--no-key-check", "--no-content-check", "--quiet"]
-    monkeypatch.setattr(crypto, "free_bytes", lambda folder: 470_000 + MiB)
+    monkeypatch.setattr(crypto_plan, "free_bytes", lambda folder: 470_000 + MiB)
     assert run_cli(*argv, "-o", tmp_path / "ok").exit_code == 0
     assert (tmp_path / "ok" / "w.dat").stat().st_size == 470_000
-    monkeypatch.setattr(crypto, "free_bytes", lambda folder: 470_000 + MiB - 1)
+    monkeypatch.setattr(crypto_plan, "free_bytes", lambda folder: 470_000 + MiB - 1)
     r = run_cli(*argv, "-o", tmp_path / "refused")
     assert r.exit_code == 2
     line = the_error_line(r.stderr)

@@ -13,6 +13,7 @@ from rich.console import Console
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.output import Output
 from llmkit.errors import InputError
+from llmkit.units import human_bytes
 
 if TYPE_CHECKING:  # llmkit.crypto (numpy) is imported when a crypto command runs, not at CLI start-up
     from llmkit.crypto import CryptoResult
@@ -45,14 +46,6 @@ JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, max=16,
                                       help="Files processed in parallel (each ~16 MB of buffers).")]
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
-
-
 def _render(result: CryptoResult) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         verb = "decrypted" if result.command == "decrypt" else "encrypted"
@@ -63,16 +56,13 @@ def _render(result: CryptoResult) -> Callable[[Console], None]:
                 mark = {"ok": "ok", "mismatch": "MISMATCH"}.get(c.status, c.status)
                 console.print(f"    {mark:<8} {c.name}: {c.detail}", markup=False)
         rate = result.bytes / result.seconds if result.seconds > 0 else 0.0
-        console.print(f"{len(result.files)} file(s), {_fmt_bytes(result.bytes)} in {result.seconds:.2f} s "
-                      f"({_fmt_bytes(int(rate))}/s); key check: {result.key_check}", markup=False)
+        console.print(f"{len(result.files)} file(s), {human_bytes(result.bytes)} in {result.seconds:.2f} s "
+                      f"({human_bytes(int(rate))}/s); key check: {result.key_check}", markup=False)
     return render
 
 
 def _report(out: Output, result: CryptoResult, *, to_stderr: bool) -> None:
-    for name in result.ignored:
-        out.log(f"ignored (not {'an .enc file' if result.command == 'decrypt' else 'encrypted'}): {name}")
-    for w in result.warnings:
-        out.warn(w)
+    out.notices(result)  # the ignored files (log lines), then the warnings
     if to_stderr:  # stdout carries the data
         if not out.quiet:
             _render(result)(out.err)
@@ -80,7 +70,7 @@ def _report(out: Output, result: CryptoResult, *, to_stderr: bool) -> None:
         out.result(result, _render(result))
 
 
-@app.command("decrypt")
+@app.command("decrypt", rich_help_panel="Unlock")
 def decrypt_command(
     inputs: Annotated[List[Path], typer.Argument(
         help=".enc files, folders (every *.enc in them; other files are ignored), or - for stdin.",
@@ -110,19 +100,20 @@ def decrypt_command(
     """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
-        from llmkit.crypto import decrypt
+        from llmkit.crypto import DecryptOptions, decrypt
 
         to_stdout = str(output) == "-"
         if to_stdout and json_:
             raise InputError("--json prints to stdout, which -o - uses for the data", hint="drop --json or use -o DIR")
-        result = decrypt(inputs, key, None if to_stdout else output, fmt=fmt.value, key_check=not no_key_check,
-                         content_check=not no_content_check, jobs=jobs, force=force,
-                         stream=sys.stdout.buffer if to_stdout else None, stdin=sys.stdin.buffer,
+        options = DecryptOptions(inputs=tuple(inputs), key=key, output=None if to_stdout else output,
+                                 format=fmt.value, key_check=not no_key_check, content_check=not no_content_check,
+                                 jobs=jobs, force=force)
+        result = decrypt(options, stream=sys.stdout.buffer if to_stdout else None, stdin=sys.stdin.buffer,
                          progress=out.progress)
         _report(out, result, to_stderr=to_stdout)
 
 
-@app.command("encrypt")
+@app.command("encrypt", rich_help_panel="Unlock")
 def encrypt_command(
     inputs: Annotated[List[Path], typer.Argument(
         help="Files or folders (every file in them except *.enc, README*, LICENSE* and hidden files).",
@@ -142,10 +133,11 @@ def encrypt_command(
     """XOR-encrypt files exactly as the upstream TechGPT / BELLE tools publish them (the inverse of decrypt)."""
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
-        from llmkit.crypto import encrypt
+        from llmkit.crypto import EncryptOptions, encrypt
 
         if str(output) == "-":
             raise InputError("encrypt writes files into a folder", hint="pass -o DIR")
-        result = encrypt(inputs, key, output, fmt=fmt.value, key_check=not no_key_check, jobs=jobs, force=force,
-                         progress=out.progress)
+        options = EncryptOptions(inputs=tuple(inputs), key=key, output=output, format=fmt.value,
+                                 key_check=not no_key_check, jobs=jobs, force=force)
+        result = encrypt(options, progress=out.progress)
         _report(out, result, to_stderr=False)

@@ -29,7 +29,7 @@ def _render(result, keep: bool) -> callable:
     return render
 
 
-@app.command("demo")
+@app.command("demo", rich_help_panel="Try")
 def demo_command(
     workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Folder to work in (default: a new temporary folder).")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the generated files instead of deleting them.")] = False,

@@ -56,7 +56,7 @@ def _render(s, show_tensors: bool) -> callable:  # s: llmkit.summary.ModelSummar
     return render
 
 
-@app.command("inspect")
+@app.command("inspect", rich_help_panel="Check")
 def inspect_command(
     path: Annotated[Path, typer.Argument(metavar="PATH", help="A model or adapter folder, a weight file, or a shard index.")],
     tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="List every tensor.")] = True,

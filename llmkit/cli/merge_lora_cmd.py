@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
-from llmkit.cli.output import Output
-from llmkit.units import DEFAULT_SHARD_SIZE, human_bytes, parse_size
+from llmkit.cli.output import Output, plan_rows
+from llmkit.units import human_bytes, parse_size
 
 
 class DtypeChoice(str, Enum):
@@ -50,16 +50,17 @@ def _render(r) -> Callable[[Console], None]:  # r: llmkit.lora.MergeResult
         p(f"tokenizer   {r.tokenizer_from or '-'}")
         p(f"output      {r.output}  ({r.format}, dtype {r.dtype}, {r.tensors} tensors, {human_bytes(r.total_bytes)})")
         if r.dry_run:
-            p(f"disk        needs {human_bytes(r.needed_disk_bytes)} free (with a {human_bytes(r.disk_margin_bytes)} "
-              f"margin); free: {human_bytes(r.free_disk_bytes)}")
-            p(f"dry run     nothing written; would write {', '.join(r.files)}")
+            for key, value in plan_rows(r.plan):  # the rows every --dry-run shows (the output line is above)
+                if key != "output":
+                    p(f"{key:<11} {value}")
+            p("dry run     nothing written")
         else:
             p(f"files       {', '.join(r.files)}")
             p(f"time        {r.seconds:.2f} s")
     return render
 
 
-@app.command("merge-lora")
+@app.command("merge-lora", rich_help_panel="Rebuild")
 def merge_lora_command(
     base: Annotated[Path, typer.Option(
         "--base", metavar="BASE",
@@ -95,19 +96,10 @@ def merge_lora_command(
     """Merge peft LoRA adapters (ZhiXi, CuteGPT, Chinese-LLaMA/Alpaca) into a base model, streaming."""
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
-        from llmkit.lora import plan_merge  # imported here: torch loads only when a command runs
+        from llmkit.lora import MergeOptions, run  # imported here: torch loads only when a command runs
 
-        size = parse_size(shard_size) if shard_size else DEFAULT_SHARD_SIZE
-        if shard_size and fmt is FormatChoice.pth:
-            out.warn("--shard-size does not apply to --format pth (use --pth-shards)")
-        with plan_merge(base, list(lora), dtype=dtype.value, fmt=fmt.value, tokenizer=tokenizer,
-                        pth_shards=pth_shards) as plan:
-            for w in plan.warnings:
-                out.warn(w)
-            planned = plan.open_output(output, shard_size=size, force=force)  # refuses before any progress
-            if dry_run:
-                result = plan.result(planned, dry_run=True)
-            else:
-                with out.progress("merging", plan.base.total_bytes) as advance:
-                    result = plan.write(planned, advance)
+        options = MergeOptions(base, tuple(lora), output, dtype=dtype.value, fmt=fmt.value,
+                               shard_size=parse_size(shard_size) if shard_size else None, tokenizer=tokenizer,
+                               pth_shards=pth_shards, dry_run=dry_run, force=force)
+        result = run(options, progress=out.progress, on_plan=out.notices)  # notices print before the work
         out.result(result, _render(result))

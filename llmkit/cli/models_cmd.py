@@ -34,7 +34,7 @@ def _render(listing, show_files: bool) -> callable:
     return render
 
 
-@app.command("models")
+@app.command("models", rich_help_panel="Get")
 def models_command(
     files: Annotated[bool, typer.Option("--files", help="Also list every file and digest of each table.")] = False,
     json_: JsonOpt = False,

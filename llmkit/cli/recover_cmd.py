@@ -111,7 +111,7 @@ def _finish(out: Output, result) -> None:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-@app.command("recover")
+@app.command("recover", rich_help_panel="Rebuild")
 def recover_command(
     base: BaseOpt,
     diff: Annotated[Path, typer.Option("--diff", help="The published weight diff (e.g. zjunlp/zhixi-13b-diff); "
@@ -148,7 +148,7 @@ def recover_command(
         _finish(out, result)
 
 
-@app.command("make-diff")
+@app.command("make-diff", rich_help_panel="Rebuild")
 def make_diff_command(
     base: BaseOpt,
     target: Annotated[Path, typer.Option("--target", help="The fine-tuned model; its config and tokenizer files "

@@ -164,6 +164,11 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in _flags(argv) or env in ("1", "true", "yes", "y", "on", "t")
 
 
+# The lifecycle stages that group ``llmkit --help``, in order; a command names its stage with Typer's
+# ``rich_help_panel=``.
+STAGES = ("Get", "Unlock", "Rebuild", "Convert", "Check", "Try")
+
+
 class LlmkitGroup(TyperGroup):
     """The ``llmkit`` group: usage errors and escaped exceptions become one ``error:`` line, exit 2/3."""
 
@@ -198,6 +203,20 @@ class LlmkitGroup(TyperGroup):
             if _debug_requested(argv):
                 traceback.print_exc(file=sys.stderr)
             self._fail(describe_error(e), argv)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """``llmkit --help`` lists the commands by lifecycle stage (:data:`STAGES`, each command's
+        ``rich_help_panel``), in that order, as plain text sections."""
+        rows: dict[str, list[tuple[str, str]]] = {}
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or getattr(cmd, "hidden", False):
+                continue
+            stage = getattr(cmd, "rich_help_panel", None) or "Commands"
+            rows.setdefault(stage, []).append((name, cmd.get_short_help_str(limit=formatter.width - 6 - 12)))
+        for stage in sorted(rows, key=lambda s: STAGES.index(s) if s in STAGES else len(STAGES)):
+            with formatter.section(stage):
+                formatter.write_dl(rows[stage])
 
     def _command_names(self) -> list[str]:
         return sorted(name for name, cmd in self.commands.items() if not getattr(cmd, "hidden", False))

@@ -111,7 +111,7 @@ def _render_lines(result) -> callable:  # result: llmkit.verify.ChecksumResult
     return render
 
 
-@app.command("verify")
+@app.command("verify", rich_help_panel="Check")
 def verify_command(
     paths: Annotated[Optional[list[Path]], typer.Argument(
         metavar="PATH...", help="Downloaded folders or files (default with --table FILE: the current folder). "
@@ -155,7 +155,7 @@ def verify_command(
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-@app.command("checksum")
+@app.command("checksum", rich_help_panel="Check")
 def checksum_command(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Files or folders (folders recursively, "
                                                                        "hidden files skipped); with --tensors: models.")],

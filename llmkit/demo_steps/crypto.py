@@ -24,7 +24,7 @@ def _xor_prefix(data: bytes, key: bytes) -> bytes:
 
 @demo_step(50, "encrypt -> decrypt (TechGPT, BELLE)")
 def _encrypt_decrypt(ctx: DemoContext) -> str:
-    from llmkit.crypto import decrypt, encrypt
+    from llmkit.crypto import DecryptOptions, EncryptOptions, decrypt, encrypt
 
     folder = ctx.workdir / "crypto"
     key_bytes = random.Random(7).randbytes(KEY_BYTES)
@@ -37,7 +37,7 @@ def _encrypt_decrypt(ctx: DemoContext) -> str:
 
     for fmt in ("techgpt", "belle"):
         enc_dir, dec_dir = folder / f"{fmt}-enc", folder / f"{fmt}-dec"
-        encrypt([ctx.base], key, enc_dir, fmt=fmt, key_check=False)
+        encrypt(EncryptOptions(inputs=(ctx.base,), key=key, output=enc_dir, format=fmt, key_check=False))
         for name, plain in originals.items():
             sha = hashlib.sha256(plain)
             label = sha.hexdigest() if fmt == "belle" else hashlib.sha256(b"").hexdigest()
@@ -47,7 +47,7 @@ def _encrypt_decrypt(ctx: DemoContext) -> str:
             expected = (sha.digest() if fmt == "belle" else b"") + _xor_prefix(plain, key_bytes)
             if enc.read_bytes() != expected:
                 raise CheckFailed(f"{fmt}: {enc.name} differs from plaintext XOR key")
-        result = decrypt([enc_dir], key, dec_dir, key_check=False)
+        result = decrypt(DecryptOptions(inputs=(enc_dir,), key=key, output=dec_dir, key_check=False))
         if sorted(f.format for f in result.files) != [fmt] * len(originals):
             raise CheckFailed(f"{fmt}: format detected as {[f.format for f in result.files]}")
         for name, plain in originals.items():
@@ -57,7 +57,7 @@ def _encrypt_decrypt(ctx: DemoContext) -> str:
                 raise CheckFailed(f"{fmt}: decrypted {name} differs from the original")
 
     try:  # without --no-key-check, anything but LLaMA-1 7B consolidated.00.pth is refused up front
-        decrypt([folder / "techgpt-enc"], key, folder / "refused")
+        decrypt(DecryptOptions(inputs=(folder / "techgpt-enc",), key=key, output=folder / "refused"))
     except InputError as e:
         if "consolidated.00.pth" not in str(e) or (folder / "refused").exists():
             raise CheckFailed(f"the wrong key was refused with an unclear message: {e}") from None

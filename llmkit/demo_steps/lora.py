@@ -11,13 +11,13 @@ from llmkit.errors import CheckFailed
 @demo_step(70, "merge-lora")
 def _merge_lora(ctx: DemoContext) -> str:
     from llmkit.io import open_source
-    from llmkit.lora import merge_lora
+    from llmkit.lora import MergeOptions, run
     from llmkit.tiny_lora import peft_merged_state, save_chinese_alpaca_like, save_cutegpt_like
 
     folder = ctx.workdir / "lora"
     adapters = [save_cutegpt_like(folder / "cutegpt-like"), save_chinese_alpaca_like(folder / "chinese-alpaca-like")]
     out = ctx.workdir / "merged-lora"
-    result = merge_lora(ctx.base, adapters, out, force=True)
+    result = run(MergeOptions(ctx.base, tuple(adapters), out, force=True))
     reference = peft_merged_state(ctx.base, adapters)  # transformers + peft, resize then merge_and_unload
     with open_source(out) as src:
         if set(src.keys()) != set(reference):

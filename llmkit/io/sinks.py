@@ -395,8 +395,8 @@ def open_sink(fmt: str, out_dir: str | os.PathLike, specs: list[TensorSpec], *, 
               inputs: Iterable[str | os.PathLike | None] | None = None, extra_bytes: int = 0,
               **options: Any) -> Sink:
     """The sink for format ``fmt`` (``safetensors``, ``bin``, ``meta-pth``, ...), destination checked."""
-    if fmt == "meta-pth" and fmt not in SINKS:
-        import llmkit.io.meta  # noqa: F401 - registers the Meta sink
+    if fmt not in SINKS:
+        import llmkit.io.meta  # noqa: F401 - registers the meta-pth sink (imported on first use)
     if fmt not in SINKS:
         raise InputError(f"unknown output format {fmt!r}", hint=f"use one of {', '.join(sorted(SINKS))}")
     return SINKS[fmt](out_dir, specs, force=force, inputs=inputs, extra_bytes=extra_bytes, **options)

@@ -23,6 +23,7 @@ from typing import Iterator
 import torch
 
 from llmkit.errors import InputError
+from llmkit.io.adapter_config import AdapterConfig
 from llmkit.io.destination import broken_link
 from llmkit.io.dtypes import st_code
 from llmkit.io.jsonfile import read_json
@@ -42,7 +43,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 @dataclass
 class AdapterInfo:
-    """What ``adapter_config.json`` says about a peft LoRA adapter."""
+    """What ``adapter_config.json`` says about a peft LoRA adapter (parsed by :class:`AdapterConfig`)."""
 
     r: int
     lora_alpha: float
@@ -55,32 +56,12 @@ class AdapterInfo:
 
     @classmethod
     def read(cls, path: Path) -> "AdapterInfo":
-        cfg = read_json(path, hint="download the adapter again")
-        assert isinstance(cfg, dict)
-        targets = cfg.get("target_modules") or []
-        if isinstance(targets, str):
-            targets = [targets]
-        saved = cfg.get("modules_to_save") or []
-        if isinstance(saved, str):
-            saved = [saved]
-        base_model = cfg.get("base_model_name_or_path")
-        try:
-            if not isinstance(targets, list) or not isinstance(saved, list):
-                raise TypeError
-            return cls(
-                r=int(cfg.get("r", 8)),
-                lora_alpha=float(cfg.get("lora_alpha", 8)),
-                target_modules=sorted(str(t) for t in targets),
-                modules_to_save=[str(m) for m in saved],
-                fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
-                use_rslora=bool(cfg.get("use_rslora", False)),
-                base_model=str(base_model) if base_model is not None else None,
-                peft_type=str(cfg.get("peft_type", "LORA")),
-            )
-        except (TypeError, ValueError):
-            raise InputError("adapter_config.json has a setting of the wrong type (r and lora_alpha must be "
-                             "numbers, target_modules and modules_to_save lists of names)", path=path,
-                             hint="download the adapter again") from None
+        cfg = AdapterConfig.read(path)
+        targets = cfg.target_modules
+        return cls(r=cfg.r, lora_alpha=cfg.lora_alpha,
+                   target_modules=sorted([targets] if isinstance(targets, str) else targets or []),
+                   modules_to_save=list(cfg.modules_to_save), fan_in_fan_out=cfg.fan_in_fan_out,
+                   use_rslora=cfg.use_rslora, base_model=cfg.base_model, peft_type=cfg.peft_type)
 
 
 @dataclass

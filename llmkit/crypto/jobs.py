@@ -1,0 +1,278 @@
+"""Decrypt and encrypt: run a checked plan, file by file (or ``jobs`` at a time), all or nothing.
+
+Each file streams through :func:`~llmkit.crypto.stream.xor_stream` into a temporary name in the
+output folder, is fsynced (with early writeback, so the fsync is short) and is renamed, together
+with the other files of the run, only after every check of every file passed
+(:class:`~llmkit.io.destination.StagedFiles`). Peak memory ~16 MiB per parallel file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
+
+from llmkit.crypto.keycheck import KEY_DESCRIPTION, check_key
+from llmkit.crypto.keystream import KeyStream, advise_sequential, read_full
+from llmkit.crypto.names import EMPTY_SHA256, HEADER_BYTES, stale_belle_outputs
+from llmkit.crypto.plan import CryptoPlan, DecryptOptions, EncryptOptions, FileJob, plan_decrypt, plan_encrypt
+from llmkit.crypto.results import CryptoResult, FileResult
+from llmkit.crypto.stream import WRITE_BEHIND_OK, Cancelled, write_all, xor_stream
+from llmkit.crypto.tables import finish_tables
+from llmkit.errors import CheckFailed, InputError, writing
+from llmkit.io.destination import TMP_SUFFIX, StagedFiles
+from llmkit.io.sniff import ContentCheck, ContentError
+from llmkit.pipeline import Check, ProgressFactory, no_progress
+
+# work(job, advance, cancel, stage) -> the file's result; its output registered in ``stage``
+FileWork = Callable[[FileJob, Callable[[int], None], threading.Event, StagedFiles], FileResult]
+_Options = TypeVar("_Options", DecryptOptions, EncryptOptions)
+
+
+def _run_all(jobs: list[FileJob], work: Callable[[FileJob, threading.Event], FileResult],
+             n_jobs: int) -> list[FileResult]:
+    """Run ``work`` per job, ``n_jobs`` at a time; on the first failure the others stop and clean up."""
+    cancel = threading.Event()
+    if n_jobs <= 1 or len(jobs) <= 1:
+        return [work(j, cancel) for j in jobs]
+    results: list[FileResult | None] = [None] * len(jobs)
+    failures: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = work(jobs[index], cancel)
+        except BaseException as e:  # noqa: BLE001
+            if not isinstance(e, Cancelled):
+                failures.append(e)
+            cancel.set()
+
+    with ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="llmkit-file") as pool:
+        list(pool.map(run, range(len(jobs))))
+    if failures:
+        raise failures[0]
+    return [r for r in results if r is not None]
+
+
+def _execute(plan: CryptoPlan, work: FileWork, progress: ProgressFactory | None,
+             stale: Sequence[Path] = ()) -> list[FileResult]:
+    """Every file of ``plan`` through ``work`` under one progress bar; the outputs get their final
+    names together (after removing ``stale``, filled while working) only when every file passed."""
+    stage = StagedFiles()
+    try:
+        with (progress or no_progress)(plan.label, plan.total) as advance:
+            lock = threading.Lock()
+
+            def safe_advance(n: int) -> None:
+                with lock:
+                    advance(n)
+
+            results = _run_all(plan.files, lambda j, c: work(j, safe_advance, c, stage), plan.jobs)
+        stage.commit(replace=stale)
+    finally:
+        stage.discard()
+    return results
+
+
+def _finish(plan: CryptoPlan, key_status: str, results: list[FileResult], warnings: list[str],
+            t0: float) -> CryptoResult:
+    return CryptoResult(plan.command, str(plan.key), key_status, str(plan.out_dir or "-"), results, plan.ignored,
+                        warnings, sum(r.bytes for r in results), round(time.perf_counter() - t0, 3))
+
+
+def _as_options(cls: type[_Options], first: Any, key: Any, output: Any, flags: dict[str, Any]) -> _Options:
+    """The options object, or one built from the keyword form ``(inputs, key, out_dir, fmt=..., ...)``."""
+    if isinstance(first, cls):
+        if key is not None or output is not None or flags:
+            raise TypeError(f"pass either a {cls.__name__} or inputs and keyword arguments, not both")
+        return first
+    if "fmt" in flags:
+        flags["format"] = flags.pop("fmt")
+    return cls(inputs=tuple(first), key=key, output=output, **flags)
+
+
+@contextmanager
+def _removed_on_failure(tmp: Path | None) -> Iterator[None]:
+    """A file's temporary output goes when its work fails (once staged, the stage owns it)."""
+    try:
+        yield
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------ decrypt
+
+
+def _content_failed(e: ContentError, job: FileJob, to_stream: bool) -> CheckFailed:
+    """A content check failure as the user's error: garbage means a wrong key, a short file a bad download."""
+    if e.incomplete:
+        kept = "discard what reached stdout" if to_stream else "nothing was kept"
+        return CheckFailed(f"the decrypted {e.kind} file is incomplete: {e.detail}; {kept}", path=job.display,
+                           hint="the .enc file is truncated or damaged: download it again "
+                                "(llmkit verify compares it with the published MD5s)")
+    return CheckFailed(f"the decrypted bytes are not a {e.kind} file ({e.detail}); decryption stopped",
+                       path=job.display,
+                       hint="the key is not the one these weights were encrypted with: TechGPT-1.0 needs "
+                            f"{KEY_DESCRIPTION} (LLaMA-2's file or a converted model is the usual mistake); "
+                            "--no-content-check decrypts files that are not model files")
+
+
+def _read_belle_header(src: BinaryIO, job: FileJob) -> bytes:
+    buf = bytearray(HEADER_BYTES)
+    got = read_full(src, memoryview(buf))
+    if got < HEADER_BYTES:
+        raise InputError(f"only {got} bytes: too short for the 32-byte BELLE sha256 header",
+                         path=job.display, hint="the file is truncated; download it again")
+    if job.header is not None and bytes(buf) != job.header:
+        raise InputError("the header changed while decrypting", path=job.display)
+    return bytes(buf)
+
+
+def _decrypt_one(job: FileJob, key: Path, out_dir: Path | None, stream: BinaryIO | None, stdin: BinaryIO | None,
+                 advance: Callable[[int], None], cancel: threading.Event, warnings: list[str],
+                 stage: StagedFiles, content_check: bool) -> FileResult:
+    start = time.perf_counter()
+    out_md5 = hashlib.md5() if job.out_entries else None
+    out_sha = hashlib.sha256() if job.fmt == "belle" else None
+    out_name = job.out_name or "-"
+    check: ContentCheck | None = None
+    if content_check:
+        check = ContentCheck.for_name(job.out_name, job.payload) if job.out_name else ContentCheck(None)
+    tmp = out_dir / f".{out_name}{TMP_SUFFIX}" if out_dir is not None else None
+    src_cm = open(job.src, "rb", buffering=0) if job.src is not None else nullcontext(stdin)
+    with _removed_on_failure(tmp):
+        with src_cm as src, KeyStream(key) as ks:
+            assert src is not None
+            advise_sequential(src)
+            header = _read_belle_header(src, job) if job.fmt == "belle" else None
+            dst_cm = open(tmp, "wb", buffering=0) if tmp is not None else nullcontext(stream)
+            with writing(out_dir / out_name if out_dir is not None else "-"), dst_cm as dst:
+                assert dst is not None
+                try:
+                    n = xor_stream(src, dst, ks, output_hashes=[h for h in (out_md5, out_sha) if h is not None],
+                                   check=check, advance=advance, cancel=cancel,
+                                   write_behind=WRITE_BEHIND_OK and tmp is not None)
+                    if check is not None:
+                        check.finish()
+                except ContentError as e:
+                    raise _content_failed(e, job, tmp is None) from None
+                if tmp is not None:
+                    os.fsync(dst.fileno())
+                else:
+                    dst.flush()
+        if job.payload is not None and n != job.payload:
+            raise InputError(f"read {n:,} bytes, expected {job.payload:,}: the file changed while decrypting",
+                             path=job.display)
+        result = FileResult(job.display, str(out_dir / out_name) if out_dir is not None else "-", job.fmt, n)
+        if out_sha is not None:
+            result.sha256 = out_sha.hexdigest()
+            if header is not None and out_sha.digest() != header:
+                raise CheckFailed(f"the decrypted sha256 {result.sha256} differs from the header's {header.hex()}"
+                                  + ("; nothing was kept" if tmp is not None else ""), path=job.display,
+                                  hint="the file is truncated or damaged (download it again), or the key is wrong")
+            result.checks.append(Check("sha256 header", "ok", f"{result.sha256} matches the BELLE header"))
+        if out_md5 is not None:
+            result.md5 = out_md5.hexdigest()
+        finish_tables(job, result, warnings)
+        if check is not None and check.seen:
+            result.checks.append(Check("plausible", "ok", f"a whole {check.kind} file"))
+        if tmp is not None and out_dir is not None:
+            stage.add(tmp, out_dir / out_name)
+    result.seconds = round(time.perf_counter() - start, 3)
+    return result
+
+
+def decrypt(options: DecryptOptions | Sequence[str | os.PathLike], key: str | os.PathLike | None = None,
+            out_dir: str | os.PathLike | None = None, *, stream: BinaryIO | None = None,
+            stdin: BinaryIO | None = None, progress: ProgressFactory | None = None, **flags: Any) -> CryptoResult:
+    """Decrypt ``.enc`` files (or every ``*.enc`` in folders) into ``options.output``, or into ``stream``.
+
+    ``Path("-")`` in ``options.inputs`` reads ``stdin`` (needs ``options.format``). Everything that
+    can be checked before the long work is checked first (:func:`~llmkit.crypto.plan.plan_decrypt`),
+    then the key. ``content_check``: the decrypted bytes must be a whole file of the kind the name
+    says (JSON, safetensors, torch zip, SentencePiece; stdin: whichever the first bytes look like).
+    The output set is renamed to its final names only when every file passed. Peak memory ~16 MiB
+    per parallel file, whatever the file size. Also callable as ``decrypt(inputs, key, out_dir,
+    fmt=..., key_check=..., content_check=..., jobs=..., force=..., stream=..., ...)``.
+    """
+    options = _as_options(DecryptOptions, options, key, out_dir, flags)
+    t0 = time.perf_counter()
+    plan = plan_decrypt(options, to_stream=stream is not None)
+    if plan.reads_stdin and stdin is None:
+        stdin = sys.stdin.buffer
+    key_status = check_key(plan.key, progress=progress) if options.key_check else "skipped"
+    if plan.out_dir is not None:
+        plan.out_dir.mkdir(parents=True, exist_ok=True)
+    warnings: list[str] = []
+
+    def work(job: FileJob, advance: Callable[[int], None], cancel: threading.Event, stage: StagedFiles) -> FileResult:
+        return _decrypt_one(job, plan.key, plan.out_dir, stream, stdin, advance, cancel, warnings, stage,
+                            options.content_check)
+
+    return _finish(plan, key_status, _execute(plan, work, progress), warnings, t0)
+
+
+# ------------------------------------------------------------------ encrypt
+
+
+def _encrypt_one(job: FileJob, key: Path, out_dir: Path, force: bool, advance: Callable[[int], None],
+                 cancel: threading.Event, stage: StagedFiles, stale: list[Path]) -> FileResult:
+    start = time.perf_counter()
+    assert job.src is not None
+    name = job.src.name
+    tmp = out_dir / f".{name}.{job.fmt}.enc{TMP_SUFFIX}"
+    sha = hashlib.sha256() if job.fmt == "belle" else None
+    with _removed_on_failure(tmp):
+        label = EMPTY_SHA256 if sha is None else "<sha256>"
+        with writing(out_dir / f"{name}.{label}.enc"), open(job.src, "rb", buffering=0) as src, \
+                KeyStream(key) as ks, open(tmp, "w+b", buffering=0) as dst:
+            advise_sequential(src)
+            if sha is not None:
+                dst.write(bytes(HEADER_BYTES))  # placeholder; the digest is known at the end
+            n = xor_stream(src, dst, ks, input_hashes=[sha] if sha else [], advance=advance, cancel=cancel,
+                           write_behind=WRITE_BEHIND_OK)
+            if sha is not None:
+                dst.seek(0)
+                write_all(dst, memoryview(sha.digest()))
+            os.fsync(dst.fileno())
+        if job.payload is not None and n != job.payload:
+            raise InputError(f"read {n:,} bytes, expected {job.payload:,}: the file changed while encrypting",
+                             path=job.src)
+        label = sha.hexdigest() if sha is not None else EMPTY_SHA256
+        final = f"{name}.{label}.enc"
+        if force and sha is not None:
+            stale += [out_dir / old for old in stale_belle_outputs(out_dir, name) if old != final]
+        stage.add(tmp, out_dir / final)
+    return FileResult(str(job.src), str(out_dir / final), job.fmt, n,
+                      sha256=sha.hexdigest() if sha is not None else None, seconds=round(time.perf_counter() - start, 3))
+
+
+def encrypt(options: EncryptOptions | Sequence[str | os.PathLike], key: str | os.PathLike | None = None,
+            out_dir: str | os.PathLike | None = None, *, progress: ProgressFactory | None = None,
+            **flags: Any) -> CryptoResult:
+    """The exact inverse of :func:`decrypt`: files as the upstream tools would have published them.
+
+    TechGPT: ``<name>.<sha256 of empty>.enc``, no header. BELLE: 32-byte plaintext sha256 header and
+    ``<name>.<sha256>.enc``, written in one pass (the header is filled in at the end). Also callable
+    as ``encrypt(inputs, key, out_dir, fmt=..., key_check=..., jobs=..., force=..., progress=...)``.
+    """
+    options = _as_options(EncryptOptions, options, key, out_dir, flags)
+    t0 = time.perf_counter()
+    plan = plan_encrypt(options)
+    key_status = check_key(plan.key, progress=progress) if options.key_check else "skipped"
+    assert plan.out_dir is not None
+    out = plan.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    stale: list[Path] = []
+
+    def work(job: FileJob, advance: Callable[[int], None], cancel: threading.Event, stage: StagedFiles) -> FileResult:
+        return _encrypt_one(job, plan.key, out, options.force, advance, cancel, stage, stale)
+
+    return _finish(plan, key_status, _execute(plan, work, progress, stale), [], t0)

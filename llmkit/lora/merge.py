@@ -1,0 +1,373 @@
+"""merge-lora as a job on the pipeline: options -> checked inputs -> a Plan -> the one runner.
+
+:func:`open_merge` opens the base and every adapter (headers and mappings only), indexes the adapters
+against the base and plans the vocabulary: every check runs before anything is written. The
+:class:`MergePlan` it returns turns into a :class:`llmkit.pipeline.Plan` whose ``produce(name)`` is
+:meth:`MergePlan.merged` (the base tensor with every adapter applied in order); ``--format pth`` is the
+same merge written by the ``meta-pth`` sink (Meta names, rotary un-permute, model-parallel split).
+
+Memory: each base tensor is read once (or not at all when an adapter replaces it whole), every adapter's
+delta or replacement is applied, and it is handed to the sink; peak ~ a few copies of the largest tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from llmkit.errors import InputError
+from llmkit.io.adapter_config import ADAPTER_CONFIG
+from llmkit.io.dtypes import DTYPE_CHOICES, dtype_name
+from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
+from llmkit.io.sinks import Sink, TensorSpec
+from llmkit.io.sources import TensorSource, open_source
+from llmkit.lora.adapters import Adapter, Resolver, load_adapter
+from llmkit.lora.arithmetic import ROUNDING, add_in_fp32, grow_rows, lora_delta
+from llmkit.lora.tokenizer import has_tokenizer, tokenizer_size
+from llmkit.lora.vocab import VocabPlan, plan_vocabulary, vocab_tensors
+from llmkit.pipeline import (AuxCopy, Check, Execution, Notice, Plan, PlanReport, ProgressFactory, Result, execute,
+                             open_plan_sink, plan_report)
+from llmkit.units import DEFAULT_SHARD_SIZE
+
+FORMATS = ("safetensors", "bin", "pth")
+SINK_FORMATS = {"safetensors": "safetensors", "bin": "bin", "pth": "meta-pth"}
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """``llmkit merge-lora``: merge ``adapters`` (in order) into ``base``, write ``output``.
+
+    ``dtype``: keep (each tensor's own), fp16, bf16 or fp32. ``fmt``: safetensors, bin or pth (Meta
+    ``consolidated.NN.pth``). ``shard_size`` in bytes (safetensors/bin; None: 5 GB). ``tokenizer``: the
+    output's tokenizer folder (None: the last adapter that has one, else the base's). ``pth_shards``: the
+    number of ``.pth`` files (None: Meta's for the hidden size). ``output`` may be None only to open and
+    check the inputs (:func:`plan_merge`).
+    """
+
+    base: Path
+    adapters: tuple[Path, ...]
+    output: Path | None = None
+    dtype: str = "keep"
+    fmt: str = "safetensors"
+    shard_size: int | None = None
+    tokenizer: Path | None = None
+    pth_shards: int | None = None
+    dry_run: bool = False
+    force: bool = False
+
+
+@dataclass
+class AdapterReport:
+    path: str
+    file: str
+    r: int
+    lora_alpha: float
+    scaling: float
+    use_rslora: bool
+    fan_in_fan_out: bool  # as applied (decided by the base layer type, as peft does)
+    lora_modules: int  # base tensors that receive a delta
+    replaced: list[str]  # base tensors replaced by full tensors (modules_to_save)
+    tokenizer_size: int | None
+    vocab_size: int | None  # rows of the embedding after this adapter
+
+
+@dataclass
+class MergeResult(Result):
+    """Result of ``llmkit merge-lora``. Sizes in bytes. ``warnings``: the texts of the warning notices."""
+
+    base: str
+    output: str
+    format: str
+    dtype: str
+    dry_run: bool
+    adapters: list[AdapterReport]
+    vocab_before: int | None
+    vocab_after: int | None
+    mean_initialised_rows: dict[str, int]  # vocab tensor -> new rows no adapter supplied (set to the mean)
+    tokenizer_from: str | None
+    tensors: int
+    total_bytes: int
+    files: list[str]
+    rounding: str
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+    free_disk_bytes: int = 0  # free space found in the output folder's filesystem
+    needed_disk_bytes: int = 0  # output + copied files + margin; less free space is refused
+    disk_margin_bytes: int = 0  # free space kept beyond the output (llmkit.units.space_margin)
+    plan: PlanReport | None = None  # what a dry run would do (sizes, disk, memory)
+
+
+class MergePlan:
+    """Every input opened and checked, every output tensor planned; nothing written yet.
+
+    Build it with :func:`open_merge`, run it with :meth:`run`. Holds the base and adapter sources open
+    (headers and file mappings only) until :meth:`close`.
+    """
+
+    def __init__(self, options: MergeOptions, base: TensorSource, adapters: list[Adapter], vocab: VocabPlan,
+                 config: dict | None, warnings: list[str], dropped: list[str]):
+        self.options = options
+        self.base = base
+        self.adapters = adapters
+        self.vocab = vocab
+        self.config = config
+        self.warnings = warnings
+        self.dropped = dropped  # base tensors Meta's layout has no place for (--format pth)
+        self.out_dtype = DTYPE_CHOICES[options.dtype]
+
+    # ---- shapes and dtypes of the output ----
+    def output_dtype(self, name: str) -> torch.dtype:
+        info = self.base.info(name)
+        if self.out_dtype is None or not info.dtype.is_floating_point:
+            return info.dtype
+        return self.out_dtype
+
+    def output_shape(self, name: str) -> tuple[int, ...]:
+        shape = self.base.info(name).shape
+        if name in self.vocab.tensors and self.vocab.after is not None:
+            return (self.vocab.after, *shape[1:])
+        return shape
+
+    def specs(self) -> list[TensorSpec]:
+        return [TensorSpec(n, self.output_dtype(n), self.output_shape(n)) for n in self.base.keys()]
+
+    # ---- one tensor ----
+    def _last_replacement(self, name: str) -> int | None:
+        return max((i for i, ad in enumerate(self.adapters) if name in ad.replacements), default=None)
+
+    def merged(self, name: str) -> torch.Tensor:
+        """Base tensor ``name`` with every adapter applied in order.
+
+        The base tensor is read once, or not at all when an adapter replaces it whole (then only the
+        adapters from the last replacing one on matter).
+        """
+        dtype = self.output_dtype(name)
+        # One rounding (SPEC.md section 3): converting to another dtype (--dtype) works in fp32 and casts once
+        # at the end; in the tensor's own dtype each adapter rounds, as peft merging into a model loaded in it.
+        work = dtype if dtype == self.base.info(name).dtype else torch.float32
+        vocab = name in self.vocab.tensors
+        last = self._last_replacement(name)
+        t = self.base.get(name) if last is None else None
+        for ad in self.adapters[last or 0:]:
+            key = ad.replacements.get(name)
+            if key is not None:  # replaced whole (its rows were checked against the vocabulary plan)
+                t = ad.source.get(key).to(work)
+            elif vocab and ad.vocab_size is not None and ad.vocab_size > t.shape[0]:
+                t = grow_rows(t.to(work), ad.vocab_size)
+            mod = ad.modules.get(name)
+            if mod is not None:
+                t = add_in_fp32(t, lora_delta(ad.source, mod), work)
+            bias = ad.bias_modules.get(name)
+            if bias is not None:
+                assert bias.bias_key is not None
+                t = add_in_fp32(t, ad.source.get(bias.bias_key).to(torch.float32).mul(bias.scaling), work)
+        final = self.vocab.final_growth
+        if vocab and final is not None and final > t.shape[0]:
+            t = grow_rows(t.to(work), final)
+        return t.to(dtype)  # the one cast (none when nothing changed the tensor's dtype)
+
+    def reads(self, name: str) -> list[tuple[TensorSource, str]]:
+        """The (source, tensor) pairs :meth:`merged` reads for ``name``."""
+        last = self._last_replacement(name)
+        pairs = [(self.base, name)] if last is None else []
+        for ad in self.adapters[last or 0:]:
+            mod, bias = ad.modules.get(name), ad.bias_modules.get(name)
+            keys = [ad.replacements.get(name), *((mod.a_key, mod.b_key) if mod else ()),
+                    bias.bias_key if bias else None]
+            pairs += [(ad.source, k) for k in keys if k is not None]
+        return pairs
+
+    # ---- the pipeline plan ----
+    def pipeline_plan(self, output: Path) -> Plan:
+        """The plan the runner executes: the base's tensors in order, merged, into the format's sink."""
+        o = self.options
+        specs = self.specs()
+        tok = self.vocab.tokenizer_folder if has_tokenizer(self.vocab.tokenizer_folder) else None
+        aux = [AuxCopy(tok, TOKENIZER_FILES)] if tok is not None else []
+        if o.fmt == "pth":  # config.json becomes params.json: only the tokenizer is carried
+            sink_options: dict = {"config": self.config, "shards": o.pth_shards}
+        else:
+            sink_options = {"shard_size": o.shard_size or DEFAULT_SHARD_SIZE}
+            changed = self.vocab.after if self.vocab.after != self.vocab.before else None
+            aux.insert(0, AuxCopy(self.base.folder, CONFIG_FILES, dtype=self.out_dtype, vocab_size=changed))
+        inputs = [self.base.path, self.base.folder, *(a.folder for a in self.adapters), self.vocab.tokenizer_folder]
+        read_bytes = {s.name: sum(src.info(k).nbytes for src, k in self.reads(s.name)) for s in specs}
+        # alive per tensor: its inputs, the fp32 work tensor and delta, the result; plus one finished tensor
+        working = max((read_bytes[s.name] + 8 * math.prod(s.shape) + s.nbytes for s in specs), default=0)
+        notices = [Notice.warning("--shard-size does not apply to --format pth (use --pth-shards)")] \
+            if o.fmt == "pth" and o.shard_size else []
+        return Plan(job="merge-lora", output=Path(output), fmt=SINK_FORMATS[o.fmt], specs=specs, produce=self.merged,
+                    reads=self.reads, inputs=[p for p in inputs if p is not None],
+                    input_bytes=sum(read_bytes.values()),
+                    working_set_bytes=working + max((s.nbytes for s in specs), default=0), label="merging",
+                    aux=aux, sink_options=sink_options, checks=self._checks(),
+                    notices=notices + [Notice.warning(w) for w in self.warnings])
+
+    def _checks(self) -> list[Check]:
+        checks = [Check(f"adapter {a.folder}", "ok", f"{len(a.modules)} LoRA layer(s) and {len(a.replacements)} "
+                        "saved tensor(s) fit the base") for a in self.adapters]
+        if self.vocab.before is not None:
+            checks.append(Check("vocabulary", "ok", f"{self.vocab.before} -> {self.vocab.after} rows, in adapter "
+                                "order; the output tokenizer matches"))
+        return checks
+
+    # ---- running ----
+    def run(self, output: str | os.PathLike | None = None, *, progress: ProgressFactory | None = None,
+            on_plan: Callable[[Plan], None] | None = None) -> MergeResult:
+        """Check the destination, then write the merge to ``output`` (default ``options.output``), or with
+        ``options.dry_run`` only report what a run would do. ``on_plan`` sees the plan (its notices) first."""
+        out = output if output is not None else self.options.output
+        if out is None:
+            raise InputError("no output folder given", hint="pass -o OUT")
+        plan = self.pipeline_plan(Path(out))
+        if on_plan is not None:
+            on_plan(plan)
+        sink = open_plan_sink(plan, force=self.options.force)  # refuses before any progress
+        if self.options.dry_run:
+            return self._result(plan, sink, report=plan_report(plan, sink))
+        return self._result(plan, sink, execution=execute(plan, sink, progress=progress))
+
+    def _result(self, plan: Plan, sink: Sink, *, report: PlanReport | None = None,
+                execution: Execution | None = None) -> MergeResult:
+        return MergeResult(
+            base=str(self.base.path), output=str(plan.output), format=self.options.fmt,
+            dtype=dtype_name(self.out_dtype), dry_run=execution is None, adapters=[_report(a) for a in self.adapters],
+            vocab_before=self.vocab.before, vocab_after=self.vocab.after,
+            mean_initialised_rows=dict(self.vocab.mean_rows),
+            tokenizer_from=str(self.vocab.tokenizer_folder) if has_tokenizer(self.vocab.tokenizer_folder) else None,
+            tensors=len(plan.specs) - len(self.dropped), total_bytes=sink.total_size,
+            files=execution.files if execution else list(sink.files), rounding=ROUNDING,
+            seconds=execution.seconds if execution else 0.0,
+            warnings=[n.text for n in plan.notices if n.level == "warning"], free_disk_bytes=sink.free_disk_bytes,
+            needed_disk_bytes=sink.needed_disk_bytes, disk_margin_bytes=sink.space_margin, plan=report,
+            outputs=[str(plan.output)] if execution else [], checks=plan.checks + (execution.checks if execution else []),
+            notices=list(plan.notices))
+
+    def close(self) -> None:
+        for a in self.adapters:
+            a.close()
+        self.base.close()
+
+    def __enter__(self) -> "MergePlan":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _report(a: Adapter) -> AdapterReport:
+    s = a.settings
+    return AdapterReport(
+        path=str(a.folder), file=a.file.name, r=s.r, lora_alpha=s.lora_alpha, scaling=s.scaling(""),
+        use_rslora=s.use_rslora, fan_in_fan_out=any(m.transpose and not m.embedding for m in a.modules.values()),
+        lora_modules=len(a.modules), replaced=sorted(a.replacements), tokenizer_size=a.tokenizer_size,
+        vocab_size=a.vocab_size)
+
+
+# ------------------------------------------------------------------ planning
+
+def _open_base(path: Path) -> TensorSource:
+    if path.is_dir() and (path / ADAPTER_CONFIG).is_file():
+        raise InputError("--base is a LoRA adapter folder, not a model", path=path,
+                         hint="pass the base model as --base and the adapter as --lora")
+    base = open_source(path)
+    if base.layout == "meta-pth":
+        base.close()
+        raise InputError("the base is in Meta's consolidated.NN.pth layout; LoRA adapters are trained on the "
+                         "Hugging Face layout", path=path,
+                         hint="convert it to Hugging Face format first (transformers' convert_llama_weights_to_hf.py)")
+    return base
+
+
+def _check_options(options: MergeOptions) -> None:
+    if not options.adapters:
+        raise InputError("no adapter given", hint="pass one or more --lora ADAPTER")
+    if options.dtype not in DTYPE_CHOICES:
+        raise InputError(f"unknown dtype {options.dtype!r}", hint=f"use one of {', '.join(DTYPE_CHOICES)}")
+    if options.fmt not in FORMATS:
+        raise InputError(f"unknown format {options.fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
+    if options.pth_shards and options.fmt != "pth":
+        raise InputError("--pth-shards applies to --format pth only")
+    seen: set[Path] = set()
+    for f in options.adapters:
+        key = Path(os.path.realpath(f))  # never raises on a symlink loop (open_source names it below)
+        if key in seen:
+            raise InputError("the same adapter is given twice", path=f, hint="pass each --lora once")
+        seen.add(key)
+
+
+def _meta_dropped(base: TensorSource, config: dict | None, options: MergeOptions) -> list[str]:
+    """``--format pth``: the base tensors Meta's layout leaves out (refuses non-LLaMA names)."""
+    if options.fmt != "pth":
+        return []
+    from llmkit.io.meta import hf_to_meta_name
+
+    if config is None:
+        raise InputError("--format pth needs the base's config.json (heads, layers)", path=base.path)
+    return [name for name in base.keys() if hf_to_meta_name(name) is None]
+
+
+def open_merge(options: MergeOptions) -> MergePlan:
+    """Open and check every input, plan every output tensor. Raises before anything is written.
+
+    Checks: each adapter is a LoRA adapter whose layers exist in the base with the right shapes (else
+    "belongs to another model"); saved embedding rows = the adapter's tokenizer size (the 49953/49954
+    mix-up); vocabularies only grow along the adapter order; the output tokenizer matches the final rows.
+    """
+    _check_options(options)
+    warnings: list[str] = []
+    base = _open_base(Path(options.base))
+    loaded: list[Adapter] = []
+    try:
+        cfg = base.config()  # a config.json that is not a JSON object is an InputError
+        resolver = Resolver(base)
+        vocab = vocab_tensors(base)
+        for f in options.adapters:
+            ad = load_adapter(Path(f), base, resolver, (cfg or {}).get("model_type"), vocab, warnings)
+            loaded.append(ad)
+            if has_tokenizer(ad.folder):
+                ad.tokenizer_size = tokenizer_size(ad.folder)
+        plan = plan_vocabulary(base, loaded, Path(options.tokenizer) if options.tokenizer else None, warnings)
+        dropped = _meta_dropped(base, cfg, options)
+        if dropped:
+            warnings.append(f"{len(dropped)} rotary_emb.inv_freq buffer(s) are not part of Meta's layout and are "
+                            "left out (as the Chinese-LLaMA-Alpaca script does)")
+        return MergePlan(options, base, loaded, plan, cfg, warnings, dropped)
+    except BaseException:
+        for a in loaded:
+            a.close()
+        base.close()
+        raise
+
+
+def run(options: MergeOptions, *, progress: ProgressFactory | None = None,
+        on_plan: Callable[[Plan], None] | None = None) -> MergeResult:
+    """Merge (or with ``options.dry_run`` only check and plan) on the pipeline runner.
+
+    Peak memory ~ a few copies of the largest tensor; every base tensor is read once.
+    """
+    with open_merge(options) as merge:
+        return merge.run(progress=progress, on_plan=on_plan)
+
+
+def plan_merge(base: str | os.PathLike, adapters: list[str | os.PathLike], *, dtype: str = "keep",
+               fmt: str = "safetensors", tokenizer: str | os.PathLike | None = None,
+               pth_shards: int | None = None) -> MergePlan:
+    """:func:`open_merge` with keyword arguments (run it later with ``plan.run(out_dir)``)."""
+    return open_merge(MergeOptions(Path(base), tuple(Path(a) for a in adapters), dtype=dtype, fmt=fmt,
+                                   tokenizer=Path(tokenizer) if tokenizer else None, pth_shards=pth_shards))
+
+
+def merge_lora(base: str | os.PathLike, adapters: list[str | os.PathLike], out_dir: str | os.PathLike, *,
+               dtype: str = "keep", fmt: str = "safetensors", shard_size: int | None = None,
+               tokenizer: str | os.PathLike | None = None, pth_shards: int | None = None, dry_run: bool = False,
+               force: bool = False, progress: ProgressFactory | None = None) -> MergeResult:
+    """:func:`run` with keyword arguments: merge ``adapters`` (in order) into ``base``, write ``out_dir``."""
+    return run(MergeOptions(Path(base), tuple(Path(a) for a in adapters), Path(out_dir), dtype=dtype, fmt=fmt,
+                            shard_size=shard_size, tokenizer=Path(tokenizer) if tokenizer else None,
+                            pth_shards=pth_shards, dry_run=dry_run, force=force), progress=progress)
