@@ -112,7 +112,7 @@ def test_subprocess_error_exit_code_and_stderr(tmp_path):
 def test_top_level_help_groups_commands_by_lifecycle_stage_in_order(run_cli):
     text = run_cli("--help").stdout
     sections = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert sections == ["Options", "Get", "Unlock", "Rebuild", "Check", "Try"]
+    assert sections == ["Options", "Get", "Unlock", "Rebuild", "Convert", "Check", "Try"]
     stage_of = {}
     current = None
     for line in text.splitlines():
@@ -121,5 +121,6 @@ def test_top_level_help_groups_commands_by_lifecycle_stage_in_order(run_cli):
         elif line.startswith("  ") and current not in (None, "Options"):
             stage_of[line.split()[0]] = current
     assert stage_of == {"models": "Get", "decrypt": "Unlock", "encrypt": "Unlock", "merge-lora": "Rebuild",
-                        "recover": "Rebuild", "make-diff": "Rebuild", "inspect": "Check", "verify": "Check",
+                        "recover": "Rebuild", "make-diff": "Rebuild", "from-meta": "Convert", "to-meta": "Convert",
+                        "inspect": "Check", "verify": "Check",
                         "checksum": "Check", "demo": "Try"}

@@ -301,11 +301,12 @@ def test_a_base_with_fewer_layers_says_how_many(tiny_factory, fp32_diff, tmp_pat
         recover(one_layer.path, diff, tmp_path / "out")
 
 
-def test_an_adapter_or_meta_checkpoint_as_base_is_refused_with_a_hint(tiny_factory, fp32_diff, tmp_path):
+def test_an_adapter_as_base_or_a_meta_checkpoint_as_diff_is_refused_with_a_hint(tiny_factory, fp32_diff, tmp_path):
+    # A Meta base is read as the HF model from-meta writes (tests/test_meta_convert.py); a Meta diff is not a diff.
     diff, _ = fp32_diff
     meta = tiny_factory("meta", seed=0)
     with pytest.raises(InputError, match="Meta consolidated"):
-        recover(meta.path, diff, tmp_path / "out")
+        recover(tiny_factory("safetensors").path, meta.path, tmp_path / "out")
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}')

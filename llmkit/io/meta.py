@@ -126,7 +126,7 @@ def meta_split_sizes(name: str, shape: tuple[int, ...], parts: int) -> list[tupl
         pieces[-1] += size % parts
     else:
         raise InputError(f"{name}: dim {dim} of size {size} does not split into {parts} equal model-parallel parts",
-                         hint="choose another --pth-shards")
+                         hint="choose another shard count")
     out = []
     for p in pieces:
         s = list(shape)
@@ -301,6 +301,11 @@ class MetaPthSink:
                  inputs: Iterable[str | os.PathLike | None] | None = None):
         params = meta_params(config)
         self.shards = shards or default_meta_shards(params["dim"])
+        kv = params.get("n_kv_heads", params["n_heads"])
+        if params["n_heads"] % self.shards or kv % self.shards:
+            raise InputError(f"{self.shards} model-parallel shards do not divide the model's {params['n_heads']} "
+                             f"attention heads ({kv} key/value heads)",
+                             hint="choose a shard count that divides the heads (Meta: 7B 1, 13B 2, 33B 4, 65B 8)")
         self._heads = {"attention.wq.weight": params["n_heads"],
                        "attention.wk.weight": params.get("n_kv_heads", params["n_heads"])}
         self._names = {s.name: m for s in specs if (m := hf_to_meta_name(s.name)) is not None}

@@ -276,11 +276,14 @@ def _open_base(path: Path) -> TensorSource:
         raise InputError("--base is a LoRA adapter folder, not a model", path=path,
                          hint="pass the base model as --base and the adapter as --lora")
     base = open_source(path)
-    if base.layout == "meta-pth":
-        base.close()
-        raise InputError("the base is in Meta's consolidated.NN.pth layout; LoRA adapters are trained on the "
-                         "Hugging Face layout", path=path,
-                         hint="convert it to Hugging Face format first (transformers' convert_llama_weights_to_hf.py)")
+    if base.layout == "meta-pth":  # Meta originals as the HF model from-meta writes (no intermediate copy)
+        from llmkit.io.meta_hf import open_as_hf
+
+        try:
+            return open_as_hf(base)
+        except BaseException:
+            base.close()
+            raise
     return base
 
 
