@@ -121,6 +121,11 @@ def _tokenizer(options: FromMetaOptions, folder: Path) -> tuple[AuxCopy | None, 
                                  "(pass --tokenizer)")]
 
 
+def _may_be_llama1_7b(view: MetaHFView) -> bool:
+    """One 4096-wide shard: the only original a table publishes (``checksums/llama-7b-meta.md5``)."""
+    return view.info("model.embed_tokens.weight").shape[1] == 4096 and len(view.files) == 1
+
+
 class _PublishedOriginal:
     """A tap that hashes Meta's published original(s) in a thread while the conversion streams, and judges
     the digest before the rename (``llama-7b-meta``; a mismatch is a warning, not a failure)."""
@@ -183,7 +188,7 @@ def from_meta(options: FromMetaOptions, *, progress: ProgressFactory | None = No
                           files=config_files(cfg), notices=notices, sink_options={"shard_size": options.shard_size})
         if tok is not None:
             plan.inputs.append(tok.folder)
-        if view.info("model.embed_tokens.weight").shape[1] == 4096 and len(view.files) == 1:
+        if _may_be_llama1_7b(view):
             plan.taps.append(_PublishedOriginal(folder, [p.name for p in view.weight_files]))
     except BaseException:
         src.close()
