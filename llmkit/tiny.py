@@ -186,3 +186,35 @@ def save_tiny_model(folder: Path, layout: str = "safetensors", *, seed: int = 0,
             for extra in ("tokenizer_config.json", "special_tokens_map.json"):
                 (folder / extra).unlink()
     return state
+
+
+def write_random_meta(root: Path, *, layers: int, hidden: int, intermediate: int, vocab: int, heads: int,
+                      seed: int = 0, scale: float = 0.02) -> None:
+    """Random fp16 LLaMA weights as Meta's 2-shard layout (13B-style split) + ``params.json`` in ``root``,
+    one tensor generated at a time (for memory tests and benchmarks; no HF model behind it)."""
+    g = torch.Generator().manual_seed(seed)
+    shards: list[dict[str, torch.Tensor]] = [{}, {}]
+
+    def put(name: str, shape: tuple[int, ...], dim: int | None) -> None:
+        t = (torch.randn(shape, generator=g) * scale).half()
+        for i, piece in enumerate(torch.chunk(t, 2, dim=dim) if dim is not None else (t, t)):
+            shards[i][name] = piece.clone()
+
+    put("tok_embeddings.weight", (vocab, hidden), 1)
+    for i in range(layers):
+        p = f"layers.{i}."
+        for n in ("wq", "wk", "wv"):
+            put(p + f"attention.{n}.weight", (hidden, hidden), 0)
+        put(p + "attention.wo.weight", (hidden, hidden), 1)
+        put(p + "feed_forward.w1.weight", (intermediate, hidden), 0)
+        put(p + "feed_forward.w2.weight", (hidden, intermediate), 1)
+        put(p + "feed_forward.w3.weight", (intermediate, hidden), 0)
+        put(p + "attention_norm.weight", (hidden,), None)
+        put(p + "ffn_norm.weight", (hidden,), None)
+    put("norm.weight", (hidden,), None)
+    put("output.weight", (vocab, hidden), 0)
+    root.mkdir(parents=True)
+    for i, s in enumerate(shards):
+        torch.save(s, root / f"consolidated.{i:02d}.pth")
+    (root / "params.json").write_text(json.dumps({"dim": hidden, "multiple_of": 256, "n_heads": heads,
+                                                  "n_layers": layers, "norm_eps": 1e-6, "vocab_size": -1}))
