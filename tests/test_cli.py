@@ -120,7 +120,7 @@ def test_top_level_help_groups_commands_by_lifecycle_stage_in_order(run_cli):
             current = line[:-1]
         elif line.startswith("  ") and current not in (None, "Options"):
             stage_of[line.split()[0]] = current
-    assert stage_of == {"models": "Get", "decrypt": "Unlock", "encrypt": "Unlock", "merge-lora": "Rebuild",
+    assert stage_of == {"download": "Get", "models": "Get", "decrypt": "Unlock", "encrypt": "Unlock", "merge-lora": "Rebuild",
                         "recover": "Rebuild", "make-diff": "Rebuild", "from-meta": "Convert", "to-meta": "Convert",
                         "inspect": "Check", "verify": "Check",
                         "checksum": "Check", "demo": "Try"}

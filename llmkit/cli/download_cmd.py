@@ -1,0 +1,69 @@
+"""``llmkit download``: a registry model (or any repo) through the hub or a mirror, content-verified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.console import Console
+
+from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.output import Output
+from llmkit.units import human_bytes
+
+
+def _render(result):  # result: llmkit.hub.DownloadResult
+    def render(console: Console) -> None:
+        for f in result.files:
+            how = f" ({f.verified})" if f.verified else ""
+            console.print(f"{f.status:<15} {f.path}  {human_bytes(f.size)}{how}", markup=False)
+        verb = "would download" if result.dry_run else "downloaded"
+        moved = sum(f.size for f in result.files if f.status == verb)
+        console.print(f"{result.repo}@{result.revision[:12]} -> {result.output}: {len(result.files)} file(s), "
+                      f"{human_bytes(result.total_bytes)}; {verb} {human_bytes(moved)} in {result.seconds:.1f} s",
+                      markup=False)
+        if result.dry_run:
+            console.print(f"free disk: {human_bytes(result.free_disk_bytes)}; nothing was written", markup=False)
+        elif result.next_step:
+            console.print(f"next: {result.next_step}", markup=False)
+    return render
+
+
+@app.command("download", rich_help_panel="Get")
+def download_command(
+    model: Annotated[str, typer.Argument(help="A model name from 'llmkit models' (picks the repo, the folder and "
+                                              "the published checksum table) or any owner/name repo id.",
+                                         show_default=False, metavar="MODEL")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: ./<model name>).",
+                                                   show_default=False)] = None,
+    include: Annotated[Optional[List[str]], typer.Option("--include", help="Only files matching this glob "
+                                                                           "(repeatable).")] = None,
+    exclude: Annotated[Optional[List[str]], typer.Option("--exclude", help="Skip files matching this glob "
+                                                                           "(repeatable).")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main).")
+                        ] = None,
+    endpoint: Annotated[Optional[str], typer.Option(
+        "--endpoint", help="Hub or mirror URL (default: HF_ENDPOINT, else huggingface.co). Tokens come from "
+                           "HF_TOKEN or 'hf auth login', never from the command line.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=16, help="Files downloaded in parallel.")] = 4,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files, sizes and free disk; write nothing.")]
+    = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Check sizes only (files present with the right "
+                                                                "size are skipped).")] = False,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Download a model through the hub or a mirror; every file verified by content, verified files skipped."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        from llmkit.hub import DownloadOptions, download
+
+        options = DownloadOptions(model, output, include=tuple(include or ()), exclude=tuple(exclude or ()),
+                                  revision=revision, endpoint=endpoint, jobs=jobs, dry_run=dry_run,
+                                  verify=not no_verify, force=force)
+        result = download(options, progress=out.progress)
+        out.notices(result)
+        out.result(result, _render(result))

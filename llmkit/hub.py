@@ -1,0 +1,323 @@
+"""``llmkit download``: a model of the registry (or any repo) from the hub or a mirror, content-verified.
+
+Built on huggingface_hub (``HfApi`` for the file list, ``hf_hub_download`` for the bytes; SPEC.md
+section 7), without the client behaviours a user must not inherit:
+
+- every file is verified by content, not size: LFS files against the sha256 the hub announces, small
+  files against their git blob sha1, and the registry's published MD5 tables where the model has one;
+  a file already present and verified is skipped (nothing transferred); a same-size corruption is
+  fetched again; bytes corrupted in transit are refused (nothing under the final name);
+- files are fetched into a private staging folder (``.llmkit-download`` in DIR, removed at the end,
+  lock files and all) and renamed into place only once verified;
+- a missing, private or gated repo is an error with the hub's hint, never an old folder reported as
+  downloaded; a dropped connection is an error naming the file, and a re-run completes;
+- repo-supplied names are never trusted as paths: anything that would land outside DIR is refused;
+- tokens come the hub's way (``HF_TOKEN`` or ``hf auth login``), never from the command line.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from llmkit.errors import CheckFailed, InputError, LlmkitError, writing
+from llmkit.io.destination import check_output_path
+from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
+from llmkit.units import check_space, free_bytes, human_bytes
+
+STAGING = ".llmkit-download"
+_CHUNK = 8 * 2**20
+RESUME_CHUNK = 16 * 2**10  # bytes the client writes at a time, so a dropped transfer resumes close to where it was
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """``llmkit download``: ``model`` is a registry name or any ``owner/name`` repo id."""
+
+    model: str
+    output: Path | None = None  # default: ./<model name>
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    revision: str | None = None
+    endpoint: str | None = None  # default: HF_ENDPOINT, else the hub
+    jobs: int = 4
+    dry_run: bool = False
+    verify: bool = True
+    force: bool = False  # fetch again even files that verify
+
+
+@dataclass
+class FileOutcome:
+    path: str
+    size: int
+    status: str  # downloaded | skipped | would download
+    digest: str | None = None
+    verified: str | None = None  # sha256 | git-sha1 | table | None
+
+
+@dataclass
+class DownloadResult(Result):
+    repo: str
+    revision: str
+    output: str
+    dry_run: bool
+    files: list[FileOutcome] = field(default_factory=list)
+    bytes_downloaded: int = 0
+    total_bytes: int = 0
+    free_disk_bytes: int = 0
+    next_step: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class _Remote:
+    path: str
+    size: int
+    algorithm: str  # sha256 (LFS) or git-sha1
+    digest: str
+
+
+def _resolve(options: DownloadOptions):
+    """(repo id, output folder, registry model or None)."""
+    from llmkit.registry import MODELS
+
+    model = next((m for m in MODELS if m.name == options.model), None)
+    by_repo = next((m for m in MODELS if m.repo_id and m.repo_id == options.model), None)
+    if model is None and by_repo is not None:  # a registry repo by its id: same table and next step
+        return by_repo.repo_id, Path(options.output or by_repo.repo_id.split("/")[1]), by_repo
+    if model is not None:
+        if not model.repo_id:
+            raise InputError(f"{model.name} is not on the hub ({model.notes or 'obtain it from its publisher'})",
+                             hint="llmkit models lists what can be downloaded")
+        repo = model.repo_id
+    elif options.model.count("/") == 1 and all(options.model.split("/")):
+        repo = options.model
+    else:
+        raise InputError(f"{options.model!r} is neither a known model nor an owner/name repo id",
+                         hint="llmkit models lists the known models")
+    out = Path(options.output) if options.output is not None else Path(model.name if model else repo.split("/")[1])
+    return repo, out, model
+
+
+def _safe_target(out: Path, name: str) -> Path:
+    """``out / name`` for a repo-supplied name that stays inside ``out``; anything else is refused."""
+    p = PurePosixPath(name)
+    if not name or "\\" in name or p.is_absolute() or any(part in ("..", "") for part in p.parts) or \
+            name.startswith("/"):
+        raise InputError(f"the repo lists a file named {name!r}, which would be written outside the output "
+                         "folder; nothing was downloaded", path=out, hint="this repo is not safe to download")
+    target = out.joinpath(*p.parts)
+    if os.path.commonpath([os.path.realpath(out), os.path.realpath(target)]) != os.path.realpath(out):
+        raise InputError(f"the repo file {name!r} would land outside the output folder (a symlink?)", path=out,
+                         hint="remove the symlink from the output folder")
+    return target
+
+
+def _hub_error(e: BaseException, repo: str, endpoint: str) -> LlmkitError:
+    from huggingface_hub import errors
+
+    name = type(e).__name__
+    if isinstance(e, errors.GatedRepoError):
+        return InputError(f"{repo} is gated on {endpoint}: access needs an accepted licence and a token",
+                          hint="accept its terms on the hub page, then set HF_TOKEN or run hf auth login")
+    if isinstance(e, errors.RepositoryNotFoundError):
+        return InputError(f"no repository {repo} on {endpoint} (or it is private)",
+                          hint="check the name (llmkit models lists the known ones); for a private repo set "
+                               "HF_TOKEN or run hf auth login")
+    if isinstance(e, errors.RevisionNotFoundError):
+        return InputError(f"{repo} has no such revision", hint="check --revision")
+    if isinstance(e, errors.HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):
+            return InputError(f"{endpoint} refused access to {repo} (HTTP {status})",
+                              hint="set HF_TOKEN or run hf auth login with a token that can read it")
+        return InputError(f"the hub answered HTTP {status} for {repo}: {e}",
+                          hint="try again later or another --endpoint")
+    return InputError(f"cannot reach {endpoint} for {repo} ({name}: {e})",
+                      hint="check the network or the mirror (--endpoint / HF_ENDPOINT)")
+
+
+def _git_sha1(path: Path) -> str:
+    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    if algorithm == "git-sha1":
+        return _git_sha1(path)
+    from llmkit.hashing import hash_file
+
+    return hash_file(path, algorithm)
+
+
+def _list(repo: str, options: DownloadOptions, endpoint: str) -> tuple[str, list[_Remote]]:
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.hf_api import RepoFile
+
+    api = HfApi(endpoint=endpoint, token=get_token())
+    try:
+        info = api.model_info(repo, revision=options.revision)
+        entries = list(api.list_repo_tree(repo, revision=info.sha, recursive=True))
+    except Exception as e:  # noqa: BLE001 - every hub failure becomes one message
+        raise _hub_error(e, repo, endpoint) from e
+    files = []
+    for f in entries:
+        if not isinstance(f, RepoFile):
+            continue
+        if options.include and not any(fnmatch.fnmatch(f.path, g) for g in options.include):
+            continue
+        if any(fnmatch.fnmatch(f.path, g) for g in options.exclude):
+            continue
+        if f.lfs is not None:
+            files.append(_Remote(f.path, int(f.lfs.size), "sha256", str(f.lfs.sha256)))
+        else:
+            files.append(_Remote(f.path, int(f.size), "git-sha1", str(f.blob_id)))
+    return str(info.sha), files
+
+
+def _next_step(model, out: Path) -> str | None:
+    if model is None:
+        return f"llmkit inspect {out}"
+    if model.kind == "encrypted":
+        return f"llmkit decrypt {out} --key /path/to/LLaMA/7B/consolidated.00.pth -o {out}-decrypted"
+    if model.kind == "diff":
+        return f"llmkit recover --base /path/to/LLaMA/13B --diff {out} -o {model.tables.get('recovered', 'out')}"
+    if model.kind == "lora":
+        return f"llmkit merge-lora --base <{model.needs}> --lora {out} -o {out}-merged"
+    return f"llmkit inspect {out}"
+
+
+def download(options: DownloadOptions, *, progress: ProgressFactory | None = None) -> DownloadResult:
+    """List, plan, fetch what is missing or wrong, verify, rename into place (see the module docstring)."""
+    from llmkit.registry import find_expected
+
+    start = time.perf_counter()
+    if options.jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {options.jobs}")
+    repo, out, model = _resolve(options)
+    endpoint = (options.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    check_output_path(out)
+    revision, remote = _list(repo, options, endpoint)
+    targets = {r.path: _safe_target(out, r.path) for r in remote}  # every name checked before any byte
+    table = model.tables.get("download") if model is not None else None
+    result = DownloadResult(repo=repo, revision=revision, output=str(out), dry_run=options.dry_run,
+                            total_bytes=sum(r.size for r in remote), next_step=_next_step(model, out))
+    todo: list[_Remote] = []
+    for r in remote:
+        t = targets[r.path]
+        if not options.force and t.is_file() and t.stat().st_size == r.size and \
+                (not options.verify or _digest(t, r.algorithm) == r.digest):
+            result.files.append(FileOutcome(r.path, r.size, "skipped", r.digest,
+                                            r.algorithm if options.verify else None))
+        else:
+            todo.append(r)
+    need = sum(r.size for r in todo)
+    result.free_disk_bytes = free_bytes(out)
+    check_space(out, need, result.free_disk_bytes)
+    if options.dry_run:
+        result.files += [FileOutcome(r.path, r.size, "would download", r.digest) for r in todo]
+        result.notices.append(Notice.info(f"{len(todo)} file(s) to download ({human_bytes(need)}), "
+                                          f"{len(remote) - len(todo)} already verified"))
+        return _finish(result, remote, start)
+    _quiet_client()
+    staging = out / STAGING
+    lock = threading.Lock()
+    try:
+        with writing(out):
+            staging.mkdir(parents=True, exist_ok=True)
+        with (progress or no_progress)("downloading", need) as advance:
+            def fetch(r: _Remote) -> FileOutcome:
+                outcome = _fetch(repo, revision, endpoint, r, staging, targets[r.path], options.verify)
+                with lock:
+                    advance(r.size)
+                return outcome
+            with ThreadPoolExecutor(max_workers=min(options.jobs, max(1, len(todo)))) as pool:
+                result.files += list(pool.map(fetch, todo))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result.bytes_downloaded = need
+    if table is not None and options.verify:
+        _check_table(result, out, table, find_expected)
+    return _finish(result, remote, start)
+
+
+def _quiet_client() -> None:
+    """Quiet the client (its retry messages and tqdm bars would break the one-line-error and rich-progress
+    conventions: llmkit reports the outcome itself) and make its resume fine-grained."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import disable_progress_bars, logging
+
+    logging.set_verbosity_error()
+    disable_progress_bars()
+    # The client resumes a dropped transfer from the bytes it has written, in chunks of this size (10 MB by
+    # default): with smaller chunks a drop early in a file resumes instead of restarting from byte 0.
+    constants.DOWNLOAD_CHUNK_SIZE = RESUME_CHUNK
+
+
+def _fetch(repo: str, revision: str, endpoint: str, r: _Remote, staging: Path, target: Path,
+           verify: bool) -> FileOutcome:
+    """One file: fetched by huggingface_hub into the staging folder, verified, renamed into place."""
+    from huggingface_hub import get_token, hf_hub_download
+
+    try:
+        got = Path(hf_hub_download(repo, r.path, revision=revision, local_dir=staging, endpoint=endpoint,
+                                   token=get_token(), force_download=True))
+    except Exception as e:  # noqa: BLE001
+        from huggingface_hub import errors
+
+        cause: BaseException | None = e  # the client wraps a refused file in "Force download failed"
+        while cause is not None and not isinstance(cause, errors.HfHubHTTPError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise _hub_error(cause, repo, endpoint) from e
+        raise InputError(f"the download of {r.path} failed ({type(e).__name__}: {e}); nothing was kept under its "
+                         "name", path=target, hint="run the same command again: verified files are skipped") from e
+    if got.stat().st_size != r.size:
+        raise CheckFailed(f"received {got.stat().st_size:,} bytes, the hub announced {r.size:,}; nothing was kept",
+                          path=target, hint="run the same command again")
+    digest = _digest(got, r.algorithm) if verify else None
+    if verify and digest != r.digest:
+        raise CheckFailed(f"the received bytes have {r.algorithm} {digest}, the hub announced {r.digest}: corrupted "
+                          "in transit; nothing was kept under this name", path=target,
+                          hint="run the same command again, or try another --endpoint")
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(got, target)
+    return FileOutcome(r.path, r.size, "downloaded", digest or r.digest, r.algorithm if verify else None)
+
+
+def _check_table(result: DownloadResult, out: Path, table: str, find_expected) -> None:
+    """The registry's published MD5 table: a match marks the file ``table``-verified, a mismatch warns."""
+    from llmkit.hashing import hash_file
+
+    for f in result.files:
+        entries = [h for t, h in find_expected(Path(f.path).name, "md5") if t == table]
+        if not entries:
+            continue
+        md5 = hash_file(out / f.path, "md5")
+        if md5 in entries:
+            f.verified = "table"
+            result.checks.append(Check(f.path, "ok", f"md5 {md5} matches table {table}"))
+        else:
+            result.checks.append(Check(f.path, "mismatch", f"md5 {md5} differs from table {table}"))
+            result.notices.append(Notice.warning(f"{f.path}: md5 {md5} differs from the published table {table} "
+                                                 "(the repo changed since the model card was written?)"))
+
+
+def _finish(result: DownloadResult, remote: list[_Remote], start: float) -> DownloadResult:
+    order = {r.path: i for i, r in enumerate(remote)}
+    result.files.sort(key=lambda f: order[f.path])
+    if not result.dry_run:
+        result.outputs = [result.output]
+    result.seconds = round(time.perf_counter() - start, 3)
+    return result
