@@ -109,8 +109,7 @@ def _resolve(options: DownloadOptions):
 def _safe_target(out: Path, name: str) -> Path:
     """``out / name`` for a repo-supplied name that stays inside ``out``; anything else is refused."""
     p = PurePosixPath(name)
-    if not name or "\\" in name or p.is_absolute() or any(part in ("..", "") for part in p.parts) or \
-            name.startswith("/"):
+    if not name or "\\" in name or p.is_absolute() or ".." in p.parts:
         raise InputError(f"the repo lists a file named {name!r}, which would be written outside the output "
                          "folder; nothing was downloaded", path=out, hint="this repo is not safe to download")
     target = out.joinpath(*p.parts)

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from llmkit.errors import InputError
-from llmkit.io.dtypes import CONFIG_NAMES, DTYPE_CHOICES
-from llmkit.io.files import TOKENIZER_FILES
-from llmkit.io.meta_hf import MetaHFView, config_files, hf_config, tokenizer_model
+from llmkit.io.dtypes import DTYPE_CHOICES
+from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
+from llmkit.io.meta_hf import MetaHFView, open_as_hf, tokenizer_model
 from llmkit.io.sinks import TensorSpec
 from llmkit.io.sources import TensorSource, open_source
 from llmkit.pipeline import (AuxCopy, Check, Notice, Plan, PlanReport, ProgressFactory, Result, execute,
@@ -177,21 +177,21 @@ def from_meta(options: FromMetaOptions, *, progress: ProgressFactory | None = No
         src.close()
         raise InputError(f"not a Meta checkpoint (this is {src.layout})", path=options.source,
                          hint="pass the folder holding consolidated.NN.pth and params.json")
+    view = open_as_hf(src)  # closes src on failure
     try:
-        view = MetaHFView(src)  # type: ignore[arg-type]
-        cfg = hf_config(view)
-        if dtype is not None:
-            cfg["torch_dtype"] = CONFIG_NAMES[dtype]
         folder = view.meta_folder
         tok, notices = _tokenizer(options, folder)
-        plan = _cast_plan("from-meta", view, options, dtype, options.fmt, aux=[tok] if tok else [],
-                          files=config_files(cfg), notices=notices, sink_options={"shard_size": options.shard_size})
+        # config.json / generation_config.json as the view derived them (the files recover and merge-lora
+        # read from a Meta base), with the output dtype written in when one is asked for.
+        config = AuxCopy(view.folder, CONFIG_FILES, dtype=dtype)
+        plan = _cast_plan("from-meta", view, options, dtype, options.fmt, aux=[config, *([tok] if tok else [])],
+                          notices=notices, sink_options={"shard_size": options.shard_size})
         if tok is not None:
             plan.inputs.append(tok.folder)
         if _may_be_llama1_7b(view):
             plan.taps.append(_PublishedOriginal(folder, [p.name for p in view.weight_files]))
     except BaseException:
-        src.close()
+        view.close()  # also removes the view's derived-config folder
         raise
     return _run("from-meta", options, plan, options.fmt, progress, str(tok.folder) if tok else None)
 

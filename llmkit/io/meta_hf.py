@@ -210,7 +210,12 @@ def tokenizer_model(meta_folder: Path) -> Path | None:
 
 
 def open_as_hf(source: TensorSource) -> TensorSource:
-    """``source`` itself, or a Meta folder seen as HF (:class:`MetaHFView`)."""
-    if isinstance(source, MetaSource):
+    """``source`` itself, or a Meta folder seen as HF (:class:`MetaHFView`); ``source`` is closed when its
+    checks fail, so callers need no cleanup of their own."""
+    if not isinstance(source, MetaSource):
+        return source
+    try:
         return MetaHFView(source)
-    return source
+    except BaseException:
+        source.close()
+        raise

@@ -245,7 +245,8 @@ class MergePlan:
             seconds=execution.seconds if execution else 0.0,
             warnings=[n.text for n in plan.notices if n.level == "warning"], free_disk_bytes=sink.free_disk_bytes,
             needed_disk_bytes=sink.needed_disk_bytes, disk_margin_bytes=sink.space_margin, plan=report,
-            outputs=[str(plan.output)] if execution else [], checks=plan.checks + (execution.checks if execution else []),
+            outputs=[str(plan.output)] if execution else [],
+            checks=plan.checks + (execution.checks if execution else []),
             notices=list(plan.notices))
 
     def close(self) -> None:
@@ -279,11 +280,7 @@ def _open_base(path: Path) -> TensorSource:
     if base.layout == "meta-pth":  # Meta originals as the HF model from-meta writes (no intermediate copy)
         from llmkit.io.meta_hf import open_as_hf
 
-        try:
-            return open_as_hf(base)
-        except BaseException:
-            base.close()
-            raise
+        return open_as_hf(base)
     return base
 
 

@@ -37,7 +37,9 @@ def open_model(path: str | os.PathLike, role: str) -> TensorSource:
             raise InputError(f"the {role} is in Meta consolidated.NN.pth layout, whose tensor names differ "
                              "from the Hugging Face names of weight diffs", path=path,
                              hint="convert it first: llmkit from-meta")
-        src = _as_hf(src)  # Meta originals as the HF model from-meta writes (no intermediate copy)
+        from llmkit.io.meta_hf import open_as_hf
+
+        src = open_as_hf(src)  # Meta originals as the HF model from-meta writes (no intermediate copy)
     for info in src.infos():
         if not info.dtype.is_floating_point or info.dtype.itemsize == 1:
             src.close()
@@ -172,14 +174,3 @@ def aux_plan(other: TensorSource, base: TensorSource, role: str) -> tuple[dict[s
     if not any(n in plan for n in TOKENIZER_FILES):
         notes.append("no tokenizer files found in either folder; the output has none")
     return plan, notes
-
-
-def _as_hf(src: TensorSource) -> TensorSource:
-    """A Meta folder seen as the Hugging Face model ``from-meta`` writes (``llmkit.io.meta_hf``)."""
-    from llmkit.io.meta_hf import open_as_hf
-
-    try:
-        return open_as_hf(src)
-    except BaseException:
-        src.close()
-        raise
