@@ -129,6 +129,7 @@ class Plan:
     working_set_bytes: int  # bytes alive while the largest tensor is processed
     label: str = "writing"  # the progress bar's label
     aux: list[AuxCopy] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)  # small files made by the job (a derived config.json)
     sink_options: dict[str, Any] = field(default_factory=dict)  # shard_size; meta-pth: config, shards
     checks: list[Check] = field(default_factory=list)  # pre-checks done while planning
     notices: list[Notice] = field(default_factory=list)
@@ -148,7 +149,7 @@ class Plan:
     @property
     def aux_bytes(self) -> int:
         return sum((a.folder / n).stat().st_size for a in self.aux if a.folder is not None
-                   for n in a.names if (a.folder / n).is_file())
+                   for n in a.names if (a.folder / n).is_file()) + sum(len(d) for d in self.files.values())
 
 
 @dataclass
@@ -194,7 +195,7 @@ def plan_report(plan: Plan, sink: "Sink") -> PlanReport:
         output=str(plan.output), format=plan.fmt, tensors=len(plan.specs), output_bytes=sink.total_size,
         input_bytes=plan.input_bytes,
         files=list(sink.files) + sorted({n for a in plan.aux if a.folder is not None
-                                         for n in a.names if (a.folder / n).is_file()}),
+                                         for n in a.names if (a.folder / n).is_file()} | set(plan.files)),
         largest_tensor=largest.name if largest else "", largest_tensor_bytes=largest.nbytes if largest else 0,
         memory_estimate_bytes=plan.working_set_bytes + current_rss(), free_disk_bytes=sink.free_disk_bytes,
         needed_disk_bytes=sink.needed_disk_bytes, disk_margin_bytes=sink.space_margin)
@@ -270,6 +271,8 @@ def execute(plan: Plan, sink: "Sink", *, progress: ProgressFactory | None = None
                 advance(pending.result())
         for a in plan.aux:
             sink.copy_aux_files(a.folder, dtype=a.dtype, vocab_size=a.vocab_size, only=a.names)
+        for file_name, data in plan.files.items():
+            sink.add_file(file_name, data)
         for tap in plan.taps:  # decided before the rename: a failed tap raises and nothing is kept
             check = tap.finish()
             if check is not None:

@@ -122,5 +122,6 @@ def test_top_level_help_groups_commands_by_lifecycle_stage_in_order(run_cli):
             stage_of[line.split()[0]] = current
     assert stage_of == {"download": "Get", "models": "Get", "decrypt": "Unlock", "encrypt": "Unlock", "merge-lora": "Rebuild",
                         "recover": "Rebuild", "make-diff": "Rebuild", "from-meta": "Convert", "to-meta": "Convert",
+                        "to-ckpt": "Convert", "from-ckpt": "Convert",
                         "inspect": "Check", "verify": "Check",
                         "checksum": "Check", "demo": "Try"}

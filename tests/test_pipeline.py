@@ -90,6 +90,12 @@ def test_a_failing_tap_keeps_nothing(tiny_factory, tmp_path):
 
 def test_the_sink_registry_has_every_format_and_refuses_unknown_ones(tmp_path):
     assert {"safetensors", "bin"} <= set(SINKS)
-    with pytest.raises(InputError, match="meta-pth"):
-        open_sink("ckpt", tmp_path / "o", [])
-    assert "meta-pth" in SINKS  # registered on first use by the line above
+    with pytest.raises(InputError, match="ckpt.*meta-pth"):
+        open_sink("gguf", tmp_path / "o", [])
+    with open_sink("ckpt", tmp_path / "o.ckpt", []) as sink:  # registered on first use
+        assert sink.files == ["o.ckpt"]
+    assert (tmp_path / "o.ckpt").read_bytes() == b""  # a checkpoint of no tensors is an empty file
+    with open_sink("meta-pth", tmp_path / "m", [], config={"hidden_size": 64, "num_attention_heads": 4,
+                                                            "num_hidden_layers": 0, "vocab_size": 8}):
+        pass
+    assert {"meta-pth", "ckpt"} <= set(SINKS)

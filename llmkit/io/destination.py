@@ -88,6 +88,31 @@ def ensure_output_is_new(out_dir: Path, inputs: Iterable[str | os.PathLike | Non
                              hint="choose another -o; llmkit never writes beside or over its inputs")
 
 
+def ensure_output_file_is_new(out_file: Path, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse an output *file* (``-o model.ckpt``) that is a folder, a broken link, an input, inside an
+    input folder or beside an input file; its folder must be able to exist (:func:`check_output_path`).
+    Symlinks are resolved. Existing files are the caller's business (``--force``)."""
+    out_file = Path(out_file)
+    problem = broken_link(out_file)
+    if problem is not None:
+        raise InputError(f"the output path {problem}", path=out_file, hint="remove the link or choose another -o")
+    if out_file.is_dir():
+        raise OutputExistsError("the output path is a folder; this command writes one file", path=out_file,
+                                hint=f"name the file, e.g. -o {out_file / 'model.ckpt'}")
+    check_output_path(out_file.parent)
+    out = Path(os.path.realpath(out_file))
+    for p in inputs:
+        if p is None:
+            continue
+        src = Path(os.path.realpath(p))
+        if out == src:
+            raise InputError(f"the output file is the input {p}", path=out_file,
+                             hint="choose another -o; llmkit never writes over its inputs")
+        if src.is_dir() and src in out.parents:
+            raise InputError(f"the output file is inside the input folder {p}", path=out_file,
+                             hint="choose an -o outside the inputs; llmkit never writes into its inputs")
+
+
 class StagedFiles:
     """The output files of one run under temporary names, renamed together once every file is done.
 

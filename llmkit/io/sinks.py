@@ -36,7 +36,7 @@ from llmkit.errors import DiskSpaceError, InputError, OutputExistsError, writing
 from llmkit.io.destination import TMP_SUFFIX, StagedFiles, check_output_path, ensure_output_is_new  # noqa: F401
 from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import AUX_FILES
-from llmkit.io.layouts import LAYOUTS, FileStart, TensorSpec, safetensors_header, tensor_bytes  # noqa: F401
+from llmkit.io.layouts import LAYOUTS, FileLayout, FileStart, TensorSpec, safetensors_header, tensor_bytes  # noqa: F401
 from llmkit.io.jsonfile import parse_json
 from llmkit.units import (  # noqa: F401
     DEFAULT_SHARD_SIZE,
@@ -96,7 +96,7 @@ class ShardSetWriter:
     """Safe, streaming writing of a fixed set of weight files (the machinery under every writer).
 
     ``shards`` is ``[(file name, specs in file order), ...]``; ``fmt`` is ``safetensors`` or ``bin``
-    (a torch zip, also used for Meta ``.pth``). Tensors are written with :meth:`write_to`; extra small
+    (a torch zip, also used for Meta ``.pth``), or any name with its own ``layout`` (``ckpt``). Tensors are written with :meth:`write_to`; extra small
     files with :meth:`add_file`. A context manager: a clean exit checks and renames everything, an
     exception removes every temporary file.
 
@@ -108,10 +108,10 @@ class ShardSetWriter:
 
     def __init__(self, out_dir: str | os.PathLike, shards: list[tuple[str, list[TensorSpec]]], *,
                  fmt: str, force: bool = False, metadata: dict[str, str] | None = None, extra_bytes: int = 0,
-                 inputs: Iterable[str | os.PathLike | None] | None = None):
-        if fmt not in LAYOUTS:
+                 inputs: Iterable[str | os.PathLike | None] | None = None, layout: FileLayout | None = None):
+        if layout is None and fmt not in LAYOUTS:
             raise InputError(f"unknown output format {fmt!r}", hint=f"use one of {', '.join(LAYOUTS)}")
-        self.layout = LAYOUTS[fmt]
+        self.layout = layout if layout is not None else LAYOUTS[fmt]
         for file_name, specs in shards:
             names = [s.name for s in specs]
             if len(set(names)) != len(names):
@@ -381,6 +381,7 @@ class Sink(Protocol):
 
 SinkFactory = Callable[..., Sink]
 SINKS: dict[str, SinkFactory] = {}
+_LAZY_SINKS = {"meta-pth": "llmkit.io.meta", "ckpt": "llmkit.io.ckpt_sink"}  # format -> module registering it
 
 
 def register_sink(fmt: str) -> Callable[[SinkFactory], SinkFactory]:
@@ -394,11 +395,13 @@ def register_sink(fmt: str) -> Callable[[SinkFactory], SinkFactory]:
 def open_sink(fmt: str, out_dir: str | os.PathLike, specs: list[TensorSpec], *, force: bool = False,
               inputs: Iterable[str | os.PathLike | None] | None = None, extra_bytes: int = 0,
               **options: Any) -> Sink:
-    """The sink for format ``fmt`` (``safetensors``, ``bin``, ``meta-pth``, ...), destination checked."""
+    """The sink for format ``fmt`` (``safetensors``, ``bin``, ``meta-pth``, ``ckpt``), destination checked."""
+    if fmt not in SINKS and fmt in _LAZY_SINKS:
+        import importlib
+
+        importlib.import_module(_LAZY_SINKS[fmt])  # registers the sink (imported on first use)
     if fmt not in SINKS:
-        import llmkit.io.meta  # noqa: F401 - registers the meta-pth sink (imported on first use)
-    if fmt not in SINKS:
-        raise InputError(f"unknown output format {fmt!r}", hint=f"use one of {', '.join(sorted(SINKS))}")
+        raise InputError(f"unknown output format {fmt!r}", hint=f"use one of {', '.join(sorted({*SINKS, *_LAZY_SINKS}))}")
     return SINKS[fmt](out_dir, specs, force=force, inputs=inputs, extra_bytes=extra_bytes, **options)
 
 

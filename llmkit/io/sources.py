@@ -5,7 +5,8 @@ Every weight layout llmkit reads is a :class:`TensorSource`:
 - a single ``*.safetensors`` file, or shards with ``model.safetensors.index.json``;
 - a single ``pytorch_model.bin`` (or any torch zip file), or shards with ``pytorch_model.bin.index.json``;
 - Meta ``consolidated.NN.pth`` shards with ``params.json`` (joined per SPEC.md section 4);
-- a peft adapter folder (``adapter_model.safetensors`` / ``.bin``).
+- a peft adapter folder (``adapter_model.safetensors`` / ``.bin``);
+- a MindSpore ``.ckpt`` (``llmkit.io.ckpt``; split records joined, read without MindSpore).
 
 Pickled files are opened with ``torch.load(mmap=True, weights_only=True)``: nothing in them is
 executed, and tensor data stays in the (copy-on-write) file mapping until it is used.
@@ -69,7 +70,7 @@ class TensorSource:
     """A model or adapter as one ordered set of named tensors, whatever its files look like.
 
     ``layout`` is one of ``safetensors``, ``safetensors-sharded``, ``bin``, ``bin-sharded``,
-    ``meta-pth``. ``folder`` holds the non-weight files (config, tokenizer), if any.
+    ``meta-pth``, ``ckpt`` (MindSpore, names as stored). ``folder`` holds the non-weight files (config, tokenizer), if any.
     """
 
     path: Path
@@ -152,6 +153,38 @@ class TensorSource:
         self.close()
 
 
+class RenamedSource(TensorSource):
+    """``source`` under other names (``mapping``: stored name -> shown name, one to one), same order;
+    closing it closes ``source``."""
+
+    def __init__(self, source: TensorSource, mapping: dict[str, str]):
+        self.inner = source
+        self._stored = {mapping[k]: k for k in source.keys()}
+        super().__init__(path=source.path, layout=source.layout, files=source.files,
+                         weight_map={mapping[k]: f for k, f in source.weight_map.items()}, folder=source.folder,
+                         warnings=source.warnings, adapter=source.adapter)
+
+    def info(self, name: str) -> TensorInfo:
+        i = self.inner.info(self._stored[name])
+        return TensorInfo(name, i.dtype, i.shape, i.file)
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self._stored:
+            raise InputError(f"no tensor named {name!r}", path=self.path)
+        return self.inner.get(self._stored[name])
+
+    def release(self, name: str) -> None:
+        if name in self._stored:
+            self.inner.release(self._stored[name])
+
+    def prefetch(self, name: str) -> None:
+        if name in self._stored:
+            self.inner.prefetch(self._stored[name])
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 # ---------------------------------------------------------------- opening any layout
 
 _SHARD_RE = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)$")
@@ -206,6 +239,15 @@ def _single(path: Path) -> TensorSource:
                         folder=path.parent)
 
 
+def _ckpt(path: Path) -> TensorSource:
+    """A MindSpore checkpoint: one file, MindFormers names as stored; no folder of config files (the
+    folder a ``.ckpt`` sits in is not part of the model)."""
+    from llmkit.io.ckpt import CkptFile
+
+    f = CkptFile(path)
+    return TensorSource(path=path, layout="ckpt", files=[f], weight_map={k: f for k in f.infos})
+
+
 def _meta(folder: Path, shards: list[Path]) -> TensorSource:
     from llmkit.io.meta import MetaSource  # the Meta rules live in io/meta.py, which builds on this module
 
@@ -225,14 +267,14 @@ def open_source(path: str | os.PathLike) -> TensorSource:
         if name.endswith(".index.json"):
             return _open_indexed(path)
         if name.endswith(".ckpt"):
-            raise InputError("MindSpore .ckpt files are not readable by this llmkit version yet", path=path)
+            return _ckpt(path)
         if re.fullmatch(r"consolidated\.\d+\.pth", name):
             shards = sorted(path.parent.glob("consolidated.*.pth"))
             return _meta(path.parent, shards if len(shards) > 1 else [path])
         if path.suffix in (".safetensors", ".bin", ".pth", ".pt"):
             return _single(path)
         raise InputError("unknown weight file type", path=path,
-                         hint="expected .safetensors, .bin, .pth, or an *.index.json")
+                         hint="expected .safetensors, .bin, .pth, .ckpt, or an *.index.json")
     folder = path
     adapter = AdapterInfo.read(folder / ADAPTER_CONFIG) if (folder / ADAPTER_CONFIG).is_file() else None
     candidates = [
@@ -253,6 +295,12 @@ def open_source(path: str | os.PathLike) -> TensorSource:
     if meta:
         return _meta(folder, meta)
     singles = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not singles:
+        ckpts = sorted(folder.glob("*.ckpt"))
+        if len(ckpts) == 1:
+            return _ckpt(ckpts[0])
+        if ckpts:
+            raise InputError(f"{len(ckpts)} .ckpt files in this folder", path=folder, hint="pass one .ckpt file")
     if len(singles) == 1:
         src = _single(singles[0])
         src.adapter = adapter
@@ -262,7 +310,7 @@ def open_source(path: str | os.PathLike) -> TensorSource:
                          hint=f"add the {SAFETENSORS_INDEX} / {BIN_INDEX} that came with them, or pass one file")
     raise InputError("no weight files found", path=folder,
                      hint="expected model.safetensors, model.safetensors.index.json, pytorch_model.bin(.index.json), "
-                          "consolidated.NN.pth or adapter_model.*")
+                          "consolidated.NN.pth, adapter_model.* or one .ckpt")
 
 
 def safetensors_code(info: TensorInfo) -> str:

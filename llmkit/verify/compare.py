@@ -1,5 +1,8 @@
 """Two models compared tensor by tensor (``llmkit verify --tensors A B``), whatever their shards or format.
 
+A MindSpore ``.ckpt`` compared with a model that is not one is seen under Hugging Face names
+(``llmkit.io.mindformers.hf_named``), so a checkpoint compares with the model it was converted from.
+
 Either side may be a model or a ``--tensors`` table. Two models are compared byte for byte, one tensor
 pair in memory at a time; a model and a table by the table's digest algorithm. When A and B are
 folders their other files (config, tokenizer) are compared too: JSON by content, the rest by sha256.
@@ -77,6 +80,10 @@ def compare_sources(a: TensorSource | Path, b: TensorSource | Path, *,
     try:
         sb, close_b = as_source(b)
         try:
+            if (sa.layout == "ckpt") != (sb.layout == "ckpt"):  # a .ckpt against the model it came from
+                from llmkit.io.mindformers import hf_named
+
+                sa, sb = (hf_named(sa), sb) if sa.layout == "ckpt" else (sa, hf_named(sb))
             keys_a, keys_b = set(sa.keys()), set(sb.keys())
             result = TensorComparison(identical=True, only_a=[k for k in sa.keys() if k not in keys_b],
                                       only_b=[k for k in sb.keys() if k not in keys_a])

@@ -1,0 +1,156 @@
+"""``llmkit to-ckpt`` / ``llmkit from-ckpt``: Hugging Face ⇄ MindSpore ``.ckpt`` (MindFormers names, SPEC.md section 5)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.convert_cmd import DryRunOpt, Dtype
+from llmkit.cli.output import Output, plan_rows
+from llmkit.units import human_bytes, parse_size
+
+
+class ToNames(str, Enum):
+    mindformers = "mindformers"
+    hf = "hf"
+
+
+class FromNames(str, Enum):
+    hf = "hf"
+    keep = "keep"
+
+
+class Rotary(str, Enum):
+    hf = "hf"
+    meta = "meta"
+
+
+class CkptFormat(str, Enum):
+    ckpt = "ckpt"
+    safetensors = "safetensors"
+
+
+class HFFormat(str, Enum):
+    safetensors = "safetensors"
+    bin = "bin"
+
+
+ROTARY_HELP = ("wq/wk row layout: hf (rotate-half, as stored by Hugging Face; what MindFormers r0.7 and later "
+               "expect) or meta (Meta's interleaved rows; what MindFormers r0.6 of August 2023, the TechGPT-2.0 "
+               "card's era, expects).")
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Refuse tensors that have no name in the target naming "
+                                                          "instead of keeping (to-ckpt) or leaving them out "
+                                                          "(from-ckpt) with a warning.")]
+ShardOpt = Annotated[str, typer.Option("--shard-size", help="Largest output shard for safetensors/bin, e.g. 5GB.")]
+
+
+def _render(result):  # result: llmkit.convert.ckpt.CkptResult
+    def render(console: Console) -> None:
+        rows = [("source", result.source), ("names", result.names), ("rotary", result.rotary),
+                ("dtype", result.dtype)]
+        if result.config_from:
+            rows.append(("config", result.config_from))
+        if result.format == "ckpt" or result.command == "from-ckpt":
+            rows.append(("crc trailer", "yes" if result.crc else "no"))
+        rows += plan_rows(result.plan)
+        if result.split:
+            rows.append(("split", f"{len(result.split)} tensor(s) over 512 MiB stored as several records"))
+        if result.unmapped:
+            rows.append(("unmapped", f"{len(result.unmapped)} tensor(s) with no name in the target naming"))
+        if result.dry_run:
+            rows.append(("dry run", "all checks passed; nothing was written"))
+        else:
+            rate = result.plan.output_bytes / result.seconds if result.seconds > 0 else 0.0
+            rows.append(("time", f"{result.seconds:.1f} s ({human_bytes(rate)}/s written)"))
+        for c in result.checks:
+            rows.append((c.name, f"{c.status}: {c.detail}"))
+        width = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            console.print(f"{k:<{width}}  {v}", markup=False)
+    return render
+
+
+@app.command("to-ckpt", rich_help_panel="Convert")
+def to_ckpt_command(
+    source: Annotated[Path, typer.Argument(help="A model llmkit reads: a Hugging Face folder or weight file, a "
+                                                "Meta folder, a recover or merge-lora output.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .ckpt file to write (with --format "
+                                                                "safetensors: a folder).", show_default=False)],
+    dtype: Annotated[Dtype, typer.Option("--dtype", help="Output dtype: keep (default) copies the bytes; another "
+                                                         "dtype is one cast per tensor.")] = Dtype.keep,
+    names: Annotated[ToNames, typer.Option("--names", help="Parameter names: mindformers (model.layers.N.attention."
+                                                           "wq.weight, ...) or hf (as in the source).")
+                     ] = ToNames.mindformers,
+    rotary: Annotated[Rotary, typer.Option("--rotary", help=ROTARY_HELP)] = Rotary.hf,
+    crc: Annotated[bool, typer.Option("--crc", help="Append MindSpore's CRC-32 trailer (what save_checkpoint("
+                                                    "crc_check=True) writes; load_checkpoint(crc_check=True) checks "
+                                                    "it).")] = False,
+    fmt: Annotated[CkptFormat, typer.Option("--format", help="ckpt (one file, the bytes of mindspore."
+                                                             "save_checkpoint) or safetensors (a folder of "
+                                                             "MindFormers-named safetensors, for newer "
+                                                             "MindFormers).")] = CkptFormat.ckpt,
+    shard_size: ShardOpt = "5GB",
+    strict: StrictOpt = False,
+    dry_run: DryRunOpt = False,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Convert a model to a MindSpore .ckpt with MindFormers names, streamed, without MindSpore."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        from llmkit.convert.ckpt import ToCkptOptions, to_ckpt
+
+        options = ToCkptOptions(source, output, dtype=dtype.value, names=names.value, rotary=rotary.value, crc=crc,
+                                fmt=fmt.value, shard_size=parse_size(shard_size), strict=strict, force=force,
+                                dry_run=dry_run)
+        result = to_ckpt(options, progress=out.progress)
+        out.notices(result)
+        out.result(result, _render(result))
+
+
+@app.command("from-ckpt", rich_help_panel="Convert")
+def from_ckpt_command(
+    source: Annotated[Path, typer.Argument(help="A MindSpore .ckpt file (MindFormers or Hugging Face names; "
+                                                "split records and a CRC trailer are handled).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (a Hugging Face LLaMA).",
+                                         show_default=False)],
+    names: Annotated[FromNames, typer.Option("--names", help="hf: MindFormers names become Hugging Face names and "
+                                                             "tensors that are not LLaMA weights are left out; keep: "
+                                                             "every tensor under its stored name.")] = FromNames.hf,
+    rotary: Annotated[Rotary, typer.Option("--rotary", help="wq/wk row layout stored in the checkpoint; meta "
+                                                            "rows are permuted back to Hugging Face's "
+                                                            "rotate-half. " + ROTARY_HELP.split(": ", 1)[1])
+                      ] = Rotary.hf,
+    fmt: Annotated[HFFormat, typer.Option("--format", help="Output weight format.")] = HFFormat.safetensors,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="The model's config.json, or its Hugging Face folder (config and tokenizer files are "
+                         "carried). Default: derived from the tensor shapes, with a warning naming what was "
+                         "guessed.")] = None,
+    dtype: Annotated[Dtype, typer.Option("--dtype", help="Output dtype: keep (default) or one cast per tensor."
+                                         )] = Dtype.keep,
+    shard_size: ShardOpt = "5GB",
+    strict: StrictOpt = False,
+    dry_run: DryRunOpt = False,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Convert a MindSpore .ckpt to a Hugging Face LLaMA folder, streamed, without MindSpore."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        from llmkit.convert.ckpt import FromCkptOptions, from_ckpt
+
+        options = FromCkptOptions(source, output, names=names.value, rotary=rotary.value, fmt=fmt.value,
+                                  config=config, dtype=dtype.value, shard_size=parse_size(shard_size),
+                                  strict=strict, force=force, dry_run=dry_run)
+        result = from_ckpt(options, progress=out.progress)
+        out.notices(result)
+        out.result(result, _render(result))

@@ -1,0 +1,64 @@
+"""The ``ckpt`` sink: one MindSpore ``.ckpt`` file, written by the safe writer (``llmkit.io.sinks``).
+
+``-o`` names a file, not a folder: the file is staged as ``.NAME.llmkit-tmp`` beside it, fsynced and
+renamed when every tensor is in and its size checks out; nothing else in that folder is touched
+(``--force`` replaces only this file). The bytes are those of ``mindspore.save_checkpoint``
+(:class:`~llmkit.io.ckpt.CkptLayout`); ``crc=True`` adds the CRC trailer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from llmkit.errors import InputError, OutputExistsError
+from llmkit.io.ckpt import CkptLayout, ckpt_size
+from llmkit.io.destination import ensure_output_file_is_new
+from llmkit.io.layouts import TensorSpec
+from llmkit.io.sinks import ShardSetWriter, register_sink
+from llmkit.units import check_space, free_bytes
+
+
+class CkptSink(ShardSetWriter):
+    """Write planned tensors, in plan order, as the one ``.ckpt`` file ``path``; a context manager."""
+
+    def __init__(self, path: str | os.PathLike, specs: list[TensorSpec], *, force: bool = False,
+                 inputs: Iterable[str | os.PathLike | None] | None = None, extra_bytes: int = 0, crc: bool = False):
+        self.path = Path(path)
+        super().__init__(self.path.parent, [(self.path.name, list(specs))], fmt="ckpt", layout=CkptLayout(crc),
+                         force=force, metadata={}, inputs=inputs)
+        self.total_size = ckpt_size(list(specs), crc)  # file bytes: records and trailer
+        self._names = {s.name for s in specs}
+        self._check_destination(extra_bytes)
+
+    def _check_destination(self, extra_bytes: int) -> None:
+        ensure_output_file_is_new(self.path, self.inputs or [])
+        if os.path.lexists(self.path) and not self.force:
+            raise OutputExistsError("output file exists", path=self.path,
+                                    hint="pass --force to overwrite, or choose another -o")
+        need = self.total_size + extra_bytes
+        self.free_disk_bytes = free_bytes(self.out_dir)
+        self.space_margin = check_space(self.out_dir, need, self.free_disk_bytes)
+        self.needed_disk_bytes = need + self.space_margin
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if name not in self._names:
+            raise InputError(f"tensor {name!r} is not in the output plan")
+        self.write_to(0, name, tensor)
+
+    def add_file(self, name: str, data: bytes) -> None:
+        raise InputError(f"a .ckpt output holds tensors only; {name} has no place in it")
+
+    def copy_aux_files(self, folder: Path | None, **kwargs) -> list[str]:
+        return []
+
+    def _remove_stale(self) -> None:
+        """Nothing: a file output replaces only itself."""
+
+
+@register_sink("ckpt")
+def _ckpt_sink(out, specs, *, force=False, inputs=None, extra_bytes=0, crc=False) -> CkptSink:
+    return CkptSink(out, specs, force=force, inputs=inputs, extra_bytes=extra_bytes, crc=crc)

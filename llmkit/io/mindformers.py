@@ -1,0 +1,142 @@
+"""MindFormers' LLaMA parameter names ⇄ Hugging Face (SPEC.md section 5), and a LLaMA config from shapes.
+
+The names are ordered string replacements with the ``model.`` prefix kept (``model.layers.0.self_attn.
+q_proj.weight`` ⇄ ``model.layers.0.attention.wq.weight``). Only the tensors of a LLaMA have a
+MindFormers name; anything else (``rotary_emb.inv_freq`` buffers, a training checkpoint's optimizer
+moments) maps to None and the job decides (kept, dropped or refused with ``--strict``).
+
+Rotary layout: MindFormers r0.7 and later read Hugging Face's rotate-half wq/wk rows as they are;
+MindFormers r0.6 (August 2023, the TechGPT-2.0 card's era) expects Meta's interleaved rows
+(``llmkit.io.meta.unpermute_hf_to_meta``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from llmkit.errors import InputError
+from llmkit.io.dtypes import CONFIG_NAMES
+
+_RULES = (
+    ("embed_tokens.weight", "tok_embeddings.embedding_weight"),
+    (".self_attn.q_proj.", ".attention.wq."),
+    (".self_attn.k_proj.", ".attention.wk."),
+    (".self_attn.v_proj.", ".attention.wv."),
+    (".self_attn.o_proj.", ".attention.wo."),
+    (".mlp.gate_proj.", ".feed_forward.w1."),
+    (".mlp.down_proj.", ".feed_forward.w2."),
+    (".mlp.up_proj.", ".feed_forward.w3."),
+    (".input_layernorm.", ".attention_norm."),
+    (".post_attention_layernorm.", ".ffn_norm."),
+    (".norm.", ".norm_out."),
+)
+_HF = re.compile(r"^(model\.embed_tokens\.weight|model\.norm\.weight|lm_head\.weight|model\.layers\.\d+\."
+                 r"(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj|input_layernorm|post_attention_layernorm)\.weight)$")
+_MF = re.compile(r"^(model\.tok_embeddings\.embedding_weight|model\.norm_out\.weight|lm_head\.weight|model\.layers\.\d+\."
+                 r"(attention\.w[qkvo]|feed_forward\.w[123]|attention_norm|ffn_norm)\.weight)$")
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+ROTARY_LAYOUTS = ("hf", "meta")
+
+
+def is_hf(name: str) -> bool:
+    return _HF.match(name) is not None
+
+
+def is_mindformers(name: str) -> bool:
+    return _MF.match(name) is not None
+
+
+def hf_to_mindformers(name: str) -> str | None:
+    """The MindFormers name of an HF LLaMA tensor; None when it has none."""
+    if not is_hf(name):
+        return None
+    for hf, mf in _RULES:
+        name = name.replace(hf, mf)
+    return name
+
+
+def mindformers_to_hf(name: str) -> str | None:
+    """The HF name of a MindFormers LLaMA tensor; None when it has none."""
+    if not is_mindformers(name):
+        return None
+    for hf, mf in reversed(_RULES):
+        name = name.replace(mf, hf)
+    return name
+
+
+def rotary_role(hf_name: str) -> str | None:
+    """``q`` or ``k`` for the tensors whose rows carry the rotary layout (HF names), else None."""
+    if hf_name.endswith(".self_attn.q_proj.weight"):
+        return "q"
+    if hf_name.endswith(".self_attn.k_proj.weight"):
+        return "k"
+    return None
+
+
+HEAD_DIM_GUESS = 128  # every LLaMA-family size (7B..65B, LLaMA-2, Atom) uses 128-wide heads
+
+
+def guessed_config(shapes: dict, dtype) -> tuple[dict, list[str]]:
+    """An HF LLaMA ``config.json`` from the tensor shapes (HF names -> shape), and the keys that were
+    guessed rather than read off a shape (heads from a 128-wide head, LLaMA-1 defaults for the rest)."""
+    embed = shapes.get("model.embed_tokens.weight")
+    if embed is None or len(embed) != 2:
+        raise InputError("no model.embed_tokens.weight (tok_embeddings.embedding_weight) to derive a config from",
+                         hint="pass --config with the model's config.json")
+    vocab, hidden = embed
+    layers = 1 + max((int(m.group(1)) for n in shapes if (m := _LAYER.match(n))), default=-1)
+    gate = shapes.get("model.layers.0.mlp.gate_proj.weight")
+    if gate is None:
+        raise InputError("no feed-forward weights (w1) to derive intermediate_size from",
+                         hint="pass --config with the model's config.json")
+    head_dim = HEAD_DIM_GUESS if hidden % HEAD_DIM_GUESS == 0 else 64
+    heads = hidden // head_dim
+    k = shapes.get("model.layers.0.self_attn.k_proj.weight")
+    kv_heads = k[0] // head_dim if k is not None and k[0] % head_dim == 0 else heads
+    cfg = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "hidden_size": hidden, "intermediate_size": gate[0], "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "num_hidden_layers": layers, "rms_norm_eps": 1e-6,
+        "vocab_size": vocab, "max_position_embeddings": 2048, "rope_theta": 10000.0,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "initializer_range": 0.02,
+        "tie_word_embeddings": "lm_head.weight" not in shapes, "use_cache": True,
+        "torch_dtype": CONFIG_NAMES.get(dtype, "float16"),
+    }
+    guessed = [f"num_attention_heads={heads} (head_dim {head_dim} assumed)", "rms_norm_eps=1e-06",
+               "max_position_embeddings=2048", "rope_theta=10000.0"]
+    return cfg, guessed
+
+
+def check_config(cfg: dict, shapes: dict, path) -> None:
+    """Refuse a ``--config`` whose sizes disagree with the tensors (naming the key and the file)."""
+    embed = shapes.get("model.embed_tokens.weight")
+    facts = {}
+    if embed is not None and len(embed) == 2:
+        facts["vocab_size"], facts["hidden_size"] = embed
+    gate = shapes.get("model.layers.0.mlp.gate_proj.weight")
+    if gate is not None:
+        facts["intermediate_size"] = gate[0]
+    layers = 1 + max((int(m.group(1)) for n in shapes if (m := _LAYER.match(n))), default=-1)
+    if layers:
+        facts["num_hidden_layers"] = layers
+    for key, value in facts.items():
+        if key in cfg and cfg[key] != value:
+            raise InputError(f"config says {key}={cfg[key]} but the checkpoint's tensors give {value}", path=path,
+                             hint="pass the config.json of the model this checkpoint was made from")
+    hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
+    if not isinstance(heads, int) or not isinstance(hidden, int) or heads <= 0 or hidden % heads:
+        raise InputError(f"config has no usable num_attention_heads ({heads!r} for hidden_size {hidden!r})",
+                         path=path, hint="pass the model's own config.json")
+
+
+def hf_named(src):
+    """``src`` (a :class:`~llmkit.io.sources.TensorSource`) with MindFormers names seen under their HF names
+    (other names kept), so a ``.ckpt`` compares tensor by tensor with the model it came from; ``src`` itself
+    when nothing would be renamed."""
+    from llmkit.io.sources import RenamedSource
+
+    mapping = {n: mindformers_to_hf(n) or n for n in src.keys()}
+    if all(k == v for k, v in mapping.items()) or len(set(mapping.values())) != len(mapping):
+        return src
+    return RenamedSource(src, mapping)
