@@ -15,7 +15,7 @@ def _bash_blocks() -> list[str]:
 def test_readme_has_demo_and_test_commands():
     blocks = _bash_blocks()
     assert any(b.strip().endswith("llmkit demo") for b in blocks)
-    assert any("pip install -e '.[test]'" in b and "pytest" in b for b in blocks)
+    assert any("pip install -e '.[test,mindspore]'" in b and "pytest" in b for b in blocks)
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
