@@ -1,0 +1,191 @@
+"""to-ckpt / from-ckpt against the real MindSpore (the ``mindspore`` test extra), run in subprocesses:
+importing MindSpore switches protobuf's backend for the whole process.
+
+- MindSpore's ``load_checkpoint`` reads what llmkit writes (bf16, fp16, fp32; CRC checked), bit for bit;
+- llmkit's file is byte-identical to MindSpore's ``save_checkpoint`` of the same named tensors, including
+  a tensor just over 512 MiB (split into two records; slow, but run in CI);
+- what MindSpore saves, llmkit converts to a Hugging Face folder that transformers loads with the
+  original model's logits (also from Meta's interleaved rotary rows, ``--rotary meta``).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from llmkit.io.mindformers import hf_to_mindformers
+
+
+@pytest.fixture
+def mindspore_run():
+    """``run(script, *args) -> stdout`` in a fresh interpreter that imports mindspore first."""
+    if importlib.util.find_spec("mindspore") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the mindspore test extra is not installed (pip install -e '.[test,mindspore]')")
+        pytest.skip("mindspore is not installed (pip install -e '.[test,mindspore]')")
+
+    def run(script: str, *args: object) -> str:
+        code = "import mindspore as ms, numpy as np, sys, json\n" + textwrap.dedent(script)
+        proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    return run
+
+
+def save_ordered(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file for the SAVE script, with the dict's order beside it."""
+    save_file(tensors, path)
+    Path(str(path) + ".order.json").write_text(json.dumps(list(tensors)))
+
+
+def raw(t: torch.Tensor) -> bytes:
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+# Loads a checkpoint with MindSpore and dumps every parameter (bf16 as float32, which is exact) to a
+# safetensors file in load order, for comparison in the test process.
+DUMP = """
+    from safetensors.numpy import save_file
+    params = ms.load_checkpoint(sys.argv[1], crc_check=sys.argv[3] == "crc", format=sys.argv[4])
+    out, types = {}, {}
+    for name, p in params.items():
+        types[name] = str(p.dtype)
+        out[name] = (p.float() if p.dtype == ms.bfloat16 else p).asnumpy()
+    save_file(out, sys.argv[2])
+    print(json.dumps({"order": list(params), "types": types}))
+"""
+
+# Saves the tensors of a safetensors file (bf16 given as float32, exactly representable) with MindSpore,
+# in the order of the names listed in ``<file>.order.json`` (safetensors files sort their tensors).
+SAVE = """
+    import torch
+    from safetensors.torch import load_file
+    items = []
+    tensors = load_file(sys.argv[1])
+    for name in json.load(open(sys.argv[1] + ".order.json")):
+        t = tensors[name]
+        if t.dtype == torch.bfloat16:
+            data = ms.Tensor(t.float().numpy(), ms.float32).astype(ms.bfloat16)
+        else:
+            data = ms.Tensor(t.numpy())
+        items.append({"name": name, "data": data})
+    ms.save_checkpoint(items, sys.argv[2], crc_check=sys.argv[3] == "crc")
+"""
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MS_TYPES = {"fp32": "Float32", "fp16": "Float16", "bf16": "BFloat16"}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_mindspore_loads_llmkits_checkpoint_and_saves_the_same_bytes(tmp_path, run_cli, tiny_factory,
+                                                                      mindspore_run, dtype):
+    m = tiny_factory("safetensors")
+    out = tmp_path / "model.ckpt"
+    assert run_cli("to-ckpt", m.path, "-o", out, "--dtype", dtype, "--crc").exit_code == 0
+    expected = {hf_to_mindformers(k): v.to(DTYPES[dtype]) for k, v in load_file(m.path / "model.safetensors").items()}
+
+    # 1. MindSpore's loader (CRC checked) gives back every tensor, bit for bit, in source order.
+    info = json.loads(mindspore_run(DUMP, out, tmp_path / "dump.safetensors", "crc", "ckpt").splitlines()[-1])
+    assert info["order"] == list(expected)
+    assert set(info["types"].values()) == {MS_TYPES[dtype]}
+    loaded = load_file(tmp_path / "dump.safetensors")
+    for name, t in expected.items():
+        want = t.float() if dtype == "bf16" else t
+        assert raw(loaded[name]) == raw(want), name
+
+    # 2. MindSpore's writer, given the same named tensors in the same order, writes the same bytes.
+    save_ordered(expected, tmp_path / "expected.safetensors")
+    mindspore_run(SAVE, tmp_path / "expected.safetensors", tmp_path / "ms.ckpt", "crc")
+    assert filecmp.cmp(out, tmp_path / "ms.ckpt", shallow=False)
+    # ... and without the CRC trailer too.
+    assert run_cli("to-ckpt", m.path, "-o", tmp_path / "plain.ckpt", "--dtype", dtype).exit_code == 0
+    mindspore_run(SAVE, tmp_path / "expected.safetensors", tmp_path / "ms-plain.ckpt", "none")
+    assert filecmp.cmp(tmp_path / "plain.ckpt", tmp_path / "ms-plain.ckpt", shallow=False)
+
+
+def test_mindformers_named_safetensors_load_in_mindspore(tmp_path, run_cli, tiny_factory, mindspore_run):
+    m = tiny_factory("safetensors")
+    out = tmp_path / "ms-st"
+    assert run_cli("to-ckpt", m.path, "-o", out, "--format", "safetensors", "--dtype", "fp16").exit_code == 0
+    info = json.loads(mindspore_run(DUMP, out / "model.safetensors", tmp_path / "dump.safetensors", "none",
+                                    "safetensors").splitlines()[-1])
+    loaded = load_file(tmp_path / "dump.safetensors")
+    assert sorted(info["order"]) == sorted(hf_to_mindformers(k) for k in m.state)
+    for k, v in m.state.items():
+        assert raw(loaded[hf_to_mindformers(k)]) == raw(v.half()), k
+
+
+@pytest.mark.slow
+def test_a_tensor_over_512_mib_is_split_exactly_as_mindspore_splits_it(tmp_path, run_cli, mindspore_run):
+    """One run with a 512 MiB + 4 byte tensor: llmkit's bytes equal save_checkpoint's, MindSpore loads
+    llmkit's file, and llmkit reads MindSpore's (two records joined)."""
+    n = 512 * 2**20 // 4 + 1
+    (tmp_path / "src").mkdir()
+    src = tmp_path / "src" / "big.safetensors"
+    save_file({"big": torch.arange(n, dtype=torch.float32), "small": torch.arange(6, dtype=torch.float16)}, src)
+    ours = tmp_path / "ours.ckpt"
+    result = run_cli("to-ckpt", src, "-o", ours, "--names", "hf", "--json")
+    assert result.exit_code == 0 and result.json()["split"] == ["big"]
+    check = """
+        from safetensors.numpy import load_file
+        src = load_file(sys.argv[1])
+        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in src.items()], sys.argv[3])
+        loaded = ms.load_checkpoint(sys.argv[2])
+        assert list(loaded) == ["big", "small"]
+        assert all(np.array_equal(loaded[k].asnumpy().view(np.uint8), v.view(np.uint8)) for k, v in src.items())
+        print("loaded")
+    """
+    assert "loaded" in mindspore_run(check, src, ours, tmp_path / "ms.ckpt")
+    assert filecmp.cmp(ours, tmp_path / "ms.ckpt", shallow=False)
+    from llmkit.io.ckpt import SLICE_BYTES, CkptFile
+
+    f = CkptFile(tmp_path / "ms.ckpt")
+    try:
+        assert f.records("big") == 2 and SLICE_BYTES == 536_870_912
+        assert torch.equal(f.get("big"), torch.arange(n, dtype=torch.float32))
+    finally:
+        f.close()
+
+
+def _meta_rows(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """HF rotate-half rows -> Meta's interleaved rows (SPEC.md section 4's permutation, inverted)."""
+    rows, cols = w.shape
+    return w.view(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+@pytest.mark.parametrize("rotary", ["hf", "meta"])
+def test_from_ckpt_of_a_mindspore_checkpoint_gives_the_original_logits(tmp_path, run_cli, tiny_factory,
+                                                                        mindspore_run, rotary):
+    from transformers import LlamaForCausalLM
+
+    m = tiny_factory("safetensors")
+    heads = json.loads((m.path / "config.json").read_text())["num_attention_heads"]
+    tensors = {}
+    for k, v in m.state.items():  # MindFormers names, in transformers' state-dict order
+        if rotary == "meta" and (".q_proj." in k or ".k_proj." in k):
+            v = _meta_rows(v, heads)
+        tensors[hf_to_mindformers(k)] = v.contiguous()
+    save_ordered(tensors, tmp_path / "named.safetensors")
+    mindspore_run(SAVE, tmp_path / "named.safetensors", tmp_path / "ms.ckpt", "crc")
+
+    out = tmp_path / "hf"
+    result = run_cli("from-ckpt", tmp_path / "ms.ckpt", "-o", out, "--config", m.path, "--rotary", rotary, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert {c["name"]: c["status"] for c in result.json()["checks"]} == {"crc": "ok"}
+    ids = torch.tensor([[1, 5, 9, 42, 7, 3]])
+    with torch.no_grad():
+        want = LlamaForCausalLM.from_pretrained(m.path).eval()(ids).logits
+        got = LlamaForCausalLM.from_pretrained(out).eval()(ids).logits
+    assert torch.equal(want, got)
