@@ -111,7 +111,20 @@ def test_failure_mid_write_leaves_nothing(tmp_path):
             w.write("t0", state["t0"])
             w.write("t1", state["t1"])
             raise RuntimeError("disk on fire")
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # the folder this run created is removed too
+
+
+def test_a_failure_keeps_a_folder_that_existed_before_and_removes_only_what_it_created(tmp_path):
+    state = {"a": torch.ones(3)}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for out in (mine, tmp_path / "new" / "deeper"):
+        with pytest.raises(RuntimeError):
+            with ShardedWriter(out, _specs(state)):
+                raise RuntimeError("interrupted")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert not (tmp_path / "new").exists()
 
 
 def test_unwritten_planned_tensor_is_an_error_and_leaves_nothing(tmp_path):
@@ -120,7 +133,7 @@ def test_unwritten_planned_tensor_is_an_error_and_leaves_nothing(tmp_path):
     with pytest.raises(InputError, match="never written"):
         with ShardedWriter(out, _specs(state)) as w:
             w.write("a", state["a"])
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # the folder this run created is removed too
 
 
 def test_wrong_shape_or_dtype_is_refused(tmp_path):

@@ -3,8 +3,8 @@
 Both are plans run by the one runner (``llmkit.pipeline``); ``ckpt`` is one more sink format
 (``llmkit.io.ckpt_sink``) and one more source format (``llmkit.io.ckpt``):
 
-- to-ckpt: any model llmkit reads (HF folder or file, Meta folder via its HF view) -> tensors in source
-  order, MindFormers names (``--names hf`` keeps HF names), the requested dtype (one cast), wq/wk
+- to-ckpt: any model llmkit reads (HF folder or file, Meta folder via its HF view) -> tensors in
+  transformers' state-dict order (as the MindFormers converter writes them), MindFormers names (``--names hf`` keeps HF names), the requested dtype (one cast), wq/wk
   un-permuted to Meta's interleaved rows with ``--rotary meta`` (MindFormers r0.6). Empty tensors are
   left out, as ``mindspore.save_checkpoint`` leaves them out. ``--format safetensors`` writes the same
   tensors as MindFormers-named safetensors in a folder.
@@ -29,7 +29,7 @@ from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.jsonfile import read_json
 from llmkit.io.meta import permute_meta_to_hf, unpermute_hf_to_meta
-from llmkit.io.meta_hf import config_files, open_as_hf
+from llmkit.io.meta_hf import config_files, hf_sort_key, open_as_hf
 from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_config, guessed_config, hf_to_mindformers, is_hf,
                                    is_mindformers, mindformers_to_hf, rotary_role)
 from llmkit.io.sinks import TensorSpec
@@ -167,6 +167,16 @@ def to_ckpt(options: ToCkptOptions, *, progress: ProgressFactory | None = None) 
     return _finish(options, plan, result, progress)
 
 
+def _model_order(src: TensorSource) -> list:
+    """The source's tensors in transformers' state-dict order (embedding, layers 0..N with their modules in
+    order, norm, lm_head): the order the MindFormers converter iterates ``model.state_dict()`` in, so the
+    file is byte-identical to its output whatever order the source files store (safetensors sorts by name)."""
+    def key(info) -> tuple:
+        hf = info.name if is_hf(info.name) else mindformers_to_hf(info.name)
+        return hf_sort_key(hf or info.name)
+    return sorted(src.infos(), key=key)
+
+
 def _to_ckpt_plan(options: ToCkptOptions, src: TensorSource, dtype: torch.dtype | None) -> tuple[Plan, CkptResult]:
     notices: list[Notice] = []
     hf_of: dict[str, str] = {}  # output name -> HF name of the source tensor (for the rotary rows)
@@ -174,7 +184,7 @@ def _to_ckpt_plan(options: ToCkptOptions, src: TensorSource, dtype: torch.dtype 
     unmapped: list[str] = []
     empty: list[str] = []
     specs: list[TensorSpec] = []
-    for info in src.infos():
+    for info in _model_order(src):
         name = info.name
         if info.numel == 0:
             empty.append(name)
@@ -310,7 +320,8 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
         if options.names == "hf":
             notices.append(Notice.warning(f"{what}; left out (training state such as optimizer moments has no "
                                           "place in a Hugging Face model; --names keep writes everything)"))
-    hf_shapes = {(n if is_hf(n) else mindformers_to_hf(n)): src.info(n).shape for n in src.keys()}
+    hf_shapes = {hf: src.info(n).shape for n in src.keys()
+                 if (hf := n if is_hf(n) else mindformers_to_hf(n)) is not None}
     first = src.info(next(iter(src_of.values()))).dtype if src_of else torch.float16
     out_dtype_cfg = dtype or first
     cfg, config_from, cfg_notices, aux = _config(options, hf_shapes, out_dtype_cfg)

@@ -30,7 +30,7 @@ _HF_ORDER = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_a
              "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm")
 
 
-def _hf_sort_key(name: str) -> tuple:
+def hf_sort_key(name: str) -> tuple:
     """transformers' state-dict order: embed_tokens, layers 0..N (its modules in order), norm, lm_head."""
     if name == "model.embed_tokens.weight":
         return (0,)
@@ -69,7 +69,7 @@ class MetaHFView(TensorSource):
             hf = meta_to_hf_name(name)
             if hf is not None:
                 self._meta_name[hf] = name
-        order = sorted(self._meta_name, key=_hf_sort_key)
+        order = sorted(self._meta_name, key=hf_sort_key)
         super().__init__(path=meta.path, layout="meta-pth", files=meta.files,
                          weight_map={n: meta.weight_map[self._meta_name[n]] for n in order}, folder=meta.folder)
         self.params = meta.params

@@ -154,8 +154,10 @@ class ShardSetWriter:
 
     # ---- context manager ----
     def __enter__(self):
+        missing = [p for p in (self.out_dir, *self.out_dir.parents) if not p.exists()]
         with writing(self.out_dir):
             self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._made_dirs = missing  # folders this run created: removed again if it fails and they are empty
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -296,6 +298,11 @@ class ShardSetWriter:
                     pass
                 sh.handle = None
         self._stage.discard()
+        for folder in getattr(self, "_made_dirs", []):  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or not ours to remove): leave it and its parents
 
 
 class ShardedWriter(ShardSetWriter):

@@ -1,0 +1,61 @@
+"""to-ckpt / from-ckpt: the CLI builds the options and makes one library call (patched here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import llmkit.convert.ckpt as ckpt_job
+from llmkit.convert.ckpt import FromCkptOptions, ToCkptOptions
+from llmkit.units import DEFAULT_SHARD_SIZE
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    seen = []
+
+    def record(options, *, progress=None):
+        seen.append(options)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(ckpt_job, "to_ckpt", record)
+    monkeypatch.setattr(ckpt_job, "from_ckpt", record)
+    return seen
+
+
+def test_to_ckpt_defaults_and_every_flag(run_cli, calls):
+    run_cli("to-ckpt", "TechGPT-2.0-alpaca-hf", "-o", "techgpt.ckpt")
+    run_cli("to-ckpt", "m", "-o", "o", "--dtype", "fp16", "--names", "hf", "--rotary", "meta", "--crc",
+            "--format", "safetensors", "--shard-size", "2GB", "--strict", "--dry-run", "--force")
+    assert calls == [ToCkptOptions(Path("TechGPT-2.0-alpaca-hf"), Path("techgpt.ckpt"), dtype="keep",
+                                   names="mindformers", rotary="hf", crc=False, fmt="ckpt",
+                                   shard_size=DEFAULT_SHARD_SIZE, strict=False, force=False, dry_run=False),
+                     ToCkptOptions(Path("m"), Path("o"), dtype="fp16", names="hf", rotary="meta", crc=True,
+                                   fmt="safetensors", shard_size=2_000_000_000, strict=True, force=True,
+                                   dry_run=True)]
+
+
+def test_from_ckpt_defaults_and_every_flag(run_cli, calls):
+    run_cli("from-ckpt", "llama.ckpt", "-o", "hf")
+    run_cli("from-ckpt", "x.ckpt", "-o", "o", "--names", "keep", "--rotary", "meta", "--format", "bin",
+            "--config", "orig/config.json", "--dtype", "bf16", "--shard-size", "1GB", "--strict", "--dry-run",
+            "--force")
+    assert calls == [FromCkptOptions(Path("llama.ckpt"), Path("hf")),
+                     FromCkptOptions(Path("x.ckpt"), Path("o"), names="keep", rotary="meta", fmt="bin",
+                                     config=Path("orig/config.json"), dtype="bf16", shard_size=1_000_000_000,
+                                     strict=True, force=True, dry_run=True)]
+
+
+@pytest.mark.parametrize("args, option", [
+    (["to-ckpt", "m", "-o", "o", "--names", "keep"], "--names"),
+    (["to-ckpt", "m", "-o", "o", "--rotary", "gptj"], "--rotary"),
+    (["to-ckpt", "m", "-o", "o", "--format", "bin"], "--format"),
+    (["from-ckpt", "x.ckpt", "-o", "o", "--names", "mindformers"], "--names"),
+    (["from-ckpt", "x.ckpt", "-o", "o", "--format", "ckpt"], "--format"),
+    (["to-ckpt", "m"], "--output"),
+])
+def test_bad_flags_never_reach_the_library(run_cli, calls, args, option):
+    r = run_cli(*args)
+    assert r.exit_code == 2 and calls == [] and r.stderr.startswith("error: ") and option in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
