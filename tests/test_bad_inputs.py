@@ -110,6 +110,14 @@ def zoo(tmp_path_factory, lora_work, tiny_factory) -> SimpleNamespace:
     (z.plain / "w.dat").write_bytes(os.urandom(1000))
     z.table_dir = root / "table.md5"  # a folder where a checksum table file is expected
     z.table_dir.mkdir()
+
+    from llmkit.convert.ckpt import ToCkptOptions, to_ckpt
+
+    (root / "ckpt").mkdir()
+    z.ckpt = root / "ckpt" / "model.ckpt"
+    to_ckpt(ToCkptOptions(z.base, z.ckpt))
+    z.ckpt_cut = root / "ckpt" / "cut.ckpt"
+    z.ckpt_cut.write_bytes(z.ckpt.read_bytes()[:1000])
     return z
 
 
@@ -146,6 +154,10 @@ def _make_diff(z, base, target):
 
 def _merge(z, base, lora):
     return ["merge-lora", "--base", base, "--lora", lora, "-o", _o(z)]
+
+
+def _from_ckpt(z, ckpt, *more):
+    return ["from-ckpt", ckpt, "-o", _o(z), *more]
 
 
 def _xor(z, command, inp, key):
@@ -230,12 +242,34 @@ INPUT_CASES = {
     "encrypt-loop": (lambda z: _xor(z, "encrypt", z.loop, z.key), lambda z: z.loop),
     "encrypt-empty-folder": (lambda z: _xor(z, "encrypt", z.dir_as_file, z.key), lambda z: z.dir_as_file),
     "encrypt-key-is-a-folder": (lambda z: _xor(z, "encrypt", z.plain, z.plain), lambda z: z.plain),
+
+    "to-ckpt-dangling": (lambda z: ["to-ckpt", z.dangling, "-o", _o(z)], lambda z: z.dangling),
+    "to-ckpt-loop": (lambda z: ["to-ckpt", z.loop, "-o", _o(z)], lambda z: z.loop),
+    "to-ckpt-index-array": (lambda z: ["to-ckpt", z.index_array, "-o", _o(z)], lambda z: z.index_array / IDX),
+    "to-ckpt-params-array": (lambda z: ["to-ckpt", z.params_array, "-o", _o(z)],
+                             lambda z: z.params_array / "params.json"),
+    "to-ckpt-config-array-rotary-meta": (lambda z: ["to-ckpt", z.cfg_array, "-o", _o(z), "--rotary", "meta"],
+                                         lambda z: z.cfg_array / "config.json"),
+    "to-ckpt-folder-as-file": (lambda z: ["to-ckpt", z.dir_as_file, "-o", _o(z)], lambda z: z.dir_as_file),
+    "to-ckpt-adapter": (lambda z: ["to-ckpt", z.adapter, "-o", _o(z)], lambda z: z.adapter),
+
+    "from-ckpt-dangling": (lambda z: _from_ckpt(z, z.dangling), lambda z: z.dangling),
+    "from-ckpt-loop": (lambda z: _from_ckpt(z, z.loop), lambda z: z.loop),
+    "from-ckpt-not-a-model": (lambda z: _from_ckpt(z, z.file), lambda z: z.file),
+    "from-ckpt-not-a-ckpt": (lambda z: _from_ckpt(z, z.base), lambda z: z.base),
+    "from-ckpt-truncated": (lambda z: _from_ckpt(z, z.ckpt_cut), lambda z: z.ckpt_cut),
+    "from-ckpt-config-array": (lambda z: _from_ckpt(z, z.ckpt, "--config", z.cfg_array),
+                               lambda z: z.cfg_array / "config.json"),
+    "from-ckpt-config-dangling": (lambda z: _from_ckpt(z, z.ckpt, "--config", z.dangling), lambda z: z.dangling),
+    "from-ckpt-config-folder-without-config": (lambda z: _from_ckpt(z, z.ckpt, "--config", z.enc),
+                                               lambda z: z.enc),
 }
 
 
 def test_the_zoo_feeds_every_command(zoo):
     commands = {argv(zoo)[0] for argv, _ in INPUT_CASES.values()}
-    assert commands == {"inspect", "verify", "checksum", "recover", "make-diff", "merge-lora", "decrypt", "encrypt"}
+    assert commands == {"inspect", "verify", "checksum", "recover", "make-diff", "merge-lora", "decrypt", "encrypt",
+                        "to-ckpt", "from-ckpt"}
 
 
 @pytest.mark.parametrize("case", sorted(INPUT_CASES))
@@ -252,6 +286,8 @@ WRITERS = {
     "merge-lora": lambda z, o: ["merge-lora", "--base", z.base, "--lora", z.adapter, "-o", o],
     "decrypt": lambda z, o: ["decrypt", z.enc, "--key", z.key, "--no-key-check", "--no-content-check", "-o", o],
     "encrypt": lambda z, o: ["encrypt", z.plain, "--key", z.key, "--no-key-check", "-o", o],
+    "to-ckpt": lambda z, o: ["to-ckpt", z.base, "-o", o],  # -o is the .ckpt file itself
+    "from-ckpt": lambda z, o: ["from-ckpt", z.ckpt, "-o", o],
 }
 
 
@@ -263,6 +299,8 @@ def test_unusable_output_path_is_one_error_line_saying_what_it_is(run_cli, zoo, 
     line = one_error_line(run_cli(*WRITERS[command](zoo, out)), bad)
     what = {"file": "not a folder" if case == "file" else "is a file", "dangling": "dangling symlink to",
             "loop": "symlink loop"}[case.split("/")[0]]
+    if command == "to-ckpt" and case == "file":  # a file output: an existing file needs --force
+        what = "output file exists"
     assert what in line, line
     if case.startswith("dangling"):
         assert str(zoo.root / "nowhere") in line  # says where the link points

@@ -99,7 +99,11 @@ def ensure_output_file_is_new(out_file: Path, inputs: Iterable[str | os.PathLike
     if out_file.is_dir():
         raise OutputExistsError("the output path is a folder; this command writes one file", path=out_file,
                                 hint=f"name the file, e.g. -o {out_file / 'model.ckpt'}")
-    check_output_path(out_file.parent)
+    parent = out_file.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{parent} is a file, so no output file can be made inside it", path=out_file,
+                         hint="choose another -o")
+    check_output_path(parent)
     out = Path(os.path.realpath(out_file))
     for p in inputs:
         if p is None:
