@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmkit.io.ckpt import CkptFile
+from llmkit.io.ckpt_reader import CkptFile
 from llmkit.io.mindformers import hf_to_mindformers, mindformers_to_hf
 from llmkit.tiny import tiny_model
 

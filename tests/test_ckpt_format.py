@@ -12,7 +12,7 @@ import torch
 
 import llmkit.io.ckpt as ckpt
 from llmkit.errors import InputError
-from llmkit.io.ckpt import CkptFile
+from llmkit.io.ckpt_reader import CkptFile
 from llmkit.io.sinks import TensorSpec, open_sink
 from llmkit.io.sources import open_source
 

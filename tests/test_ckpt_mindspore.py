@@ -150,7 +150,8 @@ def test_a_tensor_over_512_mib_is_split_exactly_as_mindspore_splits_it(tmp_path,
     """
     assert "loaded" in mindspore_run(check, src, ours, tmp_path / "ms.ckpt")
     assert filecmp.cmp(ours, tmp_path / "ms.ckpt", shallow=False)
-    from llmkit.io.ckpt import SLICE_BYTES, CkptFile
+    from llmkit.io.ckpt import SLICE_BYTES
+    from llmkit.io.ckpt_reader import CkptFile
 
     f = CkptFile(tmp_path / "ms.ckpt")
     try:

@@ -3,19 +3,20 @@
 ``-o`` names a file, not a folder: the file is staged as ``.NAME.llmkit-tmp`` beside it, fsynced and
 renamed when every tensor is in and its size checks out; nothing else in that folder is touched
 (``--force`` replaces only this file). The bytes are those of ``mindspore.save_checkpoint``
-(:class:`~llmkit.io.ckpt.CkptLayout`); ``crc=True`` adds the CRC trailer.
+(:class:`~llmkit.io.ckpt.CkptLayout`); ``crc=True`` adds the CRC trailer; ``enc_key`` (a
+``ckpt_crypto.CkptKey``) encrypts it in ``enc_mode`` blocks as ``save_checkpoint(enc_key=...)`` does.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
 from llmkit.errors import InputError, OutputExistsError
-from llmkit.io.ckpt import CkptLayout, ckpt_size
+from llmkit.io.ckpt import CkptLayout
 from llmkit.io.destination import ensure_output_file_is_new
 from llmkit.io.layouts import TensorSpec
 from llmkit.io.sinks import ShardSetWriter, register_sink
@@ -26,11 +27,13 @@ class CkptSink(ShardSetWriter):
     """Write planned tensors, in plan order, as the one ``.ckpt`` file ``path``; a context manager."""
 
     def __init__(self, path: str | os.PathLike, specs: list[TensorSpec], *, force: bool = False,
-                 inputs: Iterable[str | os.PathLike | None] | None = None, extra_bytes: int = 0, crc: bool = False):
+                 inputs: Iterable[str | os.PathLike | None] | None = None, extra_bytes: int = 0, crc: bool = False,
+                 enc_key: Any = None, enc_mode: str = "AES-GCM"):
         self.path = Path(path)
-        super().__init__(self.path.parent, [(self.path.name, list(specs))], fmt="ckpt", layout=CkptLayout(crc),
+        layout = CkptLayout(crc, enc_key, enc_mode)
+        super().__init__(self.path.parent, [(self.path.name, list(specs))], fmt="ckpt", layout=layout,
                          force=force, metadata={}, inputs=inputs)
-        self.total_size = ckpt_size(list(specs), crc)  # file bytes: records and trailer
+        self.total_size = layout.file_size(list(specs))  # file bytes: records and trailer, or encrypted blocks
         self._names = {s.name for s in specs}
         self._check_destination(extra_bytes)
 
@@ -60,5 +63,7 @@ class CkptSink(ShardSetWriter):
 
 
 @register_sink("ckpt")
-def _ckpt_sink(out, specs, *, force=False, inputs=None, extra_bytes=0, crc=False) -> CkptSink:
-    return CkptSink(out, specs, force=force, inputs=inputs, extra_bytes=extra_bytes, crc=crc)
+def _ckpt_sink(out, specs, *, force=False, inputs=None, extra_bytes=0, crc=False, enc_key=None,
+               enc_mode="AES-GCM") -> CkptSink:
+    return CkptSink(out, specs, force=force, inputs=inputs, extra_bytes=extra_bytes, crc=crc, enc_key=enc_key,
+                    enc_mode=enc_mode)

@@ -242,7 +242,7 @@ def _single(path: Path) -> TensorSource:
 def _ckpt(path: Path) -> TensorSource:
     """A MindSpore checkpoint: one file, MindFormers names as stored; no folder of config files (the
     folder a ``.ckpt`` sits in is not part of the model)."""
-    from llmkit.io.ckpt import CkptFile
+    from llmkit.io.ckpt_reader import CkptFile
 
     f = CkptFile(path)
     return TensorSource(path=path, layout="ckpt", files=[f], weight_map={k: f for k in f.infos})

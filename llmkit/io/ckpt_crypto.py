@@ -1,0 +1,301 @@
+"""Encrypted MindSpore checkpoints (``save_checkpoint(enc_key=..., enc_mode=...)``), streamed, with the
+``cryptography`` package. Layout observed from MindSpore 2.10 (docs/mindspore-notes.md):
+
+The plaintext ``.ckpt`` bytes are cut into blocks of at most 64 MiB (:data:`BLOCK_PLAIN`); each block is
+stored as a header and its ciphertext, all integers little-endian u32::
+
+    AES-GCM:          magic d8 5e 3a 7f | tag (16) | block_size | iv_len (16) | IV (16) | cipher_len | ciphertext
+    AES-CBC, SM4-CBC: magic d9/da 5e 3a 7f         | block_size | iv_len (16) | IV (16) | cipher_len | ciphertext
+
+``block_size = 4 + iv_len + 4 + cipher_len``; a fresh random IV per block; GCM uses the IV's first 12
+bytes as its nonce, no associated data, a 16-byte tag; the CBC modes pad each block with PKCS#7
+(a full block grows by 16 bytes). Key: 16, 24 or 32 bytes for AES (AES-128/192/256), 16 for SM4.
+
+- :class:`BlockEncryptor`: a write-only file wrapper; buffers one block of plaintext, then writes it
+  encrypted (memory: about two blocks, whatever the checkpoint size).
+- :class:`DecryptedFile`: random access to the plaintext; an index of the block headers is read at
+  open time, and one decrypted block is cached (each block is authenticated as a whole).
+
+Keys never come from the command line itself: :func:`read_key` takes a key file path (raw bytes) or
+``env:VAR`` (hex in an environment variable).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from llmkit.errors import InputError
+
+BLOCK_PLAIN = 64 * 1024 * 1024  # MindSpore's ENCRYPT_BLOCK_SIZE (64 * 1024 KiB) of plaintext per block
+IV_BYTES = 16
+TAG_BYTES = 16
+MAGICS = {"AES-GCM": 0x7F3A5ED8, "AES-CBC": 0x7F3A5ED9, "SM4-CBC": 0x7F3A5EDA}
+MODE_OF_MAGIC = {v: k for k, v in MAGICS.items()}
+ENC_MODES = tuple(MAGICS)
+KEY_LENGTHS = {"AES-GCM": (16, 24, 32), "AES-CBC": (16, 24, 32), "SM4-CBC": (16,)}
+
+
+@dataclass(frozen=True)
+class CkptKey:
+    """A checkpoint key and mode (``mode`` None when reading: taken from the file). ``source`` says where
+    the key came from, for messages; the key bytes never appear in a repr."""
+
+    key: bytes = field(repr=False)
+    mode: str | None
+    source: str
+
+    def check(self, mode: str) -> None:
+        if len(self.key) not in KEY_LENGTHS[mode]:
+            lengths = " or ".join(str(n) for n in KEY_LENGTHS[mode])
+            raise InputError(f"the key from {self.source} has {len(self.key)} bytes; {mode} needs {lengths}",
+                             hint="a key file holds the raw key bytes (no newline); env:VAR holds hex")
+
+
+def read_key(spec: str, mode: str | None, *, flag: str) -> CkptKey:
+    """The key named by ``spec``: ``env:VAR`` (hex) or the path of a file of raw key bytes."""
+    if mode is not None and mode not in MAGICS:
+        raise InputError(f"{flag.replace('key', 'mode')}: {mode!r} is not one of {', '.join(ENC_MODES)}")
+    if spec.startswith("env:"):
+        var = spec[4:]
+        value = os.environ.get(var)
+        if not var or value is None:
+            raise InputError(f"{flag}: the environment variable {var or '(empty name)'} is not set",
+                             hint=f"export {var or 'VAR'}=<hex key>, or pass the path of a key file")
+        try:
+            key = bytes.fromhex(value.strip())
+        except ValueError:
+            raise InputError(f"{flag}: the environment variable {var} does not hold a hex key",
+                             hint="put the key as hex digits in it, e.g. 32 digits for a 16-byte key") from None
+        ck = CkptKey(key, mode, f"env:{var}")
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise InputError(f"{flag}: no such key file" if not path.exists() else f"{flag}: not a file", path=path,
+                             hint="pass the path of a file holding the raw key bytes, or env:VAR for a hex key")
+        ck = CkptKey(path.read_bytes(), mode, str(path))
+    if mode is not None:
+        ck.check(mode)
+    return ck
+
+
+def block_sizes(plain_total: int) -> Iterator[int]:
+    """Plaintext bytes of each block of a checkpoint of ``plain_total`` bytes."""
+    for start in range(0, plain_total, BLOCK_PLAIN):
+        yield min(BLOCK_PLAIN, plain_total - start)
+
+
+def cipher_len(plain: int, mode: str) -> int:
+    return plain if mode == "AES-GCM" else (plain // 16 + 1) * 16  # PKCS#7 always adds 1..16 bytes
+
+
+def header_len(mode: str) -> int:
+    return 4 + (TAG_BYTES if mode == "AES-GCM" else 0) + 4 + 4 + IV_BYTES + 4
+
+
+def encrypted_size(plain_total: int, mode: str) -> int:
+    """Bytes of the encrypted file holding ``plain_total`` plaintext bytes."""
+    return sum(header_len(mode) + cipher_len(n, mode) for n in block_sizes(plain_total))
+
+
+def _cbc(mode: str, key: bytes, iv: bytes):
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    alg = algorithms.AES(key) if mode == "AES-CBC" else algorithms.SM4(key)
+    return Cipher(alg, modes.CBC(iv))
+
+
+def encrypt_block(plain: bytes | memoryview, key: bytes, mode: str, iv: bytes) -> bytes:
+    """One stored block: header and ciphertext of ``plain`` (at most :data:`BLOCK_PLAIN` bytes)."""
+    if mode == "AES-GCM":
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        sealed = AESGCM(key).encrypt(iv[:12], bytes(plain), None)
+        ct, tag = memoryview(sealed)[:-TAG_BYTES], sealed[-TAG_BYTES:]
+        head = struct.pack("<I", MAGICS[mode]) + tag + struct.pack("<II", 4 + IV_BYTES + 4 + len(ct), IV_BYTES)
+    else:
+        from cryptography.hazmat.primitives import padding
+
+        padder = padding.PKCS7(128).padder()
+        enc = _cbc(mode, key, iv).encryptor()
+        ct = memoryview(enc.update(padder.update(bytes(plain)) + padder.finalize()) + enc.finalize())
+        head = struct.pack("<III", MAGICS[mode], 4 + IV_BYTES + 4 + len(ct), IV_BYTES)
+    return head + iv + struct.pack("<I", len(ct)) + bytes(ct)
+
+
+class BlockEncryptor:
+    """Write-only file wrapper: plaintext in (sequentially), encrypted blocks out to ``f``.
+
+    ``ivs`` gives each block's 16-byte IV (default: ``os.urandom``; tests pass MindSpore's to compare bytes).
+    Call :meth:`close` to write the last, partial block.
+    """
+
+    def __init__(self, f: BinaryIO, key: CkptKey, mode: str, ivs: Iterator[bytes] | None = None):
+        key.check(mode)
+        self.f, self.key, self.mode = f, key.key, mode
+        self.ivs = ivs
+        self.buf = bytearray()
+        self.plain_written = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.buf += data
+        self.plain_written += len(data)
+        while len(self.buf) >= BLOCK_PLAIN:
+            self._emit(memoryview(self.buf)[:BLOCK_PLAIN])
+            del self.buf[:BLOCK_PLAIN]
+
+    def _emit(self, block: memoryview) -> None:
+        iv = next(self.ivs) if self.ivs is not None else os.urandom(IV_BYTES)
+        self.f.write(encrypt_block(block, self.key, self.mode, iv))
+
+    def close(self) -> None:
+        if self.buf:
+            self._emit(memoryview(self.buf))
+            self.buf = bytearray()
+
+
+@dataclass(frozen=True)
+class _Block:
+    at: int  # offset of the block's header in the file
+    ct: int  # offset of its ciphertext
+    ct_len: int
+    iv: bytes
+    tag: bytes
+    plain_at: int  # offset of its plaintext in the decrypted stream
+    plain_len: int
+
+
+def sniff_mode(head: bytes) -> str | None:
+    """The encryption mode whose magic ``head`` (the first 4 bytes of a file) starts with, else None."""
+    return MODE_OF_MAGIC.get(struct.unpack("<I", head)[0]) if len(head) >= 4 else None
+
+
+class DecryptedFile:
+    """Random access to the plaintext of an encrypted checkpoint (``fd`` open for reading)."""
+
+    def __init__(self, fd: int, path: Path, key: CkptKey):
+        self.fd, self.path, self.key = fd, path, key
+        size = os.fstat(fd).st_size
+        if size >= 17 and os.pread(fd, 7, size - 17) == b"crc_num":
+            size -= 17  # MindSpore appends a plaintext trailer (with a zero CRC) when asked for one
+        self.mode = sniff_mode(os.pread(fd, 4, 0))
+        if self.mode is None:
+            raise InputError("not an encrypted MindSpore checkpoint (unknown magic)", path=path)
+        if key.mode is not None and key.mode != self.mode:
+            raise InputError(f"the file is encrypted with {self.mode}, not {key.mode}", path=path,
+                             hint=f"pass --dec-mode {self.mode} (or leave --dec-mode out: it is read from the file)")
+        key.check(self.mode)
+        self.blocks: list[_Block] = []
+        pos = plain = 0
+        while pos < size:
+            b = self._read_header(pos, size)
+            plain_len = b.ct_len if self.mode == "AES-GCM" else b.ct_len - self._cbc_pad(b)
+            b = _Block(b.at, b.ct, b.ct_len, b.iv, b.tag, plain, plain_len)
+            self.blocks.append(b)
+            plain += plain_len
+            pos = b.ct + b.ct_len
+        self.size = plain
+        self._cached: tuple[int, bytes] | None = None
+
+    def _fail(self, at: int, what: str) -> InputError:
+        return InputError(f"corrupt encrypted checkpoint at byte {at}: {what}", path=self.path,
+                          hint="the file is truncated or damaged; download or convert it again")
+
+    def _read_header(self, at: int, size: int) -> _Block:
+        gcm = self.mode == "AES-GCM"
+        fixed = os.pread(self.fd, header_len(self.mode) - IV_BYTES - 4, at)
+        if len(fixed) < header_len(self.mode) - IV_BYTES - 4:
+            raise self._fail(at, "the file ends inside a block header")
+        magic = struct.unpack_from("<I", fixed)[0]
+        if magic != MAGICS[self.mode]:
+            raise self._fail(at, f"expected the {self.mode} block magic, found {fixed[:4].hex()}")
+        tag = fixed[4:4 + TAG_BYTES] if gcm else b""
+        block_size, iv_len = struct.unpack_from("<II", fixed, len(fixed) - 8)
+        if iv_len != IV_BYTES:
+            raise self._fail(at, f"IV length {iv_len} (MindSpore writes {IV_BYTES})")
+        iv_at = at + len(fixed)
+        rest = os.pread(self.fd, IV_BYTES + 4, iv_at)
+        if len(rest) < IV_BYTES + 4:
+            raise self._fail(at, "the file ends inside a block header")
+        (ct_len,) = struct.unpack_from("<I", rest, IV_BYTES)
+        ct = iv_at + IV_BYTES + 4
+        if block_size != 4 + IV_BYTES + 4 + ct_len:
+            raise self._fail(at, f"block size {block_size} does not match its ciphertext length {ct_len}")
+        if ct + ct_len > size:
+            raise self._fail(at, f"a block of {ct_len} bytes runs past the end of the file (byte {size})")
+        if not gcm and (ct_len == 0 or ct_len % 16):
+            raise self._fail(at, f"a CBC block of {ct_len} bytes (not a multiple of 16)")
+        return _Block(at, ct, ct_len, rest[:IV_BYTES], tag, 0, 0)
+
+    def _wrong_key(self, b: _Block, why: str) -> InputError:
+        return InputError(f"cannot decrypt the block at byte {b.at} ({why}): wrong key or mode, or the file was "
+                          "modified", path=self.path, hint=f"check the key ({self.key.source}) and the file")
+
+    def _cbc_pad(self, b: _Block) -> int:
+        """PKCS#7 padding of a CBC block, from its last 16 bytes alone (so the index is cheap)."""
+        prev = self.iv_or_prev(b)
+        last = _cbc(self.mode, self.key.key, prev).decryptor().update(os.pread(self.fd, 16, b.ct + b.ct_len - 16))
+        pad = last[-1]
+        if not 1 <= pad <= 16 or last[-pad:] != bytes([pad]) * pad:
+            raise self._wrong_key(b, "bad padding")
+        return pad
+
+    def iv_or_prev(self, b: _Block) -> bytes:
+        return b.iv if b.ct_len == 16 else os.pread(self.fd, 16, b.ct + b.ct_len - 32)
+
+    def _decrypt(self, i: int) -> bytes:
+        if self._cached is not None and self._cached[0] == i:
+            return self._cached[1]
+        self._cached = None  # one decrypted block in memory at a time
+        b = self.blocks[i]
+        ct = os.pread(self.fd, b.ct_len, b.ct)
+        if len(ct) != b.ct_len:
+            raise InputError("file shrank while reading", path=self.path)
+        if self.mode == "AES-GCM":
+            from cryptography.exceptions import InvalidTag
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            try:
+                plain = AESGCM(self.key.key).decrypt(b.iv[:12], ct + b.tag, None)
+            except InvalidTag:
+                raise self._wrong_key(b, "the AES-GCM tag does not match") from None
+        else:
+            dec = _cbc(self.mode, self.key.key, b.iv).decryptor()
+            plain = (dec.update(ct) + dec.finalize())[:b.plain_len]
+        self._cached = (i, plain)
+        return plain
+
+    def readinto(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` with the plaintext bytes at ``offset``."""
+        done = 0
+        i = self._block_at(offset)
+        while done < len(view):
+            if i >= len(self.blocks):
+                raise InputError(f"read past the end of the decrypted checkpoint (byte {offset + done})",
+                                 path=self.path)
+            b = self.blocks[i]
+            plain = self._decrypt(i)
+            start = offset + done - b.plain_at
+            n = min(len(view) - done, b.plain_len - start)
+            view[done:done + n] = plain[start:start + n]
+            done += n
+            i += 1
+
+    def pread(self, n: int, offset: int) -> bytes:
+        n = max(0, min(n, self.size - offset))
+        buf = bytearray(n)
+        self.readinto(memoryview(buf), offset)
+        return bytes(buf)
+
+    def _block_at(self, offset: int) -> int:
+        lo, hi = 0, len(self.blocks)
+        while lo + 1 < hi:  # the last block starting at or before offset
+            mid = (lo + hi) // 2
+            if self.blocks[mid].plain_at <= offset:
+                lo = mid
+            else:
+                hi = mid
+        return lo

@@ -1,0 +1,335 @@
+"""Reading MindSpore ``.ckpt`` files lazily (the wire format and the writer: ``llmkit.io.ckpt``).
+
+:class:`CkptFile` reads record headers with small reads (seeking past the data), joins the split records
+of a tensor and reads one tensor at a time with ``preadv`` into a fresh tensor. A CRC trailer is checked
+while the tensors are read in file order (no second pass), or by :meth:`CkptFile.verify_crc`. An
+encrypted checkpoint is read through ``llmkit.io.ckpt_crypto.DecryptedFile`` with its key. Every
+defect (bad varint, a length past the end, an unknown dtype string, split records that disagree, a CRC
+mismatch) is an :class:`~llmkit.errors.InputError` naming the file and the byte offset.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from llmkit.errors import InputError
+from llmkit.io.ckpt import CRC_MAGIC, CRC_TRAILER_BYTES, MS_TO_TORCH, READ_CHUNK
+from llmkit.io.tensorfiles import TensorFile, TensorInfo
+
+
+@dataclass(frozen=True)
+class _Piece:
+    record: int  # offset of the record's first byte
+    data: int  # offset of its raw bytes
+    length: int
+
+
+class _Corrupt(Exception):
+    def __init__(self, offset: int, what: str, truncated: bool = False):
+        super().__init__(what)
+        self.offset, self.what, self.truncated = offset, what, truncated
+
+
+class _Cursor:
+    """Small reads of protobuf fields from a buffered file, with the enclosing message's end as a limit."""
+
+    def __init__(self, f: BinaryIO, end: int):
+        self.f, self.end = f, end
+
+    @property
+    def pos(self) -> int:
+        return self.f.tell()
+
+    def varint(self, limit: int) -> int:
+        start = self.pos
+        n = shift = 0
+        while True:
+            if self.pos >= limit:
+                raise _Corrupt(start, "a varint runs past the end of its message", truncated=limit == self.end)
+            b = self.f.read(1)
+            if not b:
+                raise _Corrupt(start, "the file ends inside a varint", truncated=True)
+            n |= (b[0] & 0x7F) << shift
+            if not b[0] & 0x80:
+                return n
+            shift += 7
+            if shift >= 70:
+                raise _Corrupt(start, "bad varint (more than 10 bytes)")
+
+    def length(self, limit: int) -> int:
+        at = self.pos
+        n = self.varint(limit)
+        if self.pos + n > limit:
+            where = "the file ends" if limit == self.end else "its message ends"
+            raise _Corrupt(at, f"a field of {n} bytes runs past the end ({where} at byte {limit})",
+                           truncated=limit == self.end)
+        return n
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        if len(data) != n:
+            raise _Corrupt(self.pos, "the file ends early", truncated=True)
+        return data
+
+    def skip(self, wire: int, limit: int) -> None:
+        at = self.pos
+        if wire == 0:
+            self.varint(limit)
+        elif wire == 1 or wire == 5:
+            n = 8 if wire == 1 else 4
+            if self.pos + n > limit:
+                raise _Corrupt(at, "a fixed-size field runs past the end of its message")
+            self.f.seek(n, os.SEEK_CUR)
+        elif wire == 2:
+            n = self.length(limit)
+            self.f.seek(n, os.SEEK_CUR)
+        else:
+            raise _Corrupt(at, f"unknown protobuf wire type {wire}")
+
+
+@dataclass
+class _Record:
+    tag: str
+    dims: tuple[int, ...]
+    type: str
+    piece: _Piece
+
+
+def _parse_record(c: _Cursor, start: int) -> _Record:
+    """One ``Checkpoint`` message (``0a len Value``) starting at ``start``."""
+    if c.read(1) != b"\x0a":
+        raise _Corrupt(start, "not a checkpoint record (expected byte 0x0a)")
+    body = c.length(c.end)
+    end = c.pos + body
+    tag: str | None = None
+    tensor: tuple[tuple[int, ...], str, _Piece] | None = None
+    while c.pos < end:
+        at = c.pos
+        key = c.varint(end)
+        fno, wire = key >> 3, key & 7
+        if fno == 1 and wire == 2:
+            raw = c.read(c.length(end))
+            try:
+                tag = raw.decode()
+            except UnicodeDecodeError:
+                raise _Corrupt(at, "a tensor name is not UTF-8") from None
+        elif fno == 2 and wire == 2:
+            n = c.length(end)
+            tensor = _parse_tensor(c, start, c.pos + n)
+        elif fno == 3:
+            raise _Corrupt(at, "a MapParameter (embedding hash table) record, which llmkit cannot convert")
+        else:
+            c.skip(wire, end)
+    if tag is None or tensor is None:
+        raise _Corrupt(start, "a record without a " + ("name" if tag is None else "tensor"))
+    dims, type_name, piece = tensor
+    return _Record(tag, dims, type_name, piece)
+
+
+def _parse_tensor(c: _Cursor, record: int, end: int) -> tuple[tuple[int, ...], str, _Piece]:
+    dims: list[int] = []
+    type_name: str | None = None
+    piece: _Piece | None = None
+    while c.pos < end:
+        key = c.varint(end)
+        fno, wire = key >> 3, key & 7
+        if fno == 1 and wire == 0:
+            dims.append(c.varint(end))
+        elif fno == 1 and wire == 2:  # packed dims (not what MindSpore writes, but valid protobuf)
+            n = c.length(end)
+            stop = c.pos + n
+            while c.pos < stop:
+                dims.append(c.varint(stop))
+        elif fno == 2 and wire == 2:
+            type_name = c.read(c.length(end)).decode(errors="replace")
+        elif fno == 3 and wire == 2:
+            n = c.length(end)
+            piece = _Piece(record, c.pos, n)
+            c.f.seek(n, os.SEEK_CUR)
+        else:
+            c.skip(wire, end)
+    if type_name is None or piece is None:
+        raise _Corrupt(record, "a tensor without a " + ("type" if type_name is None else "data field"))
+    return (() if dims == [0] else tuple(dims)), type_name, piece
+
+
+class _PlainFile:
+    """Random access to an unencrypted file (``DecryptedFile`` is the encrypted counterpart)."""
+
+    def __init__(self, fd: int, path: Path):
+        self.fd, self.path, self.size = fd, path, os.fstat(fd).st_size
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return os.pread(self.fd, n, offset)
+
+    def readinto(self, view: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:done + READ_CHUNK]], offset + done)
+            if not got:
+                raise InputError(f"file shrank while reading (at byte {offset + done})", path=self.path,
+                                 hint="do not change the file while llmkit reads it")
+            done += got
+
+
+class _Buffered:
+    """``read``/``seek``/``tell`` over ``pread`` with a 64 KiB window: header fields are small reads, data is
+    skipped by seeking (for an encrypted file, blocks holding only tensor data are not decrypted)."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, plain):
+        self.plain, self.pos, self.buf, self.buf_at = plain, 0, b"", 0
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, n: int, whence: int = os.SEEK_SET) -> None:
+        self.pos = n if whence == os.SEEK_SET else self.pos + n
+
+    def read(self, n: int) -> bytes:
+        start = self.pos - self.buf_at
+        if not (0 <= start and start + n <= len(self.buf)):
+            self.buf, self.buf_at, start = self.plain.pread(max(n, self.CHUNK), self.pos), self.pos, 0
+        data = self.buf[start:start + n]
+        self.pos += len(data)
+        return data
+
+
+class CkptFile(TensorFile):
+    """A MindSpore ``.ckpt`` read lazily: names, dtypes and shapes from the record headers (data skipped),
+    one tensor's bytes read on :meth:`get`. ``crc``: the trailer's CRC-32, or None when there is none.
+    An encrypted checkpoint needs ``key`` (``llmkit.io.ckpt_crypto``); ``encryption`` is then its mode."""
+
+    def __init__(self, path: Path, key=None):
+        from llmkit.io.ckpt_crypto import DecryptedFile, sniff_mode
+
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except IsADirectoryError:
+            raise InputError("expected a .ckpt file, found a folder", path=path) from None
+        try:
+            self.encryption = sniff_mode(os.pread(self._fd, 4, 0))
+            if self.encryption is not None and key is None:
+                raise InputError(f"this checkpoint is encrypted ({self.encryption})", path=path,
+                                 hint="pass --dec-key with its key (a key file, or env:VAR holding hex)")
+            self._plain = DecryptedFile(self._fd, path, key) if self.encryption else _PlainFile(self._fd, path)
+            self._open()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _fail(self, offset: int, what: str, truncated: bool = False) -> InputError:
+        hint = ("the file is truncated; download or convert it again" if truncated
+                else "the file is damaged or not a MindSpore checkpoint; download or convert it again")
+        return InputError(f"corrupt MindSpore checkpoint at byte {offset}: {what}", path=self.path, hint=hint)
+
+    def _open(self) -> None:
+        size = self._plain.size
+        self.crc: int | None = None
+        self.end = size
+        if size >= CRC_TRAILER_BYTES:
+            tail = self._plain.pread(CRC_TRAILER_BYTES, size - CRC_TRAILER_BYTES)
+            if tail[:len(CRC_MAGIC)] == CRC_MAGIC:  # MindSpore's loader strips such a trailer whenever present
+                self.crc = int.from_bytes(tail[len(CRC_MAGIC):], "big")
+                self.end = size - CRC_TRAILER_BYTES
+        if size == 0:
+            raise InputError("empty file: not a MindSpore checkpoint", path=self.path,
+                             hint="the file is truncated; download or convert it again")
+        self.infos: dict[str, TensorInfo] = {}
+        self._pieces: dict[str, list[_Piece]] = {}
+        types: dict[str, str] = {}
+        last: str | None = None
+        f = _Buffered(self._plain)
+        c = _Cursor(f, self.end)  # type: ignore[arg-type]
+        while f.tell() < self.end:
+            start = f.tell()
+            try:
+                r = _parse_record(c, start)
+            except _Corrupt as e:
+                raise self._fail(e.offset, e.what, e.truncated) from None
+            if r.tag == last:  # a split tensor: same tag, same dims and type, more bytes
+                info = self.infos[r.tag]
+                if r.dims != info.shape or r.type != types[r.tag]:
+                    raise self._fail(start, f"split records of {r.tag!r} disagree: {types[r.tag]} "
+                                            f"{list(info.shape)} then {r.type} {list(r.dims)}")
+                self._pieces[r.tag].append(r.piece)
+                continue
+            if r.tag in self.infos:
+                raise self._fail(start, f"tensor {r.tag!r} appears twice (first at byte "
+                                        f"{self._pieces[r.tag][0].record})")
+            if r.type not in MS_TO_TORCH:
+                raise self._fail(start, f"tensor {r.tag!r} has tensor type {r.type!r}, which llmkit cannot "
+                                        f"read (known: {', '.join(MS_TO_TORCH)})")
+            self.infos[r.tag] = TensorInfo(r.tag, MS_TO_TORCH[r.type], r.dims, self.path)
+            self._pieces[r.tag] = [r.piece]
+            types[r.tag] = r.type
+            last = r.tag
+        for name, info in self.infos.items():
+            have = sum(p.length for p in self._pieces[name])
+            if have != info.nbytes:
+                raise self._fail(self._pieces[name][0].record,
+                                 f"tensor {name!r} ({types[name]} {list(info.shape)}) needs {info.nbytes} bytes "
+                                 f"of data, its record(s) hold {have}")
+        self._crc_pos = 0  # the running CRC covers bytes [0, _crc_pos)
+        self._crc_sum = 0
+
+    def records(self, name: str) -> int:
+        """How many records hold ``name`` (more than one: split at 512 MiB)."""
+        return len(self._pieces[name])
+
+    def get(self, name: str) -> torch.Tensor:
+        info = self.infos[name]
+        tensor = torch.empty(info.shape, dtype=info.dtype)
+        view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()) if info.nbytes else memoryview(b"")
+        done = 0
+        for p in self._pieces[name]:
+            part = view[done:done + p.length]
+            self._plain.readinto(part, p.data)
+            if self.crc is not None and p.record == self._crc_pos:
+                self._crc_sum = zlib.crc32(self._plain.pread(p.data - p.record, p.record), self._crc_sum)
+                self._crc_sum = zlib.crc32(part, self._crc_sum)
+                self._crc_pos = p.data + p.length
+                if self._crc_pos == self.end:
+                    self._judge_crc()
+            done += p.length
+        return tensor
+
+    def verify_crc(self) -> bool | None:
+        """Check the CRC trailer (reading only what :meth:`get` has not covered yet); None when the file
+        has no trailer. A mismatch raises :class:`InputError`."""
+        if self.crc is None:
+            return None
+        chunk = 16 << 20
+        while self._crc_pos < self.end:
+            data = self._plain.pread(min(chunk, self.end - self._crc_pos), self._crc_pos)
+            if not data:
+                raise InputError("file shrank while reading", path=self.path)
+            self._crc_sum = zlib.crc32(data, self._crc_sum)
+            self._crc_pos += len(data)
+        self._judge_crc()
+        return True
+
+    def _judge_crc(self) -> None:
+        if self._crc_sum != self.crc:
+            raise InputError(f"CRC mismatch: the trailer at byte {self.end} says {self.crc:#010x}, the content "
+                             f"gives {self._crc_sum:#010x}", path=self.path,
+                             hint="the file is damaged; download or convert it again")
+
+    def prefetch(self, name: str) -> None:
+        pieces = self._pieces.get(name)
+        if pieces and hasattr(os, "posix_fadvise") and self.encryption is None:
+            first, last = pieces[0], pieces[-1]
+            os.posix_fadvise(self._fd, first.record, last.data + last.length - first.record, os.POSIX_FADV_WILLNEED)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
