@@ -32,9 +32,12 @@ class TensorRow:
 @dataclass(frozen=True)
 class InspectOptions:
     """``llmkit inspect PATH``: a model or adapter folder, a weight file or a shard index. (``--tensors``
-    only chooses what the text output shows; the result always lists every tensor.)"""
+    only chooses what the text output shows; the result always lists every tensor.) ``dec_key``/``dec_mode``:
+    the key (a key file path or ``env:VAR``) of an encrypted MindSpore checkpoint."""
 
     path: Path
+    dec_key: str | None = None
+    dec_mode: str | None = None
 
 
 @dataclass
@@ -57,6 +60,7 @@ class ModelSummary(Result):
     adapter: AdapterInfo | None
     warnings: list[str] = field(default_factory=list)
     tensors: list[TensorRow] = field(default_factory=list)
+    encryption: str | None = None  # the cipher of an encrypted MindSpore checkpoint
 
 
 def _embed_shape(src: TensorSource) -> tuple[int, ...] | None:
@@ -88,9 +92,9 @@ def _setting(cfg: dict, key: str, where: Path | None, warnings: list[str]) -> in
         return None
 
 
-def summarize(path: str | Path) -> ModelSummary:
-    """Describe the weights at ``path`` without reading tensor data."""
-    with open_source(path) as src:
+def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
+    """Describe the weights at ``path`` without reading tensor data (``ckpt_key``: an encrypted .ckpt's)."""
+    with open_source(path, ckpt_key=ckpt_key) as src:
         infos = src.infos()
         cfg = src.config() or {}
         warnings = list(src.warnings)
@@ -132,9 +136,15 @@ def summarize(path: str | Path) -> ModelSummary:
             warnings=warnings,
             notices=[Notice.warning(w) for w in warnings],
             tensors=[TensorRow(i.name, safetensors_code(i), list(i.shape), i.nbytes) for i in infos],
+            encryption=getattr(src.files[0], "encryption", None) if src.files else None,
         )
 
 
 def inspect_model(options: InspectOptions) -> ModelSummary:
     """``llmkit inspect``: :func:`summarize` the options' path (headers only, no tensor data read)."""
-    return summarize(options.path)
+    key = None
+    if options.dec_key is not None:
+        from llmkit.io.ckpt_crypto import read_key
+
+        key = read_key(options.dec_key, options.dec_mode, flag="--dec-key")
+    return summarize(options.path, key)

@@ -191,3 +191,50 @@ def test_from_ckpt_of_a_mindspore_checkpoint_gives_the_original_logits(tmp_path,
         want = LlamaForCausalLM.from_pretrained(m.path).eval()(ids).logits
         got = LlamaForCausalLM.from_pretrained(out).eval()(ids).logits
     assert torch.equal(want, got)
+
+
+# ------------------------------------------------------------------ encrypted checkpoints (enc_key / dec_key)
+
+ENC_KEY_HEX = "00112233445566778899aabbccddeeff"
+
+
+@pytest.mark.parametrize("mode", ["AES-GCM", "AES-CBC", "SM4-CBC"])
+def test_encrypted_checkpoints_cross_both_ways_with_a_tensor_over_one_block(tmp_path, run_cli, mindspore_run,
+                                                                             monkeypatch, mode):
+    """llmkit's encrypted file loads in MindSpore with the key and mode; MindSpore's decrypts in llmkit to
+    exactly the saved tensors. A 68 MiB tensor spans two 64 MiB blocks."""
+    monkeypatch.setenv("LLMKIT_MS_KEY", ENC_KEY_HEX)
+    (tmp_path / "src").mkdir()
+    src = tmp_path / "src" / "t.safetensors"
+    tensors = {"big": torch.arange(17 * 2**20, dtype=torch.float32).reshape(17, 2**20),
+               "half": (torch.arange(300, dtype=torch.float16) / 7), "step": torch.tensor(3, dtype=torch.int64)}
+    save_ordered(tensors, src)
+    ours = tmp_path / "ours.ckpt"
+    r = run_cli("to-ckpt", src, "-o", ours, "--names", "hf", "--enc-key", "env:LLMKIT_MS_KEY", "--enc-mode", mode,
+                "--json")
+    assert r.exit_code == 0 and r.json()["encryption"] == mode
+    check = """
+        import torch
+        from safetensors.torch import load_file
+        key, mode = bytes.fromhex(sys.argv[3]), sys.argv[4]
+        src = load_file(sys.argv[1])
+        loaded = ms.load_checkpoint(sys.argv[2], dec_key=key, dec_mode=mode)
+        assert list(loaded) == list(json.load(open(sys.argv[1] + ".order.json")))
+        for k, t in src.items():
+            assert np.array_equal(loaded[k].asnumpy(), t.numpy()), k
+        items = [{"name": k, "data": ms.Tensor(src[k].numpy())} for k in loaded]
+        ms.save_checkpoint(items, sys.argv[5], enc_key=key, enc_mode=mode)
+        print("loaded")
+    """
+    assert "loaded" in mindspore_run(check, src, ours, ENC_KEY_HEX, mode, tmp_path / "ms.ckpt")
+    from llmkit.io.ckpt_crypto import CkptKey
+    from llmkit.io.ckpt_reader import CkptFile
+
+    f = CkptFile(tmp_path / "ms.ckpt", CkptKey(bytes.fromhex(ENC_KEY_HEX), mode, "test"))
+    try:
+        assert f.encryption == mode and len(f._plain.blocks) == 2
+        assert list(f.infos) == list(tensors)
+        for k, t in tensors.items():
+            assert raw(f.get(k)) == raw(t) and f.infos[k].shape == tuple(t.shape), k
+    finally:
+        f.close()

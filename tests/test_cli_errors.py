@@ -198,7 +198,7 @@ def test_check_failed_from_the_library_with_json(run_cli, tmp_path):
 def test_internal_error_and_interrupt_with_json(monkeypatch, run_cli, tmp_path, exc, code, words):
     import llmkit.summary
 
-    def broken(path):
+    def broken(path, *args):
         raise exc
 
     monkeypatch.setattr(llmkit.summary, "summarize", broken)

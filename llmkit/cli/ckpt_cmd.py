@@ -11,6 +11,7 @@ from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.convert_cmd import DryRunOpt, Dtype
+from llmkit.cli.keys import DecKeyOpt, DecModeOpt, EncKeyOpt, EncMode, EncModeOpt
 from llmkit.cli.output import Output, plan_rows
 from llmkit.units import human_bytes, parse_size
 
@@ -57,6 +58,7 @@ def _render(result):  # result: llmkit.convert.ckpt.CkptResult
             rows.append(("config", result.config_from))
         if result.format == "ckpt" or result.command == "from-ckpt":
             rows.append(("crc trailer", "yes" if result.crc else "no"))
+            rows.append(("encryption", result.encryption or "none"))
         rows += plan_rows(result.plan)
         if result.split:
             rows.append(("split", f"{len(result.split)} tensor(s) over 512 MiB stored as several records"))
@@ -96,6 +98,8 @@ def to_ckpt_command(
                                                              "MindFormers).")] = CkptFormat.ckpt,
     shard_size: ShardOpt = "5GB",
     strict: StrictOpt = False,
+    enc_key: EncKeyOpt = None,
+    enc_mode: EncModeOpt = EncMode.aes_gcm,
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
@@ -108,8 +112,8 @@ def to_ckpt_command(
         from llmkit.convert.ckpt import ToCkptOptions, to_ckpt
 
         options = ToCkptOptions(source, output, dtype=dtype.value, names=names.value, rotary=rotary.value, crc=crc,
-                                fmt=fmt.value, shard_size=parse_size(shard_size), strict=strict, force=force,
-                                dry_run=dry_run)
+                                fmt=fmt.value, shard_size=parse_size(shard_size), strict=strict, enc_key=enc_key,
+                                enc_mode=enc_mode.value, force=force, dry_run=dry_run)
         result = to_ckpt(options, progress=out.progress)
         out.notices(result)
         out.result(result, _render(result))
@@ -137,6 +141,8 @@ def from_ckpt_command(
                                          )] = Dtype.keep,
     shard_size: ShardOpt = "5GB",
     strict: StrictOpt = False,
+    dec_key: DecKeyOpt = None,
+    dec_mode: DecModeOpt = None,
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
@@ -150,7 +156,8 @@ def from_ckpt_command(
 
         options = FromCkptOptions(source, output, names=names.value, rotary=rotary.value, fmt=fmt.value,
                                   config=config, dtype=dtype.value, shard_size=parse_size(shard_size),
-                                  strict=strict, force=force, dry_run=dry_run)
+                                  strict=strict, dec_key=dec_key, dec_mode=dec_mode.value if dec_mode else None,
+                                  force=force, dry_run=dry_run)
         result = from_ckpt(options, progress=out.progress)
         out.notices(result)
         out.result(result, _render(result))

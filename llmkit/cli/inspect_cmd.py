@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.keys import DecKeyOpt, DecModeOpt
 from llmkit.cli.output import Output
 from llmkit.units import human_bytes
 
@@ -19,7 +20,7 @@ def _render(s, show_tensors: bool) -> callable:  # s: llmkit.summary.ModelSummar
         rows = [
             ("path", s.path),
             ("kind", s.kind),
-            ("layout", s.layout),
+            ("layout", s.layout + (f" (encrypted, {s.encryption})" if s.encryption else "")),
             ("files", str(len(s.files))),
             ("tensors", str(s.tensor_count)),
             ("parameters", f"{s.parameters:,}"),
@@ -60,6 +61,8 @@ def _render(s, show_tensors: bool) -> callable:  # s: llmkit.summary.ModelSummar
 def inspect_command(
     path: Annotated[Path, typer.Argument(metavar="PATH", help="A model or adapter folder, a weight file, or a shard index.")],
     tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="List every tensor.")] = True,
+    dec_key: DecKeyOpt = None,
+    dec_mode: DecModeOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -69,6 +72,6 @@ def inspect_command(
     with command_guard(out):
         from llmkit.summary import InspectOptions, inspect_model  # imported here: torch loads only when needed
 
-        summary = inspect_model(InspectOptions(path))
+        summary = inspect_model(InspectOptions(path, dec_key=dec_key, dec_mode=dec_mode.value if dec_mode else None))
         out.notices(summary)
         out.result(summary, _render(summary, tensors))

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.keys import DecKeyOpt, DecModeOpt
 from llmkit.cli.output import Failure, Output
 from llmkit.errors import EXIT_CHECK_FAILED, InputError
 
@@ -164,6 +165,8 @@ def checksum_command(
         "--tensors", help="One line per tensor: '<digest of raw bytes>  <name> <dtype> [<shape>]', independent of "
                           "shards and file format (compare with 'llmkit verify --tensors').")] = False,
     jobs: JobsOpt = 0,
+    dec_key: DecKeyOpt = None,
+    dec_mode: DecModeOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -173,7 +176,8 @@ def checksum_command(
     with command_guard(out):
         from llmkit.verify import ChecksumOptions, checksum
 
-        options = ChecksumOptions(tuple(paths), algorithm=algo.value if algo else None, tensors=tensors, jobs=jobs)
+        options = ChecksumOptions(tuple(paths), algorithm=algo.value if algo else None, tensors=tensors, jobs=jobs,
+                                  dec_key=dec_key, dec_mode=dec_mode.value if dec_mode else None)
         result = checksum(options, progress=out.progress)
         if tensors:
             # Stable JSON: the one model's table as an object, an array of tables for several models.

@@ -55,6 +55,8 @@ class ToCkptOptions:
     fmt: str = "ckpt"
     shard_size: int = DEFAULT_SHARD_SIZE
     strict: bool = False
+    enc_key: str | None = None  # a key file path or env:VAR (hex): never the key itself
+    enc_mode: str = "AES-GCM"
     force: bool = False
     dry_run: bool = False
 
@@ -73,6 +75,8 @@ class FromCkptOptions:
     dtype: str = "keep"
     shard_size: int = DEFAULT_SHARD_SIZE
     strict: bool = False
+    dec_key: str | None = None  # a key file path or env:VAR (hex), for an encrypted checkpoint
+    dec_mode: str | None = None  # None: read from the file
     force: bool = False
     dry_run: bool = False
 
@@ -81,7 +85,8 @@ class FromCkptOptions:
 class CkptResult(ConvertResult):
     """Result of ``to-ckpt`` / ``from-ckpt`` (docs/json.md). ``unmapped``: source tensors with no name in
     the target naming (kept by to-ckpt, left out by from-ckpt); ``split``: tensors stored as several
-    512 MiB records; ``config_from``: the config file used, ``derived`` or None."""
+    512 MiB records; ``config_from``: the config file used, ``derived`` or None; ``encryption``: the
+    cipher of the written (to-ckpt) or read (from-ckpt) checkpoint, or None."""
 
     names: str = ""
     rotary: str = "hf"
@@ -89,6 +94,7 @@ class CkptResult(ConvertResult):
     unmapped: list[str] = field(default_factory=list)
     split: list[str] = field(default_factory=list)
     config_from: str | None = None
+    encryption: str | None = None
 
 
 def _choice(value: str, choices: tuple[str, ...], flag: str) -> None:
@@ -156,11 +162,24 @@ def to_ckpt(options: ToCkptOptions, *, progress: ProgressFactory | None = None) 
     _choice(options.names, TO_NAMES, "--names")
     _choice(options.rotary, ROTARY_LAYOUTS, "--rotary")
     _choice(options.fmt, ("ckpt", "safetensors"), "--format")
-    if options.fmt != "ckpt" and options.crc:
-        raise InputError("--crc: only a .ckpt has a CRC trailer", hint="drop --crc or use --format ckpt")
+    if options.fmt != "ckpt" and (options.crc or options.enc_key):
+        flag = "--crc" if options.crc else "--enc-key"
+        raise InputError(f"{flag}: only a .ckpt has {'a CRC trailer' if options.crc else 'encryption'}",
+                         hint=f"drop {flag} or use --format ckpt")
+    key = None
+    if options.enc_key is not None:
+        from llmkit.io.ckpt_crypto import read_key
+
+        key = read_key(options.enc_key, options.enc_mode, flag="--enc-key")
+        if options.crc:
+            raise InputError("--crc cannot be combined with --enc-key: MindSpore then writes a zero CRC and "
+                             "refuses its own file", hint="drop --crc (AES-GCM authenticates every block)")
     src = _open_model(options.source)
     try:
         plan, result = _to_ckpt_plan(options, src, dtype)
+        if key is not None:
+            plan.sink_options.update(enc_key=key, enc_mode=options.enc_mode)  # encrypts as it streams
+            result.encryption = options.enc_mode
     except BaseException:
         src.close()
         raise
@@ -285,7 +304,12 @@ def from_ckpt(options: FromCkptOptions, *, progress: ProgressFactory | None = No
     _choice(options.names, FROM_NAMES, "--names")
     _choice(options.rotary, ROTARY_LAYOUTS, "--rotary")
     _choice(options.fmt, ("safetensors", "bin"), "--format")
-    src = open_source(options.source)
+    key = None
+    if options.dec_key is not None:
+        from llmkit.io.ckpt_crypto import read_key
+
+        key = read_key(options.dec_key, options.dec_mode, flag="--dec-key")
+    src = open_source(options.source, ckpt_key=key)
     try:
         if src.layout != "ckpt":
             raise InputError(f"not a MindSpore checkpoint (this is {src.layout})", path=options.source,
@@ -349,6 +373,8 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
     if any(a.folder and (a.folder / "generation_config.json").is_file() for a in aux):
         files.pop("generation_config.json")
     largest = max((s.nbytes for s in specs), default=0)
+    if getattr(src.files[0], "encryption", None):
+        largest += 2 * (64 << 20)  # one decrypted 64 MiB block cached, one read
     plan = Plan(job="from-ckpt", output=Path(options.output), fmt=options.fmt, specs=specs, produce=produce,
                 reads=lambda out: [(src, src_of[out])],
                 inputs=[src.path] + [a.folder for a in aux if a.folder is not None]
@@ -361,5 +387,5 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
                         notices=list(notices), names=options.names, rotary=options.rotary,
                         crc=getattr(src.files[0], "crc", None) is not None, unmapped=unmapped,
                         split=[n for n in src.keys() if src.files[0].records(n) > 1],  # type: ignore[attr-defined]
-                        config_from=config_from)
+                        config_from=config_from, encryption=getattr(src.files[0], "encryption", None))
     return plan, result

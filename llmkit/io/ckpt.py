@@ -135,7 +135,7 @@ class CkptLayout(FileLayout):
         if self.key is not None:
             from llmkit.io.ckpt_crypto import BlockEncryptor
 
-            start.encryptor = BlockEncryptor(f, self.key, self.mode, self.ivs)
+            start.encryptor = BlockEncryptor(f, self.key, self.mode, self.plain_size(specs), self.ivs)
         return start
 
     def write_tensor(self, f: BinaryIO, start: FileStart, name: str, data: memoryview) -> None:

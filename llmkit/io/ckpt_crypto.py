@@ -11,8 +11,9 @@ stored as a header and its ciphertext, all integers little-endian u32::
 bytes as its nonce, no associated data, a 16-byte tag; the CBC modes pad each block with PKCS#7
 (a full block grows by 16 bytes). Key: 16, 24 or 32 bytes for AES (AES-128/192/256), 16 for SM4.
 
-- :class:`BlockEncryptor`: a write-only file wrapper; buffers one block of plaintext, then writes it
-  encrypted (memory: about two blocks, whatever the checkpoint size).
+- :class:`BlockEncryptor`: a write-only file wrapper that encrypts as the plaintext streams in (no block
+  is held: memory is the chunk being written, whatever the checkpoint size);
+  :func:`encrypt_block` is the same format for one whole block.
 - :class:`DecryptedFile`: random access to the plaintext; an index of the block headers is read at
   open time, and one decrypted block is cached (each block is authenticated as a whole).
 
@@ -127,34 +128,79 @@ def encrypt_block(plain: bytes | memoryview, key: bytes, mode: str, iv: bytes) -
 
 
 class BlockEncryptor:
-    """Write-only file wrapper: plaintext in (sequentially), encrypted blocks out to ``f``.
+    """Write-only file wrapper: ``total`` plaintext bytes in (sequentially), encrypted blocks out to ``f``.
 
-    ``ivs`` gives each block's 16-byte IV (default: ``os.urandom``; tests pass MindSpore's to compare bytes).
-    Call :meth:`close` to write the last, partial block.
+    Streaming, without holding a block: each block's length is known from ``total``, so its header goes
+    out first and the ciphertext follows as the plaintext arrives; an AES-GCM tag is patched into the
+    header when the block ends (``f`` must be seekable). ``ivs`` gives each block's 16-byte IV (default:
+    ``os.urandom``; tests pass MindSpore's to compare bytes). :meth:`close` checks every byte arrived.
     """
 
-    def __init__(self, f: BinaryIO, key: CkptKey, mode: str, ivs: Iterator[bytes] | None = None):
+    def __init__(self, f: BinaryIO, key: CkptKey, mode: str, total: int, ivs: Iterator[bytes] | None = None):
         key.check(mode)
-        self.f, self.key, self.mode = f, key.key, mode
+        self.f, self.key, self.mode, self.total = f, key.key, mode, total
         self.ivs = ivs
-        self.buf = bytearray()
         self.plain_written = 0
+        self._left = 0  # plaintext bytes still to come in the current block
+        self._enc = self._pad = None
+        self._tag_at = 0
+
+    def _begin(self) -> None:
+        n = min(BLOCK_PLAIN, self.total - self.plain_written)
+        iv = next(self.ivs) if self.ivs is not None else os.urandom(IV_BYTES)
+        ct = cipher_len(n, self.mode)
+        magic = struct.pack("<I", MAGICS[self.mode])
+        tail = struct.pack("<II", 4 + IV_BYTES + 4 + ct, IV_BYTES) + iv + struct.pack("<I", ct)
+        if self.mode == "AES-GCM":
+            from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+            self._tag_at = self.f.tell() + 4
+            self.f.write(magic + bytes(TAG_BYTES) + tail)  # the tag is known when the block ends
+            self._enc = Cipher(algorithms.AES(self.key), modes.GCM(iv[:12])).encryptor()
+        else:
+            from cryptography.hazmat.primitives import padding
+
+            self.f.write(magic + tail)
+            self._enc = _cbc(self.mode, self.key, iv).encryptor()
+            self._pad = padding.PKCS7(128).padder()
+        self._left = n
+
+    def _feed(self, data: memoryview) -> None:
+        assert self._enc is not None
+        if self._pad is not None:
+            data = memoryview(self._pad.update(data))
+        self.f.write(self._enc.update(data))
+
+    def _end(self) -> None:
+        assert self._enc is not None
+        if self._pad is not None:
+            self.f.write(self._enc.update(self._pad.finalize()))
+        self.f.write(self._enc.finalize())
+        if self.mode == "AES-GCM":
+            end = self.f.tell()
+            self.f.seek(self._tag_at)
+            self.f.write(self._enc.tag)
+            self.f.seek(end)
+        self._enc = self._pad = None
 
     def write(self, data: bytes | memoryview) -> None:
-        self.buf += data
-        self.plain_written += len(data)
-        while len(self.buf) >= BLOCK_PLAIN:
-            self._emit(memoryview(self.buf)[:BLOCK_PLAIN])
-            del self.buf[:BLOCK_PLAIN]
-
-    def _emit(self, block: memoryview) -> None:
-        iv = next(self.ivs) if self.ivs is not None else os.urandom(IV_BYTES)
-        self.f.write(encrypt_block(block, self.key, self.mode, iv))
+        view = memoryview(data).cast("B")
+        if self.plain_written + len(view) > self.total:
+            raise InputError(f"more plaintext than planned ({self.plain_written + len(view)} > {self.total} bytes)")
+        while len(view):
+            if self._left == 0:
+                self._begin()
+            n = min(self._left, len(view))
+            self._feed(view[:n])
+            view = view[n:]
+            self._left -= n
+            self.plain_written += n
+            if self._left == 0:
+                self._end()
 
     def close(self) -> None:
-        if self.buf:
-            self._emit(memoryview(self.buf))
-            self.buf = bytearray()
+        if self.plain_written != self.total:
+            raise InputError(f"encrypted {self.plain_written} of {self.total} planned plaintext bytes")
 
 
 @dataclass(frozen=True)
@@ -198,7 +244,7 @@ class DecryptedFile:
             plain += plain_len
             pos = b.ct + b.ct_len
         self.size = plain
-        self._cached: tuple[int, bytes] | None = None
+        self._cached: tuple[int, memoryview] | None = None
 
     def _fail(self, at: int, what: str) -> InputError:
         return InputError(f"corrupt encrypted checkpoint at byte {at}: {what}", path=self.path,
@@ -246,7 +292,7 @@ class DecryptedFile:
     def iv_or_prev(self, b: _Block) -> bytes:
         return b.iv if b.ct_len == 16 else os.pread(self.fd, 16, b.ct + b.ct_len - 32)
 
-    def _decrypt(self, i: int) -> bytes:
+    def _decrypt(self, i: int) -> memoryview:
         if self._cached is not None and self._cached[0] == i:
             return self._cached[1]
         self._cached = None  # one decrypted block in memory at a time
@@ -256,15 +302,20 @@ class DecryptedFile:
             raise InputError("file shrank while reading", path=self.path)
         if self.mode == "AES-GCM":
             from cryptography.exceptions import InvalidTag
-            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+            dec = Cipher(algorithms.AES(self.key.key), modes.GCM(b.iv[:12], b.tag)).decryptor()
+            plain = memoryview(dec.update(ct))
+            del ct
             try:
-                plain = AESGCM(self.key.key).decrypt(b.iv[:12], ct + b.tag, None)
+                dec.finalize()  # checks the tag: the whole block is authentic
             except InvalidTag:
                 raise self._wrong_key(b, "the AES-GCM tag does not match") from None
         else:
             dec = _cbc(self.mode, self.key.key, b.iv).decryptor()
-            plain = (dec.update(ct) + dec.finalize())[:b.plain_len]
+            plain = memoryview(dec.update(ct))[:b.plain_len]  # the padding was checked when indexing
+            del ct
+            dec.finalize()
         self._cached = (i, plain)
         return plain
 

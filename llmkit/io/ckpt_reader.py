@@ -229,6 +229,8 @@ class CkptFile(TensorFile):
     def _fail(self, offset: int, what: str, truncated: bool = False) -> InputError:
         hint = ("the file is truncated; download or convert it again" if truncated
                 else "the file is damaged or not a MindSpore checkpoint; download or convert it again")
+        if self.encryption:
+            hint = f"wrong key or mode ({self.encryption}), or the file is damaged"
         return InputError(f"corrupt MindSpore checkpoint at byte {offset}: {what}", path=self.path, hint=hint)
 
     def _open(self) -> None:

@@ -239,12 +239,12 @@ def _single(path: Path) -> TensorSource:
                         folder=path.parent)
 
 
-def _ckpt(path: Path) -> TensorSource:
+def _ckpt(path: Path, key=None) -> TensorSource:
     """A MindSpore checkpoint: one file, MindFormers names as stored; no folder of config files (the
-    folder a ``.ckpt`` sits in is not part of the model)."""
+    folder a ``.ckpt`` sits in is not part of the model). ``key``: a ``ckpt_crypto.CkptKey`` if encrypted."""
     from llmkit.io.ckpt_reader import CkptFile
 
-    f = CkptFile(path)
+    f = CkptFile(path, key)
     return TensorSource(path=path, layout="ckpt", files=[f], weight_map={k: f for k in f.infos})
 
 
@@ -254,8 +254,9 @@ def _meta(folder: Path, shards: list[Path]) -> TensorSource:
     return MetaSource(folder, folder, [TorchFile(p) for p in shards])
 
 
-def open_source(path: str | os.PathLike) -> TensorSource:
-    """Open any supported weight layout at ``path`` (a file or a folder) without reading tensor data."""
+def open_source(path: str | os.PathLike, *, ckpt_key=None) -> TensorSource:
+    """Open any supported weight layout at ``path`` (a file or a folder) without reading tensor data.
+    ``ckpt_key`` (``llmkit.io.ckpt_crypto.CkptKey``) opens an encrypted MindSpore checkpoint."""
     path = Path(path)
     if not path.exists():
         problem = broken_link(path)
@@ -267,7 +268,7 @@ def open_source(path: str | os.PathLike) -> TensorSource:
         if name.endswith(".index.json"):
             return _open_indexed(path)
         if name.endswith(".ckpt"):
-            return _ckpt(path)
+            return _ckpt(path, ckpt_key)
         if re.fullmatch(r"consolidated\.\d+\.pth", name):
             shards = sorted(path.parent.glob("consolidated.*.pth"))
             return _meta(path.parent, shards if len(shards) > 1 else [path])
@@ -298,7 +299,7 @@ def open_source(path: str | os.PathLike) -> TensorSource:
     if not singles:
         ckpts = sorted(folder.glob("*.ckpt"))
         if len(ckpts) == 1:
-            return _ckpt(ckpts[0])
+            return _ckpt(ckpts[0], ckpt_key)
         if ckpts:
             raise InputError(f"{len(ckpts)} .ckpt files in this folder", path=folder, hint="pass one .ckpt file")
     if len(singles) == 1:

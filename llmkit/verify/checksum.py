@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from llmkit.errors import InputError
 from llmkit.hashing import new_hash
 from llmkit.pipeline import ProgressFactory, Result, no_progress
 from llmkit.verify.files import display_path, hash_files, list_files, not_found, resolve_jobs
@@ -21,6 +22,8 @@ class ChecksumOptions:
     algorithm: str | None = None
     tensors: bool = False
     jobs: int = 0
+    dec_key: str | None = None  # with tensors: the key (file path or env:VAR) of encrypted .ckpt inputs
+    dec_mode: str | None = None
 
 
 def escape_name(name: str) -> tuple[str, bool]:
@@ -90,12 +93,28 @@ def checksum(options: ChecksumOptions, *, progress: ProgressFactory | None = Non
     one per-tensor table per model, each under its own ``<algo> per tensor`` bar (bytes)."""
     progress = progress or no_progress
     jobs = resolve_jobs(options.jobs)
+    if options.dec_key is not None and not options.tensors:
+        raise InputError("--dec-key goes with --tensors (file checksums hash the stored, encrypted bytes)",
+                         hint="add --tensors, or drop --dec-key")
     if options.tensors:
         algorithm = options.algorithm or "sha256"
         tables = []
+        key = None
+        if options.dec_key is not None:
+            from llmkit.io.ckpt_crypto import read_key
+
+            key = read_key(options.dec_key, options.dec_mode, flag="--dec-key")
         for p in options.paths:
-            with progress(f"{algorithm} per tensor", tensor_total_bytes(p)) as advance:
-                tables.append(tensor_table(p, algorithm, jobs=jobs, progress=advance))
+            if key is None:
+                with progress(f"{algorithm} per tensor", tensor_total_bytes(p)) as advance:
+                    tables.append(tensor_table(p, algorithm, jobs=jobs, progress=advance))
+                continue
+            from llmkit.io.sources import open_source
+
+            with open_source(p, ckpt_key=key) as src, progress(f"{algorithm} per tensor", src.total_bytes) as advance:
+                table = tensor_table(src, algorithm, jobs=jobs, progress=advance)
+                table.source = str(p)
+                tables.append(table)
         return TensorChecksums(algorithm=algorithm, tables=tables)
     algorithm = options.algorithm or "md5"
     planned = plan_checksum(list(options.paths))

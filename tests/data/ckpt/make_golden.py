@@ -4,7 +4,8 @@
 
 The tensors are given by formulas (``GOLDEN`` in the test file repeats them), so the files are
 MindSpore's bytes for known values: llmkit's reader must return these values and llmkit's writer
-must reproduce these bytes.
+must reproduce these bytes. The encrypted ones (``enc-<mode>.ckpt``, key :data:`KEY`) hold the same
+tensors; their IVs are random, so llmkit reproduces their bytes given the IVs read from them.
 """
 
 from pathlib import Path
@@ -13,6 +14,7 @@ import mindspore as ms
 import numpy as np
 
 HERE = Path(__file__).parent
+KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")  # a 16-byte key: AES-128 and SM4
 
 
 def tensors() -> list[dict]:
@@ -29,3 +31,5 @@ def tensors() -> list[dict]:
 if __name__ == "__main__":
     ms.save_checkpoint(tensors(), str(HERE / "golden.ckpt"))
     ms.save_checkpoint(tensors(), str(HERE / "golden_crc.ckpt"), crc_check=True)
+    for mode in ("AES-GCM", "AES-CBC", "SM4-CBC"):
+        ms.save_checkpoint(tensors(), str(HERE / f"enc-{mode}.ckpt"), enc_key=KEY, enc_mode=mode)

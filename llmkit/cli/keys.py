@@ -1,0 +1,31 @@
+"""Key options shared by the commands that read or write encrypted MindSpore checkpoints.
+
+A key is never a plain command-line value (shell history, ``ps``): KEY is the path of a file holding the
+raw key bytes, or ``env:VAR`` naming an environment variable that holds the key as hex.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+
+class EncMode(str, Enum):
+    aes_gcm = "AES-GCM"
+    aes_cbc = "AES-CBC"
+    sm4_cbc = "SM4-CBC"
+
+
+KEY_FORMS = ("KEY is a file holding the raw key bytes (16, 24 or 32 for AES; 16 for SM4) or env:VAR naming an "
+             "environment variable that holds it as hex; never the key itself.")
+EncKeyOpt = Annotated[Optional[str], typer.Option(
+    "--enc-key", metavar="KEY", help="Encrypt the .ckpt as mindspore.save_checkpoint(enc_key=...) does. " + KEY_FORMS,
+    show_default=False)]
+EncModeOpt = Annotated[EncMode, typer.Option("--enc-mode", help="Cipher for --enc-key (MindSpore's enc_mode).")]
+DecKeyOpt = Annotated[Optional[str], typer.Option(
+    "--dec-key", metavar="KEY", help="Key of an encrypted .ckpt (what load_checkpoint(dec_key=...) takes). " + KEY_FORMS,
+    show_default=False)]
+DecModeOpt = Annotated[Optional[EncMode], typer.Option(
+    "--dec-mode", help="Cipher of the encrypted .ckpt (default: read from the file).", show_default=False)]
