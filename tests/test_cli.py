@@ -19,9 +19,20 @@ SNAPSHOTS = Path(__file__).parent / "snapshots" / "help"
 HELP_ENV = {"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
 
 
-def _commands() -> list[str]:
+def _commands(leaves_only: bool = False) -> list[str]:
+    """Every command as typed after ``llmkit`` ("recipe run" for a group's sub-command)."""
+
     group = typer.main.get_command(app)
-    return sorted(group.list_commands(None))  # type: ignore[arg-type]
+    out = []
+    for name in group.list_commands(None):  # type: ignore[arg-type]
+        cmd = group.get_command(None, name)  # type: ignore[arg-type]
+        if hasattr(cmd, "list_commands"):  # a group (Typer 0.29 groups are not click.Group)
+            if not leaves_only:
+                out.append(name)
+            out += [f"{name} {sub}" for sub in cmd.list_commands(None)]  # type: ignore[arg-type]
+        else:
+            out.append(name)
+    return sorted(out)
 
 
 def _help(args: list[str]) -> str:
@@ -33,8 +44,8 @@ def _help(args: list[str]) -> str:
 @pytest.mark.parametrize("command", ["llmkit", *_commands()])
 def test_help_matches_snapshot(command):
     """`--help` is part of the interface; regenerate with UPDATE_SNAPSHOTS=1 after a deliberate change."""
-    text = _help([] if command == "llmkit" else [command])
-    snap = SNAPSHOTS / f"{command}.txt"
+    text = _help([] if command == "llmkit" else command.split())
+    snap = SNAPSHOTS / f"{command.replace(' ', '-')}.txt"
     if os.environ.get("UPDATE_SNAPSHOTS") == "1":
         snap.write_text(text)
     assert snap.exists(), f"no help snapshot for {command}; run UPDATE_SNAPSHOTS=1 pytest {__file__}"
@@ -42,12 +53,13 @@ def test_help_matches_snapshot(command):
 
 
 def test_every_snapshot_belongs_to_a_command():
-    assert sorted(p.stem for p in SNAPSHOTS.glob("*.txt")) == sorted(["llmkit", *_commands()])
+    assert sorted(p.stem for p in SNAPSHOTS.glob("*.txt")) == sorted(["llmkit", *(c.replace(" ", "-")
+                                                                                 for c in _commands())])
 
 
 def test_every_command_takes_json_quiet_debug():
-    for command in _commands():
-        text = _help([command])
+    for command in _commands(leaves_only=True):
+        text = _help(command.split())
         for flag in ("--json", "--quiet", "--debug"):
             assert flag in text, f"{command} lacks {flag}"
 
@@ -112,7 +124,7 @@ def test_subprocess_error_exit_code_and_stderr(tmp_path):
 def test_top_level_help_groups_commands_by_lifecycle_stage_in_order(run_cli):
     text = run_cli("--help").stdout
     sections = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert sections == ["Options", "Get", "Unlock", "Rebuild", "Convert", "Check", "Try"]
+    assert sections == ["Options", "Recipes", "Get", "Unlock", "Rebuild", "Convert", "Check", "Try"]
     stage_of = {}
     current = None
     for line in text.splitlines():
@@ -120,7 +132,7 @@ def test_top_level_help_groups_commands_by_lifecycle_stage_in_order(run_cli):
             current = line[:-1]
         elif line.startswith("  ") and current not in (None, "Options"):
             stage_of[line.split()[0]] = current
-    assert stage_of == {"download": "Get", "models": "Get", "decrypt": "Unlock", "encrypt": "Unlock", "merge-lora": "Rebuild",
+    assert stage_of == {"recipe": "Recipes", "download": "Get", "models": "Get", "decrypt": "Unlock", "encrypt": "Unlock", "merge-lora": "Rebuild",
                         "recover": "Rebuild", "make-diff": "Rebuild", "from-meta": "Convert", "to-meta": "Convert",
                         "to-ckpt": "Convert", "from-ckpt": "Convert",
                         "inspect": "Check", "verify": "Check",

@@ -166,7 +166,7 @@ def _debug_requested(argv: list[str]) -> bool:
 
 # The lifecycle stages that group ``llmkit --help``, in order; a command names its stage with Typer's
 # ``rich_help_panel=``.
-STAGES = ("Get", "Unlock", "Rebuild", "Convert", "Check", "Try")
+STAGES = ("Recipes", "Get", "Unlock", "Rebuild", "Convert", "Check", "Try")
 
 
 class LlmkitGroup(TyperGroup):

@@ -1,0 +1,119 @@
+"""``llmkit recipe list|show|run``: one resumable command from download to a usable model per family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.output import Output
+from llmkit.cli.usage import LlmkitGroup
+from llmkit.units import human_bytes
+
+recipe_app = typer.Typer(cls=LlmkitGroup, no_args_is_help=True, add_completion=False,
+                         help="Run a model family's whole chain (download, verify, decrypt/recover/merge, convert) "
+                              "as one resumable command.")
+app.add_typer(recipe_app, name="recipe", rich_help_panel="Recipes")
+
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A recipe name (llmkit recipe list).", show_default=False)]
+KeyOpt = Annotated[Optional[Path], typer.Option("--key", help="Meta's LLaMA-1 7B consolidated.00.pth (the XOR key "
+                                                              "of TechGPT-1.0).", show_default=False)]
+LlamaOpt = Annotated[Optional[Path], typer.Option("--llama-dir", help="Meta's original LLaMA folder of the size "
+                                                                      "(consolidated.NN.pth + params.json).",
+                                                  show_default=False)]
+ToCkptOpt = Annotated[bool, typer.Option("--to-ckpt", help="Add the to-ckpt step (a MindSpore .ckpt of the result).")]
+ToMetaOpt = Annotated[bool, typer.Option("--to-meta", help="Add the to-meta step (Meta .pth, e.g. for llama.cpp).")]
+
+
+@recipe_app.command("list")
+def list_command(json_: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """List the recipes: name, family, what it makes, what it needs."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        from llmkit.recipes.show import list_recipes
+
+        listing = list_recipes()
+
+        def render(console: Console) -> None:
+            width = max(len(str(r["name"])) for r in listing.recipes)
+            for r in listing.recipes:
+                needs = " ".join(r["needs"]) or "-"  # type: ignore[arg-type]
+                console.print(f"{r['name']:<{width}}  {r['summary']}  [needs: {needs}]", markup=False)
+        out.result(listing, render)
+
+
+@recipe_app.command("show")
+def show_command(
+    name: NameArg,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Fill in the work folder.")] = None,
+    key: KeyOpt = None,
+    llama_dir: LlamaOpt = None,
+    to_ckpt: ToCkptOpt = False,
+    to_meta: ToMetaOpt = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Print a recipe's steps as the exact llmkit commands (a shell script to copy or pipe to bash)."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        from llmkit.recipes import ShowOptions, show_recipe
+
+        script = show_recipe(ShowOptions(name, workdir, key, llama_dir, to_ckpt, to_meta))
+        out.result(script, lambda console: console.print(script.script(), markup=False, soft_wrap=True))
+
+
+def _render(result):  # result: llmkit.recipes.RecipeResult
+    def render(console: Console) -> None:
+        for s in result.steps:
+            console.print(f"{s.status:<10}  {s.id:<16} {s.command}", markup=False, soft_wrap=True)
+        disk = "unknown" if result.needed_disk_bytes is None else human_bytes(result.needed_disk_bytes)
+        console.print(f"disk        needs {disk} (every output at once); free: {human_bytes(result.free_disk_bytes)}",
+                      markup=False)
+        if result.memory_estimate_bytes:
+            console.print(f"memory      about {human_bytes(result.memory_estimate_bytes)} peak", markup=False)
+        if result.dry_run:
+            console.print("dry run     all checks passed; nothing was run", markup=False)
+            return
+        for path in result.removed:
+            console.print(f"removed     {path} (intermediate; --keep-intermediate keeps it)", markup=False)
+        for path in result.final:
+            console.print(f"result      {path}", markup=False)
+        console.print(f"time        {result.seconds:.1f} s", markup=False)
+    return render
+
+
+@recipe_app.command("run")
+def run_command(
+    name: NameArg,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Work folder: every output and the manifest "
+                                                            "(llmkit-recipe.json) that makes a re-run resume.",
+                                          show_default=False)],
+    key: KeyOpt = None,
+    llama_dir: LlamaOpt = None,
+    endpoint: Annotated[Optional[str], typer.Option("--endpoint", help="Hub or mirror URL for the downloads "
+                                                                       "(default: HF_ENDPOINT, else the hub).")] = None,
+    to_ckpt: ToCkptOpt = False,
+    to_meta: ToMetaOpt = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check every input and print the plan (which steps "
+                                                             "run, disk and memory); run nothing.")] = False,
+    keep_intermediate: Annotated[bool, typer.Option("--keep-intermediate", help="Keep outputs no later step "
+                                                                               "needs (default: deleted at the "
+                                                                               "end).")] = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a recipe: every input checked first, each step recorded; a re-run skips verified steps."""
+    out = Output(json_mode=json_, quiet=quiet, debug=debug)
+    with command_guard(out):
+        from llmkit.recipes import RecipeOptions, run_recipe
+
+        options = RecipeOptions(name, workdir, key=key, llama_dir=llama_dir, endpoint=endpoint, to_ckpt=to_ckpt,
+                                to_meta=to_meta, keep_intermediate=keep_intermediate, dry_run=dry_run)
+        result = run_recipe(options, progress=out.progress)
+        out.notices(result)
+        out.result(result, _render(result))

@@ -1,0 +1,300 @@
+"""``llmkit recipe run``: a recipe's steps in order, each the library call of its command, resumable.
+
+Before the first step every input is checked: the recipe's needs (``--key``, ``--llama-dir``), the work
+folder (not inside an input), the free space for all outputs at once (from the registry's published
+sizes and the sizes of the inputs), and a memory estimate. Each finished step is recorded in the
+manifest (``llmkit.recipes.manifest``); a re-run skips what is recorded and unchanged. Outputs no later
+step needs are deleted at the end unless ``keep_intermediate``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import CheckFailed, DiskSpaceError, InputError
+from llmkit.pipeline import Check, Notice, ProgressFactory, Result
+from llmkit.recipes.book import RECIPES, Recipe, Step
+from llmkit.recipes.jobs import JOBS, build_options, call, command_line
+from llmkit.recipes.manifest import Manifest, StepRecord, fingerprint
+
+_PLACEHOLDER = re.compile(r"\{(workdir|key|llama_dir|out:[\w-]+)\}")
+NEEDS = {"key": "--key (Meta's LLaMA-1 7B consolidated.00.pth, the XOR key)",
+         "llama_dir": "--llama-dir (the folder of Meta's original LLaMA consolidated.NN.pth and params.json)"}
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """``llmkit recipe run NAME``: ``to_ckpt``/``to_meta`` switch on the optional steps."""
+
+    name: str
+    workdir: Path
+    key: Path | None = None
+    llama_dir: Path | None = None
+    endpoint: str | None = None
+    to_ckpt: bool = False
+    to_meta: bool = False
+    keep_intermediate: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class StepReport:
+    """``status``: ran | skipped (recorded and unchanged) | would run | would skip."""
+
+    id: str
+    job: str
+    command: str
+    status: str
+    output: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class RecipeResult(Result):
+    """Result of ``llmkit recipe run`` (docs/json.md). Sizes in bytes; None when not known."""
+
+    recipe: str
+    workdir: str
+    dry_run: bool
+    steps: list[StepReport] = field(default_factory=list)
+    final: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    needed_disk_bytes: int | None = None
+    free_disk_bytes: int = 0
+    memory_estimate_bytes: int | None = None
+    seconds: float = 0.0
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise InputError(f"unknown recipe {name!r}", hint=f"known: {', '.join(RECIPES)} (llmkit recipe list)")
+    return RECIPES[name]
+
+
+def active_steps(recipe: Recipe, switches: dict[str, bool]) -> list[Step]:
+    return [s for s in recipe.steps if s.when is None or switches.get(s.when)]
+
+
+def resolve(steps: list[Step], env: dict[str, str], endpoint: str | None = None) -> dict[str, dict[str, Any]]:
+    """Each step's args with the placeholders filled in (``{out:ID}``: the output of an earlier step)."""
+    outputs: dict[str, str] = {}
+    resolved: dict[str, dict[str, Any]] = {}
+
+    def fill(value: Any, step: Step) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [fill(v, step) for v in value]
+        if not isinstance(value, str):
+            return value
+
+        def one(m: re.Match) -> str:
+            name = m.group(1)
+            if name.startswith("out:"):
+                if name[4:] not in outputs:
+                    raise InputError(f"recipe step {step.id} reads {name[4:]!r}, which no earlier step writes")
+                return outputs[name[4:]]
+            return env[name]
+        return _PLACEHOLDER.sub(one, value)
+
+    for s in steps:
+        args = {k: fill(v, s) for k, v in s.args.items()}
+        if s.job == "download" and endpoint:
+            args["endpoint"] = endpoint
+        resolved[s.id] = args
+        out_field = JOBS[s.job].output
+        if out_field:
+            outputs[s.id] = args[out_field]
+    return resolved
+
+
+def deps(step: Step) -> set[str]:
+    return set(re.findall(r"\{out:([\w-]+)\}", json.dumps(step.args)))
+
+
+def _paths(job: str, args: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for f in JOBS[job].inputs:
+        v = args.get(f)
+        out += [str(x) for x in v] if isinstance(v, (list, tuple)) else ([str(v)] if v is not None else [])
+    return out
+
+
+def _current(step: Step, args: dict[str, Any], rec: StepRecord | None, removed: set[str]) -> bool:
+    """Recorded with the same options, inputs unchanged (or deleted as intermediates), output intact."""
+    if rec is None or rec.options != json.loads(json.dumps(args)):
+        return False
+    for p, fp in rec.inputs.items():
+        now = fingerprint(Path(p))
+        if now != fp and not (now is None and p in removed):
+            return False
+    return rec.removed or all(fingerprint(Path(p)) == fp for p, fp in rec.output.items())
+
+
+def plan_run(recipe: Recipe, steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: Manifest) -> set[str]:
+    """The ids of the steps to run: the stale ones, what reads their output, and the deleted inputs of those."""
+    out_of = {s.id: resolved[s.id].get(JOBS[s.job].output or "") for s in steps}
+    removed = {str(out_of[k]) for k, r in manifest.steps.items() if r.removed and out_of.get(k)}
+    run = {s.id for s in steps if not _current(s, resolved[s.id], manifest.steps.get(s.id), removed)}
+    changed = True
+    while changed:
+        changed = False
+        for s in steps:
+            if s.id not in run and deps(s) & run:
+                run.add(s.id)
+                changed = True
+            if s.id in run:
+                for d in deps(s):
+                    rec = manifest.steps.get(d)
+                    if d not in run and (rec is None or rec.removed or fingerprint(Path(str(out_of[d]))) is None):
+                        run.add(d)
+                        changed = True
+    return run
+
+
+def _estimate(steps: list[Step], resolved: dict[str, dict[str, Any]], to_run: set[str]) -> dict[str, int | None]:
+    """Bytes each step writes: for a download the hub's listing (a dry run of it, which also checks the repo
+    and endpoint before anything starts), the size of its input for the other jobs."""
+    est: dict[str, int | None] = {}
+    for s in steps:
+        args = resolved[s.id]
+        if s.job == "download":
+            est[s.id] = _download_size(args) if s.id in to_run else 0
+        elif s.job == "from-meta":
+            src = Path(args["source"])
+            est[s.id] = sum(p.stat().st_size for p in src.glob("consolidated.*.pth")) if src.is_dir() else None
+        elif s.job == "verify":
+            est[s.id] = 0
+        else:
+            sources = [est.get(d) for d in deps(s)]
+            est[s.id] = sources[0] if len(sources) == 1 else (None if None in sources else max(sources, default=0))
+    return est
+
+
+def _download_size(args: dict[str, Any]) -> int | None:
+    """Bytes the download would fetch (files already there and verified count as 0)."""
+    planned = call("download", build_options("download", {**args, "dry_run": True}))
+    return sum(f.size for f in planned.files if f.status != "skipped")
+
+
+def _check_inputs(recipe: Recipe, options: RecipeOptions) -> None:
+    for need in recipe.needs:
+        value = getattr(options, need)
+        if value is None:
+            raise InputError(f"recipe {recipe.name} needs {NEEDS[need]}", hint=f"llmkit recipe show {recipe.name}")
+    if options.key is not None:
+        from llmkit.crypto.keycheck import require_key_file
+
+        require_key_file(Path(options.key))
+    if options.llama_dir is not None:
+        d = Path(options.llama_dir)
+        if not d.is_dir() or not list(d.glob("consolidated.*.pth")) or not (d / "params.json").is_file():
+            raise InputError("not a folder of Meta's consolidated.NN.pth and params.json", path=d,
+                             hint="pass the size's own folder, e.g. LLaMA/13B")
+    from llmkit.io.destination import ensure_output_is_new
+
+    ensure_output_is_new(Path(options.workdir), [options.key, options.llama_dir])
+
+
+def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = None) -> RecipeResult:
+    """Check everything, then run (or with ``dry_run`` only plan) the recipe's steps."""
+    recipe = get_recipe(options.name)
+    started = time.perf_counter()
+    _check_inputs(recipe, options)
+    workdir = Path(options.workdir)
+    steps = active_steps(recipe, {"to_ckpt": options.to_ckpt, "to_meta": options.to_meta})
+    env = {"workdir": str(workdir), "key": str(options.key), "llama_dir": str(options.llama_dir)}
+    resolved = resolve(steps, env, options.endpoint)
+    manifest = Manifest.load(workdir, recipe.name)
+    to_run = plan_run(recipe, steps, resolved, manifest)
+
+    from llmkit.units import free_bytes, human_bytes, space_margin
+
+    est = _estimate(steps, resolved, to_run)
+    sizes = [est[s.id] for s in steps if s.id in to_run]
+    needed = None if None in sizes else sum(s or 0 for s in sizes)
+    free = free_bytes(workdir)
+    result = RecipeResult(recipe=recipe.name, workdir=str(workdir), dry_run=options.dry_run,
+                          needed_disk_bytes=needed, free_disk_bytes=free, memory_estimate_bytes=_memory(recipe))
+    known = sum(s or 0 for s in sizes)
+    if known + space_margin(known) > free:
+        raise DiskSpaceError(f"the recipe writes {'about' if needed else 'at least'} {human_bytes(known)} (every "
+                             f"output at once) and {human_bytes(free)} is free", path=workdir,
+                             hint="free some space or choose another --workdir")
+    if needed is None:
+        result.notices.append(Notice.info("some outputs have no published size; the disk check covers the rest"))
+    for s in steps:
+        out = resolved[s.id].get(JOBS[s.job].output or "")
+        status = ("would run" if s.id in to_run else "would skip") if options.dry_run else "skipped"
+        result.steps.append(StepReport(s.id, s.job, command_line(s.job, resolved[s.id]), status, out))
+    if options.dry_run:
+        return result
+    for report, s in zip(result.steps, steps):
+        if s.id in to_run:
+            _run_step(s, resolved[s.id], report, manifest, workdir, result, progress)
+    _cleanup(steps, resolved, manifest, workdir, options, result)
+    result.final = [str(resolved[s.id][JOBS[s.job].output]) for s in steps if s.final]
+    result.outputs = list(result.final)
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _memory(recipe: Recipe) -> int:
+    """Three copies of the largest tensor (an fp32 embedding of the recipe's size) and the process."""
+    hidden = 5120 if "13b" in recipe.name else 4096
+    return 3 * 32000 * hidden * 4 + 512 * 2**20
+
+
+def _run_step(s: Step, args: dict[str, Any], report: StepReport, manifest: Manifest, workdir: Path,
+              result: RecipeResult, progress: ProgressFactory | None) -> None:
+    kind = JOBS[s.job]
+    run_args = dict(args)
+    if kind.output and s.job != "download" and Path(args[kind.output]).exists():
+        run_args["force"] = True  # a stale output of this recipe's own earlier run
+    start = time.perf_counter()
+    try:
+        outcome = call(s.job, build_options(s.job, run_args), progress)
+        if getattr(outcome, "ok", True) is False:
+            bad = [c for c in getattr(outcome, "checks", []) if c.status not in ("ok", "info", "extra")]
+            detail = "; ".join(f"{c.name}: {c.detail}" for c in bad[:3]) or "a check failed"
+            raise CheckFailed(f"recipe step {s.id} ({s.job}): {detail}")
+    except BaseException as e:
+        manifest.failed[s.id] = str(e)
+        manifest.steps.pop(s.id, None)
+        manifest.save(workdir)
+        raise
+    checks = [Check(c.name, c.status, c.detail) for c in getattr(outcome, "checks", [])]
+    manifest.failed.pop(s.id, None)
+    out = args.get(kind.output) if kind.output else None
+    manifest.steps[s.id] = StepRecord(
+        job=s.job, options=json.loads(json.dumps(args)), inputs={p: fingerprint(Path(p)) for p in _paths(s.job, args)},
+        output={str(out): fingerprint(Path(out))} if out else {}, checks=[c.__dict__ for c in checks],
+        seconds=round(time.perf_counter() - start, 3), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    manifest.save(workdir)
+    report.status, report.seconds = "ran", manifest.steps[s.id].seconds
+    result.checks += [Check(f"{s.id}: {c.name}", c.status, c.detail) for c in checks]
+    result.notices += getattr(outcome, "notices", [])
+
+
+def _cleanup(steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: Manifest, workdir: Path,
+             options: RecipeOptions, result: RecipeResult) -> None:
+    """Delete the outputs of non-final steps (every step is done, so none is needed any more)."""
+    if options.keep_intermediate:
+        return
+    for s in steps:
+        field_ = JOBS[s.job].output
+        rec = manifest.steps.get(s.id)
+        if s.final or not field_ or rec is None or rec.removed:
+            continue
+        path = Path(resolved[s.id][field_])
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        rec.removed = True
+        result.removed.append(str(path))
+    manifest.save(workdir)
