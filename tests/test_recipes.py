@@ -3,7 +3,8 @@ local test hub (tests/hub_server.py, 127.0.0.1 only), records each step, resumes
 
 - TechGPT-1.0: download -> verify -> decrypt -> verify, with tiny .enc files made by ``llmkit encrypt``,
   published tables given through ``LLMKIT_CHECKSUMS`` and the key check pointed at a tiny key;
-- ZhiXi (fp16): from-meta (a tiny Meta folder) -> download the diff -> verify -> recover;
+- ZhiXi (fp16): from-meta (a tiny Meta folder) -> download the diff -> verify -> recover -> download the
+  LoRA -> verify -> merge-lora;
 - CuteGPT: download base and LoRA -> merge-lora.
 """
 
@@ -49,7 +50,7 @@ def test_every_recipe_shows_commands_the_cli_accepts(run_cli):
 
     group = typer.main.get_command(app)
     for name in RECIPES:
-        r = run_cli("recipe", "show", name, "--to-ckpt", "--to-meta", "--json")
+        r = run_cli("recipe", "show", name, "--to-ckpt", "--to-meta", "--with-lora", "--json")
         assert r.exit_code == 0, r.stderr
         script = r.json()
         assert script["commands"] and all(c.startswith("llmkit ") for c in script["commands"])
@@ -177,8 +178,8 @@ def test_dry_run_asks_the_hub_and_plans_without_writing(run_cli, techgpt, hub, t
 # ------------------------------------------------------------------ ZhiXi (fp16) and CuteGPT end to end
 
 
-def test_zhixi_fp16_recipe_from_meta_download_verify_recover(run_cli, tiny_factory, hub, hf_env, tmp_path,
-                                                             monkeypatch):
+def test_zhixi_fp16_recipe_from_meta_download_verify_recover_merge(run_cli, tiny_factory, lora_work, hub, hf_env,
+                                                                   tmp_path, monkeypatch):
     meta = tiny_factory("meta").path
     tuned = tiny_factory("safetensors", seed=1, dtype=torch.float16).path
     diff = tmp_path / "diff"
@@ -187,17 +188,25 @@ def test_zhixi_fp16_recipe_from_meta_download_verify_recover(run_cli, tiny_facto
     hub.add_repo("zjunlp/zhixi-13b-diff-fp16", files_of(diff))
     tables = tmp_path / "tables"
     write_table(tables, "zhixi-13b-diff-fp16", {n: diff / n for n in files_of(diff) if n.endswith(".bin")})
+    lora = lora_work / "cute"  # stands in for zjunlp/zhixi-13b-lora (same tiny shapes)
+    hub.add_repo("zjunlp/zhixi-13b-lora", files_of(lora))
+    write_table(tables, "zhixi-13b-lora", {n: lora / n for n in files_of(lora)})
     monkeypatch.setenv("LLMKIT_CHECKSUMS", str(tables))
     work = tmp_path / "work"
     r = run_cli("recipe", "run", "zhixi-13b-fp16", "--workdir", work, "--llama-dir", meta, "--endpoint", hub.url,
-                "--keep-intermediate", "--json")
+                "--with-lora", "--keep-intermediate", "--json")
     assert r.exit_code == 0, r.stderr
-    assert [s["id"] for s in r.json()["steps"]] == ["from-meta", "download-diff", "verify-diff", "recover"]
+    assert [s["id"] for s in r.json()["steps"]] == ["from-meta", "download-diff", "verify-diff", "recover",
+                                                    "download-lora", "verify-lora", "merge-lora"]
     assert r.json()["removed"] == [] and (work / "llama-13b-hf").is_dir()
-    # The same library calls by hand give the same model.
+    assert r.json()["final"] == [str(work / "zhixi-13b-fp16"), str(work / "zhixi-13b-fp16-lora-merged")]
+    # The same library calls by hand give the same models.
     direct = tmp_path / "direct"
     assert run_cli("recover", "--base", meta, "--diff", diff, "-o", direct).exit_code == 0
     assert run_cli("verify", "--tensors", work / "zhixi-13b-fp16", direct).exit_code == 0
+    merged = tmp_path / "merged"
+    assert run_cli("merge-lora", "--base", direct, "--lora", lora, "-o", merged).exit_code == 0
+    assert run_cli("verify", "--tensors", work / "zhixi-13b-fp16-lora-merged", merged).exit_code == 0
 
 
 def test_cutegpt_recipe_download_download_merge(run_cli, tiny_factory, lora_work, hub, hf_env, tmp_path):

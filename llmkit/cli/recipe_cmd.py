@@ -26,6 +26,8 @@ LlamaOpt = Annotated[Optional[Path], typer.Option("--llama-dir", help="Meta's or
                                                   show_default=False)]
 ToCkptOpt = Annotated[bool, typer.Option("--to-ckpt", help="Add the to-ckpt step (a MindSpore .ckpt of the result).")]
 ToMetaOpt = Annotated[bool, typer.Option("--to-meta", help="Add the to-meta step (Meta .pth, e.g. for llama.cpp).")]
+WithLoraOpt = Annotated[bool, typer.Option("--with-lora", help="ZhiXi: also download the ZhiXi LoRA and merge it "
+                                                               "into the recovered model.")]
 
 
 @recipe_app.command("list")
@@ -53,6 +55,7 @@ def show_command(
     llama_dir: LlamaOpt = None,
     to_ckpt: ToCkptOpt = False,
     to_meta: ToMetaOpt = False,
+    with_lora: WithLoraOpt = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -62,7 +65,7 @@ def show_command(
     with command_guard(out):
         from llmkit.recipes import ShowOptions, show_recipe
 
-        script = show_recipe(ShowOptions(name, workdir, key, llama_dir, to_ckpt, to_meta))
+        script = show_recipe(ShowOptions(name, workdir, key, llama_dir, to_ckpt, to_meta, with_lora))
         out.result(script, lambda console: console.print(script.script(), markup=False, soft_wrap=True))
 
 
@@ -98,6 +101,7 @@ def run_command(
                                                                        "(default: HF_ENDPOINT, else the hub).")] = None,
     to_ckpt: ToCkptOpt = False,
     to_meta: ToMetaOpt = False,
+    with_lora: WithLoraOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check every input and print the plan (which steps "
                                                              "run, disk and memory); run nothing.")] = False,
     keep_intermediate: Annotated[bool, typer.Option("--keep-intermediate", help="Keep outputs no later step "
@@ -113,7 +117,8 @@ def run_command(
         from llmkit.recipes import RecipeOptions, run_recipe
 
         options = RecipeOptions(name, workdir, key=key, llama_dir=llama_dir, endpoint=endpoint, to_ckpt=to_ckpt,
-                                to_meta=to_meta, keep_intermediate=keep_intermediate, dry_run=dry_run)
+                                to_meta=to_meta, with_lora=with_lora, keep_intermediate=keep_intermediate,
+                                dry_run=dry_run)
         result = run_recipe(options, progress=out.progress)
         out.notices(result)
         out.result(result, _render(result))

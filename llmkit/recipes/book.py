@@ -3,7 +3,7 @@
 A step's ``args`` are the fields of its job's options (``llmkit.recipes.jobs``). Strings may name
 ``{workdir}``, ``{key}`` (``--key``: LLaMA-1 7B ``consolidated.00.pth``), ``{llama_dir}`` (``--llama-dir``:
 Meta's original LLaMA folder of the right size) and ``{out:STEP}`` (what an earlier step wrote). A step
-with ``when`` runs only when that switch is given (``--to-ckpt``, ``--to-meta``). ``final`` marks the
+with ``when`` runs only when that switch is given (``--to-ckpt``, ``--to-meta``, ``--with-lora``). ``final`` marks the
 usable model; everything else a later step no longer needs is deleted unless ``--keep-intermediate``.
 """
 
@@ -18,7 +18,7 @@ class Step:
     id: str
     job: str
     args: dict[str, Any]
-    when: str | None = None  # a switch: to_ckpt | to_meta
+    when: str | None = None  # a switch: to_ckpt | to_meta | with_lora
     final: bool = False
 
 
@@ -73,6 +73,13 @@ def _zhixi(fp16: bool) -> Recipe:
             Step("download-diff", "download", {"model": diff, "output": f"{{workdir}}/{diff}"}),
             Step("verify-diff", "verify", {"paths": ["{out:download-diff}"], "table": diff}),
             Step("recover", "recover", recover, final=True),
+            Step("download-lora", "download", {"model": "zhixi-13b-lora", "output": "{workdir}/zhixi-13b-lora"},
+                 when="with_lora"),
+            Step("verify-lora", "verify", {"paths": ["{out:download-lora}"], "table": "zhixi-13b-lora"},
+                 when="with_lora"),
+            Step("merge-lora", "merge-lora", {"base": "{out:recover}", "adapters": ["{out:download-lora}"],
+                                              "output": "{workdir}/zhixi-13b" + ("-fp16" if fp16 else "")
+                                              + "-lora-merged"}, when="with_lora", final=True),
             _to_ckpt("recover"),
         ),
         notes=("LLaMA-13B stays fp16 (from-meta keeps the originals' dtype), as the diff expects",),

@@ -30,7 +30,7 @@ NEEDS = {"key": "--key (Meta's LLaMA-1 7B consolidated.00.pth, the XOR key)",
 
 @dataclass(frozen=True)
 class RecipeOptions:
-    """``llmkit recipe run NAME``: ``to_ckpt``/``to_meta`` switch on the optional steps."""
+    """``llmkit recipe run NAME``: ``to_ckpt``/``to_meta``/``with_lora`` switch on the optional steps."""
 
     name: str
     workdir: Path
@@ -39,6 +39,7 @@ class RecipeOptions:
     endpoint: str | None = None
     to_ckpt: bool = False
     to_meta: bool = False
+    with_lora: bool = False
     keep_intermediate: bool = False
     dry_run: bool = False
 
@@ -77,8 +78,14 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def active_steps(recipe: Recipe, switches: dict[str, bool]) -> list[Step]:
-    return [s for s in recipe.steps if s.when is None or switches.get(s.when)]
+def switches(options: Any) -> dict[str, bool]:
+    return {k: bool(getattr(options, k, False)) for k in ("to_ckpt", "to_meta", "with_lora")}
+
+
+def active_steps(recipe: Recipe, on: dict[str, bool]) -> list[Step]:
+    unknown = {s.when for s in recipe.steps if s.when} - set(on)
+    assert not unknown, unknown
+    return [s for s in recipe.steps if s.when is None or on.get(s.when)]
 
 
 def resolve(steps: list[Step], env: dict[str, str], endpoint: str | None = None) -> dict[str, dict[str, Any]]:
@@ -206,7 +213,7 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
     started = time.perf_counter()
     _check_inputs(recipe, options)
     workdir = Path(options.workdir)
-    steps = active_steps(recipe, {"to_ckpt": options.to_ckpt, "to_meta": options.to_meta})
+    steps = active_steps(recipe, switches(options))
     env = {"workdir": str(workdir), "key": str(options.key), "llama_dir": str(options.llama_dir)}
     resolved = resolve(steps, env, options.endpoint)
     manifest = Manifest.load(workdir, recipe.name)

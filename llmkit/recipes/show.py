@@ -9,7 +9,7 @@ from pathlib import Path
 from llmkit.pipeline import Result
 from llmkit.recipes.book import RECIPES
 from llmkit.recipes.jobs import command_line
-from llmkit.recipes.runner import NEEDS, active_steps, get_recipe, resolve
+from llmkit.recipes.runner import NEEDS, active_steps, get_recipe, resolve, switches
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class ShowOptions:
     llama_dir: Path | None = None
     to_ckpt: bool = False
     to_meta: bool = False
+    with_lora: bool = False
 
 
 @dataclass
@@ -33,7 +34,7 @@ class RecipeScript(Result):
     summary: str
     variables: dict[str, str] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
-    optional: list[str] = field(default_factory=list)  # switches that add steps: --to-ckpt, --to-meta
+    optional: list[str] = field(default_factory=list)  # switches that add steps: --to-ckpt, --to-meta, --with-lora
     notes: list[str] = field(default_factory=list)
 
     def script(self) -> str:
@@ -51,7 +52,7 @@ def show_recipe(options: ShowOptions) -> RecipeScript:
         value = getattr(options, need)
         variables[need.upper()] = shlex.quote(str(value)) if value else placeholders[need]
     env = {"workdir": "$WORKDIR", "key": "$KEY", "llama_dir": "$LLAMA_DIR"}
-    steps = active_steps(recipe, {"to_ckpt": options.to_ckpt, "to_meta": options.to_meta})
+    steps = active_steps(recipe, switches(options))
     resolved = resolve(steps, env)
     commands = [command_line(s.job, resolved[s.id]) for s in steps]
     optional = sorted({f"--{s.when.replace('_', '-')}" for s in recipe.steps if s.when})
