@@ -131,9 +131,14 @@ def _paths(job: str, args: dict[str, Any]) -> list[str]:
     return out
 
 
+def _content_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The args that decide a step's output: where a download comes from (a mirror) does not."""
+    return {k: v for k, v in args.items() if k != "endpoint"}
+
+
 def _current(step: Step, args: dict[str, Any], rec: StepRecord | None, removed: set[str]) -> bool:
     """Recorded with the same options, inputs unchanged (or deleted as intermediates), output intact."""
-    if rec is None or rec.options != json.loads(json.dumps(args)):
+    if rec is None or _content_args(rec.options) != _content_args(json.loads(json.dumps(args))):
         return False
     for p, fp in rec.inputs.items():
         now = fingerprint(Path(p))
