@@ -221,6 +221,7 @@ def test_cutegpt_recipe_download_download_merge(run_cli, tiny_factory, lora_work
     assert r.exit_code == 0, r.stderr
     res = r.json()
     assert res["final"] == [str(work / "cutegpt-13b-ift"), str(work / "model.ckpt")]
+    assert res["output"] == str(work / "model.ckpt")
     assert sorted(res["removed"]) == [str(work / "cutegpt-13b-base"), str(work / "cutegpt-13b-ift-lora")]
     direct = tmp_path / "direct"
     assert run_cli("merge-lora", "--base", base, "--lora", lora_work / "cute", "-o", direct).exit_code == 0

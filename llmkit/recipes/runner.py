@@ -63,6 +63,7 @@ class RecipeResult(Result):
     recipe: str
     workdir: str
     dry_run: bool
+    output: str | None = None  # the last final output (what a pipeline's next command takes)
     steps: list[StepReport] = field(default_factory=list)
     final: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -251,6 +252,7 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
     _cleanup(steps, resolved, manifest, workdir, options, result)
     result.final = [str(resolved[s.id][JOBS[s.job].output]) for s in steps if s.final]
     result.outputs = list(result.final)
+    result.output = result.final[-1] if result.final else None
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 

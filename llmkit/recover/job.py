@@ -118,8 +118,10 @@ class WeightDiffPlan:
 
 @dataclass
 class WeightDiffResult(Result):
-    """Result of ``recover`` / ``make_diff``. ``files`` are final output names (empty for a dry run)."""
+    """Result of ``recover`` / ``make_diff``. ``output``: the output folder as given (also for a dry run);
+    ``files`` are final output names (empty for a dry run)."""
 
+    output: str = field(default="", kw_only=True)
     plan: WeightDiffPlan
     dry_run: bool
     files: list[str] = field(default_factory=list)
@@ -291,7 +293,8 @@ def run(options: WeightDiffOptions, *, progress: ProgressFactory | None = None,
         described = _describe(options, plan, facts, sink)
         if on_plan is not None:
             on_plan(described)
-        result = WeightDiffResult(plan=described, dry_run=options.dry_run, notices=list(plan.notices))
+        result = WeightDiffResult(output=str(options.output), plan=described, dry_run=options.dry_run,
+                                  notices=list(plan.notices))
         if options.dry_run:
             return result
         done = execute(plan, sink, progress=progress)
