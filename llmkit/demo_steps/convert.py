@@ -9,7 +9,6 @@ rows come from ``llmkit.tiny``'s reference formula. The way back is judged by tr
 
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
 
