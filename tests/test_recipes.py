@@ -24,6 +24,7 @@ import typer
 from hub_server import hub  # noqa: F401
 from llmkit.recipes import RECIPES
 from llmkit.recipes.manifest import MANIFEST
+from llmkit.registry import _tables_in
 from test_download import hf_env  # noqa: F401
 
 ENC_LABEL = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -146,7 +147,8 @@ def test_techgpt_recipe_runs_records_resumes_and_cleans_up(run_cli, techgpt, hub
     assert files_of(work / "techgpt-7b") == files_of(plain)
 
 
-def test_techgpt_recipe_resumes_at_the_failed_step(run_cli, techgpt, hub, tmp_path):
+def test_techgpt_recipe_checks_the_key_before_downloading_and_resumes_at_the_failed_step(run_cli, techgpt, hub,
+                                                                                         tmp_path):
     plain, key = techgpt
     wrong = tmp_path / "wrong" / "consolidated.00.pth"
     wrong.parent.mkdir()
@@ -154,15 +156,31 @@ def test_techgpt_recipe_resumes_at_the_failed_step(run_cli, techgpt, hub, tmp_pa
     work = tmp_path / "work"
     r = run_cli("recipe", "run", "techgpt-1.0", "--workdir", work, "--key", wrong, "--endpoint", hub.url)
     assert r.exit_code == 2 and "consolidated.00.pth" in r.stderr
+    assert not work.exists() and not hub.log  # refused before the first step: nothing fetched
+    # A step that fails: the published table of the decrypted files disagrees, so decrypt keeps nothing.
+    tables = Path(__import__("os").environ["LLMKIT_CHECKSUMS"])
+    good = (tables / "techgpt-7b.md5").read_text()
+    (tables / "techgpt-7b.md5").write_text(good.replace(md5(plain / "config.json"), "0" * 32))
+    _tables_in.cache_clear()  # tables are read once per process; these in-process runs share one
+    r = run_cli("recipe", "run", "techgpt-1.0", "--workdir", work, "--key", key, "--endpoint", hub.url)
+    assert r.exit_code == 1, r.stderr
     manifest = json.loads((work / MANIFEST).read_text())
     assert list(manifest["steps"]) == ["download", "verify-download"] and "decrypt" in manifest["failed"]
     assert not (work / "techgpt-7b").exists()
+    (tables / "techgpt-7b.md5").write_text(good)
+    _tables_in.cache_clear()
     hits = len(hub.log)
     r = run_cli("recipe", "run", "techgpt-1.0", "--workdir", work, "--key", key, "--endpoint", hub.url, "--json")
     assert r.exit_code == 0, r.stderr
     assert [s["status"] for s in r.json()["steps"]] == ["skipped", "skipped", "ran", "ran"]
     assert len(hub.log) == hits  # the download was not repeated
     assert files_of(work / "techgpt-7b") == files_of(plain)
+
+
+def test_a_llama_folder_of_the_wrong_size_is_refused(run_cli, tiny_factory, tmp_path):
+    r = run_cli("recipe", "run", "zhixi-13b", "--workdir", tmp_path / "w", "--llama-dir", tiny_factory("meta").path)
+    assert r.exit_code == 2 and "recipe zhixi-13b needs LLaMA-13B (dim 5120)" in r.stderr
+    assert not (tmp_path / "w").exists()
 
 
 def test_dry_run_asks_the_hub_and_plans_without_writing(run_cli, techgpt, hub, tmp_path):
@@ -195,6 +213,10 @@ def test_zhixi_fp16_recipe_from_meta_download_verify_recover_merge(run_cli, tiny
     hub.add_repo("zjunlp/zhixi-13b-lora", files_of(lora))
     write_table(tables, "zhixi-13b-lora", {n: lora / n for n in files_of(lora)})
     monkeypatch.setenv("LLMKIT_CHECKSUMS", str(tables))
+    import dataclasses
+
+    # The tiny Meta folder (dim 64) stands in for LLaMA-13B (dim 5120).
+    monkeypatch.setitem(RECIPES, "zhixi-13b-fp16", dataclasses.replace(RECIPES["zhixi-13b-fp16"], llama_dim=None))
     work = tmp_path / "work"
     r = run_cli("recipe", "run", "zhixi-13b-fp16", "--workdir", work, "--llama-dir", meta, "--endpoint", hub.url,
                 "--with-lora", "--keep-intermediate", "--json")

@@ -26,7 +26,7 @@ from llmkit.crypto.results import CryptoResult, FileResult
 from llmkit.crypto.stream import WRITE_BEHIND_OK, Cancelled, write_all, xor_stream
 from llmkit.crypto.tables import finish_tables
 from llmkit.errors import CheckFailed, InputError, writing
-from llmkit.io.destination import TMP_SUFFIX, StagedFiles
+from llmkit.io.destination import TMP_SUFFIX, StagedFiles, output_folder
 from llmkit.io.sniff import ContentCheck, ContentError
 from llmkit.pipeline import Check, ProgressFactory, no_progress
 
@@ -208,15 +208,14 @@ def decrypt(options: DecryptOptions | Sequence[str | os.PathLike], key: str | os
     if plan.reads_stdin and stdin is None:
         stdin = sys.stdin.buffer
     key_status = check_key(plan.key, progress=progress) if options.key_check else "skipped"
-    if plan.out_dir is not None:
-        plan.out_dir.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
 
     def work(job: FileJob, advance: Callable[[int], None], cancel: threading.Event, stage: StagedFiles) -> FileResult:
         return _decrypt_one(job, plan.key, plan.out_dir, stream, stdin, advance, cancel, warnings, stage,
                             options.content_check)
 
-    return _finish(plan, key_status, _execute(plan, work, progress), warnings, t0)
+    with output_folder(plan.out_dir):  # a failed run removes the folder it created
+        return _finish(plan, key_status, _execute(plan, work, progress), warnings, t0)
 
 
 # ------------------------------------------------------------------ encrypt
@@ -269,10 +268,10 @@ def encrypt(options: EncryptOptions | Sequence[str | os.PathLike], key: str | os
     key_status = check_key(plan.key, progress=progress) if options.key_check else "skipped"
     assert plan.out_dir is not None
     out = plan.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     stale: list[Path] = []
 
     def work(job: FileJob, advance: Callable[[int], None], cancel: threading.Event, stage: StagedFiles) -> FileResult:
         return _encrypt_one(job, plan.key, out, options.force, advance, cancel, stage, stale)
 
-    return _finish(plan, key_status, _execute(plan, work, progress, stale), [], t0)
+    with output_folder(out):  # a failed run removes the folder it created
+        return _finish(plan, key_status, _execute(plan, work, progress, stale), [], t0)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from llmkit.errors import InputError, OutputExistsError, writing
 
@@ -115,6 +116,27 @@ def ensure_output_file_is_new(out_file: Path, inputs: Iterable[str | os.PathLike
         if src.is_dir() and src in out.parents:
             raise InputError(f"the output file is inside the input folder {p}", path=out_file,
                              hint="choose an -o outside the inputs; llmkit never writes into its inputs")
+
+
+@contextmanager
+def output_folder(path: Path | None) -> Iterator[None]:
+    """Create ``path`` (and missing parents) for a run; if the run fails, remove again the folders it
+    created that are still empty, so a failure leaves nothing behind, not even an empty folder."""
+    if path is None:
+        yield
+        return
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    with writing(path):
+        path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in missing:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 class StagedFiles:

@@ -30,6 +30,7 @@ class Recipe:
     steps: tuple[Step, ...]
     needs: tuple[str, ...] = ()  # key | llama_dir
     notes: tuple[str, ...] = field(default_factory=tuple)
+    llama_dim: int | None = None  # the hidden size (params.json "dim") --llama-dir must have
 
 
 def _to_ckpt(source: str) -> Step:
@@ -42,7 +43,7 @@ def _chinese(size: str, adapter: str, vocab: int) -> Recipe:
         name=f"chinese-{adapter}-{size}", family="Chinese-LLaMA-Alpaca",
         summary=f"LLaMA-{size.upper()} (Meta originals) + chinese-{adapter}-lora-{size} -> Chinese-"
                 f"{'LLaMA' if adapter == 'llama' else 'Alpaca'}-{size.upper()} (vocab {vocab})",
-        needs=("llama_dir",),
+        needs=("llama_dir",), llama_dim={"7b": 4096, "13b": 5120}[size],
         steps=(
             Step("from-meta", "from-meta", {"source": "{llama_dir}", "output": f"{{workdir}}/llama-{size}-hf"}),
             Step("download-lora", "download", {"model": f"chinese-{adapter}-lora-{size}",
@@ -67,7 +68,7 @@ def _zhixi(fp16: bool) -> Recipe:
     return Recipe(
         name="zhixi-13b" + ("-fp16" if fp16 else ""), family="ZhiXi / KnowLM",
         summary=f"LLaMA-13B (Meta originals) + the {'fp16' if fp16 else 'fp32'} diff -> ZhiXi-13B",
-        needs=("llama_dir",),
+        needs=("llama_dir",), llama_dim=5120,
         steps=(
             Step("from-meta", "from-meta", {"source": "{llama_dir}", "output": "{workdir}/llama-13b-hf"}),
             Step("download-diff", "download", {"model": diff, "output": f"{{workdir}}/{diff}"}),

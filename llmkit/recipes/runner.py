@@ -194,20 +194,31 @@ def _download_size(args: dict[str, Any]) -> int | None:
     return sum(f.size for f in planned.files if f.status != "skipped")
 
 
-def _check_inputs(recipe: Recipe, options: RecipeOptions) -> None:
+def _check_inputs(recipe: Recipe, options: RecipeOptions, progress: ProgressFactory | None = None) -> None:
     for need in recipe.needs:
         value = getattr(options, need)
         if value is None:
             raise InputError(f"recipe {recipe.name} needs {NEEDS[need]}", hint=f"llmkit recipe show {recipe.name}")
     if options.key is not None:
-        from llmkit.crypto.keycheck import require_key_file
+        from llmkit.crypto.keycheck import check_key, require_key_file
 
         require_key_file(Path(options.key))
+        if "key" in recipe.needs and not options.dry_run:
+            check_key(Path(options.key), progress=progress)  # the md5 (cached): before a 13 GB download
     if options.llama_dir is not None:
         d = Path(options.llama_dir)
         if not d.is_dir() or not list(d.glob("consolidated.*.pth")) or not (d / "params.json").is_file():
             raise InputError("not a folder of Meta's consolidated.NN.pth and params.json", path=d,
                              hint="pass the size's own folder, e.g. LLaMA/13B")
+        from llmkit.io.jsonfile import read_json
+
+        params = read_json(d / "params.json")
+        dim = params.get("dim") if isinstance(params, dict) else None
+        if recipe.llama_dim is not None and dim != recipe.llama_dim:
+            want = {4096: "7B", 5120: "13B"}.get(recipe.llama_dim, str(recipe.llama_dim))
+            raise InputError(f"params.json says dim {dim}; recipe {recipe.name} needs LLaMA-{want} (dim "
+                             f"{recipe.llama_dim})", path=d / "params.json",
+                             hint=f"pass the LLaMA-{want} folder as --llama-dir")
     from llmkit.io.destination import ensure_output_is_new
 
     ensure_output_is_new(Path(options.workdir), [options.key, options.llama_dir])
@@ -217,7 +228,7 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
     """Check everything, then run (or with ``dry_run`` only plan) the recipe's steps."""
     recipe = get_recipe(options.name)
     started = time.perf_counter()
-    _check_inputs(recipe, options)
+    _check_inputs(recipe, options, progress)
     workdir = Path(options.workdir)
     steps = active_steps(recipe, switches(options))
     env = {"workdir": str(workdir), "key": str(options.key), "llama_dir": str(options.llama_dir)}
