@@ -109,6 +109,18 @@ def _cbc(mode: str, key: bytes, iv: bytes):
     return Cipher(alg, modes.CBC(iv))
 
 
+CIPHER_CHUNK = 1 << 20  # bytes per update(): one 64 MiB call runs at a fraction of the chunked speed
+
+
+def _chunked(ctx, data: bytes) -> memoryview:
+    """``ctx.update`` over ``data`` in chunks, into one buffer (no per-chunk allocation)."""
+    out = bytearray(len(data) + 16)  # update_into needs room for one more cipher block
+    src, dst, n = memoryview(data), memoryview(out), 0
+    for i in range(0, len(data), CIPHER_CHUNK):
+        n += ctx.update_into(src[i:i + CIPHER_CHUNK], dst[n:])
+    return dst[:n]
+
+
 def encrypt_block(plain: bytes | memoryview, key: bytes, mode: str, iv: bytes) -> bytes:
     """One stored block: header and ciphertext of ``plain`` (at most :data:`BLOCK_PLAIN` bytes)."""
     if mode == "AES-GCM":
@@ -305,7 +317,7 @@ class DecryptedFile:
             from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
             dec = Cipher(algorithms.AES(self.key.key), modes.GCM(b.iv[:12], b.tag)).decryptor()
-            plain = memoryview(dec.update(ct))
+            plain = _chunked(dec, ct)
             del ct
             try:
                 dec.finalize()  # checks the tag: the whole block is authentic
@@ -313,7 +325,7 @@ class DecryptedFile:
                 raise self._wrong_key(b, "the AES-GCM tag does not match") from None
         else:
             dec = _cbc(self.mode, self.key.key, b.iv).decryptor()
-            plain = memoryview(dec.update(ct))[:b.plain_len]  # the padding was checked when indexing
+            plain = _chunked(dec, ct)[:b.plain_len]  # the padding was checked when indexing
             del ct
             dec.finalize()
         self._cached = (i, plain)
