@@ -12,8 +12,8 @@ from rich.console import Console
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.convert_cmd import DryRunOpt, Dtype
 from llmkit.cli.keys import DecKeyOpt, DecModeOpt, EncKeyOpt, EncMode, EncModeOpt
-from llmkit.cli.output import Output, plan_rows
-from llmkit.units import human_bytes, parse_size
+from llmkit.cli.output import Output, print_rows, run_rows
+from llmkit.units import parse_size
 
 
 class ToNames(str, Enum):
@@ -59,21 +59,11 @@ def _render(result):  # result: llmkit.convert.ckpt.CkptResult
         if result.format == "ckpt" or result.command == "from-ckpt":
             rows.append(("crc trailer", "yes" if result.crc else "no"))
             rows.append(("encryption", result.encryption or "none"))
-        rows += plan_rows(result.plan)
         if result.split:
             rows.append(("split", f"{len(result.split)} tensor(s) over 512 MiB stored as several records"))
         if result.unmapped:
             rows.append(("unmapped", f"{len(result.unmapped)} tensor(s) with no name in the target naming"))
-        if result.dry_run:
-            rows.append(("dry run", "all checks passed; nothing was written"))
-        else:
-            rate = result.plan.output_bytes / result.seconds if result.seconds > 0 else 0.0
-            rows.append(("time", f"{result.seconds:.1f} s ({human_bytes(rate)}/s written)"))
-        for c in result.checks:
-            rows.append((c.name, f"{c.status}: {c.detail}"))
-        width = max(len(k) for k, _ in rows)
-        for k, v in rows:
-            console.print(f"{k:<{width}}  {v}", markup=False)
+        print_rows(console, rows + run_rows(result))
     return render
 
 

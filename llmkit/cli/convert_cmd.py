@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
-from llmkit.cli.output import Output, plan_rows
-from llmkit.units import human_bytes, parse_size
+from llmkit.cli.output import Output, print_rows, run_rows
+from llmkit.units import parse_size
 
 
 class Dtype(str, Enum):
@@ -40,17 +40,7 @@ def _render(result):  # result: llmkit.convert.ConvertResult
         rows = [("source", result.source), ("dtype", result.dtype)]
         if result.tokenizer_from:
             rows.append(("tokenizer", result.tokenizer_from))
-        rows += plan_rows(result.plan)
-        if result.dry_run:
-            rows.append(("dry run", "all checks passed; nothing was written"))
-        else:
-            rate = result.plan.output_bytes / result.seconds if result.seconds > 0 else 0.0
-            rows.append(("time", f"{result.seconds:.1f} s ({human_bytes(rate)}/s written)"))
-        for c in result.checks:
-            rows.append((c.name, f"{c.status}: {c.detail}"))
-        width = max(len(k) for k, _ in rows)
-        for k, v in rows:
-            console.print(f"{k:<{width}}  {v}", markup=False)
+        print_rows(console, rows + run_rows(result))
     return render
 
 

@@ -128,3 +128,24 @@ class Output:
             task = bar.add_task(description, total=total)
             yield lambda n: bar.advance(task, n)
 
+
+
+def run_rows(result: Any) -> list[tuple[str, str]]:
+    """The rows every tensor job ends with: its plan (:func:`plan_rows`), then the dry-run line or the time
+    and write rate, then one row per check. ``result`` carries ``plan``, ``dry_run``, ``seconds``, ``checks``."""
+    from llmkit.units import human_bytes
+
+    rows = plan_rows(result.plan)
+    if result.dry_run:
+        rows.append(("dry run", "all checks passed; nothing was written"))
+    else:
+        rate = result.plan.output_bytes / result.seconds if result.seconds > 0 else 0.0
+        rows.append(("time", f"{result.seconds:.1f} s ({human_bytes(rate)}/s written)"))
+    return rows + [(c.name, f"{c.status}: {c.detail}") for c in result.checks]
+
+
+def print_rows(console: Console, rows: list[tuple[str, str]]) -> None:
+    """``label  value`` lines, labels padded to one width."""
+    width = max((len(k) for k, _ in rows), default=0)
+    for k, v in rows:
+        console.print(f"{k:<{width}}  {v}", markup=False)
