@@ -19,8 +19,6 @@
 from llmkit.hashing import ALGORITHMS, BUFFER_BYTES, hash_file, new_hash
 from llmkit.verify.checksum import (ChecksumOptions, ChecksumResult, FileDigest, TensorChecksums, checksum,
                                         checksum_files, escape_name, format_line, plan_checksum)
-from llmkit.verify.compare import (TensorComparison, TensorVerifyOptions, TensorVerifyReport, compare_aux_files,
-                                       compare_sources, verify_tensors)
 from llmkit.verify.files import (STATUSES, WEIGHT_SUFFIXES, FileCheck, default_jobs, display_path, hash_files,
                                      list_files, resolve_jobs)
 from llmkit.verify.mismatch import (METADATA_KEYS, classify_json_mismatch, classify_mismatch, compare_json,
@@ -28,9 +26,25 @@ from llmkit.verify.mismatch import (METADATA_KEYS, classify_json_mismatch, class
 from llmkit.verify.published import PublishedMatch, published_matches, verify_file
 from llmkit.verify.tables import (VerifyOptions, VerifyPlan, VerifyReport, plan_verify, run_verify, verify_files,
                                      verify_paths)
-from llmkit.verify.tensors import (TENSOR_TABLE_HEADER, TensorDigest, TensorTable, is_tensor_table,
-                                       load_tensor_table, parse_tensor_table, tensor_digest, tensor_table,
-                                       tensor_total_bytes)
+
+# The per-tensor parts need torch: loaded on first use, so that file checksums (verify, checksum) start
+# without it.
+_LAZY = {name: "llmkit.verify.compare" for name in ("TensorComparison", "TensorVerifyOptions", "TensorVerifyReport",
+                                                    "compare_aux_files", "compare_sources", "verify_tensors")}
+_LAZY.update({name: "llmkit.verify.tensors" for name in ("TENSOR_TABLE_HEADER", "TensorDigest", "TensorTable",
+                                                         "is_tensor_table", "load_tensor_table", "parse_tensor_table",
+                                                         "tensor_digest", "tensor_table", "tensor_total_bytes")})
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALGORITHMS", "BUFFER_BYTES", "METADATA_KEYS", "STATUSES", "TENSOR_TABLE_HEADER", "WEIGHT_SUFFIXES",

@@ -10,7 +10,10 @@ from llmkit.errors import InputError
 from llmkit.hashing import new_hash
 from llmkit.pipeline import ProgressFactory, Result, no_progress
 from llmkit.verify.files import display_path, hash_files, list_files, not_found, resolve_jobs
-from llmkit.verify.tensors import TensorTable, tensor_table, tensor_total_bytes
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads with the per-tensor tables only: plain file checksums start fast
+    from llmkit.verify.tensors import TensorTable
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ def checksum(options: ChecksumOptions, *, progress: ProgressFactory | None = Non
         raise InputError("--dec-key goes with --tensors (file checksums hash the stored, encrypted bytes)",
                          hint="add --tensors, or drop --dec-key")
     if options.tensors:
+        from llmkit.verify.tensors import tensor_table, tensor_total_bytes
+
         algorithm = options.algorithm or "sha256"
         tables = []
         key = None

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 from llmkit.errors import InputError
-from llmkit.io.sources import open_source
 from llmkit.registry import KNOWN_SIZES, ChecksumTable, TableEntry
 
 METADATA_KEYS = ("transformers_version", "_name_or_path", "_commit_hash")
@@ -99,6 +98,8 @@ def classify_mismatch(path: Path, expected: str, algorithm: str, *, table: Check
         return classify_json_mismatch(path.read_bytes(), expected, algorithm)
     if path.suffix in (".bin", ".pth", ".pt", ".safetensors") and not name.endswith(".enc"):
         try:
+            from llmkit.io.sources import open_source  # torch: only to explain a weight file's mismatch
+
             with open_source(path) as src:
                 n = len(src)
         except InputError as e:
