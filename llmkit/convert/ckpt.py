@@ -30,8 +30,8 @@ from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.jsonfile import read_json
 from llmkit.io.meta import permute_meta_to_hf, unpermute_hf_to_meta
 from llmkit.io.meta_hf import config_files, hf_sort_key, open_as_hf
-from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_config, guessed_config, hf_to_mindformers, is_hf,
-                                   is_mindformers, mindformers_to_hf, rotary_role)
+from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_config, guessed_config, hf_to_mindformers, is_mindformers,
+                                   llama_hf_name, rotary_role)
 from llmkit.io.sinks import TensorSpec
 from llmkit.io.sources import TensorSource, open_source
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, ProgressFactory, execute, open_plan_sink, plan_report
@@ -191,8 +191,7 @@ def _model_order(src: TensorSource) -> list:
     order, norm, lm_head): the order the MindFormers converter iterates ``model.state_dict()`` in, so the
     file is byte-identical to its output whatever order the source files store (safetensors sorts by name)."""
     def key(info) -> tuple:
-        hf = info.name if is_hf(info.name) else mindformers_to_hf(info.name)
-        return hf_sort_key(hf or info.name)
+        return hf_sort_key(llama_hf_name(info.name) or info.name)
     return sorted(src.infos(), key=key)
 
 
@@ -208,7 +207,7 @@ def _to_ckpt_plan(options: ToCkptOptions, src: TensorSource, dtype: torch.dtype 
         if info.numel == 0:
             empty.append(name)
             continue
-        hf = name if is_hf(name) else mindformers_to_hf(name)
+        hf = llama_hf_name(name)
         if options.names == "mindformers":
             out = hf_to_mindformers(name) or (name if is_mindformers(name) else None)
         else:
@@ -322,10 +321,11 @@ def from_ckpt(options: FromCkptOptions, *, progress: ProgressFactory | None = No
 
 
 def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dtype | None) -> tuple[Plan, CkptResult]:
-    src_of: dict[str, str] = {}
+    src_of: dict[str, str] = {}  # output name -> stored name
+    hf_of: dict[str, str] = {}  # output name -> HF name (for the rotary rows)
     unmapped: list[str] = []
     for name in src.keys():
-        hf = name if is_hf(name) else mindformers_to_hf(name)
+        hf = llama_hf_name(name)
         if hf is None:
             unmapped.append(name)
             if options.names == "hf":
@@ -336,6 +336,7 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
             raise InputError(f"tensors {src_of[out]!r} and {name!r} both become {out!r}", path=options.source,
                              hint="pass --names keep to keep the stored names")
         src_of[out] = name
+        hf_of[out] = hf or name
     notices: list[Notice] = []
     if unmapped:
         what = f"{len(unmapped)} tensor(s) are not LLaMA weights: {_few(unmapped)}"
@@ -344,8 +345,7 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
         if options.names == "hf":
             notices.append(Notice.warning(f"{what}; left out (training state such as optimizer moments has no "
                                           "place in a Hugging Face model; --names keep writes everything)"))
-    hf_shapes = {hf: src.info(n).shape for n in src.keys()
-                 if (hf := n if is_hf(n) else mindformers_to_hf(n)) is not None}
+    hf_shapes = {hf: src.info(n).shape for n in src.keys() if (hf := llama_hf_name(n)) is not None}
     first = src.info(next(iter(src_of.values()))).dtype if src_of else torch.float16
     out_dtype_cfg = dtype or first
     cfg, config_from, cfg_notices, aux = _config(options, hf_shapes, out_dtype_cfg)
@@ -364,8 +364,7 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
 
     def produce(out: str) -> torch.Tensor:
         name = src_of[out]
-        hf = name if is_hf(name) else (mindformers_to_hf(name) or name)
-        return transform(hf, src.get(name).to(out_dtype(name)))
+        return transform(hf_of[out], src.get(name).to(out_dtype(name)))
 
     specs = [TensorSpec(out, out_dtype(name), src.info(name).shape) for out, name in src_of.items()]
     files = config_files(cfg)
@@ -374,7 +373,9 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
         files.pop("generation_config.json")
     largest = max((s.nbytes for s in specs), default=0)
     if getattr(src.files[0], "encryption", None):
-        largest += 2 * (64 << 20)  # one decrypted 64 MiB block cached, one read
+        from llmkit.io.ckpt_crypto import BLOCK_PLAIN
+
+        largest += 2 * BLOCK_PLAIN  # one decrypted block cached, one read
     plan = Plan(job="from-ckpt", output=Path(options.output), fmt=options.fmt, specs=specs, produce=produce,
                 reads=lambda out: [(src, src_of[out])],
                 inputs=[src.path] + [a.folder for a in aux if a.folder is not None]

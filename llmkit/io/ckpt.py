@@ -15,7 +15,6 @@ A ``.ckpt`` is a concatenation of serialized ``Checkpoint`` messages of one ``Va
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,13 +165,3 @@ class CkptLayout(FileLayout):
         elif self.crc:
             f.seek(start.written)
             f.write(CRC_MAGIC + start.crc.to_bytes(10, "big"))
-
-
-def ckpt_size(specs: list[TensorSpec], crc: bool = False) -> int:
-    """Bytes of the ``.ckpt`` holding ``specs`` (records plus the optional trailer)."""
-    return sum(len(h) + n for s in specs for h, n in record_headers(s)) + (CRC_TRAILER_BYTES if crc else 0)
-
-
-def split_count(nbytes: int) -> int:
-    """Records a tensor of ``nbytes`` becomes."""
-    return math.ceil(nbytes / SLICE_BYTES)

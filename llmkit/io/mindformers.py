@@ -65,6 +65,11 @@ def mindformers_to_hf(name: str) -> str | None:
     return name
 
 
+def llama_hf_name(name: str) -> str | None:
+    """The HF name of a LLaMA tensor stored under either naming (HF or MindFormers); None when it has none."""
+    return name if is_hf(name) else mindformers_to_hf(name)
+
+
 def rotary_role(hf_name: str) -> str | None:
     """``q`` or ``k`` for the tensors whose rows carry the rotary layout (HF names), else None."""
     if hf_name.endswith(".self_attn.q_proj.weight"):
@@ -136,7 +141,7 @@ def hf_named(src):
     when nothing would be renamed."""
     from llmkit.io.sources import RenamedSource
 
-    mapping = {n: mindformers_to_hf(n) or n for n in src.keys()}
+    mapping = {n: llama_hf_name(n) or n for n in src.keys()}
     if all(k == v for k, v in mapping.items()) or len(set(mapping.values())) != len(mapping):
         return src
     return RenamedSource(src, mapping)
