@@ -118,6 +118,23 @@ def ensure_output_file_is_new(out_file: Path, inputs: Iterable[str | os.PathLike
                              hint="choose an -o outside the inputs; llmkit never writes into its inputs")
 
 
+def make_folder(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents; return the folders created, innermost first."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    with writing(path):
+        path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (innermost first, as :func:`make_folder` returns them) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # not empty: leave it and its parents
+
+
 @contextmanager
 def output_folder(path: Path | None) -> Iterator[None]:
     """Create ``path`` (and missing parents) for a run; if the run fails, remove again the folders it
@@ -125,17 +142,11 @@ def output_folder(path: Path | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    with writing(path):
-        path.mkdir(parents=True, exist_ok=True)
+    made = make_folder(path)
     try:
         yield
     except BaseException:
-        for folder in missing:  # innermost first
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty(made)
         raise
 
 

@@ -33,7 +33,8 @@ from typing import Any, BinaryIO, Callable, Iterable, Protocol
 import torch
 
 from llmkit.errors import DiskSpaceError, InputError, OutputExistsError, writing  # noqa: F401 (re-exported)
-from llmkit.io.destination import TMP_SUFFIX, StagedFiles, check_output_path, ensure_output_is_new  # noqa: F401
+from llmkit.io.destination import (TMP_SUFFIX, StagedFiles, check_output_path, ensure_output_is_new, make_folder,
+                                   remove_empty)  # noqa: F401
 from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import AUX_FILES
 from llmkit.io.layouts import LAYOUTS, FileLayout, FileStart, TensorSpec, safetensors_header, tensor_bytes  # noqa: F401
@@ -154,10 +155,7 @@ class ShardSetWriter:
 
     # ---- context manager ----
     def __enter__(self):
-        missing = [p for p in (self.out_dir, *self.out_dir.parents) if not p.exists()]
-        with writing(self.out_dir):
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._made_dirs = missing  # folders this run created: removed again if it fails and they are empty
+        self._made_dirs = make_folder(self.out_dir)  # removed again if the run fails and they are empty
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -298,11 +296,7 @@ class ShardSetWriter:
                     pass
                 sh.handle = None
         self._stage.discard()
-        for folder in getattr(self, "_made_dirs", []):  # innermost first
-            try:
-                folder.rmdir()
-            except OSError:
-                break  # not empty (or not ours to remove): leave it and its parents
+        remove_empty(getattr(self, "_made_dirs", []))
 
 
 class ShardedWriter(ShardSetWriter):
