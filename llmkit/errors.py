@@ -2,7 +2,7 @@
 
 Library code raises these; ``llmkit.cli`` turns them into one line on stderr and an exit code.
 Exit codes: 0 success, 1 a check failed (checksum mismatch, integrity sum), 2 bad usage or
-bad input, 3 an unexpected internal error, 130 interrupted.
+bad input, 3 an unexpected internal error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as shells report it
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwinds like Ctrl-C, so every staged output is removed on the way out."""
 
 
 class LlmkitError(Exception):

@@ -174,8 +174,12 @@ def open_plan_sink(plan: Plan, *, force: bool = False) -> "Sink":
     """The plan's sink from the registry; it checks the destination before anything is created."""
     from llmkit.io.sinks import open_sink
 
-    return open_sink(plan.fmt, plan.output, plan.specs, force=force, inputs=plan.inputs,
+    sink = open_sink(plan.fmt, plan.output, plan.specs, force=force, inputs=plan.inputs,
                      extra_bytes=plan.aux_bytes, **plan.sink_options)
+    kept = getattr(sink, "kept_files", [])
+    if kept:
+        plan.notices.append(Notice.info(f"kept in the output folder (not written by llmkit): {', '.join(kept)}"))
+    return sink
 
 
 def current_rss() -> int:

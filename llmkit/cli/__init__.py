@@ -3,7 +3,7 @@
 Every command module registers itself on :data:`app`, validates its arguments, makes one library
 call inside :func:`command_guard`, and hands the result to :class:`~llmkit.cli.output.Output`.
 
-Exit codes: 0 ok; 1 a check failed; 2 bad usage or bad input; 3 internal error; 130 interrupted.
+Exit codes: 0 ok; 1 a check failed; 2 bad usage or bad input; 3 internal error; 130 interrupted; 143 terminated.
 Every failure is one ``error:`` line on stderr and, with ``--json``, one JSON object on stdout
 (:class:`~llmkit.cli.output.Failure`); usage errors (bad flags) are handled by :class:`LlmkitGroup`.
 """
@@ -11,6 +11,7 @@ Every failure is one ``error:`` line on stderr and, with ``--json``, one JSON ob
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 import traceback
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ import typer
 from llmkit import __version__
 from llmkit.cli.output import Failure, Output
 from llmkit.cli.usage import LlmkitGroup
-from llmkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, LlmkitError
+from llmkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, LlmkitError, Terminated
 
 app = typer.Typer(
     name="llmkit",
@@ -66,6 +67,7 @@ def _llmkit_error(e: LlmkitError) -> Failure:
 # The exception -> Failure (message, path, hint, exit code) table, first match wins (the hf CLI pattern).
 ERROR_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure]]] = [
     (LlmkitError, _llmkit_error),
+    (Terminated, lambda e: Failure("terminated (SIGTERM); no partial output was kept", exit_code=EXIT_TERMINATED)),
     (KeyboardInterrupt, lambda e: Failure("interrupted; no partial output was kept", exit_code=EXIT_INTERRUPTED)),
     (MemoryError, lambda e: Failure("out of memory", hint="close other programs, or use a smaller --shard-size",
                                     exit_code=EXIT_INTERNAL)),
@@ -125,5 +127,11 @@ def _register() -> None:
 _register()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C: staged outputs are removed and the error line says so (exit 143).
+    signal.signal(signal.SIGTERM, _terminate)
     app()

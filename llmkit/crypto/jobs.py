@@ -1,9 +1,10 @@
 """Decrypt and encrypt: run a checked plan, file by file (or ``jobs`` at a time), all or nothing.
 
-Each file streams through :func:`~llmkit.crypto.stream.xor_stream` into a temporary name in the
-output folder, is fsynced (with early writeback, so the fsync is short) and is renamed, together
-with the other files of the run, only after every check of every file passed
-(:class:`~llmkit.io.destination.StagedFiles`). Peak memory ~16 MiB per parallel file.
+Each file streams through :func:`~llmkit.crypto.stream.xor_stream` into the run's staged output
+folder beside ``-o``, is fsynced (with early writeback, so the fsync is short), and the folder becomes
+final in one rename only after every check of every file passed (:class:`~llmkit.io.staging.StagedFolder`:
+the output is claimed against a concurrent run; the folder's other files are kept). Peak memory ~16 MiB
+per parallel file.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from llmkit.crypto.results import CryptoResult, FileResult
 from llmkit.crypto.stream import WRITE_BEHIND_OK, Cancelled, write_all, xor_stream
 from llmkit.crypto.tables import finish_tables
 from llmkit.errors import CheckFailed, InputError, writing
-from llmkit.io.destination import TMP_SUFFIX, StagedFiles, output_folder
+from llmkit.io.destination import make_folder, remove_empty
+from llmkit.io.staging import StagedFolder
 from llmkit.io.sniff import ContentCheck, ContentError
 from llmkit.pipeline import Check, ProgressFactory, no_progress
 
-# work(job, advance, cancel, stage) -> the file's result; its output registered in ``stage``
-FileWork = Callable[[FileJob, Callable[[int], None], threading.Event, StagedFiles], FileResult]
+# work(job, advance, cancel, stage) -> the file's result; its output written into ``stage`` (None: a stream)
+FileWork = Callable[[FileJob, Callable[[int], None], threading.Event, "StagedOutput | None"], FileResult]
 _Options = TypeVar("_Options", DecryptOptions, EncryptOptions)
 
 
@@ -59,12 +61,31 @@ def _run_all(jobs: list[FileJob], work: Callable[[FileJob, threading.Event], Fil
     return [r for r in results if r is not None]
 
 
-def _execute(plan: CryptoPlan, work: FileWork, progress: ProgressFactory | None,
+class StagedOutput:
+    """The output folder of a decrypt/encrypt run: files written into a stage, final all at once."""
+
+    def __init__(self, out_dir: Path, force: bool, stale: Sequence[Path] = ()):
+        self.written: set[str] = set()
+        self._stale = stale  # filled while working: earlier BELLE outputs that --force replaces
+        self.folder = StagedFolder(out_dir, writes=self.written.__contains__, force=force,
+                                   owned=lambda n: any(p.name == n for p in self._stale))
+
+    def path(self, name: str) -> Path:
+        """Where the file ``name`` is written (registered as this run's)."""
+        self.written.add(name)
+        return self.folder.path(name)
+
+
+def _execute(plan: CryptoPlan, work: FileWork, progress: ProgressFactory | None, force: bool,
              stale: Sequence[Path] = ()) -> list[FileResult]:
-    """Every file of ``plan`` through ``work`` under one progress bar; the outputs get their final
-    names together (after removing ``stale``, filled while working) only when every file passed."""
-    stage = StagedFiles()
+    """Every file of ``plan`` through ``work`` under one progress bar; the output folder becomes final
+    (replacing ``stale``, filled while working) only when every file passed."""
+    stage = StagedOutput(plan.out_dir, force, stale) if plan.out_dir is not None else None
+    made = make_folder(plan.out_dir.parent) if plan.out_dir is not None else []
     try:
+        if stage is not None:
+            stage.written.update(j.out_name for j in plan.files if j.out_name)
+            stage.folder.open()
         with (progress or no_progress)(plan.label, plan.total) as advance:
             lock = threading.Lock()
 
@@ -73,9 +94,13 @@ def _execute(plan: CryptoPlan, work: FileWork, progress: ProgressFactory | None,
                     advance(n)
 
             results = _run_all(plan.files, lambda j, c: work(j, safe_advance, c, stage), plan.jobs)
-        stage.commit(replace=stale)
-    finally:
-        stage.discard()
+        if stage is not None:
+            stage.folder.commit()
+    except BaseException:
+        if stage is not None:
+            stage.folder.discard()
+        remove_empty(made)
+        raise
     return results
 
 
@@ -137,7 +162,7 @@ def _read_belle_header(src: BinaryIO, job: FileJob) -> bytes:
 
 def _decrypt_one(job: FileJob, key: Path, out_dir: Path | None, stream: BinaryIO | None, stdin: BinaryIO | None,
                  advance: Callable[[int], None], cancel: threading.Event, warnings: list[str],
-                 stage: StagedFiles, content_check: bool) -> FileResult:
+                 stage: StagedOutput | None, content_check: bool) -> FileResult:
     start = time.perf_counter()
     out_md5 = hashlib.md5() if job.out_entries else None
     out_sha = hashlib.sha256() if job.fmt == "belle" else None
@@ -145,7 +170,7 @@ def _decrypt_one(job: FileJob, key: Path, out_dir: Path | None, stream: BinaryIO
     check: ContentCheck | None = None
     if content_check:
         check = ContentCheck.for_name(job.out_name, job.payload) if job.out_name else ContentCheck(None)
-    tmp = out_dir / f".{out_name}{TMP_SUFFIX}" if out_dir is not None else None
+    tmp = stage.path(out_name) if stage is not None else None
     src_cm = open(job.src, "rb", buffering=0) if job.src is not None else nullcontext(stdin)
     with _removed_on_failure(tmp):
         with src_cm as src, KeyStream(key) as ks:
@@ -183,8 +208,6 @@ def _decrypt_one(job: FileJob, key: Path, out_dir: Path | None, stream: BinaryIO
         finish_tables(job, result, warnings)
         if check is not None and check.seen:
             result.checks.append(Check("plausible", "ok", f"a whole {check.kind} file"))
-        if tmp is not None and out_dir is not None:
-            stage.add(tmp, out_dir / out_name)
     result.seconds = round(time.perf_counter() - start, 3)
     return result
 
@@ -210,23 +233,23 @@ def decrypt(options: DecryptOptions | Sequence[str | os.PathLike], key: str | os
     key_status = check_key(plan.key, progress=progress) if options.key_check else "skipped"
     warnings: list[str] = []
 
-    def work(job: FileJob, advance: Callable[[int], None], cancel: threading.Event, stage: StagedFiles) -> FileResult:
+    def work(job: FileJob, advance: Callable[[int], None], cancel: threading.Event,
+             stage: StagedOutput | None) -> FileResult:
         return _decrypt_one(job, plan.key, plan.out_dir, stream, stdin, advance, cancel, warnings, stage,
                             options.content_check)
 
-    with output_folder(plan.out_dir):  # a failed run removes the folder it created
-        return _finish(plan, key_status, _execute(plan, work, progress), warnings, t0)
+    return _finish(plan, key_status, _execute(plan, work, progress, options.force), warnings, t0)
 
 
 # ------------------------------------------------------------------ encrypt
 
 
 def _encrypt_one(job: FileJob, key: Path, out_dir: Path, force: bool, advance: Callable[[int], None],
-                 cancel: threading.Event, stage: StagedFiles, stale: list[Path]) -> FileResult:
+                 cancel: threading.Event, stage: StagedOutput, stale: list[Path]) -> FileResult:
     start = time.perf_counter()
     assert job.src is not None
     name = job.src.name
-    tmp = out_dir / f".{name}.{job.fmt}.enc{TMP_SUFFIX}"
+    tmp = stage.folder.path(f".{name}.{job.fmt}.enc.partial")  # named once the BELLE digest is known
     sha = hashlib.sha256() if job.fmt == "belle" else None
     with _removed_on_failure(tmp):
         label = EMPTY_SHA256 if sha is None else "<sha256>"
@@ -248,7 +271,7 @@ def _encrypt_one(job: FileJob, key: Path, out_dir: Path, force: bool, advance: C
         final = f"{name}.{label}.enc"
         if force and sha is not None:
             stale += [out_dir / old for old in stale_belle_outputs(out_dir, name) if old != final]
-        stage.add(tmp, out_dir / final)
+        os.rename(tmp, stage.path(final))
     return FileResult(str(job.src), str(out_dir / final), job.fmt, n,
                       sha256=sha.hexdigest() if sha is not None else None, seconds=round(time.perf_counter() - start, 3))
 
@@ -270,8 +293,9 @@ def encrypt(options: EncryptOptions | Sequence[str | os.PathLike], key: str | os
     out = plan.out_dir
     stale: list[Path] = []
 
-    def work(job: FileJob, advance: Callable[[int], None], cancel: threading.Event, stage: StagedFiles) -> FileResult:
+    def work(job: FileJob, advance: Callable[[int], None], cancel: threading.Event,
+             stage: StagedOutput | None) -> FileResult:
+        assert stage is not None
         return _encrypt_one(job, plan.key, out, options.force, advance, cancel, stage, stale)
 
-    with output_folder(out):  # a failed run removes the folder it created
-        return _finish(plan, key_status, _execute(plan, work, progress, stale), [], t0)
+    return _finish(plan, key_status, _execute(plan, work, progress, options.force, stale), [], t0)

@@ -1,7 +1,8 @@
 """The ``ckpt`` sink: one MindSpore ``.ckpt`` file, written by the safe writer (``llmkit.io.sinks``).
 
-``-o`` names a file, not a folder: the file is staged as ``.NAME.llmkit-tmp`` beside it, fsynced and
-renamed when every tensor is in and its size checks out; nothing else in that folder is touched
+``-o`` names a file, not a folder: the file is staged under a hidden name beside it
+(:class:`~llmkit.io.staging.StagedFile`, with the output's claim), fsynced and renamed when every tensor
+is in and its size checks out; nothing else in that folder is touched
 (``--force`` replaces only this file). The bytes are those of ``mindspore.save_checkpoint``
 (:class:`~llmkit.io.ckpt.CkptLayout`); ``crc=True`` adds the CRC trailer; ``enc_key`` (a
 ``ckpt_crypto.CkptKey``) encrypts it in ``enc_mode`` blocks as ``save_checkpoint(enc_key=...)`` does.
@@ -15,9 +16,10 @@ from typing import Any, Iterable
 
 import torch
 
-from llmkit.errors import InputError, OutputExistsError
+from llmkit.errors import InputError
 from llmkit.io.ckpt import CkptLayout
 from llmkit.io.destination import ensure_output_file_is_new
+from llmkit.io.staging import StagedFile
 from llmkit.io.layouts import TensorSpec
 from llmkit.io.sinks import ShardSetWriter, register_sink
 from llmkit.units import check_space, free_bytes
@@ -37,11 +39,12 @@ class CkptSink(ShardSetWriter):
         self._names = {s.name for s in specs}
         self._check_destination(extra_bytes)
 
+    def _make_staging(self) -> StagedFile:
+        return StagedFile(self.path, force=self.force)
+
     def _check_destination(self, extra_bytes: int) -> None:
         ensure_output_file_is_new(self.path, self.inputs or [])
-        if os.path.lexists(self.path) and not self.force:
-            raise OutputExistsError("output file exists", path=self.path,
-                                    hint="pass --force to overwrite, or choose another -o")
+        self._existing = self._staging.check()  # exists without --force, or is not a regular file
         need = self.total_size + extra_bytes
         self.free_disk_bytes = free_bytes(self.out_dir)
         self.space_margin = check_space(self.out_dir, need, self.free_disk_bytes)
@@ -57,9 +60,6 @@ class CkptSink(ShardSetWriter):
 
     def copy_aux_files(self, folder: Path | None, **kwargs) -> list[str]:
         return []
-
-    def _remove_stale(self) -> None:
-        """Nothing: a file output replaces only itself."""
 
 
 @register_sink("ckpt")

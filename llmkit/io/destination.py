@@ -1,19 +1,17 @@
 """Where outputs may go: checks every writing command makes before it writes (torch-free).
 
 llmkit never writes into, beside or around its inputs, so an input is never modified and a later
-run never reads its own output as input. Outputs are written under temporary names in the output
-folder and renamed together when complete (:class:`StagedFiles`). An ``-o`` that cannot become a folder (a dangling symlink, a
-symlink loop, a file, a path under a file) is refused with what it is, before anything is created.
+run never reads its own output as input. An ``-o`` that cannot become a folder (a dangling symlink, a
+symlink loop, a file, a path under a file, ``-``) is refused with what it is, before anything is
+created. How an output is then written all or nothing: :mod:`llmkit.io.staging`.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 from llmkit.errors import InputError, OutputExistsError, writing
 
@@ -44,6 +42,9 @@ def check_output_path(out_dir: str | os.PathLike) -> None:
     The path itself or its nearest existing ancestor may be a dangling symlink or a symlink loop
     (``mkdir`` would fail with "File exists" or loop), or a file (no folder can go inside it).
     """
+    if str(out_dir) == "-":
+        raise InputError("-o - (standard output) is not possible here: this command writes a folder or a file",
+                         path="-", hint="name an output path, e.g. -o ./out")
     out = Path(out_dir)
     for p in (out, *out.parents):
         if not os.path.lexists(p):
@@ -93,6 +94,8 @@ def ensure_output_file_is_new(out_file: Path, inputs: Iterable[str | os.PathLike
     """Refuse an output *file* (``-o model.ckpt``) that is a folder, a broken link, an input, inside an
     input folder or beside an input file; its folder must be able to exist (:func:`check_output_path`).
     Symlinks are resolved. Existing files are the caller's business (``--force``)."""
+    if str(out_file) == "-":
+        check_output_path(out_file)  # refuses "-": this output is a file, not a stream
     out_file = Path(out_file)
     problem = broken_link(out_file)
     if problem is not None:
@@ -133,76 +136,3 @@ def remove_empty(folders: Sequence[Path]) -> None:
             folder.rmdir()
         except OSError:
             break  # not empty: leave it and its parents
-
-
-@contextmanager
-def output_folder(path: Path | None) -> Iterator[None]:
-    """Create ``path`` (and missing parents) for a run; if the run fails, remove again the folders it
-    created that are still empty, so a failure leaves nothing behind, not even an empty folder."""
-    if path is None:
-        yield
-        return
-    made = make_folder(path)
-    try:
-        yield
-    except BaseException:
-        remove_empty(made)
-        raise
-
-
-class StagedFiles:
-    """The output files of one run under temporary names, renamed together once every file is done.
-
-    So a run is all or nothing: a failure or Ctrl-C leaves no file of the run under a final name (nor
-    a temporary file, after :meth:`discard`), and a re-run needs no ``--force``. Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: list[tuple[Path, Path]] = []  # (temporary, final)
-
-    def add(self, tmp: Path, final: Path) -> None:
-        with self._lock:
-            self._items.append((tmp, final))
-
-    def temp(self, final: Path) -> Path:
-        """A temporary name beside ``final`` (hidden, ``.NAME.llmkit-tmp``), registered for commit/discard."""
-        tmp = final.parent / f".{final.name}{TMP_SUFFIX}"
-        self.add(tmp, final)
-        return tmp
-
-    @property
-    def finals(self) -> list[Path]:
-        with self._lock:
-            return [final for _, final in self._items]
-
-    def commit(self, replace: Sequence[Path] = ()) -> None:
-        """Rename every temporary file to its final name (after removing ``replace``: stale outputs)."""
-        for stale in replace:
-            stale.unlink(missing_ok=True)
-        with self._lock:
-            items, self._items = self._items, []
-        for tmp, final in items:
-            with writing(final):
-                os.replace(tmp, final)
-        for folder in {final.parent for _, final in items}:
-            _fsync_dir(folder)
-
-    def discard(self) -> None:
-        with self._lock:
-            items, self._items = self._items, []
-        for tmp, _ in items:
-            tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems do not sync folders
-    finally:
-        os.close(fd)

@@ -32,7 +32,7 @@ import torch
 from llmkit.errors import InputError
 from llmkit.io.files import TOKENIZER_FILES
 from llmkit.io.jsonfile import read_json
-from llmkit.io.sinks import ShardSetWriter, TensorSpec, register_sink
+from llmkit.io.sinks import OWN_FILES, ShardSetWriter, TensorSpec, register_sink
 from llmkit.io.sources import TensorInfo, TensorSource, TorchFile
 
 # Top-level tensors (HF name -> Meta name).
@@ -277,6 +277,7 @@ class MetaShardWriter(ShardSetWriter):
         super().__init__(out_dir, [(meta_shard_name(i), specs) for i, specs in enumerate(shard_specs)],
                          fmt="bin", force=force, inputs=inputs)
         self.smaller_files = "use more --pth-shards"
+        self.own_files = OWN_FILES["meta-pth"]
         self.files.append(PARAMS_JSON)
         self.add_file(PARAMS_JSON, (json.dumps(params) + "\n").encode())
         self._check_destination(extra_bytes)
@@ -323,7 +324,8 @@ class MetaPthSink:
         return self._writer.files
 
     def __getattr__(self, name: str):  # total_size, free_disk_bytes, space_margin, needed_disk_bytes
-        if name in ("total_size", "free_disk_bytes", "space_margin", "needed_disk_bytes", "out_dir"):
+        if name in ("total_size", "free_disk_bytes", "space_margin", "needed_disk_bytes", "out_dir", "kept_files",
+                    "replaced_files"):
             return getattr(self._writer, name)
         raise AttributeError(name)
 

@@ -33,8 +33,8 @@ from typing import Any, BinaryIO, Callable, Iterable, Protocol
 import torch
 
 from llmkit.errors import DiskSpaceError, InputError, OutputExistsError, writing  # noqa: F401 (re-exported)
-from llmkit.io.destination import (TMP_SUFFIX, StagedFiles, check_output_path, ensure_output_is_new, make_folder,
-                                   remove_empty)  # noqa: F401
+from llmkit.io.destination import check_output_path, ensure_output_is_new, make_folder, remove_empty
+from llmkit.io.staging import StagedFile, StagedFolder
 from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import AUX_FILES
 from llmkit.io.layouts import LAYOUTS, FileLayout, FileStart, TensorSpec, safetensors_header, tensor_bytes  # noqa: F401
@@ -47,7 +47,12 @@ from llmkit.units import (  # noqa: F401
     parse_size,
 )
 
-_WEIGHT_RE = re.compile(r"^(model.*\.safetensors|pytorch_model.*\.bin|.*\.index\.json|consolidated\.\d+\.pth)$")
+# weight files of every layout llmkit writes: an existing output folder holding one needs --force
+_WEIGHT_RE = re.compile(r"^(model.*\.safetensors|pytorch_model.*\.bin|.*\.index\.json|consolidated\.\d+\.pth|params\.json)$")
+# per layout, the files --force treats as a stale earlier output of the same kind (replaced, not kept)
+OWN_FILES = {"safetensors": re.compile(r"^model.*\.safetensors(\.index\.json)?$"),
+             "bin": re.compile(r"^pytorch_model.*\.bin(\.index\.json)?$"),
+             "meta-pth": re.compile(r"^(consolidated\.\d+\.pth|params\.json)$")}
 
 def plan_shards(specs: list[TensorSpec], shard_size: int) -> list[list[TensorSpec]]:
     """Greedy split in order: a shard closes before a tensor that would push it past ``shard_size``.
@@ -127,7 +132,8 @@ class ShardSetWriter:
         self.total_size = sum(s.nbytes for sh in self.shards for s in sh.specs)
         self.files: list[str] = [sh.name for sh in self.shards]
         self._aux: dict[str, bytes] = {}
-        self._stage = StagedFiles()
+        self.own_files = OWN_FILES.get(fmt)  # stale files of this layout that --force replaces
+        self._staging: StagedFolder | StagedFile = self._make_staging()
         self._done = False
         self.inputs = list(inputs) if inputs is not None else None
         self.free_disk_bytes = 0
@@ -136,18 +142,41 @@ class ShardSetWriter:
         self.smaller_files: str | None = None  # how to get smaller weight files (for the size-limit hint)
 
     # ---- checks before any byte is written ----
+    def _make_staging(self) -> StagedFolder | StagedFile:
+        """The output folder, built beside the target and made final at once (``staging.StagedFolder``)."""
+        return StagedFolder(self.out_dir, writes=self._writes, owned=self._owned, force=self.force)
+
+    def _writes(self, name: str) -> bool:
+        return name in self.files or name in self._aux
+
+    def _owned(self, name: str) -> bool:
+        """An existing entry of the kind this sink writes: refused without --force, replaced with it.
+
+        Without --force, any llmkit weight layout counts; with it, only this layout's weights (a
+        ``consolidated.00.pth`` beside a safetensors output is the user's and is kept). Config and
+        tokenizer files always count: the side files of an output are exactly what this run writes.
+        """
+        if name in AUX_FILES:
+            return True
+        if self.force:
+            return self.own_files is not None and bool(self.own_files.match(name))
+        return bool(_WEIGHT_RE.match(name))
+
+    @property
+    def kept_files(self) -> list[str]:
+        """Files of the existing output folder that are not this command's and stay beside the new output."""
+        return self._existing.kept
+
+    @property
+    def replaced_files(self) -> list[str]:
+        return self._existing.replaced
+
     def _check_destination(self, extra_bytes: int) -> None:
         if self.inputs is not None:
             ensure_output_is_new(self.out_dir, self.inputs)
         else:
             check_output_path(self.out_dir)
-        if self.out_dir.is_dir() and not self.force:
-            clash = sorted(p.name for p in self.out_dir.iterdir()
-                           if p.name in self.files or p.name in AUX_FILES or _WEIGHT_RE.match(p.name))
-            if clash:
-                raise OutputExistsError(f"output folder already holds {', '.join(clash[:3])}"
-                                        + (" ..." if len(clash) > 3 else ""),
-                                        path=self.out_dir, hint="pass --force to overwrite, or choose another -o")
+        self._existing = self._staging.check()  # refuses what this run may not replace
         need = self.total_size + extra_bytes + sum(len(d) for d in self._aux.values())
         self.free_disk_bytes = free_bytes(self.out_dir)
         self.space_margin = check_space(self.out_dir, need, self.free_disk_bytes)
@@ -155,7 +184,12 @@ class ShardSetWriter:
 
     # ---- context manager ----
     def __enter__(self):
-        self._made_dirs = make_folder(self.out_dir)  # removed again if the run fails and they are empty
+        self._made_dirs = make_folder(self._staging.target.parent)  # removed again if the run fails and empty
+        try:
+            self._staging.open()
+        except BaseException:
+            remove_empty(self._made_dirs)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -169,7 +203,7 @@ class ShardSetWriter:
             self.abort()
 
     def _tmp(self, name: str) -> Path:
-        return self._stage.temp(self.out_dir / name)
+        return self._staging.path(name)
 
     # ---- shards ----
     def _open_shard(self, sh: _Shard) -> None:
@@ -264,7 +298,7 @@ class ShardSetWriter:
             if not sh.specs and not sh.started:  # an empty model: one empty, valid file
                 self._open_shard(sh)
                 self._close_shard(sh)
-            tmp = self.out_dir / f".{sh.name}{TMP_SUFFIX}"
+            tmp = self._tmp(sh.name)
             actual = tmp.stat().st_size
             assert sh.start is not None
             if actual != sh.start.size:
@@ -273,19 +307,12 @@ class ShardSetWriter:
         for name, data in self._aux.items():
             with writing(self.out_dir / name):
                 self._tmp(name).write_bytes(data)
-        if self.force:
-            self._remove_stale()
-        finals = self._stage.finals
-        self._stage.commit()
+        self.files = [sh.name for sh in self.shards] + [n for n in self._aux if n not in
+                                                         {sh.name for sh in self.shards}]
+        self._staging.commit()
+        self._existing.kept, self._existing.replaced = self._staging.kept, self._staging.replaced
         self._done = True
-        self.files = [p.name for p in finals]
-        return finals
-
-    def _remove_stale(self) -> None:
-        keep = {p.name for p in self._stage.finals}
-        for p in self.out_dir.iterdir():
-            if p.is_file() and p.name not in keep and _WEIGHT_RE.match(p.name):
-                p.unlink()
+        return [self.out_dir / n for n in self.files]
 
     def abort(self) -> None:
         for sh in self.shards:
@@ -295,7 +322,7 @@ class ShardSetWriter:
                 except OSError:
                     pass
                 sh.handle = None
-        self._stage.discard()
+        self._staging.discard()
         remove_empty(getattr(self, "_made_dirs", []))
 
 
