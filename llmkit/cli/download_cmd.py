@@ -10,6 +10,7 @@ from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.output import Output
+from llmkit.cli.signals import terminate_as_interrupt
 from llmkit.units import human_bytes
 
 
@@ -58,7 +59,7 @@ def download_command(
 ) -> None:
     """Download a model through the hub or a mirror; every file verified by content, verified files skipped."""
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
+    with command_guard(out), terminate_as_interrupt():
         from llmkit.hub import DownloadOptions, download
 
         options = DownloadOptions(model, output, include=tuple(include or ()), exclude=tuple(exclude or ()),
