@@ -38,10 +38,12 @@ def download_command(
                                          show_default=False, metavar="MODEL")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: ./<model name>).",
                                                    show_default=False)] = None,
-    include: Annotated[Optional[List[str]], typer.Option("--include", help="Only files matching this glob "
-                                                                           "(repeatable).")] = None,
-    exclude: Annotated[Optional[List[str]], typer.Option("--exclude", help="Skip files matching this glob "
-                                                                           "(repeatable).")] = None,
+    include: Annotated[Optional[List[str]], typer.Option(
+        "--include", help="Only files matching this glob (repeatable), as hf download reads it: case-sensitive, "
+                          "'*' crosses '/', 'dir/' is the whole folder. A pattern that matches no file is an "
+                          "error.")] = None,
+    exclude: Annotated[Optional[List[str]], typer.Option(
+        "--exclude", help="Skip files matching this glob (repeatable; the same rules as --include).")] = None,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main).")
                         ] = None,
     endpoint: Annotated[Optional[str], typer.Option(
