@@ -122,11 +122,15 @@ class Staging:
                 fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 os.close(fd)
                 raise InputError(f"another llmkit download is writing to {self.out} (its staging folder "
                                  f"{self.path} is in use); nothing was changed", path=self.out,
                                  hint="wait for that run to finish (or stop it), then run this again") from None
+            except OSError:  # a file system without locks (some NFS): run unlocked, as without fcntl
+                os.close(fd)
+                self._owned = True
+                return
             try:
                 same = os.stat(lock).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:  # the run that held it just removed its folder

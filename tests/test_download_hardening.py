@@ -267,3 +267,22 @@ def test_a_staging_folder_held_by_a_live_run_is_not_cleaned(hub, hf_env, work, d
         r = dl(REPO)
     assert r.exit_code == 2
     assert mine.read_bytes() == b"in use"
+
+
+def test_the_sigterm_handler_is_only_installed_while_the_download_runs(dl, hub, work, monkeypatch):
+    """SIGTERM is turned into the Ctrl-C clean-up for the download only; the previous handler comes back."""
+    import llmkit.hub as hub_module
+
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+    real = hub_module._fetch
+
+    def spy(*args, **kwargs):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hub_module, "_fetch", spy)
+    hub.add_repo(REPO, tiny_files())
+    assert dl(REPO, "--jobs", "1").exit_code == 0
+    assert seen and all(h not in (before, signal.SIG_DFL) for h in seen)
+    assert signal.getsignal(signal.SIGTERM) == before
