@@ -25,7 +25,7 @@ import hashlib
 import os
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -243,9 +243,10 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
 
 
 def _fetch_all(todo: list[_Remote], jobs: int, advance, fetch) -> list[FileOutcome]:
-    """``fetch(i, remote, bar_class)`` for every file, ``jobs`` at a time. On the first failure, or Ctrl-C /
-    SIGTERM in the main thread, every other transfer stops at its next chunk and nothing new starts; the
-    runner returns only once every worker is done, so the staging folder can be removed safely."""
+    """``fetch(i, remote, bar_class)`` for every file, ``jobs`` at a time; the first failure is raised once every
+    file has had its chance (what verified is kept, so a re-run fetches less). On Ctrl-C / SIGTERM in the main
+    thread every transfer stops at its next chunk and nothing new starts. Returns or raises only once every
+    worker is done, so the staging folder can be removed safely."""
     stop, lock = threading.Event(), threading.Lock()
     bar = cancellable_bar(stop)
 
@@ -258,21 +259,18 @@ def _fetch_all(todo: list[_Remote], jobs: int, advance, fetch) -> list[FileOutco
         return outcome
 
     pool = ThreadPoolExecutor(max_workers=min(jobs, len(todo)))
-    futures: list[Future] = []
     try:
         futures = [pool.submit(one, i, r) for i, r in enumerate(todo)]
-        wait(futures, return_when=FIRST_EXCEPTION)
+        wait(futures)
     except BaseException:
         stop.set()
         raise
     finally:
-        if any(f.done() and not f.cancelled() and f.exception() is not None for f in futures):
-            stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
-    failed = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
-    real = [e for e in failed if not isinstance(e, DownloadCancelled)]
-    if real or failed:
-        raise (real or failed)[0]
+    for f in futures:
+        error = f.exception()
+        if error is not None:
+            raise error
     return [f.result() for f in futures]
 
 

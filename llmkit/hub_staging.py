@@ -11,7 +11,7 @@
   empties it before it starts (partial files are discarded; finished files were already verified and renamed
   into DIR). The folder is removed when the run ends, whatever the outcome.
 - :func:`cancellable_bar`: the client's progress hook, which stops a transfer at its next chunk once a stop
-  event is set (Ctrl-C, SIGTERM, another file failed).
+  event is set (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
