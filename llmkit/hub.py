@@ -7,8 +7,12 @@ section 7), without the client behaviours a user must not inherit:
   files against their git blob sha1, and the registry's published MD5 tables where the model has one;
   a file already present and verified is skipped (nothing transferred); a same-size corruption is
   fetched again; bytes corrupted in transit are refused (nothing under the final name);
-- files are fetched into a private staging folder (``.llmkit-download`` in DIR, removed at the end,
-  lock files and all) and renamed into place only once verified;
+- ``--include`` / ``--exclude`` are read as ``hf download`` reads them (``llmkit.hub_filters``: ``name/`` is the
+  whole folder), and a filter that selects nothing is an error, not an empty download;
+- files are fetched into a locked staging folder beside DIR (``llmkit.hub_staging``: no repo file can collide
+  with it) and renamed into place only once verified; the folder is removed when the run ends, Ctrl-C and
+  SIGTERM included (every transfer stops at its next chunk), and a folder left by a killed run is emptied by the
+  next one;
 - a missing, private or gated repo is an error with the hub's hint, never an old folder reported as
   downloaded; a dropped connection is an error naming the file, and a re-run completes;
 - repo-supplied names are never trusted as paths: anything that would land outside DIR is refused;
@@ -17,22 +21,21 @@ section 7), without the client behaviours a user must not inherit:
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
-import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from llmkit.errors import CheckFailed, InputError, LlmkitError, writing
+from llmkit.hub_filters import select_paths
+from llmkit.hub_staging import DownloadCancelled, Staging, cancellable_bar, refuse_collisions, staging_dir
 from llmkit.io.destination import check_output_path
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
 from llmkit.units import check_space, free_bytes, human_bytes
 
-STAGING = ".llmkit-download"
 _CHUNK = 8 * 2**20
 RESUME_CHUNK = 16 * 2**10  # bytes the client writes at a time, so a dropped transfer resumes close to where it was
 
@@ -169,13 +172,11 @@ def _list(repo: str, options: DownloadOptions, endpoint: str) -> tuple[str, list
         entries = list(api.list_repo_tree(repo, revision=info.sha, recursive=True))
     except Exception as e:  # noqa: BLE001 - every hub failure becomes one message
         raise _hub_error(e, repo, endpoint) from e
+    repo_files = [f for f in entries if isinstance(f, RepoFile)]
+    chosen = select_paths(repo, [f.path for f in repo_files], options.include, options.exclude)
     files = []
-    for f in entries:
-        if not isinstance(f, RepoFile):
-            continue
-        if options.include and not any(fnmatch.fnmatch(f.path, g) for g in options.include):
-            continue
-        if any(fnmatch.fnmatch(f.path, g) for g in options.exclude):
+    for f in repo_files:
+        if f.path not in chosen:
             continue
         if f.lfs is not None:
             files.append(_Remote(f.path, int(f.lfs.size), "sha256", str(f.lfs.sha256)))
@@ -208,6 +209,8 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
     check_output_path(out)
     revision, remote = _list(repo, options, endpoint)
     targets = {r.path: _safe_target(out, r.path) for r in remote}  # every name checked before any byte
+    staging = staging_dir(out)
+    refuse_collisions(staging, out, [r.path for r in remote])
     table = model.tables.get("download") if model is not None else None
     result = DownloadResult(repo=repo, revision=revision, output=str(out), dry_run=options.dry_run,
                             total_bytes=sum(r.size for r in remote), next_step=_next_step(model, out))
@@ -228,26 +231,47 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
         result.notices.append(Notice.info(f"{len(todo)} file(s) to download ({human_bytes(need)}), "
                                           f"{len(remote) - len(todo)} already verified"))
         return _finish(result, remote, start)
-    _quiet_client()
-    staging = out / STAGING
-    lock = threading.Lock()
-    try:
-        with writing(out):
-            staging.mkdir(parents=True, exist_ok=True)
-        with (progress or no_progress)("downloading", need) as advance:
-            def fetch(r: _Remote) -> FileOutcome:
-                outcome = _fetch(repo, revision, endpoint, r, staging, targets[r.path], options.verify)
-                with lock:
-                    advance(r.size)
-                return outcome
-            with ThreadPoolExecutor(max_workers=min(options.jobs, max(1, len(todo)))) as pool:
-                result.files += list(pool.map(fetch, todo))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    if todo:
+        _quiet_client()
+        with Staging(staging, out) as folders, (progress or no_progress)("downloading", need) as advance:
+            result.files += _fetch_all(todo, options.jobs, advance, lambda i, r, bar: _fetch(
+                repo, revision, endpoint, r, folders.folder(i), targets[r.path], options.verify, bar))
     result.bytes_downloaded = need
     if table is not None and options.verify:
         _check_table(result, out, table, find_expected)
     return _finish(result, remote, start)
+
+
+def _fetch_all(todo: list[_Remote], jobs: int, advance, fetch) -> list[FileOutcome]:
+    """``fetch(i, remote, bar_class)`` for every file, ``jobs`` at a time; the first failure is raised once every
+    file has had its chance (what verified is kept, so a re-run fetches less). On Ctrl-C / SIGTERM in the main
+    thread every transfer stops at its next chunk and nothing new starts. Returns or raises only once every
+    worker is done, so the staging folder can be removed safely."""
+    stop, lock = threading.Event(), threading.Lock()
+    bar = cancellable_bar(stop)
+
+    def one(i: int, r: _Remote) -> FileOutcome:
+        if stop.is_set():
+            raise DownloadCancelled()
+        outcome = fetch(i, r, bar)
+        with lock:
+            advance(r.size)
+        return outcome
+
+    pool = ThreadPoolExecutor(max_workers=min(jobs, len(todo)))
+    try:
+        futures = [pool.submit(one, i, r) for i, r in enumerate(todo)]
+        wait(futures)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for f in futures:
+        error = f.exception()
+        if error is not None:
+            raise error
+    return [f.result() for f in futures]
 
 
 def _quiet_client() -> None:
@@ -264,13 +288,15 @@ def _quiet_client() -> None:
 
 
 def _fetch(repo: str, revision: str, endpoint: str, r: _Remote, staging: Path, target: Path,
-           verify: bool) -> FileOutcome:
-    """One file: fetched by huggingface_hub into the staging folder, verified, renamed into place."""
+           verify: bool, bar: type | None = None) -> FileOutcome:
+    """One file: fetched by huggingface_hub into its own staging folder, verified, renamed into place."""
     from huggingface_hub import get_token, hf_hub_download
 
     try:
         got = Path(hf_hub_download(repo, r.path, revision=revision, local_dir=staging, endpoint=endpoint,
-                                   token=get_token(), force_download=True))
+                                   token=get_token(), force_download=True, tqdm_class=bar))
+    except DownloadCancelled:
+        raise
     except Exception as e:  # noqa: BLE001
         from huggingface_hub import errors
 

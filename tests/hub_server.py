@@ -31,6 +31,8 @@ Knobs for tests (plain attributes of :class:`FakeHub`, safe to change while the 
   connection once the file's byte offset ``n`` is reached (a resumed request from offset >= n gets the
   headers and no body at all). ``drop_times[path]`` (default 1) is how many responses are cut; after that
   the file is served normally;
+- ``throttle[path] = bytes_per_second``: a GET of ``path`` sends its body at about this rate (small pieces with
+  pauses), so a test can act while the transfer is under way (a signal mid-download);
 - ``log``: every request as a :class:`Hit` (method, path, query, status, repo, file, range, auth);
   :meth:`FakeHub.gets` / :meth:`FakeHub.requests_for` filter it.
 
@@ -43,6 +45,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -132,6 +135,7 @@ class FakeHub:
         self.corrupt_in_transit: dict[str, bytes] = {}
         self.drop_after: dict[str, int] = {}
         self.drop_times: dict[str, int] = {}
+        self.throttle: dict[str, float] = {}
         self.log: list[Hit] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -503,6 +507,10 @@ class _HubHandler(BaseHTTPRequestHandler):
                     if remaining <= 0:
                         del self.hub.drop_after[f.path]
                         self.hub.drop_times.pop(f.path, None)
+        rate = None if head else self.hub.throttle.get(f.path)
+        if rate and (cut is None or cut >= len(body)):
+            self._send_slowly(status, extra, body, rate)
+            return
         if cut is None or cut >= len(body):
             self._send(status, extra, body, head=head)
             return
@@ -520,6 +528,20 @@ class _HubHandler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def _send_slowly(self, status: int, headers: dict[str, str], body: bytes, rate: float) -> None:
+        """The whole ``body`` at about ``rate`` bytes per second, in pieces of a twentieth of a second."""
+        self._hit_status = status
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        piece = max(1, int(rate / 20))
+        for i in range(0, len(body), piece):
+            self.wfile.write(body[i:i + piece])
+            self.wfile.flush()
+            time.sleep(piece / rate)
 
 
 @pytest.fixture

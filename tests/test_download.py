@@ -608,9 +608,10 @@ def test_include_and_exclude_filter_the_files(dl, hub, work):
 
 
 def leftovers(tmp_path: Path, hf_home: Path) -> list[Path]:
-    """Lock files, .cache folders and partial downloads anywhere under tmp_path, except in HF_HOME."""
+    """Lock files, .cache folders, staging folders (``.llmkit-download`` or ``.NAME.llmkit-download``) and partial
+    downloads anywhere under tmp_path, except in HF_HOME."""
     return [p for p in tmp_path.rglob("*") if hf_home not in p.parents and p != hf_home
-            and (p.name in (".cache", ".llmkit-download") or p.suffix in (".lock", ".incomplete"))]
+            and (p.name == ".cache" or p.name.endswith(".llmkit-download") or p.suffix in (".lock", ".incomplete"))]
 
 
 def test_dry_run_lists_files_and_sizes_and_writes_nothing(dl, hub, work, tmp_path, hf_env):

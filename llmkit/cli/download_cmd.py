@@ -10,6 +10,7 @@ from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.output import Output
+from llmkit.cli.signals import terminate_as_interrupt
 from llmkit.units import human_bytes
 
 
@@ -37,10 +38,12 @@ def download_command(
                                          show_default=False, metavar="MODEL")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: ./<model name>).",
                                                    show_default=False)] = None,
-    include: Annotated[Optional[List[str]], typer.Option("--include", help="Only files matching this glob "
-                                                                           "(repeatable).")] = None,
-    exclude: Annotated[Optional[List[str]], typer.Option("--exclude", help="Skip files matching this glob "
-                                                                           "(repeatable).")] = None,
+    include: Annotated[Optional[List[str]], typer.Option(
+        "--include", help="Only files matching this glob (repeatable), as hf download reads it: case-sensitive, "
+                          "'*' crosses '/', 'dir/' is the whole folder. A pattern that matches no file is an "
+                          "error.")] = None,
+    exclude: Annotated[Optional[List[str]], typer.Option(
+        "--exclude", help="Skip files matching this glob (repeatable; the same rules as --include).")] = None,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main).")
                         ] = None,
     endpoint: Annotated[Optional[str], typer.Option(
@@ -58,7 +61,7 @@ def download_command(
 ) -> None:
     """Download a model through the hub or a mirror; every file verified by content, verified files skipped."""
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
+    with command_guard(out), terminate_as_interrupt():
         from llmkit.hub import DownloadOptions, download
 
         options = DownloadOptions(model, output, include=tuple(include or ()), exclude=tuple(exclude or ()),
