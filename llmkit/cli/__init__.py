@@ -11,7 +11,6 @@ Every failure is one ``error:`` line on stderr and, with ``--json``, one JSON ob
 from __future__ import annotations
 
 import errno
-import signal
 import sys
 import traceback
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import typer
 
 from llmkit import __version__
 from llmkit.cli.output import Failure, Output
+from llmkit.cli.signals import install_signal_handlers
 from llmkit.cli.usage import LlmkitGroup
 from llmkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, LlmkitError, Terminated
 
@@ -127,11 +127,6 @@ def _register() -> None:
 _register()
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
 def main() -> None:
-    # SIGTERM unwinds like Ctrl-C: staged outputs are removed and the error line says so (exit 143).
-    signal.signal(signal.SIGTERM, _terminate)
+    install_signal_handlers()  # SIGTERM unwinds like Ctrl-C: staged outputs are removed (exit 143)
     app()

@@ -10,7 +10,6 @@ from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.output import Output
-from llmkit.cli.signals import terminate_as_interrupt
 from llmkit.units import human_bytes
 
 
@@ -61,7 +60,7 @@ def download_command(
 ) -> None:
     """Download a model through the hub or a mirror; every file verified by content, verified files skipped."""
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out), terminate_as_interrupt():
+    with command_guard(out):
         from llmkit.hub import DownloadOptions, download
 
         options = DownloadOptions(model, output, include=tuple(include or ()), exclude=tuple(exclude or ()),
