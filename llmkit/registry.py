@@ -61,6 +61,17 @@ class ChecksumTable:
     path: Path | None = None
     source: str = ""  # the header comment: where the values come from
     builtin: bool = False
+    header: tuple[str, ...] = ()  # the header comment's lines
+
+    def describes(self) -> tuple[str, dict[str, int]] | None:
+        """What the table's files are, from a ``# describes: KIND key=N ...`` header line (the shipped
+        sha256 tables: ``meta-pth dim= vocab= layers= shards=`` for a Meta folder, ``tokenizer vocab=``)."""
+        for line in self.header:
+            if line.startswith("describes:"):
+                kind, *pairs = line[len("describes:"):].split()
+                facts = dict(p.split("=", 1) for p in pairs if "=" in p)
+                return kind, {k: int(v) for k, v in facts.items() if v.isdigit()}
+        return None
 
     def lookup(self, rel: str) -> TableEntry | None:
         for e in self.entries:
@@ -138,7 +149,8 @@ def parse_table(text: str, *, name: str, algorithm: str | None = None, path: Pat
         raise InputError(f"the table holds {found} digests, not {algorithm}", path=where,
                          hint=f"use --algo {found}")
     return ChecksumTable(name=name, algorithm=found, entries=tuple(entries), path=path,
-                         source=" ".join(header), builtin=builtin)
+                         source=" ".join(h for h in header if not h.startswith("describes:")), builtin=builtin,
+                         header=tuple(header))
 
 
 def table_name(path: Path) -> str:
@@ -233,6 +245,18 @@ def find_expected(name: str, algorithm: str = "md5") -> list[tuple[str, str]]:
             for e in t.entries if e.basename == base]
 
 
+def described_tables(kind: str) -> list[tuple[ChecksumTable, dict[str, int]]]:
+    """The built-in tables whose header says they describe ``kind`` (``meta-pth``: a Meta folder of the
+    given ``dim``/``vocab``/``layers``/``shards``; ``tokenizer``: a ``tokenizer.model`` of ``vocab``
+    tokens), with those facts. Chinese-LLaMA-Alpaca's SHA256.md gives them (checksums/*.sha256)."""
+    out = []
+    for t in builtin_tables().values():
+        d = t.describes()
+        if d is not None and d[0] == kind:
+            out.append((t, d[1]))
+    return out
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -324,44 +348,51 @@ MODELS: tuple[ModelSpec, ...] = (
     ),
     ModelSpec(
         name="chinese-llama-lora-7b", family="Chinese-LLaMA-Alpaca", kind="lora",
-        repo_id="ziqingyang/chinese-llama-lora-7b", files=(), needs="llama-7b (original LLaMA-7B)",
+        repo_id="ziqingyang/chinese-llama-lora-7b", files=(), tables={"download": "chinese-llama-lora-7b"},
+        needs="llama-7b (original LLaMA-7B)",
         vocab_size=49953, approx_bytes=770 * MB, card="seeds/004_6acdba4215d5c1df.txt",
         notes="card gives only an abbreviated SHA256 of the zip: 39b86b......fe0e60",
     ),
     ModelSpec(
         name="chinese-llama-lora-13b", family="Chinese-LLaMA-Alpaca", kind="lora",
-        repo_id="ziqingyang/chinese-llama-lora-13b", files=(), needs="llama-13b (original LLaMA-13B)",
+        repo_id="ziqingyang/chinese-llama-lora-13b", files=(), tables={"download": "chinese-llama-lora-13b"},
+        needs="llama-13b (original LLaMA-13B)",
         vocab_size=49953, approx_bytes=1 * GB, card="seeds/004_6acdba4215d5c1df.txt",
         notes="card gives only an abbreviated SHA256 of the zip: 3d6dee......e5199b",
     ),
     ModelSpec(
         name="chinese-alpaca-lora-7b", family="Chinese-LLaMA-Alpaca", kind="lora",
-        repo_id="ziqingyang/chinese-alpaca-lora-7b", files=(), needs="llama-7b (original LLaMA-7B)",
+        repo_id="ziqingyang/chinese-alpaca-lora-7b", files=(), tables={"download": "chinese-alpaca-lora-7b"},
+        needs="llama-7b (original LLaMA-7B)",
         vocab_size=49954, approx_bytes=790 * MB, card="seeds/004_6acdba4215d5c1df.txt",
         notes="card gives only an abbreviated SHA256 of the zip: 9bb5b6......ce2d87",
     ),
     ModelSpec(
         name="chinese-alpaca-lora-13b", family="Chinese-LLaMA-Alpaca", kind="lora",
-        repo_id="ziqingyang/chinese-alpaca-lora-13b", files=(), needs="llama-13b (original LLaMA-13B)",
+        repo_id="ziqingyang/chinese-alpaca-lora-13b", files=(), tables={"download": "chinese-alpaca-lora-13b"},
+        needs="llama-13b (original LLaMA-13B)",
         vocab_size=49954, approx_bytes=1_100 * MB, card="seeds/004_6acdba4215d5c1df.txt",
         notes="card gives only an abbreviated SHA256 of the zip: 45c92e......682d91",
     ),
     ModelSpec(
         name="llama-7b-meta", family="LLaMA-1 (Meta)", kind="meta-original", repo_id=None,
-        files=("consolidated.00.pth", "params.json"), tables={"key": "llama-7b-meta"}, dtype="float16",
+        files=("consolidated.00.pth", "params.json"),
+        tables={"key": "llama-7b-meta", "original": "llama-7b-original"}, dtype="float16",
         vocab_size=32000, approx_bytes=13_476_939_516, card="SPEC.md section 1",
         notes="the XOR key of TechGPT-1.0; consolidated.00.pth is 13,476,939,516 bytes",
     ),
     ModelSpec(
         name="llama-13b-meta", family="LLaMA-1 (Meta)", kind="meta-original", repo_id=None,
-        files=("consolidated.00.pth", "consolidated.01.pth", "params.json"), dtype="float16", vocab_size=32000,
+        files=("consolidated.00.pth", "consolidated.01.pth", "params.json"), tables={"original": "llama-13b-original"},
+        dtype="float16", vocab_size=32000,
         card="seeds/002_130bd4a25acaf759.txt", notes="two model-parallel shards in Meta's original layout (llmkit inspect reads it)",
     ),
     ModelSpec(
-        name="llama-13b-hf", family="LLaMA-1 (Meta)", kind="full", repo_id=None, files=(),
+        name="llama-13b-hf", family="LLaMA-1 (Meta)", kind="full", repo_id=None, files=(), tables={"hf": "llama-13b-hf"},
         needs="llama-13b-meta (converted to Hugging Face)", dtype="float16", vocab_size=32000,
         card="seeds/002_130bd4a25acaf759.txt",
-        notes="the base ZhiXi's diff expects; no card publishes its checksums (keep fp16 when converting)",
+        notes="the base ZhiXi's diff expects; Chinese-LLaMA-Alpaca publishes the sha256 of its HF conversion "
+              "(table llama-13b-hf; keep fp16 when converting)",
     ),
 )
 

@@ -56,9 +56,12 @@ def _render_report(report) -> callable:
 def _render_tensors(report) -> callable:
     def render(console: Console) -> None:
         how = "bit for bit" if report.method == "bytes" else f"by {report.method} digests"
-        if report.identical:
+        if report.identical and report.files_identical:
             console.print(f"tensors identical: {report.compared} tensors compared {how}", markup=False,
                           style="green")
+        elif report.identical:  # the verdict covers the other files too: exit 1
+            console.print(f"tensors identical, other files DIFFER: {report.compared} tensors compared {how}; "
+                          f"{_files_text(report)}", markup=False, style="red")
         else:
             console.print(f"tensors DIFFER ({len(report.differing)} of {report.compared} compared {how}; "
                           f"{len(report.only_a)} only in A, {len(report.only_b)} only in B)", markup=False,
@@ -87,12 +90,19 @@ def _files_failure(report) -> Failure:
                    exit_code=EXIT_CHECK_FAILED)
 
 
+def _files_text(report) -> str:
+    names = report.differing_files
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"{len(names)} of {len(report.files)} other files differ ({shown})"
+
+
 def _tensors_failure(report) -> Failure:
+    if report.identical:
+        return Failure(f"tensors identical, but {_files_text(report)}", exit_code=EXIT_CHECK_FAILED)
     parts = [f"{len(report.differing)} of {report.compared} compared differ", f"{len(report.only_a)} only in A",
              f"{len(report.only_b)} only in B"]
-    files = sum(1 for f in report.files if f.status != "ok")
-    if files:
-        parts.append(f"{files} other file(s) differ")
+    if report.differing_files:
+        parts.append(_files_text(report))
     return Failure(f"tensors differ: {', '.join(parts)}", exit_code=EXIT_CHECK_FAILED)
 
 

@@ -181,6 +181,7 @@ def from_meta(options: FromMetaOptions, *, progress: ProgressFactory | None = No
     try:
         folder = view.meta_folder
         tok, notices = _tokenizer(options, folder)
+        notices = [Notice.warning(w) for w in view.warnings] + notices  # e.g. an unverified shard order
         # config.json / generation_config.json as the view derived them (the files recover and merge-lora
         # read from a Meta base), with the output dtype written in when one is asked for.
         config = AuxCopy(view.folder, CONFIG_FILES, dtype=dtype)

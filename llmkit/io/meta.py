@@ -206,7 +206,13 @@ class MetaSource(TensorSource):
     """Meta ``consolidated.NN.pth`` shards presented as whole tensors (joined on demand)."""
 
     def __init__(self, path: Path, folder: Path, shard_files: list[TorchFile]):
+        from llmkit.io import meta_checks as checks
+
         first = shard_files[0]
+        paths = [f.path for f in shard_files]
+        checks.check_shard_names(paths, folder)
+        self.params = self._read_params(folder)
+        checks.check_shard_count(paths, first.infos, folder, (self.params or {}).get("dim"))
         for other in shard_files[1:]:
             if set(other.infos) != set(first.infos):
                 missing = sorted(set(first.infos) ^ set(other.infos))[:3]
@@ -221,16 +227,32 @@ class MetaSource(TensorSource):
             if dim is not None:
                 shape[dim] = sum(f.infos[name].shape[dim] for f in shard_files)
             self._joined[name] = TensorInfo(name, info.dtype, tuple(shape), path)
-        self.params = self._read_params(folder)
+        if self.params is not None:
+            checks.check_params_against_tensors(self.params, self._joined, folder / PARAMS_JSON)
+        settled, split_note = (True, None) if len(paths) == 1 else checks.uneven_split_order(
+            paths, [f.infos for f in shard_files])
+        if split_note is not None:
+            self.warnings.append(split_note)
+        self.shape_facts = checks.shape_facts(self._joined, len(paths))
+        # The order of model-parallel shards: settled by the shapes, else by the published hashes (hashed
+        # by MetaHFView, which reads every byte anyway), else unverified; inspect reads headers only.
+        self.order_note: str | None = None
+        if not settled:
+            tables = checks.published_tables_for(self.shape_facts)
+            self.order_note = (checks.order_unverified(len(paths), []) if not tables else
+                               f"inspect reads headers only, so the order of the {len(paths)} shards is not checked "
+                               f"here: llmkit verify {folder} compares them with the published table "
+                               f"{tables[0].name} (from-meta, recover and merge-lora check it themselves)")
+            self.warnings.append(self.order_note)
 
     @staticmethod
     def _read_params(folder: Path) -> dict | None:
-        p = folder / "params.json"
+        from llmkit.io.meta_checks import check_params_types
+
+        p = folder / PARAMS_JSON
         if not p.is_file():
             return None
-        params = read_json(p)
-        assert isinstance(params, dict)
-        return params
+        return check_params_types(read_json(p), p)
 
     def info(self, name: str) -> TensorInfo:
         return self._joined[name]

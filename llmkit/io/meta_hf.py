@@ -8,7 +8,9 @@ read. ``from-meta`` writes exactly this view; ``recover --base`` and ``merge-lor
 folder through it, so the same bytes come out without an intermediate copy.
 
 Before any tensor is read, :func:`check_meta` compares ``params.json`` with the tensors (dim, layers,
-vocabulary, heads) and the shard count with the heads; every mismatch names the file.
+vocabulary, heads) and the shard count with the heads; every mismatch names the file. The shard set
+and ``params.json`` types are checked by :class:`~llmkit.io.meta.MetaSource` (``llmkit.io.meta_checks``);
+here the shard order is checked by content when the shapes are those of a published model.
 """
 
 from __future__ import annotations
@@ -74,6 +76,13 @@ class MetaHFView(TensorSource):
                          weight_map={n: meta.weight_map[self._meta_name[n]] for n in order}, folder=meta.folder)
         self.params = meta.params
         check_meta(self, params_path)
+        self.warnings = [w for w in meta.warnings if w != meta.order_note]
+        if meta.order_note is not None:  # the shapes did not settle the order: the published hashes may
+            from llmkit.io.meta_checks import published_order
+
+            note = published_order([p for p in self.weight_files], meta.shape_facts)
+            if note is not None:
+                self.warnings.append(note)
         self.meta_folder = Path(meta.folder or meta.path)
         self.folder = self._hf_folder()
 

@@ -322,6 +322,7 @@ def open_merge(options: MergeOptions) -> MergePlan:
     _check_options(options)
     warnings: list[str] = []
     base = _open_base(Path(options.base))
+    warnings += [f"{base.path}: {w}" for w in base.warnings]  # e.g. a Meta base's unverified shard order
     loaded: list[Adapter] = []
     try:
         cfg = base.config()  # a config.json that is not a JSON object is an InputError

@@ -24,6 +24,24 @@ def _read_tokenizer_json(path: Path) -> dict:
     return data
 
 
+def published_tokenizer(folder: Path | None) -> tuple[str, int] | None:
+    """(table, tokens) when ``folder/tokenizer.model`` is a published one: its sha256 is listed by a
+    built-in table described as ``tokenizer vocab=N`` (Chinese-LLaMA's 49953, Chinese-Alpaca's 49954).
+    None: no tokenizer.model, or not a published one. Tells the two apart without loading them."""
+    from llmkit.hashing import hash_file
+    from llmkit.registry import described_tables
+
+    tm = folder / "tokenizer.model" if folder is not None else None
+    tables = described_tables("tokenizer") if tm is not None and tm.is_file() else []
+    if not tables:
+        return None
+    digest = hash_file(tm, "sha256")
+    for table, facts in tables:
+        if "vocab" in facts and any(e.digest == digest for e in table.entries):
+            return table.name, facts["vocab"]
+    return None
+
+
 def has_tokenizer(folder: Path | None) -> bool:
     return folder is not None and ((folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file())
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from llmkit.errors import InputError
 from llmkit.io.sources import TensorSource
-from llmkit.lora.tokenizer import has_tokenizer, tokenizer_size
+from llmkit.lora.tokenizer import has_tokenizer, published_tokenizer, tokenizer_size
 
 if TYPE_CHECKING:
     from llmkit.lora.adapters import Adapter
@@ -51,6 +51,18 @@ def mixed_up_hint(rows: int, tok: int) -> str:
         return (f"the weights are a {kind} LoRA ({rows} rows) but the tokenizer has {tok} tokens: put back the "
                 f"tokenizer.model (and added_tokens.json) that came with the {kind} LoRA")
     return f"put back the tokenizer files that came with this adapter (its weights expect {rows} tokens)"
+
+
+def check_published_tokenizer(folder: Path | None, rows: int, what: str) -> None:
+    """Refuse a ``tokenizer.model`` whose sha256 is a published tokenizer of another size than ``rows``
+    (the Chinese-LLaMA 49953 one beside a Chinese-Alpaca 49954 adapter, even with an added_tokens.json
+    that makes the count agree)."""
+    found = published_tokenizer(folder)
+    if found is not None and found[1] != rows:
+        table, tokens = found
+        raise InputError(f"tokenizer.model is the published {table} (by sha256: {tokens} tokens{known(tokens)}) but "
+                         f"{what} has {rows} rows{known(rows)}", path=Path(folder) / "tokenizer.model",
+                         hint=mixed_up_hint(rows, tokens))
 
 
 @dataclass
@@ -132,6 +144,9 @@ def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state
         raise InputError(f"{ad.file.name} holds embed_tokens/lm_head with {emb} rows{known(emb)} but the "
                          f"tokenizer in this folder has {tok} tokens{known(tok)}", path=ad.folder,
                          hint=mixed_up_hint(emb, tok))
+    weight_rows = emb if emb is not None else (next(iter(lora_vocab)) if len(lora_vocab) == 1 else None)
+    if weight_rows is not None:
+        check_published_tokenizer(ad.folder, weight_rows, f"the adapter's weights ({ad.file.name})")
     rows = state.rows
     if rows is None:
         if emb is not None or tok is not None:
@@ -186,6 +201,8 @@ def _output_tokenizer(base: TensorSource, adapters: list[Adapter], tokenizer: Pa
             raise InputError(f"the merged model has {rows} embedding rows but the output tokenizer, from "
                              f"{tok_folder}, has {size} tokens", path=tok_folder,
                              hint="pass the matching tokenizer folder with --tokenizer")
+        if rows is not None:
+            check_published_tokenizer(tok_folder, rows, "the merged model's embedding")
         return None, tok_folder
     tok_folder = Path(tokenizer)
     if tok_folder.is_file():
@@ -199,6 +216,7 @@ def _output_tokenizer(base: TensorSource, adapters: list[Adapter], tokenizer: Pa
     if size < rows:
         raise InputError(f"the tokenizer has {size} tokens but the merged model has {rows} embedding rows",
                          path=tok_folder, hint=mixed_up_hint(rows, size))
+    check_published_tokenizer(tok_folder, size, "the merged model's embedding")
     if size > rows:
         warnings.append(f"--tokenizer has {size} tokens: the embedding grows from {rows} rows; the "
                         f"{size - rows} new rows are set to the mean of the existing rows")

@@ -55,7 +55,8 @@ def _chinese(size: str, adapter: str, vocab: int) -> Recipe:
                  when="to_meta", final=True),
             _to_ckpt("merge-lora"),
         ),
-        notes=("the card publishes only abbreviated SHA256s of the zips, so no table checks the adapter",),
+        notes=(f"Chinese-LLaMA-Alpaca's SHA256.md lists the adapter (table chinese-{adapter}-lora-{size}); the recipe "
+               "does not stop on it, check the download with llmkit verify",),
     )
 
 

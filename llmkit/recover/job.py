@@ -208,6 +208,7 @@ def _plan(options: WeightDiffOptions, base: TensorSource, other: TensorSource, r
     out_dtype = _output_dtype(options, other)
     aux, notes = aux_plan(other, base, role)
     notices = [Notice("warning" if "no tokenizer" in n else "info", n) for n in notes]
+    notices += [Notice.warning(f"{base.path}: {w}") for w in base.warnings]  # e.g. a Meta base's shard order
     o_infos = other.infos()
     if computed:
         notices.append(Notice.info(

@@ -121,7 +121,8 @@ def _compare_tables(ta: list[TensorDigest], tb: list[TensorDigest]) -> TensorCom
 @dataclass
 class TensorVerifyReport(Result):
     """``llmkit verify --tensors A B``: tensor by tensor, plus the non-weight files of two folders.
-    ``ok``: identical tensors and every other file ok; ``checks``: one for the tensors, one per file."""
+    ``identical``: the tensors; ``files_identical``: the other files (True when there are none);
+    ``ok``: both (exit 0); ``checks``: one for the tensors, one per file."""
 
     a: str
     b: str
@@ -133,6 +134,11 @@ class TensorVerifyReport(Result):
     only_b: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
     files: list[FileCheck] = field(default_factory=list)  # config/tokenizer files compared (folders only)
+    files_identical: bool = True
+
+    @property
+    def differing_files(self) -> list[str]:
+        return [f.path for f in self.files if f.status != "ok"]
 
 
 def _aux_files(folder: Path) -> dict[str, Path]:
@@ -194,7 +200,8 @@ def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | 
     summary = (f"{cmp.compared} compared by {method}, {len(cmp.differing)} differ, {len(cmp.only_a)} only in A, "
                f"{len(cmp.only_b)} only in B")
     checks = [Check("tensors", "ok" if cmp.identical else "mismatch", summary)] + [f.check() for f in files]
-    return TensorVerifyReport(ok=cmp.identical and all(f.status == "ok" for f in files), checks=checks, a=str(a),
+    files_identical = all(f.status == "ok" for f in files)
+    return TensorVerifyReport(ok=cmp.identical and files_identical, checks=checks, a=str(a),
                               b=str(b), method=method, identical=cmp.identical, compared=cmp.compared,
                               differing=cmp.differing, only_a=cmp.only_a, only_b=cmp.only_b, reasons=cmp.reasons,
-                              files=files)
+                              files=files, files_identical=files_identical)

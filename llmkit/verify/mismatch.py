@@ -82,10 +82,34 @@ def classify_json_mismatch(data: bytes, expected: str, algorithm: str) -> str:
     return "the JSON content differs from the published file (not only formatting); compare it with the original"
 
 
+def published_elsewhere(actual: str, algorithm: str, *, table: ChecksumTable | None = None,
+                        entry: TableEntry | None = None) -> str | None:
+    """Where a digest that does not match its line is published after all: another line of the same
+    table (swapped or renamed files), else a line of another built-in table (another model's file)."""
+    from llmkit.registry import builtin_tables
+
+    if table is not None:
+        other = next((e for e in table.entries if e.digest == actual and e != entry), None)
+        if other is not None:
+            return (f"its {algorithm} is the one table {table.name} lists for {other.rel}: the files' names are "
+                    f"swapped (or renamed); give each file its published name")
+    for t in builtin_tables().values():
+        if t.algorithm == algorithm and (table is None or t.name != table.name):
+            other = next((e for e in t.entries if e.digest == actual), None)
+            if other is not None:
+                return f"its {algorithm} is the one table {t.name} lists for {other.rel}: this is that file"
+    return None
+
+
 def classify_mismatch(path: Path, expected: str, algorithm: str, *, table: ChecksumTable | None = None,
-                      entry: TableEntry | None = None) -> str:
-    """A one-sentence explanation of a digest mismatch: formatting-only JSON, a readable checkpoint
-    whose bytes changed (re-saved), a truncated file, or plain different content."""
+                      entry: TableEntry | None = None, actual: str | None = None) -> str:
+    """A one-sentence explanation of a digest mismatch: a file published under another name (swapped
+    shards, another model's file), formatting-only JSON, a readable checkpoint whose bytes changed
+    (re-saved), a truncated file, or plain different content."""
+    if actual is not None:
+        elsewhere = published_elsewhere(actual, algorithm, table=table, entry=entry)
+        if elsewhere is not None:
+            return elsewhere
     size = path.stat().st_size
     if table is not None and entry is not None:
         known = KNOWN_SIZES.get((table.name, entry.basename))

@@ -25,8 +25,8 @@ from llmkit.verify.mismatch import classify_mismatch
 @dataclass(frozen=True)
 class VerifyOptions:
     """``llmkit verify PATH...``: folders or files; ``table`` a built-in name or a table file (None: the
-    built-in tables matching the names and sizes); ``algorithm`` None = the table's (md5 without a
-    table); ``jobs`` hashing threads (0 = up to 4)."""
+    built-in tables matching the names and sizes); ``algorithm`` None = the table's (without a table:
+    the md5 and the sha256 tables); ``jobs`` hashing threads (0 = up to 4)."""
 
     paths: tuple[Path, ...] = ()
     table: str | Path | None = None
@@ -156,7 +156,9 @@ def _table_order() -> dict[str, int]:
 
 @dataclass
 class VerifyPlan:
-    """What :func:`run_verify` will hash: built by :func:`plan_verify` from names and sizes only."""
+    """What :func:`run_verify` will hash: built by :func:`plan_verify` from names and sizes only.
+    ``algorithm``: the one asked for or the table's; without either, ``md5`` (candidate tables of both
+    algorithms are kept and each file is hashed with the algorithm of every table listing it)."""
 
     algorithm: str
     roots: list[_Root]
@@ -164,17 +166,21 @@ class VerifyPlan:
     explicit: bool
     notes: list[str] = field(default_factory=list)
 
-    def files_to_hash(self) -> list[Path]:
-        seen: dict[Path, None] = {}
+    def hashes(self) -> list[tuple[Path, str]]:
+        """(file, algorithm) pairs to hash, each once."""
+        seen: dict[tuple[Path, str], None] = {}
         for root, cands in zip(self.roots, self.candidates):
-            for _, matched in cands:
+            for t, matched in cands:
                 for key in matched.values():
-                    seen.setdefault(root.files[key], None)
+                    seen.setdefault((root.files[key], t.algorithm), None)
         return list(seen)
+
+    def files_to_hash(self) -> list[Path]:
+        return list(dict.fromkeys(p for p, _ in self.hashes()))
 
     @property
     def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.files_to_hash())
+        return sum(p.stat().st_size for p, _ in self.hashes())
 
 
 def _plan_with_table(paths: list[Path], table: str | Path, algorithm: str | None) -> VerifyPlan:
@@ -208,11 +214,11 @@ def plan_verify(paths: list[Path], *, table: str | Path | None = None, algorithm
         return _plan_with_table(list(paths), table, algorithm)
     if not paths:
         raise InputError("nothing to verify", hint="pass the downloaded folder or files, or --table FILE")
-    algorithm = algorithm or "md5"
     roots = _roots(list(paths))
     order = _table_order()
-    tables = sorted((t for t in builtin_tables().values() if t.algorithm == algorithm),
+    tables = sorted((t for t in builtin_tables().values() if algorithm is None or t.algorithm == algorithm),
                     key=lambda t: (order.get(t.name, len(order)), t.name))
+    algorithm = algorithm or "md5"
     notes: list[str] = []
     all_cands = []
     for root in roots:
@@ -241,7 +247,8 @@ def plan_verify(paths: list[Path], *, table: str | Path | None = None, algorithm
     return VerifyPlan(algorithm, roots, all_cands, explicit=False, notes=notes)
 
 
-def _check_root(report: VerifyReport, root: _Root, chosen, digests: dict[Path, str], classify: bool) -> set[str]:
+def _check_root(report: VerifyReport, root: _Root, chosen, digests: dict[tuple[Path, str], str],
+                classify: bool) -> set[str]:
     """Append the rows of one PATH argument's table entries to ``report``; returns the keys used."""
     used: set[str] = set()
     for t, matched in chosen:
@@ -256,11 +263,11 @@ def _check_root(report: VerifyReport, root: _Root, chosen, digests: dict[Path, s
                 continue
             used.add(key)
             path = root.files[key]
-            actual = digests[path]
+            actual = digests[(path, t.algorithm)]
             status = "ok" if actual == e.digest else "mismatch"
             check = FileCheck(root.show(key), e.digest, actual, t.algorithm, status, t.name)
             if status == "mismatch" and classify:
-                check.note = classify_mismatch(path, e.digest, t.algorithm, table=t, entry=e)
+                check.note = classify_mismatch(path, e.digest, t.algorithm, table=t, entry=e, actual=actual)
             report.files.append(check)
     return used
 
@@ -268,7 +275,10 @@ def _check_root(report: VerifyReport, root: _Root, chosen, digests: dict[Path, s
 def run_verify(plan: VerifyPlan, *, jobs: int = 1, progress: Callable[[int], None] | None = None,
                classify: bool = True) -> VerifyReport:
     """Hash the planned files and report each as ok / mismatch / missing / extra."""
-    digests = hash_files(plan.files_to_hash(), plan.algorithm, jobs=jobs, progress=progress)
+    digests: dict[tuple[Path, str], str] = {}
+    for algo in dict.fromkeys(a for _, a in plan.hashes()):
+        files = [p for p, a in plan.hashes() if a == algo]
+        digests.update({(p, algo): h for p, h in hash_files(files, algo, jobs=jobs, progress=progress).items()})
     report = VerifyReport(algorithm=plan.algorithm, notes=list(plan.notes))
     for root, cands in zip(plan.roots, plan.candidates):
         chosen = cands if plan.explicit else _choose(root, cands, digests, report.notes)
@@ -276,6 +286,9 @@ def run_verify(plan: VerifyPlan, *, jobs: int = 1, progress: Callable[[int], Non
         for key in root.files:
             if key not in used and root.extras:
                 report.files.append(FileCheck(root.show(key), None, None, plan.algorithm, "extra"))
+    used_algorithms = sorted({f.algorithm for f in report.files if f.status != "extra"})
+    if used_algorithms:
+        report.algorithm = "+".join(used_algorithms)
     report.ok = all(f.status in ("ok", "extra") for f in report.files) and any(
         f.status == "ok" for f in report.files)
     report.checks = [f.check() for f in report.files]
@@ -283,25 +296,37 @@ def run_verify(plan: VerifyPlan, *, jobs: int = 1, progress: Callable[[int], Non
     return report
 
 
-def _choose(root: _Root, cands, digests: dict[Path, str], notes: list[str]):
-    """Among candidate tables, keep the best-matching one of each group listing the same files."""
+def _choose(root: _Root, cands, digests: dict[tuple[Path, str], str], notes: list[str]):
+    """Among candidate tables, keep the best-matching one of each group listing the same files: most
+    files matching their own line, then most files whose digest the table lists under another name
+    (renamed or swapped shards), then most files listed."""
     def score(item):
         t, matched = item
-        ok = sum(1 for e, k in matched.items() if digests.get(root.files[k]) == e.digest)
-        return ok, len(matched)
+        actual = {e: digests.get((root.files[k], t.algorithm)) for e, k in matched.items()}
+        listed = {e.digest for e in t.entries}
+        return (sum(1 for e, h in actual.items() if h == e.digest), sum(1 for h in actual.values() if h in listed),
+                len(matched))
 
-    ranked = sorted(enumerate(cands), key=lambda ic: (-score(ic[1])[0], -score(ic[1])[1], ic[0]))
-    chosen, taken = [], set()
+    ranked = sorted(enumerate(cands), key=lambda ic: (tuple(-x for x in score(ic[1])), ic[0]))
+    chosen, taken, losers = [], set(), {}
     for _, (t, matched) in ranked:
         keys = set(matched.values())
         if keys & taken:
             winner = next(c for c, m in chosen if keys & set(m.values()))
-            notes.append(f"the file names also match table {t.name}; {winner.name} was used "
-                         f"({score((winner, dict(chosen)[winner]))[0]} of its files match, "
-                         f"{score((t, matched))[0]} of {t.name}'s); pass --table to choose")
+            losers.setdefault(winner.name, (winner, []))[1].append((t, matched))
             continue
         chosen.append((t, matched))
         taken |= keys
+    for name, (winner, lost) in losers.items():
+        won = score((winner, dict(chosen)[winner]))[0]
+        if len(lost) == 1:
+            t, matched = lost[0]
+            notes.append(f"the file names also match table {t.name}; {name} was used ({won} of its files match, "
+                         f"{score((t, matched))[0]} of {t.name}'s); pass --table to choose")
+        else:
+            notes.append(f"the file names also match {len(lost)} other tables ({', '.join(t.name for t, _ in lost)}); "
+                         f"{name} was used ({won} of its files match, no other table matches more); "
+                         f"pass --table to choose")
     order = {id(c[0]): i for i, c in enumerate(cands)}
     return sorted(chosen, key=lambda c: order[id(c[0])])
 
