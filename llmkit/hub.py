@@ -104,9 +104,23 @@ def _resolve(options: DownloadOptions):
         repo = options.model
     else:
         raise InputError(f"{options.model!r} is neither a known model nor an owner/name repo id",
-                         hint="llmkit models lists the known models")
+                         hint=_unknown_model_hint(options.model))
     out = Path(options.output) if options.output is not None else Path(model.name if model else repo.split("/")[1])
     return repo, out, model
+
+
+def _unknown_model_hint(name: str) -> str:
+    """The close known model names (``zhixi-13b`` -> ``zhixi-13b-diff``, ...), and the recipe of that name if any."""
+    from llmkit.recipes.book import RECIPES
+    from llmkit.registry import close_model_names
+
+    close = close_model_names(name)
+    hint = "llmkit models lists the known models"
+    if close:
+        hint = f"did you mean {' or '.join([', '.join(close[:-1]), close[-1]] if len(close) > 1 else close)}? {hint}"
+    if name in RECIPES:
+        hint += f"; {name} is a recipe: llmkit recipe run {name}"
+    return hint
 
 
 def _safe_target(out: Path, name: str) -> Path:

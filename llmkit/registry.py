@@ -424,6 +424,24 @@ def get_model(name: str) -> ModelSpec:
     raise InputError(f"unknown model {name!r}", hint=f"known: {', '.join(m.name for m in MODELS)}")
 
 
+def model_for_path(path: str | os.PathLike) -> ModelSpec | None:
+    """The model whose download folder ``path`` is named like (``techgpt-2.0-atom``, or a repo's own name such
+    as ``TechGPT-2.0-atom-hf``), else None."""
+    name = Path(path).name.lower()
+    return next((m for m in MODELS if name == m.name or (m.repo_id and name == m.repo_id.split("/")[1].lower())),
+                None)
+
+
+def close_model_names(name: str, n: int = 3) -> list[str]:
+    """The known model names closest to a mistyped or partial ``name`` (``zhixi-13b`` -> ``zhixi-13b-diff``, ...)."""
+    from difflib import SequenceMatcher
+
+    low = name.lower()
+    scored = [(SequenceMatcher(None, low, m.name).ratio() + (0.2 if m.name.startswith(low) else 0.0), m.name)
+              for m in MODELS]
+    return [m for score, m in sorted(scored, key=lambda t: (-t[0], t[1])) if score >= 0.6][:n]
+
+
 def table_for(model: str, stage: str) -> ChecksumTable | None:
     """The built-in table for ``model`` at ``stage`` (``download``, ``decrypted``, ...), or None."""
     spec = get_model(model)

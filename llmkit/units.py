@@ -11,20 +11,28 @@ from llmkit.errors import DiskSpaceError, InputError, OutputNotWritableError
 
 DEFAULT_SHARD_SIZE = 5_000_000_000  # bytes, as transformers' default "5GB"
 
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+# Size suffixes: K, M, G, T are decimal (10^3 ...), with or without B, as transformers reads max_shard_size="5GB"
+# and llama.cpp's gguf-split reads --split-max-size 5G; Ki, Mi, Gi, Ti (with or without B) are binary (2^10 ...).
+_PREFIXES = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
+_SIZE = re.compile(r"\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<prefix>[KMGT]?)(?P<binary>I?)(?P<bytes>B?)\s*")
+SIZE_EXAMPLES = "5GB, 5G, 500MB, 500M or 2GiB"
 
 
 def parse_size(text: str | int) -> int:
-    """``"5GB"`` -> 5_000_000_000 (decimal units as in transformers; ``GiB`` for binary)."""
+    """``"5GB"`` or ``"5G"`` -> 5_000_000_000 (decimal, as transformers and llama.cpp), ``"2GiB"`` or ``"2Gi"``
+    -> 2 * 2**30. A bare ``B`` under 1000 (``"5B"``: 5 bytes, but 5 billion in mergekit) is refused."""
     if isinstance(text, int):
         return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", text.upper())
-    if not m:
-        raise InputError(f"cannot parse size {text!r}", hint="use e.g. 5GB, 500MB or 2GiB")
-    value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2) or ""])
+    m = _SIZE.fullmatch(text.upper())
+    if not m or (m.group("binary") and not m.group("prefix")):
+        raise InputError(f"cannot parse size {text!r}", hint=f"use e.g. {SIZE_EXAMPLES}")
+    base = 1024 if m.group("binary") else 1000
+    value = int(float(m.group("number")) * base ** _PREFIXES[m.group("prefix")])
+    if m.group("bytes") and not m.group("prefix") and value < 1000:
+        raise InputError(f"size {text!r} is ambiguous: {value} bytes, or {value} billion as mergekit reads it",
+                         hint=f"write the unit, e.g. {value}GB")
     if value <= 0:
-        raise InputError(f"size must be positive, got {text!r}")
+        raise InputError(f"size must be positive, got {text!r}", hint=f"use e.g. {SIZE_EXAMPLES}")
     return value
 
 

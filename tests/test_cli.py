@@ -124,13 +124,13 @@ def test_subprocess_error_exit_code_and_stderr(tmp_path):
 def test_top_level_help_groups_commands_by_lifecycle_stage_in_order(run_cli):
     text = run_cli("--help").stdout
     sections = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert sections == ["Options", "Recipes", "Get", "Unlock", "Rebuild", "Convert", "Check", "Try"]
+    assert sections == ["Options", "Recipes", "Get", "Unlock", "Rebuild", "Convert", "Check", "Try", "Examples"]
     stage_of = {}
     current = None
     for line in text.splitlines():
         if line.endswith(":") and not line.startswith(" "):
             current = line[:-1]
-        elif line.startswith("  ") and current not in (None, "Options"):
+        elif line.startswith("  ") and current not in (None, "Options", "Examples"):
             stage_of[line.split()[0]] = current
     assert stage_of == {"recipe": "Recipes", "download": "Get", "models": "Get", "decrypt": "Unlock", "encrypt": "Unlock", "merge-lora": "Rebuild",
                         "recover": "Rebuild", "make-diff": "Rebuild", "from-meta": "Convert", "to-meta": "Convert",

@@ -11,6 +11,7 @@ Every failure is one ``error:`` line on stderr and, with ``--json``, one JSON ob
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import traceback
 from contextlib import contextmanager
@@ -19,19 +20,25 @@ from typing import Annotated, Any, Callable, Iterator
 import typer
 
 from llmkit import __version__
+from llmkit.cli.helptext import OUTPUT, LlmkitTyper, examples
 from llmkit.cli.output import Failure, Output
 from llmkit.cli.signals import install_signal_handlers
 from llmkit.cli.usage import LlmkitGroup
 from llmkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, LlmkitError, Terminated
 
-app = typer.Typer(
+app = LlmkitTyper(
     name="llmkit",
     cls=LlmkitGroup,
     help="Exact, streaming tools for Chinese LLaMA-family weights: inspect, decrypt, recover, merge LoRA, "
          "convert and verify. Results go to stdout, progress and errors to stderr. "
          "Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 internal error.",
+    epilog=examples("# what llmkit knows, then one model's whole chain",
+                    "llmkit models",
+                    "llmkit recipe run techgpt-2.0-atom --workdir work",
+                    "# one command's options and examples",
+                    "llmkit recover --help"),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -42,7 +49,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, logs or warnings on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", envvar="LLMKIT_DEBUG",
                                         help="Show the full traceback when something fails.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
+ForceOpt = Annotated[bool, typer.Option("--force", rich_help_panel=OUTPUT, help="Overwrite existing output files.")]
 
 
 def _os_error(e: OSError) -> Failure:
@@ -75,10 +82,28 @@ ERROR_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure]]] = [
 ]
 
 
+def _download_hint(failure: Failure) -> Failure:
+    """A missing input named like a known model (``llmkit to-ckpt techgpt-2.0-atom``, the model not downloaded yet)
+    gets the download command as its hint. Every "no such file" (folder, adapter folder, key file) of every command passes here."""
+    if not failure.path or not failure.message.startswith("no such ") or os.path.lexists(failure.path):
+        return failure
+    from llmkit.registry import model_for_path
+
+    model = model_for_path(failure.path)
+    if model is None:
+        return failure
+    if model.repo_id is None:
+        hint = f"{model.name} is a known model that is not on the hub; llmkit models says where it comes from"
+    else:
+        into = "" if failure.path.rstrip("/") in (model.name, f"./{model.name}") else f" -o {failure.path}"
+        hint = f"a known model's name: download it first with llmkit download {model.name}{into}"
+    return Failure(failure.message, failure.path, hint, failure.exit_code)
+
+
 def describe_error(e: BaseException) -> Failure:
     for kind, explain in ERROR_TABLE:
         if isinstance(e, kind):
-            return explain(e)
+            return _download_hint(explain(e))
     return Failure(f"internal error: {type(e).__name__}: {e}",
                    hint="rerun with --debug and report the traceback", exit_code=EXIT_INTERNAL)
 

@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
 from llmkit.cli.output import Output
+from llmkit.cli.params import choice_metavar, jobs_option
 from llmkit.errors import InputError
 from llmkit.units import human_bytes
 
@@ -31,19 +33,18 @@ class EncryptFormat(str, Enum):
 
 
 KeyOpt = Annotated[Path, typer.Option(
-    "--key", "-k", help="The key: Meta's original LLaMA-1 7B consolidated.00.pth (13,476,939,516 bytes; also for "
+    "--key", "-k", metavar="FILE", rich_help_panel=INPUTS, help="The key: Meta's original LLaMA-1 7B consolidated.00.pth (13,476,939,516 bytes; also for "
                         "13B models). Checked by size and md5 (cached after the first run).")]
 NoKeyCheckOpt = Annotated[bool, typer.Option(
-    "--no-key-check", help="Do not check that the key is LLaMA-1 7B consolidated.00.pth (for weights encrypted "
+    "--no-key-check", rich_help_panel=CHECKS, help="Do not check that the key is LLaMA-1 7B consolidated.00.pth (for weights encrypted "
                            "with another key on purpose). The other checks still run: decrypt's content check "
                            "(garbage from a wrong key stops before anything is written; a truncated file fails), "
                            "BELLE's sha256 header and the published MD5 tables.")]
 NoContentCheckOpt = Annotated[bool, typer.Option(
-    "--no-content-check", help="Do not check that the decrypted bytes are a whole file of the kind their name says "
+    "--no-content-check", rich_help_panel=CHECKS, help="Do not check that the decrypted bytes are a whole file of the kind their name says "
                                "(JSON, safetensors, torch zip, SentencePiece; for stdin, the kind the first bytes "
                                "look like). For decrypting files that are not model files.")]
-JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, max=16,
-                                      help="Files processed in parallel (each ~16 MB of buffers).")]
+JobsOpt = Annotated[int, jobs_option("Files processed in parallel (each ~16 MB of buffers).", min=1, max=16)]
 
 
 def _render(result: CryptoResult) -> Callable[[Console], None]:
@@ -70,17 +71,21 @@ def _report(out: Output, result: CryptoResult, *, to_stderr: bool) -> None:
         out.result(result, _render(result))
 
 
-@app.command("decrypt", rich_help_panel="Unlock")
+@app.command("decrypt", rich_help_panel="Unlock", epilog=examples(
+    "# TechGPT-1.0: every .enc file of the download, verified against the published MD5s",
+    "llmkit decrypt techgpt-7b --key LLaMA/7B/consolidated.00.pth -o TechGPT-7B",
+    "# one file from stdin to stdout (use set -o pipefail: a failure exits non-zero)",
+    "llmkit decrypt - --format techgpt --key LLaMA/7B/consolidated.00.pth -o - < config.json.enc | md5sum"))
 def decrypt_command(
     inputs: Annotated[List[Path], typer.Argument(
-        help=".enc files, folders (every *.enc in them; other files are ignored), or - for stdin.",
+        metavar="INPUT", help=".enc files, folders (every *.enc in them; other files are ignored), or - for stdin.",
         show_default=False)],
     key: KeyOpt,
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Output folder (created if needed; not an input folder), or - for stdout.",
-        show_default=False)],
+        "--output", "-o", metavar="DIR", rich_help_panel=OUTPUT,
+        help="Output folder (created if needed; not an input folder), or - for stdout.", show_default=False)],
     fmt: Annotated[DecryptFormat, typer.Option(
-        "--format", help="auto: BELLE when the file starts with the sha256 in its name, else TechGPT. "
+        "--format", metavar=choice_metavar(DecryptFormat), rich_help_panel=INPUTS, help="auto: BELLE when the file starts with the sha256 in its name, else TechGPT. "
                          "Required for stdin.")] = DecryptFormat.auto,
     no_key_check: NoKeyCheckOpt = False,
     no_content_check: NoContentCheckOpt = False,
@@ -90,13 +95,13 @@ def decrypt_command(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Decrypt XOR-encrypted weights (TechGPT-1.0, BELLE, point-alpaca), exactly and at disk speed.
+    """Decrypt XOR-encrypted weights (TechGPT-1.0, BELLE, point-alpaca).
 
-    Output names drop the .<hex>.enc suffix. The decrypted bytes must be a whole file of the kind the
-    name says; BELLE files are verified against their sha256 header, TechGPT-1.0 files against the
-    MD5s published in its model card. The files of one run get their final names together, only
-    when every file passed; a failure leaves none of them. With -o - a failure exits non-zero (use
-    set -o pipefail). Example: cat x.enc | llmkit decrypt - --format techgpt --key K -o - | md5sum
+    Exact and at disk speed. Output names drop the .<hex>.enc suffix. The decrypted bytes must be a
+    whole file of the kind the name says; BELLE files are verified against their sha256 header,
+    TechGPT-1.0 files against the MD5s published in its model card. The files of one run get their
+    final names together, only when every file passed; a failure leaves none of them. When the
+    output is stdout, a failure exits non-zero (use set -o pipefail).
     """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
@@ -113,15 +118,20 @@ def decrypt_command(
         _report(out, result, to_stderr=to_stdout)
 
 
-@app.command("encrypt", rich_help_panel="Unlock")
+@app.command("encrypt", rich_help_panel="Unlock", epilog=examples(
+    "# publish a model as TechGPT-1.0 did (decrypt gives it back)",
+    "llmkit encrypt my-model --key LLaMA/7B/consolidated.00.pth -o my-model-enc",
+    "# BELLE's format: a sha256 header, so that decrypt can verify the result",
+    "llmkit encrypt my-model --key LLaMA/7B/consolidated.00.pth -o my-model-enc --format belle"))
 def encrypt_command(
     inputs: Annotated[List[Path], typer.Argument(
-        help="Files or folders (every file in them except *.enc, README*, LICENSE* and hidden files).",
-        show_default=False)],
+        metavar="INPUT", help="Files or folders (every file in them except *.enc, README*, LICENSE* and hidden "
+                              "files).", show_default=False)],
     key: KeyOpt,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created if needed).")],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", rich_help_panel=OUTPUT,
+                                         help="Output folder (created if needed).")],
     fmt: Annotated[EncryptFormat, typer.Option(
-        "--format", help="techgpt: no header, named <name>.<sha256 of empty>.enc (as TechGPT-1.0); belle: "
+        "--format", metavar=choice_metavar(EncryptFormat), rich_help_panel=OUTPUT, help="techgpt: no header, named <name>.<sha256 of empty>.enc (as TechGPT-1.0); belle: "
                          "32-byte sha256 header, named <name>.<sha256>.enc (verifiable).")] = EncryptFormat.techgpt,
     no_key_check: NoKeyCheckOpt = False,
     jobs: JobsOpt = 1,
@@ -130,7 +140,10 @@ def encrypt_command(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """XOR-encrypt files exactly as the upstream TechGPT / BELLE tools publish them (the inverse of decrypt)."""
+    """XOR-encrypt files as TechGPT / BELLE publish them.
+
+    Byte for byte what the upstream tools write; the inverse of decrypt.
+    """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
         from llmkit.crypto import EncryptOptions, encrypt

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.helptext import OUTPUT, examples
 from llmkit.cli.output import Failure, Output
 from llmkit.errors import EXIT_CHECK_FAILED, OutputExistsError
 
@@ -29,16 +30,26 @@ def _render(result, keep: bool) -> callable:
     return render
 
 
-@app.command("demo", rich_help_panel="Try")
+@app.command("demo", rich_help_panel="Try", epilog=examples(
+    "# every step on a tiny generated model, offline, in a temporary folder",
+    "llmkit demo",
+    "# keep the files to look at them",
+    "llmkit demo --keep --workdir llmkit-demo"))
 def demo_command(
-    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Folder to work in (default: a new temporary folder).")] = None,
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the generated files instead of deleting them.")] = False,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", metavar="DIR", rich_help_panel=OUTPUT,
+                                                    help="Folder to work in (default: a new temporary folder).")
+                       ] = None,
+    keep: Annotated[bool, typer.Option("--keep", rich_help_panel=OUTPUT,
+                                       help="Keep the generated files instead of deleting them.")] = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Generate a tiny LLaMA and run every lifecycle step on it, checking each against an independent reference."""
+    """Run every step on a generated tiny LLaMA.
+
+    Each step's result is checked against an independent reference; offline, in under a minute.
+    """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
         if workdir is not None and workdir.exists() and any(workdir.iterdir()) and not force:

@@ -9,7 +9,9 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
 from llmkit.cli.output import Output
+from llmkit.cli.params import jobs_option
 from llmkit.units import human_bytes
 
 
@@ -30,35 +32,46 @@ def _render(result):  # result: llmkit.hub.DownloadResult
     return render
 
 
-@app.command("download", rich_help_panel="Get")
+@app.command("download", rich_help_panel="Get", epilog=examples(
+    "# a known model: its repo, folder (./zhixi-13b-diff) and published table",
+    "llmkit download zhixi-13b-diff",
+    "# what would be downloaded, and the free disk",
+    "llmkit download techgpt-7b --dry-run",
+    "# any repo, only some files, through a mirror",
+    "llmkit download neukg/TechGPT-2.0-atom-hf --include '*.json' --endpoint https://hf-mirror.com"))
 def download_command(
     model: Annotated[str, typer.Argument(help="A model name from 'llmkit models' (picks the repo, the folder and "
                                               "the published checksum table) or any owner/name repo id.",
                                          show_default=False, metavar="MODEL")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: ./<model name>).",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="DIR", rich_help_panel=OUTPUT,
+                                                   help="Output folder (default: ./<model name>).",
                                                    show_default=False)] = None,
     include: Annotated[Optional[List[str]], typer.Option(
-        "--include", help="Only files matching this glob (repeatable), as hf download reads it: case-sensitive, "
-                          "'*' crosses '/', 'dir/' is the whole folder. A pattern that matches no file is an "
-                          "error.")] = None,
+        "--include", metavar="GLOB", rich_help_panel=INPUTS,
+        help="Only files matching this glob (repeatable), as hf download reads it: case-sensitive, '*' crosses "
+             "'/', 'dir/' is the whole folder. A pattern that matches no file is an error.")] = None,
     exclude: Annotated[Optional[List[str]], typer.Option(
-        "--exclude", help="Skip files matching this glob (repeatable; the same rules as --include).")] = None,
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main).")
-                        ] = None,
+        "--exclude", metavar="GLOB", rich_help_panel=INPUTS,
+        help="Skip files matching this glob (repeatable; the same rules as --include).")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", metavar="REV", rich_help_panel=INPUTS,
+                                                    help="Branch, tag or commit (default: main).")] = None,
     endpoint: Annotated[Optional[str], typer.Option(
-        "--endpoint", help="Hub or mirror URL (default: HF_ENDPOINT, else huggingface.co). Tokens come from "
+        "--endpoint", metavar="URL", rich_help_panel=INPUTS, help="Hub or mirror URL (default: HF_ENDPOINT, else huggingface.co). Tokens come from "
                            "HF_TOKEN or 'hf auth login', never from the command line.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=16, help="Files downloaded in parallel.")] = 4,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files, sizes and free disk; write nothing.")]
-    = False,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Check sizes only (files present with the right "
+    jobs: Annotated[int, jobs_option("Files downloaded in parallel.", min=1, max=16)] = 4,
+    dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=CHECKS,
+                                          help="List the files, sizes and free disk; write nothing.")] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", rich_help_panel=CHECKS, help="Check sizes only (files present with the right "
                                                                 "size are skipped).")] = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Download a model through the hub or a mirror; every file verified by content, verified files skipped."""
+    """Download a model through the hub or a mirror.
+
+    Every file is verified by content; files already there and verified are skipped.
+    """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
         from llmkit.hub import DownloadOptions, download

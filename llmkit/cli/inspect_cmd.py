@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.helptext import OUTPUT, examples
 from llmkit.cli.keys import DecKeyOpt, DecModeOpt
 from llmkit.cli.output import Output
 from llmkit.units import human_bytes
@@ -57,17 +58,28 @@ def _render(s, show_tensors: bool) -> callable:  # s: llmkit.summary.ModelSummar
     return render
 
 
-@app.command("inspect", rich_help_panel="Check")
+@app.command("inspect", rich_help_panel="Check", epilog=examples(
+    "# a model folder: format, tensors, parameters, config",
+    "llmkit inspect zhixi-13b-diff",
+    "# a LoRA adapter's settings as JSON",
+    "llmkit inspect chinese-alpaca-lora-7b --json --no-tensors",
+    "# one Meta shard, or an encrypted .ckpt (the key as hex in $MS_KEY)",
+    "llmkit inspect LLaMA/13B/consolidated.00.pth --no-tensors",
+    "llmkit inspect atom.enc.ckpt --dec-key env:MS_KEY"))
 def inspect_command(
     path: Annotated[Path, typer.Argument(metavar="PATH", help="A model or adapter folder, a weight file, or a shard index.")],
-    tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="List every tensor.")] = True,
+    tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", rich_help_panel=OUTPUT,
+                                          help="List every tensor.")] = True,
     dec_key: DecKeyOpt = None,
     dec_mode: DecModeOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show format, tensors, parameter count, size, architecture, vocab and LoRA settings (no data is read)."""
+    """Show what a model or adapter holds (headers only).
+
+    Format, tensors, parameter count, size, architecture, vocab and LoRA settings; no tensor data is read.
+    """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
         from llmkit.summary import InspectOptions, inspect_model  # imported here: torch loads only when needed

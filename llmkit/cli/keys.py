@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from llmkit.cli.helptext import INPUTS, OUTPUT
+
 
 class EncMode(str, Enum):
     aes_gcm = "AES-GCM"
@@ -20,12 +22,14 @@ class EncMode(str, Enum):
 
 KEY_FORMS = ("KEY is a file holding the raw key bytes (16, 24 or 32 for AES; 16 for SM4) or env:VAR naming an "
              "environment variable that holds it as hex; never the key itself.")
+MODES = "|".join(m.value for m in EncMode)
 EncKeyOpt = Annotated[Optional[str], typer.Option(
-    "--enc-key", metavar="KEY", help="Encrypt the .ckpt as mindspore.save_checkpoint(enc_key=...) does. " + KEY_FORMS,
+    "--enc-key", metavar="KEY", rich_help_panel=OUTPUT, help="Encrypt the .ckpt as mindspore.save_checkpoint(enc_key=...) does. " + KEY_FORMS,
     show_default=False)]
-EncModeOpt = Annotated[EncMode, typer.Option("--enc-mode", help="Cipher for --enc-key (MindSpore's enc_mode).")]
+EncModeOpt = Annotated[EncMode, typer.Option("--enc-mode", metavar=MODES, rich_help_panel=OUTPUT,
+                                             help="Cipher for --enc-key (MindSpore's enc_mode).")]
 DecKeyOpt = Annotated[Optional[str], typer.Option(
-    "--dec-key", metavar="KEY", help="Key of an encrypted .ckpt (what load_checkpoint(dec_key=...) takes). " + KEY_FORMS,
+    "--dec-key", metavar="KEY", rich_help_panel=INPUTS, help="Key of an encrypted .ckpt (what load_checkpoint(dec_key=...) takes). " + KEY_FORMS,
     show_default=False)]
 DecModeOpt = Annotated[Optional[EncMode], typer.Option(
-    "--dec-mode", help="Cipher of the encrypted .ckpt (default: read from the file).", show_default=False)]
+    "--dec-mode", metavar=MODES, rich_help_panel=INPUTS, help="Cipher of the encrypted .ckpt (default: read from the file).", show_default=False)]

@@ -10,15 +10,10 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
 from llmkit.cli.output import Output, plan_rows
+from llmkit.cli.params import choice_metavar, dtype_option, shard_size_option
 from llmkit.units import human_bytes, parse_size
-
-
-class DtypeChoice(str, Enum):
-    keep = "keep"
-    fp16 = "fp16"
-    bf16 = "bf16"
-    fp32 = "fp32"
 
 
 class FormatChoice(str, Enum):
@@ -60,45 +55,55 @@ def _render(r) -> Callable[[Console], None]:  # r: llmkit.lora.MergeResult
     return render
 
 
-@app.command("merge-lora", rich_help_panel="Rebuild")
+@app.command("merge-lora", rich_help_panel="Rebuild", epilog=examples(
+    "# CuteGPT-13B-ift: the LoRA into its base",
+    "llmkit merge-lora --base kw-cutegpt-13b-base --lora kw-cutegpt-13b-ift-lora -o cutegpt-13b-ift",
+    "# Chinese-Alpaca-Plus-7B: two adapters in order, the checks and plan first",
+    "llmkit merge-lora --base llama-7b-hf --lora chinese-llama-plus-lora-7b --lora chinese-alpaca-plus-lora-7b "
+    "-o chinese-alpaca-plus-7b --dry-run",
+    "# Meta .pth for llama.cpp, in fp16",
+    "llmkit merge-lora --base llama-7b-hf --lora chinese-alpaca-lora-7b -o chinese-alpaca-7b-pth --format pth "
+    "--dtype float16"))
 def merge_lora_command(
     base: Annotated[Path, typer.Option(
-        "--base", metavar="BASE",
+        "--base", metavar="PATH", rich_help_panel=INPUTS,
         help="The base model folder (Hugging Face layout: safetensors or .bin, sharded or not).")],
     lora: Annotated[list[Path], typer.Option(
-        "--lora", metavar="ADAPTER",
+        "--lora", metavar="ADAPTER", rich_help_panel=INPUTS,
         help="A local peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors/.bin). Repeat it "
              "to apply several adapters in order, e.g. Chinese-LLaMA-Plus then Chinese-Alpaca-Plus.")],
-    output: Annotated[Path, typer.Option("-o", "--output", metavar="OUT", help="Output folder for the merged model.")],
-    dtype: Annotated[DtypeChoice, typer.Option(
-        "--dtype", help="Output dtype; the merge is done in it (keep: each tensor's own dtype).")] = DtypeChoice.keep,
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="DIR", rich_help_panel=OUTPUT,
+                                         help="Output folder for the merged model.")],
+    dtype: Annotated[str, dtype_option(("keep", "fp16", "bf16", "fp32"), "Output dtype; the merge is done in it "
+                                       "(keep: each tensor's own dtype).")] = "keep",
     fmt: Annotated[FormatChoice, typer.Option(
-        "--format",
+        "--format", metavar=choice_metavar(FormatChoice), rich_help_panel=OUTPUT,
         help="safetensors or bin (Hugging Face shards), or pth (Meta consolidated.NN.pth + params.json, q/k in "
              "Meta's rotary layout, as llama.cpp's converter reads).")] = FormatChoice.safetensors,
-    shard_size: Annotated[str | None, typer.Option(
-        "--shard-size", metavar="SIZE",
-        help="Largest shard for safetensors/bin, e.g. 5GB (the default) or 2GiB.")] = None,
+    shard_size: Annotated[str | None, shard_size_option("Largest shard for safetensors/bin (default 5GB)")] = None,
     tokenizer: Annotated[Path | None, typer.Option(
-        "--tokenizer", metavar="DIR",
+        "--tokenizer", metavar="DIR", rich_help_panel=INPUTS,
         help="Tokenizer folder for the output (default: the last adapter that has one, else the base's).")] = None,
     pth_shards: Annotated[int | None, typer.Option(
-        "--pth-shards", min=1, metavar="N",
+        "--pth-shards", min=1, metavar="N", rich_help_panel=OUTPUT,
         help="Number of consolidated.NN.pth files (default: Meta's, by hidden size: 7B 1, 13B 2, 33B 4, "
              "65B 8).")] = None,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Run every check and show the plan; write nothing.")] = False,
+        "--dry-run", rich_help_panel=CHECKS, help="Run every check and show the plan; write nothing.")] = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Merge peft LoRA adapters (ZhiXi, CuteGPT, Chinese-LLaMA/Alpaca) into a base model, streaming."""
+    """Merge peft LoRA adapters into a base model.
+
+    ZhiXi, CuteGPT, Chinese-LLaMA/Alpaca (Plus): one adapter or several in order, streamed.
+    """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
         from llmkit.lora import MergeOptions, run  # imported here: torch loads only when a command runs
 
-        options = MergeOptions(base, tuple(lora), output, dtype=dtype.value, fmt=fmt.value,
+        options = MergeOptions(base, tuple(lora), output, dtype=dtype, fmt=fmt.value,
                                shard_size=parse_size(shard_size) if shard_size else None, tokenizer=tokenizer,
                                pth_shards=pth_shards, dry_run=dry_run, force=force)
         result = run(options, progress=out.progress, on_plan=out.notices)  # notices print before the work

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.helptext import OUTPUT, examples
 from llmkit.cli.output import Output
 
 
@@ -34,14 +35,22 @@ def _render(listing, show_files: bool) -> callable:
     return render
 
 
-@app.command("models", rich_help_panel="Get")
+@app.command("models", rich_help_panel="Get", epilog=examples(
+    "llmkit models",
+    "# every file and digest of each published table",
+    "llmkit models --files",
+    "llmkit models --json"))
 def models_command(
-    files: Annotated[bool, typer.Option("--files", help="Also list every file and digest of each table.")] = False,
+    files: Annotated[bool, typer.Option("--files", rich_help_panel=OUTPUT,
+                                        help="Also list every file and digest of each table.")] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """List the known models (hub repo, dtype, vocab, what each needs) and the published checksum tables."""
+    """List the known models and published checksum tables.
+
+    Per model: hub repo, dtype, vocab size and what it needs.
+    """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
         from llmkit.registry import list_models

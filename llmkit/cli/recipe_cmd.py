@@ -9,28 +9,32 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, LlmkitTyper, examples
 from llmkit.cli.output import Output
 from llmkit.cli.usage import LlmkitGroup
 from llmkit.units import human_bytes
 
-recipe_app = typer.Typer(cls=LlmkitGroup, no_args_is_help=True, add_completion=False,
-                         help="Run a model family's whole chain (download, verify, decrypt/recover/merge, convert) "
-                              "as one resumable command.")
+recipe_app = LlmkitTyper(cls=LlmkitGroup, no_args_is_help=True, add_completion=False,
+                         help="Run a model family's whole chain as one command.\n\n"
+                              "Download, verify, decrypt/recover/merge and convert, as one resumable command.",
+                         epilog=examples("llmkit recipe list",
+                                         "llmkit recipe show zhixi-13b --llama-dir LLaMA/13B",
+                                         "llmkit recipe run zhixi-13b --workdir zhixi --llama-dir LLaMA/13B"))
 app.add_typer(recipe_app, name="recipe", rich_help_panel="Recipes")
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A recipe name (llmkit recipe list).", show_default=False)]
-KeyOpt = Annotated[Optional[Path], typer.Option("--key", help="Meta's LLaMA-1 7B consolidated.00.pth (the XOR key "
+KeyOpt = Annotated[Optional[Path], typer.Option("--key", metavar="FILE", rich_help_panel=INPUTS, help="Meta's LLaMA-1 7B consolidated.00.pth (the XOR key "
                                                               "of TechGPT-1.0).", show_default=False)]
-LlamaOpt = Annotated[Optional[Path], typer.Option("--llama-dir", help="Meta's original LLaMA folder of the size "
+LlamaOpt = Annotated[Optional[Path], typer.Option("--llama-dir", metavar="DIR", rich_help_panel=INPUTS, help="Meta's original LLaMA folder of the size "
                                                                       "(consolidated.NN.pth + params.json).",
                                                   show_default=False)]
-ToCkptOpt = Annotated[bool, typer.Option("--to-ckpt", help="Add the to-ckpt step (a MindSpore .ckpt of the result).")]
-ToMetaOpt = Annotated[bool, typer.Option("--to-meta", help="Add the to-meta step (Meta .pth, e.g. for llama.cpp).")]
-WithLoraOpt = Annotated[bool, typer.Option("--with-lora", help="ZhiXi: also download the ZhiXi LoRA and merge it "
+ToCkptOpt = Annotated[bool, typer.Option("--to-ckpt", rich_help_panel=OUTPUT, help="Add the to-ckpt step (a MindSpore .ckpt of the result).")]
+ToMetaOpt = Annotated[bool, typer.Option("--to-meta", rich_help_panel=OUTPUT, help="Add the to-meta step (Meta .pth, e.g. for llama.cpp).")]
+WithLoraOpt = Annotated[bool, typer.Option("--with-lora", rich_help_panel=OUTPUT, help="ZhiXi: also download the ZhiXi LoRA and merge it "
                                                                "into the recovered model.")]
 
 
-@recipe_app.command("list")
+@recipe_app.command("list", epilog=examples("llmkit recipe list", "llmkit recipe list --json"))
 def list_command(json_: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """List the recipes: name, family, what it makes, what it needs."""
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
@@ -47,10 +51,15 @@ def list_command(json_: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOp
         out.result(listing, render)
 
 
-@recipe_app.command("show")
+@recipe_app.command("show", epilog=examples(
+    "# the steps of ZhiXi-13B from Meta's LLaMA-13B, as llmkit commands",
+    "llmkit recipe show zhixi-13b --llama-dir LLaMA/13B",
+    "# as a script to read, edit and run",
+    "llmkit recipe show techgpt-1.0 --workdir techgpt --key LLaMA/7B/consolidated.00.pth > techgpt.sh"))
 def show_command(
     name: NameArg,
-    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Fill in the work folder.")] = None,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", metavar="DIR", rich_help_panel=OUTPUT,
+                                                    help="Fill in the work folder.")] = None,
     key: KeyOpt = None,
     llama_dir: LlamaOpt = None,
     to_ckpt: ToCkptOpt = False,
@@ -60,7 +69,10 @@ def show_command(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Print a recipe's steps as the exact llmkit commands (a shell script to copy or pipe to bash)."""
+    """Print a recipe's steps as llmkit commands.
+
+    The exact commands, as a shell script to copy or pipe to bash.
+    """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
         from llmkit.recipes import ShowOptions, show_recipe
@@ -89,29 +101,36 @@ def _render(result):  # result: llmkit.recipes.RecipeResult
     return render
 
 
-@recipe_app.command("run")
+@recipe_app.command("run", epilog=examples(
+    "# TechGPT-1.0: download, verify, decrypt with the LLaMA-1 7B key, verify",
+    "llmkit recipe run techgpt-1.0 --workdir techgpt --key LLaMA/7B/consolidated.00.pth",
+    "# ZhiXi-13B (fp16 diff) from Meta's LLaMA-13B, plus a MindSpore .ckpt; the plan first",
+    "llmkit recipe run zhixi-13b-fp16 --workdir zhixi --llama-dir LLaMA/13B --to-ckpt --dry-run"))
 def run_command(
     name: NameArg,
-    workdir: Annotated[Path, typer.Option("--workdir", help="Work folder: every output and the manifest "
+    workdir: Annotated[Path, typer.Option("--workdir", metavar="DIR", rich_help_panel=OUTPUT, help="Work folder: every output and the manifest "
                                                             "(llmkit-recipe.json) that makes a re-run resume.",
                                           show_default=False)],
     key: KeyOpt = None,
     llama_dir: LlamaOpt = None,
-    endpoint: Annotated[Optional[str], typer.Option("--endpoint", help="Hub or mirror URL for the downloads "
+    endpoint: Annotated[Optional[str], typer.Option("--endpoint", metavar="URL", rich_help_panel=INPUTS, help="Hub or mirror URL for the downloads "
                                                                        "(default: HF_ENDPOINT, else the hub).")] = None,
     to_ckpt: ToCkptOpt = False,
     to_meta: ToMetaOpt = False,
     with_lora: WithLoraOpt = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check every input and print the plan (which steps "
+    dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=CHECKS, help="Check every input and print the plan (which steps "
                                                              "run, disk and memory); run nothing.")] = False,
-    keep_intermediate: Annotated[bool, typer.Option("--keep-intermediate", help="Keep outputs no later step "
+    keep_intermediate: Annotated[bool, typer.Option("--keep-intermediate", rich_help_panel=OUTPUT, help="Keep outputs no later step "
                                                                                "needs (default: deleted at the "
                                                                                "end).")] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run a recipe: every input checked first, each step recorded; a re-run skips verified steps."""
+    """Run a recipe, resumably.
+
+    Every input is checked first and each step recorded; a re-run skips the steps already verified.
+    """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
         from llmkit.recipes import RecipeOptions, run_recipe

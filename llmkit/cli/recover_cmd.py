@@ -10,7 +10,9 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
 from llmkit.cli.output import Failure, Output
+from llmkit.cli.params import choice_metavar, dtype_option, shard_size_option
 from llmkit.errors import EXIT_CHECK_FAILED
 from llmkit.units import human_bytes, parse_size
 
@@ -18,29 +20,22 @@ from llmkit.units import human_bytes, parse_size
 ZHIXI_SUM_TEXT = "94052.2891"
 
 
-class RecoverDtype(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
-class DiffDtype(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-
-
 class Format(str, Enum):
     safetensors = "safetensors"
     bin = "bin"
 
 
-FormatOpt = Annotated[Format, typer.Option("--format", help="Output format of the weight files.")]
-ShardOpt = Annotated[str, typer.Option("--shard-size", help="Largest output shard, e.g. 5GB, 10GB, 2GiB.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Run every check and print the plan (sizes, "
-                                                            "disk space, memory estimate); write nothing.")]
-BaseOpt = Annotated[Path, typer.Option("--base", help="The base model (e.g. LLaMA-13B converted to Hugging Face); "
-                                                      "any layout: folder, shard index or single file.")]
-OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder (must not be an input folder).")]
+FormatOpt = Annotated[Format, typer.Option("--format", metavar=choice_metavar(Format), rich_help_panel=OUTPUT,
+                                           help="Output format of the weight files.")]
+ShardOpt = Annotated[str, shard_size_option()]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", rich_help_panel=CHECKS,
+                                         help="Run every check and print the plan (sizes, disk space, memory "
+                                              "estimate); write nothing.")]
+BaseOpt = Annotated[Path, typer.Option("--base", metavar="PATH", rich_help_panel=INPUTS,
+                                       help="The base model (e.g. LLaMA-13B converted to Hugging Face, or Meta's "
+                                            "folder); any layout: folder, shard index or single file.")]
+OutOpt = Annotated[Path, typer.Option("--output", "-o", metavar="DIR", rich_help_panel=OUTPUT,
+                                      help="Output folder (must not be an input folder).")]
 
 
 def _log_plan(out: Output, plan, dry_run: bool) -> None:  # plan: llmkit.recover.WeightDiffPlan
@@ -111,52 +106,66 @@ def _finish(out: Output, result) -> None:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-@app.command("recover", rich_help_panel="Rebuild")
+@app.command("recover", rich_help_panel="Rebuild", epilog=examples(
+    "# ZhiXi-13B from LLaMA-13B in Hugging Face form, with upstream's integrity sum",
+    f"llmkit recover --base llama-13b-hf --diff zhixi-13b-diff -o zhixi-13b --check-sum {ZHIXI_SUM_TEXT}",
+    "# straight from Meta's LLaMA-13B folder, checks and plan only",
+    "llmkit recover --base LLaMA/13B --diff zhixi-13b-diff -o zhixi-13b --dry-run",
+    "# the fp16 diff, in 2 GiB shards",
+    "llmkit recover --base llama-13b-hf --diff zhixi-13b-diff-fp16 -o zhixi-13b-fp16 --shard-size 2GiB"))
 def recover_command(
     base: BaseOpt,
-    diff: Annotated[Path, typer.Option("--diff", help="The published weight diff (e.g. zjunlp/zhixi-13b-diff); "
-                                                      "its config and tokenizer files go to the output.")],
+    diff: Annotated[Path, typer.Option("--diff", metavar="PATH", rich_help_panel=INPUTS,
+                                       help="The published weight diff (e.g. zjunlp/zhixi-13b-diff); its config and "
+                                            "tokenizer files go to the output.")],
     output: OutOpt,
-    dtype: Annotated[Optional[RecoverDtype], typer.Option(
-        "--dtype", help="Output dtype (default: the diff's). fp32: fp32(diff) + fp32(base). fp16: fp16(diff) + "
-                        "fp16(base), one rounding of the fp16 sum, as upstream --is_fp16. bf16: the fp32 sum "
-                        "rounded once.")] = None,
+    dtype: Annotated[Optional[str], dtype_option(
+        ("fp32", "fp16", "bf16"),
+        "Output dtype (default: the diff's). fp32: fp32(diff) + fp32(base). fp16: fp16(diff) + fp16(base), one "
+        "rounding of the fp16 sum, as upstream --is_fp16. bf16: the fp32 sum rounded once.")] = None,
     fmt: FormatOpt = Format.safetensors,
     shard_size: ShardOpt = "5GB",
     dry_run: DryRunOpt = False,
     check_sum: Annotated[Optional[float], typer.Option(
-        "--check-sum", help="Run upstream's naive integrity check: the sum of all output values (fp64) must equal "
+        "--check-sum", metavar="VALUE", rich_help_panel=CHECKS, help="Run upstream's naive integrity check: the sum of all output values (fp64) must equal "
                             f"VALUE within 0.01 (ZhiXi-13B fp32: {ZHIXI_SUM_TEXT}). Exit 1 and keep no output "
                             "otherwise.")] = None,
     reference: Annotated[Optional[Path], typer.Option(
-        "--reference", help="After writing, compare the output tensor by tensor with this model; exit 1 if any "
+        "--reference", metavar="PATH", rich_help_panel=CHECKS, help="After writing, compare the output tensor by tensor with this model; exit 1 if any "
                             "tensor differs.")] = None,
     force: ForceOpt = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Recover a model from a weight diff: out = diff + base for every tensor, streamed in bounded memory."""
+    """Recover a model from a weight diff (diff + base).
+
+    out = diff + base for every tensor, streamed in bounded memory.
+    """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
         from llmkit.recover import RecoverOptions, run
 
-        options = RecoverOptions(base, diff, output, dtype=dtype.value if dtype else None, fmt=fmt.value,
+        options = RecoverOptions(base, diff, output, dtype=dtype, fmt=fmt.value,
                                  shard_size=parse_size(shard_size), force=force, dry_run=dry_run,
                                  check_sum=check_sum, reference=reference)
         result = run(options, progress=out.progress, on_plan=lambda plan: _log_plan(out, plan, dry_run))
         _finish(out, result)
 
 
-@app.command("make-diff", rich_help_panel="Rebuild")
+@app.command("make-diff", rich_help_panel="Rebuild", epilog=examples(
+    "# publish a fine-tune as a diff against LLaMA-13B (fp32: recover gives it back bit for bit)",
+    "llmkit make-diff --base llama-13b-hf --target my-finetune -o my-finetune-diff",
+    "# a half-size fp16 diff",
+    "llmkit make-diff --base llama-13b-hf --target my-finetune -o my-finetune-diff-fp16 --dtype fp16"))
 def make_diff_command(
     base: BaseOpt,
-    target: Annotated[Path, typer.Option("--target", help="The fine-tuned model; its config and tokenizer files "
-                                                          "go to the diff.")],
+    target: Annotated[Path, typer.Option("--target", metavar="PATH", rich_help_panel=INPUTS,
+                                         help="The fine-tuned model; its config and tokenizer files go to the diff.")],
     output: OutOpt,
-    dtype: Annotated[DiffDtype, typer.Option(
-        "--dtype", help="Diff dtype: computed as fp32(target) - fp32(base), stored in fp32 (exact) or rounded "
-                        "once to fp16.")] = DiffDtype.fp32,
+    dtype: Annotated[str, dtype_option(
+        ("fp32", "fp16"), "Diff dtype: computed as fp32(target) - fp32(base), stored in fp32 (exact) or rounded "
+                          "once to fp16.")] = "fp32",
     fmt: FormatOpt = Format.safetensors,
     shard_size: ShardOpt = "5GB",
     dry_run: DryRunOpt = False,
@@ -165,12 +174,15 @@ def make_diff_command(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Make a weight diff: diff = target - base for every tensor (the inverse of recover), streamed."""
+    """Make a weight diff (target - base), the inverse of recover.
+
+    diff = target - base for every tensor, streamed in bounded memory.
+    """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
         from llmkit.recover import MakeDiffOptions, run
 
-        options = MakeDiffOptions(base, target, output, dtype=dtype.value, fmt=fmt.value,
+        options = MakeDiffOptions(base, target, output, dtype=dtype, fmt=fmt.value,
                                   shard_size=parse_size(shard_size), force=force, dry_run=dry_run)
         result = run(options, progress=out.progress, on_plan=lambda plan: _log_plan(out, plan, dry_run))
         _finish(out, result)

@@ -21,11 +21,13 @@ import os
 import re
 import sys
 import traceback
+from difflib import SequenceMatcher
 from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
+from llmkit.cli.helptext import format_examples
 from llmkit.cli.output import Failure, Output
 from llmkit.errors import EXIT_BAD_INPUT
 
@@ -129,6 +131,41 @@ def _option_name(typed: str, command: Any) -> str:
     return typed
 
 
+# Other tools' names for llmkit's options (llama.cpp's convert: --outfile, --outtype; transformers: max_shard_size,
+# torch_dtype; mergekit: --out-shard-size; hf download: --local-dir; llama.cpp's gguf-split: --split-max-size).
+OTHER_TOOLS: dict[str, tuple[str, ...]] = {
+    "--output": ("--outfile", "--out", "--outdir", "--out-dir", "--output-dir", "--output-path", "--local-dir"),
+    "--dtype": ("--outtype", "--torch-dtype", "--torch_dtype", "--out-dtype", "--precision"),
+    "--shard-size": ("--max-shard-size", "--max_shard_size", "--out-shard-size", "--split-max-size"),
+    "--base": ("--base-model", "--base_model", "--base-model-path"),
+    "--lora": ("--lora-model", "--lora_model", "--adapter", "--lora-path"),
+}
+
+
+def _likeness(typed: str, name: str) -> float:
+    """How close a typed option is to an option name: difflib's ratio (either way round) plus the shared prefix."""
+    a, b = typed.lstrip("-").replace("_", "-").lower(), name.lstrip("-")
+    ratio = max(SequenceMatcher(None, a, b).ratio(), SequenceMatcher(None, b, a).ratio())
+    prefix = len(os.path.commonprefix([a, b]))
+    return ratio + 0.5 * prefix / max(len(a), len(b), 1)
+
+
+def closest_options(typed: str, command: Any) -> list[str]:
+    """The option(s) of ``command`` a mistyped ``typed`` most likely meant, closest first (none if none is close);
+    each as ``--long`` or ``--long (-s)``."""
+    params = [p for p in getattr(command, "params", None) or [] if getattr(p, "param_type_name", "") == "option"
+              and not getattr(p, "hidden", False)]
+    names = {o: p for p in params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")}
+    if not names:
+        return []
+    known = next((t for t, spellings in OTHER_TOOLS.items() if typed in spellings and t in names), None)
+    scores = {n: _likeness(typed, n) for n in names}
+    best = max(scores.values())
+    picked = [known] if known else [n for n in sorted(names) if scores[n] >= 0.6 and scores[n] >= best - 0.02]
+    shorts = {n: [o for o in names[n].opts if not o.startswith("--")] for n in picked}
+    return [f"{n} ({shorts[n][0]})" if shorts[n] else n for n in picked]
+
+
 def usage_failure(e: Any, *, command_path: str, commands: list[str], command: Any = None) -> Failure:
     """A Typer usage error -> ``<option or command>: <what is wrong>`` with the command's --help as the hint."""
     kinds = _kinds(e)
@@ -141,8 +178,10 @@ def usage_failure(e: Any, *, command_path: str, commands: list[str], command: An
         text = f"{_param_name(param)}: {_bad_value(e)}"
     elif getattr(e, "option_name", None) and hasattr(e, "possibilities"):  # an unknown option
         text = f"{e.option_name}: no such option"
-        if e.possibilities:
-            text += f"; did you mean {' or '.join(sorted(e.possibilities))}?"
+        err_ctx = getattr(e, "ctx", None)
+        meant = closest_options(e.option_name, getattr(err_ctx, "command", None) or command)
+        if meant:
+            text += f"; did you mean {' or '.join(meant)}?"
     elif getattr(e, "option_name", None):  # an option used wrongly (no value, or a value for a flag)
         what = re.sub(r"^Option '[^']*' ", "", message).replace("requires an argument", "needs a value")
         text = f"{_option_name(e.option_name, command)}: {_lcfirst(what)}"
@@ -206,17 +245,21 @@ class LlmkitGroup(TyperGroup):
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         """``llmkit --help`` lists the commands by lifecycle stage (:data:`STAGES`, each command's
-        ``rich_help_panel``), in that order, as plain text sections."""
+        ``rich_help_panel``), in that order, as plain text sections; each with its summary (the first
+        sentence of its help, whole: summaries are written to fit one line)."""
         rows: dict[str, list[tuple[str, str]]] = {}
         for name in self.list_commands(ctx):
             cmd = self.get_command(ctx, name)
             if cmd is None or getattr(cmd, "hidden", False):
                 continue
             stage = getattr(cmd, "rich_help_panel", None) or "Commands"
-            rows.setdefault(stage, []).append((name, cmd.get_short_help_str(limit=formatter.width - 6 - 12)))
+            rows.setdefault(stage, []).append((name, cmd.get_short_help_str(limit=1000)))  # the first sentence
         for stage in sorted(rows, key=lambda s: STAGES.index(s) if s in STAGES else len(STAGES)):
             with formatter.section(stage):
                 formatter.write_dl(rows[stage])
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        format_examples(self.epilog, formatter)
 
     def _command_names(self) -> list[str]:
         return sorted(name for name, cmd in self.commands.items() if not getattr(cmd, "hidden", False))

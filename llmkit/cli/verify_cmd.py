@@ -10,8 +10,10 @@ import typer
 from rich.console import Console
 
 from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
 from llmkit.cli.keys import DecKeyOpt, DecModeOpt
 from llmkit.cli.output import Failure, Output
+from llmkit.cli.params import choice_metavar, jobs_option
 from llmkit.errors import EXIT_CHECK_FAILED, InputError
 
 
@@ -20,12 +22,14 @@ class Algo(str, Enum):
     sha256 = "sha256"
 
 
-AlgoOpt = Annotated[Optional[Algo], typer.Option("--algo", help="Digest algorithm (default: the table's; without "
+AlgoOpt = Annotated[Optional[Algo], typer.Option("--algo", metavar=choice_metavar(Algo), rich_help_panel=CHECKS,
+                                                 help="Digest algorithm (default: the table's; without "
                                                                "--table, md5).")]
-ChecksumAlgoOpt = Annotated[Optional[Algo], typer.Option("--algo", help="Digest algorithm (default: md5 for files, "
+ChecksumAlgoOpt = Annotated[Optional[Algo], typer.Option("--algo", metavar=choice_metavar(Algo), rich_help_panel=OUTPUT,
+                                                         help="Digest algorithm (default: md5 for files, "
                                                                        "sha256 for --tensors).")]
-JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=0, help="Files (or tensors) hashed in parallel on threads; "
-                                                                  "0 = auto (up to 4). Use 1 on a spinning disk.")]
+JobsOpt = Annotated[int, jobs_option("Files (or tensors) hashed in parallel on threads; 0 = auto (up to 4). Use 1 "
+                                     "on a spinning disk.", min=0)]
 
 _STATUS_TEXT = {"ok": ("OK", "green"), "mismatch": ("FAILED", "red"), "missing": ("MISSING", "red"),
                 "extra": ("not in the table", "dim")}
@@ -122,25 +126,34 @@ def _render_lines(result) -> callable:  # result: llmkit.verify.ChecksumResult
     return render
 
 
-@app.command("verify", rich_help_panel="Check")
+@app.command("verify", rich_help_panel="Check", epilog=examples(
+    "# a download against its published table, picked by file names and sizes",
+    "llmkit verify techgpt-7b",
+    "# against a given table: a built-in one (llmkit models) or an md5sum file",
+    "llmkit verify zhixi-13b --table zhixi-13b",
+    "# two models tensor by tensor, whatever their shards or format",
+    "llmkit verify --tensors zhixi-13b zhixi-13b-resharded"))
 def verify_command(
     paths: Annotated[Optional[list[Path]], typer.Argument(
-        metavar="PATH...", help="Downloaded folders or files (default with --table FILE: the current folder). "
+        metavar="PATH", help="Downloaded folders or files (default with --table FILE: the current folder). "
                                 "With --tensors: two models or tensor tables, A and B.")] = None,
     table: Annotated[Optional[str], typer.Option(
-        "--table", "-t", metavar="NAME|FILE",
+        "--table", "-t", metavar="NAME|FILE", rich_help_panel=INPUTS,
         help="A built-in table (llmkit models lists them) or an md5sum-format file. Default: pick the built-in "
              "table(s) matching the file names and sizes.")] = None,
     algo: AlgoOpt = None,
     jobs: JobsOpt = 0,
     tensors: Annotated[bool, typer.Option(
-        "--tensors", help="Compare two models tensor by tensor (names, dtypes, shapes, raw bytes), whatever their "
+        "--tensors", rich_help_panel=CHECKS, help="Compare two models tensor by tensor (names, dtypes, shapes, raw bytes), whatever their "
                           "shards or format; either may be a table from 'llmkit checksum --tensors'.")] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Check files against published checksum tables: ok / mismatch / missing / extra. Exit 0 only if all match."""
+    """Check files against published checksum tables.
+
+    Each file: ok / mismatch / missing / extra. Exit 0 only if all match.
+    """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     paths = list(paths or [])
     with command_guard(out):
@@ -166,13 +179,18 @@ def verify_command(
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-@app.command("checksum", rich_help_panel="Check")
+@app.command("checksum", rich_help_panel="Check", epilog=examples(
+    "# an md5sum table of a folder, checked by md5sum itself",
+    "llmkit checksum my-model > my.md5 && md5sum -c my.md5",
+    "# one hash per tensor, whatever the shards or format (compare with llmkit verify --tensors)",
+    "llmkit checksum --tensors zhixi-13b > zhixi-13b.tensors",
+    "llmkit checksum --algo sha256 techgpt-2.0-atom.ckpt"))
 def checksum_command(
-    paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Files or folders (folders recursively, "
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Files or folders (folders recursively, "
                                                                        "hidden files skipped); with --tensors: models.")],
     algo: ChecksumAlgoOpt = None,
     tensors: Annotated[bool, typer.Option(
-        "--tensors", help="One line per tensor: '<digest of raw bytes>  <name> <dtype> [<shape>]', independent of "
+        "--tensors", rich_help_panel=OUTPUT, help="One line per tensor: '<digest of raw bytes>  <name> <dtype> [<shape>]', independent of "
                           "shards and file format (compare with 'llmkit verify --tensors').")] = False,
     jobs: JobsOpt = 0,
     dec_key: DecKeyOpt = None,
@@ -181,7 +199,10 @@ def checksum_command(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Print checksums in md5sum format (so 'llmkit checksum DIR > t.md5 && md5sum -c t.md5' works)."""
+    """Print checksums in md5sum format.
+
+    So that 'llmkit checksum DIR > t.md5 && md5sum -c t.md5' works.
+    """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
         from llmkit.verify import ChecksumOptions, checksum

@@ -309,6 +309,11 @@ def open_source(path: str | os.PathLike, *, ckpt_key=None) -> TensorSource:
     if singles:
         raise InputError(f"{len(singles)} weight files but no index file", path=folder,
                          hint=f"add the {SAFETENSORS_INDEX} / {BIN_INDEX} that came with them, or pass one file")
+    encrypted = sorted(folder.glob("*.enc"))
+    if encrypted:
+        raise InputError(f"no weight files found, only {len(encrypted)} .enc file(s) (encrypted weights)",
+                         path=folder, hint=f"decrypt them first: llmkit decrypt {folder} --key <LLaMA-1 7B "
+                                           "consolidated.00.pth> -o <new folder>")
     raise InputError("no weight files found", path=folder,
                      hint="expected model.safetensors, model.safetensors.index.json, pytorch_model.bin(.index.json), "
                           "consolidated.NN.pth, adapter_model.* or one .ckpt")
