@@ -77,7 +77,7 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
     sizes = []
     for rotary in ("hf", "meta"):  # MindFormers r0.7+ rows, then r0.6's Meta interleaved rows
         ckpt = work / f"{rotary}.ckpt"
-        made = to_ckpt(ToCkptOptions(ctx.base, ckpt, rotary=rotary, crc=True))
+        made = to_ckpt(ToCkptOptions(ctx.base, ckpt, rotary=rotary, crc=True, force=ctx.force))
         records = []
         for name in order:
             t = ctx.reference[name]
@@ -102,7 +102,7 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
                 raise CheckFailed(f"verify --tensors: the .ckpt differs from its source: {cmp.differing[:3]}")
 
         back = work / f"{rotary}-hf"
-        result = from_ckpt(FromCkptOptions(ckpt, back, rotary=rotary, config=ctx.base))
+        result = from_ckpt(FromCkptOptions(ckpt, back, rotary=rotary, config=ctx.base, force=ctx.force))
         if [c.status for c in result.checks if c.name == "crc"] != ["ok"]:
             raise CheckFailed("from-ckpt did not check the CRC trailer")
         state, logits = _transformers(back)
