@@ -88,7 +88,7 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
         body, trailer = data[:-17], data[-17:]
         if data[:len(records[0])] != records[0]:
             raise CheckFailed(f"to-ckpt --rotary {rotary}: the first record ({_mindformers(order[0])}) is not "
-                              "the SPEC section 5 bytes built by hand")
+                              "the bytes built by hand (protobuf records, MindFormers names)")
         if trailer != b"crc_num" + zlib.crc32(body).to_bytes(10, "big"):
             raise CheckFailed(f"to-ckpt --rotary {rotary}: the trailer is not b'crc_num' + crc32 of the records")
         if body != b"".join(records):
@@ -131,6 +131,6 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
     out = work / "flipped-hf"
     if out.exists():
         raise CheckFailed(f"from-ckpt left {out} behind after the CRC mismatch")
-    return (f"{len(order)} tensors -> {sizes[0]:,}-byte .ckpt = SPEC section 5 bytes built by hand (records, "
+    return (f"{len(order)} tensors -> {sizes[0]:,}-byte .ckpt = the bytes built by hand (protobuf records, "
             "MindFormers names, crc32 trailer), also with --rotary meta; from-ckpt back: transformers state dict "
             "and logits identical; flipped byte refused by the CRC")
