@@ -86,3 +86,38 @@ def _message_strings() -> list[tuple[str, int, str]]:
 def test_no_message_string_names_internal_files():
     bad = [(f, n, s) for f, n, s in _message_strings() if INTERNAL.search(s)]
     assert not bad, bad
+
+
+def test_merge_lora_counts_lora_modules_not_layers(run_cli, lora_work, tmp_path):
+    from safetensors import safe_open
+
+    adapter = lora_work / "cute"
+    files = sorted(adapter.glob("adapter_model.*"))
+    if files[0].suffix == ".safetensors":
+        with safe_open(files[0], "pt") as f:
+            keys = list(f.keys())
+    else:
+        import torch
+
+        keys = list(torch.load(files[0], weights_only=True))
+    modules = sum(k.endswith("lora_A.weight") for k in keys)  # one A matrix per adapted module
+    assert modules == 4  # q_proj and v_proj in each of the 2 layers
+    r = run_cli("merge-lora", "--base", lora_work / "base", "--lora", adapter, "-o", tmp_path / "out", "--dry-run")
+    assert r.exit_code == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("lora 1"))
+    assert f"; {modules} modules" in line and "layers" not in line, line
+
+
+JOBS_DEFAULTS = {"download": 4, "decrypt": 1, "encrypt": 1, "verify": 0, "checksum": 0}
+
+
+def test_every_jobs_option_says_why_its_default_is_what_it_is():
+    """--jobs defaults differ by what runs in parallel (network transfers, XOR streams that already use one
+    thread per stage, hashing on the CPU); each help says its default and the reason."""
+    group = typer.main.get_command(app)
+    for name, default in JOBS_DEFAULTS.items():
+        cmd = group.get_command(None, name)
+        opt = next(p for p in cmd.params if "--jobs" in getattr(p, "opts", ()))
+        assert opt.default == default, (name, opt.default)
+        text = " ".join(opt.help.split())
+        assert re.search(rf"\bdefault {default}\b", text, re.I) and ("because" in text or ":" in text), (name, text)

@@ -46,7 +46,10 @@ def download_command(
     endpoint: Annotated[Optional[str], typer.Option(
         "--endpoint", help="Hub or mirror URL (default: HF_ENDPOINT, else huggingface.co). Tokens come from "
                            "HF_TOKEN or 'hf auth login', never from the command line.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=16, help="Files downloaded in parallel.")] = 4,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=16,
+                                      help="Files downloaded in parallel. Default 4: each file is one connection, "
+                                           "so a few at once fill the line; more rarely helps and can be "
+                                           "throttled by the hub.")] = 4,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files, sizes and free disk; write nothing.")]
     = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Check sizes only (files present with the right "

@@ -24,8 +24,10 @@ AlgoOpt = Annotated[Optional[Algo], typer.Option("--algo", help="Digest algorith
                                                                "--table, md5).")]
 ChecksumAlgoOpt = Annotated[Optional[Algo], typer.Option("--algo", help="Digest algorithm (default: md5 for files, "
                                                                        "sha256 for --tensors).")]
-JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=0, help="Files (or tensors) hashed in parallel on threads; "
-                                                                  "0 = auto (up to 4). Use 1 on a spinning disk.")]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=0, help="Files (or tensors) hashed in parallel on threads. "
+                                                                  "Default 0 = auto: one per CPU core, up to 4, "
+                                                                  "because hashing is CPU-bound. Use 1 on a "
+                                                                  "spinning disk.")]
 
 _STATUS_TEXT = {"ok": ("OK", "green"), "mismatch": ("FAILED", "red"), "missing": ("MISSING", "red"),
                 "extra": ("not in the table", "dim")}
