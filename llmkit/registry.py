@@ -1,13 +1,10 @@
 """The models llmkit knows, as data: hub repos, files, published checksum tables, what each needs.
 
-Checksum tables are the files in the repository's ``checksums/`` folder (``md5sum`` format, one per
-table published in a model card, SPEC.md section 6). A table's name is its file name without the
-algorithm suffix: ``checksums/techgpt-7b.enc.md5`` is table ``techgpt-7b.enc`` (algorithm md5).
-
-The folder is found, in order: ``$LLMKIT_CHECKSUMS`` (a folder, for tests and local tables),
-``llmkit/checksums`` (if a build ever ships them inside the package), ``checksums/`` beside the
-``llmkit`` package (a clean clone or ``pip install -e``), and ``<prefix>/share/llmkit/checksums``
-where a wheel install puts them (pyproject ``[tool.setuptools.data-files]``).
+Checksum tables are the files in the package's ``llmkit/checksums/`` folder (``md5sum`` format, one per
+table published in a model card, SPEC.md section 6), shipped as package data so that every install form
+(a clone, ``pip install -e``, a wheel, ``pip install --target``) has them beside the code. A table's name is
+its file name without the algorithm suffix: ``techgpt-7b.enc.md5`` is table ``techgpt-7b.enc`` (md5).
+``$LLMKIT_CHECKSUMS`` (a folder, for tests and local tables) replaces the folder.
 """
 
 from __future__ import annotations
@@ -157,33 +154,16 @@ def load_table(path: Path, *, builtin: bool = False) -> ChecksumTable:
     return parse_table(text, name=table_name(path), path=path, builtin=builtin)
 
 
-def _installed_dirs() -> list[Path]:
-    """Where a wheel install puts ``share/llmkit/checksums`` (pyproject ``data-files``): the
-    environment's data path, and the user scheme's for ``pip install --user``."""
-    import site
-    import sysconfig
-
-    roots = [sysconfig.get_path("data")]
-    try:
-        roots.append(sysconfig.get_path("data", f"{os.name}_user"))
-    except KeyError:
-        pass
-    roots.append(getattr(site, "USER_BASE", None) or "")
-    return [Path(r) / "share" / "llmkit" / "checksums" for r in dict.fromkeys(roots) if r]
-
-
 def checksums_dir() -> Path:
-    """The folder holding the built-in tables (see the module docstring for the search order)."""
+    """The folder holding the built-in tables: ``$LLMKIT_CHECKSUMS``, else ``llmkit/checksums``."""
     env = os.environ.get("LLMKIT_CHECKSUMS")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "checksums", here.parent / "checksums", *_installed_dirs()):
-        if candidate.is_dir() and any(candidate.glob("*.md5")):
-            return candidate
-    raise InputError("the built-in checksum tables are not installed", path=here.parent / "checksums",
-                     hint="reinstall llmkit (pip install -e . from a clone), or set LLMKIT_CHECKSUMS to a folder "
-                          "of *.md5 tables")
+    folder = Path(__file__).resolve().parent / "checksums"
+    if folder.is_dir() and any(p.suffix in TABLE_SUFFIXES for p in folder.iterdir()):
+        return folder
+    raise InputError("the built-in checksum tables are not installed", path=folder,
+                     hint="reinstall llmkit, or set LLMKIT_CHECKSUMS to a folder of *.md5 / *.sha256 tables")
 
 
 @lru_cache(maxsize=4)

@@ -1,0 +1,69 @@
+"""The wheel carries the LICENSE, the docs and the checksum tables; every install form finds the tables.
+
+Built here from a copy of the sources (the worktree is left untouched) with the venv's own pip and
+setuptools, then installed with ``pip install --target`` into a temporary folder and imported from there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _copy_sources(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, dest / name)
+    for name in ("llmkit", "docs", "checksums"):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, dest / name, ignore=ignore)
+
+
+def _pip(*args: str, cwd: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LLMKIT_CHECKSUMS")}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    r = subprocess.run([sys.executable, "-m", "pip", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_a_wheel_installed_with_target_finds_its_tables_and_ships_license_and_docs(tmp_path):
+    src, dist, target = tmp_path / "src", tmp_path / "dist", tmp_path / "target"
+    src.mkdir()
+    _copy_sources(src)
+    _pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(dist), str(src), cwd=tmp_path)
+    wheel = next(dist.glob("llmkit-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    license_text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    licenses = [n for n in names if ".dist-info/" in n and n.rsplit("/", 1)[-1] == "LICENSE"]
+    assert licenses and zipfile.ZipFile(wheel).read(licenses[0]).decode() == license_text
+    tables = sorted(p.name for p in (REPO / "llmkit" / "checksums").iterdir() if p.suffix in (".md5", ".sha256"))
+    assert tables and all(f"llmkit/checksums/{t}" in names for t in tables)
+    docs = {n.split("/share/doc/llmkit/", 1)[1] for n in names if "/share/doc/llmkit/" in n}
+    assert {"README.md", "LICENSE", "docs/recover.md", "docs/commands/recover.md", "docs/families/zhixi.md"} <= docs
+
+    _pip("install", "--no-deps", "--no-index", "--target", str(target), str(wheel), cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("LLMKIT_CHECKSUMS",)}
+    env["PYTHONPATH"] = str(target)
+    code = ("import llmkit, llmkit.registry as r; print(llmkit.__file__); print(r.checksums_dir()); "
+            "print(' '.join(sorted(r.builtin_tables()))); print(r.get_table('techgpt-7b').entries[0].digest)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    module, folder, names_line, digest = r.stdout.splitlines()
+    assert Path(module).is_relative_to(target) and Path(folder).is_relative_to(target)
+    assert sorted(names_line.split()) == sorted(t.rsplit(".", 1)[0] for t in tables)
+    first = next(line for line in (REPO / "llmkit" / "checksums" / "techgpt-7b.md5").read_text().splitlines()
+                 if line and not line.startswith("#"))
+    assert digest == first.split()[0]
