@@ -67,3 +67,30 @@ def test_a_wheel_installed_with_target_finds_its_tables_and_ships_license_and_do
     first = next(line for line in (REPO / "llmkit" / "checksums" / "techgpt-7b.md5").read_text().splitlines()
                  if line and not line.startswith("#"))
     assert digest == first.split()[0]
+
+
+_BLOCK_PROTOBUF = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "google.protobuf" or name.startswith("google.protobuf."):
+            raise ModuleNotFoundError(name, name=name)
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_protobuf_stays_a_dependency_because_transformers_needs_it_for_a_sentencepiece_tokenizer(tiny_factory):
+    """llmkit never imports protobuf, but AutoTokenizer (llmkit demo, the tiny references) turns a LLaMA
+    tokenizer.model into a fast tokenizer through it: without protobuf that load fails."""
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("protobuf") for d in deps)
+    assert not [p for p in (REPO / "llmkit").rglob("*.py") if "google.protobuf" in p.read_text()]  # not llmkit's
+    model = tiny_factory("safetensors").path
+    load = f"from transformers import AutoTokenizer; print(len(AutoTokenizer.from_pretrained({str(model)!r})))"
+    ok = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and ok.stdout.strip() == "100", ok.stderr
+    blocked = subprocess.run([sys.executable, "-c", _BLOCK_PROTOBUF + load], capture_output=True, text=True,
+                             timeout=300)
+    assert blocked.returncode != 0
