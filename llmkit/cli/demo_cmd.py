@@ -45,8 +45,9 @@ def _remove_made(folder: Path, had: set[Path] | None) -> None:
 def demo_command(
     workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Folder to work in (default: a new temporary folder).")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the generated files instead of deleting them.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Run in a --workdir that is not empty: the demo's files of "
-                                                        "an earlier run are replaced, other files left alone.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Run in a --workdir that is not empty: the demo's files "
+                                                        "of an earlier run are replaced, other files left "
+                                                        "alone.")] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
