@@ -40,10 +40,12 @@ class DemoResult:
 
 @dataclass
 class DemoContext:
-    """What steps share: the work folder, the tiny base model and its reference state dict."""
+    """What steps share: the work folder, the tiny base model and its reference state dict. ``force``:
+    every job a step runs may replace its own output of an earlier demo run (``llmkit demo --force``)."""
 
     workdir: Path
     base: Path
+    force: bool = False
     reference: dict[str, torch.Tensor] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)  # results later steps build on
 
@@ -128,7 +130,7 @@ def _reshard(ctx: DemoContext) -> str:
     out = ctx.workdir / "resharded"
     with open_source(ctx.workdir / "layouts" / "bin-sharded") as src:
         specs = [TensorSpec(i.name, i.dtype, i.shape) for i in src.infos()]
-        with ShardedWriter(out, specs, shard_size=100_000) as writer:
+        with ShardedWriter(out, specs, shard_size=100_000, force=ctx.force) as writer:
             for name, tensor in src:
                 writer.write(name, tensor)
             writer.copy_aux_files(src.folder)
@@ -147,8 +149,10 @@ def _load_job_steps() -> None:
         importlib.import_module(f"{pkg.__name__}.{mod}")
 
 
-def run_demo(workdir: Path, *, on_step: Callable[[DemoStep], None] | None = None) -> DemoResult:
-    """Run every registered step in order in ``workdir``; stop at the first failure."""
+def run_demo(workdir: Path, *, force: bool = False,
+             on_step: Callable[[DemoStep], None] | None = None) -> DemoResult:
+    """Run every registered step in order in ``workdir``; stop at the first failure. ``force``: the jobs may
+    replace the outputs an earlier run left there."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # stderr belongs to llmkit's own progress lines
@@ -156,7 +160,7 @@ def run_demo(workdir: Path, *, on_step: Callable[[DemoStep], None] | None = None
     _load_job_steps()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = DemoContext(workdir=workdir, base=workdir / "tiny-llama")
+    ctx = DemoContext(workdir=workdir, base=workdir / "tiny-llama", force=force)
     steps: list[DemoStep] = []
     for _, name, fn in sorted(_STEPS, key=lambda s: s[0]):
         start = time.perf_counter()

@@ -1,13 +1,10 @@
 """The models llmkit knows, as data: hub repos, files, published checksum tables, what each needs.
 
-Checksum tables are the files in the repository's ``checksums/`` folder (``md5sum`` format, one per
-table published in a model card, SPEC.md section 6). A table's name is its file name without the
-algorithm suffix: ``checksums/techgpt-7b.enc.md5`` is table ``techgpt-7b.enc`` (algorithm md5).
-
-The folder is found, in order: ``$LLMKIT_CHECKSUMS`` (a folder, for tests and local tables),
-``llmkit/checksums`` (if a build ever ships them inside the package), ``checksums/`` beside the
-``llmkit`` package (a clean clone or ``pip install -e``), and ``<prefix>/share/llmkit/checksums``
-where a wheel install puts them (pyproject ``[tool.setuptools.data-files]``).
+Checksum tables are the files in the package's ``llmkit/checksums/`` folder (``md5sum`` format, one per
+table published in a model card, SPEC.md section 6), shipped as package data so that every install form
+(a clone, ``pip install -e``, a wheel, ``pip install --target``) has them beside the code. A table's name is
+its file name without the algorithm suffix: ``techgpt-7b.enc.md5`` is table ``techgpt-7b.enc`` (md5).
+``$LLMKIT_CHECKSUMS`` (a folder, for tests and local tables) replaces the folder.
 """
 
 from __future__ import annotations
@@ -26,6 +23,8 @@ TABLE_SUFFIXES: dict[str, str] = {".md5": "md5", ".sha256": "sha256"}
 
 GB = 10**9
 MB = 10**6
+HUB = "https://huggingface.co"
+KNOWLM = "https://github.com/zjunlp/KnowLM"  # ZhiXi's card: how its LLaMA-13B base is made
 
 
 # ---------------------------------------------------------------- checksum tables
@@ -167,33 +166,16 @@ def load_table(path: Path, *, builtin: bool = False) -> ChecksumTable:
     return parse_table(text, name=table_name(path), path=path, builtin=builtin)
 
 
-def _installed_dirs() -> list[Path]:
-    """Where a wheel install puts ``share/llmkit/checksums`` (pyproject ``data-files``): the
-    environment's data path, and the user scheme's for ``pip install --user``."""
-    import site
-    import sysconfig
-
-    roots = [sysconfig.get_path("data")]
-    try:
-        roots.append(sysconfig.get_path("data", f"{os.name}_user"))
-    except KeyError:
-        pass
-    roots.append(getattr(site, "USER_BASE", None) or "")
-    return [Path(r) / "share" / "llmkit" / "checksums" for r in dict.fromkeys(roots) if r]
-
-
 def checksums_dir() -> Path:
-    """The folder holding the built-in tables (see the module docstring for the search order)."""
+    """The folder holding the built-in tables: ``$LLMKIT_CHECKSUMS``, else ``llmkit/checksums``."""
     env = os.environ.get("LLMKIT_CHECKSUMS")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "checksums", here.parent / "checksums", *_installed_dirs()):
-        if candidate.is_dir() and any(candidate.glob("*.md5")):
-            return candidate
-    raise InputError("the built-in checksum tables are not installed", path=here.parent / "checksums",
-                     hint="reinstall llmkit (pip install -e . from a clone), or set LLMKIT_CHECKSUMS to a folder "
-                          "of *.md5 tables")
+    folder = Path(__file__).resolve().parent / "checksums"
+    if folder.is_dir() and any(p.suffix in TABLE_SUFFIXES for p in folder.iterdir()):
+        return folder
+    raise InputError("the built-in checksum tables are not installed", path=folder,
+                     hint="reinstall llmkit, or set LLMKIT_CHECKSUMS to a folder of *.md5 / *.sha256 tables")
 
 
 @lru_cache(maxsize=4)
@@ -248,7 +230,7 @@ def find_expected(name: str, algorithm: str = "md5") -> list[tuple[str, str]]:
 def described_tables(kind: str) -> list[tuple[ChecksumTable, dict[str, int]]]:
     """The built-in tables whose header says they describe ``kind`` (``meta-pth``: a Meta folder of the
     given ``dim``/``vocab``/``layers``/``shards``; ``tokenizer``: a ``tokenizer.model`` of ``vocab``
-    tokens), with those facts. Chinese-LLaMA-Alpaca's SHA256.md gives them (checksums/*.sha256)."""
+    tokens), with those facts. Chinese-LLaMA-Alpaca's SHA256.md gives them (llmkit/checksums/*.sha256)."""
     out = []
     for t in builtin_tables().values():
         d = t.describes()
@@ -262,7 +244,8 @@ def described_tables(kind: str) -> list[tuple[ChecksumTable, dict[str, int]]]:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model llmkit knows. Sizes and facts come from the model cards in ``seeds/`` (SPEC.md 6, 7).
+    """A model llmkit knows. Sizes and facts come from its model card: ``card`` is that page (the hub page of
+    ``repo_id``, filled in when not given; for a model without a repo, the page that documents it).
 
     ``tables`` maps a stage (``download``, ``decrypted``, ``recovered``, ``recovered-fp16``, ``key``)
     to a built-in checksum table name. ``needs`` names what the model needs to become usable (the
@@ -283,6 +266,10 @@ class ModelSpec:
     card: str = ""
     notes: str = ""
 
+    def __post_init__(self) -> None:
+        if not self.card and self.repo_id:
+            object.__setattr__(self, "card", f"{HUB}/{self.repo_id}")
+
 
 _TECHGPT_ENC = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 _TECHGPT_FILES = ("config.json", "generation_config.json", "pytorch_model.bin", "special_tokens_map.json",
@@ -299,98 +286,95 @@ MODELS: tuple[ModelSpec, ...] = (
         files=tuple(f"{f}.{_TECHGPT_ENC}.enc" for f in _TECHGPT_FILES),
         tables={"download": "techgpt-7b.enc", "decrypted": "techgpt-7b"},
         needs="llama-7b-meta (XOR key: 7B/consolidated.00.pth)", dtype="float16",
-        approx_bytes=13 * GB, card="seeds/001_9ec8abbf5747e9d6.txt",
+        approx_bytes=13 * GB,
         notes="decrypt with `llmkit decrypt`; the .enc name's hex is sha256 of the empty string, not a checksum",
     ),
     ModelSpec(
         name="techgpt-2.0-alpaca", family="TechGPT-2.0", kind="full", repo_id="neukg/TechGPT-2.0-alpaca-hf",
-        files=(), dtype="float16", approx_bytes=13 * GB, card="seeds/000_295466406a76b55f.txt",
+        files=(), dtype="float16", approx_bytes=13 * GB,
         notes="no published checksums; the card converts it to a MindSpore .ckpt",
     ),
     ModelSpec(
         name="techgpt-2.0-atom", family="TechGPT-2.0", kind="full", repo_id="neukg/TechGPT-2.0-atom-hf",
-        files=(), dtype="float16", approx_bytes=13 * GB, card="seeds/000_295466406a76b55f.txt",
+        files=(), dtype="float16", approx_bytes=13 * GB,
         notes="no published checksums; the card converts it to a MindSpore .ckpt",
     ),
     ModelSpec(
         name="zhixi-13b-diff", family="ZhiXi / KnowLM", kind="diff", repo_id="zjunlp/zhixi-13b-diff",
         files=_shards(6), tables={"download": "zhixi-13b-diff", "recovered": "zhixi-13b"},
         needs="llama-13b-hf (LLaMA-13B converted to Hugging Face, fp16)", dtype="float32", vocab_size=32000,
-        approx_bytes=48 * GB, card="seeds/002_130bd4a25acaf759.txt",
+        approx_bytes=48 * GB,
         notes="recover with `llmkit recover`; fp32 sum check 94052.2891",
     ),
     ModelSpec(
         name="zhixi-13b-diff-fp16", family="ZhiXi / KnowLM", kind="diff", repo_id="zjunlp/zhixi-13b-diff-fp16",
         files=_shards(3), tables={"download": "zhixi-13b-diff-fp16", "recovered": "zhixi-13b-fp16"},
         needs="llama-13b-hf (LLaMA-13B converted to Hugging Face, fp16)", dtype="float16", vocab_size=32000,
-        approx_bytes=24 * GB, card="seeds/002_130bd4a25acaf759.txt",
+        approx_bytes=24 * GB,
         notes="recover with `llmkit recover --dtype fp16`",
     ),
     ModelSpec(
         name="zhixi-13b-lora", family="ZhiXi / KnowLM", kind="lora", repo_id="zjunlp/zhixi-13b-lora",
         files=("adapter_model.bin", "adapter_config.json"), tables={"download": "zhixi-13b-lora"},
         needs="zhixi-13b (the recovered base)", vocab_size=32000, approx_bytes=251 * MB,
-        card="seeds/002_130bd4a25acaf759.txt", notes="merge with `llmkit merge-lora`; tokenizer from the base",
+        notes="merge with `llmkit merge-lora`; tokenizer from the base",
     ),
     ModelSpec(
         name="cutegpt-13b-base", family="CuteGPT", kind="full", repo_id="XuYipei/kw-cutegpt-13b-base",
-        files=(), card="seeds/003_b094d382bb121a7a.txt",
-        notes="no published checksums; LLaMA with an extended Chinese vocabulary",
+        files=(), notes="no published checksums; LLaMA with an extended Chinese vocabulary",
     ),
     ModelSpec(
         name="cutegpt-13b-ift", family="CuteGPT", kind="full", repo_id="XuYipei/kw-cutegpt-13b-ift",
-        files=(), card="seeds/003_b094d382bb121a7a.txt", notes="no published checksums",
+        files=(), notes="no published checksums",
     ),
     ModelSpec(
         name="cutegpt-13b-ift-lora", family="CuteGPT", kind="lora", repo_id="Abbey4799/kw-cutegpt-13b-ift-lora",
-        files=(), needs="cutegpt-13b-base", card="seeds/003_b094d382bb121a7a.txt",
-        notes="r=8, alpha=16, q_proj/v_proj; no published checksums",
+        files=(), needs="cutegpt-13b-base", notes="r=8, alpha=16, q_proj/v_proj; no published checksums",
     ),
     ModelSpec(
         name="chinese-llama-lora-7b", family="Chinese-LLaMA-Alpaca", kind="lora",
         repo_id="ziqingyang/chinese-llama-lora-7b", files=(), tables={"download": "chinese-llama-lora-7b"},
         needs="llama-7b (original LLaMA-7B)",
-        vocab_size=49953, approx_bytes=770 * MB, card="seeds/004_6acdba4215d5c1df.txt",
+        vocab_size=49953, approx_bytes=770 * MB,
         notes="card gives only an abbreviated SHA256 of the zip: 39b86b......fe0e60",
     ),
     ModelSpec(
         name="chinese-llama-lora-13b", family="Chinese-LLaMA-Alpaca", kind="lora",
         repo_id="ziqingyang/chinese-llama-lora-13b", files=(), tables={"download": "chinese-llama-lora-13b"},
         needs="llama-13b (original LLaMA-13B)",
-        vocab_size=49953, approx_bytes=1 * GB, card="seeds/004_6acdba4215d5c1df.txt",
+        vocab_size=49953, approx_bytes=1 * GB,
         notes="card gives only an abbreviated SHA256 of the zip: 3d6dee......e5199b",
     ),
     ModelSpec(
         name="chinese-alpaca-lora-7b", family="Chinese-LLaMA-Alpaca", kind="lora",
         repo_id="ziqingyang/chinese-alpaca-lora-7b", files=(), tables={"download": "chinese-alpaca-lora-7b"},
         needs="llama-7b (original LLaMA-7B)",
-        vocab_size=49954, approx_bytes=790 * MB, card="seeds/004_6acdba4215d5c1df.txt",
+        vocab_size=49954, approx_bytes=790 * MB,
         notes="card gives only an abbreviated SHA256 of the zip: 9bb5b6......ce2d87",
     ),
     ModelSpec(
         name="chinese-alpaca-lora-13b", family="Chinese-LLaMA-Alpaca", kind="lora",
         repo_id="ziqingyang/chinese-alpaca-lora-13b", files=(), tables={"download": "chinese-alpaca-lora-13b"},
         needs="llama-13b (original LLaMA-13B)",
-        vocab_size=49954, approx_bytes=1_100 * MB, card="seeds/004_6acdba4215d5c1df.txt",
+        vocab_size=49954, approx_bytes=1_100 * MB,
         notes="card gives only an abbreviated SHA256 of the zip: 45c92e......682d91",
     ),
     ModelSpec(
         name="llama-7b-meta", family="LLaMA-1 (Meta)", kind="meta-original", repo_id=None,
         files=("consolidated.00.pth", "params.json"),
         tables={"key": "llama-7b-meta", "original": "llama-7b-original"}, dtype="float16",
-        vocab_size=32000, approx_bytes=13_476_939_516, card="SPEC.md section 1",
+        vocab_size=32000, approx_bytes=13_476_939_516, card=f"{HUB}/neukg/TechGPT-7B",
         notes="the XOR key of TechGPT-1.0; consolidated.00.pth is 13,476,939,516 bytes",
     ),
     ModelSpec(
         name="llama-13b-meta", family="LLaMA-1 (Meta)", kind="meta-original", repo_id=None,
         files=("consolidated.00.pth", "consolidated.01.pth", "params.json"), tables={"original": "llama-13b-original"},
         dtype="float16", vocab_size=32000,
-        card="seeds/002_130bd4a25acaf759.txt", notes="two model-parallel shards in Meta's original layout (llmkit inspect reads it)",
+        card=KNOWLM, notes="two model-parallel shards in Meta's original layout (llmkit inspect reads it)",
     ),
     ModelSpec(
         name="llama-13b-hf", family="LLaMA-1 (Meta)", kind="full", repo_id=None, files=(), tables={"hf": "llama-13b-hf"},
-        needs="llama-13b-meta (converted to Hugging Face)", dtype="float16", vocab_size=32000,
-        card="seeds/002_130bd4a25acaf759.txt",
+        needs="llama-13b-meta (converted to Hugging Face)", dtype="float16", vocab_size=32000, card=KNOWLM,
         notes="the base ZhiXi's diff expects; Chinese-LLaMA-Alpaca publishes the sha256 of its HF conversion "
               "(table llama-13b-hf; keep fp16 when converting)",
     ),

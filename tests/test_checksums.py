@@ -1,4 +1,4 @@
-"""The built-in tables in checksums/ and the md5sum format llmkit writes and reads."""
+"""The built-in tables in llmkit/checksums/ and the md5sum format llmkit writes and reads."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from llmkit.registry import builtin_tables, load_table
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = sorted((REPO / "checksums").glob("*.md5"))
+TABLES = sorted((REPO / "llmkit" / "checksums").glob("*.md5"))
 SEEDS = REPO.parent / "shared" / "seeds"
 LINE = re.compile(r"^([0-9a-f]{32})  (\S+)$")  # md5sum text-mode line, written out independently here
 
@@ -80,7 +80,7 @@ def test_tables_are_transcribed_exactly_from_the_model_cards():
 
 def test_llama_7b_key_table_matches_spec():
     # SPEC.md section 1: the XOR key's md5 and its params.json.
-    assert dict(_lines(REPO / "checksums" / "llama-7b-meta.md5")) == {
+    assert dict(_lines(REPO / "llmkit" / "checksums" / "llama-7b-meta.md5")) == {
         "consolidated.00.pth": "6efc8dab194ab59e49cd24be5574d85e",
         "params.json": "7596560e011154b90eb51a1b15739763",
     }

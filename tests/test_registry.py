@@ -84,8 +84,8 @@ def test_unknown_model_and_table_fail_with_a_hint():
     assert "zhixi-13b" in (e.value.hint or "")
 
 
-def test_tables_are_found_beside_the_package_in_a_clone():
-    assert registry.checksums_dir() == REPO / "checksums"
+def test_tables_are_found_inside_the_package_in_a_clone():
+    assert registry.checksums_dir() == REPO / "llmkit" / "checksums"
 
 
 def test_tables_are_found_from_a_clean_process_outside_the_repo(tmp_path):
@@ -95,13 +95,13 @@ def test_tables_are_found_from_a_clean_process_outside_the_repo(tmp_path):
 
 
 def test_wheel_ships_every_table():
-    # pyproject's data-files glob must cover every table (a wheel puts them in <prefix>/share/llmkit/checksums).
+    # pyproject's package-data globs must cover every table (tests/test_hardening_packaging.py builds the wheel).
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     cfg = tomllib.loads((REPO / "pyproject.toml").read_text())
-    globs = cfg["tool"]["setuptools"]["data-files"]["share/llmkit/checksums"]
-    shipped = {p.name for g in globs for p in REPO.glob(g)}
-    assert shipped == {p.name for p in (REPO / "checksums").iterdir() if p.suffix in (".md5", ".sha256")}
-    assert any(str(d).endswith("share/llmkit/checksums") for d in registry._installed_dirs())
+    globs = cfg["tool"]["setuptools"]["package-data"]["llmkit"]
+    shipped = {p.name for g in globs for p in (REPO / "llmkit").glob(g) if p.parent.name == "checksums"}
+    tables = REPO / "llmkit" / "checksums"
+    assert shipped and shipped == {p.name for p in tables.iterdir() if p.suffix in (".md5", ".sha256")}
 
 
 def test_llmkit_checksums_env_overrides(tmp_path, monkeypatch):

@@ -44,7 +44,10 @@ NoContentCheckOpt = Annotated[bool, typer.Option(
     "--no-content-check", rich_help_panel=CHECKS, help="Do not check that the decrypted bytes are a whole file of the kind their name says "
                                "(JSON, safetensors, torch zip, SentencePiece; for stdin, the kind the first bytes "
                                "look like). For decrypting files that are not model files.")]
-JobsOpt = Annotated[int, jobs_option("Files processed in parallel (each ~16 MB of buffers).", min=1, max=16)]
+JobsOpt = Annotated[int, jobs_option("Files processed in parallel (each ~16 MB of buffers). Default 1: one file "
+                                     "already streams at disk speed (its reading, XOR, hashing and writing run on "
+                                     "their own threads); raise it only for several files on fast SSDs.",
+                                     min=1, max=16)]
 
 
 def _render(result: CryptoResult) -> Callable[[Console], None]:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
+from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.helptext import OUTPUT, examples
 from llmkit.cli.output import Failure, Output
 from llmkit.errors import EXIT_CHECK_FAILED, OutputExistsError
@@ -30,6 +30,18 @@ def _render(result, keep: bool) -> callable:
     return render
 
 
+def _remove_made(folder: Path, had: set[Path] | None) -> None:
+    """Delete what the demo made: the whole folder if it was new or empty, else only the entries it added."""
+    if not had:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for entry in set(folder.iterdir()) - had:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 @app.command("demo", rich_help_panel="Try", epilog=examples(
     "# every step on a tiny generated model, offline, in a temporary folder",
     "llmkit demo",
@@ -41,7 +53,9 @@ def demo_command(
                        ] = None,
     keep: Annotated[bool, typer.Option("--keep", rich_help_panel=OUTPUT,
                                        help="Keep the generated files instead of deleting them.")] = False,
-    force: ForceOpt = False,
+    force: Annotated[bool, typer.Option("--force", rich_help_panel=OUTPUT,
+                                        help="Run in a --workdir that is not empty: the demo's files of an earlier "
+                                             "run are replaced, other files left alone.")] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -56,6 +70,7 @@ def demo_command(
             raise OutputExistsError("demo folder is not empty", path=workdir,
                                     hint="choose an empty --workdir or pass --force")
         folder = workdir or Path(tempfile.mkdtemp(prefix="llmkit-demo-"))
+        had = set(folder.iterdir()) if folder.is_dir() else None  # what the demo must not delete
 
         from llmkit.demo import run_demo  # imported here: torch loads only when a command needs it
 
@@ -63,10 +78,10 @@ def demo_command(
             out.log(f"{'ok' if step.ok else 'FAILED':>6}  {step.name} ({step.seconds:.2f} s)")
 
         try:
-            result = run_demo(folder, on_step=on_step)
+            result = run_demo(folder, force=force, on_step=on_step)
         finally:
             if not keep:
-                shutil.rmtree(folder, ignore_errors=True)
+                _remove_made(folder, had)
         failed = None
         if not result.ok:
             names = ", ".join(step.name for step in result.steps if not step.ok) or "a step"

@@ -58,7 +58,9 @@ def download_command(
     endpoint: Annotated[Optional[str], typer.Option(
         "--endpoint", metavar="URL", rich_help_panel=INPUTS, help="Hub or mirror URL (default: HF_ENDPOINT, else huggingface.co). Tokens come from "
                            "HF_TOKEN or 'hf auth login', never from the command line.")] = None,
-    jobs: Annotated[int, jobs_option("Files downloaded in parallel.", min=1, max=16)] = 4,
+    jobs: Annotated[int, jobs_option("Files downloaded in parallel. Default 4: each file is one connection, so a "
+                                     "few at once fill the line; more rarely helps and can be throttled by the "
+                                     "hub.", min=1, max=16)] = 4,
     dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=CHECKS,
                                           help="List the files, sizes and free disk; write nothing.")] = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", rich_help_panel=CHECKS, help="Check sizes only (files present with the right "

@@ -35,7 +35,7 @@ def _render(r) -> Callable[[Console], None]:  # r: llmkit.lora.MergeResult
             if a.fan_in_fan_out:
                 extra.append("fan_in_fan_out")
             p(f"lora {i:<6} {a.path}  (r={a.r}, alpha={a.lora_alpha:g}, scaling={a.scaling:g}"
-              f"{', rslora' if a.use_rslora else ''}; {a.lora_modules} layers"
+              f"{', rslora' if a.use_rslora else ''}; {a.lora_modules} module{'' if a.lora_modules == 1 else 's'}"
               + (f"; {'; '.join(extra)}" if extra else "") + ")")
         if r.vocab_before is not None:
             change = f"{r.vocab_before} -> {r.vocab_after}" if r.vocab_after != r.vocab_before else str(r.vocab_after)

@@ -123,6 +123,9 @@ def run_command(
     keep_intermediate: Annotated[bool, typer.Option("--keep-intermediate", rich_help_panel=OUTPUT, help="Keep outputs no later step "
                                                                                "needs (default: deleted at the "
                                                                                "end).")] = False,
+    force: Annotated[bool, typer.Option("--force", rich_help_panel=OUTPUT, help="Replace outputs in the work folder that this recipe did "
+                                                        "not create (default: refused before the first step). "
+                                                        "They are still never deleted as intermediates.")] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -137,7 +140,7 @@ def run_command(
 
         options = RecipeOptions(name, workdir, key=key, llama_dir=llama_dir, endpoint=endpoint, to_ckpt=to_ckpt,
                                 to_meta=to_meta, with_lora=with_lora, keep_intermediate=keep_intermediate,
-                                dry_run=dry_run)
+                                dry_run=dry_run, force=force)
         result = run_recipe(options, progress=out.progress)
         out.notices(result)
         out.result(result, _render(result))

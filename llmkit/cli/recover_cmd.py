@@ -38,6 +38,20 @@ OutOpt = Annotated[Path, typer.Option("--output", "-o", metavar="DIR", rich_help
                                       help="Output folder (must not be an input folder).")]
 
 
+class InvFreq(str, Enum):
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+InvFreqOpt = Annotated[InvFreq, typer.Option(
+    "--base-inv-freq", metavar=choice_metavar(InvFreq), rich_help_panel=CHECKS, help="Only when the diff holds rotary_emb.inv_freq buffers (saved by transformers <= 4.30) "
+                            "and the base's files do not (a Meta folder, or a conversion by transformers 4.31+ or "
+                            "llmkit from-meta): make the base's buffers as a transformers 4.28-4.30 conversion "
+                            "stored them, rounded to fp16 (fp16: what the published ZhiXi sum and tables assume), "
+                            "or as that transformers computed them at init when a checkpoint lacked them (fp32). "
+                            "Buffers stored in the base's files are always used as stored.")]
+
+
 def _log_plan(out: Output, plan, dry_run: bool) -> None:  # plan: llmkit.recover.WeightDiffPlan
     from llmkit.recover import describe_plan
 
@@ -127,12 +141,14 @@ def recover_command(
     shard_size: ShardOpt = "5GB",
     dry_run: DryRunOpt = False,
     check_sum: Annotated[Optional[float], typer.Option(
-        "--check-sum", metavar="VALUE", rich_help_panel=CHECKS, help="Run upstream's naive integrity check: the sum of all output values (fp64) must equal "
-                            f"VALUE within 0.01 (ZhiXi-13B fp32: {ZHIXI_SUM_TEXT}). Exit 1 and keep no output "
-                            "otherwise.")] = None,
+        "--check-sum", metavar="VALUE", rich_help_panel=CHECKS,
+        help="Run upstream's naive integrity check: the sum of all output values (fp64) must equal "
+             f"VALUE within 0.01 (ZhiXi-13B fp32: {ZHIXI_SUM_TEXT}, rotary buffers counted as "
+             "--base-inv-freq fp16 makes them). Exit 1 and keep no output otherwise.")] = None,
     reference: Annotated[Optional[Path], typer.Option(
         "--reference", metavar="PATH", rich_help_panel=CHECKS, help="After writing, compare the output tensor by tensor with this model; exit 1 if any "
                             "tensor differs.")] = None,
+    base_inv_freq: InvFreqOpt = InvFreq.fp16,
     force: ForceOpt = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -148,7 +164,7 @@ def recover_command(
 
         options = RecoverOptions(base, diff, output, dtype=dtype, fmt=fmt.value,
                                  shard_size=parse_size(shard_size), force=force, dry_run=dry_run,
-                                 check_sum=check_sum, reference=reference)
+                                 check_sum=check_sum, reference=reference, base_inv_freq=base_inv_freq.value)
         result = run(options, progress=out.progress, on_plan=lambda plan: _log_plan(out, plan, dry_run))
         _finish(out, result)
 
@@ -169,6 +185,7 @@ def make_diff_command(
     fmt: FormatOpt = Format.safetensors,
     shard_size: ShardOpt = "5GB",
     dry_run: DryRunOpt = False,
+    base_inv_freq: InvFreqOpt = InvFreq.fp16,
     force: ForceOpt = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -183,6 +200,7 @@ def make_diff_command(
         from llmkit.recover import MakeDiffOptions, run
 
         options = MakeDiffOptions(base, target, output, dtype=dtype, fmt=fmt.value,
-                                  shard_size=parse_size(shard_size), force=force, dry_run=dry_run)
+                                  shard_size=parse_size(shard_size), force=force, dry_run=dry_run,
+                                  base_inv_freq=base_inv_freq.value)
         result = run(options, progress=out.progress, on_plan=lambda plan: _log_plan(out, plan, dry_run))
         _finish(out, result)

@@ -28,8 +28,9 @@ AlgoOpt = Annotated[Optional[Algo], typer.Option("--algo", metavar=choice_metava
 ChecksumAlgoOpt = Annotated[Optional[Algo], typer.Option("--algo", metavar=choice_metavar(Algo), rich_help_panel=OUTPUT,
                                                          help="Digest algorithm (default: md5 for files, "
                                                                        "sha256 for --tensors).")]
-JobsOpt = Annotated[int, jobs_option("Files (or tensors) hashed in parallel on threads; 0 = auto (up to 4). Use 1 "
-                                     "on a spinning disk.", min=0)]
+JobsOpt = Annotated[int, jobs_option("Files (or tensors) hashed in parallel on threads. Default 0 = auto: one per "
+                                     "CPU core, up to 4, because hashing is CPU-bound. Use 1 on a spinning disk.",
+                                     min=0)]
 
 _STATUS_TEXT = {"ok": ("OK", "green"), "mismatch": ("FAILED", "red"), "missing": ("MISSING", "red"),
                 "extra": ("not in the table", "dim")}

@@ -10,7 +10,7 @@ Both are plans over ``llmkit.io`` formats run by the one runner (``llmkit.pipeli
   same code path as ``merge-lora --format pth``.
 
 One rounding at most: ``--dtype keep`` (the default) copies bytes; another dtype is one cast per tensor.
-Known originals (the LLaMA-1 7B ``consolidated.00.pth`` of ``checksums/llama-7b-meta.md5``) are hashed
+Known originals (the LLaMA-1 7B ``consolidated.00.pth`` of ``llmkit/checksums/llama-7b-meta.md5``) are hashed
 in a thread beside the conversion and judged before the rename; a mismatch is a warning (LLaMA-2 7B
 ships a file of the same name).
 """
@@ -33,7 +33,7 @@ from llmkit.pipeline import (AuxCopy, Check, Notice, Plan, PlanReport, ProgressF
                              open_plan_sink, plan_report)
 from llmkit.units import DEFAULT_SHARD_SIZE
 
-LLAMA_7B_TABLE = "llama-7b-meta"  # checksums/llama-7b-meta.md5: Meta's LLaMA-1 7B consolidated.00.pth
+LLAMA_7B_TABLE = "llama-7b-meta"  # llmkit/checksums/llama-7b-meta.md5: Meta's LLaMA-1 7B consolidated.00.pth
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def _tokenizer(options: FromMetaOptions, folder: Path) -> tuple[AuxCopy | None, 
 
 
 def _may_be_llama1_7b(view: MetaHFView) -> bool:
-    """One 4096-wide shard: the only original a table publishes (``checksums/llama-7b-meta.md5``)."""
+    """One 4096-wide shard: the only original a table publishes (``llmkit/checksums/llama-7b-meta.md5``)."""
     return view.info("model.embed_tokens.weight").shape[1] == 4096 and len(view.files) == 1
 
 

@@ -77,7 +77,7 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
     sizes = []
     for rotary in ("hf", "meta"):  # MindFormers r0.7+ rows, then r0.6's Meta interleaved rows
         ckpt = work / f"{rotary}.ckpt"
-        made = to_ckpt(ToCkptOptions(ctx.base, ckpt, rotary=rotary, crc=True))
+        made = to_ckpt(ToCkptOptions(ctx.base, ckpt, rotary=rotary, crc=True, force=ctx.force))
         records = []
         for name in order:
             t = ctx.reference[name]
@@ -88,7 +88,7 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
         body, trailer = data[:-17], data[-17:]
         if data[:len(records[0])] != records[0]:
             raise CheckFailed(f"to-ckpt --rotary {rotary}: the first record ({_mindformers(order[0])}) is not "
-                              "the SPEC section 5 bytes built by hand")
+                              "the bytes built by hand (protobuf records, MindFormers names)")
         if trailer != b"crc_num" + zlib.crc32(body).to_bytes(10, "big"):
             raise CheckFailed(f"to-ckpt --rotary {rotary}: the trailer is not b'crc_num' + crc32 of the records")
         if body != b"".join(records):
@@ -102,7 +102,7 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
                 raise CheckFailed(f"verify --tensors: the .ckpt differs from its source: {cmp.differing[:3]}")
 
         back = work / f"{rotary}-hf"
-        result = from_ckpt(FromCkptOptions(ckpt, back, rotary=rotary, config=ctx.base))
+        result = from_ckpt(FromCkptOptions(ckpt, back, rotary=rotary, config=ctx.base, force=ctx.force))
         if [c.status for c in result.checks if c.name == "crc"] != ["ok"]:
             raise CheckFailed("from-ckpt did not check the CRC trailer")
         state, logits = _transformers(back)
@@ -131,6 +131,6 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
     out = work / "flipped-hf"
     if out.exists():
         raise CheckFailed(f"from-ckpt left {out} behind after the CRC mismatch")
-    return (f"{len(order)} tensors -> {sizes[0]:,}-byte .ckpt = SPEC section 5 bytes built by hand (records, "
+    return (f"{len(order)} tensors -> {sizes[0]:,}-byte .ckpt = the bytes built by hand (protobuf records, "
             "MindFormers names, crc32 trailer), also with --rotary meta; from-ckpt back: transformers state dict "
             "and logits identical; flipped byte refused by the CRC")

@@ -37,7 +37,8 @@ def _encrypt_decrypt(ctx: DemoContext) -> str:
 
     for fmt in ("techgpt", "belle"):
         enc_dir, dec_dir = folder / f"{fmt}-enc", folder / f"{fmt}-dec"
-        encrypt(EncryptOptions(inputs=(ctx.base,), key=key, output=enc_dir, format=fmt, key_check=False))
+        encrypt(EncryptOptions(inputs=(ctx.base,), key=key, output=enc_dir, format=fmt, key_check=False,
+                               force=ctx.force))
         for name, plain in originals.items():
             sha = hashlib.sha256(plain)
             label = sha.hexdigest() if fmt == "belle" else hashlib.sha256(b"").hexdigest()
@@ -47,7 +48,8 @@ def _encrypt_decrypt(ctx: DemoContext) -> str:
             expected = (sha.digest() if fmt == "belle" else b"") + _xor_prefix(plain, key_bytes)
             if enc.read_bytes() != expected:
                 raise CheckFailed(f"{fmt}: {enc.name} differs from plaintext XOR key")
-        result = decrypt(DecryptOptions(inputs=(enc_dir,), key=key, output=dec_dir, key_check=False))
+        result = decrypt(DecryptOptions(inputs=(enc_dir,), key=key, output=dec_dir, key_check=False,
+                                        force=ctx.force))
         if sorted(f.format for f in result.files) != [fmt] * len(originals):
             raise CheckFailed(f"{fmt}: format detected as {[f.format for f in result.files]}")
         for name, plain in originals.items():

@@ -17,7 +17,7 @@ def _merge_lora(ctx: DemoContext) -> str:
     folder = ctx.workdir / "lora"
     adapters = [save_cutegpt_like(folder / "cutegpt-like"), save_chinese_alpaca_like(folder / "chinese-alpaca-like")]
     out = ctx.workdir / "merged-lora"
-    result = run(MergeOptions(ctx.base, tuple(adapters), out, force=True))
+    result = run(MergeOptions(ctx.base, tuple(adapters), out, force=ctx.force))
     reference = peft_merged_state(ctx.base, adapters)  # transformers + peft, resize then merge_and_unload
     with open_source(out) as src:
         if set(src.keys()) != set(reference):

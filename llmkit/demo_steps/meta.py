@@ -22,7 +22,7 @@ def _meta_path(ctx: DemoContext) -> str:
 
     work = ctx.workdir / "meta"
     state = save_tiny_model(work / "LLaMA" / "7B", "meta-2shards", seed=0)  # the HF state it was made from
-    from_meta(FromMetaOptions(work / "LLaMA" / "7B", work / "hf"))
+    from_meta(FromMetaOptions(work / "LLaMA" / "7B", work / "hf", force=ctx.force))
     hf = load_file(work / "hf" / "model.safetensors")
     for name, ref in state.items():
         if name not in hf or not torch.equal(hf[name], ref):
@@ -33,12 +33,12 @@ def _meta_path(ctx: DemoContext) -> str:
     (work / "diff").mkdir(parents=True, exist_ok=True)
     save_file(diff, work / "diff" / "model.safetensors", metadata={"format": "pt"})
     (work / "diff" / "config.json").write_bytes((work / "hf" / "config.json").read_bytes())
-    recover(work / "LLaMA" / "7B", work / "diff", work / "recovered")
+    recover(work / "LLaMA" / "7B", work / "diff", work / "recovered", force=ctx.force)
     rec = load_file(work / "recovered" / "model.safetensors")
     for name, ref in state.items():
         if not torch.equal(rec[name], diff[name] + ref):
             raise CheckFailed(f"recover from a Meta base: {name} differs from diff + base")
-    to_meta(ToMetaOptions(work / "hf", work / "meta-again", shards=2))
+    to_meta(ToMetaOptions(work / "hf", work / "meta-again", shards=2, force=ctx.force))
     for i in range(2):
         a = torch.load(work / "LLaMA" / "7B" / f"consolidated.0{i}.pth", weights_only=True)
         b = torch.load(work / "meta-again" / f"consolidated.0{i}.pth", weights_only=True)

@@ -41,9 +41,9 @@ def _make_diff_and_recover(ctx: DemoContext) -> str:
     recovered_ref = {k: (diff_ref[k].double() + base[k].double()).float() for k in tuned}
     expected_sum = sum(float(t.double().sum()) for t in recovered_ref.values())
 
-    make_diff(ctx.base, work / "tuned", work / "diff", shard_size=150_000)
+    make_diff(ctx.base, work / "tuned", work / "diff", shard_size=150_000, force=ctx.force)
     _compare("make-diff", _load(work / "diff"), diff_ref)
-    result = recover(ctx.base, work / "diff", work / "recovered", check_sum=expected_sum)
+    result = recover(ctx.base, work / "diff", work / "recovered", check_sum=expected_sum, force=ctx.force)
     _compare("recover", _load(work / "recovered"), recovered_ref)
     if (work / "recovered" / "tokenizer.model").read_bytes() != (work / "tuned" / "tokenizer.model").read_bytes():
         raise CheckFailed("recover: the tokenizer was not taken from the diff folder")

@@ -5,7 +5,7 @@ model-parallel shard holds ``dim / shards`` columns of ``tok_embeddings``), and 
 the shapes tell it (an uneven ``output`` split: the last shard holds the remainder).
 
 :func:`published_order` is the content check of the order: when the shapes are those of a model whose
-``consolidated.NN.pth`` digests are published (``checksums/*.sha256`` with a ``describes: meta-pth``
+``consolidated.NN.pth`` digests are published (``llmkit/checksums/*.sha256`` with a ``describes: meta-pth``
 line), the shards are hashed and a swapped pair is refused by name.
 """
 

@@ -4,7 +4,9 @@ Each finished and verified step is recorded with its resolved options, a fingerp
 output (per file: relative path, size, modification time; hashed into one sha256), the checks it
 passed, the llmkit version and when. A re-run skips a step whose record matches, re-runs a step whose
 options or inputs changed (and every step after it that reads its output), and resumes at a failed
-one. The file is replaced atomically (temporary name, fsync, rename) after every step.
+one. ``created`` lists the outputs a step of this recipe created (they did not exist before it ran):
+only those may be replaced without ``--force`` or deleted as intermediates. The file is replaced
+atomically (temporary name, fsync, rename) after every step.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Manifest:
     recipe: str
     steps: dict[str, StepRecord] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # step id -> the error of its last attempt
+    created: list[str] = field(default_factory=list)  # outputs this recipe created in the work folder
 
     @classmethod
     def load(cls, workdir: Path, recipe: str) -> "Manifest":
@@ -76,17 +79,19 @@ class Manifest:
                              path=workdir, hint="choose another --workdir")
         try:
             steps = {k: StepRecord(**v) for k, v in (data.get("steps") or {}).items()}
+            created = [str(c) for c in data.get("created") or []]
         except TypeError:
             raise InputError("the recipe manifest is not one llmkit wrote", path=path,
                              hint="delete it to start the recipe over") from None
-        return cls(recipe, steps, dict(data.get("failed") or {}))
+        return cls(recipe, steps, dict(data.get("failed") or {}), created)
 
     def save(self, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / MANIFEST
         tmp = workdir / f".{MANIFEST}.llmkit-tmp"
         data = {"recipe": self.recipe, "llmkit": __version__,
-                "steps": {k: asdict(v) for k, v in self.steps.items()}, "failed": self.failed}
+                "steps": {k: asdict(v) for k, v in self.steps.items()}, "failed": self.failed,
+                "created": self.created}
         with open(tmp, "w") as f:
             f.write(json.dumps(data, indent=2) + "\n")  # steps in recipe order
             f.flush()

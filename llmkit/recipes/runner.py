@@ -4,12 +4,15 @@ Before the first step every input is checked: the recipe's needs (``--key``, ``-
 folder (not inside an input), the free space for all outputs at once (from the registry's published
 sizes and the sizes of the inputs), and a memory estimate. Each finished step is recorded in the
 manifest (``llmkit.recipes.manifest``); a re-run skips what is recorded and unchanged. Outputs no later
-step needs are deleted at the end unless ``keep_intermediate``.
+step needs are deleted at the end unless ``keep_intermediate``, but only those the manifest records as
+created by this recipe: something the user already had at an output path is never deleted, and is
+refused before the first step unless ``force`` (a download step resumes into its folder instead).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import CheckFailed, DiskSpaceError, InputError
+from llmkit.errors import CheckFailed, DiskSpaceError, InputError, OutputExistsError
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result
 from llmkit.recipes.book import RECIPES, Recipe, Step
 from llmkit.recipes.jobs import JOBS, build_options, call, command_line
@@ -42,6 +45,7 @@ class RecipeOptions:
     with_lora: bool = False
     keep_intermediate: bool = False
     dry_run: bool = False
+    force: bool = False  # replace outputs this recipe did not create (never deletes them afterwards)
 
 
 @dataclass
@@ -235,6 +239,8 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
     resolved = resolve(steps, env, options.endpoint)
     manifest = Manifest.load(workdir, recipe.name)
     to_run = plan_run(recipe, steps, resolved, manifest)
+    if not options.force:
+        _refuse_foreign_outputs(steps, resolved, to_run, manifest)
 
     from llmkit.units import free_bytes, human_bytes, space_margin
 
@@ -259,7 +265,7 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
         return result
     for report, s in zip(result.steps, steps):
         if s.id in to_run:
-            _run_step(s, resolved[s.id], report, manifest, workdir, result, progress)
+            _run_step(s, resolved[s.id], report, manifest, workdir, result, progress, options.force)
     _cleanup(steps, resolved, manifest, workdir, options, result)
     result.final = [str(resolved[s.id][JOBS[s.job].output]) for s in steps if s.final]
     result.outputs = list(result.final)
@@ -274,12 +280,32 @@ def _memory(recipe: Recipe) -> int:
     return 3 * 32000 * hidden * 4 + 512 * 2**20
 
 
+def _holds_something(path: Path) -> bool:
+    return path.is_file() or path.is_symlink() or (path.is_dir() and any(path.iterdir()))
+
+
+def _refuse_foreign_outputs(steps: list[Step], resolved: dict[str, dict[str, Any]], to_run: set[str],
+                            manifest: Manifest) -> None:
+    """Before the first step: an output a step would replace that this recipe did not create is refused."""
+    for s in steps:
+        field_ = JOBS[s.job].output
+        if s.id not in to_run or not field_ or s.job == "download":  # a download resumes into its folder
+            continue
+        path = Path(resolved[s.id][field_])
+        if str(path) not in manifest.created and _holds_something(path):
+            raise OutputExistsError(f"recipe step {s.id} writes here, and this recipe did not create what is "
+                                    "there", path=path,
+                                    hint="move it away or choose another --workdir; --force replaces it")
+
+
 def _run_step(s: Step, args: dict[str, Any], report: StepReport, manifest: Manifest, workdir: Path,
-              result: RecipeResult, progress: ProgressFactory | None) -> None:
+              result: RecipeResult, progress: ProgressFactory | None, force: bool = False) -> None:
     kind = JOBS[s.job]
     run_args = dict(args)
-    if kind.output and s.job != "download" and Path(args[kind.output]).exists():
-        run_args["force"] = True  # a stale output of this recipe's own earlier run
+    out_path = Path(args[kind.output]) if kind.output else None
+    existed = out_path is not None and os.path.lexists(out_path)
+    if out_path is not None and s.job != "download" and existed and (force or str(out_path) in manifest.created):
+        run_args["force"] = True  # a stale output of this recipe's own run, or --force
     start = time.perf_counter()
     try:
         outcome = call(s.job, build_options(s.job, run_args), progress)
@@ -290,8 +316,10 @@ def _run_step(s: Step, args: dict[str, Any], report: StepReport, manifest: Manif
     except BaseException as e:
         manifest.failed[s.id] = str(e)
         manifest.steps.pop(s.id, None)
+        _note_created(manifest, out_path, existed)
         manifest.save(workdir)
         raise
+    _note_created(manifest, out_path, existed)
     checks = [Check(c.name, c.status, c.detail) for c in getattr(outcome, "checks", [])]
     manifest.failed.pop(s.id, None)
     out = args.get(kind.output) if kind.output else None
@@ -305,9 +333,22 @@ def _run_step(s: Step, args: dict[str, Any], report: StepReport, manifest: Manif
     result.notices += getattr(outcome, "notices", [])
 
 
+def _note_created(manifest: Manifest, out: Path | None, existed: bool) -> None:
+    """Record ``out`` as created by this recipe when the step made it (it was not there before)."""
+    if out is not None and not existed and os.path.lexists(out) and str(out) not in manifest.created:
+        manifest.created.append(str(out))
+
+
+def _ours(path: Path, workdir: Path, manifest: Manifest) -> bool:
+    """The manifest records ``path`` as created by this recipe, and it lies inside the work folder."""
+    inside = Path(os.path.realpath(path)).is_relative_to(os.path.realpath(workdir))
+    return inside and str(path) in manifest.created
+
+
 def _cleanup(steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: Manifest, workdir: Path,
              options: RecipeOptions, result: RecipeResult) -> None:
-    """Delete the outputs of non-final steps (every step is done, so none is needed any more)."""
+    """Delete the outputs of non-final steps that this recipe created (every step is done, so none is
+    needed any more); what was there before the recipe is kept, with a notice."""
     if options.keep_intermediate:
         return
     for s in steps:
@@ -316,10 +357,15 @@ def _cleanup(steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: M
         if s.final or not field_ or rec is None or rec.removed:
             continue
         path = Path(resolved[s.id][field_])
-        if path.is_dir():
+        if not _ours(path, workdir, manifest):
+            result.notices.append(Notice.info(f"kept {path}: it was there before this recipe, so it is not "
+                                              "deleted as an intermediate"))
+            continue
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
-        elif path.exists():
+        elif os.path.lexists(path):
             path.unlink()
         rec.removed = True
+        manifest.created.remove(str(path))
         result.removed.append(str(path))
     manifest.save(workdir)

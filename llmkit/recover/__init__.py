@@ -31,7 +31,7 @@ Modules: ``arithmetic`` (the per-tensor math), ``prechecks`` (the two models fit
 integrity sum tap, published tables, reference comparison), ``job`` (options, the plan, the run).
 """
 
-from llmkit.recover.arithmetic import diff_tensor, fp64_sum, legacy_inv_freq, recover_tensor
+from llmkit.recover.arithmetic import base_inv_freq, diff_tensor, fp64_sum, legacy_inv_freq, recover_tensor
 from llmkit.recover.integrity import (CHECK_SUM_ATOL, ZHIXI_13B_FP32_SUM, PublishedCheck, ReferenceCheck, SumCheck,
                                       compare_by_tensors)
 from llmkit.recover.job import (MakeDiffOptions, RecoverOptions, WeightDiffPlan, WeightDiffResult, describe_plan,
@@ -39,5 +39,5 @@ from llmkit.recover.job import (MakeDiffOptions, RecoverOptions, WeightDiffPlan,
 
 __all__ = ["CHECK_SUM_ATOL", "ZHIXI_13B_FP32_SUM", "MakeDiffOptions", "PublishedCheck", "RecoverOptions",
            "ReferenceCheck", "SumCheck", "WeightDiffPlan", "WeightDiffResult", "compare_by_tensors", "describe_plan",
-           "diff_tensor", "fp64_sum", "legacy_inv_freq", "make_diff", "plan_weight_diff", "recover",
+           "base_inv_freq", "diff_tensor", "fp64_sum", "legacy_inv_freq", "make_diff", "plan_weight_diff", "recover",
            "recover_tensor", "run"]

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 ROTARY_BUFFER = "rotary_emb.inv_freq"
+INV_FREQ_FORMS = ("fp16", "fp32")  # how the inv_freq buffers a base's files lack are made (base_inv_freq)
 _SUM_CHUNK = 1 << 22  # elements per fp64 chunk when summing (32 MB of fp64)
 
 
@@ -43,6 +44,17 @@ def diff_tensor(tuned: torch.Tensor, base: torch.Tensor, dtype: torch.dtype) -> 
 def legacy_inv_freq(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
     """The ``rotary_emb.inv_freq`` buffer of transformers' 2023 LLaMA (fp32), as upstream's model computes it."""
     return 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
+
+
+def base_inv_freq(head_dim: int, theta: float = 10000.0, form: str = "fp16") -> torch.Tensor:
+    """The ``inv_freq`` buffer of a base whose files hold none, as upstream's base would have had it.
+
+    ``fp16``: as transformers 4.28-4.30's ``convert_llama_weights_to_hf`` stored it (the fp32 formula, saved
+    with the fp16 model), which upstream then read back in fp32: what the published ZhiXi values assume.
+    ``fp32``: as that transformers' model computes it at init when the checkpoint lacks it.
+    """
+    inv = legacy_inv_freq(head_dim, theta)
+    return inv.half() if form == "fp16" else inv
 
 
 def fp64_sum(t: torch.Tensor) -> float:

@@ -21,7 +21,7 @@ from llmkit.io.dtypes import CLI_DTYPES, dtype_name
 from llmkit.io.sources import TensorSource
 from llmkit.pipeline import (AuxCopy, Check, Notice, Plan, ProgressFactory, Result, execute, open_plan_sink,
                              plan_report, plan_rows)
-from llmkit.recover.arithmetic import diff_tensor, legacy_inv_freq, recover_tensor, working_set
+from llmkit.recover.arithmetic import INV_FREQ_FORMS, base_inv_freq, diff_tensor, recover_tensor, working_set
 from llmkit.recover.integrity import (PublishedCheck, ReferenceCheck, SumCheck, SumTap, compare_by_tensors,
                                       published_checks)
 from llmkit.recover.prechecks import (aux_plan, check_names, check_shapes, describe_role, dtype_counts,
@@ -37,7 +37,9 @@ class RecoverOptions:
 
     ``dtype``: fp32/fp16/bf16, default the diff's. ``check_sum``: upstream's naive integrity check (fp64 sum
     of every output value, atol 1e-2; a mismatch keeps no output). ``reference``: compare the output tensor
-    by tensor with another model afterwards. ``shard_size`` in bytes.
+    by tensor with another model afterwards. ``shard_size`` in bytes. ``base_inv_freq``: how the rotary
+    ``inv_freq`` buffers are made when the diff holds them and the base's files do not
+    (:func:`llmkit.recover.arithmetic.base_inv_freq`).
     """
 
     base: Path
@@ -50,6 +52,7 @@ class RecoverOptions:
     dry_run: bool = False
     check_sum: float | None = None
     reference: Path | None = None
+    base_inv_freq: str = "fp16"
 
     operation = "recover"
 
@@ -70,6 +73,7 @@ class MakeDiffOptions:
     shard_size: int = DEFAULT_SHARD_SIZE
     force: bool = False
     dry_run: bool = False
+    base_inv_freq: str = "fp16"  # as for recover, so that recover(make-diff(x)) gives x back
 
     operation = "make-diff"
     check_sum = None
@@ -211,10 +215,12 @@ def _plan(options: WeightDiffOptions, base: TensorSource, other: TensorSource, r
     notices += [Notice.warning(f"{base.path}: {w}") for w in base.warnings]  # e.g. a Meta base's shard order
     o_infos = other.infos()
     if computed:
+        made = ("rounded to fp16 as a transformers 4.28-4.30 conversion stored them"
+                if options.base_inv_freq == "fp16" else "in fp32 as transformers 4.28-4.30 computes them at init")
         notices.append(Notice.info(
-            f"the base has no rotary_emb.inv_freq buffers; the {len(computed)} the {what} holds are added to "
-            f"buffers computed from config.json (head dim {rope[0]}, theta {rope[1]:g}), as upstream's model "
-            "supplies them"))
+            f"the base has no rotary_emb.inv_freq buffers; the {len(computed)} the {what} holds are combined with "
+            f"buffers computed from config.json (head dim {rope[0]}, theta {rope[1]:g}), {made} "
+            "(--base-inv-freq)"))
     if ignored:
         notices.append(Notice.info(f"{len(ignored)} rotary_emb.inv_freq buffer(s) of the base are not in the "
                                    f"{what} and are left out of the output"))
@@ -222,7 +228,7 @@ def _plan(options: WeightDiffOptions, base: TensorSource, other: TensorSource, r
         notices.append(Notice.info("fp16 from an fp32 diff: the diff is rounded to fp16 before the sum, as upstream "
                                    "--is_fp16 does; for the closest fp16 model recover in fp32 and convert"))
     computed_set = set(computed)
-    inv_freq = legacy_inv_freq(rope[0], rope[1]) if computed and rope else None
+    inv_freq = base_inv_freq(rope[0], rope[1], options.base_inv_freq) if computed and rope else None
     compute = recover_tensor if operation == "recover" else diff_tensor
 
     def produce(name: str) -> torch.Tensor:
@@ -233,7 +239,7 @@ def _plan(options: WeightDiffOptions, base: TensorSource, other: TensorSource, r
         return [(other, name)] if name in computed_set else [(other, name), (base, name)]
 
     def b_dtype(name: str) -> torch.dtype:
-        return torch.float32 if name in computed_set else base.info(name).dtype
+        return inv_freq.dtype if inv_freq is not None and name in computed_set else base.info(name).dtype
 
     from llmkit.io.sinks import TensorSpec
 
@@ -253,7 +259,8 @@ def _plan(options: WeightDiffOptions, base: TensorSource, other: TensorSource, r
         aux=[AuxCopy(Path(folder), tuple(names), dtype=out_dtype) for folder, names in folders.items()],
         sink_options={"shard_size": options.shard_size}, notices=notices, sources=[other, base])
     if options.check_sum is not None:
-        plan.taps.append(SumTap(options.check_sum, out_dtype, str(options.output), layer_count(other.keys()), rope))
+        plan.taps.append(SumTap(options.check_sum, out_dtype, str(options.output), layer_count(other.keys()), rope,
+                                computed=len(computed), inv_freq_form=options.base_inv_freq))
     return plan, _Facts(base, other, out_dtype, computed, aux)
 
 
@@ -284,6 +291,8 @@ def run(options: WeightDiffOptions, *, progress: ProgressFactory | None = None,
     nothing is written. A failed ``check_sum`` raises :class:`~llmkit.errors.CheckFailed` and keeps no
     output; published tables and ``reference`` are checked after the rename.
     """
+    if options.base_inv_freq not in INV_FREQ_FORMS:
+        raise InputError(f"--base-inv-freq must be one of {', '.join(INV_FREQ_FORMS)}, got {options.base_inv_freq!r}")
     if options.check_sum is not None and not math.isfinite(options.check_sum):
         raise InputError(f"--check-sum must be a finite number, got {options.check_sum}")
     if options.reference is not None and not Path(options.reference).exists():
@@ -320,22 +329,24 @@ def run(options: WeightDiffOptions, *, progress: ProgressFactory | None = None,
 def recover(base: str | os.PathLike, diff: str | os.PathLike, out: str | os.PathLike, *, dtype: str | None = None,
             fmt: str = "safetensors", shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
             dry_run: bool = False, check_sum: float | None = None, reference: str | os.PathLike | None = None,
-            progress: ProgressFactory | None = None,
+            base_inv_freq: str = "fp16", progress: ProgressFactory | None = None,
             on_plan: Callable[[WeightDiffPlan], None] | None = None) -> WeightDiffResult:
     """:func:`run` with :class:`RecoverOptions` built from keywords."""
     return run(RecoverOptions(Path(base), Path(diff), Path(out), dtype=dtype, fmt=fmt, shard_size=shard_size,
                               force=force, dry_run=dry_run, check_sum=check_sum,
-                              reference=Path(reference) if reference is not None else None),
+                              reference=Path(reference) if reference is not None else None,
+                              base_inv_freq=base_inv_freq),
                progress=progress, on_plan=on_plan)
 
 
 def make_diff(base: str | os.PathLike, target: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32",
               fmt: str = "safetensors", shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
-              dry_run: bool = False, progress: ProgressFactory | None = None,
+              dry_run: bool = False, base_inv_freq: str = "fp16", progress: ProgressFactory | None = None,
               on_plan: Callable[[WeightDiffPlan], None] | None = None) -> WeightDiffResult:
     """:func:`run` with :class:`MakeDiffOptions` built from keywords."""
     return run(MakeDiffOptions(Path(base), Path(target), Path(out), dtype=dtype, fmt=fmt, shard_size=shard_size,
-                               force=force, dry_run=dry_run), progress=progress, on_plan=on_plan)
+                               force=force, dry_run=dry_run, base_inv_freq=base_inv_freq), progress=progress,
+               on_plan=on_plan)
 
 
 def describe_plan(plan: WeightDiffPlan) -> list[tuple[str, str]]:
