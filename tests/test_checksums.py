@@ -49,7 +49,7 @@ def test_every_table_names_its_source_in_a_header_comment():
 
 
 def test_registry_loads_exactly_the_files_in_checksums():
-    sha256 = {p.name.removesuffix(".sha256") for p in (REPO / "checksums").glob("*.sha256")}
+    sha256 = {p.name.removesuffix(".sha256") for p in (REPO / "llmkit" / "checksums").glob("*.sha256")}
     assert {p.name.removesuffix(".md5") for p in TABLES} | sha256 == set(builtin_tables())
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from llmkit.registry import builtin_tables, described_tables, find_expected, load_table
 
 REPO = Path(__file__).resolve().parents[1]
-SHA256_TABLES = sorted((REPO / "checksums").glob("*.sha256"))
+SHA256_TABLES = sorted((REPO / "llmkit" / "checksums").glob("*.sha256"))
 
 # Table name -> number of files, as SHA256.md lists them (TBA rows left out).
 ROWS = {
