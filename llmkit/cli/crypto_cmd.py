@@ -77,7 +77,8 @@ def decrypt_command(
         show_default=False)],
     key: KeyOpt,
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Output folder (created if needed; not an input folder), or - for stdout.",
+        "--output", "-o", help="Output folder (created if needed; not an input folder nor the key's folder), "
+                               "or - for stdout.",
         show_default=False)],
     fmt: Annotated[DecryptFormat, typer.Option(
         "--format", help="auto: BELLE when the file starts with the sha256 in its name, else TechGPT. "
@@ -119,7 +120,8 @@ def encrypt_command(
         help="Files or folders (every file in them except *.enc, README*, LICENSE* and hidden files).",
         show_default=False)],
     key: KeyOpt,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created if needed).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created if needed; not an input "
+                                                                "folder nor the key's folder).")],
     fmt: Annotated[EncryptFormat, typer.Option(
         "--format", help="techgpt: no header, named <name>.<sha256 of empty>.enc (as TechGPT-1.0); belle: "
                          "32-byte sha256 header, named <name>.<sha256>.enc (verifiable).")] = EncryptFormat.techgpt,

@@ -105,9 +105,19 @@ def _common_checks(options: DecryptOptions | EncryptOptions, formats: Sequence[s
         raise InputError("no input given", hint=f"pass {what}")
 
 
+def refuse_key_folder(out_dir: Path, key: Path) -> None:
+    """The key is an input: ``-o`` may not be the folder that holds it, whether the folder of the path
+    as given (a link there is what ``--force`` would replace) or of the file it resolves to."""
+    holders = {os.path.realpath(os.path.dirname(os.path.abspath(key))), os.path.dirname(os.path.realpath(key))}
+    if os.path.realpath(out_dir) in holders:
+        raise InputError(f"the output folder holds the key {key}", path=out_dir,
+                         hint="choose another -o; llmkit never writes beside or over its inputs, the key included")
+
+
 def check_outputs(out_dir: Path, names: list[str], inputs: list[Path], files: Sequence[Path | None], force: bool,
-                  need: int, extra_clashes: Callable[[str], list[str]] | None = None) -> None:
-    """Pre-flight checks of the output folder; ``inputs`` as given (files, folders), ``files`` expanded."""
+                  need: int, extra_clashes: Callable[[str], list[str]] | None = None, *, key: Path) -> None:
+    """Pre-flight checks of the output folder; ``inputs`` as given (files, folders), ``files`` expanded,
+    ``key`` the key file (an input too: never written, moved or deleted, with or without ``force``)."""
     seen: dict[str, int] = {}
     for n in names:
         seen[n] = seen.get(n, 0) + 1
@@ -117,8 +127,9 @@ def check_outputs(out_dir: Path, names: list[str], inputs: list[Path], files: Se
                          hint="pass each file once, or decrypt them into different folders")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError("the output path exists and is not a folder", path=out_dir, hint="choose another -o")
-    ensure_output_is_new(out_dir, inputs)
-    resolved_inputs = {os.path.realpath(p) for p in files if p is not None}
+    refuse_key_folder(out_dir, key)
+    ensure_output_is_new(out_dir, [*inputs, key])
+    resolved_inputs = {os.path.realpath(p) for p in (*files, key) if p is not None}
     for n in names:
         target = out_dir / n
         if os.path.realpath(target) in resolved_inputs:
@@ -168,7 +179,7 @@ def plan_decrypt(options: DecryptOptions, *, to_stream: bool) -> CryptoPlan:
     if options.output is not None:
         check_outputs(options.output, [j.out_name for j in jobs if j.out_name],
                       [p for p in options.inputs if str(p) != "-"], files, options.force,
-                      sum(j.payload or 0 for j in jobs))
+                      sum(j.payload or 0 for j in jobs), key=options.key)
     return CryptoPlan("decrypt", options.key, options.output, jobs, ignored, "decrypting", options.jobs)
 
 
@@ -183,10 +194,10 @@ def plan_encrypt(options: EncryptOptions) -> CryptoPlan:
     out_dir, names = options.output, [p.name for p in files]
     if options.format == "techgpt":
         check_outputs(out_dir, [f"{n}.{EMPTY_SHA256}.enc" for n in names], list(options.inputs), files,
-                      options.force, sum(p.stat().st_size for p in files))
+                      options.force, sum(p.stat().st_size for p in files), key=options.key)
     else:
         check_outputs(out_dir, [f"{n}.<sha256>.enc" for n in names], list(options.inputs), files, options.force,
                       sum(p.stat().st_size + HEADER_BYTES for p in files),
-                      extra_clashes=lambda n: stale_belle_outputs(out_dir, n[:-len(".<sha256>.enc")]))
+                      extra_clashes=lambda n: stale_belle_outputs(out_dir, n[:-len(".<sha256>.enc")]), key=options.key)
     jobs = [FileJob(p, str(p), None, options.format, p.stat().st_size) for p in files]
     return CryptoPlan("encrypt", options.key, out_dir, jobs, ignored, "encrypting", options.jobs)
