@@ -55,8 +55,9 @@ def w(tmp_path) -> dict[str, Path]:
 
 
 def _argv(command: str, w: dict[str, Path], key: Path, out: Path) -> list:
-    if command == "decrypt":  # a JSON text under a .pth name: not a torch zip, so no content check
-        return [command, w["enc"], "--key", key, "-o", out, "--no-key-check", "--no-content-check"]
+    if command == "decrypt":  # a JSON text under a .pth name (not a torch zip, not LLaMA's published file)
+        return [command, w["enc"], "--key", key, "-o", out, "--no-key-check", "--no-content-check",
+                "--no-table-check"]
     return [command, w["plain"], "--key", key, "-o", out, "--no-key-check"]
 
 
@@ -102,3 +103,115 @@ def test_an_output_folder_beside_the_key_folder_still_works(run_cli, w, command)
     r = run_cli(*_argv(command, w, w["key"], out))
     assert r.exit_code == 0, r.stderr
     assert digest(w["key"]) == key_sha and out.is_dir()
+
+
+# ------------------------------------------------------------------ item 13: a published table that disagrees fails
+
+
+def _publish(monkeypatch, table: dict[str, str]) -> None:
+    """Built-in tables that list ``table`` (name -> md5) under the table name ``fake-table``."""
+    monkeypatch.setattr(crypto_tables, "_published",
+                        lambda name, *a, **k: [("fake-table", table[name])] if name in table else [])
+
+
+def _folder(w, names: dict[str, bytes]) -> tuple[Path, dict[str, bytes]]:
+    enc = w["root"] / "published-enc"
+    for name, data in names.items():
+        write(enc / enc_name(name), upstream_xor(data, w["key"]))
+    return enc, names
+
+
+PLAIN = {"config.json": b'{"model_type": "llama"}\n', "generation_config.json": b'{"bos_token_id": 1}\n',
+         "notes.dat": b"not in any table\n"}
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+TABLE_CASES = {
+    # the input's md5 differs from the table and so does the output's (another model, a damaged download)
+    "input-and-output-differ": lambda enc, key: {enc_name("config.json"): "1" * 32, "config.json": "2" * 32},
+    # only the plaintext name is published (as LLaMA's consolidated.00.pth is), and it differs
+    "output-differs": lambda enc, key: {"config.json": "2" * 32},
+    # only the .enc name is published, and the download differs
+    "input-differs": lambda enc, key: {enc_name("config.json"): "1" * 32},
+}
+
+
+@pytest.mark.parametrize("json_flag", [False, True])
+@pytest.mark.parametrize("case", TABLE_CASES)
+def test_a_published_table_that_does_not_match_fails_and_keeps_nothing(run_cli, w, monkeypatch, case, json_flag):
+    enc, plain = _folder(w, PLAIN)
+    _publish(monkeypatch, TABLE_CASES[case](enc, w["key"]))
+    before = tree(w["root"])
+    out = w["root"] / "out"
+    r = run_cli("decrypt", enc, "--key", w["key"], "-o", out, "--no-key-check", *(["--json"] if json_flag else []))
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    error = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, r.stderr
+    assert "config.json" in error[0] and "fake-table" in error[0] and "--no-table-check" in error[0], error[0]
+    assert "nothing was kept" in error[0], error[0]
+    if json_flag:
+        doc = r.json()
+        assert doc["ok"] is False and doc["exit_code"] == 1, doc
+    assert not out.exists()  # no file of the run under any name, not even the folder
+    assert tree(w["root"]) == before
+
+
+@pytest.mark.parametrize("case", TABLE_CASES)
+def test_no_table_check_opts_out_by_name_and_reports_the_mismatch(run_cli, w, monkeypatch, case):
+    enc, plain = _folder(w, PLAIN)
+    _publish(monkeypatch, TABLE_CASES[case](enc, w["key"]))
+    out = w["root"] / "out"
+    r = run_cli("decrypt", enc, "--key", w["key"], "-o", out, "--no-key-check", "--no-table-check", "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = r.json()
+    statuses = {c["name"].rsplit(": ", 1)[-1]: c["status"] for c in doc["checks"] if "config.json" in c["name"]}
+    assert "mismatch" in statuses.values(), doc["checks"]
+    assert any(n["level"] == "warning" and "fake-table" in n["text"] for n in doc["notices"]), doc["notices"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == plain
+
+
+def test_a_matching_table_passes_without_any_flag(run_cli, w, monkeypatch):
+    enc, plain = _folder(w, PLAIN)
+    enc_bytes = (enc / enc_name("config.json")).read_bytes()
+    _publish(monkeypatch, {enc_name("config.json"): _md5(enc_bytes), "config.json": _md5(PLAIN["config.json"]),
+                           "generation_config.json": _md5(PLAIN["generation_config.json"])})
+    r = run_cli("decrypt", enc, "--key", w["key"], "-o", w["root"] / "out", "--no-key-check", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert {c["status"] for c in r.json()["checks"] if "md5" in c["name"]} == {"ok"}
+
+
+def test_the_published_input_with_a_wrong_output_still_fails_with_no_table_check(run_cli, w, monkeypatch):
+    # an input that is the published file but decrypts to another md5 proves a wrong key: no flag makes it pass
+    enc, _ = _folder(w, PLAIN)
+    enc_bytes = (enc / enc_name("config.json")).read_bytes()
+    _publish(monkeypatch, {enc_name("config.json"): _md5(enc_bytes), "config.json": "2" * 32})
+    r = run_cli("decrypt", enc, "--key", w["key"], "-o", w["root"] / "out", "--no-key-check", "--no-table-check")
+    assert r.exit_code == 1, r.stderr
+    assert "key" in r.stderr and not (w["root"] / "out").exists()
+
+
+def test_a_table_mismatch_to_stdout_exits_1_after_the_bytes(tmp_path, w, monkeypatch):
+    import subprocess
+    import sys
+
+    enc, plain = _folder(w, {"config.json": PLAIN["config.json"]})
+    checksums = tmp_path / "tables"  # a real table file the subprocess reads (LLMKIT_CHECKSUMS)
+    write(checksums / "fake-table.md5", f"{'2' * 32}  ./config.json\n".encode())
+    llmkit = Path(sys.executable).parent / "llmkit"
+    env = {**os.environ, "LLMKIT_CHECKSUMS": str(checksums)}
+    argv = [str(llmkit), "decrypt", str(enc / enc_name("config.json")), "--key", str(w["key"]), "-o", "-",
+            "--no-key-check"]
+    r = subprocess.run(argv, capture_output=True, env=env, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert b"--no-table-check" in r.stderr and b"stdout" in r.stderr
+    ok = subprocess.run([*argv, "--no-table-check"], capture_output=True, env=env, timeout=120)
+    assert ok.returncode == 0 and ok.stdout == plain["config.json"], ok.stderr
+
+
+def test_help_names_the_table_opt_out(run_cli):
+    r = run_cli("decrypt", "--help")
+    assert r.exit_code == 0
+    assert "--no-table-check" in r.stdout

@@ -40,6 +40,7 @@ class DecryptOptions:
     format: str = "auto"  # auto | techgpt | belle
     key_check: bool = True  # the key must be LLaMA-1 7B consolidated.00.pth
     content_check: bool = True  # the decrypted bytes must be a whole file of the kind the name says
+    table_check: bool = True  # a published md5 table that does not match fails (off: a warning)
     jobs: int = 1  # files in parallel
     force: bool = False  # overwrite existing outputs
 
@@ -73,6 +74,7 @@ class FileJob:
     header: bytes | None = None  # BELLE decrypt: the expected sha256 digest
     in_entries: list[tuple[str, str]] = field(default_factory=list)  # published (table, md5) of the input
     out_entries: list[tuple[str, str]] = field(default_factory=list)  # ... and of the output
+    table_check: bool = True  # a mismatch with those entries fails (False: a warning)
 
 
 @dataclass
@@ -172,7 +174,8 @@ def plan_decrypt(options: DecryptOptions, *, to_stream: bool) -> CryptoPlan:
         f, header = detect_format(p, fmt)
         out_name, _ = split_enc_name(p.name)
         size = p.stat().st_size
-        job = FileJob(p, str(p), out_name, f, size - HEADER_BYTES if f == "belle" else size, header)
+        job = FileJob(p, str(p), out_name, f, size - HEADER_BYTES if f == "belle" else size, header,
+                      table_check=options.table_check)
         if f == "techgpt":  # the published tables are TechGPT-1.0's; BELLE files carry their own sha256
             job.in_entries, job.out_entries = published_entries(p.name, out_name)
         jobs.append(job)
