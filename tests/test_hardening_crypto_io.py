@@ -215,3 +215,92 @@ def test_help_names_the_table_opt_out(run_cli):
     r = run_cli("decrypt", "--help")
     assert r.exit_code == 0
     assert "--no-table-check" in r.stdout
+
+
+# ------------------------------------------------------------------ the zoo: one line, exit 2, nothing changed
+
+
+@pytest.fixture
+def z(w) -> dict[str, Path]:
+    root = w["root"]
+    (root / "dangling").symlink_to(root / "nowhere")
+    (root / "loop").symlink_to(root / "loop")
+    (root / "key-link-dir").mkdir()
+    (root / "key-link-dir" / "key.pth").symlink_to(w["key"])
+    return {**w, "dangling": root / "dangling", "loop": root / "loop", "key_link": root / "key-link-dir" / "key.pth"}
+
+
+def _dec(z, *, key=None, out=None, src=None, more=()):
+    return ["decrypt", src or z["enc"], "--key", key or z["key"], "-o", out or z["root"] / "never-written",
+            "--no-key-check", "--no-table-check", "--no-content-check", *more]
+
+
+def _enc(z, *, key=None, out=None, src=None, more=()):
+    return ["encrypt", src or z["plain"], "--key", key or z["key"], "-o", out or z["root"] / "never-written",
+            "--no-key-check", *more]
+
+
+# case -> (argv, the path the error line must name, or None when nothing may be named)
+ZOO = {
+    "decrypt-o-is-the-key-folder": (lambda z: _dec(z, out=z["key_dir"]), lambda z: z["key_dir"]),
+    "decrypt-o-is-the-key-folder-force": (lambda z: _dec(z, out=z["key_dir"], more=["--force"]),
+                                          lambda z: z["key_dir"]),
+    "decrypt-o-is-the-key-file": (lambda z: _dec(z, out=z["key"], more=["--force"]), lambda z: z["key"]),
+    "decrypt-o-is-the-folder-of-a-key-link": (lambda z: _dec(z, key=z["key_link"], out=z["key_link"].parent,
+                                                             more=["--force"]), lambda z: z["key_link"].parent),
+    "decrypt-o-is-the-folder-a-key-link-points-into": (lambda z: _dec(z, key=z["key_link"], out=z["key_dir"],
+                                                                      more=["--force"]), lambda z: z["key_dir"]),
+    "decrypt-key-is-a-plain-value": (lambda z: _dec(z, key="00112233445566778899aabbccddeeff"), lambda z: None),
+    "decrypt-key-is-the-enc-folder": (lambda z: _dec(z, key=z["enc"]), lambda z: z["enc"]),
+    "decrypt-key-dangling": (lambda z: _dec(z, key=z["dangling"]), lambda z: z["dangling"]),
+    "decrypt-key-loop": (lambda z: _dec(z, key=z["loop"]), lambda z: z["loop"]),
+    "decrypt-o-dangling": (lambda z: _dec(z, out=z["dangling"]), lambda z: z["dangling"]),
+    "decrypt-o-is-the-enc-folder-force": (lambda z: _dec(z, out=z["enc"], more=["--force"]), lambda z: z["enc"]),
+    "encrypt-o-is-the-key-folder": (lambda z: _enc(z, out=z["key_dir"]), lambda z: z["key_dir"]),
+    "encrypt-o-is-the-key-folder-force": (lambda z: _enc(z, out=z["key_dir"], more=["--force"]),
+                                          lambda z: z["key_dir"]),
+    "encrypt-o-is-the-key-folder-belle-force": (lambda z: _enc(z, out=z["key_dir"],
+                                                               more=["--force", "--format", "belle"]),
+                                                lambda z: z["key_dir"]),
+    "encrypt-o-is-the-key-file": (lambda z: _enc(z, out=z["key"], more=["--force"]), lambda z: z["key"]),
+    "encrypt-o-is-the-folder-of-a-key-link": (lambda z: _enc(z, key=z["key_link"], out=z["key_link"].parent,
+                                                             more=["--force"]), lambda z: z["key_link"].parent),
+    "encrypt-key-is-a-plain-value": (lambda z: _enc(z, key="sk9fQ2/xZ+Lm0pR7tWv3Yb4Kq8Jd=="), lambda z: None),
+    "encrypt-key-is-the-plain-folder": (lambda z: _enc(z, key=z["plain"]), lambda z: z["plain"]),
+    "encrypt-o-is-the-plain-folder-force": (lambda z: _enc(z, out=z["plain"], more=["--force"]),
+                                            lambda z: z["plain"]),
+    "encrypt-no-table-check-is-decrypt-only": (lambda z: _enc(z, more=["--no-table-check"]), lambda z: None),
+}
+
+
+@pytest.mark.parametrize("case", ZOO)
+def test_crypto_zoo_is_one_error_line_and_changes_nothing(run_cli, z, case):
+    argv, named = ZOO[case]
+    before, key_sha = tree(z["root"]), digest(z["key"])
+    r = run_cli(*argv(z))
+    path = named(z)
+    line = one_error_line(r, *([path] if path is not None else []))
+    if "plain-value" in case:
+        assert "00112233445566778899" not in line and "sk9fQ2" not in line, line
+    assert digest(z["key"]) == key_sha
+    assert tree(z["root"]) == before  # nothing written, moved or deleted; no folder made
+
+
+@pytest.mark.parametrize("command", ["decrypt", "encrypt"])
+def test_force_over_a_hard_link_of_the_key_replaces_the_link_never_the_key(run_cli, w, command):
+    # a file in -o that shares the key's inode (ln KEY out/NAME): --force renames a new file over the name,
+    # it never opens the old one for writing, so the key keeps every byte
+    out = w["root"] / "out"
+    out.mkdir()
+    name = "config.json" if command == "decrypt" else enc_name("config.json")
+    os.link(w["key"], out / name)
+    key_sha = digest(w["key"])
+    argv = _argv(command, w, w["key"], out)
+    if command == "decrypt":
+        argv[1] = w["enc"] / enc_name("config.json")
+    r = run_cli(*argv, "--force")
+    assert r.exit_code == 0, r.stderr
+    assert digest(w["key"]) == key_sha and os.stat(w["key"]).st_nlink == 1
+    expected = b'{"model_type": "llama"}\n'
+    got = (out / name).read_bytes()
+    assert (got if command == "decrypt" else upstream_xor(got, w["key"])) == expected

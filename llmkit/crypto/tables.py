@@ -72,7 +72,8 @@ def finish_tables(job: FileJob, result: FileResult, warnings: list[str]) -> None
         elif published_input:
             raise CheckFailed(
                 f"decrypted to md5 {result.md5}, but table {tables} publishes {job.out_entries[0][1]} although the "
-                "input is the published file" + kept, path=result.output, hint=f"the key is wrong: use {KEY_DESCRIPTION}")
+                "input is the published file" + kept, path=result.output,
+                hint=f"the key is wrong: use {KEY_DESCRIPTION}")
         else:
             msg = (f"{result.output}: md5 {result.md5} differs from table {tables} ({job.out_entries[0][1]})"
                    + ("; the input is not the published file either" if job.in_entries else ""))
