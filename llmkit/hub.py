@@ -34,6 +34,7 @@ from llmkit.hub_filters import select_paths
 from llmkit.hub_staging import DownloadCancelled, Staging, cancellable_bar, refuse_collisions, staging_dir
 from llmkit.io.destination import check_output_path
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
+from llmkit.redact import register_secret, without_credentials
 from llmkit.units import check_space, free_bytes, human_bytes
 
 _CHUNK = 8 * 2**20
@@ -137,9 +138,10 @@ def _safe_target(out: Path, name: str) -> Path:
 
 
 def _hub_error(e: BaseException, repo: str, endpoint: str) -> LlmkitError:
+    """One message for a hub failure; a mirror URL's credentials (``user:token@``) are never shown."""
     from huggingface_hub import errors
 
-    name = type(e).__name__
+    name, endpoint, detail = type(e).__name__, without_credentials(endpoint), without_credentials(str(e))
     if isinstance(e, errors.GatedRepoError):
         return InputError(f"{repo} is gated on {endpoint}: access needs an accepted licence and a token",
                           hint="accept its terms on the hub page, then set HF_TOKEN or run hf auth login")
@@ -154,9 +156,9 @@ def _hub_error(e: BaseException, repo: str, endpoint: str) -> LlmkitError:
         if status in (401, 403):
             return InputError(f"{endpoint} refused access to {repo} (HTTP {status})",
                               hint="set HF_TOKEN or run hf auth login with a token that can read it")
-        return InputError(f"the hub answered HTTP {status} for {repo}: {e}",
+        return InputError(f"the hub answered HTTP {status} for {repo}: {detail}",
                           hint="try again later or another --endpoint")
-    return InputError(f"cannot reach {endpoint} for {repo} ({name}: {e})",
+    return InputError(f"cannot reach {endpoint} for {repo} ({name}: {detail})",
                       hint="check the network or the mirror (--endpoint / HF_ENDPOINT)")
 
 
@@ -180,7 +182,9 @@ def _list(repo: str, options: DownloadOptions, endpoint: str) -> tuple[str, list
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.hf_api import RepoFile
 
-    api = HfApi(endpoint=endpoint, token=get_token())
+    token = get_token()
+    register_secret(token)  # never printed, whatever a failure message holds
+    api = HfApi(endpoint=endpoint, token=token)
     try:
         info = api.model_info(repo, revision=options.revision)
         entries = list(api.list_repo_tree(repo, revision=info.sha, recursive=True))
@@ -319,8 +323,9 @@ def _fetch(repo: str, revision: str, endpoint: str, r: _Remote, staging: Path, t
             cause = cause.__cause__ or cause.__context__
         if cause is not None:
             raise _hub_error(cause, repo, endpoint) from e
-        raise InputError(f"the download of {r.path} failed ({type(e).__name__}: {e}); nothing was kept under its "
-                         "name", path=target, hint="run the same command again: verified files are skipped") from e
+        raise InputError(f"the download of {r.path} failed ({type(e).__name__}: {without_credentials(str(e))}); "
+                         "nothing was kept under its name", path=target,
+                         hint="run the same command again: verified files are skipped") from e
     if got.stat().st_size != r.size:
         raise CheckFailed(f"received {got.stat().st_size:,} bytes, the hub announced {r.size:,}; nothing was kept",
                           path=target, hint="run the same command again")

@@ -327,7 +327,8 @@ def test_garbage_from_a_wrong_key_stops_before_anything_is_written(tmp_path, nam
             crypto.decrypt([enc], wrong, tmp_path / "dec", key_check=False, progress=progress)
     assert sum(written) == 0
     assert no_leftovers(tmp_path / "dec") == []
-    result = crypto.decrypt([enc], right, tmp_path / "dec", key_check=False)
+    # not TechGPT-1.0's files, only their names: the published tables do not apply
+    result = crypto.decrypt([enc], right, tmp_path / "dec", key_check=False, table_check=False)
     assert (tmp_path / "dec" / name).read_bytes() == content
     assert any(c.name == "plausible" and c.status == "ok" for c in result.files[0].checks)
 
@@ -337,7 +338,7 @@ def test_real_tokenizer_and_torch_files_pass_the_plausibility_check(tmp_path, ti
     key = write(tmp_path / "key", randbytes(2**20 + 3, 28))
     files = [tiny.path / n for n in ("tokenizer.model", "pytorch_model.bin", "config.json")]
     crypto.encrypt(files, key, tmp_path / "enc", key_check=False)
-    result = crypto.decrypt([tmp_path / "enc"], key, tmp_path / "dec", key_check=False)
+    result = crypto.decrypt([tmp_path / "enc"], key, tmp_path / "dec", key_check=False, table_check=False)
     for f in result.files:
         assert any(c.name == "plausible" and c.status == "ok" for c in f.checks), f
     for p in files:
@@ -388,12 +389,15 @@ def test_published_input_decrypting_to_an_unpublished_md5_fails_and_keeps_nothin
     assert no_leftovers(tmp_path / "dec") == []
 
 
-def test_a_file_that_only_shares_a_published_name_gets_warnings_not_a_failure(tmp_path):
+def test_a_file_that_only_shares_a_published_name_fails_unless_the_tables_are_waived(tmp_path):
     # The real built-in TechGPT-1.0 tables list config.json; a different config.json is not TechGPT's.
     key = write(tmp_path / "key", randbytes(1000, 34))
     data = b'{"model_type": "llama"}\n'
     enc = write(tmp_path / "enc" / f"config.json.{EMPTY}.enc", upstream_xor(data, key))
-    result = crypto.decrypt([enc], key, tmp_path / "dec", key_check=False)
+    with pytest.raises(CheckFailed, match="no-table-check"):
+        crypto.decrypt([enc], key, tmp_path / "dec", key_check=False)
+    assert no_leftovers(tmp_path / "dec") == []
+    result = crypto.decrypt([enc], key, tmp_path / "dec", key_check=False, table_check=False)
     statuses = {c.name: c.status for c in result.files[0].checks}
     assert statuses["input md5"] == "mismatch" and statuses["output md5"] == "mismatch"
     assert len(result.warnings) == 2 and "techgpt-7b" in result.warnings[0]

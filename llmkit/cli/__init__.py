@@ -121,7 +121,9 @@ def command_guard(out: Output) -> Iterator[None]:
             raise
         failure = describe_error(e)
         if out.debug:
-            traceback.print_exc(file=sys.stderr)
+            from llmkit.redact import redact
+
+            sys.stderr.write(redact(traceback.format_exc()))
         out.fail(failure)
         raise typer.Exit(failure.exit_code) from None
 

@@ -39,11 +39,17 @@ NoKeyCheckOpt = Annotated[bool, typer.Option(
     "--no-key-check", rich_help_panel=CHECKS, help="Do not check that the key is LLaMA-1 7B consolidated.00.pth (for weights encrypted "
                            "with another key on purpose). The other checks still run: decrypt's content check "
                            "(garbage from a wrong key stops before anything is written; a truncated file fails), "
-                           "BELLE's sha256 header and the published MD5 tables.")]
+                           "BELLE's sha256 header and decrypt's published MD5 tables (see --no-table-check).")]
 NoContentCheckOpt = Annotated[bool, typer.Option(
     "--no-content-check", rich_help_panel=CHECKS, help="Do not check that the decrypted bytes are a whole file of the kind their name says "
                                "(JSON, safetensors, torch zip, SentencePiece; for stdin, the kind the first bytes "
                                "look like). For decrypting files that are not model files.")]
+NoTableCheckOpt = Annotated[bool, typer.Option(
+    "--no-table-check", rich_help_panel=CHECKS,
+    help="Do not fail when a file's name is in a published MD5 table (TechGPT-1.0's model card, LLaMA's "
+         "checklist) but its md5 differs, e.g. another model's files under the same names: the mismatch is then "
+         "a warning. An input that is the published .enc file but decrypts to another md5 still fails (a wrong "
+         "key).")]
 JobsOpt = Annotated[int, jobs_option("Files processed in parallel (each ~16 MB of buffers). Default 1: one file "
                                      "already streams at disk speed (its reading, XOR, hashing and writing run on "
                                      "their own threads); raise it only for several files on fast SSDs.",
@@ -86,12 +92,14 @@ def decrypt_command(
     key: KeyOpt,
     output: Annotated[Path, typer.Option(
         "--output", "-o", metavar="DIR", rich_help_panel=OUTPUT,
-        help="Output folder (created if needed; not an input folder), or - for stdout.", show_default=False)],
+        help="Output folder (created if needed; not an input folder nor the key's folder), or - for stdout.",
+        show_default=False)],
     fmt: Annotated[DecryptFormat, typer.Option(
         "--format", metavar=choice_metavar(DecryptFormat), rich_help_panel=INPUTS, help="auto: BELLE when the file starts with the sha256 in its name, else TechGPT. "
                          "Required for stdin.")] = DecryptFormat.auto,
     no_key_check: NoKeyCheckOpt = False,
     no_content_check: NoContentCheckOpt = False,
+    no_table_check: NoTableCheckOpt = False,
     jobs: JobsOpt = 1,
     force: ForceOpt = False,
     json_: JsonOpt = False,
@@ -102,9 +110,10 @@ def decrypt_command(
 
     Exact and at disk speed. Output names drop the .<hex>.enc suffix. The decrypted bytes must be a
     whole file of the kind the name says; BELLE files are verified against their sha256 header,
-    TechGPT-1.0 files against the MD5s published in its model card. The files of one run get their
-    final names together, only when every file passed; a failure leaves none of them. When the
-    output is stdout, a failure exits non-zero (use set -o pipefail).
+    TechGPT-1.0 files against the MD5s published in its model card (a mismatch fails; --no-table-check
+    makes it a warning). The files of one run get their final names together, only when every file
+    passed; a failure leaves none of them. When the output is stdout, a failure exits non-zero (use
+    set -o pipefail).
     """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
@@ -115,7 +124,7 @@ def decrypt_command(
             raise InputError("--json prints to stdout, which -o - uses for the data", hint="drop --json or use -o DIR")
         options = DecryptOptions(inputs=tuple(inputs), key=key, output=None if to_stdout else output,
                                  format=fmt.value, key_check=not no_key_check, content_check=not no_content_check,
-                                 jobs=jobs, force=force)
+                                 table_check=not no_table_check, jobs=jobs, force=force)
         result = decrypt(options, stream=sys.stdout.buffer if to_stdout else None, stdin=sys.stdin.buffer,
                          progress=out.progress)
         _report(out, result, to_stderr=to_stdout)
@@ -132,7 +141,8 @@ def encrypt_command(
                               "files).", show_default=False)],
     key: KeyOpt,
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", rich_help_panel=OUTPUT,
-                                         help="Output folder (created if needed).")],
+                                         help="Output folder (created if needed; not an input folder nor the "
+                                              "key's folder).")],
     fmt: Annotated[EncryptFormat, typer.Option(
         "--format", metavar=choice_metavar(EncryptFormat), rich_help_panel=OUTPUT, help="techgpt: no header, named <name>.<sha256 of empty>.enc (as TechGPT-1.0); belle: "
                          "32-byte sha256 header, named <name>.<sha256>.enc (verifiable).")] = EncryptFormat.techgpt,

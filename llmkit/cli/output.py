@@ -23,6 +23,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
                            TransferSpeedColumn)
 
 from llmkit.pipeline import plan_rows  # noqa: F401 (what --dry-run shows for every tensor job)
+from llmkit.redact import redact
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -59,8 +60,23 @@ class Failure:
 
 
 def write_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(redact(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False)) + "\n")
     sys.stdout.flush()
+
+
+class RedactingFile:
+    """A text stream that passes everything written through :func:`llmkit.redact.redact` (no key or
+    token is ever printed); everything else (``isatty``, ``fileno``, ``encoding``) is the stream's."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 class Output:
@@ -72,8 +88,8 @@ class Output:
         self.quiet = quiet or json_mode
         self.debug = debug
         self.printed_json = False  # a JSON value is on stdout: never print a second one
-        self.out = Console(file=sys.stdout, soft_wrap=True, highlight=False)
-        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.out = Console(file=RedactingFile(sys.stdout), soft_wrap=True, highlight=False)
+        self.err = Console(file=RedactingFile(sys.stderr), highlight=False, soft_wrap=True)
 
     def log(self, message: str) -> None:
         """An informational line on stderr (hidden by --quiet and --json)."""

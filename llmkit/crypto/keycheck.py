@@ -14,9 +14,10 @@ from pathlib import Path
 
 from llmkit.errors import InputError
 from llmkit.hashing import hash_file
-from llmkit.io.destination import TMP_SUFFIX
+from llmkit.io.destination import TMP_SUFFIX, broken_link
 from llmkit.io.jsonfile import read_json
 from llmkit.pipeline import ProgressFactory, no_progress
+from llmkit.redact import value_shape
 
 # The key: Meta's LLaMA-1 7B consolidated.00.pth (the same file is the key for 7B and 13B models).
 # Test seam: tests patch these two constants (they are read at call time).
@@ -60,10 +61,21 @@ def _wrong_key(path: Path, why: str) -> InputError:
              "Use --no-key-check only if the weights were encrypted with another key on purpose")
 
 
-def require_key_file(path: Path) -> None:
-    """The key must be an existing regular file (whatever its identity; :func:`check_key` checks that)."""
-    if not path.is_file():
-        raise InputError("no such key file" if not path.exists() else "the key is not a file", path=path,
+def require_key_file(path: Path, *, flag: str = "--key") -> None:
+    """The key must be an existing regular file (whatever its identity; :func:`check_key` checks that).
+
+    A value that is no entry on disk is refused without being repeated: it may be key material typed
+    where the key's path belongs (only its length is named)."""
+    if not os.path.lexists(path):
+        raise InputError(f"{flag}: no such key file ({value_shape(str(path))})",
+                         hint=f"pass the path of {KEY_DESCRIPTION}")
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):
+        is_file = False
+    if not is_file:
+        problem = broken_link(path)
+        raise InputError(f"the key {problem}" if problem else "the key is not a file", path=path,
                          hint=f"pass {KEY_DESCRIPTION}")
 
 

@@ -40,6 +40,7 @@ class DecryptOptions:
     format: str = "auto"  # auto | techgpt | belle
     key_check: bool = True  # the key must be LLaMA-1 7B consolidated.00.pth
     content_check: bool = True  # the decrypted bytes must be a whole file of the kind the name says
+    table_check: bool = True  # a published md5 table that does not match fails (off: a warning)
     jobs: int = 1  # files in parallel
     force: bool = False  # overwrite existing outputs
 
@@ -73,6 +74,7 @@ class FileJob:
     header: bytes | None = None  # BELLE decrypt: the expected sha256 digest
     in_entries: list[tuple[str, str]] = field(default_factory=list)  # published (table, md5) of the input
     out_entries: list[tuple[str, str]] = field(default_factory=list)  # ... and of the output
+    table_check: bool = True  # a mismatch with those entries fails (False: a warning)
 
 
 @dataclass
@@ -105,9 +107,19 @@ def _common_checks(options: DecryptOptions | EncryptOptions, formats: Sequence[s
         raise InputError("no input given", hint=f"pass {what}")
 
 
+def refuse_key_folder(out_dir: Path, key: Path) -> None:
+    """The key is an input: ``-o`` may not be the folder that holds it, whether the folder of the path
+    as given (a link there is what ``--force`` would replace) or of the file it resolves to."""
+    holders = {os.path.realpath(os.path.dirname(os.path.abspath(key))), os.path.dirname(os.path.realpath(key))}
+    if os.path.realpath(out_dir) in holders:
+        raise InputError(f"the output folder holds the key {key}", path=out_dir,
+                         hint="choose another -o; llmkit never writes beside or over its inputs, the key included")
+
+
 def check_outputs(out_dir: Path, names: list[str], inputs: list[Path], files: Sequence[Path | None], force: bool,
-                  need: int, extra_clashes: Callable[[str], list[str]] | None = None) -> None:
-    """Pre-flight checks of the output folder; ``inputs`` as given (files, folders), ``files`` expanded."""
+                  need: int, extra_clashes: Callable[[str], list[str]] | None = None, *, key: Path) -> None:
+    """Pre-flight checks of the output folder; ``inputs`` as given (files, folders), ``files`` expanded,
+    ``key`` the key file (an input too: never written, moved or deleted, with or without ``force``)."""
     seen: dict[str, int] = {}
     for n in names:
         seen[n] = seen.get(n, 0) + 1
@@ -117,8 +129,9 @@ def check_outputs(out_dir: Path, names: list[str], inputs: list[Path], files: Se
                          hint="pass each file once, or decrypt them into different folders")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError("the output path exists and is not a folder", path=out_dir, hint="choose another -o")
-    ensure_output_is_new(out_dir, inputs)
-    resolved_inputs = {os.path.realpath(p) for p in files if p is not None}
+    refuse_key_folder(out_dir, key)
+    ensure_output_is_new(out_dir, [*inputs, key])
+    resolved_inputs = {os.path.realpath(p) for p in (*files, key) if p is not None}
     for n in names:
         target = out_dir / n
         if os.path.realpath(target) in resolved_inputs:
@@ -161,14 +174,15 @@ def plan_decrypt(options: DecryptOptions, *, to_stream: bool) -> CryptoPlan:
         f, header = detect_format(p, fmt)
         out_name, _ = split_enc_name(p.name)
         size = p.stat().st_size
-        job = FileJob(p, str(p), out_name, f, size - HEADER_BYTES if f == "belle" else size, header)
+        job = FileJob(p, str(p), out_name, f, size - HEADER_BYTES if f == "belle" else size, header,
+                      table_check=options.table_check)
         if f == "techgpt":  # the published tables are TechGPT-1.0's; BELLE files carry their own sha256
             job.in_entries, job.out_entries = published_entries(p.name, out_name)
         jobs.append(job)
     if options.output is not None:
         check_outputs(options.output, [j.out_name for j in jobs if j.out_name],
                       [p for p in options.inputs if str(p) != "-"], files, options.force,
-                      sum(j.payload or 0 for j in jobs))
+                      sum(j.payload or 0 for j in jobs), key=options.key)
     return CryptoPlan("decrypt", options.key, options.output, jobs, ignored, "decrypting", options.jobs)
 
 
@@ -183,10 +197,10 @@ def plan_encrypt(options: EncryptOptions) -> CryptoPlan:
     out_dir, names = options.output, [p.name for p in files]
     if options.format == "techgpt":
         check_outputs(out_dir, [f"{n}.{EMPTY_SHA256}.enc" for n in names], list(options.inputs), files,
-                      options.force, sum(p.stat().st_size for p in files))
+                      options.force, sum(p.stat().st_size for p in files), key=options.key)
     else:
         check_outputs(out_dir, [f"{n}.<sha256>.enc" for n in names], list(options.inputs), files, options.force,
                       sum(p.stat().st_size + HEADER_BYTES for p in files),
-                      extra_clashes=lambda n: stale_belle_outputs(out_dir, n[:-len(".<sha256>.enc")]))
+                      extra_clashes=lambda n: stale_belle_outputs(out_dir, n[:-len(".<sha256>.enc")]), key=options.key)
     jobs = [FileJob(p, str(p), None, options.format, p.stat().st_size) for p in files]
     return CryptoPlan("encrypt", options.key, out_dir, jobs, ignored, "encrypting", options.jobs)

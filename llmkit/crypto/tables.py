@@ -1,6 +1,8 @@
-"""TechGPT-1.0's published MD5 tables (its model card), checked while a file is decrypted.
+"""The published MD5 tables (TechGPT-1.0's model card, LLaMA's checklist), checked while a file is decrypted.
 
-The tables are consulted for TechGPT-format files only (BELLE files carry their own sha256).
+The tables are consulted for TechGPT-format files only (BELLE files carry their own sha256). A file
+whose name a table lists must match it: a mismatch fails the run (nothing is kept) unless the user
+opts out with ``--no-table-check`` (``DecryptOptions.table_check=False``), which makes it a warning.
 """
 
 from __future__ import annotations
@@ -34,16 +36,16 @@ def published_entries(enc_name: str, out_name: str) -> tuple[list[tuple[str, str
 
 
 def finish_tables(job: FileJob, result: FileResult, warnings: list[str]) -> None:
-    """Compare md5s with the published tables (TechGPT-1.0's card). Raises CheckFailed on a wrong key.
+    """Compare md5s with the published tables (TechGPT-1.0's card, LLaMA's checklist). Raises CheckFailed
+    on a mismatch, unless ``job.table_check`` is off (then the mismatch is a warning).
 
     Only the output is hashed while streaming: a match proves both the download and the key. The
-    input is hashed (a second read) only to explain a mismatch. A failure needs proof that the key is
-    wrong: the input is the published .enc file but the output is not the published plaintext. A
-    file that merely shares a name with a table entry (another model in the same format) gets a
-    warning, not a failure.
+    input is hashed (a second read) only to explain a mismatch. An input that is the published .enc
+    file decrypting to another md5 proves a wrong key: that fails whatever ``table_check`` says.
     """
     out_ok = bool(job.out_entries) and any(result.md5 == h for _, h in job.out_entries)
     published_input = False
+    failed: list[str] = []  # what disagrees, for the failure message
     if job.in_entries:
         tables = ", ".join(t for t, _ in job.in_entries)
         if out_ok:
@@ -60,6 +62,9 @@ def finish_tables(job: FileJob, result: FileResult, warnings: list[str]) -> None
                        f"(table {tables}): a damaged or partial download, or another model")
                 result.checks.append(Check("input md5", "mismatch", msg))
                 warnings.append(msg)
+                failed.append(f"the .enc file has md5 {result.input_md5}, table {tables} publishes "
+                              f"{job.in_entries[0][1]}")
+    kept = "; nothing was kept" if result.output != "-" else "; discard what reached stdout"
     if job.out_entries:
         tables = ", ".join(t for t, _ in job.out_entries)
         if out_ok:
@@ -67,10 +72,18 @@ def finish_tables(job: FileJob, result: FileResult, warnings: list[str]) -> None
         elif published_input:
             raise CheckFailed(
                 f"decrypted to md5 {result.md5}, but table {tables} publishes {job.out_entries[0][1]} although the "
-                "input is the published file" + ("; nothing was kept" if result.output != "-" else ""),
-                path=result.output, hint=f"the key is wrong: use {KEY_DESCRIPTION}")
+                "input is the published file" + kept, path=result.output,
+                hint=f"the key is wrong: use {KEY_DESCRIPTION}")
         else:
             msg = (f"{result.output}: md5 {result.md5} differs from table {tables} ({job.out_entries[0][1]})"
                    + ("; the input is not the published file either" if job.in_entries else ""))
             result.checks.append(Check("output md5", "mismatch", msg))
             warnings.append(msg)
+            failed.append(f"it decrypts to md5 {result.md5}, table {tables} publishes {job.out_entries[0][1]} "
+                          f"for {job.out_name}")
+    if failed and job.table_check:
+        tables = ", ".join(dict.fromkeys(t for t, _ in (*job.in_entries, *job.out_entries)))
+        raise CheckFailed("the published md5 table does not match: " + "; ".join(failed) + kept, path=job.display,
+                          hint="download the file again (a damaged or partial download) and check the key; if these "
+                               f"are not the files of {tables} (another model under the same names), pass "
+                               "--no-table-check")

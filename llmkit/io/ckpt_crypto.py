@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from llmkit.errors import InputError
+from llmkit.redact import register_secret, value_shape
 
 BLOCK_PLAIN = 64 * 1024 * 1024  # MindSpore's ENCRYPT_BLOCK_SIZE (64 * 1024 KiB) of plaintext per block
 IV_BYTES = 16
@@ -56,8 +57,25 @@ class CkptKey:
                              hint="a key file holds the raw key bytes (no newline); env:VAR holds hex")
 
 
+def _key_path(spec: str, flag: str) -> Path:
+    """The key file ``spec`` names. A value that is no entry on disk is refused without being repeated
+    (it may be the key itself, typed where its file belongs); a path that exists is named."""
+    accepted = "pass the path of a file holding the raw key bytes, or env:VAR naming a variable that holds it as hex"
+    path = Path(spec)
+    if not os.path.lexists(spec):
+        raise InputError(f"{flag}: no such key file, and not env:VAR ({value_shape(spec)})", hint=accepted)
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):
+        is_file = False
+    if not is_file:
+        raise InputError(f"{flag}: not a key file (a key file or env:VAR is expected)", path=path, hint=accepted)
+    return path
+
+
 def read_key(spec: str, mode: str | None, *, flag: str) -> CkptKey:
-    """The key named by ``spec``: ``env:VAR`` (hex) or the path of a file of raw key bytes."""
+    """The key named by ``spec``: ``env:VAR`` (hex) or the path of a file of raw key bytes. The key is
+    registered as a secret (:mod:`llmkit.redact`): it never appears in what the CLI prints."""
     if mode is not None and mode not in MAGICS:
         raise InputError(f"{flag.replace('key', 'mode')}: {mode!r} is not one of {', '.join(ENC_MODES)}")
     if spec.startswith("env:"):
@@ -66,6 +84,7 @@ def read_key(spec: str, mode: str | None, *, flag: str) -> CkptKey:
         if not var or value is None:
             raise InputError(f"{flag}: the environment variable {var or '(empty name)'} is not set",
                              hint=f"export {var or 'VAR'}=<hex key>, or pass the path of a key file")
+        register_secret(value)
         try:
             key = bytes.fromhex(value.strip())
         except ValueError:
@@ -73,11 +92,9 @@ def read_key(spec: str, mode: str | None, *, flag: str) -> CkptKey:
                              hint="put the key as hex digits in it, e.g. 32 digits for a 16-byte key") from None
         ck = CkptKey(key, mode, f"env:{var}")
     else:
-        path = Path(spec)
-        if not path.is_file():
-            raise InputError(f"{flag}: no such key file" if not path.exists() else f"{flag}: not a file", path=path,
-                             hint="pass the path of a file holding the raw key bytes, or env:VAR for a hex key")
+        path = _key_path(spec, flag)
         ck = CkptKey(path.read_bytes(), mode, str(path))
+    register_secret(ck.key)
     if mode is not None:
         ck.check(mode)
     return ck
