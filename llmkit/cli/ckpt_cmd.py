@@ -81,7 +81,9 @@ def to_ckpt_command(
     rotary: Annotated[Rotary, typer.Option("--rotary", help=ROTARY_HELP)] = Rotary.hf,
     crc: Annotated[bool, typer.Option("--crc", help="Append MindSpore's CRC-32 trailer (what save_checkpoint("
                                                     "crc_check=True) writes; load_checkpoint(crc_check=True) checks "
-                                                    "it).")] = False,
+                                                    "it). With --enc-key it is encrypted with the records, where "
+                                                    "load_checkpoint(dec_key=..., crc_check=True) checks it: the "
+                                                    "damage check AES-CBC and SM4-CBC lack.")] = False,
     fmt: Annotated[CkptFormat, typer.Option("--format", help="ckpt (one file, the bytes of mindspore."
                                                              "save_checkpoint) or safetensors (a folder of "
                                                              "MindFormers-named safetensors, for newer "

@@ -23,9 +23,15 @@ KEY_FORMS = ("KEY is a file holding the raw key bytes (16, 24 or 32 for AES; 16 
 EncKeyOpt = Annotated[Optional[str], typer.Option(
     "--enc-key", metavar="KEY", help="Encrypt the .ckpt as mindspore.save_checkpoint(enc_key=...) does. " + KEY_FORMS,
     show_default=False)]
-EncModeOpt = Annotated[EncMode, typer.Option("--enc-mode", help="Cipher for --enc-key (MindSpore's enc_mode).")]
+INTEGRITY = ("AES-GCM is recommended: it authenticates every block, so a changed byte is an error; AES-CBC and "
+             "SM4-CBC have no integrity check (a changed byte decrypts to wrong values, which only a CRC trailer "
+             "can catch).")
+EncModeOpt = Annotated[EncMode, typer.Option("--enc-mode", help="Cipher for --enc-key (MindSpore's enc_mode). "
+                                                                + INTEGRITY)]
 DecKeyOpt = Annotated[Optional[str], typer.Option(
     "--dec-key", metavar="KEY", help="Key of an encrypted .ckpt (what load_checkpoint(dec_key=...) takes). " + KEY_FORMS,
     show_default=False)]
 DecModeOpt = Annotated[Optional[EncMode], typer.Option(
-    "--dec-mode", help="Cipher of the encrypted .ckpt (default: read from the file).", show_default=False)]
+    "--dec-mode", help="Cipher of the encrypted .ckpt (default: read from the file). Reads of AES-CBC and SM4-CBC "
+                       "files warn that their values cannot be verified (they have no integrity check; AES-GCM "
+                       "does); a CRC trailer, if present, is checked.", show_default=False)]

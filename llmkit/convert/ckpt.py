@@ -30,8 +30,9 @@ from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.jsonfile import read_json
 from llmkit.io.meta import permute_meta_to_hf, unpermute_hf_to_meta
 from llmkit.io.meta_hf import config_files, hf_sort_key, open_as_hf
-from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_config, guessed_config, hf_to_mindformers, is_mindformers,
-                                   llama_hf_name, rotary_role)
+from llmkit.io.ckpt_reader import CkptFile
+from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_complete, check_config, guessed_config, hf_to_mindformers,
+                                   is_mindformers, llama_hf_name, rotary_role)
 from llmkit.io.sinks import TensorSpec
 from llmkit.io.sources import TensorSource, open_source
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, ProgressFactory, execute, open_plan_sink, plan_report
@@ -171,9 +172,6 @@ def to_ckpt(options: ToCkptOptions, *, progress: ProgressFactory | None = None) 
         from llmkit.io.ckpt_crypto import read_key
 
         key = read_key(options.enc_key, options.enc_mode, flag="--enc-key")
-        if options.crc:
-            raise InputError("--crc cannot be combined with --enc-key: MindSpore then writes a zero CRC and "
-                             "refuses its own file", hint="drop --crc (AES-GCM authenticates every block)")
     src = _open_model(options.source)
     try:
         plan, result = _to_ckpt_plan(options, src, dtype)
@@ -280,7 +278,7 @@ class _CkptCRC:
 def _config(options: FromCkptOptions, shapes: dict, dtype: torch.dtype) -> tuple[dict, str, list[Notice], list[AuxCopy]]:
     """(config, where it came from, notices, files to carry) for the output folder."""
     if options.config is None:
-        cfg, guessed = guessed_config(shapes, dtype)
+        cfg, guessed = guessed_config(shapes, dtype, options.source)
         return cfg, "derived", [Notice.warning("config.json derived from the tensor shapes; guessed: "
                                                + ", ".join(guessed) + " (pass --config with the original "
                                                "config.json to be sure)")], []
@@ -349,7 +347,12 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
     first = src.info(next(iter(src_of.values()))).dtype if src_of else torch.float16
     out_dtype_cfg = dtype or first
     cfg, config_from, cfg_notices, aux = _config(options, hf_shapes, out_dtype_cfg)
+    check_complete(cfg, hf_shapes, options.source, None if config_from == "derived" else config_from)
     notices += cfg_notices
+    ckpt_file = src.files[0]
+    unverified = ckpt_file.integrity_warning() if isinstance(ckpt_file, CkptFile) else None
+    if unverified is not None:
+        notices.append(Notice.warning(unverified))
     cfg = dict(cfg)
     for key in [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]:  # the weights' dtype
         cfg[key] = CONFIG_NAMES.get(out_dtype_cfg, cfg.get(key))

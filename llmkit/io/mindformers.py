@@ -16,6 +16,7 @@ import re
 
 from llmkit.errors import InputError
 from llmkit.io.dtypes import CONFIG_NAMES
+from llmkit.io.jsonfile import int_field
 
 _RULES = (
     ("embed_tokens.weight", "tok_embeddings.embedding_weight"),
@@ -79,10 +80,17 @@ def rotary_role(hf_name: str) -> str | None:
     return None
 
 
+_EMBED = "model.embed_tokens.weight"
+
+
+def _layer_count(shapes: dict) -> int:
+    return 1 + max((int(m.group(1)) for n in shapes if (m := _LAYER.match(n))), default=-1)
+
+
 HEAD_DIM_GUESS = 128  # every LLaMA-family size (7B..65B, LLaMA-2, Atom) uses 128-wide heads
 
 
-def guessed_config(shapes: dict, dtype) -> tuple[dict, list[str]]:
+def guessed_config(shapes: dict, dtype, path=None) -> tuple[dict, list[str]]:
     """An HF LLaMA ``config.json`` from the tensor shapes (HF names -> shape), and the keys that were
     guessed rather than read off a shape (heads from a 128-wide head, LLaMA-1 defaults for the rest)."""
     embed = shapes.get("model.embed_tokens.weight")
@@ -90,7 +98,7 @@ def guessed_config(shapes: dict, dtype) -> tuple[dict, list[str]]:
         raise InputError("no model.embed_tokens.weight (tok_embeddings.embedding_weight) to derive a config from",
                          hint="pass --config with the model's config.json")
     vocab, hidden = embed
-    layers = 1 + max((int(m.group(1)) for n in shapes if (m := _LAYER.match(n))), default=-1)
+    layers = _layer_count(shapes)
     gate = shapes.get("model.layers.0.mlp.gate_proj.weight")
     if gate is None:
         raise InputError("no feed-forward weights (w1) to derive intermediate_size from",
@@ -113,6 +121,51 @@ def guessed_config(shapes: dict, dtype) -> tuple[dict, list[str]]:
     return cfg, guessed
 
 
+def llama_shapes(cfg: dict, path=None) -> dict[str, tuple[int, ...]]:
+    """Every tensor (HF name -> shape) of the LLaMA a config describes; a size missing from it or not a
+    positive integer is an :class:`InputError` naming ``path``."""
+    def need(key: str) -> int:
+        value = int_field(cfg, key, path=path)
+        if value is None:
+            raise InputError(f"config has no {key}", path=path, hint="pass the model's own config.json")
+        return value
+    hidden, heads, layers = need("hidden_size"), need("num_attention_heads"), need("num_hidden_layers")
+    vocab, inter = need("vocab_size"), need("intermediate_size")
+    kv = int_field(cfg, "num_key_value_heads", path=path) or heads
+    head_dim = int_field(cfg, "head_dim", path=path) or hidden // heads
+    out = {_EMBED: (vocab, hidden), "model.norm.weight": (hidden,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        out.update({p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
+                    p + "self_attn.k_proj.weight": (kv * head_dim, hidden),
+                    p + "self_attn.v_proj.weight": (kv * head_dim, hidden),
+                    p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+                    p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
+                    p + "mlp.down_proj.weight": (hidden, inter),
+                    p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,)})
+    if not cfg.get("tie_word_embeddings", False):
+        out["lm_head.weight"] = (vocab, hidden)
+    return out
+
+
+def check_complete(cfg: dict, shapes: dict, source, config_path=None) -> None:
+    """Refuse a checkpoint (``shapes``: HF name -> shape of its LLaMA tensors) that lacks a tensor of the
+    model ``cfg`` describes, or holds one in another shape: a lost or renamed record is named, not
+    converted into a model without it."""
+    want = llama_shapes(cfg, config_path)
+    missing = [n for n in want if n not in shapes]
+    hint = "the file is incomplete or damaged; convert or download it again (or pass the config.json of the " \
+           "model it holds)"
+    if missing:
+        few = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
+        raise InputError(f"the checkpoint lacks {len(missing)} tensor(s) of the model its config describes: {few}",
+                         path=source, hint=hint)
+    for name, shape in want.items():
+        if tuple(shapes[name]) != shape:
+            raise InputError(f"{name} has shape {list(shapes[name])} but the config gives {list(shape)}", path=source,
+                             hint=hint)
+
+
 def check_config(cfg: dict, shapes: dict, path) -> None:
     """Refuse a ``--config`` whose sizes disagree with the tensors (naming the key and the file)."""
     embed = shapes.get("model.embed_tokens.weight")
@@ -122,7 +175,7 @@ def check_config(cfg: dict, shapes: dict, path) -> None:
     gate = shapes.get("model.layers.0.mlp.gate_proj.weight")
     if gate is not None:
         facts["intermediate_size"] = gate[0]
-    layers = 1 + max((int(m.group(1)) for n in shapes if (m := _LAYER.match(n))), default=-1)
+    layers = _layer_count(shapes)
     if layers:
         facts["num_hidden_layers"] = layers
     for key, value in facts.items():
