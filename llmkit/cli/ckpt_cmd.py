@@ -127,7 +127,8 @@ def from_ckpt_command(
     fmt: Annotated[HFFormat, typer.Option("--format", help="Output weight format.")] = HFFormat.safetensors,
     config: Annotated[Optional[Path], typer.Option(
         "--config", help="The model's config.json, or its Hugging Face folder (config and tokenizer files are "
-                         "carried). Default: derived from the tensor shapes, with a warning naming what was "
+                         "carried). Needed unless the shapes are a published LLaMA size (7B, 13B, 33B, 65B, "
+                         "Llama-2-70B), whose config is then derived from them with a warning naming what was "
                          "guessed.")] = None,
     dtype: Annotated[Dtype, typer.Option("--dtype", help="Output dtype: keep (default) or one cast per tensor."
                                          )] = Dtype.keep,

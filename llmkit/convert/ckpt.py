@@ -9,8 +9,9 @@ Both are plans run by the one runner (``llmkit.pipeline``); ``ckpt`` is one more
   left out, as ``mindspore.save_checkpoint`` leaves them out. ``--format safetensors`` writes the same
   tensors as MindFormers-named safetensors in a folder.
 - from-ckpt: a ``.ckpt`` -> an HF LLaMA folder: HF names, rotary rows back to rotate-half with
-  ``--rotary meta``, ``config.json`` from ``--config`` (checked against the shapes) or derived from the
-  shapes with a notice naming what was guessed. Tensors with no HF name (optimizer moments, step
+  ``--rotary meta``, ``config.json`` from ``--config`` (checked against the shapes) or, for a published
+  LLaMA size only (the shapes decide the head count), derived from the shapes with a notice naming what
+  was guessed. Every tensor the config describes must be there, in its shape. Tensors with no HF name (optimizer moments, step
   counters of a training checkpoint) are left out with a notice, or refused with ``--strict``.
   A CRC trailer is checked while the tensors stream and before the output is renamed.
 """
