@@ -246,7 +246,7 @@ def test_a_renamed_lm_head_is_refused_not_left_out(tmp_path, cli, work):
     weight', left out, and the model written without its output layer."""
     m, root = work
     plain, enc = (root / "plain.ckpt").read_bytes(), (root / "AES-CBC.ckpt").read_bytes()
-    first, data, name = record_headers(plain)[-1]
+    first, _, _ = record_headers(plain)[-1]
     at = plain.index(b"lm_head.weight", first) + 3  # "lm_iead.weight"
     assert at // 16 * 16 <= first  # the block garbled is the one before the record: the last norm's data
     target = tmp_path / "t.ckpt"

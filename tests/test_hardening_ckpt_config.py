@@ -7,7 +7,6 @@ needs the head count. The head counts below are the published configs' (Meta's p
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -26,12 +26,12 @@ import torch
 
 from llmkit.convert.meta import ConvertResult, _dtype
 from llmkit.errors import InputError
+from llmkit.io.ckpt_reader import CkptFile
 from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.jsonfile import read_json
 from llmkit.io.meta import permute_meta_to_hf, unpermute_hf_to_meta
 from llmkit.io.meta_hf import config_files, hf_sort_key, open_as_hf
-from llmkit.io.ckpt_reader import CkptFile
 from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_complete, check_config, guessed_config, hf_to_mindformers,
                                    is_mindformers, llama_hf_name, rotary_role)
 from llmkit.io.sinks import TensorSpec
@@ -319,7 +319,8 @@ def from_ckpt(options: FromCkptOptions, *, progress: ProgressFactory | None = No
     return _finish(options, plan, result, progress)
 
 
-def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dtype | None) -> tuple[Plan, CkptResult]:
+def _from_names(options: FromCkptOptions, src: TensorSource) -> tuple[dict, dict, list[str], list[Notice]]:
+    """(output name -> stored name, output name -> HF name, the tensors with no HF name, notices)."""
     src_of: dict[str, str] = {}  # output name -> stored name
     hf_of: dict[str, str] = {}  # output name -> HF name (for the rotary rows)
     unmapped: list[str] = []
@@ -344,6 +345,11 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
         if options.names == "hf":
             notices.append(Notice.warning(f"{what}; left out (training state such as optimizer moments has no "
                                           "place in a Hugging Face model; --names keep writes everything)"))
+    return src_of, hf_of, unmapped, notices
+
+
+def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dtype | None) -> tuple[Plan, CkptResult]:
+    src_of, hf_of, unmapped, notices = _from_names(options, src)
     hf_shapes = {hf: src.info(n).shape for n in src.keys() if (hf := llama_hf_name(n)) is not None}
     first = src.info(next(iter(src_of.values()))).dtype if src_of else torch.float16
     out_dtype_cfg = dtype or first

@@ -18,8 +18,8 @@ import torch
 
 from llmkit.errors import InputError
 from llmkit.hashing import hash_file
-from llmkit.io.sources import TensorSource
 from llmkit.io.ckpt_reader import finish_reads
+from llmkit.io.sources import TensorSource
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
 from llmkit.verify.files import WEIGHT_SUFFIXES, FileCheck, list_files, resolve_jobs
 from llmkit.verify.mismatch import json_difference
