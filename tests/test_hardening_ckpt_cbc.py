@@ -272,3 +272,22 @@ def test_a_block_whose_padding_was_shortened_is_named(tmp_path, cli, monkeypatch
     r = cli("checksum", "--tensors", target, "--dec-key", "env:LLMKIT_CBC_KEY")
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "at byte 0" in r.stderr and "holds 79 bytes of plaintext" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("mode", CBC)
+def test_checksum_and_verify_tensors_check_the_crc_trailer_of_a_cbc_checkpoint(tmp_path, cli, work, monkeypatch,
+                                                                               mode):
+    m, root = work
+    monkeypatch.setenv("LLMKIT_CBC_KEY", KEY_HEX)
+    key = ("--dec-key", "env:LLMKIT_CBC_KEY")
+    good = root / f"{mode}-crc.ckpt"
+    assert cli("verify", "--tensors", good, m.path, *key).exit_code == 0
+    enc = good.read_bytes()
+    target = tmp_path / "t.ckpt"
+    target.write_bytes(flip(enc, len(enc) // 2))  # inside a tensor's data: only the CRC can tell
+    for r in (cli("checksum", "--tensors", target, *key), cli("verify", "--tensors", target, m.path, *key)):
+        lines = [line for line in r.stderr.strip().splitlines() if "━" not in line]
+        assert r.exit_code == 2 and len(lines) == 1 and "CRC mismatch" in lines[0] and str(target) in lines[0], \
+            r.stderr
+    r = cli("verify", good, *key)  # file checksums hash the stored bytes: a key makes no sense there
+    assert r.exit_code == 2 and "--dec-key goes with --tensors" in r.stderr
