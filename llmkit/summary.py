@@ -92,12 +92,18 @@ def _setting(cfg: dict, key: str, where: Path | None, warnings: list[str]) -> in
         return None
 
 
+def _unverified(f) -> str | None:
+    """An AES-CBC / SM4-CBC checkpoint's warning: nothing vouches for its values (no data is read here)."""
+    warning = getattr(f, "integrity_warning", None)
+    return warning(values_read=False) if warning is not None else None
+
+
 def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
     """Describe the weights at ``path`` without reading tensor data (``ckpt_key``: an encrypted .ckpt's)."""
     with open_source(path, ckpt_key=ckpt_key) as src:
         infos = src.infos()
         cfg = src.config() or {}
-        warnings = list(src.warnings)
+        warnings = list(src.warnings) + [w for f in src.files if (w := _unverified(f)) is not None]
         embed = _embed_shape(src)
         where = src.folder / "config.json" if src.folder else None
         hidden = _setting(cfg, "hidden_size", where, warnings)

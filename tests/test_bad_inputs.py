@@ -287,7 +287,7 @@ WRITERS = {
     "decrypt": lambda z, o: ["decrypt", z.enc, "--key", z.key, "--no-key-check", "--no-content-check", "-o", o],
     "encrypt": lambda z, o: ["encrypt", z.plain, "--key", z.key, "--no-key-check", "-o", o],
     "to-ckpt": lambda z, o: ["to-ckpt", z.base, "-o", o],  # -o is the .ckpt file itself
-    "from-ckpt": lambda z, o: ["from-ckpt", z.ckpt, "-o", o],
+    "from-ckpt": lambda z, o: ["from-ckpt", z.ckpt, "-o", o, "--config", z.base],
 }
 
 

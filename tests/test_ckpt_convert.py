@@ -179,9 +179,15 @@ def test_from_ckpt_leaves_training_state_out_keeps_it_with_names_keep_refuses_wi
 # ------------------------------------------------------------------ configs
 
 
-def test_a_derived_config_is_announced_and_works_for_128_wide_heads(tmp_path, run_cli):
+def test_a_derived_config_is_announced_and_works_when_the_shapes_decide_the_heads(tmp_path, run_cli, monkeypatch):
+    """Only the published LLaMA sizes decide the head count (tests/test_hardening_ckpt_config.py checks
+    that table against the published configs); a 256-wide size added to it stands for one here, so the
+    derived config can be loaded by transformers at test size."""
     from transformers import LlamaForCausalLM
 
+    import llmkit.io.mindformers as mf
+
+    monkeypatch.setitem(mf.KNOWN_LLAMA_SHAPES, (256, 512), ("TEST-256", 2))
     wide = tmp_path / "wide"
     model = tiny_model(3, hidden=256, heads=2, intermediate=512)  # head_dim 128, as every LLaMA size
     model.save_pretrained(wide)
@@ -189,7 +195,7 @@ def test_a_derived_config_is_announced_and_works_for_128_wide_heads(tmp_path, ru
     r = run_cli("from-ckpt", tmp_path / "w.ckpt", "-o", tmp_path / "back", "--json")
     assert r.exit_code == 0 and r.json()["config_from"] == "derived"
     warning = next(n["text"] for n in r.json()["notices"] if n["level"] == "warning")
-    assert "num_attention_heads=2 (head_dim 128 assumed)" in warning and "rms_norm_eps" in warning
+    assert "num_attention_heads=2 (the TEST-256 shapes)" in warning and "rms_norm_eps" in warning
     cfg = json.loads((tmp_path / "back" / "config.json").read_text())
     assert (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]) == (256, 512, 2, 100)
     ids = torch.tensor([[1, 4, 9, 16, 25]])

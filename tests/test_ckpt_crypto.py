@@ -197,15 +197,13 @@ def test_tampering_truncation_and_a_wrong_mode_are_named(tmp_path, run_cli, mode
     assert "encrypted with AES-GCM, not AES-CBC" in text
 
 
-def test_key_length_crc_and_format_conflicts_are_refused_before_any_output(tmp_path, run_cli, tiny_factory,
+def test_key_length_and_format_conflicts_are_refused_before_any_output(tmp_path, run_cli, tiny_factory,
                                                                           monkeypatch):
     m = tiny_factory("safetensors")
     (tmp_path / "k32").write_bytes(b"\x07" * 32)
     monkeypatch.setenv("LLMKIT_TEST_KEY", KEY_HEX)
     assert "SM4-CBC needs 16" in one_line(run_cli("to-ckpt", m.path, "-o", tmp_path / "a.ckpt", "--enc-key",
                                                   tmp_path / "k32", "--enc-mode", "SM4-CBC"))
-    assert "--crc cannot be combined" in one_line(run_cli("to-ckpt", m.path, "-o", tmp_path / "b.ckpt", "--enc-key",
-                                                          "env:LLMKIT_TEST_KEY", "--crc"))
     assert "--enc-key" in one_line(run_cli("to-ckpt", m.path, "-o", tmp_path / "c", "--format", "safetensors",
                                            "--enc-key", "env:LLMKIT_TEST_KEY"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k32"]

@@ -293,7 +293,7 @@ def test_every_writing_command_reports_output_as_given(run_cli, base, meta, lora
         "from-meta": ["from-meta", meta, "-o", "out/hf"],
         "to-meta": ["to-meta", base, "-o", "out/meta"],
         "to-ckpt": ["to-ckpt", base, "-o", "out/model.ckpt"],
-        "from-ckpt": ["from-ckpt", "real.ckpt", "-o", "out/from-ckpt"],
+        "from-ckpt": ["from-ckpt", "real.ckpt", "--config", base, "-o", "out/from-ckpt"],
     }
     for command, args in dry_runs.items():
         r = run_cli(*args, "--dry-run", "--json", "-q")

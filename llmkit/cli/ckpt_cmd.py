@@ -92,7 +92,9 @@ def to_ckpt_command(
                                            help=ROTARY_HELP)] = Rotary.hf,
     crc: Annotated[bool, typer.Option("--crc", rich_help_panel=OUTPUT, help="Append MindSpore's CRC-32 trailer (what save_checkpoint("
                                                     "crc_check=True) writes; load_checkpoint(crc_check=True) checks "
-                                                    "it).")] = False,
+                                                    "it). With --enc-key it is encrypted with the records, where "
+                                                    "load_checkpoint(dec_key=..., crc_check=True) checks it: the "
+                                                    "damage check AES-CBC and SM4-CBC lack.")] = False,
     fmt: Annotated[CkptFormat, typer.Option("--format", metavar=choice_metavar(CkptFormat), rich_help_panel=OUTPUT,
                                             help="ckpt (one file, the bytes of mindspore."
                                                              "save_checkpoint) or safetensors (a folder of "
@@ -149,8 +151,10 @@ def from_ckpt_command(
     fmt: Annotated[HFFormat, typer.Option("--format", metavar=choice_metavar(HFFormat), rich_help_panel=OUTPUT,
                                           help="Output weight format.")] = HFFormat.safetensors,
     config: Annotated[Optional[Path], typer.Option(
-        "--config", metavar="PATH", rich_help_panel=INPUTS, help="The model's config.json, or its Hugging Face folder (config and tokenizer files are "
-                         "carried). Default: derived from the tensor shapes, with a warning naming what was "
+        "--config", metavar="PATH", rich_help_panel=INPUTS,
+        help="The model's config.json, or its Hugging Face folder (config and tokenizer files are "
+                         "carried). Needed unless the shapes are a published LLaMA size (7B, 13B, 33B, 65B, "
+                         "Llama-2-70B), whose config is then derived from them with a warning naming what was "
                          "guessed.")] = None,
     dtype: Annotated[str, dtype_option(DTYPES, "Output dtype: keep (default) or one cast per tensor.")] = "keep",
     shard_size: ShardOpt = "5GB",

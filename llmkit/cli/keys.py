@@ -26,10 +26,16 @@ MODES = "|".join(m.value for m in EncMode)
 EncKeyOpt = Annotated[Optional[str], typer.Option(
     "--enc-key", metavar="KEY", rich_help_panel=OUTPUT, help="Encrypt the .ckpt as mindspore.save_checkpoint(enc_key=...) does. " + KEY_FORMS,
     show_default=False)]
+INTEGRITY = ("AES-GCM is recommended: it authenticates every block, so a changed byte is an error; AES-CBC and "
+             "SM4-CBC have no integrity check (a changed byte decrypts to wrong values, which only a CRC trailer "
+             "can catch).")
 EncModeOpt = Annotated[EncMode, typer.Option("--enc-mode", metavar=MODES, rich_help_panel=OUTPUT,
-                                             help="Cipher for --enc-key (MindSpore's enc_mode).")]
+                                             help="Cipher for --enc-key (MindSpore's enc_mode). " + INTEGRITY)]
 DecKeyOpt = Annotated[Optional[str], typer.Option(
     "--dec-key", metavar="KEY", rich_help_panel=INPUTS, help="Key of an encrypted .ckpt (what load_checkpoint(dec_key=...) takes). " + KEY_FORMS,
     show_default=False)]
 DecModeOpt = Annotated[Optional[EncMode], typer.Option(
-    "--dec-mode", metavar=MODES, rich_help_panel=INPUTS, help="Cipher of the encrypted .ckpt (default: read from the file).", show_default=False)]
+    "--dec-mode", metavar=MODES, rich_help_panel=INPUTS,
+    help="Cipher of the encrypted .ckpt (default: read from the file). Reads of AES-CBC and SM4-CBC "
+                       "files warn that their values cannot be verified (they have no integrity check; AES-GCM "
+                       "does); a CRC trailer, if present, is checked.", show_default=False)]

@@ -147,6 +147,8 @@ def verify_command(
     tensors: Annotated[bool, typer.Option(
         "--tensors", rich_help_panel=CHECKS, help="Compare two models tensor by tensor (names, dtypes, shapes, raw bytes), whatever their "
                           "shards or format; either may be a table from 'llmkit checksum --tensors'.")] = False,
+    dec_key: DecKeyOpt = None,
+    dec_mode: DecModeOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -167,10 +169,17 @@ def verify_command(
             if table is not None:
                 raise InputError("--tensors and --table do not combine",
                                  hint="pass a tensor table as A or B instead")
-            report = verify_tensors(TensorVerifyOptions(paths[0], paths[1], jobs=jobs), progress=out.progress)
+            report = verify_tensors(TensorVerifyOptions(paths[0], paths[1], jobs=jobs, dec_key=dec_key,
+                                                        dec_mode=dec_mode.value if dec_mode else None),
+                                    progress=out.progress)
+            out.notices(report)
             out.result(report, _render_tensors(report), failed=None if report.ok else _tensors_failure(report))
         else:
             from llmkit.verify import VerifyOptions, verify_files
+
+            if dec_key is not None:
+                raise InputError("--dec-key goes with --tensors (file checksums hash the stored, encrypted bytes)",
+                                 hint="add --tensors, or drop --dec-key")
 
             options = VerifyOptions(tuple(paths), table=table, algorithm=algo.value if algo else None, jobs=jobs)
             report = verify_files(options, progress=out.progress)
@@ -212,6 +221,8 @@ def checksum_command(
                                   dec_key=dec_key, dec_mode=dec_mode.value if dec_mode else None)
         result = checksum(options, progress=out.progress)
         if tensors:
+            for table in result.tables:
+                out.notices(table)
             # Stable JSON: the one model's table as an object, an array of tables for several models.
             out.result(result.tables if len(result.tables) > 1 else result.tables[0], _render_tables(result))
         else:

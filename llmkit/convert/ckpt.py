@@ -9,8 +9,9 @@ Both are plans run by the one runner (``llmkit.pipeline``); ``ckpt`` is one more
   left out, as ``mindspore.save_checkpoint`` leaves them out. ``--format safetensors`` writes the same
   tensors as MindFormers-named safetensors in a folder.
 - from-ckpt: a ``.ckpt`` -> an HF LLaMA folder: HF names, rotary rows back to rotate-half with
-  ``--rotary meta``, ``config.json`` from ``--config`` (checked against the shapes) or derived from the
-  shapes with a notice naming what was guessed. Tensors with no HF name (optimizer moments, step
+  ``--rotary meta``, ``config.json`` from ``--config`` (checked against the shapes) or, for a published
+  LLaMA size only (the shapes decide the head count), derived from the shapes with a notice naming what
+  was guessed. Every tensor the config describes must be there, in its shape. Tensors with no HF name (optimizer moments, step
   counters of a training checkpoint) are left out with a notice, or refused with ``--strict``.
   A CRC trailer is checked while the tensors stream and before the output is renamed.
 """
@@ -25,13 +26,14 @@ import torch
 
 from llmkit.convert.meta import ConvertResult, _dtype
 from llmkit.errors import InputError
+from llmkit.io.ckpt_reader import CkptFile
 from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.jsonfile import read_json
 from llmkit.io.meta import permute_meta_to_hf, unpermute_hf_to_meta
 from llmkit.io.meta_hf import config_files, hf_sort_key, open_as_hf
-from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_config, guessed_config, hf_to_mindformers, is_mindformers,
-                                   llama_hf_name, rotary_role)
+from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_complete, check_config, guessed_config, hf_to_mindformers,
+                                   is_mindformers, llama_hf_name, rotary_role)
 from llmkit.io.sinks import TensorSpec
 from llmkit.io.sources import TensorSource, open_source
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, ProgressFactory, execute, open_plan_sink, plan_report
@@ -171,9 +173,6 @@ def to_ckpt(options: ToCkptOptions, *, progress: ProgressFactory | None = None) 
         from llmkit.io.ckpt_crypto import read_key
 
         key = read_key(options.enc_key, options.enc_mode, flag="--enc-key")
-        if options.crc:
-            raise InputError("--crc cannot be combined with --enc-key: MindSpore then writes a zero CRC and "
-                             "refuses its own file", hint="drop --crc (AES-GCM authenticates every block)")
     src = _open_model(options.source)
     try:
         plan, result = _to_ckpt_plan(options, src, dtype)
@@ -280,7 +279,7 @@ class _CkptCRC:
 def _config(options: FromCkptOptions, shapes: dict, dtype: torch.dtype) -> tuple[dict, str, list[Notice], list[AuxCopy]]:
     """(config, where it came from, notices, files to carry) for the output folder."""
     if options.config is None:
-        cfg, guessed = guessed_config(shapes, dtype)
+        cfg, guessed = guessed_config(shapes, dtype, options.source)
         return cfg, "derived", [Notice.warning("config.json derived from the tensor shapes; guessed: "
                                                + ", ".join(guessed) + " (pass --config with the original "
                                                "config.json to be sure)")], []
@@ -320,7 +319,8 @@ def from_ckpt(options: FromCkptOptions, *, progress: ProgressFactory | None = No
     return _finish(options, plan, result, progress)
 
 
-def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dtype | None) -> tuple[Plan, CkptResult]:
+def _from_names(options: FromCkptOptions, src: TensorSource) -> tuple[dict, dict, list[str], list[Notice]]:
+    """(output name -> stored name, output name -> HF name, the tensors with no HF name, notices)."""
     src_of: dict[str, str] = {}  # output name -> stored name
     hf_of: dict[str, str] = {}  # output name -> HF name (for the rotary rows)
     unmapped: list[str] = []
@@ -345,11 +345,21 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
         if options.names == "hf":
             notices.append(Notice.warning(f"{what}; left out (training state such as optimizer moments has no "
                                           "place in a Hugging Face model; --names keep writes everything)"))
+    return src_of, hf_of, unmapped, notices
+
+
+def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dtype | None) -> tuple[Plan, CkptResult]:
+    src_of, hf_of, unmapped, notices = _from_names(options, src)
     hf_shapes = {hf: src.info(n).shape for n in src.keys() if (hf := llama_hf_name(n)) is not None}
     first = src.info(next(iter(src_of.values()))).dtype if src_of else torch.float16
     out_dtype_cfg = dtype or first
     cfg, config_from, cfg_notices, aux = _config(options, hf_shapes, out_dtype_cfg)
+    check_complete(cfg, hf_shapes, options.source, None if config_from == "derived" else config_from)
     notices += cfg_notices
+    ckpt_file = src.files[0]
+    unverified = ckpt_file.integrity_warning() if isinstance(ckpt_file, CkptFile) else None
+    if unverified is not None:
+        notices.append(Notice.warning(unverified))
     cfg = dict(cfg)
     for key in [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]:  # the weights' dtype
         cfg[key] = CONFIG_NAMES.get(out_dtype_cfg, cfg.get(key))

@@ -105,9 +105,6 @@ class CkptLayout(FileLayout):
     needs_crc = False  # the zip CRCs of the torch layout; the ckpt trailer is computed here
 
     def __init__(self, crc: bool = False, key: Any = None, mode: str = "AES-GCM", ivs: Any = None):
-        if crc and key is not None:
-            raise InputError("--crc cannot be combined with encryption: MindSpore then writes a zero CRC and "
-                             "refuses its own file", hint="drop --crc (AES-GCM authenticates every block)")
         self.crc, self.key, self.mode, self.ivs = crc, key, mode, ivs
 
     def plain_size(self, specs: list[TensorSpec]) -> int:
@@ -160,8 +157,10 @@ class CkptLayout(FileLayout):
 
     def finish(self, f: BinaryIO, start: FileStart, crcs: dict[str, int]) -> None:
         assert isinstance(start, CkptStart)
-        if start.encryptor is not None:
+        trailer = CRC_MAGIC + start.crc.to_bytes(10, "big") if self.crc else b""
+        if start.encryptor is not None:  # the trailer is encrypted with the records, where load_checkpoint
+            start.encryptor.write(trailer)  # looks for it once it has decrypted the file
             start.encryptor.close()
-        elif self.crc:
+        elif trailer:
             f.seek(start.written)
-            f.write(CRC_MAGIC + start.crc.to_bytes(10, "big"))
+            f.write(trailer)

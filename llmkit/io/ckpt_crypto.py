@@ -15,7 +15,11 @@ bytes as its nonce, no associated data, a 16-byte tag; the CBC modes pad each bl
   is held: memory is the chunk being written, whatever the checkpoint size);
   :func:`encrypt_block` is the same format for one whole block.
 - :class:`DecryptedFile`: random access to the plaintext; an index of the block headers is read at
-  open time, and one decrypted block is cached (each block is authenticated as a whole).
+  open time (lengths, CBC padding, every block but the last exactly :data:`BLOCK_PLAIN` bytes of
+  plaintext), and one decrypted block is cached (an AES-GCM block is authenticated as a whole).
+- AES-CBC and SM4-CBC authenticate nothing: a changed ciphertext byte decrypts to other values without
+  an error, so every read of such a file carries :func:`unverified_warning` unless a CRC trailer (inside
+  the plaintext, where ``load_checkpoint`` looks for it after decrypting) covered the values.
 
 Keys never come from the command line itself: :func:`read_key` takes a key file path (raw bytes) or
 ``env:VAR`` (hex in an environment variable).
@@ -243,6 +247,23 @@ class _Block:
     plain_len: int
 
 
+UNAUTHENTICATED = ("AES-CBC", "SM4-CBC")  # modes without an integrity check of the plaintext
+
+
+def unverified_warning(name: str, mode: str | None, crc: bool, values_read: bool) -> str | None:
+    """The warning every read of a checkpoint encrypted in a CBC mode carries (None for AES-GCM and
+    unencrypted files, or when a CRC trailer covered the values read): CBC decrypts altered bytes to
+    other values without any error; only the file's structure can be checked."""
+    if mode not in UNAUTHENTICATED or (crc and values_read):
+        return None
+    if crc:
+        return (f"{name}: {mode} has no integrity check and no tensor data was read; its CRC trailer is checked "
+                "when the tensors are read (checksum --tensors, from-ckpt)")
+    return (f"{name}: {mode} has no integrity check, so altered or damaged tensor values go undetected (only the "
+            "file's structure was checked); AES-GCM detects them (to-ckpt --enc-mode AES-GCM), and so does a "
+            "CRC trailer (to-ckpt --crc)")
+
+
 def sniff_mode(head: bytes) -> str | None:
     """The encryption mode whose magic ``head`` (the first 4 bytes of a file) starts with, else None."""
     return MODE_OF_MAGIC.get(struct.unpack("<I", head)[0]) if len(head) >= 4 else None
@@ -268,6 +289,10 @@ class DecryptedFile:
         while pos < size:
             b = self._read_header(pos, size)
             plain_len = b.ct_len if self.mode == "AES-GCM" else b.ct_len - self._cbc_pad(b)
+            if self.blocks and self.blocks[-1].plain_len != BLOCK_PLAIN:
+                raise self._short(self.blocks[-1])
+            if plain_len > BLOCK_PLAIN:
+                raise self._short(b, plain_len)
             b = _Block(b.at, b.ct, b.ct_len, b.iv, b.tag, plain, plain_len)
             self.blocks.append(b)
             plain += plain_len
@@ -278,6 +303,13 @@ class DecryptedFile:
     def _fail(self, at: int, what: str) -> InputError:
         return InputError(f"corrupt encrypted checkpoint at byte {at}: {what}", path=self.path,
                           hint="the file is truncated or damaged; download or convert it again")
+
+    def _short(self, b: _Block, plain_len: int | None = None) -> InputError:
+        """A block whose plaintext length breaks MindSpore's layout (every block but the last holds exactly
+        :data:`BLOCK_PLAIN` bytes): for CBC, a damaged block whose padding still looks valid."""
+        n = b.plain_len if plain_len is None else plain_len
+        return self._fail(b.at, f"the block holds {n} bytes of plaintext; every block but the last holds "
+                                f"{BLOCK_PLAIN} (and the last no more)")
 
     def _read_header(self, at: int, size: int) -> _Block:
         gcm = self.mode == "AES-GCM"

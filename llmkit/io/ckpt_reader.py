@@ -5,7 +5,9 @@ of a tensor and reads one tensor at a time with ``preadv`` into a fresh tensor. 
 while the tensors are read in file order (no second pass), or by :meth:`CkptFile.verify_crc`. An
 encrypted checkpoint is read through ``llmkit.io.ckpt_crypto.DecryptedFile`` with its key. Every
 defect (bad varint, a length past the end, an unknown dtype string, split records that disagree, a CRC
-mismatch) is an :class:`~llmkit.errors.InputError` naming the file and the byte offset.
+mismatch) is an :class:`~llmkit.errors.InputError` naming the file and the byte offset. An AES-CBC or
+SM4-CBC file cannot tell altered values from real ones: :meth:`CkptFile.integrity_warning` says so, and
+:func:`finish_reads` (after a job read the tensors) checks the CRC trailer and collects those warnings.
 """
 
 from __future__ import annotations
@@ -325,6 +327,15 @@ class CkptFile(TensorFile):
                              f"gives {self._crc_sum:#010x}", path=self.path,
                              hint="the file is damaged; download or convert it again")
 
+    def integrity_warning(self, values_read: bool = True) -> str | None:
+        """The warning a read of this file carries when its cipher cannot authenticate the values (AES-CBC,
+        SM4-CBC; ``ckpt_crypto.unverified_warning``); ``values_read``: the reader checked the CRC trailer."""
+        if self.encryption is None:
+            return None
+        from llmkit.io.ckpt_crypto import unverified_warning
+
+        return unverified_warning(self.path.name, self.encryption, self.crc is not None, values_read)
+
     def prefetch(self, name: str) -> None:
         pieces = self._pieces.get(name)
         if pieces and hasattr(os, "posix_fadvise") and self.encryption is None:
@@ -335,3 +346,15 @@ class CkptFile(TensorFile):
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def finish_reads(files) -> list[str]:
+    """After a job read the tensors of ``files`` (a source's): the CRC trailer of each ``.ckpt`` checked over
+    what was not read yet (a mismatch raises), and the warnings its reads carry (values nothing verified)."""
+    warnings = []
+    for f in files:
+        if isinstance(f, CkptFile):
+            f.verify_crc()
+            if (w := f.integrity_warning()) is not None:
+                warnings.append(w)
+    return warnings

@@ -1,4 +1,4 @@
-"""MindFormers' LLaMA parameter names ⇄ Hugging Face (SPEC.md section 5), and a LLaMA config from shapes.
+"""MindFormers' LLaMA parameter names ⇄ Hugging Face (SPEC.md section 5), and LLaMA configs against shapes.
 
 The names are ordered string replacements with the ``model.`` prefix kept (``model.layers.0.self_attn.
 q_proj.weight`` ⇄ ``model.layers.0.attention.wq.weight``). Only the tensors of a LLaMA have a
@@ -8,6 +8,10 @@ moments) maps to None and the job decides (kept, dropped or refused with ``--str
 Rotary layout: MindFormers r0.7 and later read Hugging Face's rotate-half wq/wk rows as they are;
 MindFormers r0.6 (August 2023, the TechGPT-2.0 card's era) expects Meta's interleaved rows
 (``llmkit.io.meta.unpermute_hf_to_meta``).
+
+Configs: :func:`guessed_config` derives one from the shapes only for a published LLaMA size
+(:data:`KNOWN_LLAMA_SHAPES`: only those decide the head count), :func:`check_config` checks a given one
+against the shapes, and :func:`check_complete` refuses a checkpoint lacking a tensor of its config.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import re
 
 from llmkit.errors import InputError
 from llmkit.io.dtypes import CONFIG_NAMES
+from llmkit.io.jsonfile import int_field
 
 _RULES = (
     ("embed_tokens.weight", "tok_embeddings.embedding_weight"),
@@ -79,38 +84,108 @@ def rotary_role(hf_name: str) -> str | None:
     return None
 
 
-HEAD_DIM_GUESS = 128  # every LLaMA-family size (7B..65B, LLaMA-2, Atom) uses 128-wide heads
+# (hidden_size, intermediate_size) -> (model, num_attention_heads) of the published LLaMA configs (Meta's
+# params.json of LLaMA 7B/13B/30B/65B, the Llama-2 7B/13B/70B config.json): the only shapes that decide the
+# head count (head_dim 128 in all of them; Llama-2-70B has 8 key/value heads, read off k_proj).
+KNOWN_LLAMA_SHAPES = {
+    (4096, 11008): ("LLaMA-7B / Llama-2-7B", 32),
+    (5120, 13824): ("LLaMA-13B / Llama-2-13B", 40),
+    (6656, 17920): ("LLaMA-33B", 52),
+    (8192, 22016): ("LLaMA-65B", 64),
+    (8192, 28672): ("Llama-2-70B", 64),
+}
+_EMBED, _GATE, _K = ("model.embed_tokens.weight", "model.layers.0.mlp.gate_proj.weight",
+                     "model.layers.0.self_attn.k_proj.weight")
 
 
-def guessed_config(shapes: dict, dtype) -> tuple[dict, list[str]]:
+def _undecided(what: str, path) -> InputError:
+    return InputError(f"cannot derive config.json from the tensor shapes: {what}", path=path,
+                      hint="pass --config with the model's config.json (or its Hugging Face folder)")
+
+
+def _layer_count(shapes: dict) -> int:
+    return 1 + max((int(m.group(1)) for n in shapes if (m := _LAYER.match(n))), default=-1)
+
+
+def guessed_config(shapes: dict, dtype, path=None) -> tuple[dict, list[str]]:
     """An HF LLaMA ``config.json`` from the tensor shapes (HF names -> shape), and the keys that were
-    guessed rather than read off a shape (heads from a 128-wide head, LLaMA-1 defaults for the rest)."""
-    embed = shapes.get("model.embed_tokens.weight")
+    guessed rather than read off a shape (LLaMA-1 defaults). Only a published LLaMA size
+    (:data:`KNOWN_LLAMA_SHAPES`) decides the head count; anything else is an :class:`InputError` asking for
+    ``--config``, as is a missing ``lm_head`` (no published size ties it to the embedding)."""
+    embed, gate, k = shapes.get(_EMBED), shapes.get(_GATE), shapes.get(_K)
     if embed is None or len(embed) != 2:
-        raise InputError("no model.embed_tokens.weight (tok_embeddings.embedding_weight) to derive a config from",
-                         hint="pass --config with the model's config.json")
+        raise _undecided("no model.embed_tokens.weight (tok_embeddings.embedding_weight)", path)
+    if gate is None or len(gate) != 2:
+        raise _undecided("no feed-forward weights (w1) to read intermediate_size from", path)
     vocab, hidden = embed
-    layers = 1 + max((int(m.group(1)) for n in shapes if (m := _LAYER.match(n))), default=-1)
-    gate = shapes.get("model.layers.0.mlp.gate_proj.weight")
-    if gate is None:
-        raise InputError("no feed-forward weights (w1) to derive intermediate_size from",
-                         hint="pass --config with the model's config.json")
-    head_dim = HEAD_DIM_GUESS if hidden % HEAD_DIM_GUESS == 0 else 64
-    heads = hidden // head_dim
-    k = shapes.get("model.layers.0.self_attn.k_proj.weight")
-    kv_heads = k[0] // head_dim if k is not None and k[0] % head_dim == 0 else heads
+    known = KNOWN_LLAMA_SHAPES.get((hidden, gate[0]))
+    if known is None:
+        raise _undecided(f"hidden_size {hidden} with intermediate_size {gate[0]} is not a published LLaMA size, "
+                         "so num_attention_heads is not known", path)
+    model, heads = known
+    head_dim = hidden // heads
+    kv_heads = k[0] // head_dim if k is not None and len(k) == 2 and k[0] % head_dim == 0 else 0
+    if not kv_heads or heads % kv_heads:
+        raise _undecided(f"wk has shape {list(k) if k else None}, which fits no key/value head count of {model}", path)
+    if "lm_head.weight" not in shapes:
+        raise _undecided("no lm_head.weight (every published LLaMA size has an output layer of its own; "
+                         "a config with tie_word_embeddings true settles it)", path)
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
         "hidden_size": hidden, "intermediate_size": gate[0], "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads, "num_hidden_layers": layers, "rms_norm_eps": 1e-6,
+        "num_key_value_heads": kv_heads, "num_hidden_layers": _layer_count(shapes), "rms_norm_eps": 1e-6,
         "vocab_size": vocab, "max_position_embeddings": 2048, "rope_theta": 10000.0,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "initializer_range": 0.02,
-        "tie_word_embeddings": "lm_head.weight" not in shapes, "use_cache": True,
-        "torch_dtype": CONFIG_NAMES.get(dtype, "float16"),
+        "tie_word_embeddings": False, "use_cache": True, "torch_dtype": CONFIG_NAMES.get(dtype, "float16"),
     }
-    guessed = [f"num_attention_heads={heads} (head_dim {head_dim} assumed)", "rms_norm_eps=1e-06",
+    guessed = [f"num_attention_heads={heads} (the {model} shapes)", "rms_norm_eps=1e-06",
                "max_position_embeddings=2048", "rope_theta=10000.0"]
     return cfg, guessed
+
+
+def llama_shapes(cfg: dict, path=None) -> dict[str, tuple[int, ...]]:
+    """Every tensor (HF name -> shape) of the LLaMA a config describes; a size missing from it or not a
+    positive integer is an :class:`InputError` naming ``path``."""
+    def need(key: str) -> int:
+        value = int_field(cfg, key, path=path)
+        if value is None:
+            raise InputError(f"config has no {key}", path=path, hint="pass the model's own config.json")
+        return value
+    hidden, heads, layers = need("hidden_size"), need("num_attention_heads"), need("num_hidden_layers")
+    vocab, inter = need("vocab_size"), need("intermediate_size")
+    kv = int_field(cfg, "num_key_value_heads", path=path) or heads
+    head_dim = int_field(cfg, "head_dim", path=path) or hidden // heads
+    out = {_EMBED: (vocab, hidden), "model.norm.weight": (hidden,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        out.update({p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
+                    p + "self_attn.k_proj.weight": (kv * head_dim, hidden),
+                    p + "self_attn.v_proj.weight": (kv * head_dim, hidden),
+                    p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+                    p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
+                    p + "mlp.down_proj.weight": (hidden, inter),
+                    p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,)})
+    if not cfg.get("tie_word_embeddings", False):
+        out["lm_head.weight"] = (vocab, hidden)
+    return out
+
+
+def check_complete(cfg: dict, shapes: dict, source, config_path=None) -> None:
+    """Refuse a checkpoint (``shapes``: HF name -> shape of its LLaMA tensors) that lacks a tensor of the
+    model ``cfg`` describes, or holds one in another shape: a lost or renamed record is named, not
+    converted into a model without it."""
+    want = llama_shapes(cfg, config_path)
+    missing = [n for n in want if n not in shapes]
+    hint = "the file is incomplete or damaged; convert or download it again (or pass the config.json of the " \
+           "model it holds)"
+    if missing:
+        few = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
+        raise InputError(f"the checkpoint lacks {len(missing)} tensor(s) of the model its config describes: {few}",
+                         path=source, hint=hint)
+    for name, shape in want.items():
+        if tuple(shapes[name]) != shape:
+            raise InputError(f"{name} has shape {list(shapes[name])} but the config gives {list(shape)}", path=source,
+                             hint=hint)
 
 
 def check_config(cfg: dict, shapes: dict, path) -> None:
@@ -122,7 +197,7 @@ def check_config(cfg: dict, shapes: dict, path) -> None:
     gate = shapes.get("model.layers.0.mlp.gate_proj.weight")
     if gate is not None:
         facts["intermediate_size"] = gate[0]
-    layers = 1 + max((int(m.group(1)) for n in shapes if (m := _LAYER.match(n))), default=-1)
+    layers = _layer_count(shapes)
     if layers:
         facts["num_hidden_layers"] = layers
     for key, value in facts.items():

@@ -18,8 +18,9 @@ import torch
 
 from llmkit.errors import InputError
 from llmkit.hashing import hash_file
+from llmkit.io.ckpt_reader import finish_reads
 from llmkit.io.sources import TensorSource
-from llmkit.pipeline import Check, ProgressFactory, Result, no_progress
+from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
 from llmkit.verify.files import WEIGHT_SUFFIXES, FileCheck, list_files, resolve_jobs
 from llmkit.verify.mismatch import json_difference
 from llmkit.verify.tensors import (TensorDigest, as_source, dtype_code, is_tensor_table, load_tensor_table,
@@ -29,11 +30,13 @@ from llmkit.verify.tensors import (TensorDigest, as_source, dtype_code, is_tenso
 @dataclass(frozen=True)
 class TensorVerifyOptions:
     """``llmkit verify --tensors A B``: two models (or ``--tensors`` table files); ``jobs`` hashing
-    threads when a side is a table (0 = up to 4)."""
+    threads when a side is a table (0 = up to 4); ``dec_key``/``dec_mode`` open an encrypted ``.ckpt``."""
 
     a: Path
     b: Path
     jobs: int = 0
+    dec_key: str | None = None  # the key (file path or env:VAR) of an encrypted .ckpt side
+    dec_mode: str | None = None  # None: read from the file
 
 
 @dataclass
@@ -46,6 +49,7 @@ class TensorComparison:
     only_b: list[str] = field(default_factory=list)
     compared: int = 0
     reasons: dict[str, str] = field(default_factory=dict)  # name -> "dtype F16 vs F32" / "shape ..." / "bytes"
+    warnings: list[str] = field(default_factory=list)  # e.g. an AES-CBC side: nothing vouches for its values
 
     def judge(self, name: str, dtypes: tuple[str, str], shapes: tuple[tuple, tuple], same_bytes: Callable[[], bool]):
         """Count one tensor present on both sides; record why it differs (dtype, shape, then bytes)."""
@@ -72,13 +76,14 @@ def _same_bytes(ta: torch.Tensor, tb: torch.Tensor) -> bool:
 
 
 def compare_sources(a: TensorSource | Path, b: TensorSource | Path, *,
-                    progress: Callable[[int], None] | None = None) -> TensorComparison:
+                    progress: Callable[[int], None] | None = None, ckpt_key=None) -> TensorComparison:
     """Compare two models tensor by tensor: names, dtypes, shapes and raw bytes (bit-exact, so NaNs
     with equal bits are equal and -0.0 differs from 0.0). Streaming: one tensor pair in memory.
-    ``progress(nbytes)`` is called with the bytes of each tensor of ``a`` compared."""
-    sa, close_a = as_source(a)
+    ``progress(nbytes)`` is called with the bytes of each tensor of ``a`` compared. A ``.ckpt``'s CRC
+    trailer is checked; ``ckpt_key`` opens an encrypted one."""
+    sa, close_a = as_source(a, ckpt_key)
     try:
-        sb, close_b = as_source(b)
+        sb, close_b = as_source(b, ckpt_key)
         try:
             if (sa.layout == "ckpt") != (sb.layout == "ckpt"):  # a .ckpt against the model it came from
                 from llmkit.io.mindformers import hf_named
@@ -97,6 +102,7 @@ def compare_sources(a: TensorSource | Path, b: TensorSource | Path, *,
                 sb.release(name)
                 if progress is not None:
                     progress(ia.nbytes)
+            result.warnings = finish_reads(sa.files) + finish_reads(sb.files)
             return result.finish()
         finally:
             if close_b:
@@ -168,9 +174,9 @@ def compare_aux_files(a: Path, b: Path) -> list[FileCheck]:
     return out
 
 
-def _compare(a: Path, b: Path, jobs: int, progress: Callable[[int], None]) -> tuple[TensorComparison, str]:
+def _compare(a: Path, b: Path, jobs: int, progress: Callable[[int], None], key=None) -> tuple[TensorComparison, str]:
     """(comparison, method): two tables by digests, a model and a table by the table's algorithm,
-    two models by bytes."""
+    two models by bytes (``key``: a ``ckpt_crypto.CkptKey`` for an encrypted .ckpt side)."""
     a_tab, b_tab = is_tensor_table(a), is_tensor_table(b)
     if a_tab and b_tab:
         ta, tb = load_tensor_table(a), load_tensor_table(b)
@@ -180,10 +186,12 @@ def _compare(a: Path, b: Path, jobs: int, progress: Callable[[int], None]) -> tu
         return _compare_tables(ta.tensors, tb.tensors), ta.algorithm
     if a_tab or b_tab:
         table = load_tensor_table(a if a_tab else b)
-        model = tensor_table(b if a_tab else a, table.algorithm, jobs=jobs, progress=progress)
+        model = tensor_table(b if a_tab else a, table.algorithm, jobs=jobs, progress=progress, ckpt_key=key)
         ta_, tb_ = (table.tensors, model.tensors) if a_tab else (model.tensors, table.tensors)
-        return _compare_tables(ta_, tb_), table.algorithm
-    return compare_sources(a, b, progress=progress), "bytes"
+        cmp = _compare_tables(ta_, tb_)
+        cmp.warnings = model.texts("warning")
+        return cmp, table.algorithm
+    return compare_sources(a, b, progress=progress, ckpt_key=key), "bytes"
 
 
 def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | None = None) -> TensorVerifyReport:
@@ -193,9 +201,14 @@ def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | 
     for p in (a, b):
         if not p.exists():
             raise InputError("no such file or folder", path=p, hint="check the path")
-    total = tensor_total_bytes(a) or tensor_total_bytes(b)
+    key = None
+    if options.dec_key is not None:
+        from llmkit.io.ckpt_crypto import read_key
+
+        key = read_key(options.dec_key, options.dec_mode, flag="--dec-key")
+    total = tensor_total_bytes(a, key) or tensor_total_bytes(b, key)
     with (progress or no_progress)("comparing tensors", total) as advance:
-        cmp, method = _compare(a, b, resolve_jobs(options.jobs), advance)
+        cmp, method = _compare(a, b, resolve_jobs(options.jobs), advance, key)
     files = compare_aux_files(a, b) if a.is_dir() and b.is_dir() else []
     summary = (f"{cmp.compared} compared by {method}, {len(cmp.differing)} differ, {len(cmp.only_a)} only in A, "
                f"{len(cmp.only_b)} only in B")
@@ -204,4 +217,5 @@ def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | 
     return TensorVerifyReport(ok=cmp.identical and files_identical, checks=checks, a=str(a),
                               b=str(b), method=method, identical=cmp.identical, compared=cmp.compared,
                               differing=cmp.differing, only_a=cmp.only_a, only_b=cmp.only_b, reasons=cmp.reasons,
-                              files=files, files_identical=files_identical)
+                              files=files, files_identical=files_identical,
+                              notices=[Notice.warning(w) for w in cmp.warnings])

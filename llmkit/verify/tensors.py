@@ -18,10 +18,11 @@ import torch
 
 from llmkit.errors import InputError
 from llmkit.hashing import new_hash
+from llmkit.io.ckpt_reader import finish_reads
 from llmkit.io.dtypes import TORCH_TO_ST, dtype_name
 from llmkit.io.sinks import tensor_bytes
 from llmkit.io.sources import TensorSource, open_source
-from llmkit.pipeline import Result
+from llmkit.pipeline import Notice, Result
 
 TENSOR_TABLE_HEADER = "# llmkit tensor checksums v1: <{algo} of the raw C-order bytes>  <name> <dtype> <shape>"
 _TENSOR_LINE = re.compile(r"^(?P<hex>[0-9a-f]{32}|[0-9a-f]{64})  (?P<name>\S.*) (?P<dtype>[A-Z0-9_]+) "
@@ -38,11 +39,11 @@ def shape_text(shape: Iterable[int]) -> str:
     return "[" + ",".join(str(int(d)) for d in shape) + "]"
 
 
-def as_source(x: TensorSource | Path | str) -> tuple[TensorSource, bool]:
-    """(source, whether the caller opened it and must close it)."""
+def as_source(x: TensorSource | Path | str, ckpt_key=None) -> tuple[TensorSource, bool]:
+    """(source, whether the caller opened it and must close it); ``ckpt_key`` opens an encrypted .ckpt."""
     if isinstance(x, TensorSource):
         return x, False
-    return open_source(x), True
+    return open_source(x, ckpt_key=ckpt_key), True
 
 
 def tensor_digest(tensor: torch.Tensor, algorithm: str = "sha256") -> str:
@@ -80,14 +81,15 @@ class TensorTable(Result):
 
 
 def tensor_table(source: TensorSource | Path, algorithm: str = "sha256", *, jobs: int = 1,
-                 progress: Callable[[int], None] | None = None) -> TensorTable:
-    """Per-tensor digests of a model in its stored order.
+                 progress: Callable[[int], None] | None = None, ckpt_key=None) -> TensorTable:
+    """Per-tensor digests of a model in its stored order; a ``.ckpt``'s CRC trailer is checked, and its
+    notices say when nothing vouches for the values (AES-CBC, SM4-CBC).
 
     Tensors are read one at a time on the calling thread (sources are not thread-safe) and hashed on
     ``jobs`` threads, with at most ``2 * jobs`` tensors in flight: memory ~ that many tensors.
     """
     new_hash(algorithm)
-    src, close = as_source(source)
+    src, close = as_source(source, ckpt_key)
     try:
         names = src.keys()
         infos = {n: src.info(n) for n in names}
@@ -114,8 +116,10 @@ def tensor_table(source: TensorSource | Path, algorithm: str = "sha256", *, jobs
                         digests[m] = f.result()
                 for m, f in pending:
                     digests[m] = f.result()
+        notices = [Notice.warning(w) for w in finish_reads(src.files)]
         return TensorTable(algorithm, str(src.path), [TensorDigest(n, dtype_code(infos[n].dtype),
-                                                                   tuple(infos[n].shape), digests[n]) for n in names])
+                                                                   tuple(infos[n].shape), digests[n]) for n in names],
+                           notices=notices)
     finally:
         if close:
             src.close()
@@ -166,9 +170,9 @@ def load_tensor_table(path: Path) -> TensorTable:
     return parse_tensor_table(path.read_text(encoding="utf-8"), path=path)
 
 
-def tensor_total_bytes(path: Path) -> int:
+def tensor_total_bytes(path: Path, ckpt_key=None) -> int:
     """Bytes of tensor data a model at ``path`` holds (0 for a tensor table)."""
     if is_tensor_table(path):
         return 0
-    with open_source(path) as src:
+    with open_source(path, ckpt_key=ckpt_key) as src:
         return src.total_bytes
