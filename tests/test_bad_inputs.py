@@ -118,6 +118,20 @@ def zoo(tmp_path_factory, lora_work, tiny_factory) -> SimpleNamespace:
     to_ckpt(ToCkptOptions(z.base, z.ckpt))
     z.ckpt_cut = root / "ckpt" / "cut.ckpt"
     z.ckpt_cut.write_bytes(z.ckpt.read_bytes()[:1000])
+    z.meta = tiny_factory("meta").path
+    z.ckpt_key = root / "ckpt" / "ckpt.key"  # a 16-byte AES key file, and a checkpoint encrypted with it
+    z.ckpt_key.write_bytes(bytes(range(16)))
+    z.wrong_key = root / "ckpt" / "wrong.key"
+    z.wrong_key.write_bytes(bytes(range(1, 17)))
+    z.short_key = root / "ckpt" / "short.key"
+    z.short_key.write_bytes(b"123")
+    z.ckpt_enc = root / "ckpt" / "enc.ckpt"
+    to_ckpt(ToCkptOptions(z.base, z.ckpt_enc, enc_key=str(z.ckpt_key), enc_mode="AES-GCM"))
+    z.ckpt_enc_cut = root / "ckpt" / "enc-cut.ckpt"
+    z.ckpt_enc_cut.write_bytes(z.ckpt_enc.read_bytes()[:-100])
+    z.manifest_work = root / "recipe-work"  # a recipe work folder whose manifest has the wrong types
+    z.manifest_work.mkdir()
+    (z.manifest_work / "llmkit-recipe.json").write_text('{"recipe": "cutegpt-13b", "steps": "none"}')
     return z
 
 
@@ -263,13 +277,60 @@ INPUT_CASES = {
     "from-ckpt-config-dangling": (lambda z: _from_ckpt(z, z.ckpt, "--config", z.dangling), lambda z: z.dangling),
     "from-ckpt-config-folder-without-config": (lambda z: _from_ckpt(z, z.ckpt, "--config", z.enc),
                                                lambda z: z.enc),
+
+    # encrypted checkpoints: no key, a wrong key, a key of the wrong size, a truncated file
+    "from-ckpt-encrypted-without-key": (lambda z: _from_ckpt(z, z.ckpt_enc), lambda z: z.ckpt_enc),
+    "from-ckpt-encrypted-wrong-key": (lambda z: _from_ckpt(z, z.ckpt_enc, "--dec-key", z.wrong_key),
+                                      lambda z: z.ckpt_enc),
+    "from-ckpt-encrypted-short-key": (lambda z: _from_ckpt(z, z.ckpt_enc, "--dec-key", z.short_key),
+                                      lambda z: z.short_key),
+    "from-ckpt-encrypted-truncated": (lambda z: _from_ckpt(z, z.ckpt_enc_cut, "--dec-key", z.ckpt_key),
+                                      lambda z: z.ckpt_enc_cut),
+    "inspect-encrypted-wrong-key": (lambda z: ["inspect", z.ckpt_enc, "--dec-key", z.wrong_key], lambda z: z.ckpt_enc),
+    "checksum-tensors-encrypted-without-key": (lambda z: ["checksum", "--tensors", z.ckpt_enc], lambda z: z.ckpt_enc),
+    "verify-tensors-encrypted-wrong-key": (lambda z: ["verify", "--tensors", z.ckpt_enc, z.base, "--dec-key",
+                                                      z.wrong_key], lambda z: z.ckpt_enc),
+    "to-ckpt-enc-key-dangling": (lambda z: ["to-ckpt", z.base, "-o", _o(z), "--enc-key", z.dangling],
+                                 lambda z: z.dangling),
+
+    "from-meta-params-array": (lambda z: ["from-meta", z.params_array, "-o", _o(z)],
+                               lambda z: z.params_array / "params.json"),
+    "from-meta-dangling": (lambda z: ["from-meta", z.dangling, "-o", _o(z)], lambda z: z.dangling),
+    "from-meta-loop": (lambda z: ["from-meta", z.loop, "-o", _o(z)], lambda z: z.loop),
+    "from-meta-file-not-a-model": (lambda z: ["from-meta", z.file, "-o", _o(z)], lambda z: z.file),
+    "from-meta-empty-folder": (lambda z: ["from-meta", z.dir_as_file, "-o", _o(z)], lambda z: z.dir_as_file),
+
+    "to-meta-dangling": (lambda z: ["to-meta", z.dangling, "-o", _o(z)], lambda z: z.dangling),
+    "to-meta-index-array": (lambda z: ["to-meta", z.index_array, "-o", _o(z)], lambda z: z.index_array / IDX),
+    "to-meta-config-array": (lambda z: ["to-meta", z.cfg_array, "-o", _o(z)], lambda z: z.cfg_array / "config.json"),
+    "to-meta-adapter": (lambda z: ["to-meta", z.adapter, "-o", _o(z)], lambda z: z.adapter),
+
+    "recipe-key-dangling": (lambda z: ["recipe", "run", "techgpt-1.0", "--workdir", _o(z), "--key", z.dangling],
+                            lambda z: z.dangling),
+    "recipe-key-is-a-folder": (lambda z: ["recipe", "run", "techgpt-1.0", "--workdir", _o(z), "--key", z.enc],
+                               lambda z: z.enc),
+    "recipe-llama-dir-is-a-file": (lambda z: ["recipe", "run", "zhixi-13b", "--workdir", _o(z), "--llama-dir", z.file],
+                                   lambda z: z.file),
+    "recipe-llama-dir-params-array": (lambda z: ["recipe", "run", "zhixi-13b", "--workdir", _o(z), "--llama-dir",
+                                                 z.params_array], lambda z: z.params_array / "params.json"),
+    "recipe-llama-dir-wrong-size": (lambda z: ["recipe", "run", "zhixi-13b", "--workdir", _o(z), "--llama-dir", z.meta],
+                                    lambda z: z.meta / "params.json"),
+    # the manifest is read before the hub is asked anything (no request leaves the machine)
+    "recipe-manifest-wrong-types": (lambda z: ["recipe", "run", "cutegpt-13b", "--workdir", z.manifest_work,
+                                               "--endpoint", "http://127.0.0.1:9", "--dry-run"],
+                                    lambda z: z.manifest_work / "llmkit-recipe.json"),
+
+    "demo-workdir-is-a-file": (lambda z: ["demo", "--workdir", z.file], lambda z: z.file),
+    "download-output-is-a-file": (lambda z: ["download", "techgpt-7b", "-o", z.file, "--dry-run"], lambda z: z.file),
+    "download-output-loop": (lambda z: ["download", "techgpt-7b", "-o", z.loop / "x", "--dry-run"], lambda z: z.loop),
 }
 
 
 def test_the_zoo_feeds_every_command(zoo):
+    """Every command that reads a path (``models`` reads none) has bad-input cases."""
     commands = {argv(zoo)[0] for argv, _ in INPUT_CASES.values()}
     assert commands == {"inspect", "verify", "checksum", "recover", "make-diff", "merge-lora", "decrypt", "encrypt",
-                        "to-ckpt", "from-ckpt"}
+                        "to-ckpt", "from-ckpt", "from-meta", "to-meta", "recipe", "demo", "download"}
 
 
 @pytest.mark.parametrize("case", sorted(INPUT_CASES))
@@ -287,6 +348,8 @@ WRITERS = {
     "decrypt": lambda z, o: ["decrypt", z.enc, "--key", z.key, "--no-key-check", "--no-content-check", "-o", o],
     "encrypt": lambda z, o: ["encrypt", z.plain, "--key", z.key, "--no-key-check", "-o", o],
     "to-ckpt": lambda z, o: ["to-ckpt", z.base, "-o", o],  # -o is the .ckpt file itself
+    "from-meta": lambda z, o: ["from-meta", z.meta, "-o", o],
+    "to-meta": lambda z, o: ["to-meta", z.base, "-o", o],
     "from-ckpt": lambda z, o: ["from-ckpt", z.ckpt, "-o", o, "--config", z.base],
 }
 

@@ -80,10 +80,11 @@ class Manifest:
         try:
             steps = {k: StepRecord(**v) for k, v in (data.get("steps") or {}).items()}
             created = [str(c) for c in data.get("created") or []]
-        except TypeError:
+            failed = dict(data.get("failed") or {})
+        except (TypeError, AttributeError, ValueError):  # a field of the wrong type (a list or string of steps)
             raise InputError("the recipe manifest is not one llmkit wrote", path=path,
                              hint="delete it to start the recipe over") from None
-        return cls(recipe, steps, dict(data.get("failed") or {}), created)
+        return cls(recipe, steps, failed, created)
 
     def save(self, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
