@@ -92,6 +92,28 @@ def test_a_run_on_an_output_another_run_is_writing_fails_at_once_with_one_line(r
     assert not out.exists() and hidden_leftovers(tmp_path, "out") == []
 
 
+CLAIMED_WRITERS = {  # command -> (models, output path) -> argv; each output kind: folder, .ckpt file, decrypt set
+    "to-ckpt": lambda m, o: ["to-ckpt", str(m[0].path), "-o", str(o)],
+    "to-meta": lambda m, o: ["to-meta", str(m[0].path), "-o", str(o)],
+    "encrypt": lambda m, o: ["encrypt", str(m[0].path / "config.json"), "--key", str(m[1].path / "model.safetensors"),
+                             "--no-key-check", "-o", str(o)],
+}
+
+
+@pytest.mark.parametrize("command", sorted(CLAIMED_WRITERS))
+def test_every_kind_of_output_is_claimed_for_the_whole_run(run_cli, models, tmp_path, command):
+    out = tmp_path / "out"
+    claim = OutputClaim(out)
+    claim.acquire()
+    try:
+        r = run_cli(*CLAIMED_WRITERS[command](models, out))
+    finally:
+        claim.release()
+    assert "another llmkit run" in one_error_line(r, out)
+    assert sorted(os.listdir(tmp_path)) == []
+    assert run_cli(*CLAIMED_WRITERS[command](models, out)).exit_code == 0  # released: the same run goes through
+
+
 @pytest.mark.parametrize("force", [False, True])
 def test_two_runs_at_once_never_both_succeed_with_a_mixed_output(models, tmp_path, force):
     base, a, b = models
