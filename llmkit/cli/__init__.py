@@ -22,7 +22,7 @@ import typer
 from llmkit import __version__
 from llmkit.cli.helptext import OUTPUT, LlmkitTyper, examples
 from llmkit.cli.output import Failure, Output
-from llmkit.cli.signals import install_signal_handlers
+from llmkit.cli.signals import block_late_signals, install_signal_handlers
 from llmkit.cli.usage import LlmkitGroup
 from llmkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, LlmkitError, Terminated
 
@@ -156,4 +156,7 @@ _register()
 
 def main() -> None:
     install_signal_handlers()  # SIGTERM unwinds like Ctrl-C: staged outputs are removed (exit 143)
-    app()
+    try:
+        app()
+    finally:
+        block_late_signals()

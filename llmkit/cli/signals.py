@@ -23,3 +23,13 @@ def install_signal_handlers() -> None:
     """SIGTERM unwinds like Ctrl-C for the rest of this process (main thread only, as Python requires)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def block_late_signals() -> None:
+    """Once the command has finished (its output final, its result printed), a Ctrl-C or SIGTERM changes
+    nothing: ignore both, so that the exit code stays the command's. (Python's shutdown puts the default
+    handler back where it had installed one, which would turn a late signal into a death by signal after
+    "ok"; an ignored signal stays ignored.)"""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
