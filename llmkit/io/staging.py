@@ -213,7 +213,46 @@ def _carry(folder: Path, stage: Path, names: list[str]) -> None:
 # ------------------------------------------------------------------ staged outputs
 
 
-class StagedFolder:
+class _Staged:
+    """What both staged outputs share: the target, its claim, the hidden stage name beside it."""
+
+    def __init__(self, target: Path, force: bool):
+        self.target = Path(target)
+        self.force = force
+        self.stage = self.target.parent / f".{self.target.name}{STAGE_MARK}{os.getpid()}"
+        self.claim = OutputClaim(self.target)
+        self.kept: list[str] = []
+        self.replaced: list[str] = []
+        self.leftovers: list[str] = []
+
+    def check(self) -> ExistingFolder:
+        raise NotImplementedError
+
+    def _make_stage(self) -> None:
+        """Create the stage before any byte is written (a file stage is created by its writer)."""
+
+    def open(self) -> Path:
+        """Claim the target, check it under the claim, remove dead runs' leftovers, make the stage."""
+        self.claim.acquire()
+        try:
+            self.check()
+            self.leftovers = remove_leftovers(self.target)
+            self._make_stage()
+        except BaseException:
+            self.claim.release()
+            raise
+        return self.stage
+
+    def _rename_new(self) -> None:
+        """The stage becomes the target, which must not exist (it may have appeared: another tool)."""
+        try:
+            rename_noreplace(self.stage, self.target)
+        except FileExistsError:
+            raise OutputExistsError("the output appeared while this run was writing it; nothing was kept",
+                                    path=self.target, hint="choose another -o, or pass --force") from None
+
+
+class StagedFolder(_Staged):
     """One run's output folder, built under a hidden name beside ``target`` and made final by one rename.
 
     ``open()`` claims the target, removes dead runs' leftovers and creates the stage; files are written
@@ -224,29 +263,16 @@ class StagedFolder:
 
     def __init__(self, target: Path, *, writes: Callable[[str], bool], owned: Callable[[str], bool] = lambda n: False,
                  force: bool = False):
-        self.target = Path(os.path.realpath(target)) if os.path.islink(target) else Path(target)
-        self.writes, self.owned, self.force = writes, owned, force
-        self.stage = self.target.parent / f".{self.target.name}{STAGE_MARK}{os.getpid()}"
-        self.claim = OutputClaim(self.target)
-        self.kept: list[str] = []
-        self.replaced: list[str] = []
-        self.leftovers: list[str] = []
+        super().__init__(Path(os.path.realpath(target)) if os.path.islink(target) else Path(target), force)
+        self.writes, self.owned = writes, owned
 
     def check(self) -> ExistingFolder:
         """What an existing target holds (raises if this run may not replace it); no lock needed."""
         return sort_existing(self.target, writes=self.writes, owned=self.owned, force=self.force)
 
-    def open(self) -> Path:
-        self.claim.acquire()
-        try:
-            self.check()
-            self.leftovers = remove_leftovers(self.target)
-            with writing(self.target):
-                self.stage.mkdir()
-        except BaseException:
-            self.claim.release()
-            raise
-        return self.stage
+    def _make_stage(self) -> None:
+        with writing(self.target):
+            self.stage.mkdir()
 
     def path(self, name: str) -> Path:
         return self.stage / name
@@ -256,11 +282,7 @@ class StagedFolder:
             existing = self.check()
             fsync_dir(self.stage)
             if not self.target.exists():
-                try:
-                    rename_noreplace(self.stage, self.target)
-                except FileExistsError:
-                    raise OutputExistsError("the output appeared while this run was writing it; nothing was kept",
-                                            path=self.target, hint="choose another -o, or pass --force") from None
+                self._rename_new()
             else:
                 self._replace(existing)
             fsync_dir(self.target.parent)
@@ -292,20 +314,14 @@ class StagedFolder:
             self.claim.release()
 
 
-class StagedFile:
+class StagedFile(_Staged):
     """A one-file output (``-o model.ckpt``), staged as a hidden file beside it and renamed into place.
 
     The same claim as :class:`StagedFolder`; ``force`` replaces only this file (never a non-regular one).
     """
 
     def __init__(self, target: Path, *, force: bool = False):
-        self.target = Path(target)
-        self.force = force
-        self.stage = self.target.parent / f".{self.target.name}{STAGE_MARK}{os.getpid()}"
-        self.claim = OutputClaim(self.target)
-        self.kept: list[str] = []
-        self.replaced: list[str] = []
-        self.leftovers: list[str] = []
+        super().__init__(target, force)
 
     def check(self) -> ExistingFolder:
         """Raise if this run may not replace an existing ``target``; what it would replace."""
@@ -319,16 +335,6 @@ class StagedFile:
                              path=self.target, hint="choose another -o")
         return ExistingFolder(replaced=[self.target.name])
 
-    def open(self) -> Path:
-        self.claim.acquire()
-        try:
-            self.check()
-            self.leftovers = remove_leftovers(self.target)
-        except BaseException:
-            self.claim.release()
-            raise
-        return self.stage
-
     def path(self, name: str) -> Path:
         return self.stage
 
@@ -340,12 +346,7 @@ class StagedFile:
                 if self.force:
                     os.replace(self.stage, self.target)
                 else:
-                    try:
-                        rename_noreplace(self.stage, self.target)
-                    except FileExistsError:
-                        raise OutputExistsError("the output appeared while this run was writing it; nothing was "
-                                                "kept", path=self.target, hint="choose another -o, or pass --force"
-                                                ) from None
+                    self._rename_new()
             fsync_dir(self.target.parent)
             self.replaced = [self.target.name] if existed else []
         finally:
