@@ -1,3 +1,3 @@
-from llmkit.cli import main
+from llmkit.entry import main
 
 main()

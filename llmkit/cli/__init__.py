@@ -22,7 +22,6 @@ import typer
 from llmkit import __version__
 from llmkit.cli.helptext import OUTPUT, LlmkitTyper, examples
 from llmkit.cli.output import Failure, Output
-from llmkit.cli.signals import block_late_signals, install_signal_handlers
 from llmkit.cli.usage import LlmkitGroup
 from llmkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, LlmkitError, Terminated
 
@@ -155,8 +154,7 @@ _register()
 
 
 def main() -> None:
-    install_signal_handlers()  # SIGTERM unwinds like Ctrl-C: staged outputs are removed (exit 143)
-    try:
-        app()
-    finally:
-        block_late_signals()
+    """Run the CLI (the ``llmkit`` executable is :func:`llmkit.entry.main`, which handles signals first)."""
+    from llmkit.entry import main as entry_main
+
+    entry_main()

@@ -215,6 +215,10 @@ class LlmkitGroup(TyperGroup):
         argv = list(args)  # parsing consumes ``args``
         try:
             ctx = super().make_context(info_name, args, parent=parent, **extra)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM while parsing: the one line, not click's "Aborted!"
+            from llmkit.cli import describe_error
+
+            self._fail(describe_error(e), argv)
         except typer.TyperException as e:
             if _shows_help(e):
                 raise
