@@ -9,7 +9,6 @@ runs), so each stage is hit every time rather than by luck of timing.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import textwrap
