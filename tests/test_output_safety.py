@@ -299,3 +299,28 @@ def test_dash_as_an_output_path_is_refused_and_makes_nothing(run_cli, models, tm
     r = run_cli(command, *WRITER_ARGS[command](models), "-o", "-")
     assert "standard output" in one_error_line(r, "-")
     assert os.listdir(tmp_path) == []
+
+
+def test_merge_force_over_an_alpaca_output_leaves_no_stale_added_tokens(run_cli, lora_work, tmp_path):
+    """The side files of an output are exactly what this run writes: the tokenizer matches the model."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "merged"
+    assert run_cli("merge-lora", "--base", lora_work / "base", "--lora", lora_work / "alpaca", "-o", out).exit_code == 0
+    assert (out / "added_tokens.json").exists()
+    r = run_cli("merge-lora", "--base", lora_work / "base", "--lora", lora_work / "cute", "-o", out, "--force")
+    assert r.exit_code == 0, r.stderr
+    assert not (out / "added_tokens.json").exists()
+    rows = load_folder(out)["model.embed_tokens.weight"].shape[0]
+    assert len(AutoTokenizer.from_pretrained(out)) == rows  # 100 tokens for 100 rows, not 101
+
+
+def test_force_never_replaces_a_device_node(run_cli, tiny_factory, tmp_path):
+    """``-o <a character device> --force`` (as root ``-o /dev/null --force``) leaves the node alone."""
+    import stat
+
+    dev = tmp_path / "null.ckpt"
+    os.mknod(dev, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # the numbers of /dev/null
+    r = run_cli("to-ckpt", tiny_factory("safetensors").path, "-o", dev, "--force")
+    assert "not a regular file" in one_error_line(r, dev)
+    assert stat.S_ISCHR(os.lstat(dev).st_mode) and os.lstat(dev).st_rdev == os.makedev(1, 3)
