@@ -104,6 +104,11 @@ def test_a_sealed_file_is_not_read_again_and_rehash_reads_every_one(run_cli, tec
     read.clear()
     r = run_cli(*args)
     assert [s["status"] for s in r.json()["steps"]] == ["skipped"] * 4 and read == []  # one stat per file
+    manifest = json.loads((work / MANIFEST).read_text())
+    del manifest["steps"]["verify"]  # verify runs again; recording its (sealed) input reads nothing more
+    (work / MANIFEST).write_text(json.dumps(manifest))
+    r = run_cli(*args)
+    assert [s["status"] for s in r.json()["steps"]] == ["skipped"] * 3 + ["ran"] and read == []
 
     touched = work / "techgpt-7b" / "config.json"
     os.utime(touched, ns=(time.time_ns(), time.time_ns()))  # a new time, the same content: reused

@@ -16,7 +16,8 @@ a change within the same timestamp tick cannot hide behind it (git's "racily cle
 is simply read again on the next run.
 
 The hash is taken by reading each output once after its step. Each file is hashed at most once per run
-(keyed by its stat), so a step's output recorded again as the next step's input costs nothing more. The
+(keyed by its stat; a sealed file not at all), so a step's output recorded again as the next step's input
+costs nothing more. The
 files the user supplies (``--key``, ``--llama-dir``) are fingerprinted by size and mtime only: what a
 step made from them is checked by content anyway.
 """
@@ -127,6 +128,8 @@ class Fingerprints:
                 return Change(p, "kind")
             elif self.rehash or entry.get("seal") != [st.st_ino, st.st_ctime_ns] or st.st_mtime_ns != entry["mtime_ns"]:
                 todo[rel] = (p, st)
+            else:  # sealed: its content is the recorded one, so recording it again as an input reads nothing
+                self._hashes.setdefault(_key(p, st), (entry["sha256"], entry["seal"]))
         with self._bar(path, todo.values()) as advance:
             for rel, (p, st) in todo.items():
                 entry = recorded[rel]
