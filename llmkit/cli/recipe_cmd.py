@@ -120,6 +120,10 @@ def run_command(
     with_lora: WithLoraOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=CHECKS, help="Check every input and print the plan (which steps "
                                                              "run, disk and memory); run nothing.")] = False,
+    rehash: Annotated[bool, typer.Option("--rehash", rich_help_panel=CHECKS, help="Read every file a recorded step "
+                                                          "wrote again and compare its sha256 before reusing the "
+                                                          "step (default: only files whose size, times or inode "
+                                                          "changed).")] = False,
     keep_intermediate: Annotated[bool, typer.Option("--keep-intermediate", rich_help_panel=OUTPUT, help="Keep outputs no later step "
                                                                                "needs (default: deleted at the "
                                                                                "end).")] = False,
@@ -140,7 +144,7 @@ def run_command(
 
         options = RecipeOptions(name, workdir, key=key, llama_dir=llama_dir, endpoint=endpoint, to_ckpt=to_ckpt,
                                 to_meta=to_meta, with_lora=with_lora, keep_intermediate=keep_intermediate,
-                                dry_run=dry_run, force=force)
+                                dry_run=dry_run, force=force, rehash=rehash)
         result = run_recipe(options, progress=out.progress)
         out.notices(result)
         out.result(result, _render(result))

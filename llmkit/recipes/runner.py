@@ -3,17 +3,18 @@
 Before the first step every input is checked: the recipe's needs (``--key``, ``--llama-dir``), the work
 folder (not inside an input), the free space for all outputs at once (from the registry's published
 sizes and the sizes of the inputs), and a memory estimate. Each finished step is recorded in the
-manifest (``llmkit.recipes.manifest``); a re-run skips what is recorded and unchanged. Outputs no later
-step needs are deleted at the end unless ``keep_intermediate``, but only those the manifest records as
-created by this recipe: something the user already had at an output path is never deleted, and is
-refused before the first step unless ``force`` (a download step resumes into its folder instead).
+manifest (``llmkit.recipes.manifest``); a re-run skips what is recorded and unchanged
+(``llmkit.recipes.planning``; what the recipe wrote is checked by content, ``llmkit.recipes.fingerprint``).
+Outputs no later step needs are deleted at the end unless ``keep_intermediate``, but only those the
+manifest records as created by this recipe: something the user already had at an output path is never
+deleted, and is refused before the first step unless ``force`` (a download step resumes into its folder
+instead).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ from typing import Any
 from llmkit.errors import CheckFailed, DiskSpaceError, InputError, OutputExistsError
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result
 from llmkit.recipes.book import RECIPES, Recipe, Step
+from llmkit.recipes.fingerprint import Fingerprints
 from llmkit.recipes.jobs import JOBS, build_options, call, command_line
-from llmkit.recipes.manifest import Manifest, StepRecord, fingerprint
+from llmkit.recipes.manifest import Manifest, StepRecord
+from llmkit.recipes.planning import deps, input_paths, output_path, plan_run, resolve
 
-_PLACEHOLDER = re.compile(r"\{(workdir|key|llama_dir|out:[\w-]+)\}")
 NEEDS = {"key": "--key (Meta's LLaMA-1 7B consolidated.00.pth, the XOR key)",
          "llama_dir": "--llama-dir (the folder of Meta's original LLaMA consolidated.NN.pth and params.json)"}
 
@@ -46,6 +48,7 @@ class RecipeOptions:
     keep_intermediate: bool = False
     dry_run: bool = False
     force: bool = False  # replace outputs this recipe did not create (never deletes them afterwards)
+    rehash: bool = False  # read every recorded file again before reusing a step, not only those whose stat changed
 
 
 @dataclass
@@ -91,86 +94,6 @@ def active_steps(recipe: Recipe, on: dict[str, bool]) -> list[Step]:
     unknown = {s.when for s in recipe.steps if s.when} - set(on)
     assert not unknown, unknown
     return [s for s in recipe.steps if s.when is None or on.get(s.when)]
-
-
-def resolve(steps: list[Step], env: dict[str, str], endpoint: str | None = None) -> dict[str, dict[str, Any]]:
-    """Each step's args with the placeholders filled in (``{out:ID}``: the output of an earlier step)."""
-    outputs: dict[str, str] = {}
-    resolved: dict[str, dict[str, Any]] = {}
-
-    def fill(value: Any, step: Step) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [fill(v, step) for v in value]
-        if not isinstance(value, str):
-            return value
-
-        def one(m: re.Match) -> str:
-            name = m.group(1)
-            if name.startswith("out:"):
-                if name[4:] not in outputs:
-                    raise InputError(f"recipe step {step.id} reads {name[4:]!r}, which no earlier step writes")
-                return outputs[name[4:]]
-            return env[name]
-        return _PLACEHOLDER.sub(one, value)
-
-    for s in steps:
-        args = {k: fill(v, s) for k, v in s.args.items()}
-        if s.job == "download" and endpoint:
-            args["endpoint"] = endpoint
-        resolved[s.id] = args
-        out_field = JOBS[s.job].output
-        if out_field:
-            outputs[s.id] = args[out_field]
-    return resolved
-
-
-def deps(step: Step) -> set[str]:
-    return set(re.findall(r"\{out:([\w-]+)\}", json.dumps(step.args)))
-
-
-def _paths(job: str, args: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    for f in JOBS[job].inputs:
-        v = args.get(f)
-        out += [str(x) for x in v] if isinstance(v, (list, tuple)) else ([str(v)] if v is not None else [])
-    return out
-
-
-def _content_args(args: dict[str, Any]) -> dict[str, Any]:
-    """The args that decide a step's output: where a download comes from (a mirror) does not."""
-    return {k: v for k, v in args.items() if k != "endpoint"}
-
-
-def _current(step: Step, args: dict[str, Any], rec: StepRecord | None, removed: set[str]) -> bool:
-    """Recorded with the same options, inputs unchanged (or deleted as intermediates), output intact."""
-    if rec is None or _content_args(rec.options) != _content_args(json.loads(json.dumps(args))):
-        return False
-    for p, fp in rec.inputs.items():
-        now = fingerprint(Path(p))
-        if now != fp and not (now is None and p in removed):
-            return False
-    return rec.removed or all(fingerprint(Path(p)) == fp for p, fp in rec.output.items())
-
-
-def plan_run(recipe: Recipe, steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: Manifest) -> set[str]:
-    """The ids of the steps to run: the stale ones, what reads their output, and the deleted inputs of those."""
-    out_of = {s.id: resolved[s.id].get(JOBS[s.job].output or "") for s in steps}
-    removed = {str(out_of[k]) for k, r in manifest.steps.items() if r.removed and out_of.get(k)}
-    run = {s.id for s in steps if not _current(s, resolved[s.id], manifest.steps.get(s.id), removed)}
-    changed = True
-    while changed:
-        changed = False
-        for s in steps:
-            if s.id not in run and deps(s) & run:
-                run.add(s.id)
-                changed = True
-            if s.id in run:
-                for d in deps(s):
-                    rec = manifest.steps.get(d)
-                    if d not in run and (rec is None or rec.removed or fingerprint(Path(str(out_of[d]))) is None):
-                        run.add(d)
-                        changed = True
-    return run
 
 
 def _estimate(steps: list[Step], resolved: dict[str, dict[str, Any]], to_run: set[str]) -> dict[str, int | None]:
@@ -238,7 +161,8 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
     env = {"workdir": str(workdir), "key": str(options.key), "llama_dir": str(options.llama_dir)}
     resolved = resolve(steps, env, options.endpoint)
     manifest = Manifest.load(workdir, recipe.name)
-    to_run = plan_run(recipe, steps, resolved, manifest)
+    prints = Fingerprints(rehash=options.rehash, progress=progress)
+    to_run, stale = plan_run(steps, resolved, manifest, prints)
     if not options.force:
         _refuse_foreign_outputs(steps, resolved, to_run, manifest)
 
@@ -250,6 +174,7 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
     free = free_bytes(workdir)
     result = RecipeResult(recipe=recipe.name, workdir=str(workdir), dry_run=options.dry_run,
                           needed_disk_bytes=needed, free_disk_bytes=free, memory_estimate_bytes=_memory(recipe))
+    result.notices += stale
     known = sum(s or 0 for s in sizes)
     if known + space_margin(known) > free:
         raise DiskSpaceError(f"the recipe writes {'about' if needed else 'at least'} {human_bytes(known)} (every "
@@ -263,9 +188,13 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
         result.steps.append(StepReport(s.id, s.job, command_line(s.job, resolved[s.id]), status, out))
     if options.dry_run:
         return result
+    if prints.renewed:
+        manifest.save(workdir)  # seals renewed by a re-read: the next run need not read those files again
+    produced = {out for s in steps if (out := output_path(s, resolved[s.id])) is not None}
     for report, s in zip(result.steps, steps):
         if s.id in to_run:
-            _run_step(s, resolved[s.id], report, manifest, workdir, result, progress, options.force)
+            _run_step(s, resolved[s.id], report, manifest, workdir, result, progress, options.force,
+                      _Recording(prints, produced))
     _cleanup(steps, resolved, manifest, workdir, options, result)
     result.final = [str(resolved[s.id][JOBS[s.job].output]) for s in steps if s.final]
     result.outputs = list(result.final)
@@ -298,8 +227,19 @@ def _refuse_foreign_outputs(steps: list[Step], resolved: dict[str, dict[str, Any
                                     hint="move it away or choose another --workdir; --force replaces it")
 
 
+@dataclass(frozen=True)
+class _Recording:
+    """How a finished step is fingerprinted: by content for every path a step of the recipe writes."""
+
+    prints: Fingerprints
+    produced: set[str]
+
+    def take(self, path: str) -> Any:
+        return self.prints.take(Path(path), content=path in self.produced)
+
+
 def _run_step(s: Step, args: dict[str, Any], report: StepReport, manifest: Manifest, workdir: Path,
-              result: RecipeResult, progress: ProgressFactory | None, force: bool = False) -> None:
+              result: RecipeResult, progress: ProgressFactory | None, force: bool, recording: _Recording) -> None:
     kind = JOBS[s.job]
     run_args = dict(args)
     out_path = Path(args[kind.output]) if kind.output else None
@@ -324,8 +264,9 @@ def _run_step(s: Step, args: dict[str, Any], report: StepReport, manifest: Manif
     manifest.failed.pop(s.id, None)
     out = args.get(kind.output) if kind.output else None
     manifest.steps[s.id] = StepRecord(
-        job=s.job, options=json.loads(json.dumps(args)), inputs={p: fingerprint(Path(p)) for p in _paths(s.job, args)},
-        output={str(out): fingerprint(Path(out))} if out else {}, checks=[c.__dict__ for c in checks],
+        job=s.job, options=json.loads(json.dumps(args)),
+        inputs={p: recording.take(p) for p in input_paths(s.job, args)},
+        output={str(out): recording.take(str(out))} if out else {}, checks=[c.__dict__ for c in checks],
         seconds=round(time.perf_counter() - start, 3), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     manifest.save(workdir)
     report.status, report.seconds = "ran", manifest.steps[s.id].seconds
