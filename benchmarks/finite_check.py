@@ -37,7 +37,8 @@ def main() -> None:
     ap.add_argument("--cols", type=int, default=4096)
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
-    tensors = {"A": torch.randn(8, args.cols, generator=gen) * 0.01, "B": torch.randn(args.rows, 8, generator=gen) * 0.01}
+    tensors = {"A": torch.randn(8, args.cols, generator=gen) * 0.01,
+               "B": torch.randn(args.rows, 8, generator=gen) * 0.01}
     source = SimpleNamespace(get=tensors.__getitem__)
     mod = SimpleNamespace(a_key="A", b_key="B", transpose=False, scaling=2.0)
     print(f"tensor {args.rows}x{args.cols}, r=8, torch threads {torch.get_num_threads()}")

@@ -35,7 +35,8 @@ replacement is applied, and it is written; peak ~ a few copies of the largest te
 
 Modules: ``settings`` (adapter_config.json's merge rules), ``adapters`` (every peft layout, indexed against the
 base), ``tokenizer`` (``len(tokenizer)`` from files), ``vocab`` (the vocabulary plan and its checks),
-``arithmetic`` (delta, one rounding, mean rows), ``finite`` (the NaN/Inf check), ``merge`` (options, the plan on the pipeline, the run).
+``arithmetic`` (delta, one rounding, mean rows), ``finite`` (the NaN/Inf check), ``merge`` (options, the plan on
+the pipeline, the run).
 Entry point: ``run(MergeOptions(...), progress=...)``.
 """
 
