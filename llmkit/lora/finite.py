@@ -1,7 +1,7 @@
 """No NaN or Inf from a merge where the base had finite values (peft's ``safe_merge``, on by default).
 
-:func:`all_finite` is the cheap test every merged tensor passes through (one min/max pass, ~3% of the
-merge of a 4096x11008 fp16 tensor). Only a tensor that fails it takes the slow path,
+:func:`all_finite` is the cheap test every merged tensor passes through (one min/max pass, 3-6% of the
+merge of a 11008x4096 fp16 tensor; ``benchmarks/finite_check.py``). Only a tensor that fails it takes the slow path,
 :func:`refuse_new_non_finite`: the merge of that tensor is run again step by step and each step is
 compared with the base element by element. Non-finite values at places where the base already had them
 (checkpoints with NaN in unused rows exist) are kept, as peft keeps them; the first step that makes new
