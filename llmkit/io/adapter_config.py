@@ -3,13 +3,18 @@
 The one parser of that file: :class:`~llmkit.io.sources.AdapterInfo` (what ``inspect`` shows) and
 :class:`llmkit.lora.settings.LoraSettings` (what decides a merge) are both built from
 :meth:`AdapterConfig.read`. A file that is not a JSON object, a field of a type peft does not accept
-(``rank_pattern`` an array, ``target_modules`` a number, ...), ``r`` / ``lora_alpha`` that are not numbers
-or a non-positive ``r`` are an :class:`~llmkit.errors.InputError` naming the file. Absent fields take
-peft's ``LoraConfig`` defaults (``r=8``, ``lora_alpha=8``, ``peft_type=LORA``).
+(``rank_pattern`` an array, ``target_modules`` a number, ...) and a number no trained adapter has are an
+:class:`~llmkit.errors.InputError` naming the file and the field: ``r`` (and ``rank_pattern`` values) an
+integer from 1 to :data:`MAX_RANK`; ``lora_alpha`` (and ``alpha_pattern`` values) a finite number whose
+scaling (``lora_alpha / r``, or ``/ sqrt(r)`` with ``use_rslora``) is at most :data:`MAX_SCALING` in size;
+``lora_dropout`` a number from 0 to 1. Absent fields take peft's ``LoraConfig`` defaults (``r=8``,
+``lora_alpha=8``, ``lora_dropout=0``, ``peft_type=LORA``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,13 @@ from llmkit.errors import InputError
 from llmkit.io.jsonfile import json_kind, read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
+
+# A rank above a layer's width adds nothing, and no LLaMA layer is 2**20 wide: a larger r is a damaged file.
+MAX_RANK = 2**20
+# The largest float16 number. A LoRA update is trained as lora_B(lora_A(x)) * scaling, often in float16; a
+# larger scaling overflows it for any input, so no trained adapter has one (1e308 is a typo or damage).
+MAX_SCALING = 65504.0
+_EDITED = "the file is damaged or was edited by hand; fix that field or download the adapter again"
 
 # Types peft accepts for the fields llmkit reads (else a plain error, not a crash later).
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -61,17 +73,15 @@ class AdapterConfig:
                 expected = " or ".join(json_kind(k()) for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
                 raise InputError(f"{key} is {json_kind(cfg[key])}; peft expects {expected}",
                                  path=path, hint="fix that field or download the adapter again")
-        try:
-            # Without "r" peft's LoraConfig uses its default r=8 (and lora_alpha=8).
-            r = int(cfg.get("r", 8))
-            alpha = float(cfg.get("lora_alpha", 8))
-            rank_pattern = {str(k): int(v) for k, v in (cfg.get("rank_pattern") or {}).items()}
-            alpha_pattern = {str(k): float(v) for k, v in (cfg.get("alpha_pattern") or {}).items()}
-        except (TypeError, ValueError):
-            raise InputError("r / lora_alpha (or rank_pattern / alpha_pattern values) are not numbers",
-                             path=path, hint="fix them or download the adapter again") from None
-        if r <= 0:
-            raise InputError(f"r must be positive, found {r}", path=path)
+        # Without "r" peft's LoraConfig uses its default r=8 (and lora_alpha=8).
+        r = rank_value(cfg.get("r", 8), "r", path)
+        alpha = alpha_value(cfg.get("lora_alpha", 8), "lora_alpha", path)
+        check_scaling(alpha, r, bool(cfg.get("use_rslora", False)), "lora_alpha", path)
+        rank_pattern = {str(k): rank_value(v, f"rank_pattern[{json.dumps(k)}]", path)
+                        for k, v in (cfg.get("rank_pattern") or {}).items()}
+        alpha_pattern = {str(k): alpha_value(v, f"alpha_pattern[{json.dumps(k)}]", path)
+                         for k, v in (cfg.get("alpha_pattern") or {}).items()}
+        dropout_value(cfg.get("lora_dropout", 0.0), path)
         targets = cfg.get("target_modules")
         if isinstance(targets, list):
             targets = [str(t) for t in targets]
@@ -88,3 +98,61 @@ class AdapterConfig:
             target_parameters=bool(cfg.get("target_parameters")),
             trainable_token_indices=bool(cfg.get("trainable_token_indices")),
         )
+
+
+def _shown(value: object) -> str:
+    """How a JSON value is quoted in a message: numbers as written (NaN, Infinity), other types by kind."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        text = json.dumps(value)
+        return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
+    if isinstance(value, str):
+        return f"{json_kind(value)} ({json.dumps(value)[:24]})"
+    return json_kind(value)
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float (an integer too large for one is infinite); None when it is not a JSON number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def rank_value(value: object, field: str, path: Path) -> int:
+    """A rank (``r``, a ``rank_pattern`` value): a JSON integer from 1 to MAX_RANK, as peft needs (it fails on
+    8.0, "8" or 0 when it builds the layer)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RANK:
+        raise InputError(f"{field} must be an integer from 1 to {MAX_RANK}, found {_shown(value)}", path=path,
+                         hint=_EDITED)
+    return value
+
+
+def alpha_value(value: object, field: str, path: Path) -> float:
+    """``lora_alpha`` (an ``alpha_pattern`` value): a finite JSON number (peft would merge NaN or Infinity)."""
+    number = _number(value)
+    if number is None or not math.isfinite(number):
+        kind = "number" if number is None else "finite number"
+        raise InputError(f"{field} must be a {kind}, found {_shown(value)}", path=path, hint=_EDITED)
+    return number
+
+
+def check_scaling(alpha: float, r: int, use_rslora: bool, field: str, path: Path) -> float:
+    """The scaling of a LoRA layer (peft: ``alpha / r``, ``alpha / sqrt(r)`` with rsLoRA), at most MAX_SCALING."""
+    scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
+    if abs(scaling) > MAX_SCALING:
+        raise InputError(f"{field} {alpha:g} with r {r} scales the update by {scaling:g}; no trained adapter "
+                         f"scales it by more than {MAX_SCALING:g} (the merged weights would overflow)", path=path,
+                         hint=_EDITED)
+    return scaling
+
+
+def dropout_value(value: object, path: Path) -> float:
+    """``lora_dropout``: a number from 0 to 1. It does not change a merge, but peft cannot load an adapter with
+    a string or a value above 1, and NaN or a negative value is a damaged file."""
+    number = _number(value)
+    if number is None or not 0.0 <= number <= 1.0:
+        raise InputError(f"lora_dropout must be a number from 0 to 1, found {_shown(value)}", path=path,
+                         hint=_EDITED)
+    return number

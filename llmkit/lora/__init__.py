@@ -26,13 +26,17 @@ in order, written out one tensor at a time:
   rows (computed in fp32, cast to the dtype): the centre of transformers' default ``mean_resizing``, which
   samples from N(mean, 1e-9 * covariance) - random, so only its mean is reproducible - and exactly what
   transformers writes when that covariance is not positive definite.
+- **no new NaN/Inf**: a merged tensor with NaN or Inf where the base has finite numbers is an error (peft's
+  ``safe_merge=True``, on by default; non-finite values the base already had are kept), and so is an
+  ``adapter_config.json`` number no trained adapter has (NaN, Infinity, ``r`` 0 or 2.5, ``lora_alpha`` 1e308).
 
 Memory: adapters are opened lazily (headers, mmap); each base tensor is read once, every adapter's delta or
 replacement is applied, and it is written; peak ~ a few copies of the largest tensor.
 
 Modules: ``settings`` (adapter_config.json's merge rules), ``adapters`` (every peft layout, indexed against the
 base), ``tokenizer`` (``len(tokenizer)`` from files), ``vocab`` (the vocabulary plan and its checks),
-``arithmetic`` (delta, one rounding, mean rows), ``merge`` (options, the plan on the pipeline, the run).
+``arithmetic`` (delta, one rounding, mean rows), ``finite`` (the NaN/Inf check), ``merge`` (options, the plan on
+the pipeline, the run).
 Entry point: ``run(MergeOptions(...), progress=...)``.
 """
 

@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -28,6 +28,7 @@ from llmkit.io.sinks import Sink, TensorSpec
 from llmkit.io.sources import TensorSource, open_source
 from llmkit.lora.adapters import Adapter, Resolver, load_adapter
 from llmkit.lora.arithmetic import ROUNDING, add_in_fp32, grow_rows, lora_delta
+from llmkit.lora.finite import MergeStep, all_finite, refuse_new_non_finite
 from llmkit.lora.tokenizer import has_tokenizer, tokenizer_size
 from llmkit.lora.vocab import VocabPlan, plan_vocabulary, vocab_tensors
 from llmkit.pipeline import (AuxCopy, Check, Execution, Notice, Plan, PlanReport, ProgressFactory, Result, execute,
@@ -144,7 +145,22 @@ class MergePlan:
         """Base tensor ``name`` with every adapter applied in order.
 
         The base tensor is read once, or not at all when an adapter replaces it whole (then only the
-        adapters from the last replacing one on matter).
+        adapters from the last replacing one on matter). A result with NaN or Inf where the base had
+        finite values is an :class:`InputError` naming the adapter (:mod:`llmkit.lora.finite`).
+        """
+        changed = False
+        for step, t in self.steps(name):
+            changed = changed or step is not None
+        if changed and not all_finite(t):
+            refuse_new_non_finite(self, name)  # the rare path: raises unless the base had them all already
+        return t
+
+    def steps(self, name: str) -> Iterator[tuple[MergeStep, torch.Tensor]]:
+        """The merge of ``name`` step by step: (what changed it, the tensor after that step).
+
+        The first step is (None, the base tensor) unless an adapter replaces it whole; then (adapter,
+        tensor) per adapter that changes it, ("grow", tensor) when rows are added as the mean, ("cast",
+        tensor) for the final dtype. The last tensor is the output.
         """
         dtype = self.output_dtype(name)
         # One rounding (SPEC.md section 3): converting to another dtype (--dtype) works in fp32 and casts once
@@ -153,23 +169,28 @@ class MergePlan:
         vocab = name in self.vocab.tensors
         last = self._last_replacement(name)
         t = self.base.get(name) if last is None else None
+        if t is not None:
+            yield None, t
         for ad in self.adapters[last or 0:]:
-            key = ad.replacements.get(name)
+            key, mod, bias = ad.replacements.get(name), ad.modules.get(name), ad.bias_modules.get(name)
             if key is not None:  # replaced whole (its rows were checked against the vocabulary plan)
                 t = ad.source.get(key).to(work)
             elif vocab and ad.vocab_size is not None and ad.vocab_size > t.shape[0]:
                 t = grow_rows(t.to(work), ad.vocab_size)
-            mod = ad.modules.get(name)
+                yield "grow", t
             if mod is not None:
                 t = add_in_fp32(t, lora_delta(ad.source, mod), work)
-            bias = ad.bias_modules.get(name)
             if bias is not None:
                 assert bias.bias_key is not None
                 t = add_in_fp32(t, ad.source.get(bias.bias_key).to(torch.float32).mul(bias.scaling), work)
+            if key is not None or mod is not None or bias is not None:
+                yield ad, t
         final = self.vocab.final_growth
         if vocab and final is not None and final > t.shape[0]:
             t = grow_rows(t.to(work), final)
-        return t.to(dtype)  # the one cast (none when nothing changed the tensor's dtype)
+            yield "grow", t
+        if t.dtype != dtype:
+            yield "cast", t.to(dtype)  # the one cast (none when nothing changed the tensor's dtype)
 
     def reads(self, name: str) -> list[tuple[TensorSource, str]]:
         """The (source, tensor) pairs :meth:`merged` reads for ``name``."""

@@ -7,13 +7,13 @@ plus peft's rules that use it: the adapters llmkit can merge exactly, ``scaling`
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import re
 from dataclasses import dataclass
 
 from llmkit.errors import InputError
-from llmkit.io.adapter_config import AdapterConfig
+from llmkit.io.adapter_config import AdapterConfig, check_scaling
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,11 @@ class LoraSettings(AdapterConfig):
         return r, alpha
 
     def scaling(self, module: str) -> float:
+        """peft's scaling of ``module``; one beyond MAX_SCALING is an InputError naming the pattern that set it."""
         r, alpha = self.rank_alpha(module)
-        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+        ak = self.pattern_key(self.alpha_pattern, module)
+        field = "lora_alpha" if ak is None else f"alpha_pattern[{json.dumps(ak)}]"
+        return check_scaling(alpha, r, self.use_rslora, field, self.path)
 
     def targets(self, module: str, *, is_output_head: bool = False) -> bool:
         """Whether peft would put a LoRA layer on ``module`` (peft's ``check_target_module_exists``)."""
