@@ -36,22 +36,24 @@ _HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 _META_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 _BUFFER = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^rope\.freqs$")
 _SHARD_FILE = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)$")
-# Training state as MindSpore and MindFormers save it beside the weights: the optimizers' per-parameter
-# moments (``Parameter.clone(prefix=...)``: AdamWeightDecay adam_m/adam_v, Adam moment1/moment2, Momentum
-# moments, Lamb lamb_m/lamb_v, RMSProp mean_square/mean_grad, Adagrad accum, MindFormers' gradient
-# accumulation accu_grads) and the scalars of the training loop and the loss-scale cell.
-_STATE_PREFIXES = ("adam_m", "adam_v", "moment1", "moment2", "moments", "lamb_m", "lamb_v", "mean_square",
-                   "mean_grad", "accum", "accu_grads")
-_STATE_NAMES = frozenset({"global_step", "learning_rate", "beta1_power", "beta2_power", "scale_sense", "loss_scale",
-                          "current_iterator_step", "last_overflow_iterator_step", "scale_window_down_count",
-                          "epoch_num", "step_num"})
+# Training state as MindSpore and MindFormers save it beside the weights (``save_checkpoint`` of a training
+# cell): the optimizers' per-parameter state, ``Parameter.clone(prefix=...)`` of each weight (AdamWeightDecay
+# adam_m/adam_v, Adam/LazyAdam/AdaMax moment1/moment2, Momentum/FTRL/LARS moments, FTRL linear, Lamb
+# lamb_m/lamb_v, RMSProp mean_square/mean_grad/moment, Adagrad/SGD accum, SGD stat, Rprop prev/step_size,
+# ASGD ax_/mu_/eta_, MindFormers' gradient accumulation accu_grads), and the scalars of the optimizers,
+# the training loop and the loss-scale cells.
+_STATE_PREFIX = re.compile(r"^((adam_m|adam_v|moment1|moment2|moments|moment|linear|lamb_m|lamb_v|mean_square|"
+                           r"mean_grad|accum|accu_grads|stat|prev|step_size|ax_)\.|(mu|eta)_).")
+_STATE_NAMES = frozenset({"global_step", "learning_rate", "momentum", "beta1_power", "beta2_power", "fake_lr",
+                          "fake_param", "scale_sense", "loss_scale", "current_iterator_step",
+                          "last_overflow_iterator_step", "scale_window_down_count", "epoch_num", "step_num"})
 _TYPO_CUTOFF = 0.9  # difflib ratio: one damaged byte in a name of 10+ characters stays above it
 _FIX = "the file is incomplete or damaged; download or convert it again"
 
 
 def is_training_state(name: str) -> bool:
     """True for the optimizer and training-loop tensors MindSpore saves beside a model's weights."""
-    return name in _STATE_NAMES or name.split(".", 1)[0] in _STATE_PREFIXES and "." in name
+    return name in _STATE_NAMES or _STATE_PREFIX.match(name) is not None
 
 
 def is_buffer(name: str) -> bool:
