@@ -80,6 +80,8 @@ def inspect_command(
     """Show what a model or adapter holds (headers only).
 
     Format, tensors, parameter count, size, architecture, vocab and LoRA settings; no tensor data is read.
+    A LLaMA lacking a weight of its config (or holding one twice, or a damaged name of one) is described
+    with a warning, and the exit code is 1.
     """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
