@@ -1,7 +1,8 @@
 """What a weight folder or file holds, from headers only (``llmkit inspect``).
 
 :func:`inspect_model` takes an :class:`InspectOptions` (the command's one library call); :func:`summarize`
-reads one path.
+reads one path. A LLaMA is also checked for completeness (:func:`completeness`): an incomplete one is
+still described, with a failed ``complete`` check and a warning (the CLI then exits 1).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from llmkit.errors import InputError
 from llmkit.io.jsonfile import int_field
 from llmkit.io.sources import AdapterInfo, TensorSource, open_source, safetensors_code
-from llmkit.pipeline import Notice, Result
+from llmkit.pipeline import Check, Notice, Result
 
 # LLaMA size by hidden size (LLaMA-1 family).
 LLAMA_SIZES = {4096: "LLaMA-7B", 5120: "LLaMA-13B", 6656: "LLaMA-33B", 8192: "LLaMA-65B"}
@@ -98,6 +99,30 @@ def _unverified(f) -> str | None:
     return warning(values_read=False) if warning is not None else None
 
 
+def completeness(src: TensorSource) -> Check | None:
+    """Whether a LLaMA holds every weight its config (or its names) describe, once (``llmkit.io.llama_tensors``):
+    a failed check, not an error, so inspect still shows what the files hold; None when it is not a LLaMA."""
+    from llmkit.io.llama_tensors import check_source
+
+    try:
+        try:
+            found = check_source(src, judge_shapes=False)  # a config disagreeing with a shape is its own warning
+        except InputError as e:
+            if not (e.path and Path(e.path).name == "config.json" and e.message.startswith(_CONFIG_VALUE)):
+                raise
+            found = check_source(src, cfg={}, judge_shapes=False)  # a wrong config value: judge by the names
+    except InputError as e:
+        return Check("complete", "failed", str(e))
+    if found is None:
+        return None
+    return Check("complete", "ok", "every weight of a complete LLaMA, once, under an expected name")
+
+
+_CONFIG_VALUE = tuple(f"{k} must be a" for k in ("hidden_size", "num_attention_heads", "num_hidden_layers",
+                                                 "vocab_size", "intermediate_size", "num_key_value_heads",
+                                                 "head_dim"))
+
+
 def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
     """Describe the weights at ``path`` without reading tensor data (``ckpt_key``: an encrypted .ckpt's)."""
     with open_source(path, ckpt_key=ckpt_key) as src:
@@ -125,7 +150,12 @@ def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
         for i in infos:
             code = safetensors_code(i)
             dtypes[code] = dtypes.get(code, 0) + 1
+        complete = completeness(src)
+        if complete is not None and complete.status != "ok":
+            warnings.append(f"incomplete model: {complete.detail}")
         return ModelSummary(
+            ok=complete is None or complete.status == "ok",
+            checks=[complete] if complete is not None else [],
             path=str(path),
             layout=src.layout,
             kind="adapter" if src.adapter is not None else "model",

@@ -12,7 +12,8 @@ from rich.table import Table
 from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.helptext import OUTPUT, examples
 from llmkit.cli.keys import DecKeyOpt, DecModeOpt
-from llmkit.cli.output import Output
+from llmkit.cli.output import Failure, Output
+from llmkit.errors import EXIT_CHECK_FAILED
 from llmkit.units import human_bytes
 
 
@@ -79,6 +80,8 @@ def inspect_command(
     """Show what a model or adapter holds (headers only).
 
     Format, tensors, parameter count, size, architecture, vocab and LoRA settings; no tensor data is read.
+    A LLaMA lacking a weight of its config (or holding one twice, or a damaged name of one) is described
+    with a warning, and the exit code is 1.
     """
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
@@ -86,4 +89,8 @@ def inspect_command(
 
         summary = inspect_model(InspectOptions(path, dec_key=dec_key, dec_mode=dec_mode.value if dec_mode else None))
         out.notices(summary)
-        out.result(summary, _render(summary, tensors))
+        failed = next((Failure(c.detail, exit_code=EXIT_CHECK_FAILED) for c in summary.checks if c.status != "ok"),
+                      None)
+        out.result(summary, _render(summary, tensors), failed=failed)
+    if failed is not None:  # an incomplete model is described, and is not a success
+        raise typer.Exit(EXIT_CHECK_FAILED)

@@ -11,8 +11,10 @@ Both are plans run by the one runner (``llmkit.pipeline``); ``ckpt`` is one more
 - from-ckpt: a ``.ckpt`` -> an HF LLaMA folder: HF names, rotary rows back to rotate-half with
   ``--rotary meta``, ``config.json`` from ``--config`` (checked against the shapes) or, for a published
   LLaMA size only (the shapes decide the head count), derived from the shapes with a notice naming what
-  was guessed. Every tensor the config describes must be there, in its shape. Tensors with no HF name (optimizer moments, step
-  counters of a training checkpoint) are left out with a notice, or refused with ``--strict``.
+  was guessed. Every tensor the config describes must be there, once, in its shape, and no name may be a
+  damaged copy of one (``llmkit.io.llama_tensors``). Tensors with no HF name are left out with a notice
+  saying what their names show (training state: optimizer moments, step counters; rotary buffers; other),
+  or refused with ``--strict``.
   A CRC trailer is checked while the tensors stream and before the output is renamed.
 """
 
@@ -30,10 +32,11 @@ from llmkit.io.ckpt_reader import CkptFile
 from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.jsonfile import read_json
+from llmkit.io.llama_tensors import check_source, check_tensors, is_buffer, is_training_state, llama_shapes
 from llmkit.io.meta import permute_meta_to_hf, unpermute_hf_to_meta
 from llmkit.io.meta_hf import config_files, hf_sort_key, open_as_hf
-from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_complete, check_config, guessed_config, hf_to_mindformers,
-                                   is_mindformers, llama_hf_name, rotary_role)
+from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_config, guessed_config, hf_to_mindformers, is_mindformers,
+                                   llama_hf_name, rotary_role)
 from llmkit.io.sinks import TensorSpec
 from llmkit.io.sources import TensorSource, open_source
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, ProgressFactory, execute, open_plan_sink, plan_report
@@ -155,7 +158,13 @@ def _open_model(path: Path) -> TensorSource:
         src.close()
         raise InputError("this is a LoRA adapter, not a model", path=path,
                          hint="merge it into its base first (llmkit merge-lora), then convert the merged folder")
-    return open_as_hf(src)  # a Meta folder through its HF view; closes src on failure
+    src = open_as_hf(src)  # a Meta folder through its HF view; closes src on failure
+    try:
+        check_source(src)  # every weight of the LLaMA its config describes, once (no output yet)
+    except BaseException:
+        src.close()
+        raise
+    return src
 
 
 def to_ckpt(options: ToCkptOptions, *, progress: ProgressFactory | None = None) -> CkptResult:
@@ -343,9 +352,27 @@ def _from_names(options: FromCkptOptions, src: TensorSource) -> tuple[dict, dict
         if options.strict:
             raise InputError(what, path=options.source, hint="drop --strict to leave them out, or use --names keep")
         if options.names == "hf":
-            notices.append(Notice.warning(f"{what}; left out (training state such as optimizer moments has no "
-                                          "place in a Hugging Face model; --names keep writes everything)"))
+            notices += _left_out(unmapped)
     return src_of, hf_of, unmapped, notices
+
+
+def _left_out(unmapped: list[str]) -> list[Notice]:
+    """The notices for tensors from-ckpt leaves out, each kind named by what its names say it is."""
+    state = [n for n in unmapped if is_training_state(n)]
+    buffers = [n for n in unmapped if is_buffer(n)]
+    other = [n for n in unmapped if n not in state and n not in buffers]
+    keep = "--names keep writes everything"
+    notices = []
+    if state:
+        notices.append(Notice.info(f"{len(state)} training-state tensor(s) (optimizer moments, step and loss-scale "
+                                   f"counters) left out: {_few(state)} ({keep})"))
+    if buffers:
+        notices.append(Notice.info(f"{len(buffers)} rotary buffer(s) left out (transformers computes them): "
+                                   f"{_few(buffers)}"))
+    if other:
+        notices.append(Notice.warning(f"{len(other)} tensor(s) are neither LLaMA weights nor training state: "
+                                      f"{_few(other)}; left out ({keep})"))
+    return notices
 
 
 def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dtype | None) -> tuple[Plan, CkptResult]:
@@ -354,7 +381,10 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
     first = src.info(next(iter(src_of.values()))).dtype if src_of else torch.float16
     out_dtype_cfg = dtype or first
     cfg, config_from, cfg_notices, aux = _config(options, hf_shapes, out_dtype_cfg)
-    check_complete(cfg, hf_shapes, options.source, None if config_from == "derived" else config_from)
+    described = "the derived config" if config_from == "derived" else f"the config {config_from}"
+    llama_shapes(cfg, None if config_from == "derived" else config_from)  # the output's config needs every size
+    check_tensors({n: tuple(src.info(n).shape) for n in src.keys()}, path=options.source, cfg=cfg,
+                  config_path=None if config_from == "derived" else config_from, described=described)
     notices += cfg_notices
     ckpt_file = src.files[0]
     unverified = ckpt_file.integrity_warning() if isinstance(ckpt_file, CkptFile) else None

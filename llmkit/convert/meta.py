@@ -26,6 +26,7 @@ import torch
 from llmkit.errors import InputError
 from llmkit.io.dtypes import DTYPE_CHOICES
 from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
+from llmkit.io.llama_tensors import check_source
 from llmkit.io.meta_hf import MetaHFView, open_as_hf, tokenizer_model
 from llmkit.io.sinks import TensorSpec
 from llmkit.io.sources import TensorSource, open_source
@@ -211,6 +212,7 @@ def to_meta(options: ToMetaOptions, *, progress: ProgressFactory | None = None) 
         if cfg is None:
             raise InputError("no config.json beside the weights", path=options.source,
                              hint="to-meta needs the model's config.json for params.json")
+        check_source(src, cfg=cfg, config_path=Path(src.folder) / "config.json")  # a complete LLaMA, once
         plan = _cast_plan("to-meta", src, options, dtype, "meta-pth",
                           sink_options={"config": cfg, "shards": options.shards},
                           aux=[AuxCopy(src.folder, TOKENIZER_FILES)] if src.folder else [])

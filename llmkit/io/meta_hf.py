@@ -66,9 +66,15 @@ class MetaHFView(TensorSource):
         if self.n_heads is None:
             raise InputError("params.json has no n_heads", path=params_path, hint="use Meta's original params.json")
         self.n_kv_heads = _int(meta.params, "n_kv_heads", params_path) or self.n_heads
+        from llmkit.io.llama_tensors import check_source
+
+        self.findings = check_source(meta)  # every weight params.json describes, once, before any is read
         self._meta_name: dict[str, str] = {}
         for name in meta.keys():
-            hf = meta_to_hf_name(name)
+            try:
+                hf = meta_to_hf_name(name)
+            except InputError as e:
+                raise InputError(e.message, path=meta.path, hint="the folder holds a file of another model") from None
             if hf is not None:
                 self._meta_name[hf] = name
         order = sorted(self._meta_name, key=hf_sort_key)

@@ -11,7 +11,8 @@ MindFormers r0.6 (August 2023, the TechGPT-2.0 card's era) expects Meta's interl
 
 Configs: :func:`guessed_config` derives one from the shapes only for a published LLaMA size
 (:data:`KNOWN_LLAMA_SHAPES`: only those decide the head count), :func:`check_config` checks a given one
-against the shapes, and :func:`check_complete` refuses a checkpoint lacking a tensor of its config.
+against the shapes, and :func:`check_complete` refuses a checkpoint lacking a tensor of its config (the one
+check of ``llmkit.io.llama_tensors``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import re
 
 from llmkit.errors import InputError
 from llmkit.io.dtypes import CONFIG_NAMES
-from llmkit.io.jsonfile import int_field
+from llmkit.io.llama_tensors import check_tensors, llama_shapes
 
 _RULES = (
     ("embed_tokens.weight", "tok_embeddings.embedding_weight"),
@@ -143,49 +144,12 @@ def guessed_config(shapes: dict, dtype, path=None) -> tuple[dict, list[str]]:
     return cfg, guessed
 
 
-def llama_shapes(cfg: dict, path=None) -> dict[str, tuple[int, ...]]:
-    """Every tensor (HF name -> shape) of the LLaMA a config describes; a size missing from it or not a
-    positive integer is an :class:`InputError` naming ``path``."""
-    def need(key: str) -> int:
-        value = int_field(cfg, key, path=path)
-        if value is None:
-            raise InputError(f"config has no {key}", path=path, hint="pass the model's own config.json")
-        return value
-    hidden, heads, layers = need("hidden_size"), need("num_attention_heads"), need("num_hidden_layers")
-    vocab, inter = need("vocab_size"), need("intermediate_size")
-    kv = int_field(cfg, "num_key_value_heads", path=path) or heads
-    head_dim = int_field(cfg, "head_dim", path=path) or hidden // heads
-    out = {_EMBED: (vocab, hidden), "model.norm.weight": (hidden,)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        out.update({p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
-                    p + "self_attn.k_proj.weight": (kv * head_dim, hidden),
-                    p + "self_attn.v_proj.weight": (kv * head_dim, hidden),
-                    p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
-                    p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
-                    p + "mlp.down_proj.weight": (hidden, inter),
-                    p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,)})
-    if not cfg.get("tie_word_embeddings", False):
-        out["lm_head.weight"] = (vocab, hidden)
-    return out
-
-
 def check_complete(cfg: dict, shapes: dict, source, config_path=None) -> None:
-    """Refuse a checkpoint (``shapes``: HF name -> shape of its LLaMA tensors) that lacks a tensor of the
-    model ``cfg`` describes, or holds one in another shape: a lost or renamed record is named, not
-    converted into a model without it."""
-    want = llama_shapes(cfg, config_path)
-    missing = [n for n in want if n not in shapes]
-    hint = "the file is incomplete or damaged; convert or download it again (or pass the config.json of the " \
-           "model it holds)"
-    if missing:
-        few = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
-        raise InputError(f"the checkpoint lacks {len(missing)} tensor(s) of the model its config describes: {few}",
-                         path=source, hint=hint)
-    for name, shape in want.items():
-        if tuple(shapes[name]) != shape:
-            raise InputError(f"{name} has shape {list(shapes[name])} but the config gives {list(shape)}", path=source,
-                             hint=hint)
+    """Refuse a checkpoint (``shapes``: name -> shape) that lacks a weight of the model ``cfg`` describes,
+    holds one twice or in another shape, or holds a damaged name of one (:func:`llmkit.io.llama_tensors.
+    check_tensors`): a lost or renamed record is named, not converted into a model without it."""
+    llama_shapes(cfg, config_path)  # a config without its sizes cannot describe the model
+    check_tensors(shapes, path=source, cfg=cfg, config_path=config_path)
 
 
 def check_config(cfg: dict, shapes: dict, path) -> None:

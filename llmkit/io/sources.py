@@ -214,6 +214,11 @@ def _open_indexed(index_path: Path) -> TensorSource:
                              path=f.path, hint="the shard and the index come from different versions; "
                                                "download both again")
         unlisted = sorted(set(f.infos) - listed)
+        twice = [k for k in unlisted if k in weight_map]
+        if twice:  # the same tensor in two shards: which copy is the model's is not for llmkit to guess
+            raise InputError(f"shard holds {twice[0]!r}, which the index assigns to {weight_map[twice[0]]}: the same "
+                             f"tensor is in two shards", path=f.path,
+                             hint="the shards come from different versions or runs; download them again")
         if unlisted:
             raise InputError(f"shard holds {len(unlisted)} tensor(s) the index does not list, e.g. {unlisted[0]!r}",
                              path=f.path, hint="the shard and the index come from different versions; "

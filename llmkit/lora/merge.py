@@ -24,6 +24,7 @@ from llmkit.errors import InputError
 from llmkit.io.adapter_config import ADAPTER_CONFIG
 from llmkit.io.dtypes import DTYPE_CHOICES, dtype_name
 from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
+from llmkit.io.llama_tensors import check_source
 from llmkit.io.sinks import Sink, TensorSpec
 from llmkit.io.sources import TensorSource, open_source
 from llmkit.lora.adapters import Adapter, Resolver, load_adapter
@@ -301,7 +302,12 @@ def _open_base(path: Path) -> TensorSource:
     if base.layout == "meta-pth":  # Meta originals as the HF model from-meta writes (no intermediate copy)
         from llmkit.io.meta_hf import open_as_hf
 
-        return open_as_hf(base)
+        base = open_as_hf(base)  # closes base on failure
+    try:
+        check_source(base)  # every weight of the LLaMA its config describes, once, before anything is planned
+    except BaseException:
+        base.close()
+        raise
     return base
 
 

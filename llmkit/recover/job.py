@@ -18,6 +18,7 @@ import torch
 
 from llmkit.errors import InputError
 from llmkit.io.dtypes import CLI_DTYPES, dtype_name
+from llmkit.io.llama_tensors import check_source
 from llmkit.io.sources import TensorSource
 from llmkit.pipeline import (AuxCopy, Check, Notice, Plan, ProgressFactory, Result, execute, open_plan_sink,
                              plan_report, plan_rows)
@@ -209,6 +210,8 @@ def _plan(options: WeightDiffOptions, base: TensorSource, other: TensorSource, r
                          "config.json says how to compute them", path=base.path,
                          hint="put the model's config.json beside the base or the diff")
     check_shapes(other, base, role, computed, rope)
+    check_source(base)  # each a complete LLaMA (after the pairwise checks, which explain a wrong base better)
+    check_source(other)
     out_dtype = _output_dtype(options, other)
     aux, notes = aux_plan(other, base, role)
     notices = [Notice("warning" if "no tokenizer" in n else "info", n) for n in notes]

@@ -100,7 +100,7 @@ def checksum(options: ChecksumOptions, *, progress: ProgressFactory | None = Non
         raise InputError("--dec-key goes with --tensors (file checksums hash the stored, encrypted bytes)",
                          hint="add --tensors, or drop --dec-key")
     if options.tensors:
-        from llmkit.verify.tensors import tensor_table, tensor_total_bytes
+        from llmkit.verify.tensors import tensor_table
 
         algorithm = options.algorithm or "sha256"
         tables = []
@@ -109,16 +109,15 @@ def checksum(options: ChecksumOptions, *, progress: ProgressFactory | None = Non
             from llmkit.io.ckpt_crypto import read_key
 
             key = read_key(options.dec_key, options.dec_mode, flag="--dec-key")
-        for p in options.paths:
-            if key is None:
-                with progress(f"{algorithm} per tensor", tensor_total_bytes(p)) as advance:
-                    tables.append(tensor_table(p, algorithm, jobs=jobs, progress=advance))
-                continue
-            from llmkit.io.sources import open_source
+        from llmkit.io.llama_tensors import check_source
+        from llmkit.io.sources import open_source
 
-            with open_source(p, ckpt_key=key) as src, progress(f"{algorithm} per tensor", src.total_bytes) as advance:
-                table = tensor_table(src, algorithm, jobs=jobs, progress=advance)
-                table.source = str(p)
+        for p in options.paths:
+            with open_source(p, ckpt_key=key) as src:
+                check_source(src)  # no table of an incomplete LLaMA (``llmkit.io.llama_tensors``)
+                with progress(f"{algorithm} per tensor", src.total_bytes) as advance:
+                    table = tensor_table(src, algorithm, jobs=jobs, progress=advance)
+                table.source = str(p) if key is not None else str(src.path)
                 tables.append(table)
         return TensorChecksums(algorithm=algorithm, tables=tables)
     algorithm = options.algorithm or "md5"

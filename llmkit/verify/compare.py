@@ -10,6 +10,7 @@ folders their other files (config, tokenizer) are compared too: JSON by content,
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,12 +20,12 @@ import torch
 from llmkit.errors import InputError
 from llmkit.hashing import hash_file
 from llmkit.io.ckpt_reader import finish_reads
-from llmkit.io.sources import TensorSource
+from llmkit.io.sources import TensorSource, open_source
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
 from llmkit.verify.files import WEIGHT_SUFFIXES, FileCheck, list_files, resolve_jobs
 from llmkit.verify.mismatch import json_difference
 from llmkit.verify.tensors import (TensorDigest, as_source, dtype_code, is_tensor_table, load_tensor_table,
-                                       shape_text, tensor_table, tensor_total_bytes)
+                                   shape_text, tensor_table)
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,11 @@ def compare_aux_files(a: Path, b: Path) -> list[FileCheck]:
     return out
 
 
-def _compare(a: Path, b: Path, jobs: int, progress: Callable[[int], None], key=None) -> tuple[TensorComparison, str]:
-    """(comparison, method): two tables by digests, a model and a table by the table's algorithm,
-    two models by bytes (``key``: a ``ckpt_crypto.CkptKey`` for an encrypted .ckpt side)."""
-    a_tab, b_tab = is_tensor_table(a), is_tensor_table(b)
+def _compare(a: Path | TensorSource, b: Path | TensorSource, jobs: int,
+             progress: Callable[[int], None]) -> tuple[TensorComparison, str]:
+    """(comparison, method): two tables (paths) by digests, a model (a source) and a table by the table's
+    algorithm, two models by bytes."""
+    a_tab, b_tab = isinstance(a, Path), isinstance(b, Path)
     if a_tab and b_tab:
         ta, tb = load_tensor_table(a), load_tensor_table(b)
         if ta.algorithm != tb.algorithm:
@@ -186,12 +188,22 @@ def _compare(a: Path, b: Path, jobs: int, progress: Callable[[int], None], key=N
         return _compare_tables(ta.tensors, tb.tensors), ta.algorithm
     if a_tab or b_tab:
         table = load_tensor_table(a if a_tab else b)
-        model = tensor_table(b if a_tab else a, table.algorithm, jobs=jobs, progress=progress, ckpt_key=key)
+        model = tensor_table(b if a_tab else a, table.algorithm, jobs=jobs, progress=progress)
         ta_, tb_ = (table.tensors, model.tensors) if a_tab else (model.tensors, table.tensors)
         cmp = _compare_tables(ta_, tb_)
         cmp.warnings = model.texts("warning")
         return cmp, table.algorithm
-    return compare_sources(a, b, progress=progress, ckpt_key=key), "bytes"
+    return compare_sources(a, b, progress=progress), "bytes"
+
+
+def _checked_model(path: Path, key, stack: ExitStack) -> TensorSource:
+    """The model at ``path``, opened once; an incomplete LLaMA is refused, not compared (two equally
+    incomplete copies would match): ``llmkit.io.llama_tensors``."""
+    from llmkit.io.llama_tensors import check_source
+
+    src = stack.enter_context(open_source(path, ckpt_key=key))
+    check_source(src)
+    return src
 
 
 def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | None = None) -> TensorVerifyReport:
@@ -206,9 +218,11 @@ def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | 
         from llmkit.io.ckpt_crypto import read_key
 
         key = read_key(options.dec_key, options.dec_mode, flag="--dec-key")
-    total = tensor_total_bytes(a, key) or tensor_total_bytes(b, key)
-    with (progress or no_progress)("comparing tensors", total) as advance:
-        cmp, method = _compare(a, b, resolve_jobs(options.jobs), advance, key)
+    with ExitStack() as stack:
+        sides = [p if is_tensor_table(p) else _checked_model(p, key, stack) for p in (a, b)]
+        total = next((s.total_bytes for s in sides if isinstance(s, TensorSource) and s.total_bytes), 0)
+        with (progress or no_progress)("comparing tensors", total) as advance:
+            cmp, method = _compare(sides[0], sides[1], resolve_jobs(options.jobs), advance)
     files = compare_aux_files(a, b) if a.is_dir() and b.is_dir() else []
     summary = (f"{cmp.compared} compared by {method}, {len(cmp.differing)} differ, {len(cmp.only_a)} only in A, "
                f"{len(cmp.only_b)} only in B")
