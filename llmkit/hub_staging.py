@@ -166,6 +166,8 @@ def cancellable_bar(stop: threading.Event) -> type:
     from huggingface_hub.utils import tqdm as hf_tqdm
 
     class StopAware(hf_tqdm):  # type: ignore[misc, valid-type]
+        stop_event = stop  # also cuts short a wait between retries (llmkit.hub._pause)
+
         def update(self, n=1):
             if stop.is_set():
                 raise DownloadCancelled()
