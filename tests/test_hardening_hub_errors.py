@@ -107,3 +107,25 @@ def test_a_retry_after_beyond_the_limit_is_not_waited_for_and_is_named(dl, hub, 
     line = assert_one_plain_line(r, hub, REPO, "429")
     assert "3600" in line, line
     assert len([h for h in hub.hits() if h.kind == "info"]) == 1
+
+
+# ---------------------------------------------------------------- a second run into the same folder
+
+
+def test_a_second_download_into_a_busy_folder_names_the_output_only(dl, hub, work):
+    """Another run holds the staging folder's lock: the line names DIR, never the staging folder or its lock."""
+    import fcntl
+
+    hub.add_repo(REPO, tiny_files())
+    staging = work / ".tiny-llama.llmkit-download"
+    staging.mkdir()
+    with open(staging / "llmkit-download.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = dl(REPO, "--json")
+    assert r.exit_code == 2, r.stderr
+    line = only_error_line(r.stderr)
+    assert line.startswith("error: tiny-llama: another llmkit download"), line
+    assert "llmkit-download" not in line.replace("another llmkit download", "") and "lock" not in line, line
+    err = r.json()
+    assert (work / err["path"]).resolve() == (work / "tiny-llama").resolve() and "llmkit-download" not in err["error"].replace(
+        "another llmkit download", ""), err
