@@ -125,3 +125,25 @@ def test_a_wrong_key_without_the_key_check_still_names_the_key_first(run_cli, tm
     assert r.exit_code == 1, r.stderr
     line = error_line(r.stderr)
     assert "either the key is not" in line and "--no-content-check" in line, line
+
+
+# ---------------------------------------------------------------- names that give no output name
+
+
+@pytest.mark.parametrize("name", [f"..{EMPTY}.enc", f"...{EMPTY}.enc", ".enc"], ids=["dot", "dotdot", "empty"])
+def test_an_enc_name_whose_output_name_would_be_dot_dotdot_or_empty_is_refused_up_front(run_cli, tmp_path, key,
+                                                                                       name):
+    """``..<hex>.enc`` would decrypt to ``.``, ``...<hex>.enc`` to ``..``, ``.enc`` to nothing: refused with one
+    line naming the file, before anything is created."""
+    enc = tmp_path / "enc" / name
+    enc.parent.mkdir()
+    enc.write_bytes(upstream_xor(config_bytes(), key))
+    before = enc.read_bytes()
+    for args in ([enc], [enc.parent]):
+        r = run_cli("decrypt", *args, "--key", key, "--no-key-check", "-o", tmp_path / "out")
+        assert r.exit_code == 2, (r.exit_code, r.stderr)
+        line = error_line(r.stderr)
+        assert str(enc) in line and "output name" in line, line
+        assert "llmkit-stage" not in line and "folder where a file" not in line, line
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["enc", "key"], list(tmp_path.iterdir())
+        assert [p.name for p in enc.parent.iterdir()] == [name] and enc.read_bytes() == before
