@@ -30,7 +30,7 @@ from llmkit.io.ckpt_reader import CkptFile
 from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.jsonfile import read_json
-from llmkit.io.meta import permute_meta_to_hf, unpermute_hf_to_meta
+from llmkit.io.meta import check_rotary_heads, permute_meta_to_hf, unpermute_hf_to_meta
 from llmkit.io.meta_hf import config_files, hf_sort_key, open_as_hf
 from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_complete, check_config, guessed_config, hf_to_mindformers,
                                    is_mindformers, llama_hf_name, rotary_role)
@@ -232,6 +232,8 @@ def _to_ckpt_plan(options: ToCkptOptions, src: TensorSource, dtype: torch.dtype 
     transform = (lambda hf_name, t: t)
     if options.rotary == "meta":
         heads = _heads(src.config(), options.source, "--rotary meta")
+        check_rotary_heads({hf_of[s.name]: s.shape for s in specs}, *heads,
+                           path=src.folder / "config.json" if src.folder else options.source)
         transform = _rotary(heads, unpermute_hf_to_meta)
 
     def produce(out: str) -> torch.Tensor:

@@ -68,7 +68,7 @@ class MetaHFView(TensorSource):
         self.n_kv_heads = _int(meta.params, "n_kv_heads", params_path) or self.n_heads
         self._meta_name: dict[str, str] = {}
         for name in meta.keys():
-            hf = meta_to_hf_name(name)
+            hf = meta_to_hf_name(name, meta.weight_map[name].path)
             if hf is not None:
                 self._meta_name[hf] = name
         order = sorted(self._meta_name, key=hf_sort_key)
