@@ -97,6 +97,13 @@ def one_line(text: str, limit: int = 200) -> str:
     return first if len(first) <= limit else first[:limit - 1] + "…"
 
 
+def _phrase(status: int | None) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return "an unknown status"
+
+
 def _tried(attempts: Attempts | None) -> str:
     if attempts is None:
         return ""
@@ -111,7 +118,7 @@ def _tried(attempts: Attempts | None) -> str:
 
 def _transient(status: int, what: str, endpoint: str, attempts: Attempts | None, file: str | None) -> str:
     """The message of a 429/5xx answer; the hint is :func:`_transient_hint`."""
-    phrase = HTTPStatus(status).phrase.lower()
+    phrase = _phrase(status)
     kept = "nothing was kept under its name" if file else "nothing was downloaded"
     return f"{endpoint} answered HTTP {status} ({phrase}) for {what}{_tried(attempts)}; {kept}"
 
@@ -148,7 +155,7 @@ def hub_error(e: BaseException, repo: str, endpoint: str, *, file: str | None = 
         if status in TRANSIENT:
             return InputError(_transient(status, what, endpoint, attempts, file), path=path,
                               hint=_transient_hint(status))
-        phrase = HTTPStatus(status).phrase.lower() if status in HTTPStatus._value2member_map_ else "error"
+        phrase = _phrase(status)
         said = one_line(getattr(e, "server_message", None) or "")
         said = f": {said}" if said and "://" not in said else ""
         return InputError(f"{endpoint} answered HTTP {status} ({phrase}) for {what}{said}", path=path,

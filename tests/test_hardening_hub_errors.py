@@ -127,5 +127,5 @@ def test_a_second_download_into_a_busy_folder_names_the_output_only(dl, hub, wor
     assert line.startswith("error: tiny-llama: another llmkit download"), line
     assert "llmkit-download" not in line.replace("another llmkit download", "") and "lock" not in line, line
     err = r.json()
-    assert (work / err["path"]).resolve() == (work / "tiny-llama").resolve() and "llmkit-download" not in err["error"].replace(
-        "another llmkit download", ""), err
+    assert (work / err["path"]).resolve() == (work / "tiny-llama").resolve(), err
+    assert "llmkit-download" not in err["error"].replace("another llmkit download", ""), err
