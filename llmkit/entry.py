@@ -30,8 +30,14 @@ def main() -> None:
     install_signal_handlers()
     try:
         from llmkit.cli import app
+        from llmkit.cli.output import STDOUT_CLOSED, flush_stdout
 
-        app()
+        try:
+            app()
+        except SystemExit as e:
+            if not flush_stdout() and not e.code:  # the last bytes of a result met a closed pipe
+                raise SystemExit(STDOUT_CLOSED.exit_code) from None
+            raise
     except KeyboardInterrupt as e:
         block_late_signals()
         sys.exit(_interrupted(e))

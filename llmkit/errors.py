@@ -2,7 +2,8 @@
 
 Library code raises these; ``llmkit.cli`` turns them into one line on stderr and an exit code.
 Exit codes: 0 success, 1 a check failed (checksum mismatch, integrity sum), 2 bad usage or
-bad input, 3 an unexpected internal error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+bad input, 3 an unexpected internal error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM),
+141 stdout closed by its reader (`| head`: quietly, see ``llmkit.cli.output``).
 """
 
 from __future__ import annotations

@@ -29,12 +29,13 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from llmkit.errors import CheckFailed, InputError, LlmkitError, writing
+from llmkit.errors import CheckFailed, InputError, writing
+from llmkit.hub_errors import Attempts, client_retried_get, http_cause, hub_error, one_line, with_retries
 from llmkit.hub_filters import select_paths
 from llmkit.hub_staging import DownloadCancelled, Staging, cancellable_bar, refuse_collisions, staging_dir
 from llmkit.io.destination import check_output_path
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
-from llmkit.redact import register_secret, without_credentials
+from llmkit.redact import register_secret
 from llmkit.units import check_space, free_bytes, human_bytes
 
 _CHUNK = 8 * 2**20
@@ -137,31 +138,6 @@ def _safe_target(out: Path, name: str) -> Path:
     return target
 
 
-def _hub_error(e: BaseException, repo: str, endpoint: str) -> LlmkitError:
-    """One message for a hub failure; a mirror URL's credentials (``user:token@``) are never shown."""
-    from huggingface_hub import errors
-
-    name, endpoint, detail = type(e).__name__, without_credentials(endpoint), without_credentials(str(e))
-    if isinstance(e, errors.GatedRepoError):
-        return InputError(f"{repo} is gated on {endpoint}: access needs an accepted licence and a token",
-                          hint="accept its terms on the hub page, then set HF_TOKEN or run hf auth login")
-    if isinstance(e, errors.RepositoryNotFoundError):
-        return InputError(f"no repository {repo} on {endpoint} (or it is private)",
-                          hint="check the name (llmkit models lists the known ones); for a private repo set "
-                               "HF_TOKEN or run hf auth login")
-    if isinstance(e, errors.RevisionNotFoundError):
-        return InputError(f"{repo} has no such revision", hint="check --revision")
-    if isinstance(e, errors.HfHubHTTPError):
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status in (401, 403):
-            return InputError(f"{endpoint} refused access to {repo} (HTTP {status})",
-                              hint="set HF_TOKEN or run hf auth login with a token that can read it")
-        return InputError(f"the hub answered HTTP {status} for {repo}: {detail}",
-                          hint="try again later or another --endpoint")
-    return InputError(f"cannot reach {endpoint} for {repo} ({name}: {detail})",
-                      hint="check the network or the mirror (--endpoint / HF_ENDPOINT)")
-
-
 def _git_sha1(path: Path) -> str:
     h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
     with open(path, "rb") as f:
@@ -185,11 +161,13 @@ def _list(repo: str, options: DownloadOptions, endpoint: str) -> tuple[str, list
     token = get_token()
     register_secret(token)  # never printed, whatever a failure message holds
     api = HfApi(endpoint=endpoint, token=token)
+    attempts = Attempts()
     try:
-        info = api.model_info(repo, revision=options.revision)
+        info = with_retries(lambda: api.model_info(repo, revision=options.revision), attempts)
+        attempts = Attempts()  # the client retries the (paginated) tree listing itself
         entries = list(api.list_repo_tree(repo, revision=info.sha, recursive=True))
     except Exception as e:  # noqa: BLE001 - every hub failure becomes one message
-        raise _hub_error(e, repo, endpoint) from e
+        raise hub_error(e, repo, endpoint, attempts=attempts) from e
     repo_files = [f for f in entries if isinstance(f, RepoFile)]
     chosen = select_paths(repo, [f.path for f in repo_files], options.include, options.exclude)
     files = []
@@ -225,6 +203,7 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
     repo, out, model = _resolve(options)
     endpoint = (options.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     check_output_path(out)
+    _quiet_client()
     revision, remote = _list(repo, options, endpoint)
     targets = {r.path: _safe_target(out, r.path) for r in remote}  # every name checked before any byte
     staging = staging_dir(out)
@@ -250,7 +229,6 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
                                           f"{len(remote) - len(todo)} already verified"))
         return _finish(result, remote, start)
     if todo:
-        _quiet_client()
         with Staging(staging, out) as folders, (progress or no_progress)("downloading", need) as advance:
             result.files += _fetch_all(todo, options.jobs, advance, lambda i, r, bar: _fetch(
                 repo, revision, endpoint, r, folders.folder(i), targets[r.path], options.verify, bar))
@@ -310,20 +288,18 @@ def _fetch(repo: str, revision: str, endpoint: str, r: _Remote, staging: Path, t
     """One file: fetched by huggingface_hub into its own staging folder, verified, renamed into place."""
     from huggingface_hub import get_token, hf_hub_download
 
+    attempts = Attempts()
     try:
-        got = Path(hf_hub_download(repo, r.path, revision=revision, local_dir=staging, endpoint=endpoint,
-                                   token=get_token(), force_download=True, tqdm_class=bar))
+        got = Path(with_retries(lambda: hf_hub_download(
+            repo, r.path, revision=revision, local_dir=staging, endpoint=endpoint, token=get_token(),
+            force_download=True, tqdm_class=bar), attempts, client_retried=client_retried_get, sleep=_pause(bar)))
     except DownloadCancelled:
         raise
     except Exception as e:  # noqa: BLE001
-        from huggingface_hub import errors
-
-        cause: BaseException | None = e  # the client wraps a refused file in "Force download failed"
-        while cause is not None and not isinstance(cause, errors.HfHubHTTPError):
-            cause = cause.__cause__ or cause.__context__
+        cause = http_cause(e)  # the client wraps a refused file in "Force download failed"
         if cause is not None:
-            raise _hub_error(cause, repo, endpoint) from e
-        raise InputError(f"the download of {r.path} failed ({type(e).__name__}: {without_credentials(str(e))}); "
+            raise hub_error(cause, repo, endpoint, file=r.path, path=target, attempts=attempts) from e
+        raise InputError(f"the download of {r.path} failed ({type(e).__name__}: {one_line(str(e))}); "
                          "nothing was kept under its name", path=target,
                          hint="run the same command again: verified files are skipped") from e
     if got.stat().st_size != r.size:
@@ -338,6 +314,18 @@ def _fetch(repo: str, revision: str, endpoint: str, r: _Remote, staging: Path, t
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(got, target)
     return FileOutcome(r.path, r.size, "downloaded", digest or r.digest, r.algorithm if verify else None)
+
+
+def _pause(bar: type | None):
+    """The wait between retries of a transfer: cut short (the transfer cancelled) when the run stops."""
+    stop = getattr(bar, "stop_event", None)
+
+    def pause(seconds: float) -> None:
+        if stop is None:
+            time.sleep(seconds)
+        elif stop.wait(seconds):
+            raise DownloadCancelled()
+    return pause
 
 
 def _check_table(result: DownloadResult, out: Path, table: str, find_expected) -> None:

@@ -123,10 +123,12 @@ class Staging:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
                 os.close(fd)
-                raise InputError(f"another llmkit download is writing to {self.out} (its staging folder "
-                                 f"{self.path} is in use); nothing was changed", path=self.out,
-                                 hint="wait for that run to finish (or stop it), then run this again") from None
+                who = f" (pid {owner})" if owner.isdigit() else ""
+                raise InputError(f"another llmkit download{who} is writing this folder; nothing was changed",
+                                 path=self.out, hint="wait for that run to finish (or stop it), then run this "
+                                                     "again") from None
             except OSError:  # a file system without locks (some NFS): run unlocked, as without fcntl
                 os.close(fd)
                 self._owned = True
@@ -137,21 +139,39 @@ class Staging:
                 same = False
             if same:
                 self._fd, self._owned = fd, True
+                try:  # who holds it, for a second run's message
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                except OSError:  # (a full disk fails the download's first write anyway)
+                    pass
                 return
             os.close(fd)
             make_folder(self.path)
-        raise InputError(f"could not lock the staging folder {self.path}", path=self.out,
+        raise InputError("could not claim this folder for the download", path=self.out,
                          hint="another download into this folder keeps starting and stopping; try again")
 
     def _release(self) -> None:
         if not self._owned:  # another run's folder (or none): not ours to touch
             return
+        for entry in _entries(self.path):  # the lock file last: a second run never sees a lockless leftover
+            if entry.name != LOCK:
+                try:
+                    _remove(entry)
+                except OSError:
+                    pass  # rmtree below has the last word
         shutil.rmtree(self.path, ignore_errors=True)  # the lock file too, while it is still held
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         self._owned = False
         remove_empty([p for p in self._made if p != self.path])
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
 
 
 def _remove(entry: Path) -> None:
@@ -166,6 +186,8 @@ def cancellable_bar(stop: threading.Event) -> type:
     from huggingface_hub.utils import tqdm as hf_tqdm
 
     class StopAware(hf_tqdm):  # type: ignore[misc, valid-type]
+        stop_event = stop  # also cuts short a wait between retries (llmkit.hub._pause)
+
         def update(self, n=1):
             if stop.is_set():
                 raise DownloadCancelled()

@@ -33,6 +33,9 @@ Knobs for tests (plain attributes of :class:`FakeHub`, safe to change while the 
   the file is served normally;
 - ``throttle[path] = bytes_per_second``: a GET of ``path`` sends its body at about this rate (small pieces with
   pauses), so a test can act while the transfer is under way (a signal mid-download);
+- ``faults``: a list of :class:`Fault` (status, how many times, which requests): a matching request is answered
+  with that status (5xx with an HTML body and an ``X-Request-Id``, 429 with ``Retry-After`` if given), as a hub
+  under load or a proxy in front of it does; once a fault has answered ``times`` requests it is used up;
 - ``log``: every request as a :class:`Hit` (method, path, query, status, repo, file, range, auth);
   :meth:`FakeHub.gets` / :meth:`FakeHub.requests_for` filter it.
 
@@ -118,6 +121,23 @@ class Hit:
     auth: str | None = None  # the Authorization header as sent
 
 
+@dataclass
+class Fault:
+    """Answer ``times`` matching requests with ``status`` (``kind``: info | tree | resolve | lfs; ``file``: a repo
+    file's path; ``method``: GET | HEAD; None matches any)."""
+
+    status: int
+    times: int = 10**9
+    kind: str | None = None
+    file: str | None = None
+    method: str | None = None
+    retry_after: int | None = None
+
+    def matches(self, method: str, kind: str, file: str | None) -> bool:
+        return self.times > 0 and (self.kind is None or self.kind == kind) and \
+            (self.file is None or self.file == file) and (self.method is None or self.method == method)
+
+
 def default_commit(repo_id: str) -> str:
     return hashlib.sha1(f"fake-hub commit of {repo_id}".encode()).hexdigest()
 
@@ -136,6 +156,7 @@ class FakeHub:
         self.drop_after: dict[str, int] = {}
         self.drop_times: dict[str, int] = {}
         self.throttle: dict[str, float] = {}
+        self.faults: list[Fault] = []
         self.log: list[Hit] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -264,6 +285,8 @@ class _HubHandler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         try:
             parts = split.path.split("/")
+            if self._fault(parts, head=head):
+                return
             if split.path.startswith("/api/models/"):
                 self._api(parts[3:], parse_qs(split.query), head=head)
             elif split.path.startswith("/lfs/"):
@@ -276,6 +299,34 @@ class _HubHandler(BaseHTTPRequestHandler):
             pass
         finally:
             self._record()
+
+    def _fault(self, parts: list[str], *, head: bool) -> bool:
+        """True (and the fault's answer sent) if a fault of ``hub.faults`` matches this request."""
+        path = "/".join(parts)
+        if path.startswith("/api/models/"):
+            kind, file = ("tree" if len(parts) > 5 and parts[5] == "tree" else "info"), None
+        elif path.startswith("/lfs/"):
+            kind, file = "lfs", unquote("/".join(parts[5:]))
+        elif len(parts) >= 6 and parts[3] == "resolve":
+            kind, file = "resolve", unquote("/".join(parts[5:]))
+        else:
+            return False
+        with self.hub._lock:
+            fault = next((f for f in self.hub.faults if f.matches(self.command, kind, file)), None)
+            if fault is None:
+                return False
+            fault.times -= 1
+        self._kind, self._file = kind, file
+        owner = {"info": 3, "tree": 3, "resolve": 1, "lfs": 2}[kind]  # where owner/name sit in the URL path
+        if len(parts) > owner + 1:
+            self._repo = f"{unquote(parts[owner])}/{unquote(parts[owner + 1])}"
+        headers = {"Content-Type": "text/html; charset=utf-8", "X-Request-Id": "Root=1-fake-request-id"}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = str(fault.retry_after)
+        body = (f"<html><body><h1>{fault.status}</h1><p>See https://status.example.org for details"
+                "</p></body></html>").encode()
+        self._send(fault.status, headers, body, head=head)
+        return True
 
     def _record(self) -> None:
         self.hub.record(Hit(self.command, unquote(self._raw_path), self._query, self._hit_status, self._repo,

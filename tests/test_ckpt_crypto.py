@@ -121,7 +121,8 @@ def test_keys_come_from_a_file_or_an_environment_variable(tmp_path, monkeypatch)
     ("env:LLMKIT_UNSET_KEY", None, "environment variable LLMKIT_UNSET_KEY is not set"),
     ("env:LLMKIT_TEST_KEY", "zz-not-hex", "does not hold a hex key"),
     ("missing.key", None, "no such key file"),
-    ("key33", b"\x01" * 32 + b"\n", "has 33 bytes; AES-GCM needs 16 or 24 or 32"),
+    ("key33", b"\x01" * 32 + b"\n", "the key file is 33 bytes; a checkpoint key is 16, 24 or 32 bytes"),
+    ("key17", b"\x01" * 16 + b"\n", "has 17 bytes; AES-GCM needs 16, 24 or 32"),
 ])
 def test_unusable_keys_are_named(tmp_path, monkeypatch, spec, setup, words):
     monkeypatch.chdir(tmp_path)

@@ -3,7 +3,8 @@
 Every command module registers itself on :data:`app`, validates its arguments, makes one library
 call inside :func:`command_guard`, and hands the result to :class:`~llmkit.cli.output.Output`.
 
-Exit codes: 0 ok; 1 a check failed; 2 bad usage or bad input; 3 internal error; 130 interrupted; 143 terminated.
+Exit codes: 0 ok; 1 a check failed; 2 bad usage or bad input; 3 internal error; 130 interrupted; 143 terminated;
+141 stdout closed by its reader (``| head``), quietly.
 Every failure is one ``error:`` line on stderr and, with ``--json``, one JSON object on stdout
 (:class:`~llmkit.cli.output.Failure`); usage errors (bad flags) are handled by :class:`LlmkitGroup`.
 """
@@ -21,7 +22,7 @@ import typer
 
 from llmkit import __version__
 from llmkit.cli.helptext import OUTPUT, LlmkitTyper, examples
-from llmkit.cli.output import Failure, Output
+from llmkit.cli.output import STDOUT_CLOSED, Failure, Output, is_stdout_closed_error
 from llmkit.cli.usage import LlmkitGroup
 from llmkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, LlmkitError, Terminated
 
@@ -52,6 +53,8 @@ ForceOpt = Annotated[bool, typer.Option("--force", rich_help_panel=OUTPUT, help=
 
 
 def _os_error(e: OSError) -> Failure:
+    if is_stdout_closed_error(e):  # `llmkit ... | head`: the reader stopped, nothing is wrong with a path
+        return STDOUT_CLOSED
     path = str(e.filename) if getattr(e, "filename", None) else None
     if isinstance(e, FileNotFoundError):
         return Failure("no such file or folder", path, "check the path")

@@ -7,12 +7,20 @@ errors still print). ``--json`` implies no progress and no logs.
 With ``--json`` every outcome is exactly one JSON value on stdout: the result on success; on a failure
 the error object of :class:`Failure` (``{"ok": false, "error", "path", "hint", "exit_code"}``), or, for a
 check that ran and failed (exit 1), the command's report with those five keys added.
+
+A reader that stops early (``llmkit ... | head``) closes stdout: that is not a failure of the command's
+input, so it ends the command quietly with :data:`EXIT_STDOUT_CLOSED` (141 = 128 + SIGPIPE, what a shell
+reports for any tool stopped that way), no ``error:`` line; staged outputs are cleaned up as on any failure.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
+import select
+import stat
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +32,50 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 
 from llmkit.pipeline import plan_rows  # noqa: F401 (what --dry-run shows for every tensor job)
 from llmkit.redact import redact
+
+
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: `yes | head` under `set -o pipefail`
+
+
+def stdout_closed() -> bool:
+    """True if stdout is a pipe (or socket) whose reader has gone away."""
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return False
+        poller = select.poll()
+        poller.register(fd, 0)  # POLLERR / POLLHUP are always reported: no reader is left
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def is_stdout_closed_error(e: BaseException) -> bool:
+    """``e`` is the failed write to a stdout whose reader is gone (not, say, a dropped network connection)."""
+    return isinstance(e, OSError) and e.errno == errno.EPIPE and stdout_closed()
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so nothing (Python's final flush included) writes to the closed pipe again."""
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def flush_stdout() -> bool:
+    """Flush stdout at the end of a run; False (and stdout silenced) if its reader had gone."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno == errno.EPIPE:
+            silence_stdout()
+            return False
+    return True
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -59,9 +111,37 @@ class Failure:
                 "exit_code": self.exit_code}
 
 
+STDOUT_CLOSED = Failure("stdout was closed by its reader", exit_code=EXIT_STDOUT_CLOSED)  # never printed
+
+
+class _Console(Console):
+    """A rich console whose closed pipe ends the command with 141 (rich's own default is exit 1)."""
+
+    def on_broken_pipe(self) -> None:
+        silence_stdout()
+        raise SystemExit(EXIT_STDOUT_CLOSED)
+
+
+def write_text(stream: Any, text: str) -> None:
+    """All of ``text`` to ``stream``, or an error. (A text stream's ``write`` drops the rest of a large write
+    that a signal interrupted part way, e.g. the SIGPIPE of a reader that went away, and reports nothing.)"""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()
+    view = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    while len(view):
+        n = buffer.write(view)
+        if n is None:  # a non-blocking stream took it all into its buffer
+            break
+        view = view[n:]
+    buffer.flush()
+
+
 def write_json(data: Any) -> None:
-    sys.stdout.write(redact(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False)) + "\n")
-    sys.stdout.flush()
+    write_text(sys.stdout, redact(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False)) + "\n")
 
 
 class RedactingFile:
@@ -72,7 +152,7 @@ class RedactingFile:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        self._stream.write(redact(text))
+        write_text(self._stream, redact(text))
         return len(text)
 
     def __getattr__(self, name: str) -> Any:
@@ -88,7 +168,7 @@ class Output:
         self.quiet = quiet or json_mode
         self.debug = debug
         self.printed_json = False  # a JSON value is on stdout: never print a second one
-        self.out = Console(file=RedactingFile(sys.stdout), soft_wrap=True, highlight=False)
+        self.out = _Console(file=RedactingFile(sys.stdout), soft_wrap=True, highlight=False)
         self.err = Console(file=RedactingFile(sys.stderr), highlight=False, soft_wrap=True)
 
     def log(self, message: str) -> None:
@@ -123,7 +203,10 @@ class Output:
 
     def fail(self, failure: Failure) -> None:
         """Report a failure: the one ``error:`` line on stderr, and with --json the error object on stdout
-        (unless a result is already there)."""
+        (unless a result is already there). A closed stdout (:data:`STDOUT_CLOSED`) prints nothing."""
+        if failure.exit_code == EXIT_STDOUT_CLOSED:
+            silence_stdout()
+            return
         if self.json_mode and not self.printed_json:
             self.printed_json = True
             try:

@@ -239,9 +239,7 @@ class LlmkitGroup(TyperGroup):
         except (typer.Exit, typer.Abort, SystemExit, GeneratorExit):
             raise
         except BaseException as e:  # noqa: BLE001 - an exception that escaped a command's command_guard
-            if isinstance(e, BrokenPipeError):
-                raise  # Typer quiets a closed stdout (``llmkit ... | head``) itself
-            from llmkit.cli import describe_error
+            from llmkit.cli import describe_error  # a closed stdout (``| head``): exit 141, no line
 
             if _debug_requested(argv):
                 traceback.print_exc(file=sys.stderr)

@@ -33,7 +33,7 @@ from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.jsonfile import read_json
 from llmkit.io.llama_tensors import check_source, check_tensors, is_buffer, is_training_state, llama_shapes
-from llmkit.io.meta import permute_meta_to_hf, unpermute_hf_to_meta
+from llmkit.io.meta import check_rotary_heads, permute_meta_to_hf, unpermute_hf_to_meta
 from llmkit.io.meta_hf import config_files, hf_sort_key, open_as_hf
 from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_config, guessed_config, hf_to_mindformers, is_mindformers,
                                    llama_hf_name, rotary_role)
@@ -241,6 +241,8 @@ def _to_ckpt_plan(options: ToCkptOptions, src: TensorSource, dtype: torch.dtype 
     transform = (lambda hf_name, t: t)
     if options.rotary == "meta":
         heads = _heads(src.config(), options.source, "--rotary meta")
+        check_rotary_heads({hf_of[s.name]: s.shape for s in specs}, *heads,
+                           path=src.folder / "config.json" if src.folder else options.source)
         transform = _rotary(heads, unpermute_hf_to_meta)
 
     def produce(out: str) -> torch.Tensor:

@@ -214,7 +214,8 @@ def to_meta(options: ToMetaOptions, *, progress: ProgressFactory | None = None) 
                              hint="to-meta needs the model's config.json for params.json")
         check_source(src, cfg=cfg, config_path=Path(src.folder) / "config.json")  # a complete LLaMA, once
         plan = _cast_plan("to-meta", src, options, dtype, "meta-pth",
-                          sink_options={"config": cfg, "shards": options.shards},
+                          sink_options={"config": cfg, "shards": options.shards,
+                                        "config_path": src.folder / "config.json"},
                           aux=[AuxCopy(src.folder, TOKENIZER_FILES)] if src.folder else [])
     except BaseException:
         src.close()

@@ -19,7 +19,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
 
-from llmkit.crypto.keycheck import KEY_DESCRIPTION, check_key
+from llmkit.crypto.diagnosis import file_check, key_or_damage
+from llmkit.crypto.keycheck import check_key
 from llmkit.crypto.keystream import KeyStream, advise_sequential, read_full
 from llmkit.crypto.names import EMPTY_SHA256, HEADER_BYTES, stale_belle_outputs
 from llmkit.crypto.plan import CryptoPlan, DecryptOptions, EncryptOptions, FileJob, plan_decrypt, plan_encrypt
@@ -135,18 +136,16 @@ def _removed_on_failure(tmp: Path | None) -> Iterator[None]:
 # ------------------------------------------------------------------ decrypt
 
 
-def _content_failed(e: ContentError, job: FileJob, to_stream: bool) -> CheckFailed:
-    """A content check failure as the user's error: garbage means a wrong key, a short file a bad download."""
+def _content_failed(e: ContentError, job: FileJob, to_stream: bool, key_checked: bool) -> CheckFailed:
+    """A content check failure as the user's error: garbage is a wrong key or a damaged file (the key check tells
+    which), a short file a bad download."""
     if e.incomplete:
         kept = "discard what reached stdout" if to_stream else "nothing was kept"
         return CheckFailed(f"the decrypted {e.kind} file is incomplete: {e.detail}; {kept}", path=job.display,
-                           hint="the .enc file is truncated or damaged: download it again "
-                                "(llmkit verify compares it with the published MD5s)")
+                           hint=f"the .enc file is truncated or damaged: download it again ({file_check(job)})")
     return CheckFailed(f"the decrypted bytes are not a {e.kind} file ({e.detail}); decryption stopped",
-                       path=job.display,
-                       hint="the key is not the one these weights were encrypted with: TechGPT-1.0 needs "
-                            f"{KEY_DESCRIPTION} (LLaMA-2's file or a converted model is the usual mistake); "
-                            "--no-content-check decrypts files that are not model files")
+                       path=job.display, hint=f"{key_or_damage(job, key_checked)}; --no-content-check decrypts "
+                                              "files that are not model files")
 
 
 def _read_belle_header(src: BinaryIO, job: FileJob) -> bytes:
@@ -162,7 +161,7 @@ def _read_belle_header(src: BinaryIO, job: FileJob) -> bytes:
 
 def _decrypt_one(job: FileJob, key: Path, out_dir: Path | None, stream: BinaryIO | None, stdin: BinaryIO | None,
                  advance: Callable[[int], None], cancel: threading.Event, warnings: list[str],
-                 stage: StagedOutput | None, content_check: bool) -> FileResult:
+                 stage: StagedOutput | None, content_check: bool, key_checked: bool) -> FileResult:
     start = time.perf_counter()
     out_md5 = hashlib.md5() if job.out_entries else None
     out_sha = hashlib.sha256() if job.fmt == "belle" else None
@@ -187,7 +186,7 @@ def _decrypt_one(job: FileJob, key: Path, out_dir: Path | None, stream: BinaryIO
                     if check is not None:
                         check.finish()
                 except ContentError as e:
-                    raise _content_failed(e, job, tmp is None) from None
+                    raise _content_failed(e, job, tmp is None, key_checked) from None
                 if tmp is not None:
                     os.fsync(dst.fileno())
                 else:
@@ -201,7 +200,7 @@ def _decrypt_one(job: FileJob, key: Path, out_dir: Path | None, stream: BinaryIO
             if header is not None and out_sha.digest() != header:
                 raise CheckFailed(f"the decrypted sha256 {result.sha256} differs from the header's {header.hex()}"
                                   + ("; nothing was kept" if tmp is not None else ""), path=job.display,
-                                  hint="the file is truncated or damaged (download it again), or the key is wrong")
+                                  hint=key_or_damage(job, key_checked))
             result.checks.append(Check("sha256 header", "ok", f"{result.sha256} matches the BELLE header"))
         if out_md5 is not None:
             result.md5 = out_md5.hexdigest()
@@ -236,7 +235,7 @@ def decrypt(options: DecryptOptions | Sequence[str | os.PathLike], key: str | os
     def work(job: FileJob, advance: Callable[[int], None], cancel: threading.Event,
              stage: StagedOutput | None) -> FileResult:
         return _decrypt_one(job, plan.key, plan.out_dir, stream, stdin, advance, cancel, warnings, stage,
-                            options.content_check)
+                            options.content_check, options.key_check)
 
     return _finish(plan, key_status, _execute(plan, work, progress, options.force), warnings, t0)
 

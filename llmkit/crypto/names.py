@@ -31,6 +31,17 @@ def split_enc_name(name: str) -> tuple[str, str | None]:
     return base, None
 
 
+def output_name(path: Path) -> str:
+    """The name ``path`` decrypts to (:func:`split_enc_name`); a name that gives none (``..<hex>.enc`` -> ``.``,
+    ``...<hex>.enc`` -> ``..``, ``.enc`` -> nothing) is refused before anything is created."""
+    name, _ = split_enc_name(path.name)
+    if name in ("", ".", ".."):
+        raise InputError(f"this .enc name gives no output name (it would decrypt to {name!r}, which names no file)",
+                         path=path, hint="rename it <name>.<64 hex>.enc, e.g. config.json.<64 hex>.enc: the part "
+                                         "before the hex names the output")
+    return name
+
+
 def detect_format(path: Path, fmt: str = "auto") -> tuple[str, bytes | None]:
     """The format of an ``.enc`` file (SPEC.md 1) and, for BELLE, its 32-byte header.
 

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from llmkit.crypto.keycheck import require_key_file
 from llmkit.crypto.names import (EMPTY_SHA256, FORMATS, HEADER_BYTES, detect_format, expand_decrypt_inputs,
-                                 expand_encrypt_inputs, split_enc_name, stale_belle_outputs)
+                                 expand_encrypt_inputs, output_name, stale_belle_outputs)
 from llmkit.crypto.tables import published_entries
 from llmkit.errors import InputError, OutputExistsError
 from llmkit.io.destination import ensure_output_is_new
@@ -171,8 +171,8 @@ def plan_decrypt(options: DecryptOptions, *, to_stream: bool) -> CryptoPlan:
         if p is None:
             jobs.append(FileJob(None, "-", None, fmt, None))
             continue
+        out_name = output_name(p)
         f, header = detect_format(p, fmt)
-        out_name, _ = split_enc_name(p.name)
         size = p.stat().st_size
         job = FileJob(p, str(p), out_name, f, size - HEADER_BYTES if f == "belle" else size, header,
                       table_check=options.table_check)

@@ -56,9 +56,33 @@ class CkptKey:
 
     def check(self, mode: str) -> None:
         if len(self.key) not in KEY_LENGTHS[mode]:
-            lengths = " or ".join(str(n) for n in KEY_LENGTHS[mode])
-            raise InputError(f"the key from {self.source} has {len(self.key)} bytes; {mode} needs {lengths}",
-                             hint="a key file holds the raw key bytes (no newline); env:VAR holds hex")
+            where = self.source.startswith("env:")
+            raise InputError(f"the key{' in ' + self.source if where else ''} has {len(self.key)} bytes; {mode} needs "
+                             f"{_lengths(KEY_LENGTHS[mode])}", path=None if where else self.source, hint=KEY_FORMS)
+
+
+KEY_FORMS = "a key file holds the raw key bytes (no newline); env:VAR holds hex"
+MAX_KEY = max(n for lengths in KEY_LENGTHS.values() for n in lengths)
+
+
+def _lengths(ns: tuple[int, ...]) -> str:
+    return str(ns[0]) if len(ns) == 1 else f"{', '.join(map(str, ns[:-1]))} or {ns[-1]}"
+
+
+def _read_key_file(path: Path, flag: str) -> bytes:
+    """The raw bytes of a key file, read only if its size can be a key's (a model file passed by mistake is
+    refused from its size, never read)."""
+    every = tuple(sorted({n for lengths in KEY_LENGTHS.values() for n in lengths}))
+    size = os.stat(path).st_size
+    if size > MAX_KEY:
+        raise InputError(f"{flag}: the key file is {size:,} bytes; a checkpoint key is {_lengths(every)} bytes",
+                         path=path, hint=KEY_FORMS)
+    with open(path, "rb") as f:
+        data = f.read(MAX_KEY + 1)
+    if len(data) > MAX_KEY:  # it grew since the stat
+        raise InputError(f"{flag}: the key file is more than {MAX_KEY} bytes; a checkpoint key is "
+                         f"{_lengths(every)} bytes", path=path, hint=KEY_FORMS)
+    return data
 
 
 def _key_path(spec: str, flag: str) -> Path:
@@ -97,7 +121,7 @@ def read_key(spec: str, mode: str | None, *, flag: str) -> CkptKey:
         ck = CkptKey(key, mode, f"env:{var}")
     else:
         path = _key_path(spec, flag)
-        ck = CkptKey(path.read_bytes(), mode, str(path))
+        ck = CkptKey(_read_key_file(path, flag), mode, str(path))
     register_secret(ck.key)
     if mode is not None:
         ck.check(mode)

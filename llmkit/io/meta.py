@@ -25,7 +25,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 
@@ -65,8 +65,9 @@ _META_LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
 _HF_DROPPED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
 
-def hf_to_meta_name(name: str) -> str | None:
-    """The Meta name of an HF LLaMA tensor; None for buffers Meta does not store (``rotary_emb.inv_freq``)."""
+def hf_to_meta_name(name: str, path: object = None) -> str | None:
+    """The Meta name of an HF LLaMA tensor; None for buffers Meta does not store (``rotary_emb.inv_freq``).
+    ``path``: the model it comes from, named by the error."""
     if name in HF_TO_META_TOP:
         return HF_TO_META_TOP[name]
     if _HF_DROPPED.search(name):
@@ -74,12 +75,13 @@ def hf_to_meta_name(name: str) -> str | None:
     m = _HF_LAYER_RE.match(name)
     if m and m.group(2) in HF_TO_META_LAYER:
         return f"layers.{m.group(1)}.{HF_TO_META_LAYER[m.group(2)]}"
-    raise InputError(f"tensor {name!r} has no place in Meta's LLaMA layout",
+    raise InputError(f"tensor {name!r} has no place in Meta's LLaMA layout", path=path,
                      hint="--format pth handles LLaMA models only; write safetensors or bin instead")
 
 
-def meta_to_hf_name(name: str) -> str | None:
-    """The HF name of a Meta LLaMA tensor; None for ``rope.freqs`` (recomputed by transformers)."""
+def meta_to_hf_name(name: str, path: object = None) -> str | None:
+    """The HF name of a Meta LLaMA tensor; None for ``rope.freqs`` (recomputed by transformers). ``path``: the
+    file holding it, named by the error."""
     if name in META_TO_HF_TOP:
         return META_TO_HF_TOP[name]
     if name == "rope.freqs":
@@ -87,10 +89,31 @@ def meta_to_hf_name(name: str) -> str | None:
     m = _META_LAYER_RE.match(name)
     if m and m.group(2) in META_TO_HF_LAYER:
         return f"model.layers.{m.group(1)}.{META_TO_HF_LAYER[m.group(2)]}"
-    raise InputError(f"tensor {name!r} is not part of Meta's LLaMA layout")
+    raise InputError(f"tensor {name!r} is not part of Meta's LLaMA layout", path=path,
+                     hint="from-meta reads Meta's consolidated.NN.pth files of a LLaMA model only")
+
+
+_HF_ROTARY = re.compile(r"(^|\.)self_attn\.(?P<role>[qk])_proj\.weight$")
+
+
+def check_rotary_heads(shapes: Mapping[str, tuple[int, ...]], heads: int, kv_heads: int, *, path: object = None,
+                       config: str = "config.json") -> None:
+    """Before any output: every q/k projection (HF names) holds whole rotary pairs for its head count.
+    ``path``: the config file the head counts come from (``config``: its kind), named by the error."""
+    fields = ("n_heads", "n_kv_heads") if config == "params.json" else ("num_attention_heads", "num_key_value_heads")
+    for name, shape in shapes.items():
+        m = _HF_ROTARY.search(name)
+        if m is None:
+            continue
+        n, field = (heads, fields[0]) if m.group("role") == "q" else (kv_heads, fields[1])
+        if len(shape) != 2 or n <= 0 or shape[0] % (2 * n):
+            raise InputError(f"{config} gives {n} heads ({field}), but {name} is {tuple(shape)}: its rows are not "
+                             f"a multiple of 2 x {n} (a rotary pair per head), so they cannot be permuted", path=path,
+                             hint=f"use the {config} of these weights")
 
 
 def _check_heads(w: torch.Tensor, n_heads: int) -> None:
+    """The last line of defence (planning runs :func:`check_rotary_heads` first)."""
     if w.dim() != 2 or n_heads <= 0 or w.shape[0] % (2 * n_heads):
         raise InputError(f"cannot permute a {tuple(w.shape)} tensor for {n_heads} heads "
                          "(rows must be a multiple of 2 x heads)")
@@ -160,14 +183,15 @@ def llama_multiple_of(dim: int, intermediate: int) -> int | None:
     return None
 
 
-def meta_params(config: dict) -> dict:
-    """``params.json`` for an HF LLaMA ``config.json`` (keys and order as in Meta's and Chinese-LLaMA's files)."""
+def meta_params(config: dict, path: object = None) -> dict:
+    """``params.json`` for an HF LLaMA ``config.json`` (keys and order as in Meta's and Chinese-LLaMA's files);
+    ``path``: that config.json, named by its errors."""
     try:
         dim = int(config["hidden_size"])
         heads = int(config["num_attention_heads"])
         layers = int(config["num_hidden_layers"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError("config.json lacks hidden_size / num_attention_heads / num_hidden_layers",
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise InputError("config.json lacks hidden_size / num_attention_heads / num_hidden_layers", path=path,
                          hint="--format pth needs a LLaMA config.json beside the base weights") from None
     params: dict = {"dim": dim}
     intermediate = config.get("intermediate_size")
@@ -321,17 +345,19 @@ class MetaPthSink:
 
     def __init__(self, out_dir: str | os.PathLike, specs: list[TensorSpec], *, config: dict,
                  shards: int | None = None, force: bool = False, extra_bytes: int = 0,
-                 inputs: Iterable[str | os.PathLike | None] | None = None):
-        params = meta_params(config)
+                 inputs: Iterable[str | os.PathLike | None] | None = None, config_path: object = None):
+        params = meta_params(config, config_path)
         self.shards = shards or default_meta_shards(params["dim"])
         kv = params.get("n_kv_heads", params["n_heads"])
+        check_rotary_heads({s.name: s.shape for s in specs}, params["n_heads"], kv, path=config_path)
         if params["n_heads"] % self.shards or kv % self.shards:
             raise InputError(f"{self.shards} model-parallel shards do not divide the model's {params['n_heads']} "
                              f"attention heads ({kv} key/value heads)",
                              hint="choose a shard count that divides the heads (Meta: 7B 1, 13B 2, 33B 4, 65B 8)")
         self._heads = {"attention.wq.weight": params["n_heads"],
                        "attention.wk.weight": params.get("n_kv_heads", params["n_heads"])}
-        self._names = {s.name: m for s in specs if (m := hf_to_meta_name(s.name)) is not None}
+        model = Path(str(config_path)).parent if config_path is not None else None
+        self._names = {s.name: m for s in specs if (m := hf_to_meta_name(s.name, model)) is not None}
         shard_specs: list[list[TensorSpec]] = [[] for _ in range(self.shards)]
         for s in specs:
             meta = self._names.get(s.name)

@@ -71,10 +71,7 @@ class MetaHFView(TensorSource):
         self.findings = check_source(meta)  # every weight params.json describes, once, before any is read
         self._meta_name: dict[str, str] = {}
         for name in meta.keys():
-            try:
-                hf = meta_to_hf_name(name)
-            except InputError as e:
-                raise InputError(e.message, path=meta.path, hint="the folder holds a file of another model") from None
+            hf = meta_to_hf_name(name, meta.weight_map[name].path)
             if hf is not None:
                 self._meta_name[hf] = name
         order = sorted(self._meta_name, key=hf_sort_key)
