@@ -159,6 +159,7 @@ class FakeHub:
         self.faults: list[Fault] = []
         self.log: list[Hit] = []
         self._lock = threading.Lock()
+        self.in_flight = 0  # requests whose handler has not recorded them yet
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -189,10 +190,21 @@ class FakeHub:
     def record(self, hit: Hit) -> None:
         with self._lock:
             self.log.append(hit)
+            self.in_flight -= 1
+
+    def started(self) -> None:
+        with self._lock:
+            self.in_flight += 1
 
     def hits(self) -> list[Hit]:
-        with self._lock:
-            return list(self.log)
+        """Every request so far. A handler records its request after the answer is sent, so a client can
+        hold the answer before the server logged it: wait (up to 2 s) until no handler is still running."""
+        deadline = time.monotonic() + 2
+        while True:
+            with self._lock:
+                if self.in_flight == 0 or time.monotonic() > deadline:
+                    return list(self.log)
+            time.sleep(0.001)
 
     def clear_log(self) -> None:
         with self._lock:
@@ -272,6 +284,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             self._record()
 
     def _start(self) -> None:
+        self.hub.started()
         split = urlsplit(self.path)
         self._raw_path = split.path
         self._query = split.query
