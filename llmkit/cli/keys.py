@@ -55,7 +55,8 @@ INTEGRITY = ("AES-GCM is recommended: it authenticates every block, so a changed
              "can catch).")
 EncModeOpt = Annotated[EncMode, typer.Option("--enc-mode", metavar=MODES, rich_help_panel=OUTPUT,
                                              callback=_pair_check("enc"),
-                                             help="Cipher for --enc-key, which it needs (MindSpore's enc_mode). " + INTEGRITY)]
+                                             help="Cipher for --enc-key, which it needs (MindSpore's enc_mode). "
+                                                  + INTEGRITY)]
 DecKeyOpt = Annotated[Optional[str], typer.Option(
     "--dec-key", metavar="KEY", rich_help_panel=INPUTS, callback=_pair_check("dec"), help="Key of an encrypted .ckpt (what load_checkpoint(dec_key=...) takes). " + KEY_FORMS,
     show_default=False)]
