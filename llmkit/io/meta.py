@@ -302,7 +302,7 @@ class MetaShardWriter(ShardSetWriter):
             raise InputError("a Meta checkpoint needs at least one shard")
         super().__init__(out_dir, [(meta_shard_name(i), specs) for i, specs in enumerate(shard_specs)],
                          fmt="bin", force=force, inputs=inputs)
-        self.smaller_files = "use more --pth-shards"
+        self.smaller_files = "write more, smaller shards (to-meta --shards, merge-lora --pth-shards)"
         self.own_files = OWN_FILES["meta-pth"]
         self.files.append(PARAMS_JSON)
         self.add_file(PARAMS_JSON, (json.dumps(params) + "\n").encode())
