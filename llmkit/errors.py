@@ -91,12 +91,23 @@ def writing(path: str | Path, *, smaller: str | None = None) -> Iterator[None]:
         raise
 
 
+def _size_limit() -> str:
+    """`` of 200,000 bytes``: this process's file-size limit (``ulimit -f``), if one is set."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return ""
+    return "" if soft == resource.RLIM_INFINITY or soft < 0 else f" of {soft:,} bytes"
+
+
 def write_error(e: OSError, path: str | Path, *, smaller: str | None = None) -> LlmkitError:
     """An OS error raised while writing ``path`` as a one-line error that says what ran out."""
     if e.errno == errno.ENOSPC:
         what, hint = "the disk is full", "free some space or choose another -o"
     elif e.errno == errno.EFBIG:
-        what = "the file-size limit was reached"
+        what = f"the file-size limit{_size_limit()} was reached"
         hint = "raise the limit (ulimit -f)" + (f" or {smaller}" if smaller else "")
     elif e.errno == errno.EROFS:
         what, hint = "the filesystem is read-only", "choose an -o on a writable filesystem"

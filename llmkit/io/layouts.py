@@ -16,6 +16,7 @@ Registered layouts: ``safetensors`` (bytes identical to ``safetensors.torch.save
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import struct
@@ -126,8 +127,14 @@ class TorchZipLayout(FileLayout):
 
         # torch.empty reserves address space only; skip_data never touches the pages.
         empties = {s.name: torch.empty(s.shape, dtype=s.dtype) for s in specs}
-        with skip_data():
-            torch.save(empties, f)  # a file object: the archive is named "archive" as in transformers' files
+        recorder = _WriteRecorder(f)
+        try:
+            with skip_data():
+                torch.save(empties, recorder)  # a file object: the archive is named "archive" as in transformers'
+        except RuntimeError:
+            if recorder.error is not None:  # torch reports a failed write as "[enforce fail at inline_container.cc]"
+                raise recorder.error from None
+            raise
         del empties
         f.flush()
         with zipfile.ZipFile(path) as zf, open(path, "rb") as r:
@@ -143,6 +150,43 @@ class TorchZipLayout(FileLayout):
 
     def finish(self, f: BinaryIO, start: FileStart, crcs: dict[str, int]) -> None:
         _patch_zip_crcs(f, {start.records[name]: crc for name, crc in crcs.items()})
+
+
+class _WriteRecorder:
+    """The file object ``torch.save`` writes to: every write is completed (a short write is retried) and the
+    OSError that ends it (a full disk, a file-size limit) is kept, so the caller can raise it instead of
+    torch's RuntimeError, which names neither the file nor the cause."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                n = self.f.write(view[done:])
+                if not n:
+                    raise OSError(errno.EIO, "write wrote nothing")
+                done += n
+        except OSError as e:
+            self.error = e
+            raise
+        return done
+
+    def __getattr__(self, name: str):
+        value = getattr(self.f, name)
+        if not callable(value):
+            return value
+
+        def call(*args, **kwargs):  # seek/truncate/flush, which skip_data uses to reserve the records
+            try:
+                return value(*args, **kwargs)
+            except OSError as e:
+                self.error = e
+                raise
+        return call
 
 
 def _patch_zip_crcs(f: BinaryIO, crcs: dict[str, int]) -> None:

@@ -31,7 +31,8 @@ import torch
 
 from llmkit.errors import InputError
 from llmkit.io.files import TOKENIZER_FILES
-from llmkit.io.jsonfile import read_json
+from llmkit.io.jsonfile import int_field, number_field, read_json
+from llmkit.io.regular import is_special
 from llmkit.io.sinks import OWN_FILES, ShardSetWriter, TensorSpec, register_sink
 from llmkit.io.sources import TensorInfo, TensorSource, TorchFile
 
@@ -184,26 +185,29 @@ def llama_multiple_of(dim: int, intermediate: int) -> int | None:
 
 
 def meta_params(config: dict, path: object = None) -> dict:
-    """``params.json`` for an HF LLaMA ``config.json`` (keys and order as in Meta's and Chinese-LLaMA's files);
-    ``path``: that config.json, named by its errors."""
-    try:
-        dim = int(config["hidden_size"])
-        heads = int(config["num_attention_heads"])
-        layers = int(config["num_hidden_layers"])
-    except (KeyError, TypeError, ValueError, OverflowError):
-        raise InputError("config.json lacks hidden_size / num_attention_heads / num_hidden_layers", path=path,
-                         hint="--format pth needs a LLaMA config.json beside the base weights") from None
+    """``params.json`` for an HF LLaMA ``config.json`` (keys and order as in Meta's and Chinese-LLaMA's files).
+    A setting of the wrong type is an InputError naming the file (``path``, else ``config.path`` when read
+    by read_json)."""
+    where = path if path is not None else getattr(config, "path", None)
+    sizes = {key: int_field(config, key, path=where) for key in ("hidden_size", "num_attention_heads",
+                                                                 "num_hidden_layers", "intermediate_size",
+                                                                 "num_key_value_heads")}
+    dim, heads, layers = sizes["hidden_size"], sizes["num_attention_heads"], sizes["num_hidden_layers"]
+    if dim is None or heads is None or layers is None:
+        raise InputError("config.json lacks hidden_size / num_attention_heads / num_hidden_layers", path=where,
+                         hint="--format pth needs a LLaMA config.json beside the base weights")
+    eps = number_field(config, "rms_norm_eps", path=where)
     params: dict = {"dim": dim}
-    intermediate = config.get("intermediate_size")
-    multiple_of = llama_multiple_of(dim, int(intermediate)) if intermediate else 256
+    intermediate = sizes["intermediate_size"]
+    multiple_of = llama_multiple_of(dim, intermediate) if intermediate else 256
     params["multiple_of"] = multiple_of if multiple_of is not None else 256
     params["n_heads"] = heads
     params["n_layers"] = layers
-    params["norm_eps"] = float(config.get("rms_norm_eps", 1e-6))
+    params["norm_eps"] = eps if eps is not None else 1e-6
     params["vocab_size"] = -1
-    kv = config.get("num_key_value_heads")
-    if kv is not None and int(kv) != heads:
-        params["n_kv_heads"] = int(kv)
+    kv = sizes["num_key_value_heads"]
+    if kv is not None and kv != heads:
+        params["n_kv_heads"] = kv
     return params
 
 
@@ -274,7 +278,7 @@ class MetaSource(TensorSource):
         from llmkit.io.meta_checks import check_params_types
 
         p = folder / PARAMS_JSON
-        if not p.is_file():
+        if not (p.is_file() or is_special(p)):  # a FIFO or device is refused by read_json, not taken as absent
             return None
         return check_params_types(read_json(p), p)
 
@@ -322,7 +326,7 @@ class MetaShardWriter(ShardSetWriter):
             raise InputError("a Meta checkpoint needs at least one shard")
         super().__init__(out_dir, [(meta_shard_name(i), specs) for i, specs in enumerate(shard_specs)],
                          fmt="bin", force=force, inputs=inputs)
-        self.smaller_files = "use more --pth-shards"
+        self.smaller_files = "write more, smaller shards (to-meta --shards, merge-lora --pth-shards)"
         self.own_files = OWN_FILES["meta-pth"]
         self.files.append(PARAMS_JSON)
         self.add_file(PARAMS_JSON, (json.dumps(params) + "\n").encode())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 from llmkit.errors import InputError
 from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.meta import MetaSource, meta_to_hf_name, permute_meta_to_hf
+from llmkit.io.regular import check_regular, is_special
 from llmkit.io.sources import TensorInfo, TensorSource
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
@@ -91,18 +93,18 @@ class MetaHFView(TensorSource):
 
     def _hf_folder(self) -> Path:
         """A private folder holding what an HF folder of this model holds besides weights: the derived
-        ``config.json`` and ``generation_config.json`` and the ``tokenizer.model`` found beside the shards
-        or in their parent (Meta's download layout). Every job reads config/tokenizer files from it
+        ``config.json`` and ``generation_config.json`` and a link to the ``tokenizer.model`` found beside the
+        shards or in their parent (Meta's download layout). Every job reads config/tokenizer files from it
         unchanged; it is removed by :meth:`close`."""
-        import shutil
         import tempfile
 
         folder = Path(tempfile.mkdtemp(prefix="llmkit-meta-hf-"))
         for name, data in config_files(hf_config(self)).items():
             (folder / name).write_bytes(data)
         tok = tokenizer_model(self.meta_folder)
-        if tok is not None:
-            shutil.copyfile(tok, folder / "tokenizer.model")
+        if tok is not None:  # linked, not copied: no write that a full disk or a size limit could fail
+            check_regular(tok, "a SentencePiece tokenizer.model")
+            os.symlink(tok.resolve(), folder / "tokenizer.model")
         return folder
 
     def info(self, name: str) -> TensorInfo:
@@ -216,7 +218,7 @@ def config_files(config: dict) -> dict[str, bytes]:
 def tokenizer_model(meta_folder: Path) -> Path | None:
     """``tokenizer.model`` beside Meta's shards, or in their parent (Meta's download layout)."""
     for where in (meta_folder, meta_folder.parent):
-        if (where / "tokenizer.model").is_file():
+        if (where / "tokenizer.model").is_file() or is_special(where / "tokenizer.model"):  # a FIFO: refused later
             return where / "tokenizer.model"
     return None
 

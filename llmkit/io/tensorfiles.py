@@ -13,12 +13,11 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 import mmap
+import os
 import pickle
 import re
-import struct
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -29,9 +28,9 @@ import torch
 
 from llmkit.errors import InputError, UnsafeFileError
 from llmkit.io.dtypes import ST_TO_TORCH
+from llmkit.io.regular import open_regular
+from llmkit.io.st_header import MAX_HEADER_BYTES, read_header  # noqa: F401 (MAX_HEADER_BYTES re-exported)
 
-# A safetensors header larger than this is corrupt (the Rust reader's own limit is 100 MB).
-MAX_HEADER_BYTES = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -71,50 +70,6 @@ class TensorFile:
         pass
 
 
-def _read_safetensors_header(path: Path) -> tuple[dict, int]:
-    """Parse and validate a safetensors header; return (header, data start offset in bytes)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise InputError("not a safetensors file: shorter than its 8-byte header length",
-                             path=path, hint="the file is truncated; download it again")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER_BYTES or n > size - 8:
-            raise InputError(f"corrupt safetensors header (declares {n} header bytes, file has {size})",
-                             path=path, hint="the file is truncated or not safetensors; download it again")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"corrupt safetensors header: {e}", path=path,
-                         hint="the file is damaged; download it again") from None
-    if not isinstance(header, dict):
-        raise InputError("corrupt safetensors header: not a JSON object", path=path)
-    data_len = size - 8 - n
-    end = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, stop = entry["data_offsets"]
-            dtype = entry["dtype"]
-            entry["shape"]  # must be present
-        except (KeyError, TypeError, ValueError):
-            raise InputError(f"corrupt safetensors header entry for {name!r}", path=path) from None
-        if dtype not in ST_TO_TORCH:
-            raise InputError(f"tensor {name!r} has dtype {dtype}, which llmkit cannot handle", path=path)
-        end = max(end, stop)
-    if end > data_len:
-        raise InputError(
-            f"file is truncated: its header describes {end} bytes of tensor data but only {data_len} are present",
-            path=path, hint="download it again")
-    if end < data_len:
-        raise InputError(f"corrupt safetensors file: {data_len - end} unexpected bytes after the tensor data",
-                         path=path, hint="download it again")
-    return header, 8 + n
-
-
 class SafetensorsFile(TensorFile):
     """A ``.safetensors`` file: header validated by llmkit and by ``safe_open``; data read with ``readinto``.
 
@@ -126,19 +81,23 @@ class SafetensorsFile(TensorFile):
         from safetensors import safe_open
 
         self.path = path
-        header, self._data_start = _read_safetensors_header(path)
-        self.metadata: dict[str, str] = header.get("__metadata__") or {}
-        entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
-                         key=lambda kv: kv[1]["data_offsets"][0])
-        self.infos = {k: TensorInfo(k, ST_TO_TORCH[v["dtype"]], tuple(v["shape"]), path) for k, v in entries}
-        self._offsets = {k: tuple(v["data_offsets"]) for k, v in entries}
-        try:  # the reference parser's own validation (overlaps, holes, shapes vs offsets)
-            with safe_open(str(path), framework="pt", device="cpu"):
-                pass
-        except Exception as e:  # safetensors raises its own SafetensorError
-            raise InputError(f"cannot open safetensors file: {e}", path=path,
-                             hint="the file is damaged; download it again") from None
-        self._handle: BinaryIO | None = open(path, "rb")
+        self._handle: BinaryIO | None = open_regular(path, "a safetensors file")
+        try:
+            size = os.fstat(self._handle.fileno()).st_size
+            entries, self.metadata, self._data_start = read_header(self._handle, path, size)
+            self.infos = {e.name: TensorInfo(e.name, ST_TO_TORCH[e.dtype], e.shape, path) for e in entries}
+            self._offsets = {e.name: (e.begin, e.end) for e in entries}
+            try:  # the reference parser's own validation
+                with safe_open(str(path), framework="pt", device="cpu"):
+                    pass
+            except BaseException as e:  # its own SafetensorError, or a Rust panic (a BaseException)
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise
+                raise InputError(f"cannot open safetensors file: {e}", path=path,
+                                 hint="the file is damaged; download it again") from None
+        except BaseException:
+            self.close()
+            raise
 
     def get(self, name: str) -> torch.Tensor:
         info = self.infos[name]
@@ -188,11 +147,8 @@ class TorchFile(TensorFile):
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            with open(path, "rb") as f:
-                magic = f.read(4)
-        except IsADirectoryError:
-            raise InputError("expected a file, found a folder", path=path) from None
+        with open_regular(path, "a torch weight file") as f:  # a folder or a FIFO: refused, never read
+            magic = f.read(4)
         if magic[:2] != b"PK":
             raise InputError("not a torch zip archive (legacy or corrupt torch file)", path=path,
                              hint="re-save it with torch>=1.6 or download it again")
