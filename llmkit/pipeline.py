@@ -148,8 +148,15 @@ class Plan:
 
     @property
     def aux_bytes(self) -> int:
-        return sum((a.folder / n).stat().st_size for a in self.aux if a.folder is not None
-                   for n in a.names if (a.folder / n).is_file()) + sum(len(d) for d in self.files.values())
+        """Bytes of the files carried and made; a carried file that is a FIFO or device is refused here,
+        before any output exists (reading it could block forever)."""
+        from llmkit.io.regular import check_regular, is_special
+
+        carried = [a.folder / n for a in self.aux if a.folder is not None for n in a.names]
+        for p in carried:
+            if is_special(p):
+                check_regular(p, f"a {p.name} file")
+        return sum(p.stat().st_size for p in carried if p.is_file()) + sum(len(d) for d in self.files.values())
 
 
 @dataclass

@@ -16,6 +16,7 @@ from llmkit.errors import InputError
 from llmkit.hashing import hash_file
 from llmkit.io.destination import TMP_SUFFIX, broken_link
 from llmkit.io.jsonfile import read_json
+from llmkit.io.regular import check_regular, is_special
 from llmkit.pipeline import ProgressFactory, no_progress
 from llmkit.redact import value_shape
 
@@ -74,6 +75,8 @@ def require_key_file(path: Path, *, flag: str = "--key") -> None:
     except (OSError, ValueError):
         is_file = False
     if not is_file:
+        if is_special(path):  # a FIFO or device: named, never read
+            check_regular(path, f"the key ({KEY_DESCRIPTION})")
         problem = broken_link(path)
         raise InputError(f"the key {problem}" if problem else "the key is not a file", path=path,
                          hint=f"pass {KEY_DESCRIPTION}")

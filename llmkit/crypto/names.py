@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llmkit.errors import InputError
+from llmkit.io.regular import check_regular, is_special
 
 HEADER_BYTES = 32  # BELLE: raw sha256 of the plaintext
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # TechGPT's constant label
@@ -84,6 +85,9 @@ def expand_decrypt_inputs(inputs: Sequence[Path]) -> tuple[list[Path | None], li
             files.append(None)
             continue
         if p.is_dir():
+            for c in sorted(p.iterdir()):  # a FIFO or device named *.enc is refused, not skipped
+                if c.name.endswith(".enc") and not c.name.startswith(".") and is_special(c):
+                    check_regular(c, "an .enc file")
             found = sorted(c for c in p.iterdir() if c.is_file() and c.name.endswith(".enc"))
             ignored += sorted(str(c) for c in p.iterdir() if c.is_file() and not c.name.endswith(".enc")
                               and not c.name.startswith("."))
@@ -97,7 +101,7 @@ def expand_decrypt_inputs(inputs: Sequence[Path]) -> tuple[list[Path | None], li
                                  hint="decrypt takes .enc files or their folder; other files are never decrypted")
             files.append(p)
         elif p.exists():
-            raise InputError("not a regular file or folder", path=p)
+            check_regular(p, "an .enc file or a folder")
         else:
             raise InputError("no such file or folder", path=p, hint="check the path")
     return files, ignored
@@ -112,7 +116,11 @@ def expand_encrypt_inputs(inputs: Sequence[Path]) -> tuple[list[Path], list[str]
             raise InputError("encrypt reads files, not stdin", hint="pass the files or their folder")
         if p.is_dir():
             for c in sorted(p.iterdir()):
-                if not c.is_file() or c.name.startswith("."):
+                if c.name.startswith("."):
+                    continue
+                if is_special(c) and not (c.name.endswith(".enc") or _NOT_ENCRYPTED.match(c.name)):
+                    check_regular(c, "a file to encrypt")  # a FIFO or device: refused, not skipped
+                if not c.is_file():
                     continue
                 if c.name.endswith(".enc") or _NOT_ENCRYPTED.match(c.name):
                     ignored.append(str(c))
@@ -122,6 +130,8 @@ def expand_encrypt_inputs(inputs: Sequence[Path]) -> tuple[list[Path], list[str]
                 raise InputError("no files to encrypt in this folder", path=p)
         elif p.is_file():
             files.append(p)
+        elif p.exists():
+            check_regular(p, "a file or a folder to encrypt")
         else:
             raise InputError("no such file or folder", path=p, hint="check the path")
     return files, ignored

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from llmkit.errors import InputError
+from llmkit.io.regular import check_regular, is_special
 from llmkit.redact import register_secret, value_shape
 
 BLOCK_PLAIN = 64 * 1024 * 1024  # MindSpore's ENCRYPT_BLOCK_SIZE (64 * 1024 KiB) of plaintext per block
@@ -97,6 +98,8 @@ def _key_path(spec: str, flag: str) -> Path:
     except (OSError, ValueError):
         is_file = False
     if not is_file:
+        if is_special(path):  # a FIFO or device: named, never read
+            check_regular(path, f"the {flag} key file")
         raise InputError(f"{flag}: not a key file (a key file or env:VAR is expected)", path=path, hint=accepted)
     return path
 

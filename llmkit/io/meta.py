@@ -190,8 +190,11 @@ def meta_params(config: dict, path: object = None) -> dict:
     by read_json)."""
     where = path if path is not None else getattr(config, "path", None)
     sizes = {key: int_field(config, key, path=where) for key in ("hidden_size", "num_attention_heads",
-                                                                 "num_hidden_layers", "intermediate_size",
-                                                                 "num_key_value_heads")}
+                                                                 "intermediate_size", "num_key_value_heads")}
+    sizes["num_hidden_layers"] = int_field(config, "num_hidden_layers", path=where, positive=False)
+    if sizes["num_hidden_layers"] is not None and sizes["num_hidden_layers"] < 0:  # 0: a model of no layers
+        raise InputError(f"num_hidden_layers must not be negative, found {sizes['num_hidden_layers']}", path=where,
+                         hint="the file is damaged or was edited by hand; download it again")
     dim, heads, layers = sizes["hidden_size"], sizes["num_attention_heads"], sizes["num_hidden_layers"]
     if dim is None or heads is None or layers is None:
         raise InputError("config.json lacks hidden_size / num_attention_heads / num_hidden_layers", path=where,

@@ -39,6 +39,7 @@ from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import AUX_FILES
 from llmkit.io.layouts import LAYOUTS, FileLayout, FileStart, TensorSpec, safetensors_header, tensor_bytes  # noqa: F401
 from llmkit.io.jsonfile import parse_json
+from llmkit.io.regular import is_special, read_regular
 from llmkit.units import (  # noqa: F401
     DEFAULT_SHARD_SIZE,
     check_space,
@@ -256,14 +257,15 @@ class ShardSetWriter:
         self._aux[name] = data
 
     def copy_files(self, folder: Path | None, names: Iterable[str]) -> list[str]:
-        """Carry the named files that exist in ``folder`` into the output, unchanged."""
+        """Carry the named files that exist in ``folder`` into the output, unchanged; one of them that is a
+        FIFO, socket or device is refused (never read: it could block forever)."""
         copied: list[str] = []
         if folder is None:
             return copied
         for name in names:
             p = folder / name
-            if p.is_file():
-                self.add_file(name, p.read_bytes())
+            if p.is_file() or is_special(p):
+                self.add_file(name, read_regular(p, f"a {name} file"))
                 copied.append(name)
         return copied
 

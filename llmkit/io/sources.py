@@ -28,6 +28,7 @@ from llmkit.io.adapter_config import AdapterConfig
 from llmkit.io.destination import broken_link
 from llmkit.io.dtypes import st_code
 from llmkit.io.jsonfile import read_json
+from llmkit.io.regular import check_regular, is_special
 from llmkit.io.tensorfiles import (  # noqa: F401 (re-exported: the readers of single files)
     MAX_HEADER_BYTES,
     SafetensorsFile,
@@ -107,8 +108,9 @@ class TensorSource:
 
     def config(self) -> dict | None:
         """``config.json`` beside the weights, if any."""
-        if self.folder and (self.folder / "config.json").is_file():
-            cfg = read_json(self.folder / "config.json")
+        p = self.folder / "config.json" if self.folder else None
+        if p is not None and (p.is_file() or is_special(p)):  # a FIFO or device: refused by read_json
+            cfg = read_json(p)
             assert isinstance(cfg, dict)
             return cfg
         return None
@@ -201,7 +203,7 @@ def _open_indexed(index_path: Path) -> TensorSource:
         raise InputError("not a valid shard index: weight_map must map tensor names to shard file names",
                          path=index_path, hint="download it again")
     names = list(dict.fromkeys(weight_map.values()))
-    missing = [n for n in names if not (folder / n).is_file()]
+    missing = [n for n in names if not ((folder / n).is_file() or is_special(folder / n))]
     if missing:
         raise InputError(f"index names {len(missing)} missing shard(s): {', '.join(missing)}", path=index_path,
                          hint="download the missing files again")
@@ -249,6 +251,7 @@ def _ckpt(path: Path, key=None) -> TensorSource:
     folder a ``.ckpt`` sits in is not part of the model). ``key``: a ``ckpt_crypto.CkptKey`` if encrypted."""
     from llmkit.io.ckpt_reader import CkptFile
 
+    check_regular(path, "a MindSpore .ckpt file")
     f = CkptFile(path, key)
     return TensorSource(path=path, layout="ckpt", files=[f], weight_map={k: f for k in f.infos})
 
@@ -268,6 +271,8 @@ def open_source(path: str | os.PathLike, *, ckpt_key=None) -> TensorSource:
         if problem is not None:
             raise InputError(f"the path {problem}", path=path, hint="fix the link or pass the model itself")
         raise InputError("no such file or folder", path=path, hint="check the path")
+    if not path.is_dir():
+        check_regular(path, "a weight file or a model folder")
     if path.is_file():
         name = path.name
         if name.endswith(".index.json"):
@@ -282,7 +287,8 @@ def open_source(path: str | os.PathLike, *, ckpt_key=None) -> TensorSource:
         raise InputError("unknown weight file type", path=path,
                          hint="expected .safetensors, .bin, .pth, .ckpt, or an *.index.json")
     folder = path
-    adapter = AdapterInfo.read(folder / ADAPTER_CONFIG) if (folder / ADAPTER_CONFIG).is_file() else None
+    config = folder / ADAPTER_CONFIG
+    adapter = AdapterInfo.read(config) if config.is_file() or is_special(config) else None
     candidates = [
         folder / SAFETENSORS_INDEX,
         folder / "model.safetensors",

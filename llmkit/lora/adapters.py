@@ -15,6 +15,7 @@ from typing import Iterator
 
 from llmkit.errors import InputError
 from llmkit.io.adapter_config import ADAPTER_CONFIG
+from llmkit.io.regular import is_special
 from llmkit.io.sources import TensorSource, open_source
 from llmkit.lora.settings import LoraSettings
 from llmkit.lora.vocab import OUTPUT_HEADS
@@ -71,7 +72,7 @@ class Adapter:
 
 def _adapter_file(folder: Path) -> Path:
     for name in ADAPTER_FILES:
-        if (folder / name).is_file():
+        if (folder / name).is_file() or is_special(folder / name):  # a FIFO is refused when it is opened
             return folder / name
     found = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
     raise InputError("no adapter_model.safetensors or adapter_model.bin in the adapter folder", path=folder,

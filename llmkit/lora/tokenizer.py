@@ -83,7 +83,8 @@ def published_tokenizer(folder: Path | None) -> tuple[str, int] | None:
 
 
 def has_tokenizer(folder: Path | None) -> bool:
-    return folder is not None and ((folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file())
+    return folder is not None and any((folder / n).is_file() or is_special(folder / n)  # a FIFO: refused on read
+                                      for n in ("tokenizer.model", "tokenizer.json"))
 
 
 def _vocabulary(folder: Path) -> tuple[set[int], set[str]] | None:

@@ -6,11 +6,13 @@ Every check here reads headers and small files only, and names the file and the 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from llmkit.errors import InputError
 from llmkit.io.dtypes import st_code
 from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.jsonfile import int_field
+from llmkit.io.regular import is_special
 from llmkit.io.sources import TensorInfo, TensorSource, open_source
 from llmkit.recover.arithmetic import ROTARY_BUFFER
 
@@ -151,6 +153,11 @@ def check_shapes(other: TensorSource, base: TensorSource, role: str, computed: l
     raise InputError(message, path=base.path, hint=hint)
 
 
+def _present(p: Path) -> bool:
+    """A file to carry: a regular one, or a FIFO or device, which the carry refuses (never taken as absent)."""
+    return p.is_file() or is_special(p)
+
+
 def aux_plan(other: TensorSource, base: TensorSource, role: str) -> tuple[dict[str, str], list[str]]:
     """Which config/tokenizer file comes from where: the diff's folder first (SPEC.md section 2)."""
     plan: dict[str, str] = {}
@@ -158,18 +165,18 @@ def aux_plan(other: TensorSource, base: TensorSource, role: str) -> tuple[dict[s
     ofolder, bfolder = other.folder, base.folder
     what = describe_role(role)
     for name in CONFIG_FILES:
-        if ofolder and (ofolder / name).is_file():
+        if ofolder and _present(ofolder / name):
             plan[name] = str(ofolder)
-        elif bfolder and (bfolder / name).is_file():
+        elif bfolder and _present(bfolder / name):
             plan[name] = str(bfolder)
             notes.append(f"{name} copied from the base folder: the {what} folder has none")
-    tok_from = ofolder if ofolder and any((ofolder / n).is_file() for n in TOKENIZER_FILES) else None
-    if tok_from is None and bfolder and any((bfolder / n).is_file() for n in TOKENIZER_FILES):
+    tok_from = ofolder if ofolder and any(_present(ofolder / n) for n in TOKENIZER_FILES) else None
+    if tok_from is None and bfolder and any(_present(bfolder / n) for n in TOKENIZER_FILES):
         tok_from = bfolder
         notes.append(f"tokenizer files copied from the base folder: the {what} folder has none")
     if tok_from is not None:
         for name in TOKENIZER_FILES:
-            if (tok_from / name).is_file():
+            if _present(tok_from / name):
                 plan[name] = str(tok_from)
     if not any(n in plan for n in TOKENIZER_FILES):
         notes.append("no tokenizer files found in either folder; the output has none")

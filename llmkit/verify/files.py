@@ -16,6 +16,7 @@ from typing import Callable
 from llmkit.errors import InputError
 from llmkit.hashing import hash_file
 from llmkit.io.destination import broken_link
+from llmkit.io.regular import check_regular, is_special
 from llmkit.pipeline import Check
 
 WEIGHT_SUFFIXES = (".bin", ".pth", ".pt", ".safetensors", ".ckpt")
@@ -61,7 +62,8 @@ class FileCheck:
 
 def list_files(folder: Path) -> dict[str, Path]:
     """Regular files under ``folder`` by relative POSIX path, sorted; hidden files and folders (a name
-    starting with ``.``, e.g. ``.cache/huggingface`` left by downloads) are skipped."""
+    starting with ``.``, e.g. ``.cache/huggingface`` left by downloads) are skipped. A FIFO, socket or
+    device is refused (an InputError naming it): it cannot be hashed, and leaving it out would be a silent gap."""
     out: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -69,6 +71,8 @@ def list_files(folder: Path) -> dict[str, Path]:
             if fn.startswith("."):
                 continue
             p = Path(dirpath) / fn
+            if is_special(p):
+                check_regular(p, "a file to hash")
             if p.is_file():
                 out[p.relative_to(folder).as_posix()] = p
     return dict(sorted(out.items()))
