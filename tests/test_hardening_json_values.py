@@ -143,3 +143,18 @@ def test_a_params_json_norm_eps_that_is_no_number_is_refused(tmp_path, run_cli, 
     out = tmp_path / "out"
     one_error_line(run_cli(*META_COMMANDS[command](model, out)), model / "params.json", "norm_eps")
     assert not out.exists()
+
+
+def test_to_ckpt_rotary_meta_names_a_key_value_head_count_of_the_wrong_type(run_cli, tiny_factory, tmp_path):
+    """``num_key_value_heads: "x"`` under ``--rotary meta`` is one line naming config.json, not exit 3."""
+    import json as _json
+    import shutil as _shutil
+
+    model = tmp_path / "model"
+    _shutil.copytree(tiny_factory("safetensors").path, model)
+    cfg = _json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(_json.dumps({**cfg, "num_key_value_heads": "x"}))
+    r = run_cli("to-ckpt", model, "-o", tmp_path / "out.ckpt", "--rotary", "meta")
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and "num_key_value_heads" in lines[0], r.stderr
+    assert str(model / "config.json") in lines[0] and not (tmp_path / "out.ckpt").exists()

@@ -31,7 +31,7 @@ from llmkit.errors import InputError
 from llmkit.io.ckpt_reader import CkptFile
 from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
-from llmkit.io.jsonfile import read_json
+from llmkit.io.jsonfile import int_field, read_json
 from llmkit.io.llama_tensors import check_source, check_tensors, is_buffer, is_training_state, llama_shapes
 from llmkit.io.meta import check_rotary_heads, permute_meta_to_hf, unpermute_hf_to_meta
 from llmkit.io.meta_hf import config_files, hf_sort_key, open_as_hf
@@ -113,8 +113,9 @@ def _heads(cfg: dict | None, where: object, why: str) -> tuple[int, int]:
     if not isinstance(heads, int) or heads <= 0:
         raise InputError(f"{why} needs num_attention_heads from config.json, which is missing", path=where,
                          hint="put the model's config.json beside its weights (or pass --config)")
-    kv = cfg.get("num_key_value_heads") or heads  # type: ignore[union-attr]
-    return heads, int(kv)
+    assert cfg is not None
+    kv = int_field(cfg, "num_key_value_heads", path=where)  # a string or fraction: one line naming the file
+    return heads, kv or heads
 
 
 def _rotary(heads: tuple[int, int], fn):
