@@ -74,6 +74,8 @@ def _number(literal: str) -> float | _NonFinite:
 def _holds_non_finite(value: object) -> _NonFinite | None:
     if isinstance(value, _NonFinite):
         return value
+    if isinstance(value, _Flagged):  # an object inside a list
+        return _NonFinite(value.bad[1])
     if isinstance(value, list):
         for item in value:
             found = _holds_non_finite(item)
@@ -82,11 +84,25 @@ def _holds_non_finite(value: object) -> _NonFinite | None:
     return None
 
 
+class _Flagged(dict):
+    """An object that holds a non-finite number: ``bad`` = (the key path to it, its literal)."""
+
+    bad: tuple[str, str]
+
+
+def _flagged(pairs: list[tuple[str, object]], key: str, literal: str) -> _Flagged:
+    d = _Flagged(pairs)
+    d.bad = (key, literal)
+    return d
+
+
 def _checked_object(pairs: list[tuple[str, object]]) -> dict:
     for key, value in pairs:
+        if isinstance(value, _Flagged):  # named by its whole path: alpha_pattern.q_proj
+            return _flagged(pairs, f"{key}.{value.bad[0]}", value.bad[1])
         found = _holds_non_finite(value)
         if found is not None:
-            raise NonFiniteNumber(key, found.literal)
+            return _flagged(pairs, key, found.literal)
     return dict(pairs)
 
 
@@ -94,6 +110,8 @@ def loads_finite(text: str) -> object:
     """``json.loads``, except that NaN, Infinity and numbers too large for a float raise
     :class:`NonFiniteNumber` naming the innermost key that holds one."""
     value = json.loads(text, parse_constant=_NonFinite, parse_float=_number, object_pairs_hook=_checked_object)
+    if isinstance(value, _Flagged):
+        raise NonFiniteNumber(*value.bad)
     found = _holds_non_finite(value)
     if found is not None:
         raise NonFiniteNumber(None, found.literal)
