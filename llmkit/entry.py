@@ -9,6 +9,7 @@ so the exit code stays the command's.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from llmkit.signals import block_late_signals, install_signal_handlers
@@ -26,6 +27,18 @@ def _interrupted(e: KeyboardInterrupt) -> int:
     return code
 
 
+def _exit_now(code: int) -> None:
+    """End an interrupted run with ``code`` now: the command has cleaned up and said so; the interpreter's
+    shutdown could still re-deliver the interrupt as a death by SIGINT (exit -2 instead of 130)."""
+    block_late_signals()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def main() -> None:
     install_signal_handlers()
     try:
@@ -37,6 +50,8 @@ def main() -> None:
         except SystemExit as e:
             if not flush_stdout() and not e.code:  # the last bytes of a result met a closed pipe
                 raise SystemExit(STDOUT_CLOSED.exit_code) from None
+            if e.code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+                _exit_now(int(e.code))
             raise
     except KeyboardInterrupt as e:
         block_late_signals()
