@@ -23,6 +23,7 @@ from pathlib import Path
 
 from llmkit.errors import InputError, writing
 from llmkit.io.destination import make_folder, remove_empty
+from llmkit.io.staging import lock_holder
 
 SUFFIX = ".llmkit-download"  # the sibling: .<DIR name>.llmkit-download
 INSIDE = ".llmkit-download"  # DIR/.llmkit-download, when no sibling is possible
@@ -123,9 +124,8 @@ class Staging:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                who = lock_holder(fd)
                 os.close(fd)
-                who = f" (pid {owner})" if owner.isdigit() else ""
                 raise InputError(f"another llmkit download{who} is writing this folder; nothing was changed",
                                  path=self.out, hint="wait for that run to finish (or stop it), then run this "
                                                      "again") from None

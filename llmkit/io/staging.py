@@ -87,6 +87,12 @@ def fsync_dir(folder: Path) -> None:
 # ------------------------------------------------------------------ the claim
 
 
+def lock_holder(fd: int) -> str:
+    """`` (pid N)`` for the run that holds the lock file open as ``fd`` (it writes its pid there), or ""."""
+    owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return f" (pid {owner})" if owner.isdigit() else ""
+
+
 class OutputClaim:
     """An exclusive claim on the output path ``target`` for the life of one run (a ``flock``)."""
 
@@ -103,9 +109,8 @@ class OutputClaim:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                who = lock_holder(fd)
                 os.close(fd)
-                who = f" (pid {owner})" if owner.isdigit() else ""
                 raise OutputBusyError(f"another llmkit run{who} is writing this output", path=self.target,
                                       hint="wait for it to finish, or choose another -o") from None
             try:
