@@ -12,9 +12,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -56,9 +57,11 @@ _STEPS: list[tuple[int, str, StepFn]] = []
 
 def demo_step(order: int, name: str) -> Callable[[StepFn], StepFn]:
     """Register a demo step. It returns a one-line detail or raises CheckFailed."""
+
     def register(fn: StepFn) -> StepFn:
         _STEPS.append((order, name, fn))
         return fn
+
     return register
 
 
@@ -85,6 +88,7 @@ def transformers_logits(model_dir: Path) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ core steps
+
 
 @demo_step(10, "generate tiny LLaMA")
 def _generate(ctx: DemoContext) -> str:
@@ -142,6 +146,7 @@ def _reshard(ctx: DemoContext) -> str:
 
 # ------------------------------------------------------------------ runner
 
+
 def _load_job_steps() -> None:
     import llmkit.demo_steps as pkg
 
@@ -149,8 +154,7 @@ def _load_job_steps() -> None:
         importlib.import_module(f"{pkg.__name__}.{mod}")
 
 
-def run_demo(workdir: Path, *, force: bool = False,
-             on_step: Callable[[DemoStep], None] | None = None) -> DemoResult:
+def run_demo(workdir: Path, *, force: bool = False, on_step: Callable[[DemoStep], None] | None = None) -> DemoResult:
     """Run every registered step in order in ``workdir``; stop at the first failure. ``force``: the jobs may
     replace the outputs an earlier run left there."""
     from transformers.utils import logging as hf_logging

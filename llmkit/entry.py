@@ -12,8 +12,8 @@ import json
 import os
 import sys
 
-from llmkit.signals import block_late_signals, install_signal_handlers
 from llmkit.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
+from llmkit.signals import block_late_signals, install_signal_handlers
 
 
 def _interrupted(e: KeyboardInterrupt) -> int:

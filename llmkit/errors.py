@@ -9,9 +9,9 @@ bad input, 3 an unexpected internal error, 130 interrupted (Ctrl-C), 143 termina
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1

@@ -99,14 +99,18 @@ def _resolve(options: DownloadOptions):
         return by_repo.repo_id, Path(options.output or by_repo.repo_id.split("/")[1]), by_repo
     if model is not None:
         if not model.repo_id:
-            raise InputError(f"{model.name} is not on the hub ({model.notes or 'obtain it from its publisher'})",
-                             hint="llmkit models lists what can be downloaded")
+            raise InputError(
+                f"{model.name} is not on the hub ({model.notes or 'obtain it from its publisher'})",
+                hint="llmkit models lists what can be downloaded",
+            )
         repo = model.repo_id
     elif options.model.count("/") == 1 and all(options.model.split("/")):
         repo = options.model
     else:
-        raise InputError(f"{options.model!r} is neither a known model nor an owner/name repo id",
-                         hint=_unknown_model_hint(options.model))
+        raise InputError(
+            f"{options.model!r} is neither a known model nor an owner/name repo id",
+            hint=_unknown_model_hint(options.model),
+        )
     out = Path(options.output) if options.output is not None else Path(model.name if model else repo.split("/")[1])
     return repo, out, model
 
@@ -129,12 +133,19 @@ def _safe_target(out: Path, name: str) -> Path:
     """``out / name`` for a repo-supplied name that stays inside ``out``; anything else is refused."""
     p = PurePosixPath(name)
     if not name or "\\" in name or p.is_absolute() or ".." in p.parts:
-        raise InputError(f"the repo lists a file named {name!r}, which would be written outside the output "
-                         "folder; nothing was downloaded", path=out, hint="this repo is not safe to download")
+        raise InputError(
+            f"the repo lists a file named {name!r}, which would be written outside the output "
+            "folder; nothing was downloaded",
+            path=out,
+            hint="this repo is not safe to download",
+        )
     target = out.joinpath(*p.parts)
     if os.path.commonpath([os.path.realpath(out), os.path.realpath(target)]) != os.path.realpath(out):
-        raise InputError(f"the repo file {name!r} would land outside the output folder (a symlink?)", path=out,
-                         hint="remove the symlink from the output folder")
+        raise InputError(
+            f"the repo file {name!r} would land outside the output folder (a symlink?)",
+            path=out,
+            hint="remove the symlink from the output folder",
+        )
     return target
 
 
@@ -166,7 +177,7 @@ def _list(repo: str, options: DownloadOptions, endpoint: str) -> tuple[str, list
         info = with_retries(lambda: api.model_info(repo, revision=options.revision), attempts)
         attempts = Attempts()  # the client retries the (paginated) tree listing itself
         entries = list(api.list_repo_tree(repo, revision=info.sha, recursive=True))
-    except Exception as e:  # noqa: BLE001 - every hub failure becomes one message
+    except Exception as e:
         raise hub_error(e, repo, endpoint, attempts=attempts) from e
     repo_files = [f for f in entries if isinstance(f, RepoFile)]
     chosen = select_paths(repo, [f.path for f in repo_files], options.include, options.exclude)
@@ -209,15 +220,26 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
     staging = staging_dir(out)
     refuse_collisions(staging, out, [r.path for r in remote])
     table = model.tables.get("download") if model is not None else None
-    result = DownloadResult(repo=repo, revision=revision, output=str(out), dry_run=options.dry_run,
-                            total_bytes=sum(r.size for r in remote), next_step=_next_step(model, out))
+    result = DownloadResult(
+        repo=repo,
+        revision=revision,
+        output=str(out),
+        dry_run=options.dry_run,
+        total_bytes=sum(r.size for r in remote),
+        next_step=_next_step(model, out),
+    )
     todo: list[_Remote] = []
     for r in remote:
         t = targets[r.path]
-        if not options.force and t.is_file() and t.stat().st_size == r.size and \
-                (not options.verify or _digest(t, r.algorithm) == r.digest):
-            result.files.append(FileOutcome(r.path, r.size, "skipped", r.digest,
-                                            r.algorithm if options.verify else None))
+        if (
+            not options.force
+            and t.is_file()
+            and t.stat().st_size == r.size
+            and (not options.verify or _digest(t, r.algorithm) == r.digest)
+        ):
+            result.files.append(
+                FileOutcome(r.path, r.size, "skipped", r.digest, r.algorithm if options.verify else None)
+            )
         else:
             todo.append(r)
     need = sum(r.size for r in todo)
@@ -225,13 +247,22 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
     check_space(out, need, result.free_disk_bytes)
     if options.dry_run:
         result.files += [FileOutcome(r.path, r.size, "would download", r.digest) for r in todo]
-        result.notices.append(Notice.info(f"{len(todo)} file(s) to download ({human_bytes(need)}), "
-                                          f"{len(remote) - len(todo)} already verified"))
+        result.notices.append(
+            Notice.info(
+                f"{len(todo)} file(s) to download ({human_bytes(need)}), {len(remote) - len(todo)} already verified"
+            )
+        )
         return _finish(result, remote, start)
     if todo:
         with Staging(staging, out) as folders, (progress or no_progress)("downloading", need) as advance:
-            result.files += _fetch_all(todo, options.jobs, advance, lambda i, r, bar: _fetch(
-                repo, revision, endpoint, r, folders.folder(i), targets[r.path], options.verify, bar))
+            result.files += _fetch_all(
+                todo,
+                options.jobs,
+                advance,
+                lambda i, r, bar: _fetch(
+                    repo, revision, endpoint, r, folders.folder(i), targets[r.path], options.verify, bar
+                ),
+            )
     result.bytes_downloaded = need
     if table is not None and options.verify:
         _check_table(result, out, table, find_expected)
@@ -283,33 +314,64 @@ def _quiet_client() -> None:
     constants.DOWNLOAD_CHUNK_SIZE = RESUME_CHUNK
 
 
-def _fetch(repo: str, revision: str, endpoint: str, r: _Remote, staging: Path, target: Path,
-           verify: bool, bar: type | None = None) -> FileOutcome:
+def _fetch(
+    repo: str,
+    revision: str,
+    endpoint: str,
+    r: _Remote,
+    staging: Path,
+    target: Path,
+    verify: bool,
+    bar: type | None = None,
+) -> FileOutcome:
     """One file: fetched by huggingface_hub into its own staging folder, verified, renamed into place."""
     from huggingface_hub import get_token, hf_hub_download
 
     attempts = Attempts()
     try:
-        got = Path(with_retries(lambda: hf_hub_download(
-            repo, r.path, revision=revision, local_dir=staging, endpoint=endpoint, token=get_token(),
-            force_download=True, tqdm_class=bar), attempts, client_retried=client_retried_get, sleep=_pause(bar)))
+        got = Path(
+            with_retries(
+                lambda: hf_hub_download(
+                    repo,
+                    r.path,
+                    revision=revision,
+                    local_dir=staging,
+                    endpoint=endpoint,
+                    token=get_token(),
+                    force_download=True,
+                    tqdm_class=bar,
+                ),
+                attempts,
+                client_retried=client_retried_get,
+                sleep=_pause(bar),
+            )
+        )
     except DownloadCancelled:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         cause = http_cause(e)  # the client wraps a refused file in "Force download failed"
         if cause is not None:
             raise hub_error(cause, repo, endpoint, file=r.path, path=target, attempts=attempts) from e
-        raise InputError(f"the download of {r.path} failed ({type(e).__name__}: {one_line(str(e))}); "
-                         "nothing was kept under its name", path=target,
-                         hint="run the same command again: verified files are skipped") from e
+        raise InputError(
+            f"the download of {r.path} failed ({type(e).__name__}: {one_line(str(e))}); "
+            "nothing was kept under its name",
+            path=target,
+            hint="run the same command again: verified files are skipped",
+        ) from e
     if got.stat().st_size != r.size:
-        raise CheckFailed(f"received {got.stat().st_size:,} bytes, the hub announced {r.size:,}; nothing was kept",
-                          path=target, hint="run the same command again")
+        raise CheckFailed(
+            f"received {got.stat().st_size:,} bytes, the hub announced {r.size:,}; nothing was kept",
+            path=target,
+            hint="run the same command again",
+        )
     digest = _digest(got, r.algorithm) if verify else None
     if verify and digest != r.digest:
-        raise CheckFailed(f"the received bytes have {r.algorithm} {digest}, the hub announced {r.digest}: corrupted "
-                          "in transit; nothing was kept under this name", path=target,
-                          hint="run the same command again, or try another --endpoint")
+        raise CheckFailed(
+            f"the received bytes have {r.algorithm} {digest}, the hub announced {r.digest}: corrupted "
+            "in transit; nothing was kept under this name",
+            path=target,
+            hint="run the same command again, or try another --endpoint",
+        )
     with writing(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(got, target)
@@ -325,6 +387,7 @@ def _pause(bar: type | None):
             time.sleep(seconds)
         elif stop.wait(seconds):
             raise DownloadCancelled()
+
     return pause
 
 
@@ -342,8 +405,12 @@ def _check_table(result: DownloadResult, out: Path, table: str, find_expected) -
             result.checks.append(Check(f.path, "ok", f"md5 {md5} matches table {table}"))
         else:
             result.checks.append(Check(f.path, "mismatch", f"md5 {md5} differs from table {table}"))
-            result.notices.append(Notice.warning(f"{f.path}: md5 {md5} differs from the published table {table} "
-                                                 "(the repo changed since the model card was written?)"))
+            result.notices.append(
+                Notice.warning(
+                    f"{f.path}: md5 {md5} differs from the published table {table} "
+                    "(the repo changed since the model card was written?)"
+                )
+            )
 
 
 def _finish(result: DownloadResult, remote: list[_Remote], start: float) -> DownloadResult:

@@ -15,9 +15,10 @@ seconds, doubled each time (1, 2, 4 s), or what the server's ``Retry-After`` ask
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from llmkit.errors import InputError, LlmkitError
 from llmkit.redact import without_credentials
@@ -70,22 +71,31 @@ def _retry_after(e: Any) -> float | None:
         return None
 
 
-def with_retries(call: Callable[[], T], attempts: Attempts, *, client_retried: Callable[[Any], bool] = lambda e: False,
-                 sleep: Callable[[float], None] | None = None) -> T:
+def with_retries(
+    call: Callable[[], T],
+    attempts: Attempts,
+    *,
+    client_retried: Callable[[Any], bool] = lambda e: False,
+    sleep: Callable[[float], None] | None = None,
+) -> T:
     """``call()``, tried again on a transient answer (see the module docstring); ``attempts`` records the tries."""
     while True:
         try:
             return call()
-        except Exception as e:  # noqa: BLE001 - only transient HTTP answers are retried; the rest is re-raised
+        except Exception as e:
             cause = http_cause(e)
-            if cause is None or status_of(cause) not in TRANSIENT or client_retried(cause) or \
-                    attempts.retries >= RETRIES:
+            if (
+                cause is None
+                or status_of(cause) not in TRANSIENT
+                or client_retried(cause)
+                or attempts.retries >= RETRIES
+            ):
                 raise
             asked = _retry_after(cause)
             if asked is not None and asked > RETRY_AFTER_MAX:
                 attempts.refused_wait = asked
                 raise
-            pause = asked if asked is not None else RETRY_WAIT * 2 ** attempts.retries
+            pause = asked if asked is not None else RETRY_WAIT * 2**attempts.retries
         (sleep or time.sleep)(pause)
         attempts.retries += 1
 
@@ -94,7 +104,7 @@ def one_line(text: str, limit: int = 200) -> str:
     """The first line of a client message, credentials removed, at most ``limit`` characters."""
     first = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
     first = without_credentials(" ".join(first.split()))
-    return first if len(first) <= limit else first[:limit - 1] + "…"
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def _phrase(status: int | None) -> str:
@@ -126,39 +136,64 @@ def _transient(status: int, what: str, endpoint: str, attempts: Attempts | None,
 def _transient_hint(status: int) -> str:
     rerun = "run the same command again later (files that verified are skipped)"
     if status == 429:
-        return (f"the server limits how fast requests may come: {rerun}; a token (HF_TOKEN or hf auth login) "
-                "may raise the limit; or use a mirror with --endpoint URL")
+        return (
+            f"the server limits how fast requests may come: {rerun}; a token (HF_TOKEN or hf auth login) "
+            "may raise the limit; or use a mirror with --endpoint URL"
+        )
     return f"the server, or a proxy in front of it, is overloaded or down: {rerun}, or use a mirror with --endpoint URL"
 
 
-def hub_error(e: BaseException, repo: str, endpoint: str, *, file: str | None = None, path: Any = None,
-              attempts: Attempts | None = None) -> LlmkitError:
+def hub_error(
+    e: BaseException,
+    repo: str,
+    endpoint: str,
+    *,
+    file: str | None = None,
+    path: Any = None,
+    attempts: Attempts | None = None,
+) -> LlmkitError:
     """One line for a hub failure about ``repo`` (and its ``file``); ``path``: the output it is about."""
     from huggingface_hub import errors
 
     endpoint = without_credentials(endpoint)
     what = f"{repo}'s {file}" if file else f"the file list of {repo}"
     if isinstance(e, errors.GatedRepoError):
-        return InputError(f"{repo} is gated on {endpoint}: access needs an accepted licence and a token", path=path,
-                          hint="accept its terms on the hub page, then set HF_TOKEN or run hf auth login")
+        return InputError(
+            f"{repo} is gated on {endpoint}: access needs an accepted licence and a token",
+            path=path,
+            hint="accept its terms on the hub page, then set HF_TOKEN or run hf auth login",
+        )
     if isinstance(e, errors.RepositoryNotFoundError):
-        return InputError(f"no repository {repo} on {endpoint} (or it is private)", path=path,
-                          hint="check the name (llmkit models lists the known ones); for a private repo set "
-                               "HF_TOKEN or run hf auth login")
+        return InputError(
+            f"no repository {repo} on {endpoint} (or it is private)",
+            path=path,
+            hint="check the name (llmkit models lists the known ones); for a private repo set "
+            "HF_TOKEN or run hf auth login",
+        )
     if isinstance(e, errors.RevisionNotFoundError):
         return InputError(f"{repo} has no such revision", path=path, hint="check --revision")
     if isinstance(e, errors.HfHubHTTPError):
         status = status_of(e)
         if status in (401, 403):
-            return InputError(f"{endpoint} refused access to {repo} (HTTP {status})", path=path,
-                              hint="set HF_TOKEN or run hf auth login with a token that can read it")
+            return InputError(
+                f"{endpoint} refused access to {repo} (HTTP {status})",
+                path=path,
+                hint="set HF_TOKEN or run hf auth login with a token that can read it",
+            )
         if status in TRANSIENT:
-            return InputError(_transient(status, what, endpoint, attempts, file), path=path,
-                              hint=_transient_hint(status))
+            return InputError(
+                _transient(status, what, endpoint, attempts, file), path=path, hint=_transient_hint(status)
+            )
         phrase = _phrase(status)
         said = one_line(getattr(e, "server_message", None) or "")
         said = f": {said}" if said and "://" not in said else ""
-        return InputError(f"{endpoint} answered HTTP {status} ({phrase}) for {what}{said}", path=path,
-                          hint="check the repo name and --revision; try again later or another --endpoint")
-    return InputError(f"cannot reach {endpoint} for {what} ({type(e).__name__}: {one_line(str(e))})", path=path,
-                      hint="check the network or the mirror (--endpoint / HF_ENDPOINT); try again later")
+        return InputError(
+            f"{endpoint} answered HTTP {status} ({phrase}) for {what}{said}",
+            path=path,
+            hint="check the repo name and --revision; try again later or another --endpoint",
+        )
+    return InputError(
+        f"cannot reach {endpoint} for {what} ({type(e).__name__}: {one_line(str(e))})",
+        path=path,
+        hint="check the network or the mirror (--endpoint / HF_ENDPOINT); try again later",
+    )

@@ -25,14 +25,17 @@ def select_paths(repo: str, paths: Sequence[str], include: Sequence[str], exclud
     for flag, patterns in (("--include", include), ("--exclude", exclude)):
         for pattern in patterns:
             if next(filter_repo_objects(paths, allow_patterns=[pattern]), None) is None:
-                raise InputError(f"{flag} {pattern!r} matches no file of {repo}; nothing was downloaded",
-                                 hint=_hint(pattern, paths))
-    chosen = set(filter_repo_objects(paths, allow_patterns=list(include) or None,
-                                     ignore_patterns=list(exclude) or None))
+                raise InputError(
+                    f"{flag} {pattern!r} matches no file of {repo}; nothing was downloaded", hint=_hint(pattern, paths)
+                )
+    chosen = set(
+        filter_repo_objects(paths, allow_patterns=list(include) or None, ignore_patterns=list(exclude) or None)
+    )
     if not chosen and (include or exclude):
         given = " ".join(f"{flag} {p!r}" for flag, ps in (("--include", include), ("--exclude", exclude)) for p in ps)
-        raise InputError(f"{given} together leave no file of {repo} to download; nothing was downloaded",
-                         hint=_hint(None, paths))
+        raise InputError(
+            f"{given} together leave no file of {repo} to download; nothing was downloaded", hint=_hint(None, paths)
+        )
     return chosen
 
 
@@ -49,5 +52,7 @@ def _hint(pattern: str | None, paths: Sequence[str]) -> str:
         other_case = next((p for p in paths if fnmatchcase(p.lower(), pattern.lower())), None)
         if other_case is not None:
             return f"patterns are case-sensitive: {other_case!r} matches only ignoring case; the repo has {shown}"
-    return (f"the repo has {shown} ({len(paths)} files); patterns are matched against whole repo paths, "
-            "a folder is written 'name/'")
+    return (
+        f"the repo has {shown} ({len(paths)} files); patterns are matched against whole repo paths, "
+        "a folder is written 'name/'"
+    )

@@ -68,11 +68,14 @@ def refuse_collisions(staging: Path, out: Path, paths: list[str]) -> None:
         return
     clash = next((p for p in paths if p.split("/", 1)[0] == staging.name), None)
     if clash is not None:
-        raise InputError(f"the repo has {clash!r}, under the name of the staging folder {staging.name} that this "
-                         "download needs inside the output folder (its parent folder is not writable or is on "
-                         "another file system); nothing was downloaded", path=out,
-                         hint="choose an -o whose parent folder is writable and on the same file system: the "
-                              "staging folder then goes beside it")
+        raise InputError(
+            f"the repo has {clash!r}, under the name of the staging folder {staging.name} that this "
+            "download needs inside the output folder (its parent folder is not writable or is on "
+            "another file system); nothing was downloaded",
+            path=out,
+            hint="choose an -o whose parent folder is writable and on the same file system: the "
+            "staging folder then goes beside it",
+        )
 
 
 class Staging:
@@ -106,11 +109,17 @@ class Staging:
 
     def _claim(self) -> None:
         if os.path.lexists(self.path) and (self.path.is_symlink() or not self.path.is_dir()):
-            raise InputError(f"{self.path} is in the way of the download's staging folder", path=self.out,
-                             hint=f"move or remove {self.path}, or choose another -o")
+            raise InputError(
+                f"{self.path} is in the way of the download's staging folder",
+                path=self.out,
+                hint=f"move or remove {self.path}, or choose another -o",
+            )
         if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / LOCK).exists():
-            raise InputError(f"{self.path} exists and is not a staging folder of llmkit download", path=self.out,
-                             hint=f"move or remove {self.path}, or choose another -o")
+            raise InputError(
+                f"{self.path} exists and is not a staging folder of llmkit download",
+                path=self.out,
+                hint=f"move or remove {self.path}, or choose another -o",
+            )
         self._made = make_folder(self.path)
 
     def _lock(self) -> None:
@@ -126,9 +135,11 @@ class Staging:
             except BlockingIOError:
                 who = lock_holder(fd)
                 os.close(fd)
-                raise InputError(f"another llmkit download{who} is writing this folder; nothing was changed",
-                                 path=self.out, hint="wait for that run to finish (or stop it), then run this "
-                                                     "again") from None
+                raise InputError(
+                    f"another llmkit download{who} is writing this folder; nothing was changed",
+                    path=self.out,
+                    hint="wait for that run to finish (or stop it), then run this again",
+                ) from None
             except OSError:  # a file system without locks (some NFS): run unlocked, as without fcntl
                 os.close(fd)
                 self._owned = True
@@ -147,8 +158,11 @@ class Staging:
                 return
             os.close(fd)
             make_folder(self.path)
-        raise InputError("could not claim this folder for the download", path=self.out,
-                         hint="another download into this folder keeps starting and stopping; try again")
+        raise InputError(
+            "could not claim this folder for the download",
+            path=self.out,
+            hint="another download into this folder keeps starting and stopping; try again",
+        )
 
     def _release(self) -> None:
         if not self._owned:  # another run's folder (or none): not ours to touch

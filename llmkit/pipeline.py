@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import mmap
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # torch and the io layer load when a job runs, not when the CLI starts
     import torch
@@ -56,11 +57,11 @@ class Notice:
     text: str
 
     @classmethod
-    def info(cls, text: str) -> "Notice":
+    def info(cls, text: str) -> Notice:
         return cls("info", text)
 
     @classmethod
-    def warning(cls, text: str) -> "Notice":
+    def warning(cls, text: str) -> Notice:
         return cls("warning", text)
 
 
@@ -96,7 +97,7 @@ class Result:
 class Tap(Protocol):
     """Sees every output tensor while it streams (a hash, an integrity sum)."""
 
-    def feed(self, name: str, tensor: "torch.Tensor") -> None: ...
+    def feed(self, name: str, tensor: torch.Tensor) -> None: ...
 
     def finish(self) -> Check | None:
         """Judged before the output is renamed: raise :class:`~llmkit.errors.CheckFailed` to keep nothing."""
@@ -110,7 +111,7 @@ class AuxCopy:
 
     folder: Path | None
     names: tuple[str, ...]
-    dtype: "torch.dtype | None" = None
+    dtype: torch.dtype | None = None
     vocab_size: int | None = None
 
 
@@ -121,9 +122,9 @@ class Plan:
     job: str  # the command: recover, make-diff, merge-lora, ...
     output: Path
     fmt: str  # a sink registry name: safetensors, bin, meta-pth
-    specs: list["TensorSpec"]  # output tensors in output order
-    produce: Callable[[str], "torch.Tensor"]  # one output tensor (planned dtype and shape)
-    reads: Callable[[str], list[tuple["TensorSource", str]]]  # (source, tensor) that produce(name) reads
+    specs: list[TensorSpec]  # output tensors in output order
+    produce: Callable[[str], torch.Tensor]  # one output tensor (planned dtype and shape)
+    reads: Callable[[str], list[tuple[TensorSource, str]]]  # (source, tensor) that produce(name) reads
     inputs: list[Path]  # every file and folder read: the output may not be, be in, or contain one
     input_bytes: int  # tensor bytes read from the inputs
     working_set_bytes: int  # bytes alive while the largest tensor is processed
@@ -134,13 +135,13 @@ class Plan:
     checks: list[Check] = field(default_factory=list)  # pre-checks done while planning
     notices: list[Notice] = field(default_factory=list)
     taps: list[Tap] = field(default_factory=list)
-    sources: list["TensorSource"] = field(default_factory=list)  # closed by close()
+    sources: list[TensorSource] = field(default_factory=list)  # closed by close()
 
     def close(self) -> None:
         for s in self.sources:
             s.close()
 
-    def __enter__(self) -> "Plan":
+    def __enter__(self) -> Plan:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -177,12 +178,19 @@ class PlanReport:
     disk_margin_bytes: int
 
 
-def open_plan_sink(plan: Plan, *, force: bool = False) -> "Sink":
+def open_plan_sink(plan: Plan, *, force: bool = False) -> Sink:
     """The plan's sink from the registry; it checks the destination before anything is created."""
     from llmkit.io.sinks import open_sink
 
-    sink = open_sink(plan.fmt, plan.output, plan.specs, force=force, inputs=plan.inputs,
-                     extra_bytes=plan.aux_bytes, **plan.sink_options)
+    sink = open_sink(
+        plan.fmt,
+        plan.output,
+        plan.specs,
+        force=force,
+        inputs=plan.inputs,
+        extra_bytes=plan.aux_bytes,
+        **plan.sink_options,
+    )
     kept = getattr(sink, "kept_files", [])
     if kept:
         plan.notices.append(Notice.info(f"kept in the output folder (not written by llmkit): {', '.join(kept)}"))
@@ -200,16 +208,25 @@ def current_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def plan_report(plan: Plan, sink: "Sink") -> PlanReport:
+def plan_report(plan: Plan, sink: Sink) -> PlanReport:
     largest = max(plan.specs, key=lambda s: s.nbytes, default=None)
     return PlanReport(
-        output=str(plan.output), format=plan.fmt, tensors=len(plan.specs), output_bytes=sink.total_size,
+        output=str(plan.output),
+        format=plan.fmt,
+        tensors=len(plan.specs),
+        output_bytes=sink.total_size,
         input_bytes=plan.input_bytes,
-        files=list(sink.files) + sorted({n for a in plan.aux if a.folder is not None
-                                         for n in a.names if (a.folder / n).is_file()} | set(plan.files)),
-        largest_tensor=largest.name if largest else "", largest_tensor_bytes=largest.nbytes if largest else 0,
-        memory_estimate_bytes=plan.working_set_bytes + current_rss(), free_disk_bytes=sink.free_disk_bytes,
-        needed_disk_bytes=sink.needed_disk_bytes, disk_margin_bytes=sink.space_margin)
+        files=list(sink.files)
+        + sorted(
+            {n for a in plan.aux if a.folder is not None for n in a.names if (a.folder / n).is_file()} | set(plan.files)
+        ),
+        largest_tensor=largest.name if largest else "",
+        largest_tensor_bytes=largest.nbytes if largest else 0,
+        memory_estimate_bytes=plan.working_set_bytes + current_rss(),
+        free_disk_bytes=sink.free_disk_bytes,
+        needed_disk_bytes=sink.needed_disk_bytes,
+        disk_margin_bytes=sink.space_margin,
+    )
 
 
 def plan_rows(report: Any) -> list[tuple[str, str]]:
@@ -223,8 +240,11 @@ def plan_rows(report: Any) -> list[tuple[str, str]]:
         ("reads", human_bytes(report.input_bytes)),
         ("largest tensor", f"{report.largest_tensor} ({human_bytes(report.largest_tensor_bytes)})"),
         ("memory", f"about {human_bytes(report.memory_estimate_bytes)} peak (one tensor at a time)"),
-        ("disk", f"needs {human_bytes(report.needed_disk_bytes)} free (with a {human_bytes(report.disk_margin_bytes)} "
-                 f"margin); free: {human_bytes(report.free_disk_bytes)}"),
+        (
+            "disk",
+            f"needs {human_bytes(report.needed_disk_bytes)} free (with a {human_bytes(report.disk_margin_bytes)} "
+            f"margin); free: {human_bytes(report.free_disk_bytes)}",
+        ),
     ]
 
 
@@ -240,7 +260,7 @@ class Execution:
     seconds: float
 
 
-def _tensor_stream(plan: Plan) -> Iterator[tuple[str, "torch.Tensor"]]:
+def _tensor_stream(plan: Plan) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, produced tensor) in output order; the next tensor's inputs are prefetched while this one
     is computed, and the pages of used inputs released (mapped ``.bin`` pages do not pile up in RSS)."""
     names = [s.name for s in plan.specs]
@@ -253,12 +273,12 @@ def _tensor_stream(plan: Plan) -> Iterator[tuple[str, "torch.Tensor"]]:
             src.release(key)
 
 
-def _write(sink: "Sink", name: str, tensor: "torch.Tensor") -> int:
+def _write(sink: Sink, name: str, tensor: torch.Tensor) -> int:
     sink.write(name, tensor)
     return tensor.numel() * tensor.element_size()
 
 
-def execute(plan: Plan, sink: "Sink", *, progress: ProgressFactory | None = None) -> Execution:
+def execute(plan: Plan, sink: Sink, *, progress: ProgressFactory | None = None) -> Execution:
     """Run ``plan`` into ``sink`` (from :func:`open_plan_sink`); a failure or a failed tap keeps nothing.
 
     One background thread writes tensor N while tensor N+1 is read and computed (file writes and

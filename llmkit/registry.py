@@ -67,7 +67,7 @@ class ChecksumTable:
         sha256 tables: ``meta-pth dim= vocab= layers= shards=`` for a Meta folder, ``tokenizer vocab=``)."""
         for line in self.header:
             if line.startswith("describes:"):
-                kind, *pairs = line[len("describes:"):].split()
+                kind, *pairs = line[len("describes:") :].split()
                 facts = dict(p.split("=", 1) for p in pairs if "=" in p)
                 return kind, {k: int(v) for k, v in facts.items() if v.isdigit()}
         return None
@@ -97,8 +97,9 @@ def _unescape(path: str) -> str:
     return "".join(out)
 
 
-def parse_table(text: str, *, name: str, algorithm: str | None = None, path: Path | None = None,
-                builtin: bool = False) -> ChecksumTable:
+def parse_table(
+    text: str, *, name: str, algorithm: str | None = None, path: Path | None = None, builtin: bool = False
+) -> ChecksumTable:
     """Parse ``md5sum``/``sha256sum`` output: ``<hex>  <path>`` or ``<hex> *<path>`` lines.
 
     Also accepts BSD tags (``MD5 (path) = hex``). ``#`` lines and blank lines are comments; the leading
@@ -126,30 +127,42 @@ def parse_table(text: str, *, name: str, algorithm: str | None = None, path: Pat
         else:
             parts = body.split(" ", 1)
             if len(parts) != 2 or not parts[1] or parts[1][0] not in " *":
-                raise InputError(f"line {lineno} is not '<hex>  <file>': {line[:80]!r}", path=where,
-                                 hint="checksum tables use md5sum format: the hex digest, two spaces, the path")
+                raise InputError(
+                    f"line {lineno} is not '<hex>  <file>': {line[:80]!r}",
+                    path=where,
+                    hint="checksum tables use md5sum format: the hex digest, two spaces, the path",
+                )
             digest, fname = parts[0], parts[1][1:]
         if escaped:
             fname = _unescape(fname)
         digest = digest.lower()
         if not re.fullmatch(r"[0-9a-f]+", digest) or len(digest) not in ALGORITHMS.values():
-            raise InputError(f"line {lineno}: {digest[:70]!r} is not an md5 or sha256 hex digest", path=where,
-                             hint="expected 32 (md5) or 64 (sha256) hex digits")
+            raise InputError(
+                f"line {lineno}: {digest[:70]!r} is not an md5 or sha256 hex digest",
+                path=where,
+                hint="expected 32 (md5) or 64 (sha256) hex digits",
+            )
         entries.append(TableEntry(fname, digest))
     if not entries:
         raise InputError("no checksum lines found", path=where, hint="expected '<hex>  <file>' lines")
     lengths = {len(e.digest) for e in entries}
     if len(lengths) > 1:
-        raise InputError("the table mixes digest lengths (md5 and sha256)", path=where,
-                         hint="keep one algorithm per table")
+        raise InputError(
+            "the table mixes digest lengths (md5 and sha256)", path=where, hint="keep one algorithm per table"
+        )
     length = lengths.pop()
     found = next(a for a, n in ALGORITHMS.items() if n == length)
     if algorithm is not None and algorithm != found:
-        raise InputError(f"the table holds {found} digests, not {algorithm}", path=where,
-                         hint=f"use --algo {found}")
-    return ChecksumTable(name=name, algorithm=found, entries=tuple(entries), path=path,
-                         source=" ".join(h for h in header if not h.startswith("describes:")), builtin=builtin,
-                         header=tuple(header))
+        raise InputError(f"the table holds {found} digests, not {algorithm}", path=where, hint=f"use --algo {found}")
+    return ChecksumTable(
+        name=name,
+        algorithm=found,
+        entries=tuple(entries),
+        path=path,
+        source=" ".join(h for h in header if not h.startswith("describes:")),
+        builtin=builtin,
+        header=tuple(header),
+    )
 
 
 def table_name(path: Path) -> str:
@@ -174,8 +187,11 @@ def checksums_dir() -> Path:
     folder = Path(__file__).resolve().parent / "checksums"
     if folder.is_dir() and any(p.suffix in TABLE_SUFFIXES for p in folder.iterdir()):
         return folder
-    raise InputError("the built-in checksum tables are not installed", path=folder,
-                     hint="reinstall llmkit, or set LLMKIT_CHECKSUMS to a folder of *.md5 / *.sha256 tables")
+    raise InputError(
+        "the built-in checksum tables are not installed",
+        path=folder,
+        hint="reinstall llmkit, or set LLMKIT_CHECKSUMS to a folder of *.md5 / *.sha256 tables",
+    )
 
 
 @lru_cache(maxsize=4)
@@ -205,15 +221,24 @@ def get_table(name_or_file: str | Path) -> ChecksumTable:
     if key.endswith(tuple(TABLE_SUFFIXES)) and table_name(p) in tables and not os.path.lexists(p):
         return tables[table_name(p)]
     if p.is_dir():
-        raise InputError("is a folder, not a checksum table file", path=p,
-                         hint="pass the md5sum-format table file (or a built-in table name) as --table")
+        raise InputError(
+            "is a folder, not a checksum table file",
+            path=p,
+            hint="pass the md5sum-format table file (or a built-in table name) as --table",
+        )
     if os.path.islink(p):
         from llmkit.io.destination import broken_link
 
-        raise InputError(f"the table path {broken_link(p) or 'is a broken symlink'}", path=p,
-                         hint="fix the link or pass the table file itself")
-    raise InputError(f"no built-in table named {key!r} and no such file", path=None,
-                     hint=f"built-in tables: {', '.join(tables)} (llmkit models lists them)")
+        raise InputError(
+            f"the table path {broken_link(p) or 'is a broken symlink'}",
+            path=p,
+            hint="fix the link or pass the table file itself",
+        )
+    raise InputError(
+        f"no built-in table named {key!r} and no such file",
+        path=None,
+        hint=f"built-in tables: {', '.join(tables)} (llmkit models lists them)",
+    )
 
 
 def find_expected(name: str, algorithm: str = "md5") -> list[tuple[str, str]]:
@@ -223,8 +248,13 @@ def find_expected(name: str, algorithm: str = "md5") -> list[tuple[str, str]]:
     TechGPT's ``./pytorch_model.bin``. A path may be passed; only its basename is used.
     """
     base = Path(name).name
-    return [(t.name, e.digest) for t in builtin_tables().values() if t.algorithm == algorithm
-            for e in t.entries if e.basename == base]
+    return [
+        (t.name, e.digest)
+        for t in builtin_tables().values()
+        if t.algorithm == algorithm
+        for e in t.entries
+        if e.basename == base
+    ]
 
 
 def described_tables(kind: str) -> list[tuple[ChecksumTable, dict[str, int]]]:
@@ -272,8 +302,14 @@ class ModelSpec:
 
 
 _TECHGPT_ENC = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-_TECHGPT_FILES = ("config.json", "generation_config.json", "pytorch_model.bin", "special_tokens_map.json",
-                  "tokenizer_config.json", "tokenizer.model")
+_TECHGPT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "pytorch_model.bin",
+    "special_tokens_map.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+)
 
 
 def _shards(n: int, ext: str = "bin") -> tuple[str, ...]:
@@ -282,101 +318,186 @@ def _shards(n: int, ext: str = "bin") -> tuple[str, ...]:
 
 MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
-        name="techgpt-7b", family="TechGPT-1.0", kind="encrypted", repo_id="neukg/TechGPT-7B",
+        name="techgpt-7b",
+        family="TechGPT-1.0",
+        kind="encrypted",
+        repo_id="neukg/TechGPT-7B",
         files=tuple(f"{f}.{_TECHGPT_ENC}.enc" for f in _TECHGPT_FILES),
         tables={"download": "techgpt-7b.enc", "decrypted": "techgpt-7b"},
-        needs="llama-7b-meta (XOR key: 7B/consolidated.00.pth)", dtype="float16",
+        needs="llama-7b-meta (XOR key: 7B/consolidated.00.pth)",
+        dtype="float16",
         approx_bytes=13 * GB,
         notes="decrypt with `llmkit decrypt`; the .enc name's hex is sha256 of the empty string, not a checksum",
     ),
     ModelSpec(
-        name="techgpt-2.0-alpaca", family="TechGPT-2.0", kind="full", repo_id="neukg/TechGPT-2.0-alpaca-hf",
-        files=(), dtype="float16", approx_bytes=13 * GB,
+        name="techgpt-2.0-alpaca",
+        family="TechGPT-2.0",
+        kind="full",
+        repo_id="neukg/TechGPT-2.0-alpaca-hf",
+        files=(),
+        dtype="float16",
+        approx_bytes=13 * GB,
         notes="no published checksums; the card converts it to a MindSpore .ckpt",
     ),
     ModelSpec(
-        name="techgpt-2.0-atom", family="TechGPT-2.0", kind="full", repo_id="neukg/TechGPT-2.0-atom-hf",
-        files=(), dtype="float16", approx_bytes=13 * GB,
+        name="techgpt-2.0-atom",
+        family="TechGPT-2.0",
+        kind="full",
+        repo_id="neukg/TechGPT-2.0-atom-hf",
+        files=(),
+        dtype="float16",
+        approx_bytes=13 * GB,
         notes="no published checksums; the card converts it to a MindSpore .ckpt",
     ),
     ModelSpec(
-        name="zhixi-13b-diff", family="ZhiXi / KnowLM", kind="diff", repo_id="zjunlp/zhixi-13b-diff",
-        files=_shards(6), tables={"download": "zhixi-13b-diff", "recovered": "zhixi-13b"},
-        needs="llama-13b-hf (LLaMA-13B converted to Hugging Face, fp16)", dtype="float32", vocab_size=32000,
+        name="zhixi-13b-diff",
+        family="ZhiXi / KnowLM",
+        kind="diff",
+        repo_id="zjunlp/zhixi-13b-diff",
+        files=_shards(6),
+        tables={"download": "zhixi-13b-diff", "recovered": "zhixi-13b"},
+        needs="llama-13b-hf (LLaMA-13B converted to Hugging Face, fp16)",
+        dtype="float32",
+        vocab_size=32000,
         approx_bytes=48 * GB,
         notes="recover with `llmkit recover`; fp32 sum check 94052.2891",
     ),
     ModelSpec(
-        name="zhixi-13b-diff-fp16", family="ZhiXi / KnowLM", kind="diff", repo_id="zjunlp/zhixi-13b-diff-fp16",
-        files=_shards(3), tables={"download": "zhixi-13b-diff-fp16", "recovered": "zhixi-13b-fp16"},
-        needs="llama-13b-hf (LLaMA-13B converted to Hugging Face, fp16)", dtype="float16", vocab_size=32000,
+        name="zhixi-13b-diff-fp16",
+        family="ZhiXi / KnowLM",
+        kind="diff",
+        repo_id="zjunlp/zhixi-13b-diff-fp16",
+        files=_shards(3),
+        tables={"download": "zhixi-13b-diff-fp16", "recovered": "zhixi-13b-fp16"},
+        needs="llama-13b-hf (LLaMA-13B converted to Hugging Face, fp16)",
+        dtype="float16",
+        vocab_size=32000,
         approx_bytes=24 * GB,
         notes="recover with `llmkit recover --dtype fp16`",
     ),
     ModelSpec(
-        name="zhixi-13b-lora", family="ZhiXi / KnowLM", kind="lora", repo_id="zjunlp/zhixi-13b-lora",
-        files=("adapter_model.bin", "adapter_config.json"), tables={"download": "zhixi-13b-lora"},
-        needs="zhixi-13b (the recovered base)", vocab_size=32000, approx_bytes=251 * MB,
+        name="zhixi-13b-lora",
+        family="ZhiXi / KnowLM",
+        kind="lora",
+        repo_id="zjunlp/zhixi-13b-lora",
+        files=("adapter_model.bin", "adapter_config.json"),
+        tables={"download": "zhixi-13b-lora"},
+        needs="zhixi-13b (the recovered base)",
+        vocab_size=32000,
+        approx_bytes=251 * MB,
         notes="merge with `llmkit merge-lora`; tokenizer from the base",
     ),
     ModelSpec(
-        name="cutegpt-13b-base", family="CuteGPT", kind="full", repo_id="XuYipei/kw-cutegpt-13b-base",
-        files=(), notes="no published checksums; LLaMA with an extended Chinese vocabulary",
+        name="cutegpt-13b-base",
+        family="CuteGPT",
+        kind="full",
+        repo_id="XuYipei/kw-cutegpt-13b-base",
+        files=(),
+        notes="no published checksums; LLaMA with an extended Chinese vocabulary",
     ),
     ModelSpec(
-        name="cutegpt-13b-ift", family="CuteGPT", kind="full", repo_id="XuYipei/kw-cutegpt-13b-ift",
-        files=(), notes="no published checksums",
+        name="cutegpt-13b-ift",
+        family="CuteGPT",
+        kind="full",
+        repo_id="XuYipei/kw-cutegpt-13b-ift",
+        files=(),
+        notes="no published checksums",
     ),
     ModelSpec(
-        name="cutegpt-13b-ift-lora", family="CuteGPT", kind="lora", repo_id="Abbey4799/kw-cutegpt-13b-ift-lora",
-        files=(), needs="cutegpt-13b-base", notes="r=8, alpha=16, q_proj/v_proj; no published checksums",
+        name="cutegpt-13b-ift-lora",
+        family="CuteGPT",
+        kind="lora",
+        repo_id="Abbey4799/kw-cutegpt-13b-ift-lora",
+        files=(),
+        needs="cutegpt-13b-base",
+        notes="r=8, alpha=16, q_proj/v_proj; no published checksums",
     ),
     ModelSpec(
-        name="chinese-llama-lora-7b", family="Chinese-LLaMA-Alpaca", kind="lora",
-        repo_id="ziqingyang/chinese-llama-lora-7b", files=(), tables={"download": "chinese-llama-lora-7b"},
+        name="chinese-llama-lora-7b",
+        family="Chinese-LLaMA-Alpaca",
+        kind="lora",
+        repo_id="ziqingyang/chinese-llama-lora-7b",
+        files=(),
+        tables={"download": "chinese-llama-lora-7b"},
         needs="llama-7b (original LLaMA-7B)",
-        vocab_size=49953, approx_bytes=770 * MB,
+        vocab_size=49953,
+        approx_bytes=770 * MB,
         notes="card gives only an abbreviated SHA256 of the zip: 39b86b......fe0e60",
     ),
     ModelSpec(
-        name="chinese-llama-lora-13b", family="Chinese-LLaMA-Alpaca", kind="lora",
-        repo_id="ziqingyang/chinese-llama-lora-13b", files=(), tables={"download": "chinese-llama-lora-13b"},
+        name="chinese-llama-lora-13b",
+        family="Chinese-LLaMA-Alpaca",
+        kind="lora",
+        repo_id="ziqingyang/chinese-llama-lora-13b",
+        files=(),
+        tables={"download": "chinese-llama-lora-13b"},
         needs="llama-13b (original LLaMA-13B)",
-        vocab_size=49953, approx_bytes=1 * GB,
+        vocab_size=49953,
+        approx_bytes=1 * GB,
         notes="card gives only an abbreviated SHA256 of the zip: 3d6dee......e5199b",
     ),
     ModelSpec(
-        name="chinese-alpaca-lora-7b", family="Chinese-LLaMA-Alpaca", kind="lora",
-        repo_id="ziqingyang/chinese-alpaca-lora-7b", files=(), tables={"download": "chinese-alpaca-lora-7b"},
+        name="chinese-alpaca-lora-7b",
+        family="Chinese-LLaMA-Alpaca",
+        kind="lora",
+        repo_id="ziqingyang/chinese-alpaca-lora-7b",
+        files=(),
+        tables={"download": "chinese-alpaca-lora-7b"},
         needs="llama-7b (original LLaMA-7B)",
-        vocab_size=49954, approx_bytes=790 * MB,
+        vocab_size=49954,
+        approx_bytes=790 * MB,
         notes="card gives only an abbreviated SHA256 of the zip: 9bb5b6......ce2d87",
     ),
     ModelSpec(
-        name="chinese-alpaca-lora-13b", family="Chinese-LLaMA-Alpaca", kind="lora",
-        repo_id="ziqingyang/chinese-alpaca-lora-13b", files=(), tables={"download": "chinese-alpaca-lora-13b"},
+        name="chinese-alpaca-lora-13b",
+        family="Chinese-LLaMA-Alpaca",
+        kind="lora",
+        repo_id="ziqingyang/chinese-alpaca-lora-13b",
+        files=(),
+        tables={"download": "chinese-alpaca-lora-13b"},
         needs="llama-13b (original LLaMA-13B)",
-        vocab_size=49954, approx_bytes=1_100 * MB,
+        vocab_size=49954,
+        approx_bytes=1_100 * MB,
         notes="card gives only an abbreviated SHA256 of the zip: 45c92e......682d91",
     ),
     ModelSpec(
-        name="llama-7b-meta", family="LLaMA-1 (Meta)", kind="meta-original", repo_id=None,
+        name="llama-7b-meta",
+        family="LLaMA-1 (Meta)",
+        kind="meta-original",
+        repo_id=None,
         files=("consolidated.00.pth", "params.json"),
-        tables={"key": "llama-7b-meta", "original": "llama-7b-original"}, dtype="float16",
-        vocab_size=32000, approx_bytes=13_476_939_516, card=f"{HUB}/neukg/TechGPT-7B",
+        tables={"key": "llama-7b-meta", "original": "llama-7b-original"},
+        dtype="float16",
+        vocab_size=32000,
+        approx_bytes=13_476_939_516,
+        card=f"{HUB}/neukg/TechGPT-7B",
         notes="the XOR key of TechGPT-1.0; consolidated.00.pth is 13,476,939,516 bytes",
     ),
     ModelSpec(
-        name="llama-13b-meta", family="LLaMA-1 (Meta)", kind="meta-original", repo_id=None,
-        files=("consolidated.00.pth", "consolidated.01.pth", "params.json"), tables={"original": "llama-13b-original"},
-        dtype="float16", vocab_size=32000,
-        card=KNOWLM, notes="two model-parallel shards in Meta's original layout (llmkit inspect reads it)",
+        name="llama-13b-meta",
+        family="LLaMA-1 (Meta)",
+        kind="meta-original",
+        repo_id=None,
+        files=("consolidated.00.pth", "consolidated.01.pth", "params.json"),
+        tables={"original": "llama-13b-original"},
+        dtype="float16",
+        vocab_size=32000,
+        card=KNOWLM,
+        notes="two model-parallel shards in Meta's original layout (llmkit inspect reads it)",
     ),
     ModelSpec(
-        name="llama-13b-hf", family="LLaMA-1 (Meta)", kind="full", repo_id=None, files=(), tables={"hf": "llama-13b-hf"},
-        needs="llama-13b-meta (converted to Hugging Face)", dtype="float16", vocab_size=32000, card=KNOWLM,
+        name="llama-13b-hf",
+        family="LLaMA-1 (Meta)",
+        kind="full",
+        repo_id=None,
+        files=(),
+        tables={"hf": "llama-13b-hf"},
+        needs="llama-13b-meta (converted to Hugging Face)",
+        dtype="float16",
+        vocab_size=32000,
+        card=KNOWLM,
         notes="the base ZhiXi's diff expects; Chinese-LLaMA-Alpaca publishes the sha256 of its HF conversion "
-              "(table llama-13b-hf; keep fp16 when converting)",
+        "(table llama-13b-hf; keep fp16 when converting)",
     ),
 )
 
@@ -412,8 +533,7 @@ def model_for_path(path: str | os.PathLike) -> ModelSpec | None:
     """The model whose download folder ``path`` is named like (``techgpt-2.0-atom``, or a repo's own name such
     as ``TechGPT-2.0-atom-hf``), else None."""
     name = Path(path).name.lower()
-    return next((m for m in MODELS if name == m.name or (m.repo_id and name == m.repo_id.split("/")[1].lower())),
-                None)
+    return next((m for m in MODELS if name == m.name or (m.repo_id and name == m.repo_id.split("/")[1].lower())), None)
 
 
 def close_model_names(name: str, n: int = 3) -> list[str]:
@@ -421,8 +541,9 @@ def close_model_names(name: str, n: int = 3) -> list[str]:
     from difflib import SequenceMatcher
 
     low = name.lower()
-    scored = [(SequenceMatcher(None, low, m.name).ratio() + (0.2 if m.name.startswith(low) else 0.0), m.name)
-              for m in MODELS]
+    scored = [
+        (SequenceMatcher(None, low, m.name).ratio() + (0.2 if m.name.startswith(low) else 0.0), m.name) for m in MODELS
+    ]
     return [m for score, m in sorted(scored, key=lambda t: (-t[0], t[1])) if score >= 0.6][:n]
 
 
@@ -460,7 +581,10 @@ class ModelsListing(Result):
 
 def list_models() -> ModelsListing:
     """The registry as data: the known models and the built-in tables with their lines."""
-    tables = [TableListing(t.name, t.algorithm, t.source, str(t.path),
-                           [{"path": e.path, "digest": e.digest} for e in t.entries])
-              for t in builtin_tables().values()]
+    tables = [
+        TableListing(
+            t.name, t.algorithm, t.source, str(t.path), [{"path": e.path, "digest": e.digest} for e in t.entries]
+        )
+        for t in builtin_tables().values()
+    ]
     return ModelsListing(models=[asdict(m) for m in MODELS], tables=tables)

@@ -66,8 +66,9 @@ class ModelSummary(Result):
 
 def _embed_shape(src: TensorSource) -> tuple[int, ...] | None:
     for name in src.keys():
-        if name.endswith(_EMBED_NAMES) or (".embed_tokens." in name and name.endswith(".weight")
-                                           and "lora_" not in name):
+        if name.endswith(_EMBED_NAMES) or (
+            ".embed_tokens." in name and name.endswith(".weight") and "lora_" not in name
+        ):
             return src.info(name).shape
     return None
 
@@ -118,9 +119,18 @@ def completeness(src: TensorSource) -> Check | None:
     return Check("complete", "ok", "every weight of a complete LLaMA, once, under an expected name")
 
 
-_CONFIG_VALUE = tuple(f"{k} must be a" for k in ("hidden_size", "num_attention_heads", "num_hidden_layers",
-                                                 "vocab_size", "intermediate_size", "num_key_value_heads",
-                                                 "head_dim"))
+_CONFIG_VALUE = tuple(
+    f"{k} must be a"
+    for k in (
+        "hidden_size",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "vocab_size",
+        "intermediate_size",
+        "num_key_value_heads",
+        "head_dim",
+    )
+)
 
 
 def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:

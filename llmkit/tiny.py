@@ -22,8 +22,28 @@ TINY_VOCAB = 100
 
 LAYOUTS = ("safetensors", "safetensors-sharded", "bin", "bin-sharded", "meta", "meta-2shards")
 
-_WORDS = ["知识", "抽取", "模型", "中文", "大", "语言", "实体", "关系", "事件", "llama", "weight", "the", "of",
-          "model", "data", "merge", "lora", "recover", "科技", "图谱"]
+_WORDS = [
+    "知识",
+    "抽取",
+    "模型",
+    "中文",
+    "大",
+    "语言",
+    "实体",
+    "关系",
+    "事件",
+    "llama",
+    "weight",
+    "the",
+    "of",
+    "model",
+    "data",
+    "merge",
+    "lora",
+    "recover",
+    "科技",
+    "图谱",
+]
 
 
 def write_tokenizer(folder: Path, *, pad_token: bool = False) -> int:
@@ -38,21 +58,44 @@ def write_tokenizer(folder: Path, *, pad_token: bool = False) -> int:
     lines = [" ".join(rng.choice(_WORDS) for _ in range(12)) for _ in range(400)]
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, vocab_size=TINY_VOCAB, model_type="bpe",
-        num_threads=1, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        byte_fallback=False, minloglevel=2)
+        sentence_iterator=iter(lines),
+        model_writer=buf,
+        vocab_size=TINY_VOCAB,
+        model_type="bpe",
+        num_threads=1,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        byte_fallback=False,
+        minloglevel=2,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tokenizer.model").write_bytes(buf.getvalue())
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-    config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
-              "legacy": True, "model_max_length": 128, **special}
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": True,
+        "model_max_length": 128,
+        **special,
+    }
     size = TINY_VOCAB
     if pad_token:
         special["pad_token"] = "[PAD]"
         config["pad_token"] = "[PAD]"
-        config["added_tokens_decoder"] = {str(TINY_VOCAB): {"content": "[PAD]", "special": True, "lstrip": False,
-                                                            "rstrip": False, "normalized": False,
-                                                            "single_word": False}}
+        config["added_tokens_decoder"] = {
+            str(TINY_VOCAB): {
+                "content": "[PAD]",
+                "special": True,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "single_word": False,
+            }
+        }
         (folder / "added_tokens.json").write_text(json.dumps({"[PAD]": TINY_VOCAB}) + "\n")
         size += 1
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
@@ -60,25 +103,45 @@ def write_tokenizer(folder: Path, *, pad_token: bool = False) -> int:
     return size
 
 
-def tiny_config(vocab_size: int = TINY_VOCAB, *, layers: int = TINY_LAYERS, hidden: int = TINY_HIDDEN,
-                heads: int = TINY_HEADS, intermediate: int = TINY_INTERMEDIATE,
-                dtype: torch.dtype = torch.float32):
+def tiny_config(
+    vocab_size: int = TINY_VOCAB,
+    *,
+    layers: int = TINY_LAYERS,
+    hidden: int = TINY_HIDDEN,
+    heads: int = TINY_HEADS,
+    intermediate: int = TINY_INTERMEDIATE,
+    dtype: torch.dtype = torch.float32,
+):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                       max_position_embeddings=128, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                       torch_dtype=dtype)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        torch_dtype=dtype,
+    )
 
 
-def tiny_model(seed: int = 0, *, vocab_size: int = TINY_VOCAB, layers: int = TINY_LAYERS,
-               dtype: torch.dtype = torch.float32, hidden: int = TINY_HIDDEN, heads: int = TINY_HEADS,
-               intermediate: int = TINY_INTERMEDIATE):
+def tiny_model(
+    seed: int = 0,
+    *,
+    vocab_size: int = TINY_VOCAB,
+    layers: int = TINY_LAYERS,
+    dtype: torch.dtype = torch.float32,
+    hidden: int = TINY_HIDDEN,
+    heads: int = TINY_HEADS,
+    intermediate: int = TINY_INTERMEDIATE,
+):
     """A randomly initialised ``LlamaForCausalLM``; norms are perturbed so that every tensor is non-trivial."""
     from transformers import LlamaForCausalLM
 
-    cfg = tiny_config(vocab_size, layers=layers, hidden=hidden, heads=heads, intermediate=intermediate,
-                      dtype=dtype)
+    cfg = tiny_config(vocab_size, layers=layers, hidden=hidden, heads=heads, intermediate=intermediate, dtype=dtype)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -103,10 +166,15 @@ _HF_TO_META = [
     ("lm_head.weight", "output.weight"),
 ]
 _LAYER_MAP = [
-    ("self_attn.q_proj", "attention.wq"), ("self_attn.k_proj", "attention.wk"),
-    ("self_attn.v_proj", "attention.wv"), ("self_attn.o_proj", "attention.wo"),
-    ("mlp.gate_proj", "feed_forward.w1"), ("mlp.down_proj", "feed_forward.w2"), ("mlp.up_proj", "feed_forward.w3"),
-    ("input_layernorm", "attention_norm"), ("post_attention_layernorm", "ffn_norm"),
+    ("self_attn.q_proj", "attention.wq"),
+    ("self_attn.k_proj", "attention.wk"),
+    ("self_attn.v_proj", "attention.wv"),
+    ("self_attn.o_proj", "attention.wo"),
+    ("mlp.gate_proj", "feed_forward.w1"),
+    ("mlp.down_proj", "feed_forward.w2"),
+    ("mlp.up_proj", "feed_forward.w3"),
+    ("input_layernorm", "attention_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
 ]
 
 
@@ -144,8 +212,15 @@ def split_meta_state(state: dict[str, torch.Tensor], parts: int) -> list[dict[st
     return shards
 
 
-def save_tiny_model(folder: Path, layout: str = "safetensors", *, seed: int = 0, layers: int = TINY_LAYERS,
-                    dtype: torch.dtype = torch.float32, tokenizer: bool = True) -> dict[str, torch.Tensor]:
+def save_tiny_model(
+    folder: Path,
+    layout: str = "safetensors",
+    *,
+    seed: int = 0,
+    layers: int = TINY_LAYERS,
+    dtype: torch.dtype = torch.float32,
+    tokenizer: bool = True,
+) -> dict[str, torch.Tensor]:
     """Write a tiny LLaMA in ``layout`` (see :data:`LAYOUTS`); return its HF state dict (the reference)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout}")
@@ -163,22 +238,29 @@ def save_tiny_model(folder: Path, layout: str = "safetensors", *, seed: int = 0,
             torch.save(state, folder / "pytorch_model.bin")
         else:
             names = list(state)
-            groups = [names[i:i + 6] for i in range(0, len(names), 6)]
+            groups = [names[i : i + 6] for i in range(0, len(names), 6)]
             weight_map = {}
             for i, group in enumerate(groups, 1):
                 fname = f"pytorch_model-{i:05d}-of-{len(groups):05d}.bin"
                 torch.save({k: state[k] for k in group}, folder / fname)
-                weight_map.update({k: fname for k in group})
+                weight_map.update(dict.fromkeys(group, fname))
             total = sum(t.numel() * t.element_size() for t in state.values())
             (folder / "pytorch_model.bin.index.json").write_text(
-                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+            )
     else:
         meta = hf_to_meta_state(state, TINY_HEADS)
         parts = 2 if layout == "meta-2shards" else 1
         for i, shard in enumerate(split_meta_state(meta, parts)):
             torch.save(shard, folder / f"consolidated.{i:02d}.pth")
-        params = {"dim": TINY_HIDDEN, "multiple_of": 16, "n_heads": TINY_HEADS, "n_layers": layers,
-                  "norm_eps": 1e-6, "vocab_size": -1}
+        params = {
+            "dim": TINY_HIDDEN,
+            "multiple_of": 16,
+            "n_heads": TINY_HEADS,
+            "n_layers": layers,
+            "norm_eps": 1e-6,
+            "vocab_size": -1,
+        }
         (folder / "params.json").write_text(json.dumps(params) + "\n")
     if tokenizer:
         write_tokenizer(folder)
@@ -188,8 +270,17 @@ def save_tiny_model(folder: Path, layout: str = "safetensors", *, seed: int = 0,
     return state
 
 
-def write_random_meta(root: Path, *, layers: int, hidden: int, intermediate: int, vocab: int, heads: int,
-                      seed: int = 0, scale: float = 0.02) -> None:
+def write_random_meta(
+    root: Path,
+    *,
+    layers: int,
+    hidden: int,
+    intermediate: int,
+    vocab: int,
+    heads: int,
+    seed: int = 0,
+    scale: float = 0.02,
+) -> None:
     """Random fp16 LLaMA weights as Meta's 2-shard layout (13B-style split) + ``params.json`` in ``root``,
     one tensor generated at a time (for memory tests and benchmarks; no HF model behind it)."""
     g = torch.Generator().manual_seed(seed)
@@ -216,5 +307,15 @@ def write_random_meta(root: Path, *, layers: int, hidden: int, intermediate: int
     root.mkdir(parents=True)
     for i, s in enumerate(shards):
         torch.save(s, root / f"consolidated.{i:02d}.pth")
-    (root / "params.json").write_text(json.dumps({"dim": hidden, "multiple_of": 256, "n_heads": heads,
-                                                  "n_layers": layers, "norm_eps": 1e-6, "vocab_size": -1}))
+    (root / "params.json").write_text(
+        json.dumps(
+            {
+                "dim": hidden,
+                "multiple_of": 256,
+                "n_heads": heads,
+                "n_layers": layers,
+                "norm_eps": 1e-6,
+                "vocab_size": -1,
+            }
+        )
+    )

@@ -14,8 +14,8 @@ their own tokenizer folder.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -33,20 +33,39 @@ def _randomise(peft_model, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * 0.05)
 
 
-def save_adapter_for(model, folder: Path, *, seed: int = 1, target_modules: Sequence[str] | str = ("q_proj", "v_proj"),
-                     r: int = 4, lora_alpha: float = 8, use_rslora: bool = False, fan_in_fan_out: bool = False,
-                     modules_to_save: Sequence[str] | None = None, rank_pattern: dict | None = None,
-                     alpha_pattern: dict | None = None, lora_bias: bool = False, safe_serialization: bool = True,
-                     dtype: torch.dtype = torch.float32) -> Path:
+def save_adapter_for(
+    model,
+    folder: Path,
+    *,
+    seed: int = 1,
+    target_modules: Sequence[str] | str = ("q_proj", "v_proj"),
+    r: int = 4,
+    lora_alpha: float = 8,
+    use_rslora: bool = False,
+    fan_in_fan_out: bool = False,
+    modules_to_save: Sequence[str] | None = None,
+    rank_pattern: dict | None = None,
+    alpha_pattern: dict | None = None,
+    lora_bias: bool = False,
+    safe_serialization: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Wrap ``model`` with a fresh LoRA (peft), randomise it and ``save_pretrained`` it into ``folder``."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=0.0, use_rslora=use_rslora,
-                        fan_in_fan_out=fan_in_fan_out,
-                        target_modules=list(target_modules) if not isinstance(target_modules, str) else target_modules,
-                        modules_to_save=list(modules_to_save) if modules_to_save else None,
-                        rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {}, lora_bias=lora_bias)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=0.0,
+        use_rslora=use_rslora,
+        fan_in_fan_out=fan_in_fan_out,
+        target_modules=list(target_modules) if not isinstance(target_modules, str) else target_modules,
+        modules_to_save=list(modules_to_save) if modules_to_save else None,
+        rank_pattern=rank_pattern or {},
+        alpha_pattern=alpha_pattern or {},
+        lora_bias=lora_bias,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. peft's fan_in_fan_out override on Linear layers
         peft_model = get_peft_model(model, config)
@@ -58,8 +77,16 @@ def save_adapter_for(model, folder: Path, *, seed: int = 1, target_modules: Sequ
     return folder
 
 
-def save_tiny_adapter(folder: Path, *, base_seed: int = 0, seed: int = 1, vocab_size: int = TINY_VOCAB,
-                      layers: int = TINY_LAYERS, tokenizer_pad: bool | None = None, **lora) -> Path:
+def save_tiny_adapter(
+    folder: Path,
+    *,
+    base_seed: int = 0,
+    seed: int = 1,
+    vocab_size: int = TINY_VOCAB,
+    layers: int = TINY_LAYERS,
+    tokenizer_pad: bool | None = None,
+    **lora,
+) -> Path:
     """A peft adapter for the tiny LLaMA of ``base_seed`` (hidden 64).
 
     ``vocab_size`` other than the tiny base's 100 resizes the model before the adapter is made (use it with
@@ -75,30 +102,62 @@ def save_tiny_adapter(folder: Path, *, base_seed: int = 0, seed: int = 1, vocab_
     return folder
 
 
-def save_chinese_llama_like(folder: Path, *, base_seed: int = 0, seed: int = 11, layers: int = TINY_LAYERS,
-                            **lora) -> Path:
+def save_chinese_llama_like(
+    folder: Path, *, base_seed: int = 0, seed: int = 11, layers: int = TINY_LAYERS, **lora
+) -> Path:
     """A Chinese-LLaMA-LoRA look-alike: 7 linear targets, full embed/lm_head of 100 rows, 100-token tokenizer."""
-    return save_tiny_adapter(folder, base_seed=base_seed, seed=seed, vocab_size=TINY_VOCAB, layers=layers,
-                             tokenizer_pad=False, target_modules=LLAMA_LINEAR,
-                             modules_to_save=("embed_tokens", "lm_head"), **lora)
+    return save_tiny_adapter(
+        folder,
+        base_seed=base_seed,
+        seed=seed,
+        vocab_size=TINY_VOCAB,
+        layers=layers,
+        tokenizer_pad=False,
+        target_modules=LLAMA_LINEAR,
+        modules_to_save=("embed_tokens", "lm_head"),
+        **lora,
+    )
 
 
-def save_chinese_alpaca_like(folder: Path, *, base_seed: int = 0, seed: int = 12, layers: int = TINY_LAYERS,
-                             **lora) -> Path:
+def save_chinese_alpaca_like(
+    folder: Path, *, base_seed: int = 0, seed: int = 12, layers: int = TINY_LAYERS, **lora
+) -> Path:
     """A Chinese-Alpaca-LoRA look-alike: like :func:`save_chinese_llama_like` with 101 tokens (``[PAD]``)."""
-    return save_tiny_adapter(folder, base_seed=base_seed, seed=seed, vocab_size=TINY_VOCAB + 1, layers=layers,
-                             tokenizer_pad=True, target_modules=LLAMA_LINEAR,
-                             modules_to_save=("embed_tokens", "lm_head"), **lora)
+    return save_tiny_adapter(
+        folder,
+        base_seed=base_seed,
+        seed=seed,
+        vocab_size=TINY_VOCAB + 1,
+        layers=layers,
+        tokenizer_pad=True,
+        target_modules=LLAMA_LINEAR,
+        modules_to_save=("embed_tokens", "lm_head"),
+        **lora,
+    )
 
 
 def save_cutegpt_like(folder: Path, *, base_seed: int = 0, seed: int = 13, layers: int = TINY_LAYERS) -> Path:
     """A CuteGPT-LoRA look-alike: r=8, alpha=16 on q_proj/v_proj, the base's own 100-token tokenizer."""
-    return save_tiny_adapter(folder, base_seed=base_seed, seed=seed, layers=layers, tokenizer_pad=False,
-                             target_modules=("q_proj", "v_proj"), r=8, lora_alpha=16)
+    return save_tiny_adapter(
+        folder,
+        base_seed=base_seed,
+        seed=seed,
+        layers=layers,
+        tokenizer_pad=False,
+        target_modules=("q_proj", "v_proj"),
+        r=8,
+        lora_alpha=16,
+    )
 
 
-def save_tiny_base(folder: Path, *, seed: int = 0, vocab_size: int = TINY_VOCAB, layers: int = TINY_LAYERS,
-                   dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def save_tiny_base(
+    folder: Path,
+    *,
+    seed: int = 0,
+    vocab_size: int = TINY_VOCAB,
+    layers: int = TINY_LAYERS,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
     """A tiny LLaMA with any vocabulary size, saved by transformers without a tokenizer; returns its state."""
     model = tiny_model(seed, vocab_size=vocab_size, layers=layers, dtype=dtype)
     model.save_pretrained(Path(folder))
@@ -106,6 +165,7 @@ def save_tiny_base(folder: Path, *, seed: int = 0, vocab_size: int = TINY_VOCAB,
 
 
 # ------------------------------------------------------------------ GPT-2 (Conv1D layers: fan_in_fan_out)
+
 
 def tiny_gpt2(seed: int = 0):
     """A tiny ``GPT2LMHeadModel`` (hidden 64, 2 layers): its linear layers are ``Conv1D`` with [in, out] weights."""
@@ -136,8 +196,10 @@ def save_tiny_gpt2_adapter(folder: Path, *, base_seed: int = 0, seed: int = 21, 
 
 # ------------------------------------------------------------------ the reference: peft itself
 
-def peft_merged_state(base: Path, adapters: Sequence[Path], *, dtype: torch.dtype = torch.float32,
-                      autocast_adapter_dtype: bool = True) -> dict[str, torch.Tensor]:
+
+def peft_merged_state(
+    base: Path, adapters: Sequence[Path], *, dtype: torch.dtype = torch.float32, autocast_adapter_dtype: bool = True
+) -> dict[str, torch.Tensor]:
     """What peft makes of ``adapters`` on ``base``: the independent reference llmkit is checked against.
 
     The Chinese-LLaMA-Alpaca recipe, with today's libraries: load the base with transformers; for each adapter

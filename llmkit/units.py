@@ -29,8 +29,10 @@ def parse_size(text: str | int) -> int:
     base = 1024 if m.group("binary") else 1000
     value = int(float(m.group("number")) * base ** _PREFIXES[m.group("prefix")])
     if m.group("bytes") and not m.group("prefix") and value < 1000:
-        raise InputError(f"size {text!r} is ambiguous: {value} bytes, or {value} billion as mergekit reads it",
-                         hint=f"write the unit, e.g. {value}GB")
+        raise InputError(
+            f"size {text!r} is ambiguous: {value} bytes, or {value} billion as mergekit reads it",
+            hint=f"write the unit, e.g. {value}GB",
+        )
     if value <= 0:
         raise InputError(f"size must be positive, got {text!r}", hint=f"use e.g. {SIZE_EXAMPLES}")
     return value
@@ -84,11 +86,17 @@ def check_space(out_dir: str | os.PathLike, need: int, free: int) -> int:
     ro = read_only_mount(out_dir)
     if ro is not None:
         where = "" if Path(ro) == Path(out_dir) else f" ({ro} is read-only)"
-        raise OutputNotWritableError(f"the output folder is on a read-only file system{where}", path=out_dir,
-                                     hint="choose an -o on a writable file system, or remount it read-write")
+        raise OutputNotWritableError(
+            f"the output folder is on a read-only file system{where}",
+            path=out_dir,
+            hint="choose an -o on a writable file system, or remount it read-write",
+        )
     margin = space_margin(need)
     if free < need + margin:
-        raise DiskSpaceError(f"needs {human_bytes(need + margin)} of free space ({human_bytes(need)} of output + a "
-                             f"{human_bytes(margin)} margin), {human_bytes(free)} available", path=out_dir,
-                             hint="free some space or choose another -o")
+        raise DiskSpaceError(
+            f"needs {human_bytes(need + margin)} of free space ({human_bytes(need)} of output + a "
+            f"{human_bytes(margin)} margin), {human_bytes(free)} available",
+            path=out_dir,
+            hint="free some space or choose another -o",
+        )
     return margin

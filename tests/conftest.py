@@ -30,8 +30,9 @@ def tiny_factory(tmp_path_factory):
     """
     cache: dict[tuple, TinyModel] = {}
 
-    def make(layout: str = "safetensors", seed: int = 0, dtype: torch.dtype = torch.float32,
-             layers: int = 2) -> TinyModel:
+    def make(
+        layout: str = "safetensors", seed: int = 0, dtype: torch.dtype = torch.float32, layers: int = 2
+    ) -> TinyModel:
         key = (layout, seed, dtype, layers)
         if key not in cache:
             folder = tmp_path_factory.mktemp(f"tiny-{layout}-{seed}")
@@ -71,6 +72,7 @@ class CliResult:
 @pytest.fixture
 def run_cli():
     """Run ``llmkit ARGS...`` in-process through Typer's runner; stdout and stderr kept apart."""
+
     def run(*args: str, input: bytes | str | None = None) -> CliResult:
         result = CliRunner().invoke(app, [str(a) for a in args], input=input)
         if result.exception is not None and not isinstance(result.exception, SystemExit):

@@ -71,8 +71,7 @@ def sha256_hex(data: bytes) -> str:
 
 def lfs_pointer(data: bytes) -> bytes:
     """The git-lfs pointer file git stores in place of an LFS file."""
-    return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256_hex(data)}\nsize {len(data)}\n"
-            .encode())
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256_hex(data)}\nsize {len(data)}\n".encode()
 
 
 @dataclass
@@ -134,8 +133,12 @@ class Fault:
     retry_after: int | None = None
 
     def matches(self, method: str, kind: str, file: str | None) -> bool:
-        return self.times > 0 and (self.kind is None or self.kind == kind) and \
-            (self.file is None or self.file == file) and (self.method is None or self.method == method)
+        return (
+            self.times > 0
+            and (self.kind is None or self.kind == kind)
+            and (self.file is None or self.file == file)
+            and (self.method is None or self.method == method)
+        )
 
 
 def default_commit(repo_id: str) -> str:
@@ -166,8 +169,15 @@ class FakeHub:
 
     # ------------------------------------------------------------------ repos
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes], lfs: set[str] | None = None, *,
-                 sha: str | None = None, branches: tuple[str, ...] = ("main",)) -> FakeRepo:
+    def add_repo(
+        self,
+        repo_id: str,
+        files: dict[str, bytes],
+        lfs: set[str] | None = None,
+        *,
+        sha: str | None = None,
+        branches: tuple[str, ...] = ("main",),
+    ) -> FakeRepo:
         """Serve ``files`` as ``repo_id`` at commit ``sha`` (default: a fixed sha derived from the id).
 
         A file is LFS if it is listed in ``lfs`` or is at least ``lfs_threshold`` bytes long.
@@ -212,8 +222,11 @@ class FakeHub:
 
     def requests_for(self, path: str, repo: str | None = None, method: str | None = None) -> list[Hit]:
         """Requests of the resolve or lfs URL of repo file ``path`` (optionally one method only)."""
-        return [h for h in self.hits() if h.file == path and (repo is None or h.repo == repo)
-                and (method is None or h.method == method)]
+        return [
+            h
+            for h in self.hits()
+            if h.file == path and (repo is None or h.repo == repo) and (method is None or h.method == method)
+        ]
 
     def gets(self, path: str, repo: str | None = None) -> list[Hit]:
         """GETs of the resolve or lfs URL of repo file ``path``: each one is a transfer of its bytes."""
@@ -231,8 +244,9 @@ class FakeHub:
         self._server = server
         host, port = server.server_address[:2]
         self.url = f"http://{host}:{port}"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-hub", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -245,7 +259,7 @@ class FakeHub:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> FakeHub:  # noqa: PYI034
+    def __enter__(self) -> FakeHub:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -336,14 +350,26 @@ class _HubHandler(BaseHTTPRequestHandler):
         headers = {"Content-Type": "text/html; charset=utf-8", "X-Request-Id": "Root=1-fake-request-id"}
         if fault.retry_after is not None:
             headers["Retry-After"] = str(fault.retry_after)
-        body = (f"<html><body><h1>{fault.status}</h1><p>See https://status.example.org for details"
-                "</p></body></html>").encode()
+        body = (
+            f"<html><body><h1>{fault.status}</h1><p>See https://status.example.org for details</p></body></html>"
+        ).encode()
         self._send(fault.status, headers, body, head=head)
         return True
 
     def _record(self) -> None:
-        self.hub.record(Hit(self.command, unquote(self._raw_path), self._query, self._hit_status, self._repo,
-                            self._file, self._kind, self.headers.get("Range"), self.headers.get("Authorization")))
+        self.hub.record(
+            Hit(
+                self.command,
+                unquote(self._raw_path),
+                self._query,
+                self._hit_status,
+                self._repo,
+                self._file,
+                self._kind,
+                self.headers.get("Range"),
+                self.headers.get("Authorization"),
+            )
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -363,8 +389,9 @@ class _HubHandler(BaseHTTPRequestHandler):
         body = json.dumps(obj).encode()
         self._send(200, {"Content-Type": "application/json; charset=utf-8", **(extra or {})}, body, head=head)
 
-    def _send_error(self, status: int, code: str | None, message: str, *, head: bool = False,
-                    repo: FakeRepo | None = None) -> None:
+    def _send_error(
+        self, status: int, code: str | None, message: str, *, head: bool = False, repo: FakeRepo | None = None
+    ) -> None:
         headers = {"Content-Type": "application/json; charset=utf-8", "X-Error-Message": message}
         if code:
             headers["X-Error-Code"] = code
@@ -388,12 +415,22 @@ class _HubHandler(BaseHTTPRequestHandler):
         if auth == f"Bearer {self.hub.token}":
             return False
         if not auth:
-            self._send_error(401, "GatedRepo", f"Access to model {repo.repo_id} is restricted. You must have access "
-                                               "to it and be authenticated to access it. Please log in.", head=head)
+            self._send_error(
+                401,
+                "GatedRepo",
+                f"Access to model {repo.repo_id} is restricted. You must have access "
+                "to it and be authenticated to access it. Please log in.",
+                head=head,
+            )
         else:
-            self._send_error(403, "GatedRepo", f"Access to model {repo.repo_id} is restricted and you are not in the "
-                                               "authorized list. Visit "
-                                               f"{self.hub.url}/{repo.repo_id} to ask for access.", head=head)
+            self._send_error(
+                403,
+                "GatedRepo",
+                f"Access to model {repo.repo_id} is restricted and you are not in the "
+                "authorized list. Visit "
+                f"{self.hub.url}/{repo.repo_id} to ask for access.",
+                head=head,
+            )
         return True
 
     def _revision_ok(self, repo: FakeRepo, rev: str, *, head: bool) -> bool:
@@ -454,7 +491,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         prefix = sub + "/" if sub else ""
 
         def listed(p: str) -> bool:
-            rel = p[len(prefix):] if p.startswith(prefix) else ""
+            rel = p[len(prefix) :] if p.startswith(prefix) else ""
             return bool(rel) and (recursive or "/" not in rel)
 
         dirs: dict[str, None] = {}
@@ -463,8 +500,9 @@ class _HubHandler(BaseHTTPRequestHandler):
             for i in range(1, len(comps)):  # the folders a path implies (ordinary components only)
                 if all(c not in ("", ".", "..") for c in comps[:i]):
                     dirs.setdefault("/".join(comps[:i]))
-        entries: list[dict] = [{"type": "directory", "oid": git_blob_sha1(d.encode()), "size": 0, "path": d}
-                               for d in dirs if listed(d)]
+        entries: list[dict] = [
+            {"type": "directory", "oid": git_blob_sha1(d.encode()), "size": 0, "path": d} for d in dirs if listed(d)
+        ]
         for f in repo.files.values():
             if not listed(f.path):
                 continue
@@ -490,19 +528,25 @@ class _HubHandler(BaseHTTPRequestHandler):
             return
         f = repo.files.get(path)
         if f is None:
-            self._send_error(404, "EntryNotFound", f"{path} does not exist on \"{unquote(parts[3])}\"", head=head,
-                             repo=repo)
+            self._send_error(
+                404, "EntryNotFound", f'{path} does not exist on "{unquote(parts[3])}"', head=head, repo=repo
+            )
             return
         if f.lfs:
-            location = (f"{self.hub.url}/lfs/{quote(repo.repo_id)}/{f.sha256}/{quote(f.path)}")
-            self._send(302, {
-                "Location": location,
-                "X-Repo-Commit": repo.sha,
-                "X-Linked-Etag": f'"{f.sha256}"',
-                "X-Linked-Size": str(f.size),
-                "ETag": f'"{f.blob_sha1}"',
-                "Content-Type": "text/plain; charset=utf-8",
-            }, f"Found. Redirecting to {location}".encode(), head=head)
+            location = f"{self.hub.url}/lfs/{quote(repo.repo_id)}/{f.sha256}/{quote(f.path)}"
+            self._send(
+                302,
+                {
+                    "Location": location,
+                    "X-Repo-Commit": repo.sha,
+                    "X-Linked-Etag": f'"{f.sha256}"',
+                    "X-Linked-Size": str(f.size),
+                    "ETag": f'"{f.blob_sha1}"',
+                    "Content-Type": "text/plain; charset=utf-8",
+                },
+                f"Found. Redirecting to {location}".encode(),
+                head=head,
+            )
             return
         self._serve_bytes(repo, f, head=head, headers={"ETag": f'"{f.etag}"'})
 
@@ -522,8 +566,12 @@ class _HubHandler(BaseHTTPRequestHandler):
         if f is None or not f.lfs or f.sha256 != parts[2]:
             self._send_error(404, None, "Not found", head=head)
             return
-        self._serve_bytes(repo, f, head=head, headers={
-            "ETag": f'"{f.sha256}"', "X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(f.size)})
+        self._serve_bytes(
+            repo,
+            f,
+            head=head,
+            headers={"ETag": f'"{f.sha256}"', "X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(f.size)},
+        )
 
     # ------------------------------------------------------------------ bytes (Range, corruption, drops)
 
@@ -536,11 +584,15 @@ class _HubHandler(BaseHTTPRequestHandler):
         size = len(data)
         start, end = 0, size - 1
         status = 200
-        extra = {"X-Repo-Commit": repo.sha, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream",
-                 **headers}
+        extra = {
+            "X-Repo-Commit": repo.sha,
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+            **headers,
+        }
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes=") and "," not in rng:
-            a, _, b = rng[len("bytes="):].partition("-")
+            a, _, b = rng[len("bytes=") :].partition("-")
             try:
                 if a == "":  # suffix range: the last b bytes
                     start, end = max(size - int(b), 0), size - 1
@@ -558,7 +610,7 @@ class _HubHandler(BaseHTTPRequestHandler):
                         return
                 status = 206
                 extra["Content-Range"] = f"bytes {start}-{end}/{size}"
-        body = data[start:end + 1]
+        body = data[start : end + 1]
         extra["Content-Length"] = str(len(body))
 
         cut: int | None = None
@@ -603,7 +655,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.end_headers()
         piece = max(1, int(rate / 20))
         for i in range(0, len(body), piece):
-            self.wfile.write(body[i:i + piece])
+            self.wfile.write(body[i : i + piece])
             self.wfile.flush()
             time.sleep(piece / rate)
 

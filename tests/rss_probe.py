@@ -26,13 +26,15 @@ PRELUDE = textwrap.dedent("""
             f.write("5")
 """)
 
-needs_proc = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(),
-                                reason="needs Linux /proc to reset the RSS peak")
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the RSS peak"
+)
 
 
 def peak_growth(generate: str, measure: str, folder: Path, *args: str) -> int:
     """Run ``generate folder *args``, then ``measure folder``; the latter prints ``{"growth": bytes}``."""
     subprocess.run([sys.executable, "-c", generate, str(folder), *args], check=True)
-    r = subprocess.run([sys.executable, "-c", PRELUDE + measure, str(folder)], capture_output=True, text=True,
-                       check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", PRELUDE + measure, str(folder)], capture_output=True, text=True, check=True
+    )
     return json.loads(r.stdout.strip().splitlines()[-1])["growth"]

@@ -13,11 +13,11 @@ def upstream_xor(data: bytes, key_path: Path) -> bytes:
     out = bytearray()
     with open(key_path, "rb") as key:
         for start in range(0, len(data), C):
-            chunk = data[start:start + C]
+            chunk = data[start : start + C]
             k = key.read(C)
             if k == b"":
                 key.seek(0)
                 k = key.read(C)
-            tiled = (k * (len(chunk) // len(k) + 1))[:len(chunk)]
+            tiled = (k * (len(chunk) // len(k) + 1))[: len(chunk)]
             out += (int.from_bytes(chunk, "little") ^ int.from_bytes(tiled, "little")).to_bytes(len(chunk), "little")
     return bytes(out)

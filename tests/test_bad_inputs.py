@@ -184,59 +184,75 @@ INPUT_CASES = {
     "inspect-config-string": (lambda z: ["inspect", z.cfg_string], lambda z: z.cfg_string / "config.json"),
     "inspect-index-array": (lambda z: ["inspect", z.index_array], lambda z: z.index_array / IDX),
     "inspect-index-weight-map-array": (lambda z: ["inspect", z.index_map_list], lambda z: z.index_map_list / IDX),
-    "inspect-adapter-config-array": (lambda z: ["inspect", z.adapter_array],
-                                     lambda z: z.adapter_array / ADAPTER_CONFIG),
+    "inspect-adapter-config-array": (
+        lambda z: ["inspect", z.adapter_array],
+        lambda z: z.adapter_array / ADAPTER_CONFIG,
+    ),
     "inspect-params-array": (lambda z: ["inspect", z.params_array], lambda z: z.params_array / "params.json"),
     "inspect-folder-as-file": (lambda z: ["inspect", z.dir_as_file], lambda z: z.dir_as_file),
     "inspect-file-not-a-model": (lambda z: ["inspect", z.file], lambda z: z.file),
     "inspect-dangling": (lambda z: ["inspect", z.dangling], lambda z: z.dangling),
     "inspect-loop": (lambda z: ["inspect", z.loop], lambda z: z.loop),
-
     "verify-dangling": (lambda z: ["verify", z.dangling], lambda z: z.dangling),
     "verify-loop": (lambda z: ["verify", z.loop], lambda z: z.loop),
     "verify-table-is-a-folder": (lambda z: ["verify", "--table", z.table_dir, z.base], lambda z: z.table_dir),
     "verify-table-dangling": (lambda z: ["verify", "--table", z.dangling, z.base], lambda z: z.dangling),
-    "verify-tensors-index-array": (lambda z: ["verify", "--tensors", z.index_array, z.base],
-                                   lambda z: z.index_array / IDX),
-    "verify-tensors-adapter-config-array": (lambda z: ["verify", "--tensors", z.adapter_array, z.base],
-                                            lambda z: z.adapter_array / ADAPTER_CONFIG),
+    "verify-tensors-index-array": (
+        lambda z: ["verify", "--tensors", z.index_array, z.base],
+        lambda z: z.index_array / IDX,
+    ),
+    "verify-tensors-adapter-config-array": (
+        lambda z: ["verify", "--tensors", z.adapter_array, z.base],
+        lambda z: z.adapter_array / ADAPTER_CONFIG,
+    ),
     "verify-tensors-loop": (lambda z: ["verify", "--tensors", z.loop, z.base], lambda z: z.loop),
-
     "checksum-dangling": (lambda z: ["checksum", z.dangling], lambda z: z.dangling),
     "checksum-loop": (lambda z: ["checksum", z.loop], lambda z: z.loop),
-    "checksum-tensors-index-weight-map-array": (lambda z: ["checksum", "--tensors", z.index_map_list],
-                                                lambda z: z.index_map_list / IDX),
-    "checksum-tensors-params-array": (lambda z: ["checksum", "--tensors", z.params_array],
-                                      lambda z: z.params_array / "params.json"),
-    "checksum-tensors-adapter-config-array": (lambda z: ["checksum", "--tensors", z.adapter_array],
-                                              lambda z: z.adapter_array / ADAPTER_CONFIG),
-
+    "checksum-tensors-index-weight-map-array": (
+        lambda z: ["checksum", "--tensors", z.index_map_list],
+        lambda z: z.index_map_list / IDX,
+    ),
+    "checksum-tensors-params-array": (
+        lambda z: ["checksum", "--tensors", z.params_array],
+        lambda z: z.params_array / "params.json",
+    ),
+    "checksum-tensors-adapter-config-array": (
+        lambda z: ["checksum", "--tensors", z.adapter_array],
+        lambda z: z.adapter_array / ADAPTER_CONFIG,
+    ),
     "recover-config-array": (lambda z: _recover(z, z.base, z.cfg_array), lambda z: z.cfg_array / "config.json"),
     "recover-config-value": (lambda z: _recover(z, z.base, z.cfg_value), lambda z: z.cfg_value / "config.json"),
     "recover-index-array": (lambda z: _recover(z, z.base, z.index_array), lambda z: z.index_array / IDX),
-    "recover-adapter-config-array": (lambda z: _recover(z, z.base, z.adapter_array),
-                                     lambda z: z.adapter_array / ADAPTER_CONFIG),
+    "recover-adapter-config-array": (
+        lambda z: _recover(z, z.base, z.adapter_array),
+        lambda z: z.adapter_array / ADAPTER_CONFIG,
+    ),
     "recover-file-as-base": (lambda z: _recover(z, z.file, z.tuned), lambda z: z.file),
     "recover-folder-as-file": (lambda z: _recover(z, z.base, z.dir_as_file), lambda z: z.dir_as_file),
     "recover-dangling": (lambda z: _recover(z, z.dangling, z.tuned), lambda z: z.dangling),
     "recover-loop": (lambda z: _recover(z, z.base, z.loop), lambda z: z.loop),
-
     "make-diff-config-array": (lambda z: _make_diff(z, z.base, z.cfg_array), lambda z: z.cfg_array / "config.json"),
-    "make-diff-config-string": (lambda z: _make_diff(z, z.base, z.cfg_string),
-                                lambda z: z.cfg_string / "config.json"),
-    "make-diff-index-weight-map-array": (lambda z: _make_diff(z, z.index_map_list, z.tuned),
-                                         lambda z: z.index_map_list / IDX),
-    "make-diff-adapter-config-array": (lambda z: _make_diff(z, z.adapter_array, z.tuned),
-                                       lambda z: z.adapter_array / ADAPTER_CONFIG),
+    "make-diff-config-string": (lambda z: _make_diff(z, z.base, z.cfg_string), lambda z: z.cfg_string / "config.json"),
+    "make-diff-index-weight-map-array": (
+        lambda z: _make_diff(z, z.index_map_list, z.tuned),
+        lambda z: z.index_map_list / IDX,
+    ),
+    "make-diff-adapter-config-array": (
+        lambda z: _make_diff(z, z.adapter_array, z.tuned),
+        lambda z: z.adapter_array / ADAPTER_CONFIG,
+    ),
     "make-diff-folder-as-file": (lambda z: _make_diff(z, z.dir_as_file, z.tuned), lambda z: z.dir_as_file),
     "make-diff-loop": (lambda z: _make_diff(z, z.loop, z.tuned), lambda z: z.loop),
     "make-diff-dangling": (lambda z: _make_diff(z, z.base, z.dangling), lambda z: z.dangling),
-
-    "merge-lora-base-config-array": (lambda z: _merge(z, z.cfg_array, z.adapter),
-                                     lambda z: z.cfg_array / "config.json"),
+    "merge-lora-base-config-array": (
+        lambda z: _merge(z, z.cfg_array, z.adapter),
+        lambda z: z.cfg_array / "config.json",
+    ),
     "merge-lora-base-index-array": (lambda z: _merge(z, z.index_array, z.adapter), lambda z: z.index_array / IDX),
-    "merge-lora-adapter-config-array": (lambda z: _merge(z, z.base, z.adapter_array),
-                                        lambda z: z.adapter_array / ADAPTER_CONFIG),
+    "merge-lora-adapter-config-array": (
+        lambda z: _merge(z, z.base, z.adapter_array),
+        lambda z: z.adapter_array / ADAPTER_CONFIG,
+    ),
     "merge-lora-file-as-base": (lambda z: _merge(z, z.file, z.adapter), lambda z: z.file),
     "merge-lora-folder-as-base-file": (lambda z: _merge(z, z.dir_as_file, z.adapter), lambda z: z.dir_as_file),
     # a file stands for its folder (adapter_model.safetensors -> the adapter folder), which is then named
@@ -244,82 +260,110 @@ INPUT_CASES = {
     "merge-lora-dangling-adapter": (lambda z: _merge(z, z.base, z.dangling), lambda z: z.dangling),
     "merge-lora-loop-adapter": (lambda z: _merge(z, z.base, z.loop), lambda z: z.loop),
     "merge-lora-loop-base": (lambda z: _merge(z, z.loop, z.adapter), lambda z: z.loop),
-
     "decrypt-dangling": (lambda z: _xor(z, "decrypt", z.dangling, z.key), lambda z: z.dangling),
     "decrypt-loop": (lambda z: _xor(z, "decrypt", z.loop, z.key), lambda z: z.loop),
     "decrypt-file-not-enc": (lambda z: _xor(z, "decrypt", z.file, z.key), lambda z: z.file),
     "decrypt-key-is-a-folder": (lambda z: _xor(z, "decrypt", _enc(z), z.enc), lambda z: z.enc),
     "decrypt-key-dangling": (lambda z: _xor(z, "decrypt", _enc(z), z.dangling), lambda z: z.dangling),
     "decrypt-key-loop": (lambda z: _xor(z, "decrypt", _enc(z), z.loop), lambda z: z.loop),
-
     "encrypt-dangling": (lambda z: _xor(z, "encrypt", z.dangling, z.key), lambda z: z.dangling),
     "encrypt-loop": (lambda z: _xor(z, "encrypt", z.loop, z.key), lambda z: z.loop),
     "encrypt-empty-folder": (lambda z: _xor(z, "encrypt", z.dir_as_file, z.key), lambda z: z.dir_as_file),
     "encrypt-key-is-a-folder": (lambda z: _xor(z, "encrypt", z.plain, z.plain), lambda z: z.plain),
-
     "to-ckpt-dangling": (lambda z: ["to-ckpt", z.dangling, "-o", _o(z)], lambda z: z.dangling),
     "to-ckpt-loop": (lambda z: ["to-ckpt", z.loop, "-o", _o(z)], lambda z: z.loop),
     "to-ckpt-index-array": (lambda z: ["to-ckpt", z.index_array, "-o", _o(z)], lambda z: z.index_array / IDX),
-    "to-ckpt-params-array": (lambda z: ["to-ckpt", z.params_array, "-o", _o(z)],
-                             lambda z: z.params_array / "params.json"),
-    "to-ckpt-config-array-rotary-meta": (lambda z: ["to-ckpt", z.cfg_array, "-o", _o(z), "--rotary", "meta"],
-                                         lambda z: z.cfg_array / "config.json"),
+    "to-ckpt-params-array": (
+        lambda z: ["to-ckpt", z.params_array, "-o", _o(z)],
+        lambda z: z.params_array / "params.json",
+    ),
+    "to-ckpt-config-array-rotary-meta": (
+        lambda z: ["to-ckpt", z.cfg_array, "-o", _o(z), "--rotary", "meta"],
+        lambda z: z.cfg_array / "config.json",
+    ),
     "to-ckpt-folder-as-file": (lambda z: ["to-ckpt", z.dir_as_file, "-o", _o(z)], lambda z: z.dir_as_file),
     "to-ckpt-adapter": (lambda z: ["to-ckpt", z.adapter, "-o", _o(z)], lambda z: z.adapter),
-
     "from-ckpt-dangling": (lambda z: _from_ckpt(z, z.dangling), lambda z: z.dangling),
     "from-ckpt-loop": (lambda z: _from_ckpt(z, z.loop), lambda z: z.loop),
     "from-ckpt-not-a-model": (lambda z: _from_ckpt(z, z.file), lambda z: z.file),
     "from-ckpt-not-a-ckpt": (lambda z: _from_ckpt(z, z.base), lambda z: z.base),
     "from-ckpt-truncated": (lambda z: _from_ckpt(z, z.ckpt_cut), lambda z: z.ckpt_cut),
-    "from-ckpt-config-array": (lambda z: _from_ckpt(z, z.ckpt, "--config", z.cfg_array),
-                               lambda z: z.cfg_array / "config.json"),
+    "from-ckpt-config-array": (
+        lambda z: _from_ckpt(z, z.ckpt, "--config", z.cfg_array),
+        lambda z: z.cfg_array / "config.json",
+    ),
     "from-ckpt-config-dangling": (lambda z: _from_ckpt(z, z.ckpt, "--config", z.dangling), lambda z: z.dangling),
-    "from-ckpt-config-folder-without-config": (lambda z: _from_ckpt(z, z.ckpt, "--config", z.enc),
-                                               lambda z: z.enc),
-
+    "from-ckpt-config-folder-without-config": (lambda z: _from_ckpt(z, z.ckpt, "--config", z.enc), lambda z: z.enc),
     # encrypted checkpoints: no key, a wrong key, a key of the wrong size, a truncated file
     "from-ckpt-encrypted-without-key": (lambda z: _from_ckpt(z, z.ckpt_enc), lambda z: z.ckpt_enc),
-    "from-ckpt-encrypted-wrong-key": (lambda z: _from_ckpt(z, z.ckpt_enc, "--dec-key", z.wrong_key),
-                                      lambda z: z.ckpt_enc),
-    "from-ckpt-encrypted-short-key": (lambda z: _from_ckpt(z, z.ckpt_enc, "--dec-key", z.short_key),
-                                      lambda z: z.short_key),
-    "from-ckpt-encrypted-truncated": (lambda z: _from_ckpt(z, z.ckpt_enc_cut, "--dec-key", z.ckpt_key),
-                                      lambda z: z.ckpt_enc_cut),
+    "from-ckpt-encrypted-wrong-key": (
+        lambda z: _from_ckpt(z, z.ckpt_enc, "--dec-key", z.wrong_key),
+        lambda z: z.ckpt_enc,
+    ),
+    "from-ckpt-encrypted-short-key": (
+        lambda z: _from_ckpt(z, z.ckpt_enc, "--dec-key", z.short_key),
+        lambda z: z.short_key,
+    ),
+    "from-ckpt-encrypted-truncated": (
+        lambda z: _from_ckpt(z, z.ckpt_enc_cut, "--dec-key", z.ckpt_key),
+        lambda z: z.ckpt_enc_cut,
+    ),
     "inspect-encrypted-wrong-key": (lambda z: ["inspect", z.ckpt_enc, "--dec-key", z.wrong_key], lambda z: z.ckpt_enc),
     "checksum-tensors-encrypted-without-key": (lambda z: ["checksum", "--tensors", z.ckpt_enc], lambda z: z.ckpt_enc),
-    "verify-tensors-encrypted-wrong-key": (lambda z: ["verify", "--tensors", z.ckpt_enc, z.base, "--dec-key",
-                                                      z.wrong_key], lambda z: z.ckpt_enc),
-    "to-ckpt-enc-key-dangling": (lambda z: ["to-ckpt", z.base, "-o", _o(z), "--enc-key", z.dangling],
-                                 lambda z: z.dangling),
-
-    "from-meta-params-array": (lambda z: ["from-meta", z.params_array, "-o", _o(z)],
-                               lambda z: z.params_array / "params.json"),
+    "verify-tensors-encrypted-wrong-key": (
+        lambda z: ["verify", "--tensors", z.ckpt_enc, z.base, "--dec-key", z.wrong_key],
+        lambda z: z.ckpt_enc,
+    ),
+    "to-ckpt-enc-key-dangling": (
+        lambda z: ["to-ckpt", z.base, "-o", _o(z), "--enc-key", z.dangling],
+        lambda z: z.dangling,
+    ),
+    "from-meta-params-array": (
+        lambda z: ["from-meta", z.params_array, "-o", _o(z)],
+        lambda z: z.params_array / "params.json",
+    ),
     "from-meta-dangling": (lambda z: ["from-meta", z.dangling, "-o", _o(z)], lambda z: z.dangling),
     "from-meta-loop": (lambda z: ["from-meta", z.loop, "-o", _o(z)], lambda z: z.loop),
     "from-meta-file-not-a-model": (lambda z: ["from-meta", z.file, "-o", _o(z)], lambda z: z.file),
     "from-meta-empty-folder": (lambda z: ["from-meta", z.dir_as_file, "-o", _o(z)], lambda z: z.dir_as_file),
-
     "to-meta-dangling": (lambda z: ["to-meta", z.dangling, "-o", _o(z)], lambda z: z.dangling),
     "to-meta-index-array": (lambda z: ["to-meta", z.index_array, "-o", _o(z)], lambda z: z.index_array / IDX),
     "to-meta-config-array": (lambda z: ["to-meta", z.cfg_array, "-o", _o(z)], lambda z: z.cfg_array / "config.json"),
     "to-meta-adapter": (lambda z: ["to-meta", z.adapter, "-o", _o(z)], lambda z: z.adapter),
-
-    "recipe-key-dangling": (lambda z: ["recipe", "run", "techgpt-1.0", "--workdir", _o(z), "--key", z.dangling],
-                            lambda z: z.dangling),
-    "recipe-key-is-a-folder": (lambda z: ["recipe", "run", "techgpt-1.0", "--workdir", _o(z), "--key", z.enc],
-                               lambda z: z.enc),
-    "recipe-llama-dir-is-a-file": (lambda z: ["recipe", "run", "zhixi-13b", "--workdir", _o(z), "--llama-dir", z.file],
-                                   lambda z: z.file),
-    "recipe-llama-dir-params-array": (lambda z: ["recipe", "run", "zhixi-13b", "--workdir", _o(z), "--llama-dir",
-                                                 z.params_array], lambda z: z.params_array / "params.json"),
-    "recipe-llama-dir-wrong-size": (lambda z: ["recipe", "run", "zhixi-13b", "--workdir", _o(z), "--llama-dir", z.meta],
-                                    lambda z: z.meta / "params.json"),
+    "recipe-key-dangling": (
+        lambda z: ["recipe", "run", "techgpt-1.0", "--workdir", _o(z), "--key", z.dangling],
+        lambda z: z.dangling,
+    ),
+    "recipe-key-is-a-folder": (
+        lambda z: ["recipe", "run", "techgpt-1.0", "--workdir", _o(z), "--key", z.enc],
+        lambda z: z.enc,
+    ),
+    "recipe-llama-dir-is-a-file": (
+        lambda z: ["recipe", "run", "zhixi-13b", "--workdir", _o(z), "--llama-dir", z.file],
+        lambda z: z.file,
+    ),
+    "recipe-llama-dir-params-array": (
+        lambda z: ["recipe", "run", "zhixi-13b", "--workdir", _o(z), "--llama-dir", z.params_array],
+        lambda z: z.params_array / "params.json",
+    ),
+    "recipe-llama-dir-wrong-size": (
+        lambda z: ["recipe", "run", "zhixi-13b", "--workdir", _o(z), "--llama-dir", z.meta],
+        lambda z: z.meta / "params.json",
+    ),
     # the manifest is read before the hub is asked anything (no request leaves the machine)
-    "recipe-manifest-wrong-types": (lambda z: ["recipe", "run", "cutegpt-13b", "--workdir", z.manifest_work,
-                                               "--endpoint", "http://127.0.0.1:9", "--dry-run"],
-                                    lambda z: z.manifest_work / "llmkit-recipe.json"),
-
+    "recipe-manifest-wrong-types": (
+        lambda z: [
+            "recipe",
+            "run",
+            "cutegpt-13b",
+            "--workdir",
+            z.manifest_work,
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--dry-run",
+        ],
+        lambda z: z.manifest_work / "llmkit-recipe.json",
+    ),
     "demo-workdir-is-a-file": (lambda z: ["demo", "--workdir", z.file], lambda z: z.file),
     "download-output-is-a-file": (lambda z: ["download", "techgpt-7b", "-o", z.file, "--dry-run"], lambda z: z.file),
     "download-output-loop": (lambda z: ["download", "techgpt-7b", "-o", z.loop / "x", "--dry-run"], lambda z: z.loop),
@@ -329,8 +373,23 @@ INPUT_CASES = {
 def test_the_zoo_feeds_every_command(zoo):
     """Every command that reads a path (``models`` reads none) has bad-input cases."""
     commands = {argv(zoo)[0] for argv, _ in INPUT_CASES.values()}
-    assert commands == {"inspect", "verify", "checksum", "recover", "make-diff", "merge-lora", "decrypt", "encrypt",
-                        "to-ckpt", "from-ckpt", "from-meta", "to-meta", "recipe", "demo", "download"}
+    assert commands == {
+        "inspect",
+        "verify",
+        "checksum",
+        "recover",
+        "make-diff",
+        "merge-lora",
+        "decrypt",
+        "encrypt",
+        "to-ckpt",
+        "from-ckpt",
+        "from-meta",
+        "to-meta",
+        "recipe",
+        "demo",
+        "download",
+    }
 
 
 @pytest.mark.parametrize("case", sorted(INPUT_CASES))
@@ -360,8 +419,11 @@ def test_unusable_output_path_is_one_error_line_saying_what_it_is(run_cli, zoo, 
     out, bad = _output(zoo, case)
     before = tree(zoo.root)
     line = one_error_line(run_cli(*WRITERS[command](zoo, out)), bad)
-    what = {"file": "not a folder" if case == "file" else "is a file", "dangling": "dangling symlink to",
-            "loop": "symlink loop"}[case.split("/")[0]]
+    what = {
+        "file": "not a folder" if case == "file" else "is a file",
+        "dangling": "dangling symlink to",
+        "loop": "symlink loop",
+    }[case.split("/")[0]]
     if command == "to-ckpt" and case == "file":  # a file output: an existing file needs --force
         what = "output file exists"
     assert what in line, line
@@ -374,8 +436,10 @@ def test_unusable_output_path_is_one_error_line_saying_what_it_is(run_cli, zoo, 
 # ------------------------------------------------------------------ the shared JSON reader
 
 
-@pytest.mark.parametrize("text,kind", [("[1, 2]", "an array"), ('"x"', "a string"), ("null", "null"),
-                                       ("3", "a number"), ("true", "the value true")])
+@pytest.mark.parametrize(
+    "text,kind",
+    [("[1, 2]", "an array"), ('"x"', "a string"), ("null", "null"), ("3", "a number"), ("true", "the value true")],
+)
 def test_read_json_refuses_valid_json_of_the_wrong_type(tmp_path, text, kind):
     p = tmp_path / "config.json"
     p.write_text(text)
@@ -394,8 +458,12 @@ def test_read_json_names_the_file_for_damage_folders_and_links(tmp_path):
     dangling.symlink_to(tmp_path / "gone.json")
     loop = tmp_path / "loop.json"
     loop.symlink_to(loop)
-    expected = {bad: "is not valid JSON", folder: "is a folder, not a file",
-                dangling: f"is a dangling symlink (to {tmp_path / 'gone.json'})", loop: "is a symlink loop"}
+    expected = {
+        bad: "is not valid JSON",
+        folder: "is a folder, not a file",
+        dangling: f"is a dangling symlink (to {tmp_path / 'gone.json'})",
+        loop: "is a symlink loop",
+    }
     for path, words in expected.items():
         with pytest.raises(InputError) as err:
             read_json(path)
@@ -437,12 +505,20 @@ def inputs(tmp_path, lora_work, tiny_factory) -> SimpleNamespace:
 JOBS = {
     "recover": lambda s, o: ["recover", "--base", s.base, "--diff", s.tuned, "-o", o],
     "make-diff": lambda s, o: ["make-diff", "--base", s.base, "--target", s.tuned, "-o", o],
-    "merge-lora": lambda s, o: ["merge-lora", "--base", s.base, "--lora", s.adapter, "--tokenizer", s.tokenizer,
-                                "-o", o],
+    "merge-lora": lambda s, o: [
+        "merge-lora",
+        "--base",
+        s.base,
+        "--lora",
+        s.adapter,
+        "--tokenizer",
+        s.tokenizer,
+        "-o",
+        o,
+    ],
 }
 # The inputs each job reads, by role; every one is tried as the victim.
-ROLES = {"recover": ["base", "tuned"], "make-diff": ["base", "tuned"],
-         "merge-lora": ["base", "adapter", "tokenizer"]}
+ROLES = {"recover": ["base", "tuned"], "make-diff": ["base", "tuned"], "merge-lora": ["base", "adapter", "tokenizer"]}
 PLACES = ["equal", "inside", "parent", "link-to-input", "inside-link-to-input"]
 
 

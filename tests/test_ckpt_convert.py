@@ -140,8 +140,9 @@ def _with_extra(tmp_path: Path, tiny_factory, extra: dict[str, torch.Tensor]) ->
 
 def test_unmapped_tensors_are_kept_with_a_warning_or_refused_with_strict(tmp_path, run_cli, tiny_factory):
     inv = "model.layers.0.self_attn.rotary_emb.inv_freq"
-    src = _with_extra(tmp_path, tiny_factory, {inv: torch.arange(8, dtype=torch.float32),
-                                               "model.empty": torch.zeros(0, 4)})
+    src = _with_extra(
+        tmp_path, tiny_factory, {inv: torch.arange(8, dtype=torch.float32), "model.empty": torch.zeros(0, 4)}
+    )
     r = run_cli("to-ckpt", src, "-o", tmp_path / "a.ckpt", "--json")
     assert r.exit_code == 0
     assert r.json()["unmapped"] == [inv]
@@ -154,8 +155,9 @@ def test_unmapped_tensors_are_kept_with_a_warning_or_refused_with_strict(tmp_pat
     assert r.exit_code == 2 and inv in r.stderr and not (tmp_path / "b.ckpt").exists()
 
 
-def test_from_ckpt_leaves_training_state_out_keeps_it_with_names_keep_refuses_with_strict(tmp_path, run_cli,
-                                                                                          tiny_factory):
+def test_from_ckpt_leaves_training_state_out_keeps_it_with_names_keep_refuses_with_strict(
+    tmp_path, run_cli, tiny_factory
+):
     m = tiny_factory("safetensors")
     ckpt = tmp_path / "train.ckpt"
     assert run_cli("to-ckpt", m.path, "-o", ckpt).exit_code == 0
@@ -197,7 +199,12 @@ def test_a_derived_config_is_announced_and_works_when_the_shapes_decide_the_head
     warning = next(n["text"] for n in r.json()["notices"] if n["level"] == "warning")
     assert "num_attention_heads=2 (the TEST-256 shapes)" in warning and "rms_norm_eps" in warning
     cfg = json.loads((tmp_path / "back" / "config.json").read_text())
-    assert (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]) == (256, 512, 2, 100)
+    assert (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]) == (
+        256,
+        512,
+        2,
+        100,
+    )
     ids = torch.tensor([[1, 4, 9, 16, 25]])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()(ids).logits)
@@ -269,7 +276,7 @@ def test_a_damaged_checkpoint_fails_before_any_output(tmp_path, run_cli, tiny_fa
     good = tmp_path / "m.ckpt"
     assert run_cli("to-ckpt", m.path, "-o", good, "--crc").exit_code == 0
     data = good.read_bytes()
-    (tmp_path / "cut.ckpt").write_bytes(data[:len(data) // 2])
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
     r = run_cli("from-ckpt", tmp_path / "cut.ckpt", "-o", tmp_path / "a")
     assert r.exit_code == 2 and "cut.ckpt" in r.stderr and "at byte" in r.stderr and not (tmp_path / "a").exists()
     flipped = bytearray(data)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_ckpt_format import GOLDEN, same
 
 import llmkit.io.ckpt_crypto as crypto
 from llmkit.errors import InputError
 from llmkit.io.ckpt_crypto import CkptKey, DecryptedFile, encrypt_block, encrypted_size, read_key
 from llmkit.io.ckpt_reader import CkptFile
 from llmkit.io.sinks import TensorSpec, open_sink
-from test_ckpt_format import GOLDEN, same
 
 DATA = Path(__file__).parent / "data" / "ckpt"
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"  # make_golden.py's KEY
@@ -29,7 +29,7 @@ def ivs_of(path: Path, mode: str) -> list[bytes]:
     while pos < len(data):
         head = 4 + (16 if mode == "AES-GCM" else 0)  # magic (+ GCM tag)
         block_size, iv_len = struct.unpack_from("<II", data, pos + head)
-        ivs.append(data[pos + head + 8:pos + head + 8 + iv_len])
+        ivs.append(data[pos + head + 8 : pos + head + 8 + iv_len])
         pos += head + 4 + block_size
     return ivs
 
@@ -72,8 +72,11 @@ def test_given_mindspores_ivs_llmkit_writes_mindspores_bytes(tmp_path, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_many_blocks_stream_and_read_back_across_block_boundaries(tmp_path, monkeypatch, mode):
     monkeypatch.setattr(crypto, "BLOCK_PLAIN", 64)  # MindSpore: 64 MiB; the same rule at a testable size
-    tensors = {"a": torch.arange(100, dtype=torch.float32), "b": torch.arange(7, dtype=torch.float16),
-               "c": torch.arange(33, dtype=torch.int64)}
+    tensors = {
+        "a": torch.arange(100, dtype=torch.float32),
+        "b": torch.arange(7, dtype=torch.float16),
+        "c": torch.arange(33, dtype=torch.int64),
+    }
     out = write(tmp_path / "x.ckpt", tensors, mode)
     f = CkptFile(out, KEY)
     try:
@@ -86,7 +89,7 @@ def test_many_blocks_stream_and_read_back_across_block_boundaries(tmp_path, monk
         # Random access: any range equals the same range of the unencrypted file.
         clear = write_plain(tmp_path / "clear.ckpt", tensors)
         for offset, n in [(0, 10), (60, 10), (63, 130), (plain.size - 5, 5)]:
-            assert plain.pread(n, offset) == clear[offset:offset + n]
+            assert plain.pread(n, offset) == clear[offset : offset + n]
     finally:
         f.close()
 
@@ -117,13 +120,16 @@ def test_keys_come_from_a_file_or_an_environment_variable(tmp_path, monkeypatch)
     assert KEY_HEX not in repr(read_key("env:LLMKIT_TEST_KEY", None, flag="--dec-key"))  # never printed
 
 
-@pytest.mark.parametrize("spec, setup, words", [
-    ("env:LLMKIT_UNSET_KEY", None, "environment variable LLMKIT_UNSET_KEY is not set"),
-    ("env:LLMKIT_TEST_KEY", "zz-not-hex", "does not hold a hex key"),
-    ("missing.key", None, "no such key file"),
-    ("key33", b"\x01" * 32 + b"\n", "the key file is 33 bytes; a checkpoint key is 16, 24 or 32 bytes"),
-    ("key17", b"\x01" * 16 + b"\n", "has 17 bytes; AES-GCM needs 16, 24 or 32"),
-])
+@pytest.mark.parametrize(
+    "spec, setup, words",
+    [
+        ("env:LLMKIT_UNSET_KEY", None, "environment variable LLMKIT_UNSET_KEY is not set"),
+        ("env:LLMKIT_TEST_KEY", "zz-not-hex", "does not hold a hex key"),
+        ("missing.key", None, "no such key file"),
+        ("key33", b"\x01" * 32 + b"\n", "the key file is 33 bytes; a checkpoint key is 16, 24 or 32 bytes"),
+        ("key17", b"\x01" * 16 + b"\n", "has 17 bytes; AES-GCM needs 16, 24 or 32"),
+    ],
+)
 def test_unusable_keys_are_named(tmp_path, monkeypatch, spec, setup, words):
     monkeypatch.chdir(tmp_path)
     if isinstance(setup, str):
@@ -155,17 +161,24 @@ def one_line(r) -> str:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_round_trip_through_the_cli_and_a_wrong_key_leaves_no_output(tmp_path, run_cli, model_ckpts, monkeypatch,
-                                                                    mode):
+def test_round_trip_through_the_cli_and_a_wrong_key_leaves_no_output(tmp_path, run_cli, model_ckpts, monkeypatch, mode):
     m, ckpts = model_ckpts
-    r = run_cli("from-ckpt", ckpts[mode], "-o", tmp_path / "back", "--dec-key", "env:LLMKIT_TEST_KEY",
-                "--config", m.path, "--json")
+    r = run_cli(
+        "from-ckpt",
+        ckpts[mode],
+        "-o",
+        tmp_path / "back",
+        "--dec-key",
+        "env:LLMKIT_TEST_KEY",
+        "--config",
+        m.path,
+        "--json",
+    )
     assert r.exit_code == 0 and r.json()["encryption"] == mode
     assert run_cli("verify", "--tensors", tmp_path / "back", m.path).exit_code == 0
     monkeypatch.setenv("LLMKIT_WRONG_KEY", "ff" * 16)
     text = one_line(run_cli("from-ckpt", ckpts[mode], "-o", tmp_path / "wrong", "--dec-key", "env:LLMKIT_WRONG_KEY"))
-    assert str(ckpts[mode]) in text and ("tag does not match" in text or "bad padding" in text
-                                         or "wrong key" in text)
+    assert str(ckpts[mode]) in text and ("tag does not match" in text or "bad padding" in text or "wrong key" in text)
     assert not (tmp_path / "wrong").exists()
 
 
@@ -189,22 +202,23 @@ def test_tampering_truncation_and_a_wrong_mode_are_named(tmp_path, run_cli, mode
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 1
     (tmp_path / "t.ckpt").write_bytes(bytes(flipped))
-    assert "tag does not match" in one_line(run_cli("inspect", tmp_path / "t.ckpt", "--dec-key",
-                                                    "env:LLMKIT_TEST_KEY"))
-    (tmp_path / "cut.ckpt").write_bytes(data[:len(data) // 2])
-    assert "runs past the end" in one_line(run_cli("inspect", tmp_path / "cut.ckpt", "--dec-key",
-                                                   "env:LLMKIT_TEST_KEY"))
+    assert "tag does not match" in one_line(run_cli("inspect", tmp_path / "t.ckpt", "--dec-key", "env:LLMKIT_TEST_KEY"))
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    assert "runs past the end" in one_line(
+        run_cli("inspect", tmp_path / "cut.ckpt", "--dec-key", "env:LLMKIT_TEST_KEY")
+    )
     text = one_line(run_cli("inspect", ckpts["AES-GCM"], "--dec-key", "env:LLMKIT_TEST_KEY", "--dec-mode", "AES-CBC"))
     assert "encrypted with AES-GCM, not AES-CBC" in text
 
 
-def test_key_length_and_format_conflicts_are_refused_before_any_output(tmp_path, run_cli, tiny_factory,
-                                                                          monkeypatch):
+def test_key_length_and_format_conflicts_are_refused_before_any_output(tmp_path, run_cli, tiny_factory, monkeypatch):
     m = tiny_factory("safetensors")
     (tmp_path / "k32").write_bytes(b"\x07" * 32)
     monkeypatch.setenv("LLMKIT_TEST_KEY", KEY_HEX)
-    assert "SM4-CBC needs 16" in one_line(run_cli("to-ckpt", m.path, "-o", tmp_path / "a.ckpt", "--enc-key",
-                                                  tmp_path / "k32", "--enc-mode", "SM4-CBC"))
-    assert "--enc-key" in one_line(run_cli("to-ckpt", m.path, "-o", tmp_path / "c", "--format", "safetensors",
-                                           "--enc-key", "env:LLMKIT_TEST_KEY"))
+    assert "SM4-CBC needs 16" in one_line(
+        run_cli("to-ckpt", m.path, "-o", tmp_path / "a.ckpt", "--enc-key", tmp_path / "k32", "--enc-mode", "SM4-CBC")
+    )
+    assert "--enc-key" in one_line(
+        run_cli("to-ckpt", m.path, "-o", tmp_path / "c", "--format", "safetensors", "--enc-key", "env:LLMKIT_TEST_KEY")
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k32"]

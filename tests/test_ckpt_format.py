@@ -86,8 +86,10 @@ def test_the_writer_reproduces_mindspores_bytes(tmp_path, crc):
 
 def test_the_writer_follows_the_wire_format_of_spec_section_5(tmp_path):
     out = write(tmp_path / "x.ckpt", GOLDEN, crc=True).read_bytes()
-    body = b"".join(pb_record(k, list(v.shape), t, raw(v)) for (k, v), t in
-                    zip(GOLDEN.items(), ["Float32", "Float16", "BFloat16", "Int64", "Bool"]))
+    body = b"".join(
+        pb_record(k, list(v.shape), t, raw(v))
+        for (k, v), t in zip(GOLDEN.items(), ["Float32", "Float16", "BFloat16", "Int64", "Bool"])
+    )
     assert out == body + b"crc_num" + zlib.crc32(body).to_bytes(10, "big")
     # The notes' worked example: fp32 [3, 4] named w_fp32 is a 73-byte record with dims 08 03 08 04.
     assert out[:2] == b"\x0a\x49" and out[2:10] == b"\x0a\x06w_fp32" and out[10:16] == b"\x12\x3f\x08\x03\x08\x04"
@@ -99,8 +101,12 @@ def test_large_tensors_are_split_every_slice_and_joined_again(tmp_path, monkeypa
     small = torch.arange(4, dtype=torch.float16)  # 8 bytes -> one record
     out = write(tmp_path / "x.ckpt", {"big": big, "small": small})
     data = raw(big)
-    expect = (pb_record("big", [10], "Float32", data[:16]) + pb_record("big", [10], "Float32", data[16:32])
-              + pb_record("big", [10], "Float32", data[32:]) + pb_record("small", [4], "Float16", raw(small)))
+    expect = (
+        pb_record("big", [10], "Float32", data[:16])
+        + pb_record("big", [10], "Float32", data[16:32])
+        + pb_record("big", [10], "Float32", data[32:])
+        + pb_record("small", [4], "Float16", raw(small))
+    )
     assert out.read_bytes() == expect
     f = CkptFile(out)
     assert f.records("big") == 3 and f.records("small") == 1
@@ -182,8 +188,9 @@ def test_an_unknown_tensor_type_is_named(tmp_path):
 
 def test_split_records_whose_dims_disagree_are_refused(tmp_path):
     data = raw(torch.ones(4))
-    text = reader_error(damaged(tmp_path, pb_record("w", [4], "Float32", data[:8])
-                                + pb_record("w", [2, 2], "Float32", data[8:])))
+    text = reader_error(
+        damaged(tmp_path, pb_record("w", [4], "Float32", data[:8]) + pb_record("w", [2, 2], "Float32", data[8:]))
+    )
     assert "split records of 'w' disagree" in text
 
 

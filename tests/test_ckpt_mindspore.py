@@ -36,8 +36,9 @@ def mindspore_run():
 
     def run(script: str, *args: object) -> str:
         code = "import mindspore as ms, numpy as np, sys, json\n" + textwrap.dedent(script)
-        proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                              timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout
 
@@ -89,8 +90,9 @@ MS_TYPES = {"fp32": "Float32", "fp16": "Float16", "bf16": "BFloat16"}
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-def test_mindspore_loads_llmkits_checkpoint_and_saves_the_same_bytes(tmp_path, run_cli, tiny_factory,
-                                                                      mindspore_run, dtype):
+def test_mindspore_loads_llmkits_checkpoint_and_saves_the_same_bytes(
+    tmp_path, run_cli, tiny_factory, mindspore_run, dtype
+):
     m = tiny_factory("safetensors")
     out = tmp_path / "model.ckpt"
     assert run_cli("to-ckpt", m.path, "-o", out, "--dtype", dtype, "--crc").exit_code == 0
@@ -120,8 +122,11 @@ def test_mindformers_named_safetensors_load_in_mindspore(tmp_path, run_cli, tiny
     m = tiny_factory("safetensors")
     out = tmp_path / "ms-st"
     assert run_cli("to-ckpt", m.path, "-o", out, "--format", "safetensors", "--dtype", "fp16").exit_code == 0
-    info = json.loads(mindspore_run(DUMP, out / "model.safetensors", tmp_path / "dump.safetensors", "none",
-                                    "safetensors").splitlines()[-1])
+    info = json.loads(
+        mindspore_run(
+            DUMP, out / "model.safetensors", tmp_path / "dump.safetensors", "none", "safetensors"
+        ).splitlines()[-1]
+    )
     loaded = load_file(tmp_path / "dump.safetensors")
     assert sorted(info["order"]) == sorted(hf_to_mindformers(k) for k in m.state)
     for k, v in m.state.items():
@@ -168,8 +173,9 @@ def _meta_rows(w: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("rotary", ["hf", "meta"])
-def test_from_ckpt_of_a_mindspore_checkpoint_gives_the_original_logits(tmp_path, run_cli, tiny_factory,
-                                                                        mindspore_run, rotary):
+def test_from_ckpt_of_a_mindspore_checkpoint_gives_the_original_logits(
+    tmp_path, run_cli, tiny_factory, mindspore_run, rotary
+):
     from transformers import LlamaForCausalLM
 
     m = tiny_factory("safetensors")
@@ -199,19 +205,24 @@ ENC_KEY_HEX = "00112233445566778899aabbccddeeff"
 
 
 @pytest.mark.parametrize("mode", ["AES-GCM", "AES-CBC", "SM4-CBC"])
-def test_encrypted_checkpoints_cross_both_ways_with_a_tensor_over_one_block(tmp_path, run_cli, mindspore_run,
-                                                                             monkeypatch, mode):
+def test_encrypted_checkpoints_cross_both_ways_with_a_tensor_over_one_block(
+    tmp_path, run_cli, mindspore_run, monkeypatch, mode
+):
     """llmkit's encrypted file loads in MindSpore with the key and mode; MindSpore's decrypts in llmkit to
     exactly the saved tensors. A 68 MiB tensor spans two 64 MiB blocks."""
     monkeypatch.setenv("LLMKIT_MS_KEY", ENC_KEY_HEX)
     (tmp_path / "src").mkdir()
     src = tmp_path / "src" / "t.safetensors"
-    tensors = {"big": torch.arange(17 * 2**20, dtype=torch.float32).reshape(17, 2**20),
-               "half": (torch.arange(300, dtype=torch.float16) / 7), "step": torch.tensor(3, dtype=torch.int64)}
+    tensors = {
+        "big": torch.arange(17 * 2**20, dtype=torch.float32).reshape(17, 2**20),
+        "half": (torch.arange(300, dtype=torch.float16) / 7),
+        "step": torch.tensor(3, dtype=torch.int64),
+    }
     save_ordered(tensors, src)
     ours = tmp_path / "ours.ckpt"
-    r = run_cli("to-ckpt", src, "-o", ours, "--names", "hf", "--enc-key", "env:LLMKIT_MS_KEY", "--enc-mode", mode,
-                "--json")
+    r = run_cli(
+        "to-ckpt", src, "-o", ours, "--names", "hf", "--enc-key", "env:LLMKIT_MS_KEY", "--enc-mode", mode, "--json"
+    )
     assert r.exit_code == 0 and r.json()["encryption"] == mode
     check = """
         import torch

@@ -53,8 +53,9 @@ def test_help_matches_snapshot(command):
 
 
 def test_every_snapshot_belongs_to_a_command():
-    assert sorted(p.stem for p in SNAPSHOTS.glob("*.txt")) == sorted(["llmkit", *(c.replace(" ", "-")
-                                                                                 for c in _commands())])
+    assert sorted(p.stem for p in SNAPSHOTS.glob("*.txt")) == sorted(
+        ["llmkit", *(c.replace(" ", "-") for c in _commands())]
+    )
 
 
 def test_every_command_takes_json_quiet_debug():
@@ -106,8 +107,12 @@ def test_internal_errors_say_how_to_report(monkeypatch, run_cli, tiny_factory):
 
 def test_python_dash_m_runs_the_real_command(tiny_factory):
     """End to end in a subprocess: results on stdout as JSON, nothing else there."""
-    proc = subprocess.run([sys.executable, "-m", "llmkit", "inspect", str(tiny_factory().path), "--json"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmkit", "inspect", str(tiny_factory().path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["layout"] == "safetensors" and data["tensor_count"] == 21
@@ -115,8 +120,13 @@ def test_python_dash_m_runs_the_real_command(tiny_factory):
 
 def test_subprocess_error_exit_code_and_stderr(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 4)
-    proc = subprocess.run([sys.executable, "-m", "llmkit", "inspect", str(tmp_path)], capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmkit", "inspect", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "truncated" in proc.stderr
 
@@ -132,8 +142,21 @@ def test_top_level_help_groups_commands_by_lifecycle_stage_in_order(run_cli):
             current = line[:-1]
         elif line.startswith("  ") and current not in (None, "Options", "Examples"):
             stage_of[line.split()[0]] = current
-    assert stage_of == {"recipe": "Recipes", "download": "Get", "models": "Get", "decrypt": "Unlock", "encrypt": "Unlock", "merge-lora": "Rebuild",
-                        "recover": "Rebuild", "make-diff": "Rebuild", "from-meta": "Convert", "to-meta": "Convert",
-                        "to-ckpt": "Convert", "from-ckpt": "Convert",
-                        "inspect": "Check", "verify": "Check",
-                        "checksum": "Check", "demo": "Try"}
+    assert stage_of == {
+        "recipe": "Recipes",
+        "download": "Get",
+        "models": "Get",
+        "decrypt": "Unlock",
+        "encrypt": "Unlock",
+        "merge-lora": "Rebuild",
+        "recover": "Rebuild",
+        "make-diff": "Rebuild",
+        "from-meta": "Convert",
+        "to-meta": "Convert",
+        "to-ckpt": "Convert",
+        "from-ckpt": "Convert",
+        "inspect": "Check",
+        "verify": "Check",
+        "checksum": "Check",
+        "demo": "Try",
+    }

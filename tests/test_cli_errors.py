@@ -26,27 +26,43 @@ ERROR_KEYS = {"ok", "error", "path", "hint", "exit_code"}
 
 # (argv, what the single stderr line must contain, in order: the option or command, then its allowed values)
 USAGE_ERRORS = {
-    "range": (["decrypt", "x.enc", "--jobs", "0", "-k", "key", "-o", "out"],
-              ["error: --jobs: 0 is not in the range 1<=x<=16", "(see llmkit decrypt --help)"]),
-    "range-short-flag": (["decrypt", "x.enc", "-j", "17", "-k", "key", "-o", "out"],
-                         ["--jobs: 17 is not in the range 1<=x<=16"]),
-    "choice": (["merge-lora", "--dtype", "fp8", "--base", "b", "--lora", "l", "-o", "o"],
-               ["error: --dtype: 'fp8' is not one of keep, fp16, bf16, fp32", "(see llmkit merge-lora --help)"]),
-    "choice-format": (["decrypt", "x.enc", "-k", "key", "-o", "out", "--format", "xor"],
-                      ["--format: 'xor' is not one of auto, techgpt, belle"]),
+    "range": (
+        ["decrypt", "x.enc", "--jobs", "0", "-k", "key", "-o", "out"],
+        ["error: --jobs: 0 is not in the range 1<=x<=16", "(see llmkit decrypt --help)"],
+    ),
+    "range-short-flag": (
+        ["decrypt", "x.enc", "-j", "17", "-k", "key", "-o", "out"],
+        ["--jobs: 17 is not in the range 1<=x<=16"],
+    ),
+    "choice": (
+        ["merge-lora", "--dtype", "fp8", "--base", "b", "--lora", "l", "-o", "o"],
+        ["error: --dtype: 'fp8' is not one of keep, fp16, bf16, fp32", "(see llmkit merge-lora --help)"],
+    ),
+    "choice-format": (
+        ["decrypt", "x.enc", "-k", "key", "-o", "out", "--format", "xor"],
+        ["--format: 'xor' is not one of auto, techgpt, belle"],
+    ),
     "not-an-integer": (["verify", "--jobs", "many"], ["--jobs: 'many' is not a valid integer"]),
-    "missing-option": (["decrypt", "x.enc", "-o", "out"], ["error: --key: required option not given",
-                                                            "(see llmkit decrypt --help)"]),
+    "missing-option": (
+        ["decrypt", "x.enc", "-o", "out"],
+        ["error: --key: required option not given", "(see llmkit decrypt --help)"],
+    ),
     "option-without-value": (["decrypt", "x.enc", "-o", "out", "-k"], ["error: --key: needs a value"]),
-    "unknown-option": (["inspect", "model", "--no-such-flag"], ["error: --no-such-flag: no such option",
-                                                               "(see llmkit inspect --help)"]),
-    "unknown-option-suggests": (["inspect", "model", "--tensor"], ["--tensor: no such option; did you mean",
-                                                                  "--tensors"]),
+    "unknown-option": (
+        ["inspect", "model", "--no-such-flag"],
+        ["error: --no-such-flag: no such option", "(see llmkit inspect --help)"],
+    ),
+    "unknown-option-suggests": (
+        ["inspect", "model", "--tensor"],
+        ["--tensor: no such option; did you mean", "--tensors"],
+    ),
     "unknown-root-option": (["--bogus"], ["error: --bogus: no such option", "(see llmkit --help)"]),
     "missing-argument": (["inspect"], ["error: PATH: required argument not given", "(see llmkit inspect --help)"]),
     "extra-argument": (["inspect", "a", "b"], ["error: b: unexpected extra argument"]),
-    "unknown-command": (["nosuchcommand"], ["error: nosuchcommand: no such command", "inspect", "verify",
-                                            "(see llmkit --help)"]),
+    "unknown-command": (
+        ["nosuchcommand"],
+        ["error: nosuchcommand: no such command", "inspect", "verify", "(see llmkit --help)"],
+    ),
     "misspelt-command": (["inspec", "x"], ["error: inspec: no such command; did you mean inspect?"]),
 }
 
@@ -69,12 +85,13 @@ def assert_one_error_line(stderr: str, *parts: str) -> str:
 
 def assert_error_object(stdout: str, exit_code: int) -> dict:
     data = json.loads(stdout)  # the whole of stdout is one JSON value
-    assert isinstance(data, dict) and ERROR_KEYS <= set(data)
+    assert isinstance(data, dict) and set(data) >= ERROR_KEYS
     assert data["ok"] is False and data["exit_code"] == exit_code and data["error"]
     return data
 
 
 # ------------------------------------------------------------------------- usage errors (exit 2)
+
 
 @pytest.mark.parametrize("case", sorted(USAGE_ERRORS))
 def test_usage_error_is_one_line_naming_the_option_and_allowed_values(case):
@@ -114,6 +131,7 @@ def test_help_version_and_bare_command_are_unchanged():
 
 # ------------------------------------------------------------------------- library and OS errors
 
+
 def test_library_error_with_json_gives_path_and_hint(run_cli):
     r = run_cli("inspect", "/no/such/path", "--json")
     assert r.exit_code == 2
@@ -140,6 +158,7 @@ def test_without_json_stdout_stays_empty(run_cli):
 
 # ------------------------------------------------------------------------- check failures (exit 1)
 
+
 def test_verify_mismatch_with_json_is_the_report_plus_error_keys(run_cli, tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
@@ -165,10 +184,17 @@ def test_verify_tensors_difference_with_json(run_cli, tiny_factory):
 def test_a_failed_report_keeps_its_fields_and_gains_the_error_keys(capsys):
     from llmkit.cli.output import Failure, Output
 
-    Output(json_mode=True).result({"ok": False, "files": [1]}, lambda console: None,
-                                  failed=Failure("1 mismatch", exit_code=1))
-    assert json.loads(capsys.readouterr().out) == {"ok": False, "files": [1], "error": "1 mismatch", "path": None,
-                                                   "hint": None, "exit_code": 1}
+    Output(json_mode=True).result(
+        {"ok": False, "files": [1]}, lambda console: None, failed=Failure("1 mismatch", exit_code=1)
+    )
+    assert json.loads(capsys.readouterr().out) == {
+        "ok": False,
+        "files": [1],
+        "error": "1 mismatch",
+        "path": None,
+        "hint": None,
+        "exit_code": 1,
+    }
     out = Output(json_mode=True)
     out.result({"ok": True}, lambda console: None)
     out.fail(Failure("late", exit_code=3))  # a result is already on stdout: no second JSON value
@@ -182,8 +208,17 @@ def test_check_failed_from_the_library_with_json(run_cli, tmp_path):
     digest = hashlib.sha256(b"the published bytes").digest()
     enc = tmp_path / f"weights.dat.{digest.hex()}.enc"
     enc.write_bytes(digest + os.urandom(5000))
-    r = run_cli("decrypt", enc, "--key", tmp_path / "key.pth", "-o", tmp_path / "out", "--no-key-check",
-                "--no-content-check", "--json")
+    r = run_cli(
+        "decrypt",
+        enc,
+        "--key",
+        tmp_path / "key.pth",
+        "-o",
+        tmp_path / "out",
+        "--no-key-check",
+        "--no-content-check",
+        "--json",
+    )
     assert r.exit_code == 1
     data = assert_error_object(r.stdout, 1)
     assert data["path"] == str(enc) and "sha256" in data["error"] and data["hint"]
@@ -193,8 +228,11 @@ def test_check_failed_from_the_library_with_json(run_cli, tmp_path):
 
 # ------------------------------------------------------------------------- interrupts and internal errors
 
-@pytest.mark.parametrize("exc, code, words", [(ZeroDivisionError("boom"), 3, "internal error: ZeroDivisionError"),
-                                              (KeyboardInterrupt(), 130, "interrupted")])
+
+@pytest.mark.parametrize(
+    "exc, code, words",
+    [(ZeroDivisionError("boom"), 3, "internal error: ZeroDivisionError"), (KeyboardInterrupt(), 130, "interrupted")],
+)
 def test_internal_error_and_interrupt_with_json(monkeypatch, run_cli, tmp_path, exc, code, words):
     import llmkit.summary
 
@@ -230,11 +268,20 @@ def test_an_exception_that_escapes_a_command_is_still_one_line():
 
 # ------------------------------------------------------------------------- the real console script
 
+
 def run_script(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     assert LLMKIT.exists(), f"{LLMKIT}: the console script is not installed (pip install -e .)"
     env = {**os.environ, "LLMKIT_DEBUG": "", "COLUMNS": "60"}
-    return subprocess.run([str(LLMKIT), *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env=env, stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [str(LLMKIT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def test_console_script_usage_error():

@@ -18,11 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from spec_reference import upstream_xor
 
 import llmkit.crypto as crypto
 import llmkit.crypto.keycheck as crypto_keycheck
 from llmkit.errors import CheckFailed, InputError, OutputExistsError
-from spec_reference import upstream_xor
 
 C = 10 * 1024 * 1024
 EMPTY = hashlib.sha256(b"").hexdigest()
@@ -30,7 +30,7 @@ EMPTY = hashlib.sha256(b"").hexdigest()
 
 def naive_xor(data: bytes, key: bytes) -> bytes:
     """What the key stream is NOT: key[j % len(key)]."""
-    tiled = (key * (len(data) // len(key) + 1))[:len(data)]
+    tiled = (key * (len(data) // len(key) + 1))[: len(data)]
     return (int.from_bytes(data, "little") ^ int.from_bytes(tiled, "little")).to_bytes(len(data), "little")
 
 
@@ -159,8 +159,15 @@ def test_stdin_input_streams_and_needs_a_format(tmp_path):
     data = randbytes(C + 10, 14)
     digest = hashlib.sha256(data).digest()
     sink = io.BytesIO()
-    crypto.decrypt(["-"], key, stream=sink, stdin=io.BytesIO(digest + upstream_xor(data, key)), fmt="belle",
-                   key_check=False, content_check=False)  # random bytes: not a model file
+    crypto.decrypt(
+        ["-"],
+        key,
+        stream=sink,
+        stdin=io.BytesIO(digest + upstream_xor(data, key)),
+        fmt="belle",
+        key_check=False,
+        content_check=False,
+    )  # random bytes: not a model file
     assert sink.getvalue() == data
     with pytest.raises(InputError, match="--format"):
         crypto.decrypt(["-"], key, stream=io.BytesIO(), stdin=io.BytesIO(b""), key_check=False)
@@ -294,6 +301,7 @@ def counting_progress(counter: list[int]):
     @contextmanager
     def factory(description, total):
         yield lambda n: counter.append(n)
+
     yield factory
 
 
@@ -312,19 +320,21 @@ def _safetensors_bytes() -> bytes:
     return save({"w": torch.zeros(1_250_000)}, metadata={"format": "pt"})
 
 
-@pytest.mark.parametrize("name,content", [
-    ("config.json", json.dumps({f"key{i}": "知识 value" * 5 for i in range(60_000)}).encode()),
-    ("pytorch_model.bin", _torch_zip_bytes()),
-    ("model.safetensors", _safetensors_bytes()),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("config.json", json.dumps({f"key{i}": "知识 value" * 5 for i in range(60_000)}).encode()),
+        ("pytorch_model.bin", _torch_zip_bytes()),
+        ("model.safetensors", _safetensors_bytes()),
+    ],
+)
 def test_garbage_from_a_wrong_key_stops_before_anything_is_written(tmp_path, name, content):
     right = write(tmp_path / "right", randbytes(C + 1, 26))
     wrong = write(tmp_path / "wrong", randbytes(C + 1, 27))
     enc = write(tmp_path / "enc" / f"{name}.{EMPTY}.enc", upstream_xor(content, right))
     written: list[int] = []
-    with counting_progress(written) as progress:
-        with pytest.raises(CheckFailed, match="not a"):
-            crypto.decrypt([enc], wrong, tmp_path / "dec", key_check=False, progress=progress)
+    with counting_progress(written) as progress, pytest.raises(CheckFailed, match="not a"):
+        crypto.decrypt([enc], wrong, tmp_path / "dec", key_check=False, progress=progress)
     assert sum(written) == 0
     assert no_leftovers(tmp_path / "dec") == []
     # not TechGPT-1.0's files, only their names: the published tables do not apply
@@ -471,7 +481,7 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path):
     code = f"""
 import resource, llmkit.crypto as c
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-c.decrypt([{str(enc)!r}], {str(key)!r}, {str(tmp_path / 'dec')!r}, key_check=False)
+c.decrypt([{str(enc)!r}], {str(key)!r}, {str(tmp_path / "dec")!r}, key_check=False)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
 """
     growth_mb = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)

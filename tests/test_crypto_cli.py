@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from spec_reference import upstream_xor
 
 import llmkit.crypto.keycheck as crypto_keycheck
-from spec_reference import upstream_xor
 
 C = 10 * 1024 * 1024
 EMPTY = hashlib.sha256(b"").hexdigest()
@@ -129,8 +129,10 @@ def test_cli_pipeline_from_stdin_to_stdout(setup):
     # cat x.enc | llmkit decrypt - --format techgpt --key K -o - | md5sum, as a real shell pipeline.
     tmp, key, data, enc, belle = setup
     for fmt, src in (("techgpt", next(enc.glob("*.enc"))), ("belle", belle)):
-        cmd = (f"set -o pipefail; cat {shlex.quote(str(src))} | {shlex.quote(str(LLMKIT))} decrypt - --format {fmt} "
-               f"--key {shlex.quote(str(key))} --no-key-check --no-content-check -o - -q | md5sum")  # random bytes
+        cmd = (
+            f"set -o pipefail; cat {shlex.quote(str(src))} | {shlex.quote(str(LLMKIT))} decrypt - --format {fmt} "
+            f"--key {shlex.quote(str(key))} --no-key-check --no-content-check -o - -q | md5sum"
+        )  # random bytes
         r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
         assert r.returncode == 0, r.stderr
         assert r.stdout.split()[0] == hashlib.md5(data).hexdigest()
@@ -138,10 +140,39 @@ def test_cli_pipeline_from_stdin_to_stdout(setup):
 
 def test_cli_end_to_end_subprocess_with_jobs(setup):
     tmp, key, data, enc, belle = setup
-    r = subprocess.run([str(LLMKIT), "decrypt", str(enc), str(belle.parent), "--key", str(key), "-o", str(tmp / "x"),
-                        "--no-key-check", "--jobs", "2"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            str(LLMKIT),
+            "decrypt",
+            str(enc),
+            str(belle.parent),
+            "--key",
+            str(key),
+            "-o",
+            str(tmp / "x"),
+            "--no-key-check",
+            "--jobs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "both write weights.dat" in r.stderr  # two inputs, one output name
-    r = subprocess.run([str(LLMKIT), "decrypt", str(belle.parent), "--key", str(key), "-o", str(tmp / "y"),
-                        "--no-key-check", "--jobs", "2"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            str(LLMKIT),
+            "decrypt",
+            str(belle.parent),
+            "--key",
+            str(key),
+            "-o",
+            str(tmp / "y"),
+            "--no-key-check",
+            "--jobs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp / "y" / "weights.dat").read_bytes() == data

@@ -22,13 +22,13 @@ import pytest
 import safetensors.torch
 import torch
 import typer.main
+from spec_reference import upstream_xor
 
 import llmkit.crypto as crypto
 import llmkit.crypto.jobs as crypto_jobs
 import llmkit.crypto.tables as crypto_tables
 from llmkit.cli import app
 from llmkit.errors import CheckFailed
-from spec_reference import upstream_xor
 
 C = 10 * 1024 * 1024
 EMPTY = hashlib.sha256(b"").hexdigest()
@@ -71,6 +71,7 @@ def says_truncated(text: str) -> bool:
 
 def _protobuf_fields(buf: bytes):
     """(start, end) of each top-level protobuf field."""
+
     def varint(i: int) -> tuple[int, int]:
         value = shift = 0
         while True:
@@ -79,6 +80,7 @@ def _protobuf_fields(buf: bytes):
             i, shift = i + 1, shift + 7
             if not b & 0x80:
                 return value, i
+
     i = 0
     while i < len(buf):
         start = i
@@ -96,12 +98,12 @@ def _protobuf_fields(buf: bytes):
 
 def truncate(name: str, data: bytes) -> bytes:
     if name.endswith(".safetensors"):
-        return data[:int(len(data) * 0.6)]
+        return data[: int(len(data) * 0.6)]
     if name.endswith(".bin"):  # end right after the central directory: no (zip64) end-of-central-directory
         cut = min(i for i in (data.rfind(b"PK\x06\x06"), data.rfind(b"PK\x05\x06")) if i >= 0)
         return data[:cut]
     if name.endswith(".json"):
-        return data[:len(data) // 2]
+        return data[: len(data) // 2]
     start, end = next((s, e) for s, e in _protobuf_fields(data) if s < len(data) // 2 < e)
     cut = (start + end) // 2
     assert start < cut < end
@@ -110,8 +112,9 @@ def truncate(name: str, data: bytes) -> bytes:
 
 def safetensors_bytes(seed: int, rows: int) -> bytes:
     g = torch.Generator().manual_seed(seed)
-    return safetensors.torch.save({f"model.layers.{i}.mlp.up_proj.weight": torch.randn(rows, 160, generator=g)
-                                   for i in range(3)})
+    return safetensors.torch.save(
+        {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(rows, 160, generator=g) for i in range(3)}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +122,27 @@ def plains(tiny_factory) -> dict[str, bytes]:
     g = torch.Generator().manual_seed(1)
     buf = io.BytesIO()
     torch.save({f"model.layers.{i}.self_attn.q_proj.weight": torch.randn(64, 200, generator=g) for i in range(3)}, buf)
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-              "intermediate_size": 11008, "num_attention_heads": 32, "num_hidden_layers": 32, "rms_norm_eps": 1e-6,
-              "vocab_size": 32000, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float16"}
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "rms_norm_eps": 1e-6,
+        "vocab_size": 32000,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "float16",
+    }
     tokenizer = tiny_factory("safetensors").path / "tokenizer.model"
     assert tokenizer.is_file()
-    return {"model.safetensors": safetensors_bytes(0, 160),  # ~307 KB
-            "pytorch_model.bin": buf.getvalue(),
-            "config.json": json.dumps(config, indent=2).encode() + b"\n",
-            "tokenizer.model": tokenizer.read_bytes()}
+    return {
+        "model.safetensors": safetensors_bytes(0, 160),  # ~307 KB
+        "pytorch_model.bin": buf.getvalue(),
+        "config.json": json.dumps(config, indent=2).encode() + b"\n",
+        "tokenizer.model": tokenizer.read_bytes(),
+    }
 
 
 @pytest.fixture
@@ -144,9 +159,11 @@ def wrong_key(tmp_path) -> Path:
 def model_folder(tmp_path) -> dict[str, bytes]:
     """Plaintexts of a three-file folder; the safetensors is > 3 MB."""
     gen = {"bos_token_id": 1, "eos_token_id": 2, "max_new_tokens": 512, "temperature": 0.2}
-    return {"config.json": json.dumps({"model_type": "llama", "hidden_size": 4096}, indent=2).encode(),
-            "generation_config.json": json.dumps(gen, indent=2).encode(),
-            "model.safetensors": safetensors_bytes(3, 1700)}  # 3 x 1700 x 160 x 4 bytes = 3.3 MB
+    return {
+        "config.json": json.dumps({"model_type": "llama", "hidden_size": 4096}, indent=2).encode(),
+        "generation_config.json": json.dumps(gen, indent=2).encode(),
+        "model.safetensors": safetensors_bytes(3, 1700),
+    }  # 3 x 1700 x 160 x 4 bytes = 3.3 MB
 
 
 def enc_folder(folder: Path, plain: dict[str, bytes], key: Path) -> Path:
@@ -159,8 +176,10 @@ def run_proc(*args, limit: bool = False) -> subprocess.CompletedProcess:
     def limit_file_size() -> None:  # the big write fails with EFBIG instead of killing the process
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
-    return subprocess.run([str(LLMKIT), *map(str, args)], capture_output=True, timeout=120,
-                          preexec_fn=limit_file_size if limit else None)
+
+    return subprocess.run(
+        [str(LLMKIT), *map(str, args)], capture_output=True, timeout=120, preexec_fn=limit_file_size if limit else None
+    )
 
 
 def pipe_from(src: Path, *args) -> subprocess.CompletedProcess:
@@ -270,8 +289,9 @@ def test_help_documents_no_content_check_and_that_no_key_check_keeps_content_che
 
 def test_write_error_in_the_last_file_keeps_nothing_of_the_folder(tmp_path, model_folder, key):
     enc = enc_folder(tmp_path / "enc", model_folder, key)
-    r = run_proc("decrypt", enc, "--key", key, "-o", tmp_path / "out", "--no-key-check", "--no-table-check", "-q",
-                 limit=True)
+    r = run_proc(
+        "decrypt", enc, "--key", key, "-o", tmp_path / "out", "--no-key-check", "--no-table-check", "-q", limit=True
+    )
     assert r.returncode > 0, r.stderr
     stderr = r.stderr.decode()
     assert files_in(tmp_path / "out") == []
@@ -299,8 +319,9 @@ def test_ctrl_c_in_the_last_file_keeps_nothing_of_the_folder(tmp_path, model_fol
 
 def test_rerun_after_a_failed_folder_succeeds_without_force(run_cli, tmp_path, model_folder, key):
     enc = enc_folder(tmp_path / "enc", model_folder, key)
-    failed = run_proc("decrypt", enc, "--key", key, "-o", tmp_path / "out", "--no-key-check", "--no-table-check",
-                      "-q", limit=True)
+    failed = run_proc(
+        "decrypt", enc, "--key", key, "-o", tmp_path / "out", "--no-key-check", "--no-table-check", "-q", limit=True
+    )
     assert failed.returncode > 0
     r = run_cli("decrypt", enc, "--key", key, "-o", tmp_path / "out", "--no-key-check", "--no-table-check")
     assert r.exit_code == 0, r.stderr
@@ -312,8 +333,9 @@ def test_rerun_after_a_failed_folder_succeeds_without_force(run_cli, tmp_path, m
 def test_encrypt_write_error_keeps_nothing_of_the_folder(tmp_path, model_folder, key):
     for name, data in model_folder.items():
         write(tmp_path / "model" / name, data)
-    r = run_proc("encrypt", tmp_path / "model", "--key", key, "-o", tmp_path / "out", "--no-key-check", "-q",
-                 limit=True)
+    r = run_proc(
+        "encrypt", tmp_path / "model", "--key", key, "-o", tmp_path / "out", "--no-key-check", "-q", limit=True
+    )
     assert r.returncode > 0, r.stderr
     assert len([line for line in r.stderr.decode().splitlines() if line.startswith("error:")]) == 1
     assert files_in(tmp_path / "out") == []
@@ -322,10 +344,10 @@ def test_encrypt_write_error_keeps_nothing_of_the_folder(tmp_path, model_folder,
 # ------------------------------------------------------------------ 7: inputs are never touched
 
 
-@pytest.mark.parametrize("case", ["decrypt-into-itself", "decrypt-into-a-subfolder", "encrypt-into-itself",
-                                  "decrypt-a-file-into-its-folder"])
-def test_output_inside_the_input_folder_is_refused_and_the_inputs_are_unchanged(run_cli, tmp_path, plains, key,
-                                                                                case):
+@pytest.mark.parametrize(
+    "case", ["decrypt-into-itself", "decrypt-into-a-subfolder", "encrypt-into-itself", "decrypt-a-file-into-its-folder"]
+)
+def test_output_inside_the_input_folder_is_refused_and_the_inputs_are_unchanged(run_cli, tmp_path, plains, key, case):
     d = tmp_path / "d"
     small = {n: plains[n] for n in ("config.json", "tokenizer.model")}
     if case.startswith("encrypt"):
@@ -348,8 +370,9 @@ def test_output_inside_the_input_folder_is_refused_and_the_inputs_are_unchanged(
 
 
 def _fake_published(monkeypatch, table: dict[str, str]) -> None:
-    monkeypatch.setattr(crypto_tables, "_published",
-                        lambda name, *a, **k: [("fake-table", table[name])] if name in table else [])
+    monkeypatch.setattr(
+        crypto_tables, "_published", lambda name, *a, **k: [("fake-table", table[name])] if name in table else []
+    )
 
 
 def test_published_output_md5_is_verified(tmp_path, plains, key, monkeypatch):

@@ -40,8 +40,9 @@ def test_demo_stops_at_a_failed_step(tmp_path, monkeypatch):
     def failing(ctx):
         raise CheckFailed("tensor differs")
 
-    monkeypatch.setattr(demo, "_STEPS", [(10, "first", lambda ctx: "fine"), (20, "second", failing),
-                                         (30, "third", lambda ctx: "never")])
+    monkeypatch.setattr(
+        demo, "_STEPS", [(10, "first", lambda ctx: "fine"), (20, "second", failing), (30, "third", lambda ctx: "never")]
+    )
     monkeypatch.setattr(demo, "_load_job_steps", lambda: None)
     result = run_demo(tmp_path)
     assert not result.ok and [s.name for s in result.steps] == ["first", "second"]

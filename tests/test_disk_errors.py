@@ -35,11 +35,12 @@ def all_files(folder: Path) -> list[str]:
 
 def run_limited(limit: int, *args) -> subprocess.CompletedProcess:
     """``llmkit ARGS`` with RLIMIT_FSIZE = ``limit`` bytes; SIGXFSZ ignored, so a write fails with EFBIG."""
+
     def preexec() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return subprocess.run([*LLMKIT, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          preexec_fn=preexec)
+
+    return subprocess.run([*LLMKIT, *map(str, args)], capture_output=True, text=True, timeout=300, preexec_fn=preexec)
 
 
 def the_error_line(stderr: str) -> str:
@@ -72,8 +73,19 @@ def test_file_size_limit_on_a_copied_tokenizer_file_names_it(lora_work, tiny_fac
     tokenizer = lora_work / "base" / "tokenizer.model"
     assert tokenizer.stat().st_size > 200_000
     out = tmp_path / "out"
-    r = run_limited(200_000, "recover", "--base", lora_work / "base", "--diff",
-                    tiny_factory("safetensors", seed=1).path, "-o", out, "--shard-size", "100KB", "-q")
+    r = run_limited(
+        200_000,
+        "recover",
+        "--base",
+        lora_work / "base",
+        "--diff",
+        tiny_factory("safetensors", seed=1).path,
+        "-o",
+        out,
+        "--shard-size",
+        "100KB",
+        "-q",
+    )
     assert r.returncode == 2, r.stderr
     line = the_error_line(r.stderr)
     assert f"{out / 'tokenizer.model'}: " in line and "file-size limit" in line, line
@@ -95,11 +107,10 @@ def test_a_full_disk_while_writing_names_the_shard(tmp_path):
             return getattr(self.f, name)
 
     specs = [TensorSpec("a", torch.float32, (10,)), TensorSpec("b", torch.float32, (10,))]
-    with pytest.raises(WriteError) as err:
-        with ShardedWriter(tmp_path / "o", specs) as w:
-            w.write("a", torch.zeros(10))
-            w.shards[0].handle = FullDisk(w.shards[0].handle)
-            w.write("b", torch.ones(10))
+    with pytest.raises(WriteError) as err, ShardedWriter(tmp_path / "o", specs) as w:
+        w.write("a", torch.zeros(10))
+        w.shards[0].handle = FullDisk(w.shards[0].handle)
+        w.write("b", torch.ones(10))
     assert err.value.path == str(tmp_path / "o" / "model.safetensors")
     assert "the disk is full" in err.value.message and "nothing was kept" in err.value.message
     assert all_files(tmp_path / "o") == []
@@ -133,9 +144,11 @@ def test_read_only_output_is_called_read_only(run_cli, lora_work, tiny_factory, 
     mount = tmp_path / "mnt"
     mount.mkdir()
     out = mount / "out"
-    argv = {"recover": ["recover", "--base", lora_work / "base", "--diff", tiny_factory("safetensors", seed=1).path],
-            "merge-lora": ["merge-lora", "--base", lora_work / "base", "--lora", lora_work / "cute"],
-            "decrypt": ["decrypt", enc, "--key", key, "--no-key-check", "--no-content-check"]}[command]
+    argv = {
+        "recover": ["recover", "--base", lora_work / "base", "--diff", tiny_factory("safetensors", seed=1).path],
+        "merge-lora": ["merge-lora", "--base", lora_work / "base", "--lora", lora_work / "cute"],
+        "decrypt": ["decrypt", enc, "--key", key, "--no-key-check", "--no-content-check"],
+    }[command]
     _fake_read_only(monkeypatch, mount)
     r = run_cli(*argv, "-o", out)
     assert r.exit_code == 2, r.stderr
@@ -190,15 +203,18 @@ def read_only_bind_mount(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["recover", "decrypt"])
-def test_a_real_read_only_mount_is_called_read_only(run_cli, read_only_bind_mount, lora_work, tiny_factory,
-                                                    tmp_path, command):
+def test_a_real_read_only_mount_is_called_read_only(
+    run_cli, read_only_bind_mount, lora_work, tiny_factory, tmp_path, command
+):
     key = tmp_path / "key"
     key.write_bytes(os.urandom(1000))
     enc = tmp_path / "enc"
     enc.mkdir()
     (enc / f"w.dat.{EMPTY}.enc").write_bytes(os.urandom(500))
-    argv = {"recover": ["recover", "--base", lora_work / "base", "--diff", tiny_factory("safetensors", seed=1).path],
-            "decrypt": ["decrypt", enc, "--key", key, "--no-key-check", "--no-content-check"]}[command]
+    argv = {
+        "recover": ["recover", "--base", lora_work / "base", "--diff", tiny_factory("safetensors", seed=1).path],
+        "decrypt": ["decrypt", enc, "--key", key, "--no-key-check", "--no-content-check"],
+    }[command]
     r = run_cli(*argv, "-o", read_only_bind_mount / "out")
     assert r.exit_code == 2, r.stderr
     line = the_error_line(r.stderr)
@@ -233,23 +249,33 @@ def test_small_output_passes_with_free_space_just_above_need_and_margin(tmp_path
     monkeypatch.setattr(sinks, "free_bytes", lambda folder: need + MiB - 1)
     with pytest.raises(DiskSpaceError) as err:
         ShardedWriter(tmp_path / "refused", specs)
-    assert err.value.message == ("needs 1.53 MB of free space (480.00 KB of output + a 1.05 MB margin), "
-                                 "1.53 MB available")
+    assert err.value.message == (
+        "needs 1.53 MB of free space (480.00 KB of output + a 1.05 MB margin), 1.53 MB available"
+    )
     assert not (tmp_path / "refused").exists()
 
 
 def test_recover_succeeds_on_a_disk_with_20_mb_free(run_cli, lora_work, tiny_factory, tmp_path, monkeypatch):
     monkeypatch.setattr(sinks, "free_bytes", lambda folder: 20 * 10**6)
-    r = run_cli("recover", "--base", lora_work / "base", "--diff", tiny_factory("safetensors", seed=1).path,
-                "-o", tmp_path / "out", "--quiet")
+    r = run_cli(
+        "recover",
+        "--base",
+        lora_work / "base",
+        "--diff",
+        tiny_factory("safetensors", seed=1).path,
+        "-o",
+        tmp_path / "out",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_recover_dry_run_states_the_needed_space_and_margin(run_cli, lora_work, tiny_factory, tmp_path):
     diff = tiny_factory("safetensors", seed=1)
-    r = run_cli("recover", "--base", lora_work / "base", "--diff", diff.path, "-o", tmp_path / "out",
-                "--dry-run", "--json")
+    r = run_cli(
+        "recover", "--base", lora_work / "base", "--diff", diff.path, "-o", tmp_path / "out", "--dry-run", "--json"
+    )
     assert r.exit_code == 0, r.stderr
     plan = r.json()["plan"]
     tensors = sum(t.numel() * 4 for t in diff.state.values())
@@ -294,11 +320,13 @@ def test_dangling_symlink_output_says_what_it_is(run_cli, lora_work, tiny_factor
     link = tmp_path / "out"
     link.symlink_to(tmp_path / "elsewhere" / "target")
     tuned = tiny_factory("safetensors", seed=1).path
-    argv = {"recover": ["recover", "--base", lora_work / "base", "--diff", tuned],
-            "make-diff": ["make-diff", "--base", lora_work / "base", "--target", tuned],
-            "merge-lora": ["merge-lora", "--base", lora_work / "base", "--lora", lora_work / "cute"],
-            "decrypt": ["decrypt", enc, "--key", key, "--no-key-check", "--no-content-check"],
-            "encrypt": ["encrypt", key, "--key", key, "--no-key-check"]}[command]
+    argv = {
+        "recover": ["recover", "--base", lora_work / "base", "--diff", tuned],
+        "make-diff": ["make-diff", "--base", lora_work / "base", "--target", tuned],
+        "merge-lora": ["merge-lora", "--base", lora_work / "base", "--lora", lora_work / "cute"],
+        "decrypt": ["decrypt", enc, "--key", key, "--no-key-check", "--no-content-check"],
+        "encrypt": ["encrypt", key, "--key", key, "--no-key-check"],
+    }[command]
     r = run_cli(*argv, "-o", link)
     assert r.exit_code == 2, r.stderr
     line = the_error_line(r.stderr)

@@ -41,8 +41,15 @@ def tiny_files(seed: int = 0) -> dict[str, bytes]:
     rnd = random.Random(seed)
     return {
         ".gitattributes": b"*.bin filter=lfs diff=lfs merge=lfs -text\n",
-        "config.json": json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
-                                   "num_hidden_layers": 2, "vocab_size": 32000, "seed": seed}).encode(),
+        "config.json": json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "vocab_size": 32000,
+                "seed": seed,
+            }
+        ).encode(),
         "generation_config.json": json.dumps({"bos_token_id": 1, "eos_token_id": 2}).encode(),
         "tokenizer_config.json": json.dumps({"tokenizer_class": "LlamaTokenizer"}).encode(),
         "special_tokens_map.json": json.dumps({"bos_token": "<s>", "eos_token": "</s>"}).encode(),
@@ -93,9 +100,20 @@ def hf_env(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_TOKEN_PATH", str(home / "token"))
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE",
-                 "HUGGINGFACE_HUB_CACHE", "HF_XET_CACHE", "LLMKIT_CHECKSUMS", "no_proxy", "http_proxy",
-                 "https_proxy", "all_proxy"):
+    for name in (
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_XET_CACHE",
+        "LLMKIT_CHECKSUMS",
+        "no_proxy",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.setenv(name, DEAD_PROXY)
@@ -106,17 +124,27 @@ def hf_env(hub, tmp_path, monkeypatch):
     # ENDPOINT is left alone on purpose: a request that ignores --endpoint must fail (and be seen).
     from huggingface_hub import constants
 
-    for attr, value in {"HF_HUB_OFFLINE": False, "HF_HUB_DISABLE_XET": True, "HF_HUB_DISABLE_TELEMETRY": True,
-                        "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
-                        "HUGGINGFACE_HUB_CACHE": str(home / "hub"), "HF_ASSETS_CACHE": str(home / "assets"),
-                        "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
-                        "HF_XET_CACHE": str(home / "xet")}.items():
+    for attr, value in {
+        "HF_HUB_OFFLINE": False,
+        "HF_HUB_DISABLE_XET": True,
+        "HF_HUB_DISABLE_TELEMETRY": True,
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HUGGINGFACE_HUB_CACHE": str(home / "hub"),
+        "HF_ASSETS_CACHE": str(home / "assets"),
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+        "HF_XET_CACHE": str(home / "xet"),
+    }.items():
         if hasattr(constants, attr):
             monkeypatch.setattr(constants, attr, value)
 
     guard = NetworkGuard(("127.0.0.1", int(hub.url.rsplit(":", 1)[1])))
-    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, \
-        socket.getaddrinfo
+    real_connect, real_connect_ex, real_getaddrinfo = (
+        socket.socket.connect,
+        socket.socket.connect_ex,
+        socket.getaddrinfo,
+    )
 
     def connect(sock, address):
         guard.check(address)
@@ -151,9 +179,11 @@ def work(tmp_path, monkeypatch, hf_env):
 @pytest.fixture
 def dl(run_cli, hub, hf_env):
     """``dl(*args)`` runs ``llmkit download *args --endpoint <hub>`` in-process."""
+
     def run(*args, endpoint: bool = True):
         extra = ["--endpoint", hub.url] if endpoint else []
         return run_cli("download", *args, *extra)
+
     return run
 
 
@@ -179,8 +209,18 @@ def expected_verified(hub: FakeHub, repo: str, path: str) -> tuple[str, str]:
 def test_help_lists_the_options_and_no_token_option(run_cli):
     r = run_cli("download", "--help")
     assert r.exit_code == 0
-    for opt in ("--output", "--include", "--exclude", "--revision", "--endpoint", "--jobs", "--dry-run",
-                "--no-verify", "--force", "--json"):
+    for opt in (
+        "--output",
+        "--include",
+        "--exclude",
+        "--revision",
+        "--endpoint",
+        "--jobs",
+        "--dry-run",
+        "--no-verify",
+        "--force",
+        "--json",
+    ):
         assert opt in r.stdout, opt
     assert "--token" not in r.stdout  # a token on the command line ends up in shell history and ps
 
@@ -202,8 +242,9 @@ def test_fake_hub_speaks_the_client_protocol(hub, hf_env, tmp_path):
     small = get_hf_file_metadata(hf_hub_url(REPO, "config.json", revision=info.sha, endpoint=hub.url), token=False)
     assert small.etag == git_blob_sha1(files["config.json"]) and small.size == len(files["config.json"])
     assert small.commit_hash == hub.commit(REPO)
-    big = get_hf_file_metadata(hf_hub_url(REPO, "extra/adapter_model.bin", revision=info.sha, endpoint=hub.url),
-                               token=False)
+    big = get_hf_file_metadata(
+        hf_hub_url(REPO, "extra/adapter_model.bin", revision=info.sha, endpoint=hub.url), token=False
+    )
     assert big.etag == sha256_hex(files["extra/adapter_model.bin"]) and big.size == 50_000
     assert "/lfs/" in big.location
 
@@ -393,8 +434,9 @@ def test_a_connection_dropped_once_never_leaves_a_partial_file(dl, hub, work):
     assert len(hub.gets(path)) >= 2
 
 
-@pytest.mark.parametrize("path,cut", [("pytorch_model-00001-of-00002.bin", 40_000), ("tokenizer.model", 300)],
-                         ids=["lfs", "small"])
+@pytest.mark.parametrize(
+    "path,cut", [("pytorch_model-00001-of-00002.bin", 40_000), ("tokenizer.model", 300)], ids=["lfs", "small"]
+)
 def test_a_retry_within_the_run_does_not_restart_from_byte_zero(dl, hub, work, path, cut):
     """SPEC.md 7: "a retry of a small file after a dropped connection restarts from byte 0" is a client
     behaviour llmkit must not inherit. If the run recovers from the cut by itself, its retry must ask for the
@@ -416,8 +458,9 @@ def test_a_retry_within_the_run_does_not_restart_from_byte_zero(dl, hub, work, p
         assert (work / "tiny-llama" / path).read_bytes() == files[path]
         retries = gets[1:]
         assert retries, gets
-        assert all(h.range and h.range.startswith("bytes=") and not h.range.startswith("bytes=0-")
-                   for h in retries), f"the retry fetched {path} from byte 0 again: {[(h.kind, h.range) for h in gets]}"
+        assert all(h.range and h.range.startswith("bytes=") and not h.range.startswith("bytes=0-") for h in retries), (
+            f"the retry fetched {path} from byte 0 again: {[(h.kind, h.range) for h in gets]}"
+        )
     else:
         assert path in only_error_line(r.stderr)
         assert not (work / "tiny-llama" / path).exists()
@@ -432,8 +475,15 @@ def test_a_connection_that_keeps_dropping_fails_cleanly_and_a_rerun_completes(hu
     hub.drop_after[path] = 30_000
     hub.drop_times[path] = 1000
     env = {**os.environ}
-    proc = subprocess.run([str(LLMKIT), "download", REPO, "--endpoint", hub.url, "--jobs", "1", "--json"],
-                          capture_output=True, text=True, env=env, timeout=60, cwd=work, check=False)
+    proc = subprocess.run(
+        [str(LLMKIT), "download", REPO, "--endpoint", hub.url, "--jobs", "1", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=work,
+        check=False,
+    )
     assert proc.returncode not in (0, 3), (proc.returncode, proc.stderr)
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:"), proc.stderr
     assert path in proc.stderr
@@ -463,8 +513,9 @@ def stale_folder(out: Path, files: dict[str, bytes]) -> dict[str, bytes]:
     return files_under(out)
 
 
-@pytest.mark.parametrize("json_flag,status", [(False, 404), (True, 404), (True, 401)],
-                         ids=["text-404", "json-404", "json-401"])
+@pytest.mark.parametrize(
+    "json_flag,status", [(False, 404), (True, 404), (True, 401)], ids=["text-404", "json-404", "json-401"]
+)
 def test_a_missing_repo_is_an_error_even_into_a_non_empty_folder(dl, hub, work, json_flag, status):
     """The hub answers a missing (or private) repo with ``X-Error-Code: RepoNotFound``: 404, or 401 when the
     request has no token."""
@@ -544,8 +595,9 @@ def test_a_gated_repo_with_hf_token_in_the_environment_downloads(dl, hub, work, 
 # ---------------------------------------------------------------- hostile names
 
 
-@pytest.mark.parametrize("hostile", ["../../escaped.txt", "sub/../../../escaped.txt", "ABSOLUTE"],
-                         ids=["dotdot", "inner-dotdot", "absolute"])
+@pytest.mark.parametrize(
+    "hostile", ["../../escaped.txt", "sub/../../../escaped.txt", "ABSOLUTE"], ids=["dotdot", "inner-dotdot", "absolute"]
+)
 def test_a_hostile_repo_file_name_is_refused_and_nothing_lands_outside(dl, hub, work, tmp_path, hostile):
     if hostile == "ABSOLUTE":
         hostile = str(tmp_path / "escaped.txt")
@@ -558,8 +610,9 @@ def test_a_hostile_repo_file_name_is_refused_and_nothing_lands_outside(dl, hub, 
     assert hostile in line, line
     assert r.json()["ok"] is False
     assert hub.gets(hostile) == []
-    outside = [p for p in tmp_path.rglob("*") if p.is_file()
-               and tmp_path / "hf_home" not in p.parents and out not in p.parents]
+    outside = [
+        p for p in tmp_path.rglob("*") if p.is_file() and tmp_path / "hf_home" not in p.parents and out not in p.parents
+    ]
     assert outside == [], outside
     assert not (tmp_path / "escaped.txt").exists() and not (work / "escaped.txt").exists()
 
@@ -579,8 +632,10 @@ def test_a_symlink_in_the_output_folder_is_not_written_through(dl, hub, work, tm
     if r.exit_code != 0:
         assert "extra" in only_error_line(r.stderr)
     else:
-        assert not (out / "extra").is_symlink() and (out / "extra/adapter_model.bin").read_bytes() == \
-            files["extra/adapter_model.bin"]
+        assert (
+            not (out / "extra").is_symlink()
+            and (out / "extra/adapter_model.bin").read_bytes() == files["extra/adapter_model.bin"]
+        )
 
 
 # ---------------------------------------------------------------- filters and dry run
@@ -600,18 +655,26 @@ def test_include_and_exclude_filter_the_files(dl, hub, work):
     assert r.exit_code == 0, r.stderr
     assert files_under(work / "no-bin") == {p: d for p, d in files.items() if not p.endswith(".bin")}
 
-    r = dl(REPO, "-o", "both", "--include", "*.json", "--include", "tokenizer.*", "--exclude", "config.json",
-           "--json")
+    r = dl(REPO, "-o", "both", "--include", "*.json", "--include", "tokenizer.*", "--exclude", "config.json", "--json")
     assert r.exit_code == 0, r.stderr
-    assert set(files_under(work / "both")) == {"generation_config.json", "tokenizer_config.json",
-                                               "special_tokens_map.json", "tokenizer.model"}
+    assert set(files_under(work / "both")) == {
+        "generation_config.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "tokenizer.model",
+    }
 
 
 def leftovers(tmp_path: Path, hf_home: Path) -> list[Path]:
     """Lock files, .cache folders, staging folders (``.llmkit-download`` or ``.NAME.llmkit-download``) and partial
     downloads anywhere under tmp_path, except in HF_HOME."""
-    return [p for p in tmp_path.rglob("*") if hf_home not in p.parents and p != hf_home
-            and (p.name == ".cache" or p.name.endswith(".llmkit-download") or p.suffix in (".lock", ".incomplete"))]
+    return [
+        p
+        for p in tmp_path.rglob("*")
+        if hf_home not in p.parents
+        and p != hf_home
+        and (p.name == ".cache" or p.name.endswith(".llmkit-download") or p.suffix in (".lock", ".incomplete"))
+    ]
 
 
 def test_dry_run_lists_files_and_sizes_and_writes_nothing(dl, hub, work, tmp_path, hf_env):
@@ -622,8 +685,9 @@ def test_dry_run_lists_files_and_sizes_and_writes_nothing(dl, hub, work, tmp_pat
     res = r.json()
     assert res["dry_run"] is True and res["ok"] is True
     assert res["revision"] == hub.commit(REPO)
-    assert {f["path"]: (f["size"], f["status"]) for f in res["files"]} == \
-        {p: (len(d), "would download") for p, d in files.items()}
+    assert {f["path"]: (f["size"], f["status"]) for f in res["files"]} == {
+        p: (len(d), "would download") for p, d in files.items()
+    }
     assert res["total_bytes"] == sum(map(len, files.values()))
     assert res["bytes_downloaded"] == 0 and res["outputs"] == []
     assert not (work / "tiny-llama").exists()
@@ -676,8 +740,10 @@ def tables_folder(tmp_path: Path, overrides: dict[str, str]) -> Path:
 def techgpt_repo(hub: FakeHub) -> tuple[object, dict[str, bytes]]:
     model = registry_model("TechGPT-7B")
     rnd = random.Random(7)
-    files = {name: (rnd.randbytes(120_000) if "pytorch_model" in name else rnd.randbytes(300 + i * 50))
-             for i, name in enumerate(model.files)}
+    files = {
+        name: (rnd.randbytes(120_000) if "pytorch_model" in name else rnd.randbytes(300 + i * 50))
+        for i, name in enumerate(model.files)
+    }
     files["README.md"] = b"# TechGPT-7B\n\nEncrypted weights (a test stand-in).\n"
     hub.add_repo(model.repo_id, files)
     return model, files
@@ -758,8 +824,15 @@ def test_hf_endpoint_selects_the_mirror_in_a_fresh_process(hub, hf_env, work):
     files = tiny_files()
     hub.add_repo(REPO, files)
     t0 = time.perf_counter()
-    proc = subprocess.run([str(LLMKIT), "download", REPO, "--json"], capture_output=True, text=True,
-                          env={**os.environ}, timeout=60, cwd=work, check=False)
+    proc = subprocess.run(
+        [str(LLMKIT), "download", REPO, "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=60,
+        cwd=work,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # --json: nothing but the result
     res = json.loads(proc.stdout)

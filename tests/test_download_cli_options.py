@@ -24,12 +24,42 @@ def calls(monkeypatch):
 
 def test_defaults_and_every_flag(run_cli, calls):
     run_cli("download", "techgpt-7b")
-    run_cli("download", "owner/repo", "-o", "dir", "--include", "*.json", "--include", "*.model", "--exclude", "*.bin",
-            "--revision", "v1", "--endpoint", "http://127.0.0.1:9", "-j", "2", "--dry-run", "--no-verify", "--force")
-    assert calls == [DownloadOptions("techgpt-7b"),
-                     DownloadOptions("owner/repo", Path("dir"), include=("*.json", "*.model"), exclude=("*.bin",),
-                                     revision="v1", endpoint="http://127.0.0.1:9", jobs=2, dry_run=True, verify=False,
-                                     force=True)]
+    run_cli(
+        "download",
+        "owner/repo",
+        "-o",
+        "dir",
+        "--include",
+        "*.json",
+        "--include",
+        "*.model",
+        "--exclude",
+        "*.bin",
+        "--revision",
+        "v1",
+        "--endpoint",
+        "http://127.0.0.1:9",
+        "-j",
+        "2",
+        "--dry-run",
+        "--no-verify",
+        "--force",
+    )
+    assert calls == [
+        DownloadOptions("techgpt-7b"),
+        DownloadOptions(
+            "owner/repo",
+            Path("dir"),
+            include=("*.json", "*.model"),
+            exclude=("*.bin",),
+            revision="v1",
+            endpoint="http://127.0.0.1:9",
+            jobs=2,
+            dry_run=True,
+            verify=False,
+            force=True,
+        ),
+    ]
 
 
 def test_no_token_on_the_command_line(run_cli, calls):

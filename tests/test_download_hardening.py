@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 from hub_server import hub  # noqa: F401
-from test_download import (LLMKIT, REPO, by_path, dl, files_under, hf_env, leftovers,  # noqa: F401
-                           only_error_line, tiny_files, work)
+from test_download import LLMKIT, REPO, by_path, dl, files_under, hf_env, leftovers, only_error_line, tiny_files, work  # noqa: F401
 
 SLOW = "pytorch_model-00001-of-00002.bin"  # 100 KB
 
@@ -121,11 +120,13 @@ def test_a_dry_run_with_a_pattern_that_matches_nothing_is_the_same_error(dl, hub
 
 def staging_lookalike_files() -> dict[str, bytes]:
     """A repo with files where llmkit (and the client) once kept their own bookkeeping."""
-    return {**tiny_files(),
-            ".llmkit-download/notes.txt": b"a repo file, not llmkit's staging\n",
-            ".llmkit-download/sub/weights.bin": os.urandom(5000),
-            ".cache/huggingface/download/config.json.metadata": b"not the client's metadata\n",
-            ".tiny-llama.llmkit-download": b"a file named like a staging folder\n"}
+    return {
+        **tiny_files(),
+        ".llmkit-download/notes.txt": b"a repo file, not llmkit's staging\n",
+        ".llmkit-download/sub/weights.bin": os.urandom(5000),
+        ".cache/huggingface/download/config.json.metadata": b"not the client's metadata\n",
+        ".tiny-llama.llmkit-download": b"a file named like a staging folder\n",
+    }
 
 
 def test_repo_files_under_the_staging_name_are_downloaded_and_kept(dl, hub, work, tmp_path):
@@ -172,9 +173,15 @@ def test_staging_inside_the_output_refuses_a_repo_path_under_its_name(dl, hub, w
 
 def start_download(hub, work: Path, *args: str) -> subprocess.Popen:
     """The real CLI in its own process; SIGINT at its default (a background job may inherit it ignored)."""
-    return subprocess.Popen([str(LLMKIT), "download", REPO, "--endpoint", hub.url, "--jobs", "2", "--json", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ}, cwd=work,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [str(LLMKIT), "download", REPO, "--endpoint", hub.url, "--jobs", "2", "--json", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+        cwd=work,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for_partial(proc: subprocess.Popen, root: Path, timeout: float = 60) -> list[Path]:

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from spec_reference import upstream_xor
 
 BIN = Path(sys.executable).parent
@@ -29,8 +28,15 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 def bash(script: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("LLMKIT_DEBUG", None)
-    return subprocess.run(["bash", "-c", "set -o pipefail\n" + script + "\necho rc=$? >&2"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        ["bash", "-c", "set -o pipefail\n" + script + "\necho rc=$? >&2"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def rc_and_stderr(r: subprocess.CompletedProcess) -> tuple[int, str]:

@@ -67,7 +67,7 @@ def record_headers(plain: bytes) -> list[tuple[int, int, str]]:
         n, body = _varint(plain, pos + 1)
         end = body + n
         tag_len, t = _varint(plain, body + 1)
-        name = plain[t:t + tag_len].decode()
+        name = plain[t : t + tag_len].decode()
         i = t + tag_len + 1  # past the 0x12 key of the tensor
         _, i = _varint(plain, i)
         while plain[i] != 0x1A:
@@ -108,8 +108,7 @@ def work(tmp_path_factory, tiny_factory):
     to_ckpt(ToCkptOptions(m.path, root / "plain.ckpt"))
     for mode in CBC:
         to_ckpt(ToCkptOptions(m.path, root / f"{mode}.ckpt", enc_key="env:LLMKIT_CBC_KEY", enc_mode=mode))
-        to_ckpt(ToCkptOptions(m.path, root / f"{mode}-crc.ckpt", enc_key="env:LLMKIT_CBC_KEY", enc_mode=mode,
-                              crc=True))
+        to_ckpt(ToCkptOptions(m.path, root / f"{mode}-crc.ckpt", enc_key="env:LLMKIT_CBC_KEY", enc_mode=mode, crc=True))
     yield m, root
     mp.undo()
 
@@ -157,8 +156,7 @@ def test_a_flipped_record_header_byte_is_refused_with_one_line_naming_the_file(t
 
 
 @pytest.mark.parametrize("mode", CBC)
-def test_a_flipped_byte_anywhere_fails_or_converts_with_the_warning_and_never_loses_a_tensor(tmp_path, cli, work,
-                                                                                          mode):
+def test_a_flipped_byte_anywhere_fails_or_converts_with_the_warning_and_never_loses_a_tensor(tmp_path, cli, work, mode):
     m, root = work
     enc = (root / f"{mode}.ckpt").read_bytes()
     target = tmp_path / "t.ckpt"
@@ -191,8 +189,7 @@ def test_with_a_crc_trailer_every_flipped_byte_is_caught(tmp_path, cli, work, mo
     assert crc_caught > 10  # the data flips, which only the CRC can tell
 
 
-def test_every_cbc_read_warns_that_values_cannot_be_verified_and_gcm_reads_do_not(tmp_path, cli, work,
-                                                                                  monkeypatch):
+def test_every_cbc_read_warns_that_values_cannot_be_verified_and_gcm_reads_do_not(tmp_path, cli, work, monkeypatch):
     m, root = work
     monkeypatch.setenv("LLMKIT_CBC_KEY", KEY_HEX)
     from llmkit.convert.ckpt import ToCkptOptions, to_ckpt
@@ -275,8 +272,7 @@ def test_a_block_whose_padding_was_shortened_is_named(tmp_path, cli, monkeypatch
 
 
 @pytest.mark.parametrize("mode", CBC)
-def test_checksum_and_verify_tensors_check_the_crc_trailer_of_a_cbc_checkpoint(tmp_path, cli, work, monkeypatch,
-                                                                               mode):
+def test_checksum_and_verify_tensors_check_the_crc_trailer_of_a_cbc_checkpoint(tmp_path, cli, work, monkeypatch, mode):
     m, root = work
     monkeypatch.setenv("LLMKIT_CBC_KEY", KEY_HEX)
     key = ("--dec-key", "env:LLMKIT_CBC_KEY")
@@ -287,7 +283,6 @@ def test_checksum_and_verify_tensors_check_the_crc_trailer_of_a_cbc_checkpoint(t
     target.write_bytes(flip(enc, len(enc) // 2))  # inside a tensor's data: only the CRC can tell
     for r in (cli("checksum", "--tensors", target, *key), cli("verify", "--tensors", target, m.path, *key)):
         lines = [line for line in r.stderr.strip().splitlines() if "━" not in line]
-        assert r.exit_code == 2 and len(lines) == 1 and "CRC mismatch" in lines[0] and str(target) in lines[0], \
-            r.stderr
+        assert r.exit_code == 2 and len(lines) == 1 and "CRC mismatch" in lines[0] and str(target) in lines[0], r.stderr
     r = cli("verify", good, *key)  # file checksums hash the stored bytes: a key makes no sense there
     assert r.exit_code == 2 and "--dec-key goes with --tensors" in r.stderr

@@ -34,15 +34,26 @@ UNDECIDED = {
 def hf_shapes(hidden: int, inter: int, heads: int, kv: int, layers: int, vocab: int = 32000) -> dict:
     """Every HF LLaMA tensor's shape, written out from the architecture (transformers' LlamaModel)."""
     d = hidden // heads
-    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
-              "lm_head.weight": (vocab, hidden)}
+    shapes = {
+        "model.embed_tokens.weight": (vocab, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (vocab, hidden),
+    }
     for i in range(layers):
         p = f"model.layers.{i}."
-        shapes.update({p + "self_attn.q_proj.weight": (heads * d, hidden), p + "self_attn.k_proj.weight": (kv * d, hidden),
-                       p + "self_attn.v_proj.weight": (kv * d, hidden), p + "self_attn.o_proj.weight": (hidden, heads * d),
-                       p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
-                       p + "mlp.down_proj.weight": (hidden, inter), p + "input_layernorm.weight": (hidden,),
-                       p + "post_attention_layernorm.weight": (hidden,)})
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (heads * d, hidden),
+                p + "self_attn.k_proj.weight": (kv * d, hidden),
+                p + "self_attn.v_proj.weight": (kv * d, hidden),
+                p + "self_attn.o_proj.weight": (hidden, heads * d),
+                p + "mlp.gate_proj.weight": (inter, hidden),
+                p + "mlp.up_proj.weight": (inter, hidden),
+                p + "mlp.down_proj.weight": (hidden, inter),
+                p + "input_layernorm.weight": (hidden,),
+                p + "post_attention_layernorm.weight": (hidden,),
+            }
+        )
     return shapes
 
 
@@ -51,8 +62,14 @@ def test_the_published_llama_sizes_give_their_published_head_counts(name):
     hidden, inter, heads, kv, layers = PUBLISHED[name]
     shapes = hf_shapes(hidden, inter, heads, kv, layers)
     cfg, guessed = guessed_config(shapes, torch.float16, "m.ckpt")
-    assert (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"],
-            cfg["num_hidden_layers"], cfg["tie_word_embeddings"]) == (hidden, inter, heads, kv, layers, False)
+    assert (
+        cfg["hidden_size"],
+        cfg["intermediate_size"],
+        cfg["num_attention_heads"],
+        cfg["num_key_value_heads"],
+        cfg["num_hidden_layers"],
+        cfg["tie_word_embeddings"],
+    ) == (hidden, inter, heads, kv, layers, False)
     assert any(g.startswith(f"num_attention_heads={heads} ") for g in guessed)
     check_complete(cfg, shapes, "m.ckpt")  # the derived config describes exactly these tensors
 
@@ -84,12 +101,14 @@ def one_line(r, *names) -> str:
 
 
 @pytest.mark.parametrize("more", [(), ("--rotary", "meta"), ("--dry-run",), ("--names", "keep")])
-def test_from_ckpt_without_config_refuses_a_model_whose_heads_the_shapes_do_not_decide(tmp_path, run_cli,
-                                                                                      tiny_factory, more):
+def test_from_ckpt_without_config_refuses_a_model_whose_heads_the_shapes_do_not_decide(
+    tmp_path, run_cli, tiny_factory, more
+):
     m = tiny_factory("safetensors")  # 4 heads of 16: "64 / 128" gave 1 head
     assert run_cli("to-ckpt", m.path, "-o", tmp_path / "m.ckpt").exit_code == 0
-    line = one_line(run_cli("from-ckpt", tmp_path / "m.ckpt", "-o", tmp_path / "out", *more), tmp_path / "m.ckpt",
-                    "--config")
+    line = one_line(
+        run_cli("from-ckpt", tmp_path / "m.ckpt", "-o", tmp_path / "out", *more), tmp_path / "m.ckpt", "--config"
+    )
     assert "num_attention_heads" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
     r = run_cli("from-ckpt", tmp_path / "m.ckpt", "-o", tmp_path / "out", "--config", m.path, *more)
@@ -101,6 +120,7 @@ def test_from_ckpt_without_config_refuses_a_model_whose_heads_the_shapes_do_not_
 def _record(name: str, shape: tuple[int, ...], data_len: int) -> bytes:
     """A MindSpore record's header (protobuf: Checkpoint{value: Value{tag, tensor: Tensor{dims, tensor_type,
     tensor_content}}}), the tensor_content's bytes left to follow."""
+
     def varint(n: int) -> bytes:
         out = b""
         while n >= 0x80:
@@ -119,11 +139,19 @@ def test_a_llama_7b_shaped_checkpoint_derives_its_published_config(tmp_path, run
     """One layer of LLaMA-7B's shapes in fp16 (a sparse file: the data is never read by a dry run)."""
     hidden, inter, heads, kv, _ = PUBLISHED["LLaMA-7B"]
     shapes = hf_shapes(hidden, inter, heads, kv, 1, vocab=8)
-    mf = {"model.embed_tokens.weight": "model.tok_embeddings.embedding_weight", "model.norm.weight":
-          "model.norm_out.weight", "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
-          "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1",
-          "mlp.down_proj": "feed_forward.w2", "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm",
-          "post_attention_layernorm": "ffn_norm"}
+    mf = {
+        "model.embed_tokens.weight": "model.tok_embeddings.embedding_weight",
+        "model.norm.weight": "model.norm_out.weight",
+        "self_attn.q_proj": "attention.wq",
+        "self_attn.k_proj": "attention.wk",
+        "self_attn.v_proj": "attention.wv",
+        "self_attn.o_proj": "attention.wo",
+        "mlp.gate_proj": "feed_forward.w1",
+        "mlp.down_proj": "feed_forward.w2",
+        "mlp.up_proj": "feed_forward.w3",
+        "input_layernorm": "attention_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
     path = tmp_path / "7b.ckpt"
     with open(path, "wb") as f:
         for name, shape in shapes.items():

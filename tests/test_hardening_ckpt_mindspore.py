@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_ckpt_mindspore import mindspore_run, save_ordered  # noqa: F401  (mindspore_run is a fixture)
 
 KEY_HEX = "00112233445566778899aabbccddeeff"
@@ -28,17 +27,37 @@ CHECK = """
 
 
 @pytest.mark.parametrize("mode", ["AES-CBC", "SM4-CBC", "AES-GCM"])
-def test_mindspore_checks_the_crc_trailer_of_an_encrypted_checkpoint(tmp_path, run_cli, mindspore_run,  # noqa: F811
-                                                                     monkeypatch, mode):
+def test_mindspore_checks_the_crc_trailer_of_an_encrypted_checkpoint(
+    tmp_path,
+    run_cli,
+    mindspore_run,  # noqa: F811
+    monkeypatch,
+    mode,
+):
     monkeypatch.setenv("LLMKIT_MS_KEY", KEY_HEX)
     (tmp_path / "src").mkdir()
     src = tmp_path / "src" / "t.safetensors"
-    tensors = {"half": torch.arange(300, dtype=torch.float16) / 3, "step": torch.tensor(3, dtype=torch.int64),
-               "w": torch.arange(4096, dtype=torch.float32).reshape(64, 64) / 7}  # in to-ckpt's (sorted) order
+    tensors = {
+        "half": torch.arange(300, dtype=torch.float16) / 3,
+        "step": torch.tensor(3, dtype=torch.int64),
+        "w": torch.arange(4096, dtype=torch.float32).reshape(64, 64) / 7,
+    }  # in to-ckpt's (sorted) order
     save_ordered(tensors, src)
     ours = tmp_path / "ours.ckpt"
-    r = run_cli("to-ckpt", src, "-o", ours, "--names", "hf", "--enc-key", "env:LLMKIT_MS_KEY", "--enc-mode", mode,
-                "--crc", "--json")
+    r = run_cli(
+        "to-ckpt",
+        src,
+        "-o",
+        ours,
+        "--names",
+        "hf",
+        "--enc-key",
+        "env:LLMKIT_MS_KEY",
+        "--enc-mode",
+        mode,
+        "--crc",
+        "--json",
+    )
     assert r.exit_code == 0 and r.json()["crc"] is True and r.json()["encryption"] == mode, r.stderr
     data = bytearray(ours.read_bytes())
     data[len(data) // 2] ^= 0x01  # inside the data of "w" (CBC: garbles one cipher block, no error)

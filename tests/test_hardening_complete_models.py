@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from test_bad_inputs import one_error_line, tree
 
 IDX = "model.safetensors.index.json"
@@ -45,9 +44,20 @@ def test_every_tiny_model_has_exactly_the_weights_written_out_here(tiny_factory)
     """The reference list: transformers' LlamaForCausalLM state dict (untied), independent of llmkit."""
     names = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     for i in range(2):
-        names |= {f"model.layers.{i}.{m}.weight" for m in (
-            "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-            "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm")}
+        names |= {
+            f"model.layers.{i}.{m}.weight"
+            for m in (
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+                "input_layernorm",
+                "post_attention_layernorm",
+            )
+        }
     assert set(tiny_factory("safetensors").state) == names
 
 
@@ -65,19 +75,19 @@ def test_from_meta_refuses_a_consolidated_pth_missing_a_norm_before_any_output(t
     assert not (tmp_path / "out").exists() and tree(meta) == before
 
 
-@pytest.mark.parametrize("command", ["merge-lora", "to-ckpt", "to-meta", "checksum", "verify", "recover",
-                                     "make-diff"])
-def test_an_index_that_omits_lm_head_is_refused_by_every_command(tmp_path, run_cli, tiny_factory, lora_work,
-                                                                 command):
+@pytest.mark.parametrize("command", ["merge-lora", "to-ckpt", "to-meta", "checksum", "verify", "recover", "make-diff"])
+def test_an_index_that_omits_lm_head_is_refused_by_every_command(tmp_path, run_cli, tiny_factory, lora_work, command):
     model = without_lm_head_in_the_index(tiny_factory, tmp_path / "model")
     out = tmp_path / "out"
-    args = {"merge-lora": ["merge-lora", "--base", model, "--lora", lora_work / "cute", "-o", out, "--json"],
-            "to-ckpt": ["to-ckpt", model, "-o", tmp_path / "out.ckpt", "--json"],
-            "to-meta": ["to-meta", model, "-o", out, "--json"],
-            "checksum": ["checksum", "--tensors", model],
-            "verify": ["verify", "--tensors", model, model],  # two equally incomplete copies: not a match
-            "recover": ["recover", "--base", model, "--diff", model, "-o", out],  # the pairwise checks pass
-            "make-diff": ["make-diff", "--base", model, "--target", model, "-o", out]}[command]
+    args = {
+        "merge-lora": ["merge-lora", "--base", model, "--lora", lora_work / "cute", "-o", out, "--json"],
+        "to-ckpt": ["to-ckpt", model, "-o", tmp_path / "out.ckpt", "--json"],
+        "to-meta": ["to-meta", model, "-o", out, "--json"],
+        "checksum": ["checksum", "--tensors", model],
+        "verify": ["verify", "--tensors", model, model],  # two equally incomplete copies: not a match
+        "recover": ["recover", "--base", model, "--diff", model, "-o", out],  # the pairwise checks pass
+        "make-diff": ["make-diff", "--base", model, "--target", model, "-o", out],
+    }[command]
     r = run_cli(*args)
     line = one_error_line(r, model / IDX, "lm_head.weight")
     assert "lacks 1 tensor" in line
@@ -92,8 +102,9 @@ def test_from_ckpt_refuses_a_flipped_byte_in_a_tensor_name(tmp_path, run_cli, ti
     data[at] ^= 0x01  # wq -> wp: the record is intact, only its name is damaged
     (tmp_path / "flip.ckpt").write_bytes(bytes(data))
     r = run_cli("from-ckpt", tmp_path / "flip.ckpt", "-o", tmp_path / "out", "--config", m.path)
-    line = one_error_line(r, tmp_path / "flip.ckpt", "model.layers.1.attention.wq.weight",
-                          "model.layers.1.attention.wp.weight")
+    line = one_error_line(
+        r, tmp_path / "flip.ckpt", "model.layers.1.attention.wq.weight", "model.layers.1.attention.wp.weight"
+    )
     assert "training state" not in line and "damaged" in line
     assert not (tmp_path / "out").exists()
     r = run_cli("checksum", "--tensors", tmp_path / "flip.ckpt")
@@ -108,10 +119,17 @@ def test_a_renamed_weight_is_named_with_the_one_it_stands_for(tmp_path, run_cli,
     state = load_file(folder / "model.safetensors")
     state["model.layers.0.mlp.up_prj.weight"] = state.pop("model.layers.0.mlp.up_proj.weight")
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
-    for args in (["to-ckpt", folder, "-o", tmp_path / "o.ckpt"], ["to-meta", folder, "-o", tmp_path / "o"],
-                 ["checksum", "--tensors", folder]):
-        line = one_error_line(run_cli(*args), folder / "model.safetensors", "model.layers.0.mlp.up_prj.weight",
-                              "model.layers.0.mlp.up_proj.weight")
+    for args in (
+        ["to-ckpt", folder, "-o", tmp_path / "o.ckpt"],
+        ["to-meta", folder, "-o", tmp_path / "o"],
+        ["checksum", "--tensors", folder],
+    ):
+        line = one_error_line(
+            run_cli(*args),
+            folder / "model.safetensors",
+            "model.layers.0.mlp.up_prj.weight",
+            "model.layers.0.mlp.up_proj.weight",
+        )
         assert "lacks" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
@@ -121,8 +139,11 @@ def test_a_damaged_copy_beside_the_weight_is_refused_too(tmp_path, run_cli, tiny
     state = load_file(folder / "model.safetensors")
     state["model.layers.1.self_attn.k_proj.weighT"] = state["model.layers.1.self_attn.k_proj.weight"].clone()
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
-    one_error_line(run_cli("to-ckpt", folder, "-o", tmp_path / "o.ckpt"), "model.layers.1.self_attn.k_proj.weighT",
-                   "model.layers.1.self_attn.k_proj.weight")
+    one_error_line(
+        run_cli("to-ckpt", folder, "-o", tmp_path / "o.ckpt"),
+        "model.layers.1.self_attn.k_proj.weighT",
+        "model.layers.1.self_attn.k_proj.weight",
+    )
     assert not (tmp_path / "o.ckpt").exists()
 
 
@@ -153,12 +174,14 @@ def test_layers_the_config_does_not_describe_are_refused(tmp_path, run_cli, tiny
     folder = copy(tiny_factory("safetensors").path, tmp_path / "m")
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
-    line = one_error_line(run_cli("to-meta", folder, "-o", tmp_path / "o"), folder / "model.safetensors",
-                          "model.layers.1.")
+    line = one_error_line(
+        run_cli("to-meta", folder, "-o", tmp_path / "o"), folder / "model.safetensors", "model.layers.1."
+    )
     assert "num_hidden_layers=1" in line
     (folder / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 3}))
-    line = one_error_line(run_cli("to-meta", folder, "-o", tmp_path / "o"), folder / "model.safetensors",
-                          "model.layers.2.")
+    line = one_error_line(
+        run_cli("to-meta", folder, "-o", tmp_path / "o"), folder / "model.safetensors", "model.layers.2."
+    )
     assert "lacks 9 tensor(s)" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
@@ -167,8 +190,13 @@ def test_a_config_that_disagrees_with_a_shape_is_refused(tmp_path, run_cli, tiny
     folder = copy(tiny_factory("safetensors").path, tmp_path / "m")
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 172}))
-    one_error_line(run_cli("to-ckpt", folder, "-o", tmp_path / "o.ckpt"), folder / "model.safetensors",
-                   "model.layers.0.mlp.gate_proj.weight", "[176, 64]", "[172, 64]")
+    one_error_line(
+        run_cli("to-ckpt", folder, "-o", tmp_path / "o.ckpt"),
+        folder / "model.safetensors",
+        "model.layers.0.mlp.gate_proj.weight",
+        "[176, 64]",
+        "[172, 64]",
+    )
 
 
 def test_recover_refuses_a_base_and_diff_that_lack_the_same_weight(tmp_path, run_cli, tiny_factory):
@@ -201,8 +229,7 @@ def test_inspect_describes_an_incomplete_model_and_exits_1(tmp_path, run_cli, ti
 # ------------------------------------------------------------------ what keeps working
 
 
-@pytest.mark.parametrize("layout", ["safetensors", "safetensors-sharded", "bin", "bin-sharded", "meta",
-                                    "meta-2shards"])
+@pytest.mark.parametrize("layout", ["safetensors", "safetensors-sharded", "bin", "bin-sharded", "meta", "meta-2shards"])
 def test_complete_tiny_models_in_every_layout_still_pass(tmp_path, run_cli, tiny_factory, layout):
     m = tiny_factory(layout)
     r = run_cli("inspect", m.path, "--json", "--no-tensors")
@@ -210,8 +237,15 @@ def test_complete_tiny_models_in_every_layout_still_pass(tmp_path, run_cli, tiny
     assert [c["status"] for c in r.json()["checks"] if c["name"] == "complete"] == ["ok"]
     assert run_cli("checksum", "--tensors", m.path).exit_code == 0
     assert run_cli("to-ckpt", m.path, "-o", tmp_path / "m.ckpt").exit_code == 0
-    r = run_cli("from-ckpt", tmp_path / "m.ckpt", "-o", tmp_path / "back", "--config",
-                tiny_factory("safetensors").path, "--json")
+    r = run_cli(
+        "from-ckpt",
+        tmp_path / "m.ckpt",
+        "-o",
+        tmp_path / "back",
+        "--config",
+        tiny_factory("safetensors").path,
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     back = load_file(tmp_path / "back" / "model.safetensors")
     assert set(back) == set(m.state) and all(torch.equal(back[k], v) for k, v in m.state.items())
@@ -245,8 +279,9 @@ def test_models_that_are_not_a_llama_and_parts_of_one_are_not_judged(tmp_path, r
     del state["lm_head.weight"]
     save_file(state, mistral / "model.safetensors", metadata={"format": "pt"})
     cfg = json.loads((mistral / "config.json").read_text())
-    (mistral / "config.json").write_text(json.dumps({**cfg, "model_type": "mistral",
-                                                     "architectures": ["MistralForCausalLM"]}))
+    (mistral / "config.json").write_text(
+        json.dumps({**cfg, "model_type": "mistral", "architectures": ["MistralForCausalLM"]})
+    )
     sharded = tiny_factory("safetensors-sharded").path
     one_shard = sorted(sharded.glob("model-*.safetensors"))[0]  # a part of a model, on its own
     for path in (other, mistral, one_shard, lora_work / "cute"):

@@ -13,11 +13,22 @@ import json
 
 import torch
 from safetensors.torch import load_file
-
 from test_ckpt_mindspore import mindspore_run  # noqa: F401  (a fixture)
 
-OPTIMIZERS = ("AdamWeightDecay+loss-scale", "Adam", "Momentum", "Lamb", "RMSProp", "Adagrad", "FTRL", "SGD",
-              "Rprop", "ASGD", "LazyAdam", "AdaMax")
+OPTIMIZERS = (
+    "AdamWeightDecay+loss-scale",
+    "Adam",
+    "Momentum",
+    "Lamb",
+    "RMSProp",
+    "Adagrad",
+    "FTRL",
+    "SGD",
+    "Rprop",
+    "ASGD",
+    "LazyAdam",
+    "AdaMax",
+)
 
 TRAIN = """
     from mindspore import nn, Parameter, ParameterTuple
@@ -50,13 +61,15 @@ TRAIN = """
 """
 
 
-def test_every_mindspore_optimizer_state_is_named_training_state_and_left_out(tmp_path, run_cli, tiny_factory,
-                                                                              mindspore_run):  # noqa: F811
+def test_every_mindspore_optimizer_state_is_named_training_state_and_left_out(
+    tmp_path, run_cli, tiny_factory, mindspore_run
+):  # noqa: F811
     m = tiny_factory("safetensors")
     assert run_cli("to-ckpt", m.path, "-o", tmp_path / "model.ckpt").exit_code == 0
     stored = json.loads(mindspore_run(TRAIN, tmp_path / "model.ckpt", tmp_path, ",".join(OPTIMIZERS)))
-    weights = set(json.loads(mindspore_run("print(json.dumps(list(ms.load_checkpoint(sys.argv[1]))))",
-                                           tmp_path / "model.ckpt")))
+    weights = set(
+        json.loads(mindspore_run("print(json.dumps(list(ms.load_checkpoint(sys.argv[1]))))", tmp_path / "model.ckpt"))
+    )
     for name in OPTIMIZERS:
         ckpt = tmp_path / f"{name}.ckpt"
         added = set(stored[name]) - weights
@@ -74,8 +87,9 @@ def test_every_mindspore_optimizer_state_is_named_training_state_and_left_out(tm
         assert run_cli("inspect", ckpt, "--no-tensors").exit_code == 0, name
 
 
-def test_a_damaged_weight_name_in_a_training_checkpoint_is_still_refused(tmp_path, run_cli, tiny_factory,
-                                                                        mindspore_run):  # noqa: F811
+def test_a_damaged_weight_name_in_a_training_checkpoint_is_still_refused(
+    tmp_path, run_cli, tiny_factory, mindspore_run
+):  # noqa: F811
     m = tiny_factory("safetensors")
     assert run_cli("to-ckpt", m.path, "-o", tmp_path / "model.ckpt").exit_code == 0
     mindspore_run(TRAIN, tmp_path / "model.ckpt", tmp_path, "AdamWeightDecay+loss-scale")

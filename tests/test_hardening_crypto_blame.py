@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from spec_reference import upstream_xor
 
 import llmkit.crypto.keycheck as crypto_keycheck
 import llmkit.crypto.tables as crypto_tables
-from spec_reference import upstream_xor
 
 EMPTY = hashlib.sha256(b"").hexdigest()
 
@@ -81,10 +81,12 @@ def test_a_damaged_techgpt_file_with_a_checked_key_is_called_damaged_not_a_wrong
 
 
 def test_a_damaged_techgpt_file_without_the_key_check_names_both_causes_and_the_verify_command(
-        run_cli, tmp_path, key, monkeypatch):
+    run_cli, tmp_path, key, monkeypatch
+):
     enc = techgpt_enc(tmp_path / "enc", "config.json", config_bytes(), key, damage_at=0)
-    monkeypatch.setattr(crypto_tables, "_published",
-                        lambda name: [("techgpt-7b.enc", "0" * 32)] if name == enc.name else [])
+    monkeypatch.setattr(
+        crypto_tables, "_published", lambda name: [("techgpt-7b.enc", "0" * 32)] if name == enc.name else []
+    )
     r = run_cli("decrypt", enc, "--key", key, "--no-key-check", "-o", tmp_path / "out")
     assert r.exit_code == 1, r.stderr
     line = error_line(r.stderr)
@@ -93,8 +95,7 @@ def test_a_damaged_techgpt_file_without_the_key_check_names_both_causes_and_the_
     assert f"llmkit verify {enc.parent} --table techgpt-7b.enc" in line, line
 
 
-def test_a_damaged_belle_file_says_that_its_header_cannot_tell_a_damaged_file_from_a_wrong_key(
-        run_cli, tmp_path, key):
+def test_a_damaged_belle_file_says_that_its_header_cannot_tell_a_damaged_file_from_a_wrong_key(run_cli, tmp_path, key):
     plain = safetensors_plain()
     enc = belle_enc(tmp_path / "enc", "model.safetensors", plain, key, damage_at=len(plain) - 100)  # tensor data
     r = run_cli("decrypt", enc, "--key", key, "--no-key-check", "-o", tmp_path / "out")
@@ -131,8 +132,7 @@ def test_a_wrong_key_without_the_key_check_still_names_the_key_first(run_cli, tm
 
 
 @pytest.mark.parametrize("name", [f"..{EMPTY}.enc", f"...{EMPTY}.enc", ".enc"], ids=["dot", "dotdot", "empty"])
-def test_an_enc_name_whose_output_name_would_be_dot_dotdot_or_empty_is_refused_up_front(run_cli, tmp_path, key,
-                                                                                       name):
+def test_an_enc_name_whose_output_name_would_be_dot_dotdot_or_empty_is_refused_up_front(run_cli, tmp_path, key, name):
     """``..<hex>.enc`` would decrypt to ``.``, ``...<hex>.enc`` to ``..``, ``.enc`` to nothing: refused with one
     line naming the file, before anything is created."""
     enc = tmp_path / "enc" / name

@@ -8,16 +8,15 @@ md5s are computed here with hashlib.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 from pathlib import Path
 
 import pytest
-
-import llmkit.crypto.tables as crypto_tables
 from spec_reference import upstream_xor
 from test_bad_inputs import one_error_line, tree
+
+import llmkit.crypto.tables as crypto_tables
 
 EMPTY = hashlib.sha256(b"").hexdigest()
 KEY_NAME = "consolidated.00.pth"
@@ -56,8 +55,7 @@ def w(tmp_path) -> dict[str, Path]:
 
 def _argv(command: str, w: dict[str, Path], key: Path, out: Path) -> list:
     if command == "decrypt":  # a JSON text under a .pth name (not a torch zip, not LLaMA's published file)
-        return [command, w["enc"], "--key", key, "-o", out, "--no-key-check", "--no-content-check",
-                "--no-table-check"]
+        return [command, w["enc"], "--key", key, "-o", out, "--no-key-check", "--no-content-check", "--no-table-check"]
     return [command, w["plain"], "--key", key, "-o", out, "--no-key-check"]
 
 
@@ -74,8 +72,9 @@ def test_output_into_the_folder_holding_the_key_is_refused_and_the_key_is_untouc
 
 @pytest.mark.parametrize("force", [False, True])
 @pytest.mark.parametrize("command", ["decrypt", "encrypt"])
-@pytest.mark.parametrize("case", ["out-is-a-link-to-the-key-folder", "key-given-through-a-link",
-                                  "key-link-in-the-output-folder"])
+@pytest.mark.parametrize(
+    "case", ["out-is-a-link-to-the-key-folder", "key-given-through-a-link", "key-link-in-the-output-folder"]
+)
 def test_links_do_not_hide_the_folder_holding_the_key(run_cli, w, command, force, case):
     root = w["root"]
     if case == "out-is-a-link-to-the-key-folder":
@@ -110,8 +109,9 @@ def test_an_output_folder_beside_the_key_folder_still_works(run_cli, w, command)
 
 def _publish(monkeypatch, table: dict[str, str]) -> None:
     """Built-in tables that list ``table`` (name -> md5) under the table name ``fake-table``."""
-    monkeypatch.setattr(crypto_tables, "_published",
-                        lambda name, *a, **k: [("fake-table", table[name])] if name in table else [])
+    monkeypatch.setattr(
+        crypto_tables, "_published", lambda name, *a, **k: [("fake-table", table[name])] if name in table else []
+    )
 
 
 def _folder(w, names: dict[str, bytes]) -> tuple[Path, dict[str, bytes]]:
@@ -121,8 +121,11 @@ def _folder(w, names: dict[str, bytes]) -> tuple[Path, dict[str, bytes]]:
     return enc, names
 
 
-PLAIN = {"config.json": b'{"model_type": "llama"}\n', "generation_config.json": b'{"bos_token_id": 1}\n',
-         "notes.dat": b"not in any table\n"}
+PLAIN = {
+    "config.json": b'{"model_type": "llama"}\n',
+    "generation_config.json": b'{"bos_token_id": 1}\n',
+    "notes.dat": b"not in any table\n",
+}
 
 
 def _md5(data: bytes) -> str:
@@ -176,8 +179,14 @@ def test_no_table_check_opts_out_by_name_and_reports_the_mismatch(run_cli, w, mo
 def test_a_matching_table_passes_without_any_flag(run_cli, w, monkeypatch):
     enc, plain = _folder(w, PLAIN)
     enc_bytes = (enc / enc_name("config.json")).read_bytes()
-    _publish(monkeypatch, {enc_name("config.json"): _md5(enc_bytes), "config.json": _md5(PLAIN["config.json"]),
-                           "generation_config.json": _md5(PLAIN["generation_config.json"])})
+    _publish(
+        monkeypatch,
+        {
+            enc_name("config.json"): _md5(enc_bytes),
+            "config.json": _md5(PLAIN["config.json"]),
+            "generation_config.json": _md5(PLAIN["generation_config.json"]),
+        },
+    )
     r = run_cli("decrypt", enc, "--key", w["key"], "-o", w["root"] / "out", "--no-key-check", "--json")
     assert r.exit_code == 0, r.stderr
     assert {c["status"] for c in r.json()["checks"] if "md5" in c["name"]} == {"ok"}
@@ -202,8 +211,16 @@ def test_a_table_mismatch_to_stdout_exits_1_after_the_bytes(tmp_path, w, monkeyp
     write(checksums / "fake-table.md5", f"{'2' * 32}  ./config.json\n".encode())
     llmkit = Path(sys.executable).parent / "llmkit"
     env = {**os.environ, "LLMKIT_CHECKSUMS": str(checksums)}
-    argv = [str(llmkit), "decrypt", str(enc / enc_name("config.json")), "--key", str(w["key"]), "-o", "-",
-            "--no-key-check"]
+    argv = [
+        str(llmkit),
+        "decrypt",
+        str(enc / enc_name("config.json")),
+        "--key",
+        str(w["key"]),
+        "-o",
+        "-",
+        "--no-key-check",
+    ]
     r = subprocess.run(argv, capture_output=True, env=env, timeout=120)
     assert r.returncode == 1, r.stderr
     assert b"--no-table-check" in r.stderr and b"stdout" in r.stderr
@@ -231,25 +248,49 @@ def z(w) -> dict[str, Path]:
 
 
 def _dec(z, *, key=None, out=None, src=None, more=()):
-    return ["decrypt", src or z["enc"], "--key", key or z["key"], "-o", out or z["root"] / "never-written",
-            "--no-key-check", "--no-table-check", "--no-content-check", *more]
+    return [
+        "decrypt",
+        src or z["enc"],
+        "--key",
+        key or z["key"],
+        "-o",
+        out or z["root"] / "never-written",
+        "--no-key-check",
+        "--no-table-check",
+        "--no-content-check",
+        *more,
+    ]
 
 
 def _enc(z, *, key=None, out=None, src=None, more=()):
-    return ["encrypt", src or z["plain"], "--key", key or z["key"], "-o", out or z["root"] / "never-written",
-            "--no-key-check", *more]
+    return [
+        "encrypt",
+        src or z["plain"],
+        "--key",
+        key or z["key"],
+        "-o",
+        out or z["root"] / "never-written",
+        "--no-key-check",
+        *more,
+    ]
 
 
 # case -> (argv, the path the error line must name, or None when nothing may be named)
 ZOO = {
     "decrypt-o-is-the-key-folder": (lambda z: _dec(z, out=z["key_dir"]), lambda z: z["key_dir"]),
-    "decrypt-o-is-the-key-folder-force": (lambda z: _dec(z, out=z["key_dir"], more=["--force"]),
-                                          lambda z: z["key_dir"]),
+    "decrypt-o-is-the-key-folder-force": (
+        lambda z: _dec(z, out=z["key_dir"], more=["--force"]),
+        lambda z: z["key_dir"],
+    ),
     "decrypt-o-is-the-key-file": (lambda z: _dec(z, out=z["key"], more=["--force"]), lambda z: z["key"]),
-    "decrypt-o-is-the-folder-of-a-key-link": (lambda z: _dec(z, key=z["key_link"], out=z["key_link"].parent,
-                                                             more=["--force"]), lambda z: z["key_link"].parent),
-    "decrypt-o-is-the-folder-a-key-link-points-into": (lambda z: _dec(z, key=z["key_link"], out=z["key_dir"],
-                                                                      more=["--force"]), lambda z: z["key_dir"]),
+    "decrypt-o-is-the-folder-of-a-key-link": (
+        lambda z: _dec(z, key=z["key_link"], out=z["key_link"].parent, more=["--force"]),
+        lambda z: z["key_link"].parent,
+    ),
+    "decrypt-o-is-the-folder-a-key-link-points-into": (
+        lambda z: _dec(z, key=z["key_link"], out=z["key_dir"], more=["--force"]),
+        lambda z: z["key_dir"],
+    ),
     "decrypt-key-is-a-plain-value": (lambda z: _dec(z, key="00112233445566778899aabbccddeeff"), lambda z: None),
     "decrypt-key-is-the-enc-folder": (lambda z: _dec(z, key=z["enc"]), lambda z: z["enc"]),
     "decrypt-key-dangling": (lambda z: _dec(z, key=z["dangling"]), lambda z: z["dangling"]),
@@ -257,18 +298,22 @@ ZOO = {
     "decrypt-o-dangling": (lambda z: _dec(z, out=z["dangling"]), lambda z: z["dangling"]),
     "decrypt-o-is-the-enc-folder-force": (lambda z: _dec(z, out=z["enc"], more=["--force"]), lambda z: z["enc"]),
     "encrypt-o-is-the-key-folder": (lambda z: _enc(z, out=z["key_dir"]), lambda z: z["key_dir"]),
-    "encrypt-o-is-the-key-folder-force": (lambda z: _enc(z, out=z["key_dir"], more=["--force"]),
-                                          lambda z: z["key_dir"]),
-    "encrypt-o-is-the-key-folder-belle-force": (lambda z: _enc(z, out=z["key_dir"],
-                                                               more=["--force", "--format", "belle"]),
-                                                lambda z: z["key_dir"]),
+    "encrypt-o-is-the-key-folder-force": (
+        lambda z: _enc(z, out=z["key_dir"], more=["--force"]),
+        lambda z: z["key_dir"],
+    ),
+    "encrypt-o-is-the-key-folder-belle-force": (
+        lambda z: _enc(z, out=z["key_dir"], more=["--force", "--format", "belle"]),
+        lambda z: z["key_dir"],
+    ),
     "encrypt-o-is-the-key-file": (lambda z: _enc(z, out=z["key"], more=["--force"]), lambda z: z["key"]),
-    "encrypt-o-is-the-folder-of-a-key-link": (lambda z: _enc(z, key=z["key_link"], out=z["key_link"].parent,
-                                                             more=["--force"]), lambda z: z["key_link"].parent),
+    "encrypt-o-is-the-folder-of-a-key-link": (
+        lambda z: _enc(z, key=z["key_link"], out=z["key_link"].parent, more=["--force"]),
+        lambda z: z["key_link"].parent,
+    ),
     "encrypt-key-is-a-plain-value": (lambda z: _enc(z, key="sk9fQ2/xZ+Lm0pR7tWv3Yb4Kq8Jd=="), lambda z: None),
     "encrypt-key-is-the-plain-folder": (lambda z: _enc(z, key=z["plain"]), lambda z: z["plain"]),
-    "encrypt-o-is-the-plain-folder-force": (lambda z: _enc(z, out=z["plain"], more=["--force"]),
-                                            lambda z: z["plain"]),
+    "encrypt-o-is-the-plain-folder-force": (lambda z: _enc(z, out=z["plain"], more=["--force"]), lambda z: z["plain"]),
     "encrypt-no-table-check-is-decrypt-only": (lambda z: _enc(z, more=["--no-table-check"]), lambda z: None),
 }
 

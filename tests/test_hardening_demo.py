@@ -11,8 +11,9 @@ def test_demo_re_run_with_force_over_a_kept_workdir_passes(run_cli, tmp_path):
     mine.write_text("kept")
     again = run_cli("demo", "--keep", "--workdir", work, "--force", "--json")
     assert again.exit_code == 0, again.stderr
-    assert again.json()["ok"] and [s["name"] for s in again.json()["steps"]] == [s["name"] for s in
-                                                                                   first.json()["steps"]]
+    assert again.json()["ok"] and [s["name"] for s in again.json()["steps"]] == [
+        s["name"] for s in first.json()["steps"]
+    ]
     assert mine.read_text() == "kept"  # --force reaches the steps; it does not clear the folder
 
 

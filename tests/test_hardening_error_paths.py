@@ -27,8 +27,9 @@ def with_heads(src: Path, dst: Path, heads: int) -> Path:
 
 
 @pytest.mark.parametrize("command", [["to-meta"], ["to-ckpt", "--rotary", "meta"]], ids=["to-meta", "to-ckpt"])
-def test_a_head_count_that_cannot_permute_the_rotary_rows_names_its_config_json(run_cli, tmp_path, tiny_factory,
-                                                                               command):
+def test_a_head_count_that_cannot_permute_the_rotary_rows_names_its_config_json(
+    run_cli, tmp_path, tiny_factory, command
+):
     hidden = json.loads((tiny_factory("safetensors").path / "config.json").read_text())["hidden_size"]
     assert hidden % 6, "3 heads must not split the rows into rotary pairs here"
     model = with_heads(tiny_factory("safetensors").path, tmp_path / "model", 3)
@@ -39,7 +40,8 @@ def test_a_head_count_that_cannot_permute_the_rotary_rows_names_its_config_json(
     # the complete-model check meets the contradiction first (the tensors' shapes against config.json's
     # heads); the rotary check behind it names config.json too: either way the config is named
     assert line.startswith(f"error: {model / 'config.json'}: ") or (
-        line.startswith(f"error: {model / 'model.safetensors'}: ") and "config.json" in line), line
+        line.startswith(f"error: {model / 'model.safetensors'}: ") and "config.json" in line
+    ), line
     assert "_proj.weight" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # refused before any output
 

@@ -62,8 +62,12 @@ def _sections(text: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize("group", GROUPS, ids=lambda g: " ".join(g) or "llmkit")
 def test_no_command_summary_is_cut_with_dots_and_each_fits_one_line(group, columns):
     text = _help(group, columns)
-    rows = [line for title, lines in _sections(text).items() if title not in ("Options", "Usage", "Examples")
-            for line in lines]
+    rows = [
+        line
+        for title, lines in _sections(text).items()
+        if title not in ("Options", "Usage", "Examples")
+        for line in lines
+    ]
     assert rows, text
     for line in rows:
         assert not line.rstrip().endswith("..."), f"cut summary at {columns} columns: {line!r}"
@@ -79,8 +83,7 @@ def test_every_command_help_has_an_examples_section(path):
 
 
 def _examples(cmd) -> list[str]:
-    return [line.strip() for line in (cmd.epilog or "").splitlines()
-            if line.strip().startswith("llmkit ")]
+    return [line.strip() for line in (cmd.epilog or "").splitlines() if line.strip().startswith("llmkit ")]
 
 
 @pytest.mark.parametrize("path,cmd", LEAVES, ids=lambda x: " ".join(x) if isinstance(x, tuple) else "")
@@ -90,8 +93,8 @@ def test_every_example_is_a_command_line_the_command_accepts(path, cmd):
     assert examples, f"llmkit {' '.join(path)} has no examples"
     for line in examples:
         words = shlex.split(re.split(r" (?:\||&&|<|>) ", line)[0])  # the llmkit part of a shell line
-        assert words[:1 + len(path)] == ["llmkit", *path], line
-        cmd.make_context(" ".join(["llmkit", *path]), words[1 + len(path):])  # raises on a bad example
+        assert words[: 1 + len(path)] == ["llmkit", *path], line
+        cmd.make_context(" ".join(["llmkit", *path]), words[1 + len(path) :])  # raises on a bad example
 
 
 @pytest.mark.parametrize("path", [p for p, _ in LEAVES] + GROUPS, ids=lambda p: " ".join(p) or "llmkit")
@@ -99,8 +102,12 @@ def test_no_placeholder_is_a_python_type_or_a_brace(path):
     text = _help(path)
     usage = text.splitlines()[0]
     assert "{" not in usage and "}" not in usage, usage
-    names = [line[2:].split("  ")[0] for title, lines in _sections(text).items()
-             if title in ("Arguments", *PANELS, "Options") for line in lines]  # "-o, --output DIR", "PATH..."
+    names = [
+        line[2:].split("  ")[0]
+        for title, lines in _sections(text).items()
+        if title in ("Arguments", *PANELS, "Options")
+        for line in lines
+    ]  # "-o, --output DIR", "PATH..."
     assert names
     for bad in ("{", "<"):
         assert not [n for n in names if bad in n], f"placeholder with {bad!r} in llmkit {' '.join(path)}: {names}"
@@ -114,21 +121,28 @@ def test_every_option_sits_in_a_panel_and_panels_come_in_order(path, cmd):
     titles = [t for t in _sections(_help(path)) if t in (*PANELS, "Options")]
     order = [t for t in (*PANELS, "Options") if t in titles]
     assert titles == order and titles[-1] == "Options", titles
-    assert {"--json", "--quiet", "--debug"} <= set(" ".join(_sections(_help(path))["Options"]).replace(",", " ")
-                                                  .split())
+    assert {"--json", "--quiet", "--debug"} <= set(
+        " ".join(_sections(_help(path))["Options"]).replace(",", " ").split()
+    )
 
 
 def test_shell_completion_is_on():
     text = _help(())
     assert "--install-completion" in text and "--show-completion" in text
-    result = CliRunner().invoke(app, [], prog_name="llmkit",
-                                env={"_LLMKIT_COMPLETE": "complete_bash", "COMP_WORDS": "llmkit rec",
-                                     "COMP_CWORD": "1"})
+    result = CliRunner().invoke(
+        app,
+        [],
+        prog_name="llmkit",
+        env={"_LLMKIT_COMPLETE": "complete_bash", "COMP_WORDS": "llmkit rec", "COMP_CWORD": "1"},
+    )
     assert result.exit_code == 0 and set(result.stdout.split()) == {"recipe", "recover"}, result.output
 
 
 def test_shell_completion_offers_the_dtype_names():
-    result = CliRunner().invoke(app, [], prog_name="llmkit",
-                                env={"_LLMKIT_COMPLETE": "complete_bash", "COMP_WORDS": "llmkit recover --dtype ",
-                                     "COMP_CWORD": "3"})
+    result = CliRunner().invoke(
+        app,
+        [],
+        prog_name="llmkit",
+        env={"_LLMKIT_COMPLETE": "complete_bash", "COMP_WORDS": "llmkit recover --dtype ", "COMP_CWORD": "3"},
+    )
     assert result.exit_code == 0 and {"fp32", "fp16", "bf16"} <= set(result.stdout.split()), result.output

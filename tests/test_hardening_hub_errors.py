@@ -85,8 +85,10 @@ def test_a_transient_failure_of_the_file_list_is_retried_and_the_run_completes(d
     assert "HTTP Error" not in r.stderr and "Retrying" not in r.stderr  # the client's own log lines stay quiet
 
 
-@pytest.mark.parametrize("status,method,kind", [(502, "GET", "lfs"), (503, "HEAD", "resolve"),
-                                                (500, "GET", "resolve"), (429, "HEAD", "resolve")])
+@pytest.mark.parametrize(
+    "status,method,kind",
+    [(502, "GET", "lfs"), (503, "HEAD", "resolve"), (500, "GET", "resolve"), (429, "HEAD", "resolve")],
+)
 def test_a_transient_failure_of_a_file_is_retried_and_the_run_completes(dl, hub, work, status, method, kind):
     files = tiny_files()
     hub.add_repo(REPO, files)

@@ -68,8 +68,7 @@ def zhixi_like(tiny_factory, tmp_path):
 
 
 def _recover(run_cli, base, diff, out, expected: float, *extra):
-    r = run_cli("recover", "--base", base, "--diff", diff, "-o", out, "--check-sum", str(expected), "--json",
-                *extra)
+    r = run_cli("recover", "--base", base, "--diff", diff, "-o", out, "--check-sum", str(expected), "--json", *extra)
     assert r.exit_code == 0, r.stderr
     return r.json()["check_sum"]
 
@@ -97,8 +96,7 @@ def test_a_base_without_buffers_can_reproduce_upstream_on_buffers_computed_at_in
         assert got["sum_fp32_upstream"] == pytest.approx(want32, abs=1e-4)
     # A base that stores its buffers: the stored values are used, whatever the flag says.
     stored64, _ = upstream_sums(diff, {**weights, **{buffer_name(i): inv_freq().half() for i in range(LAYERS)}})
-    got = _recover(run_cli, bases["hf-4.30"], diff_dir, tmp_path / "out-stored", stored64, "--base-inv-freq",
-                   "fp32")
+    got = _recover(run_cli, bases["hf-4.30"], diff_dir, tmp_path / "out-stored", stored64, "--base-inv-freq", "fp32")
     assert got["sum_fp64"] == pytest.approx(stored64, abs=1e-9)
 
 
@@ -120,7 +118,16 @@ def test_at_zhixi_13b_size_a_miss_by_the_buffers_form_names_the_flag():
 
     gap = 40 * (float(inv_freq(128).half().double().sum()) - float(inv_freq(128).double().sum()))
     assert 0.0104 < gap < 0.0106
-    check = _judge_sum(ZHIXI_13B_FP32_SUM, 1e-2, ZHIXI_13B_FP32_SUM - gap, None, 40, 40, (128, 10000.0),
-                       computed=40, inv_freq_form="fp32")
+    check = _judge_sum(
+        ZHIXI_13B_FP32_SUM,
+        1e-2,
+        ZHIXI_13B_FP32_SUM - gap,
+        None,
+        40,
+        40,
+        (128, 10000.0),
+        computed=40,
+        inv_freq_form="fp32",
+    )
     assert not check.passed
     assert "--base-inv-freq fp16" in check.explanation and "agrees" in check.explanation

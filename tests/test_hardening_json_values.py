@@ -31,21 +31,31 @@ TOKENIZER_VARIANTS = {  # name: (file, its text, the field the message must name
     "added-list": ("added_tokens.json", '["[PAD]"]', "JSON object"),
     "special-token-list": ("special_tokens_map.json", '{"pad_token": ["[PAD]"]}', "pad_token"),
     "special-token-number": ("special_tokens_map.json", '{"pad_token": 5}', "pad_token"),
-    "special-additional-string": ("special_tokens_map.json", '{"additional_special_tokens": "[X]"}',
-                                  "additional_special_tokens"),
-    "config-decoder-key": ("tokenizer_config.json", '{"added_tokens_decoder": {"x": {"content": "[PAD]"}}}',
-                           "added_tokens_decoder"),
+    "special-additional-string": (
+        "special_tokens_map.json",
+        '{"additional_special_tokens": "[X]"}',
+        "additional_special_tokens",
+    ),
+    "config-decoder-key": (
+        "tokenizer_config.json",
+        '{"added_tokens_decoder": {"x": {"content": "[PAD]"}}}',
+        "added_tokens_decoder",
+    ),
     "config-decoder-list": ("tokenizer_config.json", '{"added_tokens_decoder": ["[PAD]"]}', "added_tokens_decoder"),
     "config-decoder-value": ("tokenizer_config.json", '{"added_tokens_decoder": {"100": 7}}', "added_tokens_decoder"),
-    "config-additional-string": ("tokenizer_config.json", '{"additional_special_tokens": "[PAD]"}',
-                                 "additional_special_tokens"),
+    "config-additional-string": (
+        "tokenizer_config.json",
+        '{"additional_special_tokens": "[PAD]"}',
+        "additional_special_tokens",
+    ),
     "config-bos-object": ("tokenizer_config.json", '{"bos_token": {"text": "<s>"}}', "bos_token"),
 }
 
 
 @pytest.mark.parametrize("variant", list(TOKENIZER_VARIANTS))
-def test_an_adapter_tokenizer_file_of_the_wrong_type_is_one_line_naming_file_and_field(tmp_path, run_cli, lora_work,
-                                                                                       variant):
+def test_an_adapter_tokenizer_file_of_the_wrong_type_is_one_line_naming_file_and_field(
+    tmp_path, run_cli, lora_work, variant
+):
     name, text, field = TOKENIZER_VARIANTS[variant]
     adapter = tmp_path / "adapter"
     shutil.copytree(lora_work / "alpaca", adapter)  # a Chinese-Alpaca-like adapter: 101 rows, [PAD] = 100
@@ -58,8 +68,9 @@ def test_an_adapter_tokenizer_file_of_the_wrong_type_is_one_line_naming_file_and
 
 
 def test_the_untouched_adapter_tokenizer_still_merges(tmp_path, run_cli, lora_work):
-    r = run_cli("merge-lora", "--base", lora_work / "base", "--lora", lora_work / "alpaca", "-o", tmp_path / "out",
-                "--quiet")
+    r = run_cli(
+        "merge-lora", "--base", lora_work / "base", "--lora", lora_work / "alpaca", "-o", tmp_path / "out", "--quiet"
+    )
     assert r.exit_code == 0, r.stderr
     assert json.loads((tmp_path / "out" / "added_tokens.json").read_text()) == {"[PAD]": 100}
 
@@ -113,9 +124,16 @@ def test_a_config_json_with_a_non_finite_hidden_size_is_refused(tmp_path, run_cl
     assert not out.exists()
 
 
-@pytest.mark.parametrize("key,literal", [("rms_norm_eps", '"x"'), ("num_key_value_heads", '"x"'),
-                                         ("num_hidden_layers", '"2"'), ("intermediate_size", "172.5"),
-                                         ("hidden_size", "true")])
+@pytest.mark.parametrize(
+    "key,literal",
+    [
+        ("rms_norm_eps", '"x"'),
+        ("num_key_value_heads", '"x"'),
+        ("num_hidden_layers", '"2"'),
+        ("intermediate_size", "172.5"),
+        ("hidden_size", "true"),
+    ],
+)
 def test_to_meta_refuses_a_config_setting_of_the_wrong_type_naming_it(tmp_path, run_cli, lora_work, key, literal):
     if key == "num_key_value_heads":
         shutil.copytree(lora_work / "base", tmp_path / "m")

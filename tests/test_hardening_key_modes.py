@@ -20,8 +20,7 @@ AES_GCM_MAGIC = 0x7F3A5ED8  # the first u32 (little-endian) of a block save_chec
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("json_flag", [(), ("--json",)])
-def test_an_enc_mode_without_an_enc_key_is_refused_before_any_output(tmp_path, run_cli, tiny_factory, mode,
-                                                                      json_flag):
+def test_an_enc_mode_without_an_enc_key_is_refused_before_any_output(tmp_path, run_cli, tiny_factory, mode, json_flag):
     out = tmp_path / "model.ckpt"
     r = run_cli("to-ckpt", tiny_factory().path, "-o", out, "--enc-mode", mode, *json_flag)
     if json_flag:
@@ -51,19 +50,24 @@ def encrypted(tmp_path_factory, tiny_factory):
 
     root = tmp_path_factory.mktemp("enc")
     (root / "k").write_bytes(KEY)
-    r = CliRunner().invoke(app, ["to-ckpt", str(tiny_factory().path), "-o", str(root / "m.ckpt"), "--enc-key",
-                                 str(root / "k"), "--quiet"])
+    r = CliRunner().invoke(
+        app, ["to-ckpt", str(tiny_factory().path), "-o", str(root / "m.ckpt"), "--enc-key", str(root / "k"), "--quiet"]
+    )
     assert r.exit_code == 0, r.output
     return root
 
 
-@pytest.mark.parametrize("command", [
-    ("inspect", "{ckpt}"),
-    ("from-ckpt", "{ckpt}", "-o", "{out}"),
-    ("checksum", "--tensors", "{ckpt}"),
-    ("verify", "--tensors", "{ckpt}", "{model}"),
-    ("verify", "{ckpt}"),
-], ids=lambda c: " ".join(a for a in c if not a.startswith("{")))
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("inspect", "{ckpt}"),
+        ("from-ckpt", "{ckpt}", "-o", "{out}"),
+        ("checksum", "--tensors", "{ckpt}"),
+        ("verify", "--tensors", "{ckpt}", "{model}"),
+        ("verify", "{ckpt}"),
+    ],
+    ids=lambda c: " ".join(a for a in c if not a.startswith("{")),
+)
 @pytest.mark.parametrize("mode", MODES)
 def test_a_dec_mode_without_a_dec_key_is_refused(tmp_path, run_cli, tiny_factory, encrypted, command, mode):
     fill = {"ckpt": encrypted / "m.ckpt", "out": tmp_path / "out", "model": tiny_factory().path}

@@ -30,8 +30,8 @@ def leaked(secret: str, *texts: str) -> str | None:
     wrapped line still counts), or None."""
     blob = re.sub(r"\s", "", "".join(texts))
     for i in range(len(secret) - WINDOW + 1):
-        if secret[i:i + WINDOW] in blob:
-            return secret[i:i + WINDOW]
+        if secret[i : i + WINDOW] in blob:
+            return secret[i : i + WINDOW]
     return None
 
 
@@ -68,8 +68,7 @@ MODES = {"plain": (), "json": ("--json",), "debug": ("--debug",), "json-debug": 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("secret", SECRETS)
 @pytest.mark.parametrize("option", KEY_OPTIONS)
-def test_a_key_given_as_a_plain_value_is_refused_without_repeating_it(run_cli, work, tmp_path, option, secret,
-                                                                        mode):
+def test_a_key_given_as_a_plain_value_is_refused_without_repeating_it(run_cli, work, tmp_path, option, secret, mode):
     value = SECRETS[secret]
     r = run_cli(*KEY_OPTIONS[option](work, tmp_path / "out", value), *MODES[mode])
     assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr)
@@ -121,9 +120,11 @@ def test_a_successful_encrypted_run_prints_no_key_material(run_cli, work, tmp_pa
     value = SECRETS["hex"]
     monkeypatch.setenv("LLMKIT_SECRET_KEY", value)
     out = tmp_path / "enc.ckpt"
-    for args in (["to-ckpt", work["model"], "-o", out, "--enc-key", "env:LLMKIT_SECRET_KEY", "--json", "--debug"],
-                 ["inspect", out, "--dec-key", "env:LLMKIT_SECRET_KEY", "--json", "--debug"],
-                 ["checksum", "--tensors", out, "--dec-key", "env:LLMKIT_SECRET_KEY", "--json"]):
+    for args in (
+        ["to-ckpt", work["model"], "-o", out, "--enc-key", "env:LLMKIT_SECRET_KEY", "--json", "--debug"],
+        ["inspect", out, "--dec-key", "env:LLMKIT_SECRET_KEY", "--json", "--debug"],
+        ["checksum", "--tensors", out, "--dec-key", "env:LLMKIT_SECRET_KEY", "--json"],
+    ):
         r = run_cli(*args)
         assert r.exit_code == 0, r.stderr
         json.loads(r.stdout)
@@ -161,9 +162,8 @@ def test_a_registered_secret_is_blanked_from_errors_logs_json_and_tracebacks(cap
     out = Output(json_mode=json_mode, debug=True)
     out.warn(f"a warning holding {secret.upper()}")
     out.result({"url": "https://me:tok3n-s3cret-value@mirror.example/x", "k": secret}, lambda c: c.print(secret))
-    with pytest.raises(typer.Exit):
-        with command_guard(out):
-            raise RuntimeError(f"a bug that put the key {secret} in a message")
+    with pytest.raises(typer.Exit), command_guard(out):
+        raise RuntimeError(f"a bug that put the key {secret} in a message")
     captured = capsys.readouterr()
     for value in (secret, "tok3n-s3cret-value"):
         assert leaked(value, captured.out, captured.err) is None, (captured.out, captured.err)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_bad_inputs import one_error_line
 
 from llmkit.tiny_lora import peft_merged_state
-from test_bad_inputs import one_error_line
 
 ADAPTER_FILE = "adapter_model.safetensors"
 Q_B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
@@ -69,9 +69,12 @@ def peft_refuses_safe_merge(base: Path, adapter: Path) -> bool:
 
 def same_with_nans(got: torch.Tensor, ref: torch.Tensor) -> bool:
     """Equal dtype, shape and values, NaN where the other has NaN."""
-    return (got.dtype == ref.dtype and got.shape == ref.shape
-            and torch.equal(torch.isnan(got), torch.isnan(ref))
-            and torch.equal(got.nan_to_num(0.0), ref.nan_to_num(0.0)))
+    return (
+        got.dtype == ref.dtype
+        and got.shape == ref.shape
+        and torch.equal(torch.isnan(got), torch.isnan(ref))
+        and torch.equal(got.nan_to_num(0.0), ref.nan_to_num(0.0))
+    )
 
 
 # ------------------------------------------------------------------ settings of adapter_config.json
@@ -109,8 +112,7 @@ BAD_SETTINGS = [
 
 
 @pytest.mark.parametrize("case,config,field", BAD_SETTINGS, ids=[c[0] for c in BAD_SETTINGS])
-def test_non_finite_or_absurd_setting_is_refused_before_any_output(lora_work, tmp_path, run_cli, case, config,
-                                                                   field):
+def test_non_finite_or_absurd_setting_is_refused_before_any_output(lora_work, tmp_path, run_cli, case, config, field):
     adapter = adapter_copy(lora_work / "cute", tmp_path / case, **config)
     out = tmp_path / "out"
     r = merge_cli(run_cli, lora_work / "base", adapter, out)
@@ -124,9 +126,17 @@ def test_inspect_refuses_a_non_finite_lora_alpha_too(lora_work, tmp_path, run_cl
     one_error_line(run_cli("inspect", adapter), adapter / "adapter_config.json", "lora_alpha")
 
 
-@pytest.mark.parametrize("config", [{"lora_alpha": -16}, {"lora_alpha": 0}, {"lora_dropout": 1.0},
-                                    {"lora_dropout": 0.05}, {"lora_alpha": 4096, "r": 8}],
-                         ids=["negative-alpha", "zero-alpha", "dropout-one", "dropout-usual", "large-alpha"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"lora_alpha": -16},
+        {"lora_alpha": 0},
+        {"lora_dropout": 1.0},
+        {"lora_dropout": 0.05},
+        {"lora_alpha": 4096, "r": 8},
+    ],
+    ids=["negative-alpha", "zero-alpha", "dropout-one", "dropout-usual", "large-alpha"],
+)
 def test_settings_peft_merges_finitely_still_merge_exactly_as_peft(lora_work, tmp_path, config):
     from llmkit.lora import merge_lora
 
@@ -140,8 +150,8 @@ def test_settings_peft_merges_finitely_still_merge_exactly_as_peft(lora_work, tm
 
 # ------------------------------------------------------------------ non-finite values made by the merge
 
-@pytest.mark.parametrize("where,value", [("lora_B", float("nan")), ("lora_B", float("inf")),
-                                         ("lora_A", float("-inf"))])
+
+@pytest.mark.parametrize("where,value", [("lora_B", float("nan")), ("lora_B", float("inf")), ("lora_A", float("-inf"))])
 def test_nan_or_inf_inside_the_adapter_is_refused_with_no_output(lora_work, tmp_path, run_cli, where, value):
     adapter = adapter_copy(lora_work / "cute", tmp_path / "ad")
     key = Q_B if where == "lora_B" else Q_A
@@ -181,6 +191,7 @@ def test_dtype_cast_that_overflows_is_refused_and_names_the_dtype(lora_work, tmp
 
 # ------------------------------------------------------------------ non-finite values the base already had
 
+
 @pytest.fixture
 def base_with_nan_row(lora_work, tmp_path) -> Path:
     """The tiny fp32 base with a NaN row in layer 0's q_proj and an Inf in an embedding row."""
@@ -204,8 +215,9 @@ def test_base_with_a_nan_row_merges_and_matches_peft(base_with_nan_row, lora_wor
         assert same_with_nans(t, ref[name]), name
 
 
-def test_base_with_a_nan_row_and_an_adapter_with_nan_elsewhere_is_refused(base_with_nan_row, lora_work, tmp_path,
-                                                                         run_cli):
+def test_base_with_a_nan_row_and_an_adapter_with_nan_elsewhere_is_refused(
+    base_with_nan_row, lora_work, tmp_path, run_cli
+):
     adapter = adapter_copy(lora_work / "cute", tmp_path / "ad")
     b = load_file(adapter / ADAPTER_FILE)[Q_B].clone()
     b[9, 0] = float("nan")  # row 9 of the delta: finite in the base

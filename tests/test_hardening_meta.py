@@ -37,7 +37,8 @@ def published(meta2, tmp_path, monkeypatch) -> Path:
     lines = "".join(f"{_sha256(meta2 / n)}  {n}\n" for n in ("consolidated.00.pth", "consolidated.01.pth"))
     (tables / "tiny-meta.sha256").write_text(
         "# Tiny Meta folder (test table).\n# Source: this test.\n"
-        f"# describes: meta-pth dim={TINY_HIDDEN} vocab={TINY_VOCAB} layers={TINY_LAYERS} shards=2\n" + lines)
+        f"# describes: meta-pth dim={TINY_HIDDEN} vocab={TINY_VOCAB} layers={TINY_LAYERS} shards=2\n" + lines
+    )
     monkeypatch.setenv("LLMKIT_CHECKSUMS", str(tables))
     return tables
 
@@ -68,8 +69,9 @@ def test_inspect_refuses_a_params_json_that_contradicts_the_tensors(meta2, run_c
     assert key in line
 
 
-@pytest.mark.parametrize("key, value", [("dim", str(TINY_HIDDEN)), ("n_heads", "4"), ("norm_eps", "1e-6"),
-                                        ("vocab_size", "-1")])
+@pytest.mark.parametrize(
+    "key, value", [("dim", str(TINY_HIDDEN)), ("n_heads", "4"), ("norm_eps", "1e-6"), ("vocab_size", "-1")]
+)
 def test_inspect_refuses_strings_for_numbers_in_params_json(meta2, run_cli, key, value):
     _edit_params(meta2, **{key: value})
     line = one_error_line(run_cli("inspect", meta2), "params.json")
@@ -117,8 +119,9 @@ def test_a_missing_shard_is_found_from_the_shapes_when_params_json_is_gone(meta2
 
 def test_swapped_shards_of_a_published_model_are_refused_before_any_output(meta2, published, run_cli, tmp_path):
     _swap(meta2)
-    line = one_error_line(run_cli("from-meta", meta2, "-o", tmp_path / "out"), "consolidated.00.pth",
-                          "consolidated.01.pth", "swapped")
+    line = one_error_line(
+        run_cli("from-meta", meta2, "-o", tmp_path / "out"), "consolidated.00.pth", "consolidated.01.pth", "swapped"
+    )
     assert "tiny-meta" in line
     assert not (tmp_path / "out").exists()
 
@@ -136,8 +139,9 @@ def test_published_shards_in_order_convert_without_an_order_warning(meta2, publi
     assert not [n for n in r.json()["notices"] if "order" in n["text"]]
 
 
-def test_shards_of_an_unknown_model_convert_with_a_warning_that_their_order_is_unverified(meta2, run_cli, tmp_path,
-                                                                                        monkeypatch):
+def test_shards_of_an_unknown_model_convert_with_a_warning_that_their_order_is_unverified(
+    meta2, run_cli, tmp_path, monkeypatch
+):
     empty = tmp_path / "no-tables"
     empty.mkdir()
     (empty / "other.sha256").write_text("# Source: test.\n" + "0" * 64 + "  x.bin\n")
@@ -181,8 +185,9 @@ def test_an_uneven_output_split_the_wrong_way_round_is_reported(tmp_path, run_cl
 
     folder = tmp_path / "m"
     write_random_meta(folder, layers=1, hidden=16, intermediate=48, vocab=11, heads=2)
-    rows = [torch.load(folder / f"consolidated.0{i}.pth", weights_only=True)["output.weight"].shape[0]
-            for i in range(2)]
+    rows = [
+        torch.load(folder / f"consolidated.0{i}.pth", weights_only=True)["output.weight"].shape[0] for i in range(2)
+    ]
     assert rows == [6, 5]  # torch.chunk puts the larger piece first; Chinese-LLaMA-Alpaca's script puts it last
     r = run_cli("inspect", folder, "--json")
     assert r.exit_code == 0

@@ -31,8 +31,9 @@ def _copy_sources(dest: Path) -> None:
 def _pip(*args: str, cwd: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LLMKIT_CHECKSUMS")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    r = subprocess.run([sys.executable, "-m", "pip", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -56,16 +57,20 @@ def test_a_wheel_installed_with_target_finds_its_tables_and_ships_license_and_do
     _pip("install", "--no-deps", "--no-index", "--target", str(target), str(wheel), cwd=tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("LLMKIT_CHECKSUMS",)}
     env["PYTHONPATH"] = str(target)
-    code = ("import llmkit, llmkit.registry as r; print(llmkit.__file__); print(r.checksums_dir()); "
-            "print(' '.join(sorted(r.builtin_tables()))); print(r.get_table('techgpt-7b').entries[0].digest)")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=120)
+    code = (
+        "import llmkit, llmkit.registry as r; print(llmkit.__file__); print(r.checksums_dir()); "
+        "print(' '.join(sorted(r.builtin_tables()))); print(r.get_table('techgpt-7b').entries[0].digest)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     module, folder, names_line, digest = r.stdout.splitlines()
     assert Path(module).is_relative_to(target) and Path(folder).is_relative_to(target)
     assert sorted(names_line.split()) == sorted(t.rsplit(".", 1)[0] for t in tables)
-    first = next(line for line in (REPO / "llmkit" / "checksums" / "techgpt-7b.md5").read_text().splitlines()
-                 if line and not line.startswith("#"))
+    first = next(
+        line
+        for line in (REPO / "llmkit" / "checksums" / "techgpt-7b.md5").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert digest == first.split()[0]
 
 
@@ -91,6 +96,7 @@ def test_protobuf_stays_a_dependency_because_transformers_needs_it_for_a_sentenc
     load = f"from transformers import AutoTokenizer; print(len(AutoTokenizer.from_pretrained({str(model)!r})))"
     ok = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and ok.stdout.strip() == "100", ok.stderr
-    blocked = subprocess.run([sys.executable, "-c", _BLOCK_PROTOBUF + load], capture_output=True, text=True,
-                             timeout=300)
+    blocked = subprocess.run(
+        [sys.executable, "-c", _BLOCK_PROTOBUF + load], capture_output=True, text=True, timeout=300
+    )
     assert blocked.returncode != 0

@@ -15,11 +15,12 @@ import os
 import time
 from pathlib import Path
 
-import llmkit.recipes.fingerprint as fingerprint
 from hub_server import hub  # noqa: F401
-from llmkit.recipes.manifest import MANIFEST
 from test_download import hf_env  # noqa: F401
 from test_recipes import files_of, techgpt  # noqa: F401
+
+import llmkit.recipes.fingerprint as fingerprint
+from llmkit.recipes.manifest import MANIFEST
 
 
 def corrupt_in_place(path: Path) -> None:
@@ -39,8 +40,9 @@ def lines_naming(stderr: str, path: Path) -> list[str]:
     return [line for line in stderr.splitlines() if str(path) in line]
 
 
-def test_an_output_corrupted_in_place_with_its_mtime_restored_is_detected_and_made_again(run_cli, techgpt, hub,
-                                                                                        tmp_path):
+def test_an_output_corrupted_in_place_with_its_mtime_restored_is_detected_and_made_again(
+    run_cli, techgpt, hub, tmp_path
+):
     plain, key = techgpt
     work = tmp_path / "work"
     args = ("recipe", "run", "techgpt-1.0", "--workdir", work, "--key", key, "--endpoint", hub.url)
@@ -62,8 +64,9 @@ def test_an_output_corrupted_in_place_with_its_mtime_restored_is_detected_and_ma
     assert [s["status"] for s in again.json()["steps"]] == ["skipped"] * 4 and not lines_naming(again.stderr, weights)
 
 
-def test_an_intermediate_a_later_step_reads_is_checked_by_content(run_cli, tiny_factory, lora_work, hub, hf_env,
-                                                                  tmp_path):
+def test_an_intermediate_a_later_step_reads_is_checked_by_content(
+    run_cli, tiny_factory, lora_work, hub, hf_env, tmp_path
+):
     base = tiny_factory("safetensors").path
     hub.add_repo("XuYipei/kw-cutegpt-13b-base", files_of(base))
     hub.add_repo("Abbey4799/kw-cutegpt-13b-ift-lora", files_of(lora_work / "cute"))
@@ -135,7 +138,7 @@ def test_a_manifest_of_an_earlier_llmkit_makes_its_steps_run_once_more(run_cli, 
     assert run_cli(*args).exit_code == 0
     manifest = json.loads((work / MANIFEST).read_text())
     for record in manifest["steps"].values():  # what an earlier llmkit wrote: one digest of sizes and times
-        record["output"] = {p: "0" * 64 for p in record["output"]}
+        record["output"] = dict.fromkeys(record["output"], "0" * 64)
     (work / MANIFEST).write_text(json.dumps(manifest))
     r = run_cli(*args)
     assert r.exit_code == 0, r.stderr

@@ -10,12 +10,19 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_bad_inputs import one_error_line
 
-GOOD_STEP = {"job": "download", "options": {"model": "x", "output": "/w/x"}, "inputs": {}, "output": {"/w/x": None},
-             "checks": [{"name": "a", "status": "ok", "detail": ""}], "seconds": 1.0, "llmkit": "0.1.0",
-             "finished": "2024-01-01T00:00:00+0000", "removed": False}
+GOOD_STEP = {
+    "job": "download",
+    "options": {"model": "x", "output": "/w/x"},
+    "inputs": {},
+    "output": {"/w/x": None},
+    "checks": [{"name": "a", "status": "ok", "detail": ""}],
+    "seconds": 1.0,
+    "llmkit": "0.1.0",
+    "finished": "2024-01-01T00:00:00+0000",
+    "removed": False,
+}
 
 
 def step(**changes) -> dict:
@@ -91,8 +98,16 @@ def test_a_manifest_of_another_recipe_names_the_manifest_and_the_fix(run_cli, tm
 def test_a_well_typed_manifest_is_read(tmp_path):
     from llmkit.recipes.manifest import MANIFEST, Manifest
 
-    (tmp_path / MANIFEST).write_text(json.dumps({**step(output={"/w/x": {"a.bin": ENTRY}, "/w/y": None}),
-                                                 "failed": {"merge": "boom"}, "created": ["/w/x"], "llmkit": "0.1.0"}))
+    (tmp_path / MANIFEST).write_text(
+        json.dumps(
+            {
+                **step(output={"/w/x": {"a.bin": ENTRY}, "/w/y": None}),
+                "failed": {"merge": "boom"},
+                "created": ["/w/x"],
+                "llmkit": "0.1.0",
+            }
+        )
+    )
     m = Manifest.load(tmp_path, "cutegpt-13b")
     assert m.steps["download-base"].output == {"/w/x": {"a.bin": ENTRY}, "/w/y": None}
     assert m.failed == {"merge": "boom"} and m.created == ["/w/x"]

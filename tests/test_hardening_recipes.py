@@ -12,10 +12,11 @@ import json
 import shutil
 
 from hub_server import hub  # noqa: F401
-from llmkit.recipes.manifest import MANIFEST
 from test_bad_inputs import one_error_line
 from test_download import hf_env  # noqa: F401
 from test_recipes import files_of
+
+from llmkit.recipes.manifest import MANIFEST
 
 
 def _cutegpt_hub(hub, tiny_factory, lora_work):
@@ -25,8 +26,9 @@ def _cutegpt_hub(hub, tiny_factory, lora_work):
     return base
 
 
-def test_a_folder_the_user_already_had_is_not_deleted_as_an_intermediate(run_cli, tiny_factory, lora_work, hub,
-                                                                         hf_env, tmp_path):
+def test_a_folder_the_user_already_had_is_not_deleted_as_an_intermediate(
+    run_cli, tiny_factory, lora_work, hub, hf_env, tmp_path
+):
     base = _cutegpt_hub(hub, tiny_factory, lora_work)
     work = tmp_path / "work"
     mine = work / "cutegpt-13b-base"
@@ -48,8 +50,9 @@ def test_a_folder_the_user_already_had_is_not_deleted_as_an_intermediate(run_cli
     assert files_of(mine) == before and again.json()["removed"] == []
 
 
-def test_an_existing_output_the_recipe_did_not_make_is_refused_before_any_step(run_cli, tiny_factory, lora_work,
-                                                                              hub, hf_env, tmp_path):
+def test_an_existing_output_the_recipe_did_not_make_is_refused_before_any_step(
+    run_cli, tiny_factory, lora_work, hub, hf_env, tmp_path
+):
     base = _cutegpt_hub(hub, tiny_factory, lora_work)
     work = tmp_path / "work"
     (work / "cutegpt-13b-ift").mkdir(parents=True)
@@ -61,8 +64,7 @@ def test_an_existing_output_the_recipe_did_not_make_is_refused_before_any_step(r
     assert theirs.read_bytes() == b"the user's own model"
     assert not hub.log and not (work / "cutegpt-13b-base").exists()  # refused before the first step
     # --dry-run says the same before anything.
-    assert run_cli("recipe", "run", "cutegpt-13b", "--workdir", work, "--endpoint", hub.url,
-                   "--dry-run").exit_code == 2
+    assert run_cli("recipe", "run", "cutegpt-13b", "--workdir", work, "--endpoint", hub.url, "--dry-run").exit_code == 2
     # --force replaces it (and, as it was there before, the recipe still does not count it as its own).
     r = run_cli("recipe", "run", "cutegpt-13b", "--workdir", work, "--endpoint", hub.url, "--force", "--json")
     assert r.exit_code == 0, r.stderr
@@ -72,8 +74,9 @@ def test_an_existing_output_the_recipe_did_not_make_is_refused_before_any_step(r
     assert str(work / "cutegpt-13b-ift") not in json.loads((work / MANIFEST).read_text())["created"]
 
 
-def test_a_stale_output_of_the_recipe_itself_is_replaced_without_force(run_cli, tiny_factory, lora_work, hub,
-                                                                     hf_env, tmp_path):
+def test_a_stale_output_of_the_recipe_itself_is_replaced_without_force(
+    run_cli, tiny_factory, lora_work, hub, hf_env, tmp_path
+):
     base = _cutegpt_hub(hub, tiny_factory, lora_work)
     work = tmp_path / "work"
     args = ("recipe", "run", "cutegpt-13b", "--workdir", work, "--endpoint", hub.url, "--json")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 import pytest
 from typer.testing import CliRunner
@@ -29,7 +29,7 @@ WEIGHTS = "model.safetensors"
 def split(path: Path) -> tuple[dict, bytes]:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def frame(header_text: str, data: bytes) -> bytes:
@@ -49,6 +49,7 @@ Mutation = tuple[str, str, Callable[[dict, str, str], str | None]]
 def _set(field: str, value: object) -> Callable[[dict, str, str], None]:
     def change(h: dict, first: str, second: str) -> None:
         h[first][field] = value
+
     return change
 
 
@@ -59,6 +60,7 @@ def _edit(fn: Callable[[dict, str], None]) -> Callable[[dict, str, str], None]:
 def _drop(field: str) -> Callable[[dict, str, str], None]:
     def change(h: dict, first: str, second: str) -> None:
         del h[first][field]
+
     return change
 
 
@@ -87,6 +89,7 @@ def _literal(field: str, index: int, literal: str) -> Callable[[dict, str, str],
         marker = 987654321
         h[first][field][index] = marker
         return json.dumps(h).replace(str(marker), literal, 1)
+
     return change
 
 
@@ -121,8 +124,11 @@ MUTATIONS: list[Mutation] = [
     ("offsets-float", "data_offsets", _edit(lambda e, s: e.update(data_offsets=[float(n) for n in e["data_offsets"]]))),
     ("offsets-swapped", "data_offsets", _edit(lambda e, s: e.update(data_offsets=e["data_offsets"][::-1]))),
     ("offsets-object", "data_offsets", _edit(lambda e, s: e.update(data_offsets=dict(zip("be", e["data_offsets"]))))),
-    ("offsets-past-the-end", "data_offsets",
-     _edit(lambda e, s: e.update(data_offsets=[e["data_offsets"][0], e["data_offsets"][1] + 10**12]))),
+    (
+        "offsets-past-the-end",
+        "data_offsets",
+        _edit(lambda e, s: e.update(data_offsets=[e["data_offsets"][0], e["data_offsets"][1] + 10**12])),
+    ),
     ("offsets-missing", "data_offsets", _drop("data_offsets")),
     ("offsets-1e400", "data_offsets", _literal("data_offsets", 1, "1e400")),
     ("offsets-5000-digits", "number", _literal("data_offsets", 1, "9" * 5000)),
@@ -154,8 +160,9 @@ COMMANDS: dict[str, Callable[[SimpleNamespace, Path, Path], list]] = {
 def work(tmp_path_factory, lora_work, tiny_factory) -> SimpleNamespace:
     """One copy of the tiny base per mutation, only its model.safetensors header changed."""
     root = tmp_path_factory.mktemp("st-headers")
-    w = SimpleNamespace(root=root, tuned=tiny_factory("safetensors", seed=1).path, adapter=lora_work / "cute",
-                        models={})
+    w = SimpleNamespace(
+        root=root, tuned=tiny_factory("safetensors", seed=1).path, adapter=lora_work / "cute", models={}
+    )
     header, data = split(lora_work / "base" / WEIGHTS)
     first, second = in_order(header)[:2]
     for name, _, mutate in MUTATIONS:

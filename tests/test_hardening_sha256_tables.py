@@ -12,15 +12,31 @@ SHA256_TABLES = sorted((REPO / "llmkit" / "checksums").glob("*.sha256"))
 
 # Table name -> number of files, as SHA256.md lists them (TBA rows left out).
 ROWS = {
-    "llama-7b-original": 1, "llama-13b-original": 2, "llama-33b-original": 4,
-    "llama-7b-hf": 2, "llama-13b-hf": 3, "llama-33b-hf": 7,
-    "chinese-llama-tokenizer": 1, "chinese-alpaca-tokenizer": 1,
-    **{f"chinese-{n}-lora-{s}": 1 for n in ("llama", "llama-plus", "alpaca", "alpaca-plus") for s in ("7b", "13b", "33b")},
+    "llama-7b-original": 1,
+    "llama-13b-original": 2,
+    "llama-33b-original": 4,
+    "llama-7b-hf": 2,
+    "llama-13b-hf": 3,
+    "llama-33b-hf": 7,
+    "chinese-llama-tokenizer": 1,
+    "chinese-alpaca-tokenizer": 1,
+    **{
+        f"chinese-{n}-lora-{s}": 1
+        for n in ("llama", "llama-plus", "alpaca", "alpaca-plus")
+        for s in ("7b", "13b", "33b")
+    },
     **{f"chinese-alpaca-pro-lora-{s}": 1 for s in ("7b", "13b", "33b")},
-    "chinese-llama-7b-merged": 1, "chinese-llama-plus-7b-merged": 1, "chinese-llama-13b-merged": 2,
-    "chinese-llama-plus-13b-merged": 2, "chinese-llama-33b-merged": 4, "chinese-llama-plus-33b-merged": 4,
-    "chinese-alpaca-7b-merged": 1, "chinese-alpaca-plus-7b-merged": 1, "chinese-alpaca-13b-merged": 2,
-    "chinese-alpaca-plus-13b-merged": 2, "chinese-alpaca-33b-merged": 4,
+    "chinese-llama-7b-merged": 1,
+    "chinese-llama-plus-7b-merged": 1,
+    "chinese-llama-13b-merged": 2,
+    "chinese-llama-plus-13b-merged": 2,
+    "chinese-llama-33b-merged": 4,
+    "chinese-llama-plus-33b-merged": 4,
+    "chinese-alpaca-7b-merged": 1,
+    "chinese-alpaca-plus-7b-merged": 1,
+    "chinese-alpaca-13b-merged": 2,
+    "chinese-alpaca-plus-13b-merged": 2,
+    "chinese-alpaca-33b-merged": 4,
 }
 
 
@@ -35,15 +51,20 @@ def test_the_shipped_sha256_tables_hold_the_published_digests():
     t = builtin_tables()
     assert [(e.rel, e.digest) for e in t["llama-13b-original"].entries] == [
         ("consolidated.00.pth", "745bf4e29a4dd6f411e72976d92b452da1b49168a4f41c951cfcc8051823cf08"),
-        ("consolidated.01.pth", "d5ccbcc465c71c0de439a5aeffebe8344c68a519bce70bc7f9f92654ee567085")]
-    assert t["llama-7b-original"].entries[0].digest == "700df0d3013b703a806d2ae7f1bfb8e59814e3d06ae78be0c66368a50059f33d"
+        ("consolidated.01.pth", "d5ccbcc465c71c0de439a5aeffebe8344c68a519bce70bc7f9f92654ee567085"),
+    ]
+    assert (
+        t["llama-7b-original"].entries[0].digest == "700df0d3013b703a806d2ae7f1bfb8e59814e3d06ae78be0c66368a50059f33d"
+    )
     assert t["llama-33b-hf"].entries[-1].rel == "pytorch_model-00007-of-00007.bin"
     assert t["llama-33b-hf"].entries[-1].digest == "065611608159615ced8d38473ee693129a1a0d872ced0ad8daf09290af7c7061"
     assert t["chinese-alpaca-plus-lora-13b"].entries[0].rel == "adapter_model.bin"
     assert t["chinese-alpaca-plus-lora-13b"].entries[0].digest == (
-        "a1fcdcb6d7e1068f925fb36ec78632c76058ba12ba352bed4d44060b8e6f4706")
+        "a1fcdcb6d7e1068f925fb36ec78632c76058ba12ba352bed4d44060b8e6f4706"
+    )
     assert t["chinese-alpaca-33b-merged"].entries[3].digest == (
-        "99c81a7a310802dcc579fe96288fbc18d4486f92020eaf925e1c33db8311378a")
+        "99c81a7a310802dcc579fe96288fbc18d4486f92020eaf925e1c33db8311378a"
+    )
 
 
 def test_the_two_tokenizer_hashes_tell_49953_from_49954():

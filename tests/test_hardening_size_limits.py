@@ -29,8 +29,15 @@ def run_limited(args: list, env_tmp: Path) -> subprocess.CompletedProcess:
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "TMPDIR": str(env_tmp), "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, "-m", "llmkit", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, preexec_fn=preexec, env=env, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "llmkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=preexec,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def everything(folder: Path) -> list[str]:
@@ -46,27 +53,44 @@ def inputs(tmp_path_factory, lora_work, tiny_factory):
     (root / "xor.key").write_bytes(os.urandom(1000))
     (root / "ms.key").write_bytes(KEY)
     ckpt = root / "m.ckpt"
-    r = subprocess.run([sys.executable, "-m", "llmkit", "to-ckpt", lora_work / "base", "-o", ckpt, "--quiet"],
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    r = subprocess.run(
+        [sys.executable, "-m", "llmkit", "to-ckpt", lora_work / "base", "-o", ckpt, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     assert r.returncode == 0, r.stderr
-    return {"base": lora_work / "base", "cute": lora_work / "cute", "meta": tiny_factory("meta").path,
-            "tuned": tiny_factory("safetensors", seed=1).path, "enc": enc, "xor": root / "xor.key",
-            "ms": root / "ms.key", "ckpt": ckpt}
+    return {
+        "base": lora_work / "base",
+        "cute": lora_work / "cute",
+        "meta": tiny_factory("meta").path,
+        "tuned": tiny_factory("safetensors", seed=1).path,
+        "enc": enc,
+        "xor": root / "xor.key",
+        "ms": root / "ms.key",
+        "ckpt": ckpt,
+    }
 
 
 # command -> (its arguments before -o, the output it writes under -o OUT (None: OUT itself), the hint's fix)
 WRITERS = {
     "to-meta": (lambda i: ["to-meta", i["base"]], "consolidated.00.pth", "--shards"),
-    "merge-lora --format pth": (lambda i: ["merge-lora", "--base", i["base"], "--lora", i["cute"], "--format", "pth"],
-                                "consolidated.00.pth", "--pth-shards"),
+    "merge-lora --format pth": (
+        lambda i: ["merge-lora", "--base", i["base"], "--lora", i["cute"], "--format", "pth"],
+        "consolidated.00.pth",
+        "--pth-shards",
+    ),
     "from-meta": (lambda i: ["from-meta", i["meta"]], "model.safetensors", "--shard-size"),
     "recover": (lambda i: ["recover", "--base", i["base"], "--diff", i["tuned"]], "model.safetensors", "--shard-size"),
     "to-ckpt": (lambda i: ["to-ckpt", i["base"]], None, "ulimit -f"),
     "to-ckpt --enc-key": (lambda i: ["to-ckpt", i["base"], "--enc-key", i["ms"]], None, "ulimit -f"),
     "from-ckpt": (lambda i: ["from-ckpt", i["ckpt"], "--config", i["base"]], "model.safetensors", "--shard-size"),
-    "decrypt": (lambda i: ["decrypt", i["enc"], "--key", i["xor"], "--no-key-check", "--no-content-check"],
-                "w.dat", "ulimit -f"),
+    "decrypt": (
+        lambda i: ["decrypt", i["enc"], "--key", i["xor"], "--no-key-check", "--no-content-check"],
+        "w.dat",
+        "ulimit -f",
+    ),
 }
 
 

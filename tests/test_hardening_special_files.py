@@ -27,8 +27,14 @@ EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # Te
 def run(args: list) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     try:
-        return subprocess.run([sys.executable, "-m", "llmkit", *map(str, args)], capture_output=True, text=True,
-                              timeout=TIME_LIMIT, env=env, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [sys.executable, "-m", "llmkit", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=TIME_LIMIT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"llmkit {' '.join(map(str, args))} still ran after {TIME_LIMIT} s (blocked on a FIFO?)")
 
@@ -44,8 +50,14 @@ def with_fifo(src: Path, dst: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def w(tmp_path_factory, lora_work, tiny_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("special")
-    z = SimpleNamespace(root=root, base=lora_work / "base", cute=lora_work / "cute", alpaca=lora_work / "alpaca",
-                        tuned=tiny_factory("safetensors", seed=1).path, meta=tiny_factory("meta").path)
+    z = SimpleNamespace(
+        root=root,
+        base=lora_work / "base",
+        cute=lora_work / "cute",
+        alpaca=lora_work / "alpaca",
+        tuned=tiny_factory("safetensors", seed=1).path,
+        meta=tiny_factory("meta").path,
+    )
     z.fifo = root / "model.safetensors"
     os.mkfifo(z.fifo)
     z.fifo_ckpt = root / "model.ckpt"
@@ -87,40 +99,70 @@ CASES = {
     "inspect-a-character-device": (lambda z, o: ["inspect", "/dev/zero"], lambda z: "/dev/zero"),
     "inspect-config": (lambda z, o: ["inspect", z.config], lambda z: z.config / "config.json"),
     "inspect-meta-shard": (lambda z, o: ["inspect", z.meta_shard], lambda z: z.meta_shard / "consolidated.00.pth"),
-    "inspect-adapter-config": (lambda z, o: ["inspect", z.adapter_config],
-                               lambda z: z.adapter_config / "adapter_config.json"),
-    "to-ckpt-weights": (lambda z, o: ["to-ckpt", z.weights, "-o", o.with_suffix(".ckpt")],
-                        lambda z: z.weights / "model.safetensors"),
-    "to-ckpt-enc-key": (lambda z, o: ["to-ckpt", z.base, "-o", o.with_suffix(".ckpt"), "--enc-key", z.fifo],
-                        lambda z: z.fifo),
-    "to-meta-carried-tokenizer": (lambda z, o: ["to-meta", z.tokenizer, "-o", o],
-                                  lambda z: z.tokenizer / "tokenizer.model"),
-    "merge-lora-base-weights": (lambda z, o: ["merge-lora", "--base", z.weights, "--lora", z.cute, "-o", o],
-                                lambda z: z.weights / "model.safetensors"),
-    "merge-lora-adapter-weights": (lambda z, o: ["merge-lora", "--base", z.base, "--lora", z.adapter_weights, "-o", o],
-                                   lambda z: z.adapter_weights / "adapter_model.safetensors"),
-    "merge-lora-added-tokens": (lambda z, o: ["merge-lora", "--base", z.base, "--lora", z.added_tokens, "-o", o],
-                                lambda z: z.added_tokens / "added_tokens.json"),
-    "merge-lora-adapter-tokenizer": (lambda z, o: ["merge-lora", "--base", z.base, "--lora", z.adapter_tokenizer,
-                                                   "-o", o], lambda z: z.adapter_tokenizer / "tokenizer.model"),
-    "recover-carried-tokenizer": (lambda z, o: ["recover", "--base", z.base, "--diff", z.tokenizer, "-o", o],
-                                  lambda z: z.tokenizer / "tokenizer.model"),
-    "from-meta-shard": (lambda z, o: ["from-meta", z.meta_shard, "-o", o],
-                        lambda z: z.meta_shard / "consolidated.00.pth"),
+    "inspect-adapter-config": (
+        lambda z, o: ["inspect", z.adapter_config],
+        lambda z: z.adapter_config / "adapter_config.json",
+    ),
+    "to-ckpt-weights": (
+        lambda z, o: ["to-ckpt", z.weights, "-o", o.with_suffix(".ckpt")],
+        lambda z: z.weights / "model.safetensors",
+    ),
+    "to-ckpt-enc-key": (
+        lambda z, o: ["to-ckpt", z.base, "-o", o.with_suffix(".ckpt"), "--enc-key", z.fifo],
+        lambda z: z.fifo,
+    ),
+    "to-meta-carried-tokenizer": (
+        lambda z, o: ["to-meta", z.tokenizer, "-o", o],
+        lambda z: z.tokenizer / "tokenizer.model",
+    ),
+    "merge-lora-base-weights": (
+        lambda z, o: ["merge-lora", "--base", z.weights, "--lora", z.cute, "-o", o],
+        lambda z: z.weights / "model.safetensors",
+    ),
+    "merge-lora-adapter-weights": (
+        lambda z, o: ["merge-lora", "--base", z.base, "--lora", z.adapter_weights, "-o", o],
+        lambda z: z.adapter_weights / "adapter_model.safetensors",
+    ),
+    "merge-lora-added-tokens": (
+        lambda z, o: ["merge-lora", "--base", z.base, "--lora", z.added_tokens, "-o", o],
+        lambda z: z.added_tokens / "added_tokens.json",
+    ),
+    "merge-lora-adapter-tokenizer": (
+        lambda z, o: ["merge-lora", "--base", z.base, "--lora", z.adapter_tokenizer, "-o", o],
+        lambda z: z.adapter_tokenizer / "tokenizer.model",
+    ),
+    "recover-carried-tokenizer": (
+        lambda z, o: ["recover", "--base", z.base, "--diff", z.tokenizer, "-o", o],
+        lambda z: z.tokenizer / "tokenizer.model",
+    ),
+    "from-meta-shard": (
+        lambda z, o: ["from-meta", z.meta_shard, "-o", o],
+        lambda z: z.meta_shard / "consolidated.00.pth",
+    ),
     "from-meta-params": (lambda z, o: ["from-meta", z.meta_params, "-o", o], lambda z: z.meta_params / "params.json"),
-    "from-meta-tokenizer": (lambda z, o: ["from-meta", z.meta_tokenizer, "-o", o],
-                            lambda z: z.meta_tokenizer / "tokenizer.model"),
+    "from-meta-tokenizer": (
+        lambda z, o: ["from-meta", z.meta_tokenizer, "-o", o],
+        lambda z: z.meta_tokenizer / "tokenizer.model",
+    ),
     "from-ckpt": (lambda z, o: ["from-ckpt", z.fifo_ckpt, "-o", o], lambda z: z.fifo_ckpt),
     "checksum-folder": (lambda z, o: ["checksum", z.weights], lambda z: z.weights / "model.safetensors"),
-    "checksum-tensors-index-shard": (lambda z, o: ["checksum", "--tensors", z.shard],
-                                     lambda z: z.shard / "model-00002-of-00012.safetensors"),
-    "verify-tensors": (lambda z, o: ["verify", "--tensors", z.weights, z.base],
-                       lambda z: z.weights / "model.safetensors"),
-    "decrypt-enc-in-a-folder": (lambda z, o: ["decrypt", z.enc_fifo, "--key", z.xor_key, "--no-key-check", "-o", o],
-                                lambda z: z.enc_fifo / f"w.dat.{EMPTY}.enc"),
+    "checksum-tensors-index-shard": (
+        lambda z, o: ["checksum", "--tensors", z.shard],
+        lambda z: z.shard / "model-00002-of-00012.safetensors",
+    ),
+    "verify-tensors": (
+        lambda z, o: ["verify", "--tensors", z.weights, z.base],
+        lambda z: z.weights / "model.safetensors",
+    ),
+    "decrypt-enc-in-a-folder": (
+        lambda z, o: ["decrypt", z.enc_fifo, "--key", z.xor_key, "--no-key-check", "-o", o],
+        lambda z: z.enc_fifo / f"w.dat.{EMPTY}.enc",
+    ),
     "decrypt-key": (lambda z, o: ["decrypt", z.enc, "--key", z.fifo, "-o", o], lambda z: z.fifo),
-    "encrypt-input-in-a-folder": (lambda z, o: ["encrypt", z.plain, "--key", z.xor_key, "--no-key-check", "-o", o],
-                                  lambda z: z.plain / "weights.bin"),
+    "encrypt-input-in-a-folder": (
+        lambda z, o: ["encrypt", z.plain, "--key", z.xor_key, "--no-key-check", "-o", o],
+        lambda z: z.plain / "weights.bin",
+    ),
 }
 
 

@@ -26,8 +26,14 @@ def calls(monkeypatch):
         seen.append(options)
         raise SystemExit(0)  # only the options matter
 
-    for module, name in ((recover_lib, "run"), (lora_lib, "run"), (convert, "from_meta"), (convert, "to_meta"),
-                         (ckpt_job, "to_ckpt"), (ckpt_job, "from_ckpt")):
+    for module, name in (
+        (recover_lib, "run"),
+        (lora_lib, "run"),
+        (convert, "from_meta"),
+        (convert, "to_meta"),
+        (ckpt_job, "to_ckpt"),
+        (ckpt_job, "from_ckpt"),
+    ):
         monkeypatch.setattr(module, name, record)
     return seen
 
@@ -44,8 +50,18 @@ DTYPE_COMMANDS = {
 }
 # The spellings of transformers/torch (float16, half, bfloat16, float32, float), llama.cpp (f16, f32, bf16) and
 # mergekit (float16, bfloat16), as the names llmkit writes in its options (fp16, bf16, fp32).
-SPELLINGS = {"f16": "fp16", "float16": "fp16", "half": "fp16", "FP16": "fp16", "bf16": "bf16",
-             "bfloat16": "bf16", "f32": "fp32", "float32": "fp32", "float": "fp32", "fp32": "fp32"}
+SPELLINGS = {
+    "f16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "FP16": "fp16",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "f32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
+    "fp32": "fp32",
+}
 
 
 @pytest.mark.parametrize("command", sorted(DTYPE_COMMANDS))
@@ -67,10 +83,25 @@ def test_an_unknown_dtype_is_one_line_naming_the_flag(run_cli, calls, command):
     assert line.startswith("error: --dtype: ") and calls == []
 
 
-@pytest.mark.parametrize("text,value", [
-    ("5G", 5 * 10**9), ("5GB", 5 * 10**9), ("5gb", 5 * 10**9), ("500M", 500 * 10**6), ("500MB", 500 * 10**6),
-    ("2GiB", 2 * 2**30), ("2Gi", 2 * 2**30), ("2gib", 2 * 2**30), ("1.5G", 1_500_000_000), ("100K", 100_000),
-    ("512MiB", 512 * 2**20), ("1T", 10**12), ("1000", 1000), ("4096B", 4096)])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("5G", 5 * 10**9),
+        ("5GB", 5 * 10**9),
+        ("5gb", 5 * 10**9),
+        ("500M", 500 * 10**6),
+        ("500MB", 500 * 10**6),
+        ("2GiB", 2 * 2**30),
+        ("2Gi", 2 * 2**30),
+        ("2gib", 2 * 2**30),
+        ("1.5G", 1_500_000_000),
+        ("100K", 100_000),
+        ("512MiB", 512 * 2**20),
+        ("1T", 10**12),
+        ("1000", 1000),
+        ("4096B", 4096),
+    ],
+)
 def test_shard_sizes_as_transformers_and_llama_cpp_write_them(text, value):
     """G/GB = 10^9 (transformers' "5GB", llama.cpp's --split-max-size 5G); Gi/GiB = 2^30."""
     assert parse_size(text) == value
@@ -91,18 +122,21 @@ def test_shard_size_5G_reaches_the_options_and_a_bad_one_names_the_flag(run_cli,
     assert line.startswith("error: --shard-size: ") and "5GB" in line and len(calls) == 1
 
 
-@pytest.mark.parametrize("argv,typo,meant", [
-    (DTYPE_COMMANDS["recover"], "--outfile", "--output"),
-    (DTYPE_COMMANDS["to-ckpt"], "--outfile", "--output"),
-    (["decrypt", "x.enc", "-k", "k"], "--outfile", "--output"),
-    (DTYPE_COMMANDS["to-ckpt"], "--outtype", "--dtype"),
-    (DTYPE_COMMANDS["merge-lora"], "--out-shard-size", "--shard-size"),
-    (DTYPE_COMMANDS["recover"], "--max-shard-size", "--shard-size"),
-    (DTYPE_COMMANDS["recover"], "--dtpye", "--dtype"),
-    (DTYPE_COMMANDS["recover"], "--bsae", "--base"),
-    (["download", "zhixi-13b-diff"], "--local-dir", "--output"),
-    (["verify", "."], "--jbos", "--jobs"),
-])
+@pytest.mark.parametrize(
+    "argv,typo,meant",
+    [
+        (DTYPE_COMMANDS["recover"], "--outfile", "--output"),
+        (DTYPE_COMMANDS["to-ckpt"], "--outfile", "--output"),
+        (["decrypt", "x.enc", "-k", "k"], "--outfile", "--output"),
+        (DTYPE_COMMANDS["to-ckpt"], "--outtype", "--dtype"),
+        (DTYPE_COMMANDS["merge-lora"], "--out-shard-size", "--shard-size"),
+        (DTYPE_COMMANDS["recover"], "--max-shard-size", "--shard-size"),
+        (DTYPE_COMMANDS["recover"], "--dtpye", "--dtype"),
+        (DTYPE_COMMANDS["recover"], "--bsae", "--base"),
+        (["download", "zhixi-13b-diff"], "--local-dir", "--output"),
+        (["verify", "."], "--jbos", "--jobs"),
+    ],
+)
 def test_a_flag_typo_suggests_the_closest_option(run_cli, calls, argv, typo, meant):
     line = one_error_line(run_cli(*argv, typo, "x"), typo)
     assert f"did you mean {meant}" in line, line
@@ -122,19 +156,21 @@ def empty_cwd(tmp_path):
     os.chdir(old)
 
 
-@pytest.mark.parametrize("argv,name", [
-    (["to-ckpt", "techgpt-2.0-atom", "-o", "x.ckpt"], "techgpt-2.0-atom"),
-    (["inspect", "zhixi-13b-diff"], "zhixi-13b-diff"),
-    (["recover", "--base", "BASE", "--diff", "zhixi-13b-diff", "-o", "out"], "zhixi-13b-diff"),
-    (["merge-lora", "--base", "BASE", "--lora", "chinese-alpaca-lora-7b", "-o", "out"], "chinese-alpaca-lora-7b"),
-    (["verify", "zhixi-13b-diff"], "zhixi-13b-diff"),
-    (["decrypt", "techgpt-7b", "-k", "k", "-o", "out"], "techgpt-7b"),
-    (["inspect", "TechGPT-2.0-atom-hf"], "techgpt-2.0-atom"),  # the folder a download by repo id makes
-])
+@pytest.mark.parametrize(
+    "argv,name",
+    [
+        (["to-ckpt", "techgpt-2.0-atom", "-o", "x.ckpt"], "techgpt-2.0-atom"),
+        (["inspect", "zhixi-13b-diff"], "zhixi-13b-diff"),
+        (["recover", "--base", "BASE", "--diff", "zhixi-13b-diff", "-o", "out"], "zhixi-13b-diff"),
+        (["merge-lora", "--base", "BASE", "--lora", "chinese-alpaca-lora-7b", "-o", "out"], "chinese-alpaca-lora-7b"),
+        (["verify", "zhixi-13b-diff"], "zhixi-13b-diff"),
+        (["decrypt", "techgpt-7b", "-k", "k", "-o", "out"], "techgpt-7b"),
+        (["inspect", "TechGPT-2.0-atom-hf"], "techgpt-2.0-atom"),  # the folder a download by repo id makes
+    ],
+)
 def test_a_model_name_used_as_a_missing_path_says_how_to_download_it(run_cli, empty_cwd, tiny_factory, argv, name):
     base = str(tiny_factory().path)  # a real base: the missing path is the model name
-    line = one_error_line(run_cli(*[base if a == "BASE" else a for a in argv]), "no such ",
-                          f"llmkit download {name}")
+    line = one_error_line(run_cli(*[base if a == "BASE" else a for a in argv]), "no such ", f"llmkit download {name}")
     assert " -o " not in line.split("llmkit download")[1] or argv[-1] == "TechGPT-2.0-atom-hf"
     assert list(empty_cwd.iterdir()) == []  # nothing was created
 

@@ -19,16 +19,20 @@ def _write_tokenizer_tables(folder: Path, llama_model: Path) -> None:
     digest = hashlib.sha256(llama_model.read_bytes()).hexdigest()
     (folder / "tiny-llama-tokenizer.sha256").write_text(
         f"# Tiny 100-token tokenizer (test table).\n# Source: this test.\n# describes: tokenizer vocab={TINY_VOCAB}\n"
-        f"{digest}  tokenizer.model\n")
+        f"{digest}  tokenizer.model\n"
+    )
     (folder / "tiny-alpaca-tokenizer.sha256").write_text(
         f"# Tiny 101-token tokenizer (test table).\n# Source: this test.\n# describes: tokenizer vocab={TINY_VOCAB + 1}\n"
-        f"{'1' * 64}  tokenizer.model\n")
+        f"{'1' * 64}  tokenizer.model\n"
+    )
 
 
 @pytest.fixture
 def tables(lora_work, tmp_path, monkeypatch) -> Path:
     # Both tiny adapters were written with the same SentencePiece model; the "llama" one is the 100-token one.
-    assert (lora_work / "llama" / "tokenizer.model").read_bytes() == (lora_work / "alpaca" / "tokenizer.model").read_bytes()
+    assert (lora_work / "llama" / "tokenizer.model").read_bytes() == (
+        lora_work / "alpaca" / "tokenizer.model"
+    ).read_bytes()
     folder = tmp_path / "tables"
     _write_tokenizer_tables(folder, lora_work / "llama" / "tokenizer.model")
     monkeypatch.setenv("LLMKIT_CHECKSUMS", str(folder))
@@ -43,14 +47,22 @@ def test_an_alpaca_adapter_beside_the_published_llama_tokenizer_model_is_refused
     assert not (tmp_path / "out").exists()
 
 
-def test_a_tokenizer_folder_given_with_tokenizer_is_checked_by_its_published_hash(lora_work, tables, run_cli,
-                                                                                tmp_path):
+def test_a_tokenizer_folder_given_with_tokenizer_is_checked_by_its_published_hash(lora_work, tables, run_cli, tmp_path):
     tok = tmp_path / "tok"
     shutil.copytree(lora_work / "alpaca", tok)
     for name in ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json"):
         (tok / name).unlink(missing_ok=True)
-    r = run_cli("merge-lora", "--base", lora_work / "base", "--lora", lora_work / "llama", "--tokenizer", tok,
-                "-o", tmp_path / "out")
+    r = run_cli(
+        "merge-lora",
+        "--base",
+        lora_work / "base",
+        "--lora",
+        lora_work / "llama",
+        "--tokenizer",
+        tok,
+        "-o",
+        tmp_path / "out",
+    )
     one_error_line(r, "tokenizer.model", "tiny-llama-tokenizer")
 
 

@@ -49,8 +49,11 @@ def test_no_help_text_names_internal_files():
 def test_no_doc_page_or_readme_names_internal_files():
     pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
     assert len(pages) > 20
-    bad = {str(p.relative_to(REPO)): _hits(p.read_text(encoding="utf-8")) for p in pages
-           if _hits(p.read_text(encoding="utf-8"))}
+    bad = {
+        str(p.relative_to(REPO)): _hits(p.read_text(encoding="utf-8"))
+        for p in pages
+        if _hits(p.read_text(encoding="utf-8"))
+    }
     assert not bad, bad
 
 

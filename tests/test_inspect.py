@@ -12,8 +12,7 @@ import torch
 from llmkit.summary import LLAMA_SIZES, guess_architecture, summarize
 
 
-@pytest.mark.parametrize("layout", ["safetensors", "safetensors-sharded", "bin", "bin-sharded", "meta",
-                                    "meta-2shards"])
+@pytest.mark.parametrize("layout", ["safetensors", "safetensors-sharded", "bin", "bin-sharded", "meta", "meta-2shards"])
 def test_inspect_json_on_every_layout(run_cli, tiny_factory, layout):
     model = tiny_factory(layout)
     r = run_cli("inspect", model.path, "--json")
@@ -53,8 +52,9 @@ def test_inspect_adapter_reports_lora_settings(run_cli, tmp_path):
 
     from llmkit.tiny import tiny_model
 
-    model = get_peft_model(tiny_model(0), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                     modules_to_save=["lm_head"]))
+    model = get_peft_model(
+        tiny_model(0), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"])
+    )
     model.save_pretrained(tmp_path / "adapter")
     r = run_cli("inspect", tmp_path / "adapter", "--json")
     assert r.exit_code == 0, r.stderr

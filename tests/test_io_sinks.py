@@ -15,8 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llmkit.errors import DiskSpaceError, InputError, OutputExistsError
-from llmkit.io import ShardedWriter, TensorSpec, open_source, parse_size
-from llmkit.io import sinks
+from llmkit.io import ShardedWriter, TensorSpec, open_source, parse_size, sinks
 
 
 def _specs(state: dict[str, torch.Tensor]) -> list[TensorSpec]:
@@ -32,8 +31,11 @@ def _write(out: Path, state: dict[str, torch.Tensor], **kw) -> ShardedWriter:
 
 def test_single_shard_bytes_equal_safetensors_save_file(tmp_path):
     gen = torch.Generator().manual_seed(0)
-    state = {"a.weight": torch.randn(7, 3, generator=gen), "b.weight": torch.randn(5, generator=gen),
-             "c.bias": torch.randn(2, 2, generator=gen)}  # one dtype, sorted names: save_file's own order
+    state = {
+        "a.weight": torch.randn(7, 3, generator=gen),
+        "b.weight": torch.randn(5, generator=gen),
+        "c.bias": torch.randn(2, 2, generator=gen),
+    }  # one dtype, sorted names: save_file's own order
     save_file(state, tmp_path / "ref.safetensors", metadata={"format": "pt"})
     _write(tmp_path / "out", state)
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
@@ -52,11 +54,10 @@ def test_sharded_output_is_hf_standard_and_loads_in_transformers(tiny_factory, t
 
     model = tiny_factory("safetensors")
     out = tmp_path / "out"
-    with open_source(model.path) as src:
-        with ShardedWriter(out, _specs(model.state), shard_size=60_000) as w:
-            for name, t in src:
-                w.write(name, t)
-            w.copy_aux_files(src.folder)
+    with open_source(model.path) as src, ShardedWriter(out, _specs(model.state), shard_size=60_000) as w:
+        for name, t in src:
+            w.write(name, t)
+        w.copy_aux_files(src.folder)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     n = len(shards)
@@ -106,11 +107,10 @@ def test_tensors_may_arrive_in_any_order(tmp_path):
 def test_failure_mid_write_leaves_nothing(tmp_path):
     state = {f"t{i}": torch.ones(100) for i in range(4)}
     out = tmp_path / "o"
-    with pytest.raises(RuntimeError):
-        with ShardedWriter(out, _specs(state), shard_size=500) as w:
-            w.write("t0", state["t0"])
-            w.write("t1", state["t1"])
-            raise RuntimeError("disk on fire")
+    with pytest.raises(RuntimeError), ShardedWriter(out, _specs(state), shard_size=500) as w:
+        w.write("t0", state["t0"])
+        w.write("t1", state["t1"])
+        raise RuntimeError("disk on fire")
     assert not out.exists()  # the folder this run created is removed too
 
 
@@ -120,9 +120,8 @@ def test_a_failure_keeps_a_folder_that_existed_before_and_removes_only_what_it_c
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     for out in (mine, tmp_path / "new" / "deeper"):
-        with pytest.raises(RuntimeError):
-            with ShardedWriter(out, _specs(state)):
-                raise RuntimeError("interrupted")
+        with pytest.raises(RuntimeError), ShardedWriter(out, _specs(state)):
+            raise RuntimeError("interrupted")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     assert not (tmp_path / "new").exists()
 
@@ -130,9 +129,8 @@ def test_a_failure_keeps_a_folder_that_existed_before_and_removes_only_what_it_c
 def test_unwritten_planned_tensor_is_an_error_and_leaves_nothing(tmp_path):
     state = {"a": torch.ones(3), "b": torch.ones(3)}
     out = tmp_path / "o"
-    with pytest.raises(InputError, match="never written"):
-        with ShardedWriter(out, _specs(state)) as w:
-            w.write("a", state["a"])
+    with pytest.raises(InputError, match="never written"), ShardedWriter(out, _specs(state)) as w:
+        w.write("a", state["a"])
     assert not out.exists()  # the folder this run created is removed too
 
 
@@ -180,8 +178,9 @@ def test_config_gets_new_dtype_and_vocab(tiny_factory, tmp_path):
     assert (tmp_path / "o" / "tokenizer.model").read_bytes() == (model.path / "tokenizer.model").read_bytes()
 
 
-@pytest.mark.parametrize("text,value", [("5GB", 5_000_000_000), ("500MB", 500_000_000), ("2GiB", 2 * 2**30),
-                                        ("1000", 1000), ("1.5kb", 1500)])
+@pytest.mark.parametrize(
+    "text,value", [("5GB", 5_000_000_000), ("500MB", 500_000_000), ("2GiB", 2 * 2**30), ("1000", 1000), ("1.5kb", 1500)]
+)
 def test_parse_size(text, value):
     assert parse_size(text) == value
 
@@ -215,7 +214,8 @@ def test_read_write_peak_memory_stays_near_the_largest_tensor(tmp_path):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print((peak - base) * 1024)
     """)
-    grown = int(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                               text=True).stdout.split()[-1])
+    grown = int(
+        subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout.split()[-1]
+    )
     largest = 32 * 2**20
     assert grown < 3 * largest, f"RSS grew by {grown / 2**20:.0f} MiB for a 256 MiB model"

@@ -17,7 +17,7 @@ from llmkit.io.sniff import ContentCheck, ContentError, sniff_kind
 def run(kind: str | None, data: bytes, total: int | None = None, block: int = 4096) -> ContentCheck:
     check = ContentCheck(kind, total)
     for i in range(0, len(data), block):
-        check.feed(data[i:i + block])
+        check.feed(data[i : i + block])
     check.finish()
     return check
 
@@ -39,8 +39,13 @@ def plain_zip_with_comment() -> bytes:
 def test_whole_files_of_every_kind_pass(tiny_factory):
     sp = (tiny_factory("safetensors").path / "tokenizer.model").read_bytes()
     st = save({"w": torch.zeros(1000)})
-    for kind, data in [("torch zip", torch_zip()), ("torch zip", plain_zip_with_comment()), ("safetensors", st),
-                       ("JSON", json.dumps({"a": [1, 2, "知识"]}).encode()), ("SentencePiece model", sp)]:
+    for kind, data in [
+        ("torch zip", torch_zip()),
+        ("torch zip", plain_zip_with_comment()),
+        ("safetensors", st),
+        ("JSON", json.dumps({"a": [1, 2, "知识"]}).encode()),
+        ("SentencePiece model", sp),
+    ]:
         assert run(kind, data).seen == len(data)
         assert run(None, data).kind == kind  # sniffed from the first bytes
 
@@ -78,9 +83,9 @@ def test_sentencepiece_cut_at_a_field_boundary_is_incomplete(tiny_factory):
         if not b & 0x80:
             break
     with pytest.raises(ContentError, match="normalizer_spec"):
-        run("SentencePiece model", data[:i + length])
+        run("SentencePiece model", data[: i + length])
     with pytest.raises(ContentError, match="truncated"):
-        run("SentencePiece model", data[:len(data) // 2])
+        run("SentencePiece model", data[: len(data) // 2])
 
 
 def test_json_cut_in_the_middle_is_incomplete_and_garbage_is_not():

@@ -18,8 +18,14 @@ from safetensors.torch import load_file, save_file
 from llmkit.io import open_source
 from llmkit.lora import merge_lora, tokenizer_size
 from llmkit.tiny import write_tokenizer
-from llmkit.tiny_lora import (LLAMA_LINEAR, peft_merged_state, save_tiny_adapter, save_tiny_base, save_tiny_gpt2,
-                              save_tiny_gpt2_adapter)
+from llmkit.tiny_lora import (
+    LLAMA_LINEAR,
+    peft_merged_state,
+    save_tiny_adapter,
+    save_tiny_base,
+    save_tiny_gpt2,
+    save_tiny_gpt2_adapter,
+)
 
 
 def merged_state(out: Path) -> dict[str, torch.Tensor]:
@@ -42,8 +48,9 @@ def ulp(x: torch.Tensor) -> torch.Tensor:
     return (torch.nextafter(x.abs(), torch.tensor(float("inf"), dtype=x.dtype)) - x.abs()).float()
 
 
-def assert_within_one_ulp(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor],
-                          base: dict[str, torch.Tensor]) -> None:
+def assert_within_one_ulp(
+    got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
+) -> None:
     """|got - ref| <= 1 ulp of the weight dtype at the operands' magnitude: max(|W|, |delta|, |results|).
 
     (Where W + delta cancels towards zero the result's own ulp is far smaller than the operands'.)
@@ -89,13 +96,19 @@ def test_fan_in_fan_out_flag_on_linear_layers_is_overridden_like_peft(lora_work,
 def test_rslora_scaling_matches_peft(lora_work, tmp_path):
     save_tiny_adapter(tmp_path / "ad", use_rslora=True, r=16, lora_alpha=8)
     result = merge_lora(lora_work / "base", [tmp_path / "ad"], tmp_path / "out")
-    assert result.adapters[0].scaling == 8 / 16 ** 0.5
+    assert result.adapters[0].scaling == 8 / 16**0.5
     assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(lora_work / "base", [tmp_path / "ad"]))
 
 
 def test_rank_and_alpha_patterns_match_peft(lora_work, tmp_path):
-    save_tiny_adapter(tmp_path / "ad", target_modules=LLAMA_LINEAR, r=4, lora_alpha=8,
-                      rank_pattern={"v_proj": 2, "layers.1.mlp.down_proj": 6}, alpha_pattern={"q_proj": 3})
+    save_tiny_adapter(
+        tmp_path / "ad",
+        target_modules=LLAMA_LINEAR,
+        r=4,
+        lora_alpha=8,
+        rank_pattern={"v_proj": 2, "layers.1.mlp.down_proj": 6},
+        alpha_pattern={"q_proj": 3},
+    )
     merge_lora(lora_work / "base", [tmp_path / "ad"], tmp_path / "out")
     assert_equal_to_peft(merged_state(tmp_path / "out"), peft_merged_state(lora_work / "base", [tmp_path / "ad"]))
 
@@ -185,17 +198,25 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     return torch.load(folder / name, weights_only=True)
 
 
-@pytest.mark.parametrize("base_name,dtype,out_dtype", [
-    ("base", "fp16", torch.float16), ("base", "bf16", torch.bfloat16), ("base-bf16-bin", "fp16", torch.float16),
-    ("base-fp16", "fp32", torch.float32)])
-def test_dtype_conversion_rounds_once_per_the_published_formula(lora_work, tmp_path, run_cli, base_name, dtype,
-                                                                out_dtype):
+@pytest.mark.parametrize(
+    "base_name,dtype,out_dtype",
+    [
+        ("base", "fp16", torch.float16),
+        ("base", "bf16", torch.bfloat16),
+        ("base-bf16-bin", "fp16", torch.float16),
+        ("base-fp16", "fp32", torch.float32),
+    ],
+)
+def test_dtype_conversion_rounds_once_per_the_published_formula(
+    lora_work, tmp_path, run_cli, base_name, dtype, out_dtype
+):
     # SPEC.md section 3: W' = cast(float32(W) + (B @ A) * lora_alpha / r), one rounding to the output dtype;
     # saved modules and untouched tensors: one cast. Never cast(cast(W) + delta) (two roundings).
     adapter = tmp_path / "ad"
     save_tiny_adapter(adapter, target_modules=LLAMA_LINEAR, r=4, lora_alpha=16, modules_to_save=("lm_head",))
-    res = run_cli("merge-lora", "--base", lora_work / base_name, "--lora", adapter, "-o", tmp_path / "out",
-                  "--dtype", dtype)
+    res = run_cli(
+        "merge-lora", "--base", lora_work / base_name, "--lora", adapter, "-o", tmp_path / "out", "--dtype", dtype
+    )
     assert res.exit_code == 0, res.stderr
     got = merged_state(tmp_path / "out")
     base, ad = read_weights(lora_work / base_name), read_weights(adapter)
@@ -238,8 +259,13 @@ def test_fp32_merge_within_1e6_of_the_published_formula(lora_work, tmp_path):
 
 def test_unreplaced_new_rows_are_the_mean_of_the_old_rows(lora_work, tmp_path):
     # Only embed_tokens is saved: lm_head's new row comes from the resize, as in transformers' mean resizing.
-    save_tiny_adapter(tmp_path / "ad", vocab_size=101, tokenizer_pad=True, target_modules=("q_proj",),
-                      modules_to_save=("embed_tokens",))
+    save_tiny_adapter(
+        tmp_path / "ad",
+        vocab_size=101,
+        tokenizer_pad=True,
+        target_modules=("q_proj",),
+        modules_to_save=("embed_tokens",),
+    )
     result = merge_lora(lora_work / "base", [tmp_path / "ad"], tmp_path / "out")
     assert result.mean_initialised_rows == {"lm_head.weight": 1}
     got = merged_state(tmp_path / "out")["lm_head.weight"]
@@ -256,9 +282,12 @@ def test_unreplaced_new_rows_are_the_mean_of_the_old_rows(lora_work, tmp_path):
 def test_default_adapter_names_and_other_key_prefixes_are_understood(lora_work, tmp_path):
     original = load_file(lora_work / "llama" / "adapter_model.safetensors")
     variants = {
-        "named": {k.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default.")
-                  .replace("model.embed_tokens.weight", "model.embed_tokens.modules_to_save.default.weight"): v
-                  for k, v in original.items()},
+        "named": {
+            k.replace(".lora_A.", ".lora_A.default.")
+            .replace(".lora_B.", ".lora_B.default.")
+            .replace("model.embed_tokens.weight", "model.embed_tokens.modules_to_save.default.weight"): v
+            for k, v in original.items()
+        },
         "no-prefix": {k.removeprefix("base_model.model."): v for k, v in original.items()},
     }
     reference = None

@@ -50,11 +50,14 @@ def test_mixed_up_49953_49954_tokenizers_name_the_chinese_alpaca_fix(lora_work, 
     folder.mkdir()
     shutil.copy(lora_work / "alpaca" / "adapter_config.json", folder)
     rows = torch.zeros(49954, 64, dtype=torch.float16)
-    save_file({"base_model.model.model.embed_tokens.weight": rows, "base_model.model.lm_head.weight": rows.clone()},
-              folder / "adapter_model.safetensors")
+    save_file(
+        {"base_model.model.model.embed_tokens.weight": rows, "base_model.model.lm_head.weight": rows.clone()},
+        folder / "adapter_model.safetensors",
+    )
     vocab = {f"piece{i}": i for i in range(49953)}
-    (folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": []},
-                                                       "added_tokens": []}))
+    (folder / "tokenizer.json").write_text(
+        json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": []}, "added_tokens": []})
+    )
     with pytest.raises(InputError) as err:
         merge_lora(lora_work / "base", [folder], tmp_path / "out")
     assert "49954 rows (the Chinese-Alpaca LoRA size)" in err.value.message
@@ -84,8 +87,14 @@ def test_config_rank_that_disagrees_with_the_weights_is_refused(lora_work, tmp_p
         merge_lora(lora_work / "base", [folder], tmp_path / "out")
 
 
-@pytest.mark.parametrize("change,message", [({"use_dora": True}, "DoRA"), ({"peft_type": "IA3"}, "IA3"),
-                                            ({"trainable_token_indices": [3]}, "trainable_token_indices")])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"use_dora": True}, "DoRA"),
+        ({"peft_type": "IA3"}, "IA3"),
+        ({"trainable_token_indices": [3]}, "trainable_token_indices"),
+    ],
+)
 def test_adapters_llmkit_cannot_merge_exactly_are_refused(lora_work, tmp_path, change, message):
     folder = tmp_path / "ad"
     shutil.copytree(lora_work / "cute", folder)
@@ -218,11 +227,17 @@ def test_cli_config_that_is_json_but_not_an_object_exits_2_naming_the_file(lora_
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("field,value", [("rank_pattern", [1, 2]), ("alpha_pattern", "q_proj"),
-                                         ("target_modules", 5), ("modules_to_save", "lm_head"),
-                                         ("rank_pattern", {"q_proj": "four"})])
-def test_cli_adapter_config_field_of_the_wrong_kind_exits_2_naming_the_file(lora_work, tmp_path, run_cli, field,
-                                                                           value):
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("rank_pattern", [1, 2]),
+        ("alpha_pattern", "q_proj"),
+        ("target_modules", 5),
+        ("modules_to_save", "lm_head"),
+        ("rank_pattern", {"q_proj": "four"}),
+    ],
+)
+def test_cli_adapter_config_field_of_the_wrong_kind_exits_2_naming_the_file(lora_work, tmp_path, run_cli, field, value):
     adapter = tmp_path / "ad"
     shutil.copytree(lora_work / "cute", adapter)
     cfg = json.loads((adapter / "adapter_config.json").read_text())

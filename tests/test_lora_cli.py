@@ -18,13 +18,22 @@ from llmkit.tiny_lora import peft_merged_state
 LLMKIT = Path(sys.executable).with_name("llmkit")
 
 # Meta name -> HF name, written out from SPEC.md section 4 (independent of llmkit.convert).
-META_TOP = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-            "output.weight": "lm_head.weight"}
-META_LAYER = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
-              "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
-              "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-              "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
-              "ffn_norm": "post_attention_layernorm"}
+META_TOP = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+META_LAYER = {
+    "attention.wq": "self_attn.q_proj",
+    "attention.wk": "self_attn.k_proj",
+    "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj",
+    "feed_forward.w1": "mlp.gate_proj",
+    "feed_forward.w2": "mlp.down_proj",
+    "feed_forward.w3": "mlp.up_proj",
+    "attention_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
 
 
 def meta_to_hf(name: str) -> str:
@@ -41,8 +50,18 @@ def permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def test_cli_merges_in_order_and_prints_json(lora_work, tmp_path, run_cli):
-    res = run_cli("merge-lora", "--base", lora_work / "base", "--lora", lora_work / "llama", "--lora", lora_work / "alpaca",
-                  "-o", tmp_path / "out", "--json")
+    res = run_cli(
+        "merge-lora",
+        "--base",
+        lora_work / "base",
+        "--lora",
+        lora_work / "llama",
+        "--lora",
+        lora_work / "alpaca",
+        "-o",
+        tmp_path / "out",
+        "--json",
+    )
     assert res.exit_code == 0, res.stderr
     data = res.json()
     assert [Path(a["path"]).name for a in data["adapters"]] == ["llama", "alpaca"]
@@ -54,8 +73,17 @@ def test_cli_merges_in_order_and_prints_json(lora_work, tmp_path, run_cli):
 
 
 def test_cli_wrong_order_exits_2_with_one_error_line_and_no_output(lora_work, tmp_path, run_cli):
-    res = run_cli("merge-lora", "--base", lora_work / "base", "--lora", lora_work / "alpaca", "--lora", lora_work / "llama",
-                  "-o", tmp_path / "out")
+    res = run_cli(
+        "merge-lora",
+        "--base",
+        lora_work / "base",
+        "--lora",
+        lora_work / "alpaca",
+        "--lora",
+        lora_work / "llama",
+        "-o",
+        tmp_path / "out",
+    )
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "swap the --lora options" in lines[0]
@@ -64,16 +92,42 @@ def test_cli_wrong_order_exits_2_with_one_error_line_and_no_output(lora_work, tm
 
 
 def test_cli_dry_run_prints_the_plan_and_writes_nothing(lora_work, tmp_path, run_cli):
-    res = run_cli("merge-lora", "--base", lora_work / "base", "--lora", lora_work / "alpaca", "-o", tmp_path / "out",
-                  "--dry-run", "--format", "bin", "--shard-size", "100KB")
+    res = run_cli(
+        "merge-lora",
+        "--base",
+        lora_work / "base",
+        "--lora",
+        lora_work / "alpaca",
+        "-o",
+        tmp_path / "out",
+        "--dry-run",
+        "--format",
+        "bin",
+        "--shard-size",
+        "100KB",
+    )
     assert res.exit_code == 0, res.stderr
     assert "dry run" in res.stdout and "pytorch_model-00001-of-" in res.stdout and "100 -> 101" in res.stdout
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_bin_shards_with_dtype(lora_work, tmp_path, run_cli):
-    res = run_cli("merge-lora", "--base", lora_work / "base", "--lora", lora_work / "cute", "-o", tmp_path / "out",
-                  "--format", "bin", "--shard-size", "100KB", "--dtype", "bf16", "--quiet")
+    res = run_cli(
+        "merge-lora",
+        "--base",
+        lora_work / "base",
+        "--lora",
+        lora_work / "cute",
+        "-o",
+        tmp_path / "out",
+        "--format",
+        "bin",
+        "--shard-size",
+        "100KB",
+        "--dtype",
+        "bf16",
+        "--quiet",
+    )
     assert res.exit_code == 0, res.stderr
     assert res.stderr == ""
     assert (tmp_path / "out" / "pytorch_model.bin.index.json").is_file()
@@ -83,8 +137,22 @@ def test_cli_bin_shards_with_dtype(lora_work, tmp_path, run_cli):
 
 
 def test_pth_output_matches_peft_after_repermuting(lora_work, tmp_path, run_cli):
-    res = run_cli("merge-lora", "--base", lora_work / "base", "--lora", lora_work / "cute", "--lora", lora_work / "alpaca",
-                  "-o", tmp_path / "out", "--format", "pth", "--dtype", "fp16", "--json")
+    res = run_cli(
+        "merge-lora",
+        "--base",
+        lora_work / "base",
+        "--lora",
+        lora_work / "cute",
+        "--lora",
+        lora_work / "alpaca",
+        "-o",
+        tmp_path / "out",
+        "--format",
+        "pth",
+        "--dtype",
+        "fp16",
+        "--json",
+    )
     assert res.exit_code == 0, res.stderr
     out = tmp_path / "out"
     assert sorted(p.name for p in out.glob("*.pth")) == ["consolidated.00.pth"]
@@ -104,8 +172,14 @@ def test_pth_params_json_describes_the_model(lora_work, tmp_path):
     merge_lora(lora_work / "base", [lora_work / "cute"], tmp_path / "out", fmt="pth")
     params = json.loads((tmp_path / "out" / "params.json").read_text())
     config = json.loads((lora_work / "base" / "config.json").read_text())
-    assert params == {"dim": 64, "multiple_of": params["multiple_of"], "n_heads": 4, "n_layers": 2,
-                      "norm_eps": config["rms_norm_eps"], "vocab_size": -1}
+    assert params == {
+        "dim": 64,
+        "multiple_of": params["multiple_of"],
+        "n_heads": 4,
+        "n_layers": 2,
+        "norm_eps": config["rms_norm_eps"],
+        "vocab_size": -1,
+    }
     # Meta's FFN size rule gives back the model's intermediate size
     m = params["multiple_of"]
     assert m * math.ceil(int(2 * 4 * params["dim"] / 3) / m) == config["intermediate_size"]
@@ -147,10 +221,37 @@ def test_pth_shards_pass_the_zip_crc_check(lora_work, tmp_path):
 
 
 def test_end_to_end_with_the_installed_command(lora_work, tmp_path):
-    proc = subprocess.run([str(LLMKIT), "merge-lora", "--base", str(lora_work / "base"), "--lora", str(lora_work / "cute"),
-                           "-o", str(tmp_path / "out"), "--json"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(LLMKIT),
+            "merge-lora",
+            "--base",
+            str(lora_work / "base"),
+            "--lora",
+            str(lora_work / "cute"),
+            "-o",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["tensors"] == 21
-    proc = subprocess.run([str(LLMKIT), "merge-lora", "--base", str(lora_work / "base"), "--lora", str(lora_work / "cute"),
-                           "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(LLMKIT),
+            "merge-lora",
+            "--base",
+            str(lora_work / "base"),
+            "--lora",
+            str(lora_work / "cute"),
+            "-o",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "--force" in proc.stderr

@@ -14,14 +14,40 @@ from llmkit.pipeline import Notice, PlanReport
 
 
 def fake_result(options: MergeOptions, notices: list[Notice]) -> MergeResult:
-    return MergeResult(base=str(options.base), output=str(options.output), format=options.fmt, dtype=options.dtype,
-                       dry_run=options.dry_run, adapters=[], vocab_before=None, vocab_after=None,
-                       mean_initialised_rows={}, tokenizer_from=None, tensors=0, total_bytes=0, files=["model.safetensors"],
-                       rounding="-", seconds=0.0, warnings=[n.text for n in notices], notices=notices,
-                       outputs=[str(options.output)], plan=PlanReport(
-                           output=str(options.output), format=options.fmt, tensors=0, output_bytes=0, input_bytes=0,
-                           files=["model.safetensors"], largest_tensor="", largest_tensor_bytes=0,
-                           memory_estimate_bytes=0, free_disk_bytes=0, needed_disk_bytes=0, disk_margin_bytes=0))
+    return MergeResult(
+        base=str(options.base),
+        output=str(options.output),
+        format=options.fmt,
+        dtype=options.dtype,
+        dry_run=options.dry_run,
+        adapters=[],
+        vocab_before=None,
+        vocab_after=None,
+        mean_initialised_rows={},
+        tokenizer_from=None,
+        tensors=0,
+        total_bytes=0,
+        files=["model.safetensors"],
+        rounding="-",
+        seconds=0.0,
+        warnings=[n.text for n in notices],
+        notices=notices,
+        outputs=[str(options.output)],
+        plan=PlanReport(
+            output=str(options.output),
+            format=options.fmt,
+            tensors=0,
+            output_bytes=0,
+            input_bytes=0,
+            files=["model.safetensors"],
+            largest_tensor="",
+            largest_tensor_bytes=0,
+            memory_estimate_bytes=0,
+            free_disk_bytes=0,
+            needed_disk_bytes=0,
+            disk_margin_bytes=0,
+        ),
+    )
 
 
 @pytest.fixture
@@ -42,25 +68,82 @@ def calls(monkeypatch):
 def test_merge_lora_defaults(run_cli, calls):
     res = run_cli("merge-lora", "--base", "b", "--lora", "l", "-o", "out")
     assert res.exit_code == 0, res.stderr
-    assert calls == [MergeOptions(Path("b"), (Path("l"),), Path("out"), dtype="keep", fmt="safetensors",
-                                  shard_size=None, tokenizer=None, pth_shards=None, dry_run=False, force=False)]
+    assert calls == [
+        MergeOptions(
+            Path("b"),
+            (Path("l"),),
+            Path("out"),
+            dtype="keep",
+            fmt="safetensors",
+            shard_size=None,
+            tokenizer=None,
+            pth_shards=None,
+            dry_run=False,
+            force=False,
+        )
+    ]
 
 
 def test_merge_lora_every_flag_and_adapter_order(run_cli, calls):
-    res = run_cli("merge-lora", "--base", "b", "--lora", "llama", "--lora", "alpaca", "-o", "out", "--dtype", "bf16",
-                  "--format", "bin", "--shard-size", "2GiB", "--tokenizer", "tok", "--dry-run", "--force")
+    res = run_cli(
+        "merge-lora",
+        "--base",
+        "b",
+        "--lora",
+        "llama",
+        "--lora",
+        "alpaca",
+        "-o",
+        "out",
+        "--dtype",
+        "bf16",
+        "--format",
+        "bin",
+        "--shard-size",
+        "2GiB",
+        "--tokenizer",
+        "tok",
+        "--dry-run",
+        "--force",
+    )
     assert res.exit_code == 0 and "dry run" in res.stdout, res.stderr
-    assert calls == [MergeOptions(Path("b"), (Path("llama"), Path("alpaca")), Path("out"), dtype="bf16", fmt="bin",
-                                  shard_size=2 * 2**30, tokenizer=Path("tok"), pth_shards=None, dry_run=True,
-                                  force=True)]
+    assert calls == [
+        MergeOptions(
+            Path("b"),
+            (Path("llama"), Path("alpaca")),
+            Path("out"),
+            dtype="bf16",
+            fmt="bin",
+            shard_size=2 * 2**30,
+            tokenizer=Path("tok"),
+            pth_shards=None,
+            dry_run=True,
+            force=True,
+        )
+    ]
 
 
 def test_merge_lora_pth_options(run_cli, calls):
-    run_cli("merge-lora", "--base", "b", "--lora", "l", "-o", "out", "--format", "pth", "--pth-shards", "2",
-            "--dtype", "fp16")
+    run_cli(
+        "merge-lora",
+        "--base",
+        "b",
+        "--lora",
+        "l",
+        "-o",
+        "out",
+        "--format",
+        "pth",
+        "--pth-shards",
+        "2",
+        "--dtype",
+        "fp16",
+    )
     run_cli("merge-lora", "--base", "b", "--lora", "l", "-o", "out", "--format", "pth", "--shard-size", "500MB")
-    assert calls == [MergeOptions(Path("b"), (Path("l"),), Path("out"), dtype="fp16", fmt="pth", pth_shards=2),
-                     MergeOptions(Path("b"), (Path("l"),), Path("out"), fmt="pth", shard_size=500_000_000)]
+    assert calls == [
+        MergeOptions(Path("b"), (Path("l"),), Path("out"), dtype="fp16", fmt="pth", pth_shards=2),
+        MergeOptions(Path("b"), (Path("l"),), Path("out"), fmt="pth", shard_size=500_000_000),
+    ]
 
 
 def test_merge_lora_renders_the_result_and_its_notices(run_cli, calls):

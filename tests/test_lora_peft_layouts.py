@@ -32,8 +32,16 @@ PREFIX = "base_model.model."
 VOCAB_TENSORS = ("model.embed_tokens", "lm_head")
 
 
-def peft_adapter(base: Path, folder: Path, *, vocab: int | None, target_modules: list[str],
-                 modules_to_save: list[str] | None, safe: bool = True, seed: int = 7) -> dict[str, torch.Tensor]:
+def peft_adapter(
+    base: Path,
+    folder: Path,
+    *,
+    vocab: int | None,
+    target_modules: list[str],
+    modules_to_save: list[str] | None,
+    safe: bool = True,
+    seed: int = 7,
+) -> dict[str, torch.Tensor]:
     """A LoRA made and saved by peft on ``base`` (resized to ``vocab`` first); returns the saved tensors."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -44,8 +52,9 @@ def peft_adapter(base: Path, folder: Path, *, vocab: int | None, target_modules:
         model = AutoModelForCausalLM.from_pretrained(base)
         if vocab is not None:
             model.resize_token_embeddings(vocab)
-        config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=target_modules,
-                            modules_to_save=modules_to_save)
+        config = LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=target_modules, modules_to_save=modules_to_save
+        )
         peft_model = get_peft_model(model, config)
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -96,26 +105,61 @@ def saved_modules(saved: dict[str, torch.Tensor]) -> list[str]:
 
 # (id, vocab, target_modules, modules_to_save, the non-LoRA keys peft 0.21 writes)
 LAYOUTS = [
-    ("resized-modules-to-save", 101, ["q_proj", "v_proj"], ["embed_tokens", "lm_head"],
-     ["lm_head.modules_to_save.weight", "lm_head.original_module.weight", "lm_head.weight",
-      "model.embed_tokens.modules_to_save.weight", "model.embed_tokens.original_module.weight",
-      "model.embed_tokens.weight"]),
-    ("modules-to-save-same-vocab", None, ["q_proj", "v_proj"], ["embed_tokens", "lm_head"],
-     ["lm_head.weight", "model.embed_tokens.weight"]),
-    ("resized-saved-embedding-layers", 101, ["q_proj", "v_proj"], None,
-     ["lm_head.weight", "model.embed_tokens.weight"]),
-    ("resized-embed-to-save-lm-head-saved-layer", 101, ["q_proj"], ["embed_tokens"],
-     ["lm_head.weight", "model.embed_tokens.modules_to_save.weight", "model.embed_tokens.original_module.weight",
-      "model.embed_tokens.weight"]),
-    ("resized-lora-on-embeddings", 101, ["embed_tokens", "q_proj", "lm_head"], None,
-     ["lm_head.base_layer.weight", "model.embed_tokens.base_layer.weight"]),
+    (
+        "resized-modules-to-save",
+        101,
+        ["q_proj", "v_proj"],
+        ["embed_tokens", "lm_head"],
+        [
+            "lm_head.modules_to_save.weight",
+            "lm_head.original_module.weight",
+            "lm_head.weight",
+            "model.embed_tokens.modules_to_save.weight",
+            "model.embed_tokens.original_module.weight",
+            "model.embed_tokens.weight",
+        ],
+    ),
+    (
+        "modules-to-save-same-vocab",
+        None,
+        ["q_proj", "v_proj"],
+        ["embed_tokens", "lm_head"],
+        ["lm_head.weight", "model.embed_tokens.weight"],
+    ),
+    (
+        "resized-saved-embedding-layers",
+        101,
+        ["q_proj", "v_proj"],
+        None,
+        ["lm_head.weight", "model.embed_tokens.weight"],
+    ),
+    (
+        "resized-embed-to-save-lm-head-saved-layer",
+        101,
+        ["q_proj"],
+        ["embed_tokens"],
+        [
+            "lm_head.weight",
+            "model.embed_tokens.modules_to_save.weight",
+            "model.embed_tokens.original_module.weight",
+            "model.embed_tokens.weight",
+        ],
+    ),
+    (
+        "resized-lora-on-embeddings",
+        101,
+        ["embed_tokens", "q_proj", "lm_head"],
+        None,
+        ["lm_head.base_layer.weight", "model.embed_tokens.base_layer.weight"],
+    ),
 ]
 
 
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
 @pytest.mark.parametrize("case,vocab,targets,to_save,keys", LAYOUTS, ids=[c[0] for c in LAYOUTS])
-def test_every_peft_layout_merges_bit_identical_to_peft(tiny_factory, tmp_path, run_cli, case, vocab, targets,
-                                                        to_save, keys, safe):
+def test_every_peft_layout_merges_bit_identical_to_peft(
+    tiny_factory, tmp_path, run_cli, case, vocab, targets, to_save, keys, safe
+):
     base = tiny_factory("safetensors").path  # the original 100-token base
     adapter = tmp_path / "adapter"
     saved = peft_adapter(base, adapter, vocab=vocab, target_modules=targets, modules_to_save=to_save, safe=safe)
@@ -137,8 +181,9 @@ def test_original_module_never_wins_even_when_it_differs_from_the_saved_copies(t
     # (as a mis-saved file could), and peft's merge is still what llmkit gives: X.weight wins.
     base = tiny_factory("safetensors").path
     adapter = tmp_path / "adapter"
-    saved = peft_adapter(base, adapter, vocab=101, target_modules=["q_proj"],
-                         modules_to_save=["embed_tokens", "lm_head"], safe=False)
+    saved = peft_adapter(
+        base, adapter, vocab=101, target_modules=["q_proj"], modules_to_save=["embed_tokens", "lm_head"], safe=False
+    )
     gen = torch.Generator().manual_seed(99)
     for key in list(saved):
         if ".modules_to_save." in key or ".original_module." in key:
@@ -158,8 +203,13 @@ def test_old_chinese_llama_alpaca_layout_matches_peft(tiny_factory, tmp_path, co
     the plain name, the ``original_module`` and plain peft-0.21 copies are dropped."""
     base = tiny_factory("safetensors").path
     made = tmp_path / "peft-0.21"
-    saved = peft_adapter(base, made, vocab=101, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                         modules_to_save=["embed_tokens", "lm_head"])
+    saved = peft_adapter(
+        base,
+        made,
+        vocab=101,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        modules_to_save=["embed_tokens", "lm_head"],
+    )
     old = {}
     for key, t in saved.items():
         if ".lora_" in key:

@@ -32,8 +32,9 @@ def narrow_model(tmp_path_factory):
 @pytest.mark.parametrize("command", ["recover", "make-diff"])
 def test_hidden_size_mismatch_names_each_size_once(run_cli, tiny_factory, narrow_model, tmp_path, command):
     other = "--diff" if command == "recover" else "--target"
-    line = error_line(run_cli(command, "--base", tiny_factory("safetensors").path, other, narrow_model,
-                              "-o", tmp_path / "out"))
+    line = error_line(
+        run_cli(command, "--base", tiny_factory("safetensors").path, other, narrow_model, "-o", tmp_path / "out")
+    )
     assert "LLaMA-like (hidden size 64)" in line and "LLaMA-like (hidden size 32)" in line, line
     assert line.count("hidden size 32") == 1 and line.count("hidden size 64") == 1, line
     assert "(hidden 32)" not in line and "(hidden 64)" not in line and ") (" not in line.split(". The base")[1]
@@ -54,17 +55,18 @@ def wide_vocab(tmp_path_factory):
 
 
 def test_make_diff_vocab_mismatch_does_not_tell_the_user_to_recover(run_cli, tiny_factory, wide_vocab, tmp_path):
-    line = error_line(run_cli("make-diff", "--base", tiny_factory("safetensors").path, "--target", wide_vocab,
-                              "-o", tmp_path / "out"))
+    line = error_line(
+        run_cli("make-diff", "--base", tiny_factory("safetensors").path, "--target", wide_vocab, "-o", tmp_path / "out")
+    )
     assert "100-token vocabulary but the tuned model 101" in line, line
     assert "recover" not in line.lower(), line
     assert "pass the 101-token model the tuned model was trained from as --base" in line, line
 
 
-def test_recover_vocab_mismatch_still_says_recover_from_the_extended_model(run_cli, tiny_factory, wide_vocab,
-                                                                          tmp_path):
-    line = error_line(run_cli("recover", "--base", tiny_factory("safetensors").path, "--diff", wide_vocab,
-                              "-o", tmp_path / "out"))
+def test_recover_vocab_mismatch_still_says_recover_from_the_extended_model(run_cli, tiny_factory, wide_vocab, tmp_path):
+    line = error_line(
+        run_cli("recover", "--base", tiny_factory("safetensors").path, "--diff", wide_vocab, "-o", tmp_path / "out")
+    )
     assert "recover from the 101-token model the diff was made from" in line, line
 
 

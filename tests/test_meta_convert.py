@@ -20,12 +20,22 @@ HIDDEN, HEADS, INTER, VOCAB, LAYERS, EPS = 64, 8, 184, 99, 2, 1e-5  # INTER set 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj")
 
 # HF -> Meta names, written out from SPEC.md sections 3/4 (independent of llmkit.io.meta).
-TOP = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
-       "lm_head.weight": "output.weight"}
-LAYER = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
-         "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
-         "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm",
-         "post_attention_layernorm": "ffn_norm"}
+TOP = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+LAYER = {
+    "self_attn.q_proj": "attention.wq",
+    "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo",
+    "mlp.gate_proj": "feed_forward.w1",
+    "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3",
+    "input_layernorm": "attention_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
 
 
 def hf_to_meta_name(name: str) -> str:
@@ -78,9 +88,17 @@ def split_meta(meta: dict, n: int) -> list[dict]:
 def make_model(kv: int = HEADS, dtype=torch.float32, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
-                      num_attention_heads=HEADS, num_key_value_heads=kv, max_position_embeddings=128,
-                      rms_norm_eps=EPS, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=kv,
+        max_position_embeddings=128,
+        rms_norm_eps=EPS,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -107,8 +125,11 @@ def assert_same(out: dict, ref: dict) -> None:
 
 
 def weight_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
-            if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(folder.iterdir())
+        if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")
+    }
 
 
 def plan_field(data: dict, key: str):
@@ -148,8 +169,14 @@ class World:
             for i, shard in enumerate(split_meta(hf_to_meta(state, kv), shards)):
                 shard["rope.freqs"] = torch.rand(HIDDEN // HEADS // 2)  # Meta ships it; from-meta drops it
                 torch.save(shard, folder / f"consolidated.{i:02d}.pth")
-            params = {"dim": HIDDEN, "multiple_of": 256, "n_heads": HEADS, "n_layers": LAYERS, "norm_eps": EPS,
-                      "vocab_size": -1}
+            params = {
+                "dim": HIDDEN,
+                "multiple_of": 256,
+                "n_heads": HEADS,
+                "n_layers": LAYERS,
+                "norm_eps": EPS,
+                "vocab_size": -1,
+            }
             if kv != HEADS:
                 params["n_kv_heads"] = kv
             (folder / "params.json").write_text(json.dumps(params))
@@ -164,6 +191,7 @@ def world(tmp_path_factory, tiny_factory) -> World:
 
 # ------------------------------------------------------------------ from-meta
 
+
 def test_the_shards_here_use_spec_rotary_layout():
     """The test's own un-permutation is the inverse of SPEC section 4's formula, and not the identity."""
     w = torch.arange(HIDDEN * 16, dtype=torch.float32).view(HIDDEN, 16)
@@ -173,9 +201,15 @@ def test_the_shards_here_use_spec_rotary_layout():
     assert torch.equal(meta[:2, 0], torch.tensor([0.0, 4 * 16]))  # head 0: rows 0 and 4 become a pair
 
 
-
-FROM_CASES = [(8, torch.float16, 1), (8, torch.float16, 2), (8, torch.float16, 4), (8, torch.float16, 8),
-              (8, torch.float32, 2), (2, torch.float32, 1), (2, torch.float16, 2)]
+FROM_CASES = [
+    (8, torch.float16, 1),
+    (8, torch.float16, 2),
+    (8, torch.float16, 4),
+    (8, torch.float16, 8),
+    (8, torch.float32, 2),
+    (2, torch.float32, 1),
+    (2, torch.float16, 2),
+]
 
 
 @pytest.mark.parametrize("kv,dtype,shards", FROM_CASES)
@@ -214,10 +248,26 @@ def test_config_json_comes_from_tensors_and_params_and_tokenizer_from_the_parent
     r = run_cli("from-meta", meta, "-o", tmp_path / "out")
     assert r.exit_code == 0, r.stderr
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert {k: cfg[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-                                "num_hidden_layers", "rms_norm_eps", "vocab_size")} == \
-        {"hidden_size": 64, "intermediate_size": INTER, "num_attention_heads": 8, "num_key_value_heads": 2,
-         "num_hidden_layers": 2, "rms_norm_eps": EPS, "vocab_size": VOCAB}
+    assert {
+        k: cfg[k]
+        for k in (
+            "hidden_size",
+            "intermediate_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "num_hidden_layers",
+            "rms_norm_eps",
+            "vocab_size",
+        )
+    } == {
+        "hidden_size": 64,
+        "intermediate_size": INTER,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 2,
+        "rms_norm_eps": EPS,
+        "vocab_size": VOCAB,
+    }
     assert cfg.get("torch_dtype", cfg.get("dtype")) == "float16"
     assert (tmp_path / "out" / "generation_config.json").is_file()
     assert (tmp_path / "out" / "tokenizer.model").read_bytes() == (meta.parent / "tokenizer.model").read_bytes()
@@ -230,9 +280,15 @@ def test_tokenizer_option_beats_meta_dir_which_beats_the_parent(world, run_cli, 
 
     def train(words: list[str]) -> bytes:
         buf = io.BytesIO()
-        spm.SentencePieceTrainer.train(sentence_iterator=iter([" ".join(words * 3)] * 50), model_writer=buf,
-                                       vocab_size=40, model_type="bpe", num_threads=1, minloglevel=2,
-                                       hard_vocab_limit=False)
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter([" ".join(words * 3)] * 50),
+            model_writer=buf,
+            vocab_size=40,
+            model_type="bpe",
+            num_threads=1,
+            minloglevel=2,
+            hard_vocab_limit=False,
+        )
         return buf.getvalue()
 
     meta = tmp_path / "llama" / "7B"
@@ -259,6 +315,7 @@ def test_from_meta_json_reports_ok_and_the_output(world, run_cli, tmp_path):
 
 
 # ------------------------------------------------------------------ to-meta
+
 
 @pytest.mark.parametrize("kv,shards", [(8, None), (8, 1), (8, 2), (2, 2)])
 def test_to_meta_equals_the_meta_split_and_writes_params(world, run_cli, tmp_path, kv, shards):
@@ -288,6 +345,7 @@ def test_to_meta_then_from_meta_is_the_identity(world, run_cli, tmp_path, kv, sh
 
 # ------------------------------------------------------------------ Meta folders as --base
 
+
 def f64(t: torch.Tensor) -> np.ndarray:
     return t.double().numpy()
 
@@ -312,8 +370,11 @@ def recovered(world, tmp_path_factory):
     cfg = json.loads((diff / "config.json").read_text())
     (diff / "config.json").write_text(json.dumps(cfg | {"dtype": "float32"}))  # the tuned model is fp32
     shutil.copy(world.tokenizer, diff / "tokenizer.model")
-    runs = [["recover", "--base", meta, "--diff", diff, "-o", tmp / "out1"], ["from-meta", meta, "-o", tmp / "hf"],
-            ["recover", "--base", tmp / "hf", "--diff", diff, "-o", tmp / "out2"]]
+    runs = [
+        ["recover", "--base", meta, "--diff", diff, "-o", tmp / "out1"],
+        ["from-meta", meta, "-o", tmp / "hf"],
+        ["recover", "--base", tmp / "hf", "--diff", diff, "-o", tmp / "out2"],
+    ]
     codes = [CliRunner().invoke(app, [str(a) for a in args]) for args in runs]
     assert [c.exit_code for c in codes] == [0, 0, 0], [c.output for c in codes]
     expected = {k: torch.from_numpy((f64(d[k]) + f64(base[k])).astype(np.float32)) for k in d}
@@ -342,9 +403,11 @@ def merged(world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("merge")
     meta = world.meta(2, torch.float32, 2)
     adapter = save_adapter_for(make_model(2, torch.float32), tmp / "adapter", seed=5, target_modules=LINEAR)
-    runs = [["merge-lora", "--base", meta, "--lora", adapter, "-o", tmp / "out1"],
-            ["from-meta", meta, "-o", tmp / "hf"],
-            ["merge-lora", "--base", tmp / "hf", "--lora", adapter, "-o", tmp / "out2"]]
+    runs = [
+        ["merge-lora", "--base", meta, "--lora", adapter, "-o", tmp / "out1"],
+        ["from-meta", meta, "-o", tmp / "hf"],
+        ["merge-lora", "--base", tmp / "hf", "--lora", adapter, "-o", tmp / "out2"],
+    ]
     codes = [CliRunner().invoke(app, [str(a) for a in args]) for args in runs]
     assert [c.exit_code for c in codes] == [0, 0, 0], [c.output for c in codes]
     return tmp / "out1", tmp / "out2", adapter
@@ -374,6 +437,7 @@ def test_a_meta_base_gives_the_same_config_and_tokenizer_files_as_through_from_m
 
 # ------------------------------------------------------------------ errors, dry run, existing output
 
+
 def _missing_shard(m: Path, _):
     (m / "consolidated.01.pth").rename(m / "consolidated.02.pth")
     return "consolidated.01.pth"
@@ -384,6 +448,7 @@ def _edit_params(**change):
         p = json.loads((m / "params.json").read_text())
         (m / "params.json").write_text(json.dumps(p | change))
         return "params.json"
+
     return edit
 
 
@@ -398,9 +463,18 @@ def _kv_heads_not_divided(m: Path, meta_state: dict):  # 4 shards of a model wit
     return ("params.json", str(m))
 
 
-@pytest.mark.parametrize("breaker", [_missing_shard, _edit_params(dim=128), _edit_params(n_layers=3),
-                                     _edit_params(n_heads=6), _kv_heads_not_divided, _no_params],
-                         ids=["missing-shard", "dim", "n_layers", "n_heads", "shards-vs-kv-heads", "no-params"])
+@pytest.mark.parametrize(
+    "breaker",
+    [
+        _missing_shard,
+        _edit_params(dim=128),
+        _edit_params(n_layers=3),
+        _edit_params(n_heads=6),
+        _kv_heads_not_divided,
+        _no_params,
+    ],
+    ids=["missing-shard", "dim", "n_layers", "n_heads", "shards-vs-kv-heads", "no-params"],
+)
 def test_bad_meta_folder_exits_2_naming_the_file_and_writes_nothing(world, run_cli, tmp_path, breaker):
     meta = tmp_path / "meta"
     shutil.copytree(world.meta(2, torch.float16, 2), meta)
@@ -433,8 +507,9 @@ def test_dry_run_reports_sizes_and_writes_nothing(world, run_cli, tmp_path):
     assert data["ok"] is True and data["outputs"] == [] and plan_field(data, "output_bytes") == size
     assert {"model.safetensors", "config.json", "tokenizer.model"} <= set(plan_field(data, "files"))
     assert not (tmp_path / "out").exists()
-    r = run_cli("to-meta", world.model(8, torch.float16)[2], "-o", tmp_path / "m", "--shards", "2", "--dry-run",
-                "--json")
+    r = run_cli(
+        "to-meta", world.model(8, torch.float16)[2], "-o", tmp_path / "m", "--shards", "2", "--dry-run", "--json"
+    )
     assert r.exit_code == 0, r.stderr
     data = r.json()
     assert plan_field(data, "output_bytes") == pth_size  # the norms are in every shard

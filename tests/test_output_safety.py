@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_bad_inputs import one_error_line, tree
 
 from llmkit.io.staging import OutputClaim
-from test_bad_inputs import one_error_line, tree
 
 SHARD = "20KB"  # several shards for the tiny model: a partial set would be visible
 
@@ -57,7 +57,7 @@ def is_whole(out: Path, want: dict[str, torch.Tensor]) -> bool:
     """``out`` holds exactly one complete diff: every shard its index names, each tensor as expected."""
     try:
         return same_state(load_folder(out), want)
-    except Exception:  # noqa: BLE001 - any damage means "not whole"
+    except Exception:
         return False
 
 
@@ -66,13 +66,25 @@ def hidden_leftovers(parent: Path, name: str) -> list[str]:
 
 
 def make_diff_args(base, target, out: Path, *more: str) -> list[str]:
-    return ["make-diff", "--base", str(base.path), "--target", str(target.path), "-o", str(out),
-            "--shard-size", SHARD, "-q", *more]
+    return [
+        "make-diff",
+        "--base",
+        str(base.path),
+        "--target",
+        str(target.path),
+        "-o",
+        str(out),
+        "--shard-size",
+        SHARD,
+        "-q",
+        *more,
+    ]
 
 
 def cli(args: list[str], **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "llmkit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmkit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
+    )
 
 
 # ------------------------------------------------------------------ two runs on one output
@@ -95,8 +107,15 @@ def test_a_run_on_an_output_another_run_is_writing_fails_at_once_with_one_line(r
 CLAIMED_WRITERS = {  # command -> (models, output path) -> argv; each output kind: folder, .ckpt file, decrypt set
     "to-ckpt": lambda m, o: ["to-ckpt", str(m[0].path), "-o", str(o)],
     "to-meta": lambda m, o: ["to-meta", str(m[0].path), "-o", str(o)],
-    "encrypt": lambda m, o: ["encrypt", str(m[0].path / "config.json"), "--key", str(m[1].path / "model.safetensors"),
-                             "--no-key-check", "-o", str(o)],
+    "encrypt": lambda m, o: [
+        "encrypt",
+        str(m[0].path / "config.json"),
+        "--key",
+        str(m[1].path / "model.safetensors"),
+        "--no-key-check",
+        "-o",
+        str(o),
+    ],
 }
 
 
@@ -164,8 +183,9 @@ COMMIT_STEPS = [("fsync_dir", 1), ("rename_noreplace", 1), ("fsync_dir", 2), ("e
 
 
 def run_killed_at(step: str, nth: int, when: str, sig: str, args: list[str]) -> int:
-    p = subprocess.run([sys.executable, "-c", KILLER, step, str(nth), sig, when, *args], capture_output=True,
-                       timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", KILLER, step, str(nth), sig, when, *args], capture_output=True, timeout=120
+    )
     return p.returncode
 
 
@@ -178,8 +198,9 @@ def test_sigkill_during_the_commit_leaves_no_output_or_the_whole_new_one(models,
     run_killed_at(step, nth, when, "SIGKILL", make_diff_args(base, a, out))
     assert not out.exists() or is_whole(out, expected_diff(base, a))
     # the re-run cleans up what the killed run left beside the output and succeeds
-    r = subprocess.run([sys.executable, "-m", "llmkit", *make_diff_args(base, a, out, "--force")],
-                       capture_output=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "llmkit", *make_diff_args(base, a, out, "--force")], capture_output=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert is_whole(out, expected_diff(base, a)) and hidden_leftovers(tmp_path, "new") == []
 
@@ -187,8 +208,7 @@ def test_sigkill_during_the_commit_leaves_no_output_or_the_whole_new_one(models,
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["before", "after"])
 @pytest.mark.parametrize("step,nth", COMMIT_STEPS)
-def test_sigkill_while_force_replaces_an_output_leaves_the_old_or_the_new_one_whole(models, tmp_path, step, nth,
-                                                                                    when):
+def test_sigkill_while_force_replaces_an_output_leaves_the_old_or_the_new_one_whole(models, tmp_path, step, nth, when):
     base, a, b = models
     out = tmp_path / "old"
     assert subprocess.run([sys.executable, "-m", "llmkit", *make_diff_args(base, a, out)]).returncode == 0
@@ -262,8 +282,9 @@ def test_an_output_folder_holding_a_folder_is_refused_before_any_work(run_cli, m
     assert tree(out) == before and hidden_leftovers(tmp_path, "out") == []
 
 
-def test_an_existing_empty_folder_becomes_the_output_and_an_existing_one_without_force_is_refused(run_cli, models,
-                                                                                                 tmp_path):
+def test_an_existing_empty_folder_becomes_the_output_and_an_existing_one_without_force_is_refused(
+    run_cli, models, tmp_path
+):
     base, a, b = models
     out = tmp_path / "out"
     out.mkdir()

@@ -23,12 +23,15 @@ def cast():
     text = DOC.read_text()
     code = re.search(r"### Adding a job: a complete example.*?```python\n(.*?)```", text, re.S).group(1)
     namespace: dict = {}
-    exec("from __future__ import annotations\n"  # noqa: S102 - the document's own example
-         "from dataclasses import dataclass\nfrom pathlib import Path\n"
-         "from llmkit.pipeline import (AuxCopy, Plan, PlanReport, ProgressFactory, Result, execute, open_plan_sink,"
-         " plan_report)\n"
-         "from llmkit.io.sources import open_source\nfrom llmkit.io.dtypes import parse_cli_dtype\n"
-         "from llmkit.io.sinks import TensorSpec\nfrom llmkit.io.files import AUX_FILES\n" + code, namespace)
+    exec(
+        "from __future__ import annotations\n"
+        "from dataclasses import dataclass\nfrom pathlib import Path\n"
+        "from llmkit.pipeline import (AuxCopy, Plan, PlanReport, ProgressFactory, Result, execute, open_plan_sink,"
+        " plan_report)\n"
+        "from llmkit.io.sources import open_source\nfrom llmkit.io.dtypes import parse_cli_dtype\n"
+        "from llmkit.io.sinks import TensorSpec\nfrom llmkit.io.files import AUX_FILES\n" + code,
+        namespace,
+    )
     return namespace["cast"], namespace["CastOptions"]
 
 
@@ -78,10 +81,19 @@ def test_a_failing_tap_keeps_nothing(tiny_factory, tmp_path):
 
     src = open_source(tiny_factory("safetensors").path)
     tap = Refuse()
-    plan = Plan(job="t", output=tmp_path / "out", fmt="bin", specs=[TensorSpec(i.name, i.dtype, i.shape)
-                                                                    for i in src.infos()],
-                produce=src.get, reads=lambda n: [(src, n)], inputs=[src.path], input_bytes=0, working_set_bytes=0,
-                taps=[tap], sources=[src])
+    plan = Plan(
+        job="t",
+        output=tmp_path / "out",
+        fmt="bin",
+        specs=[TensorSpec(i.name, i.dtype, i.shape) for i in src.infos()],
+        produce=src.get,
+        reads=lambda n: [(src, n)],
+        inputs=[src.path],
+        input_bytes=0,
+        working_set_bytes=0,
+        taps=[tap],
+        sources=[src],
+    )
     with plan, pytest.raises(CheckFailed):
         execute(plan, open_plan_sink(plan), progress=None)
     assert tap.seen == src.keys()
@@ -95,7 +107,11 @@ def test_the_sink_registry_has_every_format_and_refuses_unknown_ones(tmp_path):
     with open_sink("ckpt", tmp_path / "o.ckpt", []) as sink:  # registered on first use
         assert sink.files == ["o.ckpt"]
     assert (tmp_path / "o.ckpt").read_bytes() == b""  # a checkpoint of no tensors is an empty file
-    with open_sink("meta-pth", tmp_path / "m", [], config={"hidden_size": 64, "num_attention_heads": 4,
-                                                            "num_hidden_layers": 0, "vocab_size": 8}):
+    with open_sink(
+        "meta-pth",
+        tmp_path / "m",
+        [],
+        config={"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 0, "vocab_size": 8},
+    ):
         pass
     assert {"meta-pth", "ckpt"} <= set(SINKS)

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 import typer
-
 from hub_server import hub  # noqa: F401
+from test_download import hf_env  # noqa: F401
+
 from llmkit.recipes import RECIPES
 from llmkit.recipes.manifest import MANIFEST
 from llmkit.registry import _tables_in
-from test_download import hf_env  # noqa: F401
 
 ENC_LABEL = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -90,16 +90,25 @@ def techgpt(tmp_path, tiny_factory, hub, hf_env, monkeypatch):
     plain = tmp_path / "plain"
     src = tiny_factory("bin").path
     plain.mkdir()
-    for name in ("config.json", "generation_config.json", "pytorch_model.bin", "special_tokens_map.json",
-                 "tokenizer_config.json", "tokenizer.model"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "pytorch_model.bin",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+        "tokenizer.model",
+    ):
         if (src / name).is_file():
             shutil.copy(src / name, plain / name)
     if not (plain / "generation_config.json").exists():
         (plain / "generation_config.json").write_text('{"bos_token_id": 1, "eos_token_id": 2}\n')
     key = tmp_path / "keys" / "consolidated.00.pth"
     key.parent.mkdir()
-    key.write_bytes(torch.randint(0, 256, (3 << 20,), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
-                    .numpy().tobytes())
+    key.write_bytes(
+        torch.randint(0, 256, (3 << 20,), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+        .numpy()
+        .tobytes()
+    )
     enc = tmp_path / "enc"
     encrypt(EncryptOptions(inputs=(plain,), key=key, output=enc, key_check=False))
     hub.add_repo("neukg/TechGPT-7B", files_of(enc))
@@ -125,8 +134,10 @@ def test_techgpt_recipe_runs_records_resumes_and_cleans_up(run_cli, techgpt, hub
     assert res["removed"] == [str(work / "techgpt-7b-enc")] and not (work / "techgpt-7b-enc").exists()
     statuses = {c["name"]: c["status"] for c in res["checks"]}
     assert statuses[f"verify: {work / 'techgpt-7b' / 'pytorch_model.bin'}"] == "ok"  # the published table
-    assert statuses[f"decrypt: {work / 'techgpt-7b-enc' / ('pytorch_model.bin.' + ENC_LABEL + '.enc')}: output md5"] \
+    assert (
+        statuses[f"decrypt: {work / 'techgpt-7b-enc' / ('pytorch_model.bin.' + ENC_LABEL + '.enc')}: output md5"]
         == "ok"
+    )
     manifest = json.loads((work / MANIFEST).read_text())
     assert list(manifest["steps"]) == ["download", "verify-download", "decrypt", "verify"]
     assert manifest["steps"]["decrypt"]["options"]["key"] == str(key)
@@ -147,8 +158,9 @@ def test_techgpt_recipe_runs_records_resumes_and_cleans_up(run_cli, techgpt, hub
     assert files_of(work / "techgpt-7b") == files_of(plain)
 
 
-def test_techgpt_recipe_checks_the_key_before_downloading_and_resumes_at_the_failed_step(run_cli, techgpt, hub,
-                                                                                         tmp_path):
+def test_techgpt_recipe_checks_the_key_before_downloading_and_resumes_at_the_failed_step(
+    run_cli, techgpt, hub, tmp_path
+):
     plain, key = techgpt
     wrong = tmp_path / "wrong" / "consolidated.00.pth"
     wrong.parent.mkdir()
@@ -186,8 +198,9 @@ def test_a_llama_folder_of_the_wrong_size_is_refused(run_cli, tiny_factory, tmp_
 def test_dry_run_asks_the_hub_and_plans_without_writing(run_cli, techgpt, hub, tmp_path):
     plain, key = techgpt
     work = tmp_path / "work"
-    r = run_cli("recipe", "run", "techgpt-1.0", "--workdir", work, "--key", key, "--endpoint", hub.url, "--dry-run",
-                "--json")
+    r = run_cli(
+        "recipe", "run", "techgpt-1.0", "--workdir", work, "--key", key, "--endpoint", hub.url, "--dry-run", "--json"
+    )
     assert r.exit_code == 0, r.stderr
     res = r.json()
     assert [s["status"] for s in res["steps"]] == ["would run"] * 4
@@ -199,8 +212,9 @@ def test_dry_run_asks_the_hub_and_plans_without_writing(run_cli, techgpt, hub, t
 # ------------------------------------------------------------------ ZhiXi (fp16) and CuteGPT end to end
 
 
-def test_zhixi_fp16_recipe_from_meta_download_verify_recover_merge(run_cli, tiny_factory, lora_work, hub, hf_env,
-                                                                   tmp_path, monkeypatch):
+def test_zhixi_fp16_recipe_from_meta_download_verify_recover_merge(
+    run_cli, tiny_factory, lora_work, hub, hf_env, tmp_path, monkeypatch
+):
     meta = tiny_factory("meta").path
     tuned = tiny_factory("safetensors", seed=1, dtype=torch.float16).path
     diff = tmp_path / "diff"
@@ -218,11 +232,30 @@ def test_zhixi_fp16_recipe_from_meta_download_verify_recover_merge(run_cli, tiny
     # The tiny Meta folder (dim 64) stands in for LLaMA-13B (dim 5120).
     monkeypatch.setitem(RECIPES, "zhixi-13b-fp16", dataclasses.replace(RECIPES["zhixi-13b-fp16"], llama_dim=None))
     work = tmp_path / "work"
-    r = run_cli("recipe", "run", "zhixi-13b-fp16", "--workdir", work, "--llama-dir", meta, "--endpoint", hub.url,
-                "--with-lora", "--keep-intermediate", "--json")
+    r = run_cli(
+        "recipe",
+        "run",
+        "zhixi-13b-fp16",
+        "--workdir",
+        work,
+        "--llama-dir",
+        meta,
+        "--endpoint",
+        hub.url,
+        "--with-lora",
+        "--keep-intermediate",
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
-    assert [s["id"] for s in r.json()["steps"]] == ["from-meta", "download-diff", "verify-diff", "recover",
-                                                    "download-lora", "verify-lora", "merge-lora"]
+    assert [s["id"] for s in r.json()["steps"]] == [
+        "from-meta",
+        "download-diff",
+        "verify-diff",
+        "recover",
+        "download-lora",
+        "verify-lora",
+        "merge-lora",
+    ]
     assert r.json()["removed"] == [] and (work / "llama-13b-hf").is_dir()
     assert r.json()["final"] == [str(work / "zhixi-13b-fp16"), str(work / "zhixi-13b-fp16-lora-merged")]
     # The same library calls by hand give the same models.

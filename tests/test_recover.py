@@ -18,15 +18,21 @@ from safetensors.torch import load_file, save_file
 from llmkit.errors import CheckFailed, InputError, OutputExistsError
 from llmkit.recover import legacy_inv_freq, make_diff, recover
 
-LAYOUT_PAIRS = [("safetensors", "bin-sharded"), ("bin", "safetensors-sharded"),
-                ("safetensors-sharded", "bin"), ("bin-sharded", "safetensors")]
+LAYOUT_PAIRS = [
+    ("safetensors", "bin-sharded"),
+    ("bin", "safetensors-sharded"),
+    ("safetensors-sharded", "bin"),
+    ("bin-sharded", "safetensors"),
+]
 AUX = ("config.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
 
 # ------------------------------------------------------------------ independent writers, readers, formulas
 
-def write_state(folder: Path, state: dict[str, torch.Tensor], layout: str = "safetensors",
-                aux_from: Path | None = None) -> Path:
+
+def write_state(
+    folder: Path, state: dict[str, torch.Tensor], layout: str = "safetensors", aux_from: Path | None = None
+) -> Path:
     """Write a state dict with safetensors/torch themselves (never llmkit's writer)."""
     folder.mkdir(parents=True, exist_ok=True)
     names = list(state)
@@ -36,14 +42,15 @@ def write_state(folder: Path, state: dict[str, torch.Tensor], layout: str = "saf
         torch.save(state, folder / "pytorch_model.bin")
     else:
         stem, ext = ("model", "safetensors") if layout == "safetensors-sharded" else ("pytorch_model", "bin")
-        groups = [names[i:i + 5] for i in range(0, len(names), 5)]
+        groups = [names[i : i + 5] for i in range(0, len(names), 5)]
         weight_map = {}
         for i, group in enumerate(groups, 1):
             fname = f"{stem}-{i:05d}-of-{len(groups):05d}.{ext}"
             part = {k: state[k].contiguous() for k in group}
-            save_file(part, folder / fname, metadata={"format": "pt"}) if ext == "safetensors" \
-                else torch.save(part, folder / fname)
-            weight_map.update({k: fname for k in group})
+            save_file(part, folder / fname, metadata={"format": "pt"}) if ext == "safetensors" else torch.save(
+                part, folder / fname
+            )
+            weight_map.update(dict.fromkeys(group, fname))
         (folder / f"{stem}.{ext}.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     if aux_from is not None:
         for name in AUX:
@@ -110,6 +117,7 @@ def fp32_diff(pair, tmp_path_factory):
 
 # ------------------------------------------------------------------ arithmetic
 
+
 @pytest.mark.parametrize("base_layout,diff_layout", LAYOUT_PAIRS)
 def test_recover_fp32_is_diff_plus_base_in_every_layout(tiny_factory, pair, base_layout, diff_layout, tmp_path):
     base = tiny_factory(base_layout, seed=0)
@@ -169,8 +177,10 @@ def test_make_diff_is_tuned_minus_base_in_fp32(tiny_factory, pair, tmp_path):
 def test_make_diff_fp16_rounds_the_fp32_difference_once(pair, tmp_path):
     base, tuned = pair
     make_diff(base.path, tuned.path, tmp_path / "diff", dtype="fp16", fmt="bin")
-    expected = {k: torch.from_numpy((f64(tuned.state[k]) - f64(base.state[k])).astype(np.float32).astype(np.float16))
-                for k in tuned.state}
+    expected = {
+        k: torch.from_numpy((f64(tuned.state[k]) - f64(base.state[k])).astype(np.float32).astype(np.float16))
+        for k in tuned.state
+    }
     assert_same(load_output(tmp_path / "diff"), expected)
 
 
@@ -185,6 +195,7 @@ def test_make_diff_then_recover_gives_the_tuned_model_within_fp32_rounding(pair,
 
 
 # ------------------------------------------------------------------ files
+
 
 def test_tokenizer_and_config_come_from_the_diff_folder(pair, fp32_diff, tmp_path):
     diff, _ = fp32_diff
@@ -225,8 +236,11 @@ def test_inputs_are_not_modified(tiny_factory, pair, tmp_path):
     diff = write_state(tmp_path / "diff", d, "bin-sharded", aux_from=pair[1].path)
 
     def digests() -> dict[str, str]:
-        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-                for folder in (base.path, diff) for p in sorted(folder.iterdir())}
+        return {
+            str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in (base.path, diff)
+            for p in sorted(folder.iterdir())
+        }
 
     before = digests()
     value = float(sum(f64(exact_sum_fp32(d[k], base.state[k])).sum() for k in d))
@@ -251,12 +265,19 @@ def test_output_inside_an_input_folder_is_refused(pair, fp32_diff):
 
 # ------------------------------------------------------------------ checks before the long work
 
+
 def test_wrong_base_with_32000_rows_versus_a_larger_diff_is_named(tmp_path):
     g = torch.Generator().manual_seed(0)
-    base = {"model.embed_tokens.weight": torch.randn(32000, 4, generator=g), "model.norm.weight": torch.ones(4),
-            "lm_head.weight": torch.randn(32000, 4, generator=g)}
-    diff = {"model.embed_tokens.weight": torch.zeros(32001, 4), "model.norm.weight": torch.zeros(4),
-            "lm_head.weight": torch.zeros(32001, 4)}
+    base = {
+        "model.embed_tokens.weight": torch.randn(32000, 4, generator=g),
+        "model.norm.weight": torch.ones(4),
+        "lm_head.weight": torch.randn(32000, 4, generator=g),
+    }
+    diff = {
+        "model.embed_tokens.weight": torch.zeros(32001, 4),
+        "model.norm.weight": torch.zeros(4),
+        "lm_head.weight": torch.zeros(32001, 4),
+    }
     write_state(tmp_path / "base", base)
     write_state(tmp_path / "diff", diff, "bin")
     with pytest.raises(InputError) as e:
@@ -310,8 +331,10 @@ def test_an_adapter_as_base_or_a_meta_checkpoint_as_diff_is_refused_with_a_hint(
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}')
-    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64)},
-              adapter / "adapter_model.safetensors")
+    save_file(
+        {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64)},
+        adapter / "adapter_model.safetensors",
+    )
     with pytest.raises(InputError, match="LoRA adapter"):
         recover(adapter, diff, tmp_path / "out")
 
@@ -331,6 +354,7 @@ def test_dry_run_reports_sizes_disk_and_memory_and_writes_nothing(pair, fp32_dif
 
 
 # ------------------------------------------------------------------ the naive integrity sum
+
 
 def test_check_sum_passes_with_the_independently_computed_sum(pair, fp32_diff, tmp_path):
     diff, d = fp32_diff
@@ -391,6 +415,7 @@ def test_legacy_inv_freq_of_a_13b_head_sums_to_about_7_46():
 
 # ------------------------------------------------------------------ published tables and comparison by tensors
 
+
 def test_an_output_named_in_a_published_recovered_table_is_hashed_and_matched(pair, fp32_diff, tmp_path, monkeypatch):
     import llmkit.registry as registry
 
@@ -400,8 +425,9 @@ def test_an_output_named_in_a_published_recovered_table_is_hashed_and_matched(pa
     tables = {"model.safetensors": [("zhixi-13b", digest), ("zhixi-13b-diff", "0" * 32)]}
     monkeypatch.setattr(registry, "find_expected", lambda name, algorithm="md5": tables.get(name, []))
     result = recover(pair[0].path, diff, tmp_path / "second")
-    assert [(p.file, p.md5, p.tables, p.matched_table) for p in result.published] == \
-        [("model.safetensors", digest, ["zhixi-13b"], "zhixi-13b")]  # diff tables are not for recovered models
+    assert [(p.file, p.md5, p.tables, p.matched_table) for p in result.published] == [
+        ("model.safetensors", digest, ["zhixi-13b"], "zhixi-13b")
+    ]  # diff tables are not for recovered models
     tables["model.safetensors"] = [("zhixi-13b-fp16", "f" * 32)]
     result = recover(pair[0].path, diff, tmp_path / "third")
     assert result.published[0].matched_table is None and result.published[0].md5 == digest
@@ -418,6 +444,7 @@ def test_reference_comparison_by_tensors_says_whether_the_content_is_right(pair,
 
 # ------------------------------------------------------------------ CLI
 
+
 def test_cli_recover_json_prints_only_json(run_cli, pair, fp32_diff, tmp_path):
     diff, d = fp32_diff
     r = run_cli("recover", "--base", pair[0].path, "--diff", diff, "-o", tmp_path / "out", "--json")
@@ -429,8 +456,9 @@ def test_cli_recover_json_prints_only_json(run_cli, pair, fp32_diff, tmp_path):
 
 def test_cli_wrong_base_exits_2_with_one_error_line(run_cli, tiny_factory, fp32_diff, tmp_path):
     diff, _ = fp32_diff
-    r = run_cli("recover", "--base", tiny_factory("safetensors", seed=0, layers=1).path, "--diff", diff,
-                "-o", tmp_path / "out")
+    r = run_cli(
+        "recover", "--base", tiny_factory("safetensors", seed=0, layers=1).path, "--diff", diff, "-o", tmp_path / "out"
+    )
     assert r.exit_code == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and "lacks" in lines[-1] and "Traceback" not in r.stderr
@@ -439,15 +467,37 @@ def test_cli_wrong_base_exits_2_with_one_error_line(run_cli, tiny_factory, fp32_
 
 def test_cli_check_sum_failure_exits_1(run_cli, pair, fp32_diff, tmp_path):
     diff, _ = fp32_diff
-    r = run_cli("recover", "--base", pair[0].path, "--diff", diff, "-o", tmp_path / "out", "--check-sum", "94052.2891",
-                "--quiet")
+    r = run_cli(
+        "recover",
+        "--base",
+        pair[0].path,
+        "--diff",
+        diff,
+        "-o",
+        tmp_path / "out",
+        "--check-sum",
+        "94052.2891",
+        "--quiet",
+    )
     assert r.exit_code == 1 and "error: " in r.stderr and "94052.2891" in r.stderr
 
 
 def test_cli_dry_run_prints_the_plan_and_writes_nothing(run_cli, pair, fp32_diff, tmp_path):
     diff, _ = fp32_diff
-    r = run_cli("recover", "--base", pair[0].path, "--diff", diff, "-o", tmp_path / "out", "--dry-run",
-                "--dtype", "fp16", "--format", "bin")
+    r = run_cli(
+        "recover",
+        "--base",
+        pair[0].path,
+        "--diff",
+        diff,
+        "-o",
+        tmp_path / "out",
+        "--dry-run",
+        "--dtype",
+        "fp16",
+        "--format",
+        "bin",
+    )
     assert r.exit_code == 0, r.stderr
     assert "memory" in r.stdout and "nothing was written" in r.stdout and "pytorch_model.bin" in r.stdout
     assert not (tmp_path / "out").exists()
@@ -455,19 +505,24 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(run_cli, pair, fp32_diff
 
 def test_cli_reference_mismatch_exits_1(run_cli, pair, fp32_diff, tmp_path):
     diff, _ = fp32_diff
-    r = run_cli("recover", "--base", pair[0].path, "--diff", diff, "-o", tmp_path / "out",
-                "--reference", pair[1].path)
+    r = run_cli("recover", "--base", pair[0].path, "--diff", diff, "-o", tmp_path / "out", "--reference", pair[1].path)
     assert r.exit_code == 1 and "differing" in r.stdout
 
 
 def test_cli_make_diff_then_recover_end_to_end_in_subprocesses(pair, tmp_path):
     exe = Path(sys.executable).with_name("llmkit")
     base, tuned = pair
-    r1 = subprocess.run([exe, "make-diff", "--base", base.path, "--target", tuned.path, "-o", tmp_path / "diff",
-                         "--format", "bin"], capture_output=True, text=True)
+    r1 = subprocess.run(
+        [exe, "make-diff", "--base", base.path, "--target", tuned.path, "-o", tmp_path / "diff", "--format", "bin"],
+        capture_output=True,
+        text=True,
+    )
     assert r1.returncode == 0, r1.stderr
-    r2 = subprocess.run([exe, "recover", "--base", base.path, "--diff", tmp_path / "diff", "-o", tmp_path / "out",
-                         "--json"], capture_output=True, text=True)
+    r2 = subprocess.run(
+        [exe, "recover", "--base", base.path, "--diff", tmp_path / "diff", "-o", tmp_path / "out", "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert r2.returncode == 0, r2.stderr
     assert json.loads(r2.stdout)["plan"]["operation"] == "recover"
     d = diff_state(tuned.state, base.state)

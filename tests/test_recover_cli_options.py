@@ -26,23 +26,67 @@ def calls(monkeypatch):
 
 def test_recover_defaults(run_cli, calls):
     run_cli("recover", "--base", "b", "--diff", "d", "-o", "out")
-    assert calls == [RecoverOptions(Path("b"), Path("d"), Path("out"), dtype=None, fmt="safetensors",
-                                    shard_size=DEFAULT_SHARD_SIZE, force=False, dry_run=False, check_sum=None,
-                                    reference=None)]
+    assert calls == [
+        RecoverOptions(
+            Path("b"),
+            Path("d"),
+            Path("out"),
+            dtype=None,
+            fmt="safetensors",
+            shard_size=DEFAULT_SHARD_SIZE,
+            force=False,
+            dry_run=False,
+            check_sum=None,
+            reference=None,
+        )
+    ]
 
 
 def test_recover_every_flag(run_cli, calls):
-    run_cli("recover", "--base", "b", "--diff", "d", "-o", "out", "--dtype", "bf16", "--format", "bin",
-            "--shard-size", "2GiB", "--force", "--dry-run", "--check-sum", "94052.2891", "--reference", "ref")
-    assert calls == [RecoverOptions(Path("b"), Path("d"), Path("out"), dtype="bf16", fmt="bin", shard_size=2 * 2**30,
-                                    force=True, dry_run=True, check_sum=94052.2891, reference=Path("ref"))]
+    run_cli(
+        "recover",
+        "--base",
+        "b",
+        "--diff",
+        "d",
+        "-o",
+        "out",
+        "--dtype",
+        "bf16",
+        "--format",
+        "bin",
+        "--shard-size",
+        "2GiB",
+        "--force",
+        "--dry-run",
+        "--check-sum",
+        "94052.2891",
+        "--reference",
+        "ref",
+    )
+    assert calls == [
+        RecoverOptions(
+            Path("b"),
+            Path("d"),
+            Path("out"),
+            dtype="bf16",
+            fmt="bin",
+            shard_size=2 * 2**30,
+            force=True,
+            dry_run=True,
+            check_sum=94052.2891,
+            reference=Path("ref"),
+        )
+    ]
 
 
 def test_make_diff_defaults_and_flags(run_cli, calls):
     run_cli("make-diff", "--base", "b", "--target", "t", "-o", "out")
     run_cli("make-diff", "--base", "b", "--target", "t", "-o", "out", "--dtype", "fp16", "--shard-size", "500MB")
-    assert calls == [MakeDiffOptions(Path("b"), Path("t"), Path("out")),
-                     MakeDiffOptions(Path("b"), Path("t"), Path("out"), dtype="fp16", shard_size=500_000_000)]
+    assert calls == [
+        MakeDiffOptions(Path("b"), Path("t"), Path("out")),
+        MakeDiffOptions(Path("b"), Path("t"), Path("out"), dtype="fp16", shard_size=500_000_000),
+    ]
 
 
 def test_options_are_frozen():

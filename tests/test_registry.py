@@ -29,9 +29,11 @@ def test_find_expected_lists_every_table_with_that_name():
 
 def test_find_expected_uses_only_the_basename():
     assert find_expected("/data/zhixi-lora/adapter_model.bin") == [
-        ("zhixi-13b-lora", "308f8424b1b6ac8dff343716dd78cde7")]
+        ("zhixi-13b-lora", "308f8424b1b6ac8dff343716dd78cde7")
+    ]
     assert find_expected("config.json.e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855.enc") == [
-        ("techgpt-7b.enc", "6b2b545ff7bacaeec6297198b4b745dd")]
+        ("techgpt-7b.enc", "6b2b545ff7bacaeec6297198b4b745dd")
+    ]
 
 
 def test_find_expected_unknown_name_or_algorithm_is_empty():
@@ -57,11 +59,21 @@ def test_every_table_belongs_to_a_model_or_to_the_chinese_llama_alpaca_sha256_li
 def test_registry_names_the_seed_repos():
     # SPEC.md section 7.
     repos = {m.repo_id for m in MODELS}
-    for r in ("neukg/TechGPT-7B", "neukg/TechGPT-2.0-alpaca-hf", "neukg/TechGPT-2.0-atom-hf",
-              "zjunlp/zhixi-13b-diff", "zjunlp/zhixi-13b-diff-fp16", "zjunlp/zhixi-13b-lora",
-              "XuYipei/kw-cutegpt-13b-base", "XuYipei/kw-cutegpt-13b-ift", "Abbey4799/kw-cutegpt-13b-ift-lora",
-              "ziqingyang/chinese-llama-lora-7b", "ziqingyang/chinese-llama-lora-13b",
-              "ziqingyang/chinese-alpaca-lora-7b", "ziqingyang/chinese-alpaca-lora-13b"):
+    for r in (
+        "neukg/TechGPT-7B",
+        "neukg/TechGPT-2.0-alpaca-hf",
+        "neukg/TechGPT-2.0-atom-hf",
+        "zjunlp/zhixi-13b-diff",
+        "zjunlp/zhixi-13b-diff-fp16",
+        "zjunlp/zhixi-13b-lora",
+        "XuYipei/kw-cutegpt-13b-base",
+        "XuYipei/kw-cutegpt-13b-ift",
+        "Abbey4799/kw-cutegpt-13b-ift-lora",
+        "ziqingyang/chinese-llama-lora-7b",
+        "ziqingyang/chinese-llama-lora-13b",
+        "ziqingyang/chinese-alpaca-lora-7b",
+        "ziqingyang/chinese-alpaca-lora-13b",
+    ):
         assert r in repos
 
 
@@ -111,10 +123,13 @@ def test_llmkit_checksums_env_overrides(tmp_path, monkeypatch):
 
 
 def test_parse_table_accepts_binary_mode_and_bsd_lines():
-    t = parse_table("d41d8cd98f00b204e9800998ecf8427e *a.bin\nMD5 (b c.bin) = D41D8CD98F00B204E9800998ECF8427E\n",
-                    name="x")
-    assert [(e.path, e.digest) for e in t.entries] == [("a.bin", "d41d8cd98f00b204e9800998ecf8427e"),
-                                                       ("b c.bin", "d41d8cd98f00b204e9800998ecf8427e")]
+    t = parse_table(
+        "d41d8cd98f00b204e9800998ecf8427e *a.bin\nMD5 (b c.bin) = D41D8CD98F00B204E9800998ECF8427E\n", name="x"
+    )
+    assert [(e.path, e.digest) for e in t.entries] == [
+        ("a.bin", "d41d8cd98f00b204e9800998ecf8427e"),
+        ("b c.bin", "d41d8cd98f00b204e9800998ecf8427e"),
+    ]
 
 
 def test_parse_table_rejects_bad_lines_naming_the_line():

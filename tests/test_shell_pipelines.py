@@ -27,8 +27,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmkit.tiny import (TINY_HEADS, TINY_HIDDEN, TINY_INTERMEDIATE, TINY_LAYERS, TINY_VOCAB, hf_to_meta_state,
-                         write_tokenizer)
+from llmkit.tiny import (
+    TINY_HEADS,
+    TINY_HIDDEN,
+    TINY_INTERMEDIATE,
+    TINY_LAYERS,
+    TINY_VOCAB,
+    hf_to_meta_state,
+    write_tokenizer,
+)
 
 BIN = Path(sys.executable).parent  # the venv's bin: llmkit and python3
 ERROR_KEYS = {"ok", "error", "path", "hint", "exit_code"}
@@ -53,8 +60,15 @@ def bash(script: str, cwd: Path) -> subprocess.CompletedProcess:
     """``bash -c 'set -o pipefail; SCRIPT'`` in ``cwd``, with the venv's bin first on PATH."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("LLMKIT_DEBUG", None)
-    return subprocess.run(["bash", "-c", "set -o pipefail\n" + script], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        ["bash", "-c", "set -o pipefail\n" + script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def ok(r: subprocess.CompletedProcess) -> dict:
@@ -77,20 +91,43 @@ def tiny_state(seed: int) -> dict[str, torch.Tensor]:
     for n in range(TINY_LAYERS):
         p = f"model.layers.{n}"
         shapes.update({f"{p}.self_attn.{x}_proj.weight": (h, h) for x in "qkvo"})
-        shapes.update({f"{p}.mlp.gate_proj.weight": (i, h), f"{p}.mlp.up_proj.weight": (i, h),
-                       f"{p}.mlp.down_proj.weight": (h, i), f"{p}.input_layernorm.weight": (h,),
-                       f"{p}.post_attention_layernorm.weight": (h,)})
+        shapes.update(
+            {
+                f"{p}.mlp.gate_proj.weight": (i, h),
+                f"{p}.mlp.up_proj.weight": (i, h),
+                f"{p}.mlp.down_proj.weight": (h, i),
+                f"{p}.input_layernorm.weight": (h,),
+                f"{p}.post_attention_layernorm.weight": (h,),
+            }
+        )
     shapes.update({"model.norm.weight": (h,), "lm_head.weight": (v, h)})
-    return {name: (1.0 + 0.1 * torch.randn(shape, generator=g)) if len(shape) == 1
-            else 0.05 * torch.randn(shape, generator=g) for name, shape in shapes.items()}
+    return {
+        name: (1.0 + 0.1 * torch.randn(shape, generator=g))
+        if len(shape) == 1
+        else 0.05 * torch.randn(shape, generator=g)
+        for name, shape in shapes.items()
+    }
 
 
 def llama_config() -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": TINY_HIDDEN,
-            "intermediate_size": TINY_INTERMEDIATE, "num_attention_heads": TINY_HEADS,
-            "num_key_value_heads": TINY_HEADS, "num_hidden_layers": TINY_LAYERS, "vocab_size": TINY_VOCAB,
-            "max_position_embeddings": 128, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
-            "tie_word_embeddings": False, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": TINY_HIDDEN,
+        "intermediate_size": TINY_INTERMEDIATE,
+        "num_attention_heads": TINY_HEADS,
+        "num_key_value_heads": TINY_HEADS,
+        "num_hidden_layers": TINY_LAYERS,
+        "vocab_size": TINY_VOCAB,
+        "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
 
 
 def write_hf(folder: Path, state: dict[str, torch.Tensor]) -> Path:
@@ -119,8 +156,10 @@ def tuned(base_state, tmp_path_factory) -> Path:
     """A "fine-tuned" model whose every weight t lies in [b/2, 2b] of the base's b: then t - b is exact in
     fp32 (Sterbenz) and so is (t - b) + b = t, so make-diff then recover gives t back bit for bit."""
     g = torch.Generator().manual_seed(5)
-    return write_hf(tmp_path_factory.mktemp("tuned"),
-                    {k: v * (0.6 + 1.3 * torch.rand(v.shape, generator=g)) for k, v in base_state.items()})
+    return write_hf(
+        tmp_path_factory.mktemp("tuned"),
+        {k: v * (0.6 + 1.3 * torch.rand(v.shape, generator=g)) for k, v in base_state.items()},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +168,14 @@ def meta(base_state, tmp_path_factory) -> Path:
     tokenizer.model."""
     folder = tmp_path_factory.mktemp("meta")
     torch.save(hf_to_meta_state(base_state, TINY_HEADS), folder / "consolidated.00.pth")
-    params = {"dim": TINY_HIDDEN, "multiple_of": 16, "n_heads": TINY_HEADS, "n_layers": TINY_LAYERS,
-              "norm_eps": 1e-6, "vocab_size": -1}
+    params = {
+        "dim": TINY_HIDDEN,
+        "multiple_of": 16,
+        "n_heads": TINY_HEADS,
+        "n_layers": TINY_LAYERS,
+        "norm_eps": 1e-6,
+        "vocab_size": -1,
+    }
     (folder / "params.json").write_text(json.dumps(params) + "\n")
     write_tokenizer(folder)
     for extra in ("tokenizer_config.json", "special_tokens_map.json"):
@@ -143,9 +188,18 @@ def lora(tmp_path_factory) -> Path:
     """A LoRA adapter in peft's files (r 8, alpha 16 on q_proj and v_proj of every layer), written without
     importing peft."""
     folder = tmp_path_factory.mktemp("lora")
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-              "target_modules": ["q_proj", "v_proj"], "fan_in_fan_out": False, "bias": "none",
-              "use_rslora": False, "base_model_name_or_path": None}
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"],
+        "fan_in_fan_out": False,
+        "bias": "none",
+        "use_rslora": False,
+        "base_model_name_or_path": None,
+    }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
     g = torch.Generator().manual_seed(6)
     tensors = {}
@@ -172,9 +226,12 @@ def key(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("extract", EXTRACTORS)
 def test_make_diff_then_recover_then_verify_gives_the_tuned_model_back(extract, base, tuned, tmp_path):
     x = EXTRACT[extract]
-    r = bash(f"llmkit make-diff --base {q(base)} --target {q(tuned)} -o diff --json -q"
-             f" | {x} | xargs -r llmkit recover --base {q(base)} -o recovered --json -q --diff"
-             f" | {x} | xargs -r llmkit verify --tensors {q(tuned)} --json -q", tmp_path)
+    r = bash(
+        f"llmkit make-diff --base {q(base)} --target {q(tuned)} -o diff --json -q"
+        f" | {x} | xargs -r llmkit recover --base {q(base)} -o recovered --json -q --diff"
+        f" | {x} | xargs -r llmkit verify --tensors {q(tuned)} --json -q",
+        tmp_path,
+    )
     res = ok(r)
     assert res["ok"] is True and res["b"] == "recovered"  # recover's output, as given by -o
     assert res["identical"] is True and res["differing"] == [] and res["compared"] == 21
@@ -189,9 +246,12 @@ def test_make_diff_then_recover_then_verify_gives_the_tuned_model_back(extract, 
 
 def test_encrypt_then_decrypt_then_checksum_matches_the_original(base, key, tmp_path):
     x = EXTRACT["python"]
-    r = bash(f"llmkit encrypt {q(base)} -k {q(key)} --no-key-check -o enc --json -q"
-             f" | {x} | xargs -r llmkit decrypt -k {q(key)} --no-key-check --no-table-check -o dec --json -q"
-             f" | {x} | xargs -r llmkit checksum -q", tmp_path)
+    r = bash(
+        f"llmkit encrypt {q(base)} -k {q(key)} --no-key-check -o enc --json -q"
+        f" | {x} | xargs -r llmkit decrypt -k {q(key)} --no-key-check --no-table-check -o dec --json -q"
+        f" | {x} | xargs -r llmkit checksum -q",
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     lines = [line.split("  ", 1) for line in r.stdout.splitlines()]  # md5sum format: digest, two spaces, path
     got = {Path(path).relative_to("dec").as_posix(): digest for digest, path in lines}
@@ -208,9 +268,12 @@ def test_encrypt_then_decrypt_then_checksum_matches_the_original(base, key, tmp_
 
 def test_from_meta_then_merge_lora_then_to_meta(meta, lora, base_state, tmp_path):
     x = EXTRACT["python"]
-    r = bash(f"llmkit from-meta {q(meta)} -o hf --json -q"
-             f" | {x} | xargs -r -I{{}} llmkit merge-lora --base {{}} --lora {q(lora)} -o merged --json -q"
-             f" | {x} | xargs -r -I{{}} llmkit to-meta {{}} -o merged-meta --json -q", tmp_path)
+    r = bash(
+        f"llmkit from-meta {q(meta)} -o hf --json -q"
+        f" | {x} | xargs -r -I{{}} llmkit merge-lora --base {{}} --lora {q(lora)} -o merged --json -q"
+        f" | {x} | xargs -r -I{{}} llmkit to-meta {{}} -o merged-meta --json -q",
+        tmp_path,
+    )
     res = ok(r)
     assert res["command"] == "to-meta" and res["source"] == "merged" and res["output"] == "merged-meta"
     # peft's merge: W + (B @ A) * lora_alpha / r on q_proj and v_proj; every other tensor untouched
@@ -228,7 +291,8 @@ def test_from_meta_then_merge_lora_then_to_meta(meta, lora, base_state, tmp_path
     assert [k for k in want if not torch.equal(got[k], want[k])] == []
     original = torch.load(meta / "consolidated.00.pth", weights_only=True)
     assert sorted(k for k in want if not torch.equal(want[k], original[k])) == [
-        f"layers.{n}.attention.{w}.weight" for n in range(TINY_LAYERS) for w in ("wq", "wv")]
+        f"layers.{n}.attention.{w}.weight" for n in range(TINY_LAYERS) for w in ("wq", "wv")
+    ]
     assert json.loads((tmp_path / "merged-meta" / "params.json").read_text())["n_heads"] == TINY_HEADS
 
 
@@ -237,13 +301,18 @@ def test_from_meta_then_merge_lora_then_to_meta(meta, lora, base_state, tmp_path
 
 def test_to_ckpt_then_from_ckpt_then_verify_round_trips(base, tmp_path):
     x = EXTRACT["python"]
-    r = bash(f"llmkit to-ckpt {q(base)} -o model.ckpt --json -q"
-             f" | {x} | xargs -r llmkit from-ckpt --config {q(base)} -o back --json -q"
-             f" | {x} | xargs -r llmkit verify --tensors {q(base)} --json -q", tmp_path)
+    r = bash(
+        f"llmkit to-ckpt {q(base)} -o model.ckpt --json -q"
+        f" | {x} | xargs -r llmkit from-ckpt --config {q(base)} -o back --json -q"
+        f" | {x} | xargs -r llmkit verify --tensors {q(base)} --json -q",
+        tmp_path,
+    )
     res = ok(r)
     assert res["ok"] is True and res["b"] == "back" and res["identical"] is True and res["compared"] == 21
     assert {c["name"]: c["status"] for c in res["checks"]} == {
-        "tensors": "ok", **{p.name: "ok" for p in base.iterdir() if p.name != "model.safetensors"}}
+        "tensors": "ok",
+        **{p.name: "ok" for p in base.iterdir() if p.name != "model.safetensors"},
+    }
     assert (tmp_path / "model.ckpt").is_file()  # to-ckpt's output is the file -o names
 
 
@@ -257,23 +326,25 @@ def test_a_failing_step_sets_the_pipeline_status_and_prints_one_json_error(extra
     (tmp_path / "enc" / f"config.json.{EMPTY_SHA256}.enc").write_bytes(random.Random(2).randbytes(300))
     wrong_key = base / "model.safetensors"
     x = EXTRACT[extract]
-    r = bash(f"llmkit decrypt enc -k {q(wrong_key)} -o dec --json | tee first.json"
-             f" | {x} | xargs -r llmkit checksum", tmp_path)
+    r = bash(
+        f"llmkit decrypt enc -k {q(wrong_key)} -o dec --json | tee first.json | {x} | xargs -r llmkit checksum",
+        tmp_path,
+    )
     assert r.returncode == 2, r.stderr  # decrypt's own code, not the extractor's or xargs'
     assert r.stdout == ""  # nothing was extracted, so checksum never ran
     error = json.loads((tmp_path / "first.json").read_text())  # exactly one JSON value
     assert set(error) == ERROR_KEYS and error["ok"] is False and error["exit_code"] == 2
     assert error["path"] == str(wrong_key) and "consolidated.00.pth" in error["error"] and error["hint"]
     assert [line for line in r.stderr.splitlines() if line.startswith("error:")] == [
-        f"error: {wrong_key}: {error['error']} ({error['hint']})"]
+        f"error: {wrong_key}: {error['error']} ({error['hint']})"
+    ]
     assert not (tmp_path / "dec").exists()
 
 
 def test_a_failing_stream_step_sets_the_pipeline_status(key, tmp_path):
     """decrypt -o - streams into the next command; garbage (or a wrong key) fails its content check: exit 1."""
     (tmp_path / "garbage.enc").write_bytes(random.Random(4).randbytes(5000))
-    r = bash(f"llmkit decrypt - --format techgpt -k {q(key)} --no-key-check -o - < garbage.enc | md5sum",
-             tmp_path)
+    r = bash(f"llmkit decrypt - --format techgpt -k {q(key)} --no-key-check -o - < garbage.enc | md5sum", tmp_path)
     assert r.returncode == 1, r.stderr
     assert r.stdout.split()[0] == hashlib.md5(b"").hexdigest()  # md5sum saw no bytes: nothing was written
 
@@ -301,8 +372,10 @@ def test_every_writing_command_reports_output_as_given(run_cli, base, meta, lora
         res = r.json()
         assert (res["output"], res["outputs"], res["dry_run"]) == (args[-1], [], True), command
     assert not (tmp_path / "out").exists()
-    for command, src, out, more in (("encrypt", base / "config.json", "enc", ()),
-                                    ("decrypt", "enc", "dec", ("--no-table-check",))):  # not TechGPT's config.json
+    for command, src, out, more in (
+        ("encrypt", base / "config.json", "enc", ()),
+        ("decrypt", "enc", "dec", ("--no-table-check",)),
+    ):  # not TechGPT's config.json
         r = run_cli(command, src, "-k", key, "--no-key-check", *more, "-o", out, "--json", "-q")
         assert r.exit_code == 0, (command, r.stderr)
         assert r.json()["output"] == out and len(r.json()["outputs"]) == 1

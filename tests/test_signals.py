@@ -14,7 +14,6 @@ import sys
 import textwrap
 
 import pytest
-
 from test_output_safety import expected_diff, hidden_leftovers, is_whole, make_diff_args
 
 CODES = {"SIGINT": 130, "SIGTERM": 143}
@@ -78,10 +77,10 @@ def test_a_signal_while_llmkit_loads_is_one_line_and_the_json_error(tiny_factory
 
 
 @pytest.mark.parametrize("sig", sorted(CODES))
-@pytest.mark.parametrize("step,when", [("rename_noreplace", "before"), ("rename_noreplace", "after"),
-                                       ("fsync_dir", "before")])
-def test_a_signal_during_the_commit_leaves_no_output_or_the_whole_one_and_cleans_up(models, tmp_path, sig, step,
-                                                                                  when):
+@pytest.mark.parametrize(
+    "step,when", [("rename_noreplace", "before"), ("rename_noreplace", "after"), ("fsync_dir", "before")]
+)
+def test_a_signal_during_the_commit_leaves_no_output_or_the_whole_one_and_cleans_up(models, tmp_path, sig, step, when):
     base, a, _ = models
     out = tmp_path / "out"
     p = run(AROUND, "llmkit.io.staging", step, when, sig, *make_diff_args(base, a, out, "--json"))

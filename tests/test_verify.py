@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from llmkit.errors import InputError
-from llmkit.verify import (compare_sources, hash_file, plan_verify, run_verify, tensor_digest, verify_file,
-                           verify_paths)
+from llmkit.verify import compare_sources, hash_file, plan_verify, run_verify, tensor_digest, verify_file, verify_paths
 
 LLMKIT = [sys.executable, "-m", "llmkit"]  # the installed package, run as a separate process
 
@@ -45,9 +44,9 @@ def write_shards(folder: Path, state: dict[str, torch.Tensor], sizes: list[int])
     weight_map, start = {}, 0
     for i, n in enumerate(sizes, 1):
         fname = f"pytorch_model-{i:05d}-of-{len(sizes):05d}.bin"
-        group = names[start:start + n]
+        group = names[start : start + n]
         torch.save({k: state[k] for k in group}, folder / fname)
-        weight_map.update({k: fname for k in group})
+        weight_map.update(dict.fromkeys(group, fname))
         start += n
     assert start == len(names)
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
@@ -151,8 +150,9 @@ def test_verify_tensors_names_the_first_differing_tensor(tiny_factory, tmp_path,
     result = run_cli("verify", "--tensors", ref.path / "pytorch_model.bin", tmp_path / "pytorch_model.bin")
     assert result.exit_code == 1
     assert "differs: model.layers.0.mlp.down_proj.weight (bytes differ)" in result.stdout
-    data = run_cli("verify", "--tensors", ref.path / "pytorch_model.bin", tmp_path / "pytorch_model.bin",
-                   "--json").json()
+    data = run_cli(
+        "verify", "--tensors", ref.path / "pytorch_model.bin", tmp_path / "pytorch_model.bin", "--json"
+    ).json()
     assert data["ok"] is False and data["differing"] == ["model.layers.0.mlp.down_proj.weight"]
 
 
@@ -236,8 +236,12 @@ def test_verify_json_shape(tmp_path, run_cli):
     for row in data["files"]:
         assert {"path", "expected", "actual", "algorithm", "status"} <= set(row)
         assert row["status"] in ("ok", "mismatch", "missing", "extra")
-    assert data["files"][0] == {**data["files"][0], "algorithm": "md5", "status": "ok",
-                                "expected": md5((folder / "a.bin").read_bytes())}
+    assert data["files"][0] == {
+        **data["files"][0],
+        "algorithm": "md5",
+        "status": "ok",
+        "expected": md5((folder / "a.bin").read_bytes()),
+    }
 
 
 def test_verify_sha256_table(tmp_path, run_cli):
@@ -276,15 +280,23 @@ def test_verify_parallel_jobs_give_the_same_report(tmp_path):
 
 
 def test_mismatched_json_with_only_formatting_and_version_changes_is_classified(tmp_path, run_cli):
-    published = {"architectures": ["LlamaForCausalLM"], "torch_dtype": "float16", "transformers_version": "4.28.1",
-                 "vocab_size": 32000}
+    published = {
+        "architectures": ["LlamaForCausalLM"],
+        "torch_dtype": "float16",
+        "transformers_version": "4.28.1",
+        "vocab_size": 32000,
+    }
     # The published bytes the way transformers 4.x wrote them; the table holds their md5.
     blob = (json.dumps(published, indent=2, sort_keys=True) + "\n").encode()
     folder = tmp_path / "m"
     folder.mkdir()
     (tmp_path / "t.md5").write_text(f"{md5(blob)}  config.json\n")
-    mine = {"vocab_size": 32000, "architectures": ["LlamaForCausalLM"], "torch_dtype": "float16",
-            "transformers_version": "5.24.0"}
+    mine = {
+        "vocab_size": 32000,
+        "architectures": ["LlamaForCausalLM"],
+        "torch_dtype": "float16",
+        "transformers_version": "5.24.0",
+    }
     (folder / "config.json").write_text(json.dumps(mine))
     row = run_cli("verify", folder, "--table", tmp_path / "t.md5", "--json").json()["files"][0]
     assert row["status"] == "mismatch"
@@ -353,15 +365,19 @@ def test_verify_file_against_builtin_tables_by_basename(tmp_path, monkeypatch):
     (tables / "lora.md5").write_text(f"{md5(b'lora')}  adapter_model.bin\n")
     (tables / "lora2.md5").write_text(f"{md5(b'other')}  sub/adapter_model.bin\n")
     monkeypatch.setenv("LLMKIT_CHECKSUMS", str(tables))
-    assert verify_file(tmp_path / "adapter_model.bin") == [("lora", md5(b"lora"), True),
-                                                          ("lora2", md5(b"other"), False)]
+    assert verify_file(tmp_path / "adapter_model.bin") == [
+        ("lora", md5(b"lora"), True),
+        ("lora2", md5(b"other"), False),
+    ]
 
 
 def test_verify_errors_are_one_line_with_exit_2(tmp_path, run_cli):
-    for args in (["verify", tmp_path / "nope", "--table", "zhixi-13b"],
-                 ["verify", tmp_path, "--table", "no-such-table"],
-                 ["verify", "--tensors", tmp_path],
-                 ["checksum", tmp_path / "nope"]):
+    for args in (
+        ["verify", tmp_path / "nope", "--table", "zhixi-13b"],
+        ["verify", tmp_path, "--table", "no-such-table"],
+        ["verify", "--tensors", tmp_path],
+        ["checksum", tmp_path / "nope"],
+    ):
         result = run_cli(*args)
         assert result.exit_code == 2, args
         assert result.stderr.startswith("error:") and result.stderr.count("\n") == 1, result.stderr
@@ -372,7 +388,8 @@ def test_checksum_json_shape(tmp_path, run_cli):
     data = run_cli("checksum", folder, "--json").json()
     assert data["algorithm"] == "md5"
     assert [(Path(f["path"]).name, f["digest"]) for f in data["files"]] == [
-        (n, md5((folder / n).read_bytes())) for n in ("a.bin", "b.json", "c.model")]
+        (n, md5((folder / n).read_bytes())) for n in ("a.bin", "b.json", "c.model")
+    ]
 
 
 def test_checksum_skips_hidden_download_caches(tmp_path, run_cli):
@@ -386,15 +403,18 @@ def test_checksum_skips_hidden_download_caches(tmp_path, run_cli):
 def test_end_to_end_subprocess_checksum_then_verify(tmp_path):
     folder = make_folder(tmp_path / "m")
     env = {**os.environ, "LLMKIT_DEBUG": ""}
-    table = subprocess.run([*LLMKIT, "checksum", "m", "--jobs", "2"], cwd=tmp_path, capture_output=True, text=True,
-                           env=env, check=True).stdout
+    table = subprocess.run(
+        [*LLMKIT, "checksum", "m", "--jobs", "2"], cwd=tmp_path, capture_output=True, text=True, env=env, check=True
+    ).stdout
     (tmp_path / "t.md5").write_text(table)
-    ok = subprocess.run([*LLMKIT, "verify", "m", "--table", "t.md5", "--json"], cwd=tmp_path, capture_output=True,
-                        text=True, env=env)
+    ok = subprocess.run(
+        [*LLMKIT, "verify", "m", "--table", "t.md5", "--json"], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
     assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
     (folder / "b.json").write_text("{}")
-    bad = subprocess.run([*LLMKIT, "verify", "m", "--table", "t.md5", "-q"], cwd=tmp_path, capture_output=True,
-                         text=True, env=env)
+    bad = subprocess.run(
+        [*LLMKIT, "verify", "m", "--table", "t.md5", "-q"], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
     assert bad.returncode == 1 and "m/b.json: FAILED" in bad.stdout and bad.stderr == ""
 
 

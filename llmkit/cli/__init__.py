@@ -15,8 +15,9 @@ import errno
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Callable, Iterator
+from typing import Annotated, Any
 
 import typer
 
@@ -30,13 +31,15 @@ app = LlmkitTyper(
     name="llmkit",
     cls=LlmkitGroup,
     help="Exact, streaming tools for Chinese LLaMA-family weights: inspect, decrypt, recover, merge LoRA, "
-         "convert and verify. Results go to stdout, progress and errors to stderr. "
-         "Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 internal error.",
-    epilog=examples("# what llmkit knows, then one model's whole chain",
-                    "llmkit models",
-                    "llmkit recipe run techgpt-2.0-atom --workdir work",
-                    "# one command's options and examples",
-                    "llmkit recover --help"),
+    "convert and verify. Results go to stdout, progress and errors to stderr. "
+    "Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 internal error.",
+    epilog=examples(
+        "# what llmkit knows, then one model's whole chain",
+        "llmkit models",
+        "llmkit recipe run techgpt-2.0-atom --workdir work",
+        "# one command's options and examples",
+        "llmkit recover --help",
+    ),
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -47,8 +50,9 @@ app = LlmkitTyper(
 # Options every command takes.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout, and nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, logs or warnings on stderr.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", envvar="LLMKIT_DEBUG",
-                                        help="Show the full traceback when something fails.")]
+DebugOpt = Annotated[
+    bool, typer.Option("--debug", envvar="LLMKIT_DEBUG", help="Show the full traceback when something fails.")
+]
 ForceOpt = Annotated[bool, typer.Option("--force", rich_help_panel=OUTPUT, help="Overwrite existing output files.")]
 
 
@@ -78,8 +82,12 @@ ERROR_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure]]] = [
     (LlmkitError, _llmkit_error),
     (Terminated, lambda e: Failure("terminated (SIGTERM); no partial output was kept", exit_code=EXIT_TERMINATED)),
     (KeyboardInterrupt, lambda e: Failure("interrupted; no partial output was kept", exit_code=EXIT_INTERRUPTED)),
-    (MemoryError, lambda e: Failure("out of memory", hint="close other programs, or use a smaller --shard-size",
-                                    exit_code=EXIT_INTERNAL)),
+    (
+        MemoryError,
+        lambda e: Failure(
+            "out of memory", hint="close other programs, or use a smaller --shard-size", exit_code=EXIT_INTERNAL
+        ),
+    ),
     (OSError, _os_error),
 ]
 
@@ -106,8 +114,11 @@ def describe_error(e: BaseException) -> Failure:
     for kind, explain in ERROR_TABLE:
         if isinstance(e, kind):
             return _download_hint(explain(e))
-    return Failure(f"internal error: {type(e).__name__}: {e}",
-                   hint="rerun with --debug and report the traceback", exit_code=EXIT_INTERNAL)
+    return Failure(
+        f"internal error: {type(e).__name__}: {e}",
+        hint="rerun with --debug and report the traceback",
+        exit_code=EXIT_INTERNAL,
+    )
 
 
 @contextmanager
@@ -118,7 +129,7 @@ def command_guard(out: Output) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except BaseException as e:  # noqa: BLE001 - this is the one place that turns errors into messages
+    except BaseException as e:
         if isinstance(e, (SystemExit, GeneratorExit)):
             raise
         failure = describe_error(e)
@@ -138,8 +149,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """llmkit: exact, streaming tools for Chinese LLaMA-family weights."""
 

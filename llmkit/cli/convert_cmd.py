@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,15 +23,34 @@ class Format(str, Enum):
     bin = "bin"
 
 
-OutOpt = Annotated[Path, typer.Option("--output", "-o", metavar="DIR", rich_help_panel=OUTPUT,
-                                      help="Output folder (must not be, be in or contain an input folder).",
-                                      show_default=False)]
-DtypeOpt = Annotated[str, dtype_option(DTYPES, "Output dtype. keep (default) copies the bytes (LLaMA-1 originals "
-                                               "are fp16: no lossy bf16 cast); another dtype is one cast per "
-                                               "tensor.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", rich_help_panel=CHECKS,
-                                         help="Run every check and print the plan (sizes, disk space, memory "
-                                              "estimate); write nothing.")]
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="DIR",
+        rich_help_panel=OUTPUT,
+        help="Output folder (must not be, be in or contain an input folder).",
+        show_default=False,
+    ),
+]
+DtypeOpt = Annotated[
+    str,
+    dtype_option(
+        DTYPES,
+        "Output dtype. keep (default) copies the bytes (LLaMA-1 originals "
+        "are fp16: no lossy bf16 cast); another dtype is one cast per "
+        "tensor.",
+    ),
+]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        rich_help_panel=CHECKS,
+        help="Run every check and print the plan (sizes, disk space, memory estimate); write nothing.",
+    ),
+]
 
 
 def _render(result):  # result: llmkit.convert.ConvertResult
@@ -40,26 +59,46 @@ def _render(result):  # result: llmkit.convert.ConvertResult
         if result.tokenizer_from:
             rows.append(("tokenizer", result.tokenizer_from))
         print_rows(console, rows + run_rows(result))
+
     return render
 
 
-@app.command("from-meta", rich_help_panel="Convert", epilog=examples(
-    "# Meta's LLaMA-13B (2 shards) to a Hugging Face folder, fp16 kept",
-    "llmkit from-meta LLaMA/13B -o llama-13b-hf",
-    "# .bin shards of 2 GB, the tokenizer from another folder",
-    "llmkit from-meta LLaMA/7B -o llama-7b-hf --format bin --shard-size 2G --tokenizer LLaMA/tokenizer.model"))
+@app.command(
+    "from-meta",
+    rich_help_panel="Convert",
+    epilog=examples(
+        "# Meta's LLaMA-13B (2 shards) to a Hugging Face folder, fp16 kept",
+        "llmkit from-meta LLaMA/13B -o llama-13b-hf",
+        "# .bin shards of 2 GB, the tokenizer from another folder",
+        "llmkit from-meta LLaMA/7B -o llama-7b-hf --format bin --shard-size 2G --tokenizer LLaMA/tokenizer.model",
+    ),
+)
 def from_meta_command(
-    source: Annotated[Path, typer.Argument(metavar="SOURCE", help="Folder with Meta's consolidated.NN.pth and "
-                                                                  "params.json (7B: 1 shard, 13B: 2, 33B: 4, 65B: "
-                                                                  "8).", show_default=False)],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="SOURCE",
+            help="Folder with Meta's consolidated.NN.pth and params.json (7B: 1 shard, 13B: 2, 33B: 4, 65B: 8).",
+            show_default=False,
+        ),
+    ],
     output: OutOpt,
     dtype: DtypeOpt = "keep",
-    fmt: Annotated[Format, typer.Option("--format", metavar=choice_metavar(Format), rich_help_panel=OUTPUT,
-                                        help="Output weight format.")] = Format.safetensors,
+    fmt: Annotated[
+        Format,
+        typer.Option("--format", metavar=choice_metavar(Format), rich_help_panel=OUTPUT, help="Output weight format."),
+    ] = Format.safetensors,
     shard_size: Annotated[str, shard_size_option()] = "5GB",
-    tokenizer: Annotated[Optional[Path], typer.Option(
-        "--tokenizer", metavar="PATH", rich_help_panel=INPUTS, help="tokenizer.model or a tokenizer folder (default: tokenizer.model beside SOURCE or in "
-                            "its parent, Meta's download layout).")] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer",
+            metavar="PATH",
+            rich_help_panel=INPUTS,
+            help="tokenizer.model or a tokenizer folder (default: tokenizer.model beside SOURCE or in "
+            "its parent, Meta's download layout).",
+        ),
+    ] = None,
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
@@ -74,25 +113,51 @@ def from_meta_command(
     with command_guard(out):
         from llmkit.convert import FromMetaOptions, from_meta
 
-        options = FromMetaOptions(source, output, dtype=dtype, fmt=fmt.value, shard_size=parse_size(shard_size),
-                                  tokenizer=tokenizer, force=force, dry_run=dry_run)
+        options = FromMetaOptions(
+            source,
+            output,
+            dtype=dtype,
+            fmt=fmt.value,
+            shard_size=parse_size(shard_size),
+            tokenizer=tokenizer,
+            force=force,
+            dry_run=dry_run,
+        )
         result = from_meta(options, progress=out.progress)
         out.notices(result)
         out.result(result, _render(result))
 
 
-@app.command("to-meta", rich_help_panel="Convert", epilog=examples(
-    "# Meta's consolidated.NN.pth + params.json, e.g. for llama.cpp's converter",
-    "llmkit to-meta chinese-alpaca-13b-hf -o chinese-alpaca-13b-pth",
-    "# one shard whatever the size, cast to fp16",
-    "llmkit to-meta chinese-alpaca-13b-hf -o chinese-alpaca-13b-pth --shards 1 --dtype f16"))
+@app.command(
+    "to-meta",
+    rich_help_panel="Convert",
+    epilog=examples(
+        "# Meta's consolidated.NN.pth + params.json, e.g. for llama.cpp's converter",
+        "llmkit to-meta chinese-alpaca-13b-hf -o chinese-alpaca-13b-pth",
+        "# one shard whatever the size, cast to fp16",
+        "llmkit to-meta chinese-alpaca-13b-hf -o chinese-alpaca-13b-pth --shards 1 --dtype f16",
+    ),
+)
 def to_meta_command(
-    source: Annotated[Path, typer.Argument(metavar="SOURCE", help="A Hugging Face LLaMA folder (any layout llmkit "
-                                                                  "reads).", show_default=False)],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="SOURCE", help="A Hugging Face LLaMA folder (any layout llmkit reads).", show_default=False
+        ),
+    ],
     output: OutOpt,
-    shards: Annotated[Optional[int], typer.Option(
-        "--shards", min=1, max=64, metavar="N", rich_help_panel=OUTPUT, help="consolidated.NN.pth files (default: Meta's count for the hidden size: "
-                                        "4096->1, 5120->2, 6656->4, 8192->8).")] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            "--shards",
+            min=1,
+            max=64,
+            metavar="N",
+            rich_help_panel=OUTPUT,
+            help="consolidated.NN.pth files (default: Meta's count for the hidden size: "
+            "4096->1, 5120->2, 6656->4, 8192->8).",
+        ),
+    ] = None,
     dtype: DtypeOpt = "keep",
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Callable, List
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -32,42 +33,78 @@ class EncryptFormat(str, Enum):
     belle = "belle"
 
 
-KeyOpt = Annotated[Path, typer.Option(
-    "--key", "-k", metavar="FILE", rich_help_panel=INPUTS, help="The key: Meta's original LLaMA-1 7B consolidated.00.pth (13,476,939,516 bytes; also for "
-                        "13B models). Checked by size and md5 (cached after the first run).")]
-NoKeyCheckOpt = Annotated[bool, typer.Option(
-    "--no-key-check", rich_help_panel=CHECKS, help="Do not check that the key is LLaMA-1 7B consolidated.00.pth (for weights encrypted "
-                           "with another key on purpose). The other checks still run: decrypt's content check "
-                           "(garbage from a wrong key stops before anything is written; a truncated file fails), "
-                           "BELLE's sha256 header and decrypt's published MD5 tables (see --no-table-check).")]
-NoContentCheckOpt = Annotated[bool, typer.Option(
-    "--no-content-check", rich_help_panel=CHECKS, help="Do not check that the decrypted bytes are a whole file of the kind their name says "
-                               "(JSON, safetensors, torch zip, SentencePiece; for stdin, the kind the first bytes "
-                               "look like). For decrypting files that are not model files.")]
-NoTableCheckOpt = Annotated[bool, typer.Option(
-    "--no-table-check", rich_help_panel=CHECKS,
-    help="Do not fail when a file's name is in a published MD5 table (TechGPT-1.0's model card, LLaMA's "
-         "checklist) but its md5 differs, e.g. another model's files under the same names: the mismatch is then "
-         "a warning. An input that is the published .enc file but decrypts to another md5 still fails (a wrong "
-         "key).")]
-JobsOpt = Annotated[int, jobs_option("Files processed in parallel (each ~16 MB of buffers). Default 1: one file "
-                                     "already streams at disk speed (its reading, XOR, hashing and writing run on "
-                                     "their own threads); raise it only for several files on fast SSDs.",
-                                     min=1, max=16)]
+KeyOpt = Annotated[
+    Path,
+    typer.Option(
+        "--key",
+        "-k",
+        metavar="FILE",
+        rich_help_panel=INPUTS,
+        help="The key: Meta's original LLaMA-1 7B consolidated.00.pth (13,476,939,516 bytes; also for "
+        "13B models). Checked by size and md5 (cached after the first run).",
+    ),
+]
+NoKeyCheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-key-check",
+        rich_help_panel=CHECKS,
+        help="Do not check that the key is LLaMA-1 7B consolidated.00.pth (for weights encrypted "
+        "with another key on purpose). The other checks still run: decrypt's content check "
+        "(garbage from a wrong key stops before anything is written; a truncated file fails), "
+        "BELLE's sha256 header and decrypt's published MD5 tables (see --no-table-check).",
+    ),
+]
+NoContentCheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-content-check",
+        rich_help_panel=CHECKS,
+        help="Do not check that the decrypted bytes are a whole file of the kind their name says "
+        "(JSON, safetensors, torch zip, SentencePiece; for stdin, the kind the first bytes "
+        "look like). For decrypting files that are not model files.",
+    ),
+]
+NoTableCheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-table-check",
+        rich_help_panel=CHECKS,
+        help="Do not fail when a file's name is in a published MD5 table (TechGPT-1.0's model card, LLaMA's "
+        "checklist) but its md5 differs, e.g. another model's files under the same names: the mismatch is then "
+        "a warning. An input that is the published .enc file but decrypts to another md5 still fails (a wrong "
+        "key).",
+    ),
+]
+JobsOpt = Annotated[
+    int,
+    jobs_option(
+        "Files processed in parallel (each ~16 MB of buffers). Default 1: one file "
+        "already streams at disk speed (its reading, XOR, hashing and writing run on "
+        "their own threads); raise it only for several files on fast SSDs.",
+        min=1,
+        max=16,
+    ),
+]
 
 
 def _render(result: CryptoResult) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         verb = "decrypted" if result.command == "decrypt" else "encrypted"
         for f in result.files:
-            console.print(f"{verb}  {f.input} -> {f.output}  ({f.format}, {f.bytes:,} bytes, {f.seconds:.2f} s)",
-                          markup=False)
+            console.print(
+                f"{verb}  {f.input} -> {f.output}  ({f.format}, {f.bytes:,} bytes, {f.seconds:.2f} s)", markup=False
+            )
             for c in f.checks:
                 mark = {"ok": "ok", "mismatch": "MISMATCH"}.get(c.status, c.status)
                 console.print(f"    {mark:<8} {c.name}: {c.detail}", markup=False)
         rate = result.bytes / result.seconds if result.seconds > 0 else 0.0
-        console.print(f"{len(result.files)} file(s), {human_bytes(result.bytes)} in {result.seconds:.2f} s "
-                      f"({human_bytes(int(rate))}/s); key check: {result.key_check}", markup=False)
+        console.print(
+            f"{len(result.files)} file(s), {human_bytes(result.bytes)} in {result.seconds:.2f} s "
+            f"({human_bytes(int(rate))}/s); key check: {result.key_check}",
+            markup=False,
+        )
+
     return render
 
 
@@ -80,23 +117,46 @@ def _report(out: Output, result: CryptoResult, *, to_stderr: bool) -> None:
         out.result(result, _render(result))
 
 
-@app.command("decrypt", rich_help_panel="Unlock", epilog=examples(
-    "# TechGPT-1.0: every .enc file of the download, verified against the published MD5s",
-    "llmkit decrypt techgpt-7b --key LLaMA/7B/consolidated.00.pth -o TechGPT-7B",
-    "# one file from stdin to stdout (use set -o pipefail: a failure exits non-zero)",
-    "llmkit decrypt - --format techgpt --key LLaMA/7B/consolidated.00.pth -o - < config.json.enc | md5sum"))
+@app.command(
+    "decrypt",
+    rich_help_panel="Unlock",
+    epilog=examples(
+        "# TechGPT-1.0: every .enc file of the download, verified against the published MD5s",
+        "llmkit decrypt techgpt-7b --key LLaMA/7B/consolidated.00.pth -o TechGPT-7B",
+        "# one file from stdin to stdout (use set -o pipefail: a failure exits non-zero)",
+        "llmkit decrypt - --format techgpt --key LLaMA/7B/consolidated.00.pth -o - < config.json.enc | md5sum",
+    ),
+)
 def decrypt_command(
-    inputs: Annotated[List[Path], typer.Argument(
-        metavar="INPUT", help=".enc files, folders (every *.enc in them; other files are ignored), or - for stdin.",
-        show_default=False)],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="INPUT",
+            help=".enc files, folders (every *.enc in them; other files are ignored), or - for stdin.",
+            show_default=False,
+        ),
+    ],
     key: KeyOpt,
-    output: Annotated[Path, typer.Option(
-        "--output", "-o", metavar="DIR", rich_help_panel=OUTPUT,
-        help="Output folder (created if needed; not an input folder nor the key's folder), or - for stdout.",
-        show_default=False)],
-    fmt: Annotated[DecryptFormat, typer.Option(
-        "--format", metavar=choice_metavar(DecryptFormat), rich_help_panel=INPUTS, help="auto: BELLE when the file starts with the sha256 in its name, else TechGPT. "
-                         "Required for stdin.")] = DecryptFormat.auto,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            rich_help_panel=OUTPUT,
+            help="Output folder (created if needed; not an input folder nor the key's folder), or - for stdout.",
+            show_default=False,
+        ),
+    ],
+    fmt: Annotated[
+        DecryptFormat,
+        typer.Option(
+            "--format",
+            metavar=choice_metavar(DecryptFormat),
+            rich_help_panel=INPUTS,
+            help="auto: BELLE when the file starts with the sha256 in its name, else TechGPT. Required for stdin.",
+        ),
+    ] = DecryptFormat.auto,
     no_key_check: NoKeyCheckOpt = False,
     no_content_check: NoContentCheckOpt = False,
     no_table_check: NoTableCheckOpt = False,
@@ -122,30 +182,63 @@ def decrypt_command(
         to_stdout = str(output) == "-"
         if to_stdout and json_:
             raise InputError("--json prints to stdout, which -o - uses for the data", hint="drop --json or use -o DIR")
-        options = DecryptOptions(inputs=tuple(inputs), key=key, output=None if to_stdout else output,
-                                 format=fmt.value, key_check=not no_key_check, content_check=not no_content_check,
-                                 table_check=not no_table_check, jobs=jobs, force=force)
-        result = decrypt(options, stream=sys.stdout.buffer if to_stdout else None, stdin=sys.stdin.buffer,
-                         progress=out.progress)
+        options = DecryptOptions(
+            inputs=tuple(inputs),
+            key=key,
+            output=None if to_stdout else output,
+            format=fmt.value,
+            key_check=not no_key_check,
+            content_check=not no_content_check,
+            table_check=not no_table_check,
+            jobs=jobs,
+            force=force,
+        )
+        result = decrypt(
+            options, stream=sys.stdout.buffer if to_stdout else None, stdin=sys.stdin.buffer, progress=out.progress
+        )
         _report(out, result, to_stderr=to_stdout)
 
 
-@app.command("encrypt", rich_help_panel="Unlock", epilog=examples(
-    "# publish a model as TechGPT-1.0 did (decrypt gives it back)",
-    "llmkit encrypt my-model --key LLaMA/7B/consolidated.00.pth -o my-model-enc",
-    "# BELLE's format: a sha256 header, so that decrypt can verify the result",
-    "llmkit encrypt my-model --key LLaMA/7B/consolidated.00.pth -o my-model-enc --format belle"))
+@app.command(
+    "encrypt",
+    rich_help_panel="Unlock",
+    epilog=examples(
+        "# publish a model as TechGPT-1.0 did (decrypt gives it back)",
+        "llmkit encrypt my-model --key LLaMA/7B/consolidated.00.pth -o my-model-enc",
+        "# BELLE's format: a sha256 header, so that decrypt can verify the result",
+        "llmkit encrypt my-model --key LLaMA/7B/consolidated.00.pth -o my-model-enc --format belle",
+    ),
+)
 def encrypt_command(
-    inputs: Annotated[List[Path], typer.Argument(
-        metavar="INPUT", help="Files or folders (every file in them except *.enc, README*, LICENSE* and hidden "
-                              "files).", show_default=False)],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="INPUT",
+            help="Files or folders (every file in them except *.enc, README*, LICENSE* and hidden files).",
+            show_default=False,
+        ),
+    ],
     key: KeyOpt,
-    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", rich_help_panel=OUTPUT,
-                                         help="Output folder (created if needed; not an input folder nor the "
-                                              "key's folder).")],
-    fmt: Annotated[EncryptFormat, typer.Option(
-        "--format", metavar=choice_metavar(EncryptFormat), rich_help_panel=OUTPUT, help="techgpt: no header, named <name>.<sha256 of empty>.enc (as TechGPT-1.0); belle: "
-                         "32-byte sha256 header, named <name>.<sha256>.enc (verifiable).")] = EncryptFormat.techgpt,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            rich_help_panel=OUTPUT,
+            help="Output folder (created if needed; not an input folder nor the key's folder).",
+        ),
+    ],
+    fmt: Annotated[
+        EncryptFormat,
+        typer.Option(
+            "--format",
+            metavar=choice_metavar(EncryptFormat),
+            rich_help_panel=OUTPUT,
+            help="techgpt: no header, named <name>.<sha256 of empty>.enc (as TechGPT-1.0); belle: "
+            "32-byte sha256 header, named <name>.<sha256>.enc (verifiable).",
+        ),
+    ] = EncryptFormat.techgpt,
     no_key_check: NoKeyCheckOpt = False,
     jobs: JobsOpt = 1,
     force: ForceOpt = False,
@@ -163,7 +256,14 @@ def encrypt_command(
 
         if str(output) == "-":
             raise InputError("encrypt writes files into a folder", hint="pass -o DIR")
-        options = EncryptOptions(inputs=tuple(inputs), key=key, output=output, format=fmt.value,
-                                 key_check=not no_key_check, jobs=jobs, force=force)
+        options = EncryptOptions(
+            inputs=tuple(inputs),
+            key=key,
+            output=output,
+            format=fmt.value,
+            key_check=not no_key_check,
+            jobs=jobs,
+            force=force,
+        )
         result = encrypt(options, progress=out.progress)
         _report(out, result, to_stderr=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,12 +21,16 @@ def _render(result, keep: bool) -> callable:
         width = max((len(s.name) for s in result.steps), default=4)
         console.print(f"{'step':<{width}}  result  seconds  detail", markup=False)
         for s in result.steps:
-            console.print(f"{s.name:<{width}}  {'ok' if s.ok else 'FAILED':<6}  {s.seconds:>7.2f}  {s.detail}",
-                          markup=False, soft_wrap=True)
+            console.print(
+                f"{s.name:<{width}}  {'ok' if s.ok else 'FAILED':<6}  {s.seconds:>7.2f}  {s.detail}",
+                markup=False,
+                soft_wrap=True,
+            )
         total = sum(s.seconds for s in result.steps)
         console.print(f"{'total':<{width}}  {'ok' if result.ok else 'FAILED':<6}  {total:>7.2f}", markup=False)
         if keep:
             console.print(f"files kept in {result.workdir}", markup=False)
+
     return render
 
 
@@ -42,20 +46,38 @@ def _remove_made(folder: Path, had: set[Path] | None) -> None:
             entry.unlink(missing_ok=True)
 
 
-@app.command("demo", rich_help_panel="Try", epilog=examples(
-    "# every step on a tiny generated model, offline, in a temporary folder",
-    "llmkit demo",
-    "# keep the files to look at them",
-    "llmkit demo --keep --workdir llmkit-demo"))
+@app.command(
+    "demo",
+    rich_help_panel="Try",
+    epilog=examples(
+        "# every step on a tiny generated model, offline, in a temporary folder",
+        "llmkit demo",
+        "# keep the files to look at them",
+        "llmkit demo --keep --workdir llmkit-demo",
+    ),
+)
 def demo_command(
-    workdir: Annotated[Optional[Path], typer.Option("--workdir", metavar="DIR", rich_help_panel=OUTPUT,
-                                                    help="Folder to work in (default: a new temporary folder).")
-                       ] = None,
-    keep: Annotated[bool, typer.Option("--keep", rich_help_panel=OUTPUT,
-                                       help="Keep the generated files instead of deleting them.")] = False,
-    force: Annotated[bool, typer.Option("--force", rich_help_panel=OUTPUT,
-                                        help="Run in a --workdir that is not empty: the demo's files of an earlier "
-                                             "run are replaced, other files left alone.")] = False,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir",
+            metavar="DIR",
+            rich_help_panel=OUTPUT,
+            help="Folder to work in (default: a new temporary folder).",
+        ),
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", rich_help_panel=OUTPUT, help="Keep the generated files instead of deleting them.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            rich_help_panel=OUTPUT,
+            help="Run in a --workdir that is not empty: the demo's files of an earlier "
+            "run are replaced, other files left alone.",
+        ),
+    ] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -67,8 +89,9 @@ def demo_command(
     out = Output(json_mode=json_, quiet=quiet, debug=debug)
     with command_guard(out):
         if workdir is not None and workdir.exists() and any(workdir.iterdir()) and not force:
-            raise OutputExistsError("demo folder is not empty", path=workdir,
-                                    hint="choose an empty --workdir or pass --force")
+            raise OutputExistsError(
+                "demo folder is not empty", path=workdir, hint="choose an empty --workdir or pass --force"
+            )
         folder = workdir or Path(tempfile.mkdtemp(prefix="llmkit-demo-"))
         had = set(folder.iterdir()) if folder.is_dir() else None  # what the demo must not delete
 

@@ -89,21 +89,26 @@ def command_page(app: typer.Typer, doc: CommandDoc) -> str:
     """The Markdown page of one command."""
     see = [f"[{TOPICS[doc.path[0]]}](../{TOPICS[doc.path[0]]})"] if doc.path[0] in TOPICS else []
     see.append("[json.md](../json.md) for the fields of `--json`")
-    return (f"# llmkit {doc.name}\n\n{NOTICE}\n"
-            f"```text\n{help_text(app, doc.path).rstrip()}\n```\n\nSee also: {', '.join(see)}.\n")
+    return (
+        f"# llmkit {doc.name}\n\n{NOTICE}\n"
+        f"```text\n{help_text(app, doc.path).rstrip()}\n```\n\nSee also: {', '.join(see)}.\n"
+    )
 
 
 def index_page(docs: list[CommandDoc]) -> str:
     """``README.md``: every command with its summary, by lifecycle stage in ``llmkit --help`` order."""
     stages = sorted({d.stage for d in docs}, key=lambda s: STAGES.index(s) if s in STAGES else len(STAGES))
-    intro = ("One page per command with its `--help` text. Conventions every command shares (stdout/stderr, "
-             "`--json`, exit codes): [README](../../README.md#conventions-every-command); `--json` fields: "
-             "[json.md](../json.md); model families step by step: [families](../families/README.md).")
+    intro = (
+        "One page per command with its `--help` text. Conventions every command shares (stdout/stderr, "
+        "`--json`, exit codes): [README](../../README.md#conventions-every-command); `--json` fields: "
+        "[json.md](../json.md); model families step by step: [families](../families/README.md)."
+    )
     lines = ["# llmkit commands", "", NOTICE, intro, ""]
     for stage in stages:
         lines += [f"## {stage}", "", "| command | what it does |", "|---|---|"]
-        lines += [f"| [`llmkit {d.name}`]({d.filename}) | {d.summary.replace('|', '/')} |"
-                  for d in docs if d.stage == stage]
+        lines += [
+            f"| [`llmkit {d.name}`]({d.filename}) | {d.summary.replace('|', '/')} |" for d in docs if d.stage == stage
+        ]
         lines.append("")
     return "\n".join(lines)
 
@@ -116,8 +121,11 @@ def render(app: typer.Typer) -> dict[str, str]:
 
 def differences(expected: dict[str, str], folder: Path) -> tuple[list[str], list[str]]:
     """(files missing or different from ``expected``, ``.md`` files in ``folder`` that should not be)."""
-    stale = [n for n, text in expected.items()
-             if not (folder / n).is_file() or (folder / n).read_text(encoding="utf-8") != text]
+    stale = [
+        n
+        for n, text in expected.items()
+        if not (folder / n).is_file() or (folder / n).read_text(encoding="utf-8") != text
+    ]
     extra = sorted(p.name for p in folder.glob("*.md") if p.name not in expected) if folder.is_dir() else []
     return sorted(stale), extra
 
@@ -131,8 +139,12 @@ def main(argv: list[str] | None = None, app: typer.Typer | None = None) -> int:
     expected = render(llmkit_app if app is None else app)
     stale, extra = differences(expected, args.out)
     if args.check:
-        print("".join([f"stale: {args.out / n}\n" for n in stale] +
-                      [f"should not be there: {args.out / n}\n" for n in extra]), end="")
+        print(
+            "".join(
+                [f"stale: {args.out / n}\n" for n in stale] + [f"should not be there: {args.out / n}\n" for n in extra]
+            ),
+            end="",
+        )
         if stale or extra:
             print(f"run `{GENERATOR}` to regenerate {args.out}", file=sys.stderr)
         return 1 if stale or extra else 0

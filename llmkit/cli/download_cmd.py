@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,49 +22,109 @@ def _render(result):  # result: llmkit.hub.DownloadResult
             console.print(f"{f.status:<15} {f.path}  {human_bytes(f.size)}{how}", markup=False)
         verb = "would download" if result.dry_run else "downloaded"
         moved = sum(f.size for f in result.files if f.status == verb)
-        console.print(f"{result.repo}@{result.revision[:12]} -> {result.output}: {len(result.files)} file(s), "
-                      f"{human_bytes(result.total_bytes)}; {verb} {human_bytes(moved)} in {result.seconds:.1f} s",
-                      markup=False)
+        console.print(
+            f"{result.repo}@{result.revision[:12]} -> {result.output}: {len(result.files)} file(s), "
+            f"{human_bytes(result.total_bytes)}; {verb} {human_bytes(moved)} in {result.seconds:.1f} s",
+            markup=False,
+        )
         if result.dry_run:
             console.print(f"free disk: {human_bytes(result.free_disk_bytes)}; nothing was written", markup=False)
         elif result.next_step:
             console.print(f"next: {result.next_step}", markup=False)
+
     return render
 
 
-@app.command("download", rich_help_panel="Get", epilog=examples(
-    "# a known model: its repo, folder (./zhixi-13b-diff) and published table",
-    "llmkit download zhixi-13b-diff",
-    "# what would be downloaded, and the free disk",
-    "llmkit download techgpt-7b --dry-run",
-    "# any repo, only some files, through a mirror",
-    "llmkit download neukg/TechGPT-2.0-atom-hf --include '*.json' --endpoint https://hf-mirror.com"))
+@app.command(
+    "download",
+    rich_help_panel="Get",
+    epilog=examples(
+        "# a known model: its repo, folder (./zhixi-13b-diff) and published table",
+        "llmkit download zhixi-13b-diff",
+        "# what would be downloaded, and the free disk",
+        "llmkit download techgpt-7b --dry-run",
+        "# any repo, only some files, through a mirror",
+        "llmkit download neukg/TechGPT-2.0-atom-hf --include '*.json' --endpoint https://hf-mirror.com",
+    ),
+)
 def download_command(
-    model: Annotated[str, typer.Argument(help="A model name from 'llmkit models' (picks the repo, the folder and "
-                                              "the published checksum table) or any owner/name repo id.",
-                                         show_default=False, metavar="MODEL")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="DIR", rich_help_panel=OUTPUT,
-                                                   help="Output folder (default: ./<model name>).",
-                                                   show_default=False)] = None,
-    include: Annotated[Optional[List[str]], typer.Option(
-        "--include", metavar="GLOB", rich_help_panel=INPUTS,
-        help="Only files matching this glob (repeatable), as hf download reads it: case-sensitive, '*' crosses "
-             "'/', 'dir/' is the whole folder. A pattern that matches no file is an error.")] = None,
-    exclude: Annotated[Optional[List[str]], typer.Option(
-        "--exclude", metavar="GLOB", rich_help_panel=INPUTS,
-        help="Skip files matching this glob (repeatable; the same rules as --include).")] = None,
-    revision: Annotated[Optional[str], typer.Option("--revision", metavar="REV", rich_help_panel=INPUTS,
-                                                    help="Branch, tag or commit (default: main).")] = None,
-    endpoint: Annotated[Optional[str], typer.Option(
-        "--endpoint", metavar="URL", rich_help_panel=INPUTS, help="Hub or mirror URL (default: HF_ENDPOINT, else huggingface.co). Tokens come from "
-                           "HF_TOKEN or 'hf auth login', never from the command line.")] = None,
-    jobs: Annotated[int, jobs_option("Files downloaded in parallel. Default 4: each file is one connection, so a "
-                                     "few at once fill the line; more rarely helps and can be throttled by the "
-                                     "hub.", min=1, max=16)] = 4,
-    dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=CHECKS,
-                                          help="List the files, sizes and free disk; write nothing.")] = False,
-    no_verify: Annotated[bool, typer.Option("--no-verify", rich_help_panel=CHECKS, help="Check sizes only (files present with the right "
-                                                                "size are skipped).")] = False,
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A model name from 'llmkit models' (picks the repo, the folder and "
+            "the published checksum table) or any owner/name repo id.",
+            show_default=False,
+            metavar="MODEL",
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            rich_help_panel=OUTPUT,
+            help="Output folder (default: ./<model name>).",
+            show_default=False,
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--include",
+            metavar="GLOB",
+            rich_help_panel=INPUTS,
+            help="Only files matching this glob (repeatable), as hf download reads it: case-sensitive, '*' crosses "
+            "'/', 'dir/' is the whole folder. A pattern that matches no file is an error.",
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            metavar="GLOB",
+            rich_help_panel=INPUTS,
+            help="Skip files matching this glob (repeatable; the same rules as --include).",
+        ),
+    ] = None,
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            "--revision", metavar="REV", rich_help_panel=INPUTS, help="Branch, tag or commit (default: main)."
+        ),
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint",
+            metavar="URL",
+            rich_help_panel=INPUTS,
+            help="Hub or mirror URL (default: HF_ENDPOINT, else huggingface.co). Tokens come from "
+            "HF_TOKEN or 'hf auth login', never from the command line.",
+        ),
+    ] = None,
+    jobs: Annotated[
+        int,
+        jobs_option(
+            "Files downloaded in parallel. Default 4: each file is one connection, so a "
+            "few at once fill the line; more rarely helps and can be throttled by the "
+            "hub.",
+            min=1,
+            max=16,
+        ),
+    ] = 4,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", rich_help_panel=CHECKS, help="List the files, sizes and free disk; write nothing."),
+    ] = False,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            rich_help_panel=CHECKS,
+            help="Check sizes only (files present with the right size are skipped).",
+        ),
+    ] = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -78,9 +138,18 @@ def download_command(
     with command_guard(out):
         from llmkit.hub import DownloadOptions, download
 
-        options = DownloadOptions(model, output, include=tuple(include or ()), exclude=tuple(exclude or ()),
-                                  revision=revision, endpoint=endpoint, jobs=jobs, dry_run=dry_run,
-                                  verify=not no_verify, force=force)
+        options = DownloadOptions(
+            model,
+            output,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            revision=revision,
+            endpoint=endpoint,
+            jobs=jobs,
+            dry_run=dry_run,
+            verify=not no_verify,
+            force=force,
+        )
         result = download(options, progress=out.progress)
         out.notices(result)
         out.result(result, _render(result))

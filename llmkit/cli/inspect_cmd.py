@@ -39,10 +39,14 @@ def _render(s, show_tensors: bool) -> callable:  # s: llmkit.summary.ModelSummar
             rows.append(("vocab size", str(s.vocab_size)))
         if s.adapter is not None:
             a = s.adapter
-            rows += [("lora r", str(a.r)), ("lora alpha", f"{a.lora_alpha:g}"),
-                     ("target modules", ", ".join(a.target_modules) or "-"),
-                     ("modules to save", ", ".join(a.modules_to_save) or "-"),
-                     ("fan_in_fan_out", str(a.fan_in_fan_out).lower()), ("use_rslora", str(a.use_rslora).lower())]
+            rows += [
+                ("lora r", str(a.r)),
+                ("lora alpha", f"{a.lora_alpha:g}"),
+                ("target modules", ", ".join(a.target_modules) or "-"),
+                ("modules to save", ", ".join(a.modules_to_save) or "-"),
+                ("fan_in_fan_out", str(a.fan_in_fan_out).lower()),
+                ("use_rslora", str(a.use_rslora).lower()),
+            ]
             if a.base_model:
                 rows.append(("base model", a.base_model))
         width = max(len(k) for k, _ in rows)
@@ -56,21 +60,30 @@ def _render(s, show_tensors: bool) -> callable:  # s: llmkit.summary.ModelSummar
                 table.add_row(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", f"{t.nbytes:,}")
             console.print()
             console.print(table)
+
     return render
 
 
-@app.command("inspect", rich_help_panel="Check", epilog=examples(
-    "# a model folder: format, tensors, parameters, config",
-    "llmkit inspect zhixi-13b-diff",
-    "# a LoRA adapter's settings as JSON",
-    "llmkit inspect chinese-alpaca-lora-7b --json --no-tensors",
-    "# one Meta shard, or an encrypted .ckpt (the key as hex in $MS_KEY)",
-    "llmkit inspect LLaMA/13B/consolidated.00.pth --no-tensors",
-    "llmkit inspect atom.enc.ckpt --dec-key env:MS_KEY"))
+@app.command(
+    "inspect",
+    rich_help_panel="Check",
+    epilog=examples(
+        "# a model folder: format, tensors, parameters, config",
+        "llmkit inspect zhixi-13b-diff",
+        "# a LoRA adapter's settings as JSON",
+        "llmkit inspect chinese-alpaca-lora-7b --json --no-tensors",
+        "# one Meta shard, or an encrypted .ckpt (the key as hex in $MS_KEY)",
+        "llmkit inspect LLaMA/13B/consolidated.00.pth --no-tensors",
+        "llmkit inspect atom.enc.ckpt --dec-key env:MS_KEY",
+    ),
+)
 def inspect_command(
-    path: Annotated[Path, typer.Argument(metavar="PATH", help="A model or adapter folder, a weight file, or a shard index.")],
-    tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", rich_help_panel=OUTPUT,
-                                          help="List every tensor.")] = True,
+    path: Annotated[
+        Path, typer.Argument(metavar="PATH", help="A model or adapter folder, a weight file, or a shard index.")
+    ],
+    tensors: Annotated[
+        bool, typer.Option("--tensors/--no-tensors", rich_help_panel=OUTPUT, help="List every tensor.")
+    ] = True,
     dec_key: DecKeyOpt = None,
     dec_mode: DecModeOpt = None,
     json_: JsonOpt = False,
@@ -89,8 +102,9 @@ def inspect_command(
 
         summary = inspect_model(InspectOptions(path, dec_key=dec_key, dec_mode=dec_mode.value if dec_mode else None))
         out.notices(summary)
-        failed = next((Failure(c.detail, exit_code=EXIT_CHECK_FAILED) for c in summary.checks if c.status != "ok"),
-                      None)
+        failed = next(
+            (Failure(c.detail, exit_code=EXIT_CHECK_FAILED) for c in summary.checks if c.status != "ok"), None
+        )
         out.result(summary, _render(summary, tensors), failed=failed)
     if failed is not None:  # an incomplete model is described, and is not a success
         raise typer.Exit(EXIT_CHECK_FAILED)

@@ -7,7 +7,7 @@ raw key bytes, or ``env:VAR`` naming an environment variable that holds the key 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -27,6 +27,7 @@ _GIVEN = ("COMMANDLINE", "ENVIRONMENT")  # ParameterSource names: typed, not def
 def _pair_check(kind: str):
     """A callback for ``--KIND-key`` and ``--KIND-mode``: whichever of the two click processes second sees both,
     and a mode typed without a key is a usage error (no output would be encrypted or decrypted by it)."""
+
     def check(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
         seen = ctx.meta.setdefault(_PAIRS, {}).setdefault(kind, {})
         role = "key" if param.name and param.name.endswith("key") else "mode"
@@ -38,30 +39,68 @@ def _pair_check(kind: str):
             if mode_given and key is None:
                 shown = getattr(mode, "value", mode)
                 what = "encrypts nothing" if kind == "enc" else "decrypts nothing"
-                raise typer.BadParameter(f"{shown} without --{kind}-key {what}; pass --{kind}-key KEY, or drop "
-                                         f"--{kind}-mode", ctx=ctx, param=mode_param)
+                raise typer.BadParameter(
+                    f"{shown} without --{kind}-key {what}; pass --{kind}-key KEY, or drop --{kind}-mode",
+                    ctx=ctx,
+                    param=mode_param,
+                )
         return value
+
     return check
 
 
-KEY_FORMS = ("KEY is a file holding the raw key bytes (16, 24 or 32 for AES; 16 for SM4) or env:VAR naming an "
-             "environment variable that holds it as hex; never the key itself.")
+KEY_FORMS = (
+    "KEY is a file holding the raw key bytes (16, 24 or 32 for AES; 16 for SM4) or env:VAR naming an "
+    "environment variable that holds it as hex; never the key itself."
+)
 MODES = "|".join(m.value for m in EncMode)
-EncKeyOpt = Annotated[Optional[str], typer.Option(
-    "--enc-key", metavar="KEY", rich_help_panel=OUTPUT, callback=_pair_check("enc"), help="Encrypt the .ckpt as mindspore.save_checkpoint(enc_key=...) does. " + KEY_FORMS,
-    show_default=False)]
-INTEGRITY = ("AES-GCM is recommended: it authenticates every block, so a changed byte is an error; AES-CBC and "
-             "SM4-CBC have no integrity check (a changed byte decrypts to wrong values, which only a CRC trailer "
-             "can catch).")
-EncModeOpt = Annotated[EncMode, typer.Option("--enc-mode", metavar=MODES, rich_help_panel=OUTPUT,
-                                             callback=_pair_check("enc"),
-                                             help="Cipher for --enc-key, which it needs (MindSpore's enc_mode). "
-                                                  + INTEGRITY)]
-DecKeyOpt = Annotated[Optional[str], typer.Option(
-    "--dec-key", metavar="KEY", rich_help_panel=INPUTS, callback=_pair_check("dec"), help="Key of an encrypted .ckpt (what load_checkpoint(dec_key=...) takes). " + KEY_FORMS,
-    show_default=False)]
-DecModeOpt = Annotated[Optional[EncMode], typer.Option(
-    "--dec-mode", metavar=MODES, rich_help_panel=INPUTS, callback=_pair_check("dec"),
-    help="Cipher of the encrypted .ckpt, with --dec-key (default: read from the file). Reads of AES-CBC and SM4-CBC "
-                       "files warn that their values cannot be verified (they have no integrity check; AES-GCM "
-                       "does); a CRC trailer, if present, is checked.", show_default=False)]
+EncKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--enc-key",
+        metavar="KEY",
+        rich_help_panel=OUTPUT,
+        callback=_pair_check("enc"),
+        help="Encrypt the .ckpt as mindspore.save_checkpoint(enc_key=...) does. " + KEY_FORMS,
+        show_default=False,
+    ),
+]
+INTEGRITY = (
+    "AES-GCM is recommended: it authenticates every block, so a changed byte is an error; AES-CBC and "
+    "SM4-CBC have no integrity check (a changed byte decrypts to wrong values, which only a CRC trailer "
+    "can catch)."
+)
+EncModeOpt = Annotated[
+    EncMode,
+    typer.Option(
+        "--enc-mode",
+        metavar=MODES,
+        rich_help_panel=OUTPUT,
+        callback=_pair_check("enc"),
+        help="Cipher for --enc-key, which it needs (MindSpore's enc_mode). " + INTEGRITY,
+    ),
+]
+DecKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dec-key",
+        metavar="KEY",
+        rich_help_panel=INPUTS,
+        callback=_pair_check("dec"),
+        help="Key of an encrypted .ckpt (what load_checkpoint(dec_key=...) takes). " + KEY_FORMS,
+        show_default=False,
+    ),
+]
+DecModeOpt = Annotated[
+    EncMode | None,
+    typer.Option(
+        "--dec-mode",
+        metavar=MODES,
+        rich_help_panel=INPUTS,
+        callback=_pair_check("dec"),
+        help="Cipher of the encrypted .ckpt, with --dec-key (default: read from the file). Reads of AES-CBC and SM4-CBC "
+        "files warn that their values cannot be verified (they have no integrity check; AES-GCM "
+        "does); a CRC trailer, if present, is checked.",
+        show_default=False,
+    ),
+]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -34,9 +35,12 @@ def _render(r) -> Callable[[Console], None]:  # r: llmkit.lora.MergeResult
                 extra.append(f"tokenizer {a.tokenizer_size}")
             if a.fan_in_fan_out:
                 extra.append("fan_in_fan_out")
-            p(f"lora {i:<6} {a.path}  (r={a.r}, alpha={a.lora_alpha:g}, scaling={a.scaling:g}"
-              f"{', rslora' if a.use_rslora else ''}; {a.lora_modules} module{'' if a.lora_modules == 1 else 's'}"
-              + (f"; {'; '.join(extra)}" if extra else "") + ")")
+            p(
+                f"lora {i:<6} {a.path}  (r={a.r}, alpha={a.lora_alpha:g}, scaling={a.scaling:g}"
+                f"{', rslora' if a.use_rslora else ''}; {a.lora_modules} module{'' if a.lora_modules == 1 else 's'}"
+                + (f"; {'; '.join(extra)}" if extra else "")
+                + ")"
+            )
         if r.vocab_before is not None:
             change = f"{r.vocab_before} -> {r.vocab_after}" if r.vocab_after != r.vocab_before else str(r.vocab_after)
             p(f"vocabulary  {change}")
@@ -52,44 +56,90 @@ def _render(r) -> Callable[[Console], None]:  # r: llmkit.lora.MergeResult
         else:
             p(f"files       {', '.join(r.files)}")
             p(f"time        {r.seconds:.2f} s")
+
     return render
 
 
-@app.command("merge-lora", rich_help_panel="Rebuild", epilog=examples(
-    "# CuteGPT-13B-ift: the LoRA into its base",
-    "llmkit merge-lora --base kw-cutegpt-13b-base --lora kw-cutegpt-13b-ift-lora -o cutegpt-13b-ift",
-    "# Chinese-Alpaca-Plus-7B: two adapters in order, the checks and plan first",
-    "llmkit merge-lora --base llama-7b-hf --lora chinese-llama-plus-lora-7b --lora chinese-alpaca-plus-lora-7b "
-    "-o chinese-alpaca-plus-7b --dry-run",
-    "# Meta .pth for llama.cpp, in fp16",
-    "llmkit merge-lora --base llama-7b-hf --lora chinese-alpaca-lora-7b -o chinese-alpaca-7b-pth --format pth "
-    "--dtype float16"))
+@app.command(
+    "merge-lora",
+    rich_help_panel="Rebuild",
+    epilog=examples(
+        "# CuteGPT-13B-ift: the LoRA into its base",
+        "llmkit merge-lora --base kw-cutegpt-13b-base --lora kw-cutegpt-13b-ift-lora -o cutegpt-13b-ift",
+        "# Chinese-Alpaca-Plus-7B: two adapters in order, the checks and plan first",
+        "llmkit merge-lora --base llama-7b-hf --lora chinese-llama-plus-lora-7b --lora chinese-alpaca-plus-lora-7b "
+        "-o chinese-alpaca-plus-7b --dry-run",
+        "# Meta .pth for llama.cpp, in fp16",
+        "llmkit merge-lora --base llama-7b-hf --lora chinese-alpaca-lora-7b -o chinese-alpaca-7b-pth --format pth "
+        "--dtype float16",
+    ),
+)
 def merge_lora_command(
-    base: Annotated[Path, typer.Option(
-        "--base", metavar="PATH", rich_help_panel=INPUTS,
-        help="The base model folder (Hugging Face layout: safetensors or .bin, sharded or not).")],
-    lora: Annotated[list[Path], typer.Option(
-        "--lora", metavar="ADAPTER", rich_help_panel=INPUTS,
-        help="A local peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors/.bin). Repeat it "
-             "to apply several adapters in order, e.g. Chinese-LLaMA-Plus then Chinese-Alpaca-Plus.")],
-    output: Annotated[Path, typer.Option("-o", "--output", metavar="DIR", rich_help_panel=OUTPUT,
-                                         help="Output folder for the merged model.")],
-    dtype: Annotated[str, dtype_option(("keep", "fp16", "bf16", "fp32"), "Output dtype; the merge is done in it "
-                                       "(keep: each tensor's own dtype).")] = "keep",
-    fmt: Annotated[FormatChoice, typer.Option(
-        "--format", metavar=choice_metavar(FormatChoice), rich_help_panel=OUTPUT,
-        help="safetensors or bin (Hugging Face shards), or pth (Meta consolidated.NN.pth + params.json, q/k in "
-             "Meta's rotary layout, as llama.cpp's converter reads).")] = FormatChoice.safetensors,
+    base: Annotated[
+        Path,
+        typer.Option(
+            "--base",
+            metavar="PATH",
+            rich_help_panel=INPUTS,
+            help="The base model folder (Hugging Face layout: safetensors or .bin, sharded or not).",
+        ),
+    ],
+    lora: Annotated[
+        list[Path],
+        typer.Option(
+            "--lora",
+            metavar="ADAPTER",
+            rich_help_panel=INPUTS,
+            help="A local peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors/.bin). Repeat it "
+            "to apply several adapters in order, e.g. Chinese-LLaMA-Plus then Chinese-Alpaca-Plus.",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o", "--output", metavar="DIR", rich_help_panel=OUTPUT, help="Output folder for the merged model."
+        ),
+    ],
+    dtype: Annotated[
+        str,
+        dtype_option(
+            ("keep", "fp16", "bf16", "fp32"), "Output dtype; the merge is done in it (keep: each tensor's own dtype)."
+        ),
+    ] = "keep",
+    fmt: Annotated[
+        FormatChoice,
+        typer.Option(
+            "--format",
+            metavar=choice_metavar(FormatChoice),
+            rich_help_panel=OUTPUT,
+            help="safetensors or bin (Hugging Face shards), or pth (Meta consolidated.NN.pth + params.json, q/k in "
+            "Meta's rotary layout, as llama.cpp's converter reads).",
+        ),
+    ] = FormatChoice.safetensors,
     shard_size: Annotated[str | None, shard_size_option("Largest shard for safetensors/bin (default 5GB)")] = None,
-    tokenizer: Annotated[Path | None, typer.Option(
-        "--tokenizer", metavar="DIR", rich_help_panel=INPUTS,
-        help="Tokenizer folder for the output (default: the last adapter that has one, else the base's).")] = None,
-    pth_shards: Annotated[int | None, typer.Option(
-        "--pth-shards", min=1, metavar="N", rich_help_panel=OUTPUT,
-        help="Number of consolidated.NN.pth files (default: Meta's, by hidden size: 7B 1, 13B 2, 33B 4, "
-             "65B 8).")] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", rich_help_panel=CHECKS, help="Run every check and show the plan; write nothing.")] = False,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer",
+            metavar="DIR",
+            rich_help_panel=INPUTS,
+            help="Tokenizer folder for the output (default: the last adapter that has one, else the base's).",
+        ),
+    ] = None,
+    pth_shards: Annotated[
+        int | None,
+        typer.Option(
+            "--pth-shards",
+            min=1,
+            metavar="N",
+            rich_help_panel=OUTPUT,
+            help="Number of consolidated.NN.pth files (default: Meta's, by hidden size: 7B 1, 13B 2, 33B 4, 65B 8).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", rich_help_panel=CHECKS, help="Run every check and show the plan; write nothing."),
+    ] = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -103,8 +153,17 @@ def merge_lora_command(
     with command_guard(out):
         from llmkit.lora import MergeOptions, run  # imported here: torch loads only when a command runs
 
-        options = MergeOptions(base, tuple(lora), output, dtype=dtype, fmt=fmt.value,
-                               shard_size=parse_size(shard_size) if shard_size else None, tokenizer=tokenizer,
-                               pth_shards=pth_shards, dry_run=dry_run, force=force)
+        options = MergeOptions(
+            base,
+            tuple(lora),
+            output,
+            dtype=dtype,
+            fmt=fmt.value,
+            shard_size=parse_size(shard_size) if shard_size else None,
+            tokenizer=tokenizer,
+            pth_shards=pth_shards,
+            dry_run=dry_run,
+            force=force,
+        )
         result = run(options, progress=out.progress, on_plan=out.notices)  # notices print before the work
         out.result(result, _render(result))

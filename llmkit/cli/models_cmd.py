@@ -15,8 +15,16 @@ from llmkit.cli.output import Output
 def _render(listing, show_files: bool) -> callable:
     def render(console: Console) -> None:  # listing: llmkit.registry.ModelsListing
         rows = [("name", "kind", "hub repo", "dtype", "vocab")]
-        rows += [(m["name"], m["kind"], m["repo_id"] or "-", m["dtype"] or "-",
-                  str(m["vocab_size"]) if m["vocab_size"] else "-") for m in listing.models]
+        rows += [
+            (
+                m["name"],
+                m["kind"],
+                m["repo_id"] or "-",
+                m["dtype"] or "-",
+                str(m["vocab_size"]) if m["vocab_size"] else "-",
+            )
+            for m in listing.models
+        ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:  # plain columns: never truncated, whatever the terminal width
             console.print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), markup=False)
@@ -32,17 +40,24 @@ def _render(listing, show_files: bool) -> callable:
             if show_files:
                 for f in tab.files:
                     console.print(f"      {f['digest']}  {f['path']}", markup=False)
+
     return render
 
 
-@app.command("models", rich_help_panel="Get", epilog=examples(
-    "llmkit models",
-    "# every file and digest of each published table",
-    "llmkit models --files",
-    "llmkit models --json"))
+@app.command(
+    "models",
+    rich_help_panel="Get",
+    epilog=examples(
+        "llmkit models",
+        "# every file and digest of each published table",
+        "llmkit models --files",
+        "llmkit models --json",
+    ),
+)
 def models_command(
-    files: Annotated[bool, typer.Option("--files", rich_help_panel=OUTPUT,
-                                        help="Also list every file and digest of each table.")] = False,
+    files: Annotated[
+        bool, typer.Option("--files", rich_help_panel=OUTPUT, help="Also list every file and digest of each table.")
+    ] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,

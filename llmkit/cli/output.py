@@ -22,17 +22,16 @@ import os
 import select
 import stat
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from llmkit.pipeline import plan_rows  # noqa: F401 (what --dry-run shows for every tensor job)
+from llmkit.pipeline import plan_rows
 from llmkit.redact import redact
-
 
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: `yes | head` under `set -o pipefail`
 
@@ -107,8 +106,7 @@ class Failure:
         return f"error: {text} ({self.hint})" if self.hint else f"error: {text}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": False, "error": self.message, "path": self.path, "hint": self.hint,
-                "exit_code": self.exit_code}
+        return {"ok": False, "error": self.message, "path": self.path, "hint": self.hint, "exit_code": self.exit_code}
 
 
 STDOUT_CLOSED = Failure("stdout was closed by its reader", exit_code=EXIT_STDOUT_CLOSED)  # never printed
@@ -221,12 +219,18 @@ class Output:
         if self.quiet:
             yield lambda n: None
             return
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                       TimeRemainingColumn(), console=self.err, transient=False)
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.err,
+            transient=False,
+        )
         with bar:
             task = bar.add_task(description, total=total)
             yield lambda n: bar.advance(task, n)
-
 
 
 def run_rows(result: Any) -> list[tuple[str, str]]:

@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import typer
 
@@ -26,6 +27,7 @@ def _dtype_check(choices: Sequence[str]) -> Callable[[str | None], str | None]:
             return canonical_dtype(value, choices)
         except InputError as e:
             raise _bad(e) from None
+
     return check
 
 
@@ -34,9 +36,15 @@ def dtype_option(choices: Sequence[str], help: str, **kwargs: Any) -> Any:
     ``half``, ``bfloat16``, ...); the command receives llmkit's name (``fp16``)."""
     others = [s for c in choices for s in DTYPE_SPELLINGS.get(c, ())]
     words = (*choices, *others)
-    return typer.Option("--dtype", metavar="|".join(choices), callback=_dtype_check(tuple(choices)),
-                        autocompletion=lambda incomplete: [w for w in words if w.startswith(incomplete.lower())],
-                        rich_help_panel=OUTPUT, help=f"{help} Also accepted: {', '.join(others)}.", **kwargs)
+    return typer.Option(
+        "--dtype",
+        metavar="|".join(choices),
+        callback=_dtype_check(tuple(choices)),
+        autocompletion=lambda incomplete: [w for w in words if w.startswith(incomplete.lower())],
+        rich_help_panel=OUTPUT,
+        help=f"{help} Also accepted: {', '.join(others)}.",
+        **kwargs,
+    )
 
 
 def _size_check(value: str | None) -> str | None:
@@ -53,8 +61,14 @@ SIZE_HELP = f"e.g. {SIZE_EXAMPLES}; G and GB are 10^9 bytes (as transformers and
 
 def shard_size_option(help: str = "Largest output shard", **kwargs: Any) -> Any:
     """``--shard-size SIZE``, checked by :func:`parse_size` while parsing; the command still gets the text."""
-    return typer.Option("--shard-size", metavar="SIZE", callback=_size_check, rich_help_panel=OUTPUT,
-                        help=f"{help}: {SIZE_HELP}.", **kwargs)
+    return typer.Option(
+        "--shard-size",
+        metavar="SIZE",
+        callback=_size_check,
+        rich_help_panel=OUTPUT,
+        help=f"{help}: {SIZE_HELP}.",
+        **kwargs,
+    )
 
 
 def jobs_option(help: str, **kwargs: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -25,17 +25,37 @@ class Format(str, Enum):
     bin = "bin"
 
 
-FormatOpt = Annotated[Format, typer.Option("--format", metavar=choice_metavar(Format), rich_help_panel=OUTPUT,
-                                           help="Output format of the weight files.")]
+FormatOpt = Annotated[
+    Format,
+    typer.Option(
+        "--format", metavar=choice_metavar(Format), rich_help_panel=OUTPUT, help="Output format of the weight files."
+    ),
+]
 ShardOpt = Annotated[str, shard_size_option()]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", rich_help_panel=CHECKS,
-                                         help="Run every check and print the plan (sizes, disk space, memory "
-                                              "estimate); write nothing.")]
-BaseOpt = Annotated[Path, typer.Option("--base", metavar="PATH", rich_help_panel=INPUTS,
-                                       help="The base model (e.g. LLaMA-13B converted to Hugging Face, or Meta's "
-                                            "folder); any layout: folder, shard index or single file.")]
-OutOpt = Annotated[Path, typer.Option("--output", "-o", metavar="DIR", rich_help_panel=OUTPUT,
-                                      help="Output folder (must not be an input folder).")]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        rich_help_panel=CHECKS,
+        help="Run every check and print the plan (sizes, disk space, memory estimate); write nothing.",
+    ),
+]
+BaseOpt = Annotated[
+    Path,
+    typer.Option(
+        "--base",
+        metavar="PATH",
+        rich_help_panel=INPUTS,
+        help="The base model (e.g. LLaMA-13B converted to Hugging Face, or Meta's "
+        "folder); any layout: folder, shard index or single file.",
+    ),
+]
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--output", "-o", metavar="DIR", rich_help_panel=OUTPUT, help="Output folder (must not be an input folder)."
+    ),
+]
 
 
 class InvFreq(str, Enum):
@@ -43,13 +63,20 @@ class InvFreq(str, Enum):
     fp32 = "fp32"
 
 
-InvFreqOpt = Annotated[InvFreq, typer.Option(
-    "--base-inv-freq", metavar=choice_metavar(InvFreq), rich_help_panel=CHECKS, help="Only when the diff holds rotary_emb.inv_freq buffers (saved by transformers <= 4.30) "
-                            "and the base's files do not (a Meta folder, or a conversion by transformers 4.31+ or "
-                            "llmkit from-meta): make the base's buffers as a transformers 4.28-4.30 conversion "
-                            "stored them, rounded to fp16 (fp16: what the published ZhiXi sum and tables assume), "
-                            "or as that transformers computed them at init when a checkpoint lacked them (fp32). "
-                            "Buffers stored in the base's files are always used as stored.")]
+InvFreqOpt = Annotated[
+    InvFreq,
+    typer.Option(
+        "--base-inv-freq",
+        metavar=choice_metavar(InvFreq),
+        rich_help_panel=CHECKS,
+        help="Only when the diff holds rotary_emb.inv_freq buffers (saved by transformers <= 4.30) "
+        "and the base's files do not (a Meta folder, or a conversion by transformers 4.31+ or "
+        "llmkit from-meta): make the base's buffers as a transformers 4.28-4.30 conversion "
+        "stored them, rounded to fp16 (fp16: what the published ZhiXi sum and tables assume), "
+        "or as that transformers computed them at init when a checkpoint lacked them (fp32). "
+        "Buffers stored in the base's files are always used as stored.",
+    ),
+]
 
 
 def _log_plan(out: Output, plan, dry_run: bool) -> None:  # plan: llmkit.recover.WeightDiffPlan
@@ -75,34 +102,51 @@ def _render(result):  # result: llmkit.recover.WeightDiffResult
         else:
             verb = "recovered" if plan.operation == "recover" else "diff written"
             weights = [f for f in result.files if f not in plan.aux_files]
-            rows.append((verb, f"{plan.output} ({plan.dtype}, {plan.tensors} tensors, "
-                               f"{human_bytes(plan.output_bytes)} in {len(weights)} file(s))"))
+            rows.append(
+                (
+                    verb,
+                    f"{plan.output} ({plan.dtype}, {plan.tensors} tensors, "
+                    f"{human_bytes(plan.output_bytes)} in {len(weights)} file(s))",
+                )
+            )
             rate = plan.output_bytes / result.seconds if result.seconds > 0 else 0.0
             rows.append(("time", f"{result.seconds:.1f} s ({human_bytes(rate)}/s written)"))
             rows.append(("files", ", ".join(result.files)))
         if result.check_sum is not None:
             c = result.check_sum
             extra = f", upstream fp32 way {c.sum_fp32_upstream:.4f}" if c.sum_fp32_upstream is not None else ""
-            verdict = (f"matches {c.expected:.4f} within {c.atol:g}" if c.passed else "FAILED")
+            verdict = f"matches {c.expected:.4f} within {c.atol:g}" if c.passed else "FAILED"
             rows.append(("check-sum", f"{c.sum_fp64:.4f} (fp64{extra}): {verdict}"))
         for p in result.published:
             if p.matched_table:
                 rows.append(("published md5", f"{p.file} {p.md5} matches {p.matched_table}"))
             else:
-                rows.append(("published md5", f"{p.file} {p.md5} matches none of {', '.join(p.tables)} "
-                                              "(byte layout differs from upstream's writer; compare by tensors)"))
+                rows.append(
+                    (
+                        "published md5",
+                        f"{p.file} {p.md5} matches none of {', '.join(p.tables)} "
+                        "(byte layout differs from upstream's writer; compare by tensors)",
+                    )
+                )
         if result.reference is not None:
             r = result.reference
             if r.passed:
-                rows.append(("reference", f"all {r.identical} tensors identical to {r.reference}: "
-                                          "the content is right"))
+                rows.append(
+                    ("reference", f"all {r.identical} tensors identical to {r.reference}: the content is right")
+                )
             else:
                 examples = ", ".join((r.differing + r.only_output + r.only_reference)[:3])
-                rows.append(("reference", f"{len(r.differing)} differing, {len(r.only_output)} only in the output, "
-                                          f"{len(r.only_reference)} only in {r.reference} (e.g. {examples})"))
+                rows.append(
+                    (
+                        "reference",
+                        f"{len(r.differing)} differing, {len(r.only_output)} only in the output, "
+                        f"{len(r.only_reference)} only in {r.reference} (e.g. {examples})",
+                    )
+                )
         width = max(len(k) for k, _ in rows)
         for k, v in rows:
             console.print(f"{k:<{width}}  {v}", markup=False)
+
     return render
 
 
@@ -110,44 +154,74 @@ def _finish(out: Output, result) -> None:
     r = result.reference
     failed = None
     if r is not None and not r.passed:
-        failed = Failure(f"the output differs from the reference: {len(r.differing)} tensor(s) differ, "
-                         f"{len(r.only_output)} only in the output, {len(r.only_reference)} only in the reference",
-                         path=str(result.plan.output),
-                         hint=f"llmkit verify --tensors {result.plan.output} {r.reference} --json lists them",
-                         exit_code=EXIT_CHECK_FAILED)
+        failed = Failure(
+            f"the output differs from the reference: {len(r.differing)} tensor(s) differ, "
+            f"{len(r.only_output)} only in the output, {len(r.only_reference)} only in the reference",
+            path=str(result.plan.output),
+            hint=f"llmkit verify --tensors {result.plan.output} {r.reference} --json lists them",
+            exit_code=EXIT_CHECK_FAILED,
+        )
     out.result(result, _render(result), failed=failed)
     if failed is not None:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-@app.command("recover", rich_help_panel="Rebuild", epilog=examples(
-    "# ZhiXi-13B from LLaMA-13B in Hugging Face form, with upstream's integrity sum",
-    f"llmkit recover --base llama-13b-hf --diff zhixi-13b-diff -o zhixi-13b --check-sum {ZHIXI_SUM_TEXT}",
-    "# straight from Meta's LLaMA-13B folder, checks and plan only",
-    "llmkit recover --base LLaMA/13B --diff zhixi-13b-diff -o zhixi-13b --dry-run",
-    "# the fp16 diff, in 2 GiB shards",
-    "llmkit recover --base llama-13b-hf --diff zhixi-13b-diff-fp16 -o zhixi-13b-fp16 --shard-size 2GiB"))
+@app.command(
+    "recover",
+    rich_help_panel="Rebuild",
+    epilog=examples(
+        "# ZhiXi-13B from LLaMA-13B in Hugging Face form, with upstream's integrity sum",
+        f"llmkit recover --base llama-13b-hf --diff zhixi-13b-diff -o zhixi-13b --check-sum {ZHIXI_SUM_TEXT}",
+        "# straight from Meta's LLaMA-13B folder, checks and plan only",
+        "llmkit recover --base LLaMA/13B --diff zhixi-13b-diff -o zhixi-13b --dry-run",
+        "# the fp16 diff, in 2 GiB shards",
+        "llmkit recover --base llama-13b-hf --diff zhixi-13b-diff-fp16 -o zhixi-13b-fp16 --shard-size 2GiB",
+    ),
+)
 def recover_command(
     base: BaseOpt,
-    diff: Annotated[Path, typer.Option("--diff", metavar="PATH", rich_help_panel=INPUTS,
-                                       help="The published weight diff (e.g. zjunlp/zhixi-13b-diff); its config and "
-                                            "tokenizer files go to the output.")],
+    diff: Annotated[
+        Path,
+        typer.Option(
+            "--diff",
+            metavar="PATH",
+            rich_help_panel=INPUTS,
+            help="The published weight diff (e.g. zjunlp/zhixi-13b-diff); its config and "
+            "tokenizer files go to the output.",
+        ),
+    ],
     output: OutOpt,
-    dtype: Annotated[Optional[str], dtype_option(
-        ("fp32", "fp16", "bf16"),
-        "Output dtype (default: the diff's). fp32: fp32(diff) + fp32(base). fp16: fp16(diff) + fp16(base), one "
-        "rounding of the fp16 sum, as upstream --is_fp16. bf16: the fp32 sum rounded once.")] = None,
+    dtype: Annotated[
+        str | None,
+        dtype_option(
+            ("fp32", "fp16", "bf16"),
+            "Output dtype (default: the diff's). fp32: fp32(diff) + fp32(base). fp16: fp16(diff) + fp16(base), one "
+            "rounding of the fp16 sum, as upstream --is_fp16. bf16: the fp32 sum rounded once.",
+        ),
+    ] = None,
     fmt: FormatOpt = Format.safetensors,
     shard_size: ShardOpt = "5GB",
     dry_run: DryRunOpt = False,
-    check_sum: Annotated[Optional[float], typer.Option(
-        "--check-sum", metavar="VALUE", rich_help_panel=CHECKS,
-        help="Run upstream's naive integrity check: the sum of all output values (fp64) must equal "
-             f"VALUE within 0.01 (ZhiXi-13B fp32: {ZHIXI_SUM_TEXT}, rotary buffers counted as "
-             "--base-inv-freq fp16 makes them). Exit 1 and keep no output otherwise.")] = None,
-    reference: Annotated[Optional[Path], typer.Option(
-        "--reference", metavar="PATH", rich_help_panel=CHECKS, help="After writing, compare the output tensor by tensor with this model; exit 1 if any "
-                            "tensor differs.")] = None,
+    check_sum: Annotated[
+        float | None,
+        typer.Option(
+            "--check-sum",
+            metavar="VALUE",
+            rich_help_panel=CHECKS,
+            help="Run upstream's naive integrity check: the sum of all output values (fp64) must equal "
+            f"VALUE within 0.01 (ZhiXi-13B fp32: {ZHIXI_SUM_TEXT}, rotary buffers counted as "
+            "--base-inv-freq fp16 makes them). Exit 1 and keep no output otherwise.",
+        ),
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            metavar="PATH",
+            rich_help_panel=CHECKS,
+            help="After writing, compare the output tensor by tensor with this model; exit 1 if any tensor differs.",
+        ),
+    ] = None,
     base_inv_freq: InvFreqOpt = InvFreq.fp16,
     force: ForceOpt = False,
     json_: JsonOpt = False,
@@ -162,26 +236,52 @@ def recover_command(
     with command_guard(out):
         from llmkit.recover import RecoverOptions, run
 
-        options = RecoverOptions(base, diff, output, dtype=dtype, fmt=fmt.value,
-                                 shard_size=parse_size(shard_size), force=force, dry_run=dry_run,
-                                 check_sum=check_sum, reference=reference, base_inv_freq=base_inv_freq.value)
+        options = RecoverOptions(
+            base,
+            diff,
+            output,
+            dtype=dtype,
+            fmt=fmt.value,
+            shard_size=parse_size(shard_size),
+            force=force,
+            dry_run=dry_run,
+            check_sum=check_sum,
+            reference=reference,
+            base_inv_freq=base_inv_freq.value,
+        )
         result = run(options, progress=out.progress, on_plan=lambda plan: _log_plan(out, plan, dry_run))
         _finish(out, result)
 
 
-@app.command("make-diff", rich_help_panel="Rebuild", epilog=examples(
-    "# publish a fine-tune as a diff against LLaMA-13B (fp32: recover gives it back bit for bit)",
-    "llmkit make-diff --base llama-13b-hf --target my-finetune -o my-finetune-diff",
-    "# a half-size fp16 diff",
-    "llmkit make-diff --base llama-13b-hf --target my-finetune -o my-finetune-diff-fp16 --dtype fp16"))
+@app.command(
+    "make-diff",
+    rich_help_panel="Rebuild",
+    epilog=examples(
+        "# publish a fine-tune as a diff against LLaMA-13B (fp32: recover gives it back bit for bit)",
+        "llmkit make-diff --base llama-13b-hf --target my-finetune -o my-finetune-diff",
+        "# a half-size fp16 diff",
+        "llmkit make-diff --base llama-13b-hf --target my-finetune -o my-finetune-diff-fp16 --dtype fp16",
+    ),
+)
 def make_diff_command(
     base: BaseOpt,
-    target: Annotated[Path, typer.Option("--target", metavar="PATH", rich_help_panel=INPUTS,
-                                         help="The fine-tuned model; its config and tokenizer files go to the diff.")],
+    target: Annotated[
+        Path,
+        typer.Option(
+            "--target",
+            metavar="PATH",
+            rich_help_panel=INPUTS,
+            help="The fine-tuned model; its config and tokenizer files go to the diff.",
+        ),
+    ],
     output: OutOpt,
-    dtype: Annotated[str, dtype_option(
-        ("fp32", "fp16"), "Diff dtype: computed as fp32(target) - fp32(base), stored in fp32 (exact) or rounded "
-                          "once to fp16.")] = "fp32",
+    dtype: Annotated[
+        str,
+        dtype_option(
+            ("fp32", "fp16"),
+            "Diff dtype: computed as fp32(target) - fp32(base), stored in fp32 (exact) or rounded once to fp16.",
+        ),
+    ] = "fp32",
     fmt: FormatOpt = Format.safetensors,
     shard_size: ShardOpt = "5GB",
     dry_run: DryRunOpt = False,
@@ -199,8 +299,16 @@ def make_diff_command(
     with command_guard(out):
         from llmkit.recover import MakeDiffOptions, run
 
-        options = MakeDiffOptions(base, target, output, dtype=dtype, fmt=fmt.value,
-                                  shard_size=parse_size(shard_size), force=force, dry_run=dry_run,
-                                  base_inv_freq=base_inv_freq.value)
+        options = MakeDiffOptions(
+            base,
+            target,
+            output,
+            dtype=dtype,
+            fmt=fmt.value,
+            shard_size=parse_size(shard_size),
+            force=force,
+            dry_run=dry_run,
+            base_inv_freq=base_inv_freq.value,
+        )
         result = run(options, progress=out.progress, on_plan=lambda plan: _log_plan(out, plan, dry_run))
         _finish(out, result)

@@ -44,7 +44,7 @@ def _shows_help(e: BaseException) -> bool:
 
 
 def _flags(argv: list[str]) -> list[str]:
-    return argv[:argv.index("--")] if "--" in argv else argv
+    return argv[: argv.index("--")] if "--" in argv else argv
 
 
 def _lcfirst(text: str) -> str:
@@ -88,7 +88,7 @@ def _bad_value(e: Any) -> str:
     if cause is not None and callable(getattr(cause, "errors", None)):  # a pydantic ValidationError
         try:
             details = dict(cause.errors()[0])
-        except Exception:  # noqa: BLE001 - only a nicer message is lost
+        except Exception:
             details = {}
     has_value = "input" in details
     value = details.get("input")
@@ -153,8 +153,11 @@ def _likeness(typed: str, name: str) -> float:
 def closest_options(typed: str, command: Any) -> list[str]:
     """The option(s) of ``command`` a mistyped ``typed`` most likely meant, closest first (none if none is close);
     each as ``--long`` or ``--long (-s)``."""
-    params = [p for p in getattr(command, "params", None) or [] if getattr(p, "param_type_name", "") == "option"
-              and not getattr(p, "hidden", False)]
+    params = [
+        p
+        for p in getattr(command, "params", None) or []
+        if getattr(p, "param_type_name", "") == "option" and not getattr(p, "hidden", False)
+    ]
     names = {o: p for p in params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")}
     if not names:
         return []
@@ -238,7 +241,7 @@ class LlmkitGroup(TyperGroup):
             self._fail(usage_failure(e, command_path=path, commands=self._command_names(), command=command), argv)
         except (typer.Exit, typer.Abort, SystemExit, GeneratorExit):
             raise
-        except BaseException as e:  # noqa: BLE001 - an exception that escaped a command's command_guard
+        except BaseException as e:
             from llmkit.cli import describe_error  # a closed stdout (``| head``): exit 141, no line
 
             if _debug_requested(argv):

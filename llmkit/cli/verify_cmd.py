@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,18 +22,39 @@ class Algo(str, Enum):
     sha256 = "sha256"
 
 
-AlgoOpt = Annotated[Optional[Algo], typer.Option("--algo", metavar=choice_metavar(Algo), rich_help_panel=CHECKS,
-                                                 help="Digest algorithm (default: the table's; without "
-                                                               "--table, md5).")]
-ChecksumAlgoOpt = Annotated[Optional[Algo], typer.Option("--algo", metavar=choice_metavar(Algo), rich_help_panel=OUTPUT,
-                                                         help="Digest algorithm (default: md5 for files, "
-                                                                       "sha256 for --tensors).")]
-JobsOpt = Annotated[int, jobs_option("Files (or tensors) hashed in parallel on threads. Default 0 = auto: one per "
-                                     "CPU core, up to 4, because hashing is CPU-bound. Use 1 on a spinning disk.",
-                                     min=0)]
+AlgoOpt = Annotated[
+    Algo | None,
+    typer.Option(
+        "--algo",
+        metavar=choice_metavar(Algo),
+        rich_help_panel=CHECKS,
+        help="Digest algorithm (default: the table's; without --table, md5).",
+    ),
+]
+ChecksumAlgoOpt = Annotated[
+    Algo | None,
+    typer.Option(
+        "--algo",
+        metavar=choice_metavar(Algo),
+        rich_help_panel=OUTPUT,
+        help="Digest algorithm (default: md5 for files, sha256 for --tensors).",
+    ),
+]
+JobsOpt = Annotated[
+    int,
+    jobs_option(
+        "Files (or tensors) hashed in parallel on threads. Default 0 = auto: one per "
+        "CPU core, up to 4, because hashing is CPU-bound. Use 1 on a spinning disk.",
+        min=0,
+    ),
+]
 
-_STATUS_TEXT = {"ok": ("OK", "green"), "mismatch": ("FAILED", "red"), "missing": ("MISSING", "red"),
-                "extra": ("not in the table", "dim")}
+_STATUS_TEXT = {
+    "ok": ("OK", "green"),
+    "mismatch": ("FAILED", "red"),
+    "missing": ("MISSING", "red"),
+    "extra": ("not in the table", "dim"),
+}
 
 
 def _render_report(report) -> callable:
@@ -52,9 +73,13 @@ def _render_report(report) -> callable:
         c = report.counts()
         tables = ", ".join(report.tables) or "-"
         verdict = "all expected files match" if report.ok else "verification FAILED"
-        console.print(f"{verdict}: {c['ok']} ok, {c['mismatch']} mismatch, {c['missing']} missing, "
-                      f"{c['extra']} extra; table {tables} ({report.algorithm})", markup=False,
-                      style="green" if report.ok else "red")
+        console.print(
+            f"{verdict}: {c['ok']} ok, {c['mismatch']} mismatch, {c['missing']} missing, "
+            f"{c['extra']} extra; table {tables} ({report.algorithm})",
+            markup=False,
+            style="green" if report.ok else "red",
+        )
+
     return render
 
 
@@ -62,15 +87,21 @@ def _render_tensors(report) -> callable:
     def render(console: Console) -> None:
         how = "bit for bit" if report.method == "bytes" else f"by {report.method} digests"
         if report.identical and report.files_identical:
-            console.print(f"tensors identical: {report.compared} tensors compared {how}", markup=False,
-                          style="green")
+            console.print(f"tensors identical: {report.compared} tensors compared {how}", markup=False, style="green")
         elif report.identical:  # the verdict covers the other files too: exit 1
-            console.print(f"tensors identical, other files DIFFER: {report.compared} tensors compared {how}; "
-                          f"{_files_text(report)}", markup=False, style="red")
+            console.print(
+                f"tensors identical, other files DIFFER: {report.compared} tensors compared {how}; "
+                f"{_files_text(report)}",
+                markup=False,
+                style="red",
+            )
         else:
-            console.print(f"tensors DIFFER ({len(report.differing)} of {report.compared} compared {how}; "
-                          f"{len(report.only_a)} only in A, {len(report.only_b)} only in B)", markup=False,
-                          style="red")
+            console.print(
+                f"tensors DIFFER ({len(report.differing)} of {report.compared} compared {how}; "
+                f"{len(report.only_a)} only in A, {len(report.only_b)} only in B)",
+                markup=False,
+                style="red",
+            )
             for name in report.differing[:10]:
                 console.print(f"  differs: {name} ({report.reasons.get(name, '')})", markup=False)
             if len(report.differing) > 10:
@@ -80,19 +111,26 @@ def _render_tensors(report) -> callable:
             for name in report.only_b[:5]:
                 console.print(f"  only in B: {name}", markup=False)
         for f in report.files:
-            text, style = {"ok": ("OK", "green"), "mismatch": ("DIFFERS", "red"), "missing": ("only in B", "red"),
-                           "extra": ("only in A", "red")}[f.status]
+            text, style = {
+                "ok": ("OK", "green"),
+                "mismatch": ("DIFFERS", "red"),
+                "missing": ("only in B", "red"),
+                "extra": ("only in A", "red"),
+            }[f.status]
             console.print(f"{f.path}: ", end="", markup=False)
             console.print(text, style=style, markup=False, end="")
             console.print(f" ({f.note})" if f.note else "", markup=False)
         console.print(f"A = {report.a}\nB = {report.b}", markup=False, style="dim")
+
     return render
 
 
 def _files_failure(report) -> Failure:
     c = report.counts()
-    return Failure(f"verification failed: {c['mismatch']} mismatch, {c['missing']} missing, {c['ok']} ok",
-                   exit_code=EXIT_CHECK_FAILED)
+    return Failure(
+        f"verification failed: {c['mismatch']} mismatch, {c['missing']} missing, {c['ok']} ok",
+        exit_code=EXIT_CHECK_FAILED,
+    )
 
 
 def _files_text(report) -> str:
@@ -104,8 +142,11 @@ def _files_text(report) -> str:
 def _tensors_failure(report) -> Failure:
     if report.identical:
         return Failure(f"tensors identical, but {_files_text(report)}", exit_code=EXIT_CHECK_FAILED)
-    parts = [f"{len(report.differing)} of {report.compared} compared differ", f"{len(report.only_a)} only in A",
-             f"{len(report.only_b)} only in B"]
+    parts = [
+        f"{len(report.differing)} of {report.compared} compared differ",
+        f"{len(report.only_a)} only in A",
+        f"{len(report.only_b)} only in B",
+    ]
     if report.differing_files:
         parts.append(_files_text(report))
     return Failure(f"tensors differ: {', '.join(parts)}", exit_code=EXIT_CHECK_FAILED)
@@ -116,6 +157,7 @@ def _render_tables(result) -> callable:  # result: llmkit.verify.TensorChecksums
         for t in result.tables:
             console.file.write(t.text())
         console.file.flush()
+
     return render
 
 
@@ -124,29 +166,53 @@ def _render_lines(result) -> callable:  # result: llmkit.verify.ChecksumResult
         # Plain lines (no rich wrapping/markup) so the output is a valid md5sum table.
         console.file.write("".join(line + "\n" for line in result.lines()))
         console.file.flush()
+
     return render
 
 
-@app.command("verify", rich_help_panel="Check", epilog=examples(
-    "# a download against its published table, picked by file names and sizes",
-    "llmkit verify techgpt-7b",
-    "# against a given table: a built-in one (llmkit models) or an md5sum file",
-    "llmkit verify zhixi-13b --table zhixi-13b",
-    "# two models tensor by tensor, whatever their shards or format",
-    "llmkit verify --tensors zhixi-13b zhixi-13b-resharded"))
+@app.command(
+    "verify",
+    rich_help_panel="Check",
+    epilog=examples(
+        "# a download against its published table, picked by file names and sizes",
+        "llmkit verify techgpt-7b",
+        "# against a given table: a built-in one (llmkit models) or an md5sum file",
+        "llmkit verify zhixi-13b --table zhixi-13b",
+        "# two models tensor by tensor, whatever their shards or format",
+        "llmkit verify --tensors zhixi-13b zhixi-13b-resharded",
+    ),
+)
 def verify_command(
-    paths: Annotated[Optional[list[Path]], typer.Argument(
-        metavar="PATH", help="Downloaded folders or files (default with --table FILE: the current folder). "
-                                "With --tensors: two models or tensor tables, A and B.")] = None,
-    table: Annotated[Optional[str], typer.Option(
-        "--table", "-t", metavar="NAME|FILE", rich_help_panel=INPUTS,
-        help="A built-in table (llmkit models lists them) or an md5sum-format file. Default: pick the built-in "
-             "table(s) matching the file names and sizes.")] = None,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="PATH",
+            help="Downloaded folders or files (default with --table FILE: the current folder). "
+            "With --tensors: two models or tensor tables, A and B.",
+        ),
+    ] = None,
+    table: Annotated[
+        str | None,
+        typer.Option(
+            "--table",
+            "-t",
+            metavar="NAME|FILE",
+            rich_help_panel=INPUTS,
+            help="A built-in table (llmkit models lists them) or an md5sum-format file. Default: pick the built-in "
+            "table(s) matching the file names and sizes.",
+        ),
+    ] = None,
     algo: AlgoOpt = None,
     jobs: JobsOpt = 0,
-    tensors: Annotated[bool, typer.Option(
-        "--tensors", rich_help_panel=CHECKS, help="Compare two models tensor by tensor (names, dtypes, shapes, raw bytes), whatever their "
-                          "shards or format; either may be a table from 'llmkit checksum --tensors'.")] = False,
+    tensors: Annotated[
+        bool,
+        typer.Option(
+            "--tensors",
+            rich_help_panel=CHECKS,
+            help="Compare two models tensor by tensor (names, dtypes, shapes, raw bytes), whatever their "
+            "shards or format; either may be a table from 'llmkit checksum --tensors'.",
+        ),
+    ] = False,
     dec_key: DecKeyOpt = None,
     dec_mode: DecModeOpt = None,
     json_: JsonOpt = False,
@@ -164,22 +230,28 @@ def verify_command(
             from llmkit.verify import TensorVerifyOptions, verify_tensors
 
             if len(paths) != 2:
-                raise InputError(f"--tensors compares exactly two models, got {len(paths)} path(s)",
-                                 hint="llmkit verify --tensors MODEL_A MODEL_B (either may be a --tensors table)")
+                raise InputError(
+                    f"--tensors compares exactly two models, got {len(paths)} path(s)",
+                    hint="llmkit verify --tensors MODEL_A MODEL_B (either may be a --tensors table)",
+                )
             if table is not None:
-                raise InputError("--tensors and --table do not combine",
-                                 hint="pass a tensor table as A or B instead")
-            report = verify_tensors(TensorVerifyOptions(paths[0], paths[1], jobs=jobs, dec_key=dec_key,
-                                                        dec_mode=dec_mode.value if dec_mode else None),
-                                    progress=out.progress)
+                raise InputError("--tensors and --table do not combine", hint="pass a tensor table as A or B instead")
+            report = verify_tensors(
+                TensorVerifyOptions(
+                    paths[0], paths[1], jobs=jobs, dec_key=dec_key, dec_mode=dec_mode.value if dec_mode else None
+                ),
+                progress=out.progress,
+            )
             out.notices(report)
             out.result(report, _render_tensors(report), failed=None if report.ok else _tensors_failure(report))
         else:
             from llmkit.verify import VerifyOptions, verify_files
 
             if dec_key is not None:
-                raise InputError("--dec-key goes with --tensors (file checksums hash the stored, encrypted bytes)",
-                                 hint="add --tensors, or drop --dec-key")
+                raise InputError(
+                    "--dec-key goes with --tensors (file checksums hash the stored, encrypted bytes)",
+                    hint="add --tensors, or drop --dec-key",
+                )
 
             options = VerifyOptions(tuple(paths), table=table, algorithm=algo.value if algo else None, jobs=jobs)
             report = verify_files(options, progress=out.progress)
@@ -189,19 +261,34 @@ def verify_command(
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-@app.command("checksum", rich_help_panel="Check", epilog=examples(
-    "# an md5sum table of a folder, checked by md5sum itself",
-    "llmkit checksum my-model > my.md5 && md5sum -c my.md5",
-    "# one hash per tensor, whatever the shards or format (compare with llmkit verify --tensors)",
-    "llmkit checksum --tensors zhixi-13b > zhixi-13b.tensors",
-    "llmkit checksum --algo sha256 techgpt-2.0-atom.ckpt"))
+@app.command(
+    "checksum",
+    rich_help_panel="Check",
+    epilog=examples(
+        "# an md5sum table of a folder, checked by md5sum itself",
+        "llmkit checksum my-model > my.md5 && md5sum -c my.md5",
+        "# one hash per tensor, whatever the shards or format (compare with llmkit verify --tensors)",
+        "llmkit checksum --tensors zhixi-13b > zhixi-13b.tensors",
+        "llmkit checksum --algo sha256 techgpt-2.0-atom.ckpt",
+    ),
+)
 def checksum_command(
-    paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Files or folders (folders recursively, "
-                                                                       "hidden files skipped); with --tensors: models.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="PATH", help="Files or folders (folders recursively, hidden files skipped); with --tensors: models."
+        ),
+    ],
     algo: ChecksumAlgoOpt = None,
-    tensors: Annotated[bool, typer.Option(
-        "--tensors", rich_help_panel=OUTPUT, help="One line per tensor: '<digest of raw bytes>  <name> <dtype> [<shape>]', independent of "
-                          "shards and file format (compare with 'llmkit verify --tensors').")] = False,
+    tensors: Annotated[
+        bool,
+        typer.Option(
+            "--tensors",
+            rich_help_panel=OUTPUT,
+            help="One line per tensor: '<digest of raw bytes>  <name> <dtype> [<shape>]', independent of "
+            "shards and file format (compare with 'llmkit verify --tensors').",
+        ),
+    ] = False,
     jobs: JobsOpt = 0,
     dec_key: DecKeyOpt = None,
     dec_mode: DecModeOpt = None,
@@ -217,8 +304,14 @@ def checksum_command(
     with command_guard(out):
         from llmkit.verify import ChecksumOptions, checksum
 
-        options = ChecksumOptions(tuple(paths), algorithm=algo.value if algo else None, tensors=tensors, jobs=jobs,
-                                  dec_key=dec_key, dec_mode=dec_mode.value if dec_mode else None)
+        options = ChecksumOptions(
+            tuple(paths),
+            algorithm=algo.value if algo else None,
+            tensors=tensors,
+            jobs=jobs,
+            dec_key=dec_key,
+            dec_mode=dec_mode.value if dec_mode else None,
+        )
         result = checksum(options, progress=out.progress)
         if tensors:
             for table in result.tables:

@@ -35,8 +35,15 @@ from llmkit.io.jsonfile import int_field, read_json
 from llmkit.io.llama_tensors import check_source, check_tensors, is_buffer, is_training_state, llama_shapes
 from llmkit.io.meta import check_rotary_heads, permute_meta_to_hf, unpermute_hf_to_meta
 from llmkit.io.meta_hf import config_files, hf_sort_key, open_as_hf
-from llmkit.io.mindformers import (ROTARY_LAYOUTS, check_config, guessed_config, hf_to_mindformers, is_mindformers,
-                                   llama_hf_name, rotary_role)
+from llmkit.io.mindformers import (
+    ROTARY_LAYOUTS,
+    check_config,
+    guessed_config,
+    hf_to_mindformers,
+    is_mindformers,
+    llama_hf_name,
+    rotary_role,
+)
 from llmkit.io.sinks import TensorSpec
 from llmkit.io.sources import TensorSource, open_source
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, ProgressFactory, execute, open_plan_sink, plan_report
@@ -111,8 +118,11 @@ def _heads(cfg: dict | None, where: object, why: str) -> tuple[int, int]:
     """(attention heads, key/value heads) from a config, for the rotary permutation."""
     heads = (cfg or {}).get("num_attention_heads")
     if not isinstance(heads, int) or heads <= 0:
-        raise InputError(f"{why} needs num_attention_heads from config.json, which is missing", path=where,
-                         hint="put the model's config.json beside its weights (or pass --config)")
+        raise InputError(
+            f"{why} needs num_attention_heads from config.json, which is missing",
+            path=where,
+            hint="put the model's config.json beside its weights (or pass --config)",
+        )
     assert cfg is not None
     kv = int_field(cfg, "num_key_value_heads", path=where)  # a string or fraction: one line naming the file
     return heads, kv or heads
@@ -120,11 +130,13 @@ def _heads(cfg: dict | None, where: object, why: str) -> tuple[int, int]:
 
 def _rotary(heads: tuple[int, int], fn):
     """A transform applying ``fn`` (permute/unpermute) to q/k rows (HF name), identity otherwise."""
+
     def apply(hf_name: str, t: torch.Tensor) -> torch.Tensor:
         role = rotary_role(hf_name)
         if role is None:
             return t
         return fn(t, heads[0] if role == "q" else heads[1]).contiguous()
+
     return apply
 
 
@@ -157,8 +169,11 @@ def _open_model(path: Path) -> TensorSource:
     src = open_source(path)
     if src.adapter is not None:
         src.close()
-        raise InputError("this is a LoRA adapter, not a model", path=path,
-                         hint="merge it into its base first (llmkit merge-lora), then convert the merged folder")
+        raise InputError(
+            "this is a LoRA adapter, not a model",
+            path=path,
+            hint="merge it into its base first (llmkit merge-lora), then convert the merged folder",
+        )
     src = open_as_hf(src)  # a Meta folder through its HF view; closes src on failure
     try:
         check_source(src)  # every weight of the LLaMA its config describes, once (no output yet)
@@ -176,8 +191,10 @@ def to_ckpt(options: ToCkptOptions, *, progress: ProgressFactory | None = None) 
     _choice(options.fmt, ("ckpt", "safetensors"), "--format")
     if options.fmt != "ckpt" and (options.crc or options.enc_key):
         flag = "--crc" if options.crc else "--enc-key"
-        raise InputError(f"{flag}: only a .ckpt has {'a CRC trailer' if options.crc else 'encryption'}",
-                         hint=f"drop {flag} or use --format ckpt")
+        raise InputError(
+            f"{flag}: only a .ckpt has {'a CRC trailer' if options.crc else 'encryption'}",
+            hint=f"drop {flag} or use --format ckpt",
+        )
     key = None
     if options.enc_key is not None:
         from llmkit.io.ckpt_crypto import read_key
@@ -199,8 +216,10 @@ def _model_order(src: TensorSource) -> list:
     """The source's tensors in transformers' state-dict order (embedding, layers 0..N with their modules in
     order, norm, lm_head): the order the MindFormers converter iterates ``model.state_dict()`` in, so the
     file is byte-identical to its output whatever order the source files store (safetensors sorts by name)."""
+
     def key(info) -> tuple:
         return hf_sort_key(llama_hf_name(info.name) or info.name)
+
     return sorted(src.infos(), key=key)
 
 
@@ -225,8 +244,11 @@ def _to_ckpt_plan(options: ToCkptOptions, src: TensorSource, dtype: torch.dtype 
             unmapped.append(name)
             out = name
         if out in src_of:
-            raise InputError(f"tensors {src_of[out]!r} and {name!r} both become {out!r}", path=options.source,
-                             hint="the model mixes Hugging Face and MindFormers names; convert one naming only")
+            raise InputError(
+                f"tensors {src_of[out]!r} and {name!r} both become {out!r}",
+                path=options.source,
+                hint="the model mixes Hugging Face and MindFormers names; convert one naming only",
+            )
         src_of[out] = name
         hf_of[out] = hf or name
         d = dtype if dtype is not None and info.dtype.is_floating_point else info.dtype
@@ -239,11 +261,14 @@ def _to_ckpt_plan(options: ToCkptOptions, src: TensorSource, dtype: torch.dtype 
             notices.append(Notice.warning(f"{what}; kept under their own names"))
     if empty:
         notices.append(Notice.info(f"{len(empty)} empty tensor(s) left out, as MindSpore does: {_few(empty)}"))
-    transform = (lambda hf_name, t: t)
+    transform = lambda hf_name, t: t
     if options.rotary == "meta":
         heads = _heads(src.config(), options.source, "--rotary meta")
-        check_rotary_heads({hf_of[s.name]: s.shape for s in specs}, *heads,
-                           path=src.folder / "config.json" if src.folder else options.source)
+        check_rotary_heads(
+            {hf_of[s.name]: s.shape for s in specs},
+            *heads,
+            path=src.folder / "config.json" if src.folder else options.source,
+        )
         transform = _rotary(heads, unpermute_hf_to_meta)
 
     def produce(out: str) -> torch.Tensor:
@@ -252,19 +277,47 @@ def _to_ckpt_plan(options: ToCkptOptions, src: TensorSource, dtype: torch.dtype 
 
     spec_of = {s.name: s for s in specs}
     largest = max((s.nbytes for s in specs), default=0)
-    sink_options: dict = {"crc": options.crc} if options.fmt == "ckpt" else {
-        "shard_size": options.shard_size, "metadata": {"format": "ms"}}
-    aux = [AuxCopy(src.folder, CONFIG_FILES + TOKENIZER_FILES, dtype=dtype)] if options.fmt != "ckpt" and src.folder \
+    sink_options: dict = (
+        {"crc": options.crc}
+        if options.fmt == "ckpt"
+        else {"shard_size": options.shard_size, "metadata": {"format": "ms"}}
+    )
+    aux = (
+        [AuxCopy(src.folder, CONFIG_FILES + TOKENIZER_FILES, dtype=dtype)]
+        if options.fmt != "ckpt" and src.folder
         else []
-    plan = Plan(job="to-ckpt", output=Path(options.output), fmt=options.fmt, specs=specs, produce=produce,
-                reads=lambda out: [(src, src_of[out])],
-                inputs=[p for p in (src.path, src.folder) if p is not None], input_bytes=src.total_bytes,
-                working_set_bytes=3 * largest, label="converting", aux=aux, sink_options=sink_options,
-                notices=notices, sources=[src])
-    result = CkptResult(command="to-ckpt", source=str(options.source), output=str(options.output), format=options.fmt,
-                        dtype=options.dtype, dry_run=options.dry_run, plan=None,  # type: ignore[arg-type]
-                        notices=list(notices), names=options.names, rotary=options.rotary, crc=options.crc,
-                        unmapped=unmapped, split=_split(specs, options.fmt))
+    )
+    plan = Plan(
+        job="to-ckpt",
+        output=Path(options.output),
+        fmt=options.fmt,
+        specs=specs,
+        produce=produce,
+        reads=lambda out: [(src, src_of[out])],
+        inputs=[p for p in (src.path, src.folder) if p is not None],
+        input_bytes=src.total_bytes,
+        working_set_bytes=3 * largest,
+        label="converting",
+        aux=aux,
+        sink_options=sink_options,
+        notices=notices,
+        sources=[src],
+    )
+    result = CkptResult(
+        command="to-ckpt",
+        source=str(options.source),
+        output=str(options.output),
+        format=options.fmt,
+        dtype=options.dtype,
+        dry_run=options.dry_run,
+        plan=None,  # type: ignore[arg-type]
+        notices=list(notices),
+        names=options.names,
+        rotary=options.rotary,
+        crc=options.crc,
+        unmapped=unmapped,
+        split=_split(specs, options.fmt),
+    )
     return plan, result
 
 
@@ -288,13 +341,25 @@ class _CkptCRC:
         return None
 
 
-def _config(options: FromCkptOptions, shapes: dict, dtype: torch.dtype) -> tuple[dict, str, list[Notice], list[AuxCopy]]:
+def _config(
+    options: FromCkptOptions, shapes: dict, dtype: torch.dtype
+) -> tuple[dict, str, list[Notice], list[AuxCopy]]:
     """(config, where it came from, notices, files to carry) for the output folder."""
     if options.config is None:
         cfg, guessed = guessed_config(shapes, dtype, options.source)
-        return cfg, "derived", [Notice.warning("config.json derived from the tensor shapes; guessed: "
-                                               + ", ".join(guessed) + " (pass --config with the original "
-                                               "config.json to be sure)")], []
+        return (
+            cfg,
+            "derived",
+            [
+                Notice.warning(
+                    "config.json derived from the tensor shapes; guessed: "
+                    + ", ".join(guessed)
+                    + " (pass --config with the original "
+                    "config.json to be sure)"
+                )
+            ],
+            [],
+        )
     where = Path(options.config)
     folder = where if where.is_dir() else None
     path = where / "config.json" if folder is not None else where
@@ -322,8 +387,11 @@ def from_ckpt(options: FromCkptOptions, *, progress: ProgressFactory | None = No
     src = open_source(options.source, ckpt_key=key)
     try:
         if src.layout != "ckpt":
-            raise InputError(f"not a MindSpore checkpoint (this is {src.layout})", path=options.source,
-                             hint="pass a .ckpt file; to convert a Hugging Face model use llmkit to-ckpt")
+            raise InputError(
+                f"not a MindSpore checkpoint (this is {src.layout})",
+                path=options.source,
+                hint="pass a .ckpt file; to convert a Hugging Face model use llmkit to-ckpt",
+            )
         plan, result = _from_ckpt_plan(options, src, dtype)
     except BaseException:
         src.close()
@@ -345,8 +413,11 @@ def _from_names(options: FromCkptOptions, src: TensorSource) -> tuple[dict, dict
         out = name if options.names == "keep" else hf
         assert out is not None
         if out in src_of:
-            raise InputError(f"tensors {src_of[out]!r} and {name!r} both become {out!r}", path=options.source,
-                             hint="pass --names keep to keep the stored names")
+            raise InputError(
+                f"tensors {src_of[out]!r} and {name!r} both become {out!r}",
+                path=options.source,
+                hint="pass --names keep to keep the stored names",
+            )
         src_of[out] = name
         hf_of[out] = hf or name
     notices: list[Notice] = []
@@ -367,14 +438,22 @@ def _left_out(unmapped: list[str]) -> list[Notice]:
     keep = "--names keep writes everything"
     notices = []
     if state:
-        notices.append(Notice.info(f"{len(state)} training-state tensor(s) (optimizer moments, step and loss-scale "
-                                   f"counters) left out: {_few(state)} ({keep})"))
+        notices.append(
+            Notice.info(
+                f"{len(state)} training-state tensor(s) (optimizer moments, step and loss-scale "
+                f"counters) left out: {_few(state)} ({keep})"
+            )
+        )
     if buffers:
-        notices.append(Notice.info(f"{len(buffers)} rotary buffer(s) left out (transformers computes them): "
-                                   f"{_few(buffers)}"))
+        notices.append(
+            Notice.info(f"{len(buffers)} rotary buffer(s) left out (transformers computes them): {_few(buffers)}")
+        )
     if other:
-        notices.append(Notice.warning(f"{len(other)} tensor(s) are neither LLaMA weights nor training state: "
-                                      f"{_few(other)}; left out ({keep})"))
+        notices.append(
+            Notice.warning(
+                f"{len(other)} tensor(s) are neither LLaMA weights nor training state: {_few(other)}; left out ({keep})"
+            )
+        )
     return notices
 
 
@@ -386,8 +465,13 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
     cfg, config_from, cfg_notices, aux = _config(options, hf_shapes, out_dtype_cfg)
     described = "the derived config" if config_from == "derived" else f"the config {config_from}"
     llama_shapes(cfg, None if config_from == "derived" else config_from)  # the output's config needs every size
-    check_tensors({n: tuple(src.info(n).shape) for n in src.keys()}, path=options.source, cfg=cfg,
-                  config_path=None if config_from == "derived" else config_from, described=described)
+    check_tensors(
+        {n: tuple(src.info(n).shape) for n in src.keys()},
+        path=options.source,
+        cfg=cfg,
+        config_path=None if config_from == "derived" else config_from,
+        described=described,
+    )
     notices += cfg_notices
     ckpt_file = src.files[0]
     unverified = ckpt_file.integrity_warning() if isinstance(ckpt_file, CkptFile) else None
@@ -396,7 +480,7 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
     cfg = dict(cfg)
     for key in [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]:  # the weights' dtype
         cfg[key] = CONFIG_NAMES.get(out_dtype_cfg, cfg.get(key))
-    transform = (lambda hf_name, t: t)
+    transform = lambda hf_name, t: t
     if options.rotary == "meta":
         heads = _heads(cfg, options.config or options.source, "--rotary meta")
         transform = _rotary(heads, permute_meta_to_hf)
@@ -419,17 +503,41 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
         from llmkit.io.ckpt_crypto import BLOCK_PLAIN
 
         largest += 2 * BLOCK_PLAIN  # one decrypted block cached, one read
-    plan = Plan(job="from-ckpt", output=Path(options.output), fmt=options.fmt, specs=specs, produce=produce,
-                reads=lambda out: [(src, src_of[out])],
-                inputs=[src.path] + [a.folder for a in aux if a.folder is not None]
-                + ([Path(options.config)] if options.config else []),
-                input_bytes=sum(src.info(n).nbytes for n in src_of.values()), working_set_bytes=3 * largest,
-                label="converting", aux=aux, files=files, sink_options={"shard_size": options.shard_size},
-                notices=notices, taps=[_CkptCRC(src)], sources=[src])
-    result = CkptResult(command="from-ckpt", source=str(options.source), output=str(options.output),
-                        format=options.fmt, dtype=options.dtype, dry_run=options.dry_run, plan=None,  # type: ignore
-                        notices=list(notices), names=options.names, rotary=options.rotary,
-                        crc=getattr(src.files[0], "crc", None) is not None, unmapped=unmapped,
-                        split=[n for n in src.keys() if src.files[0].records(n) > 1],  # type: ignore[attr-defined]
-                        config_from=config_from, encryption=getattr(src.files[0], "encryption", None))
+    plan = Plan(
+        job="from-ckpt",
+        output=Path(options.output),
+        fmt=options.fmt,
+        specs=specs,
+        produce=produce,
+        reads=lambda out: [(src, src_of[out])],
+        inputs=[src.path]
+        + [a.folder for a in aux if a.folder is not None]
+        + ([Path(options.config)] if options.config else []),
+        input_bytes=sum(src.info(n).nbytes for n in src_of.values()),
+        working_set_bytes=3 * largest,
+        label="converting",
+        aux=aux,
+        files=files,
+        sink_options={"shard_size": options.shard_size},
+        notices=notices,
+        taps=[_CkptCRC(src)],
+        sources=[src],
+    )
+    result = CkptResult(
+        command="from-ckpt",
+        source=str(options.source),
+        output=str(options.output),
+        format=options.fmt,
+        dtype=options.dtype,
+        dry_run=options.dry_run,
+        plan=None,  # type: ignore
+        notices=list(notices),
+        names=options.names,
+        rotary=options.rotary,
+        crc=getattr(src.files[0], "crc", None) is not None,
+        unmapped=unmapped,
+        split=[n for n in src.keys() if src.files[0].records(n) > 1],  # type: ignore[attr-defined]
+        config_from=config_from,
+        encryption=getattr(src.files[0], "encryption", None),
+    )
     return plan, result

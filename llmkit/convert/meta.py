@@ -30,8 +30,18 @@ from llmkit.io.llama_tensors import check_source
 from llmkit.io.meta_hf import MetaHFView, open_as_hf, tokenizer_model
 from llmkit.io.sinks import TensorSpec
 from llmkit.io.sources import TensorSource, open_source
-from llmkit.pipeline import (AuxCopy, Check, Notice, Plan, PlanReport, ProgressFactory, Result, execute,
-                             open_plan_sink, plan_report)
+from llmkit.pipeline import (
+    AuxCopy,
+    Check,
+    Notice,
+    Plan,
+    PlanReport,
+    ProgressFactory,
+    Result,
+    execute,
+    open_plan_sink,
+    plan_report,
+)
 from llmkit.units import DEFAULT_SHARD_SIZE
 
 LLAMA_7B_TABLE = "llama-7b-meta"  # llmkit/checksums/llama-7b-meta.md5: Meta's LLaMA-1 7B consolidated.00.pth
@@ -88,6 +98,7 @@ def _dtype(options: FromMetaOptions | ToMetaOptions) -> torch.dtype | None:
 
 def _cast_plan(job: str, src: TensorSource, options, dtype: torch.dtype | None, fmt: str, **fields) -> Plan:
     """Every tensor of ``src`` in its order, cast once to ``dtype`` (or kept), into the plan's sink."""
+
     def out_dtype(name: str) -> torch.dtype:
         d = src.info(name).dtype
         return dtype if dtype is not None and d.is_floating_point else d
@@ -96,12 +107,20 @@ def _cast_plan(job: str, src: TensorSource, options, dtype: torch.dtype | None, 
         return src.get(name).to(out_dtype(name))
 
     infos = src.infos()
-    return Plan(job=job, output=Path(options.output), fmt=fmt, specs=[TensorSpec(i.name, out_dtype(i.name), i.shape)
-                                                             for i in infos],
-                produce=produce, reads=lambda name: [(src, name)],
-                inputs=[p for p in (src.path, src.folder) if p is not None], input_bytes=src.total_bytes,
-                working_set_bytes=3 * max((i.nbytes for i in infos), default=0),
-                label="converting", sources=[src], **fields)
+    return Plan(
+        job=job,
+        output=Path(options.output),
+        fmt=fmt,
+        specs=[TensorSpec(i.name, out_dtype(i.name), i.shape) for i in infos],
+        produce=produce,
+        reads=lambda name: [(src, name)],
+        inputs=[p for p in (src.path, src.folder) if p is not None],
+        input_bytes=src.total_bytes,
+        working_set_bytes=3 * max((i.nbytes for i in infos), default=0),
+        label="converting",
+        sources=[src],
+        **fields,
+    )
 
 
 def _tokenizer(options: FromMetaOptions, folder: Path) -> tuple[AuxCopy | None, list[Notice]]:
@@ -118,8 +137,9 @@ def _tokenizer(options: FromMetaOptions, folder: Path) -> tuple[AuxCopy | None, 
     tok = tokenizer_model(folder)
     if tok is not None:
         return AuxCopy(tok.parent, ("tokenizer.model",)), []
-    return None, [Notice.warning(f"no tokenizer.model in {folder} or its parent; the output has no tokenizer "
-                                 "(pass --tokenizer)")]
+    return None, [
+        Notice.warning(f"no tokenizer.model in {folder} or its parent; the output has no tokenizer (pass --tokenizer)")
+    ]
 
 
 def _may_be_llama1_7b(view: MetaHFView) -> bool:
@@ -137,7 +157,9 @@ class _PublishedOriginal:
         self.matches: list = []
         self._thread = threading.Thread(
             target=lambda: self.matches.extend(published_matches(folder, files, {LLAMA_7B_TABLE})),
-            name="llmkit-hash-original", daemon=True)
+            name="llmkit-hash-original",
+            daemon=True,
+        )
         self._thread.start()
 
     def feed(self, name: str, tensor: torch.Tensor) -> None:
@@ -148,14 +170,24 @@ class _PublishedOriginal:
         return self.matches[0].check() if self.matches else None
 
 
-def _run(command: str, options, plan: Plan, fmt: str, progress: ProgressFactory | None,
-         tokenizer_from: str | None) -> ConvertResult:
+def _run(
+    command: str, options, plan: Plan, fmt: str, progress: ProgressFactory | None, tokenizer_from: str | None
+) -> ConvertResult:
     with plan:
         sink = open_plan_sink(plan, force=options.force)
         report = plan_report(plan, sink)
-        result = ConvertResult(command=command, source=str(options.source), output=str(options.output), format=fmt,
-                               dtype=options.dtype, dry_run=options.dry_run, plan=report,
-                               tokenizer_from=tokenizer_from, notices=list(plan.notices), checks=list(plan.checks))
+        result = ConvertResult(
+            command=command,
+            source=str(options.source),
+            output=str(options.output),
+            format=fmt,
+            dtype=options.dtype,
+            dry_run=options.dry_run,
+            plan=report,
+            tokenizer_from=tokenizer_from,
+            notices=list(plan.notices),
+            checks=list(plan.checks),
+        )
         if options.dry_run:
             return result
         done = execute(plan, sink, progress=progress)
@@ -163,8 +195,11 @@ def _run(command: str, options, plan: Plan, fmt: str, progress: ProgressFactory 
     result.checks += done.checks
     for c in done.checks:
         if c.status != "ok":
-            result.notices.append(Notice.warning(f"{c.name}: {c.detail} (not Meta's published LLaMA-1 7B file: "
-                                                 "LLaMA-2 7B, or a damaged download)"))
+            result.notices.append(
+                Notice.warning(
+                    f"{c.name}: {c.detail} (not Meta's published LLaMA-1 7B file: LLaMA-2 7B, or a damaged download)"
+                )
+            )
     return result
 
 
@@ -176,8 +211,11 @@ def from_meta(options: FromMetaOptions, *, progress: ProgressFactory | None = No
     src = open_source(options.source)
     if src.layout != "meta-pth":
         src.close()
-        raise InputError(f"not a Meta checkpoint (this is {src.layout})", path=options.source,
-                         hint="pass the folder holding consolidated.NN.pth and params.json")
+        raise InputError(
+            f"not a Meta checkpoint (this is {src.layout})",
+            path=options.source,
+            hint="pass the folder holding consolidated.NN.pth and params.json",
+        )
     view = open_as_hf(src)  # closes src on failure
     try:
         folder = view.meta_folder
@@ -186,8 +224,16 @@ def from_meta(options: FromMetaOptions, *, progress: ProgressFactory | None = No
         # config.json / generation_config.json as the view derived them (the files recover and merge-lora
         # read from a Meta base), with the output dtype written in when one is asked for.
         config = AuxCopy(view.folder, CONFIG_FILES, dtype=dtype)
-        plan = _cast_plan("from-meta", view, options, dtype, options.fmt, aux=[config, *([tok] if tok else [])],
-                          notices=notices, sink_options={"shard_size": options.shard_size})
+        plan = _cast_plan(
+            "from-meta",
+            view,
+            options,
+            dtype,
+            options.fmt,
+            aux=[config, *([tok] if tok else [])],
+            notices=notices,
+            sink_options={"shard_size": options.shard_size},
+        )
         if tok is not None:
             plan.inputs.append(tok.folder)
         if _may_be_llama1_7b(view):
@@ -206,17 +252,28 @@ def to_meta(options: ToMetaOptions, *, progress: ProgressFactory | None = None) 
     src = open_source(options.source)
     try:
         if src.adapter is not None or src.layout == "meta-pth":
-            raise InputError(f"not a Hugging Face model (this is {'an adapter' if src.adapter else 'Meta layout'})",
-                             path=options.source, hint="pass a Hugging Face LLaMA folder")
+            raise InputError(
+                f"not a Hugging Face model (this is {'an adapter' if src.adapter else 'Meta layout'})",
+                path=options.source,
+                hint="pass a Hugging Face LLaMA folder",
+            )
         cfg = src.config()
         if cfg is None:
-            raise InputError("no config.json beside the weights", path=options.source,
-                             hint="to-meta needs the model's config.json for params.json")
+            raise InputError(
+                "no config.json beside the weights",
+                path=options.source,
+                hint="to-meta needs the model's config.json for params.json",
+            )
         check_source(src, cfg=cfg, config_path=Path(src.folder) / "config.json")  # a complete LLaMA, once
-        plan = _cast_plan("to-meta", src, options, dtype, "meta-pth",
-                          sink_options={"config": cfg, "shards": options.shards,
-                                        "config_path": src.folder / "config.json"},
-                          aux=[AuxCopy(src.folder, TOKENIZER_FILES)] if src.folder else [])
+        plan = _cast_plan(
+            "to-meta",
+            src,
+            options,
+            dtype,
+            "meta-pth",
+            sink_options={"config": cfg, "shards": options.shards, "config_path": src.folder / "config.json"},
+            aux=[AuxCopy(src.folder, TOKENIZER_FILES)] if src.folder else [],
+        )
     except BaseException:
         src.close()
         raise

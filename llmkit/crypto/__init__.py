@@ -21,6 +21,27 @@ from llmkit.crypto.results import CryptoResult, FileResult
 from llmkit.crypto.stream import SLOTS, xor_stream
 from llmkit.io.destination import TMP_SUFFIX
 
-__all__ = ["BLOCK", "CHUNK", "EMPTY_SHA256", "FORMATS", "HEADER_BYTES", "KEY_DESCRIPTION", "KEY_MD5", "KEY_SIZE",
-           "SLOTS", "TMP_SUFFIX", "CryptoResult", "DecryptOptions", "EncryptOptions", "FileResult", "KeyStream",
-           "cache_dir", "check_key", "decrypt", "detect_format", "encrypt", "split_enc_name", "xor_stream"]
+__all__ = [
+    "BLOCK",
+    "CHUNK",
+    "EMPTY_SHA256",
+    "FORMATS",
+    "HEADER_BYTES",
+    "KEY_DESCRIPTION",
+    "KEY_MD5",
+    "KEY_SIZE",
+    "SLOTS",
+    "TMP_SUFFIX",
+    "CryptoResult",
+    "DecryptOptions",
+    "EncryptOptions",
+    "FileResult",
+    "KeyStream",
+    "cache_dir",
+    "check_key",
+    "decrypt",
+    "detect_format",
+    "encrypt",
+    "split_enc_name",
+    "xor_stream",
+]

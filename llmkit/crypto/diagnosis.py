@@ -20,19 +20,30 @@ if TYPE_CHECKING:
 def file_check(job: FileJob) -> str:
     """The check that says whether this ``.enc`` file is intact."""
     if job.in_entries and job.src is not None:
-        return (f"llmkit verify {job.src.parent} --table {job.in_entries[0][0]} compares the .enc files with the "
-                "published MD5s")
-    return ("llmkit download of its repo into the same folder checks every .enc file against the hub's sha256 and "
-            "fetches a damaged one again")
+        return (
+            f"llmkit verify {job.src.parent} --table {job.in_entries[0][0]} compares the .enc files with the "
+            "published MD5s"
+        )
+    return (
+        "llmkit download of its repo into the same folder checks every .enc file against the hub's sha256 and "
+        "fetches a damaged one again"
+    )
 
 
 def key_or_damage(job: FileJob, key_checked: bool) -> str:
     """The hint of a decryption whose bytes are wrong: both causes (or the one left), and what tells them apart."""
     if key_checked:
-        return (f"the key is {KEY_DESCRIPTION} (its md5 was checked), so the .enc file is damaged: download it "
-                f"again ({file_check(job)})")
-    belle = ("; the BELLE header holds the sha256 of the decrypted bytes, so it cannot tell the two apart"
-             if job.fmt == "belle" else "")
-    return (f"either the key is not {KEY_DESCRIPTION} (LLaMA-2's file or a converted model is the usual mistake) "
-            f"or the .enc file is damaged{belle}: run without --no-key-check to check the key's md5; "
-            f"{file_check(job)}")
+        return (
+            f"the key is {KEY_DESCRIPTION} (its md5 was checked), so the .enc file is damaged: download it "
+            f"again ({file_check(job)})"
+        )
+    belle = (
+        "; the BELLE header holds the sha256 of the decrypted bytes, so it cannot tell the two apart"
+        if job.fmt == "belle"
+        else ""
+    )
+    return (
+        f"either the key is not {KEY_DESCRIPTION} (LLaMA-2's file or a converted model is the usual mistake) "
+        f"or the .enc file is damaged{belle}: run without --no-key-check to check the key's md5; "
+        f"{file_check(job)}"
+    )

@@ -14,10 +14,11 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from llmkit.crypto.diagnosis import file_check, key_or_damage
 from llmkit.crypto.keycheck import check_key
@@ -29,8 +30,8 @@ from llmkit.crypto.stream import WRITE_BEHIND_OK, Cancelled, write_all, xor_stre
 from llmkit.crypto.tables import finish_tables
 from llmkit.errors import CheckFailed, InputError, writing
 from llmkit.io.destination import make_folder, remove_empty
-from llmkit.io.staging import StagedFolder
 from llmkit.io.sniff import ContentCheck, ContentError
+from llmkit.io.staging import StagedFolder
 from llmkit.pipeline import Check, ProgressFactory, no_progress
 
 # work(job, advance, cancel, stage) -> the file's result; its output written into ``stage`` (None: a stream)
@@ -38,8 +39,9 @@ FileWork = Callable[[FileJob, Callable[[int], None], threading.Event, "StagedOut
 _Options = TypeVar("_Options", DecryptOptions, EncryptOptions)
 
 
-def _run_all(jobs: list[FileJob], work: Callable[[FileJob, threading.Event], FileResult],
-             n_jobs: int) -> list[FileResult]:
+def _run_all(
+    jobs: list[FileJob], work: Callable[[FileJob, threading.Event], FileResult], n_jobs: int
+) -> list[FileResult]:
     """Run ``work`` per job, ``n_jobs`` at a time; on the first failure the others stop and clean up."""
     cancel = threading.Event()
     if n_jobs <= 1 or len(jobs) <= 1:
@@ -50,7 +52,7 @@ def _run_all(jobs: list[FileJob], work: Callable[[FileJob, threading.Event], Fil
     def run(index: int) -> None:
         try:
             results[index] = work(jobs[index], cancel)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             if not isinstance(e, Cancelled):
                 failures.append(e)
             cancel.set()
@@ -68,8 +70,12 @@ class StagedOutput:
     def __init__(self, out_dir: Path, force: bool, stale: Sequence[Path] = ()):
         self.written: set[str] = set()
         self._stale = stale  # filled while working: earlier BELLE outputs that --force replaces
-        self.folder = StagedFolder(out_dir, writes=self.written.__contains__, force=force,
-                                   owned=lambda n: any(p.name == n for p in self._stale))
+        self.folder = StagedFolder(
+            out_dir,
+            writes=self.written.__contains__,
+            force=force,
+            owned=lambda n: any(p.name == n for p in self._stale),
+        )
 
     def path(self, name: str) -> Path:
         """Where the file ``name`` is written (registered as this run's)."""
@@ -77,8 +83,9 @@ class StagedOutput:
         return self.folder.path(name)
 
 
-def _execute(plan: CryptoPlan, work: FileWork, progress: ProgressFactory | None, force: bool,
-             stale: Sequence[Path] = ()) -> list[FileResult]:
+def _execute(
+    plan: CryptoPlan, work: FileWork, progress: ProgressFactory | None, force: bool, stale: Sequence[Path] = ()
+) -> list[FileResult]:
     """Every file of ``plan`` through ``work`` under one progress bar; the output folder becomes final
     (replacing ``stale``, filled while working) only when every file passed."""
     stage = StagedOutput(plan.out_dir, force, stale) if plan.out_dir is not None else None
@@ -105,10 +112,20 @@ def _execute(plan: CryptoPlan, work: FileWork, progress: ProgressFactory | None,
     return results
 
 
-def _finish(plan: CryptoPlan, key_status: str, results: list[FileResult], warnings: list[str],
-            t0: float) -> CryptoResult:
-    return CryptoResult(plan.command, str(plan.key), key_status, str(plan.out_dir or "-"), results, plan.ignored,
-                        warnings, sum(r.bytes for r in results), round(time.perf_counter() - t0, 3))
+def _finish(
+    plan: CryptoPlan, key_status: str, results: list[FileResult], warnings: list[str], t0: float
+) -> CryptoResult:
+    return CryptoResult(
+        plan.command,
+        str(plan.key),
+        key_status,
+        str(plan.out_dir or "-"),
+        results,
+        plan.ignored,
+        warnings,
+        sum(r.bytes for r in results),
+        round(time.perf_counter() - t0, 3),
+    )
 
 
 def _as_options(cls: type[_Options], first: Any, key: Any, output: Any, flags: dict[str, Any]) -> _Options:
@@ -141,27 +158,45 @@ def _content_failed(e: ContentError, job: FileJob, to_stream: bool, key_checked:
     which), a short file a bad download."""
     if e.incomplete:
         kept = "discard what reached stdout" if to_stream else "nothing was kept"
-        return CheckFailed(f"the decrypted {e.kind} file is incomplete: {e.detail}; {kept}", path=job.display,
-                           hint=f"the .enc file is truncated or damaged: download it again ({file_check(job)})")
-    return CheckFailed(f"the decrypted bytes are not a {e.kind} file ({e.detail}); decryption stopped",
-                       path=job.display, hint=f"{key_or_damage(job, key_checked)}; --no-content-check decrypts "
-                                              "files that are not model files")
+        return CheckFailed(
+            f"the decrypted {e.kind} file is incomplete: {e.detail}; {kept}",
+            path=job.display,
+            hint=f"the .enc file is truncated or damaged: download it again ({file_check(job)})",
+        )
+    return CheckFailed(
+        f"the decrypted bytes are not a {e.kind} file ({e.detail}); decryption stopped",
+        path=job.display,
+        hint=f"{key_or_damage(job, key_checked)}; --no-content-check decrypts files that are not model files",
+    )
 
 
 def _read_belle_header(src: BinaryIO, job: FileJob) -> bytes:
     buf = bytearray(HEADER_BYTES)
     got = read_full(src, memoryview(buf))
     if got < HEADER_BYTES:
-        raise InputError(f"only {got} bytes: too short for the 32-byte BELLE sha256 header",
-                         path=job.display, hint="the file is truncated; download it again")
+        raise InputError(
+            f"only {got} bytes: too short for the 32-byte BELLE sha256 header",
+            path=job.display,
+            hint="the file is truncated; download it again",
+        )
     if job.header is not None and bytes(buf) != job.header:
         raise InputError("the header changed while decrypting", path=job.display)
     return bytes(buf)
 
 
-def _decrypt_one(job: FileJob, key: Path, out_dir: Path | None, stream: BinaryIO | None, stdin: BinaryIO | None,
-                 advance: Callable[[int], None], cancel: threading.Event, warnings: list[str],
-                 stage: StagedOutput | None, content_check: bool, key_checked: bool) -> FileResult:
+def _decrypt_one(
+    job: FileJob,
+    key: Path,
+    out_dir: Path | None,
+    stream: BinaryIO | None,
+    stdin: BinaryIO | None,
+    advance: Callable[[int], None],
+    cancel: threading.Event,
+    warnings: list[str],
+    stage: StagedOutput | None,
+    content_check: bool,
+    key_checked: bool,
+) -> FileResult:
     start = time.perf_counter()
     out_md5 = hashlib.md5() if job.out_entries else None
     out_sha = hashlib.sha256() if job.fmt == "belle" else None
@@ -180,9 +215,16 @@ def _decrypt_one(job: FileJob, key: Path, out_dir: Path | None, stream: BinaryIO
             with writing(out_dir / out_name if out_dir is not None else "-"), dst_cm as dst:
                 assert dst is not None
                 try:
-                    n = xor_stream(src, dst, ks, output_hashes=[h for h in (out_md5, out_sha) if h is not None],
-                                   check=check, advance=advance, cancel=cancel,
-                                   write_behind=WRITE_BEHIND_OK and tmp is not None)
+                    n = xor_stream(
+                        src,
+                        dst,
+                        ks,
+                        output_hashes=[h for h in (out_md5, out_sha) if h is not None],
+                        check=check,
+                        advance=advance,
+                        cancel=cancel,
+                        write_behind=WRITE_BEHIND_OK and tmp is not None,
+                    )
                     if check is not None:
                         check.finish()
                 except ContentError as e:
@@ -192,15 +234,19 @@ def _decrypt_one(job: FileJob, key: Path, out_dir: Path | None, stream: BinaryIO
                 else:
                     dst.flush()
         if job.payload is not None and n != job.payload:
-            raise InputError(f"read {n:,} bytes, expected {job.payload:,}: the file changed while decrypting",
-                             path=job.display)
+            raise InputError(
+                f"read {n:,} bytes, expected {job.payload:,}: the file changed while decrypting", path=job.display
+            )
         result = FileResult(job.display, str(out_dir / out_name) if out_dir is not None else "-", job.fmt, n)
         if out_sha is not None:
             result.sha256 = out_sha.hexdigest()
             if header is not None and out_sha.digest() != header:
-                raise CheckFailed(f"the decrypted sha256 {result.sha256} differs from the header's {header.hex()}"
-                                  + ("; nothing was kept" if tmp is not None else ""), path=job.display,
-                                  hint=key_or_damage(job, key_checked))
+                raise CheckFailed(
+                    f"the decrypted sha256 {result.sha256} differs from the header's {header.hex()}"
+                    + ("; nothing was kept" if tmp is not None else ""),
+                    path=job.display,
+                    hint=key_or_damage(job, key_checked),
+                )
             result.checks.append(Check("sha256 header", "ok", f"{result.sha256} matches the BELLE header"))
         if out_md5 is not None:
             result.md5 = out_md5.hexdigest()
@@ -211,9 +257,16 @@ def _decrypt_one(job: FileJob, key: Path, out_dir: Path | None, stream: BinaryIO
     return result
 
 
-def decrypt(options: DecryptOptions | Sequence[str | os.PathLike], key: str | os.PathLike | None = None,
-            out_dir: str | os.PathLike | None = None, *, stream: BinaryIO | None = None,
-            stdin: BinaryIO | None = None, progress: ProgressFactory | None = None, **flags: Any) -> CryptoResult:
+def decrypt(
+    options: DecryptOptions | Sequence[str | os.PathLike],
+    key: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    stream: BinaryIO | None = None,
+    stdin: BinaryIO | None = None,
+    progress: ProgressFactory | None = None,
+    **flags: Any,
+) -> CryptoResult:
     """Decrypt ``.enc`` files (or every ``*.enc`` in folders) into ``options.output``, or into ``stream``.
 
     ``Path("-")`` in ``options.inputs`` reads ``stdin`` (needs ``options.format``). Everything that
@@ -232,10 +285,22 @@ def decrypt(options: DecryptOptions | Sequence[str | os.PathLike], key: str | os
     key_status = check_key(plan.key, progress=progress) if options.key_check else "skipped"
     warnings: list[str] = []
 
-    def work(job: FileJob, advance: Callable[[int], None], cancel: threading.Event,
-             stage: StagedOutput | None) -> FileResult:
-        return _decrypt_one(job, plan.key, plan.out_dir, stream, stdin, advance, cancel, warnings, stage,
-                            options.content_check, options.key_check)
+    def work(
+        job: FileJob, advance: Callable[[int], None], cancel: threading.Event, stage: StagedOutput | None
+    ) -> FileResult:
+        return _decrypt_one(
+            job,
+            plan.key,
+            plan.out_dir,
+            stream,
+            stdin,
+            advance,
+            cancel,
+            warnings,
+            stage,
+            options.content_check,
+            options.key_check,
+        )
 
     return _finish(plan, key_status, _execute(plan, work, progress, options.force), warnings, t0)
 
@@ -243,8 +308,16 @@ def decrypt(options: DecryptOptions | Sequence[str | os.PathLike], key: str | os
 # ------------------------------------------------------------------ encrypt
 
 
-def _encrypt_one(job: FileJob, key: Path, out_dir: Path, force: bool, advance: Callable[[int], None],
-                 cancel: threading.Event, stage: StagedOutput, stale: list[Path]) -> FileResult:
+def _encrypt_one(
+    job: FileJob,
+    key: Path,
+    out_dir: Path,
+    force: bool,
+    advance: Callable[[int], None],
+    cancel: threading.Event,
+    stage: StagedOutput,
+    stale: list[Path],
+) -> FileResult:
     start = time.perf_counter()
     assert job.src is not None
     name = job.src.name
@@ -252,32 +325,55 @@ def _encrypt_one(job: FileJob, key: Path, out_dir: Path, force: bool, advance: C
     sha = hashlib.sha256() if job.fmt == "belle" else None
     with _removed_on_failure(tmp):
         label = EMPTY_SHA256 if sha is None else "<sha256>"
-        with writing(out_dir / f"{name}.{label}.enc"), open(job.src, "rb", buffering=0) as src, \
-                KeyStream(key) as ks, open(tmp, "w+b", buffering=0) as dst:
+        with (
+            writing(out_dir / f"{name}.{label}.enc"),
+            open(job.src, "rb", buffering=0) as src,
+            KeyStream(key) as ks,
+            open(tmp, "w+b", buffering=0) as dst,
+        ):
             advise_sequential(src)
             if sha is not None:
                 dst.write(bytes(HEADER_BYTES))  # placeholder; the digest is known at the end
-            n = xor_stream(src, dst, ks, input_hashes=[sha] if sha else [], advance=advance, cancel=cancel,
-                           write_behind=WRITE_BEHIND_OK)
+            n = xor_stream(
+                src,
+                dst,
+                ks,
+                input_hashes=[sha] if sha else [],
+                advance=advance,
+                cancel=cancel,
+                write_behind=WRITE_BEHIND_OK,
+            )
             if sha is not None:
                 dst.seek(0)
                 write_all(dst, memoryview(sha.digest()))
             os.fsync(dst.fileno())
         if job.payload is not None and n != job.payload:
-            raise InputError(f"read {n:,} bytes, expected {job.payload:,}: the file changed while encrypting",
-                             path=job.src)
+            raise InputError(
+                f"read {n:,} bytes, expected {job.payload:,}: the file changed while encrypting", path=job.src
+            )
         label = sha.hexdigest() if sha is not None else EMPTY_SHA256
         final = f"{name}.{label}.enc"
         if force and sha is not None:
             stale += [out_dir / old for old in stale_belle_outputs(out_dir, name) if old != final]
         os.rename(tmp, stage.path(final))
-    return FileResult(str(job.src), str(out_dir / final), job.fmt, n,
-                      sha256=sha.hexdigest() if sha is not None else None, seconds=round(time.perf_counter() - start, 3))
+    return FileResult(
+        str(job.src),
+        str(out_dir / final),
+        job.fmt,
+        n,
+        sha256=sha.hexdigest() if sha is not None else None,
+        seconds=round(time.perf_counter() - start, 3),
+    )
 
 
-def encrypt(options: EncryptOptions | Sequence[str | os.PathLike], key: str | os.PathLike | None = None,
-            out_dir: str | os.PathLike | None = None, *, progress: ProgressFactory | None = None,
-            **flags: Any) -> CryptoResult:
+def encrypt(
+    options: EncryptOptions | Sequence[str | os.PathLike],
+    key: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    progress: ProgressFactory | None = None,
+    **flags: Any,
+) -> CryptoResult:
     """The exact inverse of :func:`decrypt`: files as the upstream tools would have published them.
 
     TechGPT: ``<name>.<sha256 of empty>.enc``, no header. BELLE: 32-byte plaintext sha256 header and
@@ -292,8 +388,9 @@ def encrypt(options: EncryptOptions | Sequence[str | os.PathLike], key: str | os
     out = plan.out_dir
     stale: list[Path] = []
 
-    def work(job: FileJob, advance: Callable[[int], None], cancel: threading.Event,
-             stage: StagedOutput | None) -> FileResult:
+    def work(
+        job: FileJob, advance: Callable[[int], None], cancel: threading.Event, stage: StagedOutput | None
+    ) -> FileResult:
         assert stage is not None
         return _encrypt_one(job, plan.key, out, options.force, advance, cancel, stage, stale)
 

@@ -56,10 +56,12 @@ def _store_key_cache(entry_key: str, entry: dict) -> None:
 
 def _wrong_key(path: Path, why: str) -> InputError:
     return InputError(
-        f"{why}: this is not {KEY_DESCRIPTION} ({KEY_SIZE:,} bytes, md5 {KEY_MD5})", path=path,
+        f"{why}: this is not {KEY_DESCRIPTION} ({KEY_SIZE:,} bytes, md5 {KEY_MD5})",
+        path=path,
         hint="pass the original LLaMA-1 7B consolidated.00.pth (also for 13B models); LLaMA-2's "
-             "consolidated.00.pth or a converted (Hugging Face) model is the usual mistake. "
-             "Use --no-key-check only if the weights were encrypted with another key on purpose")
+        "consolidated.00.pth or a converted (Hugging Face) model is the usual mistake. "
+        "Use --no-key-check only if the weights were encrypted with another key on purpose",
+    )
 
 
 def require_key_file(path: Path, *, flag: str = "--key") -> None:
@@ -68,8 +70,9 @@ def require_key_file(path: Path, *, flag: str = "--key") -> None:
     A value that is no entry on disk is refused without being repeated: it may be key material typed
     where the key's path belongs (only its length is named)."""
     if not os.path.lexists(path):
-        raise InputError(f"{flag}: no such key file ({value_shape(str(path))})",
-                         hint=f"pass the path of {KEY_DESCRIPTION}")
+        raise InputError(
+            f"{flag}: no such key file ({value_shape(str(path))})", hint=f"pass the path of {KEY_DESCRIPTION}"
+        )
     try:
         is_file = path.is_file()
     except (OSError, ValueError):
@@ -78,8 +81,9 @@ def require_key_file(path: Path, *, flag: str = "--key") -> None:
         if is_special(path):  # a FIFO or device: named, never read
             check_regular(path, f"the key ({KEY_DESCRIPTION})")
         problem = broken_link(path)
-        raise InputError(f"the key {problem}" if problem else "the key is not a file", path=path,
-                         hint=f"pass {KEY_DESCRIPTION}")
+        raise InputError(
+            f"the key {problem}" if problem else "the key is not a file", path=path, hint=f"pass {KEY_DESCRIPTION}"
+        )
 
 
 def check_key(path: str | os.PathLike, *, progress: ProgressFactory | None = None) -> str:

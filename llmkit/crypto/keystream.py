@@ -71,7 +71,7 @@ class KeyStream:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "KeyStream":
+    def __enter__(self) -> KeyStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -107,4 +107,4 @@ class KeyStream:
             self._tiled_seg = self._seg
         assert self._tiled is not None
         s = within % length
-        return self._tiled[s:s + n]
+        return self._tiled[s : s + n]

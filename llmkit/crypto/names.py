@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from llmkit.errors import InputError
 from llmkit.io.regular import check_regular, is_special
@@ -37,9 +37,12 @@ def output_name(path: Path) -> str:
     ``...<hex>.enc`` -> ``..``, ``.enc`` -> nothing) is refused before anything is created."""
     name, _ = split_enc_name(path.name)
     if name in ("", ".", ".."):
-        raise InputError(f"this .enc name gives no output name (it would decrypt to {name!r}, which names no file)",
-                         path=path, hint="rename it <name>.<64 hex>.enc, e.g. config.json.<64 hex>.enc: the part "
-                                         "before the hex names the output")
+        raise InputError(
+            f"this .enc name gives no output name (it would decrypt to {name!r}, which names no file)",
+            path=path,
+            hint="rename it <name>.<64 hex>.enc, e.g. config.json.<64 hex>.enc: the part "
+            "before the hex names the output",
+        )
     return name
 
 
@@ -61,15 +64,23 @@ def detect_format(path: Path, fmt: str = "auto") -> tuple[str, bytes | None]:
             return "techgpt", None
         raise InputError(
             f"cannot tell the format: the name carries sha256 {label[:12]}... but the file "
-            f"({size:,} bytes) does not start with it", path=path,
-            hint="a BELLE file that is damaged or truncated? re-download it, or pass --format techgpt|belle")
+            f"({size:,} bytes) does not start with it",
+            path=path,
+            hint="a BELLE file that is damaged or truncated? re-download it, or pass --format techgpt|belle",
+        )
     if fmt == "belle":
         if size < HEADER_BYTES:
-            raise InputError(f"only {size} bytes: too short for the 32-byte BELLE sha256 header", path=path,
-                             hint="the file is truncated; download it again")
+            raise InputError(
+                f"only {size} bytes: too short for the 32-byte BELLE sha256 header",
+                path=path,
+                hint="the file is truncated; download it again",
+            )
         if label is not None and head != bytes.fromhex(label):
-            raise InputError(f"the header sha256 {head.hex()[:12]}... differs from the name's {label[:12]}...",
-                             path=path, hint="the file is damaged or renamed; download it again")
+            raise InputError(
+                f"the header sha256 {head.hex()[:12]}... differs from the name's {label[:12]}...",
+                path=path,
+                hint="the file is damaged or renamed; download it again",
+            )
         return "belle", head
     if fmt == "techgpt":
         return "techgpt", None
@@ -89,16 +100,23 @@ def expand_decrypt_inputs(inputs: Sequence[Path]) -> tuple[list[Path | None], li
                 if c.name.endswith(".enc") and not c.name.startswith(".") and is_special(c):
                     check_regular(c, "an .enc file")
             found = sorted(c for c in p.iterdir() if c.is_file() and c.name.endswith(".enc"))
-            ignored += sorted(str(c) for c in p.iterdir() if c.is_file() and not c.name.endswith(".enc")
-                              and not c.name.startswith("."))
+            ignored += sorted(
+                str(c)
+                for c in p.iterdir()
+                if c.is_file() and not c.name.endswith(".enc") and not c.name.startswith(".")
+            )
             if not found:
-                raise InputError("no .enc files in this folder", path=p,
-                                 hint="pass the folder holding the downloaded *.enc files")
+                raise InputError(
+                    "no .enc files in this folder", path=p, hint="pass the folder holding the downloaded *.enc files"
+                )
             files += found
         elif p.is_file():
             if not p.name.endswith(".enc"):
-                raise InputError("not an .enc file", path=p,
-                                 hint="decrypt takes .enc files or their folder; other files are never decrypted")
+                raise InputError(
+                    "not an .enc file",
+                    path=p,
+                    hint="decrypt takes .enc files or their folder; other files are never decrypted",
+                )
             files.append(p)
         elif p.exists():
             check_regular(p, "an .enc file or a folder")
@@ -142,5 +160,11 @@ def stale_belle_outputs(out_dir: Path, name: str) -> list[str]:
     if not out_dir.is_dir():
         return []
     prefix = name + "."
-    return sorted(c.name for c in out_dir.iterdir() if c.name.startswith(prefix) and c.name.endswith(".enc")
-                  and _HEX64.fullmatch(c.name[:-4]) and split_enc_name(c.name)[0] == name)
+    return sorted(
+        c.name
+        for c in out_dir.iterdir()
+        if c.name.startswith(prefix)
+        and c.name.endswith(".enc")
+        and _HEX64.fullmatch(c.name[:-4])
+        and split_enc_name(c.name)[0] == name
+    )

@@ -9,13 +9,21 @@ identity check (:func:`~llmkit.crypto.keycheck.check_key`) runs after planning, 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from llmkit.crypto.keycheck import require_key_file
-from llmkit.crypto.names import (EMPTY_SHA256, FORMATS, HEADER_BYTES, detect_format, expand_decrypt_inputs,
-                                 expand_encrypt_inputs, output_name, stale_belle_outputs)
+from llmkit.crypto.names import (
+    EMPTY_SHA256,
+    FORMATS,
+    HEADER_BYTES,
+    detect_format,
+    expand_decrypt_inputs,
+    expand_encrypt_inputs,
+    output_name,
+    stale_belle_outputs,
+)
 from llmkit.crypto.tables import published_entries
 from llmkit.errors import InputError, OutputExistsError
 from llmkit.io.destination import ensure_output_is_new
@@ -112,12 +120,24 @@ def refuse_key_folder(out_dir: Path, key: Path) -> None:
     as given (a link there is what ``--force`` would replace) or of the file it resolves to."""
     holders = {os.path.realpath(os.path.dirname(os.path.abspath(key))), os.path.dirname(os.path.realpath(key))}
     if os.path.realpath(out_dir) in holders:
-        raise InputError(f"the output folder holds the key {key}", path=out_dir,
-                         hint="choose another -o; llmkit never writes beside or over its inputs, the key included")
+        raise InputError(
+            f"the output folder holds the key {key}",
+            path=out_dir,
+            hint="choose another -o; llmkit never writes beside or over its inputs, the key included",
+        )
 
 
-def check_outputs(out_dir: Path, names: list[str], inputs: list[Path], files: Sequence[Path | None], force: bool,
-                  need: int, extra_clashes: Callable[[str], list[str]] | None = None, *, key: Path) -> None:
+def check_outputs(
+    out_dir: Path,
+    names: list[str],
+    inputs: list[Path],
+    files: Sequence[Path | None],
+    force: bool,
+    need: int,
+    extra_clashes: Callable[[str], list[str]] | None = None,
+    *,
+    key: Path,
+) -> None:
     """Pre-flight checks of the output folder; ``inputs`` as given (files, folders), ``files`` expanded,
     ``key`` the key file (an input too: never written, moved or deleted, with or without ``force``)."""
     seen: dict[str, int] = {}
@@ -125,8 +145,11 @@ def check_outputs(out_dir: Path, names: list[str], inputs: list[Path], files: Se
         seen[n] = seen.get(n, 0) + 1
     dup = [n for n, c in seen.items() if c > 1]
     if dup:
-        raise InputError(f"two inputs would both write {dup[0]}", path=out_dir,
-                         hint="pass each file once, or decrypt them into different folders")
+        raise InputError(
+            f"two inputs would both write {dup[0]}",
+            path=out_dir,
+            hint="pass each file once, or decrypt them into different folders",
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError("the output path exists and is not a folder", path=out_dir, hint="choose another -o")
     refuse_key_folder(out_dir, key)
@@ -135,16 +158,21 @@ def check_outputs(out_dir: Path, names: list[str], inputs: list[Path], files: Se
     for n in names:
         target = out_dir / n
         if os.path.realpath(target) in resolved_inputs:
-            raise InputError(f"the output {n} would overwrite an input", path=out_dir,
-                             hint="choose another -o; llmkit never writes over its inputs")
+            raise InputError(
+                f"the output {n} would overwrite an input",
+                path=out_dir,
+                hint="choose another -o; llmkit never writes over its inputs",
+            )
     if not force:
         clash = [n for n in names if (out_dir / n).exists()]
         if extra_clashes is not None:
             clash += [c for n in names for c in extra_clashes(n)]
         if clash:
-            raise OutputExistsError(f"the output folder already holds {', '.join(clash[:3])}"
-                                    + (" ..." if len(clash) > 3 else ""), path=out_dir,
-                                    hint="pass --force to overwrite, or choose another -o")
+            raise OutputExistsError(
+                f"the output folder already holds {', '.join(clash[:3])}" + (" ..." if len(clash) > 3 else ""),
+                path=out_dir,
+                hint="pass --force to overwrite, or choose another -o",
+            )
     check_space(out_dir, need, free_bytes(out_dir))  # a read-only file system, or output + margin > free
 
 
@@ -163,8 +191,9 @@ def plan_decrypt(options: DecryptOptions, *, to_stream: bool) -> CryptoPlan:
         if not to_stream:
             raise InputError("stdin has no file name to name the output after", hint="write to stdout with -o -")
     if to_stream and len(files) > 1:
-        raise InputError(f"{len(files)} inputs cannot all go to stdout", hint="decrypt one file with -o -, "
-                         "or give an output folder")
+        raise InputError(
+            f"{len(files)} inputs cannot all go to stdout", hint="decrypt one file with -o -, or give an output folder"
+        )
     require_key_file(options.key)
     jobs: list[FileJob] = []
     for p in files:
@@ -174,15 +203,28 @@ def plan_decrypt(options: DecryptOptions, *, to_stream: bool) -> CryptoPlan:
         out_name = output_name(p)
         f, header = detect_format(p, fmt)
         size = p.stat().st_size
-        job = FileJob(p, str(p), out_name, f, size - HEADER_BYTES if f == "belle" else size, header,
-                      table_check=options.table_check)
+        job = FileJob(
+            p,
+            str(p),
+            out_name,
+            f,
+            size - HEADER_BYTES if f == "belle" else size,
+            header,
+            table_check=options.table_check,
+        )
         if f == "techgpt":  # the published tables are TechGPT-1.0's; BELLE files carry their own sha256
             job.in_entries, job.out_entries = published_entries(p.name, out_name)
         jobs.append(job)
     if options.output is not None:
-        check_outputs(options.output, [j.out_name for j in jobs if j.out_name],
-                      [p for p in options.inputs if str(p) != "-"], files, options.force,
-                      sum(j.payload or 0 for j in jobs), key=options.key)
+        check_outputs(
+            options.output,
+            [j.out_name for j in jobs if j.out_name],
+            [p for p in options.inputs if str(p) != "-"],
+            files,
+            options.force,
+            sum(j.payload or 0 for j in jobs),
+            key=options.key,
+        )
     return CryptoPlan("decrypt", options.key, options.output, jobs, ignored, "decrypting", options.jobs)
 
 
@@ -196,11 +238,25 @@ def plan_encrypt(options: EncryptOptions) -> CryptoPlan:
     require_key_file(options.key)
     out_dir, names = options.output, [p.name for p in files]
     if options.format == "techgpt":
-        check_outputs(out_dir, [f"{n}.{EMPTY_SHA256}.enc" for n in names], list(options.inputs), files,
-                      options.force, sum(p.stat().st_size for p in files), key=options.key)
+        check_outputs(
+            out_dir,
+            [f"{n}.{EMPTY_SHA256}.enc" for n in names],
+            list(options.inputs),
+            files,
+            options.force,
+            sum(p.stat().st_size for p in files),
+            key=options.key,
+        )
     else:
-        check_outputs(out_dir, [f"{n}.<sha256>.enc" for n in names], list(options.inputs), files, options.force,
-                      sum(p.stat().st_size + HEADER_BYTES for p in files),
-                      extra_clashes=lambda n: stale_belle_outputs(out_dir, n[:-len(".<sha256>.enc")]), key=options.key)
+        check_outputs(
+            out_dir,
+            [f"{n}.<sha256>.enc" for n in names],
+            list(options.inputs),
+            files,
+            options.force,
+            sum(p.stat().st_size + HEADER_BYTES for p in files),
+            extra_clashes=lambda n: stale_belle_outputs(out_dir, n[: -len(".<sha256>.enc")]),
+            key=options.key,
+        )
     jobs = [FileJob(p, str(p), None, options.format, p.stat().st_size) for p in files]
     return CryptoPlan("encrypt", options.key, out_dir, jobs, ignored, "encrypting", options.jobs)

@@ -45,5 +45,6 @@ class CryptoResult(Result):
             self.checks = [Check(f"{f.input}: {c.name}", c.status, c.detail) for f in self.files for c in f.checks]
         if not self.notices:
             why = "an .enc file" if self.command == "decrypt" else "encrypted"
-            self.notices = ([Notice.info(f"ignored (not {why}): {name}") for name in self.ignored]
-                            + [Notice.warning(w) for w in self.warnings])
+            self.notices = [Notice.info(f"ignored (not {why}): {name}") for name in self.ignored] + [
+                Notice.warning(w) for w in self.warnings
+            ]

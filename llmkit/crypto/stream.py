@@ -14,7 +14,8 @@ import os
 import queue
 import sys
 import threading
-from typing import BinaryIO, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -38,10 +39,18 @@ class Cancelled(Exception):
     """Another file of the same run failed; this one stopped and removed its temporary output."""
 
 
-def xor_stream(src: BinaryIO, dst: BinaryIO, key: KeyStream, *,
-               input_hashes: Sequence["hashlib._Hash"] = (), output_hashes: Sequence["hashlib._Hash"] = (),
-               check: ContentCheck | None = None, advance: Callable[[int], None] = lambda n: None,
-               cancel: threading.Event | None = None, write_behind: bool = False) -> int:
+def xor_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    key: KeyStream,
+    *,
+    input_hashes: Sequence[hashlib._Hash] = (),
+    output_hashes: Sequence[hashlib._Hash] = (),
+    check: ContentCheck | None = None,
+    advance: Callable[[int], None] = lambda n: None,
+    cancel: threading.Event | None = None,
+    write_behind: bool = False,
+) -> int:
     """XOR all of ``src`` (from its current position) with the key stream into ``dst``; returns bytes.
 
     Four threads over :data:`SLOTS` reusable buffers, so everything overlaps: a reader (+ input
@@ -92,7 +101,7 @@ def xor_stream(src: BinaryIO, dst: BinaryIO, key: KeyStream, *,
                 offset += n
                 if n < BLOCK:
                     break
-        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+        except BaseException as e:
             errors.append(e)
         finally:
             to_xor.put(None)
@@ -113,7 +122,7 @@ def xor_stream(src: BinaryIO, dst: BinaryIO, key: KeyStream, *,
                         # paying for all of it in the final fsync (and keep the page cache clean).
                         os.posix_fadvise(fd, flushed[0], WRITE_BEHIND, os.POSIX_FADV_DONTNEED)
                         flushed[0] += WRITE_BEHIND
-                except BaseException as e:  # noqa: BLE001
+                except BaseException as e:
                     errors.append(e)
             release(i)  # keep draining so the reader never waits forever
 
@@ -126,8 +135,10 @@ def xor_stream(src: BinaryIO, dst: BinaryIO, key: KeyStream, *,
                     h.update(view)
             release(i)
 
-    threads = [threading.Thread(target=reader, name="llmkit-xor-read", daemon=True),
-               threading.Thread(target=writer, name="llmkit-xor-write", daemon=True)]
+    threads = [
+        threading.Thread(target=reader, name="llmkit-xor-read", daemon=True),
+        threading.Thread(target=writer, name="llmkit-xor-write", daemon=True),
+    ]
     if output_hashes:
         threads.append(threading.Thread(target=hasher, name="llmkit-xor-hash", daemon=True))
     for t in threads:
@@ -148,7 +159,7 @@ def xor_stream(src: BinaryIO, dst: BinaryIO, key: KeyStream, *,
                     pending[i] = len(consumers)
                 for q in consumers:
                     q.put((i, n))
-            except Exception as e:  # noqa: BLE001 - stop the reader, drain, raise below
+            except Exception as e:
                 errors.append(e)
                 free.put(i)
     except BaseException as e:  # KeyboardInterrupt while waiting: stop the helpers before leaving

@@ -58,12 +58,15 @@ def finish_tables(job: FileJob, result: FileResult, warnings: list[str]) -> None
                 published_input = True
                 result.checks.append(Check("input md5", "ok", f"{result.input_md5} matches table {tables}"))
             else:
-                msg = (f"{job.display}: md5 {result.input_md5} differs from the published {job.in_entries[0][1]} "
-                       f"(table {tables}): a damaged or partial download, or another model")
+                msg = (
+                    f"{job.display}: md5 {result.input_md5} differs from the published {job.in_entries[0][1]} "
+                    f"(table {tables}): a damaged or partial download, or another model"
+                )
                 result.checks.append(Check("input md5", "mismatch", msg))
                 warnings.append(msg)
-                failed.append(f"the .enc file has md5 {result.input_md5}, table {tables} publishes "
-                              f"{job.in_entries[0][1]}")
+                failed.append(
+                    f"the .enc file has md5 {result.input_md5}, table {tables} publishes {job.in_entries[0][1]}"
+                )
     kept = "; nothing was kept" if result.output != "-" else "; discard what reached stdout"
     if job.out_entries:
         tables = ", ".join(t for t, _ in job.out_entries)
@@ -72,18 +75,25 @@ def finish_tables(job: FileJob, result: FileResult, warnings: list[str]) -> None
         elif published_input:
             raise CheckFailed(
                 f"decrypted to md5 {result.md5}, but table {tables} publishes {job.out_entries[0][1]} although the "
-                "input is the published file" + kept, path=result.output,
-                hint=f"the key is wrong: use {KEY_DESCRIPTION}")
+                "input is the published file" + kept,
+                path=result.output,
+                hint=f"the key is wrong: use {KEY_DESCRIPTION}",
+            )
         else:
-            msg = (f"{result.output}: md5 {result.md5} differs from table {tables} ({job.out_entries[0][1]})"
-                   + ("; the input is not the published file either" if job.in_entries else ""))
+            msg = f"{result.output}: md5 {result.md5} differs from table {tables} ({job.out_entries[0][1]})" + (
+                "; the input is not the published file either" if job.in_entries else ""
+            )
             result.checks.append(Check("output md5", "mismatch", msg))
             warnings.append(msg)
-            failed.append(f"it decrypts to md5 {result.md5}, table {tables} publishes {job.out_entries[0][1]} "
-                          f"for {job.out_name}")
+            failed.append(
+                f"it decrypts to md5 {result.md5}, table {tables} publishes {job.out_entries[0][1]} for {job.out_name}"
+            )
     if failed and job.table_check:
         tables = ", ".join(dict.fromkeys(t for t, _ in (*job.in_entries, *job.out_entries)))
-        raise CheckFailed("the published md5 table does not match: " + "; ".join(failed) + kept, path=job.display,
-                          hint="download the file again (a damaged or partial download) and check the key; if these "
-                               f"are not the files of {tables} (another model under the same names), pass "
-                               "--no-table-check")
+        raise CheckFailed(
+            "the published md5 table does not match: " + "; ".join(failed) + kept,
+            path=job.display,
+            hint="download the file again (a damaged or partial download) and check the key; if these "
+            f"are not the files of {tables} (another model under the same names), pass "
+            "--no-table-check",
+        )

@@ -20,11 +20,15 @@ from llmkit.errors import CheckFailed, InputError
 # SPEC.md section 5: ordered string replacements, Hugging Face -> MindFormers (the model. prefix is kept).
 _MINDFORMERS = (
     ("embed_tokens.weight", "tok_embeddings.embedding_weight"),
-    (".self_attn.q_proj.", ".attention.wq."), (".self_attn.k_proj.", ".attention.wk."),
-    (".self_attn.v_proj.", ".attention.wv."), (".self_attn.o_proj.", ".attention.wo."),
-    (".mlp.gate_proj.", ".feed_forward.w1."), (".mlp.down_proj.", ".feed_forward.w2."),
+    (".self_attn.q_proj.", ".attention.wq."),
+    (".self_attn.k_proj.", ".attention.wk."),
+    (".self_attn.v_proj.", ".attention.wv."),
+    (".self_attn.o_proj.", ".attention.wo."),
+    (".mlp.gate_proj.", ".feed_forward.w1."),
+    (".mlp.down_proj.", ".feed_forward.w2."),
     (".mlp.up_proj.", ".feed_forward.w3."),
-    (".input_layernorm.", ".attention_norm."), (".post_attention_layernorm.", ".ffn_norm."),
+    (".input_layernorm.", ".attention_norm."),
+    (".post_attention_layernorm.", ".ffn_norm."),
     (".norm.", ".norm_out."),
 )
 _MS_TYPES = {torch.float32: b"Float32", torch.float16: b"Float16", torch.bfloat16: b"BFloat16"}
@@ -86,9 +90,11 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
             records.append(_record(_mindformers(name), t))
         data = ckpt.read_bytes()
         body, trailer = data[:-17], data[-17:]
-        if data[:len(records[0])] != records[0]:
-            raise CheckFailed(f"to-ckpt --rotary {rotary}: the first record ({_mindformers(order[0])}) is not "
-                              "the bytes built by hand (protobuf records, MindFormers names)")
+        if data[: len(records[0])] != records[0]:
+            raise CheckFailed(
+                f"to-ckpt --rotary {rotary}: the first record ({_mindformers(order[0])}) is not "
+                "the bytes built by hand (protobuf records, MindFormers names)"
+            )
         if trailer != b"crc_num" + zlib.crc32(body).to_bytes(10, "big"):
             raise CheckFailed(f"to-ckpt --rotary {rotary}: the trailer is not b'crc_num' + crc32 of the records")
         if body != b"".join(records):
@@ -107,8 +113,9 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
             raise CheckFailed("from-ckpt did not check the CRC trailer")
         state, logits = _transformers(back)
         if state.keys() != ref_state.keys():
-            raise CheckFailed(f"from-ckpt --rotary {rotary}: tensor names differ, e.g. "
-                              f"{sorted(state.keys() ^ ref_state.keys())[:3]}")
+            raise CheckFailed(
+                f"from-ckpt --rotary {rotary}: tensor names differ, e.g. {sorted(state.keys() ^ ref_state.keys())[:3]}"
+            )
         for name, ref in ref_state.items():
             if state[name].dtype != ref.dtype or not torch.equal(state[name], ref):
                 raise CheckFailed(f"from-ckpt --rotary {rotary}: {name} differs from the original in transformers")
@@ -131,6 +138,8 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
     out = work / "flipped-hf"
     if out.exists():
         raise CheckFailed(f"from-ckpt left {out} behind after the CRC mismatch")
-    return (f"{len(order)} tensors -> {sizes[0]:,}-byte .ckpt = the bytes built by hand (protobuf records, "
-            "MindFormers names, crc32 trailer), also with --rotary meta; from-ckpt back: transformers state dict "
-            "and logits identical; flipped byte refused by the CRC")
+    return (
+        f"{len(order)} tensors -> {sizes[0]:,}-byte .ckpt = the bytes built by hand (protobuf records, "
+        "MindFormers names, crc32 trailer), also with --rotary meta; from-ckpt back: transformers state dict "
+        "and logits identical; flipped byte refused by the CRC"
+    )

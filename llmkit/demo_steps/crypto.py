@@ -18,7 +18,7 @@ KEY_BYTES = 3 * 2**20 + 12_345  # a few MB, not a multiple of 10 MiB
 
 
 def _xor_prefix(data: bytes, key: bytes) -> bytes:
-    x = int.from_bytes(data, "little") ^ int.from_bytes(key[:len(data)], "little")
+    x = int.from_bytes(data, "little") ^ int.from_bytes(key[: len(data)], "little")
     return x.to_bytes(len(data), "little")
 
 
@@ -37,8 +37,9 @@ def _encrypt_decrypt(ctx: DemoContext) -> str:
 
     for fmt in ("techgpt", "belle"):
         enc_dir, dec_dir = folder / f"{fmt}-enc", folder / f"{fmt}-dec"
-        encrypt(EncryptOptions(inputs=(ctx.base,), key=key, output=enc_dir, format=fmt, key_check=False,
-                               force=ctx.force))
+        encrypt(
+            EncryptOptions(inputs=(ctx.base,), key=key, output=enc_dir, format=fmt, key_check=False, force=ctx.force)
+        )
         for name, plain in originals.items():
             sha = hashlib.sha256(plain)
             label = sha.hexdigest() if fmt == "belle" else hashlib.sha256(b"").hexdigest()
@@ -49,14 +50,20 @@ def _encrypt_decrypt(ctx: DemoContext) -> str:
             if enc.read_bytes() != expected:
                 raise CheckFailed(f"{fmt}: {enc.name} differs from plaintext XOR key")
         # the tiny model's files share TechGPT-1.0's names (config.json ...), not its published md5s
-        result = decrypt(DecryptOptions(inputs=(enc_dir,), key=key, output=dec_dir, key_check=False,
-                                        force=ctx.force, table_check=False))
+        result = decrypt(
+            DecryptOptions(
+                inputs=(enc_dir,), key=key, output=dec_dir, key_check=False, force=ctx.force, table_check=False
+            )
+        )
         if sorted(f.format for f in result.files) != [fmt] * len(originals):
             raise CheckFailed(f"{fmt}: format detected as {[f.format for f in result.files]}")
         for name, plain in originals.items():
             got = (dec_dir / name).read_bytes()
-            if got != plain or hashlib.md5(got).digest() != hashlib.md5(plain).digest() \
-                    or hashlib.sha256(got).digest() != hashlib.sha256(plain).digest():
+            if (
+                got != plain
+                or hashlib.md5(got).digest() != hashlib.md5(plain).digest()
+                or hashlib.sha256(got).digest() != hashlib.sha256(plain).digest()
+            ):
                 raise CheckFailed(f"{fmt}: decrypted {name} differs from the original")
 
     try:  # without --no-key-check, anything but LLaMA-1 7B consolidated.00.pth is refused up front
@@ -67,5 +74,7 @@ def _encrypt_decrypt(ctx: DemoContext) -> str:
     else:
         raise CheckFailed("a wrong key was accepted")
     total = sum(len(b) for b in originals.values())
-    return (f"{len(originals)} files ({total:,} bytes) x 2 formats with a {KEY_BYTES:,}-byte key: .enc = "
-            "plaintext XOR key, decrypted md5/sha256 identical (hashlib); wrong key refused")
+    return (
+        f"{len(originals)} files ({total:,} bytes) x 2 formats with a {KEY_BYTES:,}-byte key: .enc = "
+        "plaintext XOR key, decrypted md5/sha256 identical (hashlib); wrong key refused"
+    )

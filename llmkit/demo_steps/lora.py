@@ -28,5 +28,7 @@ def _merge_lora(ctx: DemoContext) -> str:
             if tensor.dtype != ref.dtype or tensor.shape != ref.shape or not torch.equal(tensor, ref):
                 raise CheckFailed(f"merge-lora: {name} differs from peft's merge_and_unload")
     ctx.shared["merged_lora"] = out
-    return (f"CuteGPT-like q/v LoRA + Chinese-Alpaca-like LoRA (vocab {result.vocab_before} -> {result.vocab_after}): "
-            f"{result.tensors} tensors equal to peft merge_and_unload bit for bit")
+    return (
+        f"CuteGPT-like q/v LoRA + Chinese-Alpaca-like LoRA (vocab {result.vocab_before} -> {result.vocab_after}): "
+        f"{result.tensors} tensors equal to peft merge_and_unload bit for bit"
+    )

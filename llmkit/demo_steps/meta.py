@@ -44,5 +44,7 @@ def _meta_path(ctx: DemoContext) -> str:
         b = torch.load(work / "meta-again" / f"consolidated.0{i}.pth", weights_only=True)
         if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
             raise CheckFailed(f"to-meta: consolidated.0{i}.pth differs from the original shard")
-    return (f"{len(state)} tensors from 2 Meta shards = the HF original; recover on the Meta base = diff + base; "
-            "to-meta = the original consolidated.00/01.pth")
+    return (
+        f"{len(state)} tensors from 2 Meta shards = the HF original; recover on the Meta base = diff + base; "
+        "to-meta = the original consolidated.00/01.pth"
+    )

@@ -49,5 +49,7 @@ def _make_diff_and_recover(ctx: DemoContext) -> str:
         raise CheckFailed("recover: the tokenizer was not taken from the diff folder")
     off = max(float((recovered_ref[k] - tuned[k]).abs().max()) for k in tuned)
     ctx.shared["recovered"] = work / "recovered"
-    return (f"{result.plan.tensors} tensors: diff and recovered model bit-exact vs torch; check-sum "
-            f"{result.check_sum.sum_fp64:.4f} ok; max |recovered - tuned| = {off:.1e} (fp32 rounding)")
+    return (
+        f"{result.plan.tensors} tensors: diff and recovered model bit-exact vs torch; check-sum "
+        f"{result.check_sum.sum_fp64:.4f} ok; max |recovered - tuned| = {off:.1e} (fp32 rounding)"
+    )

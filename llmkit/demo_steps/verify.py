@@ -16,8 +16,7 @@ from llmkit.errors import CheckFailed
 
 @demo_step(45, "checksum + verify (files and tensors)")
 def _verify(ctx: DemoContext) -> str:
-    from llmkit.verify import (ChecksumOptions, VerifyOptions, checksum, compare_sources, tensor_table,
-                               verify_files)
+    from llmkit.verify import ChecksumOptions, VerifyOptions, checksum, compare_sources, tensor_table, verify_files
 
     work = ctx.workdir / "verify"
     work.mkdir(parents=True, exist_ok=True)
@@ -66,5 +65,7 @@ def _verify(ctx: DemoContext) -> str:
         want = hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
         if digests.get(name) != want:
             raise CheckFailed(f"per-tensor sha256 of {name} does not match the reference tensor")
-    return (f"{len(result.files)} files: md5 = {checked_by}; verify ok, flipped byte caught in {shard.name}; "
-            f"resharded = base in all {cmp.compared} tensors (bytes and sha256)")
+    return (
+        f"{len(result.files)} files: md5 = {checked_by}; verify ok, flipped byte caught in {shard.name}; "
+        f"resharded = base in all {cmp.compared} tensors (bytes and sha256)"
+    )

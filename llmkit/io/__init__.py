@@ -10,8 +10,12 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "DEFAULT_SHARD_SIZE": "llmkit.io.sinks", "ShardedWriter": "llmkit.io.sinks", "TensorSpec": "llmkit.io.sinks",
-    "parse_size": "llmkit.io.sinks", "TensorInfo": "llmkit.io.sources", "TensorSource": "llmkit.io.sources",
+    "DEFAULT_SHARD_SIZE": "llmkit.io.sinks",
+    "ShardedWriter": "llmkit.io.sinks",
+    "TensorSpec": "llmkit.io.sinks",
+    "parse_size": "llmkit.io.sinks",
+    "TensorInfo": "llmkit.io.sources",
+    "TensorSource": "llmkit.io.sources",
     "open_source": "llmkit.io.sources",
 }
 __all__ = sorted(_EXPORTS)

@@ -33,8 +33,14 @@ _EDITED = "the file is damaged or was edited by hand; fix that field or download
 
 # Types peft accepts for the fields llmkit reads (else a plain error, not a crash later).
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
-    "target_modules": (list, str), "modules_to_save": list, "rank_pattern": dict, "alpha_pattern": dict,
-    "layers_to_transform": (int, list), "layers_pattern": (list, str), "exclude_modules": (list, str)}
+    "target_modules": (list, str),
+    "modules_to_save": list,
+    "rank_pattern": dict,
+    "alpha_pattern": dict,
+    "layers_to_transform": (int, list),
+    "layers_pattern": (list, str),
+    "exclude_modules": (list, str),
+}
 
 
 @dataclass(frozen=True)
@@ -71,30 +77,47 @@ class AdapterConfig:
         for key, kinds in _FIELD_TYPES.items():
             if cfg.get(key) is not None and not isinstance(cfg[key], kinds):
                 expected = " or ".join(json_kind(k()) for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
-                raise InputError(f"{key} is {json_kind(cfg[key])}; peft expects {expected}",
-                                 path=path, hint="fix that field or download the adapter again")
+                raise InputError(
+                    f"{key} is {json_kind(cfg[key])}; peft expects {expected}",
+                    path=path,
+                    hint="fix that field or download the adapter again",
+                )
         # Without "r" peft's LoraConfig uses its default r=8 (and lora_alpha=8).
         r = rank_value(cfg.get("r", 8), "r", path)
         alpha = alpha_value(cfg.get("lora_alpha", 8), "lora_alpha", path)
         check_scaling(alpha, r, bool(cfg.get("use_rslora", False)), "lora_alpha", path)
-        rank_pattern = {str(k): rank_value(v, f"rank_pattern[{json.dumps(k)}]", path)
-                        for k, v in (cfg.get("rank_pattern") or {}).items()}
-        alpha_pattern = {str(k): alpha_value(v, f"alpha_pattern[{json.dumps(k)}]", path)
-                         for k, v in (cfg.get("alpha_pattern") or {}).items()}
+        rank_pattern = {
+            str(k): rank_value(v, f"rank_pattern[{json.dumps(k)}]", path)
+            for k, v in (cfg.get("rank_pattern") or {}).items()
+        }
+        alpha_pattern = {
+            str(k): alpha_value(v, f"alpha_pattern[{json.dumps(k)}]", path)
+            for k, v in (cfg.get("alpha_pattern") or {}).items()
+        }
         dropout_value(cfg.get("lora_dropout", 0.0), path)
         targets = cfg.get("target_modules")
         if isinstance(targets, list):
             targets = [str(t) for t in targets]
         base_model = cfg.get("base_model_name_or_path")
         return cls(
-            path=path, peft_type=str(cfg.get("peft_type", "LORA")), r=r, r_given="r" in cfg, lora_alpha=alpha,
-            target_modules=targets, modules_to_save=[str(m) for m in (cfg.get("modules_to_save") or [])],
-            fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)), use_rslora=bool(cfg.get("use_rslora", False)),
-            rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
-            layers_to_transform=cfg.get("layers_to_transform"), layers_pattern=cfg.get("layers_pattern"),
-            exclude_modules=cfg.get("exclude_modules"), lora_bias=bool(cfg.get("lora_bias", False)),
+            path=path,
+            peft_type=str(cfg.get("peft_type", "LORA")),
+            r=r,
+            r_given="r" in cfg,
+            lora_alpha=alpha,
+            target_modules=targets,
+            modules_to_save=[str(m) for m in (cfg.get("modules_to_save") or [])],
+            fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
+            use_rslora=bool(cfg.get("use_rslora", False)),
+            rank_pattern=rank_pattern,
+            alpha_pattern=alpha_pattern,
+            layers_to_transform=cfg.get("layers_to_transform"),
+            layers_pattern=cfg.get("layers_pattern"),
+            exclude_modules=cfg.get("exclude_modules"),
+            lora_bias=bool(cfg.get("lora_bias", False)),
             base_model=str(base_model) if base_model is not None else None,
-            init_lora_weights=cfg.get("init_lora_weights", True), use_dora=bool(cfg.get("use_dora")),
+            init_lora_weights=cfg.get("init_lora_weights", True),
+            use_dora=bool(cfg.get("use_dora")),
             target_parameters=bool(cfg.get("target_parameters")),
             trainable_token_indices=bool(cfg.get("trainable_token_indices")),
         )
@@ -124,8 +147,9 @@ def rank_value(value: object, field: str, path: Path) -> int:
     """A rank (``r``, a ``rank_pattern`` value): a JSON integer from 1 to MAX_RANK, as peft needs (it fails on
     8.0, "8" or 0 when it builds the layer)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RANK:
-        raise InputError(f"{field} must be an integer from 1 to {MAX_RANK}, found {_shown(value)}", path=path,
-                         hint=_EDITED)
+        raise InputError(
+            f"{field} must be an integer from 1 to {MAX_RANK}, found {_shown(value)}", path=path, hint=_EDITED
+        )
     return value
 
 
@@ -142,9 +166,12 @@ def check_scaling(alpha: float, r: int, use_rslora: bool, field: str, path: Path
     """The scaling of a LoRA layer (peft: ``alpha / r``, ``alpha / sqrt(r)`` with rsLoRA), at most MAX_SCALING."""
     scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
     if abs(scaling) > MAX_SCALING:
-        raise InputError(f"{field} {alpha:g} with r {r} scales the update by {scaling:g}; no trained adapter "
-                         f"scales it by more than {MAX_SCALING:g} (the merged weights would overflow)", path=path,
-                         hint=_EDITED)
+        raise InputError(
+            f"{field} {alpha:g} with r {r} scales the update by {scaling:g}; no trained adapter "
+            f"scales it by more than {MAX_SCALING:g} (the merged weights would overflow)",
+            path=path,
+            hint=_EDITED,
+        )
     return scaling
 
 
@@ -153,6 +180,5 @@ def dropout_value(value: object, path: Path) -> float:
     a string or a value above 1, and NaN or a negative value is a damaged file."""
     number = _number(value)
     if number is None or not 0.0 <= number <= 1.0:
-        raise InputError(f"lora_dropout must be a number from 0 to 1, found {_shown(value)}", path=path,
-                         hint=_EDITED)
+        raise InputError(f"lora_dropout must be a number from 0 to 1, found {_shown(value)}", path=path, hint=_EDITED)
     return number

@@ -32,9 +32,18 @@ READ_CHUNK = 1 << 30  # bytes per preadv call (Linux returns at most ~2 GB per c
 
 # MindSpore's tensor_type strings (mindspore.train.serialization) <-> torch.
 MS_TO_TORCH: dict[str, torch.dtype] = {
-    "Float16": torch.float16, "Float32": torch.float32, "Float64": torch.float64, "BFloat16": torch.bfloat16,
-    "Int8": torch.int8, "UInt8": torch.uint8, "Int16": torch.int16, "UInt16": torch.uint16,
-    "Int32": torch.int32, "UInt32": torch.uint32, "Int64": torch.int64, "UInt64": torch.uint64,
+    "Float16": torch.float16,
+    "Float32": torch.float32,
+    "Float64": torch.float64,
+    "BFloat16": torch.bfloat16,
+    "Int8": torch.int8,
+    "UInt8": torch.uint8,
+    "Int16": torch.int16,
+    "UInt16": torch.uint16,
+    "Int32": torch.int32,
+    "UInt32": torch.uint32,
+    "Int64": torch.int64,
+    "UInt64": torch.uint64,
     "Bool": torch.bool,
 }
 TORCH_TO_MS: dict[torch.dtype, str] = {v: k for k, v in MS_TO_TORCH.items()}
@@ -147,9 +156,9 @@ class CkptLayout(FileLayout):
             out.write(header)
             if self.crc:
                 start.crc = zlib.crc32(header, start.crc)
-            piece = data[done:done + n]
+            piece = data[done : done + n]
             for i in range(0, n, WRITE_SLICE):
-                out.write(piece[i:i + WRITE_SLICE])
+                out.write(piece[i : i + WRITE_SLICE])
             if self.crc:
                 start.crc = zlib.crc32(piece, start.crc)
             done += n

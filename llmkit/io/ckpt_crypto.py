@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from llmkit.errors import InputError
 from llmkit.io.regular import check_regular, is_special
@@ -58,8 +59,12 @@ class CkptKey:
     def check(self, mode: str) -> None:
         if len(self.key) not in KEY_LENGTHS[mode]:
             where = self.source.startswith("env:")
-            raise InputError(f"the key{' in ' + self.source if where else ''} has {len(self.key)} bytes; {mode} needs "
-                             f"{_lengths(KEY_LENGTHS[mode])}", path=None if where else self.source, hint=KEY_FORMS)
+            raise InputError(
+                f"the key{' in ' + self.source if where else ''} has {len(self.key)} bytes; {mode} needs "
+                f"{_lengths(KEY_LENGTHS[mode])}",
+                path=None if where else self.source,
+                hint=KEY_FORMS,
+            )
 
 
 KEY_FORMS = "a key file holds the raw key bytes (no newline); env:VAR holds hex"
@@ -76,13 +81,19 @@ def _read_key_file(path: Path, flag: str) -> bytes:
     every = tuple(sorted({n for lengths in KEY_LENGTHS.values() for n in lengths}))
     size = os.stat(path).st_size
     if size > MAX_KEY:
-        raise InputError(f"{flag}: the key file is {size:,} bytes; a checkpoint key is {_lengths(every)} bytes",
-                         path=path, hint=KEY_FORMS)
+        raise InputError(
+            f"{flag}: the key file is {size:,} bytes; a checkpoint key is {_lengths(every)} bytes",
+            path=path,
+            hint=KEY_FORMS,
+        )
     with open(path, "rb") as f:
         data = f.read(MAX_KEY + 1)
     if len(data) > MAX_KEY:  # it grew since the stat
-        raise InputError(f"{flag}: the key file is more than {MAX_KEY} bytes; a checkpoint key is "
-                         f"{_lengths(every)} bytes", path=path, hint=KEY_FORMS)
+        raise InputError(
+            f"{flag}: the key file is more than {MAX_KEY} bytes; a checkpoint key is {_lengths(every)} bytes",
+            path=path,
+            hint=KEY_FORMS,
+        )
     return data
 
 
@@ -113,14 +124,18 @@ def read_key(spec: str, mode: str | None, *, flag: str) -> CkptKey:
         var = spec[4:]
         value = os.environ.get(var)
         if not var or value is None:
-            raise InputError(f"{flag}: the environment variable {var or '(empty name)'} is not set",
-                             hint=f"export {var or 'VAR'}=<hex key>, or pass the path of a key file")
+            raise InputError(
+                f"{flag}: the environment variable {var or '(empty name)'} is not set",
+                hint=f"export {var or 'VAR'}=<hex key>, or pass the path of a key file",
+            )
         register_secret(value)
         try:
             key = bytes.fromhex(value.strip())
         except ValueError:
-            raise InputError(f"{flag}: the environment variable {var} does not hold a hex key",
-                             hint="put the key as hex digits in it, e.g. 32 digits for a 16-byte key") from None
+            raise InputError(
+                f"{flag}: the environment variable {var} does not hold a hex key",
+                hint="put the key as hex digits in it, e.g. 32 digits for a 16-byte key",
+            ) from None
         ck = CkptKey(key, mode, f"env:{var}")
     else:
         path = _key_path(spec, flag)
@@ -165,7 +180,7 @@ def _chunked(ctx, data: bytes) -> memoryview:
     out = bytearray(len(data) + 16)  # update_into needs room for one more cipher block
     src, dst, n = memoryview(data), memoryview(out), 0
     for i in range(0, len(data), CIPHER_CHUNK):
-        n += ctx.update_into(src[i:i + CIPHER_CHUNK], dst[n:])
+        n += ctx.update_into(src[i : i + CIPHER_CHUNK], dst[n:])
     return dst[:n]
 
 
@@ -284,11 +299,15 @@ def unverified_warning(name: str, mode: str | None, crc: bool, values_read: bool
     if mode not in UNAUTHENTICATED or (crc and values_read):
         return None
     if crc:
-        return (f"{name}: {mode} has no integrity check and no tensor data was read; its CRC trailer is checked "
-                "when the tensors are read (checksum --tensors, from-ckpt)")
-    return (f"{name}: {mode} has no integrity check, so altered or damaged tensor values go undetected (only the "
-            "file's structure was checked); AES-GCM detects them (to-ckpt --enc-mode AES-GCM), and so does a "
-            "CRC trailer (to-ckpt --crc)")
+        return (
+            f"{name}: {mode} has no integrity check and no tensor data was read; its CRC trailer is checked "
+            "when the tensors are read (checksum --tensors, from-ckpt)"
+        )
+    return (
+        f"{name}: {mode} has no integrity check, so altered or damaged tensor values go undetected (only the "
+        "file's structure was checked); AES-GCM detects them (to-ckpt --enc-mode AES-GCM), and so does a "
+        "CRC trailer (to-ckpt --crc)"
+    )
 
 
 def sniff_mode(head: bytes) -> str | None:
@@ -308,8 +327,11 @@ class DecryptedFile:
         if self.mode is None:
             raise InputError("not an encrypted MindSpore checkpoint (unknown magic)", path=path)
         if key.mode is not None and key.mode != self.mode:
-            raise InputError(f"the file is encrypted with {self.mode}, not {key.mode}", path=path,
-                             hint=f"pass --dec-mode {self.mode} (or leave --dec-mode out: it is read from the file)")
+            raise InputError(
+                f"the file is encrypted with {self.mode}, not {key.mode}",
+                path=path,
+                hint=f"pass --dec-mode {self.mode} (or leave --dec-mode out: it is read from the file)",
+            )
         key.check(self.mode)
         self.blocks: list[_Block] = []
         pos = plain = 0
@@ -328,15 +350,21 @@ class DecryptedFile:
         self._cached: tuple[int, memoryview] | None = None
 
     def _fail(self, at: int, what: str) -> InputError:
-        return InputError(f"corrupt encrypted checkpoint at byte {at}: {what}", path=self.path,
-                          hint="the file is truncated or damaged; download or convert it again")
+        return InputError(
+            f"corrupt encrypted checkpoint at byte {at}: {what}",
+            path=self.path,
+            hint="the file is truncated or damaged; download or convert it again",
+        )
 
     def _short(self, b: _Block, plain_len: int | None = None) -> InputError:
         """A block whose plaintext length breaks MindSpore's layout (every block but the last holds exactly
         :data:`BLOCK_PLAIN` bytes): for CBC, a damaged block whose padding still looks valid."""
         n = b.plain_len if plain_len is None else plain_len
-        return self._fail(b.at, f"the block holds {n} bytes of plaintext; every block but the last holds "
-                                f"{BLOCK_PLAIN} (and the last no more)")
+        return self._fail(
+            b.at,
+            f"the block holds {n} bytes of plaintext; every block but the last holds "
+            f"{BLOCK_PLAIN} (and the last no more)",
+        )
 
     def _read_header(self, at: int, size: int) -> _Block:
         gcm = self.mode == "AES-GCM"
@@ -346,7 +374,7 @@ class DecryptedFile:
         magic = struct.unpack_from("<I", fixed)[0]
         if magic != MAGICS[self.mode]:
             raise self._fail(at, f"expected the {self.mode} block magic, found {fixed[:4].hex()}")
-        tag = fixed[4:4 + TAG_BYTES] if gcm else b""
+        tag = fixed[4 : 4 + TAG_BYTES] if gcm else b""
         block_size, iv_len = struct.unpack_from("<II", fixed, len(fixed) - 8)
         if iv_len != IV_BYTES:
             raise self._fail(at, f"IV length {iv_len} (MindSpore writes {IV_BYTES})")
@@ -365,8 +393,11 @@ class DecryptedFile:
         return _Block(at, ct, ct_len, rest[:IV_BYTES], tag, 0, 0)
 
     def _wrong_key(self, b: _Block, why: str) -> InputError:
-        return InputError(f"cannot decrypt the block at byte {b.at} ({why}): wrong key or mode, or the file was "
-                          "modified", path=self.path, hint=f"check the key ({self.key.source}) and the file")
+        return InputError(
+            f"cannot decrypt the block at byte {b.at} ({why}): wrong key or mode, or the file was modified",
+            path=self.path,
+            hint=f"check the key ({self.key.source}) and the file",
+        )
 
     def _cbc_pad(self, b: _Block) -> int:
         """PKCS#7 padding of a CBC block, from its last 16 bytes alone (so the index is cheap)."""
@@ -401,7 +432,7 @@ class DecryptedFile:
                 raise self._wrong_key(b, "the AES-GCM tag does not match") from None
         else:
             dec = _cbc(self.mode, self.key.key, b.iv).decryptor()
-            plain = _chunked(dec, ct)[:b.plain_len]  # the padding was checked when indexing
+            plain = _chunked(dec, ct)[: b.plain_len]  # the padding was checked when indexing
             del ct
             dec.finalize()
         self._cached = (i, plain)
@@ -413,13 +444,14 @@ class DecryptedFile:
         i = self._block_at(offset)
         while done < len(view):
             if i >= len(self.blocks):
-                raise InputError(f"read past the end of the decrypted checkpoint (byte {offset + done})",
-                                 path=self.path)
+                raise InputError(
+                    f"read past the end of the decrypted checkpoint (byte {offset + done})", path=self.path
+                )
             b = self.blocks[i]
             plain = self._decrypt(i)
             start = offset + done - b.plain_at
             n = min(len(view) - done, b.plain_len - start)
-            view[done:done + n] = plain[start:start + n]
+            view[done : done + n] = plain[start : start + n]
             done += n
             i += 1
 

@@ -69,8 +69,9 @@ class _Cursor:
         n = self.varint(limit)
         if self.pos + n > limit:
             where = "the file ends" if limit == self.end else "its message ends"
-            raise _Corrupt(at, f"a field of {n} bytes runs past the end ({where} at byte {limit})",
-                           truncated=limit == self.end)
+            raise _Corrupt(
+                at, f"a field of {n} bytes runs past the end ({where} at byte {limit})", truncated=limit == self.end
+            )
         return n
 
     def read(self, n: int) -> bytes:
@@ -173,10 +174,13 @@ class _PlainFile:
     def readinto(self, view: memoryview, offset: int) -> None:
         done = 0
         while done < len(view):
-            got = os.preadv(self.fd, [view[done:done + READ_CHUNK]], offset + done)
+            got = os.preadv(self.fd, [view[done : done + READ_CHUNK]], offset + done)
             if not got:
-                raise InputError(f"file shrank while reading (at byte {offset + done})", path=self.path,
-                                 hint="do not change the file while llmkit reads it")
+                raise InputError(
+                    f"file shrank while reading (at byte {offset + done})",
+                    path=self.path,
+                    hint="do not change the file while llmkit reads it",
+                )
             done += got
 
 
@@ -197,9 +201,9 @@ class _Buffered:
 
     def read(self, n: int) -> bytes:
         start = self.pos - self.buf_at
-        if not (0 <= start and start + n <= len(self.buf)):
+        if not (start >= 0 and start + n <= len(self.buf)):
             self.buf, self.buf_at, start = self.plain.pread(max(n, self.CHUNK), self.pos), self.pos, 0
-        data = self.buf[start:start + n]
+        data = self.buf[start : start + n]
         self.pos += len(data)
         return data
 
@@ -220,8 +224,11 @@ class CkptFile(TensorFile):
         try:
             self.encryption = sniff_mode(os.pread(self._fd, 4, 0))
             if self.encryption is not None and key is None:
-                raise InputError(f"this checkpoint is encrypted ({self.encryption})", path=path,
-                                 hint="pass --dec-key with its key (a key file, or env:VAR holding hex)")
+                raise InputError(
+                    f"this checkpoint is encrypted ({self.encryption})",
+                    path=path,
+                    hint="pass --dec-key with its key (a key file, or env:VAR holding hex)",
+                )
             self._plain = DecryptedFile(self._fd, path, key) if self.encryption else _PlainFile(self._fd, path)
             self._open()
         except BaseException:
@@ -229,8 +236,11 @@ class CkptFile(TensorFile):
             raise
 
     def _fail(self, offset: int, what: str, truncated: bool = False) -> InputError:
-        hint = ("the file is truncated; download or convert it again" if truncated
-                else "the file is damaged or not a MindSpore checkpoint; download or convert it again")
+        hint = (
+            "the file is truncated; download or convert it again"
+            if truncated
+            else "the file is damaged or not a MindSpore checkpoint; download or convert it again"
+        )
         if self.encryption:
             hint = f"wrong key or mode ({self.encryption}), or the file is damaged"
         return InputError(f"corrupt MindSpore checkpoint at byte {offset}: {what}", path=self.path, hint=hint)
@@ -241,12 +251,15 @@ class CkptFile(TensorFile):
         self.end = size
         if size >= CRC_TRAILER_BYTES:
             tail = self._plain.pread(CRC_TRAILER_BYTES, size - CRC_TRAILER_BYTES)
-            if tail[:len(CRC_MAGIC)] == CRC_MAGIC:  # MindSpore's loader strips such a trailer whenever present
-                self.crc = int.from_bytes(tail[len(CRC_MAGIC):], "big")
+            if tail[: len(CRC_MAGIC)] == CRC_MAGIC:  # MindSpore's loader strips such a trailer whenever present
+                self.crc = int.from_bytes(tail[len(CRC_MAGIC) :], "big")
                 self.end = size - CRC_TRAILER_BYTES
         if size == 0:
-            raise InputError("empty file: not a MindSpore checkpoint", path=self.path,
-                             hint="the file is truncated; download or convert it again")
+            raise InputError(
+                "empty file: not a MindSpore checkpoint",
+                path=self.path,
+                hint="the file is truncated; download or convert it again",
+            )
         self.infos: dict[str, TensorInfo] = {}
         self._pieces: dict[str, list[_Piece]] = {}
         types: dict[str, str] = {}
@@ -262,16 +275,23 @@ class CkptFile(TensorFile):
             if r.tag == last:  # a split tensor: same tag, same dims and type, more bytes
                 info = self.infos[r.tag]
                 if r.dims != info.shape or r.type != types[r.tag]:
-                    raise self._fail(start, f"split records of {r.tag!r} disagree: {types[r.tag]} "
-                                            f"{list(info.shape)} then {r.type} {list(r.dims)}")
+                    raise self._fail(
+                        start,
+                        f"split records of {r.tag!r} disagree: {types[r.tag]} "
+                        f"{list(info.shape)} then {r.type} {list(r.dims)}",
+                    )
                 self._pieces[r.tag].append(r.piece)
                 continue
             if r.tag in self.infos:
-                raise self._fail(start, f"tensor {r.tag!r} appears twice (first at byte "
-                                        f"{self._pieces[r.tag][0].record})")
+                raise self._fail(
+                    start, f"tensor {r.tag!r} appears twice (first at byte {self._pieces[r.tag][0].record})"
+                )
             if r.type not in MS_TO_TORCH:
-                raise self._fail(start, f"tensor {r.tag!r} has tensor type {r.type!r}, which llmkit cannot "
-                                        f"read (known: {', '.join(MS_TO_TORCH)})")
+                raise self._fail(
+                    start,
+                    f"tensor {r.tag!r} has tensor type {r.type!r}, which llmkit cannot "
+                    f"read (known: {', '.join(MS_TO_TORCH)})",
+                )
             self.infos[r.tag] = TensorInfo(r.tag, MS_TO_TORCH[r.type], r.dims, self.path)
             self._pieces[r.tag] = [r.piece]
             types[r.tag] = r.type
@@ -279,9 +299,11 @@ class CkptFile(TensorFile):
         for name, info in self.infos.items():
             have = sum(p.length for p in self._pieces[name])
             if have != info.nbytes:
-                raise self._fail(self._pieces[name][0].record,
-                                 f"tensor {name!r} ({types[name]} {list(info.shape)}) needs {info.nbytes} bytes "
-                                 f"of data, its record(s) hold {have}")
+                raise self._fail(
+                    self._pieces[name][0].record,
+                    f"tensor {name!r} ({types[name]} {list(info.shape)}) needs {info.nbytes} bytes "
+                    f"of data, its record(s) hold {have}",
+                )
         self._crc_pos = 0  # the running CRC covers bytes [0, _crc_pos)
         self._crc_sum = 0
 
@@ -295,7 +317,7 @@ class CkptFile(TensorFile):
         view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()) if info.nbytes else memoryview(b"")
         done = 0
         for p in self._pieces[name]:
-            part = view[done:done + p.length]
+            part = view[done : done + p.length]
             self._plain.readinto(part, p.data)
             if self.crc is not None and p.record == self._crc_pos:
                 self._crc_sum = zlib.crc32(self._plain.pread(p.data - p.record, p.record), self._crc_sum)
@@ -323,9 +345,12 @@ class CkptFile(TensorFile):
 
     def _judge_crc(self) -> None:
         if self._crc_sum != self.crc:
-            raise InputError(f"CRC mismatch: the trailer at byte {self.end} says {self.crc:#010x}, the content "
-                             f"gives {self._crc_sum:#010x}", path=self.path,
-                             hint="the file is damaged; download or convert it again")
+            raise InputError(
+                f"CRC mismatch: the trailer at byte {self.end} says {self.crc:#010x}, the content "
+                f"gives {self._crc_sum:#010x}",
+                path=self.path,
+                hint="the file is damaged; download or convert it again",
+            )
 
     def integrity_warning(self, values_read: bool = True) -> str | None:
         """The warning a read of this file carries when its cipher cannot authenticate the values (AES-CBC,

@@ -11,30 +11,47 @@ is in and its size checks out; nothing else in that folder is touched
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
 from llmkit.errors import InputError
 from llmkit.io.ckpt import CkptLayout
 from llmkit.io.destination import ensure_output_file_is_new
-from llmkit.io.staging import StagedFile
 from llmkit.io.layouts import TensorSpec
 from llmkit.io.sinks import ShardSetWriter, register_sink
+from llmkit.io.staging import StagedFile
 from llmkit.units import check_space, free_bytes
 
 
 class CkptSink(ShardSetWriter):
     """Write planned tensors, in plan order, as the one ``.ckpt`` file ``path``; a context manager."""
 
-    def __init__(self, path: str | os.PathLike, specs: list[TensorSpec], *, force: bool = False,
-                 inputs: Iterable[str | os.PathLike | None] | None = None, extra_bytes: int = 0, crc: bool = False,
-                 enc_key: Any = None, enc_mode: str = "AES-GCM"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        specs: list[TensorSpec],
+        *,
+        force: bool = False,
+        inputs: Iterable[str | os.PathLike | None] | None = None,
+        extra_bytes: int = 0,
+        crc: bool = False,
+        enc_key: Any = None,
+        enc_mode: str = "AES-GCM",
+    ):
         self.path = Path(path)
         layout = CkptLayout(crc, enc_key, enc_mode)
-        super().__init__(self.path.parent, [(self.path.name, list(specs))], fmt="ckpt", layout=layout,
-                         force=force, metadata={}, inputs=inputs)
+        super().__init__(
+            self.path.parent,
+            [(self.path.name, list(specs))],
+            fmt="ckpt",
+            layout=layout,
+            force=force,
+            metadata={},
+            inputs=inputs,
+        )
         self.total_size = layout.file_size(list(specs))  # file bytes: records and trailer, or encrypted blocks
         self._names = {s.name for s in specs}
         self._check_destination(extra_bytes)
@@ -63,7 +80,9 @@ class CkptSink(ShardSetWriter):
 
 
 @register_sink("ckpt")
-def _ckpt_sink(out, specs, *, force=False, inputs=None, extra_bytes=0, crc=False, enc_key=None,
-               enc_mode="AES-GCM") -> CkptSink:
-    return CkptSink(out, specs, force=force, inputs=inputs, extra_bytes=extra_bytes, crc=crc, enc_key=enc_key,
-                    enc_mode=enc_mode)
+def _ckpt_sink(
+    out, specs, *, force=False, inputs=None, extra_bytes=0, crc=False, enc_key=None, enc_mode="AES-GCM"
+) -> CkptSink:
+    return CkptSink(
+        out, specs, force=force, inputs=inputs, extra_bytes=extra_bytes, crc=crc, enc_key=enc_key, enc_mode=enc_mode
+    )

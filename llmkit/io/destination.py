@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from llmkit.errors import InputError, OutputExistsError, writing
 
@@ -43,8 +43,11 @@ def check_output_path(out_dir: str | os.PathLike) -> None:
     (``mkdir`` would fail with "File exists" or loop), or a file (no folder can go inside it).
     """
     if str(out_dir) == "-":
-        raise InputError("-o - (standard output) is not possible here: this command writes a folder or a file",
-                         path="-", hint="name an output path, e.g. -o ./out")
+        raise InputError(
+            "-o - (standard output) is not possible here: this command writes a folder or a file",
+            path="-",
+            hint="name an output path, e.g. -o ./out",
+        )
     out = Path(out_dir)
     for p in (out, *out.parents):
         if not os.path.lexists(p):
@@ -52,15 +55,20 @@ def check_output_path(out_dir: str | os.PathLike) -> None:
         problem = broken_link(p)
         if problem is not None:
             what = "the output path" if p == out else f"{p} (on the output path)"
-            hint = ("remove the link, or create the folder it points to first" if "dangling" in problem
-                    else "remove the link or choose another -o")
+            hint = (
+                "remove the link, or create the folder it points to first"
+                if "dangling" in problem
+                else "remove the link or choose another -o"
+            )
             raise InputError(f"{what} {problem}", path=out_dir, hint=hint)
         if not p.is_dir():
             if p == out:
-                raise OutputExistsError("output path exists and is not a folder", path=out_dir,
-                                        hint="choose another -o")
-            raise InputError(f"{p} is a file, so no output folder can be made inside it", path=out_dir,
-                             hint="choose another -o")
+                raise OutputExistsError(
+                    "output path exists and is not a folder", path=out_dir, hint="choose another -o"
+                )
+            raise InputError(
+                f"{p} is a file, so no output folder can be made inside it", path=out_dir, hint="choose another -o"
+            )
         return
 
 
@@ -80,14 +88,23 @@ def ensure_output_is_new(out_dir: Path, inputs: Iterable[str | os.PathLike | Non
         if src.is_dir():
             if out == src or src in out.parents:
                 where = f"is an input folder ({p})" if out == src else f"is inside the input folder {p}"
-                raise InputError(f"the output folder {where}", path=out_dir,
-                                 hint="choose an -o outside the inputs; llmkit never writes into its inputs")
+                raise InputError(
+                    f"the output folder {where}",
+                    path=out_dir,
+                    hint="choose an -o outside the inputs; llmkit never writes into its inputs",
+                )
             if out in src.parents:
-                raise InputError(f"the output folder contains the input folder {p}", path=out_dir,
-                                 hint="choose an -o that is not a parent of an input")
+                raise InputError(
+                    f"the output folder contains the input folder {p}",
+                    path=out_dir,
+                    hint="choose an -o that is not a parent of an input",
+                )
         elif out == src.parent or out == src:
-            raise InputError(f"the output folder is the folder of the input {p}", path=out_dir,
-                             hint="choose another -o; llmkit never writes beside or over its inputs")
+            raise InputError(
+                f"the output folder is the folder of the input {p}",
+                path=out_dir,
+                hint="choose another -o; llmkit never writes beside or over its inputs",
+            )
 
 
 def ensure_output_file_is_new(out_file: Path, inputs: Iterable[str | os.PathLike | None]) -> None:
@@ -101,12 +118,16 @@ def ensure_output_file_is_new(out_file: Path, inputs: Iterable[str | os.PathLike
     if problem is not None:
         raise InputError(f"the output path {problem}", path=out_file, hint="remove the link or choose another -o")
     if out_file.is_dir():
-        raise OutputExistsError("the output path is a folder; this command writes one file", path=out_file,
-                                hint=f"name the file, e.g. -o {out_file / 'model.ckpt'}")
+        raise OutputExistsError(
+            "the output path is a folder; this command writes one file",
+            path=out_file,
+            hint=f"name the file, e.g. -o {out_file / 'model.ckpt'}",
+        )
     parent = out_file.parent
     if parent.exists() and not parent.is_dir():
-        raise InputError(f"{parent} is a file, so no output file can be made inside it", path=out_file,
-                         hint="choose another -o")
+        raise InputError(
+            f"{parent} is a file, so no output file can be made inside it", path=out_file, hint="choose another -o"
+        )
     check_output_path(parent)
     out = Path(os.path.realpath(out_file))
     for p in inputs:
@@ -114,11 +135,17 @@ def ensure_output_file_is_new(out_file: Path, inputs: Iterable[str | os.PathLike
             continue
         src = Path(os.path.realpath(p))
         if out == src:
-            raise InputError(f"the output file is the input {p}", path=out_file,
-                             hint="choose another -o; llmkit never writes over its inputs")
+            raise InputError(
+                f"the output file is the input {p}",
+                path=out_file,
+                hint="choose another -o; llmkit never writes over its inputs",
+            )
         if src.is_dir() and src in out.parents:
-            raise InputError(f"the output file is inside the input folder {p}", path=out_file,
-                             hint="choose an -o outside the inputs; llmkit never writes into its inputs")
+            raise InputError(
+                f"the output file is inside the input folder {p}",
+                path=out_file,
+                hint="choose an -o outside the inputs; llmkit never writes into its inputs",
+            )
 
 
 def make_folder(path: Path) -> list[Path]:

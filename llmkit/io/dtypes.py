@@ -7,8 +7,9 @@ line can show and check them at start-up; the torch tables (``ST_TO_TORCH``, ``T
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import InputError
 
@@ -70,8 +71,9 @@ def _torch_tables() -> dict[str, Any]:
 
 
 def __getattr__(name: str) -> Any:
-    tables = _torch_tables() if name in ("ST_TO_TORCH", "TORCH_TO_ST", "CLI_DTYPES", "DTYPE_CHOICES",
-                                         "CONFIG_NAMES") else {}
+    tables = (
+        _torch_tables() if name in ("ST_TO_TORCH", "TORCH_TO_ST", "CLI_DTYPES", "DTYPE_CHOICES", "CONFIG_NAMES") else {}
+    )
     if name in tables:
         return tables[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -118,8 +118,9 @@ def loads_finite(text: str) -> object:
     return value
 
 
-def parse_json(data: bytes | str, path: str | os.PathLike, *, what: str | None = None, expect: type = dict,
-               hint: str | None = None) -> object:
+def parse_json(
+    data: bytes | str, path: str | os.PathLike, *, what: str | None = None, expect: type = dict, hint: str | None = None
+) -> object:
     """Parse ``data`` (the content of ``path``) and check that it is a JSON ``expect`` (dict or list)."""
     name = what or Path(path).name
     if isinstance(data, bytes):
@@ -132,25 +133,31 @@ def parse_json(data: bytes | str, path: str | os.PathLike, *, what: str | None =
     except NonFiniteNumber as e:
         raise InputError(e.describe(name), path=path, hint=hint or _DAMAGED) from None
     except json.JSONDecodeError as e:
-        raise InputError(f"{name} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", path=path,
-                         hint=hint or _DAMAGED) from None
+        raise InputError(
+            f"{name} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", path=path, hint=hint or _DAMAGED
+        ) from None
     except ValueError:  # Python refuses integers of over 4300 digits
-        raise InputError(f"{name} holds a number too long to read (over 4300 digits)", path=path,
-                         hint=hint or _DAMAGED) from None
+        raise InputError(
+            f"{name} holds a number too long to read (over 4300 digits)", path=path, hint=hint or _DAMAGED
+        ) from None
     except RecursionError:
         raise InputError(f"{name} is nested too deeply to be read", path=path, hint=hint or _DAMAGED) from None
     if not isinstance(value, expect):
         wanted = json_kind(expect())
-        raise InputError(f"{name} must hold a JSON {wanted.split(' ', 1)[1]}, found {json_kind(value)}",
-                         path=path, hint=hint or _DAMAGED)
+        raise InputError(
+            f"{name} must hold a JSON {wanted.split(' ', 1)[1]}, found {json_kind(value)}",
+            path=path,
+            hint=hint or _DAMAGED,
+        )
     if isinstance(value, dict):
         value = JsonObject(value)
         value.path = Path(path)
     return value
 
 
-def read_json(path: str | os.PathLike, *, what: str | None = None, expect: type = dict,
-              hint: str | None = None) -> object:
+def read_json(
+    path: str | os.PathLike, *, what: str | None = None, expect: type = dict, hint: str | None = None
+) -> object:
     """Read and parse the JSON file ``path``; any problem is an :class:`InputError` naming it."""
     p = Path(path)
     name = what or p.name
@@ -162,8 +169,9 @@ def read_json(path: str | os.PathLike, *, what: str | None = None, expect: type 
         raise InputError(f"{name} is a folder, not a file", path=p, hint="remove or rename that folder") from None
     except FileNotFoundError:
         if os.path.islink(p):
-            raise InputError(f"{name} is a dangling symlink (to {os.readlink(p)})", path=p,
-                             hint="fix or remove the link") from None
+            raise InputError(
+                f"{name} is a dangling symlink (to {os.readlink(p)})", path=p, hint="fix or remove the link"
+            ) from None
         raise InputError(f"{name} does not exist", path=p, hint="check the path") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
@@ -178,19 +186,24 @@ def int_field(obj: dict, key: str, *, path: str | os.PathLike | None = None, pos
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or (positive and value <= 0):
-        raise InputError(f"{key} must be a {'positive ' if positive else ''}integer, found {json.dumps(value)[:40]}",
-                         path=path, hint="the file is damaged or was edited by hand; download it again")
+        raise InputError(
+            f"{key} must be a {'positive ' if positive else ''}integer, found {json.dumps(value)[:40]}",
+            path=path,
+            hint="the file is damaged or was edited by hand; download it again",
+        )
     return value
 
 
-def number_field(obj: dict, key: str, *, path: str | os.PathLike | None = None,
-                 positive: bool = True) -> float | None:
+def number_field(obj: dict, key: str, *, path: str | os.PathLike | None = None, positive: bool = True) -> float | None:
     """``obj[key]`` as a number (an int or a float, never a bool or a string), None when absent or null;
     an InputError naming ``path`` and ``key`` when it is not one."""
     value = obj.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and not value > 0):
-        raise InputError(f"{key} must be a {'positive ' if positive else ''}number, found {json.dumps(value)[:40]}",
-                         path=path, hint="the file is damaged or was edited by hand; download it again")
+        raise InputError(
+            f"{key} must be a {'positive ' if positive else ''}number, found {json.dumps(value)[:40]}",
+            path=path,
+            hint="the file is damaged or was edited by hand; download it again",
+        )
     return float(value)

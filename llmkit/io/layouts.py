@@ -75,7 +75,7 @@ class FileLayout:
     def write_tensor(self, f: BinaryIO, start: FileStart, name: str, data: memoryview) -> None:
         f.seek(start.offsets[name])
         for i in range(0, len(data), WRITE_SLICE):
-            f.write(data[i:i + WRITE_SLICE])
+            f.write(data[i : i + WRITE_SLICE])
 
     def finish(self, f: BinaryIO, start: FileStart, crcs: dict[str, int]) -> None:
         """Patch what is known only when every tensor is in (``crcs``: tensor name -> CRC-32)."""
@@ -88,8 +88,11 @@ def safetensors_header(specs: list[TensorSpec], metadata: dict[str, str] | None)
         header["__metadata__"] = metadata
     offset = 0
     for s in specs:
-        header[s.name] = {"dtype": st_code(s.dtype), "shape": list(s.shape),
-                          "data_offsets": [offset, offset + s.nbytes]}
+        header[s.name] = {
+            "dtype": st_code(s.dtype),
+            "shape": list(s.shape),
+            "data_offsets": [offset, offset + s.nbytes],
+        }
         offset += s.nbytes
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     raw += b" " * (-len(raw) % 8)
@@ -186,6 +189,7 @@ class _WriteRecorder:
             except OSError as e:
                 self.error = e
                 raise
+
         return call
 
 

@@ -29,9 +29,17 @@ from llmkit.errors import InputError
 from llmkit.io.jsonfile import int_field
 
 EMBED, NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
-LAYER_TENSORS = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-                 "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
-                 "input_layernorm.weight", "post_attention_layernorm.weight")
+LAYER_TENSORS = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+)
 _HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 _META_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 _BUFFER = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^rope\.freqs$")
@@ -42,11 +50,28 @@ _SHARD_FILE = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|b
 # lamb_m/lamb_v, RMSProp mean_square/mean_grad/moment, Adagrad/SGD accum, SGD stat, Rprop prev/step_size,
 # ASGD ax_/mu_/eta_, MindFormers' gradient accumulation accu_grads), and the scalars of the optimizers,
 # the training loop and the loss-scale cells.
-_STATE_PREFIX = re.compile(r"^((adam_m|adam_v|moment1|moment2|moments|moment|linear|lamb_m|lamb_v|mean_square|"
-                           r"mean_grad|accum|accu_grads|stat|prev|step_size|ax_)\.|(mu|eta)_).")
-_STATE_NAMES = frozenset({"global_step", "learning_rate", "momentum", "beta1_power", "beta2_power", "fake_lr",
-                          "fake_param", "scale_sense", "loss_scale", "current_iterator_step",
-                          "last_overflow_iterator_step", "scale_window_down_count", "epoch_num", "step_num"})
+_STATE_PREFIX = re.compile(
+    r"^((adam_m|adam_v|moment1|moment2|moments|moment|linear|lamb_m|lamb_v|mean_square|"
+    r"mean_grad|accum|accu_grads|stat|prev|step_size|ax_)\.|(mu|eta)_)."
+)
+_STATE_NAMES = frozenset(
+    {
+        "global_step",
+        "learning_rate",
+        "momentum",
+        "beta1_power",
+        "beta2_power",
+        "fake_lr",
+        "fake_param",
+        "scale_sense",
+        "loss_scale",
+        "current_iterator_step",
+        "last_overflow_iterator_step",
+        "scale_window_down_count",
+        "epoch_num",
+        "step_num",
+    }
+)
 _TYPO_CUTOFF = 0.9  # difflib ratio: one damaged byte in a name of 10+ characters stays above it
 _FIX = "the file is incomplete or damaged; download or convert it again"
 
@@ -114,8 +139,15 @@ def _sizes(cfg: dict, path) -> tuple[int, int, int, int, int, int, int] | None:
     if any(v is None for v in values.values()):
         return None
     hidden, heads = values["hidden_size"], values["num_attention_heads"]
-    return (hidden, heads, kv or heads, head_dim or hidden // heads, values["num_hidden_layers"],
-            values["vocab_size"], values["intermediate_size"])
+    return (
+        hidden,
+        heads,
+        kv or heads,
+        head_dim or hidden // heads,
+        values["num_hidden_layers"],
+        values["vocab_size"],
+        values["intermediate_size"],
+    )
 
 
 def llama_shapes(cfg: dict, path=None) -> dict[str, tuple[int, ...]]:
@@ -123,20 +155,29 @@ def llama_shapes(cfg: dict, path=None) -> dict[str, tuple[int, ...]]:
     positive integer is an :class:`InputError` naming ``path``."""
     sizes = _sizes(cfg, path)
     if sizes is None:
-        missing = next(k for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size",
-                                   "intermediate_size") if cfg.get(k) is None)
+        missing = next(
+            k
+            for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size", "intermediate_size")
+            if cfg.get(k) is None
+        )
         raise InputError(f"config has no {missing}", path=path, hint="pass the model's own config.json")
     hidden, heads, kv, head_dim, layers, vocab, inter = sizes
     out: dict[str, tuple[int, ...]] = {EMBED: (vocab, hidden)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        out.update({p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
-                    p + "self_attn.k_proj.weight": (kv * head_dim, hidden),
-                    p + "self_attn.v_proj.weight": (kv * head_dim, hidden),
-                    p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
-                    p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
-                    p + "mlp.down_proj.weight": (hidden, inter),
-                    p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,)})
+        out.update(
+            {
+                p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
+                p + "self_attn.k_proj.weight": (kv * head_dim, hidden),
+                p + "self_attn.v_proj.weight": (kv * head_dim, hidden),
+                p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+                p + "mlp.gate_proj.weight": (inter, hidden),
+                p + "mlp.up_proj.weight": (inter, hidden),
+                p + "mlp.down_proj.weight": (hidden, inter),
+                p + "input_layernorm.weight": (hidden,),
+                p + "post_attention_layernorm.weight": (hidden,),
+            }
+        )
     out[NORM] = (hidden,)
     if not cfg.get("tie_word_embeddings", False):
         out[LM_HEAD] = (vocab, hidden)
@@ -205,8 +246,10 @@ def _damaged(unknown: list[str], want: Expected, naming: str, present: set[str],
     for name in unknown:
         if name.endswith(".bias") and name[:-5] + ".weight" in rendered:
             continue  # a bias beside an expected linear weight (attention_bias / mlp_bias), not a typo
-        close = (difflib.get_close_matches(name, absent, n=1, cutoff=_TYPO_CUTOFF)  # the one it stands for, first
-                 or difflib.get_close_matches(name, list(rendered), n=1, cutoff=_TYPO_CUTOFF))
+        close = (
+            difflib.get_close_matches(name, absent, n=1, cutoff=_TYPO_CUTOFF)  # the one it stands for, first
+            or difflib.get_close_matches(name, list(rendered), n=1, cutoff=_TYPO_CUTOFF)
+        )
         if close:
             if rendered[close[0]] not in present:
                 text = f"lacks {close[0]!r}; its tensor {name!r} looks like a damaged name of it"
@@ -215,8 +258,15 @@ def _damaged(unknown: list[str], want: Expected, naming: str, present: set[str],
             raise InputError(text, path=path, hint=_FIX)
 
 
-def check_tensors(shapes: dict[str, tuple[int, ...]], *, path, cfg: dict | None = None, config_path=None,
-                  described: str = "its config.json", judge_shapes: bool = True) -> Findings:
+def check_tensors(
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    path,
+    cfg: dict | None = None,
+    config_path=None,
+    described: str = "its config.json",
+    judge_shapes: bool = True,
+) -> Findings:
     """Refuse (:class:`InputError` naming ``path``) a LLaMA whose weights (stored name -> shape, any naming)
     are not exactly those ``cfg`` (or, without one, its names) describe; sort the other tensors.
     ``judge_shapes=False``: names only (inspect reports a config that disagrees with the shapes itself)."""
@@ -226,8 +276,11 @@ def check_tensors(shapes: dict[str, tuple[int, ...]], *, path, cfg: dict | None 
         hf = hf_name(name)
         if hf is not None:
             if hf in hf_of:
-                raise InputError(f"tensors {hf_of[hf]!r} and {name!r} are the same weight ({hf}) twice", path=path,
-                                 hint="the model mixes two namings or was assembled twice; keep one copy")
+                raise InputError(
+                    f"tensors {hf_of[hf]!r} and {name!r} are the same weight ({hf}) twice",
+                    path=path,
+                    hint="the model mixes two namings or was assembled twice; keep one copy",
+                )
             hf_of[hf] = name
         elif is_buffer(name):
             found.buffers.append(name)
@@ -244,21 +297,32 @@ def check_tensors(shapes: dict[str, tuple[int, ...]], *, path, cfg: dict | None 
         shown = [_render(n, naming) for n in missing]
         hint = _FIX
         if missing == [LM_HEAD] and cfg is None:
-            hint = ("if the model ties lm_head to its embedding, put its config.json (tie_word_embeddings: true) "
-                    "beside it; else " + _FIX)
-        raise InputError(f"lacks {len(missing)} tensor(s) of a complete LLaMA (per {want.described}): {_few(shown)}",
-                         path=path, hint=hint)
+            hint = (
+                "if the model ties lm_head to its embedding, put its config.json (tie_word_embeddings: true) "
+                "beside it; else " + _FIX
+            )
+        raise InputError(
+            f"lacks {len(missing)} tensor(s) of a complete LLaMA (per {want.described}): {_few(shown)}",
+            path=path,
+            hint=hint,
+        )
     extra = [stored for hf, stored in hf_of.items() if hf not in want.shapes]
     if extra:
         layers = cfg.get("num_hidden_layers") if cfg else None
-        raise InputError(f"holds {len(extra)} tensor(s) a complete LLaMA (per {want.described}) does not have: "
-                         f"{_few(extra)}" + (f" (num_hidden_layers={layers})" if layers else ""), path=path,
-                         hint="pass the config.json of these weights, or use the weights of this config")
+        raise InputError(
+            f"holds {len(extra)} tensor(s) a complete LLaMA (per {want.described}) does not have: "
+            f"{_few(extra)}" + (f" (num_hidden_layers={layers})" if layers else ""),
+            path=path,
+            hint="pass the config.json of these weights, or use the weights of this config",
+        )
     for hf, shape in want.shapes.items() if judge_shapes else ():
         stored = hf_of.get(hf)
         if shape is not None and stored is not None and tuple(shapes[stored]) != shape:
-            raise InputError(f"{stored} has shape {list(shapes[stored])} but {want.described} gives {list(shape)}",
-                             path=path, hint="pass the config.json of these weights, or " + _FIX)
+            raise InputError(
+                f"{stored} has shape {list(shapes[stored])} but {want.described} gives {list(shape)}",
+                path=path,
+                hint="pass the config.json of these weights, or " + _FIX,
+            )
     return found
 
 
@@ -284,11 +348,17 @@ def meta_config(params: dict | None, shapes: dict[str, tuple[int, ...]]) -> dict
     embed = shapes.get("tok_embeddings.weight")
     w1 = next((s for n, s in shapes.items() if n.endswith(".feed_forward.w1.weight") and len(s) == 2), None)
     vocab = params.get("vocab_size")
-    cfg = {"model_type": "llama", "hidden_size": params.get("dim"), "num_attention_heads": params.get("n_heads"),
-           "num_key_value_heads": params.get("n_kv_heads"), "num_hidden_layers": params.get("n_layers"),
-           "vocab_size": vocab if isinstance(vocab, int) and vocab > 0 else (embed[0] if embed and len(embed) == 2
-                                                                             else None),
-           "intermediate_size": w1[0] if w1 else None}
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": params.get("dim"),
+        "num_attention_heads": params.get("n_heads"),
+        "num_key_value_heads": params.get("n_kv_heads"),
+        "num_hidden_layers": params.get("n_layers"),
+        "vocab_size": vocab
+        if isinstance(vocab, int) and vocab > 0
+        else (embed[0] if embed and len(embed) == 2 else None),
+        "intermediate_size": w1[0] if w1 else None,
+    }
     return {k: v for k, v in cfg.items() if v is not None}
 
 
@@ -320,8 +390,13 @@ def check_source(src, *, cfg: dict | None = None, config_path=None, judge_shapes
     llama = says_llama(cfg)
     if llama is False:
         return None
-    if llama is None and not any((h := hf_name(n)) is not None and (h == EMBED or _HF_LAYER.match(h))
-                                 for n in shapes):
+    if llama is None and not any((h := hf_name(n)) is not None and (h == EMBED or _HF_LAYER.match(h)) for n in shapes):
         return None
-    return check_tensors(shapes, path=_message_path(src), cfg=cfg, config_path=config_path, described=described,
-                         judge_shapes=judge_shapes)
+    return check_tensors(
+        shapes,
+        path=_message_path(src),
+        cfg=cfg,
+        config_path=config_path,
+        described=described,
+        judge_shapes=judge_shapes,
+    )

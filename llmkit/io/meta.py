@@ -24,8 +24,8 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
 
@@ -76,8 +76,11 @@ def hf_to_meta_name(name: str, path: object = None) -> str | None:
     m = _HF_LAYER_RE.match(name)
     if m and m.group(2) in HF_TO_META_LAYER:
         return f"layers.{m.group(1)}.{HF_TO_META_LAYER[m.group(2)]}"
-    raise InputError(f"tensor {name!r} has no place in Meta's LLaMA layout", path=path,
-                     hint="--format pth handles LLaMA models only; write safetensors or bin instead")
+    raise InputError(
+        f"tensor {name!r} has no place in Meta's LLaMA layout",
+        path=path,
+        hint="--format pth handles LLaMA models only; write safetensors or bin instead",
+    )
 
 
 def meta_to_hf_name(name: str, path: object = None) -> str | None:
@@ -90,15 +93,24 @@ def meta_to_hf_name(name: str, path: object = None) -> str | None:
     m = _META_LAYER_RE.match(name)
     if m and m.group(2) in META_TO_HF_LAYER:
         return f"model.layers.{m.group(1)}.{META_TO_HF_LAYER[m.group(2)]}"
-    raise InputError(f"tensor {name!r} is not part of Meta's LLaMA layout", path=path,
-                     hint="from-meta reads Meta's consolidated.NN.pth files of a LLaMA model only")
+    raise InputError(
+        f"tensor {name!r} is not part of Meta's LLaMA layout",
+        path=path,
+        hint="from-meta reads Meta's consolidated.NN.pth files of a LLaMA model only",
+    )
 
 
 _HF_ROTARY = re.compile(r"(^|\.)self_attn\.(?P<role>[qk])_proj\.weight$")
 
 
-def check_rotary_heads(shapes: Mapping[str, tuple[int, ...]], heads: int, kv_heads: int, *, path: object = None,
-                       config: str = "config.json") -> None:
+def check_rotary_heads(
+    shapes: Mapping[str, tuple[int, ...]],
+    heads: int,
+    kv_heads: int,
+    *,
+    path: object = None,
+    config: str = "config.json",
+) -> None:
     """Before any output: every q/k projection (HF names) holds whole rotary pairs for its head count.
     ``path``: the config file the head counts come from (``config``: its kind), named by the error."""
     fields = ("n_heads", "n_kv_heads") if config == "params.json" else ("num_attention_heads", "num_key_value_heads")
@@ -108,16 +120,20 @@ def check_rotary_heads(shapes: Mapping[str, tuple[int, ...]], heads: int, kv_hea
             continue
         n, field = (heads, fields[0]) if m.group("role") == "q" else (kv_heads, fields[1])
         if len(shape) != 2 or n <= 0 or shape[0] % (2 * n):
-            raise InputError(f"{config} gives {n} heads ({field}), but {name} is {tuple(shape)}: its rows are not "
-                             f"a multiple of 2 x {n} (a rotary pair per head), so they cannot be permuted", path=path,
-                             hint=f"use the {config} of these weights")
+            raise InputError(
+                f"{config} gives {n} heads ({field}), but {name} is {tuple(shape)}: its rows are not "
+                f"a multiple of 2 x {n} (a rotary pair per head), so they cannot be permuted",
+                path=path,
+                hint=f"use the {config} of these weights",
+            )
 
 
 def _check_heads(w: torch.Tensor, n_heads: int) -> None:
     """The last line of defence (planning runs :func:`check_rotary_heads` first)."""
     if w.dim() != 2 or n_heads <= 0 or w.shape[0] % (2 * n_heads):
-        raise InputError(f"cannot permute a {tuple(w.shape)} tensor for {n_heads} heads "
-                         "(rows must be a multiple of 2 x heads)")
+        raise InputError(
+            f"cannot permute a {tuple(w.shape)} tensor for {n_heads} heads (rows must be a multiple of 2 x heads)"
+        )
 
 
 def permute_meta_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -149,8 +165,10 @@ def meta_split_sizes(name: str, shape: tuple[int, ...], parts: int) -> list[tupl
         pieces = [size // parts] * parts
         pieces[-1] += size % parts
     else:
-        raise InputError(f"{name}: dim {dim} of size {size} does not split into {parts} equal model-parallel parts",
-                         hint="choose another shard count")
+        raise InputError(
+            f"{name}: dim {dim} of size {size} does not split into {parts} equal model-parallel parts",
+            hint="choose another shard count",
+        )
     out = []
     for p in pieces:
         s = list(shape)
@@ -189,16 +207,24 @@ def meta_params(config: dict, path: object = None) -> dict:
     A setting of the wrong type is an InputError naming the file (``path``, else ``config.path`` when read
     by read_json)."""
     where = path if path is not None else getattr(config, "path", None)
-    sizes = {key: int_field(config, key, path=where) for key in ("hidden_size", "num_attention_heads",
-                                                                 "intermediate_size", "num_key_value_heads")}
+    sizes = {
+        key: int_field(config, key, path=where)
+        for key in ("hidden_size", "num_attention_heads", "intermediate_size", "num_key_value_heads")
+    }
     sizes["num_hidden_layers"] = int_field(config, "num_hidden_layers", path=where, positive=False)
     if sizes["num_hidden_layers"] is not None and sizes["num_hidden_layers"] < 0:  # 0: a model of no layers
-        raise InputError(f"num_hidden_layers must not be negative, found {sizes['num_hidden_layers']}", path=where,
-                         hint="the file is damaged or was edited by hand; download it again")
+        raise InputError(
+            f"num_hidden_layers must not be negative, found {sizes['num_hidden_layers']}",
+            path=where,
+            hint="the file is damaged or was edited by hand; download it again",
+        )
     dim, heads, layers = sizes["hidden_size"], sizes["num_attention_heads"], sizes["num_hidden_layers"]
     if dim is None or heads is None or layers is None:
-        raise InputError("config.json lacks hidden_size / num_attention_heads / num_hidden_layers", path=where,
-                         hint="--format pth needs a LLaMA config.json beside the base weights")
+        raise InputError(
+            "config.json lacks hidden_size / num_attention_heads / num_hidden_layers",
+            path=where,
+            hint="--format pth needs a LLaMA config.json beside the base weights",
+        )
     eps = number_field(config, "rms_norm_eps", path=where)
     params: dict = {"dim": dim}
     intermediate = sizes["intermediate_size"]
@@ -216,8 +242,7 @@ def meta_params(config: dict, path: object = None) -> dict:
 
 # ---------------------------------------------------------------- Meta consolidated.NN.pth
 
-_META_CAT_DIM0 = ("attention.wq.", "attention.wk.", "attention.wv.", "feed_forward.w1.", "feed_forward.w3.",
-                  "output.")
+_META_CAT_DIM0 = ("attention.wq.", "attention.wk.", "attention.wv.", "feed_forward.w1.", "feed_forward.w3.", "output.")
 _META_CAT_DIM1 = ("attention.wo.", "feed_forward.w2.", "tok_embeddings.")
 
 
@@ -247,10 +272,18 @@ class MetaSource(TensorSource):
         for other in shard_files[1:]:
             if set(other.infos) != set(first.infos):
                 missing = sorted(set(first.infos) ^ set(other.infos))[:3]
-                raise InputError(f"Meta shards disagree on tensor names (e.g. {', '.join(missing)})",
-                                 path=other.path, hint="all consolidated.NN.pth files must come from one model")
-        super().__init__(path=path, layout="meta-pth", files=list(shard_files),
-                         weight_map={k: first for k in first.infos}, folder=folder)
+                raise InputError(
+                    f"Meta shards disagree on tensor names (e.g. {', '.join(missing)})",
+                    path=other.path,
+                    hint="all consolidated.NN.pth files must come from one model",
+                )
+        super().__init__(
+            path=path,
+            layout="meta-pth",
+            files=list(shard_files),
+            weight_map=dict.fromkeys(first.infos, first),
+            folder=folder,
+        )
         self._joined: dict[str, TensorInfo] = {}
         for name, info in first.infos.items():
             dim = meta_shard_dim(name) if len(shard_files) > 1 else None
@@ -260,8 +293,9 @@ class MetaSource(TensorSource):
             self._joined[name] = TensorInfo(name, info.dtype, tuple(shape), path)
         if self.params is not None:
             checks.check_params_against_tensors(self.params, self._joined, folder / PARAMS_JSON)
-        settled, split_note = (True, None) if len(paths) == 1 else checks.uneven_split_order(
-            paths, [f.infos for f in shard_files])
+        settled, split_note = (
+            (True, None) if len(paths) == 1 else checks.uneven_split_order(paths, [f.infos for f in shard_files])
+        )
         if split_note is not None:
             self.warnings.append(split_note)
         self.shape_facts = checks.shape_facts(self._joined, len(paths))
@@ -270,10 +304,13 @@ class MetaSource(TensorSource):
         self.order_note: str | None = None
         if not settled:
             tables = checks.published_tables_for(self.shape_facts)
-            self.order_note = (checks.order_unverified(len(paths), []) if not tables else
-                               f"inspect reads headers only, so the order of the {len(paths)} shards is not checked "
-                               f"here: llmkit verify {folder} compares them with the published table "
-                               f"{tables[0].name} (from-meta, recover and merge-lora check it themselves)")
+            self.order_note = (
+                checks.order_unverified(len(paths), [])
+                if not tables
+                else f"inspect reads headers only, so the order of the {len(paths)} shards is not checked "
+                f"here: llmkit verify {folder} compares them with the published table "
+                f"{tables[0].name} (from-meta, recover and merge-lora check it themselves)"
+            )
             self.warnings.append(self.order_note)
 
     @staticmethod
@@ -322,13 +359,25 @@ class MetaShardWriter(ShardSetWriter):
     in any order; on a clean exit the files are checked and renamed to their final names.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, shard_specs: list[list[TensorSpec]], *, params: dict,
-                 force: bool = False, extra_bytes: int = 0,
-                 inputs: Iterable[str | os.PathLike | None] | None = None):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        shard_specs: list[list[TensorSpec]],
+        *,
+        params: dict,
+        force: bool = False,
+        extra_bytes: int = 0,
+        inputs: Iterable[str | os.PathLike | None] | None = None,
+    ):
         if not shard_specs:
             raise InputError("a Meta checkpoint needs at least one shard")
-        super().__init__(out_dir, [(meta_shard_name(i), specs) for i, specs in enumerate(shard_specs)],
-                         fmt="bin", force=force, inputs=inputs)
+        super().__init__(
+            out_dir,
+            [(meta_shard_name(i), specs) for i, specs in enumerate(shard_specs)],
+            fmt="bin",
+            force=force,
+            inputs=inputs,
+        )
         self.smaller_files = "write more, smaller shards (to-meta --shards, merge-lora --pth-shards)"
         self.own_files = OWN_FILES["meta-pth"]
         self.files.append(PARAMS_JSON)
@@ -350,19 +399,32 @@ class MetaPthSink:
     ``params.json``, so only tokenizer files are carried.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, specs: list[TensorSpec], *, config: dict,
-                 shards: int | None = None, force: bool = False, extra_bytes: int = 0,
-                 inputs: Iterable[str | os.PathLike | None] | None = None, config_path: object = None):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        specs: list[TensorSpec],
+        *,
+        config: dict,
+        shards: int | None = None,
+        force: bool = False,
+        extra_bytes: int = 0,
+        inputs: Iterable[str | os.PathLike | None] | None = None,
+        config_path: object = None,
+    ):
         params = meta_params(config, config_path)
         self.shards = shards or default_meta_shards(params["dim"])
         kv = params.get("n_kv_heads", params["n_heads"])
         check_rotary_heads({s.name: s.shape for s in specs}, params["n_heads"], kv, path=config_path)
         if params["n_heads"] % self.shards or kv % self.shards:
-            raise InputError(f"{self.shards} model-parallel shards do not divide the model's {params['n_heads']} "
-                             f"attention heads ({kv} key/value heads)",
-                             hint="choose a shard count that divides the heads (Meta: 7B 1, 13B 2, 33B 4, 65B 8)")
-        self._heads = {"attention.wq.weight": params["n_heads"],
-                       "attention.wk.weight": params.get("n_kv_heads", params["n_heads"])}
+            raise InputError(
+                f"{self.shards} model-parallel shards do not divide the model's {params['n_heads']} "
+                f"attention heads ({kv} key/value heads)",
+                hint="choose a shard count that divides the heads (Meta: 7B 1, 13B 2, 33B 4, 65B 8)",
+            )
+        self._heads = {
+            "attention.wq.weight": params["n_heads"],
+            "attention.wk.weight": params.get("n_kv_heads", params["n_heads"]),
+        }
         model = Path(str(config_path)).parent if config_path is not None else None
         self._names = {s.name: m for s in specs if (m := hf_to_meta_name(s.name, model)) is not None}
         shard_specs: list[list[TensorSpec]] = [[] for _ in range(self.shards)]
@@ -371,16 +433,24 @@ class MetaPthSink:
             if meta is not None:
                 for i, shape in enumerate(meta_split_sizes(meta, s.shape, self.shards)):
                     shard_specs[i].append(TensorSpec(meta, s.dtype, shape))
-        self._writer = MetaShardWriter(out_dir, shard_specs, params=params, force=force, extra_bytes=extra_bytes,
-                                       inputs=inputs)
+        self._writer = MetaShardWriter(
+            out_dir, shard_specs, params=params, force=force, extra_bytes=extra_bytes, inputs=inputs
+        )
 
     @property
     def files(self) -> list[str]:
         return self._writer.files
 
     def __getattr__(self, name: str):  # total_size, free_disk_bytes, space_margin, needed_disk_bytes
-        if name in ("total_size", "free_disk_bytes", "space_margin", "needed_disk_bytes", "out_dir", "kept_files",
-                    "replaced_files"):
+        if name in (
+            "total_size",
+            "free_disk_bytes",
+            "space_margin",
+            "needed_disk_bytes",
+            "out_dir",
+            "kept_files",
+            "replaced_files",
+        ):
             return getattr(self._writer, name)
         raise AttributeError(name)
 
@@ -397,13 +467,19 @@ class MetaPthSink:
     def add_file(self, name: str, data: bytes) -> None:
         self._writer.add_file(name, data)
 
-    def copy_aux_files(self, folder: Path | None, *, dtype: torch.dtype | None = None,
-                       vocab_size: int | None = None, skip: Iterable[str] = (),
-                       only: Iterable[str] | None = None) -> list[str]:
+    def copy_aux_files(
+        self,
+        folder: Path | None,
+        *,
+        dtype: torch.dtype | None = None,
+        vocab_size: int | None = None,
+        skip: Iterable[str] = (),
+        only: Iterable[str] | None = None,
+    ) -> list[str]:
         wanted = set(TOKENIZER_FILES if only is None else only) - set(skip)
         return self._writer.copy_files(folder, [n for n in TOKENIZER_FILES if n in wanted])
 
-    def __enter__(self) -> "MetaPthSink":
+    def __enter__(self) -> MetaPthSink:
         self._writer.__enter__()
         return self
 

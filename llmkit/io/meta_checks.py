@@ -40,17 +40,20 @@ def check_params_types(params: object, path: Path) -> dict:
     for key in _INT_KEYS:
         value = params.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise InputError(f"params.json: {key} must be a positive integer, found {value!r}", path=path,
-                             hint=_FIX_PARAMS)
+            raise InputError(
+                f"params.json: {key} must be a positive integer, found {value!r}", path=path, hint=_FIX_PARAMS
+            )
     vocab = params.get("vocab_size")
     if vocab is not None and (isinstance(vocab, bool) or not isinstance(vocab, int) or (vocab <= 0 and vocab != -1)):
-        raise InputError(f"params.json: vocab_size must be a positive integer or -1, found {vocab!r}", path=path,
-                         hint=_FIX_PARAMS)
+        raise InputError(
+            f"params.json: vocab_size must be a positive integer or -1, found {vocab!r}", path=path, hint=_FIX_PARAMS
+        )
     for key in _FLOAT_KEYS:
         value = params.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise InputError(f"params.json: {key} must be a positive number, found {value!r}", path=path,
-                             hint=_FIX_PARAMS)
+            raise InputError(
+                f"params.json: {key} must be a positive number, found {value!r}", path=path, hint=_FIX_PARAMS
+            )
     return params
 
 
@@ -59,9 +62,12 @@ def check_shard_names(paths: list[Path], folder: Path) -> None:
     numbers = sorted(int(m.group(1)) for p in paths if (m := _SHARD.match(p.name)))
     missing = [shard_name(i) for i in range(max(numbers, default=-1) + 1) if i not in numbers]
     if missing:
-        raise InputError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: the folder has "
-                         f"{', '.join(p.name for p in paths)}", path=folder / missing[0],
-                         hint="download every consolidated.NN.pth of the model into this folder")
+        raise InputError(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: the folder has "
+            f"{', '.join(p.name for p in paths)}",
+            path=folder / missing[0],
+            hint="download every consolidated.NN.pth of the model into this folder",
+        )
 
 
 def expected_shards(first: dict[str, TensorInfo], dim: int | None) -> int | None:
@@ -82,14 +88,20 @@ def check_shard_count(paths: list[Path], first: dict[str, TensorInfo], folder: P
         return
     if want > len(paths):
         missing = [shard_name(i) for i in range(len(paths), want)]
-        raise InputError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: each shard holds "
-                         f"1/{want} of the model (tok_embeddings has {first['tok_embeddings.weight'].shape[1]} of "
-                         f"its {first['tok_embeddings.weight'].shape[1] * want} columns), and the folder has "
-                         f"{len(paths)} shard(s)", path=folder / missing[0],
-                         hint="download every consolidated.NN.pth of the model into this folder")
-    raise InputError(f"{len(paths)} shards, but their shapes say the model has {want}: "
-                     f"{', '.join(p.name for p in paths[want:])} belong(s) to another model", path=paths[want],
-                     hint="keep only the consolidated.NN.pth files of one model in the folder")
+        raise InputError(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: each shard holds "
+            f"1/{want} of the model (tok_embeddings has {first['tok_embeddings.weight'].shape[1]} of "
+            f"its {first['tok_embeddings.weight'].shape[1] * want} columns), and the folder has "
+            f"{len(paths)} shard(s)",
+            path=folder / missing[0],
+            hint="download every consolidated.NN.pth of the model into this folder",
+        )
+    raise InputError(
+        f"{len(paths)} shards, but their shapes say the model has {want}: "
+        f"{', '.join(p.name for p in paths[want:])} belong(s) to another model",
+        path=paths[want],
+        hint="keep only the consolidated.NN.pth files of one model in the folder",
+    )
 
 
 def uneven_split_order(paths: list[Path], infos: list[dict[str, TensorInfo]]) -> tuple[bool, str | None]:
@@ -106,9 +118,11 @@ def uneven_split_order(paths: list[Path], infos: list[dict[str, TensorInfo]]) ->
     if rows == expected:
         return True, None
     big = max(range(n), key=lambda k: rows[k])
-    return False, (f"{paths[big].name} holds the larger piece of output.weight ({rows[big]} of {total} rows), which "
-                   f"Chinese-LLaMA-Alpaca's merge script puts in {shard_name(n - 1)}: the shard files' names may "
-                   "be swapped (or another tool split the model)")
+    return False, (
+        f"{paths[big].name} holds the larger piece of output.weight ({rows[big]} of {total} rows), which "
+        f"Chinese-LLaMA-Alpaca's merge script puts in {shard_name(n - 1)}: the shard files' names may "
+        "be swapped (or another tool split the model)"
+    )
 
 
 def check_params_against_tensors(params: dict, joined: dict[str, TensorInfo], path: Path) -> None:
@@ -124,16 +138,25 @@ def check_params_against_tensors(params: dict, joined: dict[str, TensorInfo], pa
     for key, actual in want.items():
         stated = params.get(key)
         if stated is not None and stated != actual:
-            raise InputError(f"params.json says {key}={stated} but the tensors have {actual}", path=path,
-                             hint="params.json and the consolidated.NN.pth files come from different models")
+            raise InputError(
+                f"params.json says {key}={stated} but the tensors have {actual}",
+                path=path,
+                hint="params.json and the consolidated.NN.pth files come from different models",
+            )
     heads = params.get("n_heads")
     if heads is not None and (dim % heads or (dim // heads) % 2):
-        raise InputError(f"params.json says n_heads={heads}, which does not divide dim {dim} into even head sizes",
-                         path=path, hint="use the params.json of these weights")
+        raise InputError(
+            f"params.json says n_heads={heads}, which does not divide dim {dim} into even head sizes",
+            path=path,
+            hint="use the params.json of these weights",
+        )
     wq = joined.get("layers.0.attention.wq.weight")
     if heads is not None and wq is not None and wq.shape[0] % heads:
-        raise InputError(f"params.json says n_heads={heads}, but attention.wq has {wq.shape[0]} rows", path=path,
-                         hint="use the params.json of these weights")
+        raise InputError(
+            f"params.json says n_heads={heads}, but attention.wq has {wq.shape[0]} rows",
+            path=path,
+            hint="use the params.json of these weights",
+        )
 
 
 def shape_facts(joined: dict[str, TensorInfo], shards: int) -> dict[str, int] | None:
@@ -158,10 +181,14 @@ def published_tables_for(facts: dict[str, int] | None) -> list:
 def order_unverified(shards: int, tables: list) -> str:
     """The warning for a multi-shard folder whose order nothing checked."""
     if tables:
-        return (f"the {shards} shards are not the published files of {', '.join(t.name for t in tables)}, so their "
-                "order cannot be verified: a swapped consolidated.NN.pth gives a different model without an error")
-    return (f"the order of the {shards} shards cannot be verified (no published hashes for a model of this size): "
-            "a swapped consolidated.NN.pth gives a different model without an error")
+        return (
+            f"the {shards} shards are not the published files of {', '.join(t.name for t in tables)}, so their "
+            "order cannot be verified: a swapped consolidated.NN.pth gives a different model without an error"
+        )
+    return (
+        f"the order of the {shards} shards cannot be verified (no published hashes for a model of this size): "
+        "a swapped consolidated.NN.pth gives a different model without an error"
+    )
 
 
 def published_order(paths: list[Path], facts: dict[str, int] | None) -> str | None:
@@ -182,7 +209,10 @@ def published_order(paths: list[Path], facts: dict[str, int] | None) -> str | No
         swapped = [(p, n) for p, n in zip(paths, named) if n is not None and n != p.name]
         if swapped:
             p, n = swapped[0]
-            raise InputError(f"{p.name} is the published {n} of {t.name} (sha256): the shard files' names are "
-                             "swapped, which would give a different model", path=p,
-                             hint=f"rename the files back (this one to {n}); llmkit verify {p.parent} lists them all")
+            raise InputError(
+                f"{p.name} is the published {n} of {t.name} (sha256): the shard files' names are "
+                "swapped, which would give a different model",
+                path=p,
+                hint=f"rename the files back (this one to {n}); llmkit verify {p.parent} lists them all",
+            )
     return order_unverified(len(paths), tables)

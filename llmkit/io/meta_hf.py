@@ -30,8 +30,17 @@ from llmkit.io.regular import check_regular, is_special
 from llmkit.io.sources import TensorInfo, TensorSource
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
-_HF_ORDER = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-             "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm")
+_HF_ORDER = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+    "input_layernorm",
+    "post_attention_layernorm",
+)
 
 
 def hf_sort_key(name: str) -> tuple:
@@ -40,7 +49,7 @@ def hf_sort_key(name: str) -> tuple:
         return (0,)
     m = _LAYER.match(name)
     if m:
-        rest = name[m.end():].removesuffix(".weight")
+        rest = name[m.end() :].removesuffix(".weight")
         return (1, int(m.group(1)), _HF_ORDER.index(rest) if rest in _HF_ORDER else len(_HF_ORDER), rest)
     return (2, name != "model.norm.weight", name)
 
@@ -50,8 +59,11 @@ def _int(params: dict, key: str, path: Path) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InputError(f"params.json: {key} must be a positive integer, found {value!r}", path=path,
-                         hint="the file is damaged or edited by hand; use Meta's original params.json")
+        raise InputError(
+            f"params.json: {key} must be a positive integer, found {value!r}",
+            path=path,
+            hint="the file is damaged or edited by hand; use Meta's original params.json",
+        )
     return value
 
 
@@ -60,8 +72,11 @@ class MetaHFView(TensorSource):
 
     def __init__(self, meta: MetaSource):
         if not meta.params:
-            raise InputError("no params.json beside the consolidated.NN.pth files", path=meta.folder,
-                             hint="Meta's download has params.json in the same folder; put it back")
+            raise InputError(
+                "no params.json beside the consolidated.NN.pth files",
+                path=meta.folder,
+                hint="Meta's download has params.json in the same folder; put it back",
+            )
         params_path = (meta.folder or meta.path) / "params.json"
         self.meta = meta
         self.n_heads = _int(meta.params, "n_heads", params_path)
@@ -77,8 +92,13 @@ class MetaHFView(TensorSource):
             if hf is not None:
                 self._meta_name[hf] = name
         order = sorted(self._meta_name, key=hf_sort_key)
-        super().__init__(path=meta.path, layout="meta-pth", files=meta.files,
-                         weight_map={n: meta.weight_map[self._meta_name[n]] for n in order}, folder=meta.folder)
+        super().__init__(
+            path=meta.path,
+            layout="meta-pth",
+            files=meta.files,
+            weight_map={n: meta.weight_map[self._meta_name[n]] for n in order},
+            folder=meta.folder,
+        )
         self.params = meta.params
         check_meta(self, params_path)
         self.warnings = [w for w in meta.warnings if w != meta.order_note]
@@ -163,20 +183,32 @@ def check_meta(view: MetaHFView, params_path: Path) -> None:
     for key, actual in want.items():
         stated = _int(params, key, params_path)
         if stated is not None and stated != actual:
-            raise InputError(f"params.json says {key}={stated} but the tensors have {actual}", path=params_path,
-                             hint="params.json and the consolidated.NN.pth files come from different models")
+            raise InputError(
+                f"params.json says {key}={stated} but the tensors have {actual}",
+                path=params_path,
+                hint="params.json and the consolidated.NN.pth files come from different models",
+            )
     if dim % view.n_heads or (dim // view.n_heads) % 2:
-        raise InputError(f"params.json says n_heads={view.n_heads}, which does not divide dim {dim} into even "
-                         "head sizes", path=params_path, hint="use the params.json of these weights")
+        raise InputError(
+            f"params.json says n_heads={view.n_heads}, which does not divide dim {dim} into even head sizes",
+            path=params_path,
+            hint="use the params.json of these weights",
+        )
     shards = len(view.files)
     if view.n_kv_heads % shards:
-        raise InputError(f"{shards} model-parallel shards do not divide {view.n_kv_heads} heads", path=view.path,
-                         hint="a shard is missing or extra: Meta's 7B has 1, 13B 2, 33B 4, 65B 8")
+        raise InputError(
+            f"{shards} model-parallel shards do not divide {view.n_kv_heads} heads",
+            path=view.path,
+            hint="a shard is missing or extra: Meta's 7B has 1, 13B 2, 33B 4, 65B 8",
+        )
     names = sorted(p.name for p in view.weight_files)
     expected = [f"consolidated.{i:02d}.pth" for i in range(shards)]
     if names != expected:
-        raise InputError(f"the shards are {', '.join(names)}, expected {', '.join(expected)}", path=view.path,
-                         hint="a shard is missing: download every consolidated.NN.pth of the model")
+        raise InputError(
+            f"the shards are {', '.join(names)}, expected {', '.join(expected)}",
+            path=view.path,
+            hint="a shard is missing: download every consolidated.NN.pth of the model",
+        )
 
 
 def intermediate_size(dim: int, multiple_of: int = 256) -> int:
@@ -194,14 +226,25 @@ def hf_config(view: MetaHFView) -> dict:
     layers = 1 + max((int(m.group(1)) for n in view.keys() if (m := _LAYER.match(n))), default=-1)
     dtype = view.info("model.embed_tokens.weight").dtype
     cfg = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-        "hidden_size": dim, "intermediate_size": inter, "num_attention_heads": view.n_heads,
-        "num_key_value_heads": view.n_kv_heads, "num_hidden_layers": layers,
-        "rms_norm_eps": float(params.get("norm_eps", 1e-6)), "vocab_size": vocab,
-        "max_position_embeddings": int(params.get("max_seq_len", 2048)), "rope_theta": float(params.get("rope_theta",
-                                                                                                        10000.0)),
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "initializer_range": 0.02,
-        "tie_word_embeddings": False, "use_cache": True, "torch_dtype": CONFIG_NAMES.get(dtype, "float16"),
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "hidden_size": dim,
+        "intermediate_size": inter,
+        "num_attention_heads": view.n_heads,
+        "num_key_value_heads": view.n_kv_heads,
+        "num_hidden_layers": layers,
+        "rms_norm_eps": float(params.get("norm_eps", 1e-6)),
+        "vocab_size": vocab,
+        "max_position_embeddings": int(params.get("max_seq_len", 2048)),
+        "rope_theta": float(params.get("rope_theta", 10000.0)),
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": False,
+        "use_cache": True,
+        "torch_dtype": CONFIG_NAMES.get(dtype, "float16"),
     }
     return cfg
 
@@ -211,8 +254,10 @@ GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 
 def config_files(config: dict) -> dict[str, bytes]:
     """``config.json`` and ``generation_config.json`` bytes for a derived config."""
-    return {"config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
-            "generation_config.json": (json.dumps(GENERATION_CONFIG, indent=2, sort_keys=True) + "\n").encode()}
+    return {
+        "config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+        "generation_config.json": (json.dumps(GENERATION_CONFIG, indent=2, sort_keys=True) + "\n").encode(),
+    }
 
 
 def tokenizer_model(meta_folder: Path) -> Path | None:

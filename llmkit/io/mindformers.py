@@ -36,10 +36,14 @@ _RULES = (
     (".post_attention_layernorm.", ".ffn_norm."),
     (".norm.", ".norm_out."),
 )
-_HF = re.compile(r"^(model\.embed_tokens\.weight|model\.norm\.weight|lm_head\.weight|model\.layers\.\d+\."
-                 r"(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj|input_layernorm|post_attention_layernorm)\.weight)$")
-_MF = re.compile(r"^(model\.tok_embeddings\.embedding_weight|model\.norm_out\.weight|lm_head\.weight|model\.layers\.\d+\."
-                 r"(attention\.w[qkvo]|feed_forward\.w[123]|attention_norm|ffn_norm)\.weight)$")
+_HF = re.compile(
+    r"^(model\.embed_tokens\.weight|model\.norm\.weight|lm_head\.weight|model\.layers\.\d+\."
+    r"(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj|input_layernorm|post_attention_layernorm)\.weight)$"
+)
+_MF = re.compile(
+    r"^(model\.tok_embeddings\.embedding_weight|model\.norm_out\.weight|lm_head\.weight|model\.layers\.\d+\."
+    r"(attention\.w[qkvo]|feed_forward\.w[123]|attention_norm|ffn_norm)\.weight)$"
+)
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 ROTARY_LAYOUTS = ("hf", "meta")
@@ -95,13 +99,19 @@ KNOWN_LLAMA_SHAPES = {
     (8192, 22016): ("LLaMA-65B", 64),
     (8192, 28672): ("Llama-2-70B", 64),
 }
-_EMBED, _GATE, _K = ("model.embed_tokens.weight", "model.layers.0.mlp.gate_proj.weight",
-                     "model.layers.0.self_attn.k_proj.weight")
+_EMBED, _GATE, _K = (
+    "model.embed_tokens.weight",
+    "model.layers.0.mlp.gate_proj.weight",
+    "model.layers.0.self_attn.k_proj.weight",
+)
 
 
 def _undecided(what: str, path) -> InputError:
-    return InputError(f"cannot derive config.json from the tensor shapes: {what}", path=path,
-                      hint="pass --config with the model's config.json (or its Hugging Face folder)")
+    return InputError(
+        f"cannot derive config.json from the tensor shapes: {what}",
+        path=path,
+        hint="pass --config with the model's config.json (or its Hugging Face folder)",
+    )
 
 
 def _layer_count(shapes: dict) -> int:
@@ -121,26 +131,49 @@ def guessed_config(shapes: dict, dtype, path=None) -> tuple[dict, list[str]]:
     vocab, hidden = embed
     known = KNOWN_LLAMA_SHAPES.get((hidden, gate[0]))
     if known is None:
-        raise _undecided(f"hidden_size {hidden} with intermediate_size {gate[0]} is not a published LLaMA size, "
-                         "so num_attention_heads is not known", path)
+        raise _undecided(
+            f"hidden_size {hidden} with intermediate_size {gate[0]} is not a published LLaMA size, "
+            "so num_attention_heads is not known",
+            path,
+        )
     model, heads = known
     head_dim = hidden // heads
     kv_heads = k[0] // head_dim if k is not None and len(k) == 2 and k[0] % head_dim == 0 else 0
     if not kv_heads or heads % kv_heads:
         raise _undecided(f"wk has shape {list(k) if k else None}, which fits no key/value head count of {model}", path)
     if "lm_head.weight" not in shapes:
-        raise _undecided("no lm_head.weight (every published LLaMA size has an output layer of its own; "
-                         "a config with tie_word_embeddings true settles it)", path)
+        raise _undecided(
+            "no lm_head.weight (every published LLaMA size has an output layer of its own; "
+            "a config with tie_word_embeddings true settles it)",
+            path,
+        )
     cfg = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-        "hidden_size": hidden, "intermediate_size": gate[0], "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads, "num_hidden_layers": _layer_count(shapes), "rms_norm_eps": 1e-6,
-        "vocab_size": vocab, "max_position_embeddings": 2048, "rope_theta": 10000.0,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "initializer_range": 0.02,
-        "tie_word_embeddings": False, "use_cache": True, "torch_dtype": CONFIG_NAMES.get(dtype, "float16"),
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "intermediate_size": gate[0],
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "num_hidden_layers": _layer_count(shapes),
+        "rms_norm_eps": 1e-6,
+        "vocab_size": vocab,
+        "max_position_embeddings": 2048,
+        "rope_theta": 10000.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": False,
+        "use_cache": True,
+        "torch_dtype": CONFIG_NAMES.get(dtype, "float16"),
     }
-    guessed = [f"num_attention_heads={heads} (the {model} shapes)", "rms_norm_eps=1e-06",
-               "max_position_embeddings=2048", "rope_theta=10000.0"]
+    guessed = [
+        f"num_attention_heads={heads} (the {model} shapes)",
+        "rms_norm_eps=1e-06",
+        "max_position_embeddings=2048",
+        "rope_theta=10000.0",
+    ]
     return cfg, guessed
 
 
@@ -166,12 +199,18 @@ def check_config(cfg: dict, shapes: dict, path) -> None:
         facts["num_hidden_layers"] = layers
     for key, value in facts.items():
         if key in cfg and cfg[key] != value:
-            raise InputError(f"config says {key}={cfg[key]} but the checkpoint's tensors give {value}", path=path,
-                             hint="pass the config.json of the model this checkpoint was made from")
+            raise InputError(
+                f"config says {key}={cfg[key]} but the checkpoint's tensors give {value}",
+                path=path,
+                hint="pass the config.json of the model this checkpoint was made from",
+            )
     hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
     if not isinstance(heads, int) or not isinstance(hidden, int) or heads <= 0 or hidden % heads:
-        raise InputError(f"config has no usable num_attention_heads ({heads!r} for hidden_size {hidden!r})",
-                         path=path, hint="pass the model's own config.json")
+        raise InputError(
+            f"config has no usable num_attention_heads ({heads!r} for hidden_size {hidden!r})",
+            path=path,
+            hint="pass the model's own config.json",
+        )
 
 
 def hf_named(src):

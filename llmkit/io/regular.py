@@ -84,4 +84,3 @@ def read_regular(path: str | os.PathLike, what: str | None = None) -> bytes:
     """The bytes of the regular file ``path`` (see :func:`open_regular`)."""
     with open_regular(path, what) as f:
         return f.read()
-

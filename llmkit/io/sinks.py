@@ -26,20 +26,21 @@ import json
 import os
 import re
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import torch
 
 from llmkit.errors import DiskSpaceError, InputError, OutputExistsError, writing  # noqa: F401 (re-exported)
 from llmkit.io.destination import check_output_path, ensure_output_is_new, make_folder, remove_empty
-from llmkit.io.staging import StagedFile, StagedFolder
 from llmkit.io.dtypes import CONFIG_NAMES
 from llmkit.io.files import AUX_FILES
-from llmkit.io.layouts import LAYOUTS, FileLayout, FileStart, TensorSpec, safetensors_header, tensor_bytes  # noqa: F401
 from llmkit.io.jsonfile import parse_json
+from llmkit.io.layouts import LAYOUTS, FileLayout, FileStart, TensorSpec, safetensors_header, tensor_bytes  # noqa: F401
 from llmkit.io.regular import is_special, read_regular
+from llmkit.io.staging import StagedFile, StagedFolder
 from llmkit.units import (  # noqa: F401
     DEFAULT_SHARD_SIZE,
     check_space,
@@ -49,11 +50,16 @@ from llmkit.units import (  # noqa: F401
 )
 
 # weight files of every layout llmkit writes: an existing output folder holding one needs --force
-_WEIGHT_RE = re.compile(r"^(model.*\.safetensors|pytorch_model.*\.bin|.*\.index\.json|consolidated\.\d+\.pth|params\.json)$")
+_WEIGHT_RE = re.compile(
+    r"^(model.*\.safetensors|pytorch_model.*\.bin|.*\.index\.json|consolidated\.\d+\.pth|params\.json)$"
+)
 # per layout, the files --force treats as a stale earlier output of the same kind (replaced, not kept)
-OWN_FILES = {"safetensors": re.compile(r"^model.*\.safetensors(\.index\.json)?$"),
-             "bin": re.compile(r"^pytorch_model.*\.bin(\.index\.json)?$"),
-             "meta-pth": re.compile(r"^(consolidated\.\d+\.pth|params\.json)$")}
+OWN_FILES = {
+    "safetensors": re.compile(r"^model.*\.safetensors(\.index\.json)?$"),
+    "bin": re.compile(r"^pytorch_model.*\.bin(\.index\.json)?$"),
+    "meta-pth": re.compile(r"^(consolidated\.\d+\.pth|params\.json)$"),
+}
+
 
 def plan_shards(specs: list[TensorSpec], shard_size: int) -> list[list[TensorSpec]]:
     """Greedy split in order: a shard closes before a tensor that would push it past ``shard_size``.
@@ -113,9 +119,18 @@ class ShardSetWriter:
     :attr:`space_margin` and :attr:`needed_disk_bytes` say what was found and required.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, shards: list[tuple[str, list[TensorSpec]]], *,
-                 fmt: str, force: bool = False, metadata: dict[str, str] | None = None, extra_bytes: int = 0,
-                 inputs: Iterable[str | os.PathLike | None] | None = None, layout: FileLayout | None = None):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        shards: list[tuple[str, list[TensorSpec]]],
+        *,
+        fmt: str,
+        force: bool = False,
+        metadata: dict[str, str] | None = None,
+        extra_bytes: int = 0,
+        inputs: Iterable[str | os.PathLike | None] | None = None,
+        layout: FileLayout | None = None,
+    ):
         if layout is None and fmt not in LAYOUTS:
             raise InputError(f"unknown output format {fmt!r}", hint=f"use one of {', '.join(LAYOUTS)}")
         self.layout = layout if layout is not None else LAYOUTS[fmt]
@@ -223,8 +238,9 @@ class ShardSetWriter:
         if spec is None:
             raise InputError(f"tensor {name!r} is not in the output plan of {sh.name}")
         if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
-            raise InputError(f"tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, "
-                             f"planned {spec.dtype} {spec.shape}")
+            raise InputError(
+                f"tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, planned {spec.dtype} {spec.shape}"
+            )
         if sh.handle is None:
             if sh.started:
                 raise InputError(f"tensor {name!r} written twice")
@@ -269,9 +285,15 @@ class ShardSetWriter:
                 copied.append(name)
         return copied
 
-    def copy_aux_files(self, folder: Path | None, *, dtype: torch.dtype | None = None,
-                       vocab_size: int | None = None, skip: Iterable[str] = (),
-                       only: Iterable[str] | None = None) -> list[str]:
+    def copy_aux_files(
+        self,
+        folder: Path | None,
+        *,
+        dtype: torch.dtype | None = None,
+        vocab_size: int | None = None,
+        skip: Iterable[str] = (),
+        only: Iterable[str] | None = None,
+    ) -> list[str]:
         """Carry config/tokenizer files from ``folder`` (``only`` those, or all but ``skip``); update
         ``config.json`` dtype and vocab size."""
         skip = set(skip)
@@ -279,8 +301,9 @@ class ShardSetWriter:
         copied = self.copy_files(folder, [n for n in wanted if n not in skip])
         if "config.json" in copied and (dtype is not None or vocab_size is not None):
             assert folder is not None
-            self._aux["config.json"] = updated_config(self._aux["config.json"], folder / "config.json",
-                                                      dtype=dtype, vocab_size=vocab_size)
+            self._aux["config.json"] = updated_config(
+                self._aux["config.json"], folder / "config.json", dtype=dtype, vocab_size=vocab_size
+            )
         return copied
 
     # ---- the end ----
@@ -309,8 +332,9 @@ class ShardSetWriter:
         for name, data in self._aux.items():
             with writing(self.out_dir / name):
                 self._tmp(name).write_bytes(data)
-        self.files = [sh.name for sh in self.shards] + [n for n in self._aux if n not in
-                                                         {sh.name for sh in self.shards}]
+        self.files = [sh.name for sh in self.shards] + [
+            n for n in self._aux if n not in {sh.name for sh in self.shards}
+        ]
         self._staging.commit()
         self._existing.kept, self._existing.replaced = self._staging.kept, self._staging.replaced
         self._done = True
@@ -335,10 +359,18 @@ class ShardedWriter(ShardSetWriter):
     are checked and renamed to their final names; on an exception nothing is left behind.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, specs: list[TensorSpec], *, fmt: str = "safetensors",
-                 shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
-                 metadata: dict[str, str] | None = None, extra_bytes: int = 0,
-                 inputs: Iterable[str | os.PathLike | None] | None = None):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        specs: list[TensorSpec],
+        *,
+        fmt: str = "safetensors",
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        force: bool = False,
+        metadata: dict[str, str] | None = None,
+        extra_bytes: int = 0,
+        inputs: Iterable[str | os.PathLike | None] | None = None,
+    ):
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
@@ -346,8 +378,14 @@ class ShardedWriter(ShardSetWriter):
         if fmt not in ("safetensors", "bin"):
             raise InputError(f"unknown output format {fmt!r}", hint="use safetensors or bin")
         plan = plan_shards(specs, shard_size)
-        super().__init__(out_dir, list(zip(shard_names(fmt, len(plan)), plan)), fmt=fmt, force=force,
-                         metadata=metadata, inputs=inputs)
+        super().__init__(
+            out_dir,
+            list(zip(shard_names(fmt, len(plan)), plan)),
+            fmt=fmt,
+            force=force,
+            metadata=metadata,
+            inputs=inputs,
+        )
         self._shard_of = {s.name: i for i, sh in enumerate(self.shards) for s in sh.specs}
         self.smaller_files = "use a smaller --shard-size"
         if len(self.shards) > 1:
@@ -363,8 +401,10 @@ class ShardedWriter(ShardSetWriter):
     def _index_files(self) -> dict[str, bytes]:
         if len(self.shards) == 1:
             return {}
-        index = {"metadata": {"total_size": self.total_size},
-                 "weight_map": {s.name: sh.name for sh in self.shards for s in sh.specs}}
+        index = {
+            "metadata": {"total_size": self.total_size},
+            "weight_map": {s.name: sh.name for sh in self.shards for s in sh.specs},
+        }
         return {index_name(self.fmt): (json.dumps(index, indent=2) + "\n").encode()}
 
 
@@ -400,11 +440,17 @@ class Sink(Protocol):
 
     def add_file(self, name: str, data: bytes) -> None: ...
 
-    def copy_aux_files(self, folder: Path | None, *, dtype: torch.dtype | None = None,
-                       vocab_size: int | None = None, skip: Iterable[str] = (),
-                       only: Iterable[str] | None = None) -> list[str]: ...
+    def copy_aux_files(
+        self,
+        folder: Path | None,
+        *,
+        dtype: torch.dtype | None = None,
+        vocab_size: int | None = None,
+        skip: Iterable[str] = (),
+        only: Iterable[str] | None = None,
+    ) -> list[str]: ...
 
-    def __enter__(self) -> "Sink": ...
+    def __enter__(self) -> Sink: ...
 
     def __exit__(self, exc_type, exc, tb) -> None: ...
 
@@ -416,30 +462,51 @@ _LAZY_SINKS = {"meta-pth": "llmkit.io.meta", "ckpt": "llmkit.io.ckpt_sink"}  # f
 
 def register_sink(fmt: str) -> Callable[[SinkFactory], SinkFactory]:
     """Register ``factory(out_dir, specs, *, force, inputs, extra_bytes, **options)`` as format ``fmt``."""
+
     def deco(factory: SinkFactory) -> SinkFactory:
         SINKS[fmt] = factory
         return factory
+
     return deco
 
 
-def open_sink(fmt: str, out_dir: str | os.PathLike, specs: list[TensorSpec], *, force: bool = False,
-              inputs: Iterable[str | os.PathLike | None] | None = None, extra_bytes: int = 0,
-              **options: Any) -> Sink:
+def open_sink(
+    fmt: str,
+    out_dir: str | os.PathLike,
+    specs: list[TensorSpec],
+    *,
+    force: bool = False,
+    inputs: Iterable[str | os.PathLike | None] | None = None,
+    extra_bytes: int = 0,
+    **options: Any,
+) -> Sink:
     """The sink for format ``fmt`` (``safetensors``, ``bin``, ``meta-pth``, ``ckpt``), destination checked."""
     if fmt not in SINKS and fmt in _LAZY_SINKS:
         import importlib
 
         importlib.import_module(_LAZY_SINKS[fmt])  # registers the sink (imported on first use)
     if fmt not in SINKS:
-        raise InputError(f"unknown output format {fmt!r}", hint=f"use one of {', '.join(sorted({*SINKS, *_LAZY_SINKS}))}")
+        raise InputError(
+            f"unknown output format {fmt!r}", hint=f"use one of {', '.join(sorted({*SINKS, *_LAZY_SINKS}))}"
+        )
     return SINKS[fmt](out_dir, specs, force=force, inputs=inputs, extra_bytes=extra_bytes, **options)
 
 
 def _sharded(fmt: str) -> SinkFactory:
-    def factory(out_dir, specs, *, force=False, inputs=None, extra_bytes=0, shard_size=DEFAULT_SHARD_SIZE,
-                metadata=None) -> Sink:
-        return ShardedWriter(out_dir, specs, fmt=fmt, shard_size=shard_size, force=force, metadata=metadata,
-                             extra_bytes=extra_bytes, inputs=inputs)
+    def factory(
+        out_dir, specs, *, force=False, inputs=None, extra_bytes=0, shard_size=DEFAULT_SHARD_SIZE, metadata=None
+    ) -> Sink:
+        return ShardedWriter(
+            out_dir,
+            specs,
+            fmt=fmt,
+            shard_size=shard_size,
+            force=force,
+            metadata=metadata,
+            extra_bytes=extra_bytes,
+            inputs=inputs,
+        )
+
     return factory
 
 

@@ -133,7 +133,7 @@ class ContentCheck:
         self._json_started = False  # a non-blank character has been seen
 
     @classmethod
-    def for_name(cls, name: str, total: int | None = None) -> "ContentCheck | None":
+    def for_name(cls, name: str, total: int | None = None) -> ContentCheck | None:
         kind = kind_for_name(name)
         return cls(kind, total) if kind is not None else None
 
@@ -150,8 +150,11 @@ class ContentCheck:
         if self.kind is None and first:  # an unnamed stream: the first bytes say what it must be
             kind = sniff_kind(bytes(view[:4096]))
             if kind is None:
-                raise ContentError("model", f"starts with {bytes(view[:8]).hex()}, which is none of "
-                                   f"{', '.join(KINDS)}", incomplete=False)
+                raise ContentError(
+                    "model",
+                    f"starts with {bytes(view[:8]).hex()}, which is none of {', '.join(KINDS)}",
+                    incomplete=False,
+                )
             self.kind = kind
             self._decoder = codecs.getincrementaldecoder("utf-8")("strict") if kind == JSON else None
         if self.kind == JSON:
@@ -160,7 +163,7 @@ class ContentCheck:
             self._feed_safetensors(view)
         elif self.kind == TORCH_ZIP:
             if first:
-                head = bytes(view[:len(TORCH_LEGACY_MAGIC)])
+                head = bytes(view[: len(TORCH_LEGACY_MAGIC)])
                 self.legacy = head.startswith(TORCH_LEGACY_MAGIC)
                 if not (head.startswith(ZIP_LOCAL) or self.legacy):
                     raise self._bad(f"starts with {head[:4].hex()}, not a zip header 504b0304")
@@ -212,7 +215,7 @@ class ContentCheck:
         if len(self._head) < 8 + n:
             return
         try:
-            header = json.loads(bytes(self._head[8:8 + n]))
+            header = json.loads(bytes(self._head[8 : 8 + n]))
             ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
             raise self._bad(f"the header does not parse ({e})") from None
@@ -274,17 +277,19 @@ class ContentCheck:
         end_of_cd = start + pos
         saturated = 0xFFFFFFFF in (cd_size, cd_offset) or struct.unpack_from("<H", tail, pos + 10)[0] == 0xFFFF
         loc = pos - 20
-        if loc >= 0 and tail[loc:loc + 4] == _ZIP64_LOCATOR:  # torch writes zip64 records for any size
+        if loc >= 0 and tail[loc : loc + 4] == _ZIP64_LOCATOR:  # torch writes zip64 records for any size
             end_of_cd = struct.unpack_from("<Q", tail, loc + 8)[0]
             rec = end_of_cd - start
-            if rec < 0 or tail[rec:rec + 4] != _ZIP64_EOCD:
+            if rec < 0 or tail[rec : rec + 4] != _ZIP64_EOCD:
                 raise self._short("the zip64 end record is not where its locator says: truncated or damaged")
             cd_size, cd_offset = struct.unpack_from("<QQ", tail, rec + 40)
         elif saturated:
             raise self._short("a zip64 archive without its zip64 locator: truncated or damaged")
         if cd_offset + cd_size != end_of_cd:
-            raise self._short(f"the zip central directory ({cd_offset:,}+{cd_size:,}) does not end at its "
-                              f"end record ({end_of_cd:,}): truncated or damaged")
+            raise self._short(
+                f"the zip central directory ({cd_offset:,}+{cd_size:,}) does not end at its "
+                f"end record ({end_of_cd:,}): truncated or damaged"
+            )
 
     def _finish_sentencepiece(self) -> None:
         if self.seen > _HEAD_LIMIT:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -57,13 +57,19 @@ class AdapterInfo:
     peft_type: str
 
     @classmethod
-    def read(cls, path: Path) -> "AdapterInfo":
+    def read(cls, path: Path) -> AdapterInfo:
         cfg = AdapterConfig.read(path)
         targets = cfg.target_modules
-        return cls(r=cfg.r, lora_alpha=cfg.lora_alpha,
-                   target_modules=sorted([targets] if isinstance(targets, str) else targets or []),
-                   modules_to_save=list(cfg.modules_to_save), fan_in_fan_out=cfg.fan_in_fan_out,
-                   use_rslora=cfg.use_rslora, base_model=cfg.base_model, peft_type=cfg.peft_type)
+        return cls(
+            r=cfg.r,
+            lora_alpha=cfg.lora_alpha,
+            target_modules=sorted([targets] if isinstance(targets, str) else targets or []),
+            modules_to_save=list(cfg.modules_to_save),
+            fan_in_fan_out=cfg.fan_in_fan_out,
+            use_rslora=cfg.use_rslora,
+            base_model=cfg.base_model,
+            peft_type=cfg.peft_type,
+        )
 
 
 @dataclass
@@ -148,7 +154,7 @@ class TensorSource:
         for f in self.files:
             f.close()
 
-    def __enter__(self) -> "TensorSource":
+    def __enter__(self) -> TensorSource:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -162,9 +168,15 @@ class RenamedSource(TensorSource):
     def __init__(self, source: TensorSource, mapping: dict[str, str]):
         self.inner = source
         self._stored = {mapping[k]: k for k in source.keys()}
-        super().__init__(path=source.path, layout=source.layout, files=source.files,
-                         weight_map={mapping[k]: f for k, f in source.weight_map.items()}, folder=source.folder,
-                         warnings=source.warnings, adapter=source.adapter)
+        super().__init__(
+            path=source.path,
+            layout=source.layout,
+            files=source.files,
+            weight_map={mapping[k]: f for k, f in source.weight_map.items()},
+            folder=source.folder,
+            warnings=source.warnings,
+            adapter=source.adapter,
+        )
 
     def info(self, name: str) -> TensorInfo:
         i = self.inner.info(self._stored[name])
@@ -200,50 +212,64 @@ def _open_indexed(index_path: Path) -> TensorSource:
     if weight_map is None:
         raise InputError("not a valid shard index: it has no weight_map", path=index_path, hint="download it again")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
-        raise InputError("not a valid shard index: weight_map must map tensor names to shard file names",
-                         path=index_path, hint="download it again")
+        raise InputError(
+            "not a valid shard index: weight_map must map tensor names to shard file names",
+            path=index_path,
+            hint="download it again",
+        )
     names = list(dict.fromkeys(weight_map.values()))
     missing = [n for n in names if not ((folder / n).is_file() or is_special(folder / n))]
     if missing:
-        raise InputError(f"index names {len(missing)} missing shard(s): {', '.join(missing)}", path=index_path,
-                         hint="download the missing files again")
+        raise InputError(
+            f"index names {len(missing)} missing shard(s): {', '.join(missing)}",
+            path=index_path,
+            hint="download the missing files again",
+        )
     files = {n: open_file(folder / n) for n in names}
     for n, f in files.items():
         listed = {k for k, v in weight_map.items() if v == n}
         absent = sorted(listed - set(f.infos))
         if absent:
-            raise InputError(f"shard lacks {len(absent)} tensor(s) the index assigns to it, e.g. {absent[0]!r}",
-                             path=f.path, hint="the shard and the index come from different versions; "
-                                               "download both again")
+            raise InputError(
+                f"shard lacks {len(absent)} tensor(s) the index assigns to it, e.g. {absent[0]!r}",
+                path=f.path,
+                hint="the shard and the index come from different versions; download both again",
+            )
         unlisted = sorted(set(f.infos) - listed)
         twice = [k for k in unlisted if k in weight_map]
         if twice:  # the same tensor in two shards: which copy is the model's is not for llmkit to guess
-            raise InputError(f"shard holds {twice[0]!r}, which the index assigns to {weight_map[twice[0]]}: the same "
-                             f"tensor is in two shards", path=f.path,
-                             hint="the shards come from different versions or runs; download them again")
+            raise InputError(
+                f"shard holds {twice[0]!r}, which the index assigns to {weight_map[twice[0]]}: the same "
+                f"tensor is in two shards",
+                path=f.path,
+                hint="the shards come from different versions or runs; download them again",
+            )
         if unlisted:
-            raise InputError(f"shard holds {len(unlisted)} tensor(s) the index does not list, e.g. {unlisted[0]!r}",
-                             path=f.path, hint="the shard and the index come from different versions; "
-                                               "download both again")
+            raise InputError(
+                f"shard holds {len(unlisted)} tensor(s) the index does not list, e.g. {unlisted[0]!r}",
+                path=f.path,
+                hint="the shard and the index come from different versions; download both again",
+            )
     layout = "safetensors-sharded" if index_path.name.endswith(".safetensors.index.json") else "bin-sharded"
     ext = ".safetensors" if layout.startswith("safetensors") else ".bin"
-    extra = sorted(p.name for p in folder.iterdir()
-                   if p.name.endswith(ext) and _SHARD_RE.match(p.name) and p.name not in files)
+    extra = sorted(
+        p.name for p in folder.iterdir() if p.name.endswith(ext) and _SHARD_RE.match(p.name) and p.name not in files
+    )
     warnings = [f"{folder / e}: shard file not named by {index_path.name}; it is ignored" for e in extra]
     # Keep the file order the index gives, tensor order within each file as stored.
     ordered: dict[str, TensorFile] = {}
     for n in names:
         for k in files[n].infos:
             ordered[k] = files[n]
-    return TensorSource(path=index_path, layout=layout, files=list(files.values()), weight_map=ordered,
-                        folder=folder, warnings=warnings)
+    return TensorSource(
+        path=index_path, layout=layout, files=list(files.values()), weight_map=ordered, folder=folder, warnings=warnings
+    )
 
 
 def _single(path: Path) -> TensorSource:
     f = open_file(path)
     layout = "safetensors" if path.suffix == ".safetensors" else "bin"
-    return TensorSource(path=path, layout=layout, files=[f], weight_map={k: f for k in f.infos},
-                        folder=path.parent)
+    return TensorSource(path=path, layout=layout, files=[f], weight_map=dict.fromkeys(f.infos, f), folder=path.parent)
 
 
 def _ckpt(path: Path, key=None) -> TensorSource:
@@ -253,7 +279,7 @@ def _ckpt(path: Path, key=None) -> TensorSource:
 
     check_regular(path, "a MindSpore .ckpt file")
     f = CkptFile(path, key)
-    return TensorSource(path=path, layout="ckpt", files=[f], weight_map={k: f for k in f.infos})
+    return TensorSource(path=path, layout="ckpt", files=[f], weight_map=dict.fromkeys(f.infos, f))
 
 
 def _meta(folder: Path, shards: list[Path]) -> TensorSource:
@@ -284,8 +310,9 @@ def open_source(path: str | os.PathLike, *, ckpt_key=None) -> TensorSource:
             return _meta(path.parent, shards if len(shards) > 1 else [path])
         if path.suffix in (".safetensors", ".bin", ".pth", ".pt"):
             return _single(path)
-        raise InputError("unknown weight file type", path=path,
-                         hint="expected .safetensors, .bin, .pth, .ckpt, or an *.index.json")
+        raise InputError(
+            "unknown weight file type", path=path, hint="expected .safetensors, .bin, .pth, .ckpt, or an *.index.json"
+        )
     folder = path
     config = folder / ADAPTER_CONFIG
     adapter = AdapterInfo.read(config) if config.is_file() or is_special(config) else None
@@ -318,16 +345,24 @@ def open_source(path: str | os.PathLike, *, ckpt_key=None) -> TensorSource:
         src.adapter = adapter
         return src
     if singles:
-        raise InputError(f"{len(singles)} weight files but no index file", path=folder,
-                         hint=f"add the {SAFETENSORS_INDEX} / {BIN_INDEX} that came with them, or pass one file")
+        raise InputError(
+            f"{len(singles)} weight files but no index file",
+            path=folder,
+            hint=f"add the {SAFETENSORS_INDEX} / {BIN_INDEX} that came with them, or pass one file",
+        )
     encrypted = sorted(folder.glob("*.enc"))
     if encrypted:
-        raise InputError(f"no weight files found, only {len(encrypted)} .enc file(s) (encrypted weights)",
-                         path=folder, hint=f"decrypt them first: llmkit decrypt {folder} --key <LLaMA-1 7B "
-                                           "consolidated.00.pth> -o <new folder>")
-    raise InputError("no weight files found", path=folder,
-                     hint="expected model.safetensors, model.safetensors.index.json, pytorch_model.bin(.index.json), "
-                          "consolidated.NN.pth, adapter_model.* or one .ckpt")
+        raise InputError(
+            f"no weight files found, only {len(encrypted)} .enc file(s) (encrypted weights)",
+            path=folder,
+            hint=f"decrypt them first: llmkit decrypt {folder} --key <LLaMA-1 7B consolidated.00.pth> -o <new folder>",
+        )
+    raise InputError(
+        "no weight files found",
+        path=folder,
+        hint="expected model.safetensors, model.safetensors.index.json, pytorch_model.bin(.index.json), "
+        "consolidated.NN.pth, adapter_model.* or one .ckpt",
+    )
 
 
 def safetensors_code(info: TensorInfo) -> str:

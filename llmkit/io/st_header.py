@@ -92,22 +92,26 @@ def _entry(name: str, entry: object, path: Path, itemsizes: dict[str, int]) -> S
             raise _bad(path, f"{where} has no {key}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str):
-        raise _bad(path, f"{where}: dtype must be a string such as \"F16\", found {_shown(dtype)}")
+        raise _bad(path, f'{where}: dtype must be a string such as "F16", found {_shown(dtype)}')
     if dtype not in itemsizes:
         raise InputError(f"tensor {name!r} has dtype {dtype}, which llmkit cannot handle", path=path)
     if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
         raise _bad(path, f"{where}: shape must be a list of non-negative integers, found {_shown(shape)}")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets):
-        raise _bad(path, f"{where}: data_offsets must be [begin, end], two non-negative integers, found "
-                         f"{_shown(offsets)}")
+        raise _bad(
+            path, f"{where}: data_offsets must be [begin, end], two non-negative integers, found {_shown(offsets)}"
+        )
     begin, end = offsets
     if end < begin:
         raise _bad(path, f"{where}: data_offsets {_shown(offsets)} end before they begin")
     size = math.prod(shape) * itemsizes[dtype]
     if end - begin != size:
-        raise _bad(path, f"{where}: shape {_shown(shape)} of {dtype} is {size if size < 2**64 else 'over 2^64'} "
-                         f"bytes but data_offsets "
-                         f"{_shown(offsets)} span {end - begin}")
+        raise _bad(
+            path,
+            f"{where}: shape {_shown(shape)} of {dtype} is {size if size < 2**64 else 'over 2^64'} "
+            f"bytes but data_offsets "
+            f"{_shown(offsets)} span {end - begin}",
+        )
     return StEntry(name, dtype, tuple(shape), begin, end)
 
 
@@ -117,18 +121,26 @@ def _check_tiling(entries: list[StEntry], data_len: int, path: Path) -> None:
     for e in entries:
         if e.begin < at:
             assert prev is not None
-            raise _bad(path, f"tensors {prev.name!r} and {e.name!r} overlap (data_offsets [{prev.begin}, "
-                             f"{prev.end}] and [{e.begin}, {e.end}])")
+            raise _bad(
+                path,
+                f"tensors {prev.name!r} and {e.name!r} overlap (data_offsets [{prev.begin}, "
+                f"{prev.end}] and [{e.begin}, {e.end}])",
+            )
         if e.begin > at:
             raise _bad(path, f"data bytes {at}..{e.begin} belong to no tensor (before {e.name!r})")
         at, prev = e.end, e
     if at > data_len:
         raise InputError(
             f"file is truncated: its header describes {at} bytes of tensor data but only {data_len} are present",
-            path=path, hint="download it again")
+            path=path,
+            hint="download it again",
+        )
     if at < data_len:
-        raise InputError(f"corrupt safetensors file: {data_len - at} unexpected bytes after the tensor data",
-                         path=path, hint="download it again")
+        raise InputError(
+            f"corrupt safetensors file: {data_len - at} unexpected bytes after the tensor data",
+            path=path,
+            hint="download it again",
+        )
 
 
 def _metadata(value: object, path: Path) -> dict[str, str]:
@@ -147,12 +159,18 @@ def read_header(f: BinaryIO, path: Path, size: int) -> tuple[list[StEntry], dict
 
     head = f.read(8)
     if len(head) < 8:
-        raise InputError("not a safetensors file: shorter than its 8-byte header length",
-                         path=path, hint="the file is truncated; download it again")
+        raise InputError(
+            "not a safetensors file: shorter than its 8-byte header length",
+            path=path,
+            hint="the file is truncated; download it again",
+        )
     (n,) = struct.unpack("<Q", head)
     if n > MAX_HEADER_BYTES or n > size - 8:
-        raise InputError(f"corrupt safetensors header (declares {n} header bytes, file has {size})",
-                         path=path, hint="the file is truncated or not safetensors; download it again")
+        raise InputError(
+            f"corrupt safetensors header (declares {n} header bytes, file has {size})",
+            path=path,
+            hint="the file is truncated or not safetensors; download it again",
+        )
     header = _parse(f.read(n), path)
     itemsizes = {code: itemsize(dtype) for code, dtype in ST_TO_TORCH.items()}
     metadata = _metadata(header.get("__metadata__"), path)

@@ -23,9 +23,9 @@ import fcntl
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from llmkit.errors import InputError, OutputExistsError, writing
 
@@ -111,8 +111,11 @@ class OutputClaim:
             except BlockingIOError:
                 who = lock_holder(fd)
                 os.close(fd)
-                raise OutputBusyError(f"another llmkit run{who} is writing this output", path=self.target,
-                                      hint="wait for it to finish, or choose another -o") from None
+                raise OutputBusyError(
+                    f"another llmkit run{who} is writing this output",
+                    path=self.target,
+                    hint="wait for it to finish, or choose another -o",
+                ) from None
             try:
                 same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -167,8 +170,9 @@ class ExistingFolder:
     kept: list[str] = field(default_factory=list)
 
 
-def sort_existing(folder: Path, *, writes: Callable[[str], bool], owned: Callable[[str], bool],
-                  force: bool) -> ExistingFolder:
+def sort_existing(
+    folder: Path, *, writes: Callable[[str], bool], owned: Callable[[str], bool], force: bool
+) -> ExistingFolder:
     """What becomes of each entry of the existing output ``folder``; raise if the run may not replace it.
 
     ``writes(name)``: this run writes ``name``; ``owned(name)``: ``name`` is of the kind this command
@@ -190,12 +194,19 @@ def sort_existing(folder: Path, *, writes: Callable[[str], bool], owned: Callabl
         else:
             special.append(name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
     if clash:
-        raise OutputExistsError(f"output folder already holds {', '.join(clash[:3])}" + (" ..." if len(clash) > 3 else ""),
-                                path=folder, hint="pass --force to overwrite, or choose another -o")
+        raise OutputExistsError(
+            f"output folder already holds {', '.join(clash[:3])}" + (" ..." if len(clash) > 3 else ""),
+            path=folder,
+            hint="pass --force to overwrite, or choose another -o",
+        )
     if special:
-        raise InputError(f"the output folder holds {', '.join(special[:3])}" + (" ..." if len(special) > 3 else "")
-                         + ", which llmkit cannot keep while it replaces the folder as a whole", path=folder,
-                         hint="choose a new or empty -o, or move those out first")
+        raise InputError(
+            f"the output folder holds {', '.join(special[:3])}"
+            + (" ..." if len(special) > 3 else "")
+            + ", which llmkit cannot keep while it replaces the folder as a whole",
+            path=folder,
+            hint="choose a new or empty -o, or move those out first",
+        )
     return found
 
 
@@ -211,8 +222,11 @@ def _carry(folder: Path, stage: Path, names: list[str]) -> None:
         except FileNotFoundError:
             continue  # removed by its owner meanwhile
         except OSError as e:
-            raise InputError(f"cannot keep {name} in the new output ({e.strerror})", path=folder,
-                             hint="move it out of the output folder, or choose another -o") from e
+            raise InputError(
+                f"cannot keep {name} in the new output ({e.strerror})",
+                path=folder,
+                hint="move it out of the output folder, or choose another -o",
+            ) from e
 
 
 # ------------------------------------------------------------------ staged outputs
@@ -253,8 +267,11 @@ class _Staged:
         try:
             rename_noreplace(self.stage, self.target)
         except FileExistsError:
-            raise OutputExistsError("the output appeared while this run was writing it; nothing was kept",
-                                    path=self.target, hint="choose another -o, or pass --force") from None
+            raise OutputExistsError(
+                "the output appeared while this run was writing it; nothing was kept",
+                path=self.target,
+                hint="choose another -o, or pass --force",
+            ) from None
 
 
 class StagedFolder(_Staged):
@@ -266,8 +283,14 @@ class StagedFolder(_Staged):
     (:func:`sort_existing`), checked again under the claim at commit.
     """
 
-    def __init__(self, target: Path, *, writes: Callable[[str], bool], owned: Callable[[str], bool] = lambda n: False,
-                 force: bool = False):
+    def __init__(
+        self,
+        target: Path,
+        *,
+        writes: Callable[[str], bool],
+        owned: Callable[[str], bool] = lambda n: False,
+        force: bool = False,
+    ):
         super().__init__(Path(os.path.realpath(target)) if os.path.islink(target) else Path(target), force)
         self.writes, self.owned = writes, owned
 
@@ -307,8 +330,11 @@ class StagedFolder(_Staged):
         # The stage name now holds the old folder: its files were replaced or linked into the new one.
         # A file that arrived in it since the check is carried over too, never deleted.
         late = [n for n in os.listdir(self.stage) if n not in existing.replaced and n not in existing.kept]
-        _carry(self.stage, self.target, [n for n in late if not (self.stage / n).is_dir()
-                                          and not os.path.lexists(self.target / n)])
+        _carry(
+            self.stage,
+            self.target,
+            [n for n in late if not (self.stage / n).is_dir() and not os.path.lexists(self.target / n)],
+        )
 
     def discard(self) -> None:
         """Remove the stage (after a commit: the old folder's entries) and release the claim."""
@@ -333,11 +359,15 @@ class StagedFile(_Staged):
         if not os.path.lexists(self.target):
             return ExistingFolder()
         if not self.force:
-            raise OutputExistsError("output file exists", path=self.target,
-                                    hint="pass --force to overwrite, or choose another -o")
+            raise OutputExistsError(
+                "output file exists", path=self.target, hint="pass --force to overwrite, or choose another -o"
+            )
         if not stat.S_ISREG(os.lstat(self.target).st_mode):
-            raise InputError("the output path exists and is not a regular file; llmkit replaces only files",
-                             path=self.target, hint="choose another -o")
+            raise InputError(
+                "the output path exists and is not a regular file; llmkit replaces only files",
+                path=self.target,
+                hint="choose another -o",
+            )
         return ExistingFolder(replaced=[self.target.name])
 
     def path(self, name: str) -> Path:

@@ -32,7 +32,6 @@ from llmkit.io.regular import open_regular
 from llmkit.io.st_header import MAX_HEADER_BYTES, read_header  # noqa: F401 (MAX_HEADER_BYTES re-exported)
 
 
-
 @dataclass(frozen=True)
 class TensorInfo:
     """A tensor's name, dtype and shape, known without reading its data."""
@@ -93,8 +92,9 @@ class SafetensorsFile(TensorFile):
             except BaseException as e:  # its own SafetensorError, or a Rust panic (a BaseException)
                 if isinstance(e, (KeyboardInterrupt, SystemExit)):
                     raise
-                raise InputError(f"cannot open safetensors file: {e}", path=path,
-                                 hint="the file is damaged; download it again") from None
+                raise InputError(
+                    f"cannot open safetensors file: {e}", path=path, hint="the file is damaged; download it again"
+                ) from None
         except BaseException:
             self.close()
             raise
@@ -128,15 +128,24 @@ def _explain_torch_load_error(path: Path, err: Exception) -> InputError:
         detail = f" (it references {what.group(1)})" if what else ""
         return UnsafeFileError(
             f"refused to load: the pickle contains objects other than tensors{detail}; nothing in it was run",
-            path=path, hint="only load weights from sources you trust; ask for a safetensors version")
+            path=path,
+            hint="only load weights from sources you trust; ask for a safetensors version",
+        )
     if "central directory" in text or "zip archive" in text or isinstance(err, zipfile.BadZipFile):
-        return InputError("not a readable torch zip archive (truncated or corrupt)", path=path,
-                          hint="download the file again")
+        return InputError(
+            "not a readable torch zip archive (truncated or corrupt)", path=path, hint="download the file again"
+        )
     if "mmap" in text and "zipfile" in text:
-        return InputError("legacy (pre-1.6) torch file format cannot be read lazily", path=path,
-                          hint="re-save it with a current torch or convert it to safetensors")
-    return InputError(f"cannot read torch file: {text.splitlines()[0] if text else type(err).__name__}",
-                      path=path, hint="the file may be damaged; download it again")
+        return InputError(
+            "legacy (pre-1.6) torch file format cannot be read lazily",
+            path=path,
+            hint="re-save it with a current torch or convert it to safetensors",
+        )
+    return InputError(
+        f"cannot read torch file: {text.splitlines()[0] if text else type(err).__name__}",
+        path=path,
+        hint="the file may be damaged; download it again",
+    )
 
 
 class TorchFile(TensorFile):
@@ -150,8 +159,11 @@ class TorchFile(TensorFile):
         with open_regular(path, "a torch weight file") as f:  # a folder or a FIFO: refused, never read
             magic = f.read(4)
         if magic[:2] != b"PK":
-            raise InputError("not a torch zip archive (legacy or corrupt torch file)", path=path,
-                             hint="re-save it with torch>=1.6 or download it again")
+            raise InputError(
+                "not a torch zip archive (legacy or corrupt torch file)",
+                path=path,
+                hint="re-save it with torch>=1.6 or download it again",
+            )
         try:
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         except Exception as e:
@@ -160,8 +172,11 @@ class TorchFile(TensorFile):
             raise InputError(f"expected a dict of tensors, found {type(state).__name__}", path=path)
         bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
         if bad:
-            raise InputError(f"not a flat state dict: entry {bad[0]!r} is not a tensor", path=path,
-                             hint="llmkit reads {name: tensor} checkpoints")
+            raise InputError(
+                f"not a flat state dict: entry {bad[0]!r} is not a tensor",
+                path=path,
+                hint="llmkit reads {name: tensor} checkpoints",
+            )
         self._state: dict[str, torch.Tensor] | None = state
         self.infos = {k: TensorInfo(k, v.dtype, tuple(v.shape), path) for k, v in state.items()}
 
@@ -221,7 +236,7 @@ class _PageAdvisor:
             self._ranges[path] = ranges
         return self._ranges[path]
 
-    def advise(self, f: "TorchFile", name: str, advice: int) -> None:
+    def advise(self, f: TorchFile, name: str, advice: int) -> None:
         if self._libc is None or f._state is None or name not in f._state:
             return
         storage = f._state[name].untyped_storage()

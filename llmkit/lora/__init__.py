@@ -42,13 +42,42 @@ Entry point: ``run(MergeOptions(...), progress=...)``.
 
 from llmkit.lora.adapters import Adapter, LoraModule
 from llmkit.lora.arithmetic import ROUNDING, add_in_fp32, grow_rows, lora_delta
-from llmkit.lora.merge import (FORMATS, AdapterReport, MergeOptions, MergePlan, MergeResult, merge_lora, open_merge,
-                               plan_merge, run)
+from llmkit.lora.merge import (
+    FORMATS,
+    AdapterReport,
+    MergeOptions,
+    MergePlan,
+    MergeResult,
+    merge_lora,
+    open_merge,
+    plan_merge,
+    run,
+)
 from llmkit.lora.settings import LoraSettings
 from llmkit.lora.tokenizer import has_tokenizer, tokenizer_size
 from llmkit.lora.vocab import INPUT_EMBEDDINGS, KNOWN_VOCABS, OUTPUT_HEADS, VocabPlan
 
-__all__ = ["FORMATS", "INPUT_EMBEDDINGS", "KNOWN_VOCABS", "OUTPUT_HEADS", "ROUNDING", "Adapter", "AdapterReport",
-           "LoraModule", "LoraSettings", "MergeOptions", "MergePlan", "MergeResult", "VocabPlan", "add_in_fp32",
-           "grow_rows", "has_tokenizer", "lora_delta", "merge_lora", "open_merge", "plan_merge", "run",
-           "tokenizer_size"]
+__all__ = [
+    "FORMATS",
+    "INPUT_EMBEDDINGS",
+    "KNOWN_VOCABS",
+    "OUTPUT_HEADS",
+    "ROUNDING",
+    "Adapter",
+    "AdapterReport",
+    "LoraModule",
+    "LoraSettings",
+    "MergeOptions",
+    "MergePlan",
+    "MergeResult",
+    "VocabPlan",
+    "add_in_fp32",
+    "grow_rows",
+    "has_tokenizer",
+    "lora_delta",
+    "merge_lora",
+    "open_merge",
+    "plan_merge",
+    "run",
+    "tokenizer_size",
+]

@@ -9,9 +9,9 @@ before anything is written.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from llmkit.errors import InputError
 from llmkit.io.adapter_config import ADAPTER_CONFIG
@@ -26,7 +26,8 @@ CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}
 
 _PEFT_PREFIXES = ("base_model.model.", "base_model.")
 _LORA_LINEAR_RE = re.compile(
-    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B)(?:\.(?P<adapter>[^.]+))?\.(?P<param>weight|bias)$")
+    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B)(?:\.(?P<adapter>[^.]+))?\.(?P<param>weight|bias)$"
+)
 _LORA_EMBED_RE = re.compile(r"^(?P<module>.+)\.(?P<part>lora_embedding_A|lora_embedding_B)(?:\.(?P<adapter>[^.]+))?$")
 _MODULES_TO_SAVE_RE = re.compile(r"\.modules_to_save(?:\.[^.]+)?\.")
 _UNSUPPORTED_KEYS = {
@@ -75,14 +76,17 @@ def _adapter_file(folder: Path) -> Path:
         if (folder / name).is_file() or is_special(folder / name):  # a FIFO is refused when it is opened
             return folder / name
     found = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
-    raise InputError("no adapter_model.safetensors or adapter_model.bin in the adapter folder", path=folder,
-                     hint=f"found {', '.join(found)}" if found else "download the adapter again")
+    raise InputError(
+        "no adapter_model.safetensors or adapter_model.bin in the adapter folder",
+        path=folder,
+        hint=f"found {', '.join(found)}" if found else "download the adapter again",
+    )
 
 
 def _strip_peft_prefix(key: str) -> str:
     for p in _PEFT_PREFIXES:
         if key.startswith(p):
-            return key[len(p):]
+            return key[len(p) :]
     return key
 
 
@@ -109,8 +113,14 @@ class Resolver:
         return None
 
 
-def load_adapter(folder: Path, base: TensorSource, resolver: Resolver, model_type: str | None,
-                 vocab: dict[str, str], warnings: list[str]) -> Adapter:
+def load_adapter(
+    folder: Path,
+    base: TensorSource,
+    resolver: Resolver,
+    model_type: str | None,
+    vocab: dict[str, str],
+    warnings: list[str],
+) -> Adapter:
     """Open the adapter in ``folder`` (a file stands for its folder) and index it against ``base``."""
     folder = Path(folder)
     if folder.is_file():
@@ -119,8 +129,11 @@ def load_adapter(folder: Path, base: TensorSource, resolver: Resolver, model_typ
         raise InputError("no such adapter folder", path=folder, hint="pass a local peft adapter folder")
     cfg_path = folder / ADAPTER_CONFIG
     if not cfg_path.is_file():
-        raise InputError("not a peft adapter folder: adapter_config.json is missing", path=folder,
-                         hint="pass the folder that holds adapter_config.json and adapter_model.*")
+        raise InputError(
+            "not a peft adapter folder: adapter_config.json is missing",
+            path=folder,
+            hint="pass the folder that holds adapter_config.json and adapter_model.*",
+        )
     settings = LoraSettings.read(cfg_path)
     file = _adapter_file(folder)
     source = open_source(file)
@@ -171,8 +184,9 @@ def _sort_keys(ad: Adapter) -> tuple[dict[str, dict[str, str]], list[str]]:
         name = _strip_peft_prefix(key)
         for marker, why in _UNSUPPORTED_KEYS.items():
             if f".{marker}" in name:
-                raise InputError(f"tensor {key!r} belongs to {why}", path=ad.file,
-                                 hint="merge it with peft's merge_and_unload")
+                raise InputError(
+                    f"tensor {key!r} belongs to {why}", path=ad.file, hint="merge it with peft's merge_and_unload"
+                )
         m = _LORA_LINEAR_RE.match(name)
         if m:
             entry = parts.setdefault(m.group("module"), {})
@@ -191,17 +205,29 @@ def _sort_keys(ad: Adapter) -> tuple[dict[str, dict[str, str]], list[str]]:
                 adapter_names.add(m.group("adapter"))
             continue
         if ".lora_" in name:
-            raise InputError(f"unrecognised LoRA tensor {key!r}", path=ad.file,
-                             hint="llmkit reads lora_A/lora_B and lora_embedding_A/B tensors")
+            raise InputError(
+                f"unrecognised LoRA tensor {key!r}",
+                path=ad.file,
+                hint="llmkit reads lora_A/lora_B and lora_embedding_A/B tensors",
+            )
         full.append(key)
     if len(adapter_names) > 1:
-        raise InputError(f"the adapter file holds several adapters ({', '.join(sorted(adapter_names))})",
-                         path=ad.file, hint="save each adapter into its own folder")
+        raise InputError(
+            f"the adapter file holds several adapters ({', '.join(sorted(adapter_names))})",
+            path=ad.file,
+            hint="save each adapter into its own folder",
+        )
     return parts, full
 
 
-def _index_adapter(ad: Adapter, base: TensorSource, resolver: Resolver, model_type: str | None,
-                   vocab: dict[str, str], warnings: list[str]) -> None:
+def _index_adapter(
+    ad: Adapter,
+    base: TensorSource,
+    resolver: Resolver,
+    model_type: str | None,
+    vocab: dict[str, str],
+    warnings: list[str],
+) -> None:
     s = ad.settings
     parts, full = _sort_keys(ad)
     base_shapes = {n: base.info(n).shape for n in base.keys()}
@@ -209,8 +235,11 @@ def _index_adapter(ad: Adapter, base: TensorSource, resolver: Resolver, model_ty
     for plain, key in _saved_modules(full).items():
         target = resolver.find(plain)
         if target is None:
-            raise InputError(f"the adapter holds {key!r}, which the base model does not have", path=ad.file,
-                             hint="this adapter belongs to another model")
+            raise InputError(
+                f"the adapter holds {key!r}, which the base model does not have",
+                path=ad.file,
+                hint="this adapter belongs to another model",
+            )
         ad.replacements[target] = key
     for module, entry in parts.items():
         mod = _lora_module(ad, module, entry, resolver, base_shapes, model_type, vocab)
@@ -222,38 +251,64 @@ def _index_adapter(ad: Adapter, base: TensorSource, resolver: Resolver, model_ty
     flips = {m.transpose for m in ad.modules.values() if not m.embedding}
     if flips and s.fan_in_fan_out not in flips:
         layer = "Conv1D" if True in flips else "Linear"
-        warnings.append(f"{ad.settings.path}: fan_in_fan_out is {str(s.fan_in_fan_out).lower()} but the targeted "
-                        f"layers are {layer}; like peft, llmkit uses {str(not s.fan_in_fan_out).lower()}")
+        warnings.append(
+            f"{ad.settings.path}: fan_in_fan_out is {str(s.fan_in_fan_out).lower()} but the targeted "
+            f"layers are {layer}; like peft, llmkit uses {str(not s.fan_in_fan_out).lower()}"
+        )
     if ad.ignored:
-        warnings.append(f"{ad.file}: {len(ad.ignored)} LoRA layer(s) are not in target_modules and are ignored, as "
-                        f"peft ignores them (e.g. {ad.ignored[0]})")
+        warnings.append(
+            f"{ad.file}: {len(ad.ignored)} LoRA layer(s) are not in target_modules and are ignored, as "
+            f"peft ignores them (e.g. {ad.ignored[0]})"
+        )
     if not ad.modules and not ad.replacements:
         targets = s.target_modules if isinstance(s.target_modules, str) else ", ".join(s.target_modules or [])
-        raise InputError(f"the adapter changes nothing in this base (target_modules: {targets or '-'})",
-                         path=ad.folder, hint="this adapter belongs to another model")
+        raise InputError(
+            f"the adapter changes nothing in this base (target_modules: {targets or '-'})",
+            path=ad.folder,
+            hint="this adapter belongs to another model",
+        )
     _check_targets_have_weights(ad, base, warnings)
     if isinstance(s.init_lora_weights, str) and s.init_lora_weights.lower().split("_")[0] in (
-            "pissa", "olora", "corda", "loftq"):
-        warnings.append(f"{ad.settings.path}: init_lora_weights={s.init_lora_weights} changes the base during "
-                        "training; the merge is right only on the base the adapter was trained on")
+        "pissa",
+        "olora",
+        "corda",
+        "loftq",
+    ):
+        warnings.append(
+            f"{ad.settings.path}: init_lora_weights={s.init_lora_weights} changes the base during "
+            "training; the merge is right only on the base the adapter was trained on"
+        )
     if s.modules_to_save and not ad.replacements:
-        warnings.append(f"{ad.file}: modules_to_save lists {', '.join(s.modules_to_save)} but the file holds no "
-                        "full tensors; the base tensors are kept")
+        warnings.append(
+            f"{ad.file}: modules_to_save lists {', '.join(s.modules_to_save)} but the file holds no "
+            "full tensors; the base tensors are kept"
+        )
 
 
-def _lora_module(ad: Adapter, module: str, entry: dict[str, str], resolver: Resolver,
-                 base_shapes: dict[str, tuple[int, ...]], model_type: str | None,
-                 vocab: dict[str, str]) -> LoraModule | None:
+def _lora_module(
+    ad: Adapter,
+    module: str,
+    entry: dict[str, str],
+    resolver: Resolver,
+    base_shapes: dict[str, tuple[int, ...]],
+    model_type: str | None,
+    vocab: dict[str, str],
+) -> LoraModule | None:
     """One LoRA layer resolved against the base and shape-checked; None when peft would ignore it."""
     s = ad.settings
     if "A" not in entry or "B" not in entry:
-        raise InputError(f"LoRA layer {module!r} lacks its {'A' if 'A' not in entry else 'B'} matrix",
-                         path=ad.file, hint="the adapter file is incomplete; download it again")
+        raise InputError(
+            f"LoRA layer {module!r} lacks its {'A' if 'A' not in entry else 'B'} matrix",
+            path=ad.file,
+            hint="the adapter file is incomplete; download it again",
+        )
     target = resolver.find(f"{module}.weight")
     if target is None:
-        raise InputError(f"the adapter changes {module!r}, which the base model does not have", path=ad.file,
-                         hint="this adapter belongs to another model (compare base_model_name_or_path in "
-                              "adapter_config.json)")
+        raise InputError(
+            f"the adapter changes {module!r}, which the base model does not have",
+            path=ad.file,
+            hint="this adapter belongs to another model (compare base_model_name_or_path in adapter_config.json)",
+        )
     if not s.targets(module, is_output_head=target.endswith(OUTPUT_HEADS)):
         ad.ignored.append(module)
         return None
@@ -261,47 +316,78 @@ def _lora_module(ad: Adapter, module: str, entry: dict[str, str], resolver: Reso
     a_shape = ad.source.info(entry["A"]).shape
     b_shape = ad.source.info(entry["B"]).shape
     if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
-        raise InputError(f"LoRA layer {module!r} has mismatched A {list(a_shape)} and B {list(b_shape)}",
-                         path=ad.file, hint="the adapter file is damaged; download it again")
+        raise InputError(
+            f"LoRA layer {module!r} has mismatched A {list(a_shape)} and B {list(b_shape)}",
+            path=ad.file,
+            hint="the adapter file is damaged; download it again",
+        )
     if a_shape[0] != r:
         if not s.r_given and s.pattern_key(s.rank_pattern, module) is None:
-            raise InputError(f"adapter_config.json has no r (peft then uses its default, r=8) but lora_A of "
-                             f"{module!r} has {a_shape[0]} rows", path=s.path,
-                             hint=f"add \"r\": {a_shape[0]} to adapter_config.json if that is the adapter's "
-                                  "rank; peft refuses this adapter as it is")
-        raise InputError(f"adapter_config.json says r={r} for {module!r} but its lora_A has {a_shape[0]} rows",
-                         path=ad.file, hint="the config and the weights belong to different adapters")
-    mod = LoraModule(module=module, target=target, a_key=entry["A"], b_key=entry["B"],
-                     bias_key=entry.get("bias"), bias_target=None, embedding="embedding" in entry,
-                     scaling=s.scaling(module))
+            raise InputError(
+                f"adapter_config.json has no r (peft then uses its default, r=8) but lora_A of "
+                f"{module!r} has {a_shape[0]} rows",
+                path=s.path,
+                hint=f'add "r": {a_shape[0]} to adapter_config.json if that is the adapter\'s '
+                "rank; peft refuses this adapter as it is",
+            )
+        raise InputError(
+            f"adapter_config.json says r={r} for {module!r} but its lora_A has {a_shape[0]} rows",
+            path=ad.file,
+            hint="the config and the weights belong to different adapters",
+        )
+    mod = LoraModule(
+        module=module,
+        target=target,
+        a_key=entry["A"],
+        b_key=entry["B"],
+        bias_key=entry.get("bias"),
+        bias_target=None,
+        embedding="embedding" in entry,
+        scaling=s.scaling(module),
+    )
     w = tuple(base_shapes[target])
     if len(w) != 2:
-        raise InputError(f"the adapter puts LoRA on {target!r}, a {len(w)}-d tensor in the base", path=ad.file,
-                         hint="this adapter belongs to another model")
+        raise InputError(
+            f"the adapter puts LoRA on {target!r}, a {len(w)}-d tensor in the base",
+            path=ad.file,
+            hint="this adapter belongs to another model",
+        )
     out_f, in_f = b_shape[0], a_shape[1]
     if mod.embedding:
         # peft: transpose(B @ A, True); A spans the vocabulary (checked with the vocabulary plan).
         mod.transpose = True
         if w[1] != out_f:
-            raise InputError(f"the adapter's embedding LoRA on {module!r} has width {out_f} but the base "
-                             f"embedding is {list(w)}", path=ad.file, hint="this adapter belongs to another model")
+            raise InputError(
+                f"the adapter's embedding LoRA on {module!r} has width {out_f} but the base embedding is {list(w)}",
+                path=ad.file,
+                hint="this adapter belongs to another model",
+            )
     elif target in vocab:
         # An output head grows with the vocabulary: only its input width is fixed here.
         if w[1] != in_f:
-            raise InputError(f"the adapter's LoRA on {module!r} takes {in_f} inputs but the base {target} is "
-                             f"{list(w)}", path=ad.file, hint="this adapter belongs to another model")
+            raise InputError(
+                f"the adapter's LoRA on {module!r} takes {in_f} inputs but the base {target} is {list(w)}",
+                path=ad.file,
+                hint="this adapter belongs to another model",
+            )
     else:
         # peft picks fan_in_fan_out by layer type: Linear [out, in] never, Conv1D [in, out] always.
         is_linear, is_conv1d = w == (out_f, in_f), w == (in_f, out_f)
         if not is_linear and not is_conv1d:
-            raise InputError(f"the adapter's LoRA on {module!r} is {out_f}x{in_f} (out x in) but the base "
-                             f"{target} is {list(w)}", path=ad.file, hint="this adapter belongs to another model")
+            raise InputError(
+                f"the adapter's LoRA on {module!r} is {out_f}x{in_f} (out x in) but the base {target} is {list(w)}",
+                path=ad.file,
+                hint="this adapter belongs to another model",
+            )
         mod.transpose = model_type in CONV1D_MODEL_TYPES if (is_linear and is_conv1d) else is_conv1d
     if mod.bias_key is not None:
         bias_target = target[: -len("weight")] + "bias"
         if bias_target not in base_shapes:
-            raise InputError(f"the adapter has a LoRA bias (lora_bias) for {module!r} but the base layer has no "
-                             "bias; peft cannot merge it either", path=ad.file)
+            raise InputError(
+                f"the adapter has a LoRA bias (lora_bias) for {module!r} but the base layer has no "
+                "bias; peft cannot merge it either",
+                path=ad.file,
+            )
         mod.bias_target = bias_target
     return mod
 
@@ -322,10 +408,11 @@ def _check_targets_have_weights(ad: Adapter, base: TensorSource, warnings: list[
         module = name[: -len(".weight")]
         if b_prefix and not module.startswith(b_prefix):
             continue
-        adapter_side = a_prefix + module[len(b_prefix):]
+        adapter_side = a_prefix + module[len(b_prefix) :]
         if ad.settings.targets(adapter_side, is_output_head=name.endswith(OUTPUT_HEADS)):
             missing.append(adapter_side)
     if missing:
-        warnings.append(f"{ad.file}: {len(missing)} layer(s) matched by target_modules have no LoRA weights "
-                        f"(e.g. {missing[0]}); like peft, llmkit leaves them unchanged")
-
+        warnings.append(
+            f"{ad.file}: {len(missing)} layer(s) matched by target_modules have no LoRA weights "
+            f"(e.g. {missing[0]}); like peft, llmkit leaves them unchanged"
+        )

@@ -44,7 +44,7 @@ def _new_non_finite(t: torch.Tensor, base: torch.Tensor | None) -> int:
     return int(bad.sum())
 
 
-def refuse_new_non_finite(plan: "MergePlan", name: str) -> None:
+def refuse_new_non_finite(plan: MergePlan, name: str) -> None:
     """Raise for the first step of ``name``'s merge that puts NaN/Inf where the base is finite; return when
     every non-finite value of the output was already in the base."""
     base = plan.base.get(name)
@@ -56,30 +56,39 @@ def refuse_new_non_finite(plan: "MergePlan", name: str) -> None:
             raise _error(plan, name, step, t, count)
 
 
-def _error(plan: "MergePlan", name: str, step: MergeStep, t: torch.Tensor, count: int) -> InputError:
+def _error(plan: MergePlan, name: str, step: MergeStep, t: torch.Tensor, count: int) -> InputError:
     what = f"{count} NaN/Inf value(s) in {name} where the base has finite numbers"
     if step == "cast":
-        return InputError(f"--dtype {dtype_name(t.dtype)} would put {what}: the merged values exceed its range",
-                          path=plan.base.path, hint="use --dtype bf16 or fp32, or keep the base's dtype")
+        return InputError(
+            f"--dtype {dtype_name(t.dtype)} would put {what}: the merged values exceed its range",
+            path=plan.base.path,
+            hint="use --dtype bf16 or fp32, or keep the base's dtype",
+        )
     if step == "grow":
-        return InputError(f"the rows added to {name} (the mean of its rows) would be {what}: the base's rows of "
-                          "it are not all finite", path=plan.base.path,
-                          hint="use an adapter that supplies these rows, or a base without NaN/Inf")
+        return InputError(
+            f"the rows added to {name} (the mean of its rows) would be {what}: the base's rows of "
+            "it are not all finite",
+            path=plan.base.path,
+            hint="use an adapter that supplies these rows, or a base without NaN/Inf",
+        )
     assert step is not None
     broken = _non_finite_inputs(step, name)
     if broken:
-        return InputError(f"{broken} holds NaN or Inf; merging it would put {what}", path=step.file,
-                          hint="the adapter is damaged (peft's safe_merge refuses it too); download or train "
-                               "it again")
+        return InputError(
+            f"{broken} holds NaN or Inf; merging it would put {what}",
+            path=step.file,
+            hint="the adapter is damaged (peft's safe_merge refuses it too); download or train it again",
+        )
     mod = step.modules.get(name) or step.bias_modules.get(name)
     scale = f" (scaling {mod.scaling:g})" if mod is not None else ""
-    return InputError(f"merging this adapter{scale} would put {what}: the update exceeds the range of "
-                      f"{dtype_name(t.dtype)}", path=step.file,
-                      hint="the adapter does not belong to this base, or its lora_alpha is wrong (peft's "
-                           "safe_merge refuses it too)")
+    return InputError(
+        f"merging this adapter{scale} would put {what}: the update exceeds the range of {dtype_name(t.dtype)}",
+        path=step.file,
+        hint="the adapter does not belong to this base, or its lora_alpha is wrong (peft's safe_merge refuses it too)",
+    )
 
 
-def _non_finite_inputs(ad: "Adapter", name: str) -> str | None:
+def _non_finite_inputs(ad: Adapter, name: str) -> str | None:
     """Which of the adapter's tensors for ``name`` holds NaN/Inf, as "lora_B of MODULE (KEY)"."""
     mod, bias = ad.modules.get(name), ad.bias_modules.get(name)
     parts = [("the saved tensor", ad.replacements.get(name))]

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
@@ -32,8 +32,19 @@ from llmkit.lora.arithmetic import ROUNDING, add_in_fp32, grow_rows, lora_delta
 from llmkit.lora.finite import MergeStep, all_finite, refuse_new_non_finite
 from llmkit.lora.tokenizer import has_tokenizer, tokenizer_size
 from llmkit.lora.vocab import VocabPlan, plan_vocabulary, vocab_tensors
-from llmkit.pipeline import (AuxCopy, Check, Execution, Notice, Plan, PlanReport, ProgressFactory, Result, execute,
-                             open_plan_sink, plan_report)
+from llmkit.pipeline import (
+    AuxCopy,
+    Check,
+    Execution,
+    Notice,
+    Plan,
+    PlanReport,
+    ProgressFactory,
+    Result,
+    execute,
+    open_plan_sink,
+    plan_report,
+)
 from llmkit.units import DEFAULT_SHARD_SIZE
 
 FORMATS = ("safetensors", "bin", "pth")
@@ -111,8 +122,16 @@ class MergePlan:
     (headers and file mappings only) until :meth:`close`.
     """
 
-    def __init__(self, options: MergeOptions, base: TensorSource, adapters: list[Adapter], vocab: VocabPlan,
-                 config: dict | None, warnings: list[str], dropped: list[str]):
+    def __init__(
+        self,
+        options: MergeOptions,
+        base: TensorSource,
+        adapters: list[Adapter],
+        vocab: VocabPlan,
+        config: dict | None,
+        warnings: list[str],
+        dropped: list[str],
+    ):
         self.options = options
         self.base = base
         self.adapters = adapters
@@ -172,7 +191,7 @@ class MergePlan:
         t = self.base.get(name) if last is None else None
         if t is not None:
             yield None, t
-        for ad in self.adapters[last or 0:]:
+        for ad in self.adapters[last or 0 :]:
             key, mod, bias = ad.replacements.get(name), ad.modules.get(name), ad.bias_modules.get(name)
             if key is not None:  # replaced whole (its rows were checked against the vocabulary plan)
                 t = ad.source.get(key).to(work)
@@ -197,10 +216,13 @@ class MergePlan:
         """The (source, tensor) pairs :meth:`merged` reads for ``name``."""
         last = self._last_replacement(name)
         pairs = [(self.base, name)] if last is None else []
-        for ad in self.adapters[last or 0:]:
+        for ad in self.adapters[last or 0 :]:
             mod, bias = ad.modules.get(name), ad.bias_modules.get(name)
-            keys = [ad.replacements.get(name), *((mod.a_key, mod.b_key) if mod else ()),
-                    bias.bias_key if bias else None]
+            keys = [
+                ad.replacements.get(name),
+                *((mod.a_key, mod.b_key) if mod else ()),
+                bias.bias_key if bias else None,
+            ]
             pairs += [(ad.source, k) for k in keys if k is not None]
         return pairs
 
@@ -221,26 +243,55 @@ class MergePlan:
         read_bytes = {s.name: sum(src.info(k).nbytes for src, k in self.reads(s.name)) for s in specs}
         # alive per tensor: its inputs, the fp32 work tensor and delta, the result; plus one finished tensor
         working = max((read_bytes[s.name] + 8 * math.prod(s.shape) + s.nbytes for s in specs), default=0)
-        notices = [Notice.warning("--shard-size does not apply to --format pth (use --pth-shards)")] \
-            if o.fmt == "pth" and o.shard_size else []
-        return Plan(job="merge-lora", output=Path(output), fmt=SINK_FORMATS[o.fmt], specs=specs, produce=self.merged,
-                    reads=self.reads, inputs=[p for p in inputs if p is not None],
-                    input_bytes=sum(read_bytes.values()),
-                    working_set_bytes=working + max((s.nbytes for s in specs), default=0), label="merging",
-                    aux=aux, sink_options=sink_options, checks=self._checks(),
-                    notices=notices + [Notice.warning(w) for w in self.warnings])
+        notices = (
+            [Notice.warning("--shard-size does not apply to --format pth (use --pth-shards)")]
+            if o.fmt == "pth" and o.shard_size
+            else []
+        )
+        return Plan(
+            job="merge-lora",
+            output=Path(output),
+            fmt=SINK_FORMATS[o.fmt],
+            specs=specs,
+            produce=self.merged,
+            reads=self.reads,
+            inputs=[p for p in inputs if p is not None],
+            input_bytes=sum(read_bytes.values()),
+            working_set_bytes=working + max((s.nbytes for s in specs), default=0),
+            label="merging",
+            aux=aux,
+            sink_options=sink_options,
+            checks=self._checks(),
+            notices=notices + [Notice.warning(w) for w in self.warnings],
+        )
 
     def _checks(self) -> list[Check]:
-        checks = [Check(f"adapter {a.folder}", "ok", f"{len(a.modules)} LoRA layer(s) and {len(a.replacements)} "
-                        "saved tensor(s) fit the base") for a in self.adapters]
+        checks = [
+            Check(
+                f"adapter {a.folder}",
+                "ok",
+                f"{len(a.modules)} LoRA layer(s) and {len(a.replacements)} saved tensor(s) fit the base",
+            )
+            for a in self.adapters
+        ]
         if self.vocab.before is not None:
-            checks.append(Check("vocabulary", "ok", f"{self.vocab.before} -> {self.vocab.after} rows, in adapter "
-                                "order; the output tokenizer matches"))
+            checks.append(
+                Check(
+                    "vocabulary",
+                    "ok",
+                    f"{self.vocab.before} -> {self.vocab.after} rows, in adapter order; the output tokenizer matches",
+                )
+            )
         return checks
 
     # ---- running ----
-    def run(self, output: str | os.PathLike | None = None, *, progress: ProgressFactory | None = None,
-            on_plan: Callable[[Plan], None] | None = None) -> MergeResult:
+    def run(
+        self,
+        output: str | os.PathLike | None = None,
+        *,
+        progress: ProgressFactory | None = None,
+        on_plan: Callable[[Plan], None] | None = None,
+    ) -> MergeResult:
         """Check the destination, then write the merge to ``output`` (default ``options.output``), or with
         ``options.dry_run`` only report what a run would do. ``on_plan`` sees the plan (its notices) first."""
         out = output if output is not None else self.options.output
@@ -254,29 +305,41 @@ class MergePlan:
             return self._result(plan, sink, report=plan_report(plan, sink))
         return self._result(plan, sink, execution=execute(plan, sink, progress=progress))
 
-    def _result(self, plan: Plan, sink: Sink, *, report: PlanReport | None = None,
-                execution: Execution | None = None) -> MergeResult:
+    def _result(
+        self, plan: Plan, sink: Sink, *, report: PlanReport | None = None, execution: Execution | None = None
+    ) -> MergeResult:
         return MergeResult(
-            base=str(self.base.path), output=str(plan.output), format=self.options.fmt,
-            dtype=dtype_name(self.out_dtype), dry_run=execution is None, adapters=[_report(a) for a in self.adapters],
-            vocab_before=self.vocab.before, vocab_after=self.vocab.after,
+            base=str(self.base.path),
+            output=str(plan.output),
+            format=self.options.fmt,
+            dtype=dtype_name(self.out_dtype),
+            dry_run=execution is None,
+            adapters=[_report(a) for a in self.adapters],
+            vocab_before=self.vocab.before,
+            vocab_after=self.vocab.after,
             mean_initialised_rows=dict(self.vocab.mean_rows),
             tokenizer_from=str(self.vocab.tokenizer_folder) if has_tokenizer(self.vocab.tokenizer_folder) else None,
-            tensors=len(plan.specs) - len(self.dropped), total_bytes=sink.total_size,
-            files=execution.files if execution else list(sink.files), rounding=ROUNDING,
+            tensors=len(plan.specs) - len(self.dropped),
+            total_bytes=sink.total_size,
+            files=execution.files if execution else list(sink.files),
+            rounding=ROUNDING,
             seconds=execution.seconds if execution else 0.0,
-            warnings=[n.text for n in plan.notices if n.level == "warning"], free_disk_bytes=sink.free_disk_bytes,
-            needed_disk_bytes=sink.needed_disk_bytes, disk_margin_bytes=sink.space_margin, plan=report,
+            warnings=[n.text for n in plan.notices if n.level == "warning"],
+            free_disk_bytes=sink.free_disk_bytes,
+            needed_disk_bytes=sink.needed_disk_bytes,
+            disk_margin_bytes=sink.space_margin,
+            plan=report,
             outputs=[str(plan.output)] if execution else [],
             checks=plan.checks + (execution.checks if execution else []),
-            notices=list(plan.notices))
+            notices=list(plan.notices),
+        )
 
     def close(self) -> None:
         for a in self.adapters:
             a.close()
         self.base.close()
 
-    def __enter__(self) -> "MergePlan":
+    def __enter__(self) -> MergePlan:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -286,18 +349,30 @@ class MergePlan:
 def _report(a: Adapter) -> AdapterReport:
     s = a.settings
     return AdapterReport(
-        path=str(a.folder), file=a.file.name, r=s.r, lora_alpha=s.lora_alpha, scaling=s.scaling(""),
-        use_rslora=s.use_rslora, fan_in_fan_out=any(m.transpose and not m.embedding for m in a.modules.values()),
-        lora_modules=len(a.modules), replaced=sorted(a.replacements), tokenizer_size=a.tokenizer_size,
-        vocab_size=a.vocab_size)
+        path=str(a.folder),
+        file=a.file.name,
+        r=s.r,
+        lora_alpha=s.lora_alpha,
+        scaling=s.scaling(""),
+        use_rslora=s.use_rslora,
+        fan_in_fan_out=any(m.transpose and not m.embedding for m in a.modules.values()),
+        lora_modules=len(a.modules),
+        replaced=sorted(a.replacements),
+        tokenizer_size=a.tokenizer_size,
+        vocab_size=a.vocab_size,
+    )
 
 
 # ------------------------------------------------------------------ planning
 
+
 def _open_base(path: Path) -> TensorSource:
     if path.is_dir() and (path / ADAPTER_CONFIG).is_file():
-        raise InputError("--base is a LoRA adapter folder, not a model", path=path,
-                         hint="pass the base model as --base and the adapter as --lora")
+        raise InputError(
+            "--base is a LoRA adapter folder, not a model",
+            path=path,
+            hint="pass the base model as --base and the adapter as --lora",
+        )
     base = open_source(path)
     if base.layout == "meta-pth":  # Meta originals as the HF model from-meta writes (no intermediate copy)
         from llmkit.io.meta_hf import open_as_hf
@@ -363,8 +438,10 @@ def open_merge(options: MergeOptions) -> MergePlan:
         plan = plan_vocabulary(base, loaded, Path(options.tokenizer) if options.tokenizer else None, warnings)
         dropped = _meta_dropped(base, cfg, options)
         if dropped:
-            warnings.append(f"{len(dropped)} rotary_emb.inv_freq buffer(s) are not part of Meta's layout and are "
-                            "left out (as the Chinese-LLaMA-Alpaca script does)")
+            warnings.append(
+                f"{len(dropped)} rotary_emb.inv_freq buffer(s) are not part of Meta's layout and are "
+                "left out (as the Chinese-LLaMA-Alpaca script does)"
+            )
         return MergePlan(options, base, loaded, plan, cfg, warnings, dropped)
     except BaseException:
         for a in loaded:
@@ -373,8 +450,9 @@ def open_merge(options: MergeOptions) -> MergePlan:
         raise
 
 
-def run(options: MergeOptions, *, progress: ProgressFactory | None = None,
-        on_plan: Callable[[Plan], None] | None = None) -> MergeResult:
+def run(
+    options: MergeOptions, *, progress: ProgressFactory | None = None, on_plan: Callable[[Plan], None] | None = None
+) -> MergeResult:
     """Merge (or with ``options.dry_run`` only check and plan) on the pipeline runner.
 
     Peak memory ~ a few copies of the largest tensor; every base tensor is read once.
@@ -383,19 +461,55 @@ def run(options: MergeOptions, *, progress: ProgressFactory | None = None,
         return merge.run(progress=progress, on_plan=on_plan)
 
 
-def plan_merge(base: str | os.PathLike, adapters: list[str | os.PathLike], *, dtype: str = "keep",
-               fmt: str = "safetensors", tokenizer: str | os.PathLike | None = None,
-               pth_shards: int | None = None) -> MergePlan:
+def plan_merge(
+    base: str | os.PathLike,
+    adapters: list[str | os.PathLike],
+    *,
+    dtype: str = "keep",
+    fmt: str = "safetensors",
+    tokenizer: str | os.PathLike | None = None,
+    pth_shards: int | None = None,
+) -> MergePlan:
     """:func:`open_merge` with keyword arguments (run it later with ``plan.run(out_dir)``)."""
-    return open_merge(MergeOptions(Path(base), tuple(Path(a) for a in adapters), dtype=dtype, fmt=fmt,
-                                   tokenizer=Path(tokenizer) if tokenizer else None, pth_shards=pth_shards))
+    return open_merge(
+        MergeOptions(
+            Path(base),
+            tuple(Path(a) for a in adapters),
+            dtype=dtype,
+            fmt=fmt,
+            tokenizer=Path(tokenizer) if tokenizer else None,
+            pth_shards=pth_shards,
+        )
+    )
 
 
-def merge_lora(base: str | os.PathLike, adapters: list[str | os.PathLike], out_dir: str | os.PathLike, *,
-               dtype: str = "keep", fmt: str = "safetensors", shard_size: int | None = None,
-               tokenizer: str | os.PathLike | None = None, pth_shards: int | None = None, dry_run: bool = False,
-               force: bool = False, progress: ProgressFactory | None = None) -> MergeResult:
+def merge_lora(
+    base: str | os.PathLike,
+    adapters: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    dtype: str = "keep",
+    fmt: str = "safetensors",
+    shard_size: int | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    pth_shards: int | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: ProgressFactory | None = None,
+) -> MergeResult:
     """:func:`run` with keyword arguments: merge ``adapters`` (in order) into ``base``, write ``out_dir``."""
-    return run(MergeOptions(Path(base), tuple(Path(a) for a in adapters), Path(out_dir), dtype=dtype, fmt=fmt,
-                            shard_size=shard_size, tokenizer=Path(tokenizer) if tokenizer else None,
-                            pth_shards=pth_shards, dry_run=dry_run, force=force), progress=progress)
+    return run(
+        MergeOptions(
+            Path(base),
+            tuple(Path(a) for a in adapters),
+            Path(out_dir),
+            dtype=dtype,
+            fmt=fmt,
+            shard_size=shard_size,
+            tokenizer=Path(tokenizer) if tokenizer else None,
+            pth_shards=pth_shards,
+            dry_run=dry_run,
+            force=force,
+        ),
+        progress=progress,
+    )

@@ -21,21 +21,30 @@ class LoraSettings(AdapterConfig):
     """The parts of ``adapter_config.json`` that decide the merge (the file is authoritative)."""
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "LoraSettings":
+    def read(cls, path: str | os.PathLike) -> LoraSettings:
         """Parse ``path`` and refuse the adapters llmkit cannot merge exactly (DoRA, non-LoRA, ...)."""
         s = super().read(path)
         peft_type = s.peft_type.upper()
         if peft_type != "LORA":
             raise InputError(f"this is a {peft_type} adapter; llmkit merges LoRA adapters only", path=s.path)
         if s.use_dora:
-            raise InputError("this is a DoRA adapter (use_dora: true); llmkit merges plain LoRA only", path=s.path,
-                             hint="merge it with peft's merge_and_unload")
+            raise InputError(
+                "this is a DoRA adapter (use_dora: true); llmkit merges plain LoRA only",
+                path=s.path,
+                hint="merge it with peft's merge_and_unload",
+            )
         if s.target_parameters:
-            raise InputError("the adapter targets parameters (target_parameters), which llmkit does not merge",
-                             path=s.path, hint="merge it with peft's merge_and_unload")
+            raise InputError(
+                "the adapter targets parameters (target_parameters), which llmkit does not merge",
+                path=s.path,
+                hint="merge it with peft's merge_and_unload",
+            )
         if s.trainable_token_indices:
-            raise InputError("the adapter trains single token rows (trainable_token_indices), which llmkit does "
-                             "not merge", path=s.path, hint="merge it with peft's merge_and_unload")
+            raise InputError(
+                "the adapter trains single token rows (trainable_token_indices), which llmkit does not merge",
+                path=s.path,
+                hint="merge it with peft's merge_and_unload",
+            )
         return s
 
     @staticmethod

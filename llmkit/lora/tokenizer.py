@@ -83,8 +83,10 @@ def published_tokenizer(folder: Path | None) -> tuple[str, int] | None:
 
 
 def has_tokenizer(folder: Path | None) -> bool:
-    return folder is not None and any((folder / n).is_file() or is_special(folder / n)  # a FIFO: refused on read
-                                      for n in ("tokenizer.model", "tokenizer.json"))
+    return folder is not None and any(
+        (folder / n).is_file() or is_special(folder / n)  # a FIFO: refused on read
+        for n in ("tokenizer.model", "tokenizer.json")
+    )
 
 
 def _vocabulary(folder: Path) -> tuple[set[int], set[str]] | None:
@@ -116,8 +118,9 @@ def _vocabulary(folder: Path) -> tuple[set[int], set[str]] | None:
         try:
             sp = spm.SentencePieceProcessor(model_file=str(tm))
         except (RuntimeError, OSError) as e:
-            raise InputError(f"not a readable SentencePiece model ({e})", path=tm,
-                             hint="download the tokenizer again") from None
+            raise InputError(
+                f"not a readable SentencePiece model ({e})", path=tm, hint="download the tokenizer again"
+            ) from None
         n = sp.get_piece_size()
         ids.update(range(n))
         pieces.update(sp.id_to_piece(i) for i in range(n))
@@ -172,7 +175,6 @@ def _added_tokens(path: Path) -> dict[str, int]:
     for token, value in _read_tokenizer_json(path).items():
         i = _token_id(value, path, f"the id of {token!r}")
         if i in owner:
-            raise InputError(f"{owner[i]!r} and {token!r} both have id {i}", path=path,
-                             hint=_PUT_BACK)
+            raise InputError(f"{owner[i]!r} and {token!r} both have id {i}", path=path, hint=_PUT_BACK)
         tokens[token], owner[i] = i, token
     return tokens

@@ -9,5 +9,15 @@ from llmkit.recipes.book import RECIPES, Recipe, Step
 from llmkit.recipes.runner import RecipeOptions, RecipeResult, StepReport, get_recipe, run_recipe
 from llmkit.recipes.show import ShowOptions, show_recipe
 
-__all__ = ["RECIPES", "Recipe", "RecipeOptions", "RecipeResult", "ShowOptions", "Step", "StepReport", "get_recipe",
-           "run_recipe", "show_recipe"]
+__all__ = [
+    "RECIPES",
+    "Recipe",
+    "RecipeOptions",
+    "RecipeResult",
+    "ShowOptions",
+    "Step",
+    "StepReport",
+    "get_recipe",
+    "run_recipe",
+    "show_recipe",
+]

@@ -34,101 +34,177 @@ class Recipe:
 
 
 def _to_ckpt(source: str) -> Step:
-    return Step("to-ckpt", "to-ckpt", {"source": f"{{out:{source}}}", "output": "{workdir}/model.ckpt"},
-                when="to_ckpt", final=True)
+    return Step(
+        "to-ckpt",
+        "to-ckpt",
+        {"source": f"{{out:{source}}}", "output": "{workdir}/model.ckpt"},
+        when="to_ckpt",
+        final=True,
+    )
 
 
 def _chinese(size: str, adapter: str, vocab: int) -> Recipe:
     return Recipe(
-        name=f"chinese-{adapter}-{size}", family="Chinese-LLaMA-Alpaca",
+        name=f"chinese-{adapter}-{size}",
+        family="Chinese-LLaMA-Alpaca",
         summary=f"LLaMA-{size.upper()} (Meta originals) + chinese-{adapter}-lora-{size} -> Chinese-"
-                f"{'LLaMA' if adapter == 'llama' else 'Alpaca'}-{size.upper()} (vocab {vocab})",
-        needs=("llama_dir",), llama_dim={"7b": 4096, "13b": 5120}[size],
+        f"{'LLaMA' if adapter == 'llama' else 'Alpaca'}-{size.upper()} (vocab {vocab})",
+        needs=("llama_dir",),
+        llama_dim={"7b": 4096, "13b": 5120}[size],
         steps=(
             Step("from-meta", "from-meta", {"source": "{llama_dir}", "output": f"{{workdir}}/llama-{size}-hf"}),
-            Step("download-lora", "download", {"model": f"chinese-{adapter}-lora-{size}",
-                                               "output": f"{{workdir}}/chinese-{adapter}-lora-{size}"}),
-            Step("merge-lora", "merge-lora", {"base": "{out:from-meta}", "adapters": ["{out:download-lora}"],
-                                              "output": f"{{workdir}}/chinese-{adapter}-{size}"}, final=True),
-            Step("to-meta", "to-meta", {"source": "{out:merge-lora}", "output": f"{{workdir}}/chinese-{adapter}-"
-                                                                                f"{size}-pth"},
-                 when="to_meta", final=True),
+            Step(
+                "download-lora",
+                "download",
+                {"model": f"chinese-{adapter}-lora-{size}", "output": f"{{workdir}}/chinese-{adapter}-lora-{size}"},
+            ),
+            Step(
+                "merge-lora",
+                "merge-lora",
+                {
+                    "base": "{out:from-meta}",
+                    "adapters": ["{out:download-lora}"],
+                    "output": f"{{workdir}}/chinese-{adapter}-{size}",
+                },
+                final=True,
+            ),
+            Step(
+                "to-meta",
+                "to-meta",
+                {"source": "{out:merge-lora}", "output": f"{{workdir}}/chinese-{adapter}-{size}-pth"},
+                when="to_meta",
+                final=True,
+            ),
             _to_ckpt("merge-lora"),
         ),
-        notes=(f"Chinese-LLaMA-Alpaca's SHA256.md lists the adapter (table chinese-{adapter}-lora-{size}); the recipe "
-               "does not stop on it, check the download with llmkit verify",),
+        notes=(
+            f"Chinese-LLaMA-Alpaca's SHA256.md lists the adapter (table chinese-{adapter}-lora-{size}); the recipe "
+            "does not stop on it, check the download with llmkit verify",
+        ),
     )
 
 
 def _zhixi(fp16: bool) -> Recipe:
     diff = "zhixi-13b-diff-fp16" if fp16 else "zhixi-13b-diff"
-    recover: dict[str, Any] = {"base": "{out:from-meta}", "diff": "{out:download-diff}",
-                               "output": "{workdir}/zhixi-13b" + ("-fp16" if fp16 else "")}
+    recover: dict[str, Any] = {
+        "base": "{out:from-meta}",
+        "diff": "{out:download-diff}",
+        "output": "{workdir}/zhixi-13b" + ("-fp16" if fp16 else ""),
+    }
     if not fp16:
         recover["check_sum"] = 94052.2891  # upstream's published integrity sum of the fp32 model
     return Recipe(
-        name="zhixi-13b" + ("-fp16" if fp16 else ""), family="ZhiXi / KnowLM",
+        name="zhixi-13b" + ("-fp16" if fp16 else ""),
+        family="ZhiXi / KnowLM",
         summary=f"LLaMA-13B (Meta originals) + the {'fp16' if fp16 else 'fp32'} diff -> ZhiXi-13B",
-        needs=("llama_dir",), llama_dim=5120,
+        needs=("llama_dir",),
+        llama_dim=5120,
         steps=(
             Step("from-meta", "from-meta", {"source": "{llama_dir}", "output": "{workdir}/llama-13b-hf"}),
             Step("download-diff", "download", {"model": diff, "output": f"{{workdir}}/{diff}"}),
             Step("verify-diff", "verify", {"paths": ["{out:download-diff}"], "table": diff}),
             Step("recover", "recover", recover, final=True),
-            Step("download-lora", "download", {"model": "zhixi-13b-lora", "output": "{workdir}/zhixi-13b-lora"},
-                 when="with_lora"),
-            Step("verify-lora", "verify", {"paths": ["{out:download-lora}"], "table": "zhixi-13b-lora"},
-                 when="with_lora"),
-            Step("merge-lora", "merge-lora", {"base": "{out:recover}", "adapters": ["{out:download-lora}"],
-                                              "output": "{workdir}/zhixi-13b" + ("-fp16" if fp16 else "")
-                                              + "-lora-merged"}, when="with_lora", final=True),
+            Step(
+                "download-lora",
+                "download",
+                {"model": "zhixi-13b-lora", "output": "{workdir}/zhixi-13b-lora"},
+                when="with_lora",
+            ),
+            Step(
+                "verify-lora", "verify", {"paths": ["{out:download-lora}"], "table": "zhixi-13b-lora"}, when="with_lora"
+            ),
+            Step(
+                "merge-lora",
+                "merge-lora",
+                {
+                    "base": "{out:recover}",
+                    "adapters": ["{out:download-lora}"],
+                    "output": "{workdir}/zhixi-13b" + ("-fp16" if fp16 else "") + "-lora-merged",
+                },
+                when="with_lora",
+                final=True,
+            ),
             _to_ckpt("recover"),
         ),
         notes=("LLaMA-13B stays fp16 (from-meta keeps the originals' dtype), as the diff expects",),
     )
 
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe(
-        name="techgpt-1.0", family="TechGPT-1.0",
-        summary="neukg/TechGPT-7B: download the .enc files, verify, XOR-decrypt with LLaMA-1 7B, verify",
-        needs=("key",),
-        steps=(
-            Step("download", "download", {"model": "techgpt-7b", "output": "{workdir}/techgpt-7b-enc"}),
-            Step("verify-download", "verify", {"paths": ["{out:download}"], "table": "techgpt-7b.enc"}),
-            Step("decrypt", "decrypt", {"inputs": ["{out:download}"], "key": "{key}",
-                                        "output": "{workdir}/techgpt-7b"}, final=True),
-            Step("verify", "verify", {"paths": ["{out:decrypt}"], "table": "techgpt-7b"}),
-            _to_ckpt("decrypt"),
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(
+            name="techgpt-1.0",
+            family="TechGPT-1.0",
+            summary="neukg/TechGPT-7B: download the .enc files, verify, XOR-decrypt with LLaMA-1 7B, verify",
+            needs=("key",),
+            steps=(
+                Step("download", "download", {"model": "techgpt-7b", "output": "{workdir}/techgpt-7b-enc"}),
+                Step("verify-download", "verify", {"paths": ["{out:download}"], "table": "techgpt-7b.enc"}),
+                Step(
+                    "decrypt",
+                    "decrypt",
+                    {"inputs": ["{out:download}"], "key": "{key}", "output": "{workdir}/techgpt-7b"},
+                    final=True,
+                ),
+                Step("verify", "verify", {"paths": ["{out:decrypt}"], "table": "techgpt-7b"}),
+                _to_ckpt("decrypt"),
+            ),
         ),
-    ),
-    *(Recipe(
-        name=f"techgpt-2.0-{v}", family="TechGPT-2.0",
-        summary=f"neukg/TechGPT-2.0-{v}-hf: download, then to-ckpt for MindFormers (always)",
-        steps=(
-            Step("download", "download", {"model": f"techgpt-2.0-{v}", "output": f"{{workdir}}/techgpt-2.0-{v}"},
-                 final=True),
-            Step("to-ckpt", "to-ckpt", {"source": "{out:download}", "output": f"{{workdir}}/techgpt-2.0-{v}.ckpt"},
-                 final=True),
+        *(
+            Recipe(
+                name=f"techgpt-2.0-{v}",
+                family="TechGPT-2.0",
+                summary=f"neukg/TechGPT-2.0-{v}-hf: download, then to-ckpt for MindFormers (always)",
+                steps=(
+                    Step(
+                        "download",
+                        "download",
+                        {"model": f"techgpt-2.0-{v}", "output": f"{{workdir}}/techgpt-2.0-{v}"},
+                        final=True,
+                    ),
+                    Step(
+                        "to-ckpt",
+                        "to-ckpt",
+                        {"source": "{out:download}", "output": f"{{workdir}}/techgpt-2.0-{v}.ckpt"},
+                        final=True,
+                    ),
+                ),
+                notes=("no published checksums; the download is checked against the hub's own hashes",),
+            )
+            for v in ("atom", "alpaca")
         ),
-        notes=("no published checksums; the download is checked against the hub's own hashes",),
-    ) for v in ("atom", "alpaca")),
-    _zhixi(False),
-    _zhixi(True),
-    _chinese("7b", "llama", 49953),
-    _chinese("13b", "llama", 49953),
-    _chinese("7b", "alpaca", 49954),
-    _chinese("13b", "alpaca", 49954),
-    Recipe(
-        name="cutegpt-13b", family="CuteGPT",
-        summary="XuYipei/kw-cutegpt-13b-base + Abbey4799/kw-cutegpt-13b-ift-lora -> CuteGPT-13B-ift",
-        steps=(
-            Step("download-base", "download", {"model": "cutegpt-13b-base", "output": "{workdir}/cutegpt-13b-base"}),
-            Step("download-lora", "download", {"model": "cutegpt-13b-ift-lora",
-                                               "output": "{workdir}/cutegpt-13b-ift-lora"}),
-            Step("merge-lora", "merge-lora", {"base": "{out:download-base}", "adapters": ["{out:download-lora}"],
-                                              "output": "{workdir}/cutegpt-13b-ift"}, final=True),
-            _to_ckpt("merge-lora"),
+        _zhixi(False),
+        _zhixi(True),
+        _chinese("7b", "llama", 49953),
+        _chinese("13b", "llama", 49953),
+        _chinese("7b", "alpaca", 49954),
+        _chinese("13b", "alpaca", 49954),
+        Recipe(
+            name="cutegpt-13b",
+            family="CuteGPT",
+            summary="XuYipei/kw-cutegpt-13b-base + Abbey4799/kw-cutegpt-13b-ift-lora -> CuteGPT-13B-ift",
+            steps=(
+                Step(
+                    "download-base", "download", {"model": "cutegpt-13b-base", "output": "{workdir}/cutegpt-13b-base"}
+                ),
+                Step(
+                    "download-lora",
+                    "download",
+                    {"model": "cutegpt-13b-ift-lora", "output": "{workdir}/cutegpt-13b-ift-lora"},
+                ),
+                Step(
+                    "merge-lora",
+                    "merge-lora",
+                    {
+                        "base": "{out:download-base}",
+                        "adapters": ["{out:download-lora}"],
+                        "output": "{workdir}/cutegpt-13b-ift",
+                    },
+                    final=True,
+                ),
+                _to_ckpt("merge-lora"),
+            ),
         ),
-    ),
-)}
+    )
+}

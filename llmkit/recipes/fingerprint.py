@@ -27,10 +27,11 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from llmkit.errors import InputError
 from llmkit.hashing import hash_file
@@ -148,8 +149,9 @@ class Fingerprints:
             return nullcontext(lambda n: None)
         return self.progress(f"sha256 {path.name}", total)
 
-    def _hash(self, p: Path, st: os.stat_result, advance: Callable[[int], None]) -> tuple[str, list[int] | None,
-                                                                                           os.stat_result]:
+    def _hash(
+        self, p: Path, st: os.stat_result, advance: Callable[[int], None]
+    ) -> tuple[str, list[int] | None, os.stat_result]:
         """(sha256, seal, stat) of the regular file ``p`` whose stat was ``st``: read once per run."""
         for _ in range(2):
             known = self._hashes.get(_key(p, st))
@@ -162,5 +164,8 @@ class Fingerprints:
                 self._hashes[_key(p, st)] = (sha, seal)
                 return sha, seal, st
             st = after
-        raise InputError("changed while llmkit was reading it", path=p,
-                         hint="another program is writing into the work folder; run the recipe again once it is done")
+        raise InputError(
+            "changed while llmkit was reading it",
+            path=p,
+            hint="another program is writing into the work folder; run the recipe again once it is done",
+        )

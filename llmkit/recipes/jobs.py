@@ -30,27 +30,98 @@ class JobKind:
     paths: tuple[str, ...]
 
 
-JOBS: dict[str, JobKind] = {j.name: j for j in (
-    JobKind("download", "llmkit.hub:DownloadOptions", "llmkit.hub:download", ("model",),
-            {"output": "-o", "endpoint": "--endpoint"}, "output", (), ("output",)),
-    JobKind("verify", "llmkit.verify:VerifyOptions", "llmkit.verify:verify_files", ("paths",),
-            {"table": "--table"}, None, ("paths",), ("paths",)),
-    JobKind("decrypt", "llmkit.crypto.plan:DecryptOptions", "llmkit.crypto:decrypt", ("inputs",),
-            {"key": "--key", "output": "-o"}, "output", ("inputs", "key"), ("inputs", "key", "output")),
-    JobKind("from-meta", "llmkit.convert:FromMetaOptions", "llmkit.convert:from_meta", ("source",),
-            {"output": "-o", "dtype": "--dtype", "tokenizer": "--tokenizer"}, "output", ("source", "tokenizer"),
-            ("source", "output", "tokenizer")),
-    JobKind("recover", "llmkit.recover:RecoverOptions", "llmkit.recover:run", (),
-            {"base": "--base", "diff": "--diff", "output": "-o", "dtype": "--dtype", "fmt": "--format",
-             "check_sum": "--check-sum"}, "output", ("base", "diff"), ("base", "diff", "output")),
-    JobKind("merge-lora", "llmkit.lora:MergeOptions", "llmkit.lora:run", (),
+JOBS: dict[str, JobKind] = {
+    j.name: j
+    for j in (
+        JobKind(
+            "download",
+            "llmkit.hub:DownloadOptions",
+            "llmkit.hub:download",
+            ("model",),
+            {"output": "-o", "endpoint": "--endpoint"},
+            "output",
+            (),
+            ("output",),
+        ),
+        JobKind(
+            "verify",
+            "llmkit.verify:VerifyOptions",
+            "llmkit.verify:verify_files",
+            ("paths",),
+            {"table": "--table"},
+            None,
+            ("paths",),
+            ("paths",),
+        ),
+        JobKind(
+            "decrypt",
+            "llmkit.crypto.plan:DecryptOptions",
+            "llmkit.crypto:decrypt",
+            ("inputs",),
+            {"key": "--key", "output": "-o"},
+            "output",
+            ("inputs", "key"),
+            ("inputs", "key", "output"),
+        ),
+        JobKind(
+            "from-meta",
+            "llmkit.convert:FromMetaOptions",
+            "llmkit.convert:from_meta",
+            ("source",),
+            {"output": "-o", "dtype": "--dtype", "tokenizer": "--tokenizer"},
+            "output",
+            ("source", "tokenizer"),
+            ("source", "output", "tokenizer"),
+        ),
+        JobKind(
+            "recover",
+            "llmkit.recover:RecoverOptions",
+            "llmkit.recover:run",
+            (),
+            {
+                "base": "--base",
+                "diff": "--diff",
+                "output": "-o",
+                "dtype": "--dtype",
+                "fmt": "--format",
+                "check_sum": "--check-sum",
+            },
+            "output",
+            ("base", "diff"),
+            ("base", "diff", "output"),
+        ),
+        JobKind(
+            "merge-lora",
+            "llmkit.lora:MergeOptions",
+            "llmkit.lora:run",
+            (),
             {"base": "--base", "adapters": "--lora", "output": "-o", "dtype": "--dtype", "fmt": "--format"},
-            "output", ("base", "adapters"), ("base", "adapters", "output")),
-    JobKind("to-meta", "llmkit.convert:ToMetaOptions", "llmkit.convert:to_meta", ("source",),
-            {"output": "-o", "dtype": "--dtype"}, "output", ("source",), ("source", "output")),
-    JobKind("to-ckpt", "llmkit.convert.ckpt:ToCkptOptions", "llmkit.convert.ckpt:to_ckpt", ("source",),
-            {"output": "-o", "dtype": "--dtype", "rotary": "--rotary"}, "output", ("source",), ("source", "output")),
-)}
+            "output",
+            ("base", "adapters"),
+            ("base", "adapters", "output"),
+        ),
+        JobKind(
+            "to-meta",
+            "llmkit.convert:ToMetaOptions",
+            "llmkit.convert:to_meta",
+            ("source",),
+            {"output": "-o", "dtype": "--dtype"},
+            "output",
+            ("source",),
+            ("source", "output"),
+        ),
+        JobKind(
+            "to-ckpt",
+            "llmkit.convert.ckpt:ToCkptOptions",
+            "llmkit.convert.ckpt:to_ckpt",
+            ("source",),
+            {"output": "-o", "dtype": "--dtype", "rotary": "--rotary"},
+            "output",
+            ("source",),
+            ("source", "output"),
+        ),
+    )
+}
 
 
 def _load(ref: str) -> Any:
@@ -87,7 +158,7 @@ def command_line(job: str, args: dict[str, Any]) -> str:
         value = args.get(field)
         if value is None or value is False:
             continue
-        for v in (value if isinstance(value, (list, tuple)) else [value]):
+        for v in value if isinstance(value, (list, tuple)) else [value]:
             words += [flag] if v is True else [flag, _word(v)]
     return " ".join(words)
 

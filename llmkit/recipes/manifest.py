@@ -55,7 +55,7 @@ class Manifest:
     created: list[str] = field(default_factory=list)  # outputs this recipe created in the work folder
 
     @classmethod
-    def load(cls, workdir: Path, recipe: str) -> "Manifest":
+    def load(cls, workdir: Path, recipe: str) -> Manifest:
         path = workdir / MANIFEST
         if not path.is_file():
             return cls(recipe)
@@ -67,9 +67,13 @@ class Manifest:
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / MANIFEST
         tmp = workdir / f".{MANIFEST}.llmkit-tmp"
-        data = {"recipe": self.recipe, "llmkit": __version__,
-                "steps": {k: asdict(v) for k, v in self.steps.items()}, "failed": self.failed,
-                "created": self.created}
+        data = {
+            "recipe": self.recipe,
+            "llmkit": __version__,
+            "steps": {k: asdict(v) for k, v in self.steps.items()},
+            "failed": self.failed,
+            "created": self.created,
+        }
         with open(tmp, "w") as f:
             f.write(json.dumps(data, indent=2) + "\n")  # steps in recipe order
             f.flush()
@@ -101,8 +105,11 @@ def _load_manifest(data: dict, path: Path, recipe: str) -> Manifest:
     name = _typed(data["recipe"], str, "a recipe name", path, "recipe")
     _typed(data.get("llmkit", ""), str, "a version string", path, "llmkit")
     if name != recipe:
-        raise InputError(f"this work folder holds a run of recipe {name!r}, not {recipe!r}", path=path,
-                         hint="choose another --workdir")
+        raise InputError(
+            f"this work folder holds a run of recipe {name!r}, not {recipe!r}",
+            path=path,
+            hint="choose another --workdir",
+        )
     steps = _typed(data.get("steps", {}), dict, "an object of step records", path, "steps")
     failed = _typed(data.get("failed", {}), dict, "an object of step ids and errors", path, "failed")
     for k, v in failed.items():
@@ -163,6 +170,9 @@ def _check_fingerprint(fp: Any, path: Path, where: str) -> None:
         if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in _HEX for c in sha)):
             _bad(path, f"{at}.sha256", f"is {json_kind(sha)}, not a sha256 in hex")
         seal = entry.get("seal")
-        if seal is not None and not (isinstance(seal, list) and len(seal) == 2
-                                     and all(isinstance(x, int) and not isinstance(x, bool) for x in seal)):
+        if seal is not None and not (
+            isinstance(seal, list)
+            and len(seal) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in seal)
+        ):
             _bad(path, f"{at}.seal", f"is {json_kind(seal)}, not a pair of integers")

@@ -42,6 +42,7 @@ def resolve(steps: list[Step], env: dict[str, str], endpoint: str | None = None)
                     raise InputError(f"recipe step {step.id} reads {name[4:]!r}, which no earlier step writes")
                 return outputs[name[4:]]
             return env[name]
+
         return _PLACEHOLDER.sub(one, value)
 
     for s in steps:
@@ -98,17 +99,27 @@ def _change(rec: StepRecord, removed: set[str], prints: Fingerprints) -> Change 
 def _notice(step_id: str, change: Change) -> Notice:
     """One line naming the file that makes ``step_id`` stale."""
     if change.how == "content in place":
-        return Notice.warning(f"{change.file}: changed in place since recipe step {step_id} recorded it (same size "
-                              f"and modification time, different sha256); step {step_id} must run again")
-    how = {"older record": "recorded by an earlier llmkit without content hashes", "content": "different sha256",
-           "kind": "no longer a regular file", "size": "different size", "time": "different modification time",
-           "missing": "no longer there", "added": "not there when it was recorded"}[change.how]
-    return Notice.info(f"{change.file}: changed since recipe step {step_id} recorded it ({how}); step {step_id} "
-                       "must run again")
+        return Notice.warning(
+            f"{change.file}: changed in place since recipe step {step_id} recorded it (same size "
+            f"and modification time, different sha256); step {step_id} must run again"
+        )
+    how = {
+        "older record": "recorded by an earlier llmkit without content hashes",
+        "content": "different sha256",
+        "kind": "no longer a regular file",
+        "size": "different size",
+        "time": "different modification time",
+        "missing": "no longer there",
+        "added": "not there when it was recorded",
+    }[change.how]
+    return Notice.info(
+        f"{change.file}: changed since recipe step {step_id} recorded it ({how}); step {step_id} must run again"
+    )
 
 
-def _stale(steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: Manifest, removed: set[str],
-           prints: Fingerprints) -> tuple[set[str], list[Notice]]:
+def _stale(
+    steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: Manifest, removed: set[str], prints: Fingerprints
+) -> tuple[set[str], list[Notice]]:
     """The recorded steps that are not current, with one notice per step whose files changed."""
     run: set[str] = set()
     notices: list[Notice] = []
@@ -127,8 +138,9 @@ def _stale(steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: Man
     return run, notices
 
 
-def plan_run(steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: Manifest,
-             prints: Fingerprints) -> tuple[set[str], list[Notice]]:
+def plan_run(
+    steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: Manifest, prints: Fingerprints
+) -> tuple[set[str], list[Notice]]:
     """The ids of the steps to run: the stale ones, what reads their output, and the deleted inputs of those."""
     out_of = {s.id: output_path(s, resolved[s.id]) for s in steps}
     removed = {str(out_of[k]) for k, r in manifest.steps.items() if r.removed and out_of.get(k)}

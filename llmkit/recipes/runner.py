@@ -29,8 +29,10 @@ from llmkit.recipes.jobs import JOBS, build_options, call, command_line
 from llmkit.recipes.manifest import Manifest, StepRecord
 from llmkit.recipes.planning import deps, input_paths, output_path, plan_run, resolve
 
-NEEDS = {"key": "--key (Meta's LLaMA-1 7B consolidated.00.pth, the XOR key)",
-         "llama_dir": "--llama-dir (the folder of Meta's original LLaMA consolidated.NN.pth and params.json)"}
+NEEDS = {
+    "key": "--key (Meta's LLaMA-1 7B consolidated.00.pth, the XOR key)",
+    "llama_dir": "--llama-dir (the folder of Meta's original LLaMA consolidated.NN.pth and params.json)",
+}
 
 
 @dataclass(frozen=True)
@@ -135,17 +137,22 @@ def _check_inputs(recipe: Recipe, options: RecipeOptions, progress: ProgressFact
     if options.llama_dir is not None:
         d = Path(options.llama_dir)
         if not d.is_dir() or not list(d.glob("consolidated.*.pth")) or not (d / "params.json").is_file():
-            raise InputError("not a folder of Meta's consolidated.NN.pth and params.json", path=d,
-                             hint="pass the size's own folder, e.g. LLaMA/13B")
+            raise InputError(
+                "not a folder of Meta's consolidated.NN.pth and params.json",
+                path=d,
+                hint="pass the size's own folder, e.g. LLaMA/13B",
+            )
         from llmkit.io.jsonfile import read_json
 
         params = read_json(d / "params.json")
         dim = params.get("dim") if isinstance(params, dict) else None
         if recipe.llama_dim is not None and dim != recipe.llama_dim:
             want = {4096: "7B", 5120: "13B"}.get(recipe.llama_dim, str(recipe.llama_dim))
-            raise InputError(f"params.json says dim {dim}; recipe {recipe.name} needs LLaMA-{want} (dim "
-                             f"{recipe.llama_dim})", path=d / "params.json",
-                             hint=f"pass the LLaMA-{want} folder as --llama-dir")
+            raise InputError(
+                f"params.json says dim {dim}; recipe {recipe.name} needs LLaMA-{want} (dim {recipe.llama_dim})",
+                path=d / "params.json",
+                hint=f"pass the LLaMA-{want} folder as --llama-dir",
+            )
     from llmkit.io.destination import ensure_output_is_new
 
     ensure_output_is_new(Path(options.workdir), [options.key, options.llama_dir])
@@ -172,14 +179,23 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
     sizes = [est[s.id] for s in steps if s.id in to_run]
     needed = None if None in sizes else sum(s or 0 for s in sizes)
     free = free_bytes(workdir)
-    result = RecipeResult(recipe=recipe.name, workdir=str(workdir), dry_run=options.dry_run,
-                          needed_disk_bytes=needed, free_disk_bytes=free, memory_estimate_bytes=_memory(recipe))
+    result = RecipeResult(
+        recipe=recipe.name,
+        workdir=str(workdir),
+        dry_run=options.dry_run,
+        needed_disk_bytes=needed,
+        free_disk_bytes=free,
+        memory_estimate_bytes=_memory(recipe),
+    )
     result.notices += stale
     known = sum(s or 0 for s in sizes)
     if known + space_margin(known) > free:
-        raise DiskSpaceError(f"the recipe writes {'about' if needed else 'at least'} {human_bytes(known)} (every "
-                             f"output at once) and {human_bytes(free)} is free", path=workdir,
-                             hint="free some space or choose another --workdir")
+        raise DiskSpaceError(
+            f"the recipe writes {'about' if needed else 'at least'} {human_bytes(known)} (every "
+            f"output at once) and {human_bytes(free)} is free",
+            path=workdir,
+            hint="free some space or choose another --workdir",
+        )
     if needed is None:
         result.notices.append(Notice.info("some outputs have no published size; the disk check covers the rest"))
     for s in steps:
@@ -193,8 +209,17 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
     produced = {out for s in steps if (out := output_path(s, resolved[s.id])) is not None}
     for report, s in zip(result.steps, steps):
         if s.id in to_run:
-            _run_step(s, resolved[s.id], report, manifest, workdir, result, progress, options.force,
-                      _Recording(prints, produced))
+            _run_step(
+                s,
+                resolved[s.id],
+                report,
+                manifest,
+                workdir,
+                result,
+                progress,
+                options.force,
+                _Recording(prints, produced),
+            )
     _cleanup(steps, resolved, manifest, workdir, options, result)
     result.final = [str(resolved[s.id][JOBS[s.job].output]) for s in steps if s.final]
     result.outputs = list(result.final)
@@ -213,8 +238,9 @@ def _holds_something(path: Path) -> bool:
     return path.is_file() or path.is_symlink() or (path.is_dir() and any(path.iterdir()))
 
 
-def _refuse_foreign_outputs(steps: list[Step], resolved: dict[str, dict[str, Any]], to_run: set[str],
-                            manifest: Manifest) -> None:
+def _refuse_foreign_outputs(
+    steps: list[Step], resolved: dict[str, dict[str, Any]], to_run: set[str], manifest: Manifest
+) -> None:
     """Before the first step: an output a step would replace that this recipe did not create is refused."""
     for s in steps:
         field_ = JOBS[s.job].output
@@ -222,9 +248,11 @@ def _refuse_foreign_outputs(steps: list[Step], resolved: dict[str, dict[str, Any
             continue
         path = Path(resolved[s.id][field_])
         if str(path) not in manifest.created and _holds_something(path):
-            raise OutputExistsError(f"recipe step {s.id} writes here, and this recipe did not create what is "
-                                    "there", path=path,
-                                    hint="move it away or choose another --workdir; --force replaces it")
+            raise OutputExistsError(
+                f"recipe step {s.id} writes here, and this recipe did not create what is there",
+                path=path,
+                hint="move it away or choose another --workdir; --force replaces it",
+            )
 
 
 @dataclass(frozen=True)
@@ -238,8 +266,17 @@ class _Recording:
         return self.prints.take(Path(path), content=path in self.produced)
 
 
-def _run_step(s: Step, args: dict[str, Any], report: StepReport, manifest: Manifest, workdir: Path,
-              result: RecipeResult, progress: ProgressFactory | None, force: bool, recording: _Recording) -> None:
+def _run_step(
+    s: Step,
+    args: dict[str, Any],
+    report: StepReport,
+    manifest: Manifest,
+    workdir: Path,
+    result: RecipeResult,
+    progress: ProgressFactory | None,
+    force: bool,
+    recording: _Recording,
+) -> None:
     kind = JOBS[s.job]
     run_args = dict(args)
     out_path = Path(args[kind.output]) if kind.output else None
@@ -264,10 +301,14 @@ def _run_step(s: Step, args: dict[str, Any], report: StepReport, manifest: Manif
     manifest.failed.pop(s.id, None)
     out = args.get(kind.output) if kind.output else None
     manifest.steps[s.id] = StepRecord(
-        job=s.job, options=json.loads(json.dumps(args)),
+        job=s.job,
+        options=json.loads(json.dumps(args)),
         inputs={p: recording.take(p) for p in input_paths(s.job, args)},
-        output={str(out): recording.take(str(out))} if out else {}, checks=[c.__dict__ for c in checks],
-        seconds=round(time.perf_counter() - start, 3), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        output={str(out): recording.take(str(out))} if out else {},
+        checks=[c.__dict__ for c in checks],
+        seconds=round(time.perf_counter() - start, 3),
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
     manifest.save(workdir)
     report.status, report.seconds = "ran", manifest.steps[s.id].seconds
     result.checks += [Check(f"{s.id}: {c.name}", c.status, c.detail) for c in checks]
@@ -286,8 +327,14 @@ def _ours(path: Path, workdir: Path, manifest: Manifest) -> bool:
     return inside and str(path) in manifest.created
 
 
-def _cleanup(steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: Manifest, workdir: Path,
-             options: RecipeOptions, result: RecipeResult) -> None:
+def _cleanup(
+    steps: list[Step],
+    resolved: dict[str, dict[str, Any]],
+    manifest: Manifest,
+    workdir: Path,
+    options: RecipeOptions,
+    result: RecipeResult,
+) -> None:
     """Delete the outputs of non-final steps that this recipe created (every step is done, so none is
     needed any more); what was there before the recipe is kept, with a notice."""
     if options.keep_intermediate:
@@ -299,8 +346,9 @@ def _cleanup(steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: M
             continue
         path = Path(resolved[s.id][field_])
         if not _ours(path, workdir, manifest):
-            result.notices.append(Notice.info(f"kept {path}: it was there before this recipe, so it is not "
-                                              "deleted as an intermediate"))
+            result.notices.append(
+                Notice.info(f"kept {path}: it was there before this recipe, so it is not deleted as an intermediate")
+            )
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

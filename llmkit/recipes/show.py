@@ -46,8 +46,10 @@ class RecipeScript(Result):
 def show_recipe(options: ShowOptions) -> RecipeScript:
     recipe = get_recipe(options.name)
     variables = {"WORKDIR": shlex.quote(str(options.workdir or f"./{recipe.name}"))}
-    placeholders = {"key": "/path/to/LLaMA/7B/consolidated.00.pth", "llama_dir": "/path/to/LLaMA/13B"
-                    if "13b" in recipe.name else "/path/to/LLaMA/7B"}
+    placeholders = {
+        "key": "/path/to/LLaMA/7B/consolidated.00.pth",
+        "llama_dir": "/path/to/LLaMA/13B" if "13b" in recipe.name else "/path/to/LLaMA/7B",
+    }
     for need in recipe.needs:
         value = getattr(options, need)
         variables[need.upper()] = shlex.quote(str(value)) if value else placeholders[need]
@@ -56,9 +58,15 @@ def show_recipe(options: ShowOptions) -> RecipeScript:
     resolved = resolve(steps, env)
     commands = [command_line(s.job, resolved[s.id]) for s in steps]
     optional = sorted({f"--{s.when.replace('_', '-')}" for s in recipe.steps if s.when})
-    return RecipeScript(recipe=recipe.name, family=recipe.family, summary=recipe.summary, variables=variables,
-                        commands=commands, optional=optional,
-                        notes=[f"needs {NEEDS[n]}" for n in recipe.needs] + list(recipe.notes))
+    return RecipeScript(
+        recipe=recipe.name,
+        family=recipe.family,
+        summary=recipe.summary,
+        variables=variables,
+        commands=commands,
+        optional=optional,
+        notes=[f"needs {NEEDS[n]}" for n in recipe.needs] + list(recipe.notes),
+    )
 
 
 @dataclass
@@ -67,8 +75,16 @@ class RecipeListing(Result):
 
 
 def list_recipes() -> RecipeListing:
-    return RecipeListing(recipes=[{"name": r.name, "family": r.family, "summary": r.summary,
-                                   "needs": [f"--{n.replace('_', '-')}" for n in r.needs],
-                                   "steps": [s.id for s in r.steps if s.when is None],
-                                   "optional": sorted({f"--{s.when.replace('_', '-')}" for s in r.steps if s.when})}
-                                  for r in RECIPES.values()])
+    return RecipeListing(
+        recipes=[
+            {
+                "name": r.name,
+                "family": r.family,
+                "summary": r.summary,
+                "needs": [f"--{n.replace('_', '-')}" for n in r.needs],
+                "steps": [s.id for s in r.steps if s.when is None],
+                "optional": sorted({f"--{s.when.replace('_', '-')}" for s in r.steps if s.when}),
+            }
+            for r in RECIPES.values()
+        ]
+    )

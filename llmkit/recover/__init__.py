@@ -32,12 +32,45 @@ integrity sum tap, published tables, reference comparison), ``job`` (options, th
 """
 
 from llmkit.recover.arithmetic import base_inv_freq, diff_tensor, fp64_sum, legacy_inv_freq, recover_tensor
-from llmkit.recover.integrity import (CHECK_SUM_ATOL, ZHIXI_13B_FP32_SUM, PublishedCheck, ReferenceCheck, SumCheck,
-                                      compare_by_tensors)
-from llmkit.recover.job import (MakeDiffOptions, RecoverOptions, WeightDiffPlan, WeightDiffResult, describe_plan,
-                                make_diff, plan_weight_diff, recover, run)
+from llmkit.recover.integrity import (
+    CHECK_SUM_ATOL,
+    ZHIXI_13B_FP32_SUM,
+    PublishedCheck,
+    ReferenceCheck,
+    SumCheck,
+    compare_by_tensors,
+)
+from llmkit.recover.job import (
+    MakeDiffOptions,
+    RecoverOptions,
+    WeightDiffPlan,
+    WeightDiffResult,
+    describe_plan,
+    make_diff,
+    plan_weight_diff,
+    recover,
+    run,
+)
 
-__all__ = ["CHECK_SUM_ATOL", "ZHIXI_13B_FP32_SUM", "MakeDiffOptions", "PublishedCheck", "RecoverOptions",
-           "ReferenceCheck", "SumCheck", "WeightDiffPlan", "WeightDiffResult", "compare_by_tensors", "describe_plan",
-           "base_inv_freq", "diff_tensor", "fp64_sum", "legacy_inv_freq", "make_diff", "plan_weight_diff", "recover",
-           "recover_tensor", "run"]
+__all__ = [
+    "CHECK_SUM_ATOL",
+    "ZHIXI_13B_FP32_SUM",
+    "MakeDiffOptions",
+    "PublishedCheck",
+    "RecoverOptions",
+    "ReferenceCheck",
+    "SumCheck",
+    "WeightDiffPlan",
+    "WeightDiffResult",
+    "base_inv_freq",
+    "compare_by_tensors",
+    "describe_plan",
+    "diff_tensor",
+    "fp64_sum",
+    "legacy_inv_freq",
+    "make_diff",
+    "plan_weight_diff",
+    "recover",
+    "recover_tensor",
+    "run",
+]

@@ -64,12 +64,11 @@ def fp64_sum(t: torch.Tensor) -> float:
         return float(flat.numpy().sum(dtype=np.float64))
     total = 0.0  # bf16: numpy has no such dtype; widen one chunk at a time
     for start in range(0, flat.numel(), _SUM_CHUNK):
-        total += float(flat[start:start + _SUM_CHUNK].sum(dtype=torch.float64))
+        total += float(flat[start : start + _SUM_CHUNK].sum(dtype=torch.float64))
     return total
 
 
-def working_set(numel: int, o_dtype: torch.dtype, b_dtype: torch.dtype, out: torch.dtype,
-                 operation: str) -> int:
+def working_set(numel: int, o_dtype: torch.dtype, b_dtype: torch.dtype, out: torch.dtype, operation: str) -> int:
     """Bytes alive while one tensor is processed: both inputs, converted copies, the result, an fp64 chunk."""
     compute = torch.float16 if (operation == "recover" and out == torch.float16) else torch.float32
     size = numel * (o_dtype.itemsize + b_dtype.itemsize)

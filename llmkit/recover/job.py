@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -20,13 +20,37 @@ from llmkit.errors import InputError
 from llmkit.io.dtypes import CLI_DTYPES, dtype_name
 from llmkit.io.llama_tensors import check_source
 from llmkit.io.sources import TensorSource
-from llmkit.pipeline import (AuxCopy, Check, Notice, Plan, ProgressFactory, Result, execute, open_plan_sink,
-                             plan_report, plan_rows)
+from llmkit.pipeline import (
+    AuxCopy,
+    Check,
+    Notice,
+    Plan,
+    ProgressFactory,
+    Result,
+    execute,
+    open_plan_sink,
+    plan_report,
+    plan_rows,
+)
 from llmkit.recover.arithmetic import INV_FREQ_FORMS, base_inv_freq, diff_tensor, recover_tensor, working_set
-from llmkit.recover.integrity import (PublishedCheck, ReferenceCheck, SumCheck, SumTap, compare_by_tensors,
-                                      published_checks)
-from llmkit.recover.prechecks import (aux_plan, check_names, check_shapes, describe_role, dtype_counts,
-                                      layer_count, open_model, rope_settings)
+from llmkit.recover.integrity import (
+    PublishedCheck,
+    ReferenceCheck,
+    SumCheck,
+    SumTap,
+    compare_by_tensors,
+    published_checks,
+)
+from llmkit.recover.prechecks import (
+    aux_plan,
+    check_names,
+    check_shapes,
+    describe_role,
+    dtype_counts,
+    layer_count,
+    open_model,
+    rope_settings,
+)
 from llmkit.units import DEFAULT_SHARD_SIZE
 
 # ------------------------------------------------------------------ options
@@ -89,6 +113,7 @@ WeightDiffOptions = RecoverOptions | MakeDiffOptions
 
 
 # ------------------------------------------------------------------ results
+
 
 @dataclass
 class WeightDiffPlan:
@@ -154,15 +179,20 @@ def _output_dtype(options: WeightDiffOptions, other: TensorSource) -> torch.dtyp
             by_dtype[i.dtype] = by_dtype.get(i.dtype, 0) + i.nbytes
         out_dtype = max(by_dtype, key=by_dtype.__getitem__)
         if out_dtype not in CLI_DTYPES.values():
-            raise InputError(f"the diff is {out_dtype}; choose the output dtype", path=other.path,
-                             hint=f"pass --dtype ({', '.join(CLI_DTYPES)})")
+            raise InputError(
+                f"the diff is {out_dtype}; choose the output dtype",
+                path=other.path,
+                hint=f"pass --dtype ({', '.join(CLI_DTYPES)})",
+            )
         return out_dtype
     if options.dtype not in CLI_DTYPES:
         raise InputError(f"unknown dtype {options.dtype!r}", hint=f"use one of {', '.join(CLI_DTYPES)}")
     out_dtype = CLI_DTYPES[options.dtype]
     if options.operation == "make-diff" and out_dtype not in (torch.float32, torch.float16):
-        raise InputError(f"make-diff writes fp32 or fp16, not {options.dtype}",
-                         hint="diffs are computed in fp32; store them as fp32 (exact) or fp16")
+        raise InputError(
+            f"make-diff writes fp32 or fp16, not {options.dtype}",
+            hint="diffs are computed in fp32; store them as fp32 (exact) or fp16",
+        )
     return out_dtype
 
 
@@ -206,9 +236,12 @@ def _plan(options: WeightDiffOptions, base: TensorSource, other: TensorSource, r
     computed, ignored = check_names(other, base, role)
     rope = rope_settings(other, base)
     if computed and rope is None:
-        raise InputError(f"the {what} has {len(computed)} rotary_emb.inv_freq buffer(s) the base lacks, and no "
-                         "config.json says how to compute them", path=base.path,
-                         hint="put the model's config.json beside the base or the diff")
+        raise InputError(
+            f"the {what} has {len(computed)} rotary_emb.inv_freq buffer(s) the base lacks, and no "
+            "config.json says how to compute them",
+            path=base.path,
+            hint="put the model's config.json beside the base or the diff",
+        )
     check_shapes(other, base, role, computed, rope)
     check_source(base)  # each a complete LLaMA (after the pairwise checks, which explain a wrong base better)
     check_source(other)
@@ -218,18 +251,32 @@ def _plan(options: WeightDiffOptions, base: TensorSource, other: TensorSource, r
     notices += [Notice.warning(f"{base.path}: {w}") for w in base.warnings]  # e.g. a Meta base's shard order
     o_infos = other.infos()
     if computed:
-        made = ("rounded to fp16 as a transformers 4.28-4.30 conversion stored them"
-                if options.base_inv_freq == "fp16" else "in fp32 as transformers 4.28-4.30 computes them at init")
-        notices.append(Notice.info(
-            f"the base has no rotary_emb.inv_freq buffers; the {len(computed)} the {what} holds are combined with "
-            f"buffers computed from config.json (head dim {rope[0]}, theta {rope[1]:g}), {made} "
-            "(--base-inv-freq)"))
+        made = (
+            "rounded to fp16 as a transformers 4.28-4.30 conversion stored them"
+            if options.base_inv_freq == "fp16"
+            else "in fp32 as transformers 4.28-4.30 computes them at init"
+        )
+        notices.append(
+            Notice.info(
+                f"the base has no rotary_emb.inv_freq buffers; the {len(computed)} the {what} holds are combined with "
+                f"buffers computed from config.json (head dim {rope[0]}, theta {rope[1]:g}), {made} "
+                "(--base-inv-freq)"
+            )
+        )
     if ignored:
-        notices.append(Notice.info(f"{len(ignored)} rotary_emb.inv_freq buffer(s) of the base are not in the "
-                                   f"{what} and are left out of the output"))
+        notices.append(
+            Notice.info(
+                f"{len(ignored)} rotary_emb.inv_freq buffer(s) of the base are not in the "
+                f"{what} and are left out of the output"
+            )
+        )
     if operation == "recover" and out_dtype == torch.float16 and any(i.dtype == torch.float32 for i in o_infos):
-        notices.append(Notice.info("fp16 from an fp32 diff: the diff is rounded to fp16 before the sum, as upstream "
-                                   "--is_fp16 does; for the closest fp16 model recover in fp32 and convert"))
+        notices.append(
+            Notice.info(
+                "fp16 from an fp32 diff: the diff is rounded to fp16 before the sum, as upstream "
+                "--is_fp16 does; for the closest fp16 model recover in fp32 and convert"
+            )
+        )
     computed_set = set(computed)
     inv_freq = base_inv_freq(rope[0], rope[1], options.base_inv_freq) if computed and rope else None
     compute = recover_tensor if operation == "recover" else diff_tensor
@@ -250,20 +297,35 @@ def _plan(options: WeightDiffOptions, base: TensorSource, other: TensorSource, r
     for fname, folder in aux.items():
         folders.setdefault(folder, []).append(fname)
     plan = Plan(
-        job=operation, output=Path(options.output), fmt=options.fmt,
-        specs=[TensorSpec(i.name, out_dtype, i.shape) for i in o_infos], produce=produce, reads=reads,
+        job=operation,
+        output=Path(options.output),
+        fmt=options.fmt,
+        specs=[TensorSpec(i.name, out_dtype, i.shape) for i in o_infos],
+        produce=produce,
+        reads=reads,
         # The output may not be, be inside or contain an input: the weight files and the folders
         # config/tokenizer files are read from.
         inputs=[p for p in (base.path, base.folder, other.path, other.folder) if p is not None],
         input_bytes=other.total_bytes + sum(base.info(n).nbytes for n in other.keys() if n not in computed_set),
-        working_set_bytes=max(working_set(i.numel, i.dtype, b_dtype(i.name), out_dtype, operation)
-                              for i in o_infos),
+        working_set_bytes=max(working_set(i.numel, i.dtype, b_dtype(i.name), out_dtype, operation) for i in o_infos),
         label="recovering" if operation == "recover" else "making diff",
         aux=[AuxCopy(Path(folder), tuple(names), dtype=out_dtype) for folder, names in folders.items()],
-        sink_options={"shard_size": options.shard_size}, notices=notices, sources=[other, base])
+        sink_options={"shard_size": options.shard_size},
+        notices=notices,
+        sources=[other, base],
+    )
     if options.check_sum is not None:
-        plan.taps.append(SumTap(options.check_sum, out_dtype, str(options.output), layer_count(other.keys()), rope,
-                                computed=len(computed), inv_freq_form=options.base_inv_freq))
+        plan.taps.append(
+            SumTap(
+                options.check_sum,
+                out_dtype,
+                str(options.output),
+                layer_count(other.keys()),
+                rope,
+                computed=len(computed),
+                inv_freq_form=options.base_inv_freq,
+            )
+        )
     return plan, _Facts(base, other, out_dtype, computed, aux)
 
 
@@ -271,23 +333,43 @@ def _describe(options: WeightDiffOptions, plan: Plan, facts: _Facts, sink) -> We
     base, other, out_dtype = facts.base, facts.other, facts.out_dtype
     report = plan_report(plan, sink)
     return WeightDiffPlan(
-        operation=options.operation, base=str(base.path), other=str(other.path), output=str(options.output),
-        dtype=dtype_name(out_dtype), arithmetic=_ARITHMETIC[(options.operation, out_dtype)], format=options.fmt,
-        shard_size=options.shard_size, tensors=report.tensors, parameters=sum(i.numel for i in other.infos()),
-        base_dtypes=dtype_counts([base.info(n) for n in base.keys()]), other_dtypes=dtype_counts(other.infos()),
-        output_bytes=report.output_bytes, input_bytes=report.input_bytes, files=report.files,
-        largest_tensor=report.largest_tensor, largest_tensor_bytes=report.largest_tensor_bytes,
-        memory_estimate_bytes=report.memory_estimate_bytes, free_disk_bytes=report.free_disk_bytes,
-        needed_disk_bytes=report.needed_disk_bytes, disk_margin_bytes=report.disk_margin_bytes,
-        computed_buffers=list(facts.computed), aux_files=dict(facts.aux), notes=[n.text for n in plan.notices],
-        notices=list(plan.notices))
+        operation=options.operation,
+        base=str(base.path),
+        other=str(other.path),
+        output=str(options.output),
+        dtype=dtype_name(out_dtype),
+        arithmetic=_ARITHMETIC[(options.operation, out_dtype)],
+        format=options.fmt,
+        shard_size=options.shard_size,
+        tensors=report.tensors,
+        parameters=sum(i.numel for i in other.infos()),
+        base_dtypes=dtype_counts([base.info(n) for n in base.keys()]),
+        other_dtypes=dtype_counts(other.infos()),
+        output_bytes=report.output_bytes,
+        input_bytes=report.input_bytes,
+        files=report.files,
+        largest_tensor=report.largest_tensor,
+        largest_tensor_bytes=report.largest_tensor_bytes,
+        memory_estimate_bytes=report.memory_estimate_bytes,
+        free_disk_bytes=report.free_disk_bytes,
+        needed_disk_bytes=report.needed_disk_bytes,
+        disk_margin_bytes=report.disk_margin_bytes,
+        computed_buffers=list(facts.computed),
+        aux_files=dict(facts.aux),
+        notes=[n.text for n in plan.notices],
+        notices=list(plan.notices),
+    )
 
 
 # ------------------------------------------------------------------ running
 
 
-def run(options: WeightDiffOptions, *, progress: ProgressFactory | None = None,
-        on_plan: Callable[[WeightDiffPlan], None] | None = None) -> WeightDiffResult:
+def run(
+    options: WeightDiffOptions,
+    *,
+    progress: ProgressFactory | None = None,
+    on_plan: Callable[[WeightDiffPlan], None] | None = None,
+) -> WeightDiffResult:
     """Plan (every check before the first tensor is read), then run on the pipeline runner.
 
     ``on_plan`` sees the plan before the long work starts (the CLI logs it). With ``options.dry_run``
@@ -306,8 +388,9 @@ def run(options: WeightDiffOptions, *, progress: ProgressFactory | None = None,
         described = _describe(options, plan, facts, sink)
         if on_plan is not None:
             on_plan(described)
-        result = WeightDiffResult(output=str(options.output), plan=described, dry_run=options.dry_run,
-                                  notices=list(plan.notices))
+        result = WeightDiffResult(
+            output=str(options.output), plan=described, dry_run=options.dry_run, notices=list(plan.notices)
+        )
         if options.dry_run:
             return result
         done = execute(plan, sink, progress=progress)
@@ -318,38 +401,89 @@ def run(options: WeightDiffOptions, *, progress: ProgressFactory | None = None,
     out_dir = Path(options.output)
     result.published = published_checks(out_dir, result.files, options.operation, progress)
     for p in result.published:
-        result.checks.append(Check(f"published md5 {p.file}", "ok" if p.matched_table else "mismatch",
-                                   f"{p.md5} " + (f"matches {p.matched_table}" if p.matched_table
-                                                  else f"matches none of {', '.join(p.tables)}")))
+        result.checks.append(
+            Check(
+                f"published md5 {p.file}",
+                "ok" if p.matched_table else "mismatch",
+                f"{p.md5} "
+                + (f"matches {p.matched_table}" if p.matched_table else f"matches none of {', '.join(p.tables)}"),
+            )
+        )
     if options.reference is not None:
         result.reference = compare_by_tensors(out_dir, options.reference)
         result.ok = result.reference.passed
-        result.checks.append(Check("reference", "ok" if result.ok else "failed",
-                                   f"{result.reference.identical} identical tensors"))
+        result.checks.append(
+            Check("reference", "ok" if result.ok else "failed", f"{result.reference.identical} identical tensors")
+        )
     return result
 
 
-def recover(base: str | os.PathLike, diff: str | os.PathLike, out: str | os.PathLike, *, dtype: str | None = None,
-            fmt: str = "safetensors", shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
-            dry_run: bool = False, check_sum: float | None = None, reference: str | os.PathLike | None = None,
-            base_inv_freq: str = "fp16", progress: ProgressFactory | None = None,
-            on_plan: Callable[[WeightDiffPlan], None] | None = None) -> WeightDiffResult:
+def recover(
+    base: str | os.PathLike,
+    diff: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    fmt: str = "safetensors",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    force: bool = False,
+    dry_run: bool = False,
+    check_sum: float | None = None,
+    reference: str | os.PathLike | None = None,
+    base_inv_freq: str = "fp16",
+    progress: ProgressFactory | None = None,
+    on_plan: Callable[[WeightDiffPlan], None] | None = None,
+) -> WeightDiffResult:
     """:func:`run` with :class:`RecoverOptions` built from keywords."""
-    return run(RecoverOptions(Path(base), Path(diff), Path(out), dtype=dtype, fmt=fmt, shard_size=shard_size,
-                              force=force, dry_run=dry_run, check_sum=check_sum,
-                              reference=Path(reference) if reference is not None else None,
-                              base_inv_freq=base_inv_freq),
-               progress=progress, on_plan=on_plan)
+    return run(
+        RecoverOptions(
+            Path(base),
+            Path(diff),
+            Path(out),
+            dtype=dtype,
+            fmt=fmt,
+            shard_size=shard_size,
+            force=force,
+            dry_run=dry_run,
+            check_sum=check_sum,
+            reference=Path(reference) if reference is not None else None,
+            base_inv_freq=base_inv_freq,
+        ),
+        progress=progress,
+        on_plan=on_plan,
+    )
 
 
-def make_diff(base: str | os.PathLike, target: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32",
-              fmt: str = "safetensors", shard_size: int = DEFAULT_SHARD_SIZE, force: bool = False,
-              dry_run: bool = False, base_inv_freq: str = "fp16", progress: ProgressFactory | None = None,
-              on_plan: Callable[[WeightDiffPlan], None] | None = None) -> WeightDiffResult:
+def make_diff(
+    base: str | os.PathLike,
+    target: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str = "fp32",
+    fmt: str = "safetensors",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    force: bool = False,
+    dry_run: bool = False,
+    base_inv_freq: str = "fp16",
+    progress: ProgressFactory | None = None,
+    on_plan: Callable[[WeightDiffPlan], None] | None = None,
+) -> WeightDiffResult:
     """:func:`run` with :class:`MakeDiffOptions` built from keywords."""
-    return run(MakeDiffOptions(Path(base), Path(target), Path(out), dtype=dtype, fmt=fmt, shard_size=shard_size,
-                               force=force, dry_run=dry_run, base_inv_freq=base_inv_freq), progress=progress,
-               on_plan=on_plan)
+    return run(
+        MakeDiffOptions(
+            Path(base),
+            Path(target),
+            Path(out),
+            dtype=dtype,
+            fmt=fmt,
+            shard_size=shard_size,
+            force=force,
+            dry_run=dry_run,
+            base_inv_freq=base_inv_freq,
+        ),
+        progress=progress,
+        on_plan=on_plan,
+    )
 
 
 def describe_plan(plan: WeightDiffPlan) -> list[tuple[str, str]]:

@@ -31,22 +31,29 @@ def open_model(path: str | os.PathLike, role: str) -> TensorSource:
     src = open_source(path)
     if src.adapter is not None:
         src.close()
-        raise InputError(f"the {role} is a LoRA adapter, not a full model", path=path,
-                         hint="weight diffs are full state dicts; LoRA adapters are merged with merge-lora")
+        raise InputError(
+            f"the {role} is a LoRA adapter, not a full model",
+            path=path,
+            hint="weight diffs are full state dicts; LoRA adapters are merged with merge-lora",
+        )
     if src.layout == "meta-pth":
         if role != "base":
             src.close()
-            raise InputError(f"the {role} is in Meta consolidated.NN.pth layout, whose tensor names differ "
-                             "from the Hugging Face names of weight diffs", path=path,
-                             hint="convert it first: llmkit from-meta")
+            raise InputError(
+                f"the {role} is in Meta consolidated.NN.pth layout, whose tensor names differ "
+                "from the Hugging Face names of weight diffs",
+                path=path,
+                hint="convert it first: llmkit from-meta",
+            )
         from llmkit.io.meta_hf import open_as_hf
 
         src = open_as_hf(src)  # Meta originals as the HF model from-meta writes (no intermediate copy)
     for info in src.infos():
         if not info.dtype.is_floating_point or info.dtype.itemsize == 1:
             src.close()
-            raise InputError(f"tensor {info.name!r} has dtype {info.dtype}; weight diffs need fp32, fp16 or bf16",
-                             path=path)
+            raise InputError(
+                f"tensor {info.name!r} has dtype {info.dtype}; weight diffs need fp32, fp16 or bf16", path=path
+            )
     return src
 
 
@@ -72,8 +79,11 @@ def rope_settings(*sources: TensorSource) -> tuple[int, float] | None:
             rope = cfg.get("rope_parameters")
             theta = cfg.get("rope_theta") or (rope.get("rope_theta") if isinstance(rope, dict) else None) or 10000.0
             if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
-                raise InputError(f"rope_theta must be a positive number, found {theta!r}", path=where,
-                                 hint="the file is damaged or was edited by hand; download it again")
+                raise InputError(
+                    f"rope_theta must be a positive number, found {theta!r}",
+                    path=where,
+                    hint="the file is damaged or was edited by hand; download it again",
+                )
             return int(head_dim), float(theta)
     return None
 
@@ -93,22 +103,29 @@ def check_names(other: TensorSource, base: TensorSource, role: str) -> tuple[lis
     extra = [k for k in extra if not k.endswith(ROTARY_BUFFER)]
     what = describe_role(role)
     layers = (layer_count(base.keys()), layer_count(other.keys()))
-    layer_note = (f"; the base has {layers[0]} layers, the {what} {layers[1]}"
-                  if layers[0] != layers[1] and None not in layers else "")
+    layer_note = (
+        f"; the base has {layers[0]} layers, the {what} {layers[1]}"
+        if layers[0] != layers[1] and None not in layers
+        else ""
+    )
     if missing:
-        raise InputError(f"the base lacks {len(missing)} tensor(s) the {what} has, e.g. "
-                         f"{', '.join(missing[:3])}{layer_note}", path=base.path,
-                         hint=f"use the base model the {what} was made from (for ZhiXi-13B: LLaMA-13B "
-                              "converted to Hugging Face)")
+        raise InputError(
+            f"the base lacks {len(missing)} tensor(s) the {what} has, e.g. {', '.join(missing[:3])}{layer_note}",
+            path=base.path,
+            hint=f"use the base model the {what} was made from (for ZhiXi-13B: LLaMA-13B converted to Hugging Face)",
+        )
     if extra:
-        raise InputError(f"the {what} lacks {len(extra)} tensor(s) the base has, e.g. {', '.join(extra[:3])}"
-                         f"{layer_note}", path=other.path,
-                         hint=f"the {what} is incomplete (download it again) or was made from another base")
+        raise InputError(
+            f"the {what} lacks {len(extra)} tensor(s) the base has, e.g. {', '.join(extra[:3])}{layer_note}",
+            path=other.path,
+            hint=f"the {what} is incomplete (download it again) or was made from another base",
+        )
     return computed, ignored
 
 
-def check_shapes(other: TensorSource, base: TensorSource, role: str, computed: list[str],
-                  rope: tuple[int, float] | None) -> None:
+def check_shapes(
+    other: TensorSource, base: TensorSource, role: str, computed: list[str], rope: tuple[int, float] | None
+) -> None:
     what = describe_role(role)
     bad = []
     for name in other.keys():
@@ -124,32 +141,42 @@ def check_shapes(other: TensorSource, base: TensorSource, role: str, computed: l
     listing = "; ".join(f"{n}: base {list(b) if b else '?'} vs {what} {list(o)}" for n, b, o in bad[:3])
     message = f"shapes differ for {len(bad)} tensor(s): {listing}"
     hint = f"use the base model the {what} was made from"
-    embed = next(((n, b, o) for n, b, o in bad if n.endswith(_EMBED_SUFFIXES) and b and len(b) == 2
-                  and b[1] == o[1]), None)
+    embed = next(
+        ((n, b, o) for n, b, o in bad if n.endswith(_EMBED_SUFFIXES) and b and len(b) == 2 and b[1] == o[1]), None
+    )
     if embed is not None:
         _, b, o = embed
         if b[0] < o[0]:
             if role == "diff":
-                message += (f". The base has a {b[0]}-token vocabulary but the diff {o[0]}: this is the wrong base "
-                            f"(the diff was made against a model with an extended {o[0]}-token vocabulary)")
+                message += (
+                    f". The base has a {b[0]}-token vocabulary but the diff {o[0]}: this is the wrong base "
+                    f"(the diff was made against a model with an extended {o[0]}-token vocabulary)"
+                )
                 hint = f"recover from the {o[0]}-token model the diff was made from, not from the original LLaMA"
             else:
-                message += (f". The base has a {b[0]}-token vocabulary but the tuned model {o[0]}: a diff needs "
-                            f"both with the same vocabulary (the tuned model was trained from a model with an "
-                            f"extended {o[0]}-token vocabulary)")
-                hint = (f"pass the {o[0]}-token model the tuned model was trained from as --base, e.g. the "
-                        "vocabulary-extended base rather than the original LLaMA")
+                message += (
+                    f". The base has a {b[0]}-token vocabulary but the tuned model {o[0]}: a diff needs "
+                    f"both with the same vocabulary (the tuned model was trained from a model with an "
+                    f"extended {o[0]}-token vocabulary)"
+                )
+                hint = (
+                    f"pass the {o[0]}-token model the tuned model was trained from as --base, e.g. the "
+                    "vocabulary-extended base rather than the original LLaMA"
+                )
         else:
-            message += (f". The base has a {b[0]}-token vocabulary but the {what} only {o[0]}: this is the wrong "
-                        "base (perhaps an already-extended or merged model)")
+            message += (
+                f". The base has a {b[0]}-token vocabulary but the {what} only {o[0]}: this is the wrong "
+                "base (perhaps an already-extended or merged model)"
+            )
     else:
-        hidden = next(((b[-1], o[-1]) for n, b, o in bad if n.endswith(_EMBED_SUFFIXES) and b and len(b) == 2),
-                      None)
+        hidden = next(((b[-1], o[-1]) for n, b, o in bad if n.endswith(_EMBED_SUFFIXES) and b and len(b) == 2), None)
         if hidden and hidden[0] != hidden[1]:
             from llmkit.summary import describe_hidden_size
 
-            message += (f". The base is {describe_hidden_size(hidden[0])} but the {what} is "
-                        f"{describe_hidden_size(hidden[1])}: wrong base")
+            message += (
+                f". The base is {describe_hidden_size(hidden[0])} but the {what} is "
+                f"{describe_hidden_size(hidden[1])}: wrong base"
+            )
     raise InputError(message, path=base.path, hint=hint)
 
 

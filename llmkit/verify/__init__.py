@@ -17,23 +17,74 @@
 """
 
 from llmkit.hashing import ALGORITHMS, BUFFER_BYTES, hash_file, new_hash
-from llmkit.verify.checksum import (ChecksumOptions, ChecksumResult, FileDigest, TensorChecksums, checksum,
-                                        checksum_files, escape_name, format_line, plan_checksum)
-from llmkit.verify.files import (STATUSES, WEIGHT_SUFFIXES, FileCheck, default_jobs, display_path, hash_files,
-                                     list_files, resolve_jobs)
-from llmkit.verify.mismatch import (METADATA_KEYS, classify_json_mismatch, classify_mismatch, compare_json,
-                                        json_difference)
+from llmkit.verify.checksum import (
+    ChecksumOptions,
+    ChecksumResult,
+    FileDigest,
+    TensorChecksums,
+    checksum,
+    checksum_files,
+    escape_name,
+    format_line,
+    plan_checksum,
+)
+from llmkit.verify.files import (
+    STATUSES,
+    WEIGHT_SUFFIXES,
+    FileCheck,
+    default_jobs,
+    display_path,
+    hash_files,
+    list_files,
+    resolve_jobs,
+)
+from llmkit.verify.mismatch import (
+    METADATA_KEYS,
+    classify_json_mismatch,
+    classify_mismatch,
+    compare_json,
+    json_difference,
+)
 from llmkit.verify.published import PublishedMatch, published_matches, verify_file
-from llmkit.verify.tables import (VerifyOptions, VerifyPlan, VerifyReport, plan_verify, run_verify, verify_files,
-                                     verify_paths)
+from llmkit.verify.tables import (
+    VerifyOptions,
+    VerifyPlan,
+    VerifyReport,
+    plan_verify,
+    run_verify,
+    verify_files,
+    verify_paths,
+)
 
 # The per-tensor parts need torch: loaded on first use, so that file checksums (verify, checksum) start
 # without it.
-_LAZY = {name: "llmkit.verify.compare" for name in ("TensorComparison", "TensorVerifyOptions", "TensorVerifyReport",
-                                                    "compare_aux_files", "compare_sources", "verify_tensors")}
-_LAZY.update({name: "llmkit.verify.tensors" for name in ("TENSOR_TABLE_HEADER", "TensorDigest", "TensorTable",
-                                                         "is_tensor_table", "load_tensor_table", "parse_tensor_table",
-                                                         "tensor_digest", "tensor_table", "tensor_total_bytes")})
+_LAZY = dict.fromkeys(
+    (
+        "TensorComparison",
+        "TensorVerifyOptions",
+        "TensorVerifyReport",
+        "compare_aux_files",
+        "compare_sources",
+        "verify_tensors",
+    ),
+    "llmkit.verify.compare",
+)
+_LAZY.update(
+    dict.fromkeys(
+        (
+            "TENSOR_TABLE_HEADER",
+            "TensorDigest",
+            "TensorTable",
+            "is_tensor_table",
+            "load_tensor_table",
+            "parse_tensor_table",
+            "tensor_digest",
+            "tensor_table",
+            "tensor_total_bytes",
+        ),
+        "llmkit.verify.tensors",
+    )
+)
 
 
 def __getattr__(name: str):
@@ -47,13 +98,55 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ALGORITHMS", "BUFFER_BYTES", "METADATA_KEYS", "STATUSES", "TENSOR_TABLE_HEADER", "WEIGHT_SUFFIXES",
-    "ChecksumOptions", "ChecksumResult", "FileCheck", "FileDigest", "PublishedMatch", "TensorChecksums",
-    "TensorComparison", "TensorDigest", "TensorTable", "TensorVerifyOptions", "TensorVerifyReport", "VerifyOptions",
-    "VerifyPlan", "VerifyReport", "checksum", "checksum_files", "classify_json_mismatch", "classify_mismatch",
-    "compare_aux_files", "compare_json", "compare_sources", "default_jobs", "display_path", "escape_name",
-    "format_line", "hash_file", "hash_files", "is_tensor_table", "json_difference", "list_files",
-    "load_tensor_table", "new_hash", "parse_tensor_table", "plan_checksum", "plan_verify", "published_matches",
-    "resolve_jobs", "run_verify", "tensor_digest", "tensor_table", "tensor_total_bytes", "verify_file",
-    "verify_files", "verify_paths", "verify_tensors",
+    "ALGORITHMS",
+    "BUFFER_BYTES",
+    "METADATA_KEYS",
+    "STATUSES",
+    "TENSOR_TABLE_HEADER",
+    "WEIGHT_SUFFIXES",
+    "ChecksumOptions",
+    "ChecksumResult",
+    "FileCheck",
+    "FileDigest",
+    "PublishedMatch",
+    "TensorChecksums",
+    "TensorComparison",
+    "TensorDigest",
+    "TensorTable",
+    "TensorVerifyOptions",
+    "TensorVerifyReport",
+    "VerifyOptions",
+    "VerifyPlan",
+    "VerifyReport",
+    "checksum",
+    "checksum_files",
+    "classify_json_mismatch",
+    "classify_mismatch",
+    "compare_aux_files",
+    "compare_json",
+    "compare_sources",
+    "default_jobs",
+    "display_path",
+    "escape_name",
+    "format_line",
+    "hash_file",
+    "hash_files",
+    "is_tensor_table",
+    "json_difference",
+    "list_files",
+    "load_tensor_table",
+    "new_hash",
+    "parse_tensor_table",
+    "plan_checksum",
+    "plan_verify",
+    "published_matches",
+    "resolve_jobs",
+    "run_verify",
+    "tensor_digest",
+    "tensor_table",
+    "tensor_total_bytes",
+    "verify_file",
+    "verify_files",
+    "verify_paths",
+    "verify_tensors",
 ]

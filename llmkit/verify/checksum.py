@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from llmkit.errors import InputError
 from llmkit.hashing import new_hash
 from llmkit.pipeline import ProgressFactory, Result, no_progress
 from llmkit.verify.files import display_path, hash_files, list_files, not_found, resolve_jobs
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch loads with the per-tensor tables only: plain file checksums start fast
     from llmkit.verify.tensors import TensorTable
@@ -82,13 +82,19 @@ def plan_checksum(paths: list[Path]) -> list[tuple[str, Path]]:
     return out
 
 
-def checksum_files(planned: list[tuple[str, Path]], algorithm: str = "md5", *, jobs: int = 1,
-                   progress: Callable[[int], None] | None = None) -> ChecksumResult:
+def checksum_files(
+    planned: list[tuple[str, Path]],
+    algorithm: str = "md5",
+    *,
+    jobs: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> ChecksumResult:
     """Digests of the planned files (``progress(nbytes)`` as they are read)."""
     new_hash(algorithm)
     digests = hash_files([f for _, f in planned], algorithm, jobs=jobs, progress=progress)
-    return ChecksumResult(algorithm=algorithm,
-                          files=[FileDigest(shown, digests[f], f.stat().st_size) for shown, f in planned])
+    return ChecksumResult(
+        algorithm=algorithm, files=[FileDigest(shown, digests[f], f.stat().st_size) for shown, f in planned]
+    )
 
 
 def checksum(options: ChecksumOptions, *, progress: ProgressFactory | None = None) -> ChecksumResult | TensorChecksums:
@@ -97,8 +103,10 @@ def checksum(options: ChecksumOptions, *, progress: ProgressFactory | None = Non
     progress = progress or no_progress
     jobs = resolve_jobs(options.jobs)
     if options.dec_key is not None and not options.tensors:
-        raise InputError("--dec-key goes with --tensors (file checksums hash the stored, encrypted bytes)",
-                         hint="add --tensors, or drop --dec-key")
+        raise InputError(
+            "--dec-key goes with --tensors (file checksums hash the stored, encrypted bytes)",
+            hint="add --tensors, or drop --dec-key",
+        )
     if options.tensors:
         from llmkit.verify.tensors import tensor_table
 

@@ -10,10 +10,10 @@ folders their other files (config, tokenizer) are compared too: JSON by content,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -24,8 +24,15 @@ from llmkit.io.sources import TensorSource, open_source
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
 from llmkit.verify.files import WEIGHT_SUFFIXES, FileCheck, list_files, resolve_jobs
 from llmkit.verify.mismatch import json_difference
-from llmkit.verify.tensors import (TensorDigest, as_source, dtype_code, is_tensor_table, load_tensor_table,
-                                   shape_text, tensor_table)
+from llmkit.verify.tensors import (
+    TensorDigest,
+    as_source,
+    dtype_code,
+    is_tensor_table,
+    load_tensor_table,
+    shape_text,
+    tensor_table,
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,7 @@ class TensorComparison:
             return
         self.differing.append(name)
 
-    def finish(self) -> "TensorComparison":
+    def finish(self) -> TensorComparison:
         self.identical = not (self.differing or self.only_a or self.only_b)
         return self
 
@@ -76,8 +83,9 @@ def _same_bytes(ta: torch.Tensor, tb: torch.Tensor) -> bool:
     return bool(torch.equal(a, b))
 
 
-def compare_sources(a: TensorSource | Path, b: TensorSource | Path, *,
-                    progress: Callable[[int], None] | None = None, ckpt_key=None) -> TensorComparison:
+def compare_sources(
+    a: TensorSource | Path, b: TensorSource | Path, *, progress: Callable[[int], None] | None = None, ckpt_key=None
+) -> TensorComparison:
     """Compare two models tensor by tensor: names, dtypes, shapes and raw bytes (bit-exact, so NaNs
     with equal bits are equal and -0.0 differs from 0.0). Streaming: one tensor pair in memory.
     ``progress(nbytes)`` is called with the bytes of each tensor of ``a`` compared. A ``.ckpt``'s CRC
@@ -91,14 +99,21 @@ def compare_sources(a: TensorSource | Path, b: TensorSource | Path, *,
 
                 sa, sb = (hf_named(sa), sb) if sa.layout == "ckpt" else (sa, hf_named(sb))
             keys_a, keys_b = set(sa.keys()), set(sb.keys())
-            result = TensorComparison(identical=True, only_a=[k for k in sa.keys() if k not in keys_b],
-                                      only_b=[k for k in sb.keys() if k not in keys_a])
+            result = TensorComparison(
+                identical=True,
+                only_a=[k for k in sa.keys() if k not in keys_b],
+                only_b=[k for k in sb.keys() if k not in keys_a],
+            )
             for name in sa.keys():
                 if name not in keys_b:
                     continue
                 ia, ib = sa.info(name), sb.info(name)
-                result.judge(name, (dtype_code(ia.dtype), dtype_code(ib.dtype)), (ia.shape, ib.shape),
-                             lambda: _same_bytes(sa.get(name), sb.get(name)))
+                result.judge(
+                    name,
+                    (dtype_code(ia.dtype), dtype_code(ib.dtype)),
+                    (ia.shape, ib.shape),
+                    lambda: _same_bytes(sa.get(name), sb.get(name)),
+                )
                 sa.release(name)  # mapped .bin pages of compared tensors leave RSS
                 sb.release(name)
                 if progress is not None:
@@ -116,8 +131,9 @@ def compare_sources(a: TensorSource | Path, b: TensorSource | Path, *,
 def _compare_tables(ta: list[TensorDigest], tb: list[TensorDigest]) -> TensorComparison:
     db = {t.name: t for t in tb}
     da = {t.name: t for t in ta}
-    res = TensorComparison(identical=True, only_a=[t.name for t in ta if t.name not in db],
-                           only_b=[t.name for t in tb if t.name not in da])
+    res = TensorComparison(
+        identical=True, only_a=[t.name for t in ta if t.name not in db], only_b=[t.name for t in tb if t.name not in da]
+    )
     for t in ta:
         o = db.get(t.name)
         if o is not None:
@@ -150,8 +166,11 @@ class TensorVerifyReport(Result):
 
 def _aux_files(folder: Path) -> dict[str, Path]:
     """Non-weight files of a model folder (config, tokenizer, ...), without shard indexes."""
-    return {rel: p for rel, p in list_files(folder).items()
-            if not rel.endswith(WEIGHT_SUFFIXES) and not rel.endswith(".index.json")}
+    return {
+        rel: p
+        for rel, p in list_files(folder).items()
+        if not rel.endswith(WEIGHT_SUFFIXES) and not rel.endswith(".index.json")
+    }
 
 
 def compare_aux_files(a: Path, b: Path) -> list[FileCheck]:
@@ -162,29 +181,42 @@ def compare_aux_files(a: Path, b: Path) -> list[FileCheck]:
     for rel in sorted(set(fa) | set(fb)):
         pa, pb = fa.get(rel), fb.get(rel)
         if pa is None or pb is None:
-            out.append(FileCheck(rel, None, None, "sha256", "missing" if pa is None else "extra",
-                                 note=f"only in {b if pa is None else a}"))
+            out.append(
+                FileCheck(
+                    rel,
+                    None,
+                    None,
+                    "sha256",
+                    "missing" if pa is None else "extra",
+                    note=f"only in {b if pa is None else a}",
+                )
+            )
             continue
         ha, hb = hash_file(pa, "sha256"), hash_file(pb, "sha256")
         if ha == hb:
             out.append(FileCheck(rel, hb, ha, "sha256", "ok"))
             continue
-        status, note = json_difference(pa.read_bytes(), pb.read_bytes()) if rel.endswith(".json") \
-            else ("mismatch", "bytes differ")
+        status, note = (
+            json_difference(pa.read_bytes(), pb.read_bytes()) if rel.endswith(".json") else ("mismatch", "bytes differ")
+        )
         out.append(FileCheck(rel, hb, ha, "sha256", status, note=note))
     return out
 
 
-def _compare(a: Path | TensorSource, b: Path | TensorSource, jobs: int,
-             progress: Callable[[int], None]) -> tuple[TensorComparison, str]:
+def _compare(
+    a: Path | TensorSource, b: Path | TensorSource, jobs: int, progress: Callable[[int], None]
+) -> tuple[TensorComparison, str]:
     """(comparison, method): two tables (paths) by digests, a model (a source) and a table by the table's
     algorithm, two models by bytes."""
     a_tab, b_tab = isinstance(a, Path), isinstance(b, Path)
     if a_tab and b_tab:
         ta, tb = load_tensor_table(a), load_tensor_table(b)
         if ta.algorithm != tb.algorithm:
-            raise InputError(f"the tables use different algorithms ({ta.algorithm}, {tb.algorithm})", path=b,
-                             hint="write both with the same llmkit checksum --tensors --algo")
+            raise InputError(
+                f"the tables use different algorithms ({ta.algorithm}, {tb.algorithm})",
+                path=b,
+                hint="write both with the same llmkit checksum --tensors --algo",
+            )
         return _compare_tables(ta.tensors, tb.tensors), ta.algorithm
     if a_tab or b_tab:
         table = load_tensor_table(a if a_tab else b)
@@ -224,12 +256,25 @@ def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | 
         with (progress or no_progress)("comparing tensors", total) as advance:
             cmp, method = _compare(sides[0], sides[1], resolve_jobs(options.jobs), advance)
     files = compare_aux_files(a, b) if a.is_dir() and b.is_dir() else []
-    summary = (f"{cmp.compared} compared by {method}, {len(cmp.differing)} differ, {len(cmp.only_a)} only in A, "
-               f"{len(cmp.only_b)} only in B")
+    summary = (
+        f"{cmp.compared} compared by {method}, {len(cmp.differing)} differ, {len(cmp.only_a)} only in A, "
+        f"{len(cmp.only_b)} only in B"
+    )
     checks = [Check("tensors", "ok" if cmp.identical else "mismatch", summary)] + [f.check() for f in files]
     files_identical = all(f.status == "ok" for f in files)
-    return TensorVerifyReport(ok=cmp.identical and files_identical, checks=checks, a=str(a),
-                              b=str(b), method=method, identical=cmp.identical, compared=cmp.compared,
-                              differing=cmp.differing, only_a=cmp.only_a, only_b=cmp.only_b, reasons=cmp.reasons,
-                              files=files, files_identical=files_identical,
-                              notices=[Notice.warning(w) for w in cmp.warnings])
+    return TensorVerifyReport(
+        ok=cmp.identical and files_identical,
+        checks=checks,
+        a=str(a),
+        b=str(b),
+        method=method,
+        identical=cmp.identical,
+        compared=cmp.compared,
+        differing=cmp.differing,
+        only_a=cmp.only_a,
+        only_b=cmp.only_b,
+        reasons=cmp.reasons,
+        files=files,
+        files_identical=files_identical,
+        notices=[Notice.warning(w) for w in cmp.warnings],
+    )

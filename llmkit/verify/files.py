@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from llmkit.errors import InputError
 from llmkit.hashing import hash_file
@@ -93,8 +93,9 @@ def not_found(p: Path) -> InputError:
     return InputError("no such file or folder", path=p, hint="check the path")
 
 
-def hash_files(files: list[Path], algorithm: str = "md5", *, jobs: int = 1,
-               progress: Callable[[int], None] | None = None) -> dict[Path, str]:
+def hash_files(
+    files: list[Path], algorithm: str = "md5", *, jobs: int = 1, progress: Callable[[int], None] | None = None
+) -> dict[Path, str]:
     """Hash files on ``jobs`` threads (largest first; hashlib releases the GIL on large buffers);
     returns digests by path. ``progress(nbytes)`` is called from the hashing threads, serialised."""
     lock = threading.Lock()

@@ -18,8 +18,9 @@ from llmkit.registry import KNOWN_SIZES, ChecksumTable, TableEntry
 METADATA_KEYS = ("transformers_version", "_name_or_path", "_commit_hash")
 # transformers writes its version into config.json / generation_config.json; these are the versions a
 # published file may carry (the cards date from 2023, transformers 4.26 - 4.35).
-_TF_VERSIONS = tuple(v for m in range(26, 58) for v in (f"4.{m}.0.dev0", f"4.{m}.0", f"4.{m}.1", f"4.{m}.2",
-                                                          f"4.{m}.3"))
+_TF_VERSIONS = tuple(
+    v for m in range(26, 58) for v in (f"4.{m}.0.dev0", f"4.{m}.0", f"4.{m}.1", f"4.{m}.2", f"4.{m}.3")
+)
 _MISSING = object()
 
 
@@ -51,11 +52,17 @@ def _json_variants(obj) -> list[tuple[object, str]]:
             variants.append((stripped, _join(what, "no transformers_version")))
             for v in _TF_VERSIONS:
                 if v != o["transformers_version"]:
-                    variants.append(({**o, "transformers_version": v},
-                                     _join(what, f"transformers_version was {v} (yours: {o['transformers_version']})")))
+                    variants.append(
+                        (
+                            {**o, "transformers_version": v},
+                            _join(what, f"transformers_version was {v} (yours: {o['transformers_version']})"),
+                        )
+                    )
         else:
             for v in _TF_VERSIONS:
-                variants.append(({**o, "transformers_version": v}, _join(what, f"transformers_version {v} was present")))
+                variants.append(
+                    ({**o, "transformers_version": v}, _join(what, f"transformers_version {v} was present"))
+                )
     return variants
 
 
@@ -82,8 +89,9 @@ def classify_json_mismatch(data: bytes, expected: str, algorithm: str) -> str:
     return "the JSON content differs from the published file (not only formatting); compare it with the original"
 
 
-def published_elsewhere(actual: str, algorithm: str, *, table: ChecksumTable | None = None,
-                        entry: TableEntry | None = None) -> str | None:
+def published_elsewhere(
+    actual: str, algorithm: str, *, table: ChecksumTable | None = None, entry: TableEntry | None = None
+) -> str | None:
     """Where a digest that does not match its line is published after all: another line of the same
     table (swapped or renamed files), else a line of another built-in table (another model's file)."""
     from llmkit.registry import builtin_tables
@@ -91,8 +99,10 @@ def published_elsewhere(actual: str, algorithm: str, *, table: ChecksumTable | N
     if table is not None:
         other = next((e for e in table.entries if e.digest == actual and e != entry), None)
         if other is not None:
-            return (f"its {algorithm} is the one table {table.name} lists for {other.rel}: the files' names are "
-                    f"swapped (or renamed); give each file its published name")
+            return (
+                f"its {algorithm} is the one table {table.name} lists for {other.rel}: the files' names are "
+                f"swapped (or renamed); give each file its published name"
+            )
     for t in builtin_tables().values():
         if t.algorithm == algorithm and (table is None or t.name != table.name):
             other = next((e for e in t.entries if e.digest == actual), None)
@@ -101,8 +111,15 @@ def published_elsewhere(actual: str, algorithm: str, *, table: ChecksumTable | N
     return None
 
 
-def classify_mismatch(path: Path, expected: str, algorithm: str, *, table: ChecksumTable | None = None,
-                      entry: TableEntry | None = None, actual: str | None = None) -> str:
+def classify_mismatch(
+    path: Path,
+    expected: str,
+    algorithm: str,
+    *,
+    table: ChecksumTable | None = None,
+    entry: TableEntry | None = None,
+    actual: str | None = None,
+) -> str:
     """A one-sentence explanation of a digest mismatch: a file published under another name (swapped
     shards, another model's file), formatting-only JSON, a readable checkpoint whose bytes changed
     (re-saved), a truncated file, or plain different content."""
@@ -128,17 +145,21 @@ def classify_mismatch(path: Path, expected: str, algorithm: str, *, table: Check
                 n = len(src)
         except InputError as e:
             return f"not a readable checkpoint ({e.message}): damaged or truncated, download it again"
-        except Exception as e:  # noqa: BLE001 - any reader failure means the file is unusable
+        except Exception as e:
             return f"not a readable checkpoint ({type(e).__name__}): damaged or truncated, download it again"
         if path.suffix == ".safetensors":
-            return (f"bytes differ, but the file is a readable safetensors checkpoint with {n} tensors; safetensors "
-                    f"bytes are deterministic (a header, then the raw tensor data), so different bytes mean "
-                    f"different tensor values, or equal tensors stored in another order, under other names or "
-                    f"with other header metadata (e.g. written by another tool or with another shard size); "
-                    f"compare tensors with 'llmkit verify --tensors {path} REFERENCE' to tell which")
-        return (f"bytes differ, but the file is a readable checkpoint with {n} tensors; .bin bytes depend on the "
-                f"torch/transformers version and shard size that wrote them, so compare tensors with "
-                f"'llmkit verify --tensors {path} REFERENCE' to tell a re-save from corruption")
+            return (
+                f"bytes differ, but the file is a readable safetensors checkpoint with {n} tensors; safetensors "
+                f"bytes are deterministic (a header, then the raw tensor data), so different bytes mean "
+                f"different tensor values, or equal tensors stored in another order, under other names or "
+                f"with other header metadata (e.g. written by another tool or with another shard size); "
+                f"compare tensors with 'llmkit verify --tensors {path} REFERENCE' to tell which"
+            )
+        return (
+            f"bytes differ, but the file is a readable checkpoint with {n} tensors; .bin bytes depend on the "
+            f"torch/transformers version and shard size that wrote them, so compare tensors with "
+            f"'llmkit verify --tensors {path} REFERENCE' to tell a re-save from corruption"
+        )
     return "content differs from the published file"
 
 
@@ -166,5 +187,5 @@ def json_difference(a: bytes, b: bytes) -> tuple[str, str]:
     if isinstance(oa, dict) and isinstance(ob, dict):
         strip = lambda o: {k: v for k, v in o.items() if k not in METADATA_KEYS}  # noqa: E731
         if strip(oa) == strip(ob):
-            return "ok", f"only metadata differs ({diff[len('keys differ: '):]})"
+            return "ok", f"only metadata differs ({diff[len('keys differ: ') :]})"
     return "mismatch", diff

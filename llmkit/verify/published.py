@@ -12,9 +12,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmkit import registry  # looked up at call time: tests patch registry.find_expected
 from llmkit.hashing import hash_file
 from llmkit.pipeline import Check, ProgressFactory
-from llmkit import registry  # looked up at call time: tests patch registry.find_expected
 from llmkit.verify.files import hash_files
 
 
@@ -36,19 +36,30 @@ class PublishedMatch:
     def check(self) -> Check:
         if self.ok:
             return Check(self.file, "ok", f"{self.algorithm} matches the published table {self.matched_table}")
-        return Check(self.file, "mismatch", f"{self.algorithm} {self.digest} matches none of the published "
-                                            f"tables listing this name ({', '.join(self.tables)})")
+        return Check(
+            self.file,
+            "mismatch",
+            f"{self.algorithm} {self.digest} matches none of the published "
+            f"tables listing this name ({', '.join(self.tables)})",
+        )
 
 
 def _expected(name: str, algorithm: str, tables: set[str] | None) -> list[tuple[str, str]]:
     """(table, lower-case digest) of the built-in tables (only ``tables`` when given) listing ``name``."""
-    return [(str(t), str(h).lower()) for t, h in registry.find_expected(name, algorithm)
-            if tables is None or t in tables]
+    return [
+        (str(t), str(h).lower()) for t, h in registry.find_expected(name, algorithm) if tables is None or t in tables
+    ]
 
 
-def published_matches(folder: Path, files: list[str], tables: set[str] | None = None,
-                      progress: ProgressFactory | None = None, *, algorithm: str = "md5",
-                      jobs: int = 1) -> list[PublishedMatch]:
+def published_matches(
+    folder: Path,
+    files: list[str],
+    tables: set[str] | None = None,
+    progress: ProgressFactory | None = None,
+    *,
+    algorithm: str = "md5",
+    jobs: int = 1,
+) -> list[PublishedMatch]:
     """Hash the files of ``folder`` named in ``files`` that a built-in table lists (by basename; only the
     tables named in ``tables`` when given, all when None) and compare each with the published digests.
 
@@ -59,11 +70,18 @@ def published_matches(folder: Path, files: list[str], tables: set[str] | None = 
     if not todo:
         return []
     paths = [Path(folder) / name for name, _ in todo]
-    with (progress("hashing", sum(p.stat().st_size for p in paths)) if progress else nullcontext(None)) as advance:
+    with progress("hashing", sum(p.stat().st_size for p in paths)) if progress else nullcontext(None) as advance:
         digests = hash_files(paths, algorithm, jobs=jobs, progress=advance)
-    return [PublishedMatch(name, digests[p], sorted({t for t, _ in entries}),
-                           next((t for t, h in entries if h == digests[p]), None), algorithm)
-            for (name, entries), p in zip(todo, paths)]
+    return [
+        PublishedMatch(
+            name,
+            digests[p],
+            sorted({t for t, _ in entries}),
+            next((t for t, h in entries if h == digests[p]), None),
+            algorithm,
+        )
+        for (name, entries), p in zip(todo, paths)
+    ]
 
 
 def verify_file(path: Path, algorithm: str = "md5") -> list[tuple[str, str, bool]]:

@@ -8,17 +8,25 @@ both for a :class:`VerifyOptions`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from llmkit.errors import InputError
 from llmkit.hashing import ALGORITHMS
 from llmkit.pipeline import Notice, ProgressFactory, Result, no_progress
 from llmkit.registry import MODELS, TABLE_APPROX_BYTES, ChecksumTable, TableEntry, builtin_tables, get_table
 from llmkit.units import human_bytes
-from llmkit.verify.files import (STATUSES, WEIGHT_SUFFIXES, FileCheck, display_path, hash_files, list_files,
-                                     not_found, resolve_jobs)
+from llmkit.verify.files import (
+    STATUSES,
+    WEIGHT_SUFFIXES,
+    FileCheck,
+    display_path,
+    hash_files,
+    list_files,
+    not_found,
+    resolve_jobs,
+)
 from llmkit.verify.mismatch import classify_mismatch
 
 
@@ -140,9 +148,11 @@ def _size_plausible(table: ChecksumTable, matched: dict[TableEntry, Path]) -> tu
     largest = max(p.stat().st_size for p in weights.values())
     total = sum(p.stat().st_size for p in matched.values())
     if largest * 10 * n_weights < approx or total > 2 * approx:
-        return False, (f"file names match table {table.name}, but the sizes do not (largest file "
-                       f"{human_bytes(largest)}; that table's files total about {human_bytes(approx)}); "
-                       f"pass --table {table.name} to check against it anyway")
+        return False, (
+            f"file names match table {table.name}, but the sizes do not (largest file "
+            f"{human_bytes(largest)}; that table's files total about {human_bytes(approx)}); "
+            f"pass --table {table.name} to check against it anyway"
+        )
     return True, None
 
 
@@ -186,8 +196,11 @@ class VerifyPlan:
 def _plan_with_table(paths: list[Path], table: str | Path, algorithm: str | None) -> VerifyPlan:
     t = get_table(table)
     if algorithm is not None and algorithm != t.algorithm:
-        raise InputError(f"table {t.name} holds {t.algorithm} digests, not {algorithm}",
-                         path=t.path, hint=f"use --algo {t.algorithm} or leave --algo out")
+        raise InputError(
+            f"table {t.name} holds {t.algorithm} digests, not {algorithm}",
+            path=t.path,
+            hint=f"use --algo {t.algorithm} or leave --algo out",
+        )
     if not paths:
         # Like ``md5sum -c``: the table's paths are relative to the current folder; only they are looked at.
         here = {e.rel: Path(e.rel) for e in t.entries if Path(e.rel).is_file()}
@@ -216,8 +229,10 @@ def plan_verify(paths: list[Path], *, table: str | Path | None = None, algorithm
         raise InputError("nothing to verify", hint="pass the downloaded folder or files, or --table FILE")
     roots = _roots(list(paths))
     order = _table_order()
-    tables = sorted((t for t in builtin_tables().values() if algorithm is None or t.algorithm == algorithm),
-                    key=lambda t: (order.get(t.name, len(order)), t.name))
+    tables = sorted(
+        (t for t in builtin_tables().values() if algorithm is None or t.algorithm == algorithm),
+        key=lambda t: (order.get(t.name, len(order)), t.name),
+    )
     algorithm = algorithm or "md5"
     notes: list[str] = []
     all_cands = []
@@ -237,18 +252,23 @@ def plan_verify(paths: list[Path], *, table: str | Path | None = None, algorithm
             where = root.arg or ", ".join(root.files)
             detail = ""
             if rejected:
-                detail = (f" (the file names match {', '.join(n for n, _ in rejected)}, but the sizes are far from "
-                          f"the published files'; pass --table {rejected[0][0]} to check against it anyway)")
+                detail = (
+                    f" (the file names match {', '.join(n for n, _ in rejected)}, but the sizes are far from "
+                    f"the published files'; pass --table {rejected[0][0]} to check against it anyway)"
+                )
             raise InputError(
                 "no built-in checksum table matches these files" + detail,
-                path=where, hint="pass --table NAME or --table FILE (llmkit models lists the tables), or compare "
-                                 "two models with llmkit verify --tensors A B")
+                path=where,
+                hint="pass --table NAME or --table FILE (llmkit models lists the tables), or compare "
+                "two models with llmkit verify --tensors A B",
+            )
         all_cands.append(cands)
     return VerifyPlan(algorithm, roots, all_cands, explicit=False, notes=notes)
 
 
-def _check_root(report: VerifyReport, root: _Root, chosen, digests: dict[tuple[Path, str], str],
-                classify: bool) -> set[str]:
+def _check_root(
+    report: VerifyReport, root: _Root, chosen, digests: dict[tuple[Path, str], str], classify: bool
+) -> set[str]:
     """Append the rows of one PATH argument's table entries to ``report``; returns the keys used."""
     used: set[str] = set()
     for t, matched in chosen:
@@ -258,8 +278,9 @@ def _check_root(report: VerifyReport, root: _Root, chosen, digests: dict[tuple[P
             key = matched.get(e)
             if key is None:
                 if root.folder is not None:
-                    report.files.append(FileCheck(display_path(root.arg, e.rel), e.digest, None,
-                                                  t.algorithm, "missing", t.name))
+                    report.files.append(
+                        FileCheck(display_path(root.arg, e.rel), e.digest, None, t.algorithm, "missing", t.name)
+                    )
                 continue
             used.add(key)
             path = root.files[key]
@@ -272,8 +293,9 @@ def _check_root(report: VerifyReport, root: _Root, chosen, digests: dict[tuple[P
     return used
 
 
-def run_verify(plan: VerifyPlan, *, jobs: int = 1, progress: Callable[[int], None] | None = None,
-               classify: bool = True) -> VerifyReport:
+def run_verify(
+    plan: VerifyPlan, *, jobs: int = 1, progress: Callable[[int], None] | None = None, classify: bool = True
+) -> VerifyReport:
     """Hash the planned files and report each as ok / mismatch / missing / extra."""
     digests: dict[tuple[Path, str], str] = {}
     for algo in dict.fromkeys(a for _, a in plan.hashes()):
@@ -289,8 +311,7 @@ def run_verify(plan: VerifyPlan, *, jobs: int = 1, progress: Callable[[int], Non
     used_algorithms = sorted({f.algorithm for f in report.files if f.status != "extra"})
     if used_algorithms:
         report.algorithm = "+".join(used_algorithms)
-    report.ok = all(f.status in ("ok", "extra") for f in report.files) and any(
-        f.status == "ok" for f in report.files)
+    report.ok = all(f.status in ("ok", "extra") for f in report.files) and any(f.status == "ok" for f in report.files)
     report.checks = [f.check() for f in report.files]
     report.notices = [Notice.info(n) for n in report.notes]
     return report
@@ -300,12 +321,16 @@ def _choose(root: _Root, cands, digests: dict[tuple[Path, str], str], notes: lis
     """Among candidate tables, keep the best-matching one of each group listing the same files: most
     files matching their own line, then most files whose digest the table lists under another name
     (renamed or swapped shards), then most files listed."""
+
     def score(item):
         t, matched = item
         actual = {e: digests.get((root.files[k], t.algorithm)) for e, k in matched.items()}
         listed = {e.digest for e in t.entries}
-        return (sum(1 for e, h in actual.items() if h == e.digest), sum(1 for h in actual.values() if h in listed),
-                len(matched))
+        return (
+            sum(1 for e, h in actual.items() if h == e.digest),
+            sum(1 for h in actual.values() if h in listed),
+            len(matched),
+        )
 
     ranked = sorted(enumerate(cands), key=lambda ic: (tuple(-x for x in score(ic[1])), ic[0]))
     chosen, taken, losers = [], set(), {}
@@ -321,12 +346,16 @@ def _choose(root: _Root, cands, digests: dict[tuple[Path, str], str], notes: lis
         won = score((winner, dict(chosen)[winner]))[0]
         if len(lost) == 1:
             t, matched = lost[0]
-            notes.append(f"the file names also match table {t.name}; {name} was used ({won} of its files match, "
-                         f"{score((t, matched))[0]} of {t.name}'s); pass --table to choose")
+            notes.append(
+                f"the file names also match table {t.name}; {name} was used ({won} of its files match, "
+                f"{score((t, matched))[0]} of {t.name}'s); pass --table to choose"
+            )
         else:
-            notes.append(f"the file names also match {len(lost)} other tables ({', '.join(t.name for t, _ in lost)}); "
-                         f"{name} was used ({won} of its files match, no other table matches more); "
-                         f"pass --table to choose")
+            notes.append(
+                f"the file names also match {len(lost)} other tables ({', '.join(t.name for t, _ in lost)}); "
+                f"{name} was used ({won} of its files match, no other table matches more); "
+                f"pass --table to choose"
+            )
     order = {id(c[0]): i for i, c in enumerate(cands)}
     return sorted(chosen, key=lambda c: order[id(c[0])])
 
@@ -339,7 +368,8 @@ def verify_files(options: VerifyOptions, *, progress: ProgressFactory | None = N
         return run_verify(plan, jobs=resolve_jobs(options.jobs), progress=advance)
 
 
-def verify_paths(paths: list[Path], *, table: str | Path | None = None, algorithm: str | None = None,
-                 jobs: int = 1) -> VerifyReport:
+def verify_paths(
+    paths: list[Path], *, table: str | Path | None = None, algorithm: str | None = None, jobs: int = 1
+) -> VerifyReport:
     """:func:`verify_files` with keyword arguments (no progress)."""
     return verify_files(VerifyOptions(tuple(paths), table, algorithm, jobs))

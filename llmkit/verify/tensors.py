@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
@@ -25,8 +25,10 @@ from llmkit.io.sources import TensorSource, open_source
 from llmkit.pipeline import Notice, Result
 
 TENSOR_TABLE_HEADER = "# llmkit tensor checksums v1: <{algo} of the raw C-order bytes>  <name> <dtype> <shape>"
-_TENSOR_LINE = re.compile(r"^(?P<hex>[0-9a-f]{32}|[0-9a-f]{64})  (?P<name>\S.*) (?P<dtype>[A-Z0-9_]+) "
-                          r"\[(?P<shape>[0-9,]*)\]$")
+_TENSOR_LINE = re.compile(
+    r"^(?P<hex>[0-9a-f]{32}|[0-9a-f]{64})  (?P<name>\S.*) (?P<dtype>[A-Z0-9_]+) "
+    r"\[(?P<shape>[0-9,]*)\]$"
+)
 
 
 def dtype_code(dtype: torch.dtype) -> str:
@@ -80,8 +82,14 @@ class TensorTable(Result):
         return "\n".join(head + [t.line() for t in self.tensors]) + "\n"
 
 
-def tensor_table(source: TensorSource | Path, algorithm: str = "sha256", *, jobs: int = 1,
-                 progress: Callable[[int], None] | None = None, ckpt_key=None) -> TensorTable:
+def tensor_table(
+    source: TensorSource | Path,
+    algorithm: str = "sha256",
+    *,
+    jobs: int = 1,
+    progress: Callable[[int], None] | None = None,
+    ckpt_key=None,
+) -> TensorTable:
     """Per-tensor digests of a model in its stored order; a ``.ckpt``'s CRC trailer is checked, and its
     notices say when nothing vouches for the values (AES-CBC, SM4-CBC).
 
@@ -117,9 +125,12 @@ def tensor_table(source: TensorSource | Path, algorithm: str = "sha256", *, jobs
                 for m, f in pending:
                     digests[m] = f.result()
         notices = [Notice.warning(w) for w in finish_reads(src.files)]
-        return TensorTable(algorithm, str(src.path), [TensorDigest(n, dtype_code(infos[n].dtype),
-                                                                   tuple(infos[n].shape), digests[n]) for n in names],
-                           notices=notices)
+        return TensorTable(
+            algorithm,
+            str(src.path),
+            [TensorDigest(n, dtype_code(infos[n].dtype), tuple(infos[n].shape), digests[n]) for n in names],
+            notices=notices,
+        )
     finally:
         if close:
             src.close()
@@ -149,12 +160,15 @@ def parse_tensor_table(text: str, *, path: Path | None = None) -> TensorTable:
             continue
         if line.startswith("#"):
             if line.startswith("# source: "):
-                source = line[len("# source: "):]
+                source = line[len("# source: ") :]
             continue
         m = _TENSOR_LINE.match(line)
         if not m:
-            raise InputError(f"line {lineno} is not '<hex>  <name> <dtype> [<shape>]': {line[:80]!r}", path=path,
-                             hint="tensor tables are written by llmkit checksum --tensors")
+            raise InputError(
+                f"line {lineno} is not '<hex>  <name> <dtype> [<shape>]': {line[:80]!r}",
+                path=path,
+                hint="tensor tables are written by llmkit checksum --tensors",
+            )
         shape = tuple(int(d) for d in m.group("shape").split(",") if d)
         tensors.append(TensorDigest(m.group("name"), m.group("dtype"), shape, m.group("hex")))
     if not tensors:
