@@ -31,10 +31,26 @@ JOBS = ("decrypt", "verify", "recover", "merge-lora", "to-ckpt", "from-meta")
 # ``peft_smallest_depth`` ones at the smallest only: peft on the Chinese-LLaMA adapter resizes the
 # vocabulary with transformers' default mean resizing, a 4096 x 4096 covariance of the fp16 embedding on
 # the CPU: ~5 min on 2 cores whatever the depth (and llmkit does not do it), so once is enough.
-FULL = {"decrypt": ["512MiB", "1GiB"], "verify": ["256MiB", "512MiB"], "verify_files": 2, "layers": [2, 6],
-        "repeat": 3, "merge_adapters": "qv,chinese", "peft_every_depth": {"qv"}, "peft_smallest_depth": {"chinese"}}
-QUICK = {"decrypt": ["16MiB", "32MiB"], "verify": ["8MiB", "16MiB"], "verify_files": 2, "layers": [1, 2],
-         "repeat": 1, "merge_adapters": "qv,chinese", "peft_every_depth": {"qv"}, "peft_smallest_depth": set()}
+FULL = {
+    "decrypt": ["512MiB", "1GiB"],
+    "verify": ["256MiB", "512MiB"],
+    "verify_files": 2,
+    "layers": [2, 6],
+    "repeat": 3,
+    "merge_adapters": "qv,chinese",
+    "peft_every_depth": {"qv"},
+    "peft_smallest_depth": {"chinese"},
+}
+QUICK = {
+    "decrypt": ["16MiB", "32MiB"],
+    "verify": ["8MiB", "16MiB"],
+    "verify_files": 2,
+    "layers": [1, 2],
+    "repeat": 1,
+    "merge_adapters": "qv,chinese",
+    "peft_every_depth": {"qv"},
+    "peft_smallest_depth": set(),
+}
 
 UPSTREAM = {
     "decrypt": "TechGPT-1.0 utils/decrypt.py loop (pure-Python XOR, whole file in RAM)",
@@ -54,8 +70,14 @@ FLOOR = {
 }
 
 
-SCRIPT = {"decrypt": "decrypt.py", "verify": "verify.py", "recover": "recover.py", "merge-lora": "merge_lora.py",
-          "to-ckpt": "to_ckpt.py", "from-meta": "meta_convert.py"}
+SCRIPT = {
+    "decrypt": "decrypt.py",
+    "verify": "verify.py",
+    "recover": "recover.py",
+    "merge-lora": "merge_lora.py",
+    "to-ckpt": "to_ckpt.py",
+    "from-meta": "meta_convert.py",
+}
 
 
 def missing(r: dict, what: str) -> str:
@@ -69,8 +91,8 @@ def missing(r: dict, what: str) -> str:
     return f"not measured by {script}"
 
 
-
 # ------------------------------------------------------------------------------------------ the machine
+
 
 def machine() -> dict:
     cpu = "unknown"
@@ -94,19 +116,35 @@ def machine() -> dict:
         except importlib.metadata.PackageNotFoundError:
             return "not installed"
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True, check=False).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "vm": " hypervisor " in flags, "ram_bytes": mem,
-            "tmp": tmp, "tmp_fs": fs, "disk_free_bytes": du.free, "disk_total_bytes": du.total,
-            "kernel": platform.release(), "python": platform.python_version(), "torch": version("torch"),
-            "transformers": version("transformers"), "peft": version("peft"), "mindspore": version("mindspore"),
-            "numpy": version("numpy"), "commit": commit + (" + local changes" if dirty else ""),
-            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "vm": " hypervisor " in flags,
+        "ram_bytes": mem,
+        "tmp": tmp,
+        "tmp_fs": fs,
+        "disk_free_bytes": du.free,
+        "disk_total_bytes": du.total,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "torch": version("torch"),
+        "transformers": version("transformers"),
+        "peft": version("peft"),
+        "mindspore": version("mindspore"),
+        "numpy": version("numpy"),
+        "commit": commit + (" + local changes" if dirty else ""),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
 
 
 # ------------------------------------------------------------------------------------------ the docs
+
 
 def fmt_s(v: float | None) -> str:
     return "n/a" if v is None else (f"{v:.1f}" if v >= 100 else f"{v:.2f}")
@@ -122,73 +160,121 @@ def job_notes(job: str, rows: list[dict], cfg: dict) -> list[str]:
     g = [r for r in rows if r["job"] == job]
     notes = []
     if base == "decrypt":
-        notes.append("`benchmarks/decrypt.py --published`: a stored zip64 `pytorch_model.bin` encrypted by "
-                     "`llmkit encrypt`, with a checksum table listing the md5 of the `.enc` and of the plaintext, so "
-                     "every timed run hashes the output with MD5 and must report it verified. llmkit: "
-                     "`llmkit.crypto.decrypt` in-process (median); the CLI wall time incl. start-up was "
-                     + ", ".join(f"{fmt_s(r['extra'].get('cli_s'))} s" for r in g)
-                     + ". Peak RSS is the CLI process's. Floor: `cp` + `sync FILE` on a warm page cache (decrypt.py "
-                     "measures no cold-cache floor). Upstream: " + UPSTREAM["decrypt"]
-                     + ("; its output was compared with llmkit's: "
-                        + ", ".join(f"{r['depth']}: {'identical' if r['same_output'] else 'DIFFERENT'}" for r in g
-                                    if r["same_output"] is not None)
-                        if any(r["same_output"] is not None for r in g) else "")
-                     + ". decrypt.py does not print the upstream loop's peak RSS (it holds the whole file, plus a "
-                     "copy per re-slice), so that column is n/a.")
+        notes.append(
+            "`benchmarks/decrypt.py --published`: a stored zip64 `pytorch_model.bin` encrypted by "
+            "`llmkit encrypt`, with a checksum table listing the md5 of the `.enc` and of the plaintext, so "
+            "every timed run hashes the output with MD5 and must report it verified. llmkit: "
+            "`llmkit.crypto.decrypt` in-process (median); the CLI wall time incl. start-up was "
+            + ", ".join(f"{fmt_s(r['extra'].get('cli_s'))} s" for r in g)
+            + ". Peak RSS is the CLI process's. Floor: `cp` + `sync FILE` on a warm page cache (decrypt.py "
+            "measures no cold-cache floor). Upstream: "
+            + UPSTREAM["decrypt"]
+            + (
+                "; its output was compared with llmkit's: "
+                + ", ".join(
+                    f"{r['depth']}: {'identical' if r['same_output'] else 'DIFFERENT'}"
+                    for r in g
+                    if r["same_output"] is not None
+                )
+                if any(r["same_output"] is not None for r in g)
+                else ""
+            )
+            + ". decrypt.py does not print the upstream loop's peak RSS (it holds the whole file, plus a "
+            "copy per re-slice), so that column is n/a."
+        )
     elif base == "verify":
-        notes.append(f"`benchmarks/verify.py --files {cfg['verify_files']} --json`: random files, the table written by "
-                     "`md5sum`, page cache warm (one untimed pass), best of the runs. llmkit: `verify_files(jobs=2)` "
-                     "in-process; the CLI (`llmkit verify --jobs 2`, wall time incl. start-up) took "
-                     + ", ".join(f"{fmt_s(r['extra'].get('cli_jobs2_s'))} s" for r in g)
-                     + " (`import llmkit.cli` alone: "
-                     + ", ".join(f"{fmt_s(r['extra'].get('startup_s'))} s" for r in g)
-                     + "). Upstream: `md5sum -c` (one core, C), which is also the one-core hash floor. verify.py "
-                     "measures no I/O floor and no peak RSS, so those columns are n/a (verify writes nothing; its "
-                     "floor is reading the files, and MD5 on this CPU is slower than that).")
+        notes.append(
+            f"`benchmarks/verify.py --files {cfg['verify_files']} --json`: random files, the table written by "
+            "`md5sum`, page cache warm (one untimed pass), best of the runs. llmkit: `verify_files(jobs=2)` "
+            "in-process; the CLI (`llmkit verify --jobs 2`, wall time incl. start-up) took "
+            + ", ".join(f"{fmt_s(r['extra'].get('cli_jobs2_s'))} s" for r in g)
+            + " (`import llmkit.cli` alone: "
+            + ", ".join(f"{fmt_s(r['extra'].get('startup_s'))} s" for r in g)
+            + "). Upstream: `md5sum -c` (one core, C), which is also the one-core hash floor. verify.py "
+            "measures no I/O floor and no peak RSS, so those columns are n/a (verify writes nothing; its "
+            "floor is reading the files, and MD5 on this CPU is slower than that)."
+        )
     elif base == "recover":
-        notes.append("`benchmarks/recover.py`: fp16 `.bin` base + fp32 `.bin` diff (ZhiXi layout) -> fp32 safetensors, "
-                     "fsynced; every contender in a fresh process with its inputs evicted; medians. Upstream: "
-                     + UPSTREAM["recover"] + " (not fsynced, which favours it); recover.py runs it at one layer count "
-                     "(`--upstream-layers`), the smaller, because it holds two fp32 models"
-                     + ("; outputs identical tensor by tensor: "
-                        + ", ".join(f"{r['depth']}: {'yes' if r['same_output'] else 'NO'}" for r in g
-                                    if r["same_output"] is not None) if any(r["same_output"] is not None for r in g)
-                        else "") + ".")
+        notes.append(
+            "`benchmarks/recover.py`: fp16 `.bin` base + fp32 `.bin` diff (ZhiXi layout) -> fp32 safetensors, "
+            "fsynced; every contender in a fresh process with its inputs evicted; medians. Upstream: "
+            + UPSTREAM["recover"]
+            + " (not fsynced, which favours it); recover.py runs it at one layer count "
+            "(`--upstream-layers`), the smaller, because it holds two fp32 models"
+            + (
+                "; outputs identical tensor by tensor: "
+                + ", ".join(
+                    f"{r['depth']}: {'yes' if r['same_output'] else 'NO'}" for r in g if r["same_output"] is not None
+                )
+                if any(r["same_output"] is not None for r in g)
+                else ""
+            )
+            + "."
+        )
     elif base == "merge-lora":
         kind = job.split("(")[1].rstrip(")")
-        what = ("r=8 alpha=16 on q_proj/v_proj (CuteGPT style)" if kind == "qv" else
-                "r=8 alpha=32 on the 7 linear layers + full embed_tokens/lm_head of 49953 rows (Chinese-LLaMA style, "
-                "vocabulary resized 32000 -> 49953)")
+        what = (
+            "r=8 alpha=16 on q_proj/v_proj (CuteGPT style)"
+            if kind == "qv"
+            else "r=8 alpha=32 on the 7 linear layers + full embed_tokens/lm_head of 49953 rows (Chinese-LLaMA style, "
+            "vocabulary resized 32000 -> 49953)"
+        )
         nomean = [r["extra"].get("peft_nomean_s") for r in g if r["extra"].get("peft_nomean_s")]
-        notes.append(f"`benchmarks/merge_lora.py --adapters {kind}`: fp16 base, adapter {what}. llmkit and floor from "
-                     "`--floor N` (inputs evicted, medians, to fsynced files); upstream from the peft run (one run, "
-                     "page cache not evicted, timed to durable files: its output fsynced after save_pretrained), "
-                     + ("outputs identical tensor by tensor: "
-                        + ", ".join(f"{r['depth']}: {'yes' if r['same_output'] else 'NO'}" for r in g
-                                    if r["same_output"] is not None) + ". " if any(r["same_output"] is not None
-                                                                                   for r in g) else "")
-                     + "inputs GB: the base model (the adapter is not counted). llmkit RSS: the largest of its runs (the `--floor` lines print GB with 2 decimals)."
-                     + (" peft with `mean_resizing=False` took " + ", ".join(f"{fmt_s(v)} s" for v in nomean)
-                        + " (transformers' default mean resizing samples the new rows from a 4096x4096 covariance "
-                        "of the fp16 embedding, computed on the CPU)." if nomean else "")
-                     + (" peft ran at the smallest depth only: its time there is mostly that resizing, which "
-                        "does not depend on the depth." if kind in cfg["peft_smallest_depth"] else ""))
+        notes.append(
+            f"`benchmarks/merge_lora.py --adapters {kind}`: fp16 base, adapter {what}. llmkit and floor from "
+            "`--floor N` (inputs evicted, medians, to fsynced files); upstream from the peft run (one run, "
+            "page cache not evicted, timed to durable files: its output fsynced after save_pretrained), "
+            + (
+                "outputs identical tensor by tensor: "
+                + ", ".join(
+                    f"{r['depth']}: {'yes' if r['same_output'] else 'NO'}" for r in g if r["same_output"] is not None
+                )
+                + ". "
+                if any(r["same_output"] is not None for r in g)
+                else ""
+            )
+            + "inputs GB: the base model (the adapter is not counted). llmkit RSS: the largest of its runs (the `--floor` lines print GB with 2 decimals)."
+            + (
+                " peft with `mean_resizing=False` took "
+                + ", ".join(f"{fmt_s(v)} s" for v in nomean)
+                + " (transformers' default mean resizing samples the new rows from a 4096x4096 covariance "
+                "of the fp16 embedding, computed on the CPU)."
+                if nomean
+                else ""
+            )
+            + (
+                " peft ran at the smallest depth only: its time there is mostly that resizing, which "
+                "does not depend on the depth."
+                if kind in cfg["peft_smallest_depth"]
+                else ""
+            )
+        )
     elif base == "to-ckpt":
-        notes.append("`benchmarks/to_ckpt.py --json`: fp16 HF safetensors (1 GiB shards) -> one fsynced fp16 `.ckpt` "
-                     "with MindFormers names; inputs evicted before each run; medians. Upstream: " + UPSTREAM["to-ckpt"]
-                     + " (not fsynced, which favours it)"
-                     + ("; its file is byte-identical to llmkit's: "
-                        + ", ".join(f"{r['depth']}: {'yes' if r['same_output'] else 'NO'}" for r in g
-                                    if r["same_output"] is not None) if any(r["same_output"] is not None for r in g)
-                        else "") + ".")
+        notes.append(
+            "`benchmarks/to_ckpt.py --json`: fp16 HF safetensors (1 GiB shards) -> one fsynced fp16 `.ckpt` "
+            "with MindFormers names; inputs evicted before each run; medians. Upstream: "
+            + UPSTREAM["to-ckpt"]
+            + " (not fsynced, which favours it)"
+            + (
+                "; its file is byte-identical to llmkit's: "
+                + ", ".join(
+                    f"{r['depth']}: {'yes' if r['same_output'] else 'NO'}" for r in g if r["same_output"] is not None
+                )
+                if any(r["same_output"] is not None for r in g)
+                else ""
+            )
+            + "."
+        )
         for r in g:
             if r["extra"].get("upstream_skipped"):
                 notes.append(f"upstream skipped at {r['depth']}: {r['extra']['upstream_skipped']}")
     elif base == "from-meta":
-        notes.append("`benchmarks/meta_convert.py`: fp16 `consolidated.00/01.pth` (every parallel weight split over 2 "
-                     "shards, as Meta's 13B) -> fsynced safetensors; inputs evicted; medians. No upstream arm in "
-                     "meta_convert.py (transformers' `convert_llama_weights_to_hf.py` would be the one), and it prints "
-                     "peak RSS in GB with 2 decimals (10 MB resolution).")
+        notes.append(
+            "`benchmarks/meta_convert.py`: fp16 `consolidated.00/01.pth` (every parallel weight split over 2 "
+            "shards, as Meta's 13B) -> fsynced safetensors; inputs evicted; medians. No upstream arm in "
+            "meta_convert.py (transformers' `convert_llama_weights_to_hf.py` would be the one), and it prints "
+            "peak RSS in GB with 2 decimals (10 MB resolution)."
+        )
     return notes
 
 
@@ -198,31 +284,43 @@ def over_floor_note(r: dict, rows: list[dict]) -> str:
     base = r["job"].split(" ")[0]
     if base == "decrypt" and r["hash_floor_s"]:
         rate = r["input_bytes"] / 2**30 / r["hash_floor_s"] if r["input_bytes"] else None
-        return (f"{r['job']} {r['depth']}: the floor here is `cp` + `sync`, but a verified decrypt must MD5 every "
-                f"byte it writes, and MD5 is one sequential stream on one core, slower than the disk on this CPU "
-                f"(docs/decrypt.md: a verified decrypt cannot run faster than MD5 alone). decrypt.py measures that "
-                f"hash floor: MD5 of the file alone (hashlib, warm cache) took {fmt_s(r['hash_floor_s'])} s"
-                + (f" ({rate:.2f} GiB/s)" if rate else "")
-                + f", so llmkit is {r['llmkit_s'] / r['hash_floor_s']:.2f}x the hash floor and {r['ratio']:.2f}x "
-                f"`cp` + `sync`.")
-    text = (f"{r['job']} {r['depth']}: {r['ratio']:.2f}x the I/O floor; the benchmark's notes do not explain it "
-            f"(llmkit runs {r['extra'].get('llmkit_runs')} s, floor {fmt_s(r['floor_s'])} s).")
-    g = sorted((x for x in rows if x["job"] == r["job"] and x["llmkit_s"] and x["floor_s"]),
-               key=lambda x: x["depth_key"])
+        return (
+            f"{r['job']} {r['depth']}: the floor here is `cp` + `sync`, but a verified decrypt must MD5 every "
+            f"byte it writes, and MD5 is one sequential stream on one core, slower than the disk on this CPU "
+            f"(docs/decrypt.md: a verified decrypt cannot run faster than MD5 alone). decrypt.py measures that "
+            f"hash floor: MD5 of the file alone (hashlib, warm cache) took {fmt_s(r['hash_floor_s'])} s"
+            + (f" ({rate:.2f} GiB/s)" if rate else "")
+            + f", so llmkit is {r['llmkit_s'] / r['hash_floor_s']:.2f}x the hash floor and {r['ratio']:.2f}x "
+            f"`cp` + `sync`."
+        )
+    text = (
+        f"{r['job']} {r['depth']}: {r['ratio']:.2f}x the I/O floor; the benchmark's notes do not explain it "
+        f"(llmkit runs {r['extra'].get('llmkit_runs')} s, floor {fmt_s(r['floor_s'])} s)."
+    )
+    g = sorted(
+        (x for x in rows if x["job"] == r["job"] and x["llmkit_s"] and x["floor_s"]), key=lambda x: x["depth_key"]
+    )
     if len(g) > 1 and g[-1]["depth_key"] > g[0]["depth_key"]:
         lo, hi = g[0], g[-1]
         unit = hi["depth_key"] - lo["depth_key"]
         dl, df = (hi["llmkit_s"] - lo["llmkit_s"]) / unit, (hi["floor_s"] - lo["floor_s"]) / unit
         per = "layer" if "layer" in hi["depth"] else "GiB"
         if df > 0:
-            text += (f" From {lo['depth']} to {hi['depth']}, each added {per} cost llmkit {dl:.2f} s and the floor "
-                     f"{df:.2f} s ({dl / df:.2f}x)" + (f": the gap grows with depth (per-{per} work that the I/O "
-                                                       "does not hide)." if dl > df * FLOOR_TARGET else "."))
+            text += (
+                f" From {lo['depth']} to {hi['depth']}, each added {per} cost llmkit {dl:.2f} s and the floor "
+                f"{df:.2f} s ({dl / df:.2f}x)"
+                + (
+                    f": the gap grows with depth (per-{per} work that the I/O does not hide)."
+                    if dl > df * FLOOR_TARGET
+                    else "."
+                )
+            )
     return text
 
 
-def markdown(rows: list[dict], info: dict, cfg: dict, wall: float, failures: list[str], cmd: str,
-             lock_wait: float) -> str:
+def markdown(
+    rows: list[dict], info: dict, cfg: dict, wall: float, failures: list[str], cmd: str, lock_wait: float
+) -> str:
     jobs = list(dict.fromkeys(r["job"] for r in rows))
     notes: list[tuple[str, str]] = []  # (label, text)
     job_ref: dict[str, str] = {}
@@ -234,41 +332,59 @@ def markdown(rows: list[dict], info: dict, cfg: dict, wall: float, failures: lis
     lines = [
         "# Benchmarks",
         "",
-        ("Every llmkit job on generated models with LLaMA-7B layer shapes (hidden 4096, intermediate 11008, vocab "
-        "32000, 32 heads; decrypt and verify on generated files), each beside its upstream approach and the I/O "
-        "floor: reading the inputs and writing the output with fsync, no compute at all (`benchmarks/io_floor.py`). "
-        f"Two depths per job show that llmkit's peak memory does not grow with the model. Targets: llmkit at most "
-        f"{FLOOR_TARGET}x the floor, peak RSS flat in depth (grows by at most {FLAT_MIB} MiB)."),
+        (
+            "Every llmkit job on generated models with LLaMA-7B layer shapes (hidden 4096, intermediate 11008, vocab "
+            "32000, 32 heads; decrypt and verify on generated files), each beside its upstream approach and the I/O "
+            "floor: reading the inputs and writing the output with fsync, no compute at all (`benchmarks/io_floor.py`). "
+            f"Two depths per job show that llmkit's peak memory does not grow with the model. Targets: llmkit at most "
+            f"{FLOOR_TARGET}x the floor, peak RSS flat in depth (grows by at most {FLAT_MIB} MiB)."
+        ),
         "",
-        ("Generated by `benchmarks/run.py` (do not edit by hand). To reproduce, on a quiet machine, from the "
-        "repository root:"),
+        (
+            "Generated by `benchmarks/run.py` (do not edit by hand). To reproduce, on a quiet machine, from the "
+            "repository root:"
+        ),
         "",
         "```",
         cmd,
         "```",
         "",
-        ("run.py takes `flock /tmp/llmkit-bench.lock` for each benchmark script itself (so do not wrap it in "
-        "`flock`); `--only decrypt,recover` runs some jobs, `--quick` the smallest sizes (a smoke test), `--json` "
-        "prints the rows. Each script can also be run alone: the command line is in its docstring."),
+        (
+            "run.py takes `flock /tmp/llmkit-bench.lock` for each benchmark script itself (so do not wrap it in "
+            "`flock`); `--only decrypt,recover` runs some jobs, `--quick` the smallest sizes (a smoke test), `--json` "
+            "prints the rows. Each script can also be run alone: the command line is in its docstring."
+        ),
         "",
         "## Machine",
         "",
         f"- CPU: {info['cpu']}, {info['cores']} cores" + (" (virtual machine)" if info["vm"] else ""),
-        (f"- RAM: {info['ram_bytes'] / 2**30:.1f} GiB; temp folder {info['tmp']} on {info['tmp_fs']}, "
-        f"{info['disk_free_bytes'] / 1e9:.0f} GB free of {info['disk_total_bytes'] / 1e9:.0f} GB"),
-        (f"- Linux {info['kernel']}; Python {info['python']}, torch {info['torch']}, numpy {info['numpy']}, "
-        f"transformers {info['transformers']}, peft {info['peft']}, mindspore {info['mindspore']}"),
+        (
+            f"- RAM: {info['ram_bytes'] / 2**30:.1f} GiB; temp folder {info['tmp']} on {info['tmp_fs']}, "
+            f"{info['disk_free_bytes'] / 1e9:.0f} GB free of {info['disk_total_bytes'] / 1e9:.0f} GB"
+        ),
+        (
+            f"- Linux {info['kernel']}; Python {info['python']}, torch {info['torch']}, numpy {info['numpy']}, "
+            f"transformers {info['transformers']}, peft {info['peft']}, mindspore {info['mindspore']}"
+        ),
         f"- llmkit {info['commit']}; run {info['date']}; the whole run took {fmt_duration(wall - lock_wait)}"
-        + (f" (plus {fmt_duration(lock_wait)} waiting for the lock while other benchmarks ran)" if lock_wait > 5 else ""),
+        + (
+            f" (plus {fmt_duration(lock_wait)} waiting for the lock while other benchmarks ran)"
+            if lock_wait > 5
+            else ""
+        ),
         "",
         "## Results",
         "",
-        ("Times in seconds (medians of the runs, except verify: best of), peak RSS in MiB (VmHWM of the process). "
-        "*llmkit / floor* is the target; *upstream / llmkit* is how many times faster llmkit is. *RSS growth* is "
-        "llmkit's peak RSS at the larger depth minus at the smaller one."),
+        (
+            "Times in seconds (medians of the runs, except verify: best of), peak RSS in MiB (VmHWM of the process). "
+            "*llmkit / floor* is the target; *upstream / llmkit* is how many times faster llmkit is. *RSS growth* is "
+            "llmkit's peak RSS at the larger depth minus at the smaller one."
+        ),
         "",
-        ("| job | depth | inputs GB | llmkit s | floor s | llmkit / floor | upstream s | upstream / llmkit | "
-        "llmkit RSS MiB | upstream RSS MiB | RSS growth MiB |"),
+        (
+            "| job | depth | inputs GB | llmkit s | floor s | llmkit / floor | upstream s | upstream / llmkit | "
+            "llmkit RSS MiB | upstream RSS MiB | RSS growth MiB |"
+        ),
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     seen_job = set()
@@ -287,22 +403,43 @@ def markdown(rows: list[dict], info: dict, cfg: dict, wall: float, failures: lis
             growth = f"{g:+.0f} " + ("✓" if g <= FLAT_MIB else "✗")
         elif r["llmkit_rss"] is None:
             growth = "n/a"
-        lines.append(" | ".join([
-            f"| {name}", r["depth"], f"{r['input_bytes'] / 1e9:.2f}" if r["input_bytes"] else "",
-            fmt_s(r["llmkit_s"]), fmt_s(r["floor_s"]), ratio, fmt_s(r["upstream_s"]),
-            f"{r['speedup']:.1f}x" if r["speedup"] else "n/a", fmt_mib(r["llmkit_rss"]), fmt_mib(r["upstream_rss"]),
-            growth]) + " |")
+        lines.append(
+            " | ".join(
+                [
+                    f"| {name}",
+                    r["depth"],
+                    f"{r['input_bytes'] / 1e9:.2f}" if r["input_bytes"] else "",
+                    fmt_s(r["llmkit_s"]),
+                    fmt_s(r["floor_s"]),
+                    ratio,
+                    fmt_s(r["upstream_s"]),
+                    f"{r['speedup']:.1f}x" if r["speedup"] else "n/a",
+                    fmt_mib(r["llmkit_rss"]),
+                    fmt_mib(r["upstream_rss"]),
+                    growth,
+                ]
+            )
+            + " |"
+        )
     lines += ["", "![time and peak memory per job: llmkit, upstream and the I/O floor](benchmarks.svg)", ""]
     lines += ["## What each job measures", ""]
     for job in jobs:
         base = job.split(" ")[0]
         up = UPSTREAM.get(base)
         fl = FLOOR.get(base)
-        lines.append(f"- **{job}**: upstream: {up or 'none (no upstream arm in its script)'}; floor: "
-                     f"{fl or 'not measured by its script'}.")
-    lines += ["", ("Why llmkit can be under 1x the floor: the floor (`io_floor.py`) reads every input and only then "
-              "writes and fsyncs the output, one after the other; llmkit writes as it reads, so the kernel's "
-              "writeback of its output overlaps its reads."), ""]
+        lines.append(
+            f"- **{job}**: upstream: {up or 'none (no upstream arm in its script)'}; floor: "
+            f"{fl or 'not measured by its script'}."
+        )
+    lines += [
+        "",
+        (
+            "Why llmkit can be under 1x the floor: the floor (`io_floor.py`) reads every input and only then "
+            "writes and fsyncs the output, one after the other; llmkit writes as it reads, so the kernel's "
+            "writeback of its output overlaps its reads."
+        ),
+        "",
+    ]
     if failures:
         lines += ["## Failures", ""] + [f"- {f}" for f in failures] + [""]
     lines += ["## Notes", ""]
@@ -346,22 +483,32 @@ def svg_chart(rows: list[dict]) -> str:
     t_lo, t_hi = _log_axis([r[k] for r in rows for k in ("llmkit_s", "upstream_s", "floor_s")])
     m_lo, m_hi = _log_axis([(r[k] or 0) / MIB for r in rows for k in ("llmkit_rss", "upstream_rss")])
     x_t, x_m = label_w, label_w + panel_w + gap
-    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="11">'),
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           (f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15" font-weight="bold">'
-           'llmkit vs upstream: time and peak memory per job (log scales)</text>')]
+    out = [
+        (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="11">'
+        ),
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        (
+            f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15" font-weight="bold">'
+            "llmkit vs upstream: time and peak memory per job (log scales)</text>"
+        ),
+    ]
 
     def bar_len(v: float, lo: float, hi: float) -> float:
         return max(1.0, (math.log10(v) - lo) / (hi - lo) * panel_w)
 
-    for x0, lo, hi, title, unit in ((x_t, t_lo, t_hi, "wall time, seconds", "s"),
-                                    (x_m, m_lo, m_hi, "peak RSS, MiB", "MiB")):
-        out.append(f'<text x="{x0 + panel_w / 2}" y="{top - 32}" text-anchor="middle" font-size="13" '
-                   f'font-weight="bold">{title}</text>')
+    for x0, lo, hi, title, unit in (
+        (x_t, t_lo, t_hi, "wall time, seconds", "s"),
+        (x_m, m_lo, m_hi, "peak RSS, MiB", "MiB"),
+    ):
+        out.append(
+            f'<text x="{x0 + panel_w / 2}" y="{top - 32}" text-anchor="middle" font-size="13" '
+            f'font-weight="bold">{title}</text>'
+        )
         for e in range(int(lo), int(hi) + 1):
             x = x0 + (e - lo) / (hi - lo) * panel_w
-            v = 10 ** e
+            v = 10**e
             text = f"{v:g}" if v < 1e5 else f"1e{e}"
             out.append(f'<line x1="{x:.1f}" y1="{top - 8}" x2="{x:.1f}" y2="{height - 36}" stroke="#e2e8f0"/>')
             out.append(f'<text x="{x:.1f}" y="{top - 12}" text-anchor="middle" fill="#4a5568">{text}</text>')
@@ -370,14 +517,18 @@ def svg_chart(rows: list[dict]) -> str:
     for i, r in enumerate(rows):
         y = top + i * group_h
         if prev_job is not None and r["job"] != prev_job:
-            out.append(f'<line x1="8" y1="{y - group_gap / 2:.1f}" x2="{width - 8}" y2="{y - group_gap / 2:.1f}" '
-                       'stroke="#a0aec0" stroke-dasharray="3,3"/>')
+            out.append(
+                f'<line x1="8" y1="{y - group_gap / 2:.1f}" x2="{width - 8}" y2="{y - group_gap / 2:.1f}" '
+                'stroke="#a0aec0" stroke-dasharray="3,3"/>'
+            )
         prev_job = r["job"]
         mid = y + (len(series_t) * (bar_h + bar_gap)) / 2
-        out.append(f'<text x="{label_w - 10}" y="{mid - 2:.1f}" text-anchor="end" font-weight="bold">'
-                   f'{escape(r["job"])}</text>')
-        out.append(f'<text x="{label_w - 10}" y="{mid + 11:.1f}" text-anchor="end" fill="#4a5568">'
-                   f'{escape(r["depth"])}</text>')
+        out.append(
+            f'<text x="{label_w - 10}" y="{mid - 2:.1f}" text-anchor="end" font-weight="bold">{escape(r["job"])}</text>'
+        )
+        out.append(
+            f'<text x="{label_w - 10}" y="{mid + 11:.1f}" text-anchor="end" fill="#4a5568">{escape(r["depth"])}</text>'
+        )
         for panel, series, lo, hi, x0 in (("t", series_t, t_lo, t_hi, x_t), ("m", series_m, m_lo, m_hi, x_m)):
             for j, s in enumerate(series):
                 yy = y + j * (bar_h + bar_gap)
@@ -389,16 +540,24 @@ def svg_chart(rows: list[dict]) -> str:
                     v = None if raw is None else raw / MIB
                     text = None if v is None else f"{v:,.0f} MiB"
                 if v is None or v <= 0:
-                    field = {"t": {"llmkit": "llmkit_s", "upstream": "upstream_s", "floor": "floor_s"},
-                             "m": {"llmkit": "llmkit_rss", "upstream": "upstream_rss"}}[panel][s]
-                    out.append(f'<text x="{x0 + 3}" y="{yy + bar_h - 1}" fill="#718096" font-size="9">'
-                               f'{s}: {escape(missing(r, field))}</text>')
+                    field = {
+                        "t": {"llmkit": "llmkit_s", "upstream": "upstream_s", "floor": "floor_s"},
+                        "m": {"llmkit": "llmkit_rss", "upstream": "upstream_rss"},
+                    }[panel][s]
+                    out.append(
+                        f'<text x="{x0 + 3}" y="{yy + bar_h - 1}" fill="#718096" font-size="9">'
+                        f"{s}: {escape(missing(r, field))}</text>"
+                    )
                     continue
                 w = bar_len(v, lo, hi)
-                out.append(f'<rect x="{x0}" y="{yy}" width="{w:.1f}" height="{bar_h}" fill="{COLORS[s]}">'
-                           f'<title>{escape(r["job"])} {escape(r["depth"])} {s}: {escape(text or "")}</title></rect>')
-                out.append(f'<text x="{x0 + w + 3:.1f}" y="{yy + bar_h - 1}" font-size="9" fill="#1a202c">'
-                           f'{escape(text or "")}</text>')
+                out.append(
+                    f'<rect x="{x0}" y="{yy}" width="{w:.1f}" height="{bar_h}" fill="{COLORS[s]}">'
+                    f"<title>{escape(r['job'])} {escape(r['depth'])} {s}: {escape(text or '')}</title></rect>"
+                )
+                out.append(
+                    f'<text x="{x0 + w + 3:.1f}" y="{yy + bar_h - 1}" font-size="9" fill="#1a202c">'
+                    f"{escape(text or '')}</text>"
+                )
     lx = label_w
     for s in series_t:
         label = {"llmkit": "llmkit", "upstream": "upstream approach", "floor": "I/O floor (read + write + fsync)"}[s]

@@ -48,7 +48,7 @@ PYTHON = sys.executable
 EMPTY = hashlib.sha256(b"").hexdigest()
 
 # TechGPT-1.0 utils/decrypt.py, decrypt(): the same operations in the same order (SPEC.md 1).
-UPSTREAM = r'''
+UPSTREAM = r"""
 import hashlib, os, sys
 
 def xor_bytes(data, key):
@@ -94,7 +94,7 @@ def decrypt(input_file, key_file, output_dir, limit):
             write_result_chunk(out_file, w_chunk_idx, write_pending, hasher)
 
 decrypt(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
-'''
+"""
 
 
 def parse_size(text: str) -> int:
@@ -155,12 +155,18 @@ def main() -> None:
     ap.add_argument("--size", default="1GB", help="size of the encrypted file (default 1GB)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of cp and llmkit; the median is reported")
     ap.add_argument("--workdir", type=Path, default=None, help="folder on the disk to test (default: a temp folder)")
-    ap.add_argument("--upstream-max", default="0",
-                    help="time the upstream loop on at most this many bytes and extrapolate (0 = the whole file)")
+    ap.add_argument(
+        "--upstream-max",
+        default="0",
+        help="time the upstream loop on at most this many bytes and extrapolate (0 = the whole file)",
+    )
     ap.add_argument("--skip-upstream", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
-    ap.add_argument("--published", action="store_true",
-                    help="a zip named pytorch_model.bin whose md5s a checksum table publishes (verified each run)")
+    ap.add_argument(
+        "--published",
+        action="store_true",
+        help="a zip named pytorch_model.bin whose md5s a checksum table publishes (verified each run)",
+    )
     args = ap.parse_args()
 
     size = parse_size(args.size)
@@ -177,8 +183,11 @@ def main() -> None:
             plain = work / "plain" / plain_name
             plain.parent.mkdir()
             generate_zip(plain, size, 1)
-            subprocess.run([str(LLMKIT), "encrypt", str(plain), "--key", str(key), "-o", str(work), "--no-key-check",
-                            "-q"], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [str(LLMKIT), "encrypt", str(plain), "--key", str(key), "-o", str(work), "--no-key-check", "-q"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             tables = work / "tables"
             tables.mkdir()
             (tables / "bench.md5").write_text(f"{md5(plain)}  ./{plain_name}\n")
@@ -215,8 +224,22 @@ def main() -> None:
             os.sync()
             report = work / "report.json"
             with open(report, "w") as rep:
-                secs, peak = timed([str(LLMKIT), "decrypt", str(enc), "--key", str(key), "-o", str(out["llmkit"]),
-                                    "--no-key-check", "--force", "--json"], stdout=rep, env=env)
+                secs, peak = timed(
+                    [
+                        str(LLMKIT),
+                        "decrypt",
+                        str(enc),
+                        "--key",
+                        str(key),
+                        "-o",
+                        str(out["llmkit"]),
+                        "--no-key-check",
+                        "--force",
+                        "--json",
+                    ],
+                    stdout=rep,
+                    env=env,
+                )
             checks = {c["name"]: c["status"] for c in json.loads(report.read_text())["files"][0]["checks"]}
             if args.published and checks.get("output md5") != "ok":
                 raise SystemExit(f"the output was not verified against the table: {checks}")
@@ -251,9 +274,14 @@ def main() -> None:
         gb = size / 1e9
         print(f"\nfile {size:,} bytes, key {key_size:,} bytes, {args.repeat} runs, {os.cpu_count()} cores")
         print(f"{'contender':<38}{'median s':>9}{'best s':>8}{'GB/s':>7}   runs")
-        rows = [("cp", cp_times), ("cp + sync", sync_times), ("llmkit decrypt (CLI, wall)", cli_times),
-                ("llmkit.crypto.decrypt (library)", lib_times), ("llmkit start-up (--version)", [startup]),
-                ("md5 of the file (hashlib, warm cache)", md5_times)]
+        rows = [
+            ("cp", cp_times),
+            ("cp + sync", sync_times),
+            ("llmkit decrypt (CLI, wall)", cli_times),
+            ("llmkit.crypto.decrypt (library)", lib_times),
+            ("llmkit start-up (--version)", [startup]),
+            ("md5 of the file (hashlib, warm cache)", md5_times),
+        ]
         if up_secs is not None:
             rows.append(("upstream loop" + (" (extrapolated)" if limit and limit < size else ""), [up_secs]))
         for name, runs in rows:
@@ -261,15 +289,19 @@ def main() -> None:
             print(f"{name:<38}{med:>9.2f}{best:>8.2f}{gb / best:>7.2f}   {' '.join(f'{r:.2f}' for r in runs)}")
         print(f"\nllmkit CLI peak RSS: {max(rss) / 2**20:.0f} MiB")
         print("ratios (median / best of runs):")
-        for label, a, b in [("llmkit CLI / cp", cli_times, cp_times),
-                            ("llmkit CLI / (cp + sync)", cli_times, sync_times),
-                            ("llmkit library / cp", lib_times, cp_times),
-                            ("llmkit library / (cp + sync)", lib_times, sync_times),
-                            ("llmkit library / md5 alone", lib_times, md5_times)]:
+        for label, a, b in [
+            ("llmkit CLI / cp", cli_times, cp_times),
+            ("llmkit CLI / (cp + sync)", cli_times, sync_times),
+            ("llmkit library / cp", lib_times, cp_times),
+            ("llmkit library / (cp + sync)", lib_times, sync_times),
+            ("llmkit library / md5 alone", lib_times, md5_times),
+        ]:
             print(f"  {label:<30}{statistics.median(a) / statistics.median(b):6.2f} / {min(a) / min(b):.2f}")
         if up_secs is not None:
-            print(f"  {'upstream / llmkit CLI':<30}{up_secs / statistics.median(cli_times):6.1f} / "
-                  f"{up_secs / min(cli_times):.1f}")
+            print(
+                f"  {'upstream / llmkit CLI':<30}{up_secs / statistics.median(cli_times):6.1f} / "
+                f"{up_secs / min(cli_times):.1f}"
+            )
     finally:
         if args.keep:
             print(f"files kept in {work}", file=sys.stderr)

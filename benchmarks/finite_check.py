@@ -37,8 +37,10 @@ def main() -> None:
     ap.add_argument("--cols", type=int, default=4096)
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
-    tensors = {"A": torch.randn(8, args.cols, generator=gen) * 0.01,
-               "B": torch.randn(args.rows, 8, generator=gen) * 0.01}
+    tensors = {
+        "A": torch.randn(8, args.cols, generator=gen) * 0.01,
+        "B": torch.randn(args.rows, 8, generator=gen) * 0.01,
+    }
     source = SimpleNamespace(get=tensors.__getitem__)
     mod = SimpleNamespace(a_key="A", b_key="B", transpose=False, scaling=2.0)
     print(f"tensor {args.rows}x{args.cols}, r=8, torch threads {torch.get_num_threads()}")
@@ -48,8 +50,10 @@ def main() -> None:
         merge = best_ms(lambda: add_in_fp32(weight, lora_delta(source, mod), dtype), args.repeat)
         check = best_ms(lambda: all_finite(merged), args.repeat)
         isfinite = best_ms(lambda: bool(torch.isfinite(merged).all()), args.repeat)
-        print(f"{str(dtype):15} merge {merge:7.1f} ms   all_finite {check:6.1f} ms ({100 * check / merge:4.1f}%)   "
-              f"isfinite().all() {isfinite:6.1f} ms ({100 * isfinite / merge:4.1f}%)")
+        print(
+            f"{str(dtype):15} merge {merge:7.1f} ms   all_finite {check:6.1f} ms ({100 * check / merge:4.1f}%)   "
+            f"isfinite().all() {isfinite:6.1f} ms ({100 * isfinite / merge:4.1f}%)"
+        )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 # argv: OUT SIZE INPUT...; SIZE 0 only reads. Prints {"seconds", "peak_rss"}.
-FLOOR = r'''
+FLOOR = r"""
 import json, os, sys, time
 from pathlib import Path
 out, size = sys.argv[1], int(sys.argv[2])
@@ -37,7 +37,7 @@ if size:
     os.unlink(out)
 peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"seconds": seconds, "peak_rss": peak}))
-'''
+"""
 
 
 def drop_cache(paths: list[Path]) -> None:
@@ -54,6 +54,10 @@ def drop_cache(paths: list[Path]) -> None:
 def measure_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> dict:
     """Seconds to read ``inputs`` (evicted first) and write ``out_bytes`` to ``scratch`` with fsync."""
     drop_cache(inputs)
-    r = subprocess.run([sys.executable, "-c", FLOOR, str(scratch), str(out_bytes), *map(str, inputs)],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", FLOOR, str(scratch), str(out_bytes), *map(str, inputs)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(r.stdout.strip().splitlines()[-1])

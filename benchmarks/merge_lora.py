@@ -36,13 +36,18 @@ import time
 from pathlib import Path
 
 import torch
-
 from io_floor import drop_cache, measure_floor
 
 HIDDEN, FFN, HEADS, VOCAB, CHINESE_VOCAB = 4096, 11008, 32, 32000, 49953
-LINEAR = {"self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (HIDDEN, HIDDEN),
-          "self_attn.v_proj": (HIDDEN, HIDDEN), "self_attn.o_proj": (HIDDEN, HIDDEN),
-          "mlp.gate_proj": (FFN, HIDDEN), "mlp.up_proj": (FFN, HIDDEN), "mlp.down_proj": (HIDDEN, FFN)}
+LINEAR = {
+    "self_attn.q_proj": (HIDDEN, HIDDEN),
+    "self_attn.k_proj": (HIDDEN, HIDDEN),
+    "self_attn.v_proj": (HIDDEN, HIDDEN),
+    "self_attn.o_proj": (HIDDEN, HIDDEN),
+    "mlp.gate_proj": (FFN, HIDDEN),
+    "mlp.up_proj": (FFN, HIDDEN),
+    "mlp.down_proj": (HIDDEN, FFN),
+}
 
 
 def generate_base(folder: Path, layers: int) -> None:
@@ -65,9 +70,18 @@ def generate_base(folder: Path, layers: int) -> None:
         for name, shape in shapes.items():
             t = torch.randn(shape, generator=gen) * 0.02 + (1.0 if len(shape) == 1 else 0.0)
             w.write(name, t.to(torch.float16))
-    LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=layers,
-                num_attention_heads=HEADS, num_key_value_heads=HEADS, rms_norm_eps=1e-6, max_position_embeddings=2048,
-                tie_word_embeddings=False, torch_dtype=torch.float16).save_pretrained(folder)
+    LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=FFN,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        torch_dtype=torch.float16,
+    ).save_pretrained(folder)
 
 
 def generate_adapter(folder: Path, layers: int, kind: str) -> None:
@@ -89,16 +103,19 @@ def generate_adapter(folder: Path, layers: int, kind: str) -> None:
     modules_to_save = None
     if kind == "chinese":
         modules_to_save = ["embed_tokens", "lm_head"]
-        state["base_model.model.model.embed_tokens.weight"] = (torch.randn(CHINESE_VOCAB, HIDDEN, generator=gen)
-                                                                * 0.02).half()
+        state["base_model.model.model.embed_tokens.weight"] = (
+            torch.randn(CHINESE_VOCAB, HIDDEN, generator=gen) * 0.02
+        ).half()
         state["base_model.model.lm_head.weight"] = (torch.randn(CHINESE_VOCAB, HIDDEN, generator=gen) * 0.02).half()
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, folder / "adapter_model.safetensors", metadata={"format": "pt"})
-    LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, modules_to_save=modules_to_save,
-               lora_dropout=0.0).save_pretrained(folder)
+    LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=targets, modules_to_save=modules_to_save, lora_dropout=0.0
+    ).save_pretrained(folder)
 
 
 # ------------------------------------------------------------------ the two pipelines (run in subprocesses)
+
 
 def run_llmkit(base: Path, adapter: Path, out: Path) -> None:
     from llmkit.lora import merge_lora
@@ -147,8 +164,12 @@ def measure(which: str, base: Path, adapter: Path, out: Path, root: Path | None 
         shutil.rmtree(out)
     os.sync()  # start each run with no dirty pages left by the previous one
     env = dict(os.environ, PYTHONPATH=str(root)) if root is not None else None
-    proc = subprocess.run([sys.executable, __file__, "--child", which, str(base), str(adapter), str(out)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", which, str(base), str(adapter), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{which} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -177,8 +198,10 @@ def floor_rows(work: Path, base: Path, adapter: Path, kind: str, runs: int, comp
     for name in ("llmkit", "compare"):
         if times[name]:
             med = statistics.median(times[name])
-            print(f"{kind:<8} {name:<8} median {med:6.2f} s = {med / floor:.2f}x the I/O floor ({floor:.2f} s); "
-                  f"peak RSS {rss[name] / 1e9:.2f} GB; runs {[round(t, 2) for t in times[name]]}")
+            print(
+                f"{kind:<8} {name:<8} median {med:6.2f} s = {med / floor:.2f}x the I/O floor ({floor:.2f} s); "
+                f"peak RSS {rss[name] / 1e9:.2f} GB; runs {[round(t, 2) for t in times[name]]}"
+            )
 
 
 def same_tensors(a: Path, b: Path) -> tuple[int, int]:
@@ -210,9 +233,12 @@ def main() -> None:
         if not (base / "config.json").is_file():
             t = time.perf_counter()
             generate_base(base, args.layers)
-            print(f"generated base: {args.layers} layers of LLaMA-7B shape, "
-                  f"{sum(f.stat().st_size for f in base.glob('*.safetensors')) / 1e9:.2f} GB fp16 "
-                  f"({time.perf_counter() - t:.1f} s)", file=sys.stderr)
+            print(
+                f"generated base: {args.layers} layers of LLaMA-7B shape, "
+                f"{sum(f.stat().st_size for f in base.glob('*.safetensors')) / 1e9:.2f} GB fp16 "
+                f"({time.perf_counter() - t:.1f} s)",
+                file=sys.stderr,
+            )
         rows = []
         for kind in args.adapters.split(","):
             adapter = work / f"adapter-{kind}"
@@ -234,11 +260,15 @@ def main() -> None:
         print(f"{'adapter':<8} {'tool':<12} {'seconds':>8} {'+fsync':>8} {'peak RSS':>10}")
         for kind, results, compared, differ in rows:
             for w, r in results.items():
-                print(f"{kind:<8} {w:<12} {r['seconds']:>8.2f} {r['durable_seconds']:>8.2f} "
-                      f"{r['peak_rss_bytes'] / 1e9:>7.2f} GB")
+                print(
+                    f"{kind:<8} {w:<12} {r['seconds']:>8.2f} {r['durable_seconds']:>8.2f} "
+                    f"{r['peak_rss_bytes'] / 1e9:>7.2f} GB"
+                )
             speed = results["peft"]["durable_seconds"] / results["llmkit"]["durable_seconds"]
-            print(f"{kind:<8} llmkit {speed:.1f}x faster than peft (to durable files); llmkit vs peft outputs: "
-                  f"{compared - differ}/{compared} tensors identical")
+            print(
+                f"{kind:<8} llmkit {speed:.1f}x faster than peft (to durable files); llmkit vs peft outputs: "
+                f"{compared - differ}/{compared} tensors identical"
+            )
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -36,7 +36,7 @@ write_random_meta(Path(sys.argv[1]), layers=int(sys.argv[2]), hidden=%d, interme
                   seed=int(sys.argv[2]))
 """ % (HIDDEN, INTERMEDIATE, VOCAB, HEADS)
 
-RUN = r'''
+RUN = r"""
 import json, sys, time
 from pathlib import Path
 from llmkit.convert import FromMetaOptions, from_meta
@@ -45,7 +45,7 @@ from_meta(FromMetaOptions(Path(sys.argv[1]), Path(sys.argv[2])))
 seconds = time.perf_counter() - start
 peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"seconds": seconds, "peak_rss": peak}))
-'''
+"""
 
 
 def main() -> None:
@@ -65,18 +65,25 @@ def main() -> None:
                 out = work / "out"
                 shutil.rmtree(out, ignore_errors=True)
                 drop_cache(inputs)
-                r = subprocess.run([sys.executable, "-c", RUN, str(meta), str(out)], capture_output=True, text=True,
-                                   check=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                r = subprocess.run(
+                    [sys.executable, "-c", RUN, str(meta), str(out)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                )
                 runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
                 out_bytes = sum(p.stat().st_size for p in out.glob("*.safetensors"))
                 floors.append(measure_floor(inputs, out_bytes, work / "floor.out"))
             floor = statistics.median(f["seconds"] for f in floors)
             mine = statistics.median(r["seconds"] for r in runs)
             size = sum(p.stat().st_size for p in inputs) / 1e9
-            print(f"{layers} layer(s): inputs {size:.2f} GB; floor {floor:.2f} s; "
-                  f"from-meta {mine:.2f} s = {mine / floor:.2f}x floor; peak RSS "
-                  f"{max(r['peak_rss'] for r in runs) / 1e9:.2f} GB; runs {[round(r['seconds'], 2) for r in runs]}",
-                  flush=True)
+            print(
+                f"{layers} layer(s): inputs {size:.2f} GB; floor {floor:.2f} s; "
+                f"from-meta {mine:.2f} s = {mine / floor:.2f}x floor; peak RSS "
+                f"{max(r['peak_rss'] for r in runs) / 1e9:.2f} GB; runs {[round(r['seconds'], 2) for r in runs]}",
+                flush=True,
+            )
             shutil.rmtree(meta)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -44,7 +44,7 @@ HIDDEN, INTERMEDIATE, VOCAB, HEADS = 4096, 11008, 32000, 32
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
-PRELUDE = r'''
+PRELUDE = r"""
 import json, sys, time
 from pathlib import Path
 
@@ -55,18 +55,23 @@ def peak():
 
 def report(start):
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss": peak()}))
-'''
+"""
 
-LLMKIT = PRELUDE + r'''
+LLMKIT = (
+    PRELUDE
+    + r"""
 from llmkit.recover import recover
 base, diff, out = sys.argv[1:4]
 start = time.perf_counter()
 recover(base, diff, out)
 report(start)
-'''
+"""
+)
 
 # KnowLM tools/weight_diff.py recover(), is_fp16=False, with transformers 5's spelling of torch_dtype.
-UPSTREAM = PRELUDE + r'''
+UPSTREAM = (
+    PRELUDE
+    + r"""
 import torch, transformers
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -85,7 +90,8 @@ with torch.inference_mode():
     model_recovered.save_pretrained(out)
     tokenizer.save_pretrained(out)
 report(start)
-'''
+"""
+)
 
 
 def _shapes(layers: int) -> list[list[tuple[str, tuple[int, ...]]]]:
@@ -94,10 +100,13 @@ def _shapes(layers: int) -> list[list[tuple[str, tuple[int, ...]]]]:
     for i in range(layers):
         p = f"model.layers.{i}."
         g = [(p + f"self_attn.{n}_proj.weight", (HIDDEN, HIDDEN)) for n in ("q", "k", "v", "o")]
-        g += [(p + "mlp.gate_proj.weight", (INTERMEDIATE, HIDDEN)),
-              (p + "mlp.down_proj.weight", (HIDDEN, INTERMEDIATE)),
-              (p + "mlp.up_proj.weight", (INTERMEDIATE, HIDDEN)), (p + "input_layernorm.weight", (HIDDEN,)),
-              (p + "post_attention_layernorm.weight", (HIDDEN,))]
+        g += [
+            (p + "mlp.gate_proj.weight", (INTERMEDIATE, HIDDEN)),
+            (p + "mlp.down_proj.weight", (HIDDEN, INTERMEDIATE)),
+            (p + "mlp.up_proj.weight", (INTERMEDIATE, HIDDEN)),
+            (p + "input_layernorm.weight", (HIDDEN,)),
+            (p + "post_attention_layernorm.weight", (HIDDEN,)),
+        ]
         groups.append(g)
     groups.append([("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))])
     return groups
@@ -168,14 +177,20 @@ def same_tensors(a: Path, b: Path) -> tuple[bool, str]:
     from llmkit.verify import compare_sources
 
     cmp = compare_sources(a, b)
-    return cmp.identical, f"{cmp.compared} compared, {len(cmp.differing)} differing " \
-                          f"({', '.join(f'{k}: {v}' for k, v in list(cmp.reasons.items())[:2])})"
+    return (
+        cmp.identical,
+        f"{cmp.compared} compared, {len(cmp.differing)} differing "
+        f"({', '.join(f'{k}: {v}' for k, v in list(cmp.reasons.items())[:2])})",
+    )
 
 
 def median_run(runs: list[dict]) -> dict:
     """Median wall time and the largest peak RSS of repeated runs."""
-    return {"seconds": statistics.median(r["seconds"] for r in runs), "peak_rss": max(r["peak_rss"] for r in runs),
-            "all_seconds": [round(r["seconds"], 2) for r in runs]}
+    return {
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "peak_rss": max(r["peak_rss"] for r in runs),
+        "all_seconds": [round(r["seconds"], 2) for r in runs],
+    }
 
 
 def gb(n: float) -> str:
@@ -186,15 +201,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=None, help="where to generate (default: a temp folder)")
     ap.add_argument("--llmkit-layers", default="1,3", help="layer counts for llmkit (comma-separated)")
-    ap.add_argument("--upstream-layers", type=int, default=2, help="layer count for both contenders head to head "
-                                                                   "(0 skips upstream)")
+    ap.add_argument(
+        "--upstream-layers", type=int, default=2, help="layer count for both contenders head to head (0 skips upstream)"
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs of read and llmkit per size (median reported)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
-    ap.add_argument("--compare-root", type=Path, default=None,
-                    help="another llmkit checkout to time the same way (before/after a change)")
+    ap.add_argument(
+        "--compare-root",
+        type=Path,
+        default=None,
+        help="another llmkit checkout to time the same way (before/after a change)",
+    )
     args = ap.parse_args()
-    llmkit_layers = sorted({int(x) for x in args.llmkit_layers.split(",")} | (
-        {args.upstream_layers} if args.upstream_layers else set()))
+    llmkit_layers = sorted(
+        {int(x) for x in args.llmkit_layers.split(",")} | ({args.upstream_layers} if args.upstream_layers else set())
+    )
     max_layers = max(llmkit_layers)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="llmkit-bench-recover-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -221,8 +242,14 @@ def main() -> None:
                 out_bytes = sum(p.stat().st_size for p in weight_files(out))
                 floors.append(measure_floor(inputs, out_bytes, work / "floor.out"))
             read, mine = median_run(reads), median_run(mines)
-            row = {"layers": layers, "input_bytes": in_bytes, "output_bytes": out_bytes, "read": read, "llmkit": mine,
-                   "floor": median_run(floors)}
+            row = {
+                "layers": layers,
+                "input_bytes": in_bytes,
+                "output_bytes": out_bytes,
+                "read": read,
+                "llmkit": mine,
+                "floor": median_run(floors),
+            }
             if others:
                 row["compare"] = median_run(others)
             if layers == args.upstream_layers:
@@ -238,34 +265,51 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nLLaMA-7B layer shapes (hidden {HIDDEN}, intermediate {INTERMEDIATE}, vocab {VOCAB}); fp16 base + "
-          "fp32 diff (.bin shards) -> fp32 safetensors; inputs evicted from the page cache before each run\n")
-    print(f"{'layers':>6} {'inputs':>9} {'read s':>7} {'llmkit s':>9} {'ratio':>6} {'llmkit RSS':>11} "
-          f"{'upstream s':>11} {'upstream RSS':>13}  same output")
+    print(
+        f"\nLLaMA-7B layer shapes (hidden {HIDDEN}, intermediate {INTERMEDIATE}, vocab {VOCAB}); fp16 base + "
+        "fp32 diff (.bin shards) -> fp32 safetensors; inputs evicted from the page cache before each run\n"
+    )
+    print(
+        f"{'layers':>6} {'inputs':>9} {'read s':>7} {'llmkit s':>9} {'ratio':>6} {'llmkit RSS':>11} "
+        f"{'upstream s':>11} {'upstream RSS':>13}  same output"
+    )
     for r in rows:
         up = r.get("upstream")
         ratio = r["llmkit"]["seconds"] / r["read"]["seconds"]
-        print(f"{r['layers']:>6} {gb(r['input_bytes']):>9} {r['read']['seconds']:>7.2f} {r['llmkit']['seconds']:>9.2f} "
-              f"{ratio:>6.2f} {gb(r['llmkit']['peak_rss']):>11} "
-              + (f"{up['seconds']:>11.2f} {gb(up['peak_rss']):>13}  {r['identical']} ({r['comparison']})"
-                 if up else f"{'-':>11} {'-':>13}  -"))
+        print(
+            f"{r['layers']:>6} {gb(r['input_bytes']):>9} {r['read']['seconds']:>7.2f} {r['llmkit']['seconds']:>9.2f} "
+            f"{ratio:>6.2f} {gb(r['llmkit']['peak_rss']):>11} "
+            + (
+                f"{up['seconds']:>11.2f} {gb(up['peak_rss']):>13}  {r['identical']} ({r['comparison']})"
+                if up
+                else f"{'-':>11} {'-':>13}  -"
+            )
+        )
     for r in rows:
-        print(f"  {r['layers']} layer(s): read runs {r['read']['all_seconds']} s, "
-              f"llmkit runs {r['llmkit']['all_seconds']} s")
+        print(
+            f"  {r['layers']} layer(s): read runs {r['read']['all_seconds']} s, "
+            f"llmkit runs {r['llmkit']['all_seconds']} s"
+        )
     print("\nagainst the I/O floor (read the inputs, write the output bytes, fsync), medians:")
     for r in rows:
-        line = (f"  {r['layers']} layer(s): floor {r['floor']['seconds']:.2f} s, llmkit {r['llmkit']['seconds']:.2f} s "
-                f"= {r['llmkit']['seconds'] / r['floor']['seconds']:.2f}x floor, RSS {gb(r['llmkit']['peak_rss'])}")
+        line = (
+            f"  {r['layers']} layer(s): floor {r['floor']['seconds']:.2f} s, llmkit {r['llmkit']['seconds']:.2f} s "
+            f"= {r['llmkit']['seconds'] / r['floor']['seconds']:.2f}x floor, RSS {gb(r['llmkit']['peak_rss'])}"
+        )
         if "compare" in r:
             c = r["compare"]
-            line += (f"; --compare-root {c['seconds']:.2f} s = {c['seconds'] / r['floor']['seconds']:.2f}x floor, "
-                     f"RSS {gb(c['peak_rss'])}")
+            line += (
+                f"; --compare-root {c['seconds']:.2f} s = {c['seconds'] / r['floor']['seconds']:.2f}x floor, "
+                f"RSS {gb(c['peak_rss'])}"
+            )
         print(line)
     if len(rows) > 1:
         lo, hi = rows[0], rows[-1]
-        print(f"\nllmkit peak RSS {gb(lo['llmkit']['peak_rss'])} at {lo['layers']} layer(s), "
-              f"{gb(hi['llmkit']['peak_rss'])} at {hi['layers']} (inputs {gb(lo['input_bytes'])} -> "
-              f"{gb(hi['input_bytes'])}); largest tensor (fp32 embedding) {gb(VOCAB * HIDDEN * 4)}")
+        print(
+            f"\nllmkit peak RSS {gb(lo['llmkit']['peak_rss'])} at {lo['layers']} layer(s), "
+            f"{gb(hi['llmkit']['peak_rss'])} at {hi['layers']} (inputs {gb(lo['input_bytes'])} -> "
+            f"{gb(hi['input_bytes'])}); largest tensor (fp32 embedding) {gb(VOCAB * HIDDEN * 4)}"
+        )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,22 @@ import threading
 import time
 from pathlib import Path
 
-from bench_report import (BENCH, FULL, JOBS, LOCK, MIB, QUICK, ROOT, fmt_duration, fmt_mib, fmt_s,  # noqa: E402
-                          machine, markdown, svg_chart)
+from bench_report import (  # noqa: E402
+    BENCH,
+    FULL,
+    JOBS,
+    LOCK,
+    MIB,
+    QUICK,
+    ROOT,
+    fmt_duration,
+    fmt_mib,
+    fmt_s,
+    machine,
+    markdown,
+    svg_chart,
+)
+
 
 class BenchError(RuntimeError):
     pass
@@ -49,8 +63,17 @@ def run_script(script: str, args: list[str]) -> tuple[str, str, float]:
     end). stderr is echoed live (the scripts' progress); the time spent waiting for the lock (other
     benchmarks on the machine) is kept in ``LOCK_WAIT``."""
     # A shell under flock marks the moment the lock is held, then becomes the benchmark (exec).
-    cmd = ["flock", str(LOCK), "sh", "-c", f'echo "{LOCK_MARK}" >&2; exec "$@"', "sh",
-           sys.executable, str(BENCH / script), *args]
+    cmd = [
+        "flock",
+        str(LOCK),
+        "sh",
+        "-c",
+        f'echo "{LOCK_MARK}" >&2; exec "$@"',
+        "sh",
+        sys.executable,
+        str(BENCH / script),
+        *args,
+    ]
     print(f"$ flock {LOCK} {shlex.join([sys.executable, str(BENCH / script), *args])}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     locked = [start]
@@ -84,9 +107,21 @@ def run_script(script: str, args: list[str]) -> tuple[str, str, float]:
 
 
 def row(job: str, depth: str, depth_key: float, **kw) -> dict:
-    r = {"job": job, "depth": depth, "depth_key": depth_key, "input_bytes": None, "llmkit_s": None,
-         "floor_s": None, "upstream_s": None, "llmkit_rss": None, "upstream_rss": None, "hash_floor_s": None,
-         "same_output": None, "notes": [], "extra": {}}
+    r = {
+        "job": job,
+        "depth": depth,
+        "depth_key": depth_key,
+        "input_bytes": None,
+        "llmkit_s": None,
+        "floor_s": None,
+        "upstream_s": None,
+        "llmkit_rss": None,
+        "upstream_rss": None,
+        "hash_floor_s": None,
+        "same_output": None,
+        "notes": [],
+        "extra": {},
+    }
     r.update(kw)
     return r
 
@@ -96,7 +131,7 @@ def layers_label(n: int) -> str:
 
 
 def size_label(text: str) -> tuple[str, float]:
-    from llmkit.io.sinks import parse_size
+    from llmkit.units import parse_size
 
     n = parse_size(text)
     return (f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n / 2**20:g} MiB"), n / 2**30
@@ -104,8 +139,10 @@ def size_label(text: str) -> tuple[str, float]:
 
 # ------------------------------------------------------------------------------------------ the jobs
 
-DECRYPT_LINE = re.compile(r"^(?P<name>\S.*?)\s+(?P<med>\d+\.\d+)\s+(?P<best>\d+\.\d+)\s+(?P<rate>\d+\.\d+)"
-                          r"\s{3}(?P<runs>[\d. ]+)$")
+DECRYPT_LINE = re.compile(
+    r"^(?P<name>\S.*?)\s+(?P<med>\d+\.\d+)\s+(?P<best>\d+\.\d+)\s+(?P<rate>\d+\.\d+)"
+    r"\s{3}(?P<runs>[\d. ]+)$"
+)
 
 
 def job_decrypt(cfg: dict) -> list[dict]:
@@ -121,14 +158,25 @@ def job_decrypt(cfg: dict) -> list[dict]:
         same = re.search(r"llmkit output == upstream output: (\w+)", out)
         up_key = next((k for k in med if k.startswith("upstream loop")), None)
         label, key = size_label(size)
-        r = row("decrypt", label, key, input_bytes=int(key * 2**30),
-                llmkit_s=med.get("llmkit.crypto.decrypt (library)"), floor_s=med.get("cp + sync"),
-                upstream_s=med.get(up_key) if up_key else None,
-                llmkit_rss=int(rss[1]) * MIB if rss else None, hash_floor_s=med.get("md5 of the file (hashlib, warm cache)"),
-                same_output=(same[1] == "True") if same else None,
-                extra={"cli_s": med.get("llmkit decrypt (CLI, wall)"), "startup_s": med.get("llmkit start-up (--version)"),
-                       "cp_s": med.get("cp"), "script_wall_s": wall, "upstream_extrapolated": bool(
-                           up_key and "extrapolated" in up_key)})
+        r = row(
+            "decrypt",
+            label,
+            key,
+            input_bytes=int(key * 2**30),
+            llmkit_s=med.get("llmkit.crypto.decrypt (library)"),
+            floor_s=med.get("cp + sync"),
+            upstream_s=med.get(up_key) if up_key else None,
+            llmkit_rss=int(rss[1]) * MIB if rss else None,
+            hash_floor_s=med.get("md5 of the file (hashlib, warm cache)"),
+            same_output=(same[1] == "True") if same else None,
+            extra={
+                "cli_s": med.get("llmkit decrypt (CLI, wall)"),
+                "startup_s": med.get("llmkit start-up (--version)"),
+                "cp_s": med.get("cp"),
+                "script_wall_s": wall,
+                "upstream_extrapolated": bool(up_key and "extrapolated" in up_key),
+            },
+        )
         rows.append(r)
     return rows
 
@@ -137,43 +185,82 @@ def job_verify(cfg: dict) -> list[dict]:
     rows = []
     files = cfg["verify_files"]
     for size in cfg["verify"]:
-        out, _, wall = run_script("verify.py", ["--files", str(files), "--size", size, "--repeat", str(cfg["repeat"]),
-                                                "--json"])
-        data = json.loads(out[out.index("{"):])
+        out, _, wall = run_script(
+            "verify.py", ["--files", str(files), "--size", size, "--repeat", str(cfg["repeat"]), "--json"]
+        )
+        data = json.loads(out[out.index("{") :])
         s = data["seconds"]
         total = data["files"] * data["bytes_per_file"]
         label = f"{files} x {size_label(size)[0]}"
-        rows.append(row("verify", label, total / 2**30, input_bytes=total,
-                        llmkit_s=s.get("in-process run_verify jobs=2"), upstream_s=s.get("md5sum -c"),
-                        hash_floor_s=s.get("md5sum -c"),
-                        extra={"cli_jobs2_s": s.get("llmkit verify --jobs 2"), "cli_jobs1_s": s.get("llmkit verify --jobs 1"),
-                               "inproc_jobs1_s": s.get("in-process run_verify jobs=1"),
-                               "startup_s": s.get("llmkit start-up (import llmkit.cli)"), "script_wall_s": wall}))
+        rows.append(
+            row(
+                "verify",
+                label,
+                total / 2**30,
+                input_bytes=total,
+                llmkit_s=s.get("in-process run_verify jobs=2"),
+                upstream_s=s.get("md5sum -c"),
+                hash_floor_s=s.get("md5sum -c"),
+                extra={
+                    "cli_jobs2_s": s.get("llmkit verify --jobs 2"),
+                    "cli_jobs1_s": s.get("llmkit verify --jobs 1"),
+                    "inproc_jobs1_s": s.get("in-process run_verify jobs=1"),
+                    "startup_s": s.get("llmkit start-up (import llmkit.cli)"),
+                    "script_wall_s": wall,
+                },
+            )
+        )
     return rows
 
 
 def job_recover(cfg: dict) -> list[dict]:
     layers = cfg["layers"]
-    _, err, wall = run_script("recover.py", ["--llmkit-layers", ",".join(map(str, layers)),
-                                             "--upstream-layers", str(min(layers)), "--repeat", str(cfg["repeat"])])
+    _, err, wall = run_script(
+        "recover.py",
+        [
+            "--llmkit-layers",
+            ",".join(map(str, layers)),
+            "--upstream-layers",
+            str(min(layers)),
+            "--repeat",
+            str(cfg["repeat"]),
+        ],
+    )
     rows = []
     for line in err.splitlines():
         if not line.startswith('{"layers"'):
             continue
         d = json.loads(line)
         up = d.get("upstream")
-        rows.append(row("recover", layers_label(d['layers']), d["layers"], input_bytes=d["input_bytes"],
-                        llmkit_s=d["llmkit"]["seconds"], floor_s=d["floor"]["seconds"],
-                        upstream_s=up["seconds"] if up else None, llmkit_rss=d["llmkit"]["peak_rss"],
-                        upstream_rss=up["peak_rss"] if up else None, same_output=d.get("identical"),
-                        extra={"read_s": d["read"]["seconds"], "llmkit_runs": d["llmkit"]["all_seconds"],
-                               "floor_runs": d["floor"]["all_seconds"], "output_bytes": d["output_bytes"],
-                               "comparison": d.get("comparison"), "script_wall_s": wall}))
+        rows.append(
+            row(
+                "recover",
+                layers_label(d["layers"]),
+                d["layers"],
+                input_bytes=d["input_bytes"],
+                llmkit_s=d["llmkit"]["seconds"],
+                floor_s=d["floor"]["seconds"],
+                upstream_s=up["seconds"] if up else None,
+                llmkit_rss=d["llmkit"]["peak_rss"],
+                upstream_rss=up["peak_rss"] if up else None,
+                same_output=d.get("identical"),
+                extra={
+                    "read_s": d["read"]["seconds"],
+                    "llmkit_runs": d["llmkit"]["all_seconds"],
+                    "floor_runs": d["floor"]["all_seconds"],
+                    "output_bytes": d["output_bytes"],
+                    "comparison": d.get("comparison"),
+                    "script_wall_s": wall,
+                },
+            )
+        )
     return rows
 
 
-FLOOR_LINE = re.compile(r"^(?P<kind>\w+)\s+llmkit\s+median\s+(?P<med>[\d.]+) s = (?P<ratio>[\d.]+)x the I/O floor "
-                        r"\((?P<floor>[\d.]+) s\); peak RSS (?P<rss>[\d.]+) GB; runs \[(?P<runs>[^\]]*)\]")
+FLOOR_LINE = re.compile(
+    r"^(?P<kind>\w+)\s+llmkit\s+median\s+(?P<med>[\d.]+) s = (?P<ratio>[\d.]+)x the I/O floor "
+    r"\((?P<floor>[\d.]+) s\); peak RSS (?P<rss>[\d.]+) GB; runs \[(?P<runs>[^\]]*)\]"
+)
 PEFT_LINE = re.compile(r"^(?P<kind>\w+) (?P<tool>llmkit|peft|peft-nomean): (?P<d>\{.*\})$")
 IDENT_LINE = re.compile(r"^(?P<kind>\w+)\s+llmkit .* outputs: (?P<same>\d+)/(?P<n>\d+) tensors identical")
 
@@ -182,8 +269,11 @@ def job_merge_lora(cfg: dict) -> list[dict]:
     rows = []
     kinds = cfg["merge_adapters"].split(",")
     for layers in cfg["layers"]:
-        with_peft = [k for k in kinds if k in cfg["peft_every_depth"]
-                     or (k in cfg["peft_smallest_depth"] and layers == min(cfg["layers"]))]
+        with_peft = [
+            k
+            for k in kinds
+            if k in cfg["peft_every_depth"] or (k in cfg["peft_smallest_depth"] and layers == min(cfg["layers"]))
+        ]
         work = Path(tempfile.mkdtemp(prefix="llmkit-bench-run-lora-"))
         try:
             common = ["--layers", str(layers), "--adapters", cfg["merge_adapters"], "--workdir", str(work)]
@@ -194,8 +284,10 @@ def job_merge_lora(cfg: dict) -> list[dict]:
             peft: dict[str, dict[str, dict]] = {}
             ident: dict[str, tuple[int, int]] = {}
             if with_peft:
-                out2, err2, wall2 = run_script("merge_lora.py", ["--layers", str(layers), "--adapters",
-                                                                 ",".join(with_peft), "--workdir", str(work)])
+                out2, err2, wall2 = run_script(
+                    "merge_lora.py",
+                    ["--layers", str(layers), "--adapters", ",".join(with_peft), "--workdir", str(work)],
+                )
                 wall += wall2
                 for m in map(PEFT_LINE.match, err2.splitlines()):
                     if m:
@@ -214,65 +306,110 @@ def job_merge_lora(cfg: dict) -> list[dict]:
             if "llmkit" in p:
                 rss.append(p["llmkit"]["peak_rss_bytes"])
             up = p.get("peft")
-            r = row(f"merge-lora ({kind})", layers_label(layers), layers, input_bytes=base_bytes,
-                    llmkit_s=float(f["med"]) if f else None, floor_s=float(f["floor"]) if f else None,
-                    upstream_s=up["durable_seconds"] if up else None, llmkit_rss=max(rss) if rss else None,
-                    upstream_rss=up["peak_rss_bytes"] if up else None,
-                    same_output=(ident[kind][0] == ident[kind][1]) if kind in ident else None,
-                    extra={"llmkit_runs": f["runs"] if f else None, "script_wall_s": wall,
-                           "peft_nomean_s": p.get("peft-nomean", {}).get("durable_seconds"),
-                           "peft_nomean_rss": p.get("peft-nomean", {}).get("peak_rss_bytes"),
-                           "llmkit_unevicted_s": p.get("llmkit", {}).get("durable_seconds")})
+            r = row(
+                f"merge-lora ({kind})",
+                layers_label(layers),
+                layers,
+                input_bytes=base_bytes,
+                llmkit_s=float(f["med"]) if f else None,
+                floor_s=float(f["floor"]) if f else None,
+                upstream_s=up["durable_seconds"] if up else None,
+                llmkit_rss=max(rss) if rss else None,
+                upstream_rss=up["peak_rss_bytes"] if up else None,
+                same_output=(ident[kind][0] == ident[kind][1]) if kind in ident else None,
+                extra={
+                    "llmkit_runs": f["runs"] if f else None,
+                    "script_wall_s": wall,
+                    "peft_nomean_s": p.get("peft-nomean", {}).get("durable_seconds"),
+                    "peft_nomean_rss": p.get("peft-nomean", {}).get("peak_rss_bytes"),
+                    "llmkit_unevicted_s": p.get("llmkit", {}).get("durable_seconds"),
+                },
+            )
             rows.append(r)
     return rows
 
 
 def job_to_ckpt(cfg: dict, enc_modes: str = "") -> list[dict]:
     args = ["--layers", ",".join(map(str, cfg["layers"])), "--repeat", str(cfg["repeat"]), "--json"]
-    help_text = subprocess.run([sys.executable, str(BENCH / "to_ckpt.py"), "--help"], capture_output=True,
-                               text=True, check=False).stdout
+    help_text = subprocess.run(
+        [sys.executable, str(BENCH / "to_ckpt.py"), "--help"], capture_output=True, text=True, check=False
+    ).stdout
     if "--enc-modes" in help_text:  # added while this was written; older copies have no encrypted arm
         args += ["--enc-modes", enc_modes]
     out, _, wall = run_script("to_ckpt.py", args)
-    data = json.loads(out[out.index("["):])
+    data = json.loads(out[out.index("[") :])
     rows = []
     for d in data:
         up = d.get("upstream")
-        r = row("to-ckpt", layers_label(d['layers']), d["layers"], input_bytes=d["input_bytes"],
-                llmkit_s=d["llmkit"]["seconds"], floor_s=d["floor"]["seconds"],
-                upstream_s=up["seconds"] if up else None, llmkit_rss=d["llmkit"]["peak_rss"],
-                upstream_rss=up["peak_rss"] if up else None, same_output=d.get("identical"),
-                extra={"llmkit_runs": d["llmkit"]["all_seconds"], "floor_runs": d["floor"]["all_seconds"],
-                       "upstream_skipped": d.get("upstream_skipped"), "script_wall_s": wall})
+        r = row(
+            "to-ckpt",
+            layers_label(d["layers"]),
+            d["layers"],
+            input_bytes=d["input_bytes"],
+            llmkit_s=d["llmkit"]["seconds"],
+            floor_s=d["floor"]["seconds"],
+            upstream_s=up["seconds"] if up else None,
+            llmkit_rss=d["llmkit"]["peak_rss"],
+            upstream_rss=up["peak_rss"] if up else None,
+            same_output=d.get("identical"),
+            extra={
+                "llmkit_runs": d["llmkit"]["all_seconds"],
+                "floor_runs": d["floor"]["all_seconds"],
+                "upstream_skipped": d.get("upstream_skipped"),
+                "script_wall_s": wall,
+            },
+        )
         if d.get("upstream_skipped"):
             r["notes"].append(f"upstream skipped: {d['upstream_skipped']}")
         rows.append(r)
         for mode, e in (d.get("enc") or {}).items():
             v = e.get("verify", {})
-            rows.append(row(f"to-ckpt ({mode})", layers_label(d['layers']), d["layers"], input_bytes=d["input_bytes"],
-                            llmkit_s=e["seconds"], floor_s=d["floor"]["seconds"], llmkit_rss=e["peak_rss"],
-                            same_output=bool(v.get("same") and v.get("stream_same")),
-                            extra={"vs_llmkit": e.get("vs_llmkit"), "llmkit_runs": e.get("all_seconds")}))
+            rows.append(
+                row(
+                    f"to-ckpt ({mode})",
+                    layers_label(d["layers"]),
+                    d["layers"],
+                    input_bytes=d["input_bytes"],
+                    llmkit_s=e["seconds"],
+                    floor_s=d["floor"]["seconds"],
+                    llmkit_rss=e["peak_rss"],
+                    same_output=bool(v.get("same") and v.get("stream_same")),
+                    extra={"vs_llmkit": e.get("vs_llmkit"), "llmkit_runs": e.get("all_seconds")},
+                )
+            )
     return rows
 
 
-META_LINE = re.compile(r"^(?P<layers>\d+) layer\(s\): inputs (?P<gb>[\d.]+) GB; floor (?P<floor>[\d.]+) s; "
-                       r"from-meta (?P<med>[\d.]+) s = [\d.]+x floor; peak RSS (?P<rss>[\d.]+) GB; runs \[(?P<runs>[^\]]*)\]")
+META_LINE = re.compile(
+    r"^(?P<layers>\d+) layer\(s\): inputs (?P<gb>[\d.]+) GB; floor (?P<floor>[\d.]+) s; "
+    r"from-meta (?P<med>[\d.]+) s = [\d.]+x floor; peak RSS (?P<rss>[\d.]+) GB; runs \[(?P<runs>[^\]]*)\]"
+)
 
 
 def job_from_meta(cfg: dict) -> list[dict]:
-    out, _, wall = run_script("meta_convert.py", ["--layers", ",".join(map(str, cfg["layers"])),
-                                                  "--repeat", str(cfg["repeat"])])
+    out, _, wall = run_script(
+        "meta_convert.py", ["--layers", ",".join(map(str, cfg["layers"])), "--repeat", str(cfg["repeat"])]
+    )
     rows = []
     for m in map(META_LINE.match, out.splitlines()):
         if m:
-            rows.append(row("from-meta", layers_label(int(m['layers'])), int(m["layers"]), input_bytes=int(float(m["gb"]) * 1e9),
-                            llmkit_s=float(m["med"]), floor_s=float(m["floor"]), llmkit_rss=int(float(m["rss"]) * 1e9),
-                            extra={"llmkit_runs": m["runs"], "script_wall_s": wall, "rss_resolution": "10 MB"}))
+            rows.append(
+                row(
+                    "from-meta",
+                    layers_label(int(m["layers"])),
+                    int(m["layers"]),
+                    input_bytes=int(float(m["gb"]) * 1e9),
+                    llmkit_s=float(m["med"]),
+                    floor_s=float(m["floor"]),
+                    llmkit_rss=int(float(m["rss"]) * 1e9),
+                    extra={"llmkit_runs": m["runs"], "script_wall_s": wall, "rss_resolution": "10 MB"},
+                )
+            )
     return rows
 
 
 # ------------------------------------------------------------------------------------------ derived numbers
+
 
 def derive(rows: list[dict]) -> None:
     """Ratios and the RSS growth with depth (on the largest depth of each job)."""
@@ -292,19 +429,31 @@ def derive(rows: list[dict]) -> None:
 
 # ------------------------------------------------------------------------------------------ main
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help=f"comma-separated jobs, of {', '.join(JOBS)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="smallest sizes and one run each: a smoke test")
     ap.add_argument("--repeat", type=int, default=None, help="runs per contender (default 3, --quick 1)")
     ap.add_argument("--json", action="store_true", help="print the collected rows as JSON")
-    ap.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
-                    help="write docs/benchmarks.md and docs/benchmarks.svg (default: only for a full run of all jobs)")
+    ap.add_argument(
+        "--docs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write docs/benchmarks.md and docs/benchmarks.svg (default: only for a full run of all jobs)",
+    )
     ap.add_argument("--out-dir", type=Path, default=ROOT / "docs", help="where the .md and .svg go")
-    ap.add_argument("--from-json", type=Path, default=None,
-                    help="run nothing: re-write the docs from the output of an earlier --json run")
-    ap.add_argument("--to-ckpt-enc-modes", default="",
-                    help="also time encrypted to-ckpt arms, e.g. AES-GCM (passed to to_ckpt.py --enc-modes)")
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="run nothing: re-write the docs from the output of an earlier --json run",
+    )
+    ap.add_argument(
+        "--to-ckpt-enc-modes",
+        default="",
+        help="also time encrypted to-ckpt arms, e.g. AES-GCM (passed to to_ckpt.py --enc-modes)",
+    )
     args = ap.parse_args()
     only = [j.strip() for j in args.only.split(",") if j.strip()] or list(JOBS)
     for j in only:
@@ -317,9 +466,17 @@ def main() -> None:
     if args.from_json is not None:
         saved = json.loads(args.from_json.read_text())
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        (args.out_dir / "benchmarks.md").write_text(markdown(
-            saved["rows"], saved["machine"], cfg, saved["wall_seconds"], saved["failures"], saved["command"],
-            saved["lock_wait_seconds"]))
+        (args.out_dir / "benchmarks.md").write_text(
+            markdown(
+                saved["rows"],
+                saved["machine"],
+                cfg,
+                saved["wall_seconds"],
+                saved["failures"],
+                saved["command"],
+                saved["lock_wait_seconds"],
+            )
+        )
         (args.out_dir / "benchmarks.svg").write_text(svg_chart(saved["rows"]))
         print(f"wrote {args.out_dir / 'benchmarks.md'} and {args.out_dir / 'benchmarks.svg'}", file=sys.stderr)
         return
@@ -327,9 +484,14 @@ def main() -> None:
     need = 2e9 if args.quick else 20e9  # recover at 6 layers: 8.9 GB of inputs + 5.9 GB of output
     if free < need:
         raise SystemExit(f"only {free / 1e9:.1f} GB free in {tempfile.gettempdir()}; need about {need / 1e9:.0f} GB")
-    runners = {"decrypt": job_decrypt, "verify": job_verify, "recover": job_recover,
-               "merge-lora": job_merge_lora, "to-ckpt": lambda c: job_to_ckpt(c, args.to_ckpt_enc_modes),
-               "from-meta": job_from_meta}
+    runners = {
+        "decrypt": job_decrypt,
+        "verify": job_verify,
+        "recover": job_recover,
+        "merge-lora": job_merge_lora,
+        "to-ckpt": lambda c: job_to_ckpt(c, args.to_ckpt_enc_modes),
+        "from-meta": job_from_meta,
+    }
     rows: list[dict] = []
     failures: list[str] = []
     start = time.perf_counter()
@@ -350,23 +512,42 @@ def main() -> None:
         print(f"== {job}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
     lock_wait = sum(LOCK_WAIT)
-    cmd = ".venv/bin/python benchmarks/run.py" + (" --quick" if args.quick else "") + (
-        f" --only {','.join(only)}" if len(only) != len(JOBS) else "") + (
-        f" --repeat {args.repeat}" if args.repeat is not None else "")
+    cmd = (
+        ".venv/bin/python benchmarks/run.py"
+        + (" --quick" if args.quick else "")
+        + (f" --only {','.join(only)}" if len(only) != len(JOBS) else "")
+        + (f" --repeat {args.repeat}" if args.repeat is not None else "")
+    )
     order = {job: i for i, job in enumerate(dict.fromkeys(r["job"] for r in rows))}
     rows.sort(key=lambda r: (order[r["job"]], r["depth_key"]))
     derive(rows)
     if args.json:
-        print(json.dumps({"command": cmd, "machine": info, "wall_seconds": wall, "lock_wait_seconds": lock_wait, "failures": failures,
-                          "rows": rows}, indent=2, default=sorted))
+        print(
+            json.dumps(
+                {
+                    "command": cmd,
+                    "machine": info,
+                    "wall_seconds": wall,
+                    "lock_wait_seconds": lock_wait,
+                    "failures": failures,
+                    "rows": rows,
+                },
+                indent=2,
+                default=sorted,
+            )
+        )
     else:
         for r in rows:
-            print(f"{r['job']:<22} {r['depth']:<14} llmkit {fmt_s(r['llmkit_s']):>7} s  floor {fmt_s(r['floor_s']):>7} s"
-                  f"  ratio {r['ratio'] if r['ratio'] is None else round(r['ratio'], 2)!s:>5}  upstream "
-                  f"{fmt_s(r['upstream_s']):>7} s  RSS {fmt_mib(r['llmkit_rss']):>6} / {fmt_mib(r['upstream_rss']):>6} MiB"
-                  + (f"  growth {r['rss_growth_mib']:+.0f} MiB" if r["rss_growth_mib"] is not None else ""))
-        print(f"total {fmt_duration(wall)}, of which {fmt_duration(lock_wait)} waiting for the lock"
-              + (f"; failures: {failures}" if failures else ""))
+            print(
+                f"{r['job']:<22} {r['depth']:<14} llmkit {fmt_s(r['llmkit_s']):>7} s  floor {fmt_s(r['floor_s']):>7} s"
+                f"  ratio {r['ratio'] if r['ratio'] is None else round(r['ratio'], 2)!s:>5}  upstream "
+                f"{fmt_s(r['upstream_s']):>7} s  RSS {fmt_mib(r['llmkit_rss']):>6} / {fmt_mib(r['upstream_rss']):>6} MiB"
+                + (f"  growth {r['rss_growth_mib']:+.0f} MiB" if r["rss_growth_mib"] is not None else "")
+            )
+        print(
+            f"total {fmt_duration(wall)}, of which {fmt_duration(lock_wait)} waiting for the lock"
+            + (f"; failures: {failures}" if failures else "")
+        )
     if write_docs:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         (args.out_dir / "benchmarks.md").write_text(markdown(rows, info, cfg, wall, failures, cmd, lock_wait))

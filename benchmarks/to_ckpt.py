@@ -20,7 +20,7 @@ each run (every contender in a fresh process, wall time after imports, peak RSS 
   (names, order, dtypes, shapes too) compared with the unencrypted file's, one tensor at a time; its
   whole decrypted stream is also compared with the unencrypted file byte for byte;
 - ``upstream``: as MindFormers' llama ``convert_weight.py``: ``LlamaForCausalLM.from_pretrained`` in
-  fp32, the whole state dict renamed (names from ``llmkit.io.mindformers``), a list of fp16
+  fp32, the whole state dict renamed (names from ``llmkit.io.mindspore.mindformers``), a list of fp16
   ``mindspore.Tensor`` built and ``mindspore.save_checkpoint`` called (not fsynced; that favours
   upstream; its file is fsynced and evicted after the clock stops). Skipped with a note when
   mindspore cannot be imported. Once per layer count its file is compared byte for byte with llmkit's.
@@ -51,11 +51,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 TARGET = 1.3  # the issue's bound: encrypted to-ckpt within 1.3x of unencrypted
 
-GENERATE = r'''
+GENERATE = r"""
 import sys
 from pathlib import Path
 import torch
-from llmkit.io.sinks import TensorSpec, open_sink
+from llmkit.io.core.spec import TensorSpec; from llmkit.io.core.sink import open_sink
 from llmkit.tiny import tiny_config
 folder, layers, hidden, inter, vocab, heads, shard = Path(sys.argv[1]), *map(int, sys.argv[2:8])
 specs = [("model.embed_tokens.weight", (vocab, hidden))]
@@ -73,42 +73,49 @@ with open_sink("safetensors", folder, [TensorSpec(n, torch.float16, s) for n, s 
 tiny_config(vocab, layers=layers, hidden=hidden, heads=heads, intermediate=inter,
             dtype=torch.float16).save_pretrained(folder)
 print("{}")
-'''
+"""
 
-PRELUDE = r'''
+PRELUDE = r"""
 import json, sys, time
 from pathlib import Path
 
 def report(start):
     peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss": peak}))
-'''
+"""
 
-LLMKIT = PRELUDE + r'''
+LLMKIT = (
+    PRELUDE
+    + r"""
 from llmkit.convert.ckpt import ToCkptOptions, to_ckpt
 start = time.perf_counter()
 to_ckpt(ToCkptOptions(Path(sys.argv[1]), Path(sys.argv[2])))
 report(start)
-'''
+"""
+)
 
 KEY_VAR = "LLMKIT_BENCH_CKPT_KEY"  # the child reads the key as enc_key="env:LLMKIT_BENCH_CKPT_KEY"
 ENC_MODES = ("AES-GCM", "AES-CBC", "SM4-CBC")
 
-LLMKIT_ENC = PRELUDE + r'''
+LLMKIT_ENC = (
+    PRELUDE
+    + r"""
 from llmkit.convert.ckpt import ToCkptOptions, to_ckpt
 start = time.perf_counter()
 to_ckpt(ToCkptOptions(Path(sys.argv[1]), Path(sys.argv[2]), enc_key="env:LLMKIT_BENCH_CKPT_KEY",
                       enc_mode=sys.argv[3]))
 report(start)
-'''
+"""
+)
 
 # argv: ENCRYPTED PLAIN MODE. Reads both one tensor at a time; prints {"same", "problems", "stream_same", ...}.
-VERIFY = r'''
+VERIFY = r"""
 import json, os, sys, time
 from pathlib import Path
 import torch
-from llmkit.io.ckpt_crypto import CkptKey, DecryptedFile
-from llmkit.io.ckpt_reader import CkptFile
+from llmkit.io.mindspore.keys import CkptKey
+from llmkit.io.mindspore.crypto import DecryptedFile
+from llmkit.io.mindspore.reader import CkptFile
 enc_path, plain_path, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 key = CkptKey(bytes.fromhex(os.environ["LLMKIT_BENCH_CKPT_KEY"]), None, "bench")
 start = time.perf_counter()
@@ -147,16 +154,18 @@ finally:
 peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"same": not problems, "tensors": tensors, "problems": problems[:5], "stream_same": stream_same,
                   "blocks": blocks, "tensor_seconds": round(tensor_seconds, 2), "peak_rss": peak}))
-'''
+"""
 
-UPSTREAM = PRELUDE + r'''
+UPSTREAM = (
+    PRELUDE
+    + r"""
 try:
     import mindspore
 except Exception as e:  # no wheel for this platform, or a broken install
     print(json.dumps({"skip": f"mindspore not importable: {e!r}"}))
     sys.exit(0)
 import numpy, torch, transformers
-from llmkit.io.mindformers import hf_to_mindformers
+from llmkit.io.mindspore.mindformers import hf_to_mindformers
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 start = time.perf_counter()
@@ -166,7 +175,8 @@ with torch.inference_mode():
             for n, t in model.state_dict().items()]
     mindspore.save_checkpoint(ckpt, sys.argv[2])
 report(start)
-'''
+"""
+)
 
 
 def run(script: str, *args: str | Path, key: bytes | None = None) -> dict:
@@ -176,8 +186,9 @@ def run(script: str, *args: str | Path, key: bytes | None = None) -> dict:
     env.pop(KEY_VAR, None)
     if key is not None:
         env[KEY_VAR] = key.hex()
-    r = subprocess.run([sys.executable, "-c", script, *map(str, args)], check=False, capture_output=True, text=True,
-                       env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)], check=False, capture_output=True, text=True, env=env
+    )
     if r.returncode != 0:
         raise SystemExit(f"benchmark step failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -199,8 +210,11 @@ def same_bytes(a: Path, b: Path) -> tuple[bool, str]:
 
 def summary(runs: list[dict]) -> dict:
     """Median wall time and the largest peak RSS of repeated runs."""
-    return {"seconds": statistics.median(r["seconds"] for r in runs), "peak_rss": max(r["peak_rss"] for r in runs),
-            "all_seconds": [round(r["seconds"], 2) for r in runs]}
+    return {
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "peak_rss": max(r["peak_rss"] for r in runs),
+        "all_seconds": [round(r["seconds"], 2) for r in runs],
+    }
 
 
 def bench(work: Path, models: Path, layers: int, repeat: int, upstream: bool, enc_modes: list[str]) -> dict:
@@ -265,21 +279,29 @@ def bench(work: Path, models: Path, layers: int, repeat: int, upstream: bool, en
 
 def table(rows: list[dict]) -> None:
     """The human-readable report."""
-    print(f"\nHF LLaMA-7B layer shapes (hidden {HIDDEN}, intermediate {INTERMEDIATE}, vocab {VOCAB}), fp16 "
-          f"safetensors -> fp16 .ckpt with MindFormers names; inputs evicted before each run; medians\n")
-    print(f"{'layers':>6} {'inputs GB':>9} {'floor s':>8} {'llmkit s':>9} {'/floor':>7} {'upstream s':>11} "
-          f"{'llmkit RSS MiB':>15} {'upstream RSS MiB':>17}  identical bytes")
+    print(
+        f"\nHF LLaMA-7B layer shapes (hidden {HIDDEN}, intermediate {INTERMEDIATE}, vocab {VOCAB}), fp16 "
+        f"safetensors -> fp16 .ckpt with MindFormers names; inputs evicted before each run; medians\n"
+    )
+    print(
+        f"{'layers':>6} {'inputs GB':>9} {'floor s':>8} {'llmkit s':>9} {'/floor':>7} {'upstream s':>11} "
+        f"{'llmkit RSS MiB':>15} {'upstream RSS MiB':>17}  identical bytes"
+    )
     for r in rows:
         up = r.get("upstream")
         ident = ("yes" if r["identical"] else "no") if "identical" in r else "-"
-        print(f"{r['layers']:>6} {r['input_bytes'] / 1e9:>9.2f} {r['floor']['seconds']:>8.2f} "
-              f"{r['llmkit']['seconds']:>9.2f} {r['llmkit']['seconds'] / r['floor']['seconds']:>6.2f}x "
-              f"{up['seconds'] if up else float('nan'):>11.2f} {r['llmkit']['peak_rss'] / MIB:>15.0f} "
-              f"{up['peak_rss'] / MIB if up else float('nan'):>17.0f}  {ident}")
+        print(
+            f"{r['layers']:>6} {r['input_bytes'] / 1e9:>9.2f} {r['floor']['seconds']:>8.2f} "
+            f"{r['llmkit']['seconds']:>9.2f} {r['llmkit']['seconds'] / r['floor']['seconds']:>6.2f}x "
+            f"{up['seconds'] if up else float('nan'):>11.2f} {r['llmkit']['peak_rss'] / MIB:>15.0f} "
+            f"{up['peak_rss'] / MIB if up else float('nan'):>17.0f}  {ident}"
+        )
     for r in rows:
-        print(f"  {r['layers']} layer(s): floor runs {r['floor']['all_seconds']} s, llmkit runs "
-              f"{r['llmkit']['all_seconds']} s" + (f", upstream runs {r['upstream']['all_seconds']} s"
-                                                   if "upstream" in r else ""))
+        print(
+            f"  {r['layers']} layer(s): floor runs {r['floor']['all_seconds']} s, llmkit runs "
+            f"{r['llmkit']['all_seconds']} s"
+            + (f", upstream runs {r['upstream']['all_seconds']} s" if "upstream" in r else "")
+        )
         if "identical" in r:
             print(f"    identical bytes: {'yes' if r['identical'] else 'no'} ({r['cmp']})")
         if "upstream_skipped" in r:
@@ -289,27 +311,35 @@ def table(rows: list[dict]) -> None:
     if not any(r.get("enc") for r in rows):
         return
     print(f"\nencrypted to-ckpt (random 16-byte key; target: within {TARGET}x of unencrypted llmkit, same RSS)\n")
-    print(f"{'layers':>6} {'arm':>16} {'median s':>9} {'/llmkit':>8} {'paired':>7} {'/floor':>7} {'RSS MiB':>8} "
-          f"{'vs llmkit':>10} {'output GB':>10}  decrypts to the same tensors")
+    print(
+        f"{'layers':>6} {'arm':>16} {'median s':>9} {'/llmkit':>8} {'paired':>7} {'/floor':>7} {'RSS MiB':>8} "
+        f"{'vs llmkit':>10} {'output GB':>10}  decrypts to the same tensors"
+    )
     for r in rows:
-        print(f"{r['layers']:>6} {'llmkit':>16} {r['llmkit']['seconds']:>9.2f} {1:>7.2f}x {1:>6.2f}x "
-              f"{r['llmkit']['seconds'] / r['floor']['seconds']:>6.2f}x {r['llmkit']['peak_rss'] / MIB:>8.0f} "
-              f"{'':>10} {r['output_bytes'] / 1e9:>10.3f}  -")
+        print(
+            f"{r['layers']:>6} {'llmkit':>16} {r['llmkit']['seconds']:>9.2f} {1:>7.2f}x {1:>6.2f}x "
+            f"{r['llmkit']['seconds'] / r['floor']['seconds']:>6.2f}x {r['llmkit']['peak_rss'] / MIB:>8.0f} "
+            f"{'':>10} {r['output_bytes'] / 1e9:>10.3f}  -"
+        )
         for mode, e in r.get("enc", {}).items():
             v = e.get("verify", {})
             same = "yes" if v.get("same") and v.get("stream_same") else "no"
-            print(f"{'':>6} {'llmkit+' + mode:>16} {e['seconds']:>9.2f} {e['vs_llmkit']:>7.2f}x "
-                  f"{e['paired_vs_llmkit']:>6.2f}x {e['seconds'] / r['floor']['seconds']:>6.2f}x "
-                  f"{e['peak_rss'] / MIB:>8.0f} {e['rss_vs_llmkit_mib']:>+10.0f} {e['output_bytes'] / 1e9:>10.3f}  "
-                  f"{same}" + ("" if e["vs_llmkit"] <= TARGET else f"  (over {TARGET}x)"))
+            print(
+                f"{'':>6} {'llmkit+' + mode:>16} {e['seconds']:>9.2f} {e['vs_llmkit']:>7.2f}x "
+                f"{e['paired_vs_llmkit']:>6.2f}x {e['seconds'] / r['floor']['seconds']:>6.2f}x "
+                f"{e['peak_rss'] / MIB:>8.0f} {e['rss_vs_llmkit_mib']:>+10.0f} {e['output_bytes'] / 1e9:>10.3f}  "
+                f"{same}" + ("" if e["vs_llmkit"] <= TARGET else f"  (over {TARGET}x)")
+            )
     for r in rows:
         for mode, e in r.get("enc", {}).items():
             v = e.get("verify", {})
-            print(f"  {r['layers']} layer(s) {mode}: decrypts to the same tensors: "
-                  f"{'yes' if v.get('same') else 'no'} ({v.get('tensors')} tensors, one at a time; "
-                  f"{v.get('blocks')} blocks; whole decrypted stream == unencrypted file: "
-                  f"{'yes' if v.get('stream_same') else 'no'}; checker peak RSS {v.get('peak_rss', 0) / MIB:.0f} MiB)"
-                  + (f"; problems: {v['problems']}" if v.get("problems") else ""))
+            print(
+                f"  {r['layers']} layer(s) {mode}: decrypts to the same tensors: "
+                f"{'yes' if v.get('same') else 'no'} ({v.get('tensors')} tensors, one at a time; "
+                f"{v.get('blocks')} blocks; whole decrypted stream == unencrypted file: "
+                f"{'yes' if v.get('stream_same') else 'no'}; checker peak RSS {v.get('peak_rss', 0) / MIB:.0f} MiB)"
+                + (f"; problems: {v['problems']}" if v.get("problems") else "")
+            )
 
 
 def main() -> None:
@@ -317,8 +347,11 @@ def main() -> None:
     ap.add_argument("--layers", default="2,6", help="layer counts (comma-separated)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per contender and size (median reported)")
     ap.add_argument("--no-upstream", action="store_true", help="time llmkit and the floor only")
-    ap.add_argument("--enc-modes", default="AES-GCM",
-                    help=f"encrypted arms, comma-separated, of {', '.join(ENC_MODES)} (\"\" for none)")
+    ap.add_argument(
+        "--enc-modes",
+        default="AES-GCM",
+        help=f'encrypted arms, comma-separated, of {", ".join(ENC_MODES)} ("" for none)',
+    )
     ap.add_argument("--keep", type=Path, default=None, help="generate the models in DIR and keep them (reused)")
     ap.add_argument("--workdir", type=Path, default=None, help="where the temp folder goes (default: $TMPDIR)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 
 def parse_size(text: str) -> int:
-    from llmkit.io.sinks import parse_size as ps
+    from llmkit.units import parse_size as ps
 
     return ps(text)
 
@@ -94,15 +94,20 @@ def main() -> None:
         folder.mkdir(exist_ok=True)
         files = make_files(folder, args.files, size)
         table = work / "table.md5"
-        table.write_text(subprocess.run(["md5sum", *[f.name for f in files]], cwd=folder, capture_output=True,
-                                        text=True, check=True).stdout)
+        table.write_text(
+            subprocess.run(
+                ["md5sum", *[f.name for f in files]], cwd=folder, capture_output=True, text=True, check=True
+            ).stdout
+        )
         subprocess.run(["md5sum", "-c", "--quiet", str(table)], cwd=folder, check=True)  # warm the page cache
         results = {
             "md5sum -c": best_of(["md5sum", "-c", "--quiet", str(table)], folder, args.repeat),
-            "llmkit verify --jobs 1": best_of([str(LLMKIT), "verify", ".", "--table", str(table), "--jobs", "1",
-                                               "-q"], folder, args.repeat),
-            "llmkit verify --jobs 2": best_of([str(LLMKIT), "verify", ".", "--table", str(table), "--jobs", "2",
-                                               "-q"], folder, args.repeat),
+            "llmkit verify --jobs 1": best_of(
+                [str(LLMKIT), "verify", ".", "--table", str(table), "--jobs", "1", "-q"], folder, args.repeat
+            ),
+            "llmkit verify --jobs 2": best_of(
+                [str(LLMKIT), "verify", ".", "--table", str(table), "--jobs", "2", "-q"], folder, args.repeat
+            ),
             "in-process run_verify jobs=1": best_in_process(folder, table, 1, args.repeat),
             "in-process run_verify jobs=2": best_in_process(folder, table, 2, args.repeat),
         }

@@ -21,7 +21,7 @@ import torch
 
 from llmkit.errors import CheckFailed
 from llmkit.io import ShardedWriter, TensorSpec, open_source
-from llmkit.io.sources import TensorSource
+from llmkit.io.core.source import TensorSource
 
 
 @dataclass

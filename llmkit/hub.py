@@ -33,7 +33,7 @@ from llmkit.errors import CheckFailed, InputError, writing
 from llmkit.hub_errors import Attempts, client_retried_get, http_cause, hub_error, one_line, with_retries
 from llmkit.hub_filters import select_paths
 from llmkit.hub_staging import DownloadCancelled, Staging, cancellable_bar, refuse_collisions, staging_dir
-from llmkit.io.destination import check_output_path
+from llmkit.io.core.destination import check_output_path
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
 from llmkit.redact import register_secret
 from llmkit.units import check_space, free_bytes, human_bytes

@@ -22,8 +22,8 @@ import threading
 from pathlib import Path
 
 from llmkit.errors import InputError, writing
-from llmkit.io.destination import make_folder, remove_empty
-from llmkit.io.staging import lock_holder
+from llmkit.io.core.destination import make_folder, remove_empty
+from llmkit.io.core.staging import lock_holder
 
 SUFFIX = ".llmkit-download"  # the sibling: .<DIR name>.llmkit-download
 INSIDE = ".llmkit-download"  # DIR/.llmkit-download, when no sibling is possible

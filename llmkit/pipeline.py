@@ -6,7 +6,7 @@ A job module (recover, lora, ...) turns its frozen options dataclass and its ope
 mapped pages can be prefetched and released), the aux files, the pre-checks already done and
 structured :class:`Notice` s. Then:
 
-- :func:`open_plan_sink` opens the sink the plan names from the registry (``llmkit.io.sinks.open_sink``);
+- :func:`open_plan_sink` opens the sink the plan names from the registry (``llmkit.io.core.writer.open_sink``);
   the sink checks the destination (not an input, not existing without ``force``, free disk) before
   anything is created;
 - :func:`plan_report` says what a run would do (sizes, disk, memory): every ``--dry-run`` renders it;
@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # torch and the io layer load when a job runs, not when the CLI starts
     import torch
 
-    from llmkit.io.sinks import Sink, TensorSpec
-    from llmkit.io.sources import TensorSource
+    from llmkit.io.core.sink import Sink
+    from llmkit.io.core.source import TensorSource
+    from llmkit.io.core.spec import TensorSpec
 
 # progress(label, total_bytes) -> context manager yielding advance(nbytes); Output.progress fits.
 ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Callable[[int], None]]]
@@ -151,7 +152,7 @@ class Plan:
     def aux_bytes(self) -> int:
         """Bytes of the files carried and made; a carried file that is a FIFO or device is refused here,
         before any output exists (reading it could block forever)."""
-        from llmkit.io.regular import check_regular, is_special
+        from llmkit.io.core.regular import check_regular, is_special
 
         carried = [a.folder / n for a in self.aux if a.folder is not None for n in a.names]
         for p in carried:
@@ -180,7 +181,7 @@ class PlanReport:
 
 def open_plan_sink(plan: Plan, *, force: bool = False) -> Sink:
     """The plan's sink from the registry; it checks the destination before anything is created."""
-    from llmkit.io.sinks import open_sink
+    from llmkit.io.core.sink import open_sink
 
     sink = open_sink(
         plan.fmt,

@@ -227,7 +227,7 @@ def get_table(name_or_file: str | Path) -> ChecksumTable:
             hint="pass the md5sum-format table file (or a built-in table name) as --table",
         )
     if os.path.islink(p):
-        from llmkit.io.destination import broken_link
+        from llmkit.io.core.destination import broken_link
 
         raise InputError(
             f"the table path {broken_link(p) or 'is a broken symlink'}",

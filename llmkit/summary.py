@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit.errors import InputError
-from llmkit.io.jsonfile import int_field
-from llmkit.io.sources import AdapterInfo, TensorSource, open_source, safetensors_code
+from llmkit.io.core.jsonfile import int_field
+from llmkit.io.core.source import TensorSource, open_source, safetensors_code
+from llmkit.io.hf.adapter_config import AdapterInfo
 from llmkit.pipeline import Check, Notice, Result
 
 # LLaMA size by hidden size (LLaMA-1 family).
@@ -101,9 +102,9 @@ def _unverified(f) -> str | None:
 
 
 def completeness(src: TensorSource) -> Check | None:
-    """Whether a LLaMA holds every weight its config (or its names) describe, once (``llmkit.io.llama_tensors``):
+    """Whether a LLaMA holds every weight its config (or its names) describe, once (``llmkit.io.core.llama_tensors``):
     a failed check, not an error, so inspect still shows what the files hold; None when it is not a LLaMA."""
-    from llmkit.io.llama_tensors import check_source
+    from llmkit.io.core.llama_tensors import check_source
 
     try:
         try:
@@ -190,7 +191,7 @@ def inspect_model(options: InspectOptions) -> ModelSummary:
     """``llmkit inspect``: :func:`summarize` the options' path (headers only, no tensor data read)."""
     key = None
     if options.dec_key is not None:
-        from llmkit.io.ckpt_crypto import read_key
+        from llmkit.io.mindspore.keys import read_key
 
         key = read_key(options.dec_key, options.dec_mode, flag="--dec-key")
     return summarize(options.path, key)

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from llmkit.errors import InputError
-from llmkit.io.jsonfile import read_json
+from llmkit.io.core.jsonfile import read_json
 
 EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # TechGPT's .enc label
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmkit.io.ckpt_reader import CkptFile
-from llmkit.io.mindformers import hf_to_mindformers, mindformers_to_hf
+from llmkit.io.mindspore.mindformers import hf_to_mindformers, mindformers_to_hf
+from llmkit.io.mindspore.reader import CkptFile
 from llmkit.tiny import tiny_model
 
 
@@ -163,7 +163,8 @@ def test_from_ckpt_leaves_training_state_out_keeps_it_with_names_keep_refuses_wi
     assert run_cli("to-ckpt", m.path, "-o", ckpt).exit_code == 0
     stored = read_ckpt(ckpt)
     extra = {"adam_m.model.norm_out.weight": torch.zeros(64), "global_step": torch.tensor(100, dtype=torch.int32)}
-    from llmkit.io.sinks import TensorSpec, open_sink
+    from llmkit.io.core.sink import open_sink
+    from llmkit.io.core.spec import TensorSpec
 
     specs = [TensorSpec(k, v.dtype, tuple(v.shape)) for k, v in {**stored, **extra}.items()]
     with open_sink("ckpt", tmp_path / "train2.ckpt", specs) as sink:
@@ -187,7 +188,7 @@ def test_a_derived_config_is_announced_and_works_when_the_shapes_decide_the_head
     derived config can be loaded by transformers at test size."""
     from transformers import LlamaForCausalLM
 
-    import llmkit.io.mindformers as mf
+    import llmkit.io.mindspore.mindformers as mf
 
     monkeypatch.setitem(mf.KNOWN_LLAMA_SHAPES, (256, 512), ("TEST-256", 2))
     wide = tmp_path / "wide"

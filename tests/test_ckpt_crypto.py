@@ -11,11 +11,13 @@ import pytest
 import torch
 from test_ckpt_format import GOLDEN, same
 
-import llmkit.io.ckpt_crypto as crypto
+import llmkit.io.mindspore.crypto as crypto
 from llmkit.errors import InputError
-from llmkit.io.ckpt_crypto import CkptKey, DecryptedFile, encrypt_block, encrypted_size, read_key
-from llmkit.io.ckpt_reader import CkptFile
-from llmkit.io.sinks import TensorSpec, open_sink
+from llmkit.io.core.sink import open_sink
+from llmkit.io.core.spec import TensorSpec
+from llmkit.io.mindspore.crypto import DecryptedFile, encrypt_block, encrypted_size
+from llmkit.io.mindspore.keys import CkptKey, read_key
+from llmkit.io.mindspore.reader import CkptFile
 
 DATA = Path(__file__).parent / "data" / "ckpt"
 KEY_HEX = "000102030405060708090a0b0c0d0e0f"  # make_golden.py's KEY
@@ -35,8 +37,8 @@ def ivs_of(path: Path, mode: str) -> list[bytes]:
 
 
 def write(path: Path, tensors: dict[str, torch.Tensor], mode: str, key: CkptKey = KEY, ivs=None) -> Path:
-    from llmkit.io.ckpt import CkptLayout
-    from llmkit.io.ckpt_sink import CkptSink
+    from llmkit.io.mindspore.ckpt import CkptLayout
+    from llmkit.io.mindspore.sink import CkptSink
 
     specs = [TensorSpec(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()]
     sink = CkptSink(path, specs, enc_key=key, enc_mode=mode)

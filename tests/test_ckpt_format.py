@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import llmkit.io.ckpt as ckpt
+import llmkit.io.mindspore.ckpt as ckpt
 from llmkit.errors import InputError
-from llmkit.io.ckpt_reader import CkptFile
-from llmkit.io.sinks import TensorSpec, open_sink
-from llmkit.io.sources import open_source
+from llmkit.io.core.sink import open_sink
+from llmkit.io.core.source import open_source
+from llmkit.io.core.spec import TensorSpec
+from llmkit.io.mindspore.reader import CkptFile
 
 DATA = Path(__file__).parent / "data" / "ckpt"
 

@@ -53,7 +53,7 @@ def test_ckpt_conversions_peak_rss_is_a_few_largest_tensors_and_flat_in_layers(t
 MEASURE_ENCRYPTED = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
-    import llmkit.io.ckpt_crypto as crypto
+    import llmkit.io.mindspore.crypto as crypto
     from llmkit.convert.ckpt import FromCkptOptions, ToCkptOptions, from_ckpt, to_ckpt
 
     crypto.BLOCK_PLAIN = 4 << 20  # 64 MiB in MindSpore; small here so that both depths span many blocks

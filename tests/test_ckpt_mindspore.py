@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmkit.io.mindformers import hf_to_mindformers
+from llmkit.io.mindspore.mindformers import hf_to_mindformers
 
 
 @pytest.fixture
@@ -155,8 +155,8 @@ def test_a_tensor_over_512_mib_is_split_exactly_as_mindspore_splits_it(tmp_path,
     """
     assert "loaded" in mindspore_run(check, src, ours, tmp_path / "ms.ckpt")
     assert filecmp.cmp(ours, tmp_path / "ms.ckpt", shallow=False)
-    from llmkit.io.ckpt import SLICE_BYTES
-    from llmkit.io.ckpt_reader import CkptFile
+    from llmkit.io.mindspore.ckpt import SLICE_BYTES
+    from llmkit.io.mindspore.reader import CkptFile
 
     f = CkptFile(tmp_path / "ms.ckpt")
     try:
@@ -238,8 +238,8 @@ def test_encrypted_checkpoints_cross_both_ways_with_a_tensor_over_one_block(
         print("loaded")
     """
     assert "loaded" in mindspore_run(check, src, ours, ENC_KEY_HEX, mode, tmp_path / "ms.ckpt")
-    from llmkit.io.ckpt_crypto import CkptKey
-    from llmkit.io.ckpt_reader import CkptFile
+    from llmkit.io.mindspore.keys import CkptKey
+    from llmkit.io.mindspore.reader import CkptFile
 
     f = CkptFile(tmp_path / "ms.ckpt", CkptKey(bytes.fromhex(ENC_KEY_HEX), mode, "test"))
     try:

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import llmkit.io.core.writer as sinks
 from llmkit import units
 from llmkit.crypto import plan as crypto_plan
 from llmkit.errors import DiskSpaceError, OutputNotWritableError, WriteError
-from llmkit.io import ShardedWriter, TensorSpec, sinks
+from llmkit.io import ShardedWriter, TensorSpec
 
 LLMKIT = [sys.executable, "-m", "llmkit"]
 EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -19,7 +19,7 @@ import torch
 import typer
 from safetensors.torch import load_file
 
-import llmkit.io.ckpt_crypto as crypto
+import llmkit.io.mindspore.crypto as crypto
 from llmkit.cli import app
 
 DATA = Path(__file__).parent / "data" / "ckpt"

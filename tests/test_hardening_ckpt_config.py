@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llmkit.errors import InputError
-from llmkit.io.mindformers import check_complete, guessed_config
+from llmkit.io.mindspore.mindformers import check_complete, guessed_config
 
 # name: (hidden, intermediate, heads, kv heads, layers) as published
 PUBLISHED = {

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from llmkit.errors import InputError
-from llmkit.io.jsonfile import read_json
+from llmkit.io.core.jsonfile import read_json
 from tests.test_bad_inputs import one_error_line
 
 # ------------------------------------------------------------------ adapter tokenizer files

@@ -26,7 +26,7 @@ MEASURE = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from llmkit.errors import InputError
-    from llmkit.io.ckpt_crypto import read_key
+    from llmkit.io.mindspore.keys import read_key
 
     key = Path(sys.argv[1]) / "big.key"
     reset_peak()

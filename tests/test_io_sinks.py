@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import llmkit.io.core.writer as sinks
 from llmkit.errors import DiskSpaceError, InputError, OutputExistsError
-from llmkit.io import ShardedWriter, TensorSpec, open_source, parse_size, sinks
+from llmkit.io import ShardedWriter, TensorSpec, open_source, parse_size
 
 
 def _specs(state: dict[str, torch.Tensor]) -> list[TensorSpec]:

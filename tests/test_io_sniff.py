@@ -1,4 +1,4 @@
-"""llmkit.io.sniff: whole-file checks against files written by their own libraries (torch, zipfile,
+"""llmkit.io.core.sniff: whole-file checks against files written by their own libraries (torch, zipfile,
 safetensors, sentencepiece, json), cut at every kind of boundary."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from llmkit.io.sniff import ContentCheck, ContentError, sniff_kind
+from llmkit.io.core.sniff import ContentCheck, ContentError, sniff_kind
 
 
 def run(kind: str | None, data: bytes, total: int | None = None, block: int = 4096) -> ContentCheck:

@@ -12,7 +12,8 @@ import torch
 
 from llmkit.errors import InputError, UnsafeFileError
 from llmkit.io import open_source
-from llmkit.io.sources import SafetensorsFile, TorchFile
+from llmkit.io.hf.safetensors import SafetensorsFile
+from llmkit.io.hf.torchzip import TorchFile
 
 HF_LAYOUTS = ["safetensors", "safetensors-sharded", "bin", "bin-sharded"]
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 HIDDEN, HEADS, INTER, VOCAB, LAYERS, EPS = 64, 8, 184, 99, 2, 1e-5  # INTER set by hand (not the 256 rule)
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj")
 
-# HF -> Meta names, written out from SPEC.md sections 3/4 (independent of llmkit.io.meta).
+# HF -> Meta names, written out from SPEC.md sections 3/4 (independent of llmkit.io.meta.names).
 TOP = {
     "model.embed_tokens.weight": "tok_embeddings.weight",
     "model.norm.weight": "norm.weight",

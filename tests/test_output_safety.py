@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from test_bad_inputs import one_error_line, tree
 
-from llmkit.io.staging import OutputClaim
+from llmkit.io.core.staging import OutputClaim
 
 SHARD = "20KB"  # several shards for the tiny model: a partial set would be visible
 
@@ -160,7 +160,7 @@ def test_two_runs_at_once_never_both_succeed_with_a_mixed_output(models, tmp_pat
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    import llmkit.io.staging as staging
+    import llmkit.io.core.staging as staging
     step, nth, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
     calls = {"n": 0}
     real = getattr(staging, step)
@@ -178,7 +178,7 @@ KILLER = textwrap.dedent("""
     main()
 """)
 
-# (function of llmkit.io.staging, which call) around which the commit is killed
+# (function of llmkit.io.core.staging, which call) around which the commit is killed
 COMMIT_STEPS = [("fsync_dir", 1), ("rename_noreplace", 1), ("fsync_dir", 2), ("exchange", 1), ("_carry", 1)]
 
 

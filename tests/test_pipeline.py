@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from llmkit.errors import CheckFailed, InputError
-from llmkit.io.sinks import SINKS, open_sink
+from llmkit.io.core.sink import SINKS, open_sink
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "DEVELOPING.md"
 
@@ -28,8 +28,8 @@ def cast():
         "from dataclasses import dataclass\nfrom pathlib import Path\n"
         "from llmkit.pipeline import (AuxCopy, Plan, PlanReport, ProgressFactory, Result, execute, open_plan_sink,"
         " plan_report)\n"
-        "from llmkit.io.sources import open_source\nfrom llmkit.io.dtypes import parse_cli_dtype\n"
-        "from llmkit.io.sinks import TensorSpec\nfrom llmkit.io.files import AUX_FILES\n" + code,
+        "from llmkit.io.core.source import open_source\nfrom llmkit.io.core.dtypes import parse_cli_dtype\n"
+        "from llmkit.io.core.spec import TensorSpec\nfrom llmkit.io.core.files import AUX_FILES\n" + code,
         namespace,
     )
     return namespace["cast"], namespace["CastOptions"]
@@ -65,8 +65,8 @@ def test_the_example_gets_dry_run_and_the_destination_checks_for_free(cast, tiny
 
 
 def test_a_failing_tap_keeps_nothing(tiny_factory, tmp_path):
-    from llmkit.io.sinks import TensorSpec
-    from llmkit.io.sources import open_source
+    from llmkit.io.core.source import open_source
+    from llmkit.io.core.spec import TensorSpec
     from llmkit.pipeline import Plan, execute, open_plan_sink
 
     class Refuse:

@@ -83,7 +83,7 @@ def test_a_signal_while_llmkit_loads_is_one_line_and_the_json_error(tiny_factory
 def test_a_signal_during_the_commit_leaves_no_output_or_the_whole_one_and_cleans_up(models, tmp_path, sig, step, when):
     base, a, _ = models
     out = tmp_path / "out"
-    p = run(AROUND, "llmkit.io.staging", step, when, sig, *make_diff_args(base, a, out, "--json"))
+    p = run(AROUND, "llmkit.io.core.staging", step, when, sig, *make_diff_args(base, a, out, "--json"))
     assert_one_error(p, CODES[sig])
     assert not out.exists() or is_whole(out, expected_diff(base, a))
     assert hidden_leftovers(tmp_path, "out") == []
@@ -94,7 +94,9 @@ def test_a_signal_while_force_swaps_the_folders_keeps_the_old_or_the_new_one_who
     base, a, b = models
     out = tmp_path / "out"
     assert subprocess.run([sys.executable, "-m", "llmkit", *make_diff_args(base, a, out)]).returncode == 0
-    p = run(AROUND, "llmkit.io.staging", "exchange", "after", sig, *make_diff_args(base, b, out, "--force", "--json"))
+    p = run(
+        AROUND, "llmkit.io.core.staging", "exchange", "after", sig, *make_diff_args(base, b, out, "--force", "--json")
+    )
     assert_one_error(p, CODES[sig])
     assert is_whole(out, expected_diff(base, b))  # the swap happened: the new output, whole
     assert hidden_leftovers(tmp_path, "out") == []

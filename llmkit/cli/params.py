@@ -1,5 +1,5 @@
 """Options several commands share, checked while the command line is parsed, so that a bad value is one
-``error: --flag: ...`` line before any work: ``--dtype`` (every spelling of :mod:`llmkit.io.dtypes`),
+``error: --flag: ...`` line before any work: ``--dtype`` (every spelling of :mod:`llmkit.io.core.dtypes`),
 ``--shard-size`` (:func:`llmkit.units.parse_size`), ``--jobs``. Nothing here imports torch."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import typer
 
 from llmkit.cli.helptext import OUTPUT, PERFORMANCE
 from llmkit.errors import InputError
-from llmkit.io.dtypes import DTYPE_SPELLINGS, canonical_dtype
+from llmkit.io.core.dtypes import DTYPE_SPELLINGS, canonical_dtype
 from llmkit.units import SIZE_EXAMPLES, parse_size
 
 

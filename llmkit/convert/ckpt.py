@@ -1,7 +1,7 @@
 """``to-ckpt`` / ``from-ckpt``: Hugging Face ⇄ MindSpore ``.ckpt`` with MindFormers names, streaming.
 
 Both are plans run by the one runner (``llmkit.pipeline``); ``ckpt`` is one more sink format
-(``llmkit.io.ckpt_sink``) and one more source format (``llmkit.io.ckpt``):
+(``llmkit.io.mindspore.sink``) and one more source format (``llmkit.io.mindspore.ckpt``):
 
 - to-ckpt: any model llmkit reads (HF folder or file, Meta folder via its HF view) -> tensors in
   transformers' state-dict order (as the MindFormers converter writes them), MindFormers names (``--names hf`` keeps HF names), the requested dtype (one cast), wq/wk
@@ -12,7 +12,7 @@ Both are plans run by the one runner (``llmkit.pipeline``); ``ckpt`` is one more
   ``--rotary meta``, ``config.json`` from ``--config`` (checked against the shapes) or, for a published
   LLaMA size only (the shapes decide the head count), derived from the shapes with a notice naming what
   was guessed. Every tensor the config describes must be there, once, in its shape, and no name may be a
-  damaged copy of one (``llmkit.io.llama_tensors``). Tensors with no HF name are left out with a notice
+  damaged copy of one (``llmkit.io.core.llama_tensors``). Tensors with no HF name are left out with a notice
   saying what their names show (training state: optimizer moments, step counters; rotary buffers; other),
   or refused with ``--strict``.
   A CRC trailer is checked while the tensors stream and before the output is renamed.
@@ -28,14 +28,15 @@ import torch
 
 from llmkit.convert.meta import ConvertResult, _dtype
 from llmkit.errors import InputError
-from llmkit.io.ckpt_reader import CkptFile
-from llmkit.io.dtypes import CONFIG_NAMES
-from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
-from llmkit.io.jsonfile import int_field, read_json
-from llmkit.io.llama_tensors import check_source, check_tensors, is_buffer, is_training_state, llama_shapes
-from llmkit.io.meta import check_rotary_heads, permute_meta_to_hf, unpermute_hf_to_meta
-from llmkit.io.meta_hf import config_files, hf_sort_key, open_as_hf
-from llmkit.io.mindformers import (
+from llmkit.io.core.dtypes import CONFIG_NAMES
+from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
+from llmkit.io.core.jsonfile import int_field, read_json
+from llmkit.io.core.llama_tensors import check_source, check_tensors, is_buffer, is_training_state, llama_shapes
+from llmkit.io.core.source import TensorSource, open_source
+from llmkit.io.core.spec import TensorSpec
+from llmkit.io.meta.as_hf import config_files, hf_sort_key, open_as_hf
+from llmkit.io.meta.names import check_rotary_heads, permute_meta_to_hf, unpermute_hf_to_meta
+from llmkit.io.mindspore.mindformers import (
     ROTARY_LAYOUTS,
     check_config,
     guessed_config,
@@ -44,8 +45,7 @@ from llmkit.io.mindformers import (
     llama_hf_name,
     rotary_role,
 )
-from llmkit.io.sinks import TensorSpec
-from llmkit.io.sources import TensorSource, open_source
+from llmkit.io.mindspore.reader import CkptFile
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, ProgressFactory, execute, open_plan_sink, plan_report
 from llmkit.units import DEFAULT_SHARD_SIZE
 
@@ -157,7 +157,7 @@ def _finish(options, plan: Plan, result: CkptResult, progress: ProgressFactory |
 
 
 def _split(specs: list[TensorSpec], fmt: str) -> list[str]:
-    from llmkit.io.ckpt import SLICE_BYTES
+    from llmkit.io.mindspore.ckpt import SLICE_BYTES
 
     return [s.name for s in specs if s.nbytes > SLICE_BYTES] if fmt == "ckpt" else []
 
@@ -197,7 +197,7 @@ def to_ckpt(options: ToCkptOptions, *, progress: ProgressFactory | None = None) 
         )
     key = None
     if options.enc_key is not None:
-        from llmkit.io.ckpt_crypto import read_key
+        from llmkit.io.mindspore.keys import read_key
 
         key = read_key(options.enc_key, options.enc_mode, flag="--enc-key")
     src = _open_model(options.source)
@@ -381,7 +381,7 @@ def from_ckpt(options: FromCkptOptions, *, progress: ProgressFactory | None = No
     _choice(options.fmt, ("safetensors", "bin"), "--format")
     key = None
     if options.dec_key is not None:
-        from llmkit.io.ckpt_crypto import read_key
+        from llmkit.io.mindspore.keys import read_key
 
         key = read_key(options.dec_key, options.dec_mode, flag="--dec-key")
     src = open_source(options.source, ckpt_key=key)
@@ -500,7 +500,7 @@ def _from_ckpt_plan(options: FromCkptOptions, src: TensorSource, dtype: torch.dt
         files.pop("generation_config.json")
     largest = max((s.nbytes for s in specs), default=0)
     if getattr(src.files[0], "encryption", None):
-        from llmkit.io.ckpt_crypto import BLOCK_PLAIN
+        from llmkit.io.mindspore.crypto import BLOCK_PLAIN
 
         largest += 2 * BLOCK_PLAIN  # one decrypted block cached, one read
     plan = Plan(

@@ -4,7 +4,7 @@ Both are plans over ``llmkit.io`` formats run by the one runner (``llmkit.pipeli
 
 - from-meta: the source is :class:`~llmkit.io.meta_hf.MetaHFView` (shards joined, wq/wk permuted to
   rotate-half, HF names and order); the sink is ``safetensors``/``bin``; ``config.json`` and
-  ``generation_config.json`` are derived (``llmkit.io.meta_hf.hf_config``); the tokenizer is
+  ``generation_config.json`` are derived (``llmkit.io.meta.as_hf.hf_config``); the tokenizer is
   ``tokenizer.model`` from ``--tokenizer``, the Meta folder, or its parent (Meta's download layout).
 - to-meta: the source is any HF LLaMA; the sink is ``meta-pth`` (un-permute, split, ``params.json``), the
   same code path as ``merge-lora --format pth``.
@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from llmkit.errors import InputError
-from llmkit.io.dtypes import DTYPE_CHOICES
-from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
-from llmkit.io.llama_tensors import check_source
-from llmkit.io.meta_hf import MetaHFView, open_as_hf, tokenizer_model
-from llmkit.io.sinks import TensorSpec
-from llmkit.io.sources import TensorSource, open_source
+from llmkit.io.core.dtypes import DTYPE_CHOICES
+from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
+from llmkit.io.core.llama_tensors import check_source
+from llmkit.io.core.source import TensorSource, open_source
+from llmkit.io.core.spec import TensorSpec
+from llmkit.io.meta.as_hf import MetaHFView, open_as_hf, tokenizer_model
 from llmkit.pipeline import (
     AuxCopy,
     Check,

@@ -19,7 +19,7 @@ from llmkit.crypto.names import EMPTY_SHA256, FORMATS, HEADER_BYTES, detect_form
 from llmkit.crypto.plan import DecryptOptions, EncryptOptions
 from llmkit.crypto.results import CryptoResult, FileResult
 from llmkit.crypto.stream import SLOTS, xor_stream
-from llmkit.io.destination import TMP_SUFFIX
+from llmkit.io.core.destination import TMP_SUFFIX
 
 __all__ = [
     "BLOCK",

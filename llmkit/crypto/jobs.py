@@ -29,9 +29,9 @@ from llmkit.crypto.results import CryptoResult, FileResult
 from llmkit.crypto.stream import WRITE_BEHIND_OK, Cancelled, write_all, xor_stream
 from llmkit.crypto.tables import finish_tables
 from llmkit.errors import CheckFailed, InputError, writing
-from llmkit.io.destination import make_folder, remove_empty
-from llmkit.io.sniff import ContentCheck, ContentError
-from llmkit.io.staging import StagedFolder
+from llmkit.io.core.destination import make_folder, remove_empty
+from llmkit.io.core.sniff import ContentCheck, ContentError
+from llmkit.io.core.staging import StagedFolder
 from llmkit.pipeline import Check, ProgressFactory, no_progress
 
 # work(job, advance, cancel, stage) -> the file's result; its output written into ``stage`` (None: a stream)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from llmkit.errors import InputError
 from llmkit.hashing import hash_file
-from llmkit.io.destination import TMP_SUFFIX, broken_link
-from llmkit.io.jsonfile import read_json
-from llmkit.io.regular import check_regular, is_special
+from llmkit.io.core.destination import TMP_SUFFIX, broken_link
+from llmkit.io.core.jsonfile import read_json
+from llmkit.io.core.regular import check_regular, is_special
 from llmkit.pipeline import ProgressFactory, no_progress
 from llmkit.redact import value_shape
 

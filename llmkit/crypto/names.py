@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmkit.errors import InputError
-from llmkit.io.regular import check_regular, is_special
+from llmkit.io.core.regular import check_regular, is_special
 
 HEADER_BYTES = 32  # BELLE: raw sha256 of the plaintext
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # TechGPT's constant label

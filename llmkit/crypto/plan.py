@@ -26,7 +26,7 @@ from llmkit.crypto.names import (
 )
 from llmkit.crypto.tables import published_entries
 from llmkit.errors import InputError, OutputExistsError
-from llmkit.io.destination import ensure_output_is_new
+from llmkit.io.core.destination import ensure_output_is_new
 from llmkit.units import check_space, free_bytes
 
 

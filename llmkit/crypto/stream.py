@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from llmkit.crypto.keystream import BLOCK, KeyStream, read_full
-from llmkit.io.sniff import ContentCheck
+from llmkit.io.core.sniff import ContentCheck
 
 SLOTS = 4  # blocks in flight per file (reader -> XOR/hash -> writer)
 WRITE_BEHIND = 64 * 2**20  # output bytes per early-writeback window (Linux posix_fadvise DONTNEED)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit.errors import InputError
-from llmkit.io.adapter_config import ADAPTER_CONFIG
-from llmkit.io.regular import is_special
-from llmkit.io.sources import TensorSource, open_source
+from llmkit.io.core.regular import is_special
+from llmkit.io.core.source import TensorSource, open_source
+from llmkit.io.hf.adapter_config import ADAPTER_CONFIG
 from llmkit.lora.settings import LoraSettings
 from llmkit.lora.vocab import OUTPUT_HEADS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from llmkit.io.sources import TensorSource
+from llmkit.io.core.source import TensorSource
 from llmkit.lora.adapters import LoraModule
 
 ROUNDING = "W' = round_to_dtype(float32(W) + (B @ A in fp32) * scaling): one rounding, as peft 0.21 by default"

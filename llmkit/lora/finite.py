@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, Union
 import torch
 
 from llmkit.errors import InputError
-from llmkit.io.dtypes import dtype_name
+from llmkit.io.core.dtypes import dtype_name
 
 if TYPE_CHECKING:
     from llmkit.lora.adapters import Adapter

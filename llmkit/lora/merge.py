@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 
 from llmkit.errors import InputError
-from llmkit.io.adapter_config import ADAPTER_CONFIG
-from llmkit.io.dtypes import DTYPE_CHOICES, dtype_name
-from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
-from llmkit.io.llama_tensors import check_source
-from llmkit.io.sinks import Sink, TensorSpec
-from llmkit.io.sources import TensorSource, open_source
+from llmkit.io.core.dtypes import DTYPE_CHOICES, dtype_name
+from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
+from llmkit.io.core.llama_tensors import check_source
+from llmkit.io.core.sink import Sink
+from llmkit.io.core.source import TensorSource, open_source
+from llmkit.io.core.spec import TensorSpec
+from llmkit.io.hf.adapter_config import ADAPTER_CONFIG
 from llmkit.lora.adapters import Adapter, Resolver, load_adapter
 from llmkit.lora.arithmetic import ROUNDING, add_in_fp32, grow_rows, lora_delta
 from llmkit.lora.finite import MergeStep, all_finite, refuse_new_non_finite
@@ -375,7 +376,7 @@ def _open_base(path: Path) -> TensorSource:
         )
     base = open_source(path)
     if base.layout == "meta-pth":  # Meta originals as the HF model from-meta writes (no intermediate copy)
-        from llmkit.io.meta_hf import open_as_hf
+        from llmkit.io.meta.as_hf import open_as_hf
 
         base = open_as_hf(base)  # closes base on failure
     try:
@@ -407,7 +408,7 @@ def _meta_dropped(base: TensorSource, config: dict | None, options: MergeOptions
     """``--format pth``: the base tensors Meta's layout leaves out (refuses non-LLaMA names)."""
     if options.fmt != "pth":
         return []
-    from llmkit.io.meta import hf_to_meta_name
+    from llmkit.io.meta.names import hf_to_meta_name
 
     if config is None:
         raise InputError("--format pth needs the base's config.json (heads, layers)", path=base.path)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from llmkit.errors import InputError
-from llmkit.io.adapter_config import AdapterConfig, check_scaling
+from llmkit.io.hf.adapter_config import AdapterConfig, check_scaling
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from llmkit.errors import InputError
-from llmkit.io.jsonfile import read_json
-from llmkit.io.regular import check_regular, is_special
+from llmkit.io.core.jsonfile import read_json
+from llmkit.io.core.regular import check_regular, is_special
 
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmkit.errors import InputError
-from llmkit.io.sources import TensorSource
+from llmkit.io.core.source import TensorSource
 from llmkit.lora.tokenizer import has_tokenizer, published_tokenizer, tokenizer_size
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from llmkit import __version__
 from llmkit.errors import InputError
-from llmkit.io.jsonfile import json_kind, read_json
+from llmkit.io.core.jsonfile import json_kind, read_json
 from llmkit.recipes.fingerprint import Fingerprint
 
 MANIFEST = "llmkit-recipe.json"

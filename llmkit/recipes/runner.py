@@ -142,7 +142,7 @@ def _check_inputs(recipe: Recipe, options: RecipeOptions, progress: ProgressFact
                 path=d,
                 hint="pass the size's own folder, e.g. LLaMA/13B",
             )
-        from llmkit.io.jsonfile import read_json
+        from llmkit.io.core.jsonfile import read_json
 
         params = read_json(d / "params.json")
         dim = params.get("dim") if isinstance(params, dict) else None
@@ -153,7 +153,7 @@ def _check_inputs(recipe: Recipe, options: RecipeOptions, progress: ProgressFact
                 path=d / "params.json",
                 hint=f"pass the LLaMA-{want} folder as --llama-dir",
             )
-    from llmkit.io.destination import ensure_output_is_new
+    from llmkit.io.core.destination import ensure_output_is_new
 
     ensure_output_is_new(Path(options.workdir), [options.key, options.llama_dir])
 

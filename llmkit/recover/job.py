@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from llmkit.errors import InputError
-from llmkit.io.dtypes import CLI_DTYPES, dtype_name
-from llmkit.io.llama_tensors import check_source
-from llmkit.io.sources import TensorSource
+from llmkit.io.core.dtypes import CLI_DTYPES, dtype_name
+from llmkit.io.core.llama_tensors import check_source
+from llmkit.io.core.source import TensorSource
 from llmkit.pipeline import (
     AuxCopy,
     Check,
@@ -291,7 +291,7 @@ def _plan(options: WeightDiffOptions, base: TensorSource, other: TensorSource, r
     def b_dtype(name: str) -> torch.dtype:
         return inv_freq.dtype if inv_freq is not None and name in computed_set else base.info(name).dtype
 
-    from llmkit.io.sinks import TensorSpec
+    from llmkit.io.core.spec import TensorSpec
 
     folders: dict[str, list[str]] = {}
     for fname, folder in aux.items():

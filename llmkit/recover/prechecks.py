@@ -9,11 +9,12 @@ import os
 from pathlib import Path
 
 from llmkit.errors import InputError
-from llmkit.io.dtypes import st_code
-from llmkit.io.files import CONFIG_FILES, TOKENIZER_FILES
-from llmkit.io.jsonfile import int_field
-from llmkit.io.regular import is_special
-from llmkit.io.sources import TensorInfo, TensorSource, open_source
+from llmkit.io.core.dtypes import st_code
+from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
+from llmkit.io.core.jsonfile import int_field
+from llmkit.io.core.regular import is_special
+from llmkit.io.core.source import TensorSource, open_source
+from llmkit.io.core.spec import TensorInfo
 from llmkit.recover.arithmetic import ROTARY_BUFFER
 
 _EMBED_SUFFIXES = ("embed_tokens.weight", "lm_head.weight")
@@ -45,7 +46,7 @@ def open_model(path: str | os.PathLike, role: str) -> TensorSource:
                 path=path,
                 hint="convert it first: llmkit from-meta",
             )
-        from llmkit.io.meta_hf import open_as_hf
+        from llmkit.io.meta.as_hf import open_as_hf
 
         src = open_as_hf(src)  # Meta originals as the HF model from-meta writes (no intermediate copy)
     for info in src.infos():

@@ -114,15 +114,15 @@ def checksum(options: ChecksumOptions, *, progress: ProgressFactory | None = Non
         tables = []
         key = None
         if options.dec_key is not None:
-            from llmkit.io.ckpt_crypto import read_key
+            from llmkit.io.mindspore.keys import read_key
 
             key = read_key(options.dec_key, options.dec_mode, flag="--dec-key")
-        from llmkit.io.llama_tensors import check_source
-        from llmkit.io.sources import open_source
+        from llmkit.io.core.llama_tensors import check_source
+        from llmkit.io.core.source import open_source
 
         for p in options.paths:
             with open_source(p, ckpt_key=key) as src:
-                check_source(src)  # no table of an incomplete LLaMA (``llmkit.io.llama_tensors``)
+                check_source(src)  # no table of an incomplete LLaMA (``llmkit.io.core.llama_tensors``)
                 with progress(f"{algorithm} per tensor", src.total_bytes) as advance:
                     table = tensor_table(src, algorithm, jobs=jobs, progress=advance)
                 table.source = str(p) if key is not None else str(src.path)

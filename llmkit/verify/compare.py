@@ -1,7 +1,7 @@
 """Two models compared tensor by tensor (``llmkit verify --tensors A B``), whatever their shards or format.
 
 A MindSpore ``.ckpt`` compared with a model that is not one is seen under Hugging Face names
-(``llmkit.io.mindformers.hf_named``), so a checkpoint compares with the model it was converted from.
+(``llmkit.io.mindspore.mindformers.hf_named``), so a checkpoint compares with the model it was converted from.
 
 Either side may be a model or a ``--tensors`` table. Two models are compared byte for byte, one tensor
 pair in memory at a time; a model and a table by the table's digest algorithm. When A and B are
@@ -19,8 +19,8 @@ import torch
 
 from llmkit.errors import InputError
 from llmkit.hashing import hash_file
-from llmkit.io.ckpt_reader import finish_reads
-from llmkit.io.sources import TensorSource, open_source
+from llmkit.io.core.source import TensorSource, open_source
+from llmkit.io.mindspore.reader import finish_reads
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
 from llmkit.verify.files import WEIGHT_SUFFIXES, FileCheck, list_files, resolve_jobs
 from llmkit.verify.mismatch import json_difference
@@ -95,7 +95,7 @@ def compare_sources(
         sb, close_b = as_source(b, ckpt_key)
         try:
             if (sa.layout == "ckpt") != (sb.layout == "ckpt"):  # a .ckpt against the model it came from
-                from llmkit.io.mindformers import hf_named
+                from llmkit.io.mindspore.mindformers import hf_named
 
                 sa, sb = (hf_named(sa), sb) if sa.layout == "ckpt" else (sa, hf_named(sb))
             keys_a, keys_b = set(sa.keys()), set(sb.keys())
@@ -230,8 +230,8 @@ def _compare(
 
 def _checked_model(path: Path, key, stack: ExitStack) -> TensorSource:
     """The model at ``path``, opened once; an incomplete LLaMA is refused, not compared (two equally
-    incomplete copies would match): ``llmkit.io.llama_tensors``."""
-    from llmkit.io.llama_tensors import check_source
+    incomplete copies would match): ``llmkit.io.core.llama_tensors``."""
+    from llmkit.io.core.llama_tensors import check_source
 
     src = stack.enter_context(open_source(path, ckpt_key=key))
     check_source(src)
@@ -247,7 +247,7 @@ def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | 
             raise InputError("no such file or folder", path=p, hint="check the path")
     key = None
     if options.dec_key is not None:
-        from llmkit.io.ckpt_crypto import read_key
+        from llmkit.io.mindspore.keys import read_key
 
         key = read_key(options.dec_key, options.dec_mode, flag="--dec-key")
     with ExitStack() as stack:

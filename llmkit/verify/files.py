@@ -15,8 +15,8 @@ from pathlib import Path
 
 from llmkit.errors import InputError
 from llmkit.hashing import hash_file
-from llmkit.io.destination import broken_link
-from llmkit.io.regular import check_regular, is_special
+from llmkit.io.core.destination import broken_link
+from llmkit.io.core.regular import check_regular, is_special
 from llmkit.pipeline import Check
 
 WEIGHT_SUFFIXES = (".bin", ".pth", ".pt", ".safetensors", ".ckpt")

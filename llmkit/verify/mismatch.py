@@ -3,7 +3,7 @@
 A digest mismatch alone does not say whether a download is corrupt. :func:`classify_mismatch` gives a
 one-sentence answer; :func:`json_difference` compares two JSON files by content (``verify --tensors``
 of two folders). JSON here is parsed from bytes already read (a file that is not JSON is a finding,
-not an error), so ``llmkit.io.jsonfile`` is not used.
+not an error), so ``llmkit.io.core.jsonfile`` is not used.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def classify_mismatch(
         return classify_json_mismatch(path.read_bytes(), expected, algorithm)
     if path.suffix in (".bin", ".pth", ".pt", ".safetensors") and not name.endswith(".enc"):
         try:
-            from llmkit.io.sources import open_source  # torch: only to explain a weight file's mismatch
+            from llmkit.io.core.source import open_source
 
             with open_source(path) as src:
                 n = len(src)

@@ -18,10 +18,10 @@ import torch
 
 from llmkit.errors import InputError
 from llmkit.hashing import new_hash
-from llmkit.io.ckpt_reader import finish_reads
-from llmkit.io.dtypes import TORCH_TO_ST, dtype_name
-from llmkit.io.sinks import tensor_bytes
-from llmkit.io.sources import TensorSource, open_source
+from llmkit.io.core.dtypes import TORCH_TO_ST, dtype_name
+from llmkit.io.core.layout import tensor_bytes
+from llmkit.io.core.source import TensorSource, open_source
+from llmkit.io.mindspore.reader import finish_reads
 from llmkit.pipeline import Notice, Result
 
 TENSOR_TABLE_HEADER = "# llmkit tensor checksums v1: <{algo} of the raw C-order bytes>  <name> <dtype> <shape>"

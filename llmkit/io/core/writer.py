@@ -1,20 +1,14 @@
-"""The sharded writer: every job's output goes through :class:`ShardedWriter`.
+"""The safe, streaming writer under every weight sink: a fixed set of files, laid out before any tensor.
 
-The writer is given the full list of output tensors (name, dtype, shape) up front. That is what
-lets it stream: shard boundaries, file headers and byte offsets are fixed before the first tensor
-arrives, so each tensor's bytes are written straight to their place and then dropped. Peak memory
-is one tensor, whatever the shard size.
+The writer is given every output tensor (name, dtype, shape) and its file up front. That is what lets it
+stream: file headers and byte offsets are fixed (by the format's :class:`~llmkit.io.core.layout.FileLayout`)
+before the first tensor arrives, so each tensor's bytes are written straight to their place and then
+dropped. Peak memory is one tensor, whatever the file size. :func:`plan_shards` splits specs into files.
 
-- safetensors: header first (keys in plan order, ``__metadata__ = {"format": "pt"}``, padded with
-  spaces to 8 bytes, as ``safetensors.torch.save_file`` does), then the data.
-- bin: the torch zip layout is laid out by ``torch.save`` under ``torch.serialization.skip_data``
-  (empty tensors, no data written), then each tensor's bytes are written into its ``data/N`` record
-  and the zip CRCs are patched at the end, so ``unzip -t`` and ``torch.load`` both accept the file.
-
-Safe writes: all files go to temporary names (``.NAME.llmkit-tmp``) in the output folder and are
-renamed only after every planned tensor was written and sizes check out; on any error the temporary
-files are removed. Before anything is created the writer refuses an output that is, is inside or
-contains one of its ``inputs`` (:func:`~llmkit.io.destination.ensure_output_is_new`), an ``-o`` that
+Safe writes: the output is claimed and built in a hidden stage beside it (``llmkit.io.core.staging``),
+fsynced and made final in one rename after every planned tensor was written and sizes check out; on any
+error nothing is kept. Before anything is created the writer refuses an output that is, is inside or
+contains one of its ``inputs`` (:func:`~llmkit.io.core.destination.ensure_output_is_new`), an ``-o`` that
 cannot be a folder (dangling symlink, loop, file), existing outputs unless ``force``, a read-only file
 system, and too little free space (output + :func:`~llmkit.units.space_margin`). A failed write (disk
 full, file-size limit, quota) is reported naming the file being written (:func:`llmkit.errors.writing`).
@@ -24,41 +18,28 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO
 
 import torch
 
-from llmkit.errors import DiskSpaceError, InputError, OutputExistsError, writing  # noqa: F401 (re-exported)
-from llmkit.io.destination import check_output_path, ensure_output_is_new, make_folder, remove_empty
-from llmkit.io.dtypes import CONFIG_NAMES
-from llmkit.io.files import AUX_FILES
-from llmkit.io.jsonfile import parse_json
-from llmkit.io.layouts import LAYOUTS, FileLayout, FileStart, TensorSpec, safetensors_header, tensor_bytes  # noqa: F401
-from llmkit.io.regular import is_special, read_regular
-from llmkit.io.staging import StagedFile, StagedFolder
-from llmkit.units import (  # noqa: F401
-    DEFAULT_SHARD_SIZE,
+from llmkit.errors import InputError, writing
+from llmkit.io.core.destination import check_output_path, ensure_output_is_new, make_folder, remove_empty
+from llmkit.io.core.dtypes import CONFIG_NAMES
+from llmkit.io.core.files import AUX_FILES
+from llmkit.io.core.jsonfile import parse_json
+from llmkit.io.core.layout import FileLayout, FileStart, tensor_bytes
+from llmkit.io.core.regular import is_special, read_regular
+from llmkit.io.core.sink import is_weight_file, own_files
+from llmkit.io.core.spec import TensorSpec
+from llmkit.io.core.staging import StagedFile, StagedFolder
+from llmkit.units import (
     check_space,
     free_bytes,
-    human_bytes,
-    parse_size,
 )
-
-# weight files of every layout llmkit writes: an existing output folder holding one needs --force
-_WEIGHT_RE = re.compile(
-    r"^(model.*\.safetensors|pytorch_model.*\.bin|.*\.index\.json|consolidated\.\d+\.pth|params\.json)$"
-)
-# per layout, the files --force treats as a stale earlier output of the same kind (replaced, not kept)
-OWN_FILES = {
-    "safetensors": re.compile(r"^model.*\.safetensors(\.index\.json)?$"),
-    "bin": re.compile(r"^pytorch_model.*\.bin(\.index\.json)?$"),
-    "meta-pth": re.compile(r"^(consolidated\.\d+\.pth|params\.json)$"),
-}
 
 
 def plan_shards(specs: list[TensorSpec], shard_size: int) -> list[list[TensorSpec]]:
@@ -80,17 +61,6 @@ def plan_shards(specs: list[TensorSpec], shard_size: int) -> list[list[TensorSpe
     return shards
 
 
-def shard_names(fmt: str, count: int) -> list[str]:
-    stem, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
-    if count == 1:
-        return [f"{stem}.{ext}"]
-    return [f"{stem}-{i:05d}-of-{count:05d}.{ext}" for i in range(1, count + 1)]
-
-
-def index_name(fmt: str) -> str:
-    return "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
-
-
 @dataclass
 class _Shard:
     name: str
@@ -108,8 +78,9 @@ class _Shard:
 class ShardSetWriter:
     """Safe, streaming writing of a fixed set of weight files (the machinery under every writer).
 
-    ``shards`` is ``[(file name, specs in file order), ...]``; ``fmt`` is ``safetensors`` or ``bin``
-    (a torch zip, also used for Meta ``.pth``), or any name with its own ``layout`` (``ckpt``). Tensors are written with :meth:`write_to`; extra small
+    ``shards`` is ``[(file name, specs in file order), ...]``; ``fmt`` is the registered sink format the
+    files belong to (``--force`` replaces its own files), ``layout`` writes their bytes. Tensors are written
+    with :meth:`write_to`; extra small
     files with :meth:`add_file`. A context manager: a clean exit checks and renames everything, an
     exception removes every temporary file.
 
@@ -129,11 +100,9 @@ class ShardSetWriter:
         metadata: dict[str, str] | None = None,
         extra_bytes: int = 0,
         inputs: Iterable[str | os.PathLike | None] | None = None,
-        layout: FileLayout | None = None,
+        layout: FileLayout,
     ):
-        if layout is None and fmt not in LAYOUTS:
-            raise InputError(f"unknown output format {fmt!r}", hint=f"use one of {', '.join(LAYOUTS)}")
-        self.layout = layout if layout is not None else LAYOUTS[fmt]
+        self.layout = layout
         for file_name, specs in shards:
             names = [s.name for s in specs]
             if len(set(names)) != len(names):
@@ -148,7 +117,7 @@ class ShardSetWriter:
         self.total_size = sum(s.nbytes for sh in self.shards for s in sh.specs)
         self.files: list[str] = [sh.name for sh in self.shards]
         self._aux: dict[str, bytes] = {}
-        self.own_files = OWN_FILES.get(fmt)  # stale files of this layout that --force replaces
+        self.own_files = own_files(fmt)  # stale files of this layout that --force replaces
         self._staging: StagedFolder | StagedFile = self._make_staging()
         self._done = False
         self.inputs = list(inputs) if inputs is not None else None
@@ -176,7 +145,7 @@ class ShardSetWriter:
             return True
         if self.force:
             return self.own_files is not None and bool(self.own_files.match(name))
-        return bool(_WEIGHT_RE.match(name))
+        return is_weight_file(name)
 
     @property
     def kept_files(self) -> list[str]:
@@ -352,62 +321,6 @@ class ShardSetWriter:
         remove_empty(getattr(self, "_made_dirs", []))
 
 
-class ShardedWriter(ShardSetWriter):
-    """Write a planned set of tensors as HF-style shards; a context manager.
-
-    ``with ShardedWriter(out, specs) as w: w.write(name, tensor) ...`` — on a clean exit the files
-    are checked and renamed to their final names; on an exception nothing is left behind.
-    """
-
-    def __init__(
-        self,
-        out_dir: str | os.PathLike,
-        specs: list[TensorSpec],
-        *,
-        fmt: str = "safetensors",
-        shard_size: int = DEFAULT_SHARD_SIZE,
-        force: bool = False,
-        metadata: dict[str, str] | None = None,
-        extra_bytes: int = 0,
-        inputs: Iterable[str | os.PathLike | None] | None = None,
-    ):
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            dup = next(n for n in names if names.count(n) > 1)
-            raise InputError(f"tensor {dup!r} planned twice")
-        if fmt not in ("safetensors", "bin"):
-            raise InputError(f"unknown output format {fmt!r}", hint="use safetensors or bin")
-        plan = plan_shards(specs, shard_size)
-        super().__init__(
-            out_dir,
-            list(zip(shard_names(fmt, len(plan)), plan)),
-            fmt=fmt,
-            force=force,
-            metadata=metadata,
-            inputs=inputs,
-        )
-        self._shard_of = {s.name: i for i, sh in enumerate(self.shards) for s in sh.specs}
-        self.smaller_files = "use a smaller --shard-size"
-        if len(self.shards) > 1:
-            self.files.append(index_name(fmt))
-        self._check_destination(extra_bytes)
-
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Write one planned tensor; it must have the planned dtype and shape."""
-        if name not in self._shard_of:
-            raise InputError(f"tensor {name!r} is not in the output plan")
-        self.write_to(self._shard_of[name], name, tensor)
-
-    def _index_files(self) -> dict[str, bytes]:
-        if len(self.shards) == 1:
-            return {}
-        index = {
-            "metadata": {"total_size": self.total_size},
-            "weight_map": {s.name: sh.name for sh in self.shards for s in sh.specs},
-        }
-        return {index_name(self.fmt): (json.dumps(index, indent=2) + "\n").encode()}
-
-
 def updated_config(data: bytes, path: Path, *, dtype: torch.dtype | None, vocab_size: int | None) -> bytes:
     """``config.json`` with ``torch_dtype``/``dtype`` and ``vocab_size`` set; other keys untouched."""
     cfg = parse_json(data, path)
@@ -420,95 +333,3 @@ def updated_config(data: bytes, path: Path, *, dtype: torch.dtype | None, vocab_
     if vocab_size is not None:
         cfg["vocab_size"] = vocab_size
     return (json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-
-# ------------------------------------------------------------------ the sink protocol and its registry
-
-
-class Sink(Protocol):
-    """Where a job's tensors go. Given every output spec up front; checks the destination when made
-    (not an input, not existing without ``force``, free disk) and exposes what it found; a context
-    manager that owns temporary names, fsync and the final rename (nothing kept on an exception)."""
-
-    files: list[str]
-    total_size: int
-    free_disk_bytes: int
-    space_margin: int
-    needed_disk_bytes: int
-
-    def write(self, name: str, tensor: torch.Tensor) -> None: ...
-
-    def add_file(self, name: str, data: bytes) -> None: ...
-
-    def copy_aux_files(
-        self,
-        folder: Path | None,
-        *,
-        dtype: torch.dtype | None = None,
-        vocab_size: int | None = None,
-        skip: Iterable[str] = (),
-        only: Iterable[str] | None = None,
-    ) -> list[str]: ...
-
-    def __enter__(self) -> Sink: ...
-
-    def __exit__(self, exc_type, exc, tb) -> None: ...
-
-
-SinkFactory = Callable[..., Sink]
-SINKS: dict[str, SinkFactory] = {}
-_LAZY_SINKS = {"meta-pth": "llmkit.io.meta", "ckpt": "llmkit.io.ckpt_sink"}  # format -> module registering it
-
-
-def register_sink(fmt: str) -> Callable[[SinkFactory], SinkFactory]:
-    """Register ``factory(out_dir, specs, *, force, inputs, extra_bytes, **options)`` as format ``fmt``."""
-
-    def deco(factory: SinkFactory) -> SinkFactory:
-        SINKS[fmt] = factory
-        return factory
-
-    return deco
-
-
-def open_sink(
-    fmt: str,
-    out_dir: str | os.PathLike,
-    specs: list[TensorSpec],
-    *,
-    force: bool = False,
-    inputs: Iterable[str | os.PathLike | None] | None = None,
-    extra_bytes: int = 0,
-    **options: Any,
-) -> Sink:
-    """The sink for format ``fmt`` (``safetensors``, ``bin``, ``meta-pth``, ``ckpt``), destination checked."""
-    if fmt not in SINKS and fmt in _LAZY_SINKS:
-        import importlib
-
-        importlib.import_module(_LAZY_SINKS[fmt])  # registers the sink (imported on first use)
-    if fmt not in SINKS:
-        raise InputError(
-            f"unknown output format {fmt!r}", hint=f"use one of {', '.join(sorted({*SINKS, *_LAZY_SINKS}))}"
-        )
-    return SINKS[fmt](out_dir, specs, force=force, inputs=inputs, extra_bytes=extra_bytes, **options)
-
-
-def _sharded(fmt: str) -> SinkFactory:
-    def factory(
-        out_dir, specs, *, force=False, inputs=None, extra_bytes=0, shard_size=DEFAULT_SHARD_SIZE, metadata=None
-    ) -> Sink:
-        return ShardedWriter(
-            out_dir,
-            specs,
-            fmt=fmt,
-            shard_size=shard_size,
-            force=force,
-            metadata=metadata,
-            extra_bytes=extra_bytes,
-            inputs=inputs,
-        )
-
-    return factory
-
-
-register_sink("safetensors")(_sharded("safetensors"))
-register_sink("bin")(_sharded("bin"))

@@ -1,124 +1,136 @@
-"""One weight file, read lazily: names, dtypes and shapes from its header, one tensor at a time.
+"""Torch zip files (``.bin``, ``.pth``), read and written without unpickling anything untrusted.
 
-- :class:`SafetensorsFile`: the header is checked by llmkit and by ``safe_open``; data is read with
-  ``readinto`` into a fresh tensor.
-- :class:`TorchFile` (``.bin``, ``.pth``): ``torch.load(mmap=True, weights_only=True)``, so nothing in
-  the pickle is executed and tensor data stays in the (copy-on-write) file mapping until used; the
-  pages of used tensors are dropped again (:meth:`TensorFile.release`, ``madvise``), so RSS stays
-  near one tensor.
-
-:class:`~llmkit.io.sources.TensorSource` joins these files into a model (shards, indexes, Meta).
+- :class:`TorchFile`: ``torch.load(mmap=True, weights_only=True)``, so nothing in the pickle is executed
+  and tensor data stays in the (copy-on-write) file mapping until used; the pages of used tensors are
+  dropped again (``madvise``), so RSS stays near one tensor.
+- :class:`TorchZipLayout`: the zip is laid out by ``torch.save`` under ``torch.serialization.skip_data``
+  (empty tensors, no data written), then each tensor's bytes are written into its ``data/N`` record and
+  the zip CRCs are patched at the end, so ``unzip -t`` and ``torch.load`` both accept the file.
 """
 
 from __future__ import annotations
 
 import ctypes
-import math
+import errno
 import mmap
-import os
 import pickle
 import re
+import struct
 import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
 from llmkit.errors import InputError, UnsafeFileError
-from llmkit.io.dtypes import ST_TO_TORCH
-from llmkit.io.regular import open_regular
-from llmkit.io.st_header import MAX_HEADER_BYTES, read_header  # noqa: F401 (MAX_HEADER_BYTES re-exported)
+from llmkit.io.core.layout import FileLayout, FileStart
+from llmkit.io.core.regular import open_regular
+from llmkit.io.core.source import TensorFile
+from llmkit.io.core.spec import TensorInfo, TensorSpec
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """A tensor's name, dtype and shape, known without reading its data."""
+class TorchZipLayout(FileLayout):
+    """``torch.save`` lays out the zip with no data (``skip_data``); tensors fill their ``data/N`` records
+    and the CRC-32s are patched at the end, so ``unzip -t`` and ``torch.load`` both accept the file."""
 
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    file: Path
+    name = "bin"
+    needs_crc = True
 
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
+    def start(self, f: BinaryIO, path: Path, specs: list[TensorSpec], metadata: dict[str, str] | None) -> FileStart:
+        import zipfile
 
-    @property
-    def nbytes(self) -> int:
-        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+        from torch.serialization import skip_data
 
-
-class TensorFile:
-    """One weight file. Subclasses fill ``infos`` at open time and read data in ``get``."""
-
-    path: Path
-    infos: dict[str, TensorInfo]
-
-    def get(self, name: str) -> torch.Tensor:
-        raise NotImplementedError
-
-    def release(self, name: str) -> None:
-        """Drop memory this file still holds for ``name`` after it was used (no-op unless mapped)."""
-
-    def prefetch(self, name: str) -> None:
-        """Start reading ``name`` from disk in the background (no-op unless mapped)."""
-
-    def close(self) -> None:
-        pass
-
-
-class SafetensorsFile(TensorFile):
-    """A ``.safetensors`` file: header validated by llmkit and by ``safe_open``; data read with ``readinto``.
-
-    ``get`` reads one tensor's bytes straight into a fresh tensor (one copy, no file mapping), so
-    the resident memory of a read is the tensor itself, not the tensor plus mapped file pages.
-    """
-
-    def __init__(self, path: Path):
-        from safetensors import safe_open
-
-        self.path = path
-        self._handle: BinaryIO | None = open_regular(path, "a safetensors file")
+        # torch.empty reserves address space only; skip_data never touches the pages.
+        empties = {s.name: torch.empty(s.shape, dtype=s.dtype) for s in specs}
+        recorder = _WriteRecorder(f)
         try:
-            size = os.fstat(self._handle.fileno()).st_size
-            entries, self.metadata, self._data_start = read_header(self._handle, path, size)
-            self.infos = {e.name: TensorInfo(e.name, ST_TO_TORCH[e.dtype], e.shape, path) for e in entries}
-            self._offsets = {e.name: (e.begin, e.end) for e in entries}
-            try:  # the reference parser's own validation
-                with safe_open(str(path), framework="pt", device="cpu"):
-                    pass
-            except BaseException as e:  # its own SafetensorError, or a Rust panic (a BaseException)
-                if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                    raise
-                raise InputError(
-                    f"cannot open safetensors file: {e}", path=path, hint="the file is damaged; download it again"
-                ) from None
-        except BaseException:
-            self.close()
+            with skip_data():
+                torch.save(empties, recorder)  # a file object: the archive is named "archive" as in transformers'
+        except RuntimeError:
+            if recorder.error is not None:  # torch reports a failed write as "[enforce fail at inline_container.cc]"
+                raise recorder.error from None
             raise
+        del empties
+        f.flush()
+        with zipfile.ZipFile(path) as zf, open(path, "rb") as r:
+            records = {}
+            for info in zf.infolist():
+                r.seek(info.header_offset + 26)
+                n, m = struct.unpack("<HH", r.read(4))
+                records[info.filename.split("/", 1)[1]] = (info.header_offset + 30 + n + m, info.filename)
+        # Storages are numbered in first-seen order, which is the dict's order.
+        offsets = {s.name: records[f"data/{i}"][0] for i, s in enumerate(specs)}
+        names = {s.name: records[f"data/{i}"][1] for i, s in enumerate(specs)}
+        return FileStart(offsets, path.stat().st_size, names)
 
-    def get(self, name: str) -> torch.Tensor:
-        info = self.infos[name]
-        begin, end = self._offsets[name]
-        tensor = torch.empty(info.shape, dtype=info.dtype)
-        if end > begin:
-            assert self._handle is not None
-            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-            self._handle.seek(self._data_start + begin)
-            done = 0
-            while done < len(view):  # one read() returns at most ~2 GB on Linux
-                got = self._handle.readinto(view[done:])
-                if not got:
-                    raise InputError(f"file shrank while reading tensor {name!r}", path=self.path)
-                done += got
-        return tensor
+    def finish(self, f: BinaryIO, start: FileStart, crcs: dict[str, int]) -> None:
+        _patch_zip_crcs(f, {start.records[name]: crc for name, crc in crcs.items()})
 
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+
+class _WriteRecorder:
+    """The file object ``torch.save`` writes to: every write is completed (a short write is retried) and the
+    OSError that ends it (a full disk, a file-size limit) is kept, so the caller can raise it instead of
+    torch's RuntimeError, which names neither the file nor the cause."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                n = self.f.write(view[done:])
+                if not n:
+                    raise OSError(errno.EIO, "write wrote nothing")
+                done += n
+        except OSError as e:
+            self.error = e
+            raise
+        return done
+
+    def __getattr__(self, name: str):
+        value = getattr(self.f, name)
+        if not callable(value):
+            return value
+
+        def call(*args, **kwargs):  # seek/truncate/flush, which skip_data uses to reserve the records
+            try:
+                return value(*args, **kwargs)
+            except OSError as e:
+                self.error = e
+                raise
+
+        return call
+
+
+def _patch_zip_crcs(f: BinaryIO, crcs: dict[str, int]) -> None:
+    """Write real CRC-32s into the local and central headers of the given zip records."""
+    import zipfile
+
+    f.seek(0)
+    with zipfile.ZipFile(f) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        cd_start = zf.start_dir
+    for record, crc in crcs.items():
+        f.seek(infos[record].header_offset + 14)
+        f.write(struct.pack("<I", crc))
+    # Walk the central directory: 46-byte fixed entries, CRC at +16.
+    f.seek(cd_start)
+    for _ in range(len(infos)):
+        entry = f.tell()
+        fixed = f.read(46)
+        if fixed[:4] != b"PK\x01\x02":
+            raise InputError("unexpected torch zip layout while patching CRCs")
+        n, m, k = struct.unpack("<HHH", fixed[28:34])
+        name = f.read(n).decode()
+        if name in crcs:
+            f.seek(entry + 16)
+            f.write(struct.pack("<I", crcs[name]))
+        f.seek(entry + 46 + n + m + k)
 
 
 def _explain_torch_load_error(path: Path, err: Exception) -> InputError:
@@ -199,6 +211,8 @@ class TorchFile(TensorFile):
 
 
 _MADV_WILLNEED = 3
+
+
 _MADV_DONTNEED = 4
 
 
@@ -251,9 +265,3 @@ class _PageAdvisor:
 
 
 _PAGES = _PageAdvisor()
-
-
-def open_file(path: Path) -> TensorFile:
-    if path.suffix == ".safetensors":
-        return SafetensorsFile(path)
-    return TorchFile(path)

@@ -1,9 +1,9 @@
-"""Reading MindSpore ``.ckpt`` files lazily (the wire format and the writer: ``llmkit.io.ckpt``).
+"""Reading MindSpore ``.ckpt`` files lazily (the wire format and the writer: ``llmkit.io.mindspore.ckpt``).
 
 :class:`CkptFile` reads record headers with small reads (seeking past the data), joins the split records
 of a tensor and reads one tensor at a time with ``preadv`` into a fresh tensor. A CRC trailer is checked
 while the tensors are read in file order (no second pass), or by :meth:`CkptFile.verify_crc`. An
-encrypted checkpoint is read through ``llmkit.io.ckpt_crypto.DecryptedFile`` with its key. Every
+encrypted checkpoint is read through ``llmkit.io.mindspore.crypto.DecryptedFile`` with its key. Every
 defect (bad varint, a length past the end, an unknown dtype string, split records that disagree, a CRC
 mismatch) is an :class:`~llmkit.errors.InputError` naming the file and the byte offset. An AES-CBC or
 SM4-CBC file cannot tell altered values from real ones: :meth:`CkptFile.integrity_warning` says so, and
@@ -21,8 +21,9 @@ from typing import BinaryIO
 import torch
 
 from llmkit.errors import InputError
-from llmkit.io.ckpt import CRC_MAGIC, CRC_TRAILER_BYTES, MS_TO_TORCH, READ_CHUNK
-from llmkit.io.tensorfiles import TensorFile, TensorInfo
+from llmkit.io.core.source import TensorFile
+from llmkit.io.core.spec import TensorInfo
+from llmkit.io.mindspore.ckpt import CRC_MAGIC, CRC_TRAILER_BYTES, MS_TO_TORCH, READ_CHUNK
 
 
 @dataclass(frozen=True)
@@ -211,10 +212,10 @@ class _Buffered:
 class CkptFile(TensorFile):
     """A MindSpore ``.ckpt`` read lazily: names, dtypes and shapes from the record headers (data skipped),
     one tensor's bytes read on :meth:`get`. ``crc``: the trailer's CRC-32, or None when there is none.
-    An encrypted checkpoint needs ``key`` (``llmkit.io.ckpt_crypto``); ``encryption`` is then its mode."""
+    An encrypted checkpoint needs ``key`` (``llmkit.io.mindspore.crypto``); ``encryption`` is then its mode."""
 
     def __init__(self, path: Path, key=None):
-        from llmkit.io.ckpt_crypto import DecryptedFile, sniff_mode
+        from llmkit.io.mindspore.crypto import DecryptedFile, sniff_mode
 
         self.path = path
         try:
@@ -357,7 +358,7 @@ class CkptFile(TensorFile):
         SM4-CBC; ``ckpt_crypto.unverified_warning``); ``values_read``: the reader checked the CRC trailer."""
         if self.encryption is None:
             return None
-        from llmkit.io.ckpt_crypto import unverified_warning
+        from llmkit.io.mindspore.crypto import unverified_warning
 
         return unverified_warning(self.path.name, self.encryption, self.crc is not None, values_read)
 

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit.errors import InputError
-from llmkit.io.jsonfile import int_field
+from llmkit.io.core.jsonfile import int_field
 
 EMBED, NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
+
+
 LAYER_TENSORS = (
     "self_attn.q_proj.weight",
     "self_attn.k_proj.weight",
@@ -40,10 +42,20 @@ LAYER_TENSORS = (
     "input_layernorm.weight",
     "post_attention_layernorm.weight",
 )
+
+
 _HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+
 _META_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+
+
 _BUFFER = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^rope\.freqs$")
+
+
 _SHARD_FILE = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)$")
+
+
 # Training state as MindSpore and MindFormers save it beside the weights (``save_checkpoint`` of a training
 # cell): the optimizers' per-parameter state, ``Parameter.clone(prefix=...)`` of each weight (AdamWeightDecay
 # adam_m/adam_v, Adam/LazyAdam/AdaMax moment1/moment2, Momentum/FTRL/LARS moments, FTRL linear, Lamb
@@ -54,6 +66,8 @@ _STATE_PREFIX = re.compile(
     r"^((adam_m|adam_v|moment1|moment2|moments|moment|linear|lamb_m|lamb_v|mean_square|"
     r"mean_grad|accum|accu_grads|stat|prev|step_size|ax_)\.|(mu|eta)_)."
 )
+
+
 _STATE_NAMES = frozenset(
     {
         "global_step",
@@ -72,7 +86,11 @@ _STATE_NAMES = frozenset(
         "step_num",
     }
 )
+
+
 _TYPO_CUTOFF = 0.9  # difflib ratio: one damaged byte in a name of 10+ characters stays above it
+
+
 _FIX = "the file is incomplete or damaged; download or convert it again"
 
 
@@ -88,12 +106,12 @@ def is_buffer(name: str) -> bool:
 
 def hf_name(name: str) -> str | None:
     """The Hugging Face name of a LLaMA weight stored under any naming (HF, MindFormers, Meta), else None."""
-    from llmkit.io.mindformers import llama_hf_name
+    from llmkit.io.mindspore.mindformers import llama_hf_name
 
     hf = llama_hf_name(name)
     if hf is not None:
         return hf
-    from llmkit.io.meta import META_TO_HF_LAYER, META_TO_HF_TOP
+    from llmkit.io.meta.names import META_TO_HF_LAYER, META_TO_HF_TOP
 
     if name in META_TO_HF_TOP:
         return META_TO_HF_TOP[name]
@@ -104,7 +122,7 @@ def hf_name(name: str) -> str | None:
 
 
 def _naming(name: str) -> str:
-    from llmkit.io.mindformers import is_hf, is_mindformers
+    from llmkit.io.mindspore.mindformers import is_hf, is_mindformers
 
     return "hf" if is_hf(name) else "mindformers" if is_mindformers(name) else "meta"
 
@@ -112,11 +130,11 @@ def _naming(name: str) -> str:
 def _render(hf: str, naming: str) -> str:
     """``hf`` under the naming a file uses (to compare its damaged names with and to name them)."""
     if naming == "mindformers":
-        from llmkit.io.mindformers import hf_to_mindformers
+        from llmkit.io.mindspore.mindformers import hf_to_mindformers
 
         return hf_to_mindformers(hf) or hf
     if naming == "meta":
-        from llmkit.io.meta import hf_to_meta_name
+        from llmkit.io.meta.names import hf_to_meta_name
 
         return hf_to_meta_name(hf) or hf
     return hf
@@ -124,9 +142,6 @@ def _render(hf: str, naming: str) -> str:
 
 def _layers_seen(hf_names) -> int:
     return 1 + max((int(m.group(1)) for n in hf_names if (m := _HF_LAYER.match(n))), default=-1)
-
-
-# ------------------------------------------------------------------ what a config describes
 
 
 def _sizes(cfg: dict, path) -> tuple[int, int, int, int, int, int, int] | None:
@@ -221,9 +236,6 @@ def expected_from(cfg: dict | None, hf_names, *, path=None, described: str = "it
     names = [EMBED] + [f"model.layers.{i}.{t}" for i in range(layers) for t in LAYER_TENSORS] + [NORM, LM_HEAD]
     what = described if cfg and cfg.get("num_hidden_layers") else f"its names: {layers} layers"
     return Expected(dict.fromkeys(names), what, Path(path) if path and cfg else None, optional)
-
-
-# ------------------------------------------------------------------ the check
 
 
 @dataclass
@@ -326,12 +338,9 @@ def check_tensors(
     return found
 
 
-# ------------------------------------------------------------------ sources
-
-
 def _message_path(src) -> Path:
     """The file a message about ``src``'s tensor list names: its shard index, or its one weight file."""
-    from llmkit.io.sources import BIN_INDEX, SAFETENSORS_INDEX
+    from llmkit.io.hf.names import BIN_INDEX, SAFETENSORS_INDEX
 
     index = {"safetensors-sharded": SAFETENSORS_INDEX, "bin-sharded": BIN_INDEX}.get(src.layout)
     if index and src.folder is not None and Path(src.path).is_dir():
@@ -371,8 +380,8 @@ def check_source(src, *, cfg: dict | None = None, config_path=None, judge_shapes
     """:func:`check_tensors` for a source that is a LLaMA (see the module's docstring); None when it is not
     one (an adapter, another architecture, one shard file on its own). ``cfg``: a config given for it (else
     the one beside its weights, or a Meta folder's ``params.json``)."""
-    from llmkit.io.meta import MetaSource
-    from llmkit.io.meta_hf import MetaHFView
+    from llmkit.io.meta.as_hf import MetaHFView
+    from llmkit.io.meta.source import MetaSource
 
     if src.adapter is not None or _is_lone_shard(src):
         return None

@@ -18,13 +18,22 @@ from typing import TYPE_CHECKING
 from llmkit.errors import InputError
 
 if TYPE_CHECKING:
-    from llmkit.io.sources import TensorInfo
+    from llmkit.io.core.spec import TensorInfo
+
 
 # params.json keys of Meta's and Chinese-LLaMA-Alpaca's files, by the type each must have.
 _INT_KEYS = ("dim", "n_heads", "n_layers", "n_kv_heads", "multiple_of", "max_seq_len")
+
+
 _FLOAT_KEYS = ("norm_eps", "rope_theta", "ffn_dim_multiplier")
+
+
 _SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
+
+
 _LAYER = re.compile(r"^layers\.(\d+)\.")
+
+
 _FIX_PARAMS = "the file is damaged or edited by hand; use the params.json that came with these weights"
 
 

@@ -20,16 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.errors import InputError
-from llmkit.io.jsonfile import json_kind, read_json
+from llmkit.io.core.jsonfile import json_kind, read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 
+
 # A rank above a layer's width adds nothing, and no LLaMA layer is 2**20 wide: a larger r is a damaged file.
 MAX_RANK = 2**20
+
+
 # The largest float16 number. A LoRA update is trained as lora_B(lora_A(x)) * scaling, often in float16; a
 # larger scaling overflows it for any input, so no trained adapter has one (1e308 is a typo or damage).
 MAX_SCALING = 65504.0
+
+
 _EDITED = "the file is damaged or was edited by hand; fix that field or download the adapter again"
+
 
 # Types peft accepts for the fields llmkit reads (else a plain error, not a crash later).
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -182,3 +188,32 @@ def dropout_value(value: object, path: Path) -> float:
     if number is None or not 0.0 <= number <= 1.0:
         raise InputError(f"lora_dropout must be a number from 0 to 1, found {_shown(value)}", path=path, hint=_EDITED)
     return number
+
+
+@dataclass
+class AdapterInfo:
+    """What ``adapter_config.json`` says about a peft LoRA adapter (parsed by :class:`AdapterConfig`), as a source carries it."""
+
+    r: int
+    lora_alpha: float
+    target_modules: list[str]
+    modules_to_save: list[str]
+    fan_in_fan_out: bool
+    use_rslora: bool
+    base_model: str | None
+    peft_type: str
+
+    @classmethod
+    def read(cls, path: Path) -> AdapterInfo:
+        cfg = AdapterConfig.read(path)
+        targets = cfg.target_modules
+        return cls(
+            r=cfg.r,
+            lora_alpha=cfg.lora_alpha,
+            target_modules=sorted([targets] if isinstance(targets, str) else targets or []),
+            modules_to_save=list(cfg.modules_to_save),
+            fan_in_fan_out=cfg.fan_in_fan_out,
+            use_rslora=cfg.use_rslora,
+            base_model=cfg.base_model,
+            peft_type=cfg.peft_type,
+        )

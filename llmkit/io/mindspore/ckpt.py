@@ -10,7 +10,7 @@ A ``.ckpt`` is a concatenation of serialized ``Checkpoint`` messages of one ``Va
   written (MindSpore drops them); with ``crc`` the 17-byte trailer ``b"crc_num"`` + CRC-32 of all
   preceding bytes as 10 big-endian bytes. Every record header is known from the specs, so each tensor
   goes straight to its place: memory is one tensor, and neither MindSpore nor protobuf is imported.
-- the reader is ``llmkit.io.ckpt_reader.CkptFile``; encryption is ``llmkit.io.ckpt_crypto``.
+- the reader is ``llmkit.io.mindspore.reader.CkptFile``; encryption is ``llmkit.io.mindspore.crypto``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,20 @@ from typing import Any, BinaryIO
 import torch
 
 from llmkit.errors import InputError
-from llmkit.io.layouts import WRITE_SLICE, FileLayout, FileStart, TensorSpec
+from llmkit.io.core.layout import WRITE_SLICE, FileLayout, FileStart
+from llmkit.io.core.spec import TensorSpec
 
 SLICE_BYTES = 512 * 1024 * 1024  # MindSpore's SLICE_SIZE (512 * 1024 KiB): larger tensors are split
+
+
 CRC_MAGIC = b"crc_num"
+
+
 CRC_TRAILER_BYTES = len(CRC_MAGIC) + 10
+
+
 READ_CHUNK = 1 << 30  # bytes per preadv call (Linux returns at most ~2 GB per call)
+
 
 # MindSpore's tensor_type strings (mindspore.train.serialization) <-> torch.
 MS_TO_TORCH: dict[str, torch.dtype] = {
@@ -46,6 +54,8 @@ MS_TO_TORCH: dict[str, torch.dtype] = {
     "UInt64": torch.uint64,
     "Bool": torch.bool,
 }
+
+
 TORCH_TO_MS: dict[torch.dtype, str] = {v: k for k, v in MS_TO_TORCH.items()}
 
 
@@ -55,9 +65,6 @@ def ms_type(dtype: torch.dtype) -> str:
         return TORCH_TO_MS[dtype]
     except KeyError:
         raise InputError(f"dtype {dtype} cannot be stored in a MindSpore checkpoint") from None
-
-
-# ------------------------------------------------------------------ writing
 
 
 def varint(n: int) -> bytes:
@@ -121,7 +128,7 @@ class CkptLayout(FileLayout):
 
     def file_size(self, specs: list[TensorSpec]) -> int:
         """Bytes on disk: the records (and trailer), or their encrypted blocks."""
-        from llmkit.io.ckpt_crypto import encrypted_size
+        from llmkit.io.mindspore.crypto import encrypted_size
 
         plain = self.plain_size(specs)
         return plain if self.key is None else encrypted_size(plain, self.mode)
@@ -138,7 +145,7 @@ class CkptLayout(FileLayout):
             pos += sum(len(h) + n for h, n in headers[s.name])
         start = CkptStart(offsets, self.file_size(specs), {}, headers=headers)
         if self.key is not None:
-            from llmkit.io.ckpt_crypto import BlockEncryptor
+            from llmkit.io.mindspore.crypto import BlockEncryptor
 
             start.encryptor = BlockEncryptor(f, self.key, self.mode, self.plain_size(specs), self.ivs)
         return start

@@ -7,12 +7,12 @@ moments) maps to None and the job decides (kept, dropped or refused with ``--str
 
 Rotary layout: MindFormers r0.7 and later read Hugging Face's rotate-half wq/wk rows as they are;
 MindFormers r0.6 (August 2023, the TechGPT-2.0 card's era) expects Meta's interleaved rows
-(``llmkit.io.meta.unpermute_hf_to_meta``).
+(``llmkit.io.meta.names.unpermute_hf_to_meta``).
 
 Configs: :func:`guessed_config` derives one from the shapes only for a published LLaMA size
 (:data:`KNOWN_LLAMA_SHAPES`: only those decide the head count), :func:`check_config` checks a given one
 against the shapes, and :func:`check_complete` refuses a checkpoint lacking a tensor of its config (the one
-check of ``llmkit.io.llama_tensors``).
+check of ``llmkit.io.core.llama_tensors``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 
 from llmkit.errors import InputError
-from llmkit.io.dtypes import CONFIG_NAMES
-from llmkit.io.llama_tensors import check_tensors, llama_shapes
+from llmkit.io.core.dtypes import CONFIG_NAMES
+from llmkit.io.core.llama_tensors import check_tensors, llama_shapes
 
 _RULES = (
     ("embed_tokens.weight", "tok_embeddings.embedding_weight"),
@@ -36,15 +36,22 @@ _RULES = (
     (".post_attention_layernorm.", ".ffn_norm."),
     (".norm.", ".norm_out."),
 )
+
+
 _HF = re.compile(
     r"^(model\.embed_tokens\.weight|model\.norm\.weight|lm_head\.weight|model\.layers\.\d+\."
     r"(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj|input_layernorm|post_attention_layernorm)\.weight)$"
 )
+
+
 _MF = re.compile(
     r"^(model\.tok_embeddings\.embedding_weight|model\.norm_out\.weight|lm_head\.weight|model\.layers\.\d+\."
     r"(attention\.w[qkvo]|feed_forward\.w[123]|attention_norm|ffn_norm)\.weight)$"
 )
+
+
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
 
 ROTARY_LAYOUTS = ("hf", "meta")
 
@@ -99,6 +106,8 @@ KNOWN_LLAMA_SHAPES = {
     (8192, 22016): ("LLaMA-65B", 64),
     (8192, 28672): ("Llama-2-70B", 64),
 }
+
+
 _EMBED, _GATE, _K = (
     "model.embed_tokens.weight",
     "model.layers.0.mlp.gate_proj.weight",
@@ -179,7 +188,7 @@ def guessed_config(shapes: dict, dtype, path=None) -> tuple[dict, list[str]]:
 
 def check_complete(cfg: dict, shapes: dict, source, config_path=None) -> None:
     """Refuse a checkpoint (``shapes``: name -> shape) that lacks a weight of the model ``cfg`` describes,
-    holds one twice or in another shape, or holds a damaged name of one (:func:`llmkit.io.llama_tensors.
+    holds one twice or in another shape, or holds a damaged name of one (:func:`llmkit.io.core.llama_tensors.
     check_tensors`): a lost or renamed record is named, not converted into a model without it."""
     llama_shapes(cfg, config_path)  # a config without its sizes cannot describe the model
     check_tensors(shapes, path=source, cfg=cfg, config_path=config_path)
@@ -217,7 +226,7 @@ def hf_named(src):
     """``src`` (a :class:`~llmkit.io.sources.TensorSource`) with MindFormers names seen under their HF names
     (other names kept), so a ``.ckpt`` compares tensor by tensor with the model it came from; ``src`` itself
     when nothing would be renamed."""
-    from llmkit.io.sources import RenamedSource
+    from llmkit.io.core.source import RenamedSource
 
     mapping = {n: llama_hf_name(n) or n for n in src.keys()}
     if all(k == v for k, v in mapping.items()) or len(set(mapping.values())) != len(mapping):

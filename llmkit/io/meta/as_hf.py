@@ -9,7 +9,7 @@ folder through it, so the same bytes come out without an intermediate copy.
 
 Before any tensor is read, :func:`check_meta` compares ``params.json`` with the tensors (dim, layers,
 vocabulary, heads) and the shard count with the heads; every mismatch names the file. The shard set
-and ``params.json`` types are checked by :class:`~llmkit.io.meta.MetaSource` (``llmkit.io.meta_checks``);
+and ``params.json`` types are checked by :class:`~llmkit.io.meta.MetaSource` (``llmkit.io.meta.checks``);
 here the shard order is checked by content when the shapes are those of a published model.
 """
 
@@ -24,12 +24,16 @@ from pathlib import Path
 import torch
 
 from llmkit.errors import InputError
-from llmkit.io.dtypes import CONFIG_NAMES
-from llmkit.io.meta import MetaSource, meta_to_hf_name, permute_meta_to_hf
-from llmkit.io.regular import check_regular, is_special
-from llmkit.io.sources import TensorInfo, TensorSource
+from llmkit.io.core.dtypes import CONFIG_NAMES
+from llmkit.io.core.regular import check_regular, is_special
+from llmkit.io.core.source import TensorSource
+from llmkit.io.core.spec import TensorInfo
+from llmkit.io.meta.names import meta_to_hf_name, permute_meta_to_hf
+from llmkit.io.meta.source import MetaSource
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+
 _HF_ORDER = (
     "self_attn.q_proj",
     "self_attn.k_proj",
@@ -83,7 +87,7 @@ class MetaHFView(TensorSource):
         if self.n_heads is None:
             raise InputError("params.json has no n_heads", path=params_path, hint="use Meta's original params.json")
         self.n_kv_heads = _int(meta.params, "n_kv_heads", params_path) or self.n_heads
-        from llmkit.io.llama_tensors import check_source
+        from llmkit.io.core.llama_tensors import check_source
 
         self.findings = check_source(meta)  # every weight params.json describes, once, before any is read
         self._meta_name: dict[str, str] = {}
@@ -103,7 +107,7 @@ class MetaHFView(TensorSource):
         check_meta(self, params_path)
         self.warnings = [w for w in meta.warnings if w != meta.order_note]
         if meta.order_note is not None:  # the shapes did not settle the order: the published hashes may
-            from llmkit.io.meta_checks import published_order
+            from llmkit.io.meta.checks import published_order
 
             note = published_order([p for p in self.weight_files], meta.shape_facts)
             if note is not None:

@@ -1,4 +1,4 @@
-"""The ``ckpt`` sink: one MindSpore ``.ckpt`` file, written by the safe writer (``llmkit.io.sinks``).
+"""The ``ckpt`` sink: one MindSpore ``.ckpt`` file, written by the safe writer (``llmkit.io.core.writer``).
 
 ``-o`` names a file, not a folder: the file is staged under a hidden name beside it
 (:class:`~llmkit.io.staging.StagedFile`, with the output's claim), fsynced and renamed when every tensor
@@ -18,11 +18,12 @@ from typing import Any
 import torch
 
 from llmkit.errors import InputError
-from llmkit.io.ckpt import CkptLayout
-from llmkit.io.destination import ensure_output_file_is_new
-from llmkit.io.layouts import TensorSpec
-from llmkit.io.sinks import ShardSetWriter, register_sink
-from llmkit.io.staging import StagedFile
+from llmkit.io.core.destination import ensure_output_file_is_new
+from llmkit.io.core.sink import register_sink
+from llmkit.io.core.spec import TensorSpec
+from llmkit.io.core.staging import StagedFile
+from llmkit.io.core.writer import ShardSetWriter
+from llmkit.io.mindspore.ckpt import CkptLayout
 from llmkit.units import check_space, free_bytes
 
 

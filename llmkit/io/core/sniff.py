@@ -27,15 +27,32 @@ import struct
 import numpy as np
 
 JSON, SAFETENSORS, TORCH_ZIP, SENTENCEPIECE = "JSON", "safetensors", "torch zip", "SentencePiece model"
+
+
 KINDS = (JSON, SAFETENSORS, TORCH_ZIP, SENTENCEPIECE)
 
+
 TORCH_LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")  # pickle of torch's magic number
+
+
 ZIP_LOCAL = b"PK\x03\x04"
+
+
 _ZIP_EOCD = b"PK\x05\x06"
+
+
 _ZIP64_LOCATOR = b"PK\x06\x07"
+
+
 _ZIP64_EOCD = b"PK\x06\x06"
+
+
 _TAIL = 65_535 + 22 + 20 + 56  # max EOCD comment + EOCD + zip64 locator + zip64 EOCD record
+
+
 _HEAD_LIMIT = 64 * 2**20  # JSON / SentencePiece files up to this size are judged whole
+
+
 _SAFETENSORS_HEADER_LIMIT = 100_000_000  # safetensors' own limit
 
 

@@ -16,6 +16,7 @@ from llmkit.errors import InputError
 if TYPE_CHECKING:
     import torch
 
+
 # The --dtype names llmkit writes (in options, results and recipes), each with the other spellings it accepts
 # for it: transformers' / torch's (float16, half, bfloat16, float32, float), llama.cpp's (f16, f32, bf16) and
 # mergekit's (float16, bfloat16, float32). Case does not matter. "keep" keeps each tensor's dtype.
@@ -24,7 +25,11 @@ DTYPE_SPELLINGS: dict[str, tuple[str, ...]] = {
     "fp16": ("f16", "float16", "half"),
     "bf16": ("bfloat16",),
 }
+
+
 DTYPE_ALIASES: dict[str, str] = {s: name for name, others in DTYPE_SPELLINGS.items() for s in (name, *others)}
+
+
 KEEP = "keep"
 
 

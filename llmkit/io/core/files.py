@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 CONFIG_FILES = ("config.json", "generation_config.json")
+
+
 TOKENIZER_FILES = (
     "tokenizer.model",
     "tokenizer.json",
@@ -12,4 +14,6 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
 )
+
+
 AUX_FILES = CONFIG_FILES + TOKENIZER_FILES  # every file carried from a model folder to an output folder

@@ -6,7 +6,7 @@ damage: :func:`read_json` / :func:`parse_json` raise :class:`~llmkit.errors.Inpu
 file, so callers can use ``.get`` and ``[...]`` on the result without guarding against an
 ``AttributeError``. Python's ``json`` accepts ``NaN``, ``Infinity`` and numbers too large for a float
 (``1e400`` reads as infinity); no file llmkit reads may hold one, so each is refused naming the file and
-the key. A FIFO, socket or device is refused without being read (:mod:`llmkit.io.regular`).
+the key. A FIFO, socket or device is refused without being read (:mod:`llmkit.io.core.regular`).
 :func:`int_field` / :func:`number_field` read an optional positive setting the same way.
 """
 
@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from llmkit.errors import InputError
-from llmkit.io.regular import read_regular
+from llmkit.io.core.regular import read_regular
 
 _DAMAGED = "the file is damaged or not what its name says; download it again"
 

@@ -3,7 +3,7 @@
 llmkit never writes into, beside or around its inputs, so an input is never modified and a later
 run never reads its own output as input. An ``-o`` that cannot become a folder (a dangling symlink, a
 symlink loop, a file, a path under a file, ``-``) is refused with what it is, before anything is
-created. How an output is then written all or nothing: :mod:`llmkit.io.staging`.
+created. How an output is then written all or nothing: :mod:`llmkit.io.core.staging`.
 """
 
 from __future__ import annotations

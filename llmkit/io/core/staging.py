@@ -30,17 +30,22 @@ from pathlib import Path
 from llmkit.errors import InputError, OutputExistsError, writing
 
 LOCK_SUFFIX = ".llmkit-lock"
+
+
 STAGE_MARK = ".llmkit-stage-"
+
+
 OLD_MARK = ".llmkit-old-"
+
+
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+
+
 _AT_FDCWD = -100
 
 
 class OutputBusyError(InputError):
     """Another llmkit run holds the claim on this output."""
-
-
-# ------------------------------------------------------------------ renames
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> bool:
@@ -82,9 +87,6 @@ def fsync_dir(folder: Path) -> None:
         pass  # some filesystems do not sync folders
     finally:
         os.close(fd)
-
-
-# ------------------------------------------------------------------ the claim
 
 
 def lock_holder(fd: int) -> str:
@@ -158,9 +160,6 @@ def remove_leftovers(target: Path) -> list[str]:
     return removed
 
 
-# ------------------------------------------------------------------ what an existing folder holds
-
-
 @dataclass
 class ExistingFolder:
     """An existing output folder sorted out: ``replaced`` (this run's files or stale ones of its own
@@ -227,9 +226,6 @@ def _carry(folder: Path, stage: Path, names: list[str]) -> None:
                 path=folder,
                 hint="move it out of the output folder, or choose another -o",
             ) from e
-
-
-# ------------------------------------------------------------------ staged outputs
 
 
 class _Staged:

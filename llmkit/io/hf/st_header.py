@@ -21,6 +21,8 @@ from llmkit.errors import InputError
 
 # A safetensors header larger than this is corrupt (the Rust reader's own limit is 100 MB).
 MAX_HEADER_BYTES = 100_000_000
+
+
 _AGAIN = "the file is damaged or was edited by hand; download it again"
 
 
@@ -155,7 +157,7 @@ def read_header(f: BinaryIO, path: Path, size: int) -> tuple[list[StEntry], dict
     """Read and check the header of the safetensors file ``f`` (``size`` bytes long, named ``path``).
 
     Returns the entries in data order, the ``__metadata__`` strings and where the data starts."""
-    from llmkit.io.dtypes import ST_TO_TORCH, itemsize
+    from llmkit.io.core.dtypes import ST_TO_TORCH, itemsize
 
     head = f.read(8)
     if len(head) < 8:

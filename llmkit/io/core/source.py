@@ -1,0 +1,252 @@
+"""Tensor sources: list names, dtypes and shapes from headers, read one tensor at a time.
+
+:class:`TensorSource` is a model or adapter as one ordered set of named tensors over :class:`TensorFile`s
+(one weight file each); :class:`RenamedSource` shows a source under other names. :func:`open_source`
+opens any path by asking the registered format families in rank order (:func:`register_source`; the
+built-in ones: ``hf`` 10, ``meta`` 20, ``hf-file`` 30, ``mindspore`` 40). Memory: listing costs
+headers only; :meth:`TensorSource.get` materialises one tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from llmkit.errors import InputError
+from llmkit.io.core.destination import broken_link
+from llmkit.io.core.dtypes import st_code
+from llmkit.io.core.formats import load_builtin_formats
+from llmkit.io.core.jsonfile import read_json
+from llmkit.io.core.regular import check_regular, is_special
+from llmkit.io.core.spec import TensorInfo
+
+if TYPE_CHECKING:
+    from llmkit.io.hf.adapter_config import AdapterInfo
+
+
+@dataclass
+class TensorSource:
+    """A model or adapter as one ordered set of named tensors, whatever its files look like.
+
+    ``layout`` is one of ``safetensors``, ``safetensors-sharded``, ``bin``, ``bin-sharded``,
+    ``meta-pth``, ``ckpt`` (MindSpore, names as stored). ``folder`` holds the non-weight files (config, tokenizer), if any.
+    """
+
+    path: Path
+    layout: str
+    files: list[TensorFile]
+    weight_map: dict[str, TensorFile]
+    folder: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+    adapter: AdapterInfo | None = None
+
+    # ---- listing (no tensor data is read) ----
+    def keys(self) -> list[str]:
+        return list(self.weight_map)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.weight_map[name].infos[name]
+
+    def infos(self) -> list[TensorInfo]:
+        return [self.info(k) for k in self.weight_map]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def __len__(self) -> int:
+        return len(self.weight_map)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.nbytes for i in self.infos())
+
+    @property
+    def weight_files(self) -> list[Path]:
+        return [f.path for f in self.files]
+
+    def config(self) -> dict | None:
+        """``config.json`` beside the weights, if any."""
+        p = self.folder / "config.json" if self.folder else None
+        if p is not None and (p.is_file() or is_special(p)):  # a FIFO or device: refused by read_json
+            cfg = read_json(p)
+            assert isinstance(cfg, dict)
+            return cfg
+        return None
+
+    # ---- data ----
+    def get(self, name: str) -> torch.Tensor:
+        """One tensor (its data read now; peak memory ~ this tensor)."""
+        try:
+            f = self.weight_map[name]
+        except KeyError:
+            raise InputError(f"no tensor named {name!r}", path=self.path) from None
+        return f.get(name)
+
+    def release(self, name: str) -> None:
+        """Tell the source ``name`` has been used: mapped pages it kept resident are dropped."""
+        if name in self.weight_map:
+            self.weight_map[name].release(name)
+
+    def prefetch(self, name: str) -> None:
+        """Ask the OS to start reading ``name`` (mapped files only), e.g. while the previous one is used."""
+        if name in self.weight_map:
+            self.weight_map[name].prefetch(name)
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """One tensor at a time, the next one prefetched; each is released when the loop moves on
+        (do not keep a yielded tensor from a ``.bin`` and modify it in place after that)."""
+        names = list(self.weight_map)
+        for i, name in enumerate(names):
+            if i + 1 < len(names):
+                self.prefetch(names[i + 1])
+            yield name, self.get(name)
+            self.release(name)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> TensorSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RenamedSource(TensorSource):
+    """``source`` under other names (``mapping``: stored name -> shown name, one to one), same order;
+    closing it closes ``source``."""
+
+    def __init__(self, source: TensorSource, mapping: dict[str, str]):
+        self.inner = source
+        self._stored = {mapping[k]: k for k in source.keys()}
+        super().__init__(
+            path=source.path,
+            layout=source.layout,
+            files=source.files,
+            weight_map={mapping[k]: f for k, f in source.weight_map.items()},
+            folder=source.folder,
+            warnings=source.warnings,
+            adapter=source.adapter,
+        )
+
+    def info(self, name: str) -> TensorInfo:
+        i = self.inner.info(self._stored[name])
+        return TensorInfo(name, i.dtype, i.shape, i.file)
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self._stored:
+            raise InputError(f"no tensor named {name!r}", path=self.path)
+        return self.inner.get(self._stored[name])
+
+    def release(self, name: str) -> None:
+        if name in self._stored:
+            self.inner.release(self._stored[name])
+
+    def prefetch(self, name: str) -> None:
+        if name in self._stored:
+            self.inner.prefetch(self._stored[name])
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """How one format family opens a path: each opener returns ``None`` for a path that is not its own.
+
+    ``rank`` orders the families (lower asks first): a folder with both ``model.safetensors`` and Meta
+    shards is Hugging Face's, a ``consolidated.00.pth`` is Meta's before any loose ``.pth`` is one file.
+    """
+
+    name: str
+    rank: int
+    open_file: Callable[[Path, Any], TensorSource | None]
+    open_folder: Callable[[Path, Any], TensorSource | None]
+
+
+SOURCES: list[SourceFormat] = []
+
+
+def register_source(
+    name: str,
+    *,
+    rank: int,
+    open_file: Callable[[Path, Any], TensorSource | None],
+    open_folder: Callable[[Path, Any], TensorSource | None],
+) -> None:
+    """Add a format family to :func:`open_source` (``open_*(path, ckpt_key)``; ``ckpt_key`` may be ignored)."""
+    SOURCES[:] = sorted(
+        [*(s for s in SOURCES if s.name != name), SourceFormat(name, rank, open_file, open_folder)],
+        key=lambda s: s.rank,
+    )
+
+
+def source_formats() -> list[SourceFormat]:
+    """The registered families, the built-in ones (``formats.BUILTIN_SOURCES``) imported on first use."""
+    load_builtin_formats()
+    return SOURCES
+
+
+def open_source(path: str | os.PathLike, *, ckpt_key: Any = None) -> TensorSource:
+    """Open any supported weight layout at ``path`` (a file or a folder) without reading tensor data.
+    ``ckpt_key`` (``llmkit.io.mindspore.keys.CkptKey``) opens an encrypted MindSpore checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        problem = broken_link(path)
+        if problem is not None:
+            raise InputError(f"the path {problem}", path=path, hint="fix the link or pass the model itself")
+        raise InputError("no such file or folder", path=path, hint="check the path")
+    if not path.is_dir():
+        check_regular(path, "a weight file or a model folder")
+    is_file = path.is_file()
+    for fmt in source_formats():
+        src = fmt.open_file(path, ckpt_key) if is_file else fmt.open_folder(path, ckpt_key)
+        if src is not None:
+            return src
+    if is_file:
+        raise InputError(
+            "unknown weight file type", path=path, hint="expected .safetensors, .bin, .pth, .ckpt, or an *.index.json"
+        )
+    encrypted = sorted(path.glob("*.enc"))
+    if encrypted:
+        raise InputError(
+            f"no weight files found, only {len(encrypted)} .enc file(s) (encrypted weights)",
+            path=path,
+            hint=f"decrypt them first: llmkit decrypt {path} --key <LLaMA-1 7B consolidated.00.pth> -o <new folder>",
+        )
+    raise InputError(
+        "no weight files found",
+        path=path,
+        hint="expected model.safetensors, model.safetensors.index.json, pytorch_model.bin(.index.json), "
+        "consolidated.NN.pth, adapter_model.* or one .ckpt",
+    )
+
+
+def safetensors_code(info: TensorInfo) -> str:
+    """Display name of a tensor's dtype (safetensors codes: F16, BF16, F32, ...)."""
+    return st_code(info.dtype)
+
+
+class TensorFile:
+    """One weight file. Subclasses fill ``infos`` at open time and read data in ``get``."""
+
+    path: Path
+    infos: dict[str, TensorInfo]
+
+    def get(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def release(self, name: str) -> None:
+        """Drop memory this file still holds for ``name`` after it was used (no-op unless mapped)."""
+
+    def prefetch(self, name: str) -> None:
+        """Start reading ``name`` from disk in the background (no-op unless mapped)."""
+
+    def close(self) -> None:
+        pass
