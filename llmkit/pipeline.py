@@ -1,7 +1,7 @@
 """One shape for every job: options -> plan -> one runner -> a sink from the registry.
 
 A job module (recover, lora, ...) turns its frozen options dataclass and its opened sources into a
-:class:`Plan`: the output tensors in output order (:class:`~llmkit.io.sinks.TensorSpec`), a
+:class:`Plan`: the output tensors in output order (:class:`~llmkit.io.core.spec.TensorSpec`), a
 ``produce(name)`` transform that reads what it needs, ``reads(name)`` (what ``produce`` reads, so
 mapped pages can be prefetched and released), the aux files, the pre-checks already done and
 structured :class:`Notice` s. Then:

@@ -34,7 +34,7 @@ WHILE_LOADING = textwrap.dedent("""
     llmkit.entry.main()
 """)
 
-# Sends SIG to itself around one call of llmkit.io.staging.STEP (the commit), or after the command ended.
+# Sends SIG to itself around one call of llmkit.io.core.staging.STEP (the commit), or after the command ended.
 AROUND = textwrap.dedent("""
     import os, signal, sys, importlib
     module, step, when, sig = sys.argv[1], sys.argv[2], sys.argv[3], getattr(signal, sys.argv[4])

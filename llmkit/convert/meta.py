@@ -2,7 +2,7 @@
 
 Both are plans over ``llmkit.io`` formats run by the one runner (``llmkit.pipeline``):
 
-- from-meta: the source is :class:`~llmkit.io.meta_hf.MetaHFView` (shards joined, wq/wk permuted to
+- from-meta: the source is :class:`~llmkit.io.meta.as_hf.MetaHFView` (shards joined, wq/wk permuted to
   rotate-half, HF names and order); the sink is ``safetensors``/``bin``; ``config.json`` and
   ``generation_config.json`` are derived (``llmkit.io.meta.as_hf.hf_config``); the tokenizer is
   ``tokenizer.model`` from ``--tokenizer``, the Meta folder, or its parent (Meta's download layout).

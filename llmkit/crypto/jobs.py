@@ -2,7 +2,7 @@
 
 Each file streams through :func:`~llmkit.crypto.stream.xor_stream` into the run's staged output
 folder beside ``-o``, is fsynced (with early writeback, so the fsync is short), and the folder becomes
-final in one rename only after every check of every file passed (:class:`~llmkit.io.staging.StagedFolder`:
+final in one rename only after every check of every file passed (:class:`~llmkit.io.core.staging.StagedFolder`:
 the output is claimed against a concurrent run; the folder's other files are kept). Peak memory ~16 MiB
 per parallel file.
 """

@@ -1,6 +1,6 @@
 """What an adapter's ``adapter_config.json`` decides about a merge (SPEC.md section 3).
 
-:class:`LoraSettings` is the parsed file (:class:`~llmkit.io.adapter_config.AdapterConfig`, the one parser)
+:class:`LoraSettings` is the parsed file (:class:`~llmkit.io.hf.adapter_config.AdapterConfig`, the one parser)
 plus peft's rules that use it: the adapters llmkit can merge exactly, ``scaling`` per module after
 ``rank_pattern`` / ``alpha_pattern``, and which modules ``target_modules`` selects.
 """

@@ -13,7 +13,7 @@ match, ``difflib``), holds layers or a tensor shape its config does not describe
 hold is sorted by name, never guessed: ``rotary_emb.inv_freq`` / ``rope.freqs`` buffers (optional),
 training state (:func:`is_training_state`: MindSpore's optimizer moments and loss-scale counters), and
 anything else (``unknown``: the job keeps, drops or refuses it as it always did).
-:func:`check_source` applies it to a :class:`~llmkit.io.sources.TensorSource` when that is a LLaMA: the
+:func:`check_source` applies it to a :class:`~llmkit.io.core.source.TensorSource` when that is a LLaMA: the
 config says ``llama`` / ``LlamaForCausalLM``, or there is no config (or it names no architecture) and the
 names are LLaMA's. Adapters, other architectures and one shard file on its own are not checked.
 """

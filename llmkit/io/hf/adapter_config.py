@@ -1,6 +1,6 @@
 """``adapter_config.json`` of a peft adapter, read once and typed (torch-free).
 
-The one parser of that file: :class:`~llmkit.io.sources.AdapterInfo` (what ``inspect`` shows) and
+The one parser of that file: :class:`~llmkit.io.hf.adapter_config.AdapterInfo` (what ``inspect`` shows) and
 :class:`llmkit.lora.settings.LoraSettings` (what decides a merge) are both built from
 :meth:`AdapterConfig.read`. A file that is not a JSON object, a field of a type peft does not accept
 (``rank_pattern`` an array, ``target_modules`` a number, ...) and a number no trained adapter has are an

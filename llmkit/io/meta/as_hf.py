@@ -1,6 +1,6 @@
 """Meta's LLaMA originals seen as a Hugging Face model (SPEC.md section 4), streaming.
 
-:class:`MetaHFView` is a :class:`~llmkit.io.sources.TensorSource` over ``consolidated.NN.pth`` shards
+:class:`MetaHFView` is a :class:`~llmkit.io.core.source.TensorSource` over ``consolidated.NN.pth`` shards
 that speaks Hugging Face: HF names in HF order, each tensor joined across the model-parallel shards on
 its dimension, wq/wk permuted from Meta's interleaved rotary rows to rotate-half, ``rope.freqs``
 dropped, dtypes kept (LLaMA-1 originals are fp16). For one tensor only its slices from each shard are
@@ -9,7 +9,7 @@ folder through it, so the same bytes come out without an intermediate copy.
 
 Before any tensor is read, :func:`check_meta` compares ``params.json`` with the tensors (dim, layers,
 vocabulary, heads) and the shard count with the heads; every mismatch names the file. The shard set
-and ``params.json`` types are checked by :class:`~llmkit.io.meta.MetaSource` (``llmkit.io.meta.checks``);
+and ``params.json`` types are checked by :class:`~llmkit.io.meta.source.MetaSource` (``llmkit.io.meta.checks``);
 here the shard order is checked by content when the shapes are those of a published model.
 """
 

@@ -223,7 +223,7 @@ def check_config(cfg: dict, shapes: dict, path) -> None:
 
 
 def hf_named(src):
-    """``src`` (a :class:`~llmkit.io.sources.TensorSource`) with MindFormers names seen under their HF names
+    """``src`` (a :class:`~llmkit.io.core.source.TensorSource`) with MindFormers names seen under their HF names
     (other names kept), so a ``.ckpt`` compares tensor by tensor with the model it came from; ``src`` itself
     when nothing would be renamed."""
     from llmkit.io.core.source import RenamedSource

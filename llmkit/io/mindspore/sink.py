@@ -1,10 +1,10 @@
 """The ``ckpt`` sink: one MindSpore ``.ckpt`` file, written by the safe writer (``llmkit.io.core.writer``).
 
 ``-o`` names a file, not a folder: the file is staged under a hidden name beside it
-(:class:`~llmkit.io.staging.StagedFile`, with the output's claim), fsynced and renamed when every tensor
+(:class:`~llmkit.io.core.staging.StagedFile`, with the output's claim), fsynced and renamed when every tensor
 is in and its size checks out; nothing else in that folder is touched
 (``--force`` replaces only this file). The bytes are those of ``mindspore.save_checkpoint``
-(:class:`~llmkit.io.ckpt.CkptLayout`); ``crc=True`` adds the CRC trailer; ``enc_key`` (a
+(:class:`~llmkit.io.mindspore.ckpt.CkptLayout`); ``crc=True`` adds the CRC trailer; ``enc_key`` (a
 ``ckpt_crypto.CkptKey``) encrypts it in ``enc_mode`` blocks as ``save_checkpoint(enc_key=...)`` does.
 """
 
