@@ -498,7 +498,7 @@ def svg_chart(rows: list[dict]) -> str:
     def bar_len(v: float, lo: float, hi: float) -> float:
         return max(1.0, (math.log10(v) - lo) / (hi - lo) * panel_w)
 
-    for x0, lo, hi, title, unit in (
+    for x0, lo, hi, title, _unit in (
         (x_t, t_lo, t_hi, "wall time, seconds", "s"),
         (x_m, m_lo, m_hi, "peak RSS, MiB", "MiB"),
     ):

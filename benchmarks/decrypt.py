@@ -121,13 +121,15 @@ def generate_zip(path: Path, size: int, seed: int) -> None:
     import zipfile
 
     rng = np.random.default_rng(seed)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
-        with z.open("archive/data/0", "w", force_zip64=True) as f:
-            left = max(0, size - 4096)
-            while left:
-                n = min(left, 64 * 2**20)
-                f.write(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
-                left -= n
+    with (
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z,
+        z.open("archive/data/0", "w", force_zip64=True) as f,
+    ):
+        left = max(0, size - 4096)
+        while left:
+            n = min(left, 64 * 2**20)
+            f.write(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+            left -= n
 
 
 def timed(cmd: list[str], **kw) -> tuple[float, int]:
@@ -261,7 +263,7 @@ def main() -> None:
         limit = parse_size(args.upstream_max)
         if not args.skip_upstream:
             print("running the upstream loop (pure Python; minutes per GB) ...", file=sys.stderr)
-            up_secs, up_rss = timed([PYTHON, "-c", UPSTREAM, str(enc), str(key), str(out["upstream"]), str(limit)])
+            up_secs, _up_rss = timed([PYTHON, "-c", UPSTREAM, str(enc), str(key), str(out["upstream"]), str(limit)])
             measured = min(limit, size) if limit else size
             if measured < size:
                 up_secs *= size / measured

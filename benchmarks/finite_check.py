@@ -47,11 +47,11 @@ def main() -> None:
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         weight = (torch.randn(args.rows, args.cols, generator=gen) * 0.02).to(dtype)
         merged = add_in_fp32(weight, lora_delta(source, mod), dtype)
-        merge = best_ms(lambda: add_in_fp32(weight, lora_delta(source, mod), dtype), args.repeat)
-        check = best_ms(lambda: all_finite(merged), args.repeat)
-        isfinite = best_ms(lambda: bool(torch.isfinite(merged).all()), args.repeat)
+        merge = best_ms(lambda w=weight, d=dtype: add_in_fp32(w, lora_delta(source, mod), d), args.repeat)
+        check = best_ms(lambda m=merged: all_finite(m), args.repeat)
+        isfinite = best_ms(lambda m=merged: bool(torch.isfinite(m).all()), args.repeat)
         print(
-            f"{str(dtype):15} merge {merge:7.1f} ms   all_finite {check:6.1f} ms ({100 * check / merge:4.1f}%)   "
+            f"{dtype!s:15} merge {merge:7.1f} ms   all_finite {check:6.1f} ms ({100 * check / merge:4.1f}%)   "
             f"isfinite().all() {isfinite:6.1f} ms ({100 * isfinite / merge:4.1f}%)"
         )
 

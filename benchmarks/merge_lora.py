@@ -155,7 +155,8 @@ def child(which: str, base: Path, adapter: Path, out: Path) -> None:
         os.close(fd)
     durable = time.perf_counter() - start
     # VmHWM, not ru_maxrss: Linux carries the parent's ru_maxrss across fork + exec.
-    hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    with open("/proc/self/status") as status:
+        hwm_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
     print(json.dumps({"seconds": seconds, "durable_seconds": durable, "peak_rss_bytes": hwm_kb * 1024}))
 
 
@@ -210,7 +211,7 @@ def same_tensors(a: Path, b: Path) -> tuple[int, int]:
 
     with open_source(a) as sa, open_source(b) as sb:
         assert set(sa.keys()) == set(sb.keys()), set(sa.keys()) ^ set(sb.keys())
-        differ = sum(not torch.equal(sa.get(k), sb.get(k)) for k in sa.keys())
+        differ = sum(not torch.equal(sa.get(k), sb.get(k)) for k in sa.keys())  # noqa: SIM118 (a source iterates over tensors)
         return len(sa.keys()), differ
 
 

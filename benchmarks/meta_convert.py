@@ -28,13 +28,13 @@ from io_floor import drop_cache, measure_floor
 HIDDEN, INTERMEDIATE, VOCAB, HEADS = 4096, 11008, 32000, 32
 ROOT = Path(__file__).resolve().parent.parent
 
-GENERATE = """
+GENERATE = f"""
 import sys
 from pathlib import Path
 from llmkit.tiny import write_random_meta
-write_random_meta(Path(sys.argv[1]), layers=int(sys.argv[2]), hidden=%d, intermediate=%d, vocab=%d, heads=%d,
+write_random_meta(Path(sys.argv[1]), layers=int(sys.argv[2]), hidden={HIDDEN}, intermediate={INTERMEDIATE}, vocab={VOCAB}, heads={HEADS},
                   seed=int(sys.argv[2]))
-""" % (HIDDEN, INTERMEDIATE, VOCAB, HEADS)
+"""
 
 RUN = r"""
 import json, sys, time

@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench_report import (  # noqa: E402
+from bench_report import (
     BENCH,
     FULL,
     JOBS,

@@ -270,7 +270,7 @@ def bench(work: Path, models: Path, layers: int, repeat: int, upstream: bool, en
         e = row["enc"][mode]
         e.update(summary(runs))
         e["vs_llmkit"] = e["seconds"] / row["llmkit"]["seconds"]
-        e["paired_vs_llmkit"] = statistics.median(r["seconds"] / m["seconds"] for r, m in zip(runs, mines))
+        e["paired_vs_llmkit"] = statistics.median(r["seconds"] / m["seconds"] for r, m in zip(runs, mines, strict=True))
         e["rss_vs_llmkit_mib"] = (e["peak_rss"] - row["llmkit"]["peak_rss"]) / MIB
     if ups:
         row["upstream"] = summary(ups)
