@@ -95,8 +95,8 @@ def _resolve(options: DownloadOptions):
 
     model = next((m for m in MODELS if m.name == options.model), None)
     by_repo = next((m for m in MODELS if m.repo_id and m.repo_id == options.model), None)
-    if model is None and by_repo is not None:  # a registry repo by its id: same table and next step
-        return by_repo.repo_id, Path(options.output or by_repo.repo_id.split("/")[1]), by_repo
+    if model is None and by_repo is not None:  # a registry repo by its id (options.model): same table and next step
+        return options.model, Path(options.output or options.model.split("/")[1]), by_repo
     if model is not None:
         if not model.repo_id:
             raise InputError(
@@ -252,7 +252,7 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
                 f"{len(todo)} file(s) to download ({human_bytes(need)}), {len(remote) - len(todo)} already verified"
             )
         )
-        return _finish(result, remote, start)
+        return _ordered_and_timed(result, remote, start)
     if todo:
         with Staging(staging, out) as folders, (progress or no_progress)("downloading", need) as advance:
             result.files += _fetch_all(
@@ -266,7 +266,7 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
     result.bytes_downloaded = need
     if table is not None and options.verify:
         _check_table(result, out, table, find_expected)
-    return _finish(result, remote, start)
+    return _ordered_and_timed(result, remote, start)
 
 
 def _fetch_all(todo: list[_Remote], jobs: int, advance, fetch) -> list[FileOutcome]:
@@ -413,7 +413,9 @@ def _check_table(result: DownloadResult, out: Path, table: str, find_expected) -
             )
 
 
-def _finish(result: DownloadResult, remote: list[_Remote], start: float) -> DownloadResult:
+def _ordered_and_timed(result: DownloadResult, remote: list[_Remote], start: float) -> DownloadResult:
+    """``result`` with its files in the repo's order, its output (unless a dry run) and the seconds since
+    ``start``."""
     order = {r.path: i for i, r in enumerate(remote)}
     result.files.sort(key=lambda f: order[f.path])
     if not result.dry_run:
