@@ -199,7 +199,7 @@ def cancellable_bar(stop: threading.Event) -> type:
     from huggingface_hub.utils import tqdm as hf_tqdm
 
     class StopAware(hf_tqdm):
-        stop_event = stop  # also cuts short a wait between retries (llmkit.hub._pause)
+        stop_event = stop  # also cuts short a wait between retries (llmkit.hub_transfer._pause)
 
         def update(self, n=1):
             if stop.is_set():

@@ -83,6 +83,34 @@ def _unescape(path: str) -> str:
     return "".join(out)
 
 
+def _parse_line(line: str, lineno: int, where: str | Path) -> TableEntry:
+    """One ``<hex>  <file>``, ``<hex> *<file>`` or BSD-tag line (``\\`` first: an escaped name)."""
+    escaped = line.startswith("\\")
+    body = line[1:] if escaped else line
+    m = _BSD_LINE.match(body)
+    if m:
+        digest, fname = m.group("hex"), m.group("path")
+    else:
+        parts = body.split(" ", 1)
+        if len(parts) != 2 or not parts[1] or parts[1][0] not in " *":
+            raise InputError(
+                f"line {lineno} is not '<hex>  <file>': {line[:80]!r}",
+                path=where,
+                hint="checksum tables use md5sum format: the hex digest, two spaces, the path",
+            )
+        digest, fname = parts[0], parts[1][1:]
+    if escaped:
+        fname = _unescape(fname)
+    digest = digest.lower()
+    if not re.fullmatch(r"[0-9a-f]+", digest) or len(digest) not in HEX_DIGITS.values():
+        raise InputError(
+            f"line {lineno}: {digest[:70]!r} is not an md5 or sha256 hex digest",
+            path=where,
+            hint="expected 32 (md5) or 64 (sha256) hex digits",
+        )
+    return TableEntry(fname, digest)
+
+
 def parse_table(
     text: str, *, name: str, algorithm: str | None = None, path: Path | None = None, builtin: bool = False
 ) -> ChecksumTable:
@@ -105,30 +133,7 @@ def parse_table(
                 header.append(line.lstrip()[1:].strip())
             continue
         in_header = False
-        escaped = line.startswith("\\")
-        body = line[1:] if escaped else line
-        m = _BSD_LINE.match(body)
-        if m:
-            digest, fname = m.group("hex"), m.group("path")
-        else:
-            parts = body.split(" ", 1)
-            if len(parts) != 2 or not parts[1] or parts[1][0] not in " *":
-                raise InputError(
-                    f"line {lineno} is not '<hex>  <file>': {line[:80]!r}",
-                    path=where,
-                    hint="checksum tables use md5sum format: the hex digest, two spaces, the path",
-                )
-            digest, fname = parts[0], parts[1][1:]
-        if escaped:
-            fname = _unescape(fname)
-        digest = digest.lower()
-        if not re.fullmatch(r"[0-9a-f]+", digest) or len(digest) not in HEX_DIGITS.values():
-            raise InputError(
-                f"line {lineno}: {digest[:70]!r} is not an md5 or sha256 hex digest",
-                path=where,
-                hint="expected 32 (md5) or 64 (sha256) hex digits",
-            )
-        entries.append(TableEntry(fname, digest))
+        entries.append(_parse_line(line, lineno, where))
     if not entries:
         raise InputError("no checksum lines found", path=where, hint="expected '<hex>  <file>' lines")
     lengths = {len(e.digest) for e in entries}
