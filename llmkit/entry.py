@@ -8,6 +8,7 @@ so the exit code stays the command's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -32,10 +33,8 @@ def _exit_now(code: int) -> None:
     shutdown could still re-deliver the interrupt as a death by SIGINT (exit -2 instead of 130)."""
     block_late_signals()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
     os._exit(code)
 
 

@@ -9,11 +9,11 @@ bad input, 3 an unexpected internal error, 130 interrupted (Ctrl-C), 143 termina
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
@@ -30,7 +30,7 @@ class LlmkitError(Exception):
 
     exit_code: int = EXIT_BAD_INPUT
 
-    def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None):
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, hint: str | None = None):
         super().__init__(message)
         self.message = message
         self.path = str(path) if path is not None else None

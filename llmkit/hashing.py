@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -27,10 +28,8 @@ def hash_file(path: Path, algorithm: str = "md5", *, progress: Callable[[int], N
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         if hasattr(os, "posix_fadvise"):  # ask for aggressive read-ahead, as md5sum does
-            try:
+            with contextlib.suppress(OSError):
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            except OSError:
-                pass
         while True:
             n = f.readinto(buf)
             if not n:

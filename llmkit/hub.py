@@ -21,25 +21,20 @@ section 7), without the client behaviours a user must not inherit:
 
 from __future__ import annotations
 
-import hashlib
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from llmkit.errors import CheckFailed, InputError, writing
-from llmkit.hub_errors import Attempts, client_retried_get, http_cause, hub_error, one_line, with_retries
+from llmkit.errors import InputError
+from llmkit.hub_errors import Attempts, hub_error, with_retries
 from llmkit.hub_filters import select_paths
-from llmkit.hub_staging import DownloadCancelled, Staging, cancellable_bar, refuse_collisions, staging_dir
+from llmkit.hub_staging import Staging, refuse_collisions, staging_dir
+from llmkit.hub_transfer import FileOutcome, RemoteFile, fetch_all, fetch_file, file_digest, quiet_client
 from llmkit.io.core.destination import check_output_path
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
 from llmkit.redact import register_secret
 from llmkit.units import check_space, free_bytes, human_bytes
-
-_CHUNK = 8 * 2**20
-RESUME_CHUNK = 16 * 2**10  # bytes the client writes at a time, so a dropped transfer resumes close to where it was
 
 
 @dataclass(frozen=True)
@@ -59,15 +54,6 @@ class DownloadOptions:
 
 
 @dataclass
-class FileOutcome:
-    path: str
-    size: int
-    status: str  # downloaded | skipped | would download
-    digest: str | None = None
-    verified: str | None = None  # sha256 | git-sha1 | table | None
-
-
-@dataclass
 class DownloadResult(Result):
     repo: str
     revision: str
@@ -81,22 +67,14 @@ class DownloadResult(Result):
     seconds: float = 0.0
 
 
-@dataclass
-class _Remote:
-    path: str
-    size: int
-    algorithm: str  # sha256 (LFS) or git-sha1
-    digest: str
-
-
 def _resolve(options: DownloadOptions):
     """(repo id, output folder, registry model or None)."""
     from llmkit.registry import MODELS
 
     model = next((m for m in MODELS if m.name == options.model), None)
     by_repo = next((m for m in MODELS if m.repo_id and m.repo_id == options.model), None)
-    if model is None and by_repo is not None:  # a registry repo by its id: same table and next step
-        return by_repo.repo_id, Path(options.output or by_repo.repo_id.split("/")[1]), by_repo
+    if model is None and by_repo is not None:  # a registry repo by its id (options.model): same table and next step
+        return options.model, Path(options.output or options.model.split("/")[1]), by_repo
     if model is not None:
         if not model.repo_id:
             raise InputError(
@@ -149,23 +127,7 @@ def _safe_target(out: Path, name: str) -> Path:
     return target
 
 
-def _git_sha1(path: Path) -> str:
-    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _digest(path: Path, algorithm: str) -> str:
-    if algorithm == "git-sha1":
-        return _git_sha1(path)
-    from llmkit.hashing import hash_file
-
-    return hash_file(path, algorithm)
-
-
-def _list(repo: str, options: DownloadOptions, endpoint: str) -> tuple[str, list[_Remote]]:
+def _list(repo: str, options: DownloadOptions, endpoint: str) -> tuple[str, list[RemoteFile]]:
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.hf_api import RepoFile
 
@@ -186,9 +148,9 @@ def _list(repo: str, options: DownloadOptions, endpoint: str) -> tuple[str, list
         if f.path not in chosen:
             continue
         if f.lfs is not None:
-            files.append(_Remote(f.path, int(f.lfs.size), "sha256", str(f.lfs.sha256)))
+            files.append(RemoteFile(f.path, int(f.lfs.size), "sha256", str(f.lfs.sha256)))
         else:
-            files.append(_Remote(f.path, int(f.size), "git-sha1", str(f.blob_id)))
+            files.append(RemoteFile(f.path, int(f.size), "git-sha1", str(f.blob_id)))
     return str(info.sha), files
 
 
@@ -214,7 +176,7 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
     repo, out, model = _resolve(options)
     endpoint = (options.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     check_output_path(out)
-    _quiet_client()
+    quiet_client()
     revision, remote = _list(repo, options, endpoint)
     targets = {r.path: _safe_target(out, r.path) for r in remote}  # every name checked before any byte
     staging = staging_dir(out)
@@ -228,14 +190,14 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
         total_bytes=sum(r.size for r in remote),
         next_step=_next_step(model, out),
     )
-    todo: list[_Remote] = []
+    todo: list[RemoteFile] = []
     for r in remote:
         t = targets[r.path]
         if (
             not options.force
             and t.is_file()
             and t.stat().st_size == r.size
-            and (not options.verify or _digest(t, r.algorithm) == r.digest)
+            and (not options.verify or file_digest(t, r.algorithm) == r.digest)
         ):
             result.files.append(
                 FileOutcome(r.path, r.size, "skipped", r.digest, r.algorithm if options.verify else None)
@@ -252,143 +214,21 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
                 f"{len(todo)} file(s) to download ({human_bytes(need)}), {len(remote) - len(todo)} already verified"
             )
         )
-        return _finish(result, remote, start)
+        return _ordered_and_timed(result, remote, start)
     if todo:
         with Staging(staging, out) as folders, (progress or no_progress)("downloading", need) as advance:
-            result.files += _fetch_all(
+            result.files += fetch_all(
                 todo,
                 options.jobs,
                 advance,
-                lambda i, r, bar: _fetch(
+                lambda i, r, bar: fetch_file(
                     repo, revision, endpoint, r, folders.folder(i), targets[r.path], options.verify, bar
                 ),
             )
     result.bytes_downloaded = need
     if table is not None and options.verify:
         _check_table(result, out, table, find_expected)
-    return _finish(result, remote, start)
-
-
-def _fetch_all(todo: list[_Remote], jobs: int, advance, fetch) -> list[FileOutcome]:
-    """``fetch(i, remote, bar_class)`` for every file, ``jobs`` at a time; the first failure is raised once every
-    file has had its chance (what verified is kept, so a re-run fetches less). On Ctrl-C / SIGTERM in the main
-    thread every transfer stops at its next chunk and nothing new starts. Returns or raises only once every
-    worker is done, so the staging folder can be removed safely."""
-    stop, lock = threading.Event(), threading.Lock()
-    bar = cancellable_bar(stop)
-
-    def one(i: int, r: _Remote) -> FileOutcome:
-        if stop.is_set():
-            raise DownloadCancelled()
-        outcome = fetch(i, r, bar)
-        with lock:
-            advance(r.size)
-        return outcome
-
-    pool = ThreadPoolExecutor(max_workers=min(jobs, len(todo)))
-    try:
-        futures = [pool.submit(one, i, r) for i, r in enumerate(todo)]
-        wait(futures)
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    for f in futures:
-        error = f.exception()
-        if error is not None:
-            raise error
-    return [f.result() for f in futures]
-
-
-def _quiet_client() -> None:
-    """Quiet the client (its retry messages and tqdm bars would break the one-line-error and rich-progress
-    conventions: llmkit reports the outcome itself) and make its resume fine-grained."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import disable_progress_bars, logging
-
-    logging.set_verbosity_error()
-    disable_progress_bars()
-    # The client resumes a dropped transfer from the bytes it has written, in chunks of this size (10 MB by
-    # default): with smaller chunks a drop early in a file resumes instead of restarting from byte 0.
-    constants.DOWNLOAD_CHUNK_SIZE = RESUME_CHUNK
-
-
-def _fetch(
-    repo: str,
-    revision: str,
-    endpoint: str,
-    r: _Remote,
-    staging: Path,
-    target: Path,
-    verify: bool,
-    bar: type | None = None,
-) -> FileOutcome:
-    """One file: fetched by huggingface_hub into its own staging folder, verified, renamed into place."""
-    from huggingface_hub import get_token, hf_hub_download
-
-    attempts = Attempts()
-    try:
-        got = Path(
-            with_retries(
-                lambda: hf_hub_download(
-                    repo,
-                    r.path,
-                    revision=revision,
-                    local_dir=staging,
-                    endpoint=endpoint,
-                    token=get_token(),
-                    force_download=True,
-                    tqdm_class=bar,
-                ),
-                attempts,
-                client_retried=client_retried_get,
-                sleep=_pause(bar),
-            )
-        )
-    except DownloadCancelled:
-        raise
-    except Exception as e:
-        cause = http_cause(e)  # the client wraps a refused file in "Force download failed"
-        if cause is not None:
-            raise hub_error(cause, repo, endpoint, file=r.path, path=target, attempts=attempts) from e
-        raise InputError(
-            f"the download of {r.path} failed ({type(e).__name__}: {one_line(str(e))}); "
-            "nothing was kept under its name",
-            path=target,
-            hint="run the same command again: verified files are skipped",
-        ) from e
-    if got.stat().st_size != r.size:
-        raise CheckFailed(
-            f"received {got.stat().st_size:,} bytes, the hub announced {r.size:,}; nothing was kept",
-            path=target,
-            hint="run the same command again",
-        )
-    digest = _digest(got, r.algorithm) if verify else None
-    if verify and digest != r.digest:
-        raise CheckFailed(
-            f"the received bytes have {r.algorithm} {digest}, the hub announced {r.digest}: corrupted "
-            "in transit; nothing was kept under this name",
-            path=target,
-            hint="run the same command again, or try another --endpoint",
-        )
-    with writing(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(got, target)
-    return FileOutcome(r.path, r.size, "downloaded", digest or r.digest, r.algorithm if verify else None)
-
-
-def _pause(bar: type | None):
-    """The wait between retries of a transfer: cut short (the transfer cancelled) when the run stops."""
-    stop = getattr(bar, "stop_event", None)
-
-    def pause(seconds: float) -> None:
-        if stop is None:
-            time.sleep(seconds)
-        elif stop.wait(seconds):
-            raise DownloadCancelled()
-
-    return pause
+    return _ordered_and_timed(result, remote, start)
 
 
 def _check_table(result: DownloadResult, out: Path, table: str, find_expected) -> None:
@@ -413,7 +253,9 @@ def _check_table(result: DownloadResult, out: Path, table: str, find_expected) -
             )
 
 
-def _finish(result: DownloadResult, remote: list[_Remote], start: float) -> DownloadResult:
+def _ordered_and_timed(result: DownloadResult, remote: list[RemoteFile], start: float) -> DownloadResult:
+    """``result`` with its files in the repo's order, its output (unless a dry run) and the seconds since
+    ``start``."""
     order = {r.path: i for i, r in enumerate(remote)}
     result.files.sort(key=lambda f: order[f.path])
     if not result.dry_run:

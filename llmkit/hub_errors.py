@@ -108,6 +108,8 @@ def one_line(text: str, limit: int = 200) -> str:
 
 
 def _phrase(status: int | None) -> str:
+    if status is None:
+        return "an unknown status"
     try:
         return HTTPStatus(status).phrase.lower()
     except ValueError:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -169,10 +170,8 @@ class Staging:
             return
         for entry in _entries(self.path):  # the lock file last: a second run never sees a lockless leftover
             if entry.name != LOCK:
-                try:
+                with contextlib.suppress(OSError):  # rmtree below has the last word
                     _remove(entry)
-                except OSError:
-                    pass  # rmtree below has the last word
         shutil.rmtree(self.path, ignore_errors=True)  # the lock file too, while it is still held
         if self._fd is not None:
             os.close(self._fd)
@@ -199,8 +198,8 @@ def cancellable_bar(stop: threading.Event) -> type:
     """A progress-bar class for the client (``tqdm_class``) that stops the transfer once ``stop`` is set."""
     from huggingface_hub.utils import tqdm as hf_tqdm
 
-    class StopAware(hf_tqdm):  # type: ignore[misc, valid-type]
-        stop_event = stop  # also cuts short a wait between retries (llmkit.hub._pause)
+    class StopAware(hf_tqdm):
+        stop_event = stop  # also cuts short a wait between retries (llmkit.hub_transfer._pause)
 
         def update(self, n=1):
             if stop.is_set():

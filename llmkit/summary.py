@@ -66,7 +66,7 @@ class ModelSummary(Result):
 
 
 def _embed_shape(src: TensorSource) -> tuple[int, ...] | None:
-    for name in src.keys():
+    for name in src.keys():  # noqa: SIM118 - iterating a TensorSource itself reads every tensor
         if name.endswith(_EMBED_NAMES) or (
             ".embed_tokens." in name and name.endswith(".weight") and "lora_" not in name
         ):
@@ -134,6 +134,14 @@ _CONFIG_VALUE = tuple(
 )
 
 
+def _meta_params(src: TensorSource) -> dict | None:
+    """The ``params.json`` of a Meta ``consolidated.NN.pth`` source, else None."""
+    from llmkit.io.meta.as_hf import MetaHFView
+    from llmkit.io.meta.source import MetaSource
+
+    return src.params if src.layout == "meta-pth" and isinstance(src, (MetaSource, MetaHFView)) else None
+
+
 def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
     """Describe the weights at ``path`` without reading tensor data (``ckpt_key``: an encrypted .ckpt's)."""
     with open_source(path, ckpt_key=ckpt_key) as src:
@@ -145,10 +153,11 @@ def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
         hidden = _setting(cfg, "hidden_size", where, warnings)
         vocab = _setting(cfg, "vocab_size", where, warnings)
         num_layers = _setting(cfg, "num_hidden_layers", where, warnings)
-        if src.layout == "meta-pth" and src.params:
+        params = _meta_params(src)
+        if params:
             params_json = src.folder / "params.json" if src.folder else None
-            hidden = hidden or _setting(src.params, "dim", params_json, warnings)
-            v = src.params.get("vocab_size")
+            hidden = hidden or _setting(params, "dim", params_json, warnings)
+            v = params.get("vocab_size")
             vocab = vocab or (v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None)
         if embed is not None and len(embed) == 2:
             if vocab is not None and embed[0] != vocab:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -124,7 +125,7 @@ def tiny_config(
         max_position_embeddings=128,
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
-        torch_dtype=dtype,
+        torch_dtype=dtype,  # type: ignore[call-arg]  # not in LlamaConfig's signature: PretrainedConfig's **kwargs
     )
 
 
@@ -151,7 +152,7 @@ def tiny_model(
                 p.add_(torch.randn(p.shape, generator=gen) * 0.1)
             else:
                 p.normal_(0.0, 0.05, generator=gen)
-    return model.to(dtype).eval()
+    return model.to(dtype).eval()  # type: ignore[arg-type]  # transformers' wrapped .to() is typed as taking a model
 
 
 def meta_permute_inverse(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -201,13 +202,14 @@ def split_meta_state(state: dict[str, torch.Tensor], parts: int) -> list[dict[st
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(parts)]
     for name, t in state.items():
         leaf = name.split(".")[-2]
+        pieces: Sequence[torch.Tensor]
         if name == "tok_embeddings.weight" or leaf in dim1:
             pieces = torch.chunk(t, parts, dim=1)
         elif name == "output.weight" or leaf in dim0:
             pieces = torch.chunk(t, parts, dim=0)
         else:
             pieces = [t] * parts
-        for shard, piece in zip(shards, pieces):
+        for shard, piece in zip(shards, pieces, strict=True):
             shard[name] = piece.clone()
     return shards
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -56,7 +57,7 @@ def save_adapter_for(
     torch.manual_seed(seed)
     config = LoraConfig(
         r=r,
-        lora_alpha=lora_alpha,
+        lora_alpha=lora_alpha,  # type: ignore[arg-type]  # peft annotates int, but scales by any number
         lora_dropout=0.0,
         use_rslora=use_rslora,
         fan_in_fan_out=fan_in_fan_out,
@@ -73,7 +74,7 @@ def save_adapter_for(
         if dtype != torch.float32:
             peft_model = peft_model.to(dtype)
         folder = Path(folder)
-        peft_model.save_pretrained(folder, safe_serialization=safe_serialization)
+        peft_model.save_pretrained(str(folder), safe_serialization=safe_serialization)
     return folder
 
 
@@ -215,7 +216,8 @@ def peft_merged_state(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_pretrained(Path(base), dtype="auto")
+        # A transformers model, then each adapter's PeftModel merged back into one (their stubs disagree).
+        model: Any = AutoModelForCausalLM.from_pretrained(Path(base), dtype="auto")
         if model.dtype != dtype:
             model = model.to(torch.float32)  # exact for fp16/bf16 weights
         for adapter in adapters:

@@ -441,9 +441,9 @@ def test_a_retry_within_the_run_does_not_restart_from_byte_zero(dl, hub, work, p
     """SPEC.md 7: "a retry of a small file after a dropped connection restarts from byte 0" is a client
     behaviour llmkit must not inherit. If the run recovers from the cut by itself, its retry must ask for the
     rest (``Range: bytes=<cut>-``); failing the run instead (and re-running) is also fine. The client resumes
-    from what it has written, in chunks of ``llmkit.hub.RESUME_CHUNK`` (16 KiB): a cut inside the first chunk
+    from what it has written, in chunks of ``llmkit.hub_transfer.RESUME_CHUNK`` (16 KiB): a cut inside the first chunk
     (the 300-byte case) restarts that chunk, which is all of a small file."""
-    from llmkit.hub import RESUME_CHUNK
+    from llmkit.hub_transfer import RESUME_CHUNK
 
     files = tiny_files()
     hub.add_repo(REPO, files)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import llmkit
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -44,6 +46,7 @@ def test_a_wheel_installed_with_target_finds_its_tables_and_ships_license_and_do
     _copy_sources(src)
     _pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(dist), str(src), cwd=tmp_path)
     wheel = next(dist.glob("llmkit-*.whl"))
+    assert wheel.name.startswith(f"llmkit-{llmkit.__version__}-")  # the one version source
     names = zipfile.ZipFile(wheel).namelist()
     license_text = (REPO / "LICENSE").read_text()
     assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text

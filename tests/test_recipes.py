@@ -25,7 +25,7 @@ from test_download import hf_env  # noqa: F401
 
 from llmkit.recipes import RECIPES
 from llmkit.recipes.manifest import MANIFEST
-from llmkit.registry import _tables_in
+from llmkit.registry.tables import _tables_in
 
 ENC_LABEL = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -196,7 +196,7 @@ def test_a_llama_folder_of_the_wrong_size_is_refused(run_cli, tiny_factory, tmp_
 
 
 def test_dry_run_asks_the_hub_and_plans_without_writing(run_cli, techgpt, hub, tmp_path):
-    plain, key = techgpt
+    _plain, key = techgpt
     work = tmp_path / "work"
     r = run_cli(
         "recipe", "run", "techgpt-1.0", "--workdir", work, "--key", key, "--endpoint", hub.url, "--dry-run", "--json"

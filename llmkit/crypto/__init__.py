@@ -7,6 +7,8 @@ Options -> plan -> run, like every job, but over bytes instead of tensors:
 - :mod:`~llmkit.crypto.names` — the ``.enc`` formats: names, :func:`detect_format`, input expansion;
 - :mod:`~llmkit.crypto.keycheck` — :func:`check_key` (LLaMA-1 7B ``consolidated.00.pth``) and its cache;
 - :mod:`~llmkit.crypto.tables` — TechGPT-1.0's published MD5 tables;
+- :mod:`~llmkit.crypto.diagnosis` — wrong bytes: a wrong key or a damaged ``.enc``, and the check that tells them
+  apart;
 - :mod:`~llmkit.crypto.plan` — :class:`DecryptOptions`, :class:`EncryptOptions` and the pre-flight checks;
 - :mod:`~llmkit.crypto.jobs` — :func:`decrypt` and :func:`encrypt`, all or nothing;
 - :mod:`~llmkit.crypto.results` — :class:`CryptoResult` (a :class:`llmkit.pipeline.Result`), :class:`FileResult`.

@@ -112,9 +112,10 @@ def _execute(
     return results
 
 
-def _finish(
+def _crypto_result(
     plan: CryptoPlan, key_status: str, results: list[FileResult], warnings: list[str], t0: float
 ) -> CryptoResult:
+    """The run's result: per-file results, their total bytes and the seconds since ``t0``."""
     return CryptoResult(
         plan.command,
         str(plan.key),
@@ -205,13 +206,14 @@ def _decrypt_one(
     if content_check:
         check = ContentCheck.for_name(job.out_name, job.payload) if job.out_name else ContentCheck(None)
     tmp = stage.path(out_name) if stage is not None else None
-    src_cm = open(job.src, "rb", buffering=0) if job.src is not None else nullcontext(stdin)
+    # Both files are entered by the with statements below (a stream the caller gave is left open there).
+    src_cm = open(job.src, "rb", buffering=0) if job.src is not None else nullcontext(stdin)  # noqa: SIM115
     with _removed_on_failure(tmp):
         with src_cm as src, KeyStream(key) as ks:
             assert src is not None
             advise_sequential(src)
             header = _read_belle_header(src, job) if job.fmt == "belle" else None
-            dst_cm = open(tmp, "wb", buffering=0) if tmp is not None else nullcontext(stream)
+            dst_cm = open(tmp, "wb", buffering=0) if tmp is not None else nullcontext(stream)  # noqa: SIM115
             with writing(out_dir / out_name if out_dir is not None else "-"), dst_cm as dst:
                 assert dst is not None
                 try:
@@ -302,7 +304,7 @@ def decrypt(
             options.key_check,
         )
 
-    return _finish(plan, key_status, _execute(plan, work, progress, options.force), warnings, t0)
+    return _crypto_result(plan, key_status, _execute(plan, work, progress, options.force), warnings, t0)
 
 
 # ------------------------------------------------------------------ encrypt
@@ -394,4 +396,4 @@ def encrypt(
         assert stage is not None
         return _encrypt_one(job, plan.key, out, options.force, advance, cancel, stage, stale)
 
-    return _finish(plan, key_status, _execute(plan, work, progress, options.force, stale), [], t0)
+    return _crypto_result(plan, key_status, _execute(plan, work, progress, options.force, stale), [], t0)

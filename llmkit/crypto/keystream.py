@@ -9,6 +9,7 @@ its chunk* and the next chunk starts again at key offset 0: the key byte for dat
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -28,7 +29,9 @@ def read_full(f: BinaryIO, view: memoryview) -> int:
     """Fill ``view`` (fewer bytes only at EOF); pipes and raw files may return short reads."""
     total = 0
     while total < len(view):
-        n = f.readinto(view[total:])
+        # Every stream llmkit reads (FileIO, BufferedReader, sys.stdin.buffer) has readinto; the BinaryIO type
+        # does not declare it.
+        n = f.readinto(view[total:])  # type: ignore[attr-defined]
         if not n:
             break
         total += n
@@ -38,10 +41,8 @@ def read_full(f: BinaryIO, view: memoryview) -> int:
 def advise_sequential(f: BinaryIO) -> None:
     """Ask the kernel for aggressive read-ahead (cold caches: the key and the data stream from disk)."""
     if hasattr(os, "posix_fadvise"):
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # pipes, exotic file objects
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except (OSError, ValueError, AttributeError):
-            pass  # pipes, exotic file objects
 
 
 class KeyStream:
@@ -57,7 +58,7 @@ class KeyStream:
         self.path = Path(path)
         self.chunk = chunk
         self.block_size = block
-        self._f = open(self.path, "rb", buffering=0)
+        self._f = open(self.path, "rb", buffering=0)  # noqa: SIM115 - held for the stream's life, closed by close()
         self.size = os.fstat(self._f.fileno()).st_size
         advise_sequential(self._f)
         if self.size == 0:
@@ -87,7 +88,7 @@ class KeyStream:
 
     def _pread(self, pos: int, out: np.ndarray) -> None:
         self._f.seek(pos)
-        if read_full(self._f, memoryview(out)) != len(out):
+        if read_full(self._f, out.data) != len(out):
             raise InputError("the key file got shorter while reading", path=self.path)
 
     def block(self, offset: int, n: int, scratch: np.ndarray) -> np.ndarray:

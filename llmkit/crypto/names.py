@@ -118,10 +118,8 @@ def expand_decrypt_inputs(inputs: Sequence[Path]) -> tuple[list[Path | None], li
                     hint="decrypt takes .enc files or their folder; other files are never decrypted",
                 )
             files.append(p)
-        elif p.exists():
-            check_regular(p, "an .enc file or a folder")
         else:
-            raise InputError("no such file or folder", path=p, hint="check the path")
+            _refuse_other(p, "an .enc file or a folder")
     return files, ignored
 
 
@@ -148,11 +146,18 @@ def expand_encrypt_inputs(inputs: Sequence[Path]) -> tuple[list[Path], list[str]
                 raise InputError("no files to encrypt in this folder", path=p)
         elif p.is_file():
             files.append(p)
-        elif p.exists():
-            check_regular(p, "a file or a folder to encrypt")
         else:
-            raise InputError("no such file or folder", path=p, hint="check the path")
+            _refuse_other(p, "a file or a folder to encrypt")
     return files, ignored
+
+
+def _refuse_other(path: Path, what: str) -> None:
+    """An input that is neither a folder nor a regular file: a FIFO or device is refused as not ``what``, a
+    missing path as missing."""
+    if path.exists():
+        check_regular(path, what)
+    else:
+        raise InputError("no such file or folder", path=path, hint="check the path")
 
 
 def stale_belle_outputs(out_dir: Path, name: str) -> list[str]:

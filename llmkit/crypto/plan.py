@@ -99,7 +99,8 @@ class CryptoPlan:
 
     @property
     def total(self) -> int | None:
-        return sum(j.payload for j in self.files) if all(j.payload is not None for j in self.files) else None
+        sizes = [j.payload for j in self.files if j.payload is not None]
+        return sum(sizes) if len(sizes) == len(self.files) else None  # unknown while any payload is
 
     @property
     def reads_stdin(self) -> bool:

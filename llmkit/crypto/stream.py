@@ -91,10 +91,10 @@ def xor_stream(
                 if cancel is not None and cancel.is_set():
                     raise Cancelled()
                 data = slots[i][0]
-                n = read_full(src, memoryview(data))
+                n = read_full(src, data.data)
                 if n == 0:
                     break
-                view = memoryview(data)[:n]
+                view = data.data[:n]
                 for h in input_hashes:
                     h.update(view)
                 to_xor.put((i, n, offset))
@@ -114,7 +114,7 @@ def xor_stream(
             i, n = item
             if not errors:
                 try:
-                    write_all(dst, memoryview(slots[i][0])[:n])
+                    write_all(dst, slots[i][0].data[:n])
                     written[0] += n
                     advance(n)
                     if fd >= 0 and written[0] - flushed[0] >= 2 * WRITE_BEHIND:
@@ -130,7 +130,7 @@ def xor_stream(
         while (item := consumers[1].get()) is not None:
             i, n = item
             if not errors:
-                view = memoryview(slots[i][0])[:n]
+                view = slots[i][0].data[:n]
                 for h in output_hashes:
                     h.update(view)
             release(i)

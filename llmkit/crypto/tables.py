@@ -21,12 +21,8 @@ if TYPE_CHECKING:
 
 def _published(name: str) -> list[tuple[str, str]]:
     """(table, md5) entries of llmkit's built-in checksum tables for a file name."""
-    try:
-        from llmkit.registry import find_expected
-    except ModuleNotFoundError as e:  # pragma: no cover - the registry ships with llmkit
-        if e.name == "llmkit.registry":
-            return []
-        raise
+    from llmkit.registry import find_expected  # looked up at call time: tests replace it on the package
+
     return list(find_expected(name, "md5"))
 
 

@@ -17,28 +17,35 @@ import torch
 from llmkit.demo import DemoContext, demo_step
 from llmkit.errors import CheckFailed, InputError
 
-# SPEC.md section 5: ordered string replacements, Hugging Face -> MindFormers (the model. prefix is kept).
-_MINDFORMERS = (
-    ("embed_tokens.weight", "tok_embeddings.embedding_weight"),
-    (".self_attn.q_proj.", ".attention.wq."),
-    (".self_attn.k_proj.", ".attention.wk."),
-    (".self_attn.v_proj.", ".attention.wv."),
-    (".self_attn.o_proj.", ".attention.wo."),
-    (".mlp.gate_proj.", ".feed_forward.w1."),
-    (".mlp.down_proj.", ".feed_forward.w2."),
-    (".mlp.up_proj.", ".feed_forward.w3."),
-    (".input_layernorm.", ".attention_norm."),
-    (".post_attention_layernorm.", ".ffn_norm."),
-    (".norm.", ".norm_out."),
-)
+# SPEC.md section 5, restated name by name (the converter applies it as ordered string replacements): the
+# MindFormers name of each Hugging Face LLaMA tensor; the model. and model.layers.N. prefixes are kept.
+_TOP_LEVEL = {
+    "model.embed_tokens.weight": "model.tok_embeddings.embedding_weight",
+    "model.norm.weight": "model.norm_out.weight",
+}
+_IN_LAYER = {
+    "self_attn.q_proj": "attention.wq",
+    "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo",
+    "mlp.gate_proj": "feed_forward.w1",
+    "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3",
+    "input_layernorm": "attention_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
 _MS_TYPES = {torch.float32: b"Float32", torch.float16: b"Float16", torch.bfloat16: b"BFloat16"}
 _IDS = torch.tensor([[1, 7, 23, 42, 5, 99, 64, 3, 18]])  # a fixed prompt of token ids (vocab 100)
 
 
 def _mindformers(name: str) -> str:
-    for hf, mf in _MINDFORMERS:
-        name = name.replace(hf, mf)
-    return name
+    if name in _TOP_LEVEL:
+        return _TOP_LEVEL[name]
+    parts = name.split(".")  # model.layers.N.<module>.weight
+    if parts[:2] != ["model", "layers"] or len(parts) < 5:
+        return name  # lm_head.weight
+    module = ".".join(parts[3:-1])
+    return ".".join([*parts[:3], _IN_LAYER.get(module, module), parts[-1]])
 
 
 def _varint(n: int) -> bytes:
@@ -98,7 +105,7 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
         if trailer != b"crc_num" + zlib.crc32(body).to_bytes(10, "big"):
             raise CheckFailed(f"to-ckpt --rotary {rotary}: the trailer is not b'crc_num' + crc32 of the records")
         if body != b"".join(records):
-            at = next((n for n, r in zip(order, records) if r not in body), "the end")
+            at = next((n for n, r in zip(order, records, strict=True) if r not in body), "the end")
             raise CheckFailed(f"to-ckpt --rotary {rotary}: the records differ from the hand-built bytes (at {at})")
         if made.unmapped or made.split or not made.crc:
             raise CheckFailed(f"to-ckpt reports unmapped {made.unmapped}, split {made.split}, crc {made.crc}")
@@ -125,9 +132,9 @@ def _ckpt_round_trip(ctx: DemoContext) -> str:
 
     # One flipped data byte: the CRC trailer refuses the file and nothing is written.
     bad = work / "flipped.ckpt"
-    data = bytearray((work / "hf.ckpt").read_bytes())
-    data[len(records[0]) // 2] ^= 0x01
-    bad.write_bytes(bytes(data))
+    flipped = bytearray((work / "hf.ckpt").read_bytes())
+    flipped[len(records[0]) // 2] ^= 0x01
+    bad.write_bytes(bytes(flipped))
     try:
         from_ckpt(FromCkptOptions(bad, work / "flipped-hf", config=ctx.base))
     except InputError as e:

@@ -47,6 +47,8 @@ def _make_diff_and_recover(ctx: DemoContext) -> str:
     _compare("recover", _load(work / "recovered"), recovered_ref)
     if (work / "recovered" / "tokenizer.model").read_bytes() != (work / "tuned" / "tokenizer.model").read_bytes():
         raise CheckFailed("recover: the tokenizer was not taken from the diff folder")
+    if result.check_sum is None:
+        raise CheckFailed("recover --check-sum reported no sum check")
     off = max(float((recovered_ref[k] - tuned[k]).abs().max()) for k in tuned)
     ctx.shared["recovered"] = work / "recovered"
     return (

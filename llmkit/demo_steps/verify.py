@@ -16,7 +16,15 @@ from llmkit.errors import CheckFailed
 
 @demo_step(45, "checksum + verify (files and tensors)")
 def _verify(ctx: DemoContext) -> str:
-    from llmkit.verify import ChecksumOptions, VerifyOptions, checksum, compare_sources, tensor_table, verify_files
+    from llmkit.verify import (
+        ChecksumOptions,
+        ChecksumResult,
+        VerifyOptions,
+        checksum,
+        compare_sources,
+        tensor_table,
+        verify_files,
+    )
 
     work = ctx.workdir / "verify"
     work.mkdir(parents=True, exist_ok=True)
@@ -24,8 +32,11 @@ def _verify(ctx: DemoContext) -> str:
 
     # 1. llmkit checksum FOLDER: every digest equals hashlib's.
     result = checksum(ChecksumOptions((folder,), "md5", jobs=2))
+    if not isinstance(result, ChecksumResult):
+        raise CheckFailed(f"checksum of a folder without --tensors gave {type(result).__name__}, not file digests")
     for f in result.files:
-        want = hashlib.md5(open(f.path, "rb").read()).hexdigest()
+        with open(f.path, "rb") as fh:
+            want = hashlib.md5(fh.read()).hexdigest()
         if f.digest != want:
             raise CheckFailed(f"checksum of {f.path} is {f.digest}, hashlib says {want}")
     table = work / "bin-sharded.md5"

@@ -113,7 +113,8 @@ def _estimate(steps: list[Step], resolved: dict[str, dict[str, Any]], to_run: se
             est[s.id] = 0
         else:
             sources = [est.get(d) for d in deps(s)]
-            est[s.id] = sources[0] if len(sources) == 1 else (None if None in sources else max(sources, default=0))
+            known = [n for n in sources if n is not None]
+            est[s.id] = sources[0] if len(sources) == 1 else (max(known, default=0) if known == sources else None)
     return est
 
 
@@ -207,7 +208,7 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
     if prints.renewed:
         manifest.save(workdir)  # seals renewed by a re-read: the next run need not read those files again
     produced = {out for s in steps if (out := output_path(s, resolved[s.id])) is not None}
-    for report, s in zip(result.steps, steps):
+    for report, s in zip(result.steps, steps, strict=True):
         if s.id in to_run:
             _run_step(
                 s,
@@ -221,7 +222,7 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
                 _Recording(prints, produced),
             )
     _cleanup(steps, resolved, manifest, workdir, options, result)
-    result.final = [str(resolved[s.id][JOBS[s.job].output]) for s in steps if s.final]
+    result.final = [out for s in steps if s.final and (out := output_path(s, resolved[s.id])) is not None]
     result.outputs = list(result.final)
     result.output = result.final[-1] if result.final else None
     result.seconds = round(time.perf_counter() - started, 3)

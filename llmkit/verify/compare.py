@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
+from operator import eq
 from pathlib import Path
 
 import torch
@@ -83,6 +85,10 @@ def _same_bytes(ta: torch.Tensor, tb: torch.Tensor) -> bool:
     return bool(torch.equal(a, b))
 
 
+def _same_tensor(sa: TensorSource, sb: TensorSource, name: str) -> bool:
+    return _same_bytes(sa.get(name), sb.get(name))
+
+
 def compare_sources(
     a: TensorSource | Path, b: TensorSource | Path, *, progress: Callable[[int], None] | None = None, ckpt_key=None
 ) -> TensorComparison:
@@ -98,13 +104,14 @@ def compare_sources(
                 from llmkit.io.mindspore.mindformers import hf_named
 
                 sa, sb = (hf_named(sa), sb) if sa.layout == "ckpt" else (sa, hf_named(sb))
-            keys_a, keys_b = set(sa.keys()), set(sb.keys())
+            names_a, names_b = list(sa.keys()), list(sb.keys())
+            keys_a, keys_b = set(names_a), set(names_b)
             result = TensorComparison(
                 identical=True,
-                only_a=[k for k in sa.keys() if k not in keys_b],
-                only_b=[k for k in sb.keys() if k not in keys_a],
+                only_a=[k for k in names_a if k not in keys_b],
+                only_b=[k for k in names_b if k not in keys_a],
             )
-            for name in sa.keys():
+            for name in names_a:
                 if name not in keys_b:
                     continue
                 ia, ib = sa.info(name), sb.info(name)
@@ -112,7 +119,7 @@ def compare_sources(
                     name,
                     (dtype_code(ia.dtype), dtype_code(ib.dtype)),
                     (ia.shape, ib.shape),
-                    lambda: _same_bytes(sa.get(name), sb.get(name)),
+                    partial(_same_tensor, sa, sb, name),
                 )
                 sa.release(name)  # mapped .bin pages of compared tensors leave RSS
                 sb.release(name)
@@ -137,7 +144,7 @@ def _compare_tables(ta: list[TensorDigest], tb: list[TensorDigest]) -> TensorCom
     for t in ta:
         o = db.get(t.name)
         if o is not None:
-            res.judge(t.name, (t.dtype, o.dtype), (t.shape, o.shape), lambda: t.digest == o.digest)
+            res.judge(t.name, (t.dtype, o.dtype), (t.shape, o.shape), partial(eq, t.digest, o.digest))
     return res.finish()
 
 
@@ -162,6 +169,10 @@ class TensorVerifyReport(Result):
     @property
     def differing_files(self) -> list[str]:
         return [f.path for f in self.files if f.status != "ok"]
+
+
+# The fields of a TensorComparison that a TensorVerifyReport carries, under the same names.
+_REPORTED = ("identical", "compared", "differing", "only_a", "only_b", "reasons")
 
 
 def _aux_files(folder: Path) -> dict[str, Path]:
@@ -208,8 +219,7 @@ def _compare(
 ) -> tuple[TensorComparison, str]:
     """(comparison, method): two tables (paths) by digests, a model (a source) and a table by the table's
     algorithm, two models by bytes."""
-    a_tab, b_tab = isinstance(a, Path), isinstance(b, Path)
-    if a_tab and b_tab:
+    if isinstance(a, Path) and isinstance(b, Path):
         ta, tb = load_tensor_table(a), load_tensor_table(b)
         if ta.algorithm != tb.algorithm:
             raise InputError(
@@ -218,14 +228,23 @@ def _compare(
                 hint="write both with the same llmkit checksum --tensors --algo",
             )
         return _compare_tables(ta.tensors, tb.tensors), ta.algorithm
-    if a_tab or b_tab:
-        table = load_tensor_table(a if a_tab else b)
-        model = tensor_table(b if a_tab else a, table.algorithm, jobs=jobs, progress=progress)
-        ta_, tb_ = (table.tensors, model.tensors) if a_tab else (model.tensors, table.tensors)
-        cmp = _compare_tables(ta_, tb_)
-        cmp.warnings = model.texts("warning")
-        return cmp, table.algorithm
+    if isinstance(a, Path):
+        return _table_and_model(a, b, True, jobs, progress)
+    if isinstance(b, Path):
+        return _table_and_model(b, a, False, jobs, progress)
     return compare_sources(a, b, progress=progress), "bytes"
+
+
+def _table_and_model(
+    table_file: Path, model_side: TensorSource | Path, table_is_a: bool, jobs: int, progress: Callable[[int], None]
+) -> tuple[TensorComparison, str]:
+    """A ``--tensors`` table against a model, by the table's digest algorithm."""
+    table = load_tensor_table(table_file)
+    model = tensor_table(model_side, table.algorithm, jobs=jobs, progress=progress)
+    ta, tb = (table.tensors, model.tensors) if table_is_a else (model.tensors, table.tensors)
+    cmp = _compare_tables(ta, tb)
+    cmp.warnings = model.texts("warning")
+    return cmp, table.algorithm
 
 
 def _checked_model(path: Path, key, stack: ExitStack) -> TensorSource:
@@ -268,12 +287,7 @@ def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | 
         a=str(a),
         b=str(b),
         method=method,
-        identical=cmp.identical,
-        compared=cmp.compared,
-        differing=cmp.differing,
-        only_a=cmp.only_a,
-        only_b=cmp.only_b,
-        reasons=cmp.reasons,
+        **{name: getattr(cmp, name) for name in _REPORTED},
         files=files,
         files_identical=files_identical,
         notices=[Notice.warning(w) for w in cmp.warnings],

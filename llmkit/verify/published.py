@@ -80,7 +80,7 @@ def published_matches(
             next((t for t, h in entries if h == digests[p]), None),
             algorithm,
         )
-        for (name, entries), p in zip(todo, paths)
+        for (name, entries), p in zip(todo, paths, strict=True)
     ]
 
 

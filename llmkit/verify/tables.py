@@ -164,6 +164,9 @@ def _table_order() -> dict[str, int]:
     return order
 
 
+_Candidate = tuple[ChecksumTable, dict[TableEntry, str]]  # a table and its entries matched to the root's files
+
+
 @dataclass
 class VerifyPlan:
     """What :func:`run_verify` will hash: built by :func:`plan_verify` from names and sizes only.
@@ -172,14 +175,14 @@ class VerifyPlan:
 
     algorithm: str
     roots: list[_Root]
-    candidates: list[list[tuple[ChecksumTable, dict[TableEntry, str]]]]  # per root
+    candidates: list[list[_Candidate]]  # per root
     explicit: bool
     notes: list[str] = field(default_factory=list)
 
     def hashes(self) -> list[tuple[Path, str]]:
         """(file, algorithm) pairs to hash, each once."""
         seen: dict[tuple[Path, str], None] = {}
-        for root, cands in zip(self.roots, self.candidates):
+        for root, cands in zip(self.roots, self.candidates, strict=True):
             for t, matched in cands:
                 for key in matched.values():
                     seen.setdefault((root.files[key], t.algorithm), None)
@@ -302,7 +305,7 @@ def run_verify(
         files = [p for p, a in plan.hashes() if a == algo]
         digests.update({(p, algo): h for p, h in hash_files(files, algo, jobs=jobs, progress=progress).items()})
     report = VerifyReport(algorithm=plan.algorithm, notes=list(plan.notes))
-    for root, cands in zip(plan.roots, plan.candidates):
+    for root, cands in zip(plan.roots, plan.candidates, strict=True):
         chosen = cands if plan.explicit else _choose(root, cands, digests, report.notes)
         used = _check_root(report, root, chosen, digests, classify)
         for key in root.files:
@@ -317,12 +320,14 @@ def run_verify(
     return report
 
 
-def _choose(root: _Root, cands, digests: dict[tuple[Path, str], str], notes: list[str]):
+def _choose(
+    root: _Root, cands: list[_Candidate], digests: dict[tuple[Path, str], str], notes: list[str]
+) -> list[_Candidate]:
     """Among candidate tables, keep the best-matching one of each group listing the same files: most
     files matching their own line, then most files whose digest the table lists under another name
     (renamed or swapped shards), then most files listed."""
 
-    def score(item):
+    def score(item: _Candidate) -> tuple[int, int, int]:
         t, matched = item
         actual = {e: digests.get((root.files[k], t.algorithm)) for e, k in matched.items()}
         listed = {e.digest for e in t.entries}
@@ -333,7 +338,9 @@ def _choose(root: _Root, cands, digests: dict[tuple[Path, str], str], notes: lis
         )
 
     ranked = sorted(enumerate(cands), key=lambda ic: (tuple(-x for x in score(ic[1])), ic[0]))
-    chosen, taken, losers = [], set(), {}
+    chosen: list[_Candidate] = []
+    taken: set[str] = set()
+    losers: dict[str, tuple[ChecksumTable, list[_Candidate]]] = {}
     for _, (t, matched) in ranked:
         keys = set(matched.values())
         if keys & taken:
