@@ -1,31 +1,44 @@
-"""The ``llmkit`` command line: the Typer app, shared options and the exception -> message table.
+"""The ``llmkit`` command line: the Typer app and its commands, registered here explicitly.
 
-Every command module registers itself on :data:`app`, validates its arguments, makes one library
-call inside :func:`command_guard`, and hands the result to :class:`~llmkit.cli.output.Output`.
+Each command is a function in a ``*_cmd`` module: it takes its options (:mod:`llmkit.cli.options`), validates
+them, makes one library call and hands the result to ``out`` (:class:`~llmkit.cli.output.Output`, given by
+:func:`~llmkit.cli.options.with_output` with ``--json``/``--quiet``/``--debug``, the body run inside
+:func:`~llmkit.cli.errors.command_guard`). The command modules do not know :data:`app`: the list below is
+the whole command line, by the lifecycle stage ``llmkit --help`` shows each under (``usage.STAGES``).
 
 Exit codes: 0 ok; 1 a check failed; 2 bad usage or bad input; 3 internal error; 130 interrupted; 143 terminated;
 141 stdout closed by its reader (``| head``), quietly.
 Every failure is one ``error:`` line on stderr and, with ``--json``, one JSON object on stdout
-(:class:`~llmkit.cli.output.Failure`); usage errors (bad flags) are handled by :class:`LlmkitGroup`.
+(:class:`~llmkit.cli.output.Failure`, :data:`~llmkit.cli.errors.ERROR_TABLE`); usage errors (bad flags) are
+handled by :class:`~llmkit.cli.usage.LlmkitGroup`.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import sys
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated
 
 import typer
 
 from llmkit import __version__
-from llmkit.cli.helptext import OUTPUT, LlmkitTyper, examples
-from llmkit.cli.output import STDOUT_CLOSED, Failure, Output, is_stdout_closed_error
+from llmkit.cli import (
+    ckpt_cmd,
+    convert_cmd,
+    crypto_cmd,
+    demo_cmd,
+    download_cmd,
+    inspect_cmd,
+    merge_lora_cmd,
+    models_cmd,
+    recipe_cmd,
+    recover_cmd,
+    verify_cmd,
+)
+from llmkit.cli.errors import ERROR_TABLE, command_guard, describe_error
+from llmkit.cli.helptext import LlmkitTyper, examples
 from llmkit.cli.usage import LlmkitGroup
-from llmkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, LlmkitError, Terminated
+
+__all__ = ["ERROR_TABLE", "app", "command_guard", "describe_error", "main"]
 
 app = LlmkitTyper(
     name="llmkit",
@@ -47,99 +60,6 @@ app = LlmkitTyper(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Options every command takes.
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout, and nothing else.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, logs or warnings on stderr.")]
-DebugOpt = Annotated[
-    bool, typer.Option("--debug", envvar="LLMKIT_DEBUG", help="Show the full traceback when something fails.")
-]
-ForceOpt = Annotated[bool, typer.Option("--force", rich_help_panel=OUTPUT, help="Overwrite existing output files.")]
-
-
-def _os_error(e: OSError) -> Failure:
-    if is_stdout_closed_error(e):  # `llmkit ... | head`: the reader stopped, nothing is wrong with a path
-        return STDOUT_CLOSED
-    path = str(e.filename) if getattr(e, "filename", None) else None
-    if isinstance(e, FileNotFoundError):
-        return Failure("no such file or folder", path, "check the path")
-    if isinstance(e, PermissionError):
-        return Failure("permission denied", path, "check the file's permissions or choose another path")
-    if isinstance(e, IsADirectoryError):
-        return Failure("is a folder where a file was expected", path, "pass the file")
-    if isinstance(e, NotADirectoryError):
-        return Failure("is a file where a folder was expected", path, "pass the folder")
-    if e.errno == errno.ENOSPC:
-        return Failure("disk full", path, "free some space or choose another output folder")
-    return Failure(str(e.strerror or e), path, "check the path and try again")
-
-
-def _llmkit_error(e: LlmkitError) -> Failure:
-    return Failure(e.message, e.path, e.hint, e.exit_code)
-
-
-# The exception -> Failure (message, path, hint, exit code) table, first match wins (the hf CLI pattern).
-ERROR_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure]]] = [
-    (LlmkitError, _llmkit_error),
-    (Terminated, lambda e: Failure("terminated (SIGTERM); no partial output was kept", exit_code=EXIT_TERMINATED)),
-    (KeyboardInterrupt, lambda e: Failure("interrupted; no partial output was kept", exit_code=EXIT_INTERRUPTED)),
-    (
-        MemoryError,
-        lambda e: Failure(
-            "out of memory", hint="close other programs, or use a smaller --shard-size", exit_code=EXIT_INTERNAL
-        ),
-    ),
-    (OSError, _os_error),
-]
-
-
-def _download_hint(failure: Failure) -> Failure:
-    """A missing input named like a known model (``llmkit to-ckpt techgpt-2.0-atom``, the model not downloaded yet)
-    gets the download command as its hint. Every "no such file" (folder, adapter folder, key file) of every command passes here."""
-    if not failure.path or not failure.message.startswith("no such ") or os.path.lexists(failure.path):
-        return failure
-    from llmkit.registry import model_for_path
-
-    model = model_for_path(failure.path)
-    if model is None:
-        return failure
-    if model.repo_id is None:
-        hint = f"{model.name} is a known model that is not on the hub; llmkit models says where it comes from"
-    else:
-        into = "" if failure.path.rstrip("/") in (model.name, f"./{model.name}") else f" -o {failure.path}"
-        hint = f"a known model's name: download it first with llmkit download {model.name}{into}"
-    return Failure(failure.message, failure.path, hint, failure.exit_code)
-
-
-def describe_error(e: BaseException) -> Failure:
-    for kind, explain in ERROR_TABLE:
-        if isinstance(e, kind):
-            return _download_hint(explain(e))
-    return Failure(
-        f"internal error: {type(e).__name__}: {e}",
-        hint="rerun with --debug and report the traceback",
-        exit_code=EXIT_INTERNAL,
-    )
-
-
-@contextmanager
-def command_guard(out: Output) -> Iterator[None]:
-    """Run a command body: any exception becomes one line on stderr (and the error object with --json)
-    and an exit code."""
-    try:
-        yield
-    except typer.Exit:
-        raise
-    except BaseException as e:
-        if isinstance(e, (SystemExit, GeneratorExit)):
-            raise
-        failure = describe_error(e)
-        if out.debug:
-            from llmkit.redact import redact
-
-            sys.stderr.write(redact(traceback.format_exc()))
-        out.fail(failure)
-        raise typer.Exit(failure.exit_code) from None
-
 
 def _version(value: bool) -> None:
     if value:
@@ -156,16 +76,33 @@ def _root(
     """llmkit: exact, streaming tools for Chinese LLaMA-family weights."""
 
 
-def _register() -> None:
-    # Every llmkit/cli/*_cmd.py module adds its command(s) to `app` when imported.
-    import importlib
-    import pkgutil
-
-    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.endswith("_cmd")):
-        importlib.import_module(f"{__name__}.{mod}")
+def _add(group: typer.Typer, name: str, command: Callable[..., None], epilog: str, stage: str | None = None) -> None:
+    if stage is None:
+        group.command(name, epilog=epilog)(command)
+    else:
+        group.command(name, rich_help_panel=stage, epilog=epilog)(command)
 
 
-_register()
+# Every command: its stage in `llmkit --help` (usage.STAGES), listed in this order within each stage.
+app.add_typer(recipe_cmd.recipe_app, name="recipe", rich_help_panel="Recipes")
+_add(recipe_cmd.recipe_app, "list", recipe_cmd.list_command, recipe_cmd.LIST_EXAMPLES)
+_add(recipe_cmd.recipe_app, "show", recipe_cmd.show_command, recipe_cmd.SHOW_EXAMPLES)
+_add(recipe_cmd.recipe_app, "run", recipe_cmd.run_command, recipe_cmd.RUN_EXAMPLES)
+_add(app, "download", download_cmd.download_command, download_cmd.DOWNLOAD_EXAMPLES, "Get")
+_add(app, "models", models_cmd.models_command, models_cmd.MODELS_EXAMPLES, "Get")
+_add(app, "decrypt", crypto_cmd.decrypt_command, crypto_cmd.DECRYPT_EXAMPLES, "Unlock")
+_add(app, "encrypt", crypto_cmd.encrypt_command, crypto_cmd.ENCRYPT_EXAMPLES, "Unlock")
+_add(app, "merge-lora", merge_lora_cmd.merge_lora_command, merge_lora_cmd.MERGE_LORA_EXAMPLES, "Rebuild")
+_add(app, "recover", recover_cmd.recover_command, recover_cmd.RECOVER_EXAMPLES, "Rebuild")
+_add(app, "make-diff", recover_cmd.make_diff_command, recover_cmd.MAKE_DIFF_EXAMPLES, "Rebuild")
+_add(app, "from-meta", convert_cmd.from_meta_command, convert_cmd.FROM_META_EXAMPLES, "Convert")
+_add(app, "to-meta", convert_cmd.to_meta_command, convert_cmd.TO_META_EXAMPLES, "Convert")
+_add(app, "to-ckpt", ckpt_cmd.to_ckpt_command, ckpt_cmd.TO_CKPT_EXAMPLES, "Convert")
+_add(app, "from-ckpt", ckpt_cmd.from_ckpt_command, ckpt_cmd.FROM_CKPT_EXAMPLES, "Convert")
+_add(app, "inspect", inspect_cmd.inspect_command, inspect_cmd.INSPECT_EXAMPLES, "Check")
+_add(app, "verify", verify_cmd.verify_command, verify_cmd.VERIFY_EXAMPLES, "Check")
+_add(app, "checksum", verify_cmd.checksum_command, verify_cmd.CHECKSUM_EXAMPLES, "Check")
+_add(app, "demo", demo_cmd.demo_command, demo_cmd.DEMO_EXAMPLES, "Try")
 
 
 def main() -> None:

@@ -2,20 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
-from llmkit.cli.convert_cmd import DTYPES, DryRunOpt
 from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
-from llmkit.cli.keys import DecKeyOpt, DecModeOpt, EncKeyOpt, EncMode, EncModeOpt
+from llmkit.cli.keys import DecKeyOpt, DecModeOpt, EncKeyOpt, EncMode, EncModeOpt, mode_value
+from llmkit.cli.options import (
+    DTYPES_OR_KEEP,
+    DryRunOpt,
+    ForceOpt,
+    HFFormat,
+    HFFormatOpt,
+    choice_option,
+    dtype_option,
+    output_option,
+    shard_size_option,
+    tensor_output,
+    with_output,
+)
 from llmkit.cli.output import Output, print_rows, run_rows
-from llmkit.cli.params import choice_metavar, dtype_option, shard_size_option
-from llmkit.units import parse_size
+
+if TYPE_CHECKING:  # llmkit.convert (torch) is imported when a command runs, not at CLI start-up
+    from llmkit.convert.ckpt import CkptResult
+
+TO_CKPT_EXAMPLES = examples(
+    "# TechGPT-2.0 for MindFormers r0.7 and later, with MindSpore's CRC trailer",
+    "llmkit to-ckpt techgpt-2.0-atom -o techgpt-2.0-atom.ckpt --crc",
+    "# for MindFormers r0.6 (the card's era): Meta's wq/wk row layout",
+    "llmkit to-ckpt techgpt-2.0-atom -o techgpt2-atom-r0.6.ckpt --rotary meta",
+    "# encrypted as save_checkpoint(enc_key=...) does, the key read from a file",
+    "llmkit to-ckpt techgpt-2.0-atom -o atom.enc.ckpt --enc-key ms.key --enc-mode AES-GCM",
+)
+FROM_CKPT_EXAMPLES = examples(
+    "# back to Hugging Face, config and tokenizer from the original folder",
+    "llmkit from-ckpt techgpt-2.0-atom.ckpt -o techgpt-2.0-atom-back --config techgpt-2.0-atom",
+    "# a checkpoint written for MindFormers r0.6 (Meta's wq/wk rows)",
+    "llmkit from-ckpt techgpt2-atom-r0.6.ckpt -o back-r0.6 --rotary meta --config techgpt-2.0-atom/config.json",
+    "# an encrypted checkpoint, the key as hex in $MS_KEY",
+    "llmkit from-ckpt atom.enc.ckpt -o atom-back --dec-key env:MS_KEY --config techgpt-2.0-atom",
+)
 
 
 class ToNames(str, Enum):
@@ -23,9 +53,18 @@ class ToNames(str, Enum):
     hf = "hf"
 
 
+TO_NAMES_HELP = "Parameter names: mindformers (model.layers.N.attention.wq.weight, ...) or hf (as in the source)."
+
+
 class FromNames(str, Enum):
     hf = "hf"
     keep = "keep"
+
+
+FROM_NAMES_HELP = (
+    "hf: MindFormers names become Hugging Face names and tensors that are not LLaMA weights are left out; "
+    "keep: every tensor under its stored name."
+)
 
 
 class Rotary(str, Enum):
@@ -33,20 +72,25 @@ class Rotary(str, Enum):
     meta = "meta"
 
 
+ROTARY_HELP = (
+    "wq/wk row layout: hf (rotate-half, as stored by Hugging Face; what MindFormers r0.7 and later "
+    "expect) or meta (Meta's interleaved rows; what MindFormers r0.6 of August 2023, the TechGPT-2.0 "
+    "card's era, expects)."
+)
+FROM_ROTARY_HELP = (
+    "wq/wk row layout stored in the checkpoint; meta rows are permuted back to Hugging Face's rotate-half. "
+    + ROTARY_HELP.split(": ", 1)[1]
+)
+
+
 class CkptFormat(str, Enum):
     ckpt = "ckpt"
     safetensors = "safetensors"
 
 
-class HFFormat(str, Enum):
-    safetensors = "safetensors"
-    bin = "bin"
-
-
-ROTARY_HELP = (
-    "wq/wk row layout: hf (rotate-half, as stored by Hugging Face; what MindFormers r0.7 and later "
-    "expect) or meta (Meta's interleaved rows; what MindFormers r0.6 of August 2023, the TechGPT-2.0 "
-    "card's era, expects)."
+CKPT_FORMAT_HELP = (
+    "ckpt (one file, the bytes of mindspore.save_checkpoint) or safetensors (a folder of MindFormers-named "
+    "safetensors, for newer MindFormers)."
 )
 StrictOpt = Annotated[
     bool,
@@ -61,7 +105,7 @@ StrictOpt = Annotated[
 ShardOpt = Annotated[str, shard_size_option("Largest output shard for safetensors/bin")]
 
 
-def _render(result):  # result: llmkit.convert.ckpt.CkptResult
+def _render(result: CkptResult) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         rows = [("source", result.source), ("names", result.names), ("rotary", result.rotary), ("dtype", result.dtype)]
         if result.config_from:
@@ -78,18 +122,7 @@ def _render(result):  # result: llmkit.convert.ckpt.CkptResult
     return render
 
 
-@app.command(
-    "to-ckpt",
-    rich_help_panel="Convert",
-    epilog=examples(
-        "# TechGPT-2.0 for MindFormers r0.7 and later, with MindSpore's CRC trailer",
-        "llmkit to-ckpt techgpt-2.0-atom -o techgpt-2.0-atom.ckpt --crc",
-        "# for MindFormers r0.6 (the card's era): Meta's wq/wk row layout",
-        "llmkit to-ckpt techgpt-2.0-atom -o techgpt2-atom-r0.6.ckpt --rotary meta",
-        "# encrypted as save_checkpoint(enc_key=...) does, the key read from a file",
-        "llmkit to-ckpt techgpt-2.0-atom -o atom.enc.ckpt --enc-key ms.key --enc-mode AES-GCM",
-    ),
-)
+@with_output
 def to_ckpt_command(
     source: Annotated[
         Path,
@@ -102,32 +135,16 @@ def to_ckpt_command(
         ),
     ],
     output: Annotated[
-        Path,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="PATH",
-            rich_help_panel=OUTPUT,
-            help="The .ckpt file to write (with --format safetensors: a folder).",
-            show_default=False,
-        ),
+        Path, output_option("The .ckpt file to write (with --format safetensors: a folder).", metavar="PATH")
     ],
     dtype: Annotated[
         str,
-        dtype_option(DTYPES, "Output dtype: keep (default) copies the bytes; another dtype is one cast per tensor."),
-    ] = "keep",
-    names: Annotated[
-        ToNames,
-        typer.Option(
-            "--names",
-            metavar=choice_metavar(ToNames),
-            rich_help_panel=OUTPUT,
-            help="Parameter names: mindformers (model.layers.N.attention.wq.weight, ...) or hf (as in the source).",
+        dtype_option(
+            DTYPES_OR_KEEP, "Output dtype: keep (default) copies the bytes; another dtype is one cast per tensor."
         ),
-    ] = ToNames.mindformers,
-    rotary: Annotated[
-        Rotary, typer.Option("--rotary", metavar=choice_metavar(Rotary), rich_help_panel=OUTPUT, help=ROTARY_HELP)
-    ] = Rotary.hf,
+    ] = "keep",
+    names: Annotated[ToNames, choice_option("--names", ToNames, TO_NAMES_HELP)] = ToNames.mindformers,
+    rotary: Annotated[Rotary, choice_option("--rotary", Rotary, ROTARY_HELP)] = Rotary.hf,
     crc: Annotated[
         bool,
         typer.Option(
@@ -140,68 +157,39 @@ def to_ckpt_command(
             "damage check AES-CBC and SM4-CBC lack.",
         ),
     ] = False,
-    fmt: Annotated[
-        CkptFormat,
-        typer.Option(
-            "--format",
-            metavar=choice_metavar(CkptFormat),
-            rich_help_panel=OUTPUT,
-            help="ckpt (one file, the bytes of mindspore."
-            "save_checkpoint) or safetensors (a folder of "
-            "MindFormers-named safetensors, for newer "
-            "MindFormers).",
-        ),
-    ] = CkptFormat.ckpt,
+    fmt: Annotated[CkptFormat, choice_option("--format", CkptFormat, CKPT_FORMAT_HELP)] = CkptFormat.ckpt,
     shard_size: ShardOpt = "5GB",
     strict: StrictOpt = False,
     enc_key: EncKeyOpt = None,
     enc_mode: EncModeOpt = EncMode.aes_gcm,
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Convert a model to a MindSpore .ckpt (MindFormers names).
 
     Streamed, without MindSpore: the bytes mindspore.save_checkpoint writes.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.convert.ckpt import ToCkptOptions, to_ckpt
+    from llmkit.convert.ckpt import ToCkptOptions, to_ckpt
 
-        options = ToCkptOptions(
-            source,
-            output,
-            dtype=dtype,
-            names=names.value,
-            rotary=rotary.value,
-            crc=crc,
-            fmt=fmt.value,
-            shard_size=parse_size(shard_size),
-            strict=strict,
-            enc_key=enc_key,
-            enc_mode=enc_mode.value,
-            force=force,
-            dry_run=dry_run,
-        )
-        result = to_ckpt(options, progress=out.progress)
-        out.notices(result)
-        out.result(result, _render(result))
+    options = ToCkptOptions(
+        source,
+        output,
+        dtype=dtype,
+        names=names.value,
+        rotary=rotary.value,
+        crc=crc,
+        strict=strict,
+        enc_key=enc_key,
+        enc_mode=enc_mode.value,
+        **tensor_output(fmt, shard_size, force=force, dry_run=dry_run),
+    )
+    result = to_ckpt(options, progress=out.progress)
+    out.show(result, _render(result))
 
 
-@app.command(
-    "from-ckpt",
-    rich_help_panel="Convert",
-    epilog=examples(
-        "# back to Hugging Face, config and tokenizer from the original folder",
-        "llmkit from-ckpt techgpt-2.0-atom.ckpt -o techgpt-2.0-atom-back --config techgpt-2.0-atom",
-        "# a checkpoint written for MindFormers r0.6 (Meta's wq/wk rows)",
-        "llmkit from-ckpt techgpt2-atom-r0.6.ckpt -o back-r0.6 --rotary meta --config techgpt-2.0-atom/config.json",
-        "# an encrypted checkpoint, the key as hex in $MS_KEY",
-        "llmkit from-ckpt atom.enc.ckpt -o atom-back --dec-key env:MS_KEY --config techgpt-2.0-atom",
-    ),
-)
+@with_output
 def from_ckpt_command(
     source: Annotated[
         Path,
@@ -213,45 +201,10 @@ def from_ckpt_command(
             show_default=False,
         ),
     ],
-    output: Annotated[
-        Path,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="DIR",
-            rich_help_panel=OUTPUT,
-            help="Output folder (a Hugging Face LLaMA).",
-            show_default=False,
-        ),
-    ],
-    names: Annotated[
-        FromNames,
-        typer.Option(
-            "--names",
-            metavar=choice_metavar(FromNames),
-            rich_help_panel=INPUTS,
-            help="hf: MindFormers names become Hugging Face names and "
-            "tensors that are not LLaMA weights are left out; keep: "
-            "every tensor under its stored name.",
-        ),
-    ] = FromNames.hf,
-    rotary: Annotated[
-        Rotary,
-        typer.Option(
-            "--rotary",
-            metavar=choice_metavar(Rotary),
-            rich_help_panel=INPUTS,
-            help="wq/wk row layout stored in the checkpoint; meta "
-            "rows are permuted back to Hugging Face's "
-            "rotate-half. " + ROTARY_HELP.split(": ", 1)[1],
-        ),
-    ] = Rotary.hf,
-    fmt: Annotated[
-        HFFormat,
-        typer.Option(
-            "--format", metavar=choice_metavar(HFFormat), rich_help_panel=OUTPUT, help="Output weight format."
-        ),
-    ] = HFFormat.safetensors,
+    output: Annotated[Path, output_option("Output folder (a Hugging Face LLaMA).")],
+    names: Annotated[FromNames, choice_option("--names", FromNames, FROM_NAMES_HELP, panel=INPUTS)] = FromNames.hf,
+    rotary: Annotated[Rotary, choice_option("--rotary", Rotary, FROM_ROTARY_HELP, panel=INPUTS)] = Rotary.hf,
+    fmt: HFFormatOpt = HFFormat.safetensors,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -264,40 +217,35 @@ def from_ckpt_command(
             "guessed.",
         ),
     ] = None,
-    dtype: Annotated[str, dtype_option(DTYPES, "Output dtype: keep (default) or one cast per tensor.")] = "keep",
+    dtype: Annotated[
+        str, dtype_option(DTYPES_OR_KEEP, "Output dtype: keep (default) or one cast per tensor.")
+    ] = "keep",
     shard_size: ShardOpt = "5GB",
     strict: StrictOpt = False,
     dec_key: DecKeyOpt = None,
     dec_mode: DecModeOpt = None,
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Convert a MindSpore .ckpt to a Hugging Face LLaMA folder.
 
     Streamed, without MindSpore; the CRC trailer, if any, is checked before the output gets its name.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.convert.ckpt import FromCkptOptions, from_ckpt
+    from llmkit.convert.ckpt import FromCkptOptions, from_ckpt
 
-        options = FromCkptOptions(
-            source,
-            output,
-            names=names.value,
-            rotary=rotary.value,
-            fmt=fmt.value,
-            config=config,
-            dtype=dtype,
-            shard_size=parse_size(shard_size),
-            strict=strict,
-            dec_key=dec_key,
-            dec_mode=dec_mode.value if dec_mode else None,
-            force=force,
-            dry_run=dry_run,
-        )
-        result = from_ckpt(options, progress=out.progress)
-        out.notices(result)
-        out.result(result, _render(result))
+    options = FromCkptOptions(
+        source,
+        output,
+        names=names.value,
+        rotary=rotary.value,
+        config=config,
+        dtype=dtype,
+        strict=strict,
+        dec_key=dec_key,
+        dec_mode=mode_value(dec_mode),
+        **tensor_output(fmt, shard_size, force=force, dry_run=dry_run),
+    )
+    result = from_ckpt(options, progress=out.progress)
+    out.show(result, _render(result))

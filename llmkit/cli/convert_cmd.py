@@ -2,58 +2,57 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
-from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
+from llmkit.cli.helptext import INPUTS, OUTPUT, examples
+from llmkit.cli.options import (
+    DTYPES_OR_KEEP,
+    DryRunOpt,
+    ForceOpt,
+    HFFormat,
+    HFFormatOpt,
+    ShardSizeOpt,
+    dtype_option,
+    output_option,
+    tensor_output,
+    with_output,
+)
 from llmkit.cli.output import Output, print_rows, run_rows
-from llmkit.cli.params import choice_metavar, dtype_option, shard_size_option
-from llmkit.units import parse_size
 
-DTYPES = ("keep", "fp16", "bf16", "fp32")  # --dtype of the converters: keep, or one cast per tensor
+if TYPE_CHECKING:  # llmkit.convert (torch) is imported when a command runs, not at CLI start-up
+    from llmkit.convert import ConvertResult
 
+FROM_META_EXAMPLES = examples(
+    "# Meta's LLaMA-13B (2 shards) to a Hugging Face folder, fp16 kept",
+    "llmkit from-meta LLaMA/13B -o llama-13b-hf",
+    "# .bin shards of 2 GB, the tokenizer from another folder",
+    "llmkit from-meta LLaMA/7B -o llama-7b-hf --format bin --shard-size 2G --tokenizer LLaMA/tokenizer.model",
+)
+TO_META_EXAMPLES = examples(
+    "# Meta's consolidated.NN.pth + params.json, e.g. for llama.cpp's converter",
+    "llmkit to-meta chinese-alpaca-13b-hf -o chinese-alpaca-13b-pth",
+    "# one shard whatever the size, cast to fp16",
+    "llmkit to-meta chinese-alpaca-13b-hf -o chinese-alpaca-13b-pth --shards 1 --dtype f16",
+)
 
-class Format(str, Enum):
-    safetensors = "safetensors"
-    bin = "bin"
-
-
-OutOpt = Annotated[
-    Path,
-    typer.Option(
-        "--output",
-        "-o",
-        metavar="DIR",
-        rich_help_panel=OUTPUT,
-        help="Output folder (must not be, be in or contain an input folder).",
-        show_default=False,
-    ),
-]
+OutOpt = Annotated[Path, output_option("Output folder (must not be, be in or contain an input folder).")]
 DtypeOpt = Annotated[
     str,
     dtype_option(
-        DTYPES,
+        DTYPES_OR_KEEP,
         "Output dtype. keep (default) copies the bytes (LLaMA-1 originals "
         "are fp16: no lossy bf16 cast); another dtype is one cast per "
         "tensor.",
     ),
 ]
-DryRunOpt = Annotated[
-    bool,
-    typer.Option(
-        "--dry-run",
-        rich_help_panel=CHECKS,
-        help="Run every check and print the plan (sizes, disk space, memory estimate); write nothing.",
-    ),
-]
 
 
-def _render(result):  # result: llmkit.convert.ConvertResult
+def _render(result: ConvertResult) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         rows = [("source", result.source), ("dtype", result.dtype)]
         if result.tokenizer_from:
@@ -63,16 +62,7 @@ def _render(result):  # result: llmkit.convert.ConvertResult
     return render
 
 
-@app.command(
-    "from-meta",
-    rich_help_panel="Convert",
-    epilog=examples(
-        "# Meta's LLaMA-13B (2 shards) to a Hugging Face folder, fp16 kept",
-        "llmkit from-meta LLaMA/13B -o llama-13b-hf",
-        "# .bin shards of 2 GB, the tokenizer from another folder",
-        "llmkit from-meta LLaMA/7B -o llama-7b-hf --format bin --shard-size 2G --tokenizer LLaMA/tokenizer.model",
-    ),
-)
+@with_output
 def from_meta_command(
     source: Annotated[
         Path,
@@ -84,11 +74,8 @@ def from_meta_command(
     ],
     output: OutOpt,
     dtype: DtypeOpt = "keep",
-    fmt: Annotated[
-        Format,
-        typer.Option("--format", metavar=choice_metavar(Format), rich_help_panel=OUTPUT, help="Output weight format."),
-    ] = Format.safetensors,
-    shard_size: Annotated[str, shard_size_option()] = "5GB",
+    fmt: HFFormatOpt = HFFormat.safetensors,
+    shard_size: ShardSizeOpt = "5GB",
     tokenizer: Annotated[
         Path | None,
         typer.Option(
@@ -101,43 +88,27 @@ def from_meta_command(
     ] = None,
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Convert Meta's LLaMA-1 originals to Hugging Face.
 
     Shards joined, wq/wk permuted, dtype kept, streamed.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.convert import FromMetaOptions, from_meta
+    from llmkit.convert import FromMetaOptions, from_meta
 
-        options = FromMetaOptions(
-            source,
-            output,
-            dtype=dtype,
-            fmt=fmt.value,
-            shard_size=parse_size(shard_size),
-            tokenizer=tokenizer,
-            force=force,
-            dry_run=dry_run,
-        )
-        result = from_meta(options, progress=out.progress)
-        out.notices(result)
-        out.result(result, _render(result))
+    options = FromMetaOptions(
+        source,
+        output,
+        dtype=dtype,
+        tokenizer=tokenizer,
+        **tensor_output(fmt, shard_size, force=force, dry_run=dry_run),
+    )
+    result = from_meta(options, progress=out.progress)
+    out.show(result, _render(result))
 
 
-@app.command(
-    "to-meta",
-    rich_help_panel="Convert",
-    epilog=examples(
-        "# Meta's consolidated.NN.pth + params.json, e.g. for llama.cpp's converter",
-        "llmkit to-meta chinese-alpaca-13b-hf -o chinese-alpaca-13b-pth",
-        "# one shard whatever the size, cast to fp16",
-        "llmkit to-meta chinese-alpaca-13b-hf -o chinese-alpaca-13b-pth --shards 1 --dtype f16",
-    ),
-)
+@with_output
 def to_meta_command(
     source: Annotated[
         Path,
@@ -161,19 +132,15 @@ def to_meta_command(
     dtype: DtypeOpt = "keep",
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Convert a Hugging Face LLaMA to Meta's consolidated.NN.pth.
 
     Writes consolidated.NN.pth + params.json: wq/wk un-permuted, split into Meta's model-parallel shards.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.convert import ToMetaOptions, to_meta
+    from llmkit.convert import ToMetaOptions, to_meta
 
-        options = ToMetaOptions(source, output, shards=shards, dtype=dtype, force=force, dry_run=dry_run)
-        result = to_meta(options, progress=out.progress)
-        out.notices(result)
-        out.result(result, _render(result))
+    options = ToMetaOptions(source, output, shards=shards, dtype=dtype, force=force, dry_run=dry_run)
+    result = to_meta(options, progress=out.progress)
+    out.show(result, _render(result))

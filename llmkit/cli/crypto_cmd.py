@@ -11,15 +11,27 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
-from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
+from llmkit.cli.helptext import CHECKS, INPUTS, examples
+from llmkit.cli.options import ForceOpt, choice_option, jobs_option, output_option, with_output
 from llmkit.cli.output import Output
-from llmkit.cli.params import choice_metavar, jobs_option
 from llmkit.errors import InputError
 from llmkit.units import human_bytes
 
 if TYPE_CHECKING:  # llmkit.crypto (numpy) is imported when a crypto command runs, not at CLI start-up
     from llmkit.crypto import CryptoResult
+
+DECRYPT_EXAMPLES = examples(
+    "# TechGPT-1.0: every .enc file of the download, verified against the published MD5s",
+    "llmkit decrypt techgpt-7b --key LLaMA/7B/consolidated.00.pth -o TechGPT-7B",
+    "# one file from stdin to stdout (use set -o pipefail: a failure exits non-zero)",
+    "llmkit decrypt - --format techgpt --key LLaMA/7B/consolidated.00.pth -o - < config.json.enc | md5sum",
+)
+ENCRYPT_EXAMPLES = examples(
+    "# publish a model as TechGPT-1.0 did (decrypt gives it back)",
+    "llmkit encrypt my-model --key LLaMA/7B/consolidated.00.pth -o my-model-enc",
+    "# BELLE's format: a sha256 header, so that decrypt can verify the result",
+    "llmkit encrypt my-model --key LLaMA/7B/consolidated.00.pth -o my-model-enc --format belle",
+)
 
 
 class DecryptFormat(str, Enum):
@@ -117,16 +129,7 @@ def _report(out: Output, result: CryptoResult, *, to_stderr: bool) -> None:
         out.result(result, _render(result))
 
 
-@app.command(
-    "decrypt",
-    rich_help_panel="Unlock",
-    epilog=examples(
-        "# TechGPT-1.0: every .enc file of the download, verified against the published MD5s",
-        "llmkit decrypt techgpt-7b --key LLaMA/7B/consolidated.00.pth -o TechGPT-7B",
-        "# one file from stdin to stdout (use set -o pipefail: a failure exits non-zero)",
-        "llmkit decrypt - --format techgpt --key LLaMA/7B/consolidated.00.pth -o - < config.json.enc | md5sum",
-    ),
-)
+@with_output
 def decrypt_command(
     inputs: Annotated[
         list[Path],
@@ -139,22 +142,15 @@ def decrypt_command(
     key: KeyOpt,
     output: Annotated[
         Path,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="DIR",
-            rich_help_panel=OUTPUT,
-            help="Output folder (created if needed; not an input folder nor the key's folder), or - for stdout.",
-            show_default=False,
-        ),
+        output_option("Output folder (created if needed; not an input folder nor the key's folder), or - for stdout."),
     ],
     fmt: Annotated[
         DecryptFormat,
-        typer.Option(
+        choice_option(
             "--format",
-            metavar=choice_metavar(DecryptFormat),
-            rich_help_panel=INPUTS,
-            help="auto: BELLE when the file starts with the sha256 in its name, else TechGPT. Required for stdin.",
+            DecryptFormat,
+            "auto: BELLE when the file starts with the sha256 in its name, else TechGPT. Required for stdin.",
+            panel=INPUTS,
         ),
     ] = DecryptFormat.auto,
     no_key_check: NoKeyCheckOpt = False,
@@ -162,9 +158,8 @@ def decrypt_command(
     no_table_check: NoTableCheckOpt = False,
     jobs: JobsOpt = 1,
     force: ForceOpt = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Decrypt XOR-encrypted weights (TechGPT-1.0, BELLE, point-alpaca).
 
@@ -175,40 +170,29 @@ def decrypt_command(
     passed; a failure leaves none of them. When the output is stdout, a failure exits non-zero (use
     set -o pipefail).
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.crypto import DecryptOptions, decrypt
+    from llmkit.crypto import DecryptOptions, decrypt
 
-        to_stdout = str(output) == "-"
-        if to_stdout and json_:
-            raise InputError("--json prints to stdout, which -o - uses for the data", hint="drop --json or use -o DIR")
-        options = DecryptOptions(
-            inputs=tuple(inputs),
-            key=key,
-            output=None if to_stdout else output,
-            format=fmt.value,
-            key_check=not no_key_check,
-            content_check=not no_content_check,
-            table_check=not no_table_check,
-            jobs=jobs,
-            force=force,
-        )
-        result = decrypt(
-            options, stream=sys.stdout.buffer if to_stdout else None, stdin=sys.stdin.buffer, progress=out.progress
-        )
-        _report(out, result, to_stderr=to_stdout)
+    to_stdout = str(output) == "-"
+    if to_stdout and out.json_mode:
+        raise InputError("--json prints to stdout, which -o - uses for the data", hint="drop --json or use -o DIR")
+    options = DecryptOptions(
+        inputs=tuple(inputs),
+        key=key,
+        output=None if to_stdout else output,
+        format=fmt.value,
+        key_check=not no_key_check,
+        content_check=not no_content_check,
+        table_check=not no_table_check,
+        jobs=jobs,
+        force=force,
+    )
+    result = decrypt(
+        options, stream=sys.stdout.buffer if to_stdout else None, stdin=sys.stdin.buffer, progress=out.progress
+    )
+    _report(out, result, to_stderr=to_stdout)
 
 
-@app.command(
-    "encrypt",
-    rich_help_panel="Unlock",
-    epilog=examples(
-        "# publish a model as TechGPT-1.0 did (decrypt gives it back)",
-        "llmkit encrypt my-model --key LLaMA/7B/consolidated.00.pth -o my-model-enc",
-        "# BELLE's format: a sha256 header, so that decrypt can verify the result",
-        "llmkit encrypt my-model --key LLaMA/7B/consolidated.00.pth -o my-model-enc --format belle",
-    ),
-)
+@with_output
 def encrypt_command(
     inputs: Annotated[
         list[Path],
@@ -220,50 +204,39 @@ def encrypt_command(
     ],
     key: KeyOpt,
     output: Annotated[
-        Path,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="DIR",
-            rich_help_panel=OUTPUT,
-            help="Output folder (created if needed; not an input folder nor the key's folder).",
-        ),
+        Path, output_option("Output folder (created if needed; not an input folder nor the key's folder).")
     ],
     fmt: Annotated[
         EncryptFormat,
-        typer.Option(
+        choice_option(
             "--format",
-            metavar=choice_metavar(EncryptFormat),
-            rich_help_panel=OUTPUT,
-            help="techgpt: no header, named <name>.<sha256 of empty>.enc (as TechGPT-1.0); belle: "
+            EncryptFormat,
+            "techgpt: no header, named <name>.<sha256 of empty>.enc (as TechGPT-1.0); belle: "
             "32-byte sha256 header, named <name>.<sha256>.enc (verifiable).",
         ),
     ] = EncryptFormat.techgpt,
     no_key_check: NoKeyCheckOpt = False,
     jobs: JobsOpt = 1,
     force: ForceOpt = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """XOR-encrypt files as TechGPT / BELLE publish them.
 
     Byte for byte what the upstream tools write; the inverse of decrypt.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.crypto import EncryptOptions, encrypt
+    from llmkit.crypto import EncryptOptions, encrypt
 
-        if str(output) == "-":
-            raise InputError("encrypt writes files into a folder", hint="pass -o DIR")
-        options = EncryptOptions(
-            inputs=tuple(inputs),
-            key=key,
-            output=output,
-            format=fmt.value,
-            key_check=not no_key_check,
-            jobs=jobs,
-            force=force,
-        )
-        result = encrypt(options, progress=out.progress)
-        _report(out, result, to_stderr=False)
+    if str(output) == "-":
+        raise InputError("encrypt writes files into a folder", hint="pass -o DIR")
+    options = EncryptOptions(
+        inputs=tuple(inputs),
+        key=key,
+        output=output,
+        format=fmt.value,
+        key_check=not no_key_check,
+        jobs=jobs,
+        force=force,
+    )
+    result = encrypt(options, progress=out.progress)
+    _report(out, result, to_stderr=False)

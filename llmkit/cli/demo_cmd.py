@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.helptext import OUTPUT, examples
+from llmkit.cli.options import force_option, with_output
 from llmkit.cli.output import Failure, Output
 from llmkit.errors import EXIT_CHECK_FAILED, OutputExistsError
 
+if TYPE_CHECKING:  # llmkit.demo (torch) is imported when the command runs, not at CLI start-up
+    from llmkit.demo import DemoResult, DemoStep
 
-def _render(result, keep: bool) -> callable:
+DEMO_EXAMPLES = examples(
+    "# every step on a tiny generated model, offline, in a temporary folder",
+    "llmkit demo",
+    "# keep the files to look at them",
+    "llmkit demo --keep --workdir llmkit-demo",
+)
+
+
+def _render(result: DemoResult, keep: bool) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         width = max((len(s.name) for s in result.steps), default=4)
         console.print(f"{'step':<{width}}  result  seconds  detail", markup=False)
@@ -46,16 +57,7 @@ def _remove_made(folder: Path, had: set[Path] | None) -> None:
             entry.unlink(missing_ok=True)
 
 
-@app.command(
-    "demo",
-    rich_help_panel="Try",
-    epilog=examples(
-        "# every step on a tiny generated model, offline, in a temporary folder",
-        "llmkit demo",
-        "# keep the files to look at them",
-        "llmkit demo --keep --workdir llmkit-demo",
-    ),
-)
+@with_output
 def demo_command(
     workdir: Annotated[
         Path | None,
@@ -71,44 +73,38 @@ def demo_command(
     ] = False,
     force: Annotated[
         bool,
-        typer.Option(
-            "--force",
-            rich_help_panel=OUTPUT,
-            help="Run in a --workdir that is not empty: the demo's files of an earlier "
-            "run are replaced, other files left alone.",
+        force_option(
+            "Run in a --workdir that is not empty: the demo's files of an earlier run are replaced, other files left alone."
         ),
     ] = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Run every step on a generated tiny LLaMA.
 
     Each step's result is checked against an independent reference; offline, in under a minute.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        if workdir is not None and workdir.exists() and any(workdir.iterdir()) and not force:
-            raise OutputExistsError(
-                "demo folder is not empty", path=workdir, hint="choose an empty --workdir or pass --force"
-            )
-        folder = workdir or Path(tempfile.mkdtemp(prefix="llmkit-demo-"))
-        had = set(folder.iterdir()) if folder.is_dir() else None  # what the demo must not delete
+    if workdir is not None and workdir.exists() and any(workdir.iterdir()) and not force:
+        raise OutputExistsError(
+            "demo folder is not empty", path=workdir, hint="choose an empty --workdir or pass --force"
+        )
+    folder = workdir or Path(tempfile.mkdtemp(prefix="llmkit-demo-"))
+    had = set(folder.iterdir()) if folder.is_dir() else None  # what the demo must not delete
 
-        from llmkit.demo import run_demo  # imported here: torch loads only when a command needs it
+    from llmkit.demo import run_demo  # imported here: torch loads only when a command needs it
 
-        def on_step(step) -> None:
-            out.log(f"{'ok' if step.ok else 'FAILED':>6}  {step.name} ({step.seconds:.2f} s)")
+    def on_step(step: DemoStep) -> None:
+        out.log(f"{'ok' if step.ok else 'FAILED':>6}  {step.name} ({step.seconds:.2f} s)")
 
-        try:
-            result = run_demo(folder, force=force, on_step=on_step)
-        finally:
-            if not keep:
-                _remove_made(folder, had)
-        failed = None
-        if not result.ok:
-            names = ", ".join(step.name for step in result.steps if not step.ok) or "a step"
-            failed = Failure(f"demo failed: {names} did not pass", exit_code=EXIT_CHECK_FAILED)
-        out.result(result, _render(result, keep), failed=failed)
-        if not result.ok:
-            raise typer.Exit(EXIT_CHECK_FAILED)
+    try:
+        result = run_demo(folder, force=force, on_step=on_step)
+    finally:
+        if not keep:
+            _remove_made(folder, had)
+    failed = None
+    if not result.ok:
+        names = ", ".join(step.name for step in result.steps if not step.ok) or "a step"
+        failed = Failure(f"demo failed: {names} did not pass", exit_code=EXIT_CHECK_FAILED)
+    out.result(result, _render(result, keep), failed=failed)
+    if not result.ok:
+        raise typer.Exit(EXIT_CHECK_FAILED)

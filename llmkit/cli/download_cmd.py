@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
-from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
+from llmkit.cli.helptext import CHECKS, INPUTS, examples
+from llmkit.cli.options import ForceOpt, dry_run_option, endpoint_option, jobs_option, output_option, with_output
 from llmkit.cli.output import Output
-from llmkit.cli.params import jobs_option
 from llmkit.units import human_bytes
 
+if TYPE_CHECKING:  # llmkit.hub (huggingface_hub) is imported when the command runs, not at CLI start-up
+    from llmkit.hub import DownloadResult
 
-def _render(result):  # result: llmkit.hub.DownloadResult
+DOWNLOAD_EXAMPLES = examples(
+    "# a known model: its repo, folder (./zhixi-13b-diff) and published table",
+    "llmkit download zhixi-13b-diff",
+    "# what would be downloaded, and the free disk",
+    "llmkit download techgpt-7b --dry-run",
+    "# any repo, only some files, through a mirror",
+    "llmkit download neukg/TechGPT-2.0-atom-hf --include '*.json' --endpoint https://hf-mirror.com",
+)
+
+
+def _glob_option(flag: str, help: str) -> Any:
+    return typer.Option(flag, metavar="GLOB", rich_help_panel=INPUTS, help=help)
+
+
+def _render(result: DownloadResult) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         for f in result.files:
             how = f" ({f.verified})" if f.verified else ""
@@ -35,18 +51,7 @@ def _render(result):  # result: llmkit.hub.DownloadResult
     return render
 
 
-@app.command(
-    "download",
-    rich_help_panel="Get",
-    epilog=examples(
-        "# a known model: its repo, folder (./zhixi-13b-diff) and published table",
-        "llmkit download zhixi-13b-diff",
-        "# what would be downloaded, and the free disk",
-        "llmkit download techgpt-7b --dry-run",
-        "# any repo, only some files, through a mirror",
-        "llmkit download neukg/TechGPT-2.0-atom-hf --include '*.json' --endpoint https://hf-mirror.com",
-    ),
-)
+@with_output
 def download_command(
     model: Annotated[
         str,
@@ -57,35 +62,18 @@ def download_command(
             metavar="MODEL",
         ),
     ],
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="DIR",
-            rich_help_panel=OUTPUT,
-            help="Output folder (default: ./<model name>).",
-            show_default=False,
-        ),
-    ] = None,
+    output: Annotated[Path | None, output_option("Output folder (default: ./<model name>).")] = None,
     include: Annotated[
         list[str] | None,
-        typer.Option(
+        _glob_option(
             "--include",
-            metavar="GLOB",
-            rich_help_panel=INPUTS,
-            help="Only files matching this glob (repeatable), as hf download reads it: case-sensitive, '*' crosses "
+            "Only files matching this glob (repeatable), as hf download reads it: case-sensitive, '*' crosses "
             "'/', 'dir/' is the whole folder. A pattern that matches no file is an error.",
         ),
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option(
-            "--exclude",
-            metavar="GLOB",
-            rich_help_panel=INPUTS,
-            help="Skip files matching this glob (repeatable; the same rules as --include).",
-        ),
+        _glob_option("--exclude", "Skip files matching this glob (repeatable; the same rules as --include)."),
     ] = None,
     revision: Annotated[
         str | None,
@@ -95,12 +83,9 @@ def download_command(
     ] = None,
     endpoint: Annotated[
         str | None,
-        typer.Option(
-            "--endpoint",
-            metavar="URL",
-            rich_help_panel=INPUTS,
-            help="Hub or mirror URL (default: HF_ENDPOINT, else huggingface.co). Tokens come from "
-            "HF_TOKEN or 'hf auth login', never from the command line.",
+        endpoint_option(
+            "Hub or mirror URL (default: HF_ENDPOINT, else huggingface.co). Tokens come from "
+            "HF_TOKEN or 'hf auth login', never from the command line."
         ),
     ] = None,
     jobs: Annotated[
@@ -113,10 +98,7 @@ def download_command(
             max=16,
         ),
     ] = 4,
-    dry_run: Annotated[
-        bool,
-        typer.Option("--dry-run", rich_help_panel=CHECKS, help="List the files, sizes and free disk; write nothing."),
-    ] = False,
+    dry_run: Annotated[bool, dry_run_option("List the files, sizes and free disk; write nothing.")] = False,
     no_verify: Annotated[
         bool,
         typer.Option(
@@ -126,30 +108,26 @@ def download_command(
         ),
     ] = False,
     force: ForceOpt = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Download a model through the hub or a mirror.
 
     Every file is verified by content; files already there and verified are skipped.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.hub import DownloadOptions, download
+    from llmkit.hub import DownloadOptions, download
 
-        options = DownloadOptions(
-            model,
-            output,
-            include=tuple(include or ()),
-            exclude=tuple(exclude or ()),
-            revision=revision,
-            endpoint=endpoint,
-            jobs=jobs,
-            dry_run=dry_run,
-            verify=not no_verify,
-            force=force,
-        )
-        result = download(options, progress=out.progress)
-        out.notices(result)
-        out.result(result, _render(result))
+    options = DownloadOptions(
+        model,
+        output,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        revision=revision,
+        endpoint=endpoint,
+        jobs=jobs,
+        dry_run=dry_run,
+        verify=not no_verify,
+        force=force,
+    )
+    result = download(options, progress=out.progress)
+    out.show(result, _render(result))

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.helptext import OUTPUT, examples
-from llmkit.cli.keys import DecKeyOpt, DecModeOpt
-from llmkit.cli.output import Failure, Output
+from llmkit.cli.keys import DecKeyOpt, DecModeOpt, mode_value
+from llmkit.cli.options import with_output
+from llmkit.cli.output import Failure, Output, print_rows
 from llmkit.errors import EXIT_CHECK_FAILED
 from llmkit.units import human_bytes
 
+if TYPE_CHECKING:  # llmkit.summary (torch) is imported when the command runs, not at CLI start-up
+    from llmkit.summary import ModelSummary
 
-def _render(s, show_tensors: bool) -> callable:  # s: llmkit.summary.ModelSummary
+INSPECT_EXAMPLES = examples(
+    "# a model folder: format, tensors, parameters, config",
+    "llmkit inspect zhixi-13b-diff",
+    "# a LoRA adapter's settings as JSON",
+    "llmkit inspect chinese-alpaca-lora-7b --json --no-tensors",
+    "# one Meta shard, or an encrypted .ckpt (the key as hex in $MS_KEY)",
+    "llmkit inspect LLaMA/13B/consolidated.00.pth --no-tensors",
+    "llmkit inspect atom.enc.ckpt --dec-key env:MS_KEY",
+)
+
+
+def _render(s: ModelSummary, show_tensors: bool) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         rows = [
             ("path", s.path),
@@ -49,9 +63,7 @@ def _render(s, show_tensors: bool) -> callable:  # s: llmkit.summary.ModelSummar
             ]
             if a.base_model:
                 rows.append(("base model", a.base_model))
-        width = max(len(k) for k, _ in rows)
-        for k, v in rows:
-            console.print(f"{k:<{width}}  {v}", markup=False)
+        print_rows(console, rows)
         if show_tensors:
             table = Table(box=None, pad_edge=False, show_edge=False)
             for col in ("name", "dtype", "shape", "bytes"):
@@ -64,19 +76,7 @@ def _render(s, show_tensors: bool) -> callable:  # s: llmkit.summary.ModelSummar
     return render
 
 
-@app.command(
-    "inspect",
-    rich_help_panel="Check",
-    epilog=examples(
-        "# a model folder: format, tensors, parameters, config",
-        "llmkit inspect zhixi-13b-diff",
-        "# a LoRA adapter's settings as JSON",
-        "llmkit inspect chinese-alpaca-lora-7b --json --no-tensors",
-        "# one Meta shard, or an encrypted .ckpt (the key as hex in $MS_KEY)",
-        "llmkit inspect LLaMA/13B/consolidated.00.pth --no-tensors",
-        "llmkit inspect atom.enc.ckpt --dec-key env:MS_KEY",
-    ),
-)
+@with_output
 def inspect_command(
     path: Annotated[
         Path, typer.Argument(metavar="PATH", help="A model or adapter folder, a weight file, or a shard index.")
@@ -86,9 +86,8 @@ def inspect_command(
     ] = True,
     dec_key: DecKeyOpt = None,
     dec_mode: DecModeOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Show what a model or adapter holds (headers only).
 
@@ -96,15 +95,11 @@ def inspect_command(
     A LLaMA lacking a weight of its config (or holding one twice, or a damaged name of one) is described
     with a warning, and the exit code is 1.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.summary import InspectOptions, inspect_model  # imported here: torch loads only when needed
+    from llmkit.summary import InspectOptions, inspect_model  # imported here: torch loads only when needed
 
-        summary = inspect_model(InspectOptions(path, dec_key=dec_key, dec_mode=dec_mode.value if dec_mode else None))
-        out.notices(summary)
-        failed = next(
-            (Failure(c.detail, exit_code=EXIT_CHECK_FAILED) for c in summary.checks if c.status != "ok"), None
-        )
-        out.result(summary, _render(summary, tensors), failed=failed)
+    summary = inspect_model(InspectOptions(path, dec_key=dec_key, dec_mode=mode_value(dec_mode)))
+    out.notices(summary)
+    failed = next((Failure(c.detail, exit_code=EXIT_CHECK_FAILED) for c in summary.checks if c.status != "ok"), None)
+    out.result(summary, _render(summary, tensors), failed=failed)
     if failed is not None:  # an incomplete model is described, and is not a success
         raise typer.Exit(EXIT_CHECK_FAILED)

@@ -6,6 +6,7 @@ raw key bytes, or ``env:VAR`` naming an environment variable that holds the key 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any
 
@@ -24,7 +25,7 @@ _PAIRS = "llmkit.key-pairs"
 _GIVEN = ("COMMANDLINE", "ENVIRONMENT")  # ParameterSource names: typed, not defaulted
 
 
-def _pair_check(kind: str):
+def _pair_check(kind: str) -> Callable[[typer.Context, typer.CallbackParam, Any], Any]:
     """A callback for ``--KIND-key`` and ``--KIND-mode``: whichever of the two click processes second sees both,
     and a mode typed without a key is a usage error (no output would be encrypted or decrypted by it)."""
 
@@ -54,53 +55,54 @@ KEY_FORMS = (
     "environment variable that holds it as hex; never the key itself."
 )
 MODES = "|".join(m.value for m in EncMode)
-EncKeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--enc-key",
-        metavar="KEY",
-        rich_help_panel=OUTPUT,
-        callback=_pair_check("enc"),
-        help="Encrypt the .ckpt as mindspore.save_checkpoint(enc_key=...) does. " + KEY_FORMS,
-        show_default=False,
-    ),
-]
 INTEGRITY = (
     "AES-GCM is recommended: it authenticates every block, so a changed byte is an error; AES-CBC and "
     "SM4-CBC have no integrity check (a changed byte decrypts to wrong values, which only a CRC trailer "
     "can catch)."
 )
+
+
+def _key_option(kind: str, panel: str, help: str) -> Any:
+    """``--enc-key`` / ``--dec-key``: a KEY (:data:`KEY_FORMS`), checked with its ``--KIND-mode``."""
+    return typer.Option(
+        f"--{kind}-key",
+        metavar="KEY",
+        rich_help_panel=panel,
+        callback=_pair_check(kind),
+        help=f"{help} {KEY_FORMS}",
+        show_default=False,
+    )
+
+
+def _mode_option(kind: str, panel: str, help: str, **kwargs: Any) -> Any:
+    """``--enc-mode`` / ``--dec-mode``: one of :class:`EncMode`, which needs its ``--KIND-key``."""
+    return typer.Option(
+        f"--{kind}-mode", metavar=MODES, rich_help_panel=panel, callback=_pair_check(kind), help=help, **kwargs
+    )
+
+
+EncKeyOpt = Annotated[
+    str | None, _key_option("enc", OUTPUT, "Encrypt the .ckpt as mindspore.save_checkpoint(enc_key=...) does.")
+]
 EncModeOpt = Annotated[
-    EncMode,
-    typer.Option(
-        "--enc-mode",
-        metavar=MODES,
-        rich_help_panel=OUTPUT,
-        callback=_pair_check("enc"),
-        help="Cipher for --enc-key, which it needs (MindSpore's enc_mode). " + INTEGRITY,
-    ),
+    EncMode, _mode_option("enc", OUTPUT, "Cipher for --enc-key, which it needs (MindSpore's enc_mode). " + INTEGRITY)
 ]
 DecKeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dec-key",
-        metavar="KEY",
-        rich_help_panel=INPUTS,
-        callback=_pair_check("dec"),
-        help="Key of an encrypted .ckpt (what load_checkpoint(dec_key=...) takes). " + KEY_FORMS,
-        show_default=False,
-    ),
+    str | None, _key_option("dec", INPUTS, "Key of an encrypted .ckpt (what load_checkpoint(dec_key=...) takes).")
 ]
 DecModeOpt = Annotated[
     EncMode | None,
-    typer.Option(
-        "--dec-mode",
-        metavar=MODES,
-        rich_help_panel=INPUTS,
-        callback=_pair_check("dec"),
-        help="Cipher of the encrypted .ckpt, with --dec-key (default: read from the file). Reads of AES-CBC and SM4-CBC "
+    _mode_option(
+        "dec",
+        INPUTS,
+        "Cipher of the encrypted .ckpt, with --dec-key (default: read from the file). Reads of AES-CBC and SM4-CBC "
         "files warn that their values cannot be verified (they have no integrity check; AES-GCM "
         "does); a CRC trailer, if present, is checked.",
         show_default=False,
     ),
 ]
+
+
+def mode_value(mode: EncMode | None) -> str | None:
+    """The cipher name a ``--dec-mode`` / ``--enc-mode`` value stands for (None when not given)."""
+    return mode.value if mode else None

@@ -5,16 +5,38 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
-from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
+from llmkit.cli.helptext import INPUTS, OUTPUT, examples
+from llmkit.cli.options import (
+    DTYPES_OR_KEEP,
+    ForceOpt,
+    choice_option,
+    dry_run_option,
+    dtype_option,
+    output_option,
+    shard_size_option,
+    with_output,
+)
 from llmkit.cli.output import Output, plan_rows
-from llmkit.cli.params import choice_metavar, dtype_option, shard_size_option
 from llmkit.units import human_bytes, parse_size
+
+if TYPE_CHECKING:  # llmkit.lora (torch) is imported when the command runs, not at CLI start-up
+    from llmkit.lora import MergeResult
+
+MERGE_LORA_EXAMPLES = examples(
+    "# CuteGPT-13B-ift: the LoRA into its base",
+    "llmkit merge-lora --base kw-cutegpt-13b-base --lora kw-cutegpt-13b-ift-lora -o cutegpt-13b-ift",
+    "# Chinese-Alpaca-Plus-7B: two adapters in order, the checks and plan first",
+    "llmkit merge-lora --base llama-7b-hf --lora chinese-llama-plus-lora-7b --lora chinese-alpaca-plus-lora-7b "
+    "-o chinese-alpaca-plus-7b --dry-run",
+    "# Meta .pth for llama.cpp, in fp16",
+    "llmkit merge-lora --base llama-7b-hf --lora chinese-alpaca-lora-7b -o chinese-alpaca-7b-pth --format pth "
+    "--dtype float16",
+)
 
 
 class FormatChoice(str, Enum):
@@ -23,7 +45,7 @@ class FormatChoice(str, Enum):
     pth = "pth"
 
 
-def _render(r) -> Callable[[Console], None]:  # r: llmkit.lora.MergeResult
+def _render(r: MergeResult) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         p = lambda text: console.print(text, markup=False)  # noqa: E731
         p(f"base        {r.base}")
@@ -60,20 +82,7 @@ def _render(r) -> Callable[[Console], None]:  # r: llmkit.lora.MergeResult
     return render
 
 
-@app.command(
-    "merge-lora",
-    rich_help_panel="Rebuild",
-    epilog=examples(
-        "# CuteGPT-13B-ift: the LoRA into its base",
-        "llmkit merge-lora --base kw-cutegpt-13b-base --lora kw-cutegpt-13b-ift-lora -o cutegpt-13b-ift",
-        "# Chinese-Alpaca-Plus-7B: two adapters in order, the checks and plan first",
-        "llmkit merge-lora --base llama-7b-hf --lora chinese-llama-plus-lora-7b --lora chinese-alpaca-plus-lora-7b "
-        "-o chinese-alpaca-plus-7b --dry-run",
-        "# Meta .pth for llama.cpp, in fp16",
-        "llmkit merge-lora --base llama-7b-hf --lora chinese-alpaca-lora-7b -o chinese-alpaca-7b-pth --format pth "
-        "--dtype float16",
-    ),
-)
+@with_output
 def merge_lora_command(
     base: Annotated[
         Path,
@@ -94,25 +103,17 @@ def merge_lora_command(
             "to apply several adapters in order, e.g. Chinese-LLaMA-Plus then Chinese-Alpaca-Plus.",
         ),
     ],
-    output: Annotated[
-        Path,
-        typer.Option(
-            "-o", "--output", metavar="DIR", rich_help_panel=OUTPUT, help="Output folder for the merged model."
-        ),
-    ],
+    output: Annotated[Path, output_option("Output folder for the merged model.")],
     dtype: Annotated[
         str,
-        dtype_option(
-            ("keep", "fp16", "bf16", "fp32"), "Output dtype; the merge is done in it (keep: each tensor's own dtype)."
-        ),
+        dtype_option(DTYPES_OR_KEEP, "Output dtype; the merge is done in it (keep: each tensor's own dtype)."),
     ] = "keep",
     fmt: Annotated[
         FormatChoice,
-        typer.Option(
+        choice_option(
             "--format",
-            metavar=choice_metavar(FormatChoice),
-            rich_help_panel=OUTPUT,
-            help="safetensors or bin (Hugging Face shards), or pth (Meta consolidated.NN.pth + params.json, q/k in "
+            FormatChoice,
+            "safetensors or bin (Hugging Face shards), or pth (Meta consolidated.NN.pth + params.json, q/k in "
             "Meta's rotary layout, as llama.cpp's converter reads).",
         ),
     ] = FormatChoice.safetensors,
@@ -136,34 +137,28 @@ def merge_lora_command(
             help="Number of consolidated.NN.pth files (default: Meta's, by hidden size: 7B 1, 13B 2, 33B 4, 65B 8).",
         ),
     ] = None,
-    dry_run: Annotated[
-        bool,
-        typer.Option("--dry-run", rich_help_panel=CHECKS, help="Run every check and show the plan; write nothing."),
-    ] = False,
+    dry_run: Annotated[bool, dry_run_option("Run every check and show the plan; write nothing.")] = False,
     force: ForceOpt = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Merge peft LoRA adapters into a base model.
 
     ZhiXi, CuteGPT, Chinese-LLaMA/Alpaca (Plus): one adapter or several in order, streamed.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.lora import MergeOptions, run  # imported here: torch loads only when a command runs
+    from llmkit.lora import MergeOptions, run  # imported here: torch loads only when a command runs
 
-        options = MergeOptions(
-            base,
-            tuple(lora),
-            output,
-            dtype=dtype,
-            fmt=fmt.value,
-            shard_size=parse_size(shard_size) if shard_size else None,
-            tokenizer=tokenizer,
-            pth_shards=pth_shards,
-            dry_run=dry_run,
-            force=force,
-        )
-        result = run(options, progress=out.progress, on_plan=out.notices)  # notices print before the work
-        out.result(result, _render(result))
+    options = MergeOptions(
+        base,
+        tuple(lora),
+        output,
+        dtype=dtype,
+        fmt=fmt.value,
+        shard_size=parse_size(shard_size) if shard_size else None,
+        tokenizer=tokenizer,
+        pth_shards=pth_shards,
+        dry_run=dry_run,
+        force=force,
+    )
+    result = run(options, progress=out.progress, on_plan=out.notices)  # notices print before the work
+    out.result(result, _render(result))

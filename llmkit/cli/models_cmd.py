@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.helptext import OUTPUT, examples
+from llmkit.cli.options import with_output
 from llmkit.cli.output import Output
 
+if TYPE_CHECKING:  # the registry is read when the command runs
+    from llmkit.registry import ModelsListing
 
-def _render(listing, show_files: bool) -> callable:
-    def render(console: Console) -> None:  # listing: llmkit.registry.ModelsListing
+MODELS_EXAMPLES = examples(
+    "llmkit models",
+    "# every file and digest of each published table",
+    "llmkit models --files",
+    "llmkit models --json",
+)
+
+
+def _render(listing: ModelsListing, show_files: bool) -> Callable[[Console], None]:
+    def render(console: Console) -> None:
         rows = [("name", "kind", "hub repo", "dtype", "vocab")]
         rows += [
             (
@@ -27,7 +38,7 @@ def _render(listing, show_files: bool) -> callable:
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:  # plain columns: never truncated, whatever the terminal width
-            console.print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), markup=False)
+            console.print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), markup=False)
         console.print()
         for m in listing.models:
             if m["tables"] or m["needs"]:
@@ -44,31 +55,19 @@ def _render(listing, show_files: bool) -> callable:
     return render
 
 
-@app.command(
-    "models",
-    rich_help_panel="Get",
-    epilog=examples(
-        "llmkit models",
-        "# every file and digest of each published table",
-        "llmkit models --files",
-        "llmkit models --json",
-    ),
-)
+@with_output
 def models_command(
     files: Annotated[
         bool, typer.Option("--files", rich_help_panel=OUTPUT, help="Also list every file and digest of each table.")
     ] = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """List the known models and published checksum tables.
 
     Per model: hub repo, dtype, vocab size and what it needs.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.registry import list_models
+    from llmkit.registry import list_models
 
-        listing = list_models()
-        out.result(listing, _render(listing, files))
+    listing = list_models()
+    out.result(listing, _render(listing, files))

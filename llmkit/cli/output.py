@@ -23,9 +23,9 @@ import select
 import stat
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -34,6 +34,7 @@ from llmkit.pipeline import plan_rows
 from llmkit.redact import redact
 
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: `yes | head` under `set -o pipefail`
+NOTHING_WRITTEN = "all checks passed; nothing was written"  # the last row of a --dry-run
 
 
 def stdout_closed() -> bool:
@@ -166,8 +167,9 @@ class Output:
         self.quiet = quiet or json_mode
         self.debug = debug
         self.printed_json = False  # a JSON value is on stdout: never print a second one
-        self.out = _Console(file=RedactingFile(sys.stdout), soft_wrap=True, highlight=False)
-        self.err = Console(file=RedactingFile(sys.stderr), highlight=False, soft_wrap=True)
+        # A RedactingFile is a text stream by delegation (rich only writes to it and asks it what it is).
+        self.out = _Console(file=cast(IO[str], RedactingFile(sys.stdout)), soft_wrap=True, highlight=False)
+        self.err = Console(file=cast(IO[str], RedactingFile(sys.stderr)), highlight=False, soft_wrap=True)
 
     def log(self, message: str) -> None:
         """An informational line on stderr (hidden by --quiet and --json)."""
@@ -183,6 +185,11 @@ class Output:
         """A result's notices on stderr: ``info`` as log lines, ``warning`` as warnings (llmkit.pipeline.Notice)."""
         for n in getattr(result, "notices", ()):
             (self.warn if n.level == "warning" else self.log)(n.text)
+
+    def show(self, result: Any, render: Callable[[Console], None]) -> None:
+        """A job's ending: its notices on stderr (:meth:`notices`), then the result (:meth:`result`)."""
+        self.notices(result)
+        self.result(result, render)
 
     def result(self, data: Any, render: Callable[[Console], None], *, failed: Failure | None = None) -> None:
         """The command's result: JSON on stdout with --json, otherwise ``render`` draws it on stdout.
@@ -207,10 +214,8 @@ class Output:
             return
         if self.json_mode and not self.printed_json:
             self.printed_json = True
-            try:
+            with suppress(OSError):  # stdout is gone (a closed pipe): the stderr line still says what happened
                 write_json(failure.to_json())
-            except OSError:  # stdout is gone (a closed pipe): the stderr line still says what happened
-                pass
         self.err.print(failure.line(), markup=False, style="red", soft_wrap=True)
 
     @contextmanager
@@ -240,7 +245,7 @@ def run_rows(result: Any) -> list[tuple[str, str]]:
 
     rows = plan_rows(result.plan)
     if result.dry_run:
-        rows.append(("dry run", "all checks passed; nothing was written"))
+        rows.append(("dry run", NOTHING_WRITTEN))
     else:
         rate = result.plan.output_bytes / result.seconds if result.seconds > 0 else 0.0
         rows.append(("time", f"{result.seconds:.1f} s ({human_bytes(rate)}/s written)"))

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, LlmkitTyper, examples
+from llmkit.cli.options import dry_run_option, endpoint_option, force_option, with_output
 from llmkit.cli.output import Output
 from llmkit.cli.usage import LlmkitGroup
 from llmkit.units import human_bytes
+
+if TYPE_CHECKING:  # llmkit.recipes is imported when a command runs, not at CLI start-up
+    from llmkit.recipes import RecipeResult
 
 recipe_app = LlmkitTyper(
     cls=LlmkitGroup,
@@ -26,74 +30,62 @@ recipe_app = LlmkitTyper(
         "llmkit recipe run zhixi-13b --workdir zhixi --llama-dir LLaMA/13B",
     ),
 )
-app.add_typer(recipe_app, name="recipe", rich_help_panel="Recipes")
+
+LIST_EXAMPLES = examples("llmkit recipe list", "llmkit recipe list --json")
+SHOW_EXAMPLES = examples(
+    "# the steps of ZhiXi-13B from Meta's LLaMA-13B, as llmkit commands",
+    "llmkit recipe show zhixi-13b --llama-dir LLaMA/13B",
+    "# as a script to read, edit and run",
+    "llmkit recipe show techgpt-1.0 --workdir techgpt --key LLaMA/7B/consolidated.00.pth > techgpt.sh",
+)
+RUN_EXAMPLES = examples(
+    "# TechGPT-1.0: download, verify, decrypt with the LLaMA-1 7B key, verify",
+    "llmkit recipe run techgpt-1.0 --workdir techgpt --key LLaMA/7B/consolidated.00.pth",
+    "# ZhiXi-13B (fp16 diff) from Meta's LLaMA-13B, plus a MindSpore .ckpt; the plan first",
+    "llmkit recipe run zhixi-13b-fp16 --workdir zhixi --llama-dir LLaMA/13B --to-ckpt --dry-run",
+)
+
+
+def _flag(flag: str, help: str, panel: str = OUTPUT) -> Any:
+    return typer.Option(flag, rich_help_panel=panel, help=help)
+
+
+def _path_option(flag: str, metavar: str, help: str, panel: str = INPUTS) -> Any:
+    return typer.Option(flag, metavar=metavar, rich_help_panel=panel, help=help, show_default=False)
+
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A recipe name (llmkit recipe list).", show_default=False)]
 KeyOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--key",
-        metavar="FILE",
-        rich_help_panel=INPUTS,
-        help="Meta's LLaMA-1 7B consolidated.00.pth (the XOR key of TechGPT-1.0).",
-        show_default=False,
-    ),
+    Path | None, _path_option("--key", "FILE", "Meta's LLaMA-1 7B consolidated.00.pth (the XOR key of TechGPT-1.0).")
 ]
 LlamaOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--llama-dir",
-        metavar="DIR",
-        rich_help_panel=INPUTS,
-        help="Meta's original LLaMA folder of the size (consolidated.NN.pth + params.json).",
-        show_default=False,
-    ),
+    _path_option("--llama-dir", "DIR", "Meta's original LLaMA folder of the size (consolidated.NN.pth + params.json)."),
 ]
-ToCkptOpt = Annotated[
-    bool,
-    typer.Option("--to-ckpt", rich_help_panel=OUTPUT, help="Add the to-ckpt step (a MindSpore .ckpt of the result)."),
-]
-ToMetaOpt = Annotated[
-    bool,
-    typer.Option("--to-meta", rich_help_panel=OUTPUT, help="Add the to-meta step (Meta .pth, e.g. for llama.cpp)."),
-]
+ToCkptOpt = Annotated[bool, _flag("--to-ckpt", "Add the to-ckpt step (a MindSpore .ckpt of the result).")]
+ToMetaOpt = Annotated[bool, _flag("--to-meta", "Add the to-meta step (Meta .pth, e.g. for llama.cpp).")]
 WithLoraOpt = Annotated[
-    bool,
-    typer.Option(
-        "--with-lora",
-        rich_help_panel=OUTPUT,
-        help="ZhiXi: also download the ZhiXi LoRA and merge it into the recovered model.",
-    ),
+    bool, _flag("--with-lora", "ZhiXi: also download the ZhiXi LoRA and merge it into the recovered model.")
 ]
 
 
-@recipe_app.command("list", epilog=examples("llmkit recipe list", "llmkit recipe list --json"))
-def list_command(json_: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+@with_output
+def list_command(*, out: Output) -> None:
     """List the recipes: name, family, what it makes, what it needs."""
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.recipes.show import list_recipes
+    from llmkit.recipes.show import list_recipes
 
-        listing = list_recipes()
+    listing = list_recipes()
 
-        def render(console: Console) -> None:
-            width = max(len(str(r["name"])) for r in listing.recipes)
-            for r in listing.recipes:
-                needs = " ".join(r["needs"]) or "-"  # type: ignore[arg-type]
-                console.print(f"{r['name']:<{width}}  {r['summary']}  [needs: {needs}]", markup=False)
+    def render(console: Console) -> None:
+        width = max(len(str(r["name"])) for r in listing.recipes)
+        for r in listing.recipes:
+            needs = " ".join(r["needs"]) or "-"  # type: ignore[arg-type]
+            console.print(f"{r['name']:<{width}}  {r['summary']}  [needs: {needs}]", markup=False)
 
-        out.result(listing, render)
+    out.result(listing, render)
 
 
-@recipe_app.command(
-    "show",
-    epilog=examples(
-        "# the steps of ZhiXi-13B from Meta's LLaMA-13B, as llmkit commands",
-        "llmkit recipe show zhixi-13b --llama-dir LLaMA/13B",
-        "# as a script to read, edit and run",
-        "llmkit recipe show techgpt-1.0 --workdir techgpt --key LLaMA/7B/consolidated.00.pth > techgpt.sh",
-    ),
-)
+@with_output
 def show_command(
     name: NameArg,
     workdir: Annotated[
@@ -104,23 +96,20 @@ def show_command(
     to_ckpt: ToCkptOpt = False,
     to_meta: ToMetaOpt = False,
     with_lora: WithLoraOpt = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Print a recipe's steps as llmkit commands.
 
     The exact commands, as a shell script to copy or pipe to bash.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.recipes import ShowOptions, show_recipe
+    from llmkit.recipes import ShowOptions, show_recipe
 
-        script = show_recipe(ShowOptions(name, workdir, key, llama_dir, to_ckpt, to_meta, with_lora))
-        out.result(script, lambda console: console.print(script.script(), markup=False, soft_wrap=True))
+    script = show_recipe(ShowOptions(name, workdir, key, llama_dir, to_ckpt, to_meta, with_lora))
+    out.result(script, lambda console: console.print(script.script(), markup=False, soft_wrap=True))
 
 
-def _render(result):  # result: llmkit.recipes.RecipeResult
+def _render(result: RecipeResult) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         for s in result.steps:
             console.print(f"{s.status:<10}  {s.id:<16} {s.command}", markup=False, soft_wrap=True)
@@ -143,104 +132,70 @@ def _render(result):  # result: llmkit.recipes.RecipeResult
     return render
 
 
-@recipe_app.command(
-    "run",
-    epilog=examples(
-        "# TechGPT-1.0: download, verify, decrypt with the LLaMA-1 7B key, verify",
-        "llmkit recipe run techgpt-1.0 --workdir techgpt --key LLaMA/7B/consolidated.00.pth",
-        "# ZhiXi-13B (fp16 diff) from Meta's LLaMA-13B, plus a MindSpore .ckpt; the plan first",
-        "llmkit recipe run zhixi-13b-fp16 --workdir zhixi --llama-dir LLaMA/13B --to-ckpt --dry-run",
-    ),
-)
+@with_output
 def run_command(
     name: NameArg,
     workdir: Annotated[
         Path,
-        typer.Option(
+        _path_option(
             "--workdir",
-            metavar="DIR",
-            rich_help_panel=OUTPUT,
-            help="Work folder: every output and the manifest (llmkit-recipe.json) that makes a re-run resume.",
-            show_default=False,
+            "DIR",
+            "Work folder: every output and the manifest (llmkit-recipe.json) that makes a re-run resume.",
+            panel=OUTPUT,
         ),
     ],
     key: KeyOpt = None,
     llama_dir: LlamaOpt = None,
     endpoint: Annotated[
-        str | None,
-        typer.Option(
-            "--endpoint",
-            metavar="URL",
-            rich_help_panel=INPUTS,
-            help="Hub or mirror URL for the downloads (default: HF_ENDPOINT, else the hub).",
-        ),
+        str | None, endpoint_option("Hub or mirror URL for the downloads (default: HF_ENDPOINT, else the hub).")
     ] = None,
     to_ckpt: ToCkptOpt = False,
     to_meta: ToMetaOpt = False,
     with_lora: WithLoraOpt = False,
     dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            rich_help_panel=CHECKS,
-            help="Check every input and print the plan (which steps run, disk and memory); run nothing.",
-        ),
+        bool, dry_run_option("Check every input and print the plan (which steps run, disk and memory); run nothing.")
     ] = False,
     rehash: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--rehash",
-            rich_help_panel=CHECKS,
-            help="Read every file a recorded step "
-            "wrote again and compare its sha256 before reusing the "
-            "step (default: only files whose size, times or inode "
-            "changed).",
+            "Read every file a recorded step wrote again and compare its sha256 before reusing the step (default: "
+            "only files whose size, times or inode changed).",
+            panel=CHECKS,
         ),
     ] = False,
     keep_intermediate: Annotated[
-        bool,
-        typer.Option(
-            "--keep-intermediate",
-            rich_help_panel=OUTPUT,
-            help="Keep outputs no later step needs (default: deleted at the end).",
-        ),
+        bool, _flag("--keep-intermediate", "Keep outputs no later step needs (default: deleted at the end).")
     ] = False,
     force: Annotated[
         bool,
-        typer.Option(
-            "--force",
-            rich_help_panel=OUTPUT,
-            help="Replace outputs in the work folder that this recipe did "
-            "not create (default: refused before the first step). "
-            "They are still never deleted as intermediates.",
+        force_option(
+            "Replace outputs in the work folder that this recipe did not create (default: refused before the first "
+            "step). They are still never deleted as intermediates."
         ),
     ] = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Run a recipe, resumably.
 
     Every input is checked first and each step recorded; a re-run skips the steps already verified.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.recipes import RecipeOptions, run_recipe
+    from llmkit.recipes import RecipeOptions, run_recipe
 
-        options = RecipeOptions(
-            name,
-            workdir,
-            key=key,
-            llama_dir=llama_dir,
-            endpoint=endpoint,
-            to_ckpt=to_ckpt,
-            to_meta=to_meta,
-            with_lora=with_lora,
-            keep_intermediate=keep_intermediate,
-            dry_run=dry_run,
-            force=force,
-            rehash=rehash,
-        )
-        result = run_recipe(options, progress=out.progress)
-        out.notices(result)
-        out.result(result, _render(result))
+    options = RecipeOptions(
+        name,
+        workdir,
+        key=key,
+        llama_dir=llama_dir,
+        endpoint=endpoint,
+        to_ckpt=to_ckpt,
+        to_meta=to_meta,
+        with_lora=with_lora,
+        keep_intermediate=keep_intermediate,
+        dry_run=dry_run,
+        force=force,
+        rehash=rehash,
+    )
+    result = run_recipe(options, progress=out.progress)
+    out.show(result, _render(result))

@@ -2,44 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from llmkit.cli import DebugOpt, ForceOpt, JsonOpt, QuietOpt, app, command_guard
-from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
-from llmkit.cli.output import Failure, Output
-from llmkit.cli.params import choice_metavar, dtype_option, shard_size_option
+from llmkit.cli.helptext import CHECKS, INPUTS, examples
+from llmkit.cli.options import (
+    DryRunOpt,
+    ForceOpt,
+    HFFormat,
+    ShardSizeOpt,
+    choice_option,
+    dtype_option,
+    output_option,
+    tensor_output,
+    with_output,
+)
+from llmkit.cli.output import NOTHING_WRITTEN, Failure, Output, print_rows
 from llmkit.errors import EXIT_CHECK_FAILED
-from llmkit.units import human_bytes, parse_size
+from llmkit.units import human_bytes
+
+if TYPE_CHECKING:  # llmkit.recover (torch) is imported when a command runs, not at CLI start-up
+    from llmkit.recover import MakeDiffOptions, RecoverOptions, WeightDiffPlan, WeightDiffResult
 
 # The published ZhiXi-13B fp32 sum (llmkit.recover.ZHIXI_13B_FP32_SUM); a literal so that --help needs no torch.
 ZHIXI_SUM_TEXT = "94052.2891"
 
+RECOVER_EXAMPLES = examples(
+    "# ZhiXi-13B from LLaMA-13B in Hugging Face form, with upstream's integrity sum",
+    f"llmkit recover --base llama-13b-hf --diff zhixi-13b-diff -o zhixi-13b --check-sum {ZHIXI_SUM_TEXT}",
+    "# straight from Meta's LLaMA-13B folder, checks and plan only",
+    "llmkit recover --base LLaMA/13B --diff zhixi-13b-diff -o zhixi-13b --dry-run",
+    "# the fp16 diff, in 2 GiB shards",
+    "llmkit recover --base llama-13b-hf --diff zhixi-13b-diff-fp16 -o zhixi-13b-fp16 --shard-size 2GiB",
+)
+MAKE_DIFF_EXAMPLES = examples(
+    "# publish a fine-tune as a diff against LLaMA-13B (fp32: recover gives it back bit for bit)",
+    "llmkit make-diff --base llama-13b-hf --target my-finetune -o my-finetune-diff",
+    "# a half-size fp16 diff",
+    "llmkit make-diff --base llama-13b-hf --target my-finetune -o my-finetune-diff-fp16 --dtype fp16",
+)
 
-class Format(str, Enum):
-    safetensors = "safetensors"
-    bin = "bin"
-
-
-FormatOpt = Annotated[
-    Format,
-    typer.Option(
-        "--format", metavar=choice_metavar(Format), rich_help_panel=OUTPUT, help="Output format of the weight files."
-    ),
-]
-ShardOpt = Annotated[str, shard_size_option()]
-DryRunOpt = Annotated[
-    bool,
-    typer.Option(
-        "--dry-run",
-        rich_help_panel=CHECKS,
-        help="Run every check and print the plan (sizes, disk space, memory estimate); write nothing.",
-    ),
-]
+FormatOpt = Annotated[HFFormat, choice_option("--format", HFFormat, "Output format of the weight files.")]
 BaseOpt = Annotated[
     Path,
     typer.Option(
@@ -50,12 +58,7 @@ BaseOpt = Annotated[
         "folder); any layout: folder, shard index or single file.",
     ),
 ]
-OutOpt = Annotated[
-    Path,
-    typer.Option(
-        "--output", "-o", metavar="DIR", rich_help_panel=OUTPUT, help="Output folder (must not be an input folder)."
-    ),
-]
+OutOpt = Annotated[Path, output_option("Output folder (must not be an input folder).")]
 
 
 class InvFreq(str, Enum):
@@ -65,21 +68,21 @@ class InvFreq(str, Enum):
 
 InvFreqOpt = Annotated[
     InvFreq,
-    typer.Option(
+    choice_option(
         "--base-inv-freq",
-        metavar=choice_metavar(InvFreq),
-        rich_help_panel=CHECKS,
-        help="Only when the diff holds rotary_emb.inv_freq buffers (saved by transformers <= 4.30) "
+        InvFreq,
+        "Only when the diff holds rotary_emb.inv_freq buffers (saved by transformers <= 4.30) "
         "and the base's files do not (a Meta folder, or a conversion by transformers 4.31+ or "
         "llmkit from-meta): make the base's buffers as a transformers 4.28-4.30 conversion "
         "stored them, rounded to fp16 (fp16: what the published ZhiXi sum and tables assume), "
         "or as that transformers computed them at init when a checkpoint lacked them (fp32). "
         "Buffers stored in the base's files are always used as stored.",
+        panel=CHECKS,
     ),
 ]
 
 
-def _log_plan(out: Output, plan, dry_run: bool) -> None:  # plan: llmkit.recover.WeightDiffPlan
+def _log_plan(out: Output, plan: WeightDiffPlan, dry_run: bool) -> None:
     from llmkit.recover import describe_plan
 
     if not dry_run:
@@ -88,69 +91,69 @@ def _log_plan(out: Output, plan, dry_run: bool) -> None:  # plan: llmkit.recover
     out.notices(plan)
 
 
-def _render(result):  # result: llmkit.recover.WeightDiffResult
+def _outcome_rows(result: WeightDiffResult) -> list[tuple[str, str]]:
+    """The plan (dry run), or what was written and how fast."""
     from llmkit.recover import describe_plan
 
-    def render(console: Console) -> None:
-        plan = result.plan
-        rows: list[tuple[str, str]] = []
-        if result.dry_run:
-            rows += describe_plan(plan)
-            for note in plan.notes:
-                rows.append(("note", note))
-            rows.append(("dry run", "all checks passed; nothing was written"))
-        else:
-            verb = "recovered" if plan.operation == "recover" else "diff written"
-            weights = [f for f in result.files if f not in plan.aux_files]
-            rows.append(
-                (
-                    verb,
-                    f"{plan.output} ({plan.dtype}, {plan.tensors} tensors, "
-                    f"{human_bytes(plan.output_bytes)} in {len(weights)} file(s))",
-                )
+    plan = result.plan
+    if result.dry_run:
+        return [*describe_plan(plan), *(("note", note) for note in plan.notes), ("dry run", NOTHING_WRITTEN)]
+    verb = "recovered" if plan.operation == "recover" else "diff written"
+    weights = [f for f in result.files if f not in plan.aux_files]
+    rate = plan.output_bytes / result.seconds if result.seconds > 0 else 0.0
+    return [
+        (
+            verb,
+            f"{plan.output} ({plan.dtype}, {plan.tensors} tensors, "
+            f"{human_bytes(plan.output_bytes)} in {len(weights)} file(s))",
+        ),
+        ("time", f"{result.seconds:.1f} s ({human_bytes(rate)}/s written)"),
+        ("files", ", ".join(result.files)),
+    ]
+
+
+def _check_rows(result: WeightDiffResult) -> list[tuple[str, str]]:
+    """The integrity sum, the published MD5s and the reference comparison, when they ran."""
+    rows: list[tuple[str, str]] = []
+    if result.check_sum is not None:
+        c = result.check_sum
+        extra = f", upstream fp32 way {c.sum_fp32_upstream:.4f}" if c.sum_fp32_upstream is not None else ""
+        verdict = f"matches {c.expected:.4f} within {c.atol:g}" if c.passed else "FAILED"
+        rows.append(("check-sum", f"{c.sum_fp64:.4f} (fp64{extra}): {verdict}"))
+    for p in result.published:
+        matched = (
+            f"matches {p.matched_table}"
+            if p.matched_table
+            else (
+                f"matches none of {', '.join(p.tables)} (byte layout differs from upstream's writer; compare by tensors)"
             )
-            rate = plan.output_bytes / result.seconds if result.seconds > 0 else 0.0
-            rows.append(("time", f"{result.seconds:.1f} s ({human_bytes(rate)}/s written)"))
-            rows.append(("files", ", ".join(result.files)))
-        if result.check_sum is not None:
-            c = result.check_sum
-            extra = f", upstream fp32 way {c.sum_fp32_upstream:.4f}" if c.sum_fp32_upstream is not None else ""
-            verdict = f"matches {c.expected:.4f} within {c.atol:g}" if c.passed else "FAILED"
-            rows.append(("check-sum", f"{c.sum_fp64:.4f} (fp64{extra}): {verdict}"))
-        for p in result.published:
-            if p.matched_table:
-                rows.append(("published md5", f"{p.file} {p.md5} matches {p.matched_table}"))
-            else:
-                rows.append(
-                    (
-                        "published md5",
-                        f"{p.file} {p.md5} matches none of {', '.join(p.tables)} "
-                        "(byte layout differs from upstream's writer; compare by tensors)",
-                    )
-                )
-        if result.reference is not None:
-            r = result.reference
-            if r.passed:
-                rows.append(
-                    ("reference", f"all {r.identical} tensors identical to {r.reference}: the content is right")
-                )
-            else:
-                examples = ", ".join((r.differing + r.only_output + r.only_reference)[:3])
-                rows.append(
-                    (
-                        "reference",
-                        f"{len(r.differing)} differing, {len(r.only_output)} only in the output, "
-                        f"{len(r.only_reference)} only in {r.reference} (e.g. {examples})",
-                    )
-                )
-        width = max(len(k) for k, _ in rows)
-        for k, v in rows:
-            console.print(f"{k:<{width}}  {v}", markup=False)
-
-    return render
+        )
+        rows.append(("published md5", f"{p.file} {p.md5} {matched}"))
+    r = result.reference
+    if r is not None and r.passed:
+        rows.append(("reference", f"all {r.identical} tensors identical to {r.reference}: the content is right"))
+    elif r is not None:
+        shown = ", ".join((r.differing + r.only_output + r.only_reference)[:3])
+        rows.append(
+            (
+                "reference",
+                f"{len(r.differing)} differing, {len(r.only_output)} only in the output, "
+                f"{len(r.only_reference)} only in {r.reference} (e.g. {shown})",
+            )
+        )
+    return rows
 
 
-def _finish(out: Output, result) -> None:
+def _render(result: WeightDiffResult) -> Callable[[Console], None]:
+    return lambda console: print_rows(console, _outcome_rows(result) + _check_rows(result))
+
+
+def _run(out: Output, options: RecoverOptions | MakeDiffOptions) -> None:
+    """The one library call: the plan logged before the work, then the result; an output that differs
+    from ``--reference`` is a failed check (exit 1)."""
+    from llmkit.recover import run
+
+    result = run(options, progress=out.progress, on_plan=lambda plan: _log_plan(out, plan, options.dry_run))
     r = result.reference
     failed = None
     if r is not None and not r.passed:
@@ -166,18 +169,7 @@ def _finish(out: Output, result) -> None:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-@app.command(
-    "recover",
-    rich_help_panel="Rebuild",
-    epilog=examples(
-        "# ZhiXi-13B from LLaMA-13B in Hugging Face form, with upstream's integrity sum",
-        f"llmkit recover --base llama-13b-hf --diff zhixi-13b-diff -o zhixi-13b --check-sum {ZHIXI_SUM_TEXT}",
-        "# straight from Meta's LLaMA-13B folder, checks and plan only",
-        "llmkit recover --base LLaMA/13B --diff zhixi-13b-diff -o zhixi-13b --dry-run",
-        "# the fp16 diff, in 2 GiB shards",
-        "llmkit recover --base llama-13b-hf --diff zhixi-13b-diff-fp16 -o zhixi-13b-fp16 --shard-size 2GiB",
-    ),
-)
+@with_output
 def recover_command(
     base: BaseOpt,
     diff: Annotated[
@@ -199,8 +191,8 @@ def recover_command(
             "rounding of the fp16 sum, as upstream --is_fp16. bf16: the fp32 sum rounded once.",
         ),
     ] = None,
-    fmt: FormatOpt = Format.safetensors,
-    shard_size: ShardOpt = "5GB",
+    fmt: FormatOpt = HFFormat.safetensors,
+    shard_size: ShardSizeOpt = "5GB",
     dry_run: DryRunOpt = False,
     check_sum: Annotated[
         float | None,
@@ -224,45 +216,29 @@ def recover_command(
     ] = None,
     base_inv_freq: InvFreqOpt = InvFreq.fp16,
     force: ForceOpt = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Recover a model from a weight diff (diff + base).
 
     out = diff + base for every tensor, streamed in bounded memory.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.recover import RecoverOptions, run
+    from llmkit.recover import RecoverOptions
 
-        options = RecoverOptions(
-            base,
-            diff,
-            output,
-            dtype=dtype,
-            fmt=fmt.value,
-            shard_size=parse_size(shard_size),
-            force=force,
-            dry_run=dry_run,
-            check_sum=check_sum,
-            reference=reference,
-            base_inv_freq=base_inv_freq.value,
-        )
-        result = run(options, progress=out.progress, on_plan=lambda plan: _log_plan(out, plan, dry_run))
-        _finish(out, result)
+    options = RecoverOptions(
+        base,
+        diff,
+        output,
+        dtype=dtype,
+        check_sum=check_sum,
+        reference=reference,
+        base_inv_freq=base_inv_freq.value,
+        **tensor_output(fmt, shard_size, force=force, dry_run=dry_run),
+    )
+    _run(out, options)
 
 
-@app.command(
-    "make-diff",
-    rich_help_panel="Rebuild",
-    epilog=examples(
-        "# publish a fine-tune as a diff against LLaMA-13B (fp32: recover gives it back bit for bit)",
-        "llmkit make-diff --base llama-13b-hf --target my-finetune -o my-finetune-diff",
-        "# a half-size fp16 diff",
-        "llmkit make-diff --base llama-13b-hf --target my-finetune -o my-finetune-diff-fp16 --dtype fp16",
-    ),
-)
+@with_output
 def make_diff_command(
     base: BaseOpt,
     target: Annotated[
@@ -282,33 +258,26 @@ def make_diff_command(
             "Diff dtype: computed as fp32(target) - fp32(base), stored in fp32 (exact) or rounded once to fp16.",
         ),
     ] = "fp32",
-    fmt: FormatOpt = Format.safetensors,
-    shard_size: ShardOpt = "5GB",
+    fmt: FormatOpt = HFFormat.safetensors,
+    shard_size: ShardSizeOpt = "5GB",
     dry_run: DryRunOpt = False,
     base_inv_freq: InvFreqOpt = InvFreq.fp16,
     force: ForceOpt = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Make a weight diff (target - base), the inverse of recover.
 
     diff = target - base for every tensor, streamed in bounded memory.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.recover import MakeDiffOptions, run
+    from llmkit.recover import MakeDiffOptions
 
-        options = MakeDiffOptions(
-            base,
-            target,
-            output,
-            dtype=dtype,
-            fmt=fmt.value,
-            shard_size=parse_size(shard_size),
-            force=force,
-            dry_run=dry_run,
-            base_inv_freq=base_inv_freq.value,
-        )
-        result = run(options, progress=out.progress, on_plan=lambda plan: _log_plan(out, plan, dry_run))
-        _finish(out, result)
+    options = MakeDiffOptions(
+        base,
+        target,
+        output,
+        dtype=dtype,
+        base_inv_freq=base_inv_freq.value,
+        **tensor_output(fmt, shard_size, force=force, dry_run=dry_run),
+    )
+    _run(out, options)

@@ -99,9 +99,9 @@ def _bad_value(e: Any) -> str:
         return f"{choices.group('value')} is not one of {allowed}"
     kind = details.get("type")
     if kind in _RANGE_ERRORS and has_value:
-        allowed = _range_text(e.param, details)
-        if allowed:
-            return f"{value} is not in the range {allowed}"
+        span = _range_text(e.param, details)
+        if span:
+            return f"{value} is not in the range {span}"
     if kind == "int_parsing" and has_value:
         return f"{shown} is not a valid integer"
     if kind == "float_parsing" and has_value:
@@ -118,7 +118,7 @@ def _command(e: Any, ctx: Any, argv: list[str], group: TyperGroup) -> tuple[str,
         return err_ctx.command_path, err_ctx.command
     root = ctx.command_path if ctx is not None else (group.name or "llmkit")
     first = next((a for a in _flags(argv) if not a.startswith("-")), None)  # the root takes no option values
-    if first in group.commands:
+    if first is not None and first in group.commands:
         return f"{root} {first}", group.commands[first]
     return root, group
 
@@ -146,7 +146,9 @@ def _likeness(typed: str, name: str) -> float:
     """How close a typed option is to an option name: difflib's ratio (either way round) plus the shared prefix."""
     a, b = typed.lstrip("-").replace("_", "-").lower(), name.lstrip("-")
     ratio = max(SequenceMatcher(None, a, b).ratio(), SequenceMatcher(None, b, a).ratio())
-    prefix = len(os.path.commonprefix([a, b]))
+    prefix = next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )  # shared characters
     return ratio + 0.5 * prefix / max(len(a), len(b), 1)
 
 
@@ -219,7 +221,7 @@ class LlmkitGroup(TyperGroup):
         try:
             ctx = super().make_context(info_name, args, parent=parent, **extra)
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM while parsing: the one line, not click's "Aborted!"
-            from llmkit.cli import describe_error
+            from llmkit.cli.errors import describe_error
 
             self._fail(describe_error(e), argv)
         except typer.TyperException as e:
@@ -242,7 +244,7 @@ class LlmkitGroup(TyperGroup):
         except (typer.Exit, typer.Abort, SystemExit, GeneratorExit):
             raise
         except BaseException as e:
-            from llmkit.cli import describe_error  # a closed stdout (``| head``): exit 141, no line
+            from llmkit.cli.errors import describe_error  # a closed stdout (``| head``): exit 141, no line
 
             if _debug_requested(argv):
                 traceback.print_exc(file=sys.stderr)

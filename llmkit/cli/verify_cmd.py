@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from llmkit.cli import DebugOpt, JsonOpt, QuietOpt, app, command_guard
 from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
-from llmkit.cli.keys import DecKeyOpt, DecModeOpt
+from llmkit.cli.keys import DecKeyOpt, DecModeOpt, EncMode, mode_value
+from llmkit.cli.options import choice_option, jobs_option, with_output
 from llmkit.cli.output import Failure, Output
-from llmkit.cli.params import choice_metavar, jobs_option
 from llmkit.errors import EXIT_CHECK_FAILED, InputError
+
+if TYPE_CHECKING:  # llmkit.verify is imported when a command runs, not at CLI start-up
+    from llmkit.verify import ChecksumResult, TensorChecksums, TensorVerifyReport, VerifyReport
+
+VERIFY_EXAMPLES = examples(
+    "# a download against its published table, picked by file names and sizes",
+    "llmkit verify techgpt-7b",
+    "# against a given table: a built-in one (llmkit models) or an md5sum file",
+    "llmkit verify zhixi-13b --table zhixi-13b",
+    "# two models tensor by tensor, whatever their shards or format",
+    "llmkit verify --tensors zhixi-13b zhixi-13b-resharded",
+)
+CHECKSUM_EXAMPLES = examples(
+    "# an md5sum table of a folder, checked by md5sum itself",
+    "llmkit checksum my-model > my.md5 && md5sum -c my.md5",
+    "# one hash per tensor, whatever the shards or format (compare with llmkit verify --tensors)",
+    "llmkit checksum --tensors zhixi-13b > zhixi-13b.tensors",
+    "llmkit checksum --algo sha256 techgpt-2.0-atom.ckpt",
+)
 
 
 class Algo(str, Enum):
@@ -22,24 +41,6 @@ class Algo(str, Enum):
     sha256 = "sha256"
 
 
-AlgoOpt = Annotated[
-    Algo | None,
-    typer.Option(
-        "--algo",
-        metavar=choice_metavar(Algo),
-        rich_help_panel=CHECKS,
-        help="Digest algorithm (default: the table's; without --table, md5).",
-    ),
-]
-ChecksumAlgoOpt = Annotated[
-    Algo | None,
-    typer.Option(
-        "--algo",
-        metavar=choice_metavar(Algo),
-        rich_help_panel=OUTPUT,
-        help="Digest algorithm (default: md5 for files, sha256 for --tensors).",
-    ),
-]
 JobsOpt = Annotated[
     int,
     jobs_option(
@@ -49,20 +50,31 @@ JobsOpt = Annotated[
     ),
 ]
 
-_STATUS_TEXT = {
+# A file's status -> (text, style): against a table, and (--tensors) between the other files of A and B.
+_TABLE_STATUS = {
     "ok": ("OK", "green"),
     "mismatch": ("FAILED", "red"),
     "missing": ("MISSING", "red"),
     "extra": ("not in the table", "dim"),
 }
+_PAIR_STATUS = {
+    "ok": ("OK", "green"),
+    "mismatch": ("DIFFERS", "red"),
+    "missing": ("only in B", "red"),
+    "extra": ("only in A", "red"),
+}
 
 
-def _render_report(report) -> callable:
+def _status(console: Console, path: str, status: tuple[str, str], *, end: str = "\n") -> None:
+    """``<path>: <STATUS>``, the status in its colour."""
+    console.print(f"{path}: ", end="", markup=False)
+    console.print(status[0], style=status[1], markup=False, end=end)
+
+
+def _render_report(report: VerifyReport) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         for f in report.files:
-            text, style = _STATUS_TEXT[f.status]
-            console.print(f"{f.path}: ", end="", markup=False)
-            console.print(text, style=style, markup=False)
+            _status(console, f.path, _TABLE_STATUS[f.status])
             if f.status == "mismatch":
                 console.print(f"    expected {f.expected}  ({f.table})", markup=False)
                 console.print(f"    actual   {f.actual}", markup=False)
@@ -83,7 +95,24 @@ def _render_report(report) -> callable:
     return render
 
 
-def _render_tensors(report) -> callable:
+def _print_differences(console: Console, report: TensorVerifyReport, how: str) -> None:
+    console.print(
+        f"tensors DIFFER ({len(report.differing)} of {report.compared} compared {how}; "
+        f"{len(report.only_a)} only in A, {len(report.only_b)} only in B)",
+        markup=False,
+        style="red",
+    )
+    for name in report.differing[:10]:
+        console.print(f"  differs: {name} ({report.reasons.get(name, '')})", markup=False)
+    if len(report.differing) > 10:
+        console.print(f"  ... and {len(report.differing) - 10} more (--json lists all)", markup=False)
+    for name in report.only_a[:5]:
+        console.print(f"  only in A: {name}", markup=False)
+    for name in report.only_b[:5]:
+        console.print(f"  only in B: {name}", markup=False)
+
+
+def _render_tensors(report: TensorVerifyReport) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         how = "bit for bit" if report.method == "bytes" else f"by {report.method} digests"
         if report.identical and report.files_identical:
@@ -96,36 +125,16 @@ def _render_tensors(report) -> callable:
                 style="red",
             )
         else:
-            console.print(
-                f"tensors DIFFER ({len(report.differing)} of {report.compared} compared {how}; "
-                f"{len(report.only_a)} only in A, {len(report.only_b)} only in B)",
-                markup=False,
-                style="red",
-            )
-            for name in report.differing[:10]:
-                console.print(f"  differs: {name} ({report.reasons.get(name, '')})", markup=False)
-            if len(report.differing) > 10:
-                console.print(f"  ... and {len(report.differing) - 10} more (--json lists all)", markup=False)
-            for name in report.only_a[:5]:
-                console.print(f"  only in A: {name}", markup=False)
-            for name in report.only_b[:5]:
-                console.print(f"  only in B: {name}", markup=False)
+            _print_differences(console, report, how)
         for f in report.files:
-            text, style = {
-                "ok": ("OK", "green"),
-                "mismatch": ("DIFFERS", "red"),
-                "missing": ("only in B", "red"),
-                "extra": ("only in A", "red"),
-            }[f.status]
-            console.print(f"{f.path}: ", end="", markup=False)
-            console.print(text, style=style, markup=False, end="")
+            _status(console, f.path, _PAIR_STATUS[f.status], end="")
             console.print(f" ({f.note})" if f.note else "", markup=False)
         console.print(f"A = {report.a}\nB = {report.b}", markup=False, style="dim")
 
     return render
 
 
-def _files_failure(report) -> Failure:
+def _files_failure(report: VerifyReport) -> Failure:
     c = report.counts()
     return Failure(
         f"verification failed: {c['mismatch']} mismatch, {c['missing']} missing, {c['ok']} ok",
@@ -133,13 +142,13 @@ def _files_failure(report) -> Failure:
     )
 
 
-def _files_text(report) -> str:
+def _files_text(report: TensorVerifyReport) -> str:
     names = report.differing_files
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return f"{len(names)} of {len(report.files)} other files differ ({shown})"
 
 
-def _tensors_failure(report) -> Failure:
+def _tensors_failure(report: TensorVerifyReport) -> Failure:
     if report.identical:
         return Failure(f"tensors identical, but {_files_text(report)}", exit_code=EXIT_CHECK_FAILED)
     parts = [
@@ -152,7 +161,7 @@ def _tensors_failure(report) -> Failure:
     return Failure(f"tensors differ: {', '.join(parts)}", exit_code=EXIT_CHECK_FAILED)
 
 
-def _render_tables(result) -> callable:  # result: llmkit.verify.TensorChecksums
+def _render_tables(result: TensorChecksums) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         for t in result.tables:
             console.file.write(t.text())
@@ -161,7 +170,7 @@ def _render_tables(result) -> callable:  # result: llmkit.verify.TensorChecksums
     return render
 
 
-def _render_lines(result) -> callable:  # result: llmkit.verify.ChecksumResult
+def _render_lines(result: ChecksumResult) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         # Plain lines (no rich wrapping/markup) so the output is a valid md5sum table.
         console.file.write("".join(line + "\n" for line in result.lines()))
@@ -170,18 +179,45 @@ def _render_lines(result) -> callable:  # result: llmkit.verify.ChecksumResult
     return render
 
 
-@app.command(
-    "verify",
-    rich_help_panel="Check",
-    epilog=examples(
-        "# a download against its published table, picked by file names and sizes",
-        "llmkit verify techgpt-7b",
-        "# against a given table: a built-in one (llmkit models) or an md5sum file",
-        "llmkit verify zhixi-13b --table zhixi-13b",
-        "# two models tensor by tensor, whatever their shards or format",
-        "llmkit verify --tensors zhixi-13b zhixi-13b-resharded",
-    ),
-)
+def _verify_tensors(
+    out: Output, paths: list[Path], table: str | None, jobs: int, dec_key: str | None, dec_mode: EncMode | None
+) -> bool:
+    """``verify --tensors A B``: the report shown; True when A and B hold the same tensors and files."""
+    from llmkit.verify import TensorVerifyOptions, verify_tensors
+
+    if len(paths) != 2:
+        raise InputError(
+            f"--tensors compares exactly two models, got {len(paths)} path(s)",
+            hint="llmkit verify --tensors MODEL_A MODEL_B (either may be a --tensors table)",
+        )
+    if table is not None:
+        raise InputError("--tensors and --table do not combine", hint="pass a tensor table as A or B instead")
+    options = TensorVerifyOptions(paths[0], paths[1], jobs=jobs, dec_key=dec_key, dec_mode=mode_value(dec_mode))
+    report = verify_tensors(options, progress=out.progress)
+    out.notices(report)
+    out.result(report, _render_tensors(report), failed=None if report.ok else _tensors_failure(report))
+    return report.ok
+
+
+def _verify_files(
+    out: Output, paths: list[Path], table: str | None, algo: Algo | None, jobs: int, dec_key: str | None
+) -> bool:
+    """``verify PATH...`` against a table: the report shown; True when every expected file matches."""
+    from llmkit.verify import VerifyOptions, verify_files
+
+    if dec_key is not None:
+        raise InputError(
+            "--dec-key goes with --tensors (file checksums hash the stored, encrypted bytes)",
+            hint="add --tensors, or drop --dec-key",
+        )
+    options = VerifyOptions(tuple(paths), table=table, algorithm=algo.value if algo else None, jobs=jobs)
+    report = verify_files(options, progress=out.progress)
+    # The report renders its notes (stdout, as "note:" lines), so out.notices() is not called.
+    out.result(report, _render_report(report), failed=None if report.ok else _files_failure(report))
+    return report.ok
+
+
+@with_output
 def verify_command(
     paths: Annotated[
         list[Path] | None,
@@ -202,7 +238,10 @@ def verify_command(
             "table(s) matching the file names and sizes.",
         ),
     ] = None,
-    algo: AlgoOpt = None,
+    algo: Annotated[
+        Algo | None,
+        choice_option("--algo", Algo, "Digest algorithm (default: the table's; without --table, md5).", panel=CHECKS),
+    ] = None,
     jobs: JobsOpt = 0,
     tensors: Annotated[
         bool,
@@ -215,63 +254,23 @@ def verify_command(
     ] = False,
     dec_key: DecKeyOpt = None,
     dec_mode: DecModeOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Check files against published checksum tables.
 
     Each file: ok / mismatch / missing / extra. Exit 0 only if all match.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
     paths = list(paths or [])
-    with command_guard(out):
-        if tensors:
-            from llmkit.verify import TensorVerifyOptions, verify_tensors
-
-            if len(paths) != 2:
-                raise InputError(
-                    f"--tensors compares exactly two models, got {len(paths)} path(s)",
-                    hint="llmkit verify --tensors MODEL_A MODEL_B (either may be a --tensors table)",
-                )
-            if table is not None:
-                raise InputError("--tensors and --table do not combine", hint="pass a tensor table as A or B instead")
-            report = verify_tensors(
-                TensorVerifyOptions(
-                    paths[0], paths[1], jobs=jobs, dec_key=dec_key, dec_mode=dec_mode.value if dec_mode else None
-                ),
-                progress=out.progress,
-            )
-            out.notices(report)
-            out.result(report, _render_tensors(report), failed=None if report.ok else _tensors_failure(report))
-        else:
-            from llmkit.verify import VerifyOptions, verify_files
-
-            if dec_key is not None:
-                raise InputError(
-                    "--dec-key goes with --tensors (file checksums hash the stored, encrypted bytes)",
-                    hint="add --tensors, or drop --dec-key",
-                )
-
-            options = VerifyOptions(tuple(paths), table=table, algorithm=algo.value if algo else None, jobs=jobs)
-            report = verify_files(options, progress=out.progress)
-            # The report renders its notes (stdout, as "note:" lines), so out.notices() is not called.
-            out.result(report, _render_report(report), failed=None if report.ok else _files_failure(report))
-    if not report.ok:
+    if tensors:
+        ok = _verify_tensors(out, paths, table, jobs, dec_key, dec_mode)
+    else:
+        ok = _verify_files(out, paths, table, algo, jobs, dec_key)
+    if not ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-@app.command(
-    "checksum",
-    rich_help_panel="Check",
-    epilog=examples(
-        "# an md5sum table of a folder, checked by md5sum itself",
-        "llmkit checksum my-model > my.md5 && md5sum -c my.md5",
-        "# one hash per tensor, whatever the shards or format (compare with llmkit verify --tensors)",
-        "llmkit checksum --tensors zhixi-13b > zhixi-13b.tensors",
-        "llmkit checksum --algo sha256 techgpt-2.0-atom.ckpt",
-    ),
-)
+@with_output
 def checksum_command(
     paths: Annotated[
         list[Path],
@@ -279,7 +278,10 @@ def checksum_command(
             metavar="PATH", help="Files or folders (folders recursively, hidden files skipped); with --tensors: models."
         ),
     ],
-    algo: ChecksumAlgoOpt = None,
+    algo: Annotated[
+        Algo | None,
+        choice_option("--algo", Algo, "Digest algorithm (default: md5 for files, sha256 for --tensors)."),
+    ] = None,
     tensors: Annotated[
         bool,
         typer.Option(
@@ -292,31 +294,28 @@ def checksum_command(
     jobs: JobsOpt = 0,
     dec_key: DecKeyOpt = None,
     dec_mode: DecModeOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    *,
+    out: Output,
 ) -> None:
     """Print checksums in md5sum format.
 
     So that 'llmkit checksum DIR > t.md5 && md5sum -c t.md5' works.
     """
-    out = Output(json_mode=json_, quiet=quiet, debug=debug)
-    with command_guard(out):
-        from llmkit.verify import ChecksumOptions, checksum
+    from llmkit.verify import ChecksumOptions, TensorChecksums, checksum
 
-        options = ChecksumOptions(
-            tuple(paths),
-            algorithm=algo.value if algo else None,
-            tensors=tensors,
-            jobs=jobs,
-            dec_key=dec_key,
-            dec_mode=dec_mode.value if dec_mode else None,
-        )
-        result = checksum(options, progress=out.progress)
-        if tensors:
-            for table in result.tables:
-                out.notices(table)
-            # Stable JSON: the one model's table as an object, an array of tables for several models.
-            out.result(result.tables if len(result.tables) > 1 else result.tables[0], _render_tables(result))
-        else:
-            out.result(result, _render_lines(result))
+    options = ChecksumOptions(
+        tuple(paths),
+        algorithm=algo.value if algo else None,
+        tensors=tensors,
+        jobs=jobs,
+        dec_key=dec_key,
+        dec_mode=mode_value(dec_mode),
+    )
+    result = checksum(options, progress=out.progress)
+    if isinstance(result, TensorChecksums):  # --tensors
+        for table in result.tables:
+            out.notices(table)
+        # Stable JSON: the one model's table as an object, an array of tables for several models.
+        out.result(result.tables if len(result.tables) > 1 else result.tables[0], _render_tables(result))
+    else:
+        out.result(result, _render_lines(result))

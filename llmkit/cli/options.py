@@ -1,0 +1,188 @@
+"""The options several commands share, in one place (the huggingface_hub CLI's ``_cli_utils`` pattern).
+
+- ``Annotated`` aliases for options that read the same everywhere: :data:`JsonOpt`, :data:`QuietOpt`,
+  :data:`DebugOpt` (the output flags every command takes, added by :func:`with_output`), :data:`ForceOpt`,
+  :data:`DryRunOpt`, :data:`ShardSizeOpt`.
+- Factories for options whose help text differs per command (``--output``, ``--format``, ``--dry-run``,
+  ``--force``, ``--dtype``, ``--shard-size``, ``--jobs``): the flag, metavar and panel are fixed here, the
+  words are the command's.
+- ``--dtype`` (every spelling of :mod:`llmkit.io.core.dtypes`) and ``--shard-size`` (:func:`llmkit.units.parse_size`)
+  are checked while the command line is parsed, so that a bad value is one ``error: --flag: ...`` line before
+  any work. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Annotated, Any, TypedDict
+
+import typer
+
+from llmkit.cli.errors import command_guard
+from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, PERFORMANCE
+from llmkit.cli.output import Output
+from llmkit.errors import InputError
+from llmkit.io.core.dtypes import DTYPE_SPELLINGS, canonical_dtype
+from llmkit.units import SIZE_EXAMPLES, parse_size
+
+# The output flags every command takes (no panel: --help lists them last, under "Options").
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout, and nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, logs or warnings on stderr.")]
+DebugOpt = Annotated[
+    bool, typer.Option("--debug", envvar="LLMKIT_DEBUG", help="Show the full traceback when something fails.")
+]
+
+_OUTPUT_FLAGS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=alias)
+    for name, alias in (("json_", JsonOpt), ("quiet", QuietOpt), ("debug", DebugOpt))
+]
+
+
+def with_output(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that takes ``out: Output`` (keyword-only, last) becomes one that takes ``--json``, ``--quiet``
+    and ``--debug`` instead (last in its signature, so last in its ``--help``) and runs with ``out`` built from
+    them, inside :func:`~llmkit.cli.errors.command_guard`. Typer reads the command's parameters from its
+    signature, so the replaced ``__signature__`` (and matching ``__annotations__``) is what it sees."""
+    signature = inspect.signature(command, eval_str=True)
+    params = [p for name, p in signature.parameters.items() if name != "out"]
+    if len(params) == len(signature.parameters):
+        raise TypeError(f"{command.__name__} takes no `out` parameter")
+
+    @functools.wraps(command)
+    def run(*args: Any, json_: bool = False, quiet: bool = False, debug: bool = False, **kwargs: Any) -> None:
+        out = Output(json_mode=json_, quiet=quiet, debug=debug)
+        with command_guard(out):
+            command(*args, out=out, **kwargs)
+
+    shown = signature.replace(parameters=[*params, *_OUTPUT_FLAGS])
+    run.__dict__["__signature__"] = shown
+    run.__annotations__ = {p.name: p.annotation for p in shown.parameters.values()} | {"return": None}
+    return run
+
+
+def force_option(help: str = "Overwrite existing output files.") -> Any:
+    """``--force`` in the Output panel."""
+    return typer.Option("--force", rich_help_panel=OUTPUT, help=help)
+
+
+def dry_run_option(help: str) -> Any:
+    """``--dry-run`` in the Checks panel."""
+    return typer.Option("--dry-run", rich_help_panel=CHECKS, help=help)
+
+
+ForceOpt = Annotated[bool, force_option()]
+DryRunOpt = Annotated[  # the plan every tensor job shows (pipeline.plan_rows)
+    bool, dry_run_option("Run every check and print the plan (sizes, disk space, memory estimate); write nothing.")
+]
+
+
+def output_option(help: str, *, metavar: str = "DIR") -> Any:
+    """``--output`` / ``-o``: the folder (or file) a command writes."""
+    return typer.Option("--output", "-o", metavar=metavar, rich_help_panel=OUTPUT, help=help, show_default=False)
+
+
+def choice_metavar(enum: Any) -> str:
+    """``safetensors|bin`` for an Enum of choices (Typer's own placeholder reads ``<safetensors|bin>``)."""
+    return "|".join(str(member.value) for member in enum)
+
+
+def choice_option(flag: str, enum: type[Enum], help: str, *, panel: str = OUTPUT) -> Any:
+    """An option taking one of ``enum``'s values, shown as ``a|b``."""
+    return typer.Option(flag, metavar=choice_metavar(enum), rich_help_panel=panel, help=help)
+
+
+class HFFormat(str, Enum):
+    """Hugging Face weight files: what ``--format`` of the commands that write a Hugging Face folder takes."""
+
+    safetensors = "safetensors"
+    bin = "bin"
+
+
+HFFormatOpt = Annotated[HFFormat, choice_option("--format", HFFormat, "Output weight format.")]
+DTYPES_OR_KEEP = ("keep", "fp16", "bf16", "fp32")  # --dtype of the converters: keep, or one cast per tensor
+
+
+def _bad(e: InputError) -> typer.BadParameter:
+    return typer.BadParameter(f"{e.message}; {e.hint}" if e.hint else e.message)
+
+
+def _dtype_check(choices: Sequence[str]) -> Callable[[str | None], str | None]:
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return canonical_dtype(value, choices)
+        except InputError as e:
+            raise _bad(e) from None
+
+    return check
+
+
+def dtype_option(choices: Sequence[str], help: str, **kwargs: Any) -> Any:
+    """``--dtype`` taking ``choices`` (llmkit's names) or any other spelling of them (``float16``, ``f16``,
+    ``half``, ``bfloat16``, ...); the command receives llmkit's name (``fp16``)."""
+    others = [s for c in choices for s in DTYPE_SPELLINGS.get(c, ())]
+    words = (*choices, *others)
+    return typer.Option(
+        "--dtype",
+        metavar="|".join(choices),
+        callback=_dtype_check(tuple(choices)),
+        autocompletion=lambda incomplete: [w for w in words if w.startswith(incomplete.lower())],
+        rich_help_panel=OUTPUT,
+        help=f"{help} Also accepted: {', '.join(others)}.",
+        **kwargs,
+    )
+
+
+def _size_check(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_size(value)
+        except InputError as e:
+            raise _bad(e) from None
+    return value
+
+
+SIZE_HELP = f"e.g. {SIZE_EXAMPLES}; G and GB are 10^9 bytes (as transformers and llama.cpp), GiB 2^30"
+
+
+def shard_size_option(help: str = "Largest output shard", **kwargs: Any) -> Any:
+    """``--shard-size SIZE``, checked by :func:`parse_size` while parsing; the command still gets the text."""
+    return typer.Option(
+        "--shard-size",
+        metavar="SIZE",
+        callback=_size_check,
+        rich_help_panel=OUTPUT,
+        help=f"{help}: {SIZE_HELP}.",
+        **kwargs,
+    )
+
+
+ShardSizeOpt = Annotated[str, shard_size_option()]
+
+
+class TensorOutput(TypedDict):
+    """The options fields of a tensor job's output (``--format``, ``--shard-size``, ``--force``, ``--dry-run``)."""
+
+    fmt: str
+    shard_size: int
+    force: bool
+    dry_run: bool
+
+
+def tensor_output(fmt: Enum, shard_size: str, *, force: bool, dry_run: bool) -> TensorOutput:
+    """Those fields from the flags: the format's name, the shard size in bytes (checked while parsing)."""
+    return TensorOutput(fmt=fmt.value, shard_size=parse_size(shard_size), force=force, dry_run=dry_run)
+
+
+def endpoint_option(help: str) -> Any:
+    """``--endpoint URL``: the hub or a mirror."""
+    return typer.Option("--endpoint", metavar="URL", rich_help_panel=INPUTS, help=help)
+
+
+def jobs_option(help: str, **kwargs: Any) -> Any:
+    """``--jobs N`` / ``-j N``."""
+    return typer.Option("--jobs", "-j", metavar="N", rich_help_panel=PERFORMANCE, help=help, **kwargs)
