@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from common import EMPTY
 from spec_reference import upstream_xor
 
 import llmkit.crypto as crypto
@@ -25,7 +26,6 @@ import llmkit.crypto.keycheck as crypto_keycheck
 from llmkit.errors import CheckFailed, InputError, OutputExistsError
 
 C = 10 * 1024 * 1024
-EMPTY = hashlib.sha256(b"").hexdigest()
 
 
 def naive_xor(data: bytes, key: bytes) -> bytes:

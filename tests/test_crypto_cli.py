@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from common import EMPTY
 from spec_reference import upstream_xor
 
 import llmkit.crypto.keycheck as crypto_keycheck
 
 C = 10 * 1024 * 1024
-EMPTY = hashlib.sha256(b"").hexdigest()
 LLMKIT = Path(sys.executable).parent / "llmkit"
 
 

@@ -18,8 +18,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
+from common import only_error_line
 from hub_server import hub  # noqa: F401
-from test_download import LLMKIT, REPO, by_path, dl, files_under, hf_env, leftovers, only_error_line, tiny_files, work  # noqa: F401
+from test_download import LLMKIT, REPO, by_path, dl, files_under, hf_env, leftovers, tiny_files, work  # noqa: F401
 
 SLOW = "pytorch_model-00001-of-00002.bin"  # 100 KB
 

@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from common import one_error_line
 
 from llmkit.errors import InputError
 from llmkit.io.jsonfile import read_json
-from tests.test_bad_inputs import one_error_line
 
 # ------------------------------------------------------------------ adapter tokenizer files
 

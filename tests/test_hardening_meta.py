@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from common import one_error_line
 
 from llmkit.tiny import TINY_HEADS, TINY_HIDDEN, TINY_LAYERS, TINY_VOCAB
-from tests.test_bad_inputs import one_error_line
 
 
 @pytest.fixture

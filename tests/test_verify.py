@@ -12,15 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import md5
 
 from llmkit.errors import InputError
 from llmkit.verify import compare_sources, hash_file, plan_verify, run_verify, tensor_digest, verify_file, verify_paths
 
 LLMKIT = [sys.executable, "-m", "llmkit"]  # the installed package, run as a separate process
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def write_table(path: Path, folder: Path, names: list[str], algo: str = "md5") -> Path:
