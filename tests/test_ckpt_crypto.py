@@ -195,7 +195,7 @@ def test_inspect_and_checksum_take_the_key_and_say_when_it_is_missing(tmp_path, 
 
 
 def test_tampering_truncation_and_a_wrong_mode_are_named(tmp_path, run_cli, model_ckpts):
-    m, ckpts = model_ckpts
+    _, ckpts = model_ckpts
     data = ckpts["AES-GCM"].read_bytes()
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 1

@@ -171,9 +171,8 @@ def test_erofs_when_creating_the_output_folder_is_reported_as_read_only(tmp_path
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
-    with pytest.raises(WriteError) as err:
-        with ShardedWriter(tmp_path / "o", [TensorSpec("x", torch.float32, (4,))]) as w:
-            w.write("x", torch.zeros(4))
+    with pytest.raises(WriteError) as err, ShardedWriter(tmp_path / "o", [TensorSpec("x", torch.float32, (4,))]) as w:
+        w.write("x", torch.zeros(4))
     assert err.value.path == str(tmp_path / "o") and "read-only" in err.value.message
 
 

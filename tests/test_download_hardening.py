@@ -257,7 +257,7 @@ def test_a_second_download_into_the_same_folder_is_refused_while_the_first_runs(
     assert r.exit_code == 2, (r.exit_code, r.stderr)
     line = only_error_line(r.stderr)
     assert "another" in line and "tiny-llama" in line, line
-    stdout, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr  # the first run was not disturbed
     assert files_under(work / "tiny-llama") == files
 

@@ -85,11 +85,11 @@ def test_sizes_that_do_not_decide_the_heads_ask_for_config(name):
 def test_a_derived_config_is_not_made_for_a_model_missing_a_tensor():
     shapes = hf_shapes(*PUBLISHED["LLaMA-7B"])
     no_head = {k: v for k, v in shapes.items() if k != "lm_head.weight"}
-    with pytest.raises(InputError, match="lm_head.weight.*--config"):
+    with pytest.raises(InputError, match=r"lm_head\.weight.*--config"):
         guessed_config(no_head, torch.float16, "m.ckpt")  # not guessed as tied: no published size ties it
     no_q1 = {k: v for k, v in shapes.items() if k != "model.layers.1.self_attn.q_proj.weight"}
     cfg, _ = guessed_config(no_q1, torch.float16, "m.ckpt")
-    with pytest.raises(InputError, match="lacks 1 tensor.*model.layers.1.self_attn.q_proj.weight"):
+    with pytest.raises(InputError, match=r"lacks 1 tensor.*model\.layers\.1\.self_attn\.q_proj\.weight"):
         check_complete(cfg, no_q1, "m.ckpt")
 
 

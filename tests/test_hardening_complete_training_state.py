@@ -62,8 +62,11 @@ TRAIN = """
 
 
 def test_every_mindspore_optimizer_state_is_named_training_state_and_left_out(
-    tmp_path, run_cli, tiny_factory, mindspore_run
-):  # noqa: F811
+    tmp_path,
+    run_cli,
+    tiny_factory,
+    mindspore_run,  # noqa: F811  (the fixture imported above, as pytest passes it)
+):
     m = tiny_factory("safetensors")
     assert run_cli("to-ckpt", m.path, "-o", tmp_path / "model.ckpt").exit_code == 0
     stored = json.loads(mindspore_run(TRAIN, tmp_path / "model.ckpt", tmp_path, ",".join(OPTIMIZERS)))
@@ -88,8 +91,11 @@ def test_every_mindspore_optimizer_state_is_named_training_state_and_left_out(
 
 
 def test_a_damaged_weight_name_in_a_training_checkpoint_is_still_refused(
-    tmp_path, run_cli, tiny_factory, mindspore_run
-):  # noqa: F811
+    tmp_path,
+    run_cli,
+    tiny_factory,
+    mindspore_run,  # noqa: F811  (the fixture imported above, as pytest passes it)
+):
     m = tiny_factory("safetensors")
     assert run_cli("to-ckpt", m.path, "-o", tmp_path / "model.ckpt").exit_code == 0
     mindspore_run(TRAIN, tmp_path / "model.ckpt", tmp_path, "AdamWeightDecay+loss-scale")

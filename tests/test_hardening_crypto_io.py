@@ -130,7 +130,7 @@ TABLE_CASES = {
 @pytest.mark.parametrize("json_flag", [False, True])
 @pytest.mark.parametrize("case", TABLE_CASES)
 def test_a_published_table_that_does_not_match_fails_and_keeps_nothing(run_cli, w, monkeypatch, case, json_flag):
-    enc, plain = _folder(w, PLAIN)
+    enc, _ = _folder(w, PLAIN)
     _publish(monkeypatch, TABLE_CASES[case](enc, w["key"]))
     before = tree(w["root"])
     out = w["root"] / "out"
@@ -162,7 +162,7 @@ def test_no_table_check_opts_out_by_name_and_reports_the_mismatch(run_cli, w, mo
 
 
 def test_a_matching_table_passes_without_any_flag(run_cli, w, monkeypatch):
-    enc, plain = _folder(w, PLAIN)
+    enc, _ = _folder(w, PLAIN)
     enc_bytes = (enc / enc_name("config.json")).read_bytes()
     _publish(
         monkeypatch,

@@ -126,7 +126,7 @@ MUTATIONS: list[Mutation] = [
     (
         "offsets-object",
         "data_offsets",
-        _edit(lambda e, s: e.update(data_offsets=dict(zip("be", e["data_offsets"])))),
+        _edit(lambda e, s: e.update(data_offsets=dict(zip("be", e["data_offsets"], strict=True)))),
     ),
     (
         "offsets-past-the-end",

@@ -81,7 +81,7 @@ def split_meta(meta: dict, n: int) -> list[dict]:
             pieces = torch.chunk(t, n, dim=0)
         else:
             pieces = [t] * n
-        for shard, piece in zip(shards, pieces):
+        for shard, piece in zip(shards, pieces, strict=True):
             shard[name] = piece.clone()
     return shards
 

@@ -192,7 +192,7 @@ def test_a_llama_folder_of_the_wrong_size_is_refused(run_cli, tiny_factory, tmp_
 
 
 def test_dry_run_asks_the_hub_and_plans_without_writing(run_cli, techgpt, hub, tmp_path):
-    plain, key = techgpt
+    _, key = techgpt
     work = tmp_path / "work"
     r = run_cli(
         "recipe", "run", "techgpt-1.0", "--workdir", work, "--key", key, "--endpoint", hub.url, "--dry-run", "--json"

@@ -351,7 +351,7 @@ def test_check_sum_passes_with_the_independently_computed_sum(pair, fp32_diff, t
 
 def test_check_sum_mismatch_raises_check_failed_and_keeps_no_output(pair, fp32_diff, tmp_path):
     diff, _ = fp32_diff
-    with pytest.raises(CheckFailed, match="expected 94052.2891"):
+    with pytest.raises(CheckFailed, match=r"expected 94052\.2891"):
         recover(pair[0].path, diff, tmp_path / "out", check_sum=94052.2891)
     out = tmp_path / "out"
     assert not (out.exists() and any(out.iterdir()))

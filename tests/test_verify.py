@@ -107,7 +107,7 @@ def test_compare_sources_names_differing_tensors_in_order(tiny_factory, tmp_path
     torch.save(state, tmp_path / "pytorch_model.bin")
     result = compare_sources(base.path, tmp_path / "pytorch_model.bin")
     order = list(base.state)
-    expected_diff = sorted(changed + ["model.norm.weight"], key=order.index)
+    expected_diff = sorted([*changed, "model.norm.weight"], key=order.index)
     assert not result.identical
     assert result.differing == expected_diff
     assert result.only_a == ["lm_head.weight"] and result.only_b == ["extra.bias"]
