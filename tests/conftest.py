@@ -3,7 +3,12 @@ and a runner for the real CLI."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,5 +83,25 @@ def run_cli():
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             raise result.exception
         return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    return run
+
+
+@pytest.fixture
+def mindspore_run():
+    """``run(script, *args) -> stdout`` in a fresh interpreter that imports mindspore first (the ``mindspore``
+    test extra; importing MindSpore switches protobuf's backend for the whole process)."""
+    if importlib.util.find_spec("mindspore") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the mindspore test extra is not installed (pip install -e '.[test,mindspore]')")
+        pytest.skip("mindspore is not installed (pip install -e '.[test,mindspore]')")
+
+    def run(script: str, *args: object) -> str:
+        code = "import mindspore as ms, numpy as np, sys, json\n" + textwrap.dedent(script)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
 
     return run

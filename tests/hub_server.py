@@ -44,6 +44,7 @@ Knobs for tests (plain attributes of :class:`FakeHub`, safe to change while the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
@@ -640,10 +641,8 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.wfile.write(body[:cut])
         self.wfile.flush()
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def _send_slowly(self, status: int, headers: dict[str, str], body: bytes, rate: float) -> None:
         """The whole ``body`` at about ``rate`` bytes per second, in pieces of a twentieth of a second."""

@@ -9,7 +9,6 @@ is, is inside, contains or links into an input, and leave every input byte for b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,39 +16,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from common import EMPTY, one_error_line, tree
 
 from llmkit.errors import InputError
 from llmkit.io.core.jsonfile import read_json
-
-EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # TechGPT's .enc label
-
-
-def tree(folder: Path) -> dict[str, str]:
-    """Every entry under ``folder`` (hidden ones too): relative path -> sha256 of a file, "dir", or "link"."""
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = p.relative_to(folder).as_posix()
-            if p.is_symlink():
-                out[rel] = "link -> " + os.readlink(p)
-            elif p.is_dir():
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def one_error_line(r, *names: str | Path) -> str:
-    """Exit 2 and exactly one stderr line, ``error: ...``, naming every one of ``names``."""
-    lines = r.stderr.splitlines()
-    assert r.exit_code == 2, (r.exit_code, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "internal error" not in lines[0]
-    for name in names:
-        assert str(name) in lines[0], (name, lines[0])
-    return lines[0]
-
 
 # ------------------------------------------------------------------ the zoo
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from common import record_options
 
 import llmkit.convert.ckpt as ckpt_job
 from llmkit.convert.ckpt import FromCkptOptions, ToCkptOptions
@@ -13,15 +14,7 @@ from llmkit.units import DEFAULT_SHARD_SIZE
 
 @pytest.fixture
 def calls(monkeypatch):
-    seen = []
-
-    def record(options, *, progress=None):
-        seen.append(options)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(ckpt_job, "to_ckpt", record)
-    monkeypatch.setattr(ckpt_job, "from_ckpt", record)
-    return seen
+    return record_options(monkeypatch, (ckpt_job, "to_ckpt"), (ckpt_job, "from_ckpt"), keywords=("progress",))
 
 
 def test_to_ckpt_defaults_and_every_flag(run_cli, calls):

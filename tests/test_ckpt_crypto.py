@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import one_error_line
 from test_ckpt_format import GOLDEN, same
 
 import llmkit.io.mindspore.crypto as crypto
@@ -157,11 +158,6 @@ def model_ckpts(tmp_path, run_cli, tiny_factory, monkeypatch):
     return m, out
 
 
-def one_line(r) -> str:
-    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
-    return r.stderr
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_round_trip_through_the_cli_and_a_wrong_key_leaves_no_output(tmp_path, run_cli, model_ckpts, monkeypatch, mode):
     m, ckpts = model_ckpts
@@ -179,14 +175,16 @@ def test_round_trip_through_the_cli_and_a_wrong_key_leaves_no_output(tmp_path, r
     assert r.exit_code == 0 and r.json()["encryption"] == mode
     assert run_cli("verify", "--tensors", tmp_path / "back", m.path).exit_code == 0
     monkeypatch.setenv("LLMKIT_WRONG_KEY", "ff" * 16)
-    text = one_line(run_cli("from-ckpt", ckpts[mode], "-o", tmp_path / "wrong", "--dec-key", "env:LLMKIT_WRONG_KEY"))
+    text = one_error_line(
+        run_cli("from-ckpt", ckpts[mode], "-o", tmp_path / "wrong", "--dec-key", "env:LLMKIT_WRONG_KEY")
+    )
     assert str(ckpts[mode]) in text and ("tag does not match" in text or "bad padding" in text or "wrong key" in text)
     assert not (tmp_path / "wrong").exists()
 
 
 def test_inspect_and_checksum_take_the_key_and_say_when_it_is_missing(tmp_path, run_cli, model_ckpts):
     m, ckpts = model_ckpts
-    text = one_line(run_cli("inspect", ckpts["AES-GCM"]))
+    text = one_error_line(run_cli("inspect", ckpts["AES-GCM"]))
     assert "encrypted (AES-GCM)" in text and "--dec-key" in text
     info = run_cli("inspect", ckpts["SM4-CBC"], "--dec-key", "env:LLMKIT_TEST_KEY", "--json").json()
     assert info["encryption"] == "SM4-CBC" and info["tensor_count"] == len(m.state)
@@ -195,21 +193,25 @@ def test_inspect_and_checksum_take_the_key_and_say_when_it_is_missing(tmp_path, 
     assert run_cli("to-ckpt", m.path, "-o", plain_ckpt).exit_code == 0
     plain = run_cli("checksum", "--tensors", plain_ckpt).stdout
     assert enc.splitlines()[2:] == plain.splitlines()[2:]  # same tensors, same digests
-    one_line(run_cli("checksum", ckpts["AES-CBC"], "--dec-key", "env:LLMKIT_TEST_KEY"))  # needs --tensors
+    one_error_line(run_cli("checksum", ckpts["AES-CBC"], "--dec-key", "env:LLMKIT_TEST_KEY"))  # needs --tensors
 
 
 def test_tampering_truncation_and_a_wrong_mode_are_named(tmp_path, run_cli, model_ckpts):
-    m, ckpts = model_ckpts
+    _, ckpts = model_ckpts
     data = ckpts["AES-GCM"].read_bytes()
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 1
     (tmp_path / "t.ckpt").write_bytes(bytes(flipped))
-    assert "tag does not match" in one_line(run_cli("inspect", tmp_path / "t.ckpt", "--dec-key", "env:LLMKIT_TEST_KEY"))
+    assert "tag does not match" in one_error_line(
+        run_cli("inspect", tmp_path / "t.ckpt", "--dec-key", "env:LLMKIT_TEST_KEY")
+    )
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
-    assert "runs past the end" in one_line(
+    assert "runs past the end" in one_error_line(
         run_cli("inspect", tmp_path / "cut.ckpt", "--dec-key", "env:LLMKIT_TEST_KEY")
     )
-    text = one_line(run_cli("inspect", ckpts["AES-GCM"], "--dec-key", "env:LLMKIT_TEST_KEY", "--dec-mode", "AES-CBC"))
+    text = one_error_line(
+        run_cli("inspect", ckpts["AES-GCM"], "--dec-key", "env:LLMKIT_TEST_KEY", "--dec-mode", "AES-CBC")
+    )
     assert "encrypted with AES-GCM, not AES-CBC" in text
 
 
@@ -217,10 +219,10 @@ def test_key_length_and_format_conflicts_are_refused_before_any_output(tmp_path,
     m = tiny_factory("safetensors")
     (tmp_path / "k32").write_bytes(b"\x07" * 32)
     monkeypatch.setenv("LLMKIT_TEST_KEY", KEY_HEX)
-    assert "SM4-CBC needs 16" in one_line(
+    assert "SM4-CBC needs 16" in one_error_line(
         run_cli("to-ckpt", m.path, "-o", tmp_path / "a.ckpt", "--enc-key", tmp_path / "k32", "--enc-mode", "SM4-CBC")
     )
-    assert "--enc-key" in one_line(
+    assert "--enc-key" in one_error_line(
         run_cli("to-ckpt", m.path, "-o", tmp_path / "c", "--format", "safetensors", "--enc-key", "env:LLMKIT_TEST_KEY")
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k32"]

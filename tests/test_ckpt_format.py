@@ -89,7 +89,7 @@ def test_the_writer_follows_the_wire_format_of_spec_section_5(tmp_path):
     out = write(tmp_path / "x.ckpt", GOLDEN, crc=True).read_bytes()
     body = b"".join(
         pb_record(k, list(v.shape), t, raw(v))
-        for (k, v), t in zip(GOLDEN.items(), ["Float32", "Float16", "BFloat16", "Int64", "Bool"])
+        for (k, v), t in zip(GOLDEN.items(), ["Float32", "Float16", "BFloat16", "Int64", "Bool"], strict=True)
     )
     assert out == body + b"crc_num" + zlib.crc32(body).to_bytes(10, "big")
     # The notes' worked example: fp32 [3, 4] named w_fp32 is a 73-byte record with dims 08 03 08 04.
@@ -159,7 +159,7 @@ def test_every_truncation_of_a_checkpoint_is_reported_with_its_offset(tmp_path):
     # The cut points at record boundaries are valid, shorter checkpoints; every other cut is an error.
     types = ["Float32", "Float16", "BFloat16", "Int64", "Bool"]
     record_ends, pos = set(), 0
-    for (k, v), t in zip(GOLDEN.items(), types):
+    for (k, v), t in zip(GOLDEN.items(), types, strict=True):
         pos += len(pb_record(k, list(v.shape), t, raw(v)))
         record_ends.add(pos)
     assert pos == len(good)

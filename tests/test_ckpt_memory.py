@@ -11,15 +11,15 @@ HIDDEN, INTERMEDIATE, VOCAB, HEADS = 512, 1408, 2048, 4
 LARGEST = VOCAB * HIDDEN * 2  # fp16 embedding = 2 MiB
 PER_LAYER = (4 * HIDDEN * HIDDEN + 3 * HIDDEN * INTERMEDIATE) * 2
 
-GENERATE = """
+GENERATE = f"""
 import sys
 from pathlib import Path
 import torch
 from llmkit.tiny import tiny_model
-model = tiny_model(int(sys.argv[2]), layers=int(sys.argv[2]), hidden=%d, intermediate=%d, heads=%d,
-                   vocab_size=%d, dtype=torch.float16)
+model = tiny_model(int(sys.argv[2]), layers=int(sys.argv[2]), hidden={HIDDEN}, intermediate={INTERMEDIATE}, heads={HEADS},
+                   vocab_size={VOCAB}, dtype=torch.float16)
 model.save_pretrained(Path(sys.argv[1]) / "hf")
-""" % (HIDDEN, INTERMEDIATE, HEADS, VOCAB)
+"""
 
 MEASURE = textwrap.dedent("""
     import json, sys

@@ -11,12 +11,7 @@ importing MindSpore switches protobuf's backend for the whole process.
 from __future__ import annotations
 
 import filecmp
-import importlib.util
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -24,25 +19,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llmkit.io.mindspore.mindformers import hf_to_mindformers
-
-
-@pytest.fixture
-def mindspore_run():
-    """``run(script, *args) -> stdout`` in a fresh interpreter that imports mindspore first."""
-    if importlib.util.find_spec("mindspore") is None:
-        if os.environ.get("CI"):
-            pytest.fail("the mindspore test extra is not installed (pip install -e '.[test,mindspore]')")
-        pytest.skip("mindspore is not installed (pip install -e '.[test,mindspore]')")
-
-    def run(script: str, *args: object) -> str:
-        code = "import mindspore as ms, numpy as np, sys, json\n" + textwrap.dedent(script)
-        proc = subprocess.run(
-            [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=600
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc.stdout
-
-    return run
 
 
 def save_ordered(tensors: dict[str, torch.Tensor], path: Path) -> None:

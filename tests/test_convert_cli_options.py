@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from common import record_options
 
 import llmkit.convert as convert
 from llmkit.convert import FromMetaOptions, ToMetaOptions
@@ -13,15 +14,7 @@ from llmkit.units import DEFAULT_SHARD_SIZE
 
 @pytest.fixture
 def calls(monkeypatch):
-    seen = []
-
-    def record(options, *, progress=None):
-        seen.append(options)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(convert, "from_meta", record)
-    monkeypatch.setattr(convert, "to_meta", record)
-    return seen
+    return record_options(monkeypatch, (convert, "from_meta"), (convert, "to_meta"), keywords=("progress",))
 
 
 def test_from_meta_defaults_and_every_flag(run_cli, calls):

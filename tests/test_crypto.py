@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from common import EMPTY
 from spec_reference import upstream_xor
 
 import llmkit.crypto as crypto
@@ -25,7 +26,6 @@ import llmkit.crypto.keycheck as crypto_keycheck
 from llmkit.errors import CheckFailed, InputError, OutputExistsError
 
 C = 10 * 1024 * 1024
-EMPTY = hashlib.sha256(b"").hexdigest()
 
 
 def naive_xor(data: bytes, key: bytes) -> bytes:
@@ -45,7 +45,7 @@ def write(path: Path, data: bytes) -> Path:
 
 
 def only_file(folder: Path) -> Path:
-    files = [p for p in folder.iterdir()]
+    files = list(folder.iterdir())
     assert len(files) == 1, files
     return files[0]
 
@@ -280,7 +280,7 @@ def test_same_size_key_with_wrong_md5_is_refused(fake_llama_key, monkeypatch):
 def test_wrong_key_is_refused_before_any_output(tmp_path):
     key = write(tmp_path / "key", randbytes(5000, 24))
     enc = write(tmp_path / "enc" / f"a.dat.{EMPTY}.enc", b"x" * 100)
-    with pytest.raises(InputError, match="consolidated.00.pth"):
+    with pytest.raises(InputError, match=r"consolidated\.00\.pth"):
         crypto.decrypt([enc], key, tmp_path / "dec")
     assert not (tmp_path / "dec").exists()
 
@@ -429,7 +429,7 @@ def test_folder_input_decrypts_only_enc_files(tmp_path):
 def test_a_named_non_enc_file_is_refused(tmp_path):
     key = write(tmp_path / "key", b"k")
     readme = write(tmp_path / "README.md", b"x")
-    with pytest.raises(InputError, match="not an .enc file"):
+    with pytest.raises(InputError, match=r"not an \.enc file"):
         crypto.decrypt([readme], key, tmp_path / "dec", key_check=False)
 
 
@@ -459,7 +459,7 @@ def test_two_inputs_with_the_same_output_name_are_refused(tmp_path):
     key = write(tmp_path / "key", b"k" * 10)
     a = write(tmp_path / "x" / f"a.dat.{EMPTY}.enc", b"1")
     b = write(tmp_path / "y" / f"a.dat.{EMPTY}.enc", b"2")
-    with pytest.raises(InputError, match="both write a.dat"):
+    with pytest.raises(InputError, match=r"both write a\.dat"):
         crypto.decrypt([a, b], key, tmp_path / "dec", key_check=False)
 
 

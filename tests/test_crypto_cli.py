@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from common import EMPTY
 from spec_reference import upstream_xor
 
 import llmkit.crypto.keycheck as crypto_keycheck
 
 C = 10 * 1024 * 1024
-EMPTY = hashlib.sha256(b"").hexdigest()
 LLMKIT = Path(sys.executable).parent / "llmkit"
 
 
@@ -102,7 +102,7 @@ def test_cli_truncated_belle_file_fails_with_exit_1_and_no_output(run_cli, setup
 
 
 def test_cli_stdin_without_format_is_refused(run_cli, setup):
-    tmp, key, _, _, _ = setup
+    _, key, _, _, _ = setup
     r = run_cli("decrypt", "-", "--key", key, "-o", "-", "--no-key-check", input=b"abc")
     assert r.exit_code == 2 and "--format" in r.stderr
 
@@ -127,7 +127,7 @@ def test_cli_encrypt_writes_upstream_names_and_bytes(run_cli, tmp_path):
 
 def test_cli_pipeline_from_stdin_to_stdout(setup):
     # cat x.enc | llmkit decrypt - --format techgpt --key K -o - | md5sum, as a real shell pipeline.
-    tmp, key, data, enc, belle = setup
+    _, key, data, enc, belle = setup
     for fmt, src in (("techgpt", next(enc.glob("*.enc"))), ("belle", belle)):
         cmd = (
             f"set -o pipefail; cat {shlex.quote(str(src))} | {shlex.quote(str(LLMKIT))} decrypt - --format {fmt} "

@@ -22,6 +22,7 @@ import pytest
 import safetensors.torch
 import torch
 import typer.main
+from common import enc_name, write_file
 from spec_reference import upstream_xor
 
 import llmkit.crypto as crypto
@@ -31,20 +32,9 @@ from llmkit.cli import app
 from llmkit.errors import CheckFailed
 
 C = 10 * 1024 * 1024
-EMPTY = hashlib.sha256(b"").hexdigest()
 LLMKIT = Path(sys.executable).parent / "llmkit"
 KINDS = ["model.safetensors", "pytorch_model.bin", "config.json", "tokenizer.model"]
 FOLDER = ["config.json", "generation_config.json", "model.safetensors"]  # the big one sorts last
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def enc_name(name: str) -> str:
-    return f"{name}.{EMPTY}.enc"
 
 
 def files_in(folder: Path) -> list[str]:
@@ -147,12 +137,12 @@ def plains(tiny_factory) -> dict[str, bytes]:
 
 @pytest.fixture
 def key(tmp_path) -> Path:
-    return write(tmp_path / "key.pth", random.Random(1).randbytes(1_000_003))
+    return write_file(tmp_path / "key.pth", random.Random(1).randbytes(1_000_003))
 
 
 @pytest.fixture
 def wrong_key(tmp_path) -> Path:
-    return write(tmp_path / "wrong.pth", random.Random(2).randbytes(1_000_003))
+    return write_file(tmp_path / "wrong.pth", random.Random(2).randbytes(1_000_003))
 
 
 @pytest.fixture
@@ -168,7 +158,7 @@ def model_folder(tmp_path) -> dict[str, bytes]:
 
 def enc_folder(folder: Path, plain: dict[str, bytes], key: Path) -> Path:
     for name, data in plain.items():
-        write(folder / enc_name(name), upstream_xor(data, key))
+        write_file(folder / enc_name(name), upstream_xor(data, key))
     return folder
 
 
@@ -195,7 +185,7 @@ def pipe_from(src: Path, *args) -> subprocess.CompletedProcess:
 def test_truncated_plaintext_is_an_error_naming_the_file_and_nothing_is_written(run_cli, tmp_path, plains, key, name):
     data = truncate(name, plains[name])
     assert 0 < len(data) < len(plains[name])
-    enc = write(tmp_path / "enc" / enc_name(name), upstream_xor(data, key))
+    enc = write_file(tmp_path / "enc" / enc_name(name), upstream_xor(data, key))
     r = run_cli("decrypt", enc, "--key", key, "-o", tmp_path / "out", "--no-key-check")
     assert r.exit_code == 1, r.stderr
     line = error_line(r.stderr)
@@ -205,7 +195,7 @@ def test_truncated_plaintext_is_an_error_naming_the_file_and_nothing_is_written(
 
 def test_truncated_safetensors_to_stdout_fails(run_cli, tmp_path, plains, key):
     data = truncate("model.safetensors", plains["model.safetensors"])
-    enc = write(tmp_path / enc_name("model.safetensors"), upstream_xor(data, key))
+    enc = write_file(tmp_path / enc_name("model.safetensors"), upstream_xor(data, key))
     r = run_cli("decrypt", enc, "--key", key, "-o", "-", "--no-key-check")
     assert r.exit_code != 0
     assert says_truncated(error_line(r.stderr))
@@ -213,7 +203,7 @@ def test_truncated_safetensors_to_stdout_fails(run_cli, tmp_path, plains, key):
 
 @pytest.mark.parametrize("name", KINDS)
 def test_complete_file_of_each_kind_decrypts_exactly(run_cli, tmp_path, plains, key, name):
-    enc = write(tmp_path / "enc" / enc_name(name), upstream_xor(plains[name], key))
+    enc = write_file(tmp_path / "enc" / enc_name(name), upstream_xor(plains[name], key))
     r = run_cli("decrypt", enc, "--key", key, "-o", tmp_path / "out", "--no-key-check", "--no-table-check")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "out" / name).read_bytes() == plains[name]
@@ -224,7 +214,7 @@ def test_complete_file_of_each_kind_decrypts_exactly(run_cli, tmp_path, plains, 
 
 
 def test_wrong_key_to_stdout_writes_nothing(tmp_path, plains, key, wrong_key):
-    enc = write(tmp_path / enc_name("model.safetensors"), upstream_xor(plains["model.safetensors"], key))
+    enc = write_file(tmp_path / enc_name("model.safetensors"), upstream_xor(plains["model.safetensors"], key))
     r = run_proc("decrypt", enc, "--key", wrong_key, "-o", "-", "--no-key-check")
     assert r.returncode != 0
     assert r.stdout == b""
@@ -238,7 +228,7 @@ def _looks_like_no_known_kind(head: bytes) -> bool:
 
 @pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
 def test_stdin_with_a_wrong_key_is_sniffed_as_garbage_and_writes_nothing(tmp_path, plains, key, wrong_key, name):
-    enc = write(tmp_path / enc_name(name), upstream_xor(plains[name], key))
+    enc = write_file(tmp_path / enc_name(name), upstream_xor(plains[name], key))
     garbage = upstream_xor(enc.read_bytes()[:64], wrong_key)
     assert _looks_like_no_known_kind(garbage)  # the precondition: the wrong key really yields garbage here
     r = pipe_from(enc, "decrypt", "-", "--format", "techgpt", "--key", wrong_key, "--no-key-check", "-o", "-")
@@ -249,14 +239,14 @@ def test_stdin_with_a_wrong_key_is_sniffed_as_garbage_and_writes_nothing(tmp_pat
 
 @pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
 def test_stdin_with_the_right_key_streams_exact_bytes(tmp_path, plains, key, name):
-    enc = write(tmp_path / enc_name(name), upstream_xor(plains[name], key))
+    enc = write_file(tmp_path / enc_name(name), upstream_xor(plains[name], key))
     r = pipe_from(enc, "decrypt", "-", "--format", "techgpt", "--key", key, "--no-key-check", "-o", "-", "-q")
     assert r.returncode == 0, r.stderr
     assert r.stdout == plains[name]
 
 
 def test_stdin_truncated_safetensors_fails_late_with_exit_1(tmp_path, plains, key):
-    enc = write(tmp_path / "x.enc", upstream_xor(truncate("model.safetensors", plains["model.safetensors"]), key))
+    enc = write_file(tmp_path / "x.enc", upstream_xor(truncate("model.safetensors", plains["model.safetensors"]), key))
     r = pipe_from(enc, "decrypt", "-", "--format", "techgpt", "--key", key, "--no-key-check", "-o", "-")
     assert r.returncode == 1, r.stderr
     assert says_truncated(r.stderr.decode())
@@ -267,7 +257,7 @@ def test_stdin_truncated_safetensors_fails_late_with_exit_1(tmp_path, plains, ke
 
 def test_no_content_check_keeps_a_truncated_plaintext_exactly(run_cli, tmp_path, plains, key):
     data = truncate("model.safetensors", plains["model.safetensors"])
-    enc = write(tmp_path / "enc" / enc_name("model.safetensors"), upstream_xor(data, key))
+    enc = write_file(tmp_path / "enc" / enc_name("model.safetensors"), upstream_xor(data, key))
     r = run_cli("decrypt", enc, "--key", key, "-o", tmp_path / "out", "--no-key-check", "--no-content-check")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == data
@@ -332,7 +322,7 @@ def test_rerun_after_a_failed_folder_succeeds_without_force(run_cli, tmp_path, m
 
 def test_encrypt_write_error_keeps_nothing_of_the_folder(tmp_path, model_folder, key):
     for name, data in model_folder.items():
-        write(tmp_path / "model" / name, data)
+        write_file(tmp_path / "model" / name, data)
     r = run_proc(
         "encrypt", tmp_path / "model", "--key", key, "-o", tmp_path / "out", "--no-key-check", "-q", limit=True
     )
@@ -352,7 +342,7 @@ def test_output_inside_the_input_folder_is_refused_and_the_inputs_are_unchanged(
     small = {n: plains[n] for n in ("config.json", "tokenizer.model")}
     if case.startswith("encrypt"):
         for name, data in small.items():
-            write(d / name, data)
+            write_file(d / name, data)
         args = ("encrypt", d, "-o", d)
     else:
         enc_folder(d, small, key)
@@ -377,7 +367,7 @@ def _fake_published(monkeypatch, table: dict[str, str]) -> None:
 
 def test_published_output_md5_is_verified(tmp_path, plains, key, monkeypatch):
     data = plains["model.safetensors"]
-    enc = write(tmp_path / "enc" / enc_name("model.safetensors"), upstream_xor(data, key))
+    enc = write_file(tmp_path / "enc" / enc_name("model.safetensors"), upstream_xor(data, key))
     _fake_published(monkeypatch, {"model.safetensors": hashlib.md5(data).hexdigest()})
     result = crypto.decrypt([enc], key, tmp_path / "out", key_check=False)
     f = result.files[0]
@@ -389,7 +379,7 @@ def test_published_output_md5_is_verified(tmp_path, plains, key, monkeypatch):
 def test_published_input_with_a_wrong_output_md5_fails_and_keeps_nothing(tmp_path, plains, key, monkeypatch):
     data = plains["model.safetensors"]
     enc_bytes = upstream_xor(data, key)
-    enc = write(tmp_path / "enc" / enc_name("model.safetensors"), enc_bytes)
+    enc = write_file(tmp_path / "enc" / enc_name("model.safetensors"), enc_bytes)
     _fake_published(monkeypatch, {enc.name: hashlib.md5(enc_bytes).hexdigest(), "model.safetensors": "0" * 32})
     with pytest.raises(CheckFailed):
         crypto.decrypt([enc], key, tmp_path / "out", key_check=False)

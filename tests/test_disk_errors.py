@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import EMPTY, stderr_is_one_error_line
 
 import llmkit.io.core.writer as sinks
 from llmkit import units
@@ -23,7 +24,6 @@ from llmkit.errors import DiskSpaceError, OutputNotWritableError, WriteError
 from llmkit.io import ShardedWriter, TensorSpec
 
 LLMKIT = [sys.executable, "-m", "llmkit"]
-EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 MiB = 2**20
 
 
@@ -44,12 +44,6 @@ def run_limited(limit: int, *args) -> subprocess.CompletedProcess:
     return subprocess.run([*LLMKIT, *map(str, args)], capture_output=True, text=True, timeout=300, preexec_fn=preexec)
 
 
-def the_error_line(stderr: str) -> str:
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    return lines[0]
-
-
 # ------------------------------------------------------------------ (a) file-size limit, disk full
 
 
@@ -63,7 +57,7 @@ def test_file_size_limit_names_the_file_and_keeps_nothing(lora_work, tiny_factor
     assert (lora_work / "base" / "model.safetensors").stat().st_size > 400_000  # the output shard is as big
     r = run_limited(200_000, *args, "-o", out, "--quiet")
     assert r.returncode == 2, r.stderr
-    line = the_error_line(r.stderr)
+    line = stderr_is_one_error_line(r.stderr)
     assert f"{out / 'model.safetensors'}: " in line, line  # the final name, not the temporary one
     assert "file-size limit" in line and "ulimit -f" in line and "--shard-size" in line, line
     assert all_files(out) == []
@@ -88,7 +82,7 @@ def test_file_size_limit_on_a_copied_tokenizer_file_names_it(lora_work, tiny_fac
         "-q",
     )
     assert r.returncode == 2, r.stderr
-    line = the_error_line(r.stderr)
+    line = stderr_is_one_error_line(r.stderr)
     assert f"{out / 'tokenizer.model'}: " in line and "file-size limit" in line, line
     assert "--shard-size" not in line  # a smaller shard would not help
     assert all_files(out) == []
@@ -153,7 +147,7 @@ def test_read_only_output_is_called_read_only(run_cli, lora_work, tiny_factory, 
     _fake_read_only(monkeypatch, mount)
     r = run_cli(*argv, "-o", out)
     assert r.exit_code == 2, r.stderr
-    line = the_error_line(r.stderr)
+    line = stderr_is_one_error_line(r.stderr)
     assert f"{out}: " in line and "read-only file system" in line and str(mount) in line, line
     assert "free space" not in line and "available" not in line
     assert not out.exists()
@@ -178,9 +172,8 @@ def test_erofs_when_creating_the_output_folder_is_reported_as_read_only(tmp_path
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
-    with pytest.raises(WriteError) as err:
-        with ShardedWriter(tmp_path / "o", [TensorSpec("x", torch.float32, (4,))]) as w:
-            w.write("x", torch.zeros(4))
+    with pytest.raises(WriteError) as err, ShardedWriter(tmp_path / "o", [TensorSpec("x", torch.float32, (4,))]) as w:
+        w.write("x", torch.zeros(4))
     assert err.value.path == str(tmp_path / "o") and "read-only" in err.value.message
 
 
@@ -218,7 +211,7 @@ def test_a_real_read_only_mount_is_called_read_only(
     }[command]
     r = run_cli(*argv, "-o", read_only_bind_mount / "out")
     assert r.exit_code == 2, r.stderr
-    line = the_error_line(r.stderr)
+    line = stderr_is_one_error_line(r.stderr)
     assert "read-only file system" in line and "free space" not in line, line
 
 
@@ -303,7 +296,7 @@ def test_decrypt_margin_is_proportional_and_stated(run_cli, tmp_path, monkeypatc
     monkeypatch.setattr(crypto_plan, "free_bytes", lambda folder: 470_000 + MiB - 1)
     r = run_cli(*argv, "-o", tmp_path / "refused")
     assert r.exit_code == 2
-    line = the_error_line(r.stderr)
+    line = stderr_is_one_error_line(r.stderr)
     assert "470.00 KB of output + a 1.05 MB margin" in line and "1.52 MB available" in line, line
     assert not (tmp_path / "refused").exists()
 
@@ -330,7 +323,7 @@ def test_dangling_symlink_output_says_what_it_is(run_cli, lora_work, tiny_factor
     }[command]
     r = run_cli(*argv, "-o", link)
     assert r.exit_code == 2, r.stderr
-    line = the_error_line(r.stderr)
+    line = stderr_is_one_error_line(r.stderr)
     assert f"{link}: " in line and f"is a dangling symlink to {tmp_path / 'elsewhere' / 'target'}" in line, line
     assert "File exists" not in line
     assert not (tmp_path / "elsewhere").exists() and link.is_symlink()

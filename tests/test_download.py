@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+from common import only_error_line
 from hub_server import DEFAULT_TOKEN, FakeHub, git_blob_sha1, hub, sha256_hex  # noqa: F401 (hub: the fixture)
 
 LLMKIT = Path(sys.executable).parent / "llmkit"  # the console script
@@ -185,13 +186,6 @@ def dl(run_cli, hub, hf_env):
         return run_cli("download", *args, *extra)
 
     return run
-
-
-def only_error_line(stderr: str) -> str:
-    """The one ``error:`` line of a failure (other stderr lines, e.g. progress, are allowed around it)."""
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, f"expected exactly one error: line, got {stderr!r}"
-    return errors[0]
 
 
 def by_path(result: dict) -> dict[str, dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from common import record_options
 
 import llmkit.hub as hub
 from llmkit.hub import DownloadOptions
@@ -12,14 +13,7 @@ from llmkit.hub import DownloadOptions
 
 @pytest.fixture
 def calls(monkeypatch):
-    seen = []
-
-    def record(options, *, progress=None):
-        seen.append(options)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(hub, "download", record)
-    return seen
+    return record_options(monkeypatch, (hub, "download"), keywords=("progress",))
 
 
 def test_defaults_and_every_flag(run_cli, calls):

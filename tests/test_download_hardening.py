@@ -18,8 +18,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
+from common import only_error_line
 from hub_server import hub  # noqa: F401
-from test_download import LLMKIT, REPO, by_path, dl, files_under, hf_env, leftovers, only_error_line, tiny_files, work  # noqa: F401
+from test_download import LLMKIT, REPO, by_path, dl, files_under, hf_env, leftovers, tiny_files, work  # noqa: F401
 
 SLOW = "pytorch_model-00001-of-00002.bin"  # 100 KB
 
@@ -256,7 +257,7 @@ def test_a_second_download_into_the_same_folder_is_refused_while_the_first_runs(
     assert r.exit_code == 2, (r.exit_code, r.stderr)
     line = only_error_line(r.stderr)
     assert "another" in line and "tiny-llama" in line, line
-    stdout, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr  # the first run was not disturbed
     assert files_under(work / "tiny-llama") == files
 

@@ -8,35 +8,23 @@ reports for ``yes | head -c 10`` under ``pipefail`` (checked here too, as the re
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from common import BIN, EMPTY
+from common import bash as shell
 from safetensors.torch import save_file
 from spec_reference import upstream_xor
 
-BIN = Path(sys.executable).parent
 LLMKIT = BIN / "llmkit"
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 def bash(script: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("LLMKIT_DEBUG", None)
-    return subprocess.run(
-        ["bash", "-c", "set -o pipefail\n" + script + "\necho rc=$? >&2"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    """The script in a shell (common.bash), its exit status last on stderr as ``rc=N``."""
+    return shell(script + "\necho rc=$? >&2", cwd)
 
 
 def rc_and_stderr(r: subprocess.CompletedProcess) -> tuple[int, str]:
@@ -54,7 +42,7 @@ def inputs(tmp_path_factory) -> Path:
     torch.save({"x": torch.randn(1000, 100)}, key)
     plain = root / "plain.safetensors"
     save_file({"w": torch.randn(2000, 1000)}, plain)
-    (root / f"model.safetensors.{EMPTY_SHA256}.enc").write_bytes(upstream_xor(plain.read_bytes(), key))
+    (root / f"model.safetensors.{EMPTY}.enc").write_bytes(upstream_xor(plain.read_bytes(), key))
     many = root / "many"
     many.mkdir()
     for i in range(2000):
@@ -64,7 +52,7 @@ def inputs(tmp_path_factory) -> Path:
 
 
 CASES = {
-    "decrypt -o -": f"decrypt model.safetensors.{EMPTY_SHA256}.enc --key key.pth --no-key-check -o - -q",
+    "decrypt -o -": f"decrypt model.safetensors.{EMPTY}.enc --key key.pth --no-key-check -o - -q",
     "checksum": "checksum many",
     "checksum --json": "checksum many --json",
     "inspect --json": "inspect wide.safetensors --json",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_ckpt_mindspore import mindspore_run, save_ordered  # noqa: F401  (mindspore_run is a fixture)
+from test_ckpt_mindspore import save_ordered
 
 KEY_HEX = "00112233445566778899aabbccddeeff"
 
@@ -30,7 +30,7 @@ CHECK = """
 def test_mindspore_checks_the_crc_trailer_of_an_encrypted_checkpoint(
     tmp_path,
     run_cli,
-    mindspore_run,  # noqa: F811
+    mindspore_run,
     monkeypatch,
     mode,
 ):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import one_error_line, tree
 from safetensors.torch import load_file, save_file
-from test_bad_inputs import one_error_line, tree
 
 IDX = "model.safetensors.index.json"
 

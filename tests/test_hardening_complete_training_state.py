@@ -13,7 +13,6 @@ import json
 
 import torch
 from safetensors.torch import load_file
-from test_ckpt_mindspore import mindspore_run  # noqa: F401  (a fixture)
 
 OPTIMIZERS = (
     "AdamWeightDecay+loss-scale",
@@ -63,7 +62,7 @@ TRAIN = """
 
 def test_every_mindspore_optimizer_state_is_named_training_state_and_left_out(
     tmp_path, run_cli, tiny_factory, mindspore_run
-):  # noqa: F811
+):
     m = tiny_factory("safetensors")
     assert run_cli("to-ckpt", m.path, "-o", tmp_path / "model.ckpt").exit_code == 0
     stored = json.loads(mindspore_run(TRAIN, tmp_path / "model.ckpt", tmp_path, ",".join(OPTIMIZERS)))
@@ -89,7 +88,7 @@ def test_every_mindspore_optimizer_state_is_named_training_state_and_left_out(
 
 def test_a_damaged_weight_name_in_a_training_checkpoint_is_still_refused(
     tmp_path, run_cli, tiny_factory, mindspore_run
-):  # noqa: F811
+):
     m = tiny_factory("safetensors")
     assert run_cli("to-ckpt", m.path, "-o", tmp_path / "model.ckpt").exit_code == 0
     mindspore_run(TRAIN, tmp_path / "model.ckpt", tmp_path, "AdamWeightDecay+loss-scale")

@@ -15,18 +15,11 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from common import EMPTY, only_error_line
 from spec_reference import upstream_xor
 
 import llmkit.crypto.keycheck as crypto_keycheck
 import llmkit.crypto.tables as crypto_tables
-
-EMPTY = hashlib.sha256(b"").hexdigest()
-
-
-def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 @pytest.fixture
@@ -74,7 +67,7 @@ def test_a_damaged_techgpt_file_with_a_checked_key_is_called_damaged_not_a_wrong
     enc = techgpt_enc(tmp_path / "enc", "config.json", config_bytes(), key, damage_at=0)
     r = run_cli("decrypt", enc, "--key", key, "-o", tmp_path / "out")
     assert r.exit_code == 1, r.stderr
-    line = error_line(r.stderr)
+    line = only_error_line(r.stderr)
     assert "md5 was checked" in line and "damaged" in line, line
     assert "either" not in line and "the key is not" not in line, line
     assert not (tmp_path / "out").exists()
@@ -89,7 +82,7 @@ def test_a_damaged_techgpt_file_without_the_key_check_names_both_causes_and_the_
     )
     r = run_cli("decrypt", enc, "--key", key, "--no-key-check", "-o", tmp_path / "out")
     assert r.exit_code == 1, r.stderr
-    line = error_line(r.stderr)
+    line = only_error_line(r.stderr)
     assert "either the key" in line and "damaged" in line, line
     assert "--no-key-check" in line, line
     assert f"llmkit verify {enc.parent} --table techgpt-7b.enc" in line, line
@@ -100,7 +93,7 @@ def test_a_damaged_belle_file_says_that_its_header_cannot_tell_a_damaged_file_fr
     enc = belle_enc(tmp_path / "enc", "model.safetensors", plain, key, damage_at=len(plain) - 100)  # tensor data
     r = run_cli("decrypt", enc, "--key", key, "--no-key-check", "-o", tmp_path / "out")
     assert r.exit_code == 1, r.stderr
-    line = error_line(r.stderr)
+    line = only_error_line(r.stderr)
     assert "either the key" in line and "damaged" in line, line
     assert "cannot tell" in line and "--no-key-check" in line and "llmkit download" in line, line
     assert not (tmp_path / "out").exists()
@@ -111,7 +104,7 @@ def test_a_damaged_belle_file_with_a_checked_key_is_called_damaged(run_cli, tmp_
     enc = belle_enc(tmp_path / "enc", "model.safetensors", plain, key, damage_at=len(plain) - 100)
     r = run_cli("decrypt", enc, "--key", key, "-o", tmp_path / "out")
     assert r.exit_code == 1, r.stderr
-    line = error_line(r.stderr)
+    line = only_error_line(r.stderr)
     assert "md5 was checked" in line and "damaged" in line and "either" not in line, line
 
 
@@ -124,7 +117,7 @@ def test_a_wrong_key_without_the_key_check_still_names_the_key_first(run_cli, tm
     enc.write_bytes(upstream_xor(config_bytes(), key))
     r = run_cli("decrypt", enc, "--key", wrong, "--no-key-check", "-o", tmp_path / "out")
     assert r.exit_code == 1, r.stderr
-    line = error_line(r.stderr)
+    line = only_error_line(r.stderr)
     assert "either the key is not" in line and "--no-content-check" in line, line
 
 
@@ -142,7 +135,7 @@ def test_an_enc_name_whose_output_name_would_be_dot_dotdot_or_empty_is_refused_u
     for args in ([enc], [enc.parent]):
         r = run_cli("decrypt", *args, "--key", key, "--no-key-check", "-o", tmp_path / "out")
         assert r.exit_code == 2, (r.exit_code, r.stderr)
-        line = error_line(r.stderr)
+        line = only_error_line(r.stderr)
         assert str(enc) in line and "output name" in line, line
         assert "llmkit-stage" not in line and "folder where a file" not in line, line
         assert sorted(p.name for p in tmp_path.iterdir()) == ["enc", "key"], list(tmp_path.iterdir())

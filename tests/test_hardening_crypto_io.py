@@ -13,23 +13,12 @@ import random
 from pathlib import Path
 
 import pytest
+from common import enc_name, md5, one_error_line, tree, write_file
 from spec_reference import upstream_xor
-from test_bad_inputs import one_error_line, tree
 
 import llmkit.crypto.tables as crypto_tables
 
-EMPTY = hashlib.sha256(b"").hexdigest()
 KEY_NAME = "consolidated.00.pth"
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def enc_name(name: str) -> str:
-    return f"{name}.{EMPTY}.enc"
 
 
 def digest(path: Path) -> str:
@@ -40,13 +29,13 @@ def digest(path: Path) -> str:
 def w(tmp_path) -> dict[str, Path]:
     """A key in its own folder (beside a note), an .enc folder that would write a file named like the key,
     a plaintext folder holding a file named like the key's encrypted name."""
-    key = write(tmp_path / "llama" / "7B" / KEY_NAME, random.Random(1).randbytes(300_007))
-    write(tmp_path / "llama" / "7B" / "params.json", b'{"dim": 4096}\n')
+    key = write_file(tmp_path / "llama" / "7B" / KEY_NAME, random.Random(1).randbytes(300_007))
+    write_file(tmp_path / "llama" / "7B" / "params.json", b'{"dim": 4096}\n')
     enc = tmp_path / "enc"
-    write(enc / enc_name(KEY_NAME), upstream_xor(b'{"not": "the key"}\n', key))  # decrypts to the key's name
-    write(enc / enc_name("config.json"), upstream_xor(b'{"model_type": "llama"}\n', key))
+    write_file(enc / enc_name(KEY_NAME), upstream_xor(b'{"not": "the key"}\n', key))  # decrypts to the key's name
+    write_file(enc / enc_name("config.json"), upstream_xor(b'{"model_type": "llama"}\n', key))
     plain = tmp_path / "plain"
-    write(plain / "config.json", b'{"model_type": "llama"}\n')
+    write_file(plain / "config.json", b'{"model_type": "llama"}\n')
     return {"root": tmp_path, "key": key, "key_dir": key.parent, "enc": enc, "plain": plain}
 
 
@@ -117,7 +106,7 @@ def _publish(monkeypatch, table: dict[str, str]) -> None:
 def _folder(w, names: dict[str, bytes]) -> tuple[Path, dict[str, bytes]]:
     enc = w["root"] / "published-enc"
     for name, data in names.items():
-        write(enc / enc_name(name), upstream_xor(data, w["key"]))
+        write_file(enc / enc_name(name), upstream_xor(data, w["key"]))
     return enc, names
 
 
@@ -126,10 +115,6 @@ PLAIN = {
     "generation_config.json": b'{"bos_token_id": 1}\n',
     "notes.dat": b"not in any table\n",
 }
-
-
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 TABLE_CASES = {
@@ -145,7 +130,7 @@ TABLE_CASES = {
 @pytest.mark.parametrize("json_flag", [False, True])
 @pytest.mark.parametrize("case", TABLE_CASES)
 def test_a_published_table_that_does_not_match_fails_and_keeps_nothing(run_cli, w, monkeypatch, case, json_flag):
-    enc, plain = _folder(w, PLAIN)
+    enc, _ = _folder(w, PLAIN)
     _publish(monkeypatch, TABLE_CASES[case](enc, w["key"]))
     before = tree(w["root"])
     out = w["root"] / "out"
@@ -177,14 +162,14 @@ def test_no_table_check_opts_out_by_name_and_reports_the_mismatch(run_cli, w, mo
 
 
 def test_a_matching_table_passes_without_any_flag(run_cli, w, monkeypatch):
-    enc, plain = _folder(w, PLAIN)
+    enc, _ = _folder(w, PLAIN)
     enc_bytes = (enc / enc_name("config.json")).read_bytes()
     _publish(
         monkeypatch,
         {
-            enc_name("config.json"): _md5(enc_bytes),
-            "config.json": _md5(PLAIN["config.json"]),
-            "generation_config.json": _md5(PLAIN["generation_config.json"]),
+            enc_name("config.json"): md5(enc_bytes),
+            "config.json": md5(PLAIN["config.json"]),
+            "generation_config.json": md5(PLAIN["generation_config.json"]),
         },
     )
     r = run_cli("decrypt", enc, "--key", w["key"], "-o", w["root"] / "out", "--no-key-check", "--json")
@@ -196,7 +181,7 @@ def test_the_published_input_with_a_wrong_output_still_fails_with_no_table_check
     # an input that is the published file but decrypts to another md5 proves a wrong key: no flag makes it pass
     enc, _ = _folder(w, PLAIN)
     enc_bytes = (enc / enc_name("config.json")).read_bytes()
-    _publish(monkeypatch, {enc_name("config.json"): _md5(enc_bytes), "config.json": "2" * 32})
+    _publish(monkeypatch, {enc_name("config.json"): md5(enc_bytes), "config.json": "2" * 32})
     r = run_cli("decrypt", enc, "--key", w["key"], "-o", w["root"] / "out", "--no-key-check", "--no-table-check")
     assert r.exit_code == 1, r.stderr
     assert "key" in r.stderr and not (w["root"] / "out").exists()
@@ -208,7 +193,7 @@ def test_a_table_mismatch_to_stdout_exits_1_after_the_bytes(tmp_path, w, monkeyp
 
     enc, plain = _folder(w, {"config.json": PLAIN["config.json"]})
     checksums = tmp_path / "tables"  # a real table file the subprocess reads (LLMKIT_CHECKSUMS)
-    write(checksums / "fake-table.md5", f"{'2' * 32}  ./config.json\n".encode())
+    write_file(checksums / "fake-table.md5", f"{'2' * 32}  ./config.json\n".encode())
     llmkit = Path(sys.executable).parent / "llmkit"
     env = {**os.environ, "LLMKIT_CHECKSUMS": str(checksums)}
     argv = [

@@ -9,12 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-
-def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, stderr
-    return lines[0]
+from common import only_error_line
 
 
 def with_heads(src: Path, dst: Path, heads: int) -> Path:
@@ -36,7 +31,7 @@ def test_a_head_count_that_cannot_permute_the_rotary_rows_names_its_config_json(
     out = tmp_path / ("out.ckpt" if command[0] == "to-ckpt" else "out")
     r = run_cli(command[0], model, "-o", out, *command[1:])
     assert r.exit_code == 2, r.stderr
-    line = error_line(r.stderr)
+    line = only_error_line(r.stderr)
     # the complete-model check meets the contradiction first (the tensors' shapes against config.json's
     # heads); the rotary check behind it names config.json too: either way the config is named
     assert line.startswith(f"error: {model / 'config.json'}: ") or (
@@ -55,6 +50,6 @@ def test_a_tensor_with_no_place_in_meta_layout_names_the_shard_holding_it(run_cl
     torch.save(state, shard)
     r = run_cli("from-meta", meta, "-o", tmp_path / "out")
     assert r.exit_code == 2, r.stderr
-    line = error_line(r.stderr)
+    line = only_error_line(r.stderr)
     assert line.startswith(f"error: {shard}: ") and "foo.weight" in line, line
     assert not (tmp_path / "out").exists()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from common import only_error_line
 from hub_server import Fault, hub  # noqa: F401
-from test_download import REPO, dl, files_under, hf_env, only_error_line, tiny_files, work  # noqa: F401
+from test_download import REPO, dl, files_under, hf_env, tiny_files, work  # noqa: F401
 
 import llmkit.hub_errors
 

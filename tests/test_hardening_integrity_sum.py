@@ -62,7 +62,7 @@ def zhixi_like(tiny_factory, tmp_path):
     (tmp_path / "diff").mkdir()
     save_file(diff, tmp_path / "diff" / "model.safetensors", metadata={"format": "pt"})
     shutil.copy(hf.path / "config.json", tmp_path / "diff" / "config.json")
-    weights = {k: v for k, v in hf.state.items()}
+    weights = dict(hf.state.items())
     assert all(torch.equal(meta.state[k], v) for k, v in weights.items())
     return {"hf-4.30": with_buffers, "hf": hf.path, "meta": meta.path}, tmp_path / "diff", diff, weights
 

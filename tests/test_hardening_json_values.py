@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from common import one_error_line
 
 from llmkit.errors import InputError
 from llmkit.io.core.jsonfile import read_json
-from tests.test_bad_inputs import one_error_line
 
 # ------------------------------------------------------------------ adapter tokenizer files
 
@@ -81,12 +81,12 @@ def test_the_untouched_adapter_tokenizer_still_merges(tmp_path, run_cli, lora_wo
 @pytest.mark.parametrize("literal", ["Infinity", "-Infinity", "NaN", "1e400", "-1e999"])
 def test_read_json_refuses_non_finite_numbers_naming_the_file_and_key(tmp_path, literal):
     p = tmp_path / "config.json"
-    p.write_text('{"model_type": "llama", "rope_scaling": {"factor": %s}, "hidden_size": 64}' % literal)
+    p.write_text(f'{{"model_type": "llama", "rope_scaling": {{"factor": {literal}}}, "hidden_size": 64}}')
     with pytest.raises(InputError) as err:
         read_json(p)
     assert err.value.path == str(p)
     assert f"factor is {literal}" in err.value.message and "finite" in err.value.message
-    (tmp_path / "list.json").write_text('{"sizes": [1, 2, %s]}' % literal)
+    (tmp_path / "list.json").write_text(f'{{"sizes": [1, 2, {literal}]}}')
     with pytest.raises(InputError, match="sizes is"):
         read_json(tmp_path / "list.json")
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-
-from tests.test_bad_inputs import one_error_line
+from common import one_error_line
 
 MODES = ("AES-GCM", "AES-CBC", "SM4-CBC")
 KEY = bytes(range(16))

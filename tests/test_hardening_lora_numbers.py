@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import one_error_line
 from safetensors.torch import load_file, save_file
-from test_bad_inputs import one_error_line
 
 from llmkit.tiny_lora import peft_merged_state
 

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from common import one_error_line
 
 from llmkit.tiny import TINY_HEADS, TINY_HIDDEN, TINY_LAYERS, TINY_VOCAB
-from tests.test_bad_inputs import one_error_line
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_inspect_refuses_strings_for_numbers_in_params_json(meta2, run_cli, key,
 @pytest.mark.parametrize("command", ["inspect", "checksum --tensors", "verify --tensors"])
 def test_params_json_is_checked_by_every_reader_of_a_meta_folder(meta2, run_cli, tiny_factory, command):
     _edit_params(meta2, n_layers=TINY_LAYERS + 1)
-    args = command.split() + [str(meta2)]
+    args = [*command.split(), str(meta2)]
     if command == "verify --tensors":
         args.append(str(tiny_factory("meta-2shards").path))
     one_error_line(run_cli(*args), "params.json", "n_layers")

@@ -132,7 +132,7 @@ def test_a_sealed_file_is_not_read_again_and_rehash_reads_every_one(run_cli, tec
 
 
 def test_a_manifest_of_an_earlier_llmkit_makes_its_steps_run_once_more(run_cli, techgpt, hub, tmp_path):
-    plain, key = techgpt
+    _, key = techgpt
     work = tmp_path / "work"
     args = ("recipe", "run", "techgpt-1.0", "--workdir", work, "--key", key, "--endpoint", hub.url, "--json")
     assert run_cli(*args).exit_code == 0

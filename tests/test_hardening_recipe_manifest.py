@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_bad_inputs import one_error_line
+from common import one_error_line
 
 GOOD_STEP = {
     "job": "download",

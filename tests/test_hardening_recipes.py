@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import shutil
 
+from common import one_error_line
 from hub_server import hub  # noqa: F401
-from test_bad_inputs import one_error_line
 from test_download import hf_env  # noqa: F401
 from test_recipes import files_of
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from common import one_error_line
 from typer.testing import CliRunner
 
 from llmkit.cli import app
-from tests.test_bad_inputs import one_error_line
 
 WEIGHTS = "model.safetensors"
 
@@ -123,7 +123,11 @@ MUTATIONS: list[Mutation] = [
     ("offsets-negative", "data_offsets", _edit(lambda e, s: e.update(data_offsets=[-4, e["data_offsets"][1]]))),
     ("offsets-float", "data_offsets", _edit(lambda e, s: e.update(data_offsets=[float(n) for n in e["data_offsets"]]))),
     ("offsets-swapped", "data_offsets", _edit(lambda e, s: e.update(data_offsets=e["data_offsets"][::-1]))),
-    ("offsets-object", "data_offsets", _edit(lambda e, s: e.update(data_offsets=dict(zip("be", e["data_offsets"]))))),
+    (
+        "offsets-object",
+        "data_offsets",
+        _edit(lambda e, s: e.update(data_offsets=dict(zip("be", e["data_offsets"], strict=True)))),
+    ),
     (
         "offsets-past-the-end",
         "data_offsets",

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from common import EMPTY
 
 LIMIT = 200_000  # bytes: below every tiny model's weight file (about 450 KB)
-EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # TechGPT's .enc label
 KEY = bytes(range(16))
 
 

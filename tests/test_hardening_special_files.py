@@ -19,9 +19,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from common import EMPTY
 
 TIME_LIMIT = 120  # seconds: a run that blocks on a FIFO never ends; a refusal takes a few seconds
-EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # TechGPT's .enc label
 
 
 def run(args: list) -> subprocess.CompletedProcess:

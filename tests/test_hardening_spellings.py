@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from common import one_error_line, record_options
 
 import llmkit.convert as convert
 import llmkit.convert.ckpt as ckpt_job
@@ -15,27 +16,19 @@ import llmkit.lora as lora_lib
 import llmkit.recover as recover_lib
 from llmkit.errors import InputError
 from llmkit.units import parse_size
-from tests.test_bad_inputs import one_error_line
 
 
 @pytest.fixture
 def calls(monkeypatch):
-    seen = []
-
-    def record(options, **_):
-        seen.append(options)
-        raise SystemExit(0)  # only the options matter
-
-    for module, name in (
+    return record_options(
+        monkeypatch,
         (recover_lib, "run"),
         (lora_lib, "run"),
         (convert, "from_meta"),
         (convert, "to_meta"),
         (ckpt_job, "to_ckpt"),
         (ckpt_job, "from_ckpt"),
-    ):
-        monkeypatch.setattr(module, name, record)
-    return seen
+    )
 
 
 # Every command with --dtype, as a command line without the --dtype value.

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from common import one_error_line
 
 from llmkit.tiny import TINY_VOCAB
-from tests.test_bad_inputs import one_error_line
 
 
 def _write_tokenizer_tables(folder: Path, llama_model: Path) -> None:

@@ -136,9 +136,11 @@ def test_unwritten_planned_tensor_is_an_error_and_leaves_nothing(tmp_path):
 
 
 def test_wrong_shape_or_dtype_is_refused(tmp_path):
-    with pytest.raises(InputError, match="planned"):
-        with ShardedWriter(tmp_path / "o", [TensorSpec("a", torch.float16, (3,))]) as w:
-            w.write("a", torch.ones(3))
+    with (
+        pytest.raises(InputError, match="planned"),
+        ShardedWriter(tmp_path / "o", [TensorSpec("a", torch.float16, (3,))]) as w,
+    ):
+        w.write("a", torch.ones(3))
 
 
 def test_existing_output_is_refused_without_force(tmp_path):

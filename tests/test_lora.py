@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import merged_state
 from safetensors.torch import load_file, save_file
 
-from llmkit.io import open_source
 from llmkit.lora import merge_lora, tokenizer_size
 from llmkit.tiny import write_tokenizer
 from llmkit.tiny_lora import (
@@ -26,11 +26,6 @@ from llmkit.tiny_lora import (
     save_tiny_gpt2,
     save_tiny_gpt2_adapter,
 )
-
-
-def merged_state(out: Path) -> dict[str, torch.Tensor]:
-    with open_source(out) as src:
-        return {k: t.clone() for k, t in src}
 
 
 def assert_equal_to_peft(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import assert_same, merged_state
 from safetensors.torch import load_file
 
-from llmkit.io import open_source
 from llmkit.lora import merge_lora
 from llmkit.tiny import write_tokenizer
 
@@ -85,18 +85,6 @@ def peft_merged(base: Path, adapter: Path, vocab: int | None) -> dict[str, torch
             model.resize_token_embeddings(vocab)
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def merged_state(out: Path) -> dict[str, torch.Tensor]:
-    with open_source(out) as src:
-        return {k: t.clone() for k, t in src}
-
-
-def assert_bit_identical(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
-    assert set(got) == set(ref), sorted(set(got) ^ set(ref))
-    for name, t in got.items():
-        assert t.dtype == ref[name].dtype and t.shape == ref[name].shape, name
-        assert torch.equal(t, ref[name]), name
 
 
 def saved_modules(saved: dict[str, torch.Tensor]) -> list[str]:
@@ -168,7 +156,7 @@ def test_every_peft_layout_merges_bit_identical_to_peft(
     assert res.exit_code == 0, res.stderr
     assert res.json()["vocab_after"] == (vocab or 100)
     got = merged_state(tmp_path / "out")
-    assert_bit_identical(got, peft_merged(base, adapter, vocab))
+    assert_same(got, peft_merged(base, adapter, vocab))
     for module in VOCAB_TENSORS:  # the merged vocabulary rows are the adapter's, never original_module's
         original = saved.get(f"{PREFIX}{module}.original_module.weight")
         if original is not None:
@@ -191,7 +179,7 @@ def test_original_module_never_wins_even_when_it_differs_from_the_saved_copies(t
     torch.save(saved, adapter / "adapter_model.bin")
     merge_lora(base, [adapter], tmp_path / "out")
     got = merged_state(tmp_path / "out")
-    assert_bit_identical(got, peft_merged(base, adapter, 101))
+    assert_same(got, peft_merged(base, adapter, 101))
     assert torch.equal(got["lm_head.weight"], saved[f"{PREFIX}lm_head.weight"])
 
 
@@ -228,8 +216,8 @@ def test_old_chinese_llama_alpaca_layout_matches_peft(tiny_factory, tmp_path, co
     result = merge_lora(base, [adapter], tmp_path / "out")
     assert (result.vocab_before, result.vocab_after) == (100, 101) and result.mean_initialised_rows == {}
     got = merged_state(tmp_path / "out")
-    assert_bit_identical(got, peft_merged(base, adapter, 101))
-    assert_bit_identical(got, merged_state_of(base, made, tmp_path / "out-made"))  # same model as peft 0.21's file
+    assert_same(got, peft_merged(base, adapter, 101))
+    assert_same(got, merged_state_of(base, made, tmp_path / "out-made"))  # same model as peft 0.21's file
 
 
 def merged_state_of(base: Path, adapter: Path, out: Path) -> dict[str, torch.Tensor]:

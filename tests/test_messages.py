@@ -6,19 +6,13 @@ import hashlib
 
 import pytest
 import torch
+from common import one_error_line
 from safetensors.torch import load_file, save_file
 
 from llmkit.summary import describe_hidden_size, guess_architecture
 from llmkit.tiny import save_tiny_model, tiny_model
 from llmkit.tiny_lora import save_tiny_base
 from llmkit.verify import classify_mismatch
-
-
-def error_line(r) -> str:
-    assert r.exit_code == 2, r.stderr
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +26,7 @@ def narrow_model(tmp_path_factory):
 @pytest.mark.parametrize("command", ["recover", "make-diff"])
 def test_hidden_size_mismatch_names_each_size_once(run_cli, tiny_factory, narrow_model, tmp_path, command):
     other = "--diff" if command == "recover" else "--target"
-    line = error_line(
+    line = one_error_line(
         run_cli(command, "--base", tiny_factory("safetensors").path, other, narrow_model, "-o", tmp_path / "out")
     )
     assert "LLaMA-like (hidden size 64)" in line and "LLaMA-like (hidden size 32)" in line, line
@@ -55,7 +49,7 @@ def wide_vocab(tmp_path_factory):
 
 
 def test_make_diff_vocab_mismatch_does_not_tell_the_user_to_recover(run_cli, tiny_factory, wide_vocab, tmp_path):
-    line = error_line(
+    line = one_error_line(
         run_cli("make-diff", "--base", tiny_factory("safetensors").path, "--target", wide_vocab, "-o", tmp_path / "out")
     )
     assert "100-token vocabulary but the tuned model 101" in line, line
@@ -64,7 +58,7 @@ def test_make_diff_vocab_mismatch_does_not_tell_the_user_to_recover(run_cli, tin
 
 
 def test_recover_vocab_mismatch_still_says_recover_from_the_extended_model(run_cli, tiny_factory, wide_vocab, tmp_path):
-    line = error_line(
+    line = one_error_line(
         run_cli("recover", "--base", tiny_factory("safetensors").path, "--diff", wide_vocab, "-o", tmp_path / "out")
     )
     assert "recover from the 101-token model the diff was made from" in line, line

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from common import assert_same, load_output
+from safetensors.torch import save_file
 
 HIDDEN, HEADS, INTER, VOCAB, LAYERS, EPS = 64, 8, 184, 99, 2, 1e-5  # INTER set by hand (not the 256 rule)
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj")
@@ -80,7 +81,7 @@ def split_meta(meta: dict, n: int) -> list[dict]:
             pieces = torch.chunk(t, n, dim=0)
         else:
             pieces = [t] * n
-        for shard, piece in zip(shards, pieces):
+        for shard, piece in zip(shards, pieces, strict=True):
             shard[name] = piece.clone()
     return shards
 
@@ -107,21 +108,6 @@ def make_model(kv: int = HEADS, dtype=torch.float32, seed: int = 0):
             noise = torch.randn(p.shape, generator=gen)
             p.copy_(1.0 + 0.1 * noise if "norm" in name else 0.05 * noise)
     return model.to(dtype).eval()
-
-
-def load_dir(folder: Path) -> dict[str, torch.Tensor]:
-    state: dict[str, torch.Tensor] = {}
-    for p in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(p))
-    for p in sorted(folder.glob("*.bin")):
-        state.update(torch.load(p, weights_only=True))
-    return state
-
-
-def assert_same(out: dict, ref: dict) -> None:
-    assert set(out) == set(ref), set(out) ^ set(ref)
-    for k, v in ref.items():
-        assert out[k].dtype == v.dtype and torch.equal(out[k], v), k
 
 
 def weight_bytes(folder: Path) -> dict[str, bytes]:
@@ -216,7 +202,7 @@ FROM_CASES = [
 def test_from_meta_equals_the_hf_tensors_bit_for_bit_and_keeps_the_dtype(world, run_cli, tmp_path, kv, dtype, shards):
     r = run_cli("from-meta", world.meta(kv, dtype, shards), "-o", tmp_path / "out")
     assert r.exit_code == 0, r.stderr
-    assert_same(load_dir(tmp_path / "out"), world.model(kv, dtype)[1])  # rope.freqs dropped, fp16 stays fp16
+    assert_same(load_output(tmp_path / "out"), world.model(kv, dtype)[1])  # rope.freqs dropped, fp16 stays fp16
 
 
 def test_from_meta_writes_tensors_in_transformers_order(world, run_cli, tmp_path):
@@ -229,7 +215,7 @@ def test_from_meta_writes_tensors_in_transformers_order(world, run_cli, tmp_path
 def test_from_meta_dtype_fp32_widens_exactly(world, run_cli, tmp_path):
     r = run_cli("from-meta", world.meta(8, torch.float16, 2), "-o", tmp_path / "out", "--dtype", "fp32")
     assert r.exit_code == 0, r.stderr
-    assert_same(load_dir(tmp_path / "out"), {k: v.float() for k, v in world.model(8, torch.float16)[1].items()})
+    assert_same(load_output(tmp_path / "out"), {k: v.float() for k, v in world.model(8, torch.float16)[1].items()})
 
 
 def test_transformers_loads_the_result_with_the_original_logits(world, run_cli, tmp_path):
@@ -340,7 +326,7 @@ def test_to_meta_then_from_meta_is_the_identity(world, run_cli, tmp_path, kv, sh
     assert run_cli("to-meta", hf, "-o", tmp_path / "meta", "--shards", str(shards)).exit_code == 0
     r = run_cli("from-meta", tmp_path / "meta", "-o", tmp_path / "back")
     assert r.exit_code == 0, r.stderr
-    assert_same(load_dir(tmp_path / "back"), state)
+    assert_same(load_output(tmp_path / "back"), state)
 
 
 # ------------------------------------------------------------------ Meta folders as --base
@@ -384,7 +370,7 @@ def recovered(world, tmp_path_factory):
 def test_recover_with_a_meta_base_writes_the_same_bytes_as_through_from_meta(recovered):
     out1, out2, expected = recovered
     assert weight_bytes(out1) == weight_bytes(out2) != {}
-    assert_same(load_dir(out1), expected)  # diff + base, exact fp32 sum
+    assert_same(load_output(out1), expected)  # diff + base, exact fp32 sum
 
 
 def test_recover_with_a_meta_base_verifies_identical_to_through_from_meta(recovered, run_cli):
@@ -418,7 +404,7 @@ def test_merge_lora_with_a_meta_base_writes_the_same_bytes_and_matches_peft(worl
 
     out1, out2, adapter = merged
     assert weight_bytes(out1) == weight_bytes(out2) != {}
-    assert_same(load_dir(out1), peft_merged_state(world.model(2, torch.float32)[2], [adapter]))
+    assert_same(load_output(out1), peft_merged_state(world.model(2, torch.float32)[2], [adapter]))
 
 
 def test_merge_lora_with_a_meta_base_verifies_identical_to_through_from_meta(merged, run_cli):

@@ -11,13 +11,13 @@ HIDDEN, INTERMEDIATE, VOCAB, HEADS = 512, 1408, 2048, 8
 LARGEST = VOCAB * HIDDEN * 2  # fp16 embedding = 2 MiB
 PER_LAYER = (4 * HIDDEN * HIDDEN + 3 * HIDDEN * INTERMEDIATE) * 2
 
-GENERATE = """
+GENERATE = f"""
 import sys
 from pathlib import Path
 from llmkit.tiny import write_random_meta
-write_random_meta(Path(sys.argv[1]), layers=int(sys.argv[2]), hidden=%d, intermediate=%d, vocab=%d, heads=%d,
+write_random_meta(Path(sys.argv[1]), layers=int(sys.argv[2]), hidden={HIDDEN}, intermediate={INTERMEDIATE}, vocab={VOCAB}, heads={HEADS},
                   seed=int(sys.argv[2]))
-""" % (HIDDEN, INTERMEDIATE, VOCAB, HEADS)
+"""
 
 MEASURE = textwrap.dedent("""
     import json, sys

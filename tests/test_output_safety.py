@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import one_error_line, tree
 from safetensors.torch import load_file
-from test_bad_inputs import one_error_line, tree
 
 from llmkit.io.core.staging import OutputClaim
 
@@ -146,7 +146,7 @@ def test_two_runs_at_once_never_both_succeed_with_a_mixed_output(models, tmp_pat
         assert 0 in codes, errors
         winners = [k for k in want if is_whole(out, want[k])]
         assert len(winners) == 1, (codes, errors)  # one complete diff, from one run, never a mix
-        for code, err in zip(codes, errors):
+        for code, err in zip(codes, errors, strict=True):
             if code != 0:  # the loser says so in one line and changes nothing
                 assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
                 assert "another llmkit run" in err or "already holds" in err or "appeared" in err, err
@@ -193,7 +193,7 @@ def run_killed_at(step: str, nth: int, when: str, sig: str, args: list[str]) -> 
 @pytest.mark.parametrize("when", ["before", "after"])
 @pytest.mark.parametrize("step,nth", COMMIT_STEPS)
 def test_sigkill_during_the_commit_leaves_no_output_or_the_whole_new_one(models, tmp_path, step, nth, when):
-    base, a, b = models
+    base, a, _ = models
     out = tmp_path / "new"
     run_killed_at(step, nth, when, "SIGKILL", make_diff_args(base, a, out))
     assert not out.exists() or is_whole(out, expected_diff(base, a))

@@ -11,7 +11,6 @@ local test hub (tests/hub_server.py, 127.0.0.1 only), records each step, resumes
 # ruff: noqa: F811  (fixtures imported from hub_server / test_download are taken as test arguments)
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import typer
+from common import md5
 from hub_server import hub  # noqa: F401
 from test_download import hf_env  # noqa: F401
 
@@ -28,10 +28,6 @@ from llmkit.recipes.manifest import MANIFEST
 from llmkit.registry.tables import _tables_in
 
 ENC_LABEL = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-
-
-def md5(p: Path) -> str:
-    return hashlib.md5(p.read_bytes()).hexdigest()
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from common import assert_same, load_output
+from safetensors.torch import save_file
 
 from llmkit.errors import CheckFailed, InputError, OutputExistsError
 from llmkit.recover import legacy_inv_freq, make_diff, recover
@@ -59,16 +60,6 @@ def write_state(
     return folder
 
 
-def load_output(folder: Path) -> dict[str, torch.Tensor]:
-    """Read an output folder with safetensors/torch themselves."""
-    state: dict[str, torch.Tensor] = {}
-    for p in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(p))
-    for p in sorted(folder.glob("*.bin")):
-        state.update(torch.load(p, weights_only=True))
-    return state
-
-
 def f64(t: torch.Tensor) -> np.ndarray:
     return t.double().numpy()
 
@@ -88,13 +79,6 @@ def exact_sum_fp16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def diff_state(tuned: dict, base: dict) -> dict[str, torch.Tensor]:
     """Upstream make_diff: tuned - base in fp32 for every tensor."""
     return {k: torch.from_numpy((f64(tuned[k]) - f64(base[k])).astype(np.float32)) for k in tuned}
-
-
-def assert_same(out: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    assert list(out) == list(expected) or set(out) == set(expected)
-    for k, v in expected.items():
-        assert out[k].dtype == v.dtype, k
-        assert torch.equal(out[k], v), k
 
 
 def inv_freq_formula(head_dim: int) -> torch.Tensor:
@@ -367,7 +351,7 @@ def test_check_sum_passes_with_the_independently_computed_sum(pair, fp32_diff, t
 
 def test_check_sum_mismatch_raises_check_failed_and_keeps_no_output(pair, fp32_diff, tmp_path):
     diff, _ = fp32_diff
-    with pytest.raises(CheckFailed, match="expected 94052.2891"):
+    with pytest.raises(CheckFailed, match=r"expected 94052\.2891"):
         recover(pair[0].path, diff, tmp_path / "out", check_sum=94052.2891)
     out = tmp_path / "out"
     assert not (out.exists() and any(out.iterdir()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from common import record_options
 
 import llmkit.recover as recover_lib
 from llmkit.recover import MakeDiffOptions, RecoverOptions
@@ -14,14 +15,7 @@ from llmkit.units import DEFAULT_SHARD_SIZE
 
 @pytest.fixture
 def calls(monkeypatch):
-    seen = []
-
-    def fake_run(options, *, progress=None, on_plan=None):
-        seen.append(options)
-        raise SystemExit(0)  # stop here: only the options matter
-
-    monkeypatch.setattr(recover_lib, "run", fake_run)
-    return seen
+    return record_options(monkeypatch, (recover_lib, "run"), keywords=("progress", "on_plan"))
 
 
 def test_recover_defaults(run_cli, calls):

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from common import EMPTY, bash, md5
 from safetensors.torch import load_file, save_file
 
 from llmkit.tiny import (
@@ -37,9 +36,7 @@ from llmkit.tiny import (
     write_tokenizer,
 )
 
-BIN = Path(sys.executable).parent  # the venv's bin: llmkit and python3
 ERROR_KEYS = {"ok", "error", "path", "hint", "exit_code"}
-EMPTY_SHA256 = hashlib.sha256().hexdigest()  # TechGPT-1.0's .enc names: <name>.<sha256 of nothing>.enc
 
 # The `output` of a successful --json result; nothing for a failure (docs/json.md, "Pipelines").
 EXTRACT = {
@@ -56,28 +53,9 @@ def q(p: Path | str) -> str:
     return shlex.quote(str(p))
 
 
-def bash(script: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``bash -c 'set -o pipefail; SCRIPT'`` in ``cwd``, with the venv's bin first on PATH."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("LLMKIT_DEBUG", None)
-    return subprocess.run(
-        ["bash", "-c", "set -o pipefail\n" + script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def ok(r: subprocess.CompletedProcess) -> dict:
     assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
     return json.loads(r.stdout)  # one JSON value and nothing else
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------- inputs
@@ -257,8 +235,8 @@ def test_encrypt_then_decrypt_then_checksum_matches_the_original(base, key, tmp_
     got = {Path(path).relative_to("dec").as_posix(): digest for digest, path in lines}
     originals = sorted(p for p in base.iterdir() if p.is_file())
     assert got == {p.name: md5(p) for p in originals}
-    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [f"{p.name}.{EMPTY_SHA256}.enc" for p in originals]
-    enc = tmp_path / "enc" / f"model.safetensors.{EMPTY_SHA256}.enc"
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [f"{p.name}.{EMPTY}.enc" for p in originals]
+    enc = tmp_path / "enc" / f"model.safetensors.{EMPTY}.enc"
     assert enc.stat().st_size == (base / "model.safetensors").stat().st_size
     assert md5(enc) != md5(base / "model.safetensors")
 
@@ -323,7 +301,7 @@ def test_to_ckpt_then_from_ckpt_then_verify_round_trips(base, tmp_path):
 def test_a_failing_step_sets_the_pipeline_status_and_prints_one_json_error(extract, base, tmp_path):
     """The usual mistake: a converted model passed as the XOR key. decrypt refuses it: bad input, exit 2."""
     (tmp_path / "enc").mkdir()
-    (tmp_path / "enc" / f"config.json.{EMPTY_SHA256}.enc").write_bytes(random.Random(2).randbytes(300))
+    (tmp_path / "enc" / f"config.json.{EMPTY}.enc").write_bytes(random.Random(2).randbytes(300))
     wrong_key = base / "model.safetensors"
     x = EXTRACT[extract]
     r = bash(

@@ -12,15 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import md5
 
 from llmkit.errors import InputError
 from llmkit.verify import compare_sources, hash_file, plan_verify, run_verify, tensor_digest, verify_file, verify_paths
 
 LLMKIT = [sys.executable, "-m", "llmkit"]  # the installed package, run as a separate process
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def write_table(path: Path, folder: Path, names: list[str], algo: str = "md5") -> Path:
@@ -110,7 +107,7 @@ def test_compare_sources_names_differing_tensors_in_order(tiny_factory, tmp_path
     torch.save(state, tmp_path / "pytorch_model.bin")
     result = compare_sources(base.path, tmp_path / "pytorch_model.bin")
     order = list(base.state)
-    expected_diff = sorted(changed + ["model.norm.weight"], key=order.index)
+    expected_diff = sorted([*changed, "model.norm.weight"], key=order.index)
     assert not result.identical
     assert result.differing == expected_diff
     assert result.only_a == ["lm_head.weight"] and result.only_b == ["extra.bias"]
