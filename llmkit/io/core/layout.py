@@ -47,9 +47,14 @@ class FileStart:
 
 
 class FileLayout:
-    """The hook every weight-file format implements (see the module docstring)."""
+    """The hook every weight-file format implements (see the module docstring).
 
-    name = ""
+    ``name``: the format it writes; ``needs_crc``: whether :meth:`finish` is handed each tensor's CRC-32
+    (the writer computes them as the bytes go out only for a layout that asks).
+    """
+
+    name: str = ""
+    needs_crc: bool = False
 
     def start(self, f: BinaryIO, path: Path, specs: list[TensorSpec], metadata: dict[str, str] | None) -> FileStart:
         raise NotImplementedError
