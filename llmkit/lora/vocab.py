@@ -36,7 +36,7 @@ KNOWN_VOCABS = {32000: "original LLaMA", 49953: "Chinese-LLaMA LoRA", 49954: "Ch
 def vocab_tensors(base: TensorSource) -> dict[str, str]:
     """The base's vocabulary tensors: name -> ``input`` (embedding) or ``output`` (LM head)."""
     found: dict[str, str] = {}
-    for name in base.keys():
+    for name in base.keys():  # noqa: SIM118  iterating a source reads every tensor
         info = base.info(name)
         if any(name == n or name.endswith("." + n) for n in INPUT_EMBEDDINGS) and len(info.shape) == 2:
             found[name] = "input"
@@ -64,13 +64,15 @@ def check_published_tokenizer(folder: Path | None, rows: int, what: str) -> None
     """Refuse a ``tokenizer.model`` whose sha256 is a published tokenizer of another size than ``rows``
     (the Chinese-LLaMA 49953 one beside a Chinese-Alpaca 49954 adapter, even with an added_tokens.json
     that makes the count agree)."""
+    if folder is None:
+        return
     found = published_tokenizer(folder)
     if found is not None and found[1] != rows:
         table, tokens = found
         raise InputError(
             f"tokenizer.model is the published {table} (by sha256: {tokens} tokens{known(tokens)}) but "
             f"{what} has {rows} rows{known(rows)}",
-            path=Path(folder) / "tokenizer.model",
+            path=folder / "tokenizer.model",
             hint=mixed_up_hint(rows, tokens),
         )
 

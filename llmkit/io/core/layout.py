@@ -33,7 +33,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     t = t.detach().cpu().contiguous().reshape(-1)
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.view(torch.uint8).numpy())
+    return t.view(torch.uint8).numpy().data
 
 
 @dataclass

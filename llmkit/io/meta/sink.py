@@ -49,7 +49,7 @@ class MetaPthSink(ShardSetWriter):
         force: bool = False,
         extra_bytes: int = 0,
         inputs: Iterable[str | os.PathLike | None] | None = None,
-        config_path: str | os.PathLike | None = None,
+        config_path: str | os.PathLike[str] | None = None,
     ):
         params = meta_params(config, config_path)
         self.mp_shards = shards or default_meta_shards(params["dim"])  # model-parallel shard count
