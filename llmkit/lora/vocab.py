@@ -141,9 +141,9 @@ def plan_vocabulary(
     return VocabPlan(vocab, rows, state.rows, final_growth, tok_folder, {n: c for n, c in state.mean_rows.items() if c})
 
 
-def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state: _Rows, warnings: list[str]) -> None:
-    """Check one adapter's saved rows, tokenizer and LoRA widths against the running size; set its
-    ``vocab_size`` (the rows once it is applied)."""
+def _saved_rows(base: TensorSource, ad: Adapter, vocab: dict[str, str]) -> dict[str, int]:
+    """The rows of the adapter's saved vocabulary tensors (base name -> rows), each saved tensor checked
+    against the base's (all but its rows, for a vocabulary tensor) and those rows against each other."""
     emb_rows = {t: ad.source.info(k).shape[0] for t, k in ad.replacements.items() if t in vocab}
     for t, k in ad.replacements.items():
         exp = base.info(t).shape
@@ -161,6 +161,13 @@ def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state
             path=ad.file,
             hint="the adapter file is damaged; download it again",
         )
+    return emb_rows
+
+
+def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state: _Rows, warnings: list[str]) -> None:
+    """Check one adapter's saved rows, tokenizer and LoRA widths against the running size; set its
+    ``vocab_size`` (the rows once it is applied)."""
+    emb_rows = _saved_rows(base, ad, vocab)
     emb = next(iter(emb_rows.values()), None)
     lora_vocab = {ad.source.info(m.a_key).shape[1] for m in ad.modules.values() if m.embedding}
     tok = ad.tokenizer_size
@@ -208,6 +215,12 @@ def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state
         state.origin = ad
     for t in emb_rows:
         state.mean_rows[t] = 0
+    _check_lora_rows(ad, vocab, lora_vocab, rows)
+    ad.vocab_size = rows
+
+
+def _check_lora_rows(ad: Adapter, vocab: dict[str, str], lora_vocab: set[int], rows: int) -> None:
+    """The adapter's embedding LoRA spans, and its output-head LoRA yields, the ``rows`` tokens the model has."""
     if lora_vocab and lora_vocab != {rows}:
         raise InputError(
             f"the adapter's embedding LoRA spans {sorted(lora_vocab)[0]} tokens but the model has {rows} at this point",
@@ -224,7 +237,6 @@ def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state
                     path=ad.file,
                     hint=mixed_up_hint(rows, out_rows),
                 )
-    ad.vocab_size = rows
 
 
 def _output_tokenizer(
