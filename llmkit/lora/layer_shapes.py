@@ -66,21 +66,14 @@ def orientation(
     out_f, in_f = b_shape[0], a_shape[1]
     if embedding:
         # peft: transpose(B @ A, True); A spans the vocabulary (checked with the vocabulary plan).
-        if w[1] != out_f:
-            raise InputError(
-                f"the adapter's embedding LoRA on {module!r} has width {out_f} but the base embedding is {list(w)}",
-                path=path,
-                hint=_OTHER_MODEL,
-            )
+        what = f"the adapter's embedding LoRA on {module!r} has width {out_f} but the base embedding is {list(w)}"
+        _require_width(w, out_f, what, path)
         return True
     if output_head:
         # An output head grows with the vocabulary: only its input width is fixed here.
-        if w[1] != in_f:
-            raise InputError(
-                f"the adapter's LoRA on {module!r} takes {in_f} inputs but the base {target} is {list(w)}",
-                path=path,
-                hint=_OTHER_MODEL,
-            )
+        _require_width(
+            w, in_f, f"the adapter's LoRA on {module!r} takes {in_f} inputs but the base {target} is {list(w)}", path
+        )
         return False
     # peft picks fan_in_fan_out by layer type: Linear [out, in] never, Conv1D [in, out] always.
     is_linear, is_conv1d = w == (out_f, in_f), w == (in_f, out_f)
@@ -91,6 +84,12 @@ def orientation(
             hint=_OTHER_MODEL,
         )
     return model_type in CONV1D_MODEL_TYPES if (is_linear and is_conv1d) else is_conv1d
+
+
+def _require_width(w: tuple[int, ...], width: int, message: str, path: Path) -> None:
+    """The base weight's columns (its width) are ``width``; else ``message``."""
+    if w[1] != width:
+        raise InputError(message, path=path, hint=_OTHER_MODEL)
 
 
 def bias_target(module: str, target: str, base_shapes: dict[str, tuple[int, ...]], path: Path) -> str:
