@@ -222,3 +222,19 @@ def test_read_write_peak_memory_stays_near_the_largest_tensor(tmp_path):
     )
     largest = 32 * 2**20
     assert grown < 3 * largest, f"RSS grew by {grown / 2**20:.0f} MiB for a 256 MiB model"
+
+
+def test_every_registered_sink_satisfies_the_sink_protocol(tmp_path):
+    """The runner uses a sink only through ``Sink``: mypy checks the classes, this the registry's entries."""
+    from llmkit.io.core.formats import load_builtin_formats
+    from llmkit.io.core.sink import SINKS, Sink, open_sink
+
+    load_builtin_formats()
+    assert sorted(SINKS) == ["bin", "ckpt", "meta-pth", "safetensors"]
+    options = {"meta-pth": {"config": {"hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1}}}
+    specs = [TensorSpec("model.norm.weight", torch.float32, (8,))]
+    for fmt in SINKS:
+        sink = open_sink(fmt, tmp_path / fmt, specs, **options.get(fmt, {}))
+        assert isinstance(sink, Sink), fmt
+        assert sink.files, fmt
+    assert list(tmp_path.iterdir()) == []  # opening a sink checks the destination and creates nothing

@@ -16,7 +16,7 @@ from llmkit.errors import InputError
 from llmkit.hashing import hash_file
 from llmkit.io.core.destination import TMP_SUFFIX, broken_link
 from llmkit.io.core.jsonfile import read_json
-from llmkit.io.core.regular import check_regular, is_special
+from llmkit.io.core.regular import require_file
 from llmkit.pipeline import ProgressFactory, no_progress
 from llmkit.redact import value_shape
 
@@ -69,21 +69,21 @@ def require_key_file(path: Path, *, flag: str = "--key") -> None:
 
     A value that is no entry on disk is refused without being repeated: it may be key material typed
     where the key's path belongs (only its length is named)."""
-    if not os.path.lexists(path):
-        raise InputError(
+    require_file(
+        path,
+        absent=lambda: InputError(
             f"{flag}: no such key file ({value_shape(str(path))})", hint=f"pass the path of {KEY_DESCRIPTION}"
-        )
-    try:
-        is_file = path.is_file()
-    except (OSError, ValueError):
-        is_file = False
-    if not is_file:
-        if is_special(path):  # a FIFO or device: named, never read
-            check_regular(path, f"the key ({KEY_DESCRIPTION})")
-        problem = broken_link(path)
-        raise InputError(
-            f"the key {problem}" if problem else "the key is not a file", path=path, hint=f"pass {KEY_DESCRIPTION}"
-        )
+        ),
+        special=f"the key ({KEY_DESCRIPTION})",
+        not_file=_not_a_key_file,
+    )
+
+
+def _not_a_key_file(path: Path) -> InputError:
+    problem = broken_link(path)
+    return InputError(
+        f"the key {problem}" if problem else "the key is not a file", path=path, hint=f"pass {KEY_DESCRIPTION}"
+    )
 
 
 def check_key(path: str | os.PathLike, *, progress: ProgressFactory | None = None) -> str:

@@ -25,7 +25,16 @@ _EXPORTS = {
     "open_source": "llmkit.io.core.source",
     "open_sink": "llmkit.io.core.sink",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [  # the names of _EXPORTS
+    "DEFAULT_SHARD_SIZE",
+    "ShardedWriter",
+    "TensorInfo",
+    "TensorSource",
+    "TensorSpec",
+    "open_sink",
+    "open_source",
+    "parse_size",
+]
 
 
 def __getattr__(name: str) -> Any:

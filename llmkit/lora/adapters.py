@@ -17,12 +17,11 @@ from llmkit.errors import InputError
 from llmkit.io.core.regular import is_special
 from llmkit.io.core.source import TensorSource, open_source
 from llmkit.io.hf.adapter_config import ADAPTER_CONFIG
+from llmkit.lora.layer_shapes import bias_target, check_pair, orientation
 from llmkit.lora.settings import LoraSettings
 from llmkit.lora.vocab import OUTPUT_HEADS
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-# Model types whose linear layers are transformers' Conv1D ([in, out] weights; peft forces fan_in_fan_out).
-CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}
 
 _PEFT_PREFIXES = ("base_model.model.", "base_model.")
 _LORA_LINEAR_RE = re.compile(
@@ -180,7 +179,7 @@ def _sort_keys(ad: Adapter) -> tuple[dict[str, dict[str, str]], list[str]]:
     parts: dict[str, dict[str, str]] = {}
     adapter_names: set[str] = set()
     full: list[str] = []  # keys of full tensors (saved modules), sorted out by _saved_modules
-    for key in ad.source.keys():
+    for key in ad.source.keys():  # noqa: SIM118  iterating a source reads every tensor
         name = _strip_peft_prefix(key)
         for marker, why in _UNSUPPORTED_KEYS.items():
             if f".{marker}" in name:
@@ -230,7 +229,7 @@ def _index_adapter(
 ) -> None:
     s = ad.settings
     parts, full = _sort_keys(ad)
-    base_shapes = {n: base.info(n).shape for n in base.keys()}
+    base_shapes = {n: base.info(n).shape for n in base.keys()}  # noqa: SIM118  iterating a source reads every tensor
     # Full tensors (modules_to_save, saved embedding layers) replace base tensors.
     for plain, key in _saved_modules(full).items():
         target = resolver.find(plain)
@@ -268,6 +267,12 @@ def _index_adapter(
             hint="this adapter belongs to another model",
         )
     _check_targets_have_weights(ad, base, warnings)
+    warnings += _settings_warnings(ad)
+
+
+def _settings_warnings(ad: Adapter) -> list[str]:
+    """What the merge cannot honour of the adapter's settings, and saved modules the file lacks."""
+    s, warnings = ad.settings, []
     if isinstance(s.init_lora_weights, str) and s.init_lora_weights.lower().split("_")[0] in (
         "pissa",
         "olora",
@@ -283,6 +288,7 @@ def _index_adapter(
             f"{ad.file}: modules_to_save lists {', '.join(s.modules_to_save)} but the file holds no "
             "full tensors; the base tensors are kept"
         )
+    return warnings
 
 
 def _lora_module(
@@ -312,29 +318,9 @@ def _lora_module(
     if not s.targets(module, is_output_head=target.endswith(OUTPUT_HEADS)):
         ad.ignored.append(module)
         return None
-    r, _ = s.rank_alpha(module)
     a_shape = ad.source.info(entry["A"]).shape
     b_shape = ad.source.info(entry["B"]).shape
-    if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
-        raise InputError(
-            f"LoRA layer {module!r} has mismatched A {list(a_shape)} and B {list(b_shape)}",
-            path=ad.file,
-            hint="the adapter file is damaged; download it again",
-        )
-    if a_shape[0] != r:
-        if not s.r_given and s.pattern_key(s.rank_pattern, module) is None:
-            raise InputError(
-                f"adapter_config.json has no r (peft then uses its default, r=8) but lora_A of "
-                f"{module!r} has {a_shape[0]} rows",
-                path=s.path,
-                hint=f'add "r": {a_shape[0]} to adapter_config.json if that is the adapter\'s '
-                "rank; peft refuses this adapter as it is",
-            )
-        raise InputError(
-            f"adapter_config.json says r={r} for {module!r} but its lora_A has {a_shape[0]} rows",
-            path=ad.file,
-            hint="the config and the weights belong to different adapters",
-        )
+    check_pair(s, module, a_shape, b_shape, ad.file)
     mod = LoraModule(
         module=module,
         target=target,
@@ -345,50 +331,19 @@ def _lora_module(
         embedding="embedding" in entry,
         scaling=s.scaling(module),
     )
-    w = tuple(base_shapes[target])
-    if len(w) != 2:
-        raise InputError(
-            f"the adapter puts LoRA on {target!r}, a {len(w)}-d tensor in the base",
-            path=ad.file,
-            hint="this adapter belongs to another model",
-        )
-    out_f, in_f = b_shape[0], a_shape[1]
-    if mod.embedding:
-        # peft: transpose(B @ A, True); A spans the vocabulary (checked with the vocabulary plan).
-        mod.transpose = True
-        if w[1] != out_f:
-            raise InputError(
-                f"the adapter's embedding LoRA on {module!r} has width {out_f} but the base embedding is {list(w)}",
-                path=ad.file,
-                hint="this adapter belongs to another model",
-            )
-    elif target in vocab:
-        # An output head grows with the vocabulary: only its input width is fixed here.
-        if w[1] != in_f:
-            raise InputError(
-                f"the adapter's LoRA on {module!r} takes {in_f} inputs but the base {target} is {list(w)}",
-                path=ad.file,
-                hint="this adapter belongs to another model",
-            )
-    else:
-        # peft picks fan_in_fan_out by layer type: Linear [out, in] never, Conv1D [in, out] always.
-        is_linear, is_conv1d = w == (out_f, in_f), w == (in_f, out_f)
-        if not is_linear and not is_conv1d:
-            raise InputError(
-                f"the adapter's LoRA on {module!r} is {out_f}x{in_f} (out x in) but the base {target} is {list(w)}",
-                path=ad.file,
-                hint="this adapter belongs to another model",
-            )
-        mod.transpose = model_type in CONV1D_MODEL_TYPES if (is_linear and is_conv1d) else is_conv1d
+    mod.transpose = orientation(
+        module,
+        target,
+        tuple(base_shapes[target]),
+        a_shape,
+        b_shape,
+        embedding=mod.embedding,
+        output_head=target in vocab,
+        model_type=model_type,
+        path=ad.file,
+    )
     if mod.bias_key is not None:
-        bias_target = target[: -len("weight")] + "bias"
-        if bias_target not in base_shapes:
-            raise InputError(
-                f"the adapter has a LoRA bias (lora_bias) for {module!r} but the base layer has no "
-                "bias; peft cannot merge it either",
-                path=ad.file,
-            )
-        mod.bias_target = bias_target
+        mod.bias_target = bias_target(module, target, base_shapes, ad.file)
     return mod
 
 
@@ -402,7 +357,7 @@ def _check_targets_have_weights(ad: Adapter, base: TensorSource, warnings: list[
     a_prefix = sample.module[: len(sample.module) - len(base_module)] if sample.module.endswith(base_module) else ""
     b_prefix = base_module[: len(base_module) - len(sample.module)] if base_module.endswith(sample.module) else ""
     missing = []
-    for name in base.keys():
+    for name in base.keys():  # noqa: SIM118  iterating a source reads every tensor
         if not name.endswith(".weight") or len(base.info(name).shape) != 2 or name in ad.modules:
             continue
         module = name[: -len(".weight")]

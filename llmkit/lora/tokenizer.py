@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypeGuard
 
 from llmkit.errors import InputError
 from llmkit.io.core.jsonfile import read_json
@@ -71,8 +72,10 @@ def published_tokenizer(folder: Path | None) -> tuple[str, int] | None:
     from llmkit.hashing import hash_file
     from llmkit.registry import described_tables
 
-    tm = folder / "tokenizer.model" if folder is not None else None
-    tables = described_tables("tokenizer") if tm is not None and tm.is_file() else []
+    if folder is None or not (folder / "tokenizer.model").is_file():
+        return None
+    tm = folder / "tokenizer.model"
+    tables = described_tables("tokenizer")
     if not tables:
         return None
     digest = hash_file(tm, "sha256")
@@ -82,7 +85,8 @@ def published_tokenizer(folder: Path | None) -> tuple[str, int] | None:
     return None
 
 
-def has_tokenizer(folder: Path | None) -> bool:
+def has_tokenizer(folder: Path | None) -> TypeGuard[Path]:
+    """Whether ``folder`` is a folder with a ``tokenizer.model`` or ``tokenizer.json`` (so not None)."""
     return folder is not None and any(
         (folder / n).is_file() or is_special(folder / n)  # a FIFO: refused on read
         for n in ("tokenizer.model", "tokenizer.json")

@@ -36,7 +36,7 @@ KNOWN_VOCABS = {32000: "original LLaMA", 49953: "Chinese-LLaMA LoRA", 49954: "Ch
 def vocab_tensors(base: TensorSource) -> dict[str, str]:
     """The base's vocabulary tensors: name -> ``input`` (embedding) or ``output`` (LM head)."""
     found: dict[str, str] = {}
-    for name in base.keys():
+    for name in base.keys():  # noqa: SIM118  iterating a source reads every tensor
         info = base.info(name)
         if any(name == n or name.endswith("." + n) for n in INPUT_EMBEDDINGS) and len(info.shape) == 2:
             found[name] = "input"
@@ -64,13 +64,15 @@ def check_published_tokenizer(folder: Path | None, rows: int, what: str) -> None
     """Refuse a ``tokenizer.model`` whose sha256 is a published tokenizer of another size than ``rows``
     (the Chinese-LLaMA 49953 one beside a Chinese-Alpaca 49954 adapter, even with an added_tokens.json
     that makes the count agree)."""
+    if folder is None:
+        return
     found = published_tokenizer(folder)
     if found is not None and found[1] != rows:
         table, tokens = found
         raise InputError(
             f"tokenizer.model is the published {table} (by sha256: {tokens} tokens{known(tokens)}) but "
             f"{what} has {rows} rows{known(rows)}",
-            path=Path(folder) / "tokenizer.model",
+            path=folder / "tokenizer.model",
             hint=mixed_up_hint(rows, tokens),
         )
 
@@ -139,9 +141,9 @@ def plan_vocabulary(
     return VocabPlan(vocab, rows, state.rows, final_growth, tok_folder, {n: c for n, c in state.mean_rows.items() if c})
 
 
-def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state: _Rows, warnings: list[str]) -> None:
-    """Check one adapter's saved rows, tokenizer and LoRA widths against the running size; set its
-    ``vocab_size`` (the rows once it is applied)."""
+def _saved_rows(base: TensorSource, ad: Adapter, vocab: dict[str, str]) -> dict[str, int]:
+    """The rows of the adapter's saved vocabulary tensors (base name -> rows), each saved tensor checked
+    against the base's (all but its rows, for a vocabulary tensor) and those rows against each other."""
     emb_rows = {t: ad.source.info(k).shape[0] for t, k in ad.replacements.items() if t in vocab}
     for t, k in ad.replacements.items():
         exp = base.info(t).shape
@@ -159,6 +161,13 @@ def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state
             path=ad.file,
             hint="the adapter file is damaged; download it again",
         )
+    return emb_rows
+
+
+def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state: _Rows, warnings: list[str]) -> None:
+    """Check one adapter's saved rows, tokenizer and LoRA widths against the running size; set its
+    ``vocab_size`` (the rows once it is applied)."""
+    emb_rows = _saved_rows(base, ad, vocab)
     emb = next(iter(emb_rows.values()), None)
     lora_vocab = {ad.source.info(m.a_key).shape[1] for m in ad.modules.values() if m.embedding}
     tok = ad.tokenizer_size
@@ -206,6 +215,12 @@ def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state
         state.origin = ad
     for t in emb_rows:
         state.mean_rows[t] = 0
+    _check_lora_rows(ad, vocab, lora_vocab, rows)
+    ad.vocab_size = rows
+
+
+def _check_lora_rows(ad: Adapter, vocab: dict[str, str], lora_vocab: set[int], rows: int) -> None:
+    """The adapter's embedding LoRA spans, and its output-head LoRA yields, the ``rows`` tokens the model has."""
     if lora_vocab and lora_vocab != {rows}:
         raise InputError(
             f"the adapter's embedding LoRA spans {sorted(lora_vocab)[0]} tokens but the model has {rows} at this point",
@@ -222,7 +237,6 @@ def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state
                     path=ad.file,
                     hint=mixed_up_hint(rows, out_rows),
                 )
-    ad.vocab_size = rows
 
 
 def _output_tokenizer(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from llmkit.errors import InputError, OutputExistsError, writing
@@ -29,7 +29,7 @@ def broken_link(path: str | os.PathLike) -> str | None:
         if e.errno == errno.ELOOP:
             return "is a symlink loop"
         try:
-            target = os.readlink(path)
+            target = os.readlink(Path(path))
         except OSError:
             target = "?"
         return f"is a dangling symlink to {target}"
@@ -72,6 +72,13 @@ def check_output_path(out_dir: str | os.PathLike) -> None:
         return
 
 
+def _resolved(inputs: Iterable[str | os.PathLike | None]) -> Iterator[tuple[str | os.PathLike, Path]]:
+    """Each input given (``None`` entries skipped) with its real path (symlinks resolved, loops kept as they are)."""
+    for p in inputs:
+        if p is not None:
+            yield p, Path(os.path.realpath(p))
+
+
 def ensure_output_is_new(out_dir: Path, inputs: Iterable[str | os.PathLike | None]) -> None:
     """Refuse an output folder that is, is inside, or contains an input folder, or is an input file's folder.
 
@@ -81,10 +88,7 @@ def ensure_output_is_new(out_dir: Path, inputs: Iterable[str | os.PathLike | Non
     """
     check_output_path(out_dir)
     out = Path(os.path.realpath(out_dir))
-    for p in inputs:
-        if p is None:
-            continue
-        src = Path(os.path.realpath(p))
+    for p, src in _resolved(inputs):
         if src.is_dir():
             if out == src or src in out.parents:
                 where = f"is an input folder ({p})" if out == src else f"is inside the input folder {p}"
@@ -130,10 +134,7 @@ def ensure_output_file_is_new(out_file: Path, inputs: Iterable[str | os.PathLike
         )
     check_output_path(parent)
     out = Path(os.path.realpath(out_file))
-    for p in inputs:
-        if p is None:
-            continue
-        src = Path(os.path.realpath(p))
+    for p, src in _resolved(inputs):
         if out == src:
             raise InputError(
                 f"the output file is the input {p}",

@@ -33,7 +33,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     t = t.detach().cpu().contiguous().reshape(-1)
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.view(torch.uint8).numpy())
+    return t.view(torch.uint8).numpy().data
 
 
 @dataclass
@@ -47,9 +47,14 @@ class FileStart:
 
 
 class FileLayout:
-    """The hook every weight-file format implements (see the module docstring)."""
+    """The hook every weight-file format implements (see the module docstring).
 
-    name = ""
+    ``name``: the format it writes; ``needs_crc``: whether :meth:`finish` is handed each tensor's CRC-32
+    (the writer computes them as the bytes go out only for a layout that asks).
+    """
+
+    name: str = ""
+    needs_crc: bool = False
 
     def start(self, f: BinaryIO, path: Path, specs: list[TensorSpec], metadata: dict[str, str] | None) -> FileStart:
         raise NotImplementedError

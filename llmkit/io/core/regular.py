@@ -11,9 +11,11 @@ optional files: a special file is not absent, it is refused.
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import stat
-from typing import BinaryIO
+from collections.abc import Callable
+from pathlib import Path
 
 from llmkit.errors import InputError
 
@@ -63,7 +65,32 @@ def check_regular(path: str | os.PathLike, what: str | None = None) -> None:
         raise special_file_error(path, mode, what)
 
 
-def open_regular(path: str | os.PathLike, what: str | None = None, *, buffering: int = -1) -> BinaryIO:
+def require_file(
+    given: str | os.PathLike,
+    *,
+    absent: Callable[[], InputError],
+    special: str,
+    not_file: Callable[[Path], InputError],
+) -> Path:
+    """``given`` as a path, refused unless it is a regular file (checked by path, nothing opened): raises
+    ``absent()`` when no entry is there at all (its message must not repeat ``given``: a key may have been
+    typed where its path belongs), a FIFO or device as :func:`check_regular` names it (``special``: what is
+    expected), anything else (a folder, a broken link) ``not_file(path)``."""
+    path = Path(given)
+    if not os.path.lexists(given):
+        raise absent()
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):
+        is_file = False
+    if not is_file:
+        if is_special(path):  # a FIFO or device: named, never read
+            check_regular(path, special)
+        raise not_file(path)
+    return path
+
+
+def open_regular(path: str | os.PathLike, what: str | None = None) -> io.BufferedReader:
     """Open ``path`` for reading, refusing anything but a regular file without blocking on it.
 
     OSErrors of the open itself (missing, permission) propagate for the caller to describe."""
@@ -74,7 +101,7 @@ def open_regular(path: str | os.PathLike, what: str | None = None, *, buffering:
         if not stat.S_ISREG(mode):  # swapped in after the check
             raise special_file_error(path, mode, what)
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        return os.fdopen(fd, "rb", buffering=buffering)
+        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise

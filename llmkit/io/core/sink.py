@@ -13,7 +13,8 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -22,16 +23,34 @@ from llmkit.io.core.formats import load_builtin_formats
 from llmkit.io.core.spec import TensorSpec
 
 
+@runtime_checkable
 class Sink(Protocol):
     """Where a job's tensors go. Given every output spec up front; checks the destination when made
     (not an input, not existing without ``force``, free disk) and exposes what it found; a context
-    manager that owns temporary names, fsync and the final rename (nothing kept on an exception)."""
+    manager that owns temporary names, fsync and the final rename (nothing kept on an exception).
 
-    files: list[str]
-    total_size: int
-    free_disk_bytes: int
-    space_margin: int
-    needed_disk_bytes: int
+    ``files``: the output's file names (final once the context exits cleanly); ``total_size``: the bytes
+    of its weights; ``free_disk_bytes``, ``space_margin``, ``needed_disk_bytes``: what the destination
+    check found and required; ``kept_files``: the user's files of an existing output folder that stay.
+    """
+
+    @property
+    def files(self) -> list[str]: ...
+
+    @property
+    def total_size(self) -> int: ...
+
+    @property
+    def free_disk_bytes(self) -> int: ...
+
+    @property
+    def space_margin(self) -> int: ...
+
+    @property
+    def needed_disk_bytes(self) -> int: ...
+
+    @property
+    def kept_files(self) -> list[str]: ...
 
     def write(self, name: str, tensor: torch.Tensor) -> None: ...
 
@@ -49,7 +68,9 @@ class Sink(Protocol):
 
     def __enter__(self) -> Sink: ...
 
-    def __exit__(self, exc_type, exc, tb) -> None: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
 
 
 SinkFactory = Callable[..., Sink]

@@ -82,7 +82,7 @@ def kind_for_name(name: str) -> str | None:
 
 def sniff_kind(head: bytes) -> str | None:
     """The kind the first bytes of a stream look like (``None``: none of :data:`KINDS`)."""
-    if head.startswith(ZIP_LOCAL) or head.startswith(TORCH_LEGACY_MAGIC):
+    if head.startswith((ZIP_LOCAL, TORCH_LEGACY_MAGIC)):
         return TORCH_ZIP
     if _safetensors_head_ok(head):
         return SAFETENSORS
@@ -155,13 +155,15 @@ class ContentCheck:
         return cls(kind, total) if kind is not None else None
 
     def _bad(self, detail: str) -> ContentError:
+        assert self.kind is not None  # the first bytes fed set it (or were refused)
         return ContentError(self.kind, detail, incomplete=False)
 
     def _short(self, detail: str) -> ContentError:
+        assert self.kind is not None  # the first bytes fed set it (or were refused)
         return ContentError(self.kind, detail, incomplete=True)
 
     def feed(self, data: np.ndarray | bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
+        view = memoryview(data.data if isinstance(data, np.ndarray) else data).cast("B")
         first = self.seen == 0 and len(view) > 0
         self.seen += len(view)
         if self.kind is None and first:  # an unnamed stream: the first bytes say what it must be

@@ -16,13 +16,15 @@ full, file-size limit, quota) is reported naming the file being written (:func:`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from types import TracebackType
+from typing import BinaryIO, TypeVar
 
 import torch
 
@@ -36,10 +38,9 @@ from llmkit.io.core.regular import is_special, read_regular
 from llmkit.io.core.sink import is_weight_file, own_files
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.core.staging import StagedFile, StagedFolder
-from llmkit.units import (
-    check_space,
-    free_bytes,
-)
+from llmkit.units import check_space, free_bytes
+
+_W = TypeVar("_W", bound="ShardSetWriter")
 
 
 def plan_shards(specs: list[TensorSpec], shard_size: int) -> list[list[TensorSpec]]:
@@ -168,7 +169,7 @@ class ShardSetWriter:
         self.needed_disk_bytes = need + self.space_margin
 
     # ---- context manager ----
-    def __enter__(self):
+    def __enter__(self: _W) -> _W:
         self._made_dirs = make_folder(self._staging.target.parent)  # removed again if the run fails and empty
         try:
             self._staging.open()
@@ -177,7 +178,9 @@ class ShardSetWriter:
             raise
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             try:
                 self.finalize()
@@ -194,7 +197,7 @@ class ShardSetWriter:
     def _open_shard(self, sh: _Shard) -> None:
         path = self._tmp(sh.name)
         with writing(self.out_dir / sh.name, smaller=self.smaller_files):
-            sh.handle = open(path, "w+b")
+            sh.handle = open(path, "w+b")  # noqa: SIM115  kept open across write_to calls; _close_shard/abort close it
             sh.start = self.layout.start(sh.handle, path, sh.specs, self.metadata)
         sh.remaining = {s.name for s in sh.specs}
 
@@ -265,15 +268,19 @@ class ShardSetWriter:
     ) -> list[str]:
         """Carry config/tokenizer files from ``folder`` (``only`` those, or all but ``skip``); update
         ``config.json`` dtype and vocab size."""
-        skip = set(skip)
-        wanted = AUX_FILES if only is None else tuple(only)
-        copied = self.copy_files(folder, [n for n in wanted if n not in skip])
+        copied = self.copy_files(folder, self._aux_names(only, skip))
         if "config.json" in copied and (dtype is not None or vocab_size is not None):
             assert folder is not None
             self._aux["config.json"] = updated_config(
                 self._aux["config.json"], folder / "config.json", dtype=dtype, vocab_size=vocab_size
             )
         return copied
+
+    def _aux_names(self, only: Iterable[str] | None, skip: Iterable[str]) -> list[str]:
+        """The side files :meth:`copy_aux_files` carries: ``only`` those (in that order), else every one of
+        ``AUX_FILES``; none in ``skip`` (a layout with other side files overrides this)."""
+        skipped = set(skip)
+        return [n for n in (AUX_FILES if only is None else tuple(only)) if n not in skipped]
 
     # ---- the end ----
     def _index_files(self) -> dict[str, bytes]:
@@ -312,10 +319,8 @@ class ShardSetWriter:
     def abort(self) -> None:
         for sh in self.shards:
             if sh.handle is not None:
-                try:
-                    sh.handle.close()  # flushes: fails again when the disk is full or the size limit hit
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):  # close() flushes: fails again on a full disk or the size limit
+                    sh.handle.close()
                 sh.handle = None
         self._staging.discard()
         remove_empty(getattr(self, "_made_dirs", []))

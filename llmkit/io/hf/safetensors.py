@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -69,7 +70,7 @@ class SafetensorsFile(TensorFile):
         from safetensors import safe_open
 
         self.path = path
-        self._handle: BinaryIO | None = open_regular(path, "a safetensors file")
+        self._handle: io.BufferedReader | None = open_regular(path, "a safetensors file")
         try:
             size = os.fstat(self._handle.fileno()).st_size
             entries, self.metadata, self._data_start = read_header(self._handle, path, size)
@@ -94,7 +95,7 @@ class SafetensorsFile(TensorFile):
         tensor = torch.empty(info.shape, dtype=info.dtype)
         if end > begin:
             assert self._handle is not None
-            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+            view = tensor.reshape(-1).view(torch.uint8).numpy().data
             self._handle.seek(self._data_start + begin)
             done = 0
             while done < len(view):  # one read() returns at most ~2 GB on Linux

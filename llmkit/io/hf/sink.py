@@ -5,6 +5,7 @@ when there are several), written by the safe writer (``llmkit.io.core.writer``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 import torch
 
 from llmkit.errors import InputError
-from llmkit.io.core.sink import Sink, SinkFactory, register_sink
+from llmkit.io.core.sink import register_sink
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.core.writer import ShardSetWriter, plan_shards
 from llmkit.io.hf.names import index_name, shard_names
@@ -50,7 +51,7 @@ class ShardedWriter(ShardSetWriter):
         plan = plan_shards(specs, shard_size)
         super().__init__(
             out_dir,
-            list(zip(shard_names(fmt, len(plan)), plan)),
+            list(zip(shard_names(fmt, len(plan)), plan, strict=True)),
             fmt=fmt,
             force=force,
             metadata=metadata,
@@ -79,25 +80,9 @@ class ShardedWriter(ShardSetWriter):
         return {index_name(self.fmt): (json.dumps(index, indent=2) + "\n").encode()}
 
 
-def _sharded(fmt: str) -> SinkFactory:
-    def factory(
-        out_dir, specs, *, force=False, inputs=None, extra_bytes=0, shard_size=DEFAULT_SHARD_SIZE, metadata=None
-    ) -> Sink:
-        return ShardedWriter(
-            out_dir,
-            specs,
-            fmt=fmt,
-            shard_size=shard_size,
-            force=force,
-            metadata=metadata,
-            extra_bytes=extra_bytes,
-            inputs=inputs,
-        )
-
-    return factory
-
-
-register_sink("safetensors", owns=re.compile(r"^model.*\.safetensors(\.index\.json)?$"))(_sharded("safetensors"))
-
-
-register_sink("bin", owns=re.compile(r"^pytorch_model.*\.bin(\.index\.json)?$"))(_sharded("bin"))
+register_sink("safetensors", owns=re.compile(r"^model.*\.safetensors(\.index\.json)?$"))(
+    functools.partial(ShardedWriter, fmt="safetensors")
+)
+register_sink("bin", owns=re.compile(r"^pytorch_model.*\.bin(\.index\.json)?$"))(
+    functools.partial(ShardedWriter, fmt="bin")
+)

@@ -18,21 +18,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from llmkit.errors import InputError
-from llmkit.io.core.dtypes import CONFIG_NAMES
+from llmkit.io.core.llama_weights import HF_LAYER, layers_seen, llama_config
 from llmkit.io.core.regular import check_regular, is_special
-from llmkit.io.core.source import TensorSource
-from llmkit.io.core.spec import TensorInfo
+from llmkit.io.core.source import RenamedSource, TensorSource
 from llmkit.io.meta.names import meta_to_hf_name, permute_meta_to_hf
 from llmkit.io.meta.source import MetaSource
-
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
-
 
 _HF_ORDER = (
     "self_attn.q_proj",
@@ -51,7 +46,7 @@ def hf_sort_key(name: str) -> tuple:
     """transformers' state-dict order: embed_tokens, layers 0..N (its modules in order), norm, lm_head."""
     if name == "model.embed_tokens.weight":
         return (0,)
-    m = _LAYER.match(name)
+    m = HF_LAYER.match(name)
     if m:
         rest = name[m.end() :].removesuffix(".weight")
         return (1, int(m.group(1)), _HF_ORDER.index(rest) if rest in _HF_ORDER else len(_HF_ORDER), rest)
@@ -71,8 +66,9 @@ def _int(params: dict, key: str, path: Path) -> int | None:
     return value
 
 
-class MetaHFView(TensorSource):
-    """A Meta folder as an HF LLaMA: the names, order, rotary layout and shapes ``from-meta`` writes."""
+class MetaHFView(RenamedSource):
+    """A Meta folder as an HF LLaMA: the names, order, rotary layout and shapes ``from-meta`` writes
+    (``meta`` under HF names, in transformers' order, without ``rope.freqs``)."""
 
     def __init__(self, meta: MetaSource):
         if not meta.params:
@@ -83,33 +79,26 @@ class MetaHFView(TensorSource):
             )
         params_path = (meta.folder or meta.path) / "params.json"
         self.meta = meta
-        self.n_heads = _int(meta.params, "n_heads", params_path)
-        if self.n_heads is None:
+        n_heads = _int(meta.params, "n_heads", params_path)
+        if n_heads is None:
             raise InputError("params.json has no n_heads", path=params_path, hint="use Meta's original params.json")
-        self.n_kv_heads = _int(meta.params, "n_kv_heads", params_path) or self.n_heads
+        self.n_heads: int = n_heads
+        self.n_kv_heads: int = _int(meta.params, "n_kv_heads", params_path) or n_heads
         from llmkit.io.core.llama_tensors import check_source
 
         self.findings = check_source(meta)  # every weight params.json describes, once, before any is read
-        self._meta_name: dict[str, str] = {}
-        for name in meta.keys():
-            hf = meta_to_hf_name(name, meta.weight_map[name].path)
-            if hf is not None:
-                self._meta_name[hf] = name
-        order = sorted(self._meta_name, key=hf_sort_key)
-        super().__init__(
-            path=meta.path,
-            layout="meta-pth",
-            files=meta.files,
-            weight_map={n: meta.weight_map[self._meta_name[n]] for n in order},
-            folder=meta.folder,
-        )
+        hf_names = {n: meta_to_hf_name(n, meta.weight_map[n].path) for n in meta.keys()}  # noqa: SIM118  iterating a source reads every tensor
+        super().__init__(meta, {n: hf or n for n, hf in hf_names.items()})  # rope.freqs (no HF name): left out below
+        order = sorted((hf for hf in hf_names.values() if hf is not None), key=hf_sort_key)
+        self.weight_map = {n: self.weight_map[n] for n in order}
+        self._stored = {n: self._stored[n] for n in order}
         self.params = meta.params
         check_meta(self, params_path)
         self.warnings = [w for w in meta.warnings if w != meta.order_note]
         if meta.order_note is not None:  # the shapes did not settle the order: the published hashes may
             from llmkit.io.meta.checks import published_order
 
-            note = published_order([p for p in self.weight_files], meta.shape_facts)
+            note = published_order(list(self.weight_files), meta.shape_facts)
             if note is not None:
                 self.warnings.append(note)
         self.meta_folder = Path(meta.folder or meta.path)
@@ -131,10 +120,6 @@ class MetaHFView(TensorSource):
             os.symlink(tok.resolve(), folder / "tokenizer.model")
         return folder
 
-    def info(self, name: str) -> TensorInfo:
-        i = self.meta.info(self._meta_name[name])
-        return TensorInfo(name, i.dtype, i.shape, i.file)
-
     def _heads(self, name: str) -> int | None:
         if name.endswith("self_attn.q_proj.weight"):
             return self.n_heads
@@ -143,22 +128,12 @@ class MetaHFView(TensorSource):
         return None
 
     def get(self, name: str) -> torch.Tensor:
-        if name not in self._meta_name:
-            raise InputError(f"no tensor named {name!r}", path=self.path)
-        t = self.meta.get(self._meta_name[name])
+        t = super().get(name)
         heads = self._heads(name)
         if heads is not None:  # Meta's interleaved rotary pairs -> rotate-half; a copy, so the pages can go
             t = permute_meta_to_hf(t, heads).contiguous()
-            self.meta.release(self._meta_name[name])
+            self.release(name)
         return t
-
-    def release(self, name: str) -> None:
-        if name in self._meta_name:
-            self.meta.release(self._meta_name[name])
-
-    def prefetch(self, name: str) -> None:
-        if name in self._meta_name:
-            self.meta.prefetch(self._meta_name[name])
 
     def config(self) -> dict:
         """The HF ``config.json`` for this model (derived from params.json and the tensor shapes)."""
@@ -167,7 +142,7 @@ class MetaHFView(TensorSource):
     def close(self) -> None:
         import shutil
 
-        self.meta.close()
+        super().close()  # closes the Meta shards
         if self.folder is not None and self.folder.name.startswith("llmkit-meta-hf-"):
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -179,7 +154,7 @@ def check_meta(view: MetaHFView, params_path: Path) -> None:
     if embed is None:
         raise InputError("the shards hold no tok_embeddings.weight: not a LLaMA checkpoint", path=view.path)
     vocab, dim = embed.shape
-    layers = 1 + max((int(m.group(1)) for n in view.keys() if (m := _LAYER.match(n))), default=-1)
+    layers = layers_seen(view.keys())
     want = {"dim": dim, "n_layers": layers}
     p_vocab = params.get("vocab_size")
     if isinstance(p_vocab, int) and p_vocab > 0:
@@ -227,30 +202,18 @@ def hf_config(view: MetaHFView) -> dict:
     vocab, dim = view.info("model.embed_tokens.weight").shape
     gate = "model.layers.0.mlp.gate_proj.weight"
     inter = view.info(gate).shape[0] if gate in view else intermediate_size(dim, params.get("multiple_of", 256))
-    layers = 1 + max((int(m.group(1)) for n in view.keys() if (m := _LAYER.match(n))), default=-1)
-    dtype = view.info("model.embed_tokens.weight").dtype
-    cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_act": "silu",
-        "hidden_size": dim,
-        "intermediate_size": inter,
-        "num_attention_heads": view.n_heads,
-        "num_key_value_heads": view.n_kv_heads,
-        "num_hidden_layers": layers,
-        "rms_norm_eps": float(params.get("norm_eps", 1e-6)),
-        "vocab_size": vocab,
-        "max_position_embeddings": int(params.get("max_seq_len", 2048)),
-        "rope_theta": float(params.get("rope_theta", 10000.0)),
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-        "initializer_range": 0.02,
-        "tie_word_embeddings": False,
-        "use_cache": True,
-        "torch_dtype": CONFIG_NAMES.get(dtype, "float16"),
-    }
-    return cfg
+    return llama_config(
+        hidden=dim,
+        intermediate=inter,
+        heads=view.n_heads,
+        kv_heads=view.n_kv_heads,
+        layers=layers_seen(view.keys()),
+        vocab=vocab,
+        dtype=view.info("model.embed_tokens.weight").dtype,
+        rms_norm_eps=float(params.get("norm_eps", 1e-6)),
+        max_position_embeddings=int(params.get("max_seq_len", 2048)),
+        rope_theta=float(params.get("rope_theta", 10000.0)),
+    )
 
 
 GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}

@@ -213,9 +213,9 @@ def published_order(paths: list[Path], facts: dict[str, int] | None) -> str | No
     for t in tables:
         by_digest = {e.digest: e.rel for e in t.entries}
         named = [by_digest.get(digests[p]) for p in paths]
-        if all(n == p.name for n, p in zip(named, paths)):
+        if all(n == p.name for n, p in zip(named, paths, strict=True)):
             return None
-        swapped = [(p, n) for p, n in zip(paths, named) if n is not None and n != p.name]
+        swapped = [(p, n) for p, n in zip(paths, named, strict=True) if n is not None and n != p.name]
         if swapped:
             p, n = swapped[0]
             raise InputError(

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 
@@ -57,16 +58,30 @@ _META_LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
 _HF_DROPPED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
 
-def hf_to_meta_name(name: str, path: object = None) -> str | None:
+def _mapped(
+    name: str, top: Mapping[str, str], layer_re: re.Pattern[str], layers: Mapping[str, str], prefix: str
+) -> str | None:
+    """``name`` through one direction's tables: a top-level name, or ``<prefix>N.<suffix>`` for a layer's
+    tensor (``layer_re`` gives N and the suffix); None for any other name."""
+    if name in top:
+        return top[name]
+    m = layer_re.match(name)
+    if m and m.group(2) in layers:
+        return f"{prefix}{m.group(1)}.{layers[m.group(2)]}"
+    return None
+
+
+def hf_name_of_meta(name: str) -> str | None:
+    """The HF name of a Meta LLaMA weight; None for any other name (``rope.freqs`` included)."""
+    return _mapped(name, META_TO_HF_TOP, _META_LAYER_RE, META_TO_HF_LAYER, "model.layers.")
+
+
+def hf_to_meta_name(name: str, path: str | os.PathLike[str] | None = None) -> str | None:
     """The Meta name of an HF LLaMA tensor; None for buffers Meta does not store (``rotary_emb.inv_freq``).
     ``path``: the model it comes from, named by the error."""
-    if name in HF_TO_META_TOP:
-        return HF_TO_META_TOP[name]
-    if _HF_DROPPED.search(name):
-        return None
-    m = _HF_LAYER_RE.match(name)
-    if m and m.group(2) in HF_TO_META_LAYER:
-        return f"layers.{m.group(1)}.{HF_TO_META_LAYER[m.group(2)]}"
+    meta = _mapped(name, HF_TO_META_TOP, _HF_LAYER_RE, HF_TO_META_LAYER, "layers.")
+    if meta is not None or _HF_DROPPED.search(name):
+        return meta
     raise InputError(
         f"tensor {name!r} has no place in Meta's LLaMA layout",
         path=path,
@@ -74,16 +89,12 @@ def hf_to_meta_name(name: str, path: object = None) -> str | None:
     )
 
 
-def meta_to_hf_name(name: str, path: object = None) -> str | None:
+def meta_to_hf_name(name: str, path: str | os.PathLike[str] | None = None) -> str | None:
     """The HF name of a Meta LLaMA tensor; None for ``rope.freqs`` (recomputed by transformers). ``path``: the
     file holding it, named by the error."""
-    if name in META_TO_HF_TOP:
-        return META_TO_HF_TOP[name]
-    if name == "rope.freqs":
-        return None
-    m = _META_LAYER_RE.match(name)
-    if m and m.group(2) in META_TO_HF_LAYER:
-        return f"model.layers.{m.group(1)}.{META_TO_HF_LAYER[m.group(2)]}"
+    hf = hf_name_of_meta(name)
+    if hf is not None or name == "rope.freqs":
+        return hf
     raise InputError(
         f"tensor {name!r} is not part of Meta's LLaMA layout",
         path=path,
@@ -99,7 +110,7 @@ def check_rotary_heads(
     heads: int,
     kv_heads: int,
     *,
-    path: object = None,
+    path: str | os.PathLike[str] | None = None,
     config: str = "config.json",
 ) -> None:
     """Before any output: every q/k projection (HF names) holds whole rotary pairs for its head count.

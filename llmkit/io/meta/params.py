@@ -5,6 +5,7 @@ the number of model-parallel shards of Meta's releases, and LLaMA's ``multiple_o
 from __future__ import annotations
 
 import math
+import os
 
 from llmkit.errors import InputError
 from llmkit.io.core.jsonfile import int_field, number_field
@@ -27,7 +28,7 @@ def llama_multiple_of(dim: int, intermediate: int) -> int | None:
     return None
 
 
-def meta_params(config: dict, path: object = None) -> dict:
+def meta_params(config: dict, path: str | os.PathLike[str] | None = None) -> dict:
     """``params.json`` for an HF LLaMA ``config.json`` (keys and order as in Meta's and Chinese-LLaMA's files).
     A setting of the wrong type is an InputError naming the file (``path``, else ``config.path`` when read
     by read_json)."""

@@ -1,6 +1,6 @@
 """The ``meta-pth`` sink (:class:`MetaPthSink`): HF-named tensors in, ``consolidated.NN.pth`` +
 ``params.json`` out: names mapped, wq/wk un-permuted, tensors split across the model-parallel shards.
-The files are torch zips (``hf.torchzip.TorchZipLayout``), with the same safe writes as every sink.
+The files are torch zips (``hf.torchzip.TorchZipLayout``) written by the safe writer (``llmkit.io.core.writer``).
 Streaming: peak memory is about one tensor.
 """
 
@@ -28,46 +28,10 @@ def meta_shard_name(index: int) -> str:
     return f"consolidated.{index:02d}.pth"
 
 
-class MetaShardWriter(ShardSetWriter):
-    """Write ``consolidated.00.pth`` ... and ``params.json``; a context manager.
-
-    ``shard_specs[i]`` lists the tensors of shard ``i`` in file order. Use ``w.write(i, name, tensor)``
-    in any order; on a clean exit the files are checked and renamed to their final names.
-    """
-
-    def __init__(
-        self,
-        out_dir: str | os.PathLike,
-        shard_specs: list[list[TensorSpec]],
-        *,
-        params: dict,
-        force: bool = False,
-        extra_bytes: int = 0,
-        inputs: Iterable[str | os.PathLike | None] | None = None,
-    ):
-        if not shard_specs:
-            raise InputError("a Meta checkpoint needs at least one shard")
-        super().__init__(
-            out_dir,
-            [(meta_shard_name(i), specs) for i, specs in enumerate(shard_specs)],
-            fmt="meta-pth",
-            force=force,
-            inputs=inputs,
-            layout=TorchZipLayout(),
-        )
-        self.smaller_files = "write more, smaller shards (to-meta --shards, merge-lora --pth-shards)"
-        self.files.append(PARAMS_JSON)
-        self.add_file(PARAMS_JSON, (json.dumps(params) + "\n").encode())
-        self._check_destination(extra_bytes)
-
-    def write(self, shard: int, name: str, tensor: torch.Tensor) -> None:
-        """Write one planned tensor of shard ``shard``; it must have the planned dtype and shape."""
-        self.write_to(shard, name, tensor)
-
-
 @register_sink("meta-pth", owns=re.compile(r"^(consolidated\.\d+\.pth|params\.json)$"))
-class MetaPthSink:
-    """HF-named LLaMA tensors in; Meta ``consolidated.NN.pth`` shards and ``params.json`` out.
+class MetaPthSink(ShardSetWriter):
+    """HF-named LLaMA tensors in; Meta ``consolidated.NN.pth`` shards and ``params.json`` out; a context
+    manager (on a clean exit the files are checked and renamed to their final names).
 
     Given the HF specs up front (as every sink), it maps names, un-permutes wq/wk to Meta's interleaved
     rotary rows and splits each tensor over ``shards`` files (default: Meta's count for the hidden size).
@@ -85,79 +49,54 @@ class MetaPthSink:
         force: bool = False,
         extra_bytes: int = 0,
         inputs: Iterable[str | os.PathLike | None] | None = None,
-        config_path: object = None,
+        config_path: str | os.PathLike[str] | None = None,
     ):
         params = meta_params(config, config_path)
-        self.shards = shards or default_meta_shards(params["dim"])
+        self.mp_shards = shards or default_meta_shards(params["dim"])  # model-parallel shard count
         kv = params.get("n_kv_heads", params["n_heads"])
         check_rotary_heads({s.name: s.shape for s in specs}, params["n_heads"], kv, path=config_path)
-        if params["n_heads"] % self.shards or kv % self.shards:
+        if params["n_heads"] % self.mp_shards or kv % self.mp_shards:
             raise InputError(
-                f"{self.shards} model-parallel shards do not divide the model's {params['n_heads']} "
+                f"{self.mp_shards} model-parallel shards do not divide the model's {params['n_heads']} "
                 f"attention heads ({kv} key/value heads)",
                 hint="choose a shard count that divides the heads (Meta: 7B 1, 13B 2, 33B 4, 65B 8)",
             )
-        self._heads = {
-            "attention.wq.weight": params["n_heads"],
-            "attention.wk.weight": params.get("n_kv_heads", params["n_heads"]),
-        }
-        model = Path(str(config_path)).parent if config_path is not None else None
+        self._heads = {"attention.wq.weight": params["n_heads"], "attention.wk.weight": kv}
+        model = Path(config_path).parent if config_path is not None else None
         self._names = {s.name: m for s in specs if (m := hf_to_meta_name(s.name, model)) is not None}
-        shard_specs: list[list[TensorSpec]] = [[] for _ in range(self.shards)]
+        shard_specs: list[list[TensorSpec]] = [[] for _ in range(self.mp_shards)]
         for s in specs:
             meta = self._names.get(s.name)
             if meta is not None:
-                for i, shape in enumerate(meta_split_sizes(meta, s.shape, self.shards)):
+                for i, shape in enumerate(meta_split_sizes(meta, s.shape, self.mp_shards)):
                     shard_specs[i].append(TensorSpec(meta, s.dtype, shape))
-        self._writer = MetaShardWriter(
-            out_dir, shard_specs, params=params, force=force, extra_bytes=extra_bytes, inputs=inputs
+        if not shard_specs:
+            raise InputError("a Meta checkpoint needs at least one shard")
+        super().__init__(
+            out_dir,
+            [(meta_shard_name(i), specs) for i, specs in enumerate(shard_specs)],
+            fmt="meta-pth",
+            force=force,
+            inputs=inputs,
+            layout=TorchZipLayout(),
         )
-
-    @property
-    def files(self) -> list[str]:
-        return self._writer.files
-
-    def __getattr__(self, name: str):  # total_size, free_disk_bytes, space_margin, needed_disk_bytes
-        if name in (
-            "total_size",
-            "free_disk_bytes",
-            "space_margin",
-            "needed_disk_bytes",
-            "out_dir",
-            "kept_files",
-            "replaced_files",
-        ):
-            return getattr(self._writer, name)
-        raise AttributeError(name)
+        self.smaller_files = "write more, smaller shards (to-meta --shards, merge-lora --pth-shards)"
+        self.files.append(PARAMS_JSON)
+        self.add_file(PARAMS_JSON, (json.dumps(params) + "\n").encode())
+        self._check_destination(extra_bytes)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write one HF-named planned tensor: renamed, wq/wk un-permuted, split over the shards."""
         meta = self._names.get(name)
         if meta is None:
             return  # a buffer Meta's layout has no place for
         leaf = ".".join(meta.split(".")[-3:])
         if leaf in self._heads:  # HF rotate-half -> Meta's interleaved rotary rows
             tensor = unpermute_hf_to_meta(tensor, self._heads[leaf])
-        for i, piece in enumerate(meta_split(meta, tensor, self.shards)):
-            self._writer.write_to(i, meta, piece)
+        for i, piece in enumerate(meta_split(meta, tensor, self.mp_shards)):
+            self.write_to(i, meta, piece)
 
-    def add_file(self, name: str, data: bytes) -> None:
-        self._writer.add_file(name, data)
-
-    def copy_aux_files(
-        self,
-        folder: Path | None,
-        *,
-        dtype: torch.dtype | None = None,
-        vocab_size: int | None = None,
-        skip: Iterable[str] = (),
-        only: Iterable[str] | None = None,
-    ) -> list[str]:
+    def _aux_names(self, only: Iterable[str] | None, skip: Iterable[str]) -> list[str]:
+        """Tokenizer files only, in their usual order: ``params.json`` takes the place of the config."""
         wanted = set(TOKENIZER_FILES if only is None else only) - set(skip)
-        return self._writer.copy_files(folder, [n for n in TOKENIZER_FILES if n in wanted])
-
-    def __enter__(self) -> MetaPthSink:
-        self._writer.__enter__()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._writer.__exit__(exc_type, exc, tb)
+        return [n for n in TOKENIZER_FILES if n in wanted]

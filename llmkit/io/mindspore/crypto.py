@@ -31,10 +31,14 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from llmkit.errors import InputError
 from llmkit.io.mindspore.keys import MAGICS, MODE_OF_MAGIC, CkptKey
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers import AEADEncryptionContext, Cipher, CipherContext, modes
+    from cryptography.hazmat.primitives.padding import PaddingContext
 
 BLOCK_PLAIN = 64 * 1024 * 1024  # MindSpore's ENCRYPT_BLOCK_SIZE (64 * 1024 KiB) of plaintext per block
 
@@ -64,7 +68,7 @@ def encrypted_size(plain_total: int, mode: str) -> int:
     return sum(header_len(mode) + cipher_len(n, mode) for n in block_sizes(plain_total))
 
 
-def _cbc(mode: str, key: bytes, iv: bytes):
+def _cbc(mode: str, key: bytes, iv: bytes) -> Cipher[modes.CBC]:
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     alg = algorithms.AES(key) if mode == "AES-CBC" else algorithms.SM4(key)
@@ -74,7 +78,7 @@ def _cbc(mode: str, key: bytes, iv: bytes):
 CIPHER_CHUNK = 1 << 20  # bytes per update(): one 64 MiB call runs at a fraction of the chunked speed
 
 
-def _chunked(ctx, data: bytes) -> memoryview:
+def _chunked(ctx: CipherContext, data: bytes) -> memoryview:
     """``ctx.update`` over ``data`` in chunks, into one buffer (no per-chunk allocation)."""
     out = bytearray(len(data) + 16)  # update_into needs room for one more cipher block
     src, dst, n = memoryview(data), memoryview(out), 0
@@ -116,7 +120,9 @@ class BlockEncryptor:
         self.ivs = ivs
         self.plain_written = 0
         self._left = 0  # plaintext bytes still to come in the current block
-        self._enc = self._pad = None
+        self._enc: CipherContext | None = None  # the current block's cipher
+        self._gcm: AEADEncryptionContext | None = None  # the same, in AES-GCM (its tag ends the block)
+        self._pad: PaddingContext | None = None  # the current block's PKCS#7 padder (CBC modes)
         self._tag_at = 0
 
     def _begin(self) -> None:
@@ -130,7 +136,7 @@ class BlockEncryptor:
 
             self._tag_at = self.f.tell() + 4
             self.f.write(magic + bytes(TAG_BYTES) + tail)  # the tag is known when the block ends
-            self._enc = Cipher(algorithms.AES(self.key), modes.GCM(iv[:12])).encryptor()
+            self._enc = self._gcm = Cipher(algorithms.AES(self.key), modes.GCM(iv[:12])).encryptor()
         else:
             from cryptography.hazmat.primitives import padding
 
@@ -150,12 +156,12 @@ class BlockEncryptor:
         if self._pad is not None:
             self.f.write(self._enc.update(self._pad.finalize()))
         self.f.write(self._enc.finalize())
-        if self.mode == "AES-GCM":
+        if self._gcm is not None:
             end = self.f.tell()
             self.f.seek(self._tag_at)
-            self.f.write(self._enc.tag)
+            self.f.write(self._gcm.tag)
             self.f.seek(end)
-        self._enc = self._pad = None
+        self._enc = self._gcm = self._pad = None
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -222,9 +228,10 @@ class DecryptedFile:
         size = os.fstat(fd).st_size
         if size >= 17 and os.pread(fd, 7, size - 17) == b"crc_num":
             size -= 17  # MindSpore appends a plaintext trailer (with a zero CRC) when asked for one
-        self.mode = sniff_mode(os.pread(fd, 4, 0))
-        if self.mode is None:
+        mode = sniff_mode(os.pread(fd, 4, 0))
+        if mode is None:
             raise InputError("not an encrypted MindSpore checkpoint (unknown magic)", path=path)
+        self.mode = mode
         if key.mode is not None and key.mode != self.mode:
             raise InputError(
                 f"the file is encrypted with {self.mode}, not {key.mode}",
@@ -322,7 +329,7 @@ class DecryptedFile:
             from cryptography.exceptions import InvalidTag
             from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-            dec = Cipher(algorithms.AES(self.key.key), modes.GCM(b.iv[:12], b.tag)).decryptor()
+            dec: CipherContext = Cipher(algorithms.AES(self.key.key), modes.GCM(b.iv[:12], b.tag)).decryptor()
             plain = _chunked(dec, ct)
             del ct
             try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit.errors import InputError
-from llmkit.io.core.regular import check_regular, is_special
+from llmkit.io.core.regular import require_file
 from llmkit.redact import register_secret, value_shape
 
 MAGICS = {"AES-GCM": 0x7F3A5ED8, "AES-CBC": 0x7F3A5ED9, "SM4-CBC": 0x7F3A5EDA}
@@ -81,18 +81,14 @@ def _key_path(spec: str, flag: str) -> Path:
     """The key file ``spec`` names. A value that is no entry on disk is refused without being repeated
     (it may be the key itself, typed where its file belongs); a path that exists is named."""
     accepted = "pass the path of a file holding the raw key bytes, or env:VAR naming a variable that holds it as hex"
-    path = Path(spec)
-    if not os.path.lexists(spec):
-        raise InputError(f"{flag}: no such key file, and not env:VAR ({value_shape(spec)})", hint=accepted)
-    try:
-        is_file = path.is_file()
-    except (OSError, ValueError):
-        is_file = False
-    if not is_file:
-        if is_special(path):  # a FIFO or device: named, never read
-            check_regular(path, f"the {flag} key file")
-        raise InputError(f"{flag}: not a key file (a key file or env:VAR is expected)", path=path, hint=accepted)
-    return path
+    return require_file(
+        spec,
+        absent=lambda: InputError(f"{flag}: no such key file, and not env:VAR ({value_shape(spec)})", hint=accepted),
+        special=f"the {flag} key file",
+        not_file=lambda path: InputError(
+            f"{flag}: not a key file (a key file or env:VAR is expected)", path=path, hint=accepted
+        ),
+    )
 
 
 def read_key(spec: str, mode: str | None, *, flag: str) -> CkptKey:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 
 from llmkit.errors import InputError
-from llmkit.io.core.dtypes import CONFIG_NAMES
-from llmkit.io.core.llama_tensors import check_tensors, llama_shapes
+from llmkit.io.core.llama_tensors import check_tensors
+from llmkit.io.core.llama_weights import layers_seen, llama_config, llama_shapes
 
 _RULES = (
     ("embed_tokens.weight", "tok_embeddings.embedding_weight"),
@@ -48,9 +48,6 @@ _MF = re.compile(
     r"^(model\.tok_embeddings\.embedding_weight|model\.norm_out\.weight|lm_head\.weight|model\.layers\.\d+\."
     r"(attention\.w[qkvo]|feed_forward\.w[123]|attention_norm|ffn_norm)\.weight)$"
 )
-
-
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 ROTARY_LAYOUTS = ("hf", "meta")
@@ -123,10 +120,6 @@ def _undecided(what: str, path) -> InputError:
     )
 
 
-def _layer_count(shapes: dict) -> int:
-    return 1 + max((int(m.group(1)) for n in shapes if (m := _LAYER.match(n))), default=-1)
-
-
 def guessed_config(shapes: dict, dtype, path=None) -> tuple[dict, list[str]]:
     """An HF LLaMA ``config.json`` from the tensor shapes (HF names -> shape), and the keys that were
     guessed rather than read off a shape (LLaMA-1 defaults). Only a published LLaMA size
@@ -156,27 +149,15 @@ def guessed_config(shapes: dict, dtype, path=None) -> tuple[dict, list[str]]:
             "a config with tie_word_embeddings true settles it)",
             path,
         )
-    cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_act": "silu",
-        "hidden_size": hidden,
-        "intermediate_size": gate[0],
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "num_hidden_layers": _layer_count(shapes),
-        "rms_norm_eps": 1e-6,
-        "vocab_size": vocab,
-        "max_position_embeddings": 2048,
-        "rope_theta": 10000.0,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-        "initializer_range": 0.02,
-        "tie_word_embeddings": False,
-        "use_cache": True,
-        "torch_dtype": CONFIG_NAMES.get(dtype, "float16"),
-    }
+    cfg = llama_config(
+        hidden=hidden,
+        intermediate=gate[0],
+        heads=heads,
+        kv_heads=kv_heads,
+        layers=layers_seen(shapes),
+        vocab=vocab,
+        dtype=dtype,
+    )
     guessed = [
         f"num_attention_heads={heads} (the {model} shapes)",
         "rms_norm_eps=1e-06",
@@ -203,7 +184,7 @@ def check_config(cfg: dict, shapes: dict, path) -> None:
     gate = shapes.get("model.layers.0.mlp.gate_proj.weight")
     if gate is not None:
         facts["intermediate_size"] = gate[0]
-    layers = _layer_count(shapes)
+    layers = layers_seen(shapes)
     if layers:
         facts["num_hidden_layers"] = layers
     for key, value in facts.items():
@@ -228,7 +209,7 @@ def hf_named(src):
     when nothing would be renamed."""
     from llmkit.io.core.source import RenamedSource
 
-    mapping = {n: llama_hf_name(n) or n for n in src.keys()}
+    mapping = {n: llama_hf_name(n) or n for n in src.keys()}  # noqa: SIM118  iterating a source reads every tensor
     if all(k == v for k, v in mapping.items()) or len(set(mapping.values())) != len(mapping):
         return src
     return RenamedSource(src, mapping)

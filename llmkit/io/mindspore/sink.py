@@ -76,14 +76,8 @@ class CkptSink(ShardSetWriter):
     def add_file(self, name: str, data: bytes) -> None:
         raise InputError(f"a .ckpt output holds tensors only; {name} has no place in it")
 
-    def copy_aux_files(self, folder: Path | None, **kwargs) -> list[str]:
-        return []
+    def _aux_names(self, only: Iterable[str] | None, skip: Iterable[str]) -> list[str]:
+        return []  # a .ckpt output carries no config or tokenizer files
 
 
-@register_sink("ckpt")
-def _ckpt_sink(
-    out, specs, *, force=False, inputs=None, extra_bytes=0, crc=False, enc_key=None, enc_mode="AES-GCM"
-) -> CkptSink:
-    return CkptSink(
-        out, specs, force=force, inputs=inputs, extra_bytes=extra_bytes, crc=crc, enc_key=enc_key, enc_mode=enc_mode
-    )
+register_sink("ckpt")(CkptSink)
