@@ -312,6 +312,33 @@ def _lora_module(
     if not s.targets(module, is_output_head=target.endswith(OUTPUT_HEADS)):
         ad.ignored.append(module)
         return None
+    a_shape, b_shape = _lora_pair_shapes(ad, module, entry)
+    mod = LoraModule(
+        module=module,
+        target=target,
+        a_key=entry["A"],
+        b_key=entry["B"],
+        bias_key=entry.get("bias"),
+        bias_target=None,
+        embedding="embedding" in entry,
+        scaling=s.scaling(module),
+    )
+    w = tuple(base_shapes[target])
+    if len(w) != 2:
+        raise InputError(
+            f"the adapter puts LoRA on {target!r}, a {len(w)}-d tensor in the base",
+            path=ad.file,
+            hint="this adapter belongs to another model",
+        )
+    _orient_to_base(ad, mod, w, (b_shape[0], a_shape[1]), model_type, vocab)
+    if mod.bias_key is not None:
+        mod.bias_target = _lora_bias_target(ad, module, target, base_shapes)
+    return mod
+
+
+def _lora_pair_shapes(ad: Adapter, module: str, entry: dict[str, str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes of a layer's A and B, checked to be a pair of matrices of the configured rank."""
+    s = ad.settings
     r, _ = s.rank_alpha(module)
     a_shape = ad.source.info(entry["A"]).shape
     b_shape = ad.source.info(entry["B"]).shape
@@ -335,24 +362,20 @@ def _lora_module(
             path=ad.file,
             hint="the config and the weights belong to different adapters",
         )
-    mod = LoraModule(
-        module=module,
-        target=target,
-        a_key=entry["A"],
-        b_key=entry["B"],
-        bias_key=entry.get("bias"),
-        bias_target=None,
-        embedding="embedding" in entry,
-        scaling=s.scaling(module),
-    )
-    w = tuple(base_shapes[target])
-    if len(w) != 2:
-        raise InputError(
-            f"the adapter puts LoRA on {target!r}, a {len(w)}-d tensor in the base",
-            path=ad.file,
-            hint="this adapter belongs to another model",
-        )
-    out_f, in_f = b_shape[0], a_shape[1]
+    return a_shape, b_shape
+
+
+def _orient_to_base(
+    ad: Adapter,
+    mod: LoraModule,
+    w: tuple[int, ...],
+    out_in: tuple[int, int],
+    model_type: str | None,
+    vocab: dict[str, str],
+) -> None:
+    """Check the delta ``B @ A`` (``out_in``: out x in) fits the 2-d base tensor ``w``; set ``mod.transpose``."""
+    module, target = mod.module, mod.target
+    out_f, in_f = out_in
     if mod.embedding:
         # peft: transpose(B @ A, True); A spans the vocabulary (checked with the vocabulary plan).
         mod.transpose = True
@@ -380,16 +403,18 @@ def _lora_module(
                 hint="this adapter belongs to another model",
             )
         mod.transpose = model_type in CONV1D_MODEL_TYPES if (is_linear and is_conv1d) else is_conv1d
-    if mod.bias_key is not None:
-        bias_target = target[: -len("weight")] + "bias"
-        if bias_target not in base_shapes:
-            raise InputError(
-                f"the adapter has a LoRA bias (lora_bias) for {module!r} but the base layer has no "
-                "bias; peft cannot merge it either",
-                path=ad.file,
-            )
-        mod.bias_target = bias_target
-    return mod
+
+
+def _lora_bias_target(ad: Adapter, module: str, target: str, base_shapes: dict[str, tuple[int, ...]]) -> str:
+    """The base bias a layer's LoRA bias (``lora_bias``) adds to; it must exist."""
+    bias_target = target[: -len("weight")] + "bias"
+    if bias_target not in base_shapes:
+        raise InputError(
+            f"the adapter has a LoRA bias (lora_bias) for {module!r} but the base layer has no "
+            "bias; peft cannot merge it either",
+            path=ad.file,
+        )
+    return bias_target
 
 
 def _check_targets_have_weights(ad: Adapter, base: TensorSource, warnings: list[str]) -> None:

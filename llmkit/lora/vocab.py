@@ -142,23 +142,7 @@ def plan_vocabulary(
 def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state: _Rows, warnings: list[str]) -> None:
     """Check one adapter's saved rows, tokenizer and LoRA widths against the running size; set its
     ``vocab_size`` (the rows once it is applied)."""
-    emb_rows = {t: ad.source.info(k).shape[0] for t, k in ad.replacements.items() if t in vocab}
-    for t, k in ad.replacements.items():
-        exp = base.info(t).shape
-        got = ad.source.info(k).shape
-        if (got[1:] if t in vocab else got) != (exp[1:] if t in vocab else exp):
-            raise InputError(
-                f"the adapter's {k} is {list(got)} but the base's {t} is {list(exp)}",
-                path=ad.file,
-                hint="this adapter belongs to another model",
-            )
-    if len(set(emb_rows.values())) > 1:
-        detail = ", ".join(f"{t} {r}" for t, r in emb_rows.items())
-        raise InputError(
-            f"the adapter's saved vocabulary tensors disagree ({detail})",
-            path=ad.file,
-            hint="the adapter file is damaged; download it again",
-        )
+    emb_rows = _saved_vocab_rows(base, ad, vocab)
     emb = next(iter(emb_rows.values()), None)
     lora_vocab = {ad.source.info(m.a_key).shape[1] for m in ad.modules.values() if m.embedding}
     tok = ad.tokenizer_size
@@ -178,6 +162,45 @@ def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state
             warnings.append(f"{ad.folder}: the base has no embedding to resize; the tokenizer size is not checked")
         ad.vocab_size = None
         return
+    target = _adapter_rows(ad, emb, tok, rows, state, warnings)
+    if target > rows:
+        state.grow(target)
+        rows = target
+    if emb is not None or (tok is not None and tok == rows):
+        state.origin = ad
+    for t in emb_rows:
+        state.mean_rows[t] = 0
+    _check_lora_vocab_widths(ad, vocab, rows, lora_vocab)
+    ad.vocab_size = rows
+
+
+def _saved_vocab_rows(base: TensorSource, ad: Adapter, vocab: dict[str, str]) -> dict[str, int]:
+    """Rows of the adapter's saved vocabulary tensors (base name -> rows), after checking that every
+    saved tensor fits its base tensor (vocabulary tensors: all but the rows) and that they agree."""
+    emb_rows = {t: ad.source.info(k).shape[0] for t, k in ad.replacements.items() if t in vocab}
+    for t, k in ad.replacements.items():
+        exp = base.info(t).shape
+        got = ad.source.info(k).shape
+        if (got[1:] if t in vocab else got) != (exp[1:] if t in vocab else exp):
+            raise InputError(
+                f"the adapter's {k} is {list(got)} but the base's {t} is {list(exp)}",
+                path=ad.file,
+                hint="this adapter belongs to another model",
+            )
+    if len(set(emb_rows.values())) > 1:
+        detail = ", ".join(f"{t} {r}" for t, r in emb_rows.items())
+        raise InputError(
+            f"the adapter's saved vocabulary tensors disagree ({detail})",
+            path=ad.file,
+            hint="the adapter file is damaged; download it again",
+        )
+    return emb_rows
+
+
+def _adapter_rows(ad: Adapter, emb: int | None, tok: int | None, rows: int, state: _Rows, warnings: list[str]) -> int:
+    """The vocabulary size once ``ad`` is applied (its saved rows, else its tokenizer, else ``rows``);
+    vocabularies only grow: fewer rows than an earlier adapter made, or saved rows fewer than the
+    base's, are refused, a smaller tokenizer alone is a warning and keeps ``rows``."""
     target = emb if emb is not None else (tok if tok is not None else rows)
     if target < rows:
         if state.origin is not None:
@@ -199,13 +222,11 @@ def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state
             "rows; the rows are kept"
         )
         target = rows
-    if target > rows:
-        state.grow(target)
-        rows = target
-    if emb is not None or (tok is not None and tok == rows):
-        state.origin = ad
-    for t in emb_rows:
-        state.mean_rows[t] = 0
+    return target
+
+
+def _check_lora_vocab_widths(ad: Adapter, vocab: dict[str, str], rows: int, lora_vocab: set[int]) -> None:
+    """The adapter's LoRA layers on vocabulary tensors span ``rows`` tokens (embedding A, output-head B)."""
     if lora_vocab and lora_vocab != {rows}:
         raise InputError(
             f"the adapter's embedding LoRA spans {sorted(lora_vocab)[0]} tokens but the model has {rows} at this point",
@@ -222,7 +243,6 @@ def _apply_adapter(base: TensorSource, ad: Adapter, vocab: dict[str, str], state
                     path=ad.file,
                     hint=mixed_up_hint(rows, out_rows),
                 )
-    ad.vocab_size = rows
 
 
 def _output_tokenizer(
