@@ -190,20 +190,7 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
         total_bytes=sum(r.size for r in remote),
         next_step=_next_step(model, out),
     )
-    todo: list[RemoteFile] = []
-    for r in remote:
-        t = targets[r.path]
-        if (
-            not options.force
-            and t.is_file()
-            and t.stat().st_size == r.size
-            and (not options.verify or file_digest(t, r.algorithm) == r.digest)
-        ):
-            result.files.append(
-                FileOutcome(r.path, r.size, "skipped", r.digest, r.algorithm if options.verify else None)
-            )
-        else:
-            todo.append(r)
+    todo = _to_fetch(remote, targets, options, result)
     need = sum(r.size for r in todo)
     result.free_disk_bytes = free_bytes(out)
     check_space(out, need, result.free_disk_bytes)
@@ -229,6 +216,28 @@ def download(options: DownloadOptions, *, progress: ProgressFactory | None = Non
     if table is not None and options.verify:
         _check_table(result, out, table, find_expected)
     return _ordered_and_timed(result, remote, start)
+
+
+def _to_fetch(
+    remote: list[RemoteFile], targets: dict[str, Path], options: DownloadOptions, result: DownloadResult
+) -> list[RemoteFile]:
+    """The files to fetch: those not already at their target with the right size and (with ``verify``)
+    digest; each file kept is added to ``result`` as ``skipped``. ``force`` fetches every file."""
+    todo: list[RemoteFile] = []
+    for r in remote:
+        t = targets[r.path]
+        if (
+            not options.force
+            and t.is_file()
+            and t.stat().st_size == r.size
+            and (not options.verify or file_digest(t, r.algorithm) == r.digest)
+        ):
+            result.files.append(
+                FileOutcome(r.path, r.size, "skipped", r.digest, r.algorithm if options.verify else None)
+            )
+        else:
+            todo.append(r)
+    return todo
 
 
 def _check_table(result: DownloadResult, out: Path, table: str, find_expected) -> None:

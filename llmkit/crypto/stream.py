@@ -61,118 +61,158 @@ def xor_stream(
     before it is written, so garbage in the first block never reaches ``dst``. ``write_behind`` (a
     regular output file) starts the disk writeback of finished windows early, so a final fsync is short.
     """
-    slots = [(np.empty(BLOCK, dtype=np.uint8), np.empty(BLOCK, dtype=np.uint8)) for _ in range(SLOTS)]
-    free: queue.Queue[int] = queue.Queue()
-    for i in range(SLOTS):
-        free.put(i)
-    to_xor: queue.Queue[tuple[int, int, int] | None] = queue.Queue()
-    consumers: list[queue.Queue[tuple[int, int] | None]] = [queue.Queue()]  # [writer, hasher?]
-    if output_hashes:
-        consumers.append(queue.Queue())
-    pending = [0] * SLOTS  # consumers still holding each slot
-    pending_lock = threading.Lock()
-    errors: list[BaseException] = []
-    written = [0]
+    stream = _XorPipeline(src, dst, key, input_hashes, output_hashes, check, advance, cancel, write_behind)
+    return stream.run()
 
-    def release(i: int) -> None:
-        with pending_lock:
-            pending[i] -= 1
-            done = pending[i] == 0
+
+class _XorPipeline:
+    """One :func:`xor_stream` call: the :data:`SLOTS` buffers, the queues between its stages, its first error.
+
+    A slot index travels ``free`` -> reader -> ``to_xor`` -> XOR (the calling thread) -> one queue per
+    consumer (writer, hasher) -> back to ``free`` once every consumer released it. The first error
+    of any stage is ``errors[0]``; after it, every stage drains its queue without doing the work, so
+    no thread waits forever.
+    """
+
+    def __init__(
+        self,
+        src: BinaryIO,
+        dst: BinaryIO,
+        key: KeyStream,
+        input_hashes: Sequence[hashlib._Hash],
+        output_hashes: Sequence[hashlib._Hash],
+        check: ContentCheck | None,
+        advance: Callable[[int], None],
+        cancel: threading.Event | None,
+        write_behind: bool,
+    ) -> None:
+        self.src, self.dst, self.key = src, dst, key
+        self.input_hashes, self.output_hashes = input_hashes, output_hashes
+        self.check, self.advance, self.cancel = check, advance, cancel
+        self.slots = [(np.empty(BLOCK, dtype=np.uint8), np.empty(BLOCK, dtype=np.uint8)) for _ in range(SLOTS)]
+        self.free: queue.Queue[int] = queue.Queue()
+        for i in range(SLOTS):
+            self.free.put(i)
+        self.to_xor: queue.Queue[tuple[int, int, int] | None] = queue.Queue()
+        self.consumers: list[queue.Queue[tuple[int, int] | None]] = [queue.Queue()]  # [writer, hasher?]
+        if output_hashes:
+            self.consumers.append(queue.Queue())
+        self.pending = [0] * SLOTS  # consumers still holding each slot
+        self.pending_lock = threading.Lock()
+        self.errors: list[BaseException] = []
+        self.written = 0
+        self.fd = dst.fileno() if write_behind else -1
+        self.flushed = 0  # output bytes whose early writeback was started
+
+    def run(self) -> int:
+        """Start the reader, writer and hasher, XOR every block in this thread, stop them; returns bytes."""
+        threads = [
+            threading.Thread(target=self._read, name="llmkit-xor-read", daemon=True),
+            threading.Thread(target=self._write, name="llmkit-xor-write", daemon=True),
+        ]
+        if self.output_hashes:
+            threads.append(threading.Thread(target=self._hash, name="llmkit-xor-hash", daemon=True))
+        for t in threads:
+            t.start()
+        try:
+            while (item := self.to_xor.get()) is not None:
+                self._xor_block(*item)
+        except BaseException as e:  # KeyboardInterrupt while waiting: stop the helpers before leaving
+            self.errors.append(e)
+            raise
+        finally:
+            self._stop(threads)
+        if self.errors:
+            raise self.errors[0]
+        return self.written
+
+    def _release(self, i: int) -> None:
+        """One consumer is done with slot ``i``; the last one hands it back to the reader."""
+        with self.pending_lock:
+            self.pending[i] -= 1
+            done = self.pending[i] == 0
         if done:
-            free.put(i)
+            self.free.put(i)
 
-    def reader() -> None:
+    def _read(self) -> None:
+        """Reader thread: fill free slots from ``src`` in order (and feed the input hashes)."""
         offset = 0
         try:
             while True:
-                i = free.get()
-                if errors:
+                i = self.free.get()
+                if self.errors:
                     break
-                if cancel is not None and cancel.is_set():
+                if self.cancel is not None and self.cancel.is_set():
                     raise Cancelled()
-                data = slots[i][0]
-                n = read_full(src, data.data)
+                data = self.slots[i][0]
+                n = read_full(self.src, data.data)
                 if n == 0:
                     break
                 view = data.data[:n]
-                for h in input_hashes:
+                for h in self.input_hashes:
                     h.update(view)
-                to_xor.put((i, n, offset))
+                self.to_xor.put((i, n, offset))
                 offset += n
                 if n < BLOCK:
                     break
         except BaseException as e:
-            errors.append(e)
+            self.errors.append(e)
         finally:
-            to_xor.put(None)
+            self.to_xor.put(None)
 
-    fd = dst.fileno() if write_behind else -1
-    flushed = [0]
+    def _xor_block(self, i: int, n: int, offset: int) -> None:
+        """This thread: XOR slot ``i`` in place, show it to the content check, hand it to the consumers."""
+        if self.errors:
+            self.free.put(i)
+            return
+        try:
+            data, scratch = self.slots[i]
+            data = data[:n]
+            np.bitwise_xor(data, self.key.block(offset, n, scratch), out=data)
+            if self.check is not None:
+                self.check.feed(data)
+            with self.pending_lock:
+                self.pending[i] = len(self.consumers)
+            for q in self.consumers:
+                q.put((i, n))
+        except Exception as e:
+            self.errors.append(e)
+            self.free.put(i)
 
-    def writer() -> None:
-        while (item := consumers[0].get()) is not None:
+    def _write(self) -> None:
+        """Writer thread: write the blocks to ``dst`` in order, count them, start early writeback."""
+        while (item := self.consumers[0].get()) is not None:
             i, n = item
-            if not errors:
+            if not self.errors:
                 try:
-                    write_all(dst, slots[i][0].data[:n])
-                    written[0] += n
-                    advance(n)
-                    if fd >= 0 and written[0] - flushed[0] >= 2 * WRITE_BEHIND:
+                    write_all(self.dst, self.slots[i][0].data[:n])
+                    self.written += n
+                    self.advance(n)
+                    if self.fd >= 0 and self.written - self.flushed >= 2 * WRITE_BEHIND:
                         # Start the disk writeback of the window before the last one now, rather than
                         # paying for all of it in the final fsync (and keep the page cache clean).
-                        os.posix_fadvise(fd, flushed[0], WRITE_BEHIND, os.POSIX_FADV_DONTNEED)
-                        flushed[0] += WRITE_BEHIND
+                        os.posix_fadvise(self.fd, self.flushed, WRITE_BEHIND, os.POSIX_FADV_DONTNEED)
+                        self.flushed += WRITE_BEHIND
                 except BaseException as e:
-                    errors.append(e)
-            release(i)  # keep draining so the reader never waits forever
+                    self.errors.append(e)
+            self._release(i)  # keep draining so the reader never waits forever
 
-    def hasher() -> None:
-        while (item := consumers[1].get()) is not None:
+    def _hash(self) -> None:
+        """Hasher thread: feed the XORed blocks to ``output_hashes`` in order."""
+        while (item := self.consumers[1].get()) is not None:
             i, n = item
-            if not errors:
-                view = slots[i][0].data[:n]
-                for h in output_hashes:
+            if not self.errors:
+                view = self.slots[i][0].data[:n]
+                for h in self.output_hashes:
                     h.update(view)
-            release(i)
+            self._release(i)
 
-    threads = [
-        threading.Thread(target=reader, name="llmkit-xor-read", daemon=True),
-        threading.Thread(target=writer, name="llmkit-xor-write", daemon=True),
-    ]
-    if output_hashes:
-        threads.append(threading.Thread(target=hasher, name="llmkit-xor-hash", daemon=True))
-    for t in threads:
-        t.start()
-    try:
-        while (item := to_xor.get()) is not None:
-            i, n, offset = item
-            if errors:
-                free.put(i)
-                continue
-            try:
-                data, scratch = slots[i]
-                data = data[:n]
-                np.bitwise_xor(data, key.block(offset, n, scratch), out=data)
-                if check is not None:
-                    check.feed(data)
-                with pending_lock:
-                    pending[i] = len(consumers)
-                for q in consumers:
-                    q.put((i, n))
-            except Exception as e:
-                errors.append(e)
-                free.put(i)
-    except BaseException as e:  # KeyboardInterrupt while waiting: stop the helpers before leaving
-        errors.append(e)
-        raise
-    finally:
-        for q in consumers:
+    def _stop(self, threads: list[threading.Thread]) -> None:
+        """End the consumers' queues, wake a reader waiting for a slot after a failure, join the threads."""
+        for q in self.consumers:
             q.put(None)
-        if errors:
-            free.put(-1)  # wake a reader waiting for a slot
+        if self.errors:
+            self.free.put(-1)  # wake a reader waiting for a slot
         for t in threads:
             # After a failure the reader may sit in a blocking read (a pipe); it is a daemon thread.
-            t.join(timeout=5 if errors else None)
-    if errors:
-        raise errors[0]
-    return written[0]
+            t.join(timeout=5 if self.errors else None)

@@ -173,9 +173,47 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
     to_run, stale = plan_run(steps, resolved, manifest, prints)
     if not options.force:
         _refuse_foreign_outputs(steps, resolved, to_run, manifest)
+    result = _planned_result(recipe, options, steps, resolved, to_run, stale)
+    if options.dry_run:
+        return result
+    if prints.renewed:
+        manifest.save(workdir)  # seals renewed by a re-read: the next run need not read those files again
+    produced = {out for s in steps if (out := output_path(s, resolved[s.id])) is not None}
+    for report, s in zip(result.steps, steps, strict=True):
+        if s.id in to_run:
+            _run_step(
+                s,
+                resolved[s.id],
+                report,
+                manifest,
+                workdir,
+                result,
+                progress,
+                options.force,
+                _Recording(prints, produced),
+            )
+    _cleanup(steps, resolved, manifest, workdir, options, result)
+    result.final = [out for s in steps if s.final and (out := output_path(s, resolved[s.id])) is not None]
+    result.outputs = list(result.final)
+    result.output = result.final[-1] if result.final else None
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
 
+
+def _planned_result(
+    recipe: Recipe,
+    options: RecipeOptions,
+    steps: list[Step],
+    resolved: dict[str, dict[str, Any]],
+    to_run: set[str],
+    stale: list[Notice],
+) -> RecipeResult:
+    """The result before any step runs: disk and memory estimates, notices, a report per step.
+
+    Raises DiskSpaceError when every output at once (the sizes that are known) does not fit."""
     from llmkit.units import free_bytes, human_bytes, space_margin
 
+    workdir = Path(options.workdir)
     est = _estimate(steps, resolved, to_run)
     sizes = [est[s.id] for s in steps if s.id in to_run]
     needed = None if None in sizes else sum(s or 0 for s in sizes)
@@ -203,29 +241,6 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
         out = resolved[s.id].get(JOBS[s.job].output or "")
         status = ("would run" if s.id in to_run else "would skip") if options.dry_run else "skipped"
         result.steps.append(StepReport(s.id, s.job, command_line(s.job, resolved[s.id]), status, out))
-    if options.dry_run:
-        return result
-    if prints.renewed:
-        manifest.save(workdir)  # seals renewed by a re-read: the next run need not read those files again
-    produced = {out for s in steps if (out := output_path(s, resolved[s.id])) is not None}
-    for report, s in zip(result.steps, steps, strict=True):
-        if s.id in to_run:
-            _run_step(
-                s,
-                resolved[s.id],
-                report,
-                manifest,
-                workdir,
-                result,
-                progress,
-                options.force,
-                _Recording(prints, produced),
-            )
-    _cleanup(steps, resolved, manifest, workdir, options, result)
-    result.final = [out for s in steps if s.final and (out := output_path(s, resolved[s.id])) is not None]
-    result.outputs = list(result.final)
-    result.output = result.final[-1] if result.final else None
-    result.seconds = round(time.perf_counter() - started, 3)
     return result
 
 
