@@ -22,18 +22,13 @@ import shutil
 import threading
 from pathlib import Path
 
-from llmkit.errors import InputError, writing
+from llmkit.errors import InputError
 from llmkit.io.core.destination import make_folder, remove_empty
-from llmkit.io.core.staging import lock_holder
+from llmkit.io.core.staging import LockBusy, LockUnsupported, lock_file
 
 SUFFIX = ".llmkit-download"  # the sibling: .<DIR name>.llmkit-download
 INSIDE = ".llmkit-download"  # DIR/.llmkit-download, when no sibling is possible
 LOCK = "llmkit-download.lock"
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - no flock (Windows): runs are not locked against each other
-    fcntl = None  # type: ignore[assignment]
 
 
 class DownloadCancelled(Exception):
@@ -124,41 +119,23 @@ class Staging:
         self._made = make_folder(self.path)
 
     def _lock(self) -> None:
-        if fcntl is None:
-            self._owned = True
-            return
         lock = self.path / LOCK
         for _ in range(10):
-            with writing(lock):
-                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                who = lock_holder(fd)
-                os.close(fd)
+                fd = lock_file(lock, errors_name=lock)
+            except LockBusy as busy:
                 raise InputError(
-                    f"another llmkit download{who} is writing this folder; nothing was changed",
+                    f"another llmkit download{busy.holder} is writing this folder; nothing was changed",
                     path=self.out,
                     hint="wait for that run to finish (or stop it), then run this again",
                 ) from None
-            except OSError:  # a file system without locks (some NFS): run unlocked, as without fcntl
-                os.close(fd)
+            except LockUnsupported:  # a file system without locks (some NFS): run unlocked
                 self._owned = True
                 return
-            try:
-                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:  # the run that held it just removed its folder
-                same = False
-            if same:
+            if fd is not None:
                 self._fd, self._owned = fd, True
-                try:  # who holds it, for a second run's message
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-                except OSError:  # (a full disk fails the download's first write anyway)
-                    pass
                 return
-            os.close(fd)
-            make_folder(self.path)
+            make_folder(self.path)  # the run that held it removed its folder: make it again and retry
         raise InputError(
             "could not claim this folder for the download",
             path=self.out,
