@@ -40,7 +40,7 @@ def test_every_hf_layout_reads_bit_exactly(tiny_factory, layout):
 def test_half_precision_layouts_keep_their_dtype(tiny_factory, dtype):
     model = tiny_factory("safetensors", dtype=dtype)
     with open_source(model.path) as src:
-        assert {src.info(k).dtype for k in src.keys()} == {dtype}  # noqa: SIM118  (iterating a source yields (name, tensor) pairs)
+        assert {src.info(k).dtype for k in src.keys()} == {dtype}
         for name, tensor in src:
             assert torch.equal(tensor, model.state[name])
 

@@ -179,7 +179,7 @@ def _sort_keys(ad: Adapter) -> tuple[dict[str, dict[str, str]], list[str]]:
     parts: dict[str, dict[str, str]] = {}
     adapter_names: set[str] = set()
     full: list[str] = []  # keys of full tensors (saved modules), sorted out by _saved_modules
-    for key in ad.source.keys():  # noqa: SIM118  iterating a source reads every tensor
+    for key in ad.source.keys():
         name = _strip_peft_prefix(key)
         for marker, why in _UNSUPPORTED_KEYS.items():
             if f".{marker}" in name:
@@ -229,7 +229,7 @@ def _index_adapter(
 ) -> None:
     s = ad.settings
     parts, full = _sort_keys(ad)
-    base_shapes = {n: base.info(n).shape for n in base.keys()}  # noqa: SIM118  iterating a source reads every tensor
+    base_shapes = {n: base.info(n).shape for n in base.keys()}
     # Full tensors (modules_to_save, saved embedding layers) replace base tensors.
     for plain, key in _saved_modules(full).items():
         target = resolver.find(plain)
@@ -357,7 +357,7 @@ def _check_targets_have_weights(ad: Adapter, base: TensorSource, warnings: list[
     a_prefix = sample.module[: len(sample.module) - len(base_module)] if sample.module.endswith(base_module) else ""
     b_prefix = base_module[: len(base_module) - len(sample.module)] if base_module.endswith(sample.module) else ""
     missing = []
-    for name in base.keys():  # noqa: SIM118  iterating a source reads every tensor
+    for name in base.keys():
         if not name.endswith(".weight") or len(base.info(name).shape) != 2 or name in ad.modules:
             continue
         module = name[: -len(".weight")]

@@ -36,7 +36,7 @@ KNOWN_VOCABS = {32000: "original LLaMA", 49953: "Chinese-LLaMA LoRA", 49954: "Ch
 def vocab_tensors(base: TensorSource) -> dict[str, str]:
     """The base's vocabulary tensors: name -> ``input`` (embedding) or ``output`` (LM head)."""
     found: dict[str, str] = {}
-    for name in base.keys():  # noqa: SIM118  iterating a source reads every tensor
+    for name in base.keys():
         info = base.info(name)
         if any(name == n or name.endswith("." + n) for n in INPUT_EMBEDDINGS) and len(info.shape) == 2:
             found[name] = "input"

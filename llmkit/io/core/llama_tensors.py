@@ -207,7 +207,7 @@ def check_source(
         return None
     if isinstance(src, MetaHFView):
         return src.findings  # checked when the view was made
-    shapes = {n: tuple(src.info(n).shape) for n in src.keys()}  # noqa: SIM118  iterating a source reads every tensor
+    shapes = {n: tuple(src.info(n).shape) for n in src.keys()}
     described = "its config.json"
     if isinstance(src, MetaSource):
         cfg = meta_config(src.params, shapes)

@@ -87,7 +87,7 @@ class MetaHFView(RenamedSource):
         from llmkit.io.core.llama_tensors import check_source
 
         self.findings = check_source(meta)  # every weight params.json describes, once, before any is read
-        hf_names = {n: meta_to_hf_name(n, meta.weight_map[n].path) for n in meta.keys()}  # noqa: SIM118  iterating a source reads every tensor
+        hf_names = {n: meta_to_hf_name(n, meta.weight_map[n].path) for n in meta.keys()}
         super().__init__(meta, {n: hf or n for n, hf in hf_names.items()})  # rope.freqs (no HF name): left out below
         order = sorted((hf for hf in hf_names.values() if hf is not None), key=hf_sort_key)
         self.weight_map = {n: self.weight_map[n] for n in order}

@@ -209,7 +209,7 @@ def hf_named(src):
     when nothing would be renamed."""
     from llmkit.io.core.source import RenamedSource
 
-    mapping = {n: llama_hf_name(n) or n for n in src.keys()}  # noqa: SIM118  iterating a source reads every tensor
+    mapping = {n: llama_hf_name(n) or n for n in src.keys()}
     if all(k == v for k, v in mapping.items()) or len(set(mapping.values())) != len(mapping):
         return src
     return RenamedSource(src, mapping)
