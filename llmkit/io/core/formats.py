@@ -12,9 +12,10 @@ from importlib import import_module
 
 BUILTIN_SOURCES = ("llmkit.io.hf.source", "llmkit.io.meta.source", "llmkit.io.mindspore.source")
 BUILTIN_SINKS = ("llmkit.io.hf.sink", "llmkit.io.meta.sink", "llmkit.io.mindspore.sink")
+BUILTIN_NAMINGS = ("llmkit.io.mindspore.mindformers", "llmkit.io.meta.names")  # LLaMA weight names (core.naming)
 
 
 def load_builtin_formats() -> None:
     """Import every built-in format module (each registers itself; a second call costs a dict lookup)."""
-    for module in (*BUILTIN_SOURCES, *BUILTIN_SINKS):
+    for module in (*BUILTIN_SOURCES, *BUILTIN_SINKS, *BUILTIN_NAMINGS):
         import_module(module)

@@ -27,13 +27,13 @@ from llmkit.io.core.llama_weights import (
     Expected,
     PathArg,
     expected_from,
-    hf_name,
     is_buffer,
     is_training_state,
     meta_config,
     says_llama,
 )
 from llmkit.io.core.llama_weights import llama_shapes as llama_shapes  # re-exported: convert.ckpt imports it here
+from llmkit.io.core.naming import HF, hf_name, in_naming, naming_of
 
 if TYPE_CHECKING:
     from llmkit.io.core.source import TensorSource
@@ -45,25 +45,6 @@ _TYPO_CUTOFF = 0.9  # difflib ratio: one damaged byte in a name of 10+ character
 
 
 _FIX = "the file is incomplete or damaged; download or convert it again"
-
-
-def _naming(name: str) -> str:
-    from llmkit.io.mindspore.mindformers import is_hf, is_mindformers
-
-    return "hf" if is_hf(name) else "mindformers" if is_mindformers(name) else "meta"
-
-
-def _render(hf: str, naming: str) -> str:
-    """``hf`` under the naming a file uses (to compare its damaged names with and to name them)."""
-    if naming == "mindformers":
-        from llmkit.io.mindspore.mindformers import hf_to_mindformers
-
-        return hf_to_mindformers(hf) or hf
-    if naming == "meta":
-        from llmkit.io.meta.names import hf_to_meta_name
-
-        return hf_to_meta_name(hf) or hf
-    return hf
 
 
 @dataclass
@@ -81,7 +62,7 @@ def _few(names: list[str]) -> str:
 
 def _damaged(unknown: list[str], want: Expected, naming: str, present: set[str], path: PathArg) -> None:
     """Refuse an unknown name that is a close match of an expected one (a damaged or mistyped name)."""
-    rendered = {_render(n, naming): n for n in want.shapes}
+    rendered = {in_naming(n, naming): n for n in want.shapes}
     absent = [r for r, n in rendered.items() if n not in present]
     for name in unknown:
         if name.endswith(".bias") and name[:-5] + ".weight" in rendered:
@@ -125,7 +106,7 @@ def _refuse_missing(want: Expected, hf_of: dict[str, str], naming: str, tied_unk
     """Refuse a model that lacks an expected weight (``tied_unknown``: no config says whether lm_head is tied)."""
     missing = [n for n in want.shapes if n not in hf_of and n not in want.optional]
     if missing:
-        shown = [_render(n, naming) for n in missing]
+        shown = [in_naming(n, naming) for n in missing]
         hint = _FIX
         if missing == [LM_HEAD] and tied_unknown:
             hint = (
@@ -153,8 +134,8 @@ def check_tensors(
     ``judge_shapes=False``: names only (inspect reports a config that disagrees with the shapes itself)."""
     hf_of, found = _sort(shapes, path)
     want = expected_from(cfg, hf_of, path=config_path, described=described)
-    namings = [_naming(n) for n in hf_of.values()]
-    naming = max(set(namings), key=namings.count) if namings else "hf"
+    namings = [naming_of(n) for n in hf_of.values()]
+    naming = max(set(namings), key=namings.count) if namings else HF
     _damaged(found.unknown, want, naming, set(hf_of), path)
     _refuse_missing(want, hf_of, naming, cfg is None, path)
     extra = [stored for hf, stored in hf_of.items() if hf not in want.shapes]

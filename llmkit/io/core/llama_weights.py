@@ -93,18 +93,6 @@ def is_buffer(name: str) -> bool:
     return _BUFFER.search(name) is not None
 
 
-def hf_name(name: str) -> str | None:
-    """The Hugging Face name of a LLaMA weight stored under any naming (HF, MindFormers, Meta), else None."""
-    from llmkit.io.mindspore.mindformers import llama_hf_name
-
-    hf = llama_hf_name(name)
-    if hf is not None:
-        return hf
-    from llmkit.io.meta.names import hf_name_of_meta
-
-    return hf_name_of_meta(name)
-
-
 def layers_seen(hf_names: Iterable[str]) -> int:
     """The layer count HF names show: one more than the highest ``model.layers.N``."""
     return 1 + max((int(m.group(1)) for n in hf_names if (m := HF_LAYER.match(n))), default=-1)

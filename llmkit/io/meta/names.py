@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import torch
 
 from llmkit.errors import InputError
+from llmkit.io.core.naming import Naming, register_naming
 
 # Top-level tensors (HF name -> Meta name).
 HF_TO_META_TOP: dict[str, str] = {
@@ -206,3 +207,7 @@ def meta_shard_dim(name: str) -> int | None:
     if any(name.startswith(p) or f".{p}" in name for p in _META_CAT_DIM1):
         return 1
     return None
+
+
+# Meta's naming is the one a name belongs to when no other naming claims it (how the checks have always read it).
+register_naming(Naming("meta", rank=20, owns=lambda name: True, to_hf=hf_name_of_meta, from_hf=hf_to_meta_name))

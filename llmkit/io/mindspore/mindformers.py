@@ -22,6 +22,7 @@ import re
 from llmkit.errors import InputError
 from llmkit.io.core.llama_tensors import check_tensors
 from llmkit.io.core.llama_weights import layers_seen, llama_config, llama_shapes
+from llmkit.io.core.naming import Naming, is_hf, register_naming
 
 _RULES = (
     ("embed_tokens.weight", "tok_embeddings.embedding_weight"),
@@ -38,12 +39,6 @@ _RULES = (
 )
 
 
-_HF = re.compile(
-    r"^(model\.embed_tokens\.weight|model\.norm\.weight|lm_head\.weight|model\.layers\.\d+\."
-    r"(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj|input_layernorm|post_attention_layernorm)\.weight)$"
-)
-
-
 _MF = re.compile(
     r"^(model\.tok_embeddings\.embedding_weight|model\.norm_out\.weight|lm_head\.weight|model\.layers\.\d+\."
     r"(attention\.w[qkvo]|feed_forward\.w[123]|attention_norm|ffn_norm)\.weight)$"
@@ -51,10 +46,6 @@ _MF = re.compile(
 
 
 ROTARY_LAYOUTS = ("hf", "meta")
-
-
-def is_hf(name: str) -> bool:
-    return _HF.match(name) is not None
 
 
 def is_mindformers(name: str) -> bool:
@@ -213,3 +204,6 @@ def hf_named(src):
     if all(k == v for k, v in mapping.items()) or len(set(mapping.values())) != len(mapping):
         return src
     return RenamedSource(src, mapping)
+
+
+register_naming(Naming("mindformers", rank=10, owns=is_mindformers, to_hf=mindformers_to_hf, from_hf=hf_to_mindformers))
