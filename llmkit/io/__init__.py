@@ -22,10 +22,21 @@ _EXPORTS = {
     "parse_size": "llmkit.units",
     "TensorInfo": "llmkit.io.core.spec",
     "TensorSource": "llmkit.io.core.source",
+    "open_model": "llmkit.io.core.source",
     "open_source": "llmkit.io.core.source",
     "open_sink": "llmkit.io.core.sink",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "ShardedWriter",
+    "TensorInfo",
+    "TensorSource",
+    "TensorSpec",
+    "open_model",
+    "open_sink",
+    "open_source",
+    "parse_size",
+]
 
 
 def __getattr__(name: str) -> Any:
