@@ -1,0 +1,265 @@
+"""``from-ckpt``: a MindSpore ``.ckpt`` -> a Hugging Face LLaMA folder, as a plan on the one runner (see
+:mod:`llmkit.convert.ckpt`): HF names, the config given or derived, the CRC trailer judged before the rename."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from llmkit.convert.ckpt_options import (
+    FROM_NAMES,
+    CkptResult,
+    FromCkptOptions,
+    RowTransform,
+    check_choice,
+    config_heads,
+    few,
+    rotary_rows,
+    unchanged,
+)
+from llmkit.convert.meta import cast_dtype
+from llmkit.errors import InputError
+from llmkit.io.core.dtypes import CONFIG_NAMES
+from llmkit.io.core.files import TOKENIZER_FILES
+from llmkit.io.core.jsonfile import read_json
+from llmkit.io.core.llama_tensors import check_tensors, is_buffer, is_training_state, llama_shapes
+from llmkit.io.core.source import TensorSource, open_model
+from llmkit.io.core.spec import TensorSpec
+from llmkit.io.meta.as_hf import config_files
+from llmkit.io.meta.names import permute_meta_to_hf
+from llmkit.io.mindspore.mindformers import ROTARY_LAYOUTS, check_config, guessed_config, llama_hf_name
+from llmkit.pipeline import AuxCopy, Check, Notice, Plan, ProgressFactory, run_plan
+
+
+class _CkptCRC:
+    """A tap that checks the checkpoint's CRC trailer before the output is renamed (the reads of the
+    conversion already covered the bytes when every tensor was converted in order)."""
+
+    def __init__(self, src: TensorSource):
+        self.files = src.files
+
+    def feed(self, name: str, tensor: torch.Tensor) -> None:
+        pass
+
+    def finish(self) -> Check | None:
+        for f in self.files:
+            if f.verify_crc():
+                return Check("crc", "ok", f"the CRC trailer of {f.path.name} matches")
+        return None
+
+
+def from_ckpt(options: FromCkptOptions, *, progress: ProgressFactory | None = None) -> CkptResult:
+    """Convert a MindSpore checkpoint to a Hugging Face folder; every check runs before the first tensor is read."""
+    dtype = cast_dtype(options.dtype)
+    check_choice(options.names, FROM_NAMES, "--names")
+    check_choice(options.rotary, ROTARY_LAYOUTS, "--rotary")
+    check_choice(options.fmt, ("safetensors", "bin"), "--format")
+    key = None
+    if options.dec_key is not None:
+        from llmkit.io.mindspore.keys import read_key
+
+        key = read_key(options.dec_key, options.dec_mode, flag="--dec-key")
+
+    def refuse(src: TensorSource) -> InputError | None:
+        if src.layout == "ckpt":
+            return None
+        return InputError(
+            f"not a MindSpore checkpoint (this is {src.layout})",
+            path=options.source,
+            hint="pass a .ckpt file; to convert a Hugging Face model use llmkit to-ckpt",
+        )
+
+    # completeness is judged below against the config the output gets (given or derived)
+    src = open_model(options.source, key=key, refuse=refuse, complete=False)
+    try:
+        plan, unmapped, config_from = _from_ckpt_plan(options, src, dtype)
+    except BaseException:
+        src.close()
+        raise
+    return run_plan(
+        plan,
+        options,
+        lambda report, sink: CkptResult(
+            plan=report,
+            command="from-ckpt",
+            source=str(options.source),
+            format=options.fmt,
+            dtype=options.dtype,
+            names=options.names,
+            rotary=options.rotary,
+            crc=src.has_crc,
+            unmapped=unmapped,
+            split=[n for n in src.keys() if src.records(n) > 1],  # noqa: SIM118 - iterating a source reads every tensor
+            config_from=config_from,
+            encryption=src.encryption,
+        ),
+        progress,
+    )
+
+
+def _from_names(options: FromCkptOptions, src: TensorSource) -> tuple[dict, dict, list[str], list[Notice]]:
+    """(output name -> stored name, output name -> HF name, the tensors with no HF name, notices)."""
+    src_of: dict[str, str] = {}  # output name -> stored name
+    hf_of: dict[str, str] = {}  # output name -> HF name (for the rotary rows)
+    unmapped: list[str] = []
+    for name in src.keys():  # noqa: SIM118 - iterating a source reads every tensor
+        hf = llama_hf_name(name)
+        if hf is None:
+            unmapped.append(name)
+            if options.names == "hf":
+                continue
+        out = name if options.names == "keep" else hf
+        assert out is not None
+        if out in src_of:
+            raise InputError(
+                f"tensors {src_of[out]!r} and {name!r} both become {out!r}",
+                path=options.source,
+                hint="pass --names keep to keep the stored names",
+            )
+        src_of[out] = name
+        hf_of[out] = hf or name
+    notices: list[Notice] = []
+    if unmapped:
+        what = f"{len(unmapped)} tensor(s) are not LLaMA weights: {few(unmapped)}"
+        if options.strict:
+            raise InputError(what, path=options.source, hint="drop --strict to leave them out, or use --names keep")
+        if options.names == "hf":
+            notices += _left_out(unmapped)
+    return src_of, hf_of, unmapped, notices
+
+
+def _left_out(unmapped: list[str]) -> list[Notice]:
+    """The notices for tensors from-ckpt leaves out, each kind named by what its names say it is."""
+    state = [n for n in unmapped if is_training_state(n)]
+    buffers = [n for n in unmapped if is_buffer(n)]
+    other = [n for n in unmapped if n not in state and n not in buffers]
+    keep = "--names keep writes everything"
+    notices = []
+    if state:
+        notices.append(
+            Notice.info(
+                f"{len(state)} training-state tensor(s) (optimizer moments, step and loss-scale "
+                f"counters) left out: {few(state)} ({keep})"
+            )
+        )
+    if buffers:
+        notices.append(
+            Notice.info(f"{len(buffers)} rotary buffer(s) left out (transformers computes them): {few(buffers)}")
+        )
+    if other:
+        notices.append(
+            Notice.warning(
+                f"{len(other)} tensor(s) are neither LLaMA weights nor training state: {few(other)}; left out ({keep})"
+            )
+        )
+    return notices
+
+
+def _given_config(options: FromCkptOptions, shapes: dict) -> tuple[dict, str, list[AuxCopy]]:
+    """``--config``: a config.json, or a model folder (its generation config and tokenizer are carried)."""
+    assert options.config is not None
+    where = Path(options.config)
+    folder = where if where.is_dir() else None
+    path = where / "config.json" if folder is not None else where
+    if folder is not None and not path.is_file():
+        raise InputError("no config.json in this folder", path=where, hint="pass a config.json or a model folder")
+    cfg = read_json(path, what="the config")
+    if not isinstance(cfg, dict):
+        raise InputError("not a config.json (expected a JSON object)", path=path)
+    check_config(cfg, shapes, path)
+    aux = [AuxCopy(folder, ("generation_config.json", *TOKENIZER_FILES))] if folder is not None else []
+    return cfg, str(path), aux
+
+
+def _config(
+    options: FromCkptOptions, shapes: dict, dtype: torch.dtype
+) -> tuple[dict, str, list[Notice], list[AuxCopy]]:
+    """(config, where it came from, notices, files to carry) for the output folder."""
+    if options.config is not None:
+        cfg, config_from, aux = _given_config(options, shapes)
+        return cfg, config_from, [], aux
+    cfg, guessed = guessed_config(shapes, dtype, options.source)
+    notice = Notice.warning(
+        "config.json derived from the tensor shapes; guessed: "
+        + ", ".join(guessed)
+        + " (pass --config with the original config.json to be sure)"
+    )
+    return cfg, "derived", [notice], []
+
+
+def _output_config(
+    options: FromCkptOptions, src: TensorSource, src_of: dict[str, str], dtype: torch.dtype | None
+) -> tuple[dict, str, list[Notice], list[AuxCopy]]:
+    """The output's config (given or derived, its dtype the weights'), checked against every stored tensor:
+    (config, where it came from, notices, files to carry)."""
+    hf_shapes = {hf: src.info(n).shape for n in src.keys() if (hf := llama_hf_name(n)) is not None}  # noqa: SIM118 - iterating a source reads every tensor
+    first = src.info(next(iter(src_of.values()))).dtype if src_of else torch.float16
+    out_dtype = dtype or first
+    cfg, config_from, notices, aux = _config(options, hf_shapes, out_dtype)
+    described = "the derived config" if config_from == "derived" else f"the config {config_from}"
+    llama_shapes(cfg, None if config_from == "derived" else config_from)  # the output's config needs every size
+    check_tensors(
+        {n: tuple(src.info(n).shape) for n in src.keys()},  # noqa: SIM118 - iterating a source reads every tensor
+        path=options.source,
+        cfg=cfg,
+        config_path=None if config_from == "derived" else config_from,
+        described=described,
+    )
+    cfg = dict(cfg)
+    for key in [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]:  # the weights' dtype
+        cfg[key] = CONFIG_NAMES.get(out_dtype, cfg.get(key))
+    return cfg, config_from, notices, aux
+
+
+def _from_ckpt_plan(
+    options: FromCkptOptions, src: TensorSource, dtype: torch.dtype | None
+) -> tuple[Plan, list[str], str]:
+    """The plan, the stored tensors with no HF name, and where the output's config came from."""
+    src_of, hf_of, unmapped, notices = _from_names(options, src)
+    cfg, config_from, cfg_notices, aux = _output_config(options, src, src_of, dtype)
+    notices += cfg_notices + [Notice.warning(w) for w in src.integrity_warnings()]
+    transform: RowTransform = unchanged
+    if options.rotary == "meta":
+        heads = config_heads(cfg, options.config or options.source, "--rotary meta")
+        transform = rotary_rows(heads, permute_meta_to_hf)
+
+    def out_dtype(name: str) -> torch.dtype:
+        d = src.info(name).dtype
+        return dtype if dtype is not None and d.is_floating_point else d
+
+    def produce(out: str) -> torch.Tensor:
+        name = src_of[out]
+        return transform(hf_of[out], src.get(name).to(out_dtype(name)))
+
+    specs = [TensorSpec(out, out_dtype(name), src.info(name).shape) for out, name in src_of.items()]
+    files = config_files(cfg)
+    files["config.json"] = (json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    if any(a.folder and (a.folder / "generation_config.json").is_file() for a in aux):
+        files.pop("generation_config.json")
+    largest = max((s.nbytes for s in specs), default=0)
+    if src.encryption:
+        from llmkit.io.mindspore.crypto import BLOCK_PLAIN
+
+        largest += 2 * BLOCK_PLAIN  # one decrypted block cached, one read
+    plan = Plan(
+        job="from-ckpt",
+        output=Path(options.output),
+        fmt=options.fmt,
+        specs=specs,
+        produce=produce,
+        reads=lambda out: [(src, src_of[out])],
+        inputs=[src.path, *(a.folder for a in aux if a.folder is not None)]
+        + ([Path(options.config)] if options.config else []),
+        input_bytes=sum(src.info(n).nbytes for n in src_of.values()),
+        working_set_bytes=3 * largest,
+        label="converting",
+        aux=aux,
+        files=files,
+        sink_options={"shard_size": options.shard_size},
+        notices=notices,
+        taps=[_CkptCRC(src)],
+        sources=[src],
+    )
+    return plan, unmapped, config_from
