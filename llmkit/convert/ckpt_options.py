@@ -7,14 +7,22 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from llmkit.convert.meta import ConvertResult
+from llmkit.convert.meta import ConvertResult, cast_dtype
 from llmkit.errors import InputError
 from llmkit.io.core.jsonfile import int_field
-from llmkit.io.mindspore.mindformers import rotary_role
+from llmkit.io.mindspore.mindformers import ROTARY_LAYOUTS, rotary_role
+from llmkit.pipeline import Plan, PlanReport, ProgressFactory, run_plan
 from llmkit.units import DEFAULT_SHARD_SIZE
+
+if TYPE_CHECKING:
+    from llmkit.io.core.sink import Sink
+    from llmkit.io.core.source import TensorSource
+    from llmkit.io.core.spec import TensorSpec
+    from llmkit.io.mindspore.keys import CkptKey
 
 TO_NAMES = ("mindformers", "hf")
 FROM_NAMES = ("hf", "keep")
@@ -79,9 +87,84 @@ class CkptResult(ConvertResult):
 RowTransform = Callable[[str, torch.Tensor], torch.Tensor]  # (HF name, tensor) -> the tensor as written
 
 
+def run_ckpt(
+    command: str,
+    plan: Plan,
+    options: ToCkptOptions | FromCkptOptions,
+    progress: ProgressFactory | None,
+    **fields: Any,
+) -> CkptResult:
+    """Either direction's plan on the one runner, into its result: what both take from the options, then
+    ``fields``, each one's own."""
+
+    def result_for(report: PlanReport, sink: Sink) -> CkptResult:
+        return CkptResult(
+            plan=report,
+            command=command,
+            source=str(options.source),
+            format=options.fmt,
+            dtype=options.dtype,
+            names=options.names,
+            rotary=options.rotary,
+            **fields,
+        )
+
+    return run_plan(plan, options, result_for, progress)
+
+
+def renaming_plan(
+    job: str,
+    options: ToCkptOptions | FromCkptOptions,
+    src: TensorSource,
+    specs: list[TensorSpec],
+    src_of: dict[str, str],
+    produce: Callable[[str], torch.Tensor],
+    *,
+    cache_bytes: int = 0,
+    **fields: Any,
+) -> Plan:
+    """Either direction's plan: output tensors in ``specs`` order, each made by ``produce`` from one stored
+    tensor of ``src`` (``src_of``: output name -> stored name). Working set: three times the largest tensor
+    and what the reader caches (``cache_bytes``); ``fields``: the rest of the :class:`Plan`."""
+    largest = max((s.nbytes for s in specs), default=0)
+    return Plan(
+        job=job,
+        output=Path(options.output),
+        fmt=options.fmt,
+        specs=specs,
+        produce=produce,
+        reads=lambda out: [(src, src_of[out])],
+        working_set_bytes=3 * (largest + cache_bytes),
+        label="converting",
+        sources=[src],
+        **fields,
+    )
+
+
 def check_choice(value: str, choices: tuple[str, ...], flag: str) -> None:
     if value not in choices:
         raise InputError(f"{flag}: {value!r} is not one of {', '.join(choices)}")
+
+
+def checked_dtype(
+    options: ToCkptOptions | FromCkptOptions, names: tuple[str, ...], formats: tuple[str, ...]
+) -> torch.dtype | None:
+    """The choices of either direction checked (``--dtype``, ``--names``, ``--rotary``, ``--format``, in this
+    order); the dtype to cast to (None: keep)."""
+    dtype = cast_dtype(options.dtype)
+    check_choice(options.names, names, "--names")
+    check_choice(options.rotary, ROTARY_LAYOUTS, "--rotary")
+    check_choice(options.fmt, formats, "--format")
+    return dtype
+
+
+def read_ckpt_key(spec: str | None, mode: str | None, flag: str) -> CkptKey | None:
+    """The key of ``--enc-key``/``--dec-key`` (a key file or ``env:VAR``, never the key itself), or None."""
+    if spec is None:
+        return None
+    from llmkit.io.mindspore.keys import read_key
+
+    return read_key(spec, mode, flag=flag)
 
 
 def config_heads(cfg: dict | None, where: str | os.PathLike, why: str) -> tuple[int, int]:

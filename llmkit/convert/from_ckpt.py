@@ -8,29 +8,19 @@ from pathlib import Path
 
 import torch
 
-from llmkit.convert.ckpt_options import (
-    FROM_NAMES,
-    CkptResult,
-    FromCkptOptions,
-    RowTransform,
-    check_choice,
-    config_heads,
-    few,
-    rotary_rows,
-    unchanged,
-)
-from llmkit.convert.meta import cast_dtype
+from llmkit.convert import ckpt_options
+from llmkit.convert.ckpt_options import FROM_NAMES, CkptResult, FromCkptOptions
 from llmkit.errors import InputError
 from llmkit.io.core.dtypes import CONFIG_NAMES
 from llmkit.io.core.files import TOKENIZER_FILES
 from llmkit.io.core.jsonfile import read_json
 from llmkit.io.core.llama_tensors import check_tensors, is_buffer, is_training_state, llama_shapes
-from llmkit.io.core.source import TensorSource, open_model
+from llmkit.io.core.source import TensorSource, open_model, require_layout
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.meta.as_hf import config_files
 from llmkit.io.meta.names import permute_meta_to_hf
-from llmkit.io.mindspore.mindformers import ROTARY_LAYOUTS, check_config, guessed_config, llama_hf_name
-from llmkit.pipeline import AuxCopy, Check, Notice, Plan, ProgressFactory, run_plan
+from llmkit.io.mindspore.mindformers import check_config, guessed_config, llama_hf_name
+from llmkit.pipeline import AuxCopy, Check, Notice, Plan, ProgressFactory
 
 
 class _CkptCRC:
@@ -52,51 +42,18 @@ class _CkptCRC:
 
 def from_ckpt(options: FromCkptOptions, *, progress: ProgressFactory | None = None) -> CkptResult:
     """Convert a MindSpore checkpoint to a Hugging Face folder; every check runs before the first tensor is read."""
-    dtype = cast_dtype(options.dtype)
-    check_choice(options.names, FROM_NAMES, "--names")
-    check_choice(options.rotary, ROTARY_LAYOUTS, "--rotary")
-    check_choice(options.fmt, ("safetensors", "bin"), "--format")
-    key = None
-    if options.dec_key is not None:
-        from llmkit.io.mindspore.keys import read_key
-
-        key = read_key(options.dec_key, options.dec_mode, flag="--dec-key")
-
-    def refuse(src: TensorSource) -> InputError | None:
-        if src.layout == "ckpt":
-            return None
-        return InputError(
-            f"not a MindSpore checkpoint (this is {src.layout})",
-            path=options.source,
-            hint="pass a .ckpt file; to convert a Hugging Face model use llmkit to-ckpt",
-        )
-
+    dtype = ckpt_options.checked_dtype(options, FROM_NAMES, ("safetensors", "bin"))
+    key = ckpt_options.read_ckpt_key(options.dec_key, options.dec_mode, "--dec-key")
+    hint = "pass a .ckpt file; to convert a Hugging Face model use llmkit to-ckpt"
+    refuse = require_layout("ckpt", "MindSpore checkpoint", options.source, hint)
     # completeness is judged below against the config the output gets (given or derived)
     src = open_model(options.source, key=key, refuse=refuse, complete=False)
-    try:
+    with src.closed_on_error():
         plan, unmapped, config_from = _from_ckpt_plan(options, src, dtype)
-    except BaseException:
-        src.close()
-        raise
-    return run_plan(
-        plan,
-        options,
-        lambda report, sink: CkptResult(
-            plan=report,
-            command="from-ckpt",
-            source=str(options.source),
-            format=options.fmt,
-            dtype=options.dtype,
-            names=options.names,
-            rotary=options.rotary,
-            crc=src.has_crc,
-            unmapped=unmapped,
-            split=[n for n in src.keys() if src.records(n) > 1],  # noqa: SIM118 - iterating a source reads every tensor
-            config_from=config_from,
-            encryption=src.encryption,
-        ),
-        progress,
-    )
+    split = [n for n in src.keys() if src.records(n) > 1]  # noqa: SIM118 - iterating a source reads every tensor
+    crc, encryption = src.has_crc, src.encryption
+    fields = {"crc": crc, "unmapped": unmapped, "split": split, "config_from": config_from, "encryption": encryption}
+    return ckpt_options.run_ckpt("from-ckpt", plan, options, progress, **fields)
 
 
 def _from_names(options: FromCkptOptions, src: TensorSource) -> tuple[dict, dict, list[str], list[Notice]]:
@@ -122,7 +79,7 @@ def _from_names(options: FromCkptOptions, src: TensorSource) -> tuple[dict, dict
         hf_of[out] = hf or name
     notices: list[Notice] = []
     if unmapped:
-        what = f"{len(unmapped)} tensor(s) are not LLaMA weights: {few(unmapped)}"
+        what = f"{len(unmapped)} tensor(s) are not LLaMA weights: {ckpt_options.few(unmapped)}"
         if options.strict:
             raise InputError(what, path=options.source, hint="drop --strict to leave them out, or use --names keep")
         if options.names == "hf":
@@ -141,17 +98,19 @@ def _left_out(unmapped: list[str]) -> list[Notice]:
         notices.append(
             Notice.info(
                 f"{len(state)} training-state tensor(s) (optimizer moments, step and loss-scale "
-                f"counters) left out: {few(state)} ({keep})"
+                f"counters) left out: {ckpt_options.few(state)} ({keep})"
             )
         )
     if buffers:
         notices.append(
-            Notice.info(f"{len(buffers)} rotary buffer(s) left out (transformers computes them): {few(buffers)}")
+            Notice.info(
+                f"{len(buffers)} rotary buffer(s) left out (transformers computes them): {ckpt_options.few(buffers)}"
+            )
         )
     if other:
         notices.append(
             Notice.warning(
-                f"{len(other)} tensor(s) are neither LLaMA weights nor training state: {few(other)}; left out ({keep})"
+                f"{len(other)} tensor(s) are neither LLaMA weights nor training state: {ckpt_options.few(other)}; left out ({keep})"
             )
         )
     return notices
@@ -220,10 +179,10 @@ def _from_ckpt_plan(
     src_of, hf_of, unmapped, notices = _from_names(options, src)
     cfg, config_from, cfg_notices, aux = _output_config(options, src, src_of, dtype)
     notices += cfg_notices + [Notice.warning(w) for w in src.integrity_warnings()]
-    transform: RowTransform = unchanged
+    transform: ckpt_options.RowTransform = ckpt_options.unchanged
     if options.rotary == "meta":
-        heads = config_heads(cfg, options.config or options.source, "--rotary meta")
-        transform = rotary_rows(heads, permute_meta_to_hf)
+        heads = ckpt_options.config_heads(cfg, options.config or options.source, "--rotary meta")
+        transform = ckpt_options.rotary_rows(heads, permute_meta_to_hf)
 
     def out_dtype(name: str) -> torch.dtype:
         d = src.info(name).dtype
@@ -238,28 +197,26 @@ def _from_ckpt_plan(
     files["config.json"] = (json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
     if any(a.folder and (a.folder / "generation_config.json").is_file() for a in aux):
         files.pop("generation_config.json")
-    largest = max((s.nbytes for s in specs), default=0)
+    cache = 0
     if src.encryption:
         from llmkit.io.mindspore.crypto import BLOCK_PLAIN
 
-        largest += 2 * BLOCK_PLAIN  # one decrypted block cached, one read
-    plan = Plan(
-        job="from-ckpt",
-        output=Path(options.output),
-        fmt=options.fmt,
-        specs=specs,
-        produce=produce,
-        reads=lambda out: [(src, src_of[out])],
+        cache = 2 * BLOCK_PLAIN  # one decrypted block cached, one read
+    plan = ckpt_options.renaming_plan(
+        "from-ckpt",
+        options,
+        src,
+        specs,
+        src_of,
+        produce,
+        cache_bytes=cache,
         inputs=[src.path, *(a.folder for a in aux if a.folder is not None)]
         + ([Path(options.config)] if options.config else []),
         input_bytes=sum(src.info(n).nbytes for n in src_of.values()),
-        working_set_bytes=3 * largest,
-        label="converting",
         aux=aux,
         files=files,
         sink_options={"shard_size": options.shard_size},
         notices=notices,
         taps=[_CkptCRC(src)],
-        sources=[src],
     )
     return plan, unmapped, config_from

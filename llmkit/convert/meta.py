@@ -27,7 +27,7 @@ import torch
 from llmkit.errors import InputError
 from llmkit.io.core.dtypes import DTYPE_CHOICES
 from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
-from llmkit.io.core.source import TensorSource, open_model
+from llmkit.io.core.source import TensorSource, open_model, require_layout
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.meta.as_hf import MetaHFView, open_as_hf, tokenizer_model
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, PlanReport, PlanResult, ProgressFactory, run_plan
@@ -192,16 +192,8 @@ def from_meta(options: FromMetaOptions, *, progress: ProgressFactory | None = No
     dtype = cast_dtype(options.dtype)
     if options.fmt not in ("safetensors", "bin"):
         raise InputError(f"unknown format {options.fmt!r}", hint="use safetensors or bin")
-
-    def refuse(src: TensorSource) -> InputError | None:
-        if src.layout == "meta-pth":
-            return None
-        return InputError(
-            f"not a Meta checkpoint (this is {src.layout})",
-            path=options.source,
-            hint="pass the folder holding consolidated.NN.pth and params.json",
-        )
-
+    hint = "pass the folder holding consolidated.NN.pth and params.json"
+    refuse = require_layout("meta-pth", "Meta checkpoint", options.source, hint)
     # only a Meta folder passes refuse, and open_as_hf makes it the view (which checked it complete)
     view = cast(MetaHFView, open_model(options.source, refuse=refuse, view=open_as_hf))
     try:

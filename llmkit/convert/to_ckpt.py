@@ -8,26 +8,16 @@ from pathlib import Path
 
 import torch
 
-from llmkit.convert.ckpt_options import (
-    TO_NAMES,
-    CkptResult,
-    RowTransform,
-    ToCkptOptions,
-    check_choice,
-    config_heads,
-    few,
-    rotary_rows,
-    unchanged,
-)
-from llmkit.convert.meta import cast_dtype
+from llmkit.convert import ckpt_options
+from llmkit.convert.ckpt_options import TO_NAMES, CkptResult, ToCkptOptions
 from llmkit.errors import InputError
 from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.core.source import TensorSource, open_model
 from llmkit.io.core.spec import TensorInfo, TensorSpec
 from llmkit.io.meta.as_hf import hf_sort_key, open_as_hf
 from llmkit.io.meta.names import check_rotary_heads, unpermute_hf_to_meta
-from llmkit.io.mindspore.mindformers import ROTARY_LAYOUTS, hf_to_mindformers, is_mindformers, llama_hf_name
-from llmkit.pipeline import AuxCopy, Notice, Plan, ProgressFactory, run_plan
+from llmkit.io.mindspore.mindformers import hf_to_mindformers, is_mindformers, llama_hf_name
+from llmkit.pipeline import AuxCopy, Notice, Plan, ProgressFactory
 
 
 def _split(specs: list[TensorSpec], fmt: str) -> list[str]:
@@ -51,47 +41,24 @@ def _refuse_adapter(path: Path) -> Callable[[TensorSource], InputError | None]:
 
 def to_ckpt(options: ToCkptOptions, *, progress: ProgressFactory | None = None) -> CkptResult:
     """Convert a model to a MindSpore checkpoint; every check runs before the first tensor is read."""
-    dtype = cast_dtype(options.dtype)
-    check_choice(options.names, TO_NAMES, "--names")
-    check_choice(options.rotary, ROTARY_LAYOUTS, "--rotary")
-    check_choice(options.fmt, ("ckpt", "safetensors"), "--format")
+    dtype = ckpt_options.checked_dtype(options, TO_NAMES, ("ckpt", "safetensors"))
     if options.fmt != "ckpt" and (options.crc or options.enc_key):
         flag = "--crc" if options.crc else "--enc-key"
         raise InputError(
             f"{flag}: only a .ckpt has {'a CRC trailer' if options.crc else 'encryption'}",
             hint=f"drop {flag} or use --format ckpt",
         )
-    key = None
-    if options.enc_key is not None:
-        from llmkit.io.mindspore.keys import read_key
-
-        key = read_key(options.enc_key, options.enc_mode, flag="--enc-key")
+    key = ckpt_options.read_ckpt_key(options.enc_key, options.enc_mode, "--enc-key")
     # a Meta folder through its HF view; every weight of the LLaMA its config describes, once (no output yet)
     src = open_model(options.source, refuse=_refuse_adapter(options.source), view=open_as_hf)
-    try:
+    with src.closed_on_error():
         plan, unmapped = _to_ckpt_plan(options, src, dtype)
         if key is not None:
             plan.sink_options.update(enc_key=key, enc_mode=options.enc_mode)  # encrypts as it streams
-    except BaseException:
-        src.close()
-        raise
-    return run_plan(
-        plan,
-        options,
-        lambda report, sink: CkptResult(
-            plan=report,
-            command="to-ckpt",
-            source=str(options.source),
-            format=options.fmt,
-            dtype=options.dtype,
-            names=options.names,
-            rotary=options.rotary,
-            crc=options.crc,
-            unmapped=unmapped,
-            split=_split(plan.specs, options.fmt),
-            encryption=options.enc_mode if key is not None else None,
-        ),
-        progress,
+    encryption = options.enc_mode if key is not None else None
+    split = _split(plan.specs, options.fmt)
+    return ckpt_options.run_ckpt(
+        "to-ckpt", plan, options, progress, crc=options.crc, unmapped=unmapped, split=split, encryption=encryption
     )
 
 
@@ -123,13 +90,15 @@ class _Names:
                 self._add(options, info, dtype)
         self.notices: list[Notice] = []
         if self.unmapped:
-            what = f"{len(self.unmapped)} tensor(s) have no MindFormers LLaMA name: {few(self.unmapped)}"
+            what = f"{len(self.unmapped)} tensor(s) have no MindFormers LLaMA name: {ckpt_options.few(self.unmapped)}"
             if options.strict:
                 raise InputError(what, path=options.source, hint="drop --strict to keep them under their own names")
             if options.names == "mindformers":
                 self.notices.append(Notice.warning(f"{what}; kept under their own names"))
         if empty:
-            self.notices.append(Notice.info(f"{len(empty)} empty tensor(s) left out, as MindSpore does: {few(empty)}"))
+            self.notices.append(
+                Notice.info(f"{len(empty)} empty tensor(s) left out, as MindSpore does: {ckpt_options.few(empty)}")
+            )
 
     def _add(self, options: ToCkptOptions, info: TensorInfo, dtype: torch.dtype | None) -> None:
         name, hf = info.name, llama_hf_name(info.name)
@@ -156,15 +125,15 @@ def _to_ckpt_plan(options: ToCkptOptions, src: TensorSource, dtype: torch.dtype 
     """The plan, and the source tensors with no MindFormers name (kept under their own)."""
     names = _Names(options, src, dtype)
     specs, src_of, hf_of = names.specs, names.src_of, names.hf_of
-    transform: RowTransform = unchanged
+    transform: ckpt_options.RowTransform = ckpt_options.unchanged
     if options.rotary == "meta":
-        heads = config_heads(src.config(), options.source, "--rotary meta")
+        heads = ckpt_options.config_heads(src.config(), options.source, "--rotary meta")
         check_rotary_heads(
             {hf_of[s.name]: s.shape for s in specs},
             *heads,
             path=src.folder / "config.json" if src.folder else options.source,
         )
-        transform = rotary_rows(heads, unpermute_hf_to_meta)
+        transform = ckpt_options.rotary_rows(heads, unpermute_hf_to_meta)
     spec_of = {s.name: s for s in specs}
 
     def produce(out: str) -> torch.Tensor:
@@ -180,20 +149,17 @@ def _to_ckpt_plan(options: ToCkptOptions, src: TensorSource, dtype: torch.dtype 
         if options.fmt != "ckpt" and src.folder
         else []
     )
-    plan = Plan(
-        job="to-ckpt",
-        output=Path(options.output),
-        fmt=options.fmt,
-        specs=specs,
-        produce=produce,
-        reads=lambda out: [(src, src_of[out])],
+    plan = ckpt_options.renaming_plan(
+        "to-ckpt",
+        options,
+        src,
+        specs,
+        src_of,
+        produce,
         inputs=[p for p in (src.path, src.folder) if p is not None],
         input_bytes=src.total_bytes,
-        working_set_bytes=3 * max((s.nbytes for s in specs), default=0),
-        label="converting",
         aux=aux,
         sink_options=sink_options,
         notices=names.notices,
-        sources=[src],
     )
     return plan, names.unmapped

@@ -105,23 +105,9 @@ def recover(
     on_plan: Callable[[WeightDiffReport], None] | None = None,
 ) -> WeightDiffResult:
     """:func:`run` with :class:`RecoverOptions` built from keywords."""
-    return run(
-        RecoverOptions(
-            Path(base),
-            Path(diff),
-            Path(out),
-            dtype=dtype,
-            fmt=fmt,
-            shard_size=shard_size,
-            force=force,
-            dry_run=dry_run,
-            check_sum=check_sum,
-            reference=Path(reference) if reference is not None else None,
-            base_inv_freq=base_inv_freq,
-        ),
-        progress=progress,
-        on_plan=on_plan,
-    )
+    ref = Path(reference) if reference is not None else None
+    fields = (dtype, fmt, shard_size, force, dry_run, check_sum, ref, base_inv_freq)  # in the options' order
+    return run(RecoverOptions(Path(base), Path(diff), Path(out), *fields), progress=progress, on_plan=on_plan)
 
 
 def make_diff(
@@ -139,18 +125,7 @@ def make_diff(
     on_plan: Callable[[WeightDiffReport], None] | None = None,
 ) -> WeightDiffResult:
     """:func:`run` with :class:`MakeDiffOptions` built from keywords."""
-    return run(
-        MakeDiffOptions(
-            Path(base),
-            Path(target),
-            Path(out),
-            dtype=dtype,
-            fmt=fmt,
-            shard_size=shard_size,
-            force=force,
-            dry_run=dry_run,
-            base_inv_freq=base_inv_freq,
-        ),
-        progress=progress,
-        on_plan=on_plan,
+    options = MakeDiffOptions(
+        Path(base), Path(target), Path(out), dtype, fmt, shard_size, force, dry_run, base_inv_freq
     )
+    return run(options, progress=progress, on_plan=on_plan)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,6 +134,15 @@ class TensorSource:
     def close(self) -> None:
         for f in self.files:
             f.close()
+
+    @contextmanager
+    def closed_on_error(self) -> Iterator[TensorSource]:
+        """``with src.closed_on_error():`` planning that keeps the source open, closing it if the block raises."""
+        try:
+            yield self
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> TensorSource:
         return self
@@ -288,6 +298,19 @@ def open_model(
         src.close()
         raise
     return src
+
+
+def require_layout(
+    layout: str, what: str, path: str | os.PathLike, hint: str
+) -> Callable[[TensorSource], InputError | None]:
+    """A ``refuse`` for :func:`open_model`: a source of another layout is "not a WHAT (this is LAYOUT)"."""
+
+    def refuse(src: TensorSource) -> InputError | None:
+        if src.layout == layout:
+            return None
+        return InputError(f"not a {what} (this is {src.layout})", path=path, hint=hint)
+
+    return refuse
 
 
 def safetensors_code(info: TensorInfo) -> str:

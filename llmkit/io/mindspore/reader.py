@@ -30,14 +30,6 @@ if TYPE_CHECKING:
     from llmkit.io.mindspore.keys import CkptKey
 
 
-class _Seekable(Protocol):
-    """What the record parser reads through (:class:`_Buffered`)."""
-
-    def read(self, n: int) -> bytes: ...
-    def seek(self, n: int, whence: int = os.SEEK_SET) -> None: ...
-    def tell(self) -> int: ...
-
-
 class _Plaintext(Protocol):
     """Random access to a checkpoint's plaintext: :class:`_PlainFile`, or ``crypto.DecryptedFile``."""
 
@@ -63,7 +55,7 @@ class _Corrupt(Exception):
 class _Cursor:
     """Small reads of protobuf fields from a buffered file, with the enclosing message's end as a limit."""
 
-    def __init__(self, f: _Seekable, end: int):
+    def __init__(self, f: _Buffered, end: int):
         self.f, self.end = f, end
 
     @property
@@ -271,8 +263,8 @@ class CkptFile(TensorFile):
             hint = f"wrong key or mode ({self.encryption}), or the file is damaged"
         return InputError(f"corrupt MindSpore checkpoint at byte {offset}: {what}", path=self.path, hint=hint)
 
-    def _open(self) -> None:
-        size = self._plain.size
+    def _read_trailer(self, size: int) -> None:
+        """``crc`` (None without a trailer) and ``end``: where the records end."""
         self.crc: int | None = None
         self.end = size
         if size >= CRC_TRAILER_BYTES:
@@ -280,6 +272,10 @@ class CkptFile(TensorFile):
             if tail[: len(CRC_MAGIC)] == CRC_MAGIC:  # MindSpore's loader strips such a trailer whenever present
                 self.crc = int.from_bytes(tail[len(CRC_MAGIC) :], "big")
                 self.end = size - CRC_TRAILER_BYTES
+
+    def _open(self) -> None:
+        size = self._plain.size
+        self._read_trailer(size)
         if size == 0:
             raise InputError(
                 "empty file: not a MindSpore checkpoint",
