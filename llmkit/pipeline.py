@@ -13,10 +13,12 @@ structured :class:`Notice` s. Then:
 - :func:`execute` runs any plan: one tensor at a time, the next tensor's pages prefetched while this
   one is computed, used pages released, a writer thread so that reading and computing tensor N+1
   overlap with writing tensor N, taps (hashes, integrity sums) fed while streaming and judged before
-  the rename, one progress convention.
+  the rename, one progress convention;
+- :func:`run_plan` is those three in the order every tensor job runs them, into its result.
 
 Every command's result derives from :class:`Result` (``ok``, ``outputs``, ``checks``, ``notices``),
-which ``--json`` serializes the same way for every command (docs/json.md).
+which ``--json`` serializes the same way for every command (docs/json.md); a tensor job's from
+:class:`PlanResult`, which holds the :class:`PlanReport` and what the run wrote.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:  # torch and the io layer load when a job runs, not when the CLI starts
     import torch
@@ -179,6 +181,32 @@ class PlanReport:
     disk_margin_bytes: int
 
 
+@dataclass(kw_only=True)
+class PlanResult(Result):
+    """What every tensor job's result holds (:func:`run_plan` fills it). ``output``: the output as given
+    (also for a dry run); ``plan``: the report of :func:`plan_report` (a job may show it only for a dry
+    run, or extend it); ``files``: final output file names (empty for a dry run); ``seconds``: the run."""
+
+    output: str = ""
+    plan: PlanReport | None = None
+    dry_run: bool = False
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class RunOptions(Protocol):
+    """What :func:`run_plan` reads from a job's options (every tensor job's frozen options dataclass)."""
+
+    @property
+    def force(self) -> bool: ...
+
+    @property
+    def dry_run(self) -> bool: ...
+
+
+R = TypeVar("R", bound=PlanResult)
+
+
 def open_plan_sink(plan: Plan, *, force: bool = False) -> Sink:
     """The plan's sink from the registry; it checks the destination before anything is created."""
     from llmkit.io.core.sink import open_sink
@@ -232,7 +260,7 @@ def plan_report(plan: Plan, sink: Sink) -> PlanReport:
 
 def plan_rows(report: Any) -> list[tuple[str, str]]:
     """What ``--dry-run`` shows for every tensor job, the same way: (label, text) rows for a
-    :class:`PlanReport` (or any result carrying its fields)."""
+    :class:`PlanReport` (recover's extends it)."""
     from llmkit.units import human_bytes
 
     return [
@@ -310,3 +338,31 @@ def execute(plan: Plan, sink: Sink, *, progress: ProgressFactory | None = None) 
             if check is not None:
                 checks.append(check)
     return Execution(list(sink.files), checks, round(time.perf_counter() - start, 3))
+
+
+def run_plan(
+    plan: Plan,
+    options: RunOptions,
+    result_for: Callable[[PlanReport, Sink], R],
+    progress: ProgressFactory | None = None,
+) -> R:
+    """Run a tensor job's plan the one way: open its sink (the destination is checked before anything is
+    created), report, and unless ``options.dry_run`` execute; the plan's sources are closed at the end.
+
+    ``result_for(report, sink)`` makes the job's result once the sink is open, before any tensor is read
+    (so a job can log its plan first): the job's own fields and ``plan`` (the report, or what the job
+    shows of it). This fills the rest: ``output``, ``dry_run``, ``notices`` (the plan's, with what opening
+    the sink added), ``checks`` (the plan's pre-checks, then the taps'), and after a run ``files``,
+    ``seconds`` and ``outputs``. A failure, or a tap that fails, raises and keeps no output.
+    """
+    with plan:
+        sink = open_plan_sink(plan, force=options.force)
+        result = result_for(plan_report(plan, sink), sink)
+        result.output, result.dry_run = str(plan.output), options.dry_run
+        result.notices, result.checks = list(plan.notices), list(plan.checks)
+        if options.dry_run:
+            return result
+        done = execute(plan, sink, progress=progress)
+    result.files, result.seconds, result.outputs = done.files, done.seconds, [result.output]
+    result.checks += done.checks
+    return result

@@ -95,12 +95,6 @@ def _setting(cfg: dict, key: str, where: Path | None, warnings: list[str]) -> in
         return None
 
 
-def _unverified(f) -> str | None:
-    """An AES-CBC / SM4-CBC checkpoint's warning: nothing vouches for its values (no data is read here)."""
-    warning = getattr(f, "integrity_warning", None)
-    return warning(values_read=False) if warning is not None else None
-
-
 def completeness(src: TensorSource) -> Check | None:
     """Whether a LLaMA holds every weight its config (or its names) describe, once (``llmkit.io.core.llama_tensors``):
     a failed check, not an error, so inspect still shows what the files hold; None when it is not a LLaMA."""
@@ -147,7 +141,8 @@ def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
     with open_source(path, ckpt_key=ckpt_key) as src:
         infos = src.infos()
         cfg = src.config() or {}
-        warnings = list(src.warnings) + [w for f in src.files if (w := _unverified(f)) is not None]
+        # an AES-CBC / SM4-CBC checkpoint: nothing vouches for its values (no data is read here)
+        warnings = list(src.warnings) + src.integrity_warnings(values_read=False)
         embed = _embed_shape(src)
         where = src.folder / "config.json" if src.folder else None
         hidden = _setting(cfg, "hidden_size", where, warnings)
@@ -192,7 +187,7 @@ def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
             warnings=warnings,
             notices=[Notice.warning(w) for w in warnings],
             tensors=[TensorRow(i.name, safetensors_code(i), list(i.shape), i.nbytes) for i in infos],
-            encryption=getattr(src.files[0], "encryption", None) if src.files else None,
+            encryption=src.encryption,
         )
 
 

@@ -26,9 +26,8 @@ def cast():
     exec(
         "from __future__ import annotations\n"
         "from dataclasses import dataclass\nfrom pathlib import Path\n"
-        "from llmkit.pipeline import (AuxCopy, Plan, PlanReport, ProgressFactory, Result, execute, open_plan_sink,"
-        " plan_report)\n"
-        "from llmkit.io.core.source import open_source\nfrom llmkit.io.core.dtypes import parse_cli_dtype\n"
+        "from llmkit.pipeline import AuxCopy, Plan, PlanResult, ProgressFactory, run_plan\n"
+        "from llmkit.io.core.source import open_model\nfrom llmkit.io.core.dtypes import parse_cli_dtype\n"
         "from llmkit.io.core.spec import TensorSpec\nfrom llmkit.io.core.files import AUX_FILES\n" + code,
         namespace,
     )
@@ -54,7 +53,7 @@ def test_the_example_gets_dry_run_and_the_destination_checks_for_free(cast, tiny
     tiny = tiny_factory("safetensors")
     result = run(Options(tiny.path, tmp_path / "out", dry_run=True))
     assert not (tmp_path / "out").exists() and result.outputs == []
-    r = result.report
+    r = result.plan
     assert r.output_bytes == sum(t.numel() * 2 for t in tiny.state.values())
     assert r.needed_disk_bytes > r.output_bytes and r.free_disk_bytes > 0 and r.memory_estimate_bytes > 0
     with pytest.raises(InputError, match="input folder"):

@@ -27,7 +27,7 @@ from llmkit.errors import EXIT_CHECK_FAILED
 from llmkit.units import human_bytes
 
 if TYPE_CHECKING:  # llmkit.recover (torch) is imported when a command runs, not at CLI start-up
-    from llmkit.recover import MakeDiffOptions, RecoverOptions, WeightDiffPlan, WeightDiffResult
+    from llmkit.recover import MakeDiffOptions, RecoverOptions, WeightDiffReport, WeightDiffResult
 
 # The published ZhiXi-13B fp32 sum (llmkit.recover.ZHIXI_13B_FP32_SUM); a literal so that --help needs no torch.
 ZHIXI_SUM_TEXT = "94052.2891"
@@ -82,7 +82,7 @@ InvFreqOpt = Annotated[
 ]
 
 
-def _log_plan(out: Output, plan: WeightDiffPlan, dry_run: bool) -> None:
+def _log_plan(out: Output, plan: WeightDiffReport, dry_run: bool) -> None:
     from llmkit.recover import describe_plan
 
     if not dry_run:

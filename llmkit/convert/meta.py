@@ -18,30 +18,19 @@ ships a file of the same name).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
 from llmkit.errors import InputError
 from llmkit.io.core.dtypes import DTYPE_CHOICES
 from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
-from llmkit.io.core.llama_tensors import check_source
-from llmkit.io.core.source import TensorSource, open_source
+from llmkit.io.core.source import TensorSource, open_model, require_layout
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.meta.as_hf import MetaHFView, open_as_hf, tokenizer_model
-from llmkit.pipeline import (
-    AuxCopy,
-    Check,
-    Notice,
-    Plan,
-    PlanReport,
-    ProgressFactory,
-    Result,
-    execute,
-    open_plan_sink,
-    plan_report,
-)
+from llmkit.pipeline import AuxCopy, Check, Notice, Plan, PlanReport, PlanResult, ProgressFactory, run_plan
 from llmkit.units import DEFAULT_SHARD_SIZE
 
 LLAMA_7B_TABLE = "llama-7b-meta"  # llmkit/checksums/llama-7b-meta.md5: Meta's LLaMA-1 7B consolidated.00.pth
@@ -74,29 +63,27 @@ class ToMetaOptions:
     dry_run: bool = False
 
 
-@dataclass
-class ConvertResult(Result):
-    """Result of ``from-meta`` / ``to-meta``. Sizes in bytes."""
+@dataclass(kw_only=True)
+class ConvertResult(PlanResult):
+    """Result of ``from-meta`` / ``to-meta`` (and, extended, ``to-ckpt`` / ``from-ckpt``). Sizes in bytes.
+    ``plan``: the dry-run report every tensor job shares (docs/json.md), for a run too."""
 
+    plan: PlanReport
     command: str
     source: str
-    output: str
     format: str
     dtype: str
-    dry_run: bool
-    plan: PlanReport  # the dry-run report every tensor job shares (docs/json.md)
-    files: list[str] = field(default_factory=list)
     tokenizer_from: str | None = None
-    seconds: float = 0.0
 
 
-def _dtype(options: FromMetaOptions | ToMetaOptions) -> torch.dtype | None:
-    if options.dtype not in DTYPE_CHOICES:
-        raise InputError(f"unknown dtype {options.dtype!r}", hint=f"use one of {', '.join(DTYPE_CHOICES)}")
-    return DTYPE_CHOICES[options.dtype]
+def cast_dtype(name: str) -> torch.dtype | None:
+    """The ``--dtype`` of a conversion: None for ``keep`` (each tensor's own)."""
+    if name not in DTYPE_CHOICES:
+        raise InputError(f"unknown dtype {name!r}", hint=f"use one of {', '.join(DTYPE_CHOICES)}")
+    return DTYPE_CHOICES[name]
 
 
-def _cast_plan(job: str, src: TensorSource, options, dtype: torch.dtype | None, fmt: str, **fields) -> Plan:
+def _cast_plan(job: str, src: TensorSource, output: Path, dtype: torch.dtype | None, fmt: str, **fields: Any) -> Plan:
     """Every tensor of ``src`` in its order, cast once to ``dtype`` (or kept), into the plan's sink."""
 
     def out_dtype(name: str) -> torch.dtype:
@@ -109,7 +96,7 @@ def _cast_plan(job: str, src: TensorSource, options, dtype: torch.dtype | None, 
     infos = src.infos()
     return Plan(
         job=job,
-        output=Path(options.output),
+        output=Path(output),
         fmt=fmt,
         specs=[TensorSpec(i.name, out_dtype(i.name), i.shape) for i in infos],
         produce=produce,
@@ -171,29 +158,26 @@ class _PublishedOriginal:
 
 
 def _run(
-    command: str, options, plan: Plan, fmt: str, progress: ProgressFactory | None, tokenizer_from: str | None
+    command: str,
+    options: FromMetaOptions | ToMetaOptions,
+    plan: Plan,
+    progress: ProgressFactory | None,
+    tokenizer_from: str | None,
 ) -> ConvertResult:
-    with plan:
-        sink = open_plan_sink(plan, force=options.force)
-        report = plan_report(plan, sink)
-        result = ConvertResult(
+    result = run_plan(
+        plan,
+        options,
+        lambda report, sink: ConvertResult(
+            plan=report,
             command=command,
             source=str(options.source),
-            output=str(options.output),
-            format=fmt,
+            format=plan.fmt,
             dtype=options.dtype,
-            dry_run=options.dry_run,
-            plan=report,
             tokenizer_from=tokenizer_from,
-            notices=list(plan.notices),
-            checks=list(plan.checks),
-        )
-        if options.dry_run:
-            return result
-        done = execute(plan, sink, progress=progress)
-    result.files, result.seconds, result.outputs = done.files, done.seconds, [str(options.output)]
-    result.checks += done.checks
-    for c in done.checks:
+        ),
+        progress,
+    )
+    for c in result.checks:  # the published-original tap's (planning adds none)
         if c.status != "ok":
             result.notices.append(
                 Notice.warning(
@@ -205,18 +189,13 @@ def _run(
 
 def from_meta(options: FromMetaOptions, *, progress: ProgressFactory | None = None) -> ConvertResult:
     """Convert Meta originals to a Hugging Face folder; every check runs before the first tensor is read."""
-    dtype = _dtype(options)
+    dtype = cast_dtype(options.dtype)
     if options.fmt not in ("safetensors", "bin"):
         raise InputError(f"unknown format {options.fmt!r}", hint="use safetensors or bin")
-    src = open_source(options.source)
-    if src.layout != "meta-pth":
-        src.close()
-        raise InputError(
-            f"not a Meta checkpoint (this is {src.layout})",
-            path=options.source,
-            hint="pass the folder holding consolidated.NN.pth and params.json",
-        )
-    view = open_as_hf(src)  # closes src on failure
+    hint = "pass the folder holding consolidated.NN.pth and params.json"
+    refuse = require_layout("meta-pth", "Meta checkpoint", options.source, hint)
+    # only a Meta folder passes refuse, and open_as_hf makes it the view (which checked it complete)
+    view = cast(MetaHFView, open_model(options.source, refuse=refuse, view=open_as_hf))
     try:
         folder = view.meta_folder
         tok, notices = _tokenizer(options, folder)
@@ -227,54 +206,57 @@ def from_meta(options: FromMetaOptions, *, progress: ProgressFactory | None = No
         plan = _cast_plan(
             "from-meta",
             view,
-            options,
+            options.output,
             dtype,
             options.fmt,
             aux=[config, *([tok] if tok else [])],
             notices=notices,
             sink_options={"shard_size": options.shard_size},
         )
-        if tok is not None:
+        if tok is not None and tok.folder is not None:
             plan.inputs.append(tok.folder)
         if _may_be_llama1_7b(view):
             plan.taps.append(_PublishedOriginal(folder, [p.name for p in view.weight_files]))
     except BaseException:
         view.close()  # also removes the view's derived-config folder
         raise
-    return _run("from-meta", options, plan, options.fmt, progress, str(tok.folder) if tok else None)
+    return _run("from-meta", options, plan, progress, str(tok.folder) if tok else None)
 
 
 def to_meta(options: ToMetaOptions, *, progress: ProgressFactory | None = None) -> ConvertResult:
     """Convert a Hugging Face LLaMA to Meta shards + params.json (the meta-pth sink)."""
-    dtype = _dtype(options)
+    dtype = cast_dtype(options.dtype)
     if options.shards is not None and options.shards < 1:
         raise InputError(f"--shards must be at least 1, got {options.shards}")
-    src = open_source(options.source)
-    try:
+
+    def refuse(src: TensorSource) -> InputError | None:
         if src.adapter is not None or src.layout == "meta-pth":
-            raise InputError(
+            return InputError(
                 f"not a Hugging Face model (this is {'an adapter' if src.adapter else 'Meta layout'})",
                 path=options.source,
                 hint="pass a Hugging Face LLaMA folder",
             )
-        cfg = src.config()
-        if cfg is None:
-            raise InputError(
+        if src.config() is None:
+            return InputError(
                 "no config.json beside the weights",
                 path=options.source,
                 hint="to-meta needs the model's config.json for params.json",
             )
-        check_source(src, cfg=cfg, config_path=Path(src.folder) / "config.json")  # a complete LLaMA, once
+        return None
+
+    src = open_model(options.source, refuse=refuse)  # a complete LLaMA by its config.json, once
+    folder = cast(Path, src.folder)  # a config.json was found beside the weights (refuse)
+    try:
         plan = _cast_plan(
             "to-meta",
             src,
-            options,
+            options.output,
             dtype,
             "meta-pth",
-            sink_options={"config": cfg, "shards": options.shards, "config_path": src.folder / "config.json"},
-            aux=[AuxCopy(src.folder, TOKENIZER_FILES)] if src.folder else [],
+            sink_options={"config": src.config(), "shards": options.shards, "config_path": folder / "config.json"},
+            aux=[AuxCopy(folder, TOKENIZER_FILES)],
         )
     except BaseException:
         src.close()
         raise
-    return _run("to-meta", options, plan, "meta-pth", progress, str(src.folder) if src.folder else None)
+    return _run("to-meta", options, plan, progress, str(folder))

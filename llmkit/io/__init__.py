@@ -22,6 +22,7 @@ _EXPORTS = {
     "parse_size": "llmkit.units",
     "TensorInfo": "llmkit.io.core.spec",
     "TensorSource": "llmkit.io.core.source",
+    "open_model": "llmkit.io.core.source",
     "open_source": "llmkit.io.core.source",
     "open_sink": "llmkit.io.core.sink",
 }
@@ -31,6 +32,7 @@ __all__ = [  # the names of _EXPORTS
     "TensorInfo",
     "TensorSource",
     "TensorSpec",
+    "open_model",
     "open_sink",
     "open_source",
     "parse_size",

@@ -35,24 +35,17 @@ replacement is applied, and it is written; peak ~ a few copies of the largest te
 
 Modules: ``settings`` (adapter_config.json's merge rules), ``adapters`` (every peft layout, indexed against the
 base), ``tokenizer`` (``len(tokenizer)`` from files), ``vocab`` (the vocabulary plan and its checks),
-``arithmetic`` (delta, one rounding, mean rows), ``finite`` (the NaN/Inf check), ``merge`` (options, the plan on
-the pipeline, the run).
+``arithmetic`` (delta, one rounding, mean rows), ``finite`` (the NaN/Inf check), ``options`` (``MergeOptions``
+and its own checks), ``results`` (``MergeResult``, ``AdapterReport``), ``merge`` (the inputs opened and checked,
+the plan on the pipeline, the run).
 Entry point: ``run(MergeOptions(...), progress=...)``.
 """
 
 from llmkit.lora.adapters import Adapter, LoraModule
 from llmkit.lora.arithmetic import ROUNDING, add_in_fp32, grow_rows, lora_delta
-from llmkit.lora.merge import (
-    FORMATS,
-    AdapterReport,
-    MergeOptions,
-    MergePlan,
-    MergeResult,
-    merge_lora,
-    open_merge,
-    plan_merge,
-    run,
-)
+from llmkit.lora.merge import MergePlan, merge_lora, open_merge, plan_merge, run
+from llmkit.lora.options import FORMATS, MergeOptions
+from llmkit.lora.results import AdapterReport, MergeResult
 from llmkit.lora.settings import LoraSettings
 from llmkit.lora.tokenizer import has_tokenizer, tokenizer_size
 from llmkit.lora.vocab import INPUT_EMBEDDINGS, KNOWN_VOCABS, OUTPUT_HEADS, VocabPlan

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,97 +22,19 @@ import torch
 from llmkit.errors import InputError
 from llmkit.io.core.dtypes import DTYPE_CHOICES, dtype_name
 from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
-from llmkit.io.core.llama_tensors import check_source
 from llmkit.io.core.sink import Sink
-from llmkit.io.core.source import TensorSource, open_source
+from llmkit.io.core.source import TensorSource, open_model
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.hf.adapter_config import ADAPTER_CONFIG
 from llmkit.lora.adapters import Adapter, Resolver, load_adapter
 from llmkit.lora.arithmetic import ROUNDING, add_in_fp32, grow_rows, lora_delta
 from llmkit.lora.finite import MergeStep, all_finite, refuse_new_non_finite
+from llmkit.lora.options import SINK_FORMATS, MergeOptions, check_options
+from llmkit.lora.results import MergeResult, adapter_report
 from llmkit.lora.tokenizer import has_tokenizer, tokenizer_size
 from llmkit.lora.vocab import VocabPlan, plan_vocabulary, vocab_tensors
-from llmkit.pipeline import (
-    AuxCopy,
-    Check,
-    Execution,
-    Notice,
-    Plan,
-    PlanReport,
-    ProgressFactory,
-    Result,
-    execute,
-    open_plan_sink,
-    plan_report,
-)
+from llmkit.pipeline import AuxCopy, Check, Notice, Plan, PlanReport, ProgressFactory, run_plan
 from llmkit.units import DEFAULT_SHARD_SIZE
-
-FORMATS = ("safetensors", "bin", "pth")
-SINK_FORMATS = {"safetensors": "safetensors", "bin": "bin", "pth": "meta-pth"}
-
-
-@dataclass(frozen=True)
-class MergeOptions:
-    """``llmkit merge-lora``: merge ``adapters`` (in order) into ``base``, write ``output``.
-
-    ``dtype``: keep (each tensor's own), fp16, bf16 or fp32. ``fmt``: safetensors, bin or pth (Meta
-    ``consolidated.NN.pth``). ``shard_size`` in bytes (safetensors/bin; None: 5 GB). ``tokenizer``: the
-    output's tokenizer folder (None: the last adapter that has one, else the base's). ``pth_shards``: the
-    number of ``.pth`` files (None: Meta's for the hidden size). ``output`` may be None only to open and
-    check the inputs (:func:`plan_merge`).
-    """
-
-    base: Path
-    adapters: tuple[Path, ...]
-    output: Path | None = None
-    dtype: str = "keep"
-    fmt: str = "safetensors"
-    shard_size: int | None = None
-    tokenizer: Path | None = None
-    pth_shards: int | None = None
-    dry_run: bool = False
-    force: bool = False
-
-
-@dataclass
-class AdapterReport:
-    path: str
-    file: str
-    r: int
-    lora_alpha: float
-    scaling: float
-    use_rslora: bool
-    fan_in_fan_out: bool  # as applied (decided by the base layer type, as peft does)
-    lora_modules: int  # base tensors that receive a delta
-    replaced: list[str]  # base tensors replaced by full tensors (modules_to_save)
-    tokenizer_size: int | None
-    vocab_size: int | None  # rows of the embedding after this adapter
-
-
-@dataclass
-class MergeResult(Result):
-    """Result of ``llmkit merge-lora``. Sizes in bytes. ``warnings``: the texts of the warning notices."""
-
-    base: str
-    output: str
-    format: str
-    dtype: str
-    dry_run: bool
-    adapters: list[AdapterReport]
-    vocab_before: int | None
-    vocab_after: int | None
-    mean_initialised_rows: dict[str, int]  # vocab tensor -> new rows no adapter supplied (set to the mean)
-    tokenizer_from: str | None
-    tensors: int
-    total_bytes: int
-    files: list[str]
-    rounding: str
-    seconds: float
-    warnings: list[str] = field(default_factory=list)
-    free_disk_bytes: int = 0  # free space found in the output folder's filesystem
-    needed_disk_bytes: int = 0  # output + copied files + margin; less free space is refused
-    disk_margin_bytes: int = 0  # free space kept beyond the output (llmkit.units.space_margin)
-    plan: PlanReport | None = None  # what a dry run would do (sizes, disk, memory)
 
 
 class MergePlan:
@@ -156,7 +77,10 @@ class MergePlan:
         return shape
 
     def specs(self) -> list[TensorSpec]:
-        return [TensorSpec(n, self.output_dtype(n), self.output_shape(n)) for n in self.base.keys()]
+        return [
+            TensorSpec(n, self.output_dtype(n), self.output_shape(n))
+            for n in self.base.keys()  # noqa: SIM118 - iterating a source reads every tensor
+        ]
 
     # ---- one tensor ----
     def _last_replacement(self, name: str) -> int | None:
@@ -170,7 +94,7 @@ class MergePlan:
         finite values is an :class:`InputError` naming the adapter (:mod:`llmkit.lora.finite`).
         """
         changed = False
-        for step, t in self.steps(name):
+        for step, t in self.steps(name):  # noqa: B007 - after the loop t is the output
             changed = changed or step is not None
         if changed and not all_finite(t):
             refuse_new_non_finite(self, name)  # the rare path: raises unless the base had them all already
@@ -196,7 +120,8 @@ class MergePlan:
             key, mod, bias = ad.replacements.get(name), ad.modules.get(name), ad.bias_modules.get(name)
             if key is not None:  # replaced whole (its rows were checked against the vocabulary plan)
                 t = ad.source.get(key).to(work)
-            elif vocab and ad.vocab_size is not None and ad.vocab_size > t.shape[0]:
+            assert t is not None  # the base tensor, or the replacement of adapters[last]
+            if key is None and vocab and ad.vocab_size is not None and ad.vocab_size > t.shape[0]:
                 t = grow_rows(t.to(work), ad.vocab_size)
                 yield "grow", t
             if mod is not None:
@@ -206,6 +131,7 @@ class MergePlan:
                 t = add_in_fp32(t, ad.source.get(bias.bias_key).to(torch.float32).mul(bias.scaling), work)
             if key is not None or mod is not None or bias is not None:
                 yield ad, t
+        assert t is not None  # there is at least one adapter
         final = self.vocab.final_growth
         if vocab and final is not None and final > t.shape[0]:
             t = grow_rows(t.to(work), final)
@@ -301,38 +227,29 @@ class MergePlan:
         plan = self.pipeline_plan(Path(out))
         if on_plan is not None:
             on_plan(plan)
-        sink = open_plan_sink(plan, force=self.options.force)  # refuses before any progress
-        if self.options.dry_run:
-            return self._result(plan, sink, report=plan_report(plan, sink))
-        return self._result(plan, sink, execution=execute(plan, sink, progress=progress))
+        # the destination is refused before any progress
+        return run_plan(plan, self.options, lambda report, sink: self._result(plan, report, sink), progress)
 
-    def _result(
-        self, plan: Plan, sink: Sink, *, report: PlanReport | None = None, execution: Execution | None = None
-    ) -> MergeResult:
+    def _result(self, plan: Plan, report: PlanReport, sink: Sink) -> MergeResult:
+        """The result as planned (a run adds its files and time): the report shown for a dry run only."""
         return MergeResult(
             base=str(self.base.path),
-            output=str(plan.output),
             format=self.options.fmt,
             dtype=dtype_name(self.out_dtype),
-            dry_run=execution is None,
-            adapters=[_report(a) for a in self.adapters],
+            adapters=[adapter_report(a) for a in self.adapters],
             vocab_before=self.vocab.before,
             vocab_after=self.vocab.after,
             mean_initialised_rows=dict(self.vocab.mean_rows),
             tokenizer_from=str(self.vocab.tokenizer_folder) if has_tokenizer(self.vocab.tokenizer_folder) else None,
-            tensors=len(plan.specs) - len(self.dropped),
-            total_bytes=sink.total_size,
-            files=execution.files if execution else list(sink.files),
+            tensors=report.tensors - len(self.dropped),
+            total_bytes=report.output_bytes,
+            files=list(sink.files),
             rounding=ROUNDING,
-            seconds=execution.seconds if execution else 0.0,
             warnings=[n.text for n in plan.notices if n.level == "warning"],
-            free_disk_bytes=sink.free_disk_bytes,
-            needed_disk_bytes=sink.needed_disk_bytes,
-            disk_margin_bytes=sink.space_margin,
-            plan=report,
-            outputs=[str(plan.output)] if execution else [],
-            checks=plan.checks + (execution.checks if execution else []),
-            notices=list(plan.notices),
+            free_disk_bytes=report.free_disk_bytes,
+            needed_disk_bytes=report.needed_disk_bytes,
+            disk_margin_bytes=report.disk_margin_bytes,
+            plan=report if self.options.dry_run else None,
         )
 
     def close(self) -> None:
@@ -347,23 +264,6 @@ class MergePlan:
         self.close()
 
 
-def _report(a: Adapter) -> AdapterReport:
-    s = a.settings
-    return AdapterReport(
-        path=str(a.folder),
-        file=a.file.name,
-        r=s.r,
-        lora_alpha=s.lora_alpha,
-        scaling=s.scaling(""),
-        use_rslora=s.use_rslora,
-        fan_in_fan_out=any(m.transpose and not m.embedding for m in a.modules.values()),
-        lora_modules=len(a.modules),
-        replaced=sorted(a.replacements),
-        tokenizer_size=a.tokenizer_size,
-        vocab_size=a.vocab_size,
-    )
-
-
 # ------------------------------------------------------------------ planning
 
 
@@ -374,34 +274,11 @@ def _open_base(path: Path) -> TensorSource:
             path=path,
             hint="pass the base model as --base and the adapter as --lora",
         )
-    base = open_source(path)
-    if base.layout == "meta-pth":  # Meta originals as the HF model from-meta writes (no intermediate copy)
-        from llmkit.io.meta.as_hf import open_as_hf
+    from llmkit.io.meta.as_hf import open_as_hf
 
-        base = open_as_hf(base)  # closes base on failure
-    try:
-        check_source(base)  # every weight of the LLaMA its config describes, once, before anything is planned
-    except BaseException:
-        base.close()
-        raise
-    return base
-
-
-def _check_options(options: MergeOptions) -> None:
-    if not options.adapters:
-        raise InputError("no adapter given", hint="pass one or more --lora ADAPTER")
-    if options.dtype not in DTYPE_CHOICES:
-        raise InputError(f"unknown dtype {options.dtype!r}", hint=f"use one of {', '.join(DTYPE_CHOICES)}")
-    if options.fmt not in FORMATS:
-        raise InputError(f"unknown format {options.fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
-    if options.pth_shards and options.fmt != "pth":
-        raise InputError("--pth-shards applies to --format pth only")
-    seen: set[Path] = set()
-    for f in options.adapters:
-        key = Path(os.path.realpath(f))  # never raises on a symlink loop (open_source names it below)
-        if key in seen:
-            raise InputError("the same adapter is given twice", path=f, hint="pass each --lora once")
-        seen.add(key)
+    # Meta originals as the HF model from-meta writes (no intermediate copy); every weight of the LLaMA its
+    # config describes, once, before anything is planned
+    return open_model(path, view=open_as_hf)
 
 
 def _meta_dropped(base: TensorSource, config: dict | None, options: MergeOptions) -> list[str]:
@@ -412,7 +289,7 @@ def _meta_dropped(base: TensorSource, config: dict | None, options: MergeOptions
 
     if config is None:
         raise InputError("--format pth needs the base's config.json (heads, layers)", path=base.path)
-    return [name for name in base.keys() if hf_to_meta_name(name) is None]
+    return [name for name in base.keys() if hf_to_meta_name(name) is None]  # noqa: SIM118 - iterating a source reads every tensor
 
 
 def open_merge(options: MergeOptions) -> MergePlan:
@@ -422,7 +299,7 @@ def open_merge(options: MergeOptions) -> MergePlan:
     "belongs to another model"); saved embedding rows = the adapter's tokenizer size (the 49953/49954
     mix-up); vocabularies only grow along the adapter order; the output tokenizer matches the final rows.
     """
-    _check_options(options)
+    check_options(options)
     warnings: list[str] = []
     base = _open_base(Path(options.base))
     warnings += [f"{base.path}: {w}" for w in base.warnings]  # e.g. a Meta base's unverified shard order

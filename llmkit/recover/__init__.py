@@ -28,7 +28,8 @@ in fp32, atol 1e-2). llmkit computes it in fp64 while streaming (and the upstrea
 beside it); the published value counts 40 layers of ``inv_freq`` buffers (about 7.46 each).
 
 Modules: ``arithmetic`` (the per-tensor math), ``prechecks`` (the two models fit), ``integrity`` (the
-integrity sum tap, published tables, reference comparison), ``job`` (options, the plan, the run).
+integrity sum tap, published tables, reference comparison), ``options`` (the options, the report, the
+result), ``plan`` (both models checked, the pipeline plan), ``job`` (the run and the checks after it).
 """
 
 from llmkit.recover.arithmetic import base_inv_freq, diff_tensor, fp64_sum, legacy_inv_freq, recover_tensor
@@ -40,17 +41,15 @@ from llmkit.recover.integrity import (
     SumCheck,
     compare_by_tensors,
 )
-from llmkit.recover.job import (
+from llmkit.recover.job import make_diff, recover, run
+from llmkit.recover.options import (
     MakeDiffOptions,
     RecoverOptions,
-    WeightDiffPlan,
+    WeightDiffReport,
     WeightDiffResult,
     describe_plan,
-    make_diff,
-    plan_weight_diff,
-    recover,
-    run,
 )
+from llmkit.recover.plan import plan_weight_diff
 
 __all__ = [
     "CHECK_SUM_ATOL",
@@ -60,7 +59,7 @@ __all__ = [
     "RecoverOptions",
     "ReferenceCheck",
     "SumCheck",
-    "WeightDiffPlan",
+    "WeightDiffReport",
     "WeightDiffResult",
     "base_inv_freq",
     "compare_by_tensors",

@@ -6,6 +6,7 @@ Every check here reads headers and small files only, and names the file and the 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from llmkit.errors import InputError
@@ -13,7 +14,7 @@ from llmkit.io.core.dtypes import st_code
 from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.core.jsonfile import int_field
 from llmkit.io.core.regular import is_special
-from llmkit.io.core.source import TensorSource, open_source
+from llmkit.io.core.source import TensorSource, open_model
 from llmkit.io.core.spec import TensorInfo
 from llmkit.recover.arithmetic import ROTARY_BUFFER
 
@@ -28,27 +29,31 @@ def dtype_counts(infos: list[TensorInfo]) -> dict[str, int]:
     return counts
 
 
-def open_model(path: str | os.PathLike, role: str) -> TensorSource:
-    src = open_source(path)
-    if src.adapter is not None:
-        src.close()
-        raise InputError(
-            f"the {role} is a LoRA adapter, not a full model",
-            path=path,
-            hint="weight diffs are full state dicts; LoRA adapters are merged with merge-lora",
-        )
-    if src.layout == "meta-pth":
-        if role != "base":
-            src.close()
-            raise InputError(
+def open_input(path: str | os.PathLike, role: str) -> TensorSource:
+    """The base, the diff or the tuned model: a full state dict in fp32, fp16 or bf16 (a Meta folder only as
+    the base, through its HF view). Its completeness is checked later, after the pairwise checks, which
+    explain a wrong base better."""
+
+    def refuse(src: TensorSource) -> InputError | None:
+        if src.adapter is not None:
+            return InputError(
+                f"the {role} is a LoRA adapter, not a full model",
+                path=path,
+                hint="weight diffs are full state dicts; LoRA adapters are merged with merge-lora",
+            )
+        if src.layout == "meta-pth" and role != "base":
+            return InputError(
                 f"the {role} is in Meta consolidated.NN.pth layout, whose tensor names differ "
                 "from the Hugging Face names of weight diffs",
                 path=path,
                 hint="convert it first: llmkit from-meta",
             )
-        from llmkit.io.meta.as_hf import open_as_hf
+        return None
 
-        src = open_as_hf(src)  # Meta originals as the HF model from-meta writes (no intermediate copy)
+    from llmkit.io.meta.as_hf import open_as_hf
+
+    # Meta originals as the HF model from-meta writes (no intermediate copy)
+    src = open_model(path, refuse=refuse, view=open_as_hf, complete=False)
     for info in src.infos():
         if not info.dtype.is_floating_point or info.dtype.itemsize == 1:
             src.close()
@@ -96,10 +101,10 @@ def describe_role(role: str) -> str:
 def check_names(other: TensorSource, base: TensorSource, role: str) -> tuple[list[str], list[str]]:
     """Key-set check; returns (base buffers to compute, base tensors ignored). Raises on a real mismatch."""
     o_keys, b_keys = set(other.keys()), set(base.keys())
-    missing = [k for k in other.keys() if k not in b_keys]
+    missing = [k for k in other.keys() if k not in b_keys]  # noqa: SIM118 - iterating a source reads every tensor
     computed = [k for k in missing if k.endswith(ROTARY_BUFFER)]
     missing = [k for k in missing if not k.endswith(ROTARY_BUFFER)]
-    extra = [k for k in base.keys() if k not in o_keys]
+    extra = [k for k in base.keys() if k not in o_keys]  # noqa: SIM118 - iterating a source reads every tensor
     ignored = [k for k in extra if k.endswith(ROTARY_BUFFER)]
     extra = [k for k in extra if not k.endswith(ROTARY_BUFFER)]
     what = describe_role(role)
@@ -128,57 +133,58 @@ def check_shapes(
     other: TensorSource, base: TensorSource, role: str, computed: list[str], rope: tuple[int, float] | None
 ) -> None:
     what = describe_role(role)
-    bad = []
-    for name in other.keys():
+    bad: list[tuple[str, tuple[int, ...] | None, tuple[int, ...]]] = []  # (name, base shape, other's shape)
+    computed_shape = (rope[0] // 2,) if rope else None  # a base buffer made from config.json
+    for name in other.keys():  # noqa: SIM118 - iterating a source reads every tensor
         o_shape = other.info(name).shape
-        if name in computed:
-            b_shape = (rope[0] // 2,) if rope else None
-        else:
-            b_shape = base.info(name).shape
+        b_shape = computed_shape if name in computed else base.info(name).shape
         if b_shape != o_shape:
             bad.append((name, b_shape, o_shape))
     if not bad:
         return
     listing = "; ".join(f"{n}: base {list(b) if b else '?'} vs {what} {list(o)}" for n, b, o in bad[:3])
-    message = f"shapes differ for {len(bad)} tensor(s): {listing}"
-    hint = f"use the base model the {what} was made from"
-    embed = next(
-        ((n, b, o) for n, b, o in bad if n.endswith(_EMBED_SUFFIXES) and b and len(b) == 2 and b[1] == o[1]), None
+    embeds = [(b, o) for n, b, o in bad if n.endswith(_EMBED_SUFFIXES) and b and len(b) == 2]
+    explained, hint = _embedding_explanation(embeds, role, what)
+    raise InputError(
+        f"shapes differ for {len(bad)} tensor(s): {listing}{explained}",
+        path=base.path,
+        hint=hint or f"use the base model the {what} was made from",
     )
-    if embed is not None:
-        _, b, o = embed
-        if b[0] < o[0]:
-            if role == "diff":
-                message += (
-                    f". The base has a {b[0]}-token vocabulary but the diff {o[0]}: this is the wrong base "
-                    f"(the diff was made against a model with an extended {o[0]}-token vocabulary)"
-                )
-                hint = f"recover from the {o[0]}-token model the diff was made from, not from the original LLaMA"
-            else:
-                message += (
-                    f". The base has a {b[0]}-token vocabulary but the tuned model {o[0]}: a diff needs "
-                    f"both with the same vocabulary (the tuned model was trained from a model with an "
-                    f"extended {o[0]}-token vocabulary)"
-                )
-                hint = (
-                    f"pass the {o[0]}-token model the tuned model was trained from as --base, e.g. the "
-                    "vocabulary-extended base rather than the original LLaMA"
-                )
-        else:
-            message += (
-                f". The base has a {b[0]}-token vocabulary but the {what} only {o[0]}: this is the wrong "
-                "base (perhaps an already-extended or merged model)"
-            )
-    else:
-        hidden = next(((b[-1], o[-1]) for n, b, o in bad if n.endswith(_EMBED_SUFFIXES) and b and len(b) == 2), None)
+
+
+def _embedding_explanation(
+    embeds: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], role: str, what: str
+) -> tuple[str, str | None]:
+    """What differing embedding shapes (base, other) say: another vocabulary, or another model size
+    (the message's tail, and a hint when the fix is more specific than the usual one)."""
+    vocab = next(((b, o) for b, o in embeds if b[1] == o[1]), None)
+    if vocab is None:
+        hidden = next(((b[-1], o[-1]) for b, o in embeds), None)
         if hidden and hidden[0] != hidden[1]:
             from llmkit.summary import describe_hidden_size
 
-            message += (
-                f". The base is {describe_hidden_size(hidden[0])} but the {what} is "
-                f"{describe_hidden_size(hidden[1])}: wrong base"
-            )
-    raise InputError(message, path=base.path, hint=hint)
+            base_size, other_size = describe_hidden_size(hidden[0]), describe_hidden_size(hidden[1])
+            return f". The base is {base_size} but the {what} is {other_size}: wrong base", None
+        return "", None
+    b, o = vocab
+    if b[0] >= o[0]:
+        return (
+            f". The base has a {b[0]}-token vocabulary but the {what} only {o[0]}: this is the wrong "
+            "base (perhaps an already-extended or merged model)"
+        ), None
+    if role == "diff":
+        return (
+            f". The base has a {b[0]}-token vocabulary but the diff {o[0]}: this is the wrong base "
+            f"(the diff was made against a model with an extended {o[0]}-token vocabulary)"
+        ), f"recover from the {o[0]}-token model the diff was made from, not from the original LLaMA"
+    return (
+        f". The base has a {b[0]}-token vocabulary but the tuned model {o[0]}: a diff needs "
+        f"both with the same vocabulary (the tuned model was trained from a model with an "
+        f"extended {o[0]}-token vocabulary)"
+    ), (
+        f"pass the {o[0]}-token model the tuned model was trained from as --base, e.g. the "
+        "vocabulary-extended base rather than the original LLaMA"
+    )
 
 
 def _present(p: Path) -> bool:

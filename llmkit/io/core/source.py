@@ -3,7 +3,10 @@
 :class:`TensorSource` is a model or adapter as one ordered set of named tensors over :class:`TensorFile`s
 (one weight file each); :class:`RenamedSource` shows a source under other names. :func:`open_source`
 opens any path by asking the registered format families in rank order (:func:`register_source`; the
-built-in ones: ``hf`` 10, ``meta`` 20, ``hf-file`` 30, ``mindspore`` 40). Memory: listing costs
+built-in ones: ``hf`` 10, ``meta`` 20, ``hf-file`` 30, ``mindspore`` 40); :func:`open_model` is how a job
+opens the model it reads (its refusals, its view, the complete-LLaMA check). What a file carries beyond
+tensors (a cipher, a CRC trailer, tensors split over several records, values nothing authenticates) is
+part of the API with neutral defaults, which a format that has them overrides. Memory: listing costs
 headers only; :meth:`TensorSource.get` materialises one tensor.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +26,7 @@ from llmkit.io.core.destination import broken_link
 from llmkit.io.core.dtypes import st_code
 from llmkit.io.core.formats import load_builtin_formats
 from llmkit.io.core.jsonfile import read_json
+from llmkit.io.core.llama_tensors import check_source
 from llmkit.io.core.regular import check_regular, is_special
 from llmkit.io.core.spec import TensorInfo
 
@@ -69,6 +74,25 @@ class TensorSource:
     def weight_files(self) -> list[Path]:
         return [f.path for f in self.files]
 
+    # ---- what the files carry beyond tensors (neutral unless a format has it: TensorFile) ----
+    @property
+    def encryption(self) -> str | None:
+        """The cipher of the first encrypted weight file (``AES-GCM``, ``AES-CBC``, ``SM4-CBC``), else None."""
+        return next((f.encryption for f in self.files if f.encryption), None)
+
+    @property
+    def has_crc(self) -> bool:
+        """Some weight file ends in a CRC trailer."""
+        return any(f.has_crc for f in self.files)
+
+    def records(self, name: str) -> int:
+        """How many records of its file hold ``name`` (more than one: stored split, e.g. at 512 MiB)."""
+        return self.weight_map[name].records(name)
+
+    def integrity_warnings(self, values_read: bool = True) -> list[str]:
+        """Each file's warning that nothing vouches for its values (:meth:`TensorFile.integrity_warning`)."""
+        return [w for f in self.files if (w := f.integrity_warning(values_read)) is not None]
+
     def config(self) -> dict | None:
         """``config.json`` beside the weights, if any."""
         p = self.folder / "config.json" if self.folder else None
@@ -111,6 +135,15 @@ class TensorSource:
         for f in self.files:
             f.close()
 
+    @contextmanager
+    def closed_on_error(self) -> Iterator[TensorSource]:
+        """``with src.closed_on_error():`` planning that keeps the source open, closing it if the block raises."""
+        try:
+            yield self
+        except BaseException:
+            self.close()
+            raise
+
     def __enter__(self) -> TensorSource:
         return self
 
@@ -124,7 +157,7 @@ class RenamedSource(TensorSource):
 
     def __init__(self, source: TensorSource, mapping: dict[str, str]):
         self.inner = source
-        self._stored = {mapping[k]: k for k in source.keys()}
+        self._stored = {mapping[k]: k for k in source.keys()}  # noqa: SIM118 - iterating a source reads every tensor
         super().__init__(
             path=source.path,
             layout=source.layout,
@@ -151,6 +184,9 @@ class RenamedSource(TensorSource):
     def prefetch(self, name: str) -> None:
         if name in self._stored:
             self.inner.prefetch(self._stored[name])
+
+    def records(self, name: str) -> int:
+        return self.inner.records(self._stored[name])
 
     def close(self) -> None:
         self.inner.close()
@@ -228,19 +264,93 @@ def open_source(path: str | os.PathLike, *, ckpt_key: Any = None) -> TensorSourc
     )
 
 
+def open_model(
+    path: str | os.PathLike,
+    *,
+    key: Any = None,
+    refuse: Callable[[TensorSource], InputError | None] | None = None,
+    view: Callable[[TensorSource], TensorSource] | None = None,
+    complete: bool = True,
+) -> TensorSource:
+    """The model a job reads, opened and checked before anything is planned (headers and small files only);
+    closed again when a step fails, so callers need no cleanup of their own.
+
+    In order: :func:`open_source` (``key``: an encrypted ``.ckpt``'s); ``refuse(src)``: the caller's error
+    for a source of the wrong kind (an adapter, another layout), in the caller's words, or None;
+    ``view(src)``: how the job sees it (``llmkit.io.meta.as_hf.open_as_hf``: a Meta folder as the HF model
+    from-meta writes; a view closes ``src`` when it fails); with ``complete``, the complete-LLaMA check
+    (:func:`~llmkit.io.core.llama_tensors.check_source`: every weight its config describes, once).
+    """
+    src = open_source(path, ckpt_key=key)
+    try:
+        problem = refuse(src) if refuse is not None else None
+        if problem is not None:
+            raise problem
+    except BaseException:
+        src.close()
+        raise
+    if view is not None:
+        src = view(src)
+    try:
+        if complete:
+            check_source(src)
+    except BaseException:
+        src.close()
+        raise
+    return src
+
+
+def require_layout(
+    layout: str, what: str, path: str | os.PathLike, hint: str
+) -> Callable[[TensorSource], InputError | None]:
+    """A ``refuse`` for :func:`open_model`: a source of another layout is "not a WHAT (this is LAYOUT)"."""
+
+    def refuse(src: TensorSource) -> InputError | None:
+        if src.layout == layout:
+            return None
+        return InputError(f"not a {what} (this is {src.layout})", path=path, hint=hint)
+
+    return refuse
+
+
 def safetensors_code(info: TensorInfo) -> str:
     """Display name of a tensor's dtype (safetensors codes: F16, BF16, F32, ...)."""
     return st_code(info.dtype)
 
 
 class TensorFile:
-    """One weight file. Subclasses fill ``infos`` at open time and read data in ``get``."""
+    """One weight file. Subclasses fill ``infos`` at open time and read data in ``get``.
+
+    The members after ``get`` have neutral defaults (no cipher, no CRC trailer, one record per tensor,
+    nothing to warn about); a format whose files carry more overrides them (MindSpore's ``.ckpt``:
+    ``llmkit.io.mindspore.reader.CkptFile``), so a job asks any file and never looks for a format's class.
+    """
 
     path: Path
     infos: dict[str, TensorInfo]
+    encryption: str | None = None  # the cipher the file is encrypted with, read through its key; else None
 
     def get(self, name: str) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def has_crc(self) -> bool:
+        """The file ends in a CRC trailer, checked while its tensors are read in order (:meth:`verify_crc`)."""
+        return False
+
+    def verify_crc(self) -> bool | None:
+        """Check the CRC trailer, reading only what :meth:`get` has not covered yet: True when it matches (a
+        mismatch raises :class:`~llmkit.errors.InputError`), None when the file has no trailer."""
+        return None
+
+    def integrity_warning(self, values_read: bool = True) -> str | None:
+        """The warning a read of this file carries when nothing vouches for its values (a cipher that cannot
+        authenticate them), else None. ``values_read``: the reader read the tensors (and so the CRC)."""
+        return None
+
+    def records(self, name: str) -> int:
+        """How many records hold ``name`` (more than one: the tensor is stored split)."""
+        return 1
 
     def release(self, name: str) -> None:
         """Drop memory this file still holds for ``name`` after it was used (no-op unless mapped)."""

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -24,6 +25,18 @@ from llmkit.errors import InputError
 from llmkit.io.core.source import TensorFile
 from llmkit.io.core.spec import TensorInfo
 from llmkit.io.mindspore.ckpt import CRC_MAGIC, CRC_TRAILER_BYTES, MS_TO_TORCH, READ_CHUNK
+
+if TYPE_CHECKING:
+    from llmkit.io.mindspore.keys import CkptKey
+
+
+class _Plaintext(Protocol):
+    """Random access to a checkpoint's plaintext: :class:`_PlainFile`, or ``crypto.DecryptedFile``."""
+
+    size: int
+
+    def pread(self, n: int, offset: int) -> bytes: ...
+    def readinto(self, view: memoryview, offset: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -42,7 +55,7 @@ class _Corrupt(Exception):
 class _Cursor:
     """Small reads of protobuf fields from a buffered file, with the enclosing message's end as a limit."""
 
-    def __init__(self, f: BinaryIO, end: int):
+    def __init__(self, f: _Buffered, end: int):
         self.f, self.end = f, end
 
     @property
@@ -191,7 +204,7 @@ class _Buffered:
 
     CHUNK = 1 << 16
 
-    def __init__(self, plain):
+    def __init__(self, plain: _Plaintext):
         self.plain, self.pos, self.buf, self.buf_at = plain, 0, b"", 0
 
     def tell(self) -> int:
@@ -214,7 +227,7 @@ class CkptFile(TensorFile):
     one tensor's bytes read on :meth:`get`. ``crc``: the trailer's CRC-32, or None when there is none.
     An encrypted checkpoint needs ``key`` (``llmkit.io.mindspore.crypto``); ``encryption`` is then its mode."""
 
-    def __init__(self, path: Path, key=None):
+    def __init__(self, path: Path, key: CkptKey | None = None):
         from llmkit.io.mindspore.crypto import DecryptedFile, sniff_mode
 
         self.path = path
@@ -230,7 +243,11 @@ class CkptFile(TensorFile):
                     path=path,
                     hint="pass --dec-key with its key (a key file, or env:VAR holding hex)",
                 )
-            self._plain = DecryptedFile(self._fd, path, key) if self.encryption else _PlainFile(self._fd, path)
+            self._plain: _Plaintext = (
+                DecryptedFile(self._fd, path, key)
+                if key is not None and self.encryption
+                else _PlainFile(self._fd, path)
+            )
             self._open()
         except BaseException:
             os.close(self._fd)
@@ -246,8 +263,8 @@ class CkptFile(TensorFile):
             hint = f"wrong key or mode ({self.encryption}), or the file is damaged"
         return InputError(f"corrupt MindSpore checkpoint at byte {offset}: {what}", path=self.path, hint=hint)
 
-    def _open(self) -> None:
-        size = self._plain.size
+    def _read_trailer(self, size: int) -> None:
+        """``crc`` (None without a trailer) and ``end``: where the records end."""
         self.crc: int | None = None
         self.end = size
         if size >= CRC_TRAILER_BYTES:
@@ -255,6 +272,10 @@ class CkptFile(TensorFile):
             if tail[: len(CRC_MAGIC)] == CRC_MAGIC:  # MindSpore's loader strips such a trailer whenever present
                 self.crc = int.from_bytes(tail[len(CRC_MAGIC) :], "big")
                 self.end = size - CRC_TRAILER_BYTES
+
+    def _open(self) -> None:
+        size = self._plain.size
+        self._read_trailer(size)
         if size == 0:
             raise InputError(
                 "empty file: not a MindSpore checkpoint",
@@ -266,7 +287,7 @@ class CkptFile(TensorFile):
         types: dict[str, str] = {}
         last: str | None = None
         f = _Buffered(self._plain)
-        c = _Cursor(f, self.end)  # type: ignore[arg-type]
+        c = _Cursor(f, self.end)
         while f.tell() < self.end:
             start = f.tell()
             try:
@@ -308,6 +329,10 @@ class CkptFile(TensorFile):
         self._crc_pos = 0  # the running CRC covers bytes [0, _crc_pos)
         self._crc_sum = 0
 
+    @property
+    def has_crc(self) -> bool:
+        return self.crc is not None
+
     def records(self, name: str) -> int:
         """How many records hold ``name`` (more than one: split at 512 MiB)."""
         return len(self._pieces[name])
@@ -315,7 +340,7 @@ class CkptFile(TensorFile):
     def get(self, name: str) -> torch.Tensor:
         info = self.infos[name]
         tensor = torch.empty(info.shape, dtype=info.dtype)
-        view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()) if info.nbytes else memoryview(b"")
+        view = tensor.reshape(-1).view(torch.uint8).numpy().data if info.nbytes else memoryview(b"")
         done = 0
         for p in self._pieces[name]:
             part = view[done : done + p.length]
@@ -374,7 +399,7 @@ class CkptFile(TensorFile):
             self._fd = -1
 
 
-def finish_reads(files) -> list[str]:
+def finish_reads(files: Iterable[TensorFile]) -> list[str]:
     """After a job read the tensors of ``files`` (a source's): the CRC trailer of each ``.ckpt`` checked over
     what was not read yet (a mismatch raises), and the warnings its reads carry (values nothing verified)."""
     warnings = []
