@@ -50,7 +50,7 @@ def from_ckpt(options: FromCkptOptions, *, progress: ProgressFactory | None = No
     src = open_model(options.source, key=key, refuse=refuse, complete=False)
     with src.closed_on_error():
         plan, unmapped, config_from = _from_ckpt_plan(options, src, dtype)
-    split = [n for n in src.keys() if src.records(n) > 1]  # noqa: SIM118 - iterating a source reads every tensor
+    split = [n for n in src.keys() if src.records(n) > 1]
     crc, encryption = src.has_crc, src.encryption
     fields = {"crc": crc, "unmapped": unmapped, "split": split, "config_from": config_from, "encryption": encryption}
     return ckpt_options.run_ckpt("from-ckpt", plan, options, progress, **fields)
@@ -61,7 +61,7 @@ def _from_names(options: FromCkptOptions, src: TensorSource) -> tuple[dict, dict
     src_of: dict[str, str] = {}  # output name -> stored name
     hf_of: dict[str, str] = {}  # output name -> HF name (for the rotary rows)
     unmapped: list[str] = []
-    for name in src.keys():  # noqa: SIM118 - iterating a source reads every tensor
+    for name in src.keys():
         hf = llama_hf_name(name)
         if hf is None:
             unmapped.append(name)
@@ -153,14 +153,14 @@ def _output_config(
 ) -> tuple[dict, str, list[Notice], list[AuxCopy]]:
     """The output's config (given or derived, its dtype the weights'), checked against every stored tensor:
     (config, where it came from, notices, files to carry)."""
-    hf_shapes = {hf: src.info(n).shape for n in src.keys() if (hf := llama_hf_name(n)) is not None}  # noqa: SIM118 - iterating a source reads every tensor
+    hf_shapes = {hf: src.info(n).shape for n in src.keys() if (hf := llama_hf_name(n)) is not None}
     first = src.info(next(iter(src_of.values()))).dtype if src_of else torch.float16
     out_dtype = dtype or first
     cfg, config_from, notices, aux = _config(options, hf_shapes, out_dtype)
     described = "the derived config" if config_from == "derived" else f"the config {config_from}"
     llama_shapes(cfg, None if config_from == "derived" else config_from)  # the output's config needs every size
     check_tensors(
-        {n: tuple(src.info(n).shape) for n in src.keys()},  # noqa: SIM118 - iterating a source reads every tensor
+        {n: tuple(src.info(n).shape) for n in src.keys()},
         path=options.source,
         cfg=cfg,
         config_path=None if config_from == "derived" else config_from,

@@ -77,10 +77,7 @@ class MergePlan:
         return shape
 
     def specs(self) -> list[TensorSpec]:
-        return [
-            TensorSpec(n, self.output_dtype(n), self.output_shape(n))
-            for n in self.base.keys()  # noqa: SIM118 - iterating a source reads every tensor
-        ]
+        return [TensorSpec(n, self.output_dtype(n), self.output_shape(n)) for n in self.base.keys()]
 
     # ---- one tensor ----
     def _last_replacement(self, name: str) -> int | None:
@@ -289,7 +286,7 @@ def _meta_dropped(base: TensorSource, config: dict | None, options: MergeOptions
 
     if config is None:
         raise InputError("--format pth needs the base's config.json (heads, layers)", path=base.path)
-    return [name for name in base.keys() if hf_to_meta_name(name) is None]  # noqa: SIM118 - iterating a source reads every tensor
+    return [name for name in base.keys() if hf_to_meta_name(name) is None]
 
 
 def open_merge(options: MergeOptions) -> MergePlan:

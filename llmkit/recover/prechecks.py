@@ -101,10 +101,10 @@ def describe_role(role: str) -> str:
 def check_names(other: TensorSource, base: TensorSource, role: str) -> tuple[list[str], list[str]]:
     """Key-set check; returns (base buffers to compute, base tensors ignored). Raises on a real mismatch."""
     o_keys, b_keys = set(other.keys()), set(base.keys())
-    missing = [k for k in other.keys() if k not in b_keys]  # noqa: SIM118 - iterating a source reads every tensor
+    missing = [k for k in other.keys() if k not in b_keys]
     computed = [k for k in missing if k.endswith(ROTARY_BUFFER)]
     missing = [k for k in missing if not k.endswith(ROTARY_BUFFER)]
-    extra = [k for k in base.keys() if k not in o_keys]  # noqa: SIM118 - iterating a source reads every tensor
+    extra = [k for k in base.keys() if k not in o_keys]
     ignored = [k for k in extra if k.endswith(ROTARY_BUFFER)]
     extra = [k for k in extra if not k.endswith(ROTARY_BUFFER)]
     what = describe_role(role)
@@ -135,7 +135,7 @@ def check_shapes(
     what = describe_role(role)
     bad: list[tuple[str, tuple[int, ...] | None, tuple[int, ...]]] = []  # (name, base shape, other's shape)
     computed_shape = (rope[0] // 2,) if rope else None  # a base buffer made from config.json
-    for name in other.keys():  # noqa: SIM118 - iterating a source reads every tensor
+    for name in other.keys():
         o_shape = other.info(name).shape
         b_shape = computed_shape if name in computed else base.info(name).shape
         if b_shape != o_shape:

@@ -157,7 +157,7 @@ class RenamedSource(TensorSource):
 
     def __init__(self, source: TensorSource, mapping: dict[str, str]):
         self.inner = source
-        self._stored = {mapping[k]: k for k in source.keys()}  # noqa: SIM118 - iterating a source reads every tensor
+        self._stored = {mapping[k]: k for k in source.keys()}
         super().__init__(
             path=source.path,
             layout=source.layout,
