@@ -23,8 +23,8 @@ import threading
 from pathlib import Path
 
 from llmkit.errors import InputError
+from llmkit.io.core.claim import LockBusy, LockUnsupported, lock_file
 from llmkit.io.core.destination import make_folder, remove_empty
-from llmkit.io.core.staging import LockBusy, LockUnsupported, lock_file
 
 SUFFIX = ".llmkit-download"  # the sibling: .<DIR name>.llmkit-download
 INSIDE = ".llmkit-download"  # DIR/.llmkit-download, when no sibling is possible

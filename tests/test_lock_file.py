@@ -1,4 +1,4 @@
-"""The one flock primitive under the output claim and the download's staging lock (llmkit.io.core.staging)."""
+"""The one flock primitive under the output claim and the download's staging lock (llmkit.io.core.claim)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-import llmkit.io.core.staging as staging
+import llmkit.io.core.claim as claim
 from llmkit.hub_staging import Staging
-from llmkit.io.core.staging import LockBusy, LockUnsupported, OutputBusyError, OutputClaim, lock_file
+from llmkit.io.core.claim import LockBusy, LockUnsupported, OutputBusyError, OutputClaim, lock_file
 
 
 def test_a_held_lock_file_holds_this_pid_and_refuses_a_second_holder(tmp_path):
@@ -30,7 +30,7 @@ def test_a_file_system_without_locks_is_named_as_such(tmp_path, monkeypatch):
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
-    monkeypatch.setattr(staging.fcntl, "flock", no_locks)
+    monkeypatch.setattr(claim.fcntl, "flock", no_locks)
     with pytest.raises(LockUnsupported) as e:
         lock_file(tmp_path / "x.lock", errors_name=tmp_path / "x")
     assert isinstance(e.value, OSError) and e.value.errno == errno.ENOLCK
@@ -40,7 +40,7 @@ def test_the_download_runs_unlocked_where_the_file_system_has_no_locks(tmp_path,
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
-    monkeypatch.setattr(staging.fcntl, "flock", no_locks)
+    monkeypatch.setattr(claim.fcntl, "flock", no_locks)
     folder = tmp_path / ".out.llmkit-download"
     with Staging(folder, tmp_path / "out") as s:
         assert s._owned and s._fd is None

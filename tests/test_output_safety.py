@@ -21,7 +21,7 @@ import torch
 from common import one_error_line, tree
 from safetensors.torch import load_file
 
-from llmkit.io.core.staging import OutputClaim
+from llmkit.io.core.claim import OutputClaim
 
 SHARD = "20KB"  # several shards for the tiny model: a partial set would be visible
 

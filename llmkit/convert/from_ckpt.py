@@ -14,7 +14,8 @@ from llmkit.errors import InputError
 from llmkit.io.core.dtypes import CONFIG_NAMES
 from llmkit.io.core.files import TOKENIZER_FILES
 from llmkit.io.core.jsonfile import read_json
-from llmkit.io.core.llama_tensors import check_tensors, is_buffer, is_training_state, llama_shapes
+from llmkit.io.core.llama_tensors import check_tensors
+from llmkit.io.core.llama_weights import is_buffer, is_training_state, llama_shapes
 from llmkit.io.core.source import TensorSource, open_model, require_layout
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.meta.as_hf import config_files

@@ -1,4 +1,5 @@
-"""MindSpore ``.ckpt``: the wire format, a streaming writer layout and a streaming reader (SPEC.md section 5).
+"""MindSpore ``.ckpt``: the wire format and the streaming writer layout (SPEC.md section 5; the reader is
+``llmkit.io.mindspore.reader``).
 
 A ``.ckpt`` is a concatenation of serialized ``Checkpoint`` messages of one ``Value`` each::
 

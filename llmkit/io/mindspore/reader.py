@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -25,6 +24,7 @@ from llmkit.errors import InputError
 from llmkit.io.core.source import TensorFile
 from llmkit.io.core.spec import TensorInfo
 from llmkit.io.mindspore.ckpt import CRC_MAGIC, CRC_TRAILER_BYTES, MS_TO_TORCH, READ_CHUNK
+from llmkit.io.mindspore.records import Corrupt, Cursor, Piece, parse_record
 
 if TYPE_CHECKING:
     from llmkit.io.mindspore.keys import CkptKey
@@ -37,143 +37,6 @@ class _Plaintext(Protocol):
 
     def pread(self, n: int, offset: int) -> bytes: ...
     def readinto(self, view: memoryview, offset: int) -> None: ...
-
-
-@dataclass(frozen=True)
-class _Piece:
-    record: int  # offset of the record's first byte
-    data: int  # offset of its raw bytes
-    length: int
-
-
-class _Corrupt(Exception):
-    def __init__(self, offset: int, what: str, truncated: bool = False):
-        super().__init__(what)
-        self.offset, self.what, self.truncated = offset, what, truncated
-
-
-class _Cursor:
-    """Small reads of protobuf fields from a buffered file, with the enclosing message's end as a limit."""
-
-    def __init__(self, f: _Buffered, end: int):
-        self.f, self.end = f, end
-
-    @property
-    def pos(self) -> int:
-        return self.f.tell()
-
-    def varint(self, limit: int) -> int:
-        start = self.pos
-        n = shift = 0
-        while True:
-            if self.pos >= limit:
-                raise _Corrupt(start, "a varint runs past the end of its message", truncated=limit == self.end)
-            b = self.f.read(1)
-            if not b:
-                raise _Corrupt(start, "the file ends inside a varint", truncated=True)
-            n |= (b[0] & 0x7F) << shift
-            if not b[0] & 0x80:
-                return n
-            shift += 7
-            if shift >= 70:
-                raise _Corrupt(start, "bad varint (more than 10 bytes)")
-
-    def length(self, limit: int) -> int:
-        at = self.pos
-        n = self.varint(limit)
-        if self.pos + n > limit:
-            where = "the file ends" if limit == self.end else "its message ends"
-            raise _Corrupt(
-                at, f"a field of {n} bytes runs past the end ({where} at byte {limit})", truncated=limit == self.end
-            )
-        return n
-
-    def read(self, n: int) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
-            raise _Corrupt(self.pos, "the file ends early", truncated=True)
-        return data
-
-    def skip(self, wire: int, limit: int) -> None:
-        at = self.pos
-        if wire == 0:
-            self.varint(limit)
-        elif wire == 1 or wire == 5:
-            n = 8 if wire == 1 else 4
-            if self.pos + n > limit:
-                raise _Corrupt(at, "a fixed-size field runs past the end of its message")
-            self.f.seek(n, os.SEEK_CUR)
-        elif wire == 2:
-            n = self.length(limit)
-            self.f.seek(n, os.SEEK_CUR)
-        else:
-            raise _Corrupt(at, f"unknown protobuf wire type {wire}")
-
-
-@dataclass
-class _Record:
-    tag: str
-    dims: tuple[int, ...]
-    type: str
-    piece: _Piece
-
-
-def _parse_record(c: _Cursor, start: int) -> _Record:
-    """One ``Checkpoint`` message (``0a len Value``) starting at ``start``."""
-    if c.read(1) != b"\x0a":
-        raise _Corrupt(start, "not a checkpoint record (expected byte 0x0a)")
-    body = c.length(c.end)
-    end = c.pos + body
-    tag: str | None = None
-    tensor: tuple[tuple[int, ...], str, _Piece] | None = None
-    while c.pos < end:
-        at = c.pos
-        key = c.varint(end)
-        fno, wire = key >> 3, key & 7
-        if fno == 1 and wire == 2:
-            raw = c.read(c.length(end))
-            try:
-                tag = raw.decode()
-            except UnicodeDecodeError:
-                raise _Corrupt(at, "a tensor name is not UTF-8") from None
-        elif fno == 2 and wire == 2:
-            n = c.length(end)
-            tensor = _parse_tensor(c, start, c.pos + n)
-        elif fno == 3:
-            raise _Corrupt(at, "a MapParameter (embedding hash table) record, which llmkit cannot convert")
-        else:
-            c.skip(wire, end)
-    if tag is None or tensor is None:
-        raise _Corrupt(start, "a record without a " + ("name" if tag is None else "tensor"))
-    dims, type_name, piece = tensor
-    return _Record(tag, dims, type_name, piece)
-
-
-def _parse_tensor(c: _Cursor, record: int, end: int) -> tuple[tuple[int, ...], str, _Piece]:
-    dims: list[int] = []
-    type_name: str | None = None
-    piece: _Piece | None = None
-    while c.pos < end:
-        key = c.varint(end)
-        fno, wire = key >> 3, key & 7
-        if fno == 1 and wire == 0:
-            dims.append(c.varint(end))
-        elif fno == 1 and wire == 2:  # packed dims (not what MindSpore writes, but valid protobuf)
-            n = c.length(end)
-            stop = c.pos + n
-            while c.pos < stop:
-                dims.append(c.varint(stop))
-        elif fno == 2 and wire == 2:
-            type_name = c.read(c.length(end)).decode(errors="replace")
-        elif fno == 3 and wire == 2:
-            n = c.length(end)
-            piece = _Piece(record, c.pos, n)
-            c.f.seek(n, os.SEEK_CUR)
-        else:
-            c.skip(wire, end)
-    if type_name is None or piece is None:
-        raise _Corrupt(record, "a tensor without a " + ("type" if type_name is None else "data field"))
-    return (() if dims == [0] else tuple(dims)), type_name, piece
 
 
 class _PlainFile:
@@ -283,16 +146,16 @@ class CkptFile(TensorFile):
                 hint="the file is truncated; download or convert it again",
             )
         self.infos: dict[str, TensorInfo] = {}
-        self._pieces: dict[str, list[_Piece]] = {}
+        self._pieces: dict[str, list[Piece]] = {}
         types: dict[str, str] = {}
         last: str | None = None
         f = _Buffered(self._plain)
-        c = _Cursor(f, self.end)
+        c = Cursor(f, self.end)
         while f.tell() < self.end:
             start = f.tell()
             try:
-                r = _parse_record(c, start)
-            except _Corrupt as e:
+                r = parse_record(c, start)
+            except Corrupt as e:
                 raise self._fail(e.offset, e.what, e.truncated) from None
             if r.tag == last:  # a split tensor: same tag, same dims and type, more bytes
                 info = self.infos[r.tag]
