@@ -29,7 +29,6 @@ from llmkit.io.core.llama_weights import (
     expected_from,
     is_buffer,
     is_training_state,
-    meta_config,
     says_llama,
 )
 from llmkit.io.core.llama_weights import llama_shapes as llama_shapes  # re-exported: convert.ckpt imports it here
@@ -160,11 +159,8 @@ def check_tensors(
 
 def _message_path(src: TensorSource) -> Path:
     """The file a message about ``src``'s tensor list names: its shard index, or its one weight file."""
-    from llmkit.io.hf.names import BIN_INDEX, SAFETENSORS_INDEX
-
-    index = {"safetensors-sharded": SAFETENSORS_INDEX, "bin-sharded": BIN_INDEX}.get(src.layout)
-    if index and src.folder is not None and Path(src.path).is_dir():
-        return Path(src.folder) / index
+    if src.index is not None and Path(src.path).is_dir():
+        return src.index
     if len(src.files) == 1:
         return Path(src.files[0].path)
     return Path(src.path)
@@ -181,22 +177,13 @@ def check_source(
     """:func:`check_tensors` for a source that is a LLaMA (see the module's docstring); None when it is not
     one (an adapter, another architecture, one shard file on its own). ``cfg``: a config given for it (else
     the one beside its weights, or a Meta folder's ``params.json``)."""
-    from llmkit.io.meta.as_hf import MetaHFView
-    from llmkit.io.meta.source import MetaSource
-
     if src.adapter is not None or _is_lone_shard(src):
         return None
-    if isinstance(src, MetaHFView):
-        return src.findings  # checked when the view was made
+    checked, findings = src.prechecked()
+    if checked:
+        return findings  # checked when the source was made (a Meta folder seen as HF)
     shapes = {n: tuple(src.info(n).shape) for n in src.keys()}
-    described = "its config.json"
-    if isinstance(src, MetaSource):
-        cfg = meta_config(src.params, shapes)
-        config_path, described = (Path(src.folder) / "params.json" if src.folder else None), "params.json"
-    elif cfg is None:
-        cfg = src.config()
-        if cfg is not None and src.folder is not None:
-            config_path = Path(src.folder) / "config.json"
+    cfg, config_path, described = src.described_config(shapes, cfg, config_path)
     llama = says_llama(cfg)
     if llama is False:
         return None

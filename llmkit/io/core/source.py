@@ -31,6 +31,8 @@ from llmkit.io.core.regular import check_regular, is_special
 from llmkit.io.core.spec import TensorInfo
 
 if TYPE_CHECKING:
+    from llmkit.io.core.llama_tensors import Findings
+    from llmkit.io.core.llama_weights import PathArg
     from llmkit.io.hf.adapter_config import AdapterInfo
 
 
@@ -49,6 +51,7 @@ class TensorSource:
     folder: Path | None = None
     warnings: list[str] = field(default_factory=list)
     adapter: AdapterInfo | None = None
+    index: Path | None = None  # the shard index the tensor list comes from, when there is one
 
     # ---- listing (no tensor data is read) ----
     def keys(self) -> list[str]:
@@ -92,6 +95,22 @@ class TensorSource:
     def integrity_warnings(self, values_read: bool = True) -> list[str]:
         """Each file's warning that nothing vouches for its values (:meth:`TensorFile.integrity_warning`)."""
         return [w for f in self.files if (w := f.integrity_warning(values_read)) is not None]
+
+    def described_config(
+        self, shapes: dict[str, tuple[int, ...]], cfg: dict | None, config_path: PathArg
+    ) -> tuple[dict | None, PathArg, str]:
+        """The config the complete-LLaMA check judges this model by, its path, and how a message names it:
+        ``cfg`` when one is given, else the ``config.json`` beside the weights (a format with its own
+        settings file overrides this)."""
+        if cfg is None:
+            cfg = self.config()
+            if cfg is not None and self.folder is not None:
+                config_path = Path(self.folder) / "config.json"
+        return cfg, config_path, "its config.json"
+
+    def prechecked(self) -> tuple[bool, Findings | None]:
+        """``(True, findings)`` when this source ran the complete-LLaMA check itself when it was made."""
+        return False, None
 
     def config(self) -> dict | None:
         """``config.json`` beside the weights, if any."""
@@ -166,6 +185,7 @@ class RenamedSource(TensorSource):
             folder=source.folder,
             warnings=source.warnings,
             adapter=source.adapter,
+            index=source.index,
         )
 
     def info(self, name: str) -> TensorInfo:

@@ -80,7 +80,13 @@ def _open_indexed(index_path: Path) -> TensorSource:
         for k in files[n].infos:
             ordered[k] = files[n]
     return TensorSource(
-        path=index_path, layout=layout, files=list(files.values()), weight_map=ordered, folder=folder, warnings=warnings
+        path=index_path,
+        layout=layout,
+        files=list(files.values()),
+        weight_map=ordered,
+        folder=folder,
+        warnings=warnings,
+        index=index_path,
     )
 
 

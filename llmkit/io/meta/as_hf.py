@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from llmkit.errors import InputError
+from llmkit.io.core.llama_tensors import Findings
 from llmkit.io.core.llama_weights import HF_LAYER, layers_seen, llama_config
 from llmkit.io.core.regular import check_regular, is_special
 from llmkit.io.core.source import RenamedSource, TensorSource
@@ -126,6 +127,9 @@ class MetaHFView(RenamedSource):
         if name.endswith("self_attn.k_proj.weight"):
             return self.n_kv_heads
         return None
+
+    def prechecked(self) -> tuple[bool, Findings | None]:
+        return True, self.findings  # checked once, from the Meta names, when the view was made
 
     def get(self, name: str) -> torch.Tensor:
         t = super().get(name)

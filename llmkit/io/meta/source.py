@@ -12,6 +12,7 @@ import torch
 
 from llmkit.errors import InputError
 from llmkit.io.core.jsonfile import read_json
+from llmkit.io.core.llama_weights import PathArg, meta_config
 from llmkit.io.core.regular import is_special
 from llmkit.io.core.source import TensorSource, register_source
 from llmkit.io.core.spec import TensorInfo
@@ -83,6 +84,12 @@ class MetaSource(TensorSource):
         if not (p.is_file() or is_special(p)):  # a FIFO or device is refused by read_json, not taken as absent
             return None
         return check_params_types(read_json(p), p)
+
+    def described_config(
+        self, shapes: dict[str, tuple[int, ...]], cfg: dict | None, config_path: PathArg
+    ) -> tuple[dict | None, PathArg, str]:
+        """A Meta folder is judged by its ``params.json`` (as config keys), whatever config is given."""
+        return meta_config(self.params, shapes), (Path(self.folder) / PARAMS_JSON if self.folder else None), PARAMS_JSON
 
     def info(self, name: str) -> TensorInfo:
         return self._joined[name]
