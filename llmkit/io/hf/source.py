@@ -22,8 +22,8 @@ from llmkit.io.hf.safetensors import SafetensorsFile
 from llmkit.io.hf.torchzip import TorchFile
 
 
-def _open_indexed(index_path: Path) -> TensorSource:
-    folder = index_path.parent
+def _weight_map(index_path: Path) -> dict[str, str]:
+    """The index's ``weight_map`` (tensor name -> shard file name), checked for type."""
     index = read_json(index_path, what="the shard index", hint="download it again")
     assert isinstance(index, dict)
     weight_map = index.get("weight_map")
@@ -35,6 +35,39 @@ def _open_indexed(index_path: Path) -> TensorSource:
             path=index_path,
             hint="download it again",
         )
+    return weight_map
+
+
+def _check_shard(f: TensorFile, name: str, weight_map: dict[str, str]) -> None:
+    """Shard ``name`` holds exactly the tensors the index assigns to it."""
+    listed = {k for k, v in weight_map.items() if v == name}
+    absent = sorted(listed - set(f.infos))
+    if absent:
+        raise InputError(
+            f"shard lacks {len(absent)} tensor(s) the index assigns to it, e.g. {absent[0]!r}",
+            path=f.path,
+            hint="the shard and the index come from different versions; download both again",
+        )
+    unlisted = sorted(set(f.infos) - listed)
+    twice = [k for k in unlisted if k in weight_map]
+    if twice:  # the same tensor in two shards: which copy is the model's is not for llmkit to guess
+        raise InputError(
+            f"shard holds {twice[0]!r}, which the index assigns to {weight_map[twice[0]]}: the same "
+            f"tensor is in two shards",
+            path=f.path,
+            hint="the shards come from different versions or runs; download them again",
+        )
+    if unlisted:
+        raise InputError(
+            f"shard holds {len(unlisted)} tensor(s) the index does not list, e.g. {unlisted[0]!r}",
+            path=f.path,
+            hint="the shard and the index come from different versions; download both again",
+        )
+
+
+def _open_indexed(index_path: Path) -> TensorSource:
+    folder = index_path.parent
+    weight_map = _weight_map(index_path)
     names = list(dict.fromkeys(weight_map.values()))
     missing = [n for n in names if not ((folder / n).is_file() or is_special(folder / n))]
     if missing:
@@ -45,29 +78,7 @@ def _open_indexed(index_path: Path) -> TensorSource:
         )
     files = {n: open_file(folder / n) for n in names}
     for n, f in files.items():
-        listed = {k for k, v in weight_map.items() if v == n}
-        absent = sorted(listed - set(f.infos))
-        if absent:
-            raise InputError(
-                f"shard lacks {len(absent)} tensor(s) the index assigns to it, e.g. {absent[0]!r}",
-                path=f.path,
-                hint="the shard and the index come from different versions; download both again",
-            )
-        unlisted = sorted(set(f.infos) - listed)
-        twice = [k for k in unlisted if k in weight_map]
-        if twice:  # the same tensor in two shards: which copy is the model's is not for llmkit to guess
-            raise InputError(
-                f"shard holds {twice[0]!r}, which the index assigns to {weight_map[twice[0]]}: the same "
-                f"tensor is in two shards",
-                path=f.path,
-                hint="the shards come from different versions or runs; download them again",
-            )
-        if unlisted:
-            raise InputError(
-                f"shard holds {len(unlisted)} tensor(s) the index does not list, e.g. {unlisted[0]!r}",
-                path=f.path,
-                hint="the shard and the index come from different versions; download both again",
-            )
+        _check_shard(f, n, weight_map)
     layout = "safetensors-sharded" if index_path.name.endswith(".safetensors.index.json") else "bin-sharded"
     ext = ".safetensors" if layout.startswith("safetensors") else ".bin"
     extra = sorted(
