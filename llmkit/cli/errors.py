@@ -76,7 +76,19 @@ def _download_hint(failure: Failure) -> Failure:
     return Failure(failure.message, failure.path, hint, failure.exit_code)
 
 
+def _stop_inside(e: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM that ``e`` wraps, if any. Python 3.11 turns an exception raised while a class
+    is made (a dataclass of a module imported mid-run, in ``__set_name__``) into a RuntimeError caused by it:
+    the run was still stopped by a signal, not by a bug."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+        if isinstance(e, (KeyboardInterrupt, Terminated)):
+            return e
+    return None
+
+
 def describe_error(e: BaseException) -> Failure:
+    e = _stop_inside(e) or e
     for kind, explain in ERROR_TABLE:
         if isinstance(e, kind):
             return _download_hint(explain(e))
