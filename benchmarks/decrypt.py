@@ -175,8 +175,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="llmkit-bench-decrypt-", dir=args.workdir))
     try:
         plain_name = "pytorch_model.bin" if args.published else "weights.dat"
-        enc = work / f"{plain_name}.{EMPTY}.enc"
-        key = work / "consolidated.00.pth"
+        # Inputs and the key each in a folder of their own: an output may not be or hold the key's folder.
+        enc = work / "enc" / f"{plain_name}.{EMPTY}.enc"
+        key = work / "key" / "consolidated.00.pth"
+        enc.parent.mkdir()
+        key.parent.mkdir()
         key_size = max(1, size - 5 * 2**20 + 12_345)  # shorter than the data: the wrap is on the timed path
         print(f"generating {size:,} bytes of data and a {key_size:,}-byte key in {work} ...", file=sys.stderr)
         generate(key, key_size, 2)
@@ -186,7 +189,18 @@ def main() -> None:
             plain.parent.mkdir()
             generate_zip(plain, size, 1)
             subprocess.run(
-                [str(LLMKIT), "encrypt", str(plain), "--key", str(key), "-o", str(work), "--no-key-check", "-q"],
+                [
+                    str(LLMKIT),
+                    "encrypt",
+                    str(plain),
+                    "--key",
+                    str(key),
+                    "-o",
+                    str(enc.parent),
+                    "--no-key-check",
+                    "--force",
+                    "-q",
+                ],
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
