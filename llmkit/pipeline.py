@@ -220,7 +220,7 @@ def open_plan_sink(plan: Plan, *, force: bool = False) -> Sink:
         extra_bytes=plan.aux_bytes,
         **plan.sink_options,
     )
-    kept = getattr(sink, "kept_files", [])
+    kept = sink.kept_files
     if kept:
         plan.notices.append(Notice.info(f"kept in the output folder (not written by llmkit): {', '.join(kept)}"))
     return sink
