@@ -117,17 +117,17 @@ def proc_io() -> dict[str, int]:
 
 
 def run_child(job: str, out: Path, ins: list[Path]) -> dict:
+    return json.loads(python(job, __file__, "--child", job, str(out), *map(str, ins)).strip().splitlines()[-1])
+
+
+def python(what: str, *args: str) -> str:
+    """``python ARGS`` in a fresh process with this checkout's llmkit: its stdout (a failure raises
+    RuntimeError with the end of its stderr; the child's output never reaches this script's stdout)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    r = subprocess.run(
-        [sys.executable, __file__, "--child", job, str(out), *map(str, ins)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, check=False)
     if r.returncode != 0:
-        raise RuntimeError(f"{job} failed ({r.returncode}): {r.stderr.strip()[-1500:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{what} failed ({r.returncode}): {r.stderr.strip()[-1500:]}")
+    return r.stdout
 
 
 # ------------------------------------------------------------------------------------------ the models
@@ -179,7 +179,6 @@ def check_disk(work: Path, todo: list[str], jobs: list[str], layers: int) -> Non
 
 def generate(name: str, folder: Path, layers: int, base: Path) -> None:
     """Make one model in ``folder`` (in a subprocess: the parent stays small)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     shutil.rmtree(folder, ignore_errors=True)
     if name == "meta":
         run_child("to-meta", folder, [base])
@@ -189,34 +188,29 @@ def generate(name: str, folder: Path, layers: int, base: Path) -> None:
             f"import sys; sys.path.insert(0, {str(BENCH)!r}); from pathlib import Path; "
             f"from merge_lora import generate_adapter; generate_adapter(Path(sys.argv[1]), {layers}, {name[8:]!r})"
         )
-        quiet(code, str(folder), env=env)
+        python(f"generating {name}", "-c", code, str(folder))
         return
     if SEED_AT not in to_ckpt.GENERATE:
         raise SystemExit(f"to_ckpt.GENERATE no longer seeds with {SEED_AT!r}: update full_depth.py")
     code = to_ckpt.GENERATE.replace(SEED_AT, "torch.Generator().manual_seed(int(sys.argv[8]))")
     args = (layers, HIDDEN, INTERMEDIATE, VOCAB, HEADS, to_ckpt.SHARD_SIZE, SEEDS[name])
-    quiet(code, str(folder), *map(str, args), env=env)
+    python(f"generating {name}", "-c", code, str(folder), *map(str, args))
 
 
-def quiet(code: str, *args: str, env: dict[str, str]) -> None:
-    """``python -c CODE ARGS``; its output is kept for the error message only (stdout is the report's)."""
-    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=False)
-    if r.returncode != 0:
-        raise RuntimeError(f"generating {args[0]} failed ({r.returncode}): {r.stderr.strip()[-1500:]}")
-
-
-def prepare(work: Path, jobs: list[str], layers: int) -> tuple[dict[str, Path], list[Path]]:
-    """The models the jobs need (reused when a kept run made them), and the folders made by this run."""
+def prepare(work: Path, jobs: list[str], layers: int, made: list[Path]) -> dict[str, Path]:
+    """The models the jobs need (reused when a kept run made them); the folders this run makes are added
+    to ``made`` as they are started (so a failed one is cleaned up too)."""
     folders = {n: work / f"{n}-{layers}l" for n in needed(jobs)}
     todo = [n for n, f in folders.items() if not done_mark(f).is_file()]
     check_disk(work, todo, jobs, layers)
     for n in todo:
         t = time.perf_counter()
+        made.append(folders[n])
         generate(n, folders[n], layers, folders["base"])
         done_mark(folders[n]).write_text("")
         size = sum(p.stat().st_size for p in files(folders[n]))
         log(f"generated {n}: {layers} layers, {size / GB:.2f} GB in {time.perf_counter() - t:.0f} s")
-    return folders, [folders[n] for n in todo]
+    return folders
 
 
 def done_mark(folder: Path) -> Path:
@@ -316,7 +310,10 @@ def main() -> None:
     made: list[Path] = []
     rows: list[dict] = []
     try:
-        models, made = prepare(work, jobs, args.layers)
+        try:
+            models = prepare(work, jobs, args.layers, made)
+        except RuntimeError as e:
+            raise SystemExit(str(e)) from None
         for job in jobs:
             try:
                 rows.append(bench_job(job, work, models, args.layers, args.repeat))
@@ -330,7 +327,8 @@ def main() -> None:
                 remove(p)
         if not args.keep:
             for folder in made:
-                remove(folder)
+                if folder.exists():
+                    remove(folder)
                 done_mark(folder).unlink(missing_ok=True)
             if args.workdir is None:
                 shutil.rmtree(work, ignore_errors=True)

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/run.py                  # everything, ~35 min on 2 cores; writes the docs
     .venv/bin/python benchmarks/run.py --quick          # smallest sizes, a smoke test (docs not written)
     .venv/bin/python benchmarks/run.py --only recover,to-ckpt --json
+    .venv/bin/python benchmarks/run.py --full           # whole LLaMA-7B (32 layers), ~15 min, ~55 GB of disk
 
 Jobs: ``decrypt``, ``verify``, ``recover``, ``merge-lora``, ``to-ckpt``, ``from-meta``. Each runs the
 benchmark script of ``benchmarks/`` in a subprocess under ``flock /tmp/llmkit-bench.lock`` (the
@@ -14,6 +15,11 @@ beside it, and notes where a script does not measure something (nothing is made 
 
 The table has, per job and depth: llmkit seconds, floor seconds, llmkit/floor, upstream seconds,
 upstream/llmkit, both peak RSS, and the llmkit RSS growth from the smaller depth to the larger one.
+
+``--full`` runs only ``full_depth.py`` instead (every tensor job on a whole LLaMA-7B beside its floor,
+with the bytes read from and written to the disk), saves its rows in ``docs/benchmarks-full.json`` and
+refreshes the "Full depth" section of ``docs/benchmarks.md`` alone; ``--only`` then picks its jobs
+(``full_depth.py --help``). A run without ``--full`` keeps that section (read back from the JSON file).
 """
 
 from __future__ import annotations
@@ -44,8 +50,11 @@ from bench_report import (
     fmt_s,
     machine,
     markdown,
+    splice_full_section,
     svg_chart,
 )
+
+FULL_JSON = "benchmarks-full.json"  # beside benchmarks.md: the last --full run, rendered into every page
 
 
 class BenchError(RuntimeError):
@@ -58,10 +67,11 @@ LOCK_MARK = "llmkit-run: lock acquired"
 LOCK_WAIT: list[float] = []  # seconds spent waiting for the lock, per script run
 
 
-def run_script(script: str, args: list[str]) -> tuple[str, str, float]:
+def run_script(script: str, args: list[str], *, check: bool = True) -> tuple[str, str, float]:
     """``flock LOCK python benchmarks/SCRIPT ARGS``: (stdout, stderr, seconds from taking the lock to the
     end). stderr is echoed live (the scripts' progress); the time spent waiting for the lock (other
-    benchmarks on the machine) is kept in ``LOCK_WAIT``."""
+    benchmarks on the machine) is kept in ``LOCK_WAIT``. A failed script raises BenchError unless not
+    ``check`` (the caller reads what it printed)."""
     # A shell under flock marks the moment the lock is held, then becomes the benchmark (exec).
     cmd = [
         "flock",
@@ -100,7 +110,7 @@ def run_script(script: str, args: list[str]) -> tuple[str, str, float]:
     t.join()
     seconds = time.perf_counter() - locked[0]
     LOCK_WAIT.append(locked[0] - start)
-    if p.returncode != 0:
+    if p.returncode != 0 and check:
         raise BenchError(f"{script} {' '.join(args)} failed ({p.returncode}):\n{''.join(err)[-2000:]}\n{out[-1000:]}")
     print(f"  {script} done in {seconds:.0f} s", file=sys.stderr, flush=True)
     return out, "".join(err), seconds
@@ -408,6 +418,52 @@ def job_from_meta(cfg: dict) -> list[dict]:
     return rows
 
 
+def run_full(args: argparse.Namespace, only: list[str]) -> None:
+    """``--full``: full_depth.py under the lock; its rows into FULL_JSON and the page's full-depth section
+    (written for a run of every job, or with ``--docs``)."""
+    import full_depth
+
+    for j in only:
+        if j not in full_depth.JOBS:
+            raise SystemExit(f"--only with --full: {j!r} is not one of {', '.join(full_depth.JOBS)}")
+    layers = args.full_layers or (2 if args.quick else 32)
+    fargs = ["--layers", str(layers)] + (["--only", ",".join(only)] if only else [])
+    fargs += ["--repeat", str(args.repeat)] if args.repeat is not None else []
+    fargs += ["--workdir", str(args.full_workdir), "--keep"] if args.full_workdir is not None else []
+    out, err, wall = run_script("full_depth.py", fargs, check=False)
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith('{"job"')]
+    if not rows:
+        raise SystemExit(f"full_depth.py reported no results:\n{err[-2000:]}")
+    cmd = ".venv/bin/python benchmarks/run.py --full" + (f" --full-layers {layers}" if layers != 32 else "")
+    cmd += (f" --only {','.join(only)}" if only else "") + (f" --repeat {args.repeat}" if args.repeat else "")
+    full = {
+        "command": cmd,
+        "machine": machine(),
+        "layers": layers,
+        "repeat": args.repeat or 1,
+        "wall_seconds": wall,
+        "lock_wait_seconds": sum(LOCK_WAIT),
+        "failures": [f"{r['job']}: {r['error'].splitlines()[0]}" for r in rows if "error" in r],
+        "rows": rows,
+    }
+    table = "\n".join(line for line in out.splitlines() if not line.startswith("{")).strip()
+    print(json.dumps(full, indent=2) if args.json else table)
+    if args.docs if args.docs is not None else (not args.quick and not only):
+        page = args.out_dir / "benchmarks.md"
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / FULL_JSON).write_text(json.dumps(full, indent=2) + "\n")
+        page.write_text(splice_full_section(page.read_text() if page.exists() else "# Benchmarks\n", full))
+        print(f"wrote {args.out_dir / FULL_JSON} and the full-depth section of {page}", file=sys.stderr)
+    if full["failures"]:
+        sys.exit(1)
+
+
+def saved_full(out_dir: Path) -> dict | None:
+    """The last ``--full`` run saved beside the page, if any."""
+    path = out_dir / FULL_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 # ------------------------------------------------------------------------------------------ derived numbers
 
 
@@ -454,7 +510,19 @@ def main() -> None:
         default="",
         help="also time encrypted to-ckpt arms, e.g. AES-GCM (passed to to_ckpt.py --enc-modes)",
     )
+    ap.add_argument(
+        "--full",
+        action="store_true",
+        help="only the full-depth runs (full_depth.py): refresh docs/benchmarks-full.json and that section",
+    )
+    ap.add_argument("--full-layers", type=int, default=None, help="layers for --full (default 32, --quick 2)")
+    ap.add_argument(
+        "--full-workdir", type=Path, default=None, help="--full: generate the models in DIR and keep them (reused)"
+    )
     args = ap.parse_args()
+    if args.full:
+        run_full(args, [j.strip() for j in args.only.split(",") if j.strip()])
+        return
     only = [j.strip() for j in args.only.split(",") if j.strip()] or list(JOBS)
     for j in only:
         if j not in JOBS:
@@ -475,6 +543,7 @@ def main() -> None:
                 saved["failures"],
                 saved["command"],
                 saved["lock_wait_seconds"],
+                saved_full(args.out_dir),
             )
         )
         (args.out_dir / "benchmarks.svg").write_text(svg_chart(saved["rows"]))
@@ -550,7 +619,8 @@ def main() -> None:
         )
     if write_docs:
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        (args.out_dir / "benchmarks.md").write_text(markdown(rows, info, cfg, wall, failures, cmd, lock_wait))
+        page = markdown(rows, info, cfg, wall, failures, cmd, lock_wait, saved_full(args.out_dir))
+        (args.out_dir / "benchmarks.md").write_text(page)
         (args.out_dir / "benchmarks.svg").write_text(svg_chart(rows))
         print(f"wrote {args.out_dir / 'benchmarks.md'} and {args.out_dir / 'benchmarks.svg'}", file=sys.stderr)
     if failures:
