@@ -27,7 +27,7 @@ from llmkit.io.core.source import TensorSource, open_model
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.hf.adapter_config import ADAPTER_CONFIG
 from llmkit.lora.adapters import Adapter, Resolver, load_adapter
-from llmkit.lora.arithmetic import ROUNDING, add_in_fp32, grow_rows, lora_delta
+from llmkit.lora.arithmetic import ROUNDING, DeltaBuffer, add_in_fp32, apply_lora, grow_rows
 from llmkit.lora.finite import MergeStep, all_finite, refuse_new_non_finite
 from llmkit.lora.options import SINK_FORMATS, MergeOptions, check_options
 from llmkit.lora.results import MergeResult, adapter_report
@@ -62,6 +62,7 @@ class MergePlan:
         self.warnings = warnings
         self.dropped = dropped  # base tensors Meta's layout has no place for (--format pth)
         self.out_dtype = DTYPE_CHOICES[options.dtype]
+        self._delta = DeltaBuffer()  # the fp32 B @ A of each merged tensor, one buffer for the run
 
     # ---- shapes and dtypes of the output ----
     def output_dtype(self, name: str) -> torch.dtype:
@@ -122,7 +123,7 @@ class MergePlan:
                 t = grow_rows(t.to(work), ad.vocab_size)
                 yield "grow", t
             if mod is not None:
-                t = add_in_fp32(t, lora_delta(ad.source, mod), work)
+                t = apply_lora(t, ad.source, mod, work, self._delta)
             if bias is not None:
                 assert bias.bias_key is not None
                 t = add_in_fp32(t, ad.source.get(bias.bias_key).to(torch.float32).mul(bias.scaling), work)
