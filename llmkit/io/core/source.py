@@ -131,12 +131,12 @@ class TensorSource:
         return f.get(name)
 
     def release(self, name: str) -> None:
-        """Tell the source ``name`` has been used: mapped pages it kept resident are dropped."""
+        """Tell the source ``name`` has been used: the pages it kept resident or cached are dropped."""
         if name in self.weight_map:
             self.weight_map[name].release(name)
 
     def prefetch(self, name: str) -> None:
-        """Ask the OS to start reading ``name`` (mapped files only), e.g. while the previous one is used."""
+        """Ask the OS to start reading ``name`` (files that support it), e.g. while the previous one is used."""
         if name in self.weight_map:
             self.weight_map[name].prefetch(name)
 
@@ -373,10 +373,10 @@ class TensorFile:
         return 1
 
     def release(self, name: str) -> None:
-        """Drop memory this file still holds for ``name`` after it was used (no-op unless mapped)."""
+        """Drop memory or page cache this file still holds for ``name`` after it was used (default: nothing)."""
 
     def prefetch(self, name: str) -> None:
-        """Start reading ``name`` from disk in the background (no-op unless mapped)."""
+        """Start reading ``name`` from disk in the background (default: nothing)."""
 
     def close(self) -> None:
         pass

@@ -38,6 +38,7 @@ from llmkit.io.core.regular import is_special, read_regular
 from llmkit.io.core.sink import is_weight_file, own_files
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.core.staging import StagedFile, StagedFolder
+from llmkit.io.core.writeback import WriteBehind
 from llmkit.units import check_space, free_bytes
 
 _W = TypeVar("_W", bound="ShardSetWriter")
@@ -69,6 +70,7 @@ class _Shard:
     start: FileStart | None = None  # where each tensor goes, once the file is started
     remaining: set[str] = field(default_factory=set)
     handle: BinaryIO | None = None
+    behind: WriteBehind | None = None  # early write-back of the open file
     crc: dict[str, int] = field(default_factory=dict)  # tensor name -> CRC-32 (layouts that need it)
 
     @property
@@ -199,6 +201,7 @@ class ShardSetWriter:
         with writing(self.out_dir / sh.name, smaller=self.smaller_files):
             sh.handle = open(path, "w+b")  # noqa: SIM115  kept open across write_to calls; _close_shard/abort close it
             sh.start = self.layout.start(sh.handle, path, sh.specs, self.metadata)
+        sh.behind = WriteBehind(sh.handle.fileno())
         sh.remaining = {s.name for s in sh.specs}
 
     def write_to(self, shard: int, name: str, tensor: torch.Tensor) -> None:
@@ -223,6 +226,8 @@ class ShardSetWriter:
         assert sh.handle is not None and sh.start is not None
         with writing(self.out_dir / sh.name, smaller=self.smaller_files):
             self.layout.write_tensor(sh.handle, sh.start, name, data)
+            assert sh.behind is not None
+            sh.behind.wrote(sh.handle.tell())
         if self.layout.needs_crc:
             sh.crc[name] = zlib.crc32(data)
         sh.remaining.discard(name)
@@ -237,7 +242,7 @@ class ShardSetWriter:
             sh.handle.flush()
             os.fsync(sh.handle.fileno())
             sh.handle.close()
-        sh.handle = None
+        sh.handle = sh.behind = None
 
     # ---- non-weight files ----
     def add_file(self, name: str, data: bytes) -> None:

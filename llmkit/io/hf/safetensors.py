@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -104,6 +105,23 @@ class SafetensorsFile(TensorFile):
                     raise InputError(f"file shrank while reading tensor {name!r}", path=self.path)
                 done += got
         return tensor
+
+    def prefetch(self, name: str) -> None:
+        """Start reading ``name``'s bytes into the page cache (``POSIX_FADV_WILLNEED``), e.g. while the
+        previous tensor is computed, so :meth:`get` copies from memory instead of waiting for the disk."""
+        self._advise(name, getattr(os, "POSIX_FADV_WILLNEED", None))
+
+    def release(self, name: str) -> None:
+        """``name`` has been read: drop its pages from the page cache (``POSIX_FADV_DONTNEED``), so a model
+        larger than the RAM does not push the output's pages and the next tensors' read-ahead out."""
+        self._advise(name, getattr(os, "POSIX_FADV_DONTNEED", None))
+
+    def _advise(self, name: str, advice: int | None) -> None:
+        begin, end = self._offsets[name]
+        if advice is None or self._handle is None or end <= begin:
+            return
+        with contextlib.suppress(OSError):  # advice only: a file system that ignores it reads as before
+            os.posix_fadvise(self._handle.fileno(), self._data_start + begin, end - begin, advice)
 
     def close(self) -> None:
         if self._handle is not None:
