@@ -19,7 +19,10 @@ file (so the short last key read and the wrap to key offset 0 are on the timed p
 archive (stored, zip64, as torch writes) named ``pytorch_model.bin``, encrypted by ``llmkit encrypt``,
 and a checksum table (``LLMKIT_CHECKSUMS``) publishes the md5 of both the ``.enc`` and the
 plaintext, so every timed run hashes the output, checks the whole zip, and must report the output
-md5 as verified against the table.
+md5 as verified against the table. ``--mismatch`` (with ``--published``) times the other path: the
+table publishes other md5s for both files (a damaged download), the runs pass ``--no-table-check`` and
+must report the ``.enc`` file's md5 as a mismatch (the md5 of the input is part of the timed work).
+The ratio ``llmkit CLI / md5 alone`` is the CLI's wall time against the MD5 of the file on one core.
 
 Outputs are compared: llmkit's output must equal the upstream loop's output (md5 by hashlib).
 Files are read from the page cache after the first run (no root to drop caches): all three
@@ -43,8 +46,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-LLMKIT = ROOT / ".venv" / "bin" / "llmkit"
 PYTHON = sys.executable
+# The CLI as users run it: the project's own entry script, or (a checkout without its .venv) the interpreter's.
+_SCRIPT = ROOT / ".venv" / "bin" / "llmkit"
+LLMKIT = [str(_SCRIPT)] if _SCRIPT.exists() else [PYTHON, "-m", "llmkit"]
 EMPTY = hashlib.sha256(b"").hexdigest()
 
 # TechGPT-1.0 utils/decrypt.py, decrypt(): the same operations in the same order (SPEC.md 1).
@@ -169,7 +174,14 @@ def main() -> None:
         action="store_true",
         help="a zip named pytorch_model.bin whose md5s a checksum table publishes (verified each run)",
     )
+    ap.add_argument(
+        "--mismatch",
+        action="store_true",
+        help="with --published: the table publishes other md5s (runs pass --no-table-check)",
+    )
     args = ap.parse_args()
+    if args.mismatch and not args.published:
+        ap.error("--mismatch needs --published")
 
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="llmkit-bench-decrypt-", dir=args.workdir))
@@ -190,7 +202,7 @@ def main() -> None:
             generate_zip(plain, size, 1)
             subprocess.run(
                 [
-                    str(LLMKIT),
+                    *LLMKIT,
                     "encrypt",
                     str(plain),
                     "--key",
@@ -206,8 +218,9 @@ def main() -> None:
             )
             tables = work / "tables"
             tables.mkdir()
-            (tables / "bench.md5").write_text(f"{md5(plain)}  ./{plain_name}\n")
-            (tables / "bench.enc.md5").write_text(f"{md5(enc)}  ./{enc.name}\n")
+            plain_md5, enc_md5 = ("0" * 32, "1" * 32) if args.mismatch else (md5(plain), md5(enc))
+            (tables / "bench.md5").write_text(f"{plain_md5}  ./{plain_name}\n")
+            (tables / "bench.enc.md5").write_text(f"{enc_md5}  ./{enc.name}\n")
             env["LLMKIT_CHECKSUMS"] = str(tables)
             os.environ["LLMKIT_CHECKSUMS"] = str(tables)
             plain.unlink()
@@ -219,7 +232,7 @@ def main() -> None:
             d.mkdir()
 
         cp_times, sync_times, cli_times, lib_times, rss = [], [], [], [], []
-        startup = statistics.median(timed([str(LLMKIT), "--version"], stdout=subprocess.DEVNULL)[0] for _ in range(3))
+        startup = statistics.median(timed([*LLMKIT, "--version"], stdout=subprocess.DEVNULL)[0] for _ in range(3))
         sys.path.insert(0, str(ROOT))
         import llmkit.crypto as crypto
 
@@ -242,7 +255,7 @@ def main() -> None:
             with open(report, "w") as rep:
                 secs, peak = timed(
                     [
-                        str(LLMKIT),
+                        *LLMKIT,
                         "decrypt",
                         str(enc),
                         "--key",
@@ -252,18 +265,20 @@ def main() -> None:
                         "--no-key-check",
                         "--force",
                         "--json",
+                        *(["--no-table-check"] if args.mismatch else []),
                     ],
                     stdout=rep,
                     env=env,
                 )
             checks = {c["name"]: c["status"] for c in json.loads(report.read_text())["files"][0]["checks"]}
-            if args.published and checks.get("output md5") != "ok":
-                raise SystemExit(f"the output was not verified against the table: {checks}")
+            expected = {"input md5": "mismatch", "output md5": "mismatch"} if args.mismatch else {"output md5": "ok"}
+            if args.published and any(checks.get(k) != v for k, v in expected.items()):
+                raise SystemExit(f"the table checks are not the expected {expected}: {checks}")
             cli_times.append(secs)
             rss.append(peak)
             os.sync()
             t0 = time.perf_counter()
-            crypto.decrypt([enc], key, out["lib"], key_check=False, force=True)
+            crypto.decrypt([enc], key, out["lib"], key_check=False, force=True, table_check=not args.mismatch)
             lib_times.append(time.perf_counter() - t0)
         print(f"checks of the last CLI run: {checks}")
 
@@ -311,6 +326,7 @@ def main() -> None:
             ("llmkit library / cp", lib_times, cp_times),
             ("llmkit library / (cp + sync)", lib_times, sync_times),
             ("llmkit library / md5 alone", lib_times, md5_times),
+            ("llmkit CLI / md5 alone", cli_times, md5_times),
         ]:
             print(f"  {label:<30}{statistics.median(a) / statistics.median(b):6.2f} / {min(a) / min(b):.2f}")
         if up_secs is not None:

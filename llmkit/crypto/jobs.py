@@ -27,7 +27,7 @@ from llmkit.crypto.names import EMPTY_SHA256, HEADER_BYTES, stale_belle_outputs
 from llmkit.crypto.plan import CryptoPlan, DecryptOptions, EncryptOptions, FileJob, plan_decrypt, plan_encrypt
 from llmkit.crypto.results import CryptoResult, FileResult
 from llmkit.crypto.stream import WRITE_BEHIND_OK, Cancelled, write_all, xor_stream
-from llmkit.crypto.tables import finish_tables
+from llmkit.crypto.tables import finish_tables, table_hashes
 from llmkit.errors import CheckFailed, InputError, writing
 from llmkit.io.core.destination import make_folder, remove_empty
 from llmkit.io.core.sniff import ContentCheck, ContentError
@@ -199,7 +199,7 @@ def _decrypt_one(
     key_checked: bool,
 ) -> FileResult:
     start = time.perf_counter()
-    out_md5 = hashlib.md5() if job.out_entries else None
+    in_md5, out_md5 = table_hashes(job)
     out_sha = hashlib.sha256() if job.fmt == "belle" else None
     out_name = job.out_name or "-"
     check: ContentCheck | None = None
@@ -221,6 +221,7 @@ def _decrypt_one(
                         src,
                         dst,
                         ks,
+                        input_hashes=[in_md5] if in_md5 is not None else [],
                         output_hashes=[h for h in (out_md5, out_sha) if h is not None],
                         check=check,
                         advance=advance,
@@ -250,9 +251,7 @@ def _decrypt_one(
                     hint=key_or_damage(job, key_checked),
                 )
             result.checks.append(Check("sha256 header", "ok", f"{result.sha256} matches the BELLE header"))
-        if out_md5 is not None:
-            result.md5 = out_md5.hexdigest()
-        finish_tables(job, result, warnings)
+        finish_tables(job, result, warnings, (in_md5, out_md5))
         if check is not None and check.seen:
             result.checks.append(Check("plausible", "ok", f"a whole {check.kind} file"))
     result.seconds = round(time.perf_counter() - start, 3)

@@ -3,20 +3,23 @@
 The tables are consulted for TechGPT-format files only (BELLE files carry their own sha256). A file
 whose name a table lists must match it: a mismatch fails the run (nothing is kept) unless the user
 opts out with ``--no-table-check`` (``DecryptOptions.table_check=False``), which makes it a warning.
+Both md5s are computed while the file streams (:func:`table_hashes`); the input is never read again.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 from llmkit.crypto.keycheck import KEY_DESCRIPTION
 from llmkit.errors import CheckFailed
-from llmkit.hashing import hash_file
 from llmkit.pipeline import Check
 
 if TYPE_CHECKING:
     from llmkit.crypto.plan import FileJob
     from llmkit.crypto.results import FileResult
+
+STDIN_MD5 = "stdin: no file name to look up in the published tables; compare it with the model card"
 
 
 def _published(name: str) -> list[tuple[str, str]]:
@@ -31,14 +34,39 @@ def published_entries(enc_name: str, out_name: str) -> tuple[list[tuple[str, str
     return _published(enc_name), _published(out_name)
 
 
-def finish_tables(job: FileJob, result: FileResult, warnings: list[str]) -> None:
-    """Compare md5s with the published tables (TechGPT-1.0's card, LLaMA's checklist). Raises CheckFailed
-    on a mismatch, unless ``job.table_check`` is off (then the mismatch is a warning).
+def table_hashes(job: FileJob) -> tuple[hashlib._Hash | None, hashlib._Hash | None]:
+    """The md5s to compute while ``job`` streams: (of the input, of the output), None where none is wanted.
 
-    Only the output is hashed while streaming: a match proves both the download and the key. The
-    input is hashed (a second read) only to explain a mismatch. An input that is the published .enc
-    file decrypting to another md5 proves a wrong key: that fails whatever ``table_check`` says.
+    The output's when a table lists it; the input's when a table lists the ``.enc`` file, or for
+    TechGPT bytes read from stdin (no name to look up: reported for the user to compare). Each runs in
+    a thread of its own beside the XOR, so both cost about one MD5 of the file.
     """
+    wants_input = bool(job.in_entries) or (job.src is None and job.fmt == "techgpt")
+    return (hashlib.md5() if wants_input else None), (hashlib.md5() if job.out_entries else None)
+
+
+def finish_tables(
+    job: FileJob,
+    result: FileResult,
+    warnings: list[str],
+    hashes: tuple[hashlib._Hash | None, hashlib._Hash | None],
+) -> None:
+    """Fill ``result``'s md5s from ``hashes`` (:func:`table_hashes`, fed while streaming) and compare them
+    with the published tables (TechGPT-1.0's card, LLaMA's checklist). Raises CheckFailed on a mismatch,
+    unless ``job.table_check`` is off (then the mismatch is a warning).
+
+    A matching output proves both the download and the key; the input's md5 tells a wrong key (the
+    input is the published .enc file) from a damaged download when it does not match. An input that
+    is the published .enc file decrypting to another md5 proves a wrong key: that fails whatever
+    ``table_check`` says.
+    """
+    input_md5, output_md5 = hashes
+    if input_md5 is not None:
+        result.input_md5 = input_md5.hexdigest()
+    if output_md5 is not None:
+        result.md5 = output_md5.hexdigest()
+    if job.src is None and not job.in_entries and result.input_md5 is not None:
+        result.checks.append(Check("input md5", "info", f"{result.input_md5} ({STDIN_MD5})"))
     out_ok = bool(job.out_entries) and any(result.md5 == h for _, h in job.out_entries)
     failed: list[str] = []  # what disagrees, for the failure message
     published_input = _check_input_md5(job, result, out_ok, warnings, failed) if job.in_entries else False
@@ -57,21 +85,22 @@ def finish_tables(job: FileJob, result: FileResult, warnings: list[str]) -> None
 
 
 def _check_input_md5(job: FileJob, result: FileResult, out_ok: bool, warnings: list[str], failed: list[str]) -> bool:
-    """The ``input md5`` check against ``job.in_entries``; True when the input is the published .enc file.
+    """The ``input md5`` check against ``job.in_entries``, on the md5 streamed while decrypting (the file
+    is not read again); True when the input is the published .enc file.
 
-    A matching output implies the input; stdin is not hashed; otherwise the input is read again.
+    An input that differs while the output matches is a note: the output is the published file.
     """
     tables = ", ".join(t for t, _ in job.in_entries)
-    if out_ok:
-        result.checks.append(Check("input md5", "ok", f"implied by the output md5 (table {tables})"))
-        return False
-    if job.src is None:
-        result.checks.append(Check("input md5", "info", "stdin: not hashed"))
-        return False
-    result.input_md5 = hash_file(job.src, "md5")
+    if result.input_md5 is None:
+        raise AssertionError("decrypt hashes every input that a table lists while it streams")
     if any(result.input_md5 == h for _, h in job.in_entries):
         result.checks.append(Check("input md5", "ok", f"{result.input_md5} matches table {tables}"))
         return True
+    if out_ok:
+        published = job.in_entries[0][1]
+        detail = f"{result.input_md5} differs from table {tables} ({published}); it decrypts to the published file"
+        result.checks.append(Check("input md5", "info", detail))
+        return False
     msg = (
         f"{job.display}: md5 {result.input_md5} differs from the published {job.in_entries[0][1]} "
         f"(table {tables}): a damaged or partial download, or another model"
