@@ -1,5 +1,8 @@
 """decrypt md5s the .enc input as it streams, beside the output: the published tables never re-read a file.
 
+That is the path with a spare core (3+ CPUs; the fixture ``no_second_read`` takes it). On 2 CPUs a listed
+output is hashed alone (a match implies the input), and only a mismatch reads the .enc again.
+
 The expected digests are hashlib's of the bytes the test wrote; the .enc files are made by the upstream
 loop (tests/spec_reference.py), not by llmkit.
 """
@@ -42,6 +45,39 @@ def no_second_read(monkeypatch):
 
     monkeypatch.setattr(llmkit.hashing, "hash_file", hash_file)
     monkeypatch.setattr(crypto_tables, "hash_file", hash_file, raising=False)
+    monkeypatch.setattr(crypto_tables, "spare_cores", lambda: True)
+
+
+def test_on_two_cpus_a_matching_output_implies_the_input(tmp_path, monkeypatch):
+    def hash_file(*args, **kwargs):
+        raise AssertionError(f"a file was read again to hash it: {args}")
+
+    monkeypatch.setattr(crypto_tables, "hash_file", hash_file)
+    monkeypatch.setattr(crypto_tables, "spare_cores", lambda: False)
+    enc, key, data, enc_bytes = _enc(tmp_path, 2 * BLOCK + 5, 60)
+    _tables(monkeypatch, {enc.name: md5(enc_bytes), "w.dat": md5(data)})
+    f = crypto.decrypt([enc], key, tmp_path / "dec", key_check=False).files[0]
+    assert (f.input_md5, f.md5) == (None, md5(data))
+    assert {c.name: (c.status, c.detail) for c in f.checks} == {
+        "input md5": ("ok", "implied by the output md5 (table fake-table)"),
+        "output md5": ("ok", f"{md5(data)} matches table fake-table"),
+    }
+
+
+def test_on_two_cpus_a_mismatch_reads_the_enc_again_to_explain_it(tmp_path, monkeypatch):
+    read: list[Path] = []
+
+    def hash_file(path, algorithm):
+        read.append(Path(path))
+        return hashlib.new(algorithm, Path(path).read_bytes()).hexdigest()
+
+    monkeypatch.setattr(crypto_tables, "hash_file", hash_file)
+    monkeypatch.setattr(crypto_tables, "spare_cores", lambda: False)
+    enc, key, data, enc_bytes = _enc(tmp_path, BLOCK + 70, 62)
+    _tables(monkeypatch, {enc.name: "1" * 32, "w.dat": "0" * 32})
+    f = crypto.decrypt([enc], key, tmp_path / "dec", key_check=False, table_check=False).files[0]
+    assert read == [enc] and f.input_md5 == md5(enc_bytes)
+    assert {c.name: c.status for c in f.checks} == {"input md5": "mismatch", "output md5": "mismatch"}
 
 
 def _tables(monkeypatch, table: dict[str, str]) -> None:

@@ -24,10 +24,10 @@ import numpy as np
 
 from llmkit.crypto.keystream import BLOCK, KeyStream, read_full
 from llmkit.io.core.sniff import ContentCheck
+from llmkit.io.core.writeback import WriteBehind
 
 SLOTS = 4  # blocks in flight per file (reader -> XOR/hash -> writer)
-WRITE_BEHIND = 64 * 2**20  # output bytes per early-writeback window (Linux posix_fadvise DONTNEED)
-WRITE_BEHIND_OK = sys.platform.startswith("linux") and hasattr(os, "posix_fadvise")
+WRITE_BEHIND_OK = sys.platform.startswith("linux") and hasattr(os, "posix_fadvise")  # a regular output file
 
 
 def write_all(f: BinaryIO, view: memoryview) -> None:
@@ -109,8 +109,7 @@ class _XorPipeline:
         self.pending_lock = threading.Lock()
         self.errors: list[BaseException] = []
         self.written = 0
-        self.fd = dst.fileno() if write_behind else -1
-        self.flushed = 0  # output bytes whose early writeback was started
+        self.behind = WriteBehind(dst.fileno()) if write_behind else None
 
     def run(self) -> int:
         """Start the reader, writer and hashers, XOR every block in this thread, stop them; returns bytes."""
@@ -201,11 +200,8 @@ class _XorPipeline:
                     write_all(self.dst, self.slots[i][1].data[:n])
                     self.written += n
                     self.advance(n)
-                    if self.fd >= 0 and self.written - self.flushed >= 2 * WRITE_BEHIND:
-                        # Start the disk writeback of the window before the last one now, rather than
-                        # paying for all of it in the final fsync (and keep the page cache clean).
-                        os.posix_fadvise(self.fd, self.flushed, WRITE_BEHIND, os.POSIX_FADV_DONTNEED)
-                        self.flushed += WRITE_BEHIND
+                    if self.behind is not None:  # the disk writes as the stream runs; the fsync is short
+                        self.behind.wrote(self.dst.tell())
                 except BaseException as e:
                     self.errors.append(e)
             self._release(i)  # keep draining so the reader never waits forever
