@@ -291,15 +291,20 @@ class Execution:
 
 def _tensor_stream(plan: Plan) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, produced tensor) in output order; the next tensor's inputs are prefetched while this one
-    is computed, and the pages of used inputs released (mapped ``.bin`` pages do not pile up in RSS)."""
+    is computed. The caller releases each tensor's inputs (:func:`_release`) once it has been written."""
     names = [s.name for s in plan.specs]
     for i, name in enumerate(names):
         if i + 1 < len(names):
             for src, key in plan.reads(names[i + 1]):
                 src.prefetch(key)
         yield name, plan.produce(name)
-        for src, key in plan.reads(name):
-            src.release(key)
+
+
+def _release(plan: Plan, name: str) -> None:
+    """Drop the pages of ``name``'s inputs (mapped ``.bin`` pages do not pile up in RSS, read pages leave
+    the page cache). Only after the write: a produced tensor may be a view of a mapped input."""
+    for src, key in plan.reads(name):
+        src.release(key)
 
 
 def _write(sink: Sink, name: str, tensor: torch.Tensor) -> int:
@@ -319,16 +324,18 @@ def execute(plan: Plan, sink: Sink, *, progress: ProgressFactory | None = None) 
     total = sum(s.nbytes for s in plan.specs)
     with sink, ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmkit-write") as pool:
         with (progress or no_progress)(plan.label, total) as advance:
-            pending: Future | None = None
+            pending: tuple[Future, str] | None = None
             for name, tensor in _tensor_stream(plan):
                 for tap in plan.taps:
                     tap.feed(name, tensor)
                 if pending is not None:
-                    advance(pending.result())
-                pending = pool.submit(_write, sink, name, tensor)
+                    advance(pending[0].result())
+                    _release(plan, pending[1])
+                pending = pool.submit(_write, sink, name, tensor), name
                 del tensor
             if pending is not None:
-                advance(pending.result())
+                advance(pending[0].result())
+                _release(plan, pending[1])
         for a in plan.aux:
             sink.copy_aux_files(a.folder, dtype=a.dtype, vocab_size=a.vocab_size, only=a.names)
         for file_name, data in plan.files.items():
