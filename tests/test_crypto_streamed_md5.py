@@ -77,6 +77,7 @@ def test_on_two_cpus_a_mismatch_reads_the_enc_again_to_explain_it(tmp_path, monk
     _tables(monkeypatch, {enc.name: "1" * 32, "w.dat": "0" * 32})
     f = crypto.decrypt([enc], key, tmp_path / "dec", key_check=False, table_check=False).files[0]
     assert read == [enc] and f.input_md5 == md5(enc_bytes)
+    assert (tmp_path / "dec" / "w.dat").read_bytes() == data
     assert {c.name: c.status for c in f.checks} == {"input md5": "mismatch", "output md5": "mismatch"}
 
 
