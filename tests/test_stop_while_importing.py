@@ -36,3 +36,26 @@ def test_a_signal_while_a_class_is_made_exits_as_interrupted_not_internal(stop, 
 def test_a_runtime_error_of_its_own_is_still_an_internal_error():
     failure = describe_error(RuntimeError("boom"))
     assert failure.exit_code == 3 and failure.message == "internal error: RuntimeError: boom"
+
+
+def _raised_while_unwinding(stop: BaseException) -> BaseException:
+    """An OSError raised by a clean-up block that ``stop`` set off (its ``__context__``)."""
+    try:
+        try:
+            raise stop
+        finally:
+            raise OSError(9, "Bad file descriptor")
+    except BaseException as e:
+        return e
+    raise AssertionError("nothing was raised")
+
+
+@pytest.mark.parametrize(("stop", "code"), [(KeyboardInterrupt(), EXIT_INTERRUPTED), (Terminated(), EXIT_TERMINATED)])
+def test_an_error_of_the_clean_up_a_signal_started_exits_as_that_signal(stop, code):
+    failure = describe_error(_raised_while_unwinding(stop))
+    assert failure.exit_code == code and "Bad file descriptor" not in failure.message
+
+
+def test_an_os_error_of_its_own_keeps_its_message():
+    failure = describe_error(OSError(9, "Bad file descriptor"))
+    assert failure.exit_code != EXIT_TERMINATED and "Bad file descriptor" in failure.message

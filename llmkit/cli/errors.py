@@ -79,9 +79,15 @@ def _download_hint(failure: Failure) -> Failure:
 def _stop_inside(e: BaseException) -> BaseException | None:
     """The Ctrl-C or SIGTERM that ``e`` wraps, if any. Python 3.11 turns an exception raised while a class
     is made (a dataclass of a module imported mid-run, in ``__set_name__``) into a RuntimeError caused by it:
-    the run was still stopped by a signal, not by a bug."""
-    while e.__cause__ is not None:
-        e = e.__cause__
+    the run was still stopped by a signal, not by a bug. So is an error raised by the clean-up that the
+    signal started (its ``__context__``: e.g. a file the unwinding closed under a thread still writing)."""
+    seen: set[int] = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            return None
+        e = nxt
         if isinstance(e, (KeyboardInterrupt, Terminated)):
             return e
     return None
