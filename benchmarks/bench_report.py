@@ -536,6 +536,16 @@ def full_depth_section(full: dict) -> list[str]:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    for r in rows:
+        if r.get("md5_floor"):
+            lines.append(
+                f"- {r['label']}: the floor is the larger of the I/O floor ({fmt_s(r['io_floor'])} s) and the MD5 of "
+                f"its inputs alone ({fmt_s(r['md5_floor'])} s, evicted first, one core): a one-shard 4096-wide Meta "
+                "model is checked against LLaMA-7B's published MD5 while it converts (a thread hashes the whole "
+                "file), and MD5 on this CPU is slower than the disk."
+            )
+    if any(r.get("md5_floor") for r in rows):
+        lines.append("")
     if full.get("failures"):
         lines += [f"- failed: {f}" for f in full["failures"]] + [""]
     return lines
