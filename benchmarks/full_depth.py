@@ -259,7 +259,7 @@ def bench_job(job: str, work: Path, models: dict[str, Path], layers: int, repeat
     inputs = [p for folder in ins for p in files(folder)]
     generated = [p for folder in models.values() for p in files(folder)]
     out = work / (f"out-{job}.ckpt" if job == "to-ckpt" else f"out-{job}")
-    mine, floors, hashes = [], [], []
+    mine, floors, wb_floors, hashes = [], [], [], []
     out_bytes = 0
     for _ in range(repeat):
         remove(out)
@@ -270,6 +270,7 @@ def bench_job(job: str, work: Path, models: dict[str, Path], layers: int, repeat
         remove(out)
         os.sync()
         floors.append(measure_floor(inputs, out_bytes, work / "floor.out"))
+        wb_floors.append(measure_floor(inputs, out_bytes, work / "floor.out", writeback=True))
         if job in HASHED:
             drop_cache(inputs)
             hashes.append(float(python("md5 of the inputs", "-c", MD5_ALONE, *map(str, inputs))))
@@ -284,6 +285,7 @@ def bench_job(job: str, work: Path, models: dict[str, Path], layers: int, repeat
         "llmkit": s,
         "floor": f,
         "io_floor": io_floor,
+        "writeback_floor": statistics.median(r["seconds"] for r in wb_floors),
         "md5_floor": md5_floor,
         "ratio": s / f,
         "rss": max(r["peak_rss"] for r in mine),
