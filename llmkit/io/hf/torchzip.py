@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
+import os
 import pickle
 import re
 import struct
@@ -193,8 +194,25 @@ class TorchFile(TensorFile):
         self.infos = {k: TensorInfo(k, v.dtype, tuple(v.shape), path) for k, v in state.items()}
 
     def get(self, name: str) -> torch.Tensor:
+        """Tensor ``name``: a large one is read from the file into a fresh tensor (``pread`` where the mapping
+        shows its bytes: one sequential read instead of faulting mapped pages in, and none stay resident),
+        a small one is the mapped tensor itself."""
         assert self._state is not None
-        return self._state[name]
+        t = self._state[name]
+        nbytes = t.numel() * t.element_size()
+        offset = _PAGES.file_offset(self.path, t) if nbytes >= _READ_MIN else None
+        if offset is None:
+            return t
+        out = torch.empty(t.shape, dtype=t.dtype)
+        view = out.reshape(-1).view(torch.uint8).numpy().data
+        with open(self.path, "rb", buffering=0) as f:
+            done = 0
+            while done < nbytes:
+                got = os.preadv(f.fileno(), [view[done:]], offset + done)
+                if not got:
+                    raise InputError(f"file shrank while reading tensor {name!r}", path=self.path)
+                done += got
+        return out
 
     def release(self, name: str) -> None:
         # torch.load(mmap=True) maps the whole file privately and every page a tensor touched stays in
@@ -211,6 +229,7 @@ class TorchFile(TensorFile):
 
 
 _MADV_WILLNEED = 3
+_READ_MIN = 1 << 20  # bytes: a tensor at least this large is read into a fresh tensor, not mapped
 
 
 _MADV_DONTNEED = 4
@@ -232,9 +251,9 @@ class _PageAdvisor:
                 self._libc = libc
             except (OSError, AttributeError):
                 self._libc = None
-        self._ranges: dict[Path, list[tuple[int, int]]] = {}
+        self._ranges: dict[Path, list[tuple[int, int, int]]] = {}  # (start, end, file offset)
 
-    def _file_ranges(self, path: Path) -> list[tuple[int, int]]:
+    def _file_ranges(self, path: Path) -> list[tuple[int, int, int]]:
         path = path.resolve()
         if path not in self._ranges:
             ranges = []
@@ -244,7 +263,7 @@ class _PageAdvisor:
                         parts = line.split(maxsplit=5)
                         if len(parts) == 6 and parts[5].strip() == str(path):
                             lo, hi = (int(x, 16) for x in parts[0].split("-"))
-                            ranges.append((lo, hi))
+                            ranges.append((lo, hi, int(parts[2], 16)))
             except OSError:
                 pass
             self._ranges[path] = ranges
@@ -257,8 +276,19 @@ class _PageAdvisor:
         lo, hi = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
         page = mmap.PAGESIZE
         a, b = lo + (-lo) % page, hi - hi % page  # whole pages inside the tensor only
-        if b > a and any(r_lo <= a and b <= r_hi for r_lo, r_hi in self._file_ranges(f.path)):
+        if b > a and any(r_lo <= a and b <= r_hi for r_lo, r_hi, _ in self._file_ranges(f.path)):
             self._libc.madvise(a, b - a, advice)
+
+    def file_offset(self, path: Path, t: torch.Tensor) -> int | None:
+        """Where ``t``'s bytes are in the file ``path``, when ``t`` is contiguous and inside a mapping of it."""
+        if not t.is_contiguous() or t.numel() == 0:
+            return None
+        lo = t.data_ptr()
+        hi = lo + t.numel() * t.element_size()
+        for r_lo, r_hi, offset in self._file_ranges(path):
+            if r_lo <= lo and hi <= r_hi:
+                return lo - r_lo + offset
+        return None
 
     def forget(self, path: Path) -> None:
         self._ranges.pop(path.resolve(), None)
