@@ -17,7 +17,7 @@ class FileResult:
     bytes: int  # plaintext bytes
     sha256: str | None = None  # BELLE: the plaintext sha256 (verified against the header on decrypt)
     md5: str | None = None  # plaintext md5, when a published table lists the file
-    input_md5: str | None = None  # md5 of the .enc input (as it streamed), when a table lists it or stdin is read
+    input_md5: str | None = None  # md5 of the .enc: streamed (3+ CPUs, stdin) or read again after a mismatch
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
 
