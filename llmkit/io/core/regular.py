@@ -20,6 +20,22 @@ from pathlib import Path
 from llmkit.errors import InputError
 
 _HINT = "pass the file itself: llmkit reads regular files, not pipes, sockets or devices"
+READ_CHUNK = 1 << 30  # bytes per preadv call (Linux returns at most ~2 GB per call)
+
+
+def pread_into(fd: int, view: memoryview, offset: int, path: str | os.PathLike, what: str = "") -> None:
+    """Fill ``view`` with the file's bytes from ``offset`` on (positional reads: the file position is not
+    used). A file that ends first is an :class:`InputError` naming it (``what``: e.g. `` tensor 'x'``)."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done : done + READ_CHUNK]], offset + done)
+        if not got:
+            raise InputError(
+                f"file shrank while reading{what} (at byte {offset + done})",
+                path=path,
+                hint="do not change the file while llmkit reads it",
+            )
+        done += got
 
 
 def file_kind(mode: int) -> str:

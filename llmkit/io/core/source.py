@@ -27,7 +27,7 @@ from llmkit.io.core.dtypes import st_code
 from llmkit.io.core.formats import load_builtin_formats
 from llmkit.io.core.jsonfile import read_json
 from llmkit.io.core.llama_tensors import check_source
-from llmkit.io.core.regular import check_regular, is_special
+from llmkit.io.core.regular import check_regular, is_special, pread_into
 from llmkit.io.core.spec import TensorInfo
 
 if TYPE_CHECKING:
@@ -336,6 +336,15 @@ def require_layout(
 def safetensors_code(info: TensorInfo) -> str:
     """Display name of a tensor's dtype (safetensors codes: F16, BF16, F32, ...)."""
     return st_code(info.dtype)
+
+
+def read_tensor(fd: int, offset: int, info: TensorInfo) -> torch.Tensor:
+    """Tensor ``info`` read from the file open as ``fd`` at byte ``offset`` into a fresh tensor (one copy, no
+    file mapping: the resident memory of a read is the tensor itself)."""
+    tensor = torch.empty(info.shape, dtype=info.dtype)
+    if tensor.numel():
+        pread_into(fd, tensor.reshape(-1).view(torch.uint8).numpy().data, offset, info.file, f" tensor {info.name!r}")
+    return tensor
 
 
 class TensorFile:

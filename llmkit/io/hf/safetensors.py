@@ -20,7 +20,7 @@ from llmkit.errors import InputError
 from llmkit.io.core.dtypes import ST_TO_TORCH, st_code
 from llmkit.io.core.layout import FileLayout, FileStart
 from llmkit.io.core.regular import open_regular
-from llmkit.io.core.source import TensorFile
+from llmkit.io.core.source import TensorFile, read_tensor
 from llmkit.io.core.spec import TensorInfo, TensorSpec
 from llmkit.io.hf.st_header import read_header
 
@@ -91,20 +91,8 @@ class SafetensorsFile(TensorFile):
             raise
 
     def get(self, name: str) -> torch.Tensor:
-        info = self.infos[name]
-        begin, end = self._offsets[name]
-        tensor = torch.empty(info.shape, dtype=info.dtype)
-        if end > begin:
-            assert self._handle is not None
-            view = tensor.reshape(-1).view(torch.uint8).numpy().data
-            self._handle.seek(self._data_start + begin)
-            done = 0
-            while done < len(view):  # one read() returns at most ~2 GB on Linux
-                got = self._handle.readinto(view[done:])
-                if not got:
-                    raise InputError(f"file shrank while reading tensor {name!r}", path=self.path)
-                done += got
-        return tensor
+        assert self._handle is not None
+        return read_tensor(self._handle.fileno(), self._data_start + self._offsets[name][0], self.infos[name])
 
     def prefetch(self, name: str) -> None:
         """Start reading ``name``'s bytes into the page cache (``POSIX_FADV_WILLNEED``), e.g. while the

@@ -27,7 +27,7 @@ import torch
 from llmkit.errors import InputError, UnsafeFileError
 from llmkit.io.core.layout import FileLayout, FileStart
 from llmkit.io.core.regular import open_regular
-from llmkit.io.core.source import TensorFile
+from llmkit.io.core.source import TensorFile, read_tensor
 from llmkit.io.core.spec import TensorInfo, TensorSpec
 
 
@@ -199,20 +199,14 @@ class TorchFile(TensorFile):
         a small one is the mapped tensor itself."""
         assert self._state is not None
         t = self._state[name]
-        nbytes = t.numel() * t.element_size()
-        offset = _PAGES.file_offset(self.path, t) if nbytes >= _READ_MIN else None
+        offset = _PAGES.file_offset(self.path, t) if t.numel() * t.element_size() >= _READ_MIN else None
         if offset is None:
             return t
-        out = torch.empty(t.shape, dtype=t.dtype)
-        view = out.reshape(-1).view(torch.uint8).numpy().data
-        with open(self.path, "rb", buffering=0) as f:
-            done = 0
-            while done < nbytes:
-                got = os.preadv(f.fileno(), [view[done:]], offset + done)
-                if not got:
-                    raise InputError(f"file shrank while reading tensor {name!r}", path=self.path)
-                done += got
-        return out
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return read_tensor(fd, offset, self.infos[name])
+        finally:
+            os.close(fd)
 
     def release(self, name: str) -> None:
         # torch.load(mmap=True) maps the whole file privately and every page a tensor touched stays in

@@ -36,9 +36,6 @@ CRC_MAGIC = b"crc_num"
 CRC_TRAILER_BYTES = len(CRC_MAGIC) + 10
 
 
-READ_CHUNK = 1 << 30  # bytes per preadv call (Linux returns at most ~2 GB per call)
-
-
 # MindSpore's tensor_type strings (mindspore.train.serialization) <-> torch.
 MS_TO_TORCH: dict[str, torch.dtype] = {
     "Float16": torch.float16,

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from llmkit.errors import InputError
+from llmkit.io.core.regular import pread_into
 from llmkit.io.core.source import TensorFile
 from llmkit.io.core.spec import TensorInfo
-from llmkit.io.mindspore.ckpt import CRC_MAGIC, CRC_TRAILER_BYTES, MS_TO_TORCH, READ_CHUNK
+from llmkit.io.mindspore.ckpt import CRC_MAGIC, CRC_TRAILER_BYTES, MS_TO_TORCH
 from llmkit.io.mindspore.records import Corrupt, Cursor, Piece, parse_record
 
 if TYPE_CHECKING:
@@ -49,16 +50,7 @@ class _PlainFile:
         return os.pread(self.fd, n, offset)
 
     def readinto(self, view: memoryview, offset: int) -> None:
-        done = 0
-        while done < len(view):
-            got = os.preadv(self.fd, [view[done : done + READ_CHUNK]], offset + done)
-            if not got:
-                raise InputError(
-                    f"file shrank while reading (at byte {offset + done})",
-                    path=self.path,
-                    hint="do not change the file while llmkit reads it",
-                )
-            done += got
+        pread_into(self.fd, view, offset, self.path)
 
 
 class _Buffered:
