@@ -3,7 +3,8 @@
 The tables are consulted for TechGPT-format files only (BELLE files carry their own sha256). A file
 whose name a table lists must match it: a mismatch fails the run (nothing is kept) unless the user
 opts out with ``--no-table-check`` (``DecryptOptions.table_check=False``), which makes it a warning.
-Both md5s are computed while the file streams (:func:`table_hashes`); the input is never read again.
+The md5s are computed while the file streams (:func:`table_hashes`); on 2 CPUs a listed input is hashed only
+when the output does not match (a second read), since a matching output proves it.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ def published_entries(enc_name: str, out_name: str) -> tuple[list[tuple[str, str
 def table_hashes(job: FileJob) -> tuple[hashlib._Hash | None, hashlib._Hash | None]:
     """The md5s to compute while ``job`` streams: (of the input, of the output), None where none is wanted.
 
-    The output's when a table lists it; the input's when a table lists the ``.enc`` file, or for
-    TechGPT bytes read from stdin (no name to look up: reported for the user to compare). Each runs in
-    a thread of its own beside the XOR, so both cost about one MD5 of the file.
+    The output's when a table lists it. The input's for TechGPT bytes read from stdin (no name to look
+    up, and no second read possible: reported for the user to compare), and when a table lists the
+    ``.enc`` file and either no table lists the output or a core is spare for a second MD5 thread beside
+    the XOR (:func:`spare_cores`); otherwise :func:`finish_tables` hashes the input only after a mismatch.
     """
     if job.src is None:
         wants_input = job.fmt == "techgpt"
@@ -98,8 +100,9 @@ def finish_tables(
 
 
 def _check_input_md5(job: FileJob, result: FileResult, out_ok: bool, warnings: list[str], failed: list[str]) -> bool:
-    """The ``input md5`` check against ``job.in_entries``, on the md5 streamed while decrypting (the file
-    is not read again); True when the input is the published .enc file.
+    """The ``input md5`` check against ``job.in_entries``; True when the input is the published .enc file.
+
+    Without a streamed md5 a matching output implies the input, and a mismatch reads the input again.
 
     An input that differs while the output matches is a note: the output is the published file.
     """

@@ -55,26 +55,21 @@ class WriteBehind:
     def wrote(self, end: int) -> None:
         if not self.enabled or end - self.started < self.window:
             return
-        self._sync(self.started, end - self.started, WRITE)
-        self.started = end
-        settled = self.started - self.window  # the window before the newest one
-        if self.enabled and settled > self.dropped:
-            self._sync(self.dropped, settled - self.dropped, WAIT_BEFORE | WRITE | WAIT_AFTER)
-            if self.enabled:
-                try:
-                    os.posix_fadvise(self.fd, self.dropped, settled - self.dropped, os.POSIX_FADV_DONTNEED)
-                except OSError as e:  # advice only
-                    if e.errno not in _UNSUPPORTED:
-                        raise
-                    self.enabled = False
+        try:
+            self._sync(self.started, end - self.started, WRITE)
+            self.started = end
+            settled = end - self.window  # the window before the newest one
+            if settled > self.dropped:
+                self._sync(self.dropped, settled - self.dropped, WAIT_BEFORE | WRITE | WAIT_AFTER)
+                os.posix_fadvise(self.fd, self.dropped, settled - self.dropped, os.POSIX_FADV_DONTNEED)
                 self.dropped = settled
+        except OSError as e:
+            if e.errno not in _UNSUPPORTED:
+                raise
+            self.enabled = False
 
     def _sync(self, offset: int, length: int, flags: int) -> None:
         assert _SYNC_FILE_RANGE is not None
-        if _SYNC_FILE_RANGE(self.fd, offset, length, flags) == 0:
-            return
-        err = ctypes.get_errno()
-        if err in _UNSUPPORTED:
-            self.enabled = False
-            return
-        raise OSError(err, os.strerror(err))
+        if _SYNC_FILE_RANGE(self.fd, offset, length, flags) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
