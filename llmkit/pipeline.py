@@ -280,6 +280,33 @@ def plan_rows(report: Any) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------ the runner
 
 
+def check_read_order(plan: Plan) -> None:
+    """Refuse, before anything is read, a plan that reads a front-to-back source (a stream on stdin) out of
+    its order: the tensors of the plan's outputs, in output order, through every plan read as a source."""
+    from llmkit.errors import InputError
+
+    last: dict[int, tuple[int, str]] = {}
+    for spec in plan.specs:
+        todo = list(plan.reads(spec.name))
+        while todo:
+            src, key = todo.pop(0)
+            inner = src.expand_reads(key)
+            if inner != [(src, key)]:
+                todo[:0] = inner
+                continue
+            pos = src.stream_position(key)
+            if pos is None:
+                continue
+            before = last.get(id(src))
+            if before is not None and pos < before[0]:
+                raise InputError(
+                    f"{plan.job} needs tensor {key!r} after {before[1]!r}, but the stream on stdin holds it before",
+                    path=src.path,
+                    hint="write the input to a file first (-o FOLDER) and pass that folder instead of -",
+                )
+            last[id(src)] = (pos, key)
+
+
 @dataclass
 class Execution:
     """What :func:`execute` did: final file names, tap results, seconds."""
@@ -323,6 +350,11 @@ def execute(plan: Plan, sink: Sink, *, progress: ProgressFactory | None = None) 
     checks: list[Check] = []
     total = sum(s.nbytes for s in plan.specs)
     with sink, ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmkit-write") as pool:
+        # the side files first: they are small and read now, and a stream sink puts config.json in its header
+        for a in plan.aux:
+            sink.copy_aux_files(a.folder, dtype=a.dtype, vocab_size=a.vocab_size, only=a.names)
+        for file_name, data in plan.files.items():
+            sink.add_file(file_name, data)
         with (progress or no_progress)(plan.label, total) as advance:
             pending: tuple[Future, str] | None = None
             for name, tensor in _tensor_stream(plan):
@@ -336,10 +368,6 @@ def execute(plan: Plan, sink: Sink, *, progress: ProgressFactory | None = None) 
             if pending is not None:
                 advance(pending[0].result())
                 _release(plan, pending[1])
-        for a in plan.aux:
-            sink.copy_aux_files(a.folder, dtype=a.dtype, vocab_size=a.vocab_size, only=a.names)
-        for file_name, data in plan.files.items():
-            sink.add_file(file_name, data)
         for tap in plan.taps:  # decided before the rename: a failed tap raises and nothing is kept
             check = tap.finish()
             if check is not None:
@@ -363,6 +391,7 @@ def run_plan(
     ``seconds`` and ``outputs``. A failure, or a tap that fails, raises and keeps no output.
     """
     with plan:
+        check_read_order(plan)
         sink = open_plan_sink(plan, force=options.force)
         result = result_for(plan_report(plan, sink), sink)
         result.output, result.dry_run = str(plan.output), options.dry_run

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,6 +141,16 @@ class TensorSource:
         if name in self.weight_map:
             self.weight_map[name].prefetch(name)
 
+    # ---- read order (sources that can only be read front to back) ----
+    def stream_position(self, name: str) -> int | None:
+        """``name``'s place in a source read front to back once (a stream on stdin), else None: any order."""
+        return None
+
+    def expand_reads(self, name: str) -> list[tuple[TensorSource, str]]:
+        """The ``(source, tensor)`` pairs reading ``name`` reads in the end: itself, or for a source computed
+        from others (a plan read as a source) what computing ``name`` reads."""
+        return [(self, name)]
+
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         """One tensor at a time, the next one prefetched; each is released when the loop moves on
         (do not keep a yielded tensor from a ``.bin`` and modify it in place after that)."""
@@ -249,9 +260,39 @@ def source_formats() -> list[SourceFormat]:
     return SOURCES
 
 
+STDIN = "-"  # as a source: a safetensors stream on stdin, read front to back once
+
+_SUPPLIED: ContextVar[dict[str, TensorSource] | None] = ContextVar("llmkit_supplied_sources", default=None)
+
+
+@contextmanager
+def supplying(sources: dict[str, TensorSource]) -> Iterator[None]:
+    """Within the block, :func:`open_source` of one of these paths returns the given source instead of
+    reading the path (a chain hands one job's planned output to the next job this way, ``llmkit.chain``)."""
+    token = _SUPPLIED.set({**(_SUPPLIED.get() or {}), **{str(Path(k)): v for k, v in sources.items()}})
+    try:
+        yield
+    finally:
+        _SUPPLIED.reset(token)
+
+
+def supplied_source(path: str | os.PathLike) -> TensorSource | None:
+    """The source :func:`supplying` gives for ``path``, if any."""
+    supplied = _SUPPLIED.get()
+    return None if not supplied else supplied.get(str(Path(path)))
+
+
 def open_source(path: str | os.PathLike, *, ckpt_key: Any = None) -> TensorSource:
     """Open any supported weight layout at ``path`` (a file or a folder) without reading tensor data.
-    ``ckpt_key`` (``llmkit.io.mindspore.keys.CkptKey``) opens an encrypted MindSpore checkpoint."""
+    ``ckpt_key`` (``llmkit.io.mindspore.keys.CkptKey``) opens an encrypted MindSpore checkpoint; ``-`` reads
+    a safetensors stream from stdin (``llmkit.io.hf.stream``); a path :func:`supplying` names is that source."""
+    supplied = supplied_source(path)
+    if supplied is not None:
+        return supplied
+    if str(path) == STDIN:
+        from llmkit.io.hf.stream import open_stdin_stream
+
+        return open_stdin_stream()
     path = Path(path)
     if not path.exists():
         problem = broken_link(path)
