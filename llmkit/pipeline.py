@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -375,6 +376,31 @@ def execute(plan: Plan, sink: Sink, *, progress: ProgressFactory | None = None) 
     return Execution(list(sink.files), checks, round(time.perf_counter() - start, 3))
 
 
+class ChainHook(Protocol):
+    """What :func:`run_plan` asks a running chain (``llmkit.chain``): the last stage's plan takes on the
+    chain's inputs and judgements (``absorb``); an inner stage's plan is handed over (``capture``)."""
+
+    @property
+    def at_last(self) -> bool: ...
+
+    def capture(self, plan: Plan, options: RunOptions, result_for: Callable[[PlanReport, Any], Any]) -> Any: ...
+
+    def absorb(self, plan: Plan) -> None: ...
+
+
+_CHAIN: ContextVar[ChainHook | None] = ContextVar("llmkit_chain", default=None)
+
+
+@contextmanager
+def chain_hook(chain: ChainHook) -> Iterator[None]:
+    """Within the block, :func:`run_plan` runs plans as stages of ``chain``."""
+    token = _CHAIN.set(chain)
+    try:
+        yield
+    finally:
+        _CHAIN.reset(token)
+
+
 def run_plan(
     plan: Plan,
     options: RunOptions,
@@ -390,6 +416,11 @@ def run_plan(
     the sink added), ``checks`` (the plan's pre-checks, then the taps'), and after a run ``files``,
     ``seconds`` and ``outputs``. A failure, or a tap that fails, raises and keeps no output.
     """
+    chain = _CHAIN.get()
+    if chain is not None:
+        if not chain.at_last:  # an inner stage of a chain: its plan is the next stage's source
+            return chain.capture(plan, options, result_for)
+        chain.absorb(plan)
     with plan:
         check_read_order(plan)
         sink = open_plan_sink(plan, force=options.force)

@@ -1,0 +1,288 @@
+"""One pass through several tensor jobs: each job's plan is read as the next job's source, only the last writes.
+
+``run_chain([stage, ...])`` takes the jobs as calls of their library functions (the same options a command
+builds) and runs them nested: stage 1 plans (every check of its command) and, where the runner would open
+its sink, hands its :class:`~llmkit.pipeline.Plan` to the chain instead; the chain makes it a
+:class:`PlanSource` (``keys()``/``info()`` from the plan's specs, ``get(name)`` = ``produce(name)``) and runs
+stage 2 with that source supplied under stage 1's output path (``llmkit.io.core.source.supplying``), and so
+on. The last stage runs normally: its one runner pulls every tensor through the chain, one tensor at a
+time, each computed once; nothing but its output is written. So:
+
+- every stage's pre-checks run before the first byte is read (they are the commands' own checks);
+- inner stages' taps (recover's integrity sum) are fed the tensors they produce and judged before the
+  final rename (a failure keeps nothing); their checks go to their own stage's result;
+- the final output may not be, be in, or contain any stage's input; ``--dry-run`` of the last stage shows
+  what the whole chain reads, its memory, and the disk the final output needs;
+- ``keep``: inner outputs to write as well, from the same pass (a tee into that stage's own sink, checked
+  when the stage is planned, made final after the last stage's output).
+
+An inner stage is called as a dry run by the caller (its options' ``dry_run``), so nothing after its
+runner (published tables of files it never writes) runs for it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmkit.errors import InputError
+from llmkit.io.core.source import TensorFile, TensorSource, supplying
+from llmkit.io.core.spec import TensorInfo
+from llmkit.pipeline import (
+    Check,
+    Plan,
+    PlanReport,
+    PlanResult,
+    RunOptions,
+    Tap,
+    chain_hook,
+    open_plan_sink,
+    plan_report,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from llmkit.io.core.sink import Sink
+
+Stage = Callable[[], Any]  # one job's library call, e.g. lambda: recover.run(options)
+
+
+class _PlanFile(TensorFile):
+    """The one "file" of a :class:`PlanSource`: its tensors are computed, not read."""
+
+    def __init__(self, source: PlanSource):
+        self.path = source.plan.output
+        self.infos = {s.name: TensorInfo(s.name, s.dtype, s.shape, self.path) for s in source.plan.specs}
+        self.source = source
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.source.produce(name)
+
+    def prefetch(self, name: str) -> None:
+        for src, key in self.source.plan.reads(name):
+            src.prefetch(key)
+
+    def release(self, name: str) -> None:
+        self.source.forget(name)
+        for src, key in self.source.plan.reads(name):
+            src.release(key)
+
+
+class PlanSource(TensorSource):
+    """A plan's output read as a source, without writing it: ``info`` from the specs, ``get`` computes.
+
+    Each tensor is computed once when asked for (asked again right after, the same tensor is returned);
+    the plan's taps see each tensor the first time, ``tee`` (a sink) gets it too. The plan's side files
+    (config.json with its new dtype, tokenizer) are in a private folder, the source's ``folder``, removed by
+    :meth:`close`. :meth:`drain` computes what the consumer did not ask for, when taps or a tee need it.
+    """
+
+    def __init__(self, plan: Plan, *, tee: Sink | None = None):
+        self.plan, self.tee = plan, tee
+        self.done: set[str] = set()
+        self._last: tuple[str, torch.Tensor] | None = None
+        file = _PlanFile(self)
+        super().__init__(
+            path=plan.output,
+            layout="safetensors" if plan.fmt == "safetensors" else plan.fmt,
+            files=[file],
+            weight_map={s.name: file for s in plan.specs},
+            folder=_side_folder(plan),
+        )
+
+    def produce(self, name: str) -> torch.Tensor:
+        if self._last is not None and self._last[0] == name:
+            return self._last[1]
+        tensor = self.plan.produce(name)
+        if name not in self.done:
+            for tap in self.plan.taps:
+                tap.feed(name, tensor)
+            if self.tee is not None:
+                self.tee.write(name, tensor)
+            self.done.add(name)
+        self._last = (name, tensor)
+        return tensor
+
+    def forget(self, name: str) -> None:
+        if self._last is not None and self._last[0] == name:
+            self._last = None
+
+    def expand_reads(self, name: str) -> list[tuple[TensorSource, str]]:
+        return list(self.plan.reads(name))
+
+    def drain(self) -> None:
+        """Compute every tensor nobody asked for, if a tap or the tee must see it."""
+        if not self.plan.taps and self.tee is None:
+            return
+        for spec in self.plan.specs:
+            if spec.name not in self.done:
+                self.produce(spec.name)
+                self._files_release(spec.name)
+
+    def _files_release(self, name: str) -> None:
+        self.forget(name)
+        for src, key in self.plan.reads(name):
+            src.release(key)
+
+    def close(self) -> None:
+        self._last = None
+        self.plan.close()
+        if self.folder is not None and self.folder.name.startswith("llmkit-chain-"):
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _side_folder(plan: Plan) -> Path | None:
+    """The side files the plan's sink would write (carried config/tokenizer files, config.json with the new
+    dtype and vocabulary size, the files the job makes), in a private folder; None when there are none."""
+    from llmkit.io.core.writer import updated_config
+
+    files: dict[str, bytes] = {}
+    for a in plan.aux:
+        if a.folder is None:
+            continue
+        for name in a.names:
+            p = a.folder / name
+            if p.is_file():
+                data = p.read_bytes()
+                if name == "config.json" and (a.dtype is not None or a.vocab_size is not None):
+                    data = updated_config(data, p, dtype=a.dtype, vocab_size=a.vocab_size)
+                files[name] = data
+    files.update(plan.files)
+    if not files:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="llmkit-chain-"))
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@dataclass
+class _Inner:
+    """One inner stage as captured: its plan as a source, its result, and where its output would go."""
+
+    source: PlanSource
+    result: PlanResult
+    input_bytes: int  # what it reads from files (not from the stage before it)
+
+
+@dataclass
+class _StageDone:
+    """The tap through which the last stage's runner judges an inner stage before the final rename: what
+    the consumer did not ask for is computed, the inner taps are judged (their checks go to the inner
+    stage's result), a tee is made final."""
+
+    inner: _Inner
+
+    def feed(self, name: str, tensor: torch.Tensor) -> None:
+        pass
+
+    def finish(self) -> Check | None:
+        src = self.inner.source
+        src.drain()
+        for tap in src.plan.taps:
+            check = tap.finish()
+            if check is not None:
+                self.inner.result.checks.append(check)
+        return None
+
+
+@dataclass
+class _Chain:
+    """The state of one :func:`run_chain`: the stages, which one runs, the inner stages captured so far."""
+
+    stages: list[Stage]
+    keep: set[str]
+    force: bool
+    results: list[Any] = field(default_factory=list)
+    inner: list[_Inner] = field(default_factory=list)
+    current: int = 0
+
+    @property
+    def at_last(self) -> bool:
+        """The stage now running is the last one (its runner writes; the others are captured)."""
+        return self.current == len(self.stages) - 1
+
+    def capture(self, plan: Plan, options: RunOptions, result_for: Callable[[PlanReport, Any], Any]) -> Any:
+        """Stage N's runner: its plan becomes a source, stage N+1 runs inside with it; stage N's result back."""
+        keep = str(plan.output) in self.keep
+        sink: Any = open_plan_sink(plan, force=self.force) if keep else _Unwritten(plan)
+        result = result_for(plan_report(plan, sink), sink)
+        result.output, result.dry_run = str(plan.output), False
+        result.notices, result.checks = list(plan.notices), list(plan.checks)
+        with ExitStack() as stack:
+            if keep:
+                stack.enter_context(sink)
+                for a in plan.aux:
+                    sink.copy_aux_files(a.folder, dtype=a.dtype, vocab_size=a.vocab_size, only=a.names)
+                for name, data in plan.files.items():
+                    sink.add_file(name, data)
+            source = PlanSource(plan, tee=sink if keep else None)
+            stack.callback(source.close)
+            self.inner.append(_Inner(source, result, _file_bytes(plan)))
+            with supplying({str(plan.output): source}):
+                _run_stage(self, self.current + 1)
+        if keep:
+            result.files, result.outputs = list(sink.files), [result.output]
+        return result
+
+    def absorb(self, plan: Plan) -> None:
+        """The last stage's plan takes on the chain: every input, the inner stages' judgements, the sizes."""
+        plan.input_bytes = _file_bytes(plan) + sum(i.input_bytes for i in self.inner)
+        plan.working_set_bytes += sum(i.source.plan.working_set_bytes for i in self.inner)
+        for i in self.inner:
+            plan.inputs += [p for p in i.source.plan.inputs if p not in plan.inputs]
+        plan.taps += [_StageDone(i) for i in self.inner]
+
+
+def _file_bytes(plan: Plan) -> int:
+    """The tensor bytes ``plan`` reads from files: its input bytes less those of the plans it reads."""
+    seen: dict[int, TensorSource] = {}
+    for spec in plan.specs:
+        for src, _ in plan.reads(spec.name):
+            seen[id(src)] = src
+    computed = sum(s.total_bytes for s in seen.values() if isinstance(s, PlanSource))
+    return max(0, plan.input_bytes - computed)
+
+
+@dataclass
+class _Unwritten:
+    """What an inner stage's result is planned against instead of a sink: its output is never written."""
+
+    plan: Plan
+    files: list[str] = field(default_factory=list)
+    free_disk_bytes: int = 0
+    space_margin: int = 0
+    needed_disk_bytes: int = 0
+    kept_files: list[str] = field(default_factory=list)
+
+    @property
+    def total_size(self) -> int:
+        return sum(s.nbytes for s in self.plan.specs)
+
+
+def _run_stage(chain: _Chain, index: int) -> None:
+    """Stage ``index``'s call, its result kept; an inner one must reach its runner (which runs the rest)."""
+    chain.current = index
+    result = chain.stages[index]()
+    if index < len(chain.stages) - 1 and chain.results[index + 1] is None:
+        raise InputError(f"chain stage {index + 1} wrote no tensors, so the stages after it have no input")
+    chain.results[index] = result
+
+
+def run_chain(stages: list[Stage], *, keep: set[str] | None = None, force: bool = False) -> list[Any]:
+    """Run ``stages`` (each a tensor job's library call) as one pass; their results, in order.
+
+    Stage N+1 must read stage N's output path as its model. ``keep``: inner output paths to write too
+    (``force``: replacing what is there). Raises what a stage raises; then no stage's output is kept.
+    """
+    chain = _Chain(list(stages), {str(Path(k)) for k in keep or ()}, force, [None] * len(stages))
+    if stages:
+        with chain_hook(chain):
+            _run_stage(chain, 0)
+    return chain.results
