@@ -39,7 +39,6 @@ from llmkit.pipeline import (
     PlanReport,
     PlanResult,
     RunOptions,
-    Tap,
     chain_hook,
     open_plan_sink,
     plan_report,
