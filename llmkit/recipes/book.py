@@ -2,9 +2,12 @@
 
 A step's ``args`` are the fields of its job's options (``llmkit.recipes.jobs``). Strings may name
 ``{workdir}``, ``{key}`` (``--key``: LLaMA-1 7B ``consolidated.00.pth``), ``{llama_dir}`` (``--llama-dir``:
-Meta's original LLaMA folder of the right size) and ``{out:STEP}`` (what an earlier step wrote). A step
-with ``when`` runs only when that switch is given (``--to-ckpt``, ``--to-meta``, ``--with-lora``). ``final`` marks the
-usable model; everything else a later step no longer needs is deleted unless ``--keep-intermediate``.
+Meta's original LLaMA folder of the right size), ``{out:STEP}`` (what an earlier step wrote) and, in a
+conversion, ``{model}`` (the last usable model before it: the merged one with ``--with-lora``). A step with
+``when`` runs only when that switch is given (``--to-ckpt``, ``--to-meta``, ``--with-lora``); a switch a recipe
+has no step for is refused. ``final`` marks a usable model; everything else a later step no longer needs is
+deleted unless ``--keep-intermediate``. ``llmkit.recipes.fusion`` runs consecutive tensor steps as one pass
+(only the last one's output is written).
 """
 
 from __future__ import annotations
@@ -33,13 +36,16 @@ class Recipe:
     llama_dim: int | None = None  # the hidden size (params.json "dim") --llama-dir must have
 
 
-def _to_ckpt(source: str) -> Step:
+MODEL = "{model}"  # in a conversion step: the last usable model before it (merged, if --with-lora)
+
+
+def _to_ckpt() -> Step:
+    return Step("to-ckpt", "to-ckpt", {"source": MODEL, "output": "{workdir}/model.ckpt"}, when="to_ckpt", final=True)
+
+
+def _to_meta(name: str) -> Step:
     return Step(
-        "to-ckpt",
-        "to-ckpt",
-        {"source": f"{{out:{source}}}", "output": "{workdir}/model.ckpt"},
-        when="to_ckpt",
-        final=True,
+        "to-meta", "to-meta", {"source": MODEL, "output": f"{{workdir}}/{name}-pth"}, when="to_meta", final=True
     )
 
 
@@ -68,14 +74,8 @@ def _chinese(size: str, adapter: str, vocab: int) -> Recipe:
                 },
                 final=True,
             ),
-            Step(
-                "to-meta",
-                "to-meta",
-                {"source": "{out:merge-lora}", "output": f"{{workdir}}/chinese-{adapter}-{size}-pth"},
-                when="to_meta",
-                final=True,
-            ),
-            _to_ckpt("merge-lora"),
+            _to_meta(f"chinese-{adapter}-{size}"),
+            _to_ckpt(),
         ),
         notes=(
             f"Chinese-LLaMA-Alpaca's SHA256.md lists the adapter (table chinese-{adapter}-lora-{size}); the recipe "
@@ -124,7 +124,8 @@ def _zhixi(fp16: bool) -> Recipe:
                 when="with_lora",
                 final=True,
             ),
-            _to_ckpt("recover"),
+            _to_meta("zhixi-13b" + ("-fp16" if fp16 else "")),
+            _to_ckpt(),
         ),
         notes=("LLaMA-13B stays fp16 (from-meta keeps the originals' dtype), as the diff expects",),
     )
@@ -148,7 +149,8 @@ RECIPES: dict[str, Recipe] = {
                     final=True,
                 ),
                 Step("verify", "verify", {"paths": ["{out:decrypt}"], "table": "techgpt-7b"}),
-                _to_ckpt("decrypt"),
+                _to_meta("techgpt-7b"),
+                _to_ckpt(),
             ),
         ),
         *(
@@ -169,6 +171,7 @@ RECIPES: dict[str, Recipe] = {
                         {"source": "{out:download}", "output": f"{{workdir}}/techgpt-2.0-{v}.ckpt"},
                         final=True,
                     ),
+                    _to_meta(f"techgpt-2.0-{v}"),
                 ),
                 notes=("no published checksums; the download is checked against the hub's own hashes",),
             )
@@ -203,7 +206,8 @@ RECIPES: dict[str, Recipe] = {
                     },
                     final=True,
                 ),
-                _to_ckpt("merge-lora"),
+                _to_meta("cutegpt-13b-ift"),
+                _to_ckpt(),
             ),
         ),
     )

@@ -120,6 +120,16 @@ JOBS: dict[str, JobKind] = {
             ("source",),
             ("source", "output"),
         ),
+        JobKind(  # consecutive tensor steps as one pass (llmkit.recipes.fusion)
+            "chain",
+            "llmkit.recipes.fusion:ChainOptions",
+            "llmkit.recipes.fusion:run_chain_step",
+            (),
+            {},
+            "output",
+            ("inputs",),
+            ("inputs", "output", "keep"),
+        ),
     )
 }
 
@@ -149,6 +159,10 @@ def call(job: str, options: Any, progress: Any = None) -> Any:
 
 def command_line(job: str, args: dict[str, Any]) -> str:
     """``llmkit <job> ...`` for ``args`` (values already rendered as shell words or ``$VARS``)."""
+    if job == "chain":
+        from llmkit.recipes.fusion import chain_command
+
+        return chain_command(args)
     kind = JOBS[job]
     words = ["llmkit", job]
     for field in kind.positional:

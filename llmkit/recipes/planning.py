@@ -30,6 +30,8 @@ def resolve(steps: list[Step], env: dict[str, str], endpoint: str | None = None)
     resolved: dict[str, dict[str, Any]] = {}
 
     def fill(value: Any, step: Step) -> Any:
+        if isinstance(value, dict):
+            return {k: fill(v, step) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [fill(v, step) for v in value]
         if not isinstance(value, str):

@@ -24,10 +24,13 @@ from typing import Any
 from llmkit.errors import CheckFailed, DiskSpaceError, InputError, OutputExistsError
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result
 from llmkit.recipes.book import RECIPES, Recipe, Step
+from llmkit.recipes.estimate import estimate, memory_estimate
 from llmkit.recipes.fingerprint import Fingerprints
+from llmkit.recipes.fusion import fuse
 from llmkit.recipes.jobs import JOBS, build_options, call, command_line
 from llmkit.recipes.manifest import Manifest, StepRecord
-from llmkit.recipes.planning import deps, input_paths, output_path, plan_run, resolve
+from llmkit.recipes.planning import input_paths, output_path, plan_run, resolve
+from llmkit.recipes.selection import active_steps, switches
 
 NEEDS = {
     "key": "--key (Meta's LLaMA-1 7B consolidated.00.pth, the XOR key)",
@@ -88,42 +91,6 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def switches(options: Any) -> dict[str, bool]:
-    return {k: bool(getattr(options, k, False)) for k in ("to_ckpt", "to_meta", "with_lora")}
-
-
-def active_steps(recipe: Recipe, on: dict[str, bool]) -> list[Step]:
-    unknown = {s.when for s in recipe.steps if s.when} - set(on)
-    assert not unknown, unknown
-    return [s for s in recipe.steps if s.when is None or on.get(s.when)]
-
-
-def _estimate(steps: list[Step], resolved: dict[str, dict[str, Any]], to_run: set[str]) -> dict[str, int | None]:
-    """Bytes each step writes: for a download the hub's listing (a dry run of it, which also checks the repo
-    and endpoint before anything starts), the size of its input for the other jobs."""
-    est: dict[str, int | None] = {}
-    for s in steps:
-        args = resolved[s.id]
-        if s.job == "download":
-            est[s.id] = _download_size(args) if s.id in to_run else 0
-        elif s.job == "from-meta":
-            src = Path(args["source"])
-            est[s.id] = sum(p.stat().st_size for p in src.glob("consolidated.*.pth")) if src.is_dir() else None
-        elif s.job == "verify":
-            est[s.id] = 0
-        else:
-            sources = [est.get(d) for d in deps(s)]
-            known = [n for n in sources if n is not None]
-            est[s.id] = sources[0] if len(sources) == 1 else (max(known, default=0) if known == sources else None)
-    return est
-
-
-def _download_size(args: dict[str, Any]) -> int | None:
-    """Bytes the download would fetch (files already there and verified count as 0)."""
-    planned = call("download", build_options("download", {**args, "dry_run": True}))
-    return sum(f.size for f in planned.files if f.status != "skipped")
-
-
 def _check_inputs(recipe: Recipe, options: RecipeOptions, progress: ProgressFactory | None = None) -> None:
     for need in recipe.needs:
         value = getattr(options, need)
@@ -165,7 +132,7 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
     started = time.perf_counter()
     _check_inputs(recipe, options, progress)
     workdir = Path(options.workdir)
-    steps = active_steps(recipe, switches(options))
+    steps = fuse(active_steps(recipe, switches(options)), keep_intermediate=options.keep_intermediate)
     env = {"workdir": str(workdir), "key": str(options.key), "llama_dir": str(options.llama_dir)}
     resolved = resolve(steps, env, options.endpoint)
     manifest = Manifest.load(workdir, recipe.name)
@@ -214,7 +181,7 @@ def _planned_result(
     from llmkit.units import free_bytes, human_bytes, space_margin
 
     workdir = Path(options.workdir)
-    est = _estimate(steps, resolved, to_run)
+    est = estimate(steps, resolved, to_run)
     sizes = [est[s.id] for s in steps if s.id in to_run]
     needed = None if None in sizes else sum(s or 0 for s in sizes)
     free = free_bytes(workdir)
@@ -224,7 +191,7 @@ def _planned_result(
         dry_run=options.dry_run,
         needed_disk_bytes=needed,
         free_disk_bytes=free,
-        memory_estimate_bytes=_memory(recipe),
+        memory_estimate_bytes=memory_estimate(recipe),
     )
     result.notices += stale
     known = sum(s or 0 for s in sizes)
@@ -244,12 +211,6 @@ def _planned_result(
     return result
 
 
-def _memory(recipe: Recipe) -> int:
-    """Three copies of the largest tensor (an fp32 embedding of the recipe's size) and the process."""
-    hidden = 5120 if "13b" in recipe.name else 4096
-    return 3 * 32000 * hidden * 4 + 512 * 2**20
-
-
 def _holds_something(path: Path) -> bool:
     return path.is_file() or path.is_symlink() or (path.is_dir() and any(path.iterdir()))
 
@@ -262,13 +223,13 @@ def _refuse_foreign_outputs(
         field_ = JOBS[s.job].output
         if s.id not in to_run or not field_ or s.job == "download":  # a download resumes into its folder
             continue
-        path = Path(resolved[s.id][field_])
-        if str(path) not in manifest.created and _holds_something(path):
-            raise OutputExistsError(
-                f"recipe step {s.id} writes here, and this recipe did not create what is there",
-                path=path,
-                hint="move it away or choose another --workdir; --force replaces it",
-            )
+        for path in [Path(resolved[s.id][field_]), *(Path(k) for k in resolved[s.id].get("keep", []))]:
+            if str(path) not in manifest.created and _holds_something(path):
+                raise OutputExistsError(
+                    f"recipe step {s.id} writes here, and this recipe did not create what is there",
+                    path=path,
+                    hint="move it away or choose another --workdir; --force replaces it",
+                )
 
 
 @dataclass(frozen=True)
@@ -299,6 +260,10 @@ def _run_step(
     existed = out_path is not None and os.path.lexists(out_path)
     if out_path is not None and s.job != "download" and existed and (force or str(out_path) in manifest.created):
         run_args["force"] = True  # a stale output of this recipe's own run, or --force
+    kept = [Path(k) for k in args.get("keep", [])] if s.job == "chain" else []
+    kept_existed = {k: os.path.lexists(k) for k in kept}
+    if any(kept_existed.values()):
+        run_args["force"] = True  # checked before the first step: this recipe's own, or --force
     start = time.perf_counter()
     try:
         outcome = call(s.job, build_options(s.job, run_args), progress)
@@ -313,6 +278,8 @@ def _run_step(
         manifest.save(workdir)
         raise
     _note_created(manifest, out_path, existed)
+    for k, was in kept_existed.items():
+        _note_created(manifest, k, was)
     checks = [Check(c.name, c.status, c.detail) for c in getattr(outcome, "checks", [])]
     manifest.failed.pop(s.id, None)
     out = args.get(kind.output) if kind.output else None

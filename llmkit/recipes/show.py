@@ -8,8 +8,10 @@ from pathlib import Path
 
 from llmkit.pipeline import Result
 from llmkit.recipes.book import RECIPES
+from llmkit.recipes.fusion import fuse
 from llmkit.recipes.jobs import command_line
-from llmkit.recipes.runner import NEEDS, active_steps, get_recipe, resolve, switches
+from llmkit.recipes.runner import NEEDS, get_recipe, resolve
+from llmkit.recipes.selection import active_steps, switches
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class RecipeScript(Result):
     notes: list[str] = field(default_factory=list)
 
     def script(self) -> str:
-        lines = [f"# {self.recipe}: {self.summary}"]
+        lines = [f"# {self.recipe}: {self.summary}", "set -euo pipefail  # stop at the first failure, in a pipe too"]
         lines += [f"{k}={v}" for k, v in self.variables.items()]
         return "\n".join(lines + self.commands)
 
@@ -54,7 +56,7 @@ def show_recipe(options: ShowOptions) -> RecipeScript:
         value = getattr(options, need)
         variables[need.upper()] = shlex.quote(str(value)) if value else placeholders[need]
     env = {"workdir": "$WORKDIR", "key": "$KEY", "llama_dir": "$LLAMA_DIR"}
-    steps = active_steps(recipe, switches(options))
+    steps = fuse(active_steps(recipe, switches(options)))  # what run does: tensor steps as tensor pipes
     resolved = resolve(steps, env)
     commands = [command_line(s.job, resolved[s.id]) for s in steps]
     optional = sorted({f"--{s.when.replace('_', '-')}" for s in recipe.steps if s.when})
