@@ -513,6 +513,15 @@ def full_depth_section(full: dict) -> list[str]:
         full["command"],
         "```",
         "",
+    ]
+    earlier = full.get("earlier")
+    if earlier:
+        lines += [
+            f"Rows of {', '.join(earlier['jobs'])}: from an earlier run (llmkit {earlier['commit']}, "
+            f"{earlier['date']}): `{earlier['command']}`.",
+            "",
+        ]
+    lines += [
         (
             "| job | llmkit s | floor s | llmkit / floor | peak RSS MiB | read GB from disk / inputs GB | "
             "written GB / output GB |"
@@ -529,7 +538,7 @@ def full_depth_section(full: dict) -> list[str]:
             r["label"],
             fmt_s(r["llmkit"]),
             fmt_s(r["floor"]),
-            f"**{ratio}**" if r["ratio"] > FLOOR_TARGET else ratio,
+            f"**{ratio}**" if r["ratio"] > r.get("target", FLOOR_TARGET) else ratio,
             f"**{rss}**" if r["rss"] > FULL_RSS_TARGET else rss,
             f"{r['read_bytes'] / 1e9:.2f} / {r['input_bytes'] / 1e9:.2f}",
             f"{r['write_bytes'] / 1e9:.2f} / {r['output_bytes'] / 1e9:.2f}",

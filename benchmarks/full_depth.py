@@ -16,7 +16,10 @@ shapes (hidden 4096, intermediate 11008, vocab 32000, 32 heads):
 
 Jobs (``--only``): ``recover`` (fp16 base + fp16 diff -> fp16 safetensors, ``recover(dtype="fp16")``),
 ``merge-qv``, ``merge-chinese`` (``merge_lora``, fp16 kept), ``to-ckpt`` (one fp16 ``.ckpt``),
-``from-meta`` (the meta folder -> safetensors), ``to-meta`` (the base -> one Meta shard). recover runs
+``from-meta`` (the meta folder -> safetensors), ``to-meta`` (the base -> one Meta shard), ``chain`` (the
+Meta folder + the diff -> recover -> merge-lora qv -> one ``.ckpt``, one pass: ``llmkit.chain``, nothing but
+the ``.ckpt`` written) and ``pipe`` (the same as three ``llmkit`` commands joined by tensor pipes: ``-o -``
+into ``-``, timed with their start-up). recover runs
 with no integrity check: ``--check-sum`` and ``--reference`` are off by default, and the published MD5
 tables name ``pytorch_model-*.bin`` files, never the safetensors written here, so nothing random weights
 cannot pass is checked. Per job, ``--repeat`` times (default once), alternating:
@@ -68,7 +71,11 @@ JOBS: dict[str, tuple[str, tuple[str, ...]]] = {
     "to-ckpt": ("to-ckpt fp16 -> one .ckpt", ("base",)),
     "from-meta": ("from-meta (1 shard) -> fp16", ("meta",)),
     "to-meta": ("to-meta -> 1 shard", ("base",)),
+    "chain": ("Meta + fp16 diff + LoRA (qv) -> .ckpt, one pass", ("meta", "diff", "adapter-qv")),
+    "pipe": ("the same through tensor pipes (3 commands)", ("meta", "diff", "adapter-qv")),
 }
+CKPT_OUT = {"to-ckpt", "chain", "pipe"}  # jobs whose output is one .ckpt file
+FLOOR_TARGET, PIPE_TARGET = 1.2, 1.3  # llmkit / floor: three processes and their start-up may take 1.3x
 SEEDS = {"base": 1, "diff": 2}
 SEED_AT = "torch.Generator().manual_seed(layers)"  # to_ckpt.GENERATE seeds by depth; here by model
 
@@ -96,6 +103,10 @@ def child(job: str, out: Path, ins: list[Path]) -> None:
         from llmkit.convert import FromMetaOptions, from_meta
 
         call = partial(from_meta, FromMetaOptions(ins[0], out))
+    elif job == "chain":
+        call = partial(one_pass, out, ins)
+    elif job == "pipe":
+        return piped(out, ins)
     else:
         from llmkit.convert import ToMetaOptions, to_meta
 
@@ -108,6 +119,48 @@ def child(job: str, out: Path, ins: list[Path]) -> None:
     with open("/proc/self/status") as status:
         peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
     print(json.dumps({"seconds": seconds, "peak_rss": peak, "io": {k: after[k] - before[k] for k in after}}))
+
+
+def one_pass(out: Path, ins: list[Path]) -> None:
+    """recover (the Meta base + the fp16 diff) -> merge-lora -> to-ckpt as one chain (``llmkit.chain``):
+    the inner outputs are named but never written."""
+    from llmkit.chain import run_chain
+    from llmkit.convert.ckpt import ToCkptOptions
+    from llmkit.convert.ckpt import to_ckpt as run_to_ckpt
+    from llmkit.lora import MergeOptions
+    from llmkit.lora import run as merge
+    from llmkit.recover import RecoverOptions
+    from llmkit.recover import run as recover
+
+    recovered, merged = out.with_name("inner-recovered"), out.with_name("inner-merged")
+    run_chain(
+        [
+            partial(recover, RecoverOptions(ins[0], ins[1], recovered, dtype="fp16", dry_run=True)),
+            partial(merge, MergeOptions(recovered, (ins[2],), merged, dry_run=True)),
+            partial(run_to_ckpt, ToCkptOptions(merged, out)),
+        ]
+    )
+
+
+def piped(out: Path, ins: list[Path]) -> None:
+    """The same chain as three commands joined by tensor pipes, under ``set -o pipefail``; timed with their
+    start-up. Peak RSS: the largest of the three; disk bytes: their block counts (getrusage)."""
+    import resource
+    import shlex
+
+    llmkit = shlex.quote(str(Path(sys.executable).with_name("llmkit")))
+    meta, diff, lora, target = (shlex.quote(str(p)) for p in (*ins, out))
+    script = (
+        f"{llmkit} recover --base {meta} --diff {diff} --dtype fp16 -o - --quiet"
+        f" | {llmkit} merge-lora --base - --lora {lora} -o - --quiet"
+        f" | {llmkit} to-ckpt - -o {target} --quiet"
+    )
+    start = time.perf_counter()
+    subprocess.run(["bash", "-o", "pipefail", "-c", script], check=True)
+    seconds = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    io = {"read_bytes": usage.ru_inblock * 512, "write_bytes": usage.ru_oublock * 512}
+    print(json.dumps({"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024, "io": io}))
 
 
 def proc_io() -> dict[str, int]:
@@ -258,7 +311,7 @@ def bench_job(job: str, work: Path, models: dict[str, Path], layers: int, repeat
     ins = [models[n] for n in JOBS[job][1]]
     inputs = [p for folder in ins for p in files(folder)]
     generated = [p for folder in models.values() for p in files(folder)]
-    out = work / (f"out-{job}.ckpt" if job == "to-ckpt" else f"out-{job}")
+    out = work / (f"out-{job}.ckpt" if job in CKPT_OUT else f"out-{job}")
     mine, floors, wb_floors, hashes = [], [], [], []
     out_bytes = 0
     for _ in range(repeat):
@@ -288,6 +341,7 @@ def bench_job(job: str, work: Path, models: dict[str, Path], layers: int, repeat
         "writeback_floor": statistics.median(r["seconds"] for r in wb_floors),
         "md5_floor": md5_floor,
         "ratio": s / f,
+        "target": PIPE_TARGET if job == "pipe" else FLOOR_TARGET,
         "rss": max(r["peak_rss"] for r in mine),
         "read_bytes": max(r["io"]["read_bytes"] for r in mine),
         "input_bytes": sum(p.stat().st_size for p in inputs),
@@ -348,7 +402,7 @@ def main() -> None:
                 log(f"!! {job}: {e}")
             print(json.dumps(rows[-1]), flush=True)
     finally:
-        for p in [work / f"out-{j}" for j in JOBS] + [work / "out-to-ckpt.ckpt", work / "floor.out"]:
+        for p in [work / f"out-{j}" for j in JOBS] + [work / f"out-{j}.ckpt" for j in CKPT_OUT] + [work / "floor.out"]:
             if p.exists():
                 remove(p)
         if not args.keep:

@@ -446,6 +446,9 @@ def run_full(args: argparse.Namespace, only: list[str]) -> None:
         "failures": [f"{r['job']}: {r['error'].splitlines()[0]}" for r in rows if "error" in r],
         "rows": rows,
     }
+    saved = saved_full(args.out_dir)
+    if only and saved and saved.get("layers") == layers:  # the other jobs' rows stay, from their own run
+        full = merged_full(saved, full, list(full_depth.JOBS))
     table = "\n".join(line for line in out.splitlines() if not line.startswith("{")).strip()
     print(json.dumps(full, indent=2) if args.json else table)
     if args.docs if args.docs is not None else (not args.quick and not only):
@@ -456,6 +459,23 @@ def run_full(args: argparse.Namespace, only: list[str]) -> None:
         print(f"wrote {args.out_dir / FULL_JSON} and the full-depth section of {page}", file=sys.stderr)
     if full["failures"]:
         sys.exit(1)
+
+
+def merged_full(saved: dict, new: dict, order: list[str]) -> dict:
+    """``new`` (a ``--full --only`` run) with ``saved``'s rows of the jobs it did not run, in job order; the
+    earlier run's commit, date and command are kept beside those rows (``earlier``)."""
+    ran = {r["job"] for r in new["rows"]}
+    kept = [r for r in saved["rows"] if r["job"] not in ran]
+    if not kept:
+        return new
+    rows = sorted(kept + new["rows"], key=lambda r: order.index(r["job"]) if r["job"] in order else len(order))
+    earlier = {
+        "jobs": [r["job"] for r in kept],
+        "commit": saved["machine"].get("commit"),
+        "date": saved["machine"].get("date"),
+        "command": saved["command"],
+    }
+    return {**new, "rows": rows, "earlier": earlier, "failures": new["failures"]}
 
 
 def saved_full(out_dir: Path) -> dict | None:
