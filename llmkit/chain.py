@@ -68,7 +68,6 @@ class _PlanFile(TensorFile):
             src.prefetch(key)
 
     def release(self, name: str) -> None:
-        self.source.forget(name)
         for src, key in self.source.plan.reads(name):
             src.release(key)
 
@@ -76,8 +75,8 @@ class _PlanFile(TensorFile):
 class PlanSource(TensorSource):
     """A plan's output read as a source, without writing it: ``info`` from the specs, ``get`` computes.
 
-    Each tensor is computed once when asked for (asked again right after, the same tensor is returned);
-    the plan's taps see each tensor the first time, ``tee`` (a sink) gets it too. The plan's side files
+    Each tensor is computed when asked for, and not kept (a consumer that asks twice gets it computed
+    twice: none of the jobs does); the plan's taps see each tensor the first time, ``tee`` (a sink) too. The plan's side files
     (config.json with its new dtype, tokenizer) are in a private folder, the source's ``folder``, removed by
     :meth:`close`. :meth:`drain` computes what the consumer did not ask for, when taps or a tee need it.
     """
@@ -85,7 +84,6 @@ class PlanSource(TensorSource):
     def __init__(self, plan: Plan, *, tee: Sink | None = None):
         self.plan, self.tee = plan, tee
         self.done: set[str] = set()
-        self._last: tuple[str, torch.Tensor] | None = None
         file = _PlanFile(self)
         super().__init__(
             path=plan.output,
@@ -96,8 +94,6 @@ class PlanSource(TensorSource):
         )
 
     def produce(self, name: str) -> torch.Tensor:
-        if self._last is not None and self._last[0] == name:
-            return self._last[1]
         tensor = self.plan.produce(name)
         if name not in self.done:
             for tap in self.plan.taps:
@@ -105,12 +101,7 @@ class PlanSource(TensorSource):
             if self.tee is not None:
                 self.tee.write(name, tensor)
             self.done.add(name)
-        self._last = (name, tensor)
         return tensor
-
-    def forget(self, name: str) -> None:
-        if self._last is not None and self._last[0] == name:
-            self._last = None
 
     def expand_reads(self, name: str) -> list[tuple[TensorSource, str]]:
         return list(self.plan.reads(name))
@@ -122,15 +113,10 @@ class PlanSource(TensorSource):
         for spec in self.plan.specs:
             if spec.name not in self.done:
                 self.produce(spec.name)
-                self._files_release(spec.name)
-
-    def _files_release(self, name: str) -> None:
-        self.forget(name)
-        for src, key in self.plan.reads(name):
-            src.release(key)
+                for src, key in self.plan.reads(spec.name):
+                    src.release(key)
 
     def close(self) -> None:
-        self._last = None
         self.plan.close()
         if self.folder is not None and self.folder.name.startswith("llmkit-chain-"):
             shutil.rmtree(self.folder, ignore_errors=True)
