@@ -260,3 +260,30 @@ def test_a_fused_recipe_writes_what_the_step_by_step_one_writes_and_no_intermedi
     allowed = set(finals) | downloads | {"llmkit-recipe.json"}
     seen = {re.sub(r"^\.(.*?)\.llmkit-[\w-]+$", r"\1", n) for n in watch.seen}
     assert seen <= allowed, seen - allowed
+
+
+def test_a_dry_run_counts_the_downloads_and_the_final_ckpt_only(run_cli, published, hub, tmp_path):
+    meta, _ = published
+    work = tmp_path / "work"
+    args = ["recipe", "run", "zhixi-13b", "--workdir", work, "--llama-dir", meta, "--endpoint", hub.url]
+    r = run_cli(*args, "--with-lora", "--to-ckpt", "--dry-run", "--json")
+    assert r.exit_code == 0, r.stderr
+    res = r.json()
+    assert [s["id"] for s in res["steps"]][-1] == "recover+merge-lora+to-ckpt"
+    assert " | " in res["steps"][-1]["command"] and res["steps"][-1]["job"] == "chain"
+    diff = sum(f.size for f in hub.repos["zjunlp/zhixi-13b-diff"].files.values())
+    lora = sum(f.size for f in hub.repos["zjunlp/zhixi-13b-lora"].files.values())
+    ckpt = max(diff, lora, sum(p.stat().st_size for p in meta.glob("consolidated.*.pth")))  # about the model
+    assert res["needed_disk_bytes"] == diff + lora + ckpt
+    assert not work.exists()
+    # --keep-intermediate: the Hugging Face copy of LLaMA, the recovered and the merged model too
+    kept = run_cli(*args, "--with-lora", "--to-ckpt", "--dry-run", "--json", "--keep-intermediate").json()
+    assert kept["steps"][-1]["id"] == "from-meta+recover+merge-lora+to-ckpt"
+    assert kept["needed_disk_bytes"] == diff + lora + 4 * ckpt
+
+
+def test_a_flag_with_no_step_is_refused(run_cli, tmp_path):
+    r = run_cli("recipe", "show", "techgpt-1.0", "--with-lora")
+    assert r.exit_code == 2 and "recipe techgpt-1.0 has no --with-lora step" in r.stderr
+    r = run_cli("recipe", "show", "cutegpt-13b", "--with-lora", "--json")  # CuteGPT always merges its LoRA
+    assert r.exit_code == 0 and "merge-lora" in r.json()["commands"][-1]

@@ -49,7 +49,9 @@ def _download_size(args: dict[str, Any]) -> int | None:
     return sum(f.size for f in planned.files if f.status != "skipped")
 
 
-def memory_estimate(recipe: Recipe) -> int:
-    """Three copies of the largest tensor (an fp32 embedding of the recipe's size) and the process."""
+def memory_estimate(recipe: Recipe, steps: list[Step]) -> int:
+    """Copies of the largest tensor (an fp32 embedding of the recipe's size) alive at once, and the process:
+    three for one job, two more for each further stage of the longest chain (each stage's working set)."""
     hidden = 5120 if "13b" in recipe.name else 4096
-    return 3 * 32000 * hidden * 4 + 512 * 2**20
+    stages = max((len(s.args["stages"]) for s in steps if s.job == "chain"), default=1)
+    return (3 + 2 * (stages - 1)) * 32000 * hidden * 4 + 512 * 2**20

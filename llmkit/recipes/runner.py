@@ -191,7 +191,7 @@ def _planned_result(
         dry_run=options.dry_run,
         needed_disk_bytes=needed,
         free_disk_bytes=free,
-        memory_estimate_bytes=memory_estimate(recipe),
+        memory_estimate_bytes=memory_estimate(recipe, steps),
     )
     result.notices += stale
     known = sum(s or 0 for s in sizes)
