@@ -38,6 +38,7 @@ def _meta_path(ctx: DemoContext) -> str:
     for name, ref in state.items():
         if not torch.equal(rec[name], diff[name] + ref):
             raise CheckFailed(f"recover from a Meta base: {name} differs from diff + base")
+    ctx.shared.update(meta_dir=work / "LLaMA" / "7B", meta_diff=work / "diff", meta_recovered=work / "recovered")
     to_meta(ToMetaOptions(work / "hf", work / "meta-again", shards=2, force=ctx.force))
     for i in range(2):
         a = torch.load(work / "LLaMA" / "7B" / f"consolidated.0{i}.pth", weights_only=True)
