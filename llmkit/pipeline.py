@@ -272,7 +272,9 @@ def plan_rows(report: Any) -> list[tuple[str, str]]:
         ("memory", f"about {human_bytes(report.memory_estimate_bytes)} peak (one tensor at a time)"),
         (
             "disk",
-            f"needs {human_bytes(report.needed_disk_bytes)} free (with a {human_bytes(report.disk_margin_bytes)} "
+            "none: a stream on stdout"
+            if report.output == "-"
+            else f"needs {human_bytes(report.needed_disk_bytes)} free (with a {human_bytes(report.disk_margin_bytes)} "
             f"margin); free: {human_bytes(report.free_disk_bytes)}",
         ),
     ]
@@ -281,20 +283,48 @@ def plan_rows(report: Any) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------ the runner
 
 
-def check_read_order(plan: Plan) -> None:
+def _leaf_reads(plan: Plan, name: str) -> list[tuple[TensorSource, str]]:
+    """What producing ``name`` reads in the end: ``plan.reads(name)``, through every plan read as a source."""
+    leaves: list[tuple[TensorSource, str]] = []
+    todo = list(plan.reads(name))
+    while todo:
+        src, key = todo.pop(0)
+        inner = src.expand_reads(key)
+        if inner != [(src, key)]:
+            todo[:0] = inner
+        else:
+            leaves.append((src, key))
+    return leaves
+
+
+def run_order(plan: Plan, sink: Sink) -> list[str]:
+    """The order the runner produces the plan's tensors in: the one the sink must be given them in
+    (``sink.write_order``: a stream on stdout, a ``.ckpt``), else, when the plan reads a stream on stdin, that
+    stream's order (a folder sink writes in any order and lays its files out in ``plan.specs`` order), else
+    ``plan.specs`` order."""
+    fixed = getattr(sink, "write_order", None)
+    names = [s.name for s in plan.specs]
+    if fixed is not None:
+        return list(fixed)
+
+    def first_read(name: str) -> int:
+        return min(
+            (p for src, key in _leaf_reads(plan, name) if (p := src.stream_position(key)) is not None), default=-1
+        )
+
+    keys = {n: first_read(n) for n in names}
+    return names if all(k < 0 for k in keys.values()) else sorted(names, key=keys.__getitem__)
+
+
+def check_read_order(plan: Plan, order: list[str] | None = None) -> None:
     """Refuse, before anything is read, a plan that reads a front-to-back source (a stream on stdin) out of
-    its order: the tensors of the plan's outputs, in output order, through every plan read as a source."""
+    its order: the tensors of the plan's outputs, in ``order`` (default: output order), through every plan
+    read as a source."""
     from llmkit.errors import InputError
 
     last: dict[int, tuple[int, str]] = {}
-    for spec in plan.specs:
-        todo = list(plan.reads(spec.name))
-        while todo:
-            src, key = todo.pop(0)
-            inner = src.expand_reads(key)
-            if inner != [(src, key)]:
-                todo[:0] = inner
-                continue
+    for name in order if order is not None else [s.name for s in plan.specs]:
+        for src, key in _leaf_reads(plan, name):
             pos = src.stream_position(key)
             if pos is None:
                 continue
@@ -317,10 +347,9 @@ class Execution:
     seconds: float
 
 
-def _tensor_stream(plan: Plan) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, produced tensor) in output order; the next tensor's inputs are prefetched while this one
+def _tensor_stream(plan: Plan, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, produced tensor) in the order ``names``; the next tensor's inputs are prefetched while this one
     is computed. The caller releases each tensor's inputs (:func:`_release`) once it has been written."""
-    names = [s.name for s in plan.specs]
     for i, name in enumerate(names):
         if i + 1 < len(names):
             for src, key in plan.reads(names[i + 1]):
@@ -350,6 +379,8 @@ def execute(plan: Plan, sink: Sink, *, progress: ProgressFactory | None = None) 
     start = time.perf_counter()
     checks: list[Check] = []
     total = sum(s.nbytes for s in plan.specs)
+    order = run_order(plan, sink)
+    streams = {id(src): src for n in order for src, key in _leaf_reads(plan, n) if src.stream_position(key) is not None}
     with sink, ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmkit-write") as pool:
         # the side files first: they are small and read now, and a stream sink puts config.json in its header
         for a in plan.aux:
@@ -358,7 +389,7 @@ def execute(plan: Plan, sink: Sink, *, progress: ProgressFactory | None = None) 
             sink.add_file(file_name, data)
         with (progress or no_progress)(plan.label, total) as advance:
             pending: tuple[Future, str] | None = None
-            for name, tensor in _tensor_stream(plan):
+            for name, tensor in _tensor_stream(plan, order):
                 for tap in plan.taps:
                     tap.feed(name, tensor)
                 if pending is not None:
@@ -369,6 +400,8 @@ def execute(plan: Plan, sink: Sink, *, progress: ProgressFactory | None = None) 
             if pending is not None:
                 advance(pending[0].result())
                 _release(plan, pending[1])
+        for src in streams.values():  # a stream read to its end: one that stopped short keeps nothing
+            src.read_to_end()
         for tap in plan.taps:  # decided before the rename: a failed tap raises and nothing is kept
             check = tap.finish()
             if check is not None:
@@ -422,8 +455,8 @@ def run_plan(
             return chain.capture(plan, options, result_for)
         chain.absorb(plan)
     with plan:
-        check_read_order(plan)
-        sink = open_plan_sink(plan, force=options.force)
+        sink = open_plan_sink(plan, force=options.force)  # checks only: nothing is created or read yet
+        check_read_order(plan, run_order(plan, sink))
         result = result_for(plan_report(plan, sink), sink)
         result.output, result.dry_run = str(plan.output), options.dry_run
         result.notices, result.checks = list(plan.notices), list(plan.checks)

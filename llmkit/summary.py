@@ -168,6 +168,7 @@ def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
         complete = completeness(src)
         if complete is not None and complete.status != "ok":
             warnings.append(f"incomplete model: {complete.detail}")
+        src.read_to_end()  # a stream on stdin: read through, so that its writer finishes and a short one fails
         return ModelSummary(
             ok=complete is None or complete.status == "ok",
             checks=[complete] if complete is not None else [],

@@ -7,7 +7,7 @@ only when ``ok`` is true, and ``xargs -r`` runs nothing on empty input, so a fai
 pipeline's. Results are checked against references computed here (hashlib, torch), not by llmkit.
 
 Speed: every llmkit process that touches tensors pays the torch import (~2 s of CPU), so the chains are few
-and short, and the tiny models are written here with safetensors / torch.save (the file formats
+and short, and the tiny models are written (common.py) with safetensors / torch.save (the file formats
 transformers and Meta write) instead of through transformers, whose import alone costs ~3 s per worker.
 """
 
@@ -23,17 +23,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from common import EMPTY, bash, md5
-from safetensors.torch import load_file, save_file
+from common import EMPTY, bash, md5, tiny_state, tuned_state, write_hf, write_lora, write_meta
+from safetensors.torch import load_file
 
 from llmkit.tiny import (
     TINY_HEADS,
-    TINY_HIDDEN,
-    TINY_INTERMEDIATE,
     TINY_LAYERS,
-    TINY_VOCAB,
     hf_to_meta_state,
-    write_tokenizer,
 )
 
 ERROR_KEYS = {"ok", "error", "path", "hint", "exit_code"}
@@ -61,63 +57,6 @@ def ok(r: subprocess.CompletedProcess) -> dict:
 # ---------------------------------------------------------------- inputs
 
 
-def tiny_state(seed: int) -> dict[str, torch.Tensor]:
-    """The 21 fp32 tensors of a 2-layer LLaMA (hidden 64, 4 heads, vocab 100), Hugging Face names."""
-    g = torch.Generator().manual_seed(seed)
-    h, i, v = TINY_HIDDEN, TINY_INTERMEDIATE, TINY_VOCAB
-    shapes = {"model.embed_tokens.weight": (v, h)}
-    for n in range(TINY_LAYERS):
-        p = f"model.layers.{n}"
-        shapes.update({f"{p}.self_attn.{x}_proj.weight": (h, h) for x in "qkvo"})
-        shapes.update(
-            {
-                f"{p}.mlp.gate_proj.weight": (i, h),
-                f"{p}.mlp.up_proj.weight": (i, h),
-                f"{p}.mlp.down_proj.weight": (h, i),
-                f"{p}.input_layernorm.weight": (h,),
-                f"{p}.post_attention_layernorm.weight": (h,),
-            }
-        )
-    shapes.update({"model.norm.weight": (h,), "lm_head.weight": (v, h)})
-    return {
-        name: (1.0 + 0.1 * torch.randn(shape, generator=g))
-        if len(shape) == 1
-        else 0.05 * torch.randn(shape, generator=g)
-        for name, shape in shapes.items()
-    }
-
-
-def llama_config() -> dict:
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": TINY_HIDDEN,
-        "intermediate_size": TINY_INTERMEDIATE,
-        "num_attention_heads": TINY_HEADS,
-        "num_key_value_heads": TINY_HEADS,
-        "num_hidden_layers": TINY_LAYERS,
-        "vocab_size": TINY_VOCAB,
-        "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0,
-        "hidden_act": "silu",
-        "tie_word_embeddings": False,
-        "torch_dtype": "float32",
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    }
-
-
-def write_hf(folder: Path, state: dict[str, torch.Tensor]) -> Path:
-    """A Hugging Face folder as save_pretrained writes it: model.safetensors, config.json, tokenizer files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(llama_config(), indent=2) + "\n")
-    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
-    write_tokenizer(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def base_state() -> dict[str, torch.Tensor]:
     return tiny_state(0)
@@ -133,61 +72,21 @@ def base(base_state, tmp_path_factory) -> Path:
 def tuned(base_state, tmp_path_factory) -> Path:
     """A "fine-tuned" model whose every weight t lies in [b/2, 2b] of the base's b: then t - b is exact in
     fp32 (Sterbenz) and so is (t - b) + b = t, so make-diff then recover gives t back bit for bit."""
-    g = torch.Generator().manual_seed(5)
-    return write_hf(
-        tmp_path_factory.mktemp("tuned"),
-        {k: v * (0.6 + 1.3 * torch.rand(v.shape, generator=g)) for k, v in base_state.items()},
-    )
+    return write_hf(tmp_path_factory.mktemp("tuned"), tuned_state(base_state))
 
 
 @pytest.fixture(scope="module")
 def meta(base_state, tmp_path_factory) -> Path:
     """The base as Meta ships LLaMA-1 7B: consolidated.00.pth (Meta names, interleaved q/k rows), params.json,
     tokenizer.model."""
-    folder = tmp_path_factory.mktemp("meta")
-    torch.save(hf_to_meta_state(base_state, TINY_HEADS), folder / "consolidated.00.pth")
-    params = {
-        "dim": TINY_HIDDEN,
-        "multiple_of": 16,
-        "n_heads": TINY_HEADS,
-        "n_layers": TINY_LAYERS,
-        "norm_eps": 1e-6,
-        "vocab_size": -1,
-    }
-    (folder / "params.json").write_text(json.dumps(params) + "\n")
-    write_tokenizer(folder)
-    for extra in ("tokenizer_config.json", "special_tokens_map.json"):
-        (folder / extra).unlink()
-    return folder
+    return write_meta(tmp_path_factory.mktemp("meta"), base_state)
 
 
 @pytest.fixture(scope="module")
 def lora(tmp_path_factory) -> Path:
     """A LoRA adapter in peft's files (r 8, alpha 16 on q_proj and v_proj of every layer), written without
     importing peft."""
-    folder = tmp_path_factory.mktemp("lora")
-    config = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "r": 8,
-        "lora_alpha": 16,
-        "lora_dropout": 0.0,
-        "target_modules": ["q_proj", "v_proj"],
-        "fan_in_fan_out": False,
-        "bias": "none",
-        "use_rslora": False,
-        "base_model_name_or_path": None,
-    }
-    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    g = torch.Generator().manual_seed(6)
-    tensors = {}
-    for layer in range(TINY_LAYERS):
-        for proj in ("q_proj", "v_proj"):
-            prefix = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
-            tensors[f"{prefix}.lora_A.weight"] = torch.randn(8, TINY_HIDDEN, generator=g) * 0.1
-            tensors[f"{prefix}.lora_B.weight"] = torch.randn(TINY_HIDDEN, 8, generator=g) * 0.1
-    save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
-    return folder
+    return write_lora(tmp_path_factory.mktemp("lora"))
 
 
 @pytest.fixture(scope="module")

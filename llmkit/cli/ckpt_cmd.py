@@ -37,6 +37,8 @@ TO_CKPT_EXAMPLES = examples(
     "llmkit to-ckpt techgpt-2.0-atom -o techgpt2-atom-r0.6.ckpt --rotary meta",
     "# encrypted as save_checkpoint(enc_key=...) does, the key read from a file",
     "llmkit to-ckpt techgpt-2.0-atom -o atom.enc.ckpt --enc-key ms.key --enc-mode AES-GCM",
+    "# the end of a pipe: the model on stdin, from llmkit recover/merge-lora/... -o - (docs/pipes.md)",
+    "llmkit to-ckpt - -o zhixi-13b.ckpt",
 )
 FROM_CKPT_EXAMPLES = examples(
     "# back to Hugging Face, config and tokenizer from the original folder",
@@ -130,7 +132,7 @@ def to_ckpt_command(
             metavar="SOURCE",
             help="A model llmkit reads: a Hugging Face folder or "
             "weight file, a Meta folder, a recover or "
-            "merge-lora output.",
+            "merge-lora output; or - for a stream on stdin.",
             show_default=False,
         ),
     ],
@@ -201,7 +203,9 @@ def from_ckpt_command(
             show_default=False,
         ),
     ],
-    output: Annotated[Path, output_option("Output folder (a Hugging Face LLaMA).")],
+    output: Annotated[
+        Path, output_option("Output folder (a Hugging Face LLaMA), or - for a safetensors stream on stdout.")
+    ],
     names: Annotated[FromNames, choice_option("--names", FromNames, FROM_NAMES_HELP, panel=INPUTS)] = FromNames.hf,
     rotary: Annotated[Rotary, choice_option("--rotary", Rotary, FROM_ROTARY_HELP, panel=INPUTS)] = Rotary.hf,
     fmt: HFFormatOpt = HFFormat.safetensors,

@@ -41,6 +41,12 @@ TO_META_EXAMPLES = examples(
 )
 
 OutOpt = Annotated[Path, output_option("Output folder (must not be, be in or contain an input folder).")]
+FromOutOpt = Annotated[
+    Path,
+    output_option(
+        "Output folder (must not be, be in or contain an input folder), or - for a safetensors stream on stdout."
+    ),
+]
 DtypeOpt = Annotated[
     str,
     dtype_option(
@@ -72,7 +78,7 @@ def from_meta_command(
             show_default=False,
         ),
     ],
-    output: OutOpt,
+    output: FromOutOpt,
     dtype: DtypeOpt = "keep",
     fmt: HFFormatOpt = HFFormat.safetensors,
     shard_size: ShardSizeOpt = "5GB",
@@ -113,7 +119,9 @@ def to_meta_command(
     source: Annotated[
         Path,
         typer.Argument(
-            metavar="SOURCE", help="A Hugging Face LLaMA folder (any layout llmkit reads).", show_default=False
+            metavar="SOURCE",
+            help="A Hugging Face LLaMA folder (any layout llmkit reads), or - for a stream on stdin.",
+            show_default=False,
         ),
     ],
     output: OutOpt,

@@ -79,7 +79,10 @@ def _render(s: ModelSummary, show_tensors: bool) -> Callable[[Console], None]:
 @with_output
 def inspect_command(
     path: Annotated[
-        Path, typer.Argument(metavar="PATH", help="A model or adapter folder, a weight file, or a shard index.")
+        Path,
+        typer.Argument(
+            metavar="PATH", help="A model or adapter folder, a weight file, a shard index, or - for a stream on stdin."
+        ),
     ],
     tensors: Annotated[
         bool, typer.Option("--tensors/--no-tensors", rich_help_panel=OUTPUT, help="List every tensor.")

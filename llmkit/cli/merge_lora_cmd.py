@@ -76,7 +76,7 @@ def _render(r: MergeResult) -> Callable[[Console], None]:
                     p(f"{key:<11} {value}")
             p("dry run     nothing written")
         else:
-            p(f"files       {', '.join(r.files)}")
+            p(f"files       {', '.join(r.files) or '- (a stream on stdout)'}")
             p(f"time        {r.seconds:.2f} s")
 
     return render
@@ -90,7 +90,8 @@ def merge_lora_command(
             "--base",
             metavar="PATH",
             rich_help_panel=INPUTS,
-            help="The base model folder (Hugging Face layout: safetensors or .bin, sharded or not).",
+            help="The base model folder (Hugging Face layout: safetensors or .bin, sharded or not), or - for a "
+            "stream on stdin (llmkit ... -o - | llmkit merge-lora --base - ...).",
         ),
     ],
     lora: Annotated[
@@ -103,7 +104,9 @@ def merge_lora_command(
             "to apply several adapters in order, e.g. Chinese-LLaMA-Plus then Chinese-Alpaca-Plus.",
         ),
     ],
-    output: Annotated[Path, output_option("Output folder for the merged model.")],
+    output: Annotated[
+        Path, output_option("Output folder for the merged model, or - for a safetensors stream on stdout.")
+    ],
     dtype: Annotated[
         str,
         dtype_option(DTYPES_OR_KEEP, "Output dtype; the merge is done in it (keep: each tensor's own dtype)."),

@@ -44,7 +44,8 @@ _OUTPUT_FLAGS = [
 def with_output(command: Callable[..., None]) -> Callable[..., None]:
     """A command that takes ``out: Output`` (keyword-only, last) becomes one that takes ``--json``, ``--quiet``
     and ``--debug`` instead (last in its signature, so last in its ``--help``) and runs with ``out`` built from
-    them, inside :func:`~llmkit.cli.errors.command_guard`. Typer reads the command's parameters from its
+    them, inside :func:`~llmkit.cli.errors.command_guard` (with ``-o -`` stdout carries the data:
+    :meth:`Output.stdout_carries_data`). Typer reads the command's parameters from its
     signature, so the replaced ``__signature__`` (and matching ``__annotations__``) is what it sees."""
     signature = inspect.signature(command, eval_str=True)
     params = [p for name, p in signature.parameters.items() if name != "out"]
@@ -55,6 +56,8 @@ def with_output(command: Callable[..., None]) -> Callable[..., None]:
     def run(*args: Any, json_: bool = False, quiet: bool = False, debug: bool = False, **kwargs: Any) -> None:
         out = Output(json_mode=json_, quiet=quiet, debug=debug)
         with command_guard(out):
+            if str(kwargs.get("output")) == "-":  # -o -: stdout carries the data, the result goes to stderr
+                out.stdout_carries_data()
             command(*args, out=out, **kwargs)
 
     shown = signature.replace(parameters=[*params, *_OUTPUT_FLAGS])

@@ -30,6 +30,7 @@ from typing import IO, Any, cast
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from llmkit.errors import InputError
 from llmkit.pipeline import plan_rows
 from llmkit.redact import redact
 
@@ -167,9 +168,18 @@ class Output:
         self.quiet = quiet or json_mode
         self.debug = debug
         self.printed_json = False  # a JSON value is on stdout: never print a second one
+        self.data_on_stdout = False  # stdout carries data (-o -): the result goes to stderr
         # A RedactingFile is a text stream by delegation (rich only writes to it and asks it what it is).
         self.out = _Console(file=cast(IO[str], RedactingFile(sys.stdout)), soft_wrap=True, highlight=False)
         self.err = Console(file=cast(IO[str], RedactingFile(sys.stderr)), highlight=False, soft_wrap=True)
+
+    def stdout_carries_data(self) -> None:
+        """``-o -``: stdout carries the data (a tensor stream), so the result is rendered on stderr (hidden by
+        --quiet) and ``--json``, which wants stdout too, is refused (the one error line on stderr only)."""
+        if self.json_mode:
+            self.json_mode = False  # the refusal goes to stderr: stdout is the data's
+            raise InputError("--json prints to stdout, which -o - uses for the data", hint="drop --json or use -o DIR")
+        self.data_on_stdout = True
 
     def log(self, message: str) -> None:
         """An informational line on stderr (hidden by --quiet and --json)."""
@@ -197,7 +207,10 @@ class Output:
         ``failed``: the result is the report of a check that did not pass (the caller then exits with
         ``failed.exit_code``); with --json its five error keys are added to the report object.
         """
-        if self.json_mode:
+        if self.data_on_stdout:
+            if not self.quiet:
+                render(self.err)
+        elif self.json_mode:
             payload = to_jsonable(data)
             if failed is not None and isinstance(payload, dict):
                 payload = {**payload, **failed.to_json()}

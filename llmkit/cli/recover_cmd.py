@@ -55,10 +55,12 @@ BaseOpt = Annotated[
         metavar="PATH",
         rich_help_panel=INPUTS,
         help="The base model (e.g. LLaMA-13B converted to Hugging Face, or Meta's "
-        "folder); any layout: folder, shard index or single file.",
+        "folder); any layout: folder, shard index or single file; or - for a stream on stdin.",
     ),
 ]
-OutOpt = Annotated[Path, output_option("Output folder (must not be an input folder).")]
+OutOpt = Annotated[
+    Path, output_option("Output folder (must not be an input folder), or - for a safetensors stream on stdout.")
+]
 
 
 class InvFreq(str, Enum):
@@ -101,14 +103,11 @@ def _outcome_rows(result: WeightDiffResult) -> list[tuple[str, str]]:
     verb = "recovered" if plan.operation == "recover" else "diff written"
     weights = [f for f in result.files if f not in plan.aux_files]
     rate = plan.output_bytes / result.seconds if result.seconds > 0 else 0.0
+    where = "as a stream on stdout" if plan.output == "-" else f"in {len(weights)} file(s)"
     return [
-        (
-            verb,
-            f"{plan.output} ({plan.dtype}, {plan.tensors} tensors, "
-            f"{human_bytes(plan.output_bytes)} in {len(weights)} file(s))",
-        ),
+        (verb, f"{plan.output} ({plan.dtype}, {plan.tensors} tensors, {human_bytes(plan.output_bytes)} {where})"),
         ("time", f"{result.seconds:.1f} s ({human_bytes(rate)}/s written)"),
-        ("files", ", ".join(result.files)),
+        ("files", ", ".join(result.files) or "-"),
     ]
 
 

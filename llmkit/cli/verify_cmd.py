@@ -224,7 +224,7 @@ def verify_command(
         typer.Argument(
             metavar="PATH",
             help="Downloaded folders or files (default with --table FILE: the current folder). "
-            "With --tensors: two models or tensor tables, A and B.",
+            "With --tensors: two models or tensor tables, A and B (one may be - for a stream on stdin).",
         ),
     ] = None,
     table: Annotated[
@@ -275,7 +275,9 @@ def checksum_command(
     paths: Annotated[
         list[Path],
         typer.Argument(
-            metavar="PATH", help="Files or folders (folders recursively, hidden files skipped); with --tensors: models."
+            metavar="PATH",
+            help="Files or folders (folders recursively, hidden files skipped); with --tensors: models, or - "
+            "for a stream on stdin.",
         ),
     ],
     algo: Annotated[

@@ -27,7 +27,7 @@ import torch
 from llmkit.errors import InputError
 from llmkit.io.core.dtypes import DTYPE_CHOICES
 from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
-from llmkit.io.core.source import TensorSource, open_model, require_layout
+from llmkit.io.core.source import STDIN, TensorSource, open_model, require_layout
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.meta.as_hf import MetaHFView, open_as_hf, tokenizer_model
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, PlanReport, PlanResult, ProgressFactory, run_plan
@@ -259,4 +259,5 @@ def to_meta(options: ToMetaOptions, *, progress: ProgressFactory | None = None) 
     except BaseException:
         src.close()
         raise
-    return _run("to-meta", options, plan, progress, str(folder))
+    shown = str(options.source) if str(options.source) == STDIN else str(folder)  # a stream's files: the stream's
+    return _run("to-meta", options, plan, progress, shown)

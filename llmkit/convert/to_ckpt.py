@@ -12,9 +12,10 @@ from llmkit.convert import ckpt_options
 from llmkit.convert.ckpt_options import TO_NAMES, CkptResult, ToCkptOptions
 from llmkit.errors import InputError
 from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
+from llmkit.io.core.llama_weights import hf_sort_key
 from llmkit.io.core.source import TensorSource, open_model
 from llmkit.io.core.spec import TensorInfo, TensorSpec
-from llmkit.io.meta.as_hf import hf_sort_key, open_as_hf
+from llmkit.io.meta.as_hf import open_as_hf
 from llmkit.io.meta.names import check_rotary_heads, unpermute_hf_to_meta
 from llmkit.io.mindspore.mindformers import hf_to_mindformers, is_mindformers, llama_hf_name
 from llmkit.pipeline import AuxCopy, Notice, Plan, ProgressFactory

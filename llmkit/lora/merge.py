@@ -23,7 +23,7 @@ from llmkit.errors import InputError
 from llmkit.io.core.dtypes import DTYPE_CHOICES, dtype_name
 from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.core.sink import Sink
-from llmkit.io.core.source import TensorSource, open_model
+from llmkit.io.core.source import STDIN, TensorSource, open_model
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.hf.adapter_config import ADAPTER_CONFIG
 from llmkit.lora.adapters import Adapter, Resolver, load_adapter
@@ -238,7 +238,9 @@ class MergePlan:
             vocab_before=self.vocab.before,
             vocab_after=self.vocab.after,
             mean_initialised_rows=dict(self.vocab.mean_rows),
-            tokenizer_from=str(self.vocab.tokenizer_folder) if has_tokenizer(self.vocab.tokenizer_folder) else None,
+            tokenizer_from=self._shown(self.vocab.tokenizer_folder)
+            if has_tokenizer(self.vocab.tokenizer_folder)
+            else None,
             tensors=report.tensors - len(self.dropped),
             total_bytes=report.output_bytes,
             files=list(sink.files),
@@ -249,6 +251,10 @@ class MergePlan:
             disk_margin_bytes=report.disk_margin_bytes,
             plan=report if self.options.dry_run else None,
         )
+
+    def _shown(self, folder: Path | None) -> str:
+        """A folder as the result names it: a stream's side files (its private folder) are the stream's, ``-``."""
+        return str(self.base.path) if str(self.base.path) == STDIN and folder == self.base.folder else str(folder)
 
     def close(self) -> None:
         for a in self.adapters:

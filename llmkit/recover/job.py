@@ -45,6 +45,12 @@ def run(
         raise InputError(f"--base-inv-freq must be one of {', '.join(INV_FREQ_FORMS)}, got {options.base_inv_freq!r}")
     if options.check_sum is not None and not math.isfinite(options.check_sum):
         raise InputError(f"--check-sum must be a finite number, got {options.check_sum}")
+    to_stdout = str(options.output) == "-"
+    if options.reference is not None and to_stdout:
+        raise InputError(
+            "--reference compares the written output, and -o - writes none",
+            hint="compare the stream instead: ... -o - | llmkit verify --tensors - REFERENCE",
+        )
     if options.reference is not None and not Path(options.reference).exists():
         raise InputError("no such file or folder", path=options.reference, hint="check the --reference path")
     plan, facts = plan_weight_diff(options)
@@ -63,7 +69,8 @@ def run(
     if not options.dry_run:
         taps = [t for t in plan.taps if isinstance(t, SumTap)]
         result.check_sum = taps[0].result if taps else None
-        _check_output(options, result, progress)
+        if not to_stdout:  # a stream has no files to look up in the published tables
+            _check_output(options, result, progress)
     return result
 
 

@@ -21,7 +21,7 @@ import torch
 
 from llmkit.errors import InputError
 from llmkit.hashing import hash_file
-from llmkit.io.core.source import TensorSource, open_source
+from llmkit.io.core.source import STDIN, TensorSource, open_source
 from llmkit.io.mindspore.reader import finish_reads
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
 from llmkit.verify.files import WEIGHT_SUFFIXES, FileCheck, list_files, resolve_jobs
@@ -111,9 +111,8 @@ def compare_sources(
                 only_a=[k for k in names_a if k not in keys_b],
                 only_b=[k for k in names_b if k not in keys_a],
             )
-            for name in names_a:
-                if name not in keys_b:
-                    continue
+            # read in a stream's order when one side is a stream on stdin; the lists follow a's order below
+            for name in sb.read_order(sa.read_order([n for n in names_a if n in keys_b])):
                 ia, ib = sa.info(name), sb.info(name)
                 result.judge(
                     name,
@@ -125,6 +124,11 @@ def compare_sources(
                 sb.release(name)
                 if progress is not None:
                     progress(ia.nbytes)
+            rank = {n: i for i, n in enumerate(names_a)}
+            result.differing.sort(key=rank.__getitem__)
+            result.reasons = {n: result.reasons[n] for n in result.differing}
+            sa.read_to_end()
+            sb.read_to_end()
             result.warnings = finish_reads(sa.files) + finish_reads(sb.files)
             return result.finish()
         finally:
@@ -184,10 +188,11 @@ def _aux_files(folder: Path) -> dict[str, Path]:
     }
 
 
-def compare_aux_files(a: Path, b: Path) -> list[FileCheck]:
+def compare_aux_files(a: Path, b: Path, *, shown: tuple[str, str] | None = None) -> list[FileCheck]:
     """Compare the non-weight files of two model folders: JSON semantically (formatting or metadata
-    only is reported as ok with a note), everything else by sha256."""
+    only is reported as ok with a note), everything else by sha256. ``shown``: how notes name A and B."""
     fa, fb = _aux_files(a), _aux_files(b)
+    name_a, name_b = shown or (str(a), str(b))
     out: list[FileCheck] = []
     for rel in sorted(set(fa) | set(fb)):
         pa, pb = fa.get(rel), fb.get(rel)
@@ -199,7 +204,7 @@ def compare_aux_files(a: Path, b: Path) -> list[FileCheck]:
                     None,
                     "sha256",
                     "missing" if pa is None else "extra",
-                    note=f"only in {b if pa is None else a}",
+                    note=f"only in {name_b if pa is None else name_a}",
                 )
             )
             continue
@@ -261,8 +266,10 @@ def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | 
     """Compare two models tensor by tensor (either may be a ``--tensors`` table file), under one
     ``comparing tensors`` progress bar (bytes of tensor data)."""
     a, b = Path(options.a), Path(options.b)
+    if str(a) == str(b) == STDIN:
+        raise InputError("A and B are both - (stdin): only one side can be the stream", hint="pass B as a path")
     for p in (a, b):
-        if not p.exists():
+        if str(p) != STDIN and not p.exists():
             raise InputError("no such file or folder", path=p, hint="check the path")
     key = None
     if options.dec_key is not None:
@@ -274,7 +281,16 @@ def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | 
         total = next((s.total_bytes for s in sides if isinstance(s, TensorSource) and s.total_bytes), 0)
         with (progress or no_progress)("comparing tensors", total) as advance:
             cmp, method = _compare(sides[0], sides[1], resolve_jobs(options.jobs), advance)
-    files = compare_aux_files(a, b) if a.is_dir() and b.is_dir() else []
+        # a stream's side files are in its folder (removed when it is closed): compared as a folder's are
+        fa, fb = (
+            s.folder if isinstance(s, TensorSource) and str(p) == STDIN else p
+            for s, p in zip(sides, (a, b), strict=True)
+        )
+        files = (
+            compare_aux_files(fa, fb, shown=(str(a), str(b)))
+            if fa is not None and fb is not None and fa.is_dir() and fb.is_dir()
+            else []
+        )
     summary = (
         f"{cmp.compared} compared by {method}, {len(cmp.differing)} differ, {len(cmp.only_a)} only in A, "
         f"{len(cmp.only_b)} only in B"

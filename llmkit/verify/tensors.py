@@ -111,19 +111,21 @@ def tensor_table(
             return d
 
         digests: dict[str, str] = {}
+        reads = src.read_order(names)  # a stream on stdin in its order; the table lists them in stored order
         if jobs <= 1:
-            for n in names:
+            for n in reads:
                 digests[n] = work(n, src.get(n))
         else:
             with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="llmkit-thash") as pool:
                 pending: list = []
-                for n in names:
+                for n in reads:
                     pending.append((n, pool.submit(work, n, src.get(n))))
                     while len(pending) >= 2 * jobs:
                         m, f = pending.pop(0)
                         digests[m] = f.result()
                 for m, f in pending:
                     digests[m] = f.result()
+        src.read_to_end()
         notices = [Notice.warning(w) for w in finish_reads(src.files)]
         return TensorTable(
             algorithm,

@@ -73,9 +73,10 @@ def check_output_path(out_dir: str | os.PathLike) -> None:
 
 
 def _resolved(inputs: Iterable[str | os.PathLike | None]) -> Iterator[tuple[str | os.PathLike, Path]]:
-    """Each input given (``None`` entries skipped) with its real path (symlinks resolved, loops kept as they are)."""
+    """Each input given (``None`` and ``-``, a stream on stdin, skipped) with its real path (symlinks resolved,
+    loops kept as they are)."""
     for p in inputs:
-        if p is not None:
+        if p is not None and str(p) != "-":
             yield p, Path(os.path.realpath(p))
 
 

@@ -46,6 +46,18 @@ LAYER_TENSORS = (
 
 
 HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+_HF_ORDER = tuple(n.removesuffix(".weight") for n in LAYER_TENSORS)  # a layer's modules, state-dict order
+
+
+def hf_sort_key(name: str) -> tuple:
+    """transformers' state-dict order: embed_tokens, layers 0..N (its modules in order), norm, lm_head."""
+    if name == "model.embed_tokens.weight":
+        return (0,)
+    m = HF_LAYER.match(name)
+    if m:
+        rest = name[m.end() :].removesuffix(".weight")
+        return (1, int(m.group(1)), _HF_ORDER.index(rest) if rest in _HF_ORDER else len(_HF_ORDER), rest)
+    return (2, name != "model.norm.weight", name)
 
 
 _BUFFER = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^rope\.freqs$")

@@ -77,6 +77,7 @@ SinkFactory = Callable[..., Sink]
 SINKS: dict[str, SinkFactory] = {}
 OWN_FILES: dict[str, re.Pattern[str]] = {}  # format -> the file names its outputs consist of
 ANY_INDEX = re.compile(r"^.*\.index\.json$")  # a shard index of any layout
+STDOUT = "-"  # as an output: a safetensors stream on stdout, for the next command of a pipe
 
 
 def register_sink(fmt: str, *, owns: re.Pattern[str] | None = None) -> Callable[[SinkFactory], SinkFactory]:
@@ -114,7 +115,17 @@ def open_sink(
     extra_bytes: int = 0,
     **options: Any,
 ) -> Sink:
-    """The sink for format ``fmt`` (``safetensors``, ``bin``, ``meta-pth``, ``ckpt``), destination checked."""
+    """The sink for format ``fmt`` (``safetensors``, ``bin``, ``meta-pth``, ``ckpt``), destination checked;
+    ``out_dir`` ``-``: a safetensors stream on stdout (``llmkit.io.hf.stream_sink``; ``out=`` another stream)."""
+    if str(out_dir) == STDOUT:
+        if fmt != "safetensors":
+            raise InputError(
+                f"-o - writes a safetensors stream, not {fmt} files",
+                hint=f"use --format safetensors, or write {fmt} to a path: -o PATH",
+            )
+        from llmkit.io.hf.stream_sink import open_stream_sink
+
+        return open_stream_sink(specs, force=force, inputs=inputs, extra_bytes=extra_bytes, **options)
     load_builtin_formats()
     if fmt not in SINKS:
         raise InputError(f"unknown output format {fmt!r}", hint=f"use one of {', '.join(sorted(SINKS))}")

@@ -151,6 +151,15 @@ class TensorSource:
         from others (a plan read as a source) what computing ``name`` reads."""
         return [(self, name)]
 
+    def read_order(self, names: list[str] | None = None) -> list[str]:
+        """``names`` (default: every tensor) in the order to read them in: as given, or a stream's order."""
+        names = self.keys() if names is None else names
+        return sorted(names, key=lambda n: self.stream_position(n) or 0)
+
+    def read_to_end(self) -> None:
+        """The job has read what it needs: a stream reads what is left and checks it ended where its header
+        says (a producer that failed or was killed is an error before any output is kept); others: nothing."""
+
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         """One tensor at a time, the next one prefetched; each is released when the loop moves on
         (do not keep a yielded tensor from a ``.bin`` and modify it in place after that)."""
@@ -218,6 +227,12 @@ class RenamedSource(TensorSource):
 
     def records(self, name: str) -> int:
         return self.inner.records(self._stored[name])
+
+    def stream_position(self, name: str) -> int | None:
+        return self.inner.stream_position(self._stored[name]) if name in self._stored else None
+
+    def read_to_end(self) -> None:
+        self.inner.read_to_end()
 
     def close(self) -> None:
         self.inner.close()

@@ -90,8 +90,11 @@ class ShardSetWriter:
     ``inputs``: every file and folder the job reads (models, adapters, the folders config and tokenizer
     files come from); the output may not be, be inside or contain any of them (symlinks resolved). The
     subclasses check the destination when constructed: after that, :attr:`free_disk_bytes`,
-    :attr:`space_margin` and :attr:`needed_disk_bytes` say what was found and required.
+    :attr:`space_margin` and :attr:`needed_disk_bytes` say what was found and required. ``write_order``:
+    the order the tensors must be written in (None: any, each is written in place; the runner honours it).
     """
+
+    write_order: list[str] | None = None
 
     def __init__(
         self,

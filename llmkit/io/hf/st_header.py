@@ -157,8 +157,6 @@ def read_header(f: BinaryIO, path: Path, size: int) -> tuple[list[StEntry], dict
     """Read and check the header of the safetensors file ``f`` (``size`` bytes long, named ``path``).
 
     Returns the entries in data order, the ``__metadata__`` strings and where the data starts."""
-    from llmkit.io.core.dtypes import ST_TO_TORCH, itemsize
-
     head = f.read(8)
     if len(head) < 8:
         raise InputError(
@@ -173,10 +171,20 @@ def read_header(f: BinaryIO, path: Path, size: int) -> tuple[list[StEntry], dict
             path=path,
             hint="the file is truncated or not safetensors; download it again",
         )
-    header = _parse(f.read(n), path)
+    entries, metadata = parse_header(f.read(n), path, size - 8 - n)
+    return entries, metadata, 8 + n
+
+
+def parse_header(raw: bytes, path: Path, data_len: int | None) -> tuple[list[StEntry], dict[str, str]]:
+    """The header JSON ``raw`` checked: the entries in data order and the ``__metadata__`` strings. The
+    entries must tile ``data_len`` bytes of data; ``None`` (a stream, whose length is not known yet): the
+    data ends where the last tensor ends."""
+    from llmkit.io.core.dtypes import ST_TO_TORCH, itemsize
+
+    header = _parse(raw, path)
     itemsizes = {code: itemsize(dtype) for code, dtype in ST_TO_TORCH.items()}
     metadata = _metadata(header.get("__metadata__"), path)
     entries = [_entry(k, v, path, itemsizes) for k, v in header.items() if k != "__metadata__"]
     entries.sort(key=lambda e: (e.begin, e.end))
-    _check_tiling(entries, size - 8 - n, path)
-    return entries, metadata, 8 + n
+    _check_tiling(entries, max((e.end for e in entries), default=0) if data_len is None else data_len, path)
+    return entries, metadata

@@ -24,34 +24,11 @@ import torch
 
 from llmkit.errors import InputError
 from llmkit.io.core.llama_tensors import Findings
-from llmkit.io.core.llama_weights import HF_LAYER, layers_seen, llama_config
+from llmkit.io.core.llama_weights import hf_sort_key, layers_seen, llama_config
 from llmkit.io.core.regular import check_regular, is_special
 from llmkit.io.core.source import RenamedSource, TensorSource
 from llmkit.io.meta.names import meta_to_hf_name, permute_meta_to_hf
 from llmkit.io.meta.source import MetaSource
-
-_HF_ORDER = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-    "input_layernorm",
-    "post_attention_layernorm",
-)
-
-
-def hf_sort_key(name: str) -> tuple:
-    """transformers' state-dict order: embed_tokens, layers 0..N (its modules in order), norm, lm_head."""
-    if name == "model.embed_tokens.weight":
-        return (0,)
-    m = HF_LAYER.match(name)
-    if m:
-        rest = name[m.end() :].removesuffix(".weight")
-        return (1, int(m.group(1)), _HF_ORDER.index(rest) if rest in _HF_ORDER else len(_HF_ORDER), rest)
-    return (2, name != "model.norm.weight", name)
 
 
 def _int(params: dict, key: str, path: Path) -> int | None:

@@ -55,6 +55,7 @@ class CkptSink(ShardSetWriter):
         )
         self.total_size = layout.file_size(list(specs))  # file bytes: records and trailer, or encrypted blocks
         self._names = {s.name for s in specs}
+        self.write_order = [s.name for s in specs]  # records follow each other: tensors in plan order
         self._check_destination(extra_bytes)
 
     def _make_staging(self) -> StagedFile:
