@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # torch and the io layer load when a job runs, not when the C
     from llmkit.io.core.source import TensorSource
     from llmkit.io.core.spec import TensorSpec
 
+from llmkit.read_order import check_read_order, leaf_reads, run_order  # the runner orders tensors with these
+
 # progress(label, total_bytes) -> context manager yielding advance(nbytes); Output.progress fits.
 ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Callable[[int], None]]]
 
@@ -283,61 +285,6 @@ def plan_rows(report: Any) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------ the runner
 
 
-def _leaf_reads(plan: Plan, name: str) -> list[tuple[TensorSource, str]]:
-    """What producing ``name`` reads in the end: ``plan.reads(name)``, through every plan read as a source."""
-    leaves: list[tuple[TensorSource, str]] = []
-    todo = list(plan.reads(name))
-    while todo:
-        src, key = todo.pop(0)
-        inner = src.expand_reads(key)
-        if inner != [(src, key)]:
-            todo[:0] = inner
-        else:
-            leaves.append((src, key))
-    return leaves
-
-
-def run_order(plan: Plan, sink: Sink) -> list[str]:
-    """The order the runner produces the plan's tensors in: the one the sink must be given them in
-    (``sink.write_order``: a stream on stdout, a ``.ckpt``), else, when the plan reads a stream on stdin, that
-    stream's order (a folder sink writes in any order and lays its files out in ``plan.specs`` order), else
-    ``plan.specs`` order."""
-    fixed = getattr(sink, "write_order", None)
-    names = [s.name for s in plan.specs]
-    if fixed is not None:
-        return list(fixed)
-
-    def first_read(name: str) -> int:
-        return min(
-            (p for src, key in _leaf_reads(plan, name) if (p := src.stream_position(key)) is not None), default=-1
-        )
-
-    keys = {n: first_read(n) for n in names}
-    return names if all(k < 0 for k in keys.values()) else sorted(names, key=keys.__getitem__)
-
-
-def check_read_order(plan: Plan, order: list[str] | None = None) -> None:
-    """Refuse, before anything is read, a plan that reads a front-to-back source (a stream on stdin) out of
-    its order: the tensors of the plan's outputs, in ``order`` (default: output order), through every plan
-    read as a source."""
-    from llmkit.errors import InputError
-
-    last: dict[int, tuple[int, str]] = {}
-    for name in order if order is not None else [s.name for s in plan.specs]:
-        for src, key in _leaf_reads(plan, name):
-            pos = src.stream_position(key)
-            if pos is None:
-                continue
-            before = last.get(id(src))
-            if before is not None and pos < before[0]:
-                raise InputError(
-                    f"{plan.job} needs tensor {key!r} after {before[1]!r}, but the stream on stdin holds it before",
-                    path=src.path,
-                    hint="write the input to a file first (-o FOLDER) and pass that folder instead of -",
-                )
-            last[id(src)] = (pos, key)
-
-
 @dataclass
 class Execution:
     """What :func:`execute` did: final file names, tap results, seconds."""
@@ -380,7 +327,7 @@ def execute(plan: Plan, sink: Sink, *, progress: ProgressFactory | None = None) 
     checks: list[Check] = []
     total = sum(s.nbytes for s in plan.specs)
     order = run_order(plan, sink)
-    streams = {id(src): src for n in order for src, key in _leaf_reads(plan, n) if src.stream_position(key) is not None}
+    streams = {id(src): src for n in order for src, key in leaf_reads(plan, n) if src.stream_position(key) is not None}
     with sink, ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmkit-write") as pool:
         # the side files first: they are small and read now, and a stream sink puts config.json in its header
         for a in plan.aux:
