@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +62,12 @@ class _PlanFile(TensorFile):
         self.source = source
 
     def get(self, name: str) -> torch.Tensor:
-        return self.source.produce(name)
+        return self.source.computed(name)
 
     def prefetch(self, name: str) -> None:
         for src, key in self.source.plan.reads(name):
             src.prefetch(key)
+        self.source.compute_ahead(name)
 
     def release(self, name: str) -> None:
         for src, key in self.source.plan.reads(name):
@@ -76,14 +78,23 @@ class PlanSource(TensorSource):
     """A plan's output read as a source, without writing it: ``info`` from the specs, ``get`` computes.
 
     Each tensor is computed when asked for, and not kept (a consumer that asks twice gets it computed
-    twice: none of the jobs does); the plan's taps see each tensor the first time, ``tee`` (a sink) too. The plan's side files
-    (config.json with its new dtype, tokenizer) are in a private folder, the source's ``folder``, removed by
-    :meth:`close`. :meth:`drain` computes what the consumer did not ask for, when taps or a tee need it.
+    twice: none of the jobs does); the plan's taps see each tensor the first time, ``tee`` (a sink) too.
+    Every tensor is computed on the source's own thread, in the order asked for; ``prefetch(name)`` (the
+    runner's, for the tensor after the one it computes) starts computing ``name`` there at once, unless it
+    is as large as the largest tensor (the embedding, lm_head: computed when asked, so the peak memory is
+    what it is without it). So each stage of a chain computes its next tensor while the stage after it
+    uses the current one, as commands joined by pipes do. The plan's side files (config.json with its new
+    dtype, tokenizer) are in a private folder, the source's ``folder``, removed by :meth:`close`.
+    :meth:`drain` computes what the consumer did not ask for, when taps or a tee need it.
     """
 
     def __init__(self, plan: Plan, *, tee: Sink | None = None):
         self.plan, self.tee = plan, tee
         self.done: set[str] = set()
+        self._sizes = {s.name: s.nbytes for s in plan.specs}
+        self._largest = max(self._sizes.values(), default=0)
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[str, Future[torch.Tensor]] = {}
         file = _PlanFile(self)
         super().__init__(
             path=plan.output,
@@ -94,6 +105,7 @@ class PlanSource(TensorSource):
         )
 
     def produce(self, name: str) -> torch.Tensor:
+        """Compute ``name`` (on the source's thread), feeding the taps and the tee the first time."""
         tensor = self.plan.produce(name)
         if name not in self.done:
             for tap in self.plan.taps:
@@ -102,6 +114,22 @@ class PlanSource(TensorSource):
                 self.tee.write(name, tensor)
             self.done.add(name)
         return tensor
+
+    def _submit(self, name: str) -> Future[torch.Tensor]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmkit-stage")
+        return self._pool.submit(self.produce, name)
+
+    def compute_ahead(self, name: str) -> None:
+        """Start computing ``name`` now, unless it is started, done, or as large as the largest tensor."""
+        if name in self._ahead or name in self.done or self._sizes.get(name, self._largest) >= self._largest:
+            return
+        self._ahead[name] = self._submit(name)
+
+    def computed(self, name: str) -> torch.Tensor:
+        """``name``, computed ahead or now (either way on the source's thread: one tensor at a time)."""
+        future = self._ahead.pop(name, None)
+        return (future if future is not None else self._submit(name)).result()
 
     def expand_reads(self, name: str) -> list[tuple[TensorSource, str]]:
         return list(self.plan.reads(name))
@@ -112,11 +140,15 @@ class PlanSource(TensorSource):
             return
         for spec in self.plan.specs:
             if spec.name not in self.done:
-                self.produce(spec.name)
+                self.computed(spec.name)
                 for src, key in self.plan.reads(spec.name):
                     src.release(key)
 
     def close(self) -> None:
+        if self._pool is not None:  # a tensor still being computed finishes before the files close
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._ahead.clear()
         self.plan.close()
         if self.folder is not None and self.folder.name.startswith("llmkit-chain-"):
             shutil.rmtree(self.folder, ignore_errors=True)
