@@ -564,7 +564,14 @@ def full_depth_section(full: dict) -> list[str]:
                 "model is checked against LLaMA-7B's published MD5 while it converts (a thread hashes the whole "
                 "file), and MD5 on this CPU is slower than the disk."
             )
-    if wb or any(r.get("md5_floor") for r in rows):
+    if any(r["job"] in ("chain", "pipe") for r in rows):
+        lines.append(
+            "- The one-pass rows run recover, merge-lora and to-ckpt at once (nothing but the `.ckpt` written): the "
+            "chain's peak RSS is the three jobs' working sets in one process, the pipes' the largest of the three "
+            "processes; the 1 GiB bound is one job's. The tensor-pipe form's target is 1.3x (three processes and "
+            "their start-up)."
+        )
+    if wb or any(r.get("md5_floor") for r in rows) or any(r["job"] in ("chain", "pipe") for r in rows):
         lines.append("")
     if full.get("failures"):
         lines += [f"- failed: {f}" for f in full["failures"]] + [""]
