@@ -157,19 +157,11 @@ class PlanSource(TensorSource):
 def _side_folder(plan: Plan) -> Path | None:
     """The side files the plan's sink would write (carried config/tokenizer files, config.json with the new
     dtype and vocabulary size, the files the job makes), in a private folder; None when there are none."""
-    from llmkit.io.core.writer import updated_config
+    from llmkit.io.core.writer import side_files
 
     files: dict[str, bytes] = {}
     for a in plan.aux:
-        if a.folder is None:
-            continue
-        for name in a.names:
-            p = a.folder / name
-            if p.is_file():
-                data = p.read_bytes()
-                if name == "config.json" and (a.dtype is not None or a.vocab_size is not None):
-                    data = updated_config(data, p, dtype=a.dtype, vocab_size=a.vocab_size)
-                files[name] = data
+        files.update(side_files(a.folder, a.names, dtype=a.dtype, vocab_size=a.vocab_size))
     files.update(plan.files)
     if not files:
         return None

@@ -276,13 +276,10 @@ class ShardSetWriter:
     ) -> list[str]:
         """Carry config/tokenizer files from ``folder`` (``only`` those, or all but ``skip``); update
         ``config.json`` dtype and vocab size."""
-        copied = self.copy_files(folder, self._aux_names(only, skip))
-        if "config.json" in copied and (dtype is not None or vocab_size is not None):
-            assert folder is not None
-            self._aux["config.json"] = updated_config(
-                self._aux["config.json"], folder / "config.json", dtype=dtype, vocab_size=vocab_size
-            )
-        return copied
+        files = side_files(folder, self._aux_names(only, skip), dtype=dtype, vocab_size=vocab_size)
+        for name, data in files.items():
+            self.add_file(name, data)
+        return list(files)
 
     def _aux_names(self, only: Iterable[str] | None, skip: Iterable[str]) -> list[str]:
         """The side files :meth:`copy_aux_files` carries: ``only`` those (in that order), else every one of
@@ -332,6 +329,25 @@ class ShardSetWriter:
                 sh.handle = None
         self._staging.discard()
         remove_empty(getattr(self, "_made_dirs", []))
+
+
+def side_files(
+    folder: Path | None, names: Iterable[str], *, dtype: torch.dtype | None = None, vocab_size: int | None = None
+) -> dict[str, bytes]:
+    """The files of ``names`` that exist in ``folder``, as an output carries them: ``config.json`` with
+    ``dtype`` and ``vocab_size`` set when given. One that is a FIFO, socket or device is refused (never read:
+    it could block forever)."""
+    files: dict[str, bytes] = {}
+    if folder is None:
+        return files
+    for name in names:
+        p = folder / name
+        if p.is_file() or is_special(p):
+            data = read_regular(p, f"a {name} file")
+            if name == "config.json" and (dtype is not None or vocab_size is not None):
+                data = updated_config(data, p, dtype=dtype, vocab_size=vocab_size)
+            files[name] = data
+    return files
 
 
 def updated_config(data: bytes, path: Path, *, dtype: torch.dtype | None, vocab_size: int | None) -> bytes:

@@ -31,9 +31,8 @@ from llmkit.io.core.files import AUX_FILES
 from llmkit.io.core.layout import WRITE_SLICE, tensor_bytes
 from llmkit.io.core.llama_weights import hf_sort_key
 from llmkit.io.core.naming import hf_name
-from llmkit.io.core.regular import is_special, read_regular
 from llmkit.io.core.spec import TensorSpec
-from llmkit.io.core.writer import updated_config
+from llmkit.io.core.writer import side_files
 from llmkit.io.hf.safetensors import safetensors_header
 from llmkit.io.hf.stream import FILE_KEY, ORDER_KEY
 
@@ -94,19 +93,12 @@ class StreamSink:
         only: Iterable[str] | None = None,
     ) -> list[str]:
         """Carry config/tokenizer files from ``folder`` as a folder output would (``config.json`` updated)."""
-        if folder is None:
-            return []
         skipped = set(skip)
-        copied = []
-        for name in (n for n in (AUX_FILES if only is None else tuple(only)) if n not in skipped):
-            p = folder / name
-            if p.is_file() or is_special(p):  # a FIFO or device is refused by read_regular, never read
-                data = read_regular(p, f"a {name} file")
-                if name == "config.json" and (dtype is not None or vocab_size is not None):
-                    data = updated_config(data, p, dtype=dtype, vocab_size=vocab_size)
-                self.add_file(name, data)
-                copied.append(name)
-        return copied
+        names = [n for n in (AUX_FILES if only is None else tuple(only)) if n not in skipped]
+        files = side_files(folder, names, dtype=dtype, vocab_size=vocab_size)
+        for name, data in files.items():
+            self.add_file(name, data)
+        return list(files)
 
     # ---- the stream ----
     def _header(self) -> None:
