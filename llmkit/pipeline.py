@@ -223,10 +223,21 @@ def open_plan_sink(plan: Plan, *, force: bool = False) -> Sink:
         extra_bytes=plan.aux_bytes,
         **plan.sink_options,
     )
+    if getattr(sink, "wants_side_files_first", False):  # a GGUF header holds the config and the tokenizer
+        carry_side_files(plan, sink)
+        sink.side_files_ready()  # type: ignore[attr-defined]
     kept = sink.kept_files
     if kept:
         plan.notices.append(Notice.info(f"kept in the output folder (not written by llmkit): {', '.join(kept)}"))
     return sink
+
+
+def carry_side_files(plan: Plan, sink: Sink) -> None:
+    """Hand the sink the plan's side files: the aux copies (config.json updated) and the files the job made."""
+    for a in plan.aux:
+        sink.copy_aux_files(a.folder, dtype=a.dtype, vocab_size=a.vocab_size, only=a.names)
+    for file_name, data in plan.files.items():
+        sink.add_file(file_name, data)
 
 
 def current_rss() -> int:
@@ -240,6 +251,12 @@ def current_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _side_file_names(plan: Plan) -> list[str]:
+    return sorted(
+        {n for a in plan.aux if a.folder is not None for n in a.names if (a.folder / n).is_file()} | set(plan.files)
+    )
+
+
 def plan_report(plan: Plan, sink: Sink) -> PlanReport:
     largest = max(plan.specs, key=lambda s: s.nbytes, default=None)
     return PlanReport(
@@ -248,10 +265,7 @@ def plan_report(plan: Plan, sink: Sink) -> PlanReport:
         tensors=len(plan.specs),
         output_bytes=sink.total_size,
         input_bytes=plan.input_bytes,
-        files=list(sink.files)
-        + sorted(
-            {n for a in plan.aux if a.folder is not None for n in a.names if (a.folder / n).is_file()} | set(plan.files)
-        ),
+        files=list(sink.files) + (_side_file_names(plan) if getattr(sink, "carries_side_files", True) else []),
         largest_tensor=largest.name if largest else "",
         largest_tensor_bytes=largest.nbytes if largest else 0,
         memory_estimate_bytes=plan.working_set_bytes + current_rss(),
@@ -330,10 +344,7 @@ def execute(plan: Plan, sink: Sink, *, progress: ProgressFactory | None = None) 
     streams = {id(src): src for n in order for src, key in leaf_reads(plan, n) if src.stream_position(key) is not None}
     with sink, ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmkit-write") as pool:
         # the side files first: they are small and read now, and a stream sink puts config.json in its header
-        for a in plan.aux:
-            sink.copy_aux_files(a.folder, dtype=a.dtype, vocab_size=a.vocab_size, only=a.names)
-        for file_name, data in plan.files.items():
-            sink.add_file(file_name, data)
+        carry_side_files(plan, sink)
         with (progress or no_progress)(plan.label, total) as advance:
             pending: tuple[Future, str] | None = None
             for name, tensor in _tensor_stream(plan, order):

@@ -189,3 +189,49 @@ def endpoint_option(help: str) -> Any:
 def jobs_option(help: str, **kwargs: Any) -> Any:
     """``--jobs N`` / ``-j N``."""
     return typer.Option("--jobs", "-j", metavar="N", rich_help_panel=PERFORMANCE, help=help, **kwargs)
+
+
+class GGUFOutType(str, Enum):
+    """GGUF tensor types: what ``--outtype`` takes (llama.cpp's converter spells them so; any case)."""
+
+    f32 = "f32"
+    f16 = "f16"
+    bf16 = "bf16"
+    q8_0 = "q8_0"
+    q4_0 = "q4_0"
+    q4_1 = "q4_1"
+    q5_0 = "q5_0"
+    q5_1 = "q5_1"
+
+
+OutTypeOpt = Annotated[
+    GGUFOutType,
+    typer.Option(
+        "--outtype",
+        metavar=choice_metavar(GGUFOutType),
+        case_sensitive=False,
+        rich_help_panel=OUTPUT,
+        help="GGUF tensor type of the weights (norms stay f32; a quantized type whose 32-value blocks do not fit "
+        "a row falls back to f16, as llama.cpp's converter does).",
+    ),
+]
+SplitMaxSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--split-max-size",
+        metavar="SIZE",
+        callback=_size_check,
+        rich_help_panel=OUTPUT,
+        help="Split the GGUF output into files of at most SIZE (llama.cpp's NAME-0000N-of-0000M.gguf, in the -o "
+        f"folder): {SIZE_HELP}.",
+    ),
+]
+ModelNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model-name",
+        metavar="NAME",
+        rich_help_panel=OUTPUT,
+        help="general.name of the GGUF file (default: from the model card or the folder name, as llama.cpp's converter).",
+    ),
+]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib import import_module
 
 BUILTIN_SOURCES = ("llmkit.io.hf.source", "llmkit.io.meta.source", "llmkit.io.mindspore.source")
-BUILTIN_SINKS = ("llmkit.io.hf.sink", "llmkit.io.meta.sink", "llmkit.io.mindspore.sink")
+BUILTIN_SINKS = ("llmkit.io.hf.sink", "llmkit.io.meta.sink", "llmkit.io.mindspore.sink", "llmkit.io.gguf.sink")
 BUILTIN_NAMINGS = ("llmkit.io.mindspore.mindformers", "llmkit.io.meta.names")  # LLaMA weight names (core.naming)
 
 

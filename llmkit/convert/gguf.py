@@ -1,0 +1,127 @@
+"""``to-gguf``: any LLaMA llmkit reads (a Hugging Face folder, a Meta folder, a tensor stream) -> one GGUF file.
+
+A plan like to-meta's: every tensor of the source in its order, unchanged, into the ``gguf`` sink, which
+stores each under llama.cpp's name and type (``llmkit.io.gguf``); config and tokenizer files go to the sink
+for the header. The bytes equal ``convert_hf_to_gguf.py --outtype X`` on the same Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from llmkit.errors import InputError
+from llmkit.io.core.files import AUX_FILES
+from llmkit.io.core.source import STDIN, TensorSource, open_model
+from llmkit.io.meta.as_hf import open_as_hf
+from llmkit.pipeline import AuxCopy, PlanReport, PlanResult, ProgressFactory, run_plan
+from llmkit.units import parse_size
+
+
+@dataclass(frozen=True)
+class ToGGUFOptions:
+    """``llmkit to-gguf``: ``outtype`` one of ``llmkit.io.gguf.types.OUTTYPES``; ``split_max_size`` bytes per
+    file (0: one file); ``model_name``: ``general.name`` (default: what the converter finds)."""
+
+    source: Path
+    output: Path
+    outtype: str = "f16"
+    split_max_size: int = 0
+    model_name: str | None = None
+    force: bool = False
+    dry_run: bool = False
+
+
+@dataclass(kw_only=True)
+class GGUFResult(PlanResult):
+    """Result of ``to-gguf`` (docs/json.md): ``outtype``; ``tensor_types``: GGML type name -> tensor count;
+    ``plan``: the report every tensor job shares."""
+
+    plan: PlanReport
+    command: str = "to-gguf"
+    source: str = ""
+    outtype: str = "f16"
+    tensor_types: dict[str, int] = field(default_factory=dict)
+
+
+def tensor_type_counts(sink: Any) -> dict[str, int]:
+    """GGML type name -> how many tensors of the planned GGUF file have it."""
+    import gguf
+
+    counts: dict[str, int] = {}
+    for t in sink.tensors.values():
+        key = gguf.GGMLQuantizationType(t.ttype).name
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def gguf_sink_options(
+    outtype: str, split_max_size: int | str = 0, model_name: str | None = None, *, folder_name: str | None = None
+) -> dict:
+    """The ``gguf`` sink's options as every job passes them (``outtype`` checked here, before any work)."""
+    from llmkit.io.gguf.types import parse_outtype
+
+    size = parse_size(split_max_size) if isinstance(split_max_size, str) else split_max_size
+    return {
+        "outtype": parse_outtype(outtype),
+        "split_max_size": size,
+        "display_name": model_name,
+        "model_name": folder_name,
+    }
+
+
+def _refuse(options: ToGGUFOptions):
+    def refuse(src: TensorSource) -> InputError | None:
+        if src.adapter is not None:
+            return InputError(
+                "this is a LoRA adapter, not a model; llama.cpp runs merged models",
+                path=options.source,
+                hint="merge it first: llmkit merge-lora --base BASE --lora ADAPTER -o OUT --format gguf",
+            )
+        if src.layout == "ckpt":
+            return InputError(
+                "a MindSpore .ckpt has no tokenizer or config for GGUF's header",
+                path=options.source,
+                hint="llmkit from-ckpt CKPT --tokenizer DIR -o OUT.gguf --format gguf",
+            )
+        return None
+
+    return refuse
+
+
+def to_gguf(options: ToGGUFOptions, *, progress: ProgressFactory | None = None) -> GGUFResult:
+    """Convert a LLaMA to GGUF; the outtype, names and destination are checked before any tensor is read."""
+    from llmkit.convert.meta import _cast_plan
+
+    sink_options = gguf_sink_options(options.outtype, options.split_max_size, options.model_name)
+    src = open_model(options.source, refuse=_refuse(options), view=open_as_hf)
+    folder = src.folder
+    try:
+        if str(options.source) != STDIN and folder is not None:
+            sink_options["model_name"] = (
+                Path(options.source).resolve().name if Path(options.source).is_dir() else folder.name
+            )
+        plan = _cast_plan(
+            "to-gguf",
+            src,
+            options.output,
+            None,
+            "gguf",
+            sink_options=sink_options,
+            aux=[AuxCopy(folder, AUX_FILES)],
+        )
+    except BaseException:
+        src.close()
+        raise
+    return run_plan(
+        plan,
+        options,
+        lambda report, sink: GGUFResult(
+            plan=report,
+            source=str(options.source),
+            outtype=cast(Any, sink).outtype.name,
+            tensor_types=tensor_type_counts(sink),
+        ),
+        progress,
+    )
