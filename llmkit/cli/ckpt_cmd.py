@@ -16,10 +16,13 @@ from llmkit.cli.options import (
     DTYPES_OR_KEEP,
     DryRunOpt,
     ForceOpt,
-    HFFormat,
-    HFFormatOpt,
+    JobOutTypeOpt,
+    SplitMaxSizeOpt,
+    WeightFormat,
+    WeightFormatOpt,
     choice_option,
     dtype_option,
+    gguf_output,
     output_option,
     shard_size_option,
     tensor_output,
@@ -204,11 +207,15 @@ def from_ckpt_command(
         ),
     ],
     output: Annotated[
-        Path, output_option("Output folder (a Hugging Face LLaMA), or - for a safetensors stream on stdout.")
+        Path,
+        output_option(
+            "Output folder (a Hugging Face LLaMA), a .gguf file with --format gguf, or - for a safetensors stream "
+            "on stdout."
+        ),
     ],
     names: Annotated[FromNames, choice_option("--names", FromNames, FROM_NAMES_HELP, panel=INPUTS)] = FromNames.hf,
     rotary: Annotated[Rotary, choice_option("--rotary", Rotary, FROM_ROTARY_HELP, panel=INPUTS)] = Rotary.hf,
-    fmt: HFFormatOpt = HFFormat.safetensors,
+    fmt: WeightFormatOpt = WeightFormat.safetensors,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -225,6 +232,8 @@ def from_ckpt_command(
         str, dtype_option(DTYPES_OR_KEEP, "Output dtype: keep (default) or one cast per tensor.")
     ] = "keep",
     shard_size: ShardOpt = "5GB",
+    outtype: JobOutTypeOpt = None,
+    split_max_size: SplitMaxSizeOpt = None,
     strict: StrictOpt = False,
     dec_key: DecKeyOpt = None,
     dec_mode: DecModeOpt = None,
@@ -250,6 +259,7 @@ def from_ckpt_command(
         dec_key=dec_key,
         dec_mode=mode_value(dec_mode),
         **tensor_output(fmt, shard_size, force=force, dry_run=dry_run),
+        **gguf_output(outtype, split_max_size),
     )
     result = from_ckpt(options, progress=out.progress)
     out.show(result, _render(result))

@@ -14,10 +14,13 @@ from llmkit.cli.options import (
     DTYPES_OR_KEEP,
     DryRunOpt,
     ForceOpt,
-    HFFormat,
-    HFFormatOpt,
+    JobOutTypeOpt,
     ShardSizeOpt,
+    SplitMaxSizeOpt,
+    WeightFormat,
+    WeightFormatOpt,
     dtype_option,
+    gguf_output,
     output_option,
     tensor_output,
     with_output,
@@ -80,8 +83,10 @@ def from_meta_command(
     ],
     output: FromOutOpt,
     dtype: DtypeOpt = "keep",
-    fmt: HFFormatOpt = HFFormat.safetensors,
+    fmt: WeightFormatOpt = WeightFormat.safetensors,
     shard_size: ShardSizeOpt = "5GB",
+    outtype: JobOutTypeOpt = None,
+    split_max_size: SplitMaxSizeOpt = None,
     tokenizer: Annotated[
         Path | None,
         typer.Option(
@@ -109,6 +114,7 @@ def from_meta_command(
         dtype=dtype,
         tokenizer=tokenizer,
         **tensor_output(fmt, shard_size, force=force, dry_run=dry_run),
+        **gguf_output(outtype, split_max_size),
     )
     result = from_meta(options, progress=out.progress)
     out.show(result, _render(result))

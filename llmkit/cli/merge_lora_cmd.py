@@ -14,9 +14,12 @@ from llmkit.cli.helptext import INPUTS, OUTPUT, examples
 from llmkit.cli.options import (
     DTYPES_OR_KEEP,
     ForceOpt,
+    JobOutTypeOpt,
+    SplitMaxSizeOpt,
     choice_option,
     dry_run_option,
     dtype_option,
+    gguf_output,
     output_option,
     shard_size_option,
     with_output,
@@ -43,6 +46,7 @@ class FormatChoice(str, Enum):
     safetensors = "safetensors"
     bin = "bin"
     pth = "pth"
+    gguf = "gguf"
 
 
 def _render(r: MergeResult) -> Callable[[Console], None]:
@@ -116,8 +120,8 @@ def merge_lora_command(
         choice_option(
             "--format",
             FormatChoice,
-            "safetensors or bin (Hugging Face shards), or pth (Meta consolidated.NN.pth + params.json, q/k in "
-            "Meta's rotary layout, as llama.cpp's converter reads).",
+            "safetensors or bin (Hugging Face shards), pth (Meta consolidated.NN.pth + params.json, q/k in "
+            "Meta's rotary layout), or gguf (-o is one .gguf file for llama.cpp / ollama).",
         ),
     ] = FormatChoice.safetensors,
     shard_size: Annotated[str | None, shard_size_option("Largest shard for safetensors/bin (default 5GB)")] = None,
@@ -140,6 +144,8 @@ def merge_lora_command(
             help="Number of consolidated.NN.pth files (default: Meta's, by hidden size: 7B 1, 13B 2, 33B 4, 65B 8).",
         ),
     ] = None,
+    outtype: JobOutTypeOpt = None,
+    split_max_size: SplitMaxSizeOpt = None,
     dry_run: Annotated[bool, dry_run_option("Run every check and show the plan; write nothing.")] = False,
     force: ForceOpt = False,
     *,
@@ -160,6 +166,7 @@ def merge_lora_command(
         shard_size=parse_size(shard_size) if shard_size else None,
         tokenizer=tokenizer,
         pth_shards=pth_shards,
+        **gguf_output(outtype, split_max_size),
         dry_run=dry_run,
         force=force,
     )

@@ -105,6 +105,20 @@ class HFFormat(str, Enum):
 
 
 HFFormatOpt = Annotated[HFFormat, choice_option("--format", HFFormat, "Output weight format.")]
+
+
+class WeightFormat(str, Enum):
+    """What ``--format`` of the commands that write a model takes: a Hugging Face folder, or one GGUF file."""
+
+    safetensors = "safetensors"
+    bin = "bin"
+    gguf = "gguf"
+
+
+WeightFormatOpt = Annotated[
+    WeightFormat,
+    choice_option("--format", WeightFormat, "Output weight format (gguf: -o is a .gguf file for llama.cpp / ollama)."),
+]
 DTYPES_OR_KEEP = ("keep", "fp16", "bf16", "fp32")  # --dtype of the converters: keep, or one cast per tensor
 
 
@@ -204,6 +218,31 @@ class GGUFOutType(str, Enum):
     q5_1 = "q5_1"
 
 
+def gguf_output(outtype: GGUFOutType | None, split_max_size: str | None) -> GGUFOutput:
+    """The GGUF fields of a job's options from the flags (None: not given, refused unless --format gguf)."""
+    return GGUFOutput(
+        outtype=outtype.value if outtype is not None else None,
+        split_max_size=parse_size(split_max_size) if split_max_size else 0,
+    )
+
+
+class GGUFOutput(TypedDict):
+    """The options fields of a job that can write GGUF (``--outtype``, ``--split-max-size``)."""
+
+    outtype: str | None
+    split_max_size: int
+
+
+JobOutTypeOpt = Annotated[
+    GGUFOutType | None,
+    typer.Option(
+        "--outtype",
+        metavar=choice_metavar(GGUFOutType),
+        case_sensitive=False,
+        rich_help_panel=OUTPUT,
+        help="With --format gguf: the GGUF tensor type of the weights (default f16; norms stay f32).",
+    ),
+]
 OutTypeOpt = Annotated[
     GGUFOutType,
     typer.Option(

@@ -15,9 +15,13 @@ from llmkit.cli.options import (
     DryRunOpt,
     ForceOpt,
     HFFormat,
+    JobOutTypeOpt,
     ShardSizeOpt,
+    SplitMaxSizeOpt,
+    WeightFormat,
     choice_option,
     dtype_option,
+    gguf_output,
     output_option,
     tensor_output,
     with_output,
@@ -48,6 +52,10 @@ MAKE_DIFF_EXAMPLES = examples(
 )
 
 FormatOpt = Annotated[HFFormat, choice_option("--format", HFFormat, "Output format of the weight files.")]
+RecoverFormatOpt = Annotated[
+    WeightFormat,
+    choice_option("--format", WeightFormat, "Output format of the weight files (gguf: -o is one .gguf file)."),
+]
 BaseOpt = Annotated[
     Path,
     typer.Option(
@@ -190,8 +198,10 @@ def recover_command(
             "rounding of the fp16 sum, as upstream --is_fp16. bf16: the fp32 sum rounded once.",
         ),
     ] = None,
-    fmt: FormatOpt = HFFormat.safetensors,
+    fmt: RecoverFormatOpt = WeightFormat.safetensors,
     shard_size: ShardSizeOpt = "5GB",
+    outtype: JobOutTypeOpt = None,
+    split_max_size: SplitMaxSizeOpt = None,
     dry_run: DryRunOpt = False,
     check_sum: Annotated[
         float | None,
@@ -233,6 +243,7 @@ def recover_command(
         reference=reference,
         base_inv_freq=base_inv_freq.value,
         **tensor_output(fmt, shard_size, force=force, dry_run=dry_run),
+        **gguf_output(outtype, split_max_size),
     )
     _run(out, options)
 

@@ -66,6 +66,8 @@ class FromCkptOptions:
     dec_mode: str | None = None  # None: read from the file
     force: bool = False
     dry_run: bool = False
+    outtype: str | None = None  # fmt gguf: the GGUF tensor type (None: f16)
+    split_max_size: int = 0  # fmt gguf: bytes per split file (0: one file)
 
 
 @dataclass(kw_only=True)

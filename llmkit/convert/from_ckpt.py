@@ -21,6 +21,7 @@ from llmkit.io.core.spec import TensorSpec
 from llmkit.io.meta.as_hf import config_files
 from llmkit.io.meta.names import permute_meta_to_hf
 from llmkit.io.mindspore.mindformers import check_config, guessed_config, llama_hf_name
+from llmkit.outputs import WEIGHT_FORMATS, weight_sink_options
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, ProgressFactory
 
 
@@ -43,7 +44,7 @@ class _CkptCRC:
 
 def from_ckpt(options: FromCkptOptions, *, progress: ProgressFactory | None = None) -> CkptResult:
     """Convert a MindSpore checkpoint to a Hugging Face folder; every check runs before the first tensor is read."""
-    dtype = ckpt_options.checked_dtype(options, FROM_NAMES, ("safetensors", "bin"))
+    dtype = ckpt_options.checked_dtype(options, FROM_NAMES, WEIGHT_FORMATS)
     key = ckpt_options.read_ckpt_key(options.dec_key, options.dec_mode, "--dec-key")
     hint = "pass a .ckpt file; to convert a Hugging Face model use llmkit to-ckpt"
     refuse = require_layout("ckpt", "MindSpore checkpoint", options.source, hint)
@@ -216,7 +217,13 @@ def _from_ckpt_plan(
         input_bytes=sum(src.info(n).nbytes for n in src_of.values()),
         aux=aux,
         files=files,
-        sink_options={"shard_size": options.shard_size},
+        sink_options=weight_sink_options(
+            options.fmt,
+            shard_size=options.shard_size,
+            outtype=options.outtype,
+            split_max_size=options.split_max_size,
+            name=Path(options.output).stem,
+        ),
         notices=notices,
         taps=[_CkptCRC(src)],
     )

@@ -30,6 +30,7 @@ from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.core.source import STDIN, TensorSource, open_model, require_layout
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.meta.as_hf import MetaHFView, open_as_hf, tokenizer_model
+from llmkit.outputs import WEIGHT_FORMATS, weight_sink_options
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, PlanReport, PlanResult, ProgressFactory, run_plan
 from llmkit.units import DEFAULT_SHARD_SIZE
 
@@ -48,6 +49,8 @@ class FromMetaOptions:
     tokenizer: Path | None = None
     force: bool = False
     dry_run: bool = False
+    outtype: str | None = None  # fmt gguf: the GGUF tensor type (None: f16)
+    split_max_size: int = 0  # fmt gguf: bytes per split file (0: one file)
 
 
 @dataclass(frozen=True)
@@ -190,8 +193,15 @@ def _run(
 def from_meta(options: FromMetaOptions, *, progress: ProgressFactory | None = None) -> ConvertResult:
     """Convert Meta originals to a Hugging Face folder; every check runs before the first tensor is read."""
     dtype = cast_dtype(options.dtype)
-    if options.fmt not in ("safetensors", "bin"):
-        raise InputError(f"unknown format {options.fmt!r}", hint="use safetensors or bin")
+    if options.fmt not in WEIGHT_FORMATS:
+        raise InputError(f"unknown format {options.fmt!r}", hint=f"use one of {', '.join(WEIGHT_FORMATS)}")
+    sink_options = weight_sink_options(
+        options.fmt,
+        shard_size=options.shard_size,
+        outtype=options.outtype,
+        split_max_size=options.split_max_size,
+        name=Path(options.output).stem,
+    )
     hint = "pass the folder holding consolidated.NN.pth and params.json"
     refuse = require_layout("meta-pth", "Meta checkpoint", options.source, hint)
     # only a Meta folder passes refuse, and open_as_hf makes it the view (which checked it complete)
@@ -211,7 +221,7 @@ def from_meta(options: FromMetaOptions, *, progress: ProgressFactory | None = No
             options.fmt,
             aux=[config, *([tok] if tok else [])],
             notices=notices,
-            sink_options={"shard_size": options.shard_size},
+            sink_options=sink_options,
         )
         if tok is not None and tok.folder is not None:
             plan.inputs.append(tok.folder)

@@ -33,6 +33,7 @@ from llmkit.lora.options import SINK_FORMATS, MergeOptions, check_options
 from llmkit.lora.results import MergeResult, adapter_report
 from llmkit.lora.tokenizer import has_tokenizer, tokenizer_size
 from llmkit.lora.vocab import VocabPlan, plan_vocabulary, vocab_tensors
+from llmkit.outputs import weight_sink_options
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, PlanReport, ProgressFactory, run_plan
 from llmkit.units import DEFAULT_SHARD_SIZE
 
@@ -161,7 +162,13 @@ class MergePlan:
         if o.fmt == "pth":  # config.json becomes params.json: only the tokenizer is carried
             sink_options: dict = {"config": self.config, "shards": o.pth_shards}
         else:
-            sink_options = {"shard_size": o.shard_size or DEFAULT_SHARD_SIZE}
+            sink_options = weight_sink_options(
+                o.fmt,
+                shard_size=o.shard_size or DEFAULT_SHARD_SIZE,
+                outtype=o.outtype,
+                split_max_size=o.split_max_size,
+                name=Path(output).stem,
+            )
             changed = self.vocab.after if self.vocab.after != self.vocab.before else None
             aux.insert(0, AuxCopy(self.base.folder, CONFIG_FILES, dtype=self.out_dtype, vocab_size=changed))
         inputs = [self.base.path, self.base.folder, *(a.folder for a in self.adapters), self.vocab.tokenizer_folder]

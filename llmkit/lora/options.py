@@ -9,8 +9,8 @@ from pathlib import Path
 from llmkit.errors import InputError
 from llmkit.io.core.dtypes import DTYPE_CHOICES
 
-FORMATS = ("safetensors", "bin", "pth")
-SINK_FORMATS = {"safetensors": "safetensors", "bin": "bin", "pth": "meta-pth"}
+FORMATS = ("safetensors", "bin", "pth", "gguf")
+SINK_FORMATS = {"safetensors": "safetensors", "bin": "bin", "pth": "meta-pth", "gguf": "gguf"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class MergeOptions:
     shard_size: int | None = None
     tokenizer: Path | None = None
     pth_shards: int | None = None
+    outtype: str | None = None  # fmt gguf: the GGUF tensor type (None: f16)
+    split_max_size: int = 0  # fmt gguf: bytes per split file (0: one file)
     dry_run: bool = False
     force: bool = False
 
@@ -47,6 +49,8 @@ def check_options(options: MergeOptions) -> None:
         raise InputError(f"unknown format {options.fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
     if options.pth_shards and options.fmt != "pth":
         raise InputError("--pth-shards applies to --format pth only")
+    if options.shard_size and options.fmt == "gguf":
+        raise InputError("--shard-size applies to safetensors/bin", hint="for GGUF files use --split-max-size")
     seen: set[Path] = set()
     for f in options.adapters:
         key = Path(os.path.realpath(f))  # never raises on a symlink loop (open_source names it below)

@@ -33,6 +33,8 @@ class RecoverOptions:
     check_sum: float | None = None
     reference: Path | None = None
     base_inv_freq: str = "fp16"
+    outtype: str | None = None  # fmt gguf: the GGUF tensor type (None: f16)
+    split_max_size: int = 0  # fmt gguf: bytes per split file (0: one file)
 
     operation = "recover"
 
@@ -58,6 +60,8 @@ class MakeDiffOptions:
     operation = "make-diff"
     check_sum = None
     reference = None
+    outtype = None  # a diff is no model to run: never GGUF
+    split_max_size = 0
 
     @property
     def other(self) -> Path:

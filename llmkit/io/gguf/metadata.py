@@ -137,7 +137,8 @@ def gguf_writer(
         if needed not in files:
             raise InputError(
                 f"a GGUF file needs the model's {needed}, and this model has none",
-                hint="put the model's config.json and tokenizer.model (SentencePiece) beside its weights",
+                hint="GGUF's header holds them: give the model's folder that has them (from-meta/merge-lora "
+                "--tokenizer, from-ckpt --config DIR), or put them beside its weights",
             )
     cfg = json.loads(files["config.json"])
     w = gguf.GGUFWriter(None, "llama", split_max_size=split_max_size)
