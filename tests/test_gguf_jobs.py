@@ -174,3 +174,20 @@ def test_dry_run_shows_the_exact_file_size_and_writes_nothing(run_cli, models, t
     _to_gguf(run_cli, base, tmp_path / "m.gguf", "--outtype", "q8_0")
     assert planned == (tmp_path / "m.gguf").stat().st_size
     assert r.json()["plan"]["files"] == ["m.gguf"]
+
+
+def test_to_gguf_of_a_stream_is_the_file_of_the_folder(run_cli, models, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    base, _ = models
+    merge = ["merge-lora", "--base", str(base), "--lora", str(write_lora(tmp_path / "lora")), "-q", "-o"]
+    stream = CliRunner().invoke(app, [*merge, "-"])
+    assert stream.exit_code == 0, stream.stderr
+    r = CliRunner().invoke(app, ["to-gguf", "-", "-o", str(tmp_path / "merged.gguf"), "-q"], input=stream.stdout_bytes)
+    assert r.exit_code == 0, r.stderr
+    assert CliRunner().invoke(app, [*merge, str(tmp_path / "f" / "merged")]).exit_code == 0
+    _to_gguf(run_cli, tmp_path / "f" / "merged", tmp_path / "f.gguf")
+    # the stream carries the producer's planned order (here the base's files'): the same file as via a folder
+    assert (tmp_path / "merged.gguf").read_bytes() == (tmp_path / "f.gguf").read_bytes()

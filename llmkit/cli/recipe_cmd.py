@@ -63,7 +63,10 @@ LlamaOpt = Annotated[
     _path_option("--llama-dir", "DIR", "Meta's original LLaMA folder of the size (consolidated.NN.pth + params.json)."),
 ]
 ToCkptOpt = Annotated[bool, _flag("--to-ckpt", "Add the to-ckpt step (a MindSpore .ckpt of the result).")]
-ToMetaOpt = Annotated[bool, _flag("--to-meta", "Add the to-meta step (Meta .pth, e.g. for llama.cpp).")]
+ToMetaOpt = Annotated[bool, _flag("--to-meta", "Add the to-meta step (Meta consolidated.NN.pth + params.json).")]
+ToGGUFOpt = Annotated[
+    bool, _flag("--to-gguf", "Add the to-gguf step (an f16 .gguf of the result, for llama.cpp and ollama).")
+]
 WithLoraOpt = Annotated[
     bool, _flag("--with-lora", "ZhiXi: also download the ZhiXi LoRA and merge it into the recovered model.")
 ]
@@ -95,6 +98,7 @@ def show_command(
     llama_dir: LlamaOpt = None,
     to_ckpt: ToCkptOpt = False,
     to_meta: ToMetaOpt = False,
+    to_gguf: ToGGUFOpt = False,
     with_lora: WithLoraOpt = False,
     *,
     out: Output,
@@ -105,7 +109,11 @@ def show_command(
     """
     from llmkit.recipes import ShowOptions, show_recipe
 
-    script = show_recipe(ShowOptions(name, workdir, key, llama_dir, to_ckpt, to_meta, with_lora))
+    script = show_recipe(
+        ShowOptions(
+            name, workdir, key, llama_dir, to_ckpt=to_ckpt, to_meta=to_meta, to_gguf=to_gguf, with_lora=with_lora
+        )
+    )
     out.result(script, lambda console: console.print(script.script(), markup=False, soft_wrap=True))
 
 
@@ -151,6 +159,7 @@ def run_command(
     ] = None,
     to_ckpt: ToCkptOpt = False,
     to_meta: ToMetaOpt = False,
+    to_gguf: ToGGUFOpt = False,
     with_lora: WithLoraOpt = False,
     dry_run: Annotated[
         bool, dry_run_option("Check every input and print the plan (which steps run, disk and memory); run nothing.")
@@ -191,6 +200,7 @@ def run_command(
         endpoint=endpoint,
         to_ckpt=to_ckpt,
         to_meta=to_meta,
+        to_gguf=to_gguf,
         with_lora=with_lora,
         keep_intermediate=keep_intermediate,
         dry_run=dry_run,

@@ -98,10 +98,10 @@ def to_gguf(options: ToGGUFOptions, *, progress: ProgressFactory | None = None) 
     src = open_model(options.source, refuse=_refuse(options), view=open_as_hf)
     folder = src.folder
     try:
-        if str(options.source) != STDIN and folder is not None:
-            sink_options["model_name"] = (
-                Path(options.source).resolve().name if Path(options.source).is_dir() else folder.name
-            )
+        # the name llama.cpp's converter reads general.name from: the model folder's (a planned one, in a chain)
+        source = Path(options.source)
+        named = source.parent if source.suffix in (".safetensors", ".bin", ".pth") else source
+        sink_options["model_name"] = Path(options.output).stem if str(source) == STDIN else named.resolve().name
         plan = _cast_plan(
             "to-gguf",
             src,

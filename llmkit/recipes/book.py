@@ -4,7 +4,7 @@ A step's ``args`` are the fields of its job's options (``llmkit.recipes.jobs``).
 ``{workdir}``, ``{key}`` (``--key``: LLaMA-1 7B ``consolidated.00.pth``), ``{llama_dir}`` (``--llama-dir``:
 Meta's original LLaMA folder of the right size), ``{out:STEP}`` (what an earlier step wrote) and, in a
 conversion, ``{model}`` (the last usable model before it: the merged one with ``--with-lora``). A step with
-``when`` runs only when that switch is given (``--to-ckpt``, ``--to-meta``, ``--with-lora``); a switch a recipe
+``when`` runs only when that switch is given (``--to-ckpt``, ``--to-meta``, ``--to-gguf``, ``--with-lora``); a switch a recipe
 has no step for is refused. ``final`` marks a usable model; everything else a later step no longer needs is
 deleted unless ``--keep-intermediate``. ``llmkit.recipes.fusion`` runs consecutive tensor steps as one pass
 (only the last one's output is written).
@@ -21,7 +21,7 @@ class Step:
     id: str
     job: str
     args: dict[str, Any]
-    when: str | None = None  # a switch: to_ckpt | to_meta | with_lora
+    when: str | None = None  # a switch: to_ckpt | to_meta | to_gguf | with_lora
     final: bool = False
 
 
@@ -47,6 +47,12 @@ def _to_meta(name: str) -> Step:
     return Step(
         "to-meta", "to-meta", {"source": MODEL, "output": f"{{workdir}}/{name}-pth"}, when="to_meta", final=True
     )
+
+
+def _to_gguf(name: str) -> Step:
+    # general.name given, so that a fused run, a step-by-step run and the printed pipe write the same file
+    args = {"source": MODEL, "output": f"{{workdir}}/{name}.gguf", "model_name": name}
+    return Step("to-gguf", "to-gguf", args, when="to_gguf", final=True)
 
 
 def _chinese(size: str, adapter: str, vocab: int) -> Recipe:
@@ -75,6 +81,7 @@ def _chinese(size: str, adapter: str, vocab: int) -> Recipe:
                 final=True,
             ),
             _to_meta(f"chinese-{adapter}-{size}"),
+            _to_gguf(f"chinese-{adapter}-{size}"),
             _to_ckpt(),
         ),
         notes=(
@@ -125,6 +132,7 @@ def _zhixi(fp16: bool) -> Recipe:
                 final=True,
             ),
             _to_meta("zhixi-13b" + ("-fp16" if fp16 else "")),
+            _to_gguf("zhixi-13b" + ("-fp16" if fp16 else "")),
             _to_ckpt(),
         ),
         notes=("LLaMA-13B stays fp16 (from-meta keeps the originals' dtype), as the diff expects",),
@@ -150,6 +158,7 @@ RECIPES: dict[str, Recipe] = {
                 ),
                 Step("verify", "verify", {"paths": ["{out:decrypt}"], "table": "techgpt-7b"}),
                 _to_meta("techgpt-7b"),
+                _to_gguf("techgpt-7b"),
                 _to_ckpt(),
             ),
         ),
@@ -172,6 +181,7 @@ RECIPES: dict[str, Recipe] = {
                         final=True,
                     ),
                     _to_meta(f"techgpt-2.0-{v}"),
+                    _to_gguf(f"techgpt-2.0-{v}"),
                 ),
                 notes=("no published checksums; the download is checked against the hub's own hashes",),
             )
@@ -207,6 +217,7 @@ RECIPES: dict[str, Recipe] = {
                     final=True,
                 ),
                 _to_meta("cutegpt-13b-ift"),
+                _to_gguf("cutegpt-13b-ift"),
                 _to_ckpt(),
             ),
         ),

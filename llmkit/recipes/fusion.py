@@ -26,8 +26,15 @@ from typing import Any
 from llmkit.pipeline import Check, ProgressFactory, Result
 from llmkit.recipes.book import Step
 
-TENSOR_JOBS = ("from-meta", "recover", "merge-lora", "to-ckpt", "to-meta")
-MODEL_FIELD = {"from-meta": "source", "recover": "base", "merge-lora": "base", "to-ckpt": "source", "to-meta": "source"}
+TENSOR_JOBS = ("from-meta", "recover", "merge-lora", "to-ckpt", "to-meta", "to-gguf")
+MODEL_FIELD = {
+    "from-meta": "source",
+    "recover": "base",
+    "merge-lora": "base",
+    "to-ckpt": "source",
+    "to-meta": "source",
+    "to-gguf": "source",
+}
 _OUT = re.compile(r"^\{out:([\w-]+)\}$")
 _STAGE = re.compile(r"^\{stage:([\w-]+)\}$")
 

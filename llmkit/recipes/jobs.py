@@ -120,6 +120,16 @@ JOBS: dict[str, JobKind] = {
             ("source",),
             ("source", "output"),
         ),
+        JobKind(
+            "to-gguf",
+            "llmkit.convert.gguf:ToGGUFOptions",
+            "llmkit.convert.gguf:to_gguf",
+            ("source",),
+            {"output": "-o", "outtype": "--outtype", "model_name": "--model-name"},
+            "output",
+            ("source",),
+            ("source", "output"),
+        ),
         JobKind(  # consecutive tensor steps as one pass (llmkit.recipes.fusion)
             "chain",
             "llmkit.recipes.fusion:ChainOptions",

@@ -40,7 +40,7 @@ NEEDS = {
 
 @dataclass(frozen=True)
 class RecipeOptions:
-    """``llmkit recipe run NAME``: ``to_ckpt``/``to_meta``/``with_lora`` switch on the optional steps."""
+    """``llmkit recipe run NAME``: ``to_ckpt``/``to_meta``/``to_gguf``/``with_lora`` switch on the optional steps."""
 
     name: str
     workdir: Path
@@ -49,6 +49,7 @@ class RecipeOptions:
     endpoint: str | None = None
     to_ckpt: bool = False
     to_meta: bool = False
+    to_gguf: bool = False
     with_lora: bool = False
     keep_intermediate: bool = False
     dry_run: bool = False

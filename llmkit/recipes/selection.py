@@ -1,4 +1,4 @@
-"""Which of a recipe's steps run: the switches (``--to-ckpt``, ``--to-meta``, ``--with-lora``) select them, and a
+"""Which of a recipe's steps run: the switches (``--to-ckpt``, ``--to-meta``, ``--to-gguf``, ``--with-lora``) select them, and a
 conversion's ``{model}`` becomes the last usable model before it."""
 
 from __future__ import annotations
@@ -12,11 +12,16 @@ from llmkit.recipes.book import MODEL, Recipe, Step
 
 
 def switches(options: Any) -> dict[str, bool]:
-    return {k: bool(getattr(options, k, False)) for k in ("to_ckpt", "to_meta", "with_lora")}
+    return {k: bool(getattr(options, k, False)) for k in ("to_ckpt", "to_meta", "to_gguf", "with_lora")}
 
 
-CONVERSIONS = ("to-ckpt", "to-meta")
-SWITCH_JOBS = {"to_ckpt": "to-ckpt", "to_meta": "to-meta", "with_lora": "merge-lora"}  # the step a switch asks for
+CONVERSIONS = ("to-ckpt", "to-meta", "to-gguf")
+SWITCH_JOBS = {
+    "to_ckpt": "to-ckpt",
+    "to_meta": "to-meta",
+    "to_gguf": "to-gguf",
+    "with_lora": "merge-lora",
+}  # the step a switch asks for
 
 
 def active_steps(recipe: Recipe, on: dict[str, bool]) -> list[Step]:

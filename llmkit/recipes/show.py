@@ -24,6 +24,7 @@ class ShowOptions:
     llama_dir: Path | None = None
     to_ckpt: bool = False
     to_meta: bool = False
+    to_gguf: bool = False
     with_lora: bool = False
 
 
@@ -36,7 +37,9 @@ class RecipeScript(Result):
     summary: str
     variables: dict[str, str] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
-    optional: list[str] = field(default_factory=list)  # switches that add steps: --to-ckpt, --to-meta, --with-lora
+    optional: list[str] = field(
+        default_factory=list
+    )  # switches that add steps: --to-ckpt, --to-meta, --to-gguf, --with-lora
     notes: list[str] = field(default_factory=list)
 
     def script(self) -> str:
