@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,12 +29,12 @@ from llmkit.io.core.staging import StagedFile, StagedFolder
 from llmkit.io.core.writer import ShardSetWriter, plan_shards
 from llmkit.io.gguf.metadata import GGUFTensor, gguf_writer, header_bytes
 from llmkit.io.gguf.names import DROPPED, gguf_name, rotary_role, to_interleaved
-from llmkit.io.gguf.types import F16, F32, OutType, parse_outtype, tensor_nbytes, tensor_type
+from llmkit.io.gguf.quant import quantize
+from llmkit.io.gguf.types import OutType, parse_outtype, tensor_nbytes, tensor_type
 from llmkit.units import check_space, free_bytes
 
 ALIGNMENT = 32  # gguf.GGUF_DEFAULT_ALIGNMENT: the header and every tensor are padded to it
 HEADER_ALLOWANCE = 4 << 20  # bytes counted for the header until the side files are known (a 50k vocab: ~1 MiB)
-_CHUNK_VALUES = 1 << 22  # values converted per step (16 MiB of fp32): bounds the temporaries of quantizing
 
 
 def pad(n: int) -> int:
@@ -195,27 +194,7 @@ class GGUFSink(ShardSetWriter):
                 else cfg.get("num_key_value_heads", cfg["num_attention_heads"])
             )
             tensor = to_interleaved(tensor, heads)
-        return convert(tensor, t.ttype)
-
-
-def convert(tensor: torch.Tensor, ttype: int) -> np.ndarray:
-    """``tensor``'s bytes as GGML type ``ttype``, flat uint8, exactly as ``convert_hf_to_gguf.py`` makes them:
-    anything but f16/f32 goes through float32 first, then ``gguf.quants.quantize`` (row blocks, two threads)."""
-    import gguf
-
-    if tensor.dtype not in (torch.float16, torch.float32):
-        tensor = tensor.to(torch.float32)
-    arr = tensor.detach().contiguous().numpy()
-    qtype = gguf.GGMLQuantizationType(ttype)
-    if ttype in (F32, F16):
-        out = gguf.quants.quantize(arr, qtype)
-        return np.ascontiguousarray(out).reshape(-1).view(np.uint8)
-    rows = arr.reshape(-1, arr.shape[-1]) if arr.ndim > 1 else arr.reshape(1, -1)
-    step = max(1, _CHUNK_VALUES // rows.shape[1])
-    chunks = [rows[i : i + step] for i in range(0, rows.shape[0], step)]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        parts = list(pool.map(lambda c: gguf.quants.quantize(c, qtype).reshape(-1), chunks))
-    return np.concatenate(parts).view(np.uint8)
+        return quantize(tensor, t.ttype)
 
 
 def _plan_tensors(specs: list[TensorSpec], outtype: OutType, path: Path) -> dict[str, GGUFTensor]:
