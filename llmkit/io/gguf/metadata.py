@@ -5,9 +5,9 @@
 model card and the folder name, as the converter finds them; ``general.size_label`` from the parameter count);
 ``llama.block_count``, ``context_length``, ``embedding_length``, ``feed_forward_length``,
 ``attention.head_count(_kv)``, rope scaling (linear or YaRN, when the config has it), ``rope.freq_base``,
-``attention.layer_norm_rms_epsilon``, ``attention.key_length``/``value_length`` (when the config states
-``head_dim``), ``general.file_type``, ``llama.vocab_size``, ``llama.rope.dimension_count``,
-``general.quantization_version``; then the SentencePiece vocabulary and the special ids
+``attention.layer_norm_rms_epsilon``, ``attention.key_length``/``value_length`` (``head_dim``),
+``general.file_type``, ``llama.vocab_size``, ``llama.rope.dimension_count``, ``general.quantization_version``,
+from the config as transformers reads it (:func:`load_hparams`, with its defaults); then the SentencePiece vocabulary and the special ids
 (``gguf.SpecialVocab``: bos/eos/unk/pad, ``add_bos_token``/``add_eos_token``, the chat template).
 """
 
@@ -37,6 +37,25 @@ class GGUFTensor:
 
 def _find(cfg: dict, keys: Sequence[str]) -> Any:
     return next((cfg[k] for k in keys if k in cfg), None)
+
+
+def load_hparams(folder: Path) -> dict:
+    """The model's config as ``convert_hf_to_gguf.py`` reads it (``ModelBase.load_hparams``): transformers'
+    ``AutoConfig`` of the folder as a dict, so what config.json leaves out has transformers' default (a 2023
+    LLaMA config.json has no ``num_key_value_heads``, ``rope_theta`` or ``head_dim``; the converter writes
+    ``head_count_kv``, ``rope.freq_base``, ``key_length`` and ``value_length`` from the defaults); config.json
+    as it is when transformers cannot read it, as the converter falls back."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its notes on a config (unknown rope keys) are not llmkit's output
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=False).to_dict()
+    except Exception:  # whatever transformers raises, the converter reads config.json instead
+        return json.loads((folder / "config.json").read_bytes())
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def rope_parameters(cfg: dict) -> dict:
@@ -140,7 +159,6 @@ def gguf_writer(
                 hint="GGUF's header holds them: give the model's folder that has them (from-meta/merge-lora "
                 "--tokenizer, from-ckpt --config DIR), or put them beside its weights",
             )
-    cfg = json.loads(files["config.json"])
     w = gguf.GGUFWriter(None, "llama", split_max_size=split_max_size)
     for t in tensors:
         # the logical shape with a float dtype: the writer keeps it as given (a uint8 dtype means a byte shape)
@@ -150,6 +168,7 @@ def gguf_writer(
         folder.mkdir()
         for name, data in files.items():
             (folder / name).write_bytes(data)
+        cfg = load_hparams(folder)
         total = w.get_total_parameter_count()
         meta = gguf.Metadata.load(None, folder, display_name, total[0])
         if meta.name is None:
