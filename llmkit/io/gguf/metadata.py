@@ -7,8 +7,9 @@ model card and the folder name, as the converter finds them; ``general.size_labe
 ``attention.head_count(_kv)``, rope scaling (linear or YaRN, when the config has it), ``rope.freq_base``,
 ``attention.layer_norm_rms_epsilon``, ``attention.key_length``/``value_length`` (``head_dim``),
 ``general.file_type``, ``llama.vocab_size``, ``llama.rope.dimension_count``, ``general.quantization_version``,
-from the config as transformers reads it (:func:`load_hparams`, with its defaults); then the SentencePiece vocabulary and the special ids
-(``gguf.SpecialVocab``: bos/eos/unk/pad, ``add_bos_token``/``add_eos_token``, the chat template).
+from the config as transformers reads it (:func:`load_hparams`, with its defaults); then the SentencePiece
+vocabulary and the special ids (``gguf.SpecialVocab``: bos/eos/unk/pad, ``add_bos_token``/``add_eos_token``,
+the chat template).
 """
 
 from __future__ import annotations
