@@ -571,7 +571,20 @@ def full_depth_section(full: dict) -> list[str]:
             "processes; the 1 GiB bound is one job's. The tensor-pipe form's target is 1.3x (three processes and "
             "their start-up)."
         )
-    if wb or any(r.get("md5_floor") for r in rows) or any(r["job"] in ("chain", "pipe") for r in rows):
+    peers = [r for r in rows if "peer" in r]
+    if peers:
+        lines.append(
+            "- to-gguf beside llama.cpp's `convert_hf_to_gguf.py` (the copy llama-cpp-python vendors) on the same "
+            "folder, from an evicted page cache, its start-up included: "
+            + ", ".join(
+                f"{r['label']}: converter {fmt_s(r['peer'])} s, RSS {fmt_mib(r['peer_rss'])} MiB (llmkit "
+                f"{fmt_s(r['llmkit'])} s, {fmt_mib(r['rss'])} MiB); "
+                + ("the two files byte-identical (sha256)" if r["peer_identical"] else "**the files differ**")
+                for r in peers
+            )
+            + ". The q8_0 target is 2x the I/O floor: quantizing is computing, not I/O."
+        )
+    if wb or peers or any(r.get("md5_floor") for r in rows) or any(r["job"] in ("chain", "pipe") for r in rows):
         lines.append("")
     if full.get("failures"):
         lines += [f"- failed: {f}" for f in full["failures"]] + [""]

@@ -73,9 +73,13 @@ JOBS: dict[str, tuple[str, tuple[str, ...]]] = {
     "to-meta": ("to-meta -> 1 shard", ("base",)),
     "chain": ("Meta + fp16 diff + LoRA (qv) -> .ckpt, one pass", ("meta", "diff", "adapter-qv")),
     "pipe": ("the same through tensor pipes (3 commands)", ("meta", "diff", "adapter-qv")),
+    "to-gguf-f16": ("to-gguf f16 -> one .gguf", ("gguf-src",)),
+    "to-gguf-q8_0": ("to-gguf q8_0 -> one .gguf", ("gguf-src",)),
 }
 CKPT_OUT = {"to-ckpt", "chain", "pipe"}  # jobs whose output is one .ckpt file
+GGUF_OUT = {"to-gguf-f16": "f16", "to-gguf-q8_0": "q8_0"}  # one .gguf file, beside llama.cpp's converter
 FLOOR_TARGET, PIPE_TARGET = 1.2, 1.3  # llmkit / floor: three processes and their start-up may take 1.3x
+TARGETS = {"pipe": PIPE_TARGET, "to-gguf-q8_0": 2.0}  # q8_0: quantizing is compute, 2x the I/O floor
 SEEDS = {"base": 1, "diff": 2}
 SEED_AT = "torch.Generator().manual_seed(layers)"  # to_ckpt.GENERATE seeds by depth; here by model
 
@@ -107,6 +111,10 @@ def child(job: str, out: Path, ins: list[Path]) -> None:
         call = partial(one_pass, out, ins)
     elif job == "pipe":
         return piped(out, ins)
+    elif job in GGUF_OUT:
+        from llmkit.convert.gguf import ToGGUFOptions, to_gguf
+
+        call = partial(to_gguf, ToGGUFOptions(ins[0], out, outtype=GGUF_OUT[job]))
     else:
         from llmkit.convert import ToMetaOptions, to_meta
 
@@ -201,7 +209,7 @@ def adapter_bytes(layers: int, kind: str) -> int:
 def planned_bytes(name: str, layers: int) -> int:
     if name.startswith("adapter-"):
         return adapter_bytes(layers, name.split("-", 1)[1])
-    return model_bytes(layers)
+    return 0 if name == "gguf-src" else model_bytes(layers)  # gguf-src: the base's files, hard-linked
 
 
 def output_bytes(job: str, layers: int) -> int:
@@ -211,15 +219,17 @@ def output_bytes(job: str, layers: int) -> int:
 def needed(jobs: list[str]) -> list[str]:
     """The generated models these jobs read, in generation order (meta is made from the base)."""
     names = {n for job in jobs for n in JOBS[job][1]}
-    if "meta" in names:
+    if "meta" in names or "gguf-src" in names:
         names.add("base")
-    return [n for n in ("base", "diff", "adapter-qv", "adapter-chinese", "meta") if n in names]
+    return [n for n in ("base", "diff", "adapter-qv", "adapter-chinese", "meta", "gguf-src") if n in names]
 
 
 def check_disk(work: Path, todo: list[str], jobs: list[str], layers: int) -> None:
     """Refuse before generating when the models still to make plus the largest output do not fit."""
     parts = [(n, planned_bytes(n, layers)) for n in todo]
-    parts.append(("the largest output, one at a time", max(output_bytes(j, layers) for j in jobs)))
+    # one output at a time; a to-gguf job's beside the peer converter's (compared, then both removed)
+    largest = max(output_bytes(j, layers) * (2 if j in GGUF_OUT else 1) for j in jobs)
+    parts.append(("the largest output, one at a time", largest))
     need = int(sum(b for _, b in parts) * 1.02) + 512 * 2**20  # shard headers, config files, slack
     free = shutil.disk_usage(work).free
     if free < need:
@@ -235,6 +245,19 @@ def generate(name: str, folder: Path, layers: int, base: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     if name == "meta":
         run_child("to-meta", folder, [base])
+        return
+    if name == "gguf-src":  # the base with a LLaMA-sized SentencePiece tokenizer: what a GGUF header needs
+        folder.mkdir(parents=True)
+        for p in files(base):
+            if p.name != "config.json":
+                os.link(p, folder / p.name)
+        config = json.loads((base / "config.json").read_text())  # a checkpoint's config names its class
+        (folder / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForCausalLM"]}, indent=2))
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); from pathlib import Path; "
+            f"from gguf_peers import write_sentencepiece_tokenizer; write_sentencepiece_tokenizer(Path(sys.argv[1]), {VOCAB})"
+        )
+        python("generating the tokenizer", "-c", code, str(folder))
         return
     if name.startswith("adapter-"):
         code = (
@@ -311,8 +334,8 @@ def bench_job(job: str, work: Path, models: dict[str, Path], layers: int, repeat
     ins = [models[n] for n in JOBS[job][1]]
     inputs = [p for folder in ins for p in files(folder)]
     generated = [p for folder in models.values() for p in files(folder)]
-    out = work / (f"out-{job}.ckpt" if job in CKPT_OUT else f"out-{job}")
-    mine, floors, wb_floors, hashes = [], [], [], []
+    out = work / (f"out-{job}.ckpt" if job in CKPT_OUT else f"out-{job}.gguf" if job in GGUF_OUT else f"out-{job}")
+    mine, floors, wb_floors, hashes, peers = [], [], [], [], []
     out_bytes = 0
     for _ in range(repeat):
         remove(out)
@@ -320,6 +343,10 @@ def bench_job(job: str, work: Path, models: dict[str, Path], layers: int, repeat
         drop_cache(generated)
         mine.append(run_child(job, out, ins))
         out_bytes = sum(p.stat().st_size for p in files(out))
+        if job in GGUF_OUT:
+            peers.append(run_converter(ins[0], GGUF_OUT[job], work / "peer.gguf", generated))
+            peers[-1]["identical"] = sha256_of(out) == sha256_of(work / "peer.gguf")
+            remove(work / "peer.gguf")
         remove(out)
         os.sync()
         floors.append(measure_floor(inputs, out_bytes, work / "floor.out"))
@@ -341,7 +368,7 @@ def bench_job(job: str, work: Path, models: dict[str, Path], layers: int, repeat
         "writeback_floor": statistics.median(r["seconds"] for r in wb_floors),
         "md5_floor": md5_floor,
         "ratio": s / f,
-        "target": PIPE_TARGET if job == "pipe" else FLOOR_TARGET,
+        "target": TARGETS.get(job, FLOOR_TARGET),
         "rss": max(r["peak_rss"] for r in mine),
         "read_bytes": max(r["io"]["read_bytes"] for r in mine),
         "input_bytes": sum(p.stat().st_size for p in inputs),
@@ -351,7 +378,55 @@ def bench_job(job: str, work: Path, models: dict[str, Path], layers: int, repeat
         "llmkit_runs": [round(r["seconds"], 2) for r in mine],
         "floor_runs": [round(r["seconds"], 2) for r in floors],
         "io": mine[-1]["io"],
+        **(
+            {
+                "peer": statistics.median(p["seconds"] for p in peers),
+                "peer_rss": max(p["peak_rss"] for p in peers),
+                "peer_identical": all(p["identical"] for p in peers),
+            }
+            if peers
+            else {}
+        ),
     }
+
+
+PEER = r"""
+import resource, subprocess, sys, time
+start = time.perf_counter()
+r = subprocess.run([sys.executable, *sys.argv[1:]], capture_output=True, text=True)
+seconds = time.perf_counter() - start
+if r.returncode:
+    sys.exit(r.stderr[-1500:])
+print(seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+"""
+
+
+def run_converter(model: Path, outtype: str, out: Path, generated: list[Path]) -> dict:
+    """llama.cpp's ``convert_hf_to_gguf.py`` (the copy llama-cpp-python vendors) on the same folder, from an
+    evicted page cache: wall seconds (its start-up included) and peak RSS."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from gguf_peers import converter_dir
+
+    script = converter_dir() / "convert_hf_to_gguf.py"
+    os.sync()
+    drop_cache(generated)
+    words = python(
+        "convert_hf_to_gguf.py", "-c", PEER, str(script), str(model), "--outtype", outtype, "--outfile", str(out)
+    )
+    seconds, rss = words.split()
+    log(f"convert_hf_to_gguf.py --outtype {outtype}: {float(seconds):.1f} s")
+    return {"seconds": float(seconds), "peak_rss": int(rss)}
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(8 << 20)
+        while n := f.readinto(buf):
+            h.update(memoryview(buf)[:n])
+    return h.hexdigest()
 
 
 def table(rows: list[dict]) -> None:
@@ -402,7 +477,9 @@ def main() -> None:
                 log(f"!! {job}: {e}")
             print(json.dumps(rows[-1]), flush=True)
     finally:
-        for p in [work / f"out-{j}" for j in JOBS] + [work / f"out-{j}.ckpt" for j in CKPT_OUT] + [work / "floor.out"]:
+        outs = [work / f"out-{j}" for j in JOBS] + [work / f"out-{j}.ckpt" for j in CKPT_OUT]
+        outs += [work / f"out-{j}.gguf" for j in GGUF_OUT] + [work / "floor.out", work / "peer.gguf"]
+        for p in outs:
             if p.exists():
                 remove(p)
         if not args.keep:
