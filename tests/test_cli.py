@@ -155,6 +155,8 @@ def test_top_level_help_groups_commands_by_lifecycle_stage_in_order(run_cli):
         "to-meta": "Convert",
         "to-ckpt": "Convert",
         "from-ckpt": "Convert",
+        "to-gguf": "Convert",
+        "from-gguf": "Convert",
         "inspect": "Check",
         "verify": "Check",
         "checksum": "Check",

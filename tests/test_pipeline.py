@@ -102,7 +102,7 @@ def test_a_failing_tap_keeps_nothing(tiny_factory, tmp_path):
 def test_the_sink_registry_has_every_format_and_refuses_unknown_ones(tmp_path):
     assert {"safetensors", "bin"} <= set(SINKS)
     with pytest.raises(InputError, match=r"ckpt.*meta-pth"):
-        open_sink("gguf", tmp_path / "o", [])
+        open_sink("onnx", tmp_path / "o", [])
     with open_sink("ckpt", tmp_path / "o.ckpt", []) as sink:  # registered on first use
         assert sink.files == ["o.ckpt"]
     assert (tmp_path / "o.ckpt").read_bytes() == b""  # a checkpoint of no tensors is an empty file
