@@ -65,7 +65,7 @@ def _counts(types: dict[str, str]) -> str:
 
 def _quantized(options: FromGGUFOptions, src: GGUFSource, names: list[str]) -> tuple[dict[str, str], list[Notice]]:
     """The quantized tensors (name -> type): refused without ``--dequantize``; with it, a notice."""
-    from llmkit.io.gguf.quant import can_dequantize
+    from llmkit.io.gguf.dequant import can_dequantize
 
     quantized = {n: t for n in names if (t := src.stored_type(n)) is not None}
     if not quantized:

@@ -6,7 +6,7 @@ values are copied out and the mapping is dropped. A tensor is then read by posit
 buffer (``pread``), as the safetensors reader does: the resident memory of a read is that tensor alone, the
 file's pages are read ahead (``prefetch``) and dropped from the page cache once used (``release``), and a
 file that shrinks while it is read is one error line rather than a ``SIGBUS``. Quantized types are
-dequantized to float32 (``llmkit.io.gguf.quant``); q/k rows go back to rotate-half when the source says so.
+dequantized to float32 (``llmkit.io.gguf.dequant``); q/k rows go back to rotate-half when the source says so.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from llmkit.errors import InputError
 from llmkit.io.core.regular import open_regular, pread_into
 from llmkit.io.core.source import TensorFile, read_tensor
 from llmkit.io.core.spec import TensorInfo
+from llmkit.io.gguf.dequant import dequantized, is_quantized, known_type, read_dtype, type_name
 from llmkit.io.gguf.names import from_interleaved
-from llmkit.io.gguf.quant import dequantized, is_quantized, known_type, read_dtype, type_name
 
 MAGIC = b"GGUF"
 _REDO = "download or convert it again"

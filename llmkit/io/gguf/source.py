@@ -33,8 +33,8 @@ from llmkit.io.core.llama_weights import PathArg, layers_seen
 from llmkit.io.core.regular import is_special
 from llmkit.io.core.source import TensorSource, register_source
 from llmkit.io.gguf.config import ARCH, generation_config, hf_config, json_bytes, meta_int
+from llmkit.io.gguf.dequant import as_stored, is_quantized
 from llmkit.io.gguf.names import hf_of_gguf, rotary_role
-from llmkit.io.gguf.quant import as_stored, is_quantized
 from llmkit.io.gguf.reader import GGUFFile, GGUFTensorFile, StoredTensor
 from llmkit.io.gguf.types import OUTTYPES
 
@@ -225,7 +225,7 @@ class GGUFSource(TensorSource):
 
     def as_stored(self, name: str, values: torch.Tensor) -> torch.Tensor:
         """``values`` (another model's ``name``, rotate-half rows) as this file's type holds them, read back
-        (``llmkit.io.gguf.quant.as_stored``; rows are quantized each on its own, so their order does not matter)."""
+        (``llmkit.io.gguf.dequant.as_stored``; rows are quantized each on its own, so their order does not matter)."""
         return as_stored(values, self.stored(name).ttype)
 
     def tensor_types(self) -> dict[str, int]:
