@@ -10,12 +10,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmkit.errors import InputError
 from llmkit.io.core.jsonfile import int_field
 from llmkit.io.core.source import TensorSource, open_source, safetensors_code
 from llmkit.io.hf.adapter_config import AdapterInfo
 from llmkit.pipeline import Check, Notice, Result
+
+if TYPE_CHECKING:
+    from llmkit.io.gguf.source import GGUFFacts
 
 # LLaMA size by hidden size (LLaMA-1 family).
 LLAMA_SIZES = {4096: "LLaMA-7B", 5120: "LLaMA-13B", 6656: "LLaMA-33B", 8192: "LLaMA-65B"}
@@ -44,8 +48,9 @@ class InspectOptions:
 
 @dataclass
 class ModelSummary(Result):
-    """Result of ``llmkit inspect``. Sizes in bytes; ``parameters`` counts elements. ``warnings`` (also
-    ``warning`` notices): settings that were ignored or disagree with the weights."""
+    """Result of ``llmkit inspect``. Sizes in bytes (as stored); ``parameters`` counts elements. ``warnings``
+    (also ``warning`` notices): settings that were ignored or disagree with the weights. ``dtypes`` and each
+    tensor's ``dtype``: the stored type (a GGUF's quantized ``Q8_0``, ...); ``gguf``: a GGUF file's facts."""
 
     path: str
     layout: str
@@ -63,6 +68,7 @@ class ModelSummary(Result):
     warnings: list[str] = field(default_factory=list)
     tensors: list[TensorRow] = field(default_factory=list)
     encryption: str | None = None  # the cipher of an encrypted MindSpore checkpoint
+    gguf: GGUFFacts | None = None  # a GGUF file's architecture, names, file type, tensor types
 
 
 def _embed_shape(src: TensorSource) -> tuple[int, ...] | None:
@@ -136,6 +142,20 @@ def _meta_params(src: TensorSource) -> dict | None:
     return src.params if src.layout == "meta-pth" and isinstance(src, (MetaSource, MetaHFView)) else None
 
 
+def _gguf_facts(src: TensorSource) -> GGUFFacts | None:
+    """What a GGUF source's metadata says (architecture, names, file type, tensor types), else None."""
+    if src.layout != "gguf":
+        return None
+    from llmkit.io.gguf.source import GGUFSource
+
+    return src.facts() if isinstance(src, GGUFSource) else None
+
+
+def _stored_code(src: TensorSource, name: str) -> str:
+    """A tensor's type as its file stores it: a safetensors code, or a GGUF quantized type (``Q8_0``)."""
+    return src.stored_type(name) or safetensors_code(src.info(name))
+
+
 def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
     """Describe the weights at ``path`` without reading tensor data (``ckpt_key``: an encrypted .ckpt's)."""
     with open_source(path, ckpt_key=ckpt_key) as src:
@@ -163,7 +183,7 @@ def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
         layers = {int(m.group(1)) for i in infos if (m := _LAYER_RE.search(i.name))}
         dtypes: dict[str, int] = {}
         for i in infos:
-            code = safetensors_code(i)
+            code = _stored_code(src, i.name)
             dtypes[code] = dtypes.get(code, 0) + 1
         complete = completeness(src)
         if complete is not None and complete.status != "ok":
@@ -178,7 +198,7 @@ def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
             files=[str(p) for p in src.weight_files],
             tensor_count=len(infos),
             parameters=sum(i.numel for i in infos),
-            total_bytes=sum(i.nbytes for i in infos),
+            total_bytes=sum(src.stored_nbytes(i.name) for i in infos),
             dtypes=dtypes,
             hidden_size=hidden,
             num_layers=num_layers or (max(layers) + 1 if layers else None),
@@ -187,8 +207,11 @@ def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
             adapter=src.adapter,
             warnings=warnings,
             notices=[Notice.warning(w) for w in warnings],
-            tensors=[TensorRow(i.name, safetensors_code(i), list(i.shape), i.nbytes) for i in infos],
+            tensors=[
+                TensorRow(i.name, _stored_code(src, i.name), list(i.shape), src.stored_nbytes(i.name)) for i in infos
+            ],
             encryption=src.encryption,
+            gguf=_gguf_facts(src),
         )
 
 

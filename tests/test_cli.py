@@ -156,6 +156,7 @@ def test_top_level_help_groups_commands_by_lifecycle_stage_in_order(run_cli):
         "to-ckpt": "Convert",
         "from-ckpt": "Convert",
         "to-gguf": "Convert",
+        "from-gguf": "Convert",
         "inspect": "Check",
         "verify": "Check",
         "checksum": "Check",

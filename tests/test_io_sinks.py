@@ -230,7 +230,7 @@ def test_every_registered_sink_satisfies_the_sink_protocol(tmp_path):
     from llmkit.io.core.sink import SINKS, Sink, open_sink
 
     load_builtin_formats()
-    assert sorted(SINKS) == ["bin", "ckpt", "meta-pth", "safetensors"]
+    assert sorted(SINKS) == ["bin", "ckpt", "gguf", "meta-pth", "safetensors"]
     options = {"meta-pth": {"config": {"hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1}}}
     specs = [TensorSpec("model.norm.weight", torch.float32, (8,))]
     for fmt in SINKS:

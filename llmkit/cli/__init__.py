@@ -101,6 +101,7 @@ _add(app, "to-meta", convert_cmd.to_meta_command, convert_cmd.TO_META_EXAMPLES, 
 _add(app, "to-ckpt", ckpt_cmd.to_ckpt_command, ckpt_cmd.TO_CKPT_EXAMPLES, "Convert")
 _add(app, "from-ckpt", ckpt_cmd.from_ckpt_command, ckpt_cmd.FROM_CKPT_EXAMPLES, "Convert")
 _add(app, "to-gguf", gguf_cmd.to_gguf_command, gguf_cmd.TO_GGUF_EXAMPLES, "Convert")
+_add(app, "from-gguf", gguf_cmd.from_gguf_command, gguf_cmd.FROM_GGUF_EXAMPLES, "Convert")
 _add(app, "inspect", inspect_cmd.inspect_command, inspect_cmd.INSPECT_EXAMPLES, "Check")
 _add(app, "verify", verify_cmd.verify_command, verify_cmd.VERIFY_EXAMPLES, "Check")
 _add(app, "checksum", verify_cmd.checksum_command, verify_cmd.CHECKSUM_EXAMPLES, "Check")

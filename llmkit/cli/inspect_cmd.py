@@ -31,6 +31,27 @@ INSPECT_EXAMPLES = examples(
 )
 
 
+def _gguf_rows(s: ModelSummary) -> list[tuple[str, str]]:
+    """A GGUF file's facts: its metadata's architecture, name, file type, quantized tensors, context length."""
+    g = s.gguf
+    if g is None:
+        return []
+    ftype = g.file_type_name or "not stated"
+    if g.file_type is not None:
+        ftype += f" ({g.file_type}" + (f"; to-gguf --outtype {g.outtype})" if g.outtype else ")")
+    parts = f", {g.parts} parts" if g.parts > 1 else ""
+    rows = [("gguf", f"version {g.version}, architecture {g.architecture}{parts}")]
+    if g.name:
+        rows.append(("model name", g.name))
+    rows.append(("file type", ftype))
+    if g.quantized:  # the types are the dtypes row's
+        n, types = sum(g.quantized.values()), ", ".join(g.quantized)
+        rows.append(("quantized", f"{n} tensors ({types}), read as their dequantized float32 values"))
+    if g.context_length is not None:
+        rows.append(("context length", str(g.context_length)))
+    return rows
+
+
 def _render(s: ModelSummary, show_tensors: bool) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         rows = [
@@ -43,6 +64,7 @@ def _render(s: ModelSummary, show_tensors: bool) -> Callable[[Console], None]:
             ("size", f"{human_bytes(s.total_bytes)} ({s.total_bytes:,} bytes)"),
             ("dtypes", ", ".join(f"{k} x{v}" for k, v in s.dtypes.items())),
         ]
+        rows += _gguf_rows(s)
         if s.architecture:
             rows.append(("architecture", s.architecture))
         if s.num_layers is not None:

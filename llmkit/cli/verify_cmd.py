@@ -112,11 +112,62 @@ def _print_differences(console: Console, report: TensorVerifyReport, how: str) -
         console.print(f"  only in B: {name}", markup=False)
 
 
+def _type_counts(by_name: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for t in by_name.values():
+        t = t.split(":")[0]
+        counts[t] = counts.get(t, 0) + 1
+    return ", ".join(f"{n} {t}" for t, n in counts.items())
+
+
+def _converted_text(report: TensorVerifyReport) -> str:
+    """What the tensors a GGUF side stores in another type were found to be."""
+    same = report.compared - len(report.converted) - len(report.unchecked) - len(report.differing)
+    text = f"{same} identical bit for bit"
+    if report.converted:
+        quantized = any(t not in ("F32", "F16", "BF16") for t in report.converted.values())
+        text += (
+            f", {len(report.converted)} stored converted ({_type_counts(report.converted)}) equal the other "
+            "model's converted to those types by gguf.quants, exactly"
+            + (" (the quantized ones compared as their dequantized values)" if quantized else "")
+        )
+    return text
+
+
+def _print_unchecked(console: Console, report: TensorVerifyReport) -> None:
+    for name, why in list(report.unchecked.items())[:10]:
+        console.print(f"  not verified: {name} ({why})", markup=False)
+    if len(report.unchecked) > 10:
+        console.print(f"  ... and {len(report.unchecked) - 10} more (--json lists all)", markup=False)
+
+
+def _render_converted(console: Console, report: TensorVerifyReport) -> None:
+    """The verdict of tensors that are not bit-identical but stored converted: matching, or not verifiable."""
+    if report.unchecked:
+        console.print(
+            f"tensors NOT VERIFIED: {len(report.unchecked)} of {report.compared} are quantized in types gguf.quants "
+            f"cannot make ({_type_counts(report.unchecked)}); {_converted_text(report)}",
+            markup=False,
+            style="red",
+        )
+        _print_unchecked(console, report)
+        return
+    style = "green" if report.files_identical else "red"
+    files = "" if report.files_identical else f"; other files DIFFER: {_files_text(report)}"
+    console.print(
+        f"tensors match as converted, not identical: {report.compared} compared; {_converted_text(report)}{files}",
+        markup=False,
+        style=style,
+    )
+
+
 def _render_tensors(report: TensorVerifyReport) -> Callable[[Console], None]:
     def render(console: Console) -> None:
         how = "bit for bit" if report.method == "bytes" else f"by {report.method} digests"
         if report.identical and report.files_identical:
             console.print(f"tensors identical: {report.compared} tensors compared {how}", markup=False, style="green")
+        elif not report.identical and not (report.differing or report.only_a or report.only_b):
+            _render_converted(console, report)
         elif report.identical:  # the verdict covers the other files too: exit 1
             console.print(
                 f"tensors identical, other files DIFFER: {report.compared} tensors compared {how}; "
@@ -151,6 +202,14 @@ def _files_text(report: TensorVerifyReport) -> str:
 def _tensors_failure(report: TensorVerifyReport) -> Failure:
     if report.identical:
         return Failure(f"tensors identical, but {_files_text(report)}", exit_code=EXIT_CHECK_FAILED)
+    if not (report.differing or report.only_a or report.only_b):
+        if report.unchecked:
+            return Failure(
+                f"{len(report.unchecked)} quantized tensors not verified ({_type_counts(report.unchecked)}: "
+                "gguf.quants cannot make these types)",
+                exit_code=EXIT_CHECK_FAILED,
+            )
+        return Failure(f"tensors match as converted, but {_files_text(report)}", exit_code=EXIT_CHECK_FAILED)
     parts = [
         f"{len(report.differing)} of {report.compared} compared differ",
         f"{len(report.only_a)} only in A",

@@ -113,17 +113,22 @@ def _cast_plan(job: str, src: TensorSource, output: Path, dtype: torch.dtype | N
     )
 
 
+def given_tokenizer(path: Path) -> AuxCopy:
+    """``--tokenizer``: a ``tokenizer.model`` file (carried alone) or a tokenizer folder (its tokenizer files)."""
+    t = Path(path)
+    if t.is_dir():
+        if not any((t / n).is_file() for n in TOKENIZER_FILES):
+            raise InputError("no tokenizer files in this folder", path=t, hint="pass tokenizer.model or its folder")
+        return AuxCopy(t, TOKENIZER_FILES)
+    if not t.is_file() or t.name != "tokenizer.model":
+        raise InputError("not a tokenizer.model file", path=t, hint="pass tokenizer.model or its folder")
+    return AuxCopy(t.parent, ("tokenizer.model",))
+
+
 def _tokenizer(options: FromMetaOptions, folder: Path) -> tuple[AuxCopy | None, list[Notice]]:
     """tokenizer.model from --tokenizer (a file or a folder), the Meta folder, or its parent."""
     if options.tokenizer is not None:
-        t = Path(options.tokenizer)
-        if t.is_dir():
-            if not any((t / n).is_file() for n in TOKENIZER_FILES):
-                raise InputError("no tokenizer files in this folder", path=t, hint="pass tokenizer.model or its folder")
-            return AuxCopy(t, TOKENIZER_FILES), []
-        if not t.is_file() or t.name != "tokenizer.model":
-            raise InputError("not a tokenizer.model file", path=t, hint="pass tokenizer.model or its folder")
-        return AuxCopy(t.parent, ("tokenizer.model",)), []
+        return given_tokenizer(options.tokenizer), []
     tok = tokenizer_model(folder)
     if tok is not None:
         return AuxCopy(tok.parent, ("tokenizer.model",)), []

@@ -2,6 +2,8 @@
 
 A MindSpore ``.ckpt`` compared with a model that is not one is seen under Hugging Face names
 (``llmkit.io.mindspore.mindformers.hf_named``), so a checkpoint compares with the model it was converted from.
+A GGUF file compared with a model that is not one: a tensor it stores in another type (F16 of an F32 weight,
+F32 of an F16 norm, Q8_0) is judged against the other model's converted the same way (``converted``).
 
 Either side may be a model or a ``--tensors`` table. Two models are compared byte for byte, one tensor
 pair in memory at a time; a model and a table by the table's digest algorithm. When A and B are
@@ -17,22 +19,21 @@ from functools import partial
 from operator import eq
 from pathlib import Path
 
-import torch
-
 from llmkit.errors import InputError
 from llmkit.hashing import hash_file
 from llmkit.io.core.source import STDIN, TensorSource, open_source
 from llmkit.io.mindspore.reader import finish_reads
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result, no_progress
+from llmkit.verify.converted import converting_side, judge_converted, same_bytes
 from llmkit.verify.files import WEIGHT_SUFFIXES, FileCheck, list_files, resolve_jobs
 from llmkit.verify.mismatch import json_difference
 from llmkit.verify.tensors import (
     TensorDigest,
     as_source,
-    dtype_code,
     is_tensor_table,
     load_tensor_table,
     shape_text,
+    stored_code,
     tensor_table,
 )
 
@@ -60,6 +61,8 @@ class TensorComparison:
     compared: int = 0
     reasons: dict[str, str] = field(default_factory=dict)  # name -> "dtype F16 vs F32" / "shape ..." / "bytes"
     warnings: list[str] = field(default_factory=list)  # e.g. an AES-CBC side: nothing vouches for its values
+    converted: dict[str, str] = field(default_factory=dict)  # name -> GGUF type: equal to the other converted
+    unchecked: dict[str, str] = field(default_factory=dict)  # name -> why it could not be converted the same way
 
     def judge(self, name: str, dtypes: tuple[str, str], shapes: tuple[tuple, tuple], same_bytes: Callable[[], bool]):
         """Count one tensor present on both sides; record why it differs (dtype, shape, then bytes)."""
@@ -75,25 +78,25 @@ class TensorComparison:
         self.differing.append(name)
 
     def finish(self) -> TensorComparison:
-        self.identical = not (self.differing or self.only_a or self.only_b)
+        self.identical = not (self.differing or self.only_a or self.only_b or self.converted or self.unchecked)
         return self
 
-
-def _same_bytes(ta: torch.Tensor, tb: torch.Tensor) -> bool:
-    a = ta.detach().contiguous().reshape(-1).view(torch.uint8)
-    b = tb.detach().contiguous().reshape(-1).view(torch.uint8)
-    return bool(torch.equal(a, b))
+    @property
+    def matches(self) -> bool:
+        """Identical, or every tensor stored converted equals the other side's converted the same way."""
+        return not (self.differing or self.only_a or self.only_b or self.unchecked)
 
 
 def _same_tensor(sa: TensorSource, sb: TensorSource, name: str) -> bool:
-    return _same_bytes(sa.get(name), sb.get(name))
+    return same_bytes(sa.get(name), sb.get(name))
 
 
 def compare_sources(
     a: TensorSource | Path, b: TensorSource | Path, *, progress: Callable[[int], None] | None = None, ckpt_key=None
 ) -> TensorComparison:
     """Compare two models tensor by tensor: names, dtypes, shapes and raw bytes (bit-exact, so NaNs
-    with equal bits are equal and -0.0 differs from 0.0). Streaming: one tensor pair in memory.
+    with equal bits are equal and -0.0 differs from 0.0); a GGUF against another format: a tensor stored in
+    another type by its converted values (``llmkit.verify.converted``). Streaming: one tensor pair in memory.
     ``progress(nbytes)`` is called with the bytes of each tensor of ``a`` compared. A ``.ckpt``'s CRC
     trailer is checked; ``ckpt_key`` opens an encrypted one."""
     sa, close_a = as_source(a, ckpt_key)
@@ -111,15 +114,15 @@ def compare_sources(
                 only_a=[k for k in names_a if k not in keys_b],
                 only_b=[k for k in names_b if k not in keys_a],
             )
+            conv = converting_side(sa, sb)
             # read in a stream's order when one side is a stream on stdin; the lists follow a's order below
             for name in sb.read_order(sa.read_order([n for n in names_a if n in keys_b])):
                 ia, ib = sa.info(name), sb.info(name)
-                result.judge(
-                    name,
-                    (dtype_code(ia.dtype), dtype_code(ib.dtype)),
-                    (ia.shape, ib.shape),
-                    partial(_same_tensor, sa, sb, name),
-                )
+                codes = (stored_code(sa, name), stored_code(sb, name))
+                if conv is not None and codes[0] != codes[1] and tuple(ia.shape) == tuple(ib.shape):
+                    judge_converted(result, name, (sa, sb), conv, codes)
+                else:
+                    result.judge(name, codes, (ia.shape, ib.shape), partial(_same_tensor, sa, sb, name))
                 sa.release(name)  # mapped .bin pages of compared tensors leave RSS
                 sb.release(name)
                 if progress is not None:
@@ -127,6 +130,8 @@ def compare_sources(
             rank = {n: i for i, n in enumerate(names_a)}
             result.differing.sort(key=rank.__getitem__)
             result.reasons = {n: result.reasons[n] for n in result.differing}
+            result.converted = {n: result.converted[n] for n in names_a if n in result.converted}
+            result.unchecked = {n: result.unchecked[n] for n in names_a if n in result.unchecked}
             sa.read_to_end()
             sb.read_to_end()
             result.warnings = finish_reads(sa.files) + finish_reads(sb.files)
@@ -155,8 +160,11 @@ def _compare_tables(ta: list[TensorDigest], tb: list[TensorDigest]) -> TensorCom
 @dataclass
 class TensorVerifyReport(Result):
     """``llmkit verify --tensors A B``: tensor by tensor, plus the non-weight files of two folders.
-    ``identical``: the tensors; ``files_identical``: the other files (True when there are none);
-    ``ok``: both (exit 0); ``checks``: one for the tensors, one per file."""
+    ``identical``: the tensors, bit for bit; ``converted``: tensors a GGUF side stores in another type that
+    equal the other side's converted the same way (name -> type); ``unchecked``: ones that cannot be
+    converted the same way (name -> why); ``files_identical``: the other files (True when there are none);
+    ``ok``: the tensors identical or converted, and the files (exit 0); ``checks``: one for the tensors
+    (``ok``, ``converted``, ``unverified``, ``mismatch``), one per file."""
 
     a: str
     b: str
@@ -167,6 +175,8 @@ class TensorVerifyReport(Result):
     only_a: list[str] = field(default_factory=list)
     only_b: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
+    converted: dict[str, str] = field(default_factory=dict)
+    unchecked: dict[str, str] = field(default_factory=dict)
     files: list[FileCheck] = field(default_factory=list)  # config/tokenizer files compared (folders only)
     files_identical: bool = True
 
@@ -176,7 +186,7 @@ class TensorVerifyReport(Result):
 
 
 # The fields of a TensorComparison that a TensorVerifyReport carries, under the same names.
-_REPORTED = ("identical", "compared", "differing", "only_a", "only_b", "reasons")
+_REPORTED = ("identical", "compared", "differing", "only_a", "only_b", "reasons", "converted", "unchecked")
 
 
 def _aux_files(folder: Path) -> dict[str, Path]:
@@ -252,6 +262,14 @@ def _table_and_model(
     return cmp, table.algorithm
 
 
+def _status(cmp: TensorComparison) -> str:
+    if cmp.identical:
+        return "ok"
+    if cmp.differing or cmp.only_a or cmp.only_b:
+        return "mismatch"
+    return "unverified" if cmp.unchecked else "converted"
+
+
 def _checked_model(path: Path, key, stack: ExitStack) -> TensorSource:
     """The model at ``path``, opened once; an incomplete LLaMA is refused, not compared (two equally
     incomplete copies would match): ``llmkit.io.core.llama_tensors``."""
@@ -286,19 +304,23 @@ def verify_tensors(options: TensorVerifyOptions, *, progress: ProgressFactory | 
             s.folder if isinstance(s, TensorSource) and str(p) == STDIN else p
             for s, p in zip(sides, (a, b), strict=True)
         )
+        # a GGUF has no side files (its config and vocabulary are in the header): there are none to compare
+        headers_only = any(isinstance(s, TensorSource) and s.stores_converted for s in sides)
         files = (
             compare_aux_files(fa, fb, shown=(str(a), str(b)))
-            if fa is not None and fb is not None and fa.is_dir() and fb.is_dir()
+            if fa is not None and fb is not None and fa.is_dir() and fb.is_dir() and not headers_only
             else []
         )
     summary = (
         f"{cmp.compared} compared by {method}, {len(cmp.differing)} differ, {len(cmp.only_a)} only in A, "
         f"{len(cmp.only_b)} only in B"
     )
-    checks = [Check("tensors", "ok" if cmp.identical else "mismatch", summary)] + [f.check() for f in files]
+    if cmp.converted or cmp.unchecked:
+        summary += f", {len(cmp.converted)} equal as converted, {len(cmp.unchecked)} not verifiable"
+    checks = [Check("tensors", _status(cmp), summary)] + [f.check() for f in files]
     files_identical = all(f.status == "ok" for f in files)
     return TensorVerifyReport(
-        ok=cmp.identical and files_identical,
+        ok=cmp.matches and files_identical,
         checks=checks,
         a=str(a),
         b=str(b),

@@ -19,7 +19,7 @@ from llmkit.io.core.destination import broken_link
 from llmkit.io.core.regular import check_regular, is_special
 from llmkit.pipeline import Check
 
-WEIGHT_SUFFIXES = (".bin", ".pth", ".pt", ".safetensors", ".ckpt")
+WEIGHT_SUFFIXES = (".bin", ".pth", ".pt", ".safetensors", ".ckpt", ".gguf")
 STATUSES = ("ok", "mismatch", "missing", "extra")
 
 

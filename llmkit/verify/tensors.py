@@ -61,7 +61,7 @@ class TensorDigest:
     """A tensor's identity independent of file, shard and format."""
 
     name: str
-    dtype: str  # safetensors code: F16, BF16, F32, ...
+    dtype: str  # safetensors code: F16, BF16, F32, ...; a GGUF quantized type (Q8_0, ...): its dequantized values
     shape: tuple[int, ...]
     digest: str
 
@@ -71,15 +71,37 @@ class TensorDigest:
 
 @dataclass
 class TensorTable(Result):
-    """The per-tensor digests of one model (``llmkit checksum --tensors``), in its stored order."""
+    """The per-tensor digests of one model (``llmkit checksum --tensors``), in its stored order.
+    ``quantized``: the tensors stored in a quantized type (name -> GGUF type), hashed as the float32
+    values they dequantize to (their line's dtype is that type)."""
 
     algorithm: str
     source: str
     tensors: list[TensorDigest] = field(default_factory=list)
+    quantized: dict[str, str] = field(default_factory=dict)
 
     def text(self) -> str:
         head = [TENSOR_TABLE_HEADER.format(algo=self.algorithm), f"# source: {self.source}"]
+        if self.quantized:
+            head.append(f"# {_dequantized_note(self.quantized)}")
         return "\n".join(head + [t.line() for t in self.tensors]) + "\n"
+
+
+def _dequantized_note(quantized: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for t in quantized.values():
+        counts[t] = counts.get(t, 0) + 1
+    types = ", ".join(f"{n} {t}" for t, n in counts.items())
+    return (
+        f"{len(quantized)} tensors stored quantized ({types}): each digest is of the float32 values "
+        "gguf.quants.dequantize gives (rows in Hugging Face order), the line's dtype the stored type"
+    )
+
+
+def stored_code(src: TensorSource, name: str) -> str:
+    """A tensor's dtype as tables and comparisons name it: its stored type when the source reads it as
+    another (a GGUF's ``Q8_0``), else the code of the dtype it is read as."""
+    return src.stored_type(name) or dtype_code(src.info(name).dtype)
 
 
 def tensor_table(
@@ -127,11 +149,15 @@ def tensor_table(
                     digests[m] = f.result()
         src.read_to_end()
         notices = [Notice.warning(w) for w in finish_reads(src.files)]
+        quantized = {n: t for n in names if (t := src.stored_type(n)) is not None}
+        if quantized:
+            notices.append(Notice.info(_dequantized_note(quantized)))
         return TensorTable(
             algorithm,
             str(src.path),
-            [TensorDigest(n, dtype_code(infos[n].dtype), tuple(infos[n].shape), digests[n]) for n in names],
+            [TensorDigest(n, stored_code(src, n), tuple(infos[n].shape), digests[n]) for n in names],
             notices=notices,
+            quantized=quantized,
         )
     finally:
         if close:

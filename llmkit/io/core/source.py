@@ -3,7 +3,7 @@
 :class:`TensorSource` is a model or adapter as one ordered set of named tensors over :class:`TensorFile`s
 (one weight file each); :class:`RenamedSource` shows a source under other names. :func:`open_source`
 opens any path by asking the registered format families in rank order (:func:`register_source`; the
-built-in ones: ``hf`` 10, ``meta`` 20, ``hf-file`` 30, ``mindspore`` 40); :func:`open_model` is how a job
+built-in ones: ``hf`` 10, ``meta`` 20, ``hf-file`` 30, ``mindspore`` 40, ``gguf`` 50); :func:`open_model` is how a job
 opens the model it reads (its refusals, its view, the complete-LLaMA check). What a file carries beyond
 tensors (a cipher, a CRC trailer, tensors split over several records, values nothing authenticates) is
 part of the API with neutral defaults, which a format that has them overrides. Memory: listing costs
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -53,6 +53,9 @@ class TensorSource:
     warnings: list[str] = field(default_factory=list)
     adapter: AdapterInfo | None = None
     index: Path | None = None  # the shard index the tensor list comes from, when there is one
+    # True for a format whose files hold converted values (GGUF: quantized, narrowed): a tensor of it whose type
+    # differs from another model's is judged by :meth:`as_stored` of that model's values (``verify --tensors``)
+    stores_converted: ClassVar[bool] = False
 
     # ---- listing (no tensor data is read) ----
     def keys(self) -> list[str]:
@@ -96,6 +99,22 @@ class TensorSource:
     def integrity_warnings(self, values_read: bool = True) -> list[str]:
         """Each file's warning that nothing vouches for its values (:meth:`TensorFile.integrity_warning`)."""
         return [w for f in self.files if (w := f.integrity_warning(values_read)) is not None]
+
+    # ---- how the files store the tensors (neutral unless a format converts when reading: GGUF) ----
+    def stored_type(self, name: str) -> str | None:
+        """The type the file stores ``name`` in when :meth:`get` returns another one (GGUF's quantized types,
+        ``Q8_0``, ``Q4_K``, ..., read as their dequantized float32 values), else None."""
+        return None
+
+    def stored_nbytes(self, name: str) -> int:
+        """Bytes the file stores ``name`` in (:meth:`info`'s, unless :meth:`stored_type` names another type)."""
+        return self.info(name).nbytes
+
+    def as_stored(self, name: str, values: torch.Tensor) -> torch.Tensor | None:
+        """``values`` (another model's tensor ``name``) as this source would read them back had its files
+        stored them, or None for a source that stores what it reads (:attr:`stores_converted`); raises
+        ``NotImplementedError`` when the stored type has no reference conversion."""
+        return None
 
     def described_config(
         self, shapes: dict[str, tuple[int, ...]], cfg: dict | None, config_path: PathArg
@@ -228,6 +247,19 @@ class RenamedSource(TensorSource):
     def records(self, name: str) -> int:
         return self.inner.records(self._stored[name])
 
+    @property
+    def stores_converted(self) -> bool:  # type: ignore[override]  # the inner source's, per instance
+        return self.inner.stores_converted
+
+    def stored_type(self, name: str) -> str | None:
+        return self.inner.stored_type(self._stored[name])
+
+    def stored_nbytes(self, name: str) -> int:
+        return self.inner.stored_nbytes(self._stored[name])
+
+    def as_stored(self, name: str, values: torch.Tensor) -> torch.Tensor | None:
+        return self.inner.as_stored(self._stored[name], values)
+
     def stream_position(self, name: str) -> int | None:
         return self.inner.stream_position(self._stored[name]) if name in self._stored else None
 
@@ -323,7 +355,9 @@ def open_source(path: str | os.PathLike, *, ckpt_key: Any = None) -> TensorSourc
             return src
     if is_file:
         raise InputError(
-            "unknown weight file type", path=path, hint="expected .safetensors, .bin, .pth, .ckpt, or an *.index.json"
+            "unknown weight file type",
+            path=path,
+            hint="expected .safetensors, .bin, .pth, .ckpt, .gguf, or an *.index.json",
         )
     encrypted = sorted(path.glob("*.enc"))
     if encrypted:
