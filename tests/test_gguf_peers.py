@@ -55,6 +55,8 @@ VARIANTS = (
     "yarn-64k",
     "yarn-64k-v4",
     "chinese-llama-2023",
+    "bin-sharded",
+    "llmkit-sharded",
 )
 CASES = (*VOCABS, *VARIANTS)
 LINEAR = {"rope_type": "linear", "factor": 4.0}  # Chinese-LLaMA-Alpaca-2 16K
@@ -124,6 +126,31 @@ def build_models(models: Path) -> None:
     yarn4 = {"factor": 16.0, "finetuned": True, "original_max_position_embeddings": 4096, "type": "yarn"}
     link_model(models / "yarn-64k", models / "yarn-64k-v4", _transformers4_config(_config(models / "yarn-64k"), yarn4))
     link_model(models / "chinese-llama", models / "chinese-llama-2023", _config_2023(_config(models / "chinese-llama")))
+    save_tiny_model(models / "bin-sharded", "bin-sharded", seed=6)
+    cfg = models / "bin-sharded" / "config.json"  # the converter picks its class by the config's architectures
+    cfg.write_text(json.dumps({**_config(models / "bin-sharded"), "architectures": ["LlamaForCausalLM"]}, indent=2))
+    _save_llmkit_sharded(models / "llmkit-sharded", models / "tiny")
+
+
+def _save_llmkit_sharded(folder: Path, like: Path) -> None:
+    """The tiny model re-written by llmkit's own sink in shards of 100 KB, tensors in state-dict order: the
+    files' order is not the names' (the converter reads files by name, tensors sorted by name)."""
+    from safetensors.torch import load_file
+
+    from llmkit.io.core.sink import open_sink
+    from llmkit.io.core.spec import TensorSpec
+    from llmkit.tiny import tiny_model
+
+    state = load_file(like / "model.safetensors")
+    order = [n for n in tiny_model().state_dict() if n in state]
+    with open_sink(
+        "safetensors", folder, [TensorSpec(n, state[n].dtype, tuple(state[n].shape)) for n in order], shard_size=100_000
+    ) as sink:
+        for n in order:
+            sink.write(n, state[n])
+    for p in like.iterdir():
+        if not p.name.startswith("model"):
+            shutil.copy(p, folder / p.name)
 
 
 @pytest.fixture(scope="session")

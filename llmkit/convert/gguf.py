@@ -90,6 +90,23 @@ def _refuse(options: ToGGUFOptions):
     return refuse
 
 
+_HF_LAYOUTS = ("safetensors", "safetensors-sharded", "bin", "bin-sharded")
+
+
+def converter_order(src: TensorSource) -> list[str] | None:
+    """The order ``convert_hf_to_gguf.py`` reads a Hugging Face folder's tensors in, and so writes them: the
+    weight files sorted by name, each file's tensors sorted by name (safetensors, as ``safetensors`` lists
+    them) or as stored (a ``.bin``). None for another layout (a Meta folder, a stream: their own order)."""
+    if src.layout not in _HF_LAYOUTS:
+        return None
+    names = set(src.keys())
+    order: list[str] = []
+    for f in sorted(src.files, key=lambda f: f.path.name):
+        stored = sorted(f.infos) if f.path.suffix == ".safetensors" else list(f.infos)
+        order += [n for n in stored if n in names]
+    return order if sorted(order) == sorted(names) else None
+
+
 def to_gguf(options: ToGGUFOptions, *, progress: ProgressFactory | None = None) -> GGUFResult:
     """Convert a LLaMA to GGUF; the outtype, names and destination are checked before any tensor is read."""
     from llmkit.convert.meta import _cast_plan
@@ -111,6 +128,10 @@ def to_gguf(options: ToGGUFOptions, *, progress: ProgressFactory | None = None) 
             sink_options=sink_options,
             aux=[AuxCopy(folder, AUX_FILES)],
         )
+        order = converter_order(src)
+        if order is not None:  # the whole file as the converter writes it, tensor order included
+            place = {n: i for i, n in enumerate(order)}
+            plan.specs.sort(key=lambda s: place[s.name])
     except BaseException:
         src.close()
         raise
