@@ -96,8 +96,10 @@ _HF_LAYOUTS = ("safetensors", "safetensors-sharded", "bin", "bin-sharded")
 def converter_order(src: TensorSource) -> list[str] | None:
     """The order ``convert_hf_to_gguf.py`` reads a Hugging Face folder's tensors in, and so writes them: the
     weight files sorted by name, each file's tensors sorted by name (safetensors, as ``safetensors`` lists
-    them) or as stored (a ``.bin``). None for another layout (a Meta folder, a stream: their own order)."""
-    if src.layout not in _HF_LAYOUTS:
+    them) or as stored (a ``.bin``). None for another layout or a model not on disk (a Meta folder, a stream,
+    a chain's planned model): the sink then orders them as the folder llmkit would write (``folder_order``)."""
+    on_disk = all(f.path.suffix in (".safetensors", ".bin") and f.path.is_file() for f in src.files)
+    if src.layout not in _HF_LAYOUTS or not on_disk or not src.files:  # a stream, a chain's planned model
         return None
     names = set(src.keys())
     order: list[str] = []
@@ -129,9 +131,10 @@ def to_gguf(options: ToGGUFOptions, *, progress: ProgressFactory | None = None) 
             aux=[AuxCopy(folder, AUX_FILES)],
         )
         order = converter_order(src)
-        if order is not None:  # the whole file as the converter writes it, tensor order included
+        if order is not None:  # the whole file as the converter writes it of this folder, tensor order included
             place = {n: i for i, n in enumerate(order)}
             plan.specs.sort(key=lambda s: place[s.name])
+            plan.sink_options["order"] = order
     except BaseException:
         src.close()
         raise

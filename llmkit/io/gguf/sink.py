@@ -31,7 +31,7 @@ from llmkit.io.gguf.metadata import GGUFTensor, gguf_writer, header_bytes
 from llmkit.io.gguf.names import DROPPED, gguf_name, rotary_role, to_interleaved
 from llmkit.io.gguf.quant import quantize
 from llmkit.io.gguf.types import OutType, parse_outtype, tensor_nbytes, tensor_type
-from llmkit.units import check_space, free_bytes
+from llmkit.units import DEFAULT_SHARD_SIZE, check_space, free_bytes
 
 ALIGNMENT = 32  # gguf.GGUF_DEFAULT_ALIGNMENT: the header and every tensor are padded to it
 HEADER_ALLOWANCE = 4 << 20  # bytes counted for the header until the side files are known (a 50k vocab: ~1 MiB)
@@ -78,11 +78,14 @@ class GGUFSink(ShardSetWriter):
         split_max_size: int = 0,
         model_name: str | None = None,
         display_name: str | None = None,
+        order: list[str] | None = None,
     ):
         self.path = Path(path)
         self.outtype = outtype if isinstance(outtype, OutType) else parse_outtype(outtype)
         self.split = split_max_size > 0
-        self.tensors = _plan_tensors(specs, self.outtype, self.path)
+        self.tensors = _plan_tensors(
+            folder_order(specs) if order is None else _ordered(specs, order), self.outtype, self.path
+        )
         self._hf_of = {t.name: hf for hf, t in self.tensors.items()}
         byte_specs = [TensorSpec(t.name, torch.uint8, (t.nbytes,)) for t in self.tensors.values()]
         groups = plan_shards(byte_specs, split_max_size) if self.split else [byte_specs]
@@ -195,6 +198,18 @@ class GGUFSink(ShardSetWriter):
             )
             tensor = to_interleaved(tensor, heads)
         return quantize(tensor, t.ttype)
+
+
+def folder_order(specs: list[TensorSpec]) -> list[TensorSpec]:
+    """``specs`` in the order ``convert_hf_to_gguf.py`` would read them from the Hugging Face folder llmkit
+    writes of them (5 GB shards filled in plan order, each file's tensors sorted by name): so a job's GGUF is
+    the converter's file of the folder the job writes without ``--format gguf``, fused, piped or not."""
+    return [s for shard in plan_shards(list(specs), DEFAULT_SHARD_SIZE) for s in sorted(shard, key=lambda s: s.name)]
+
+
+def _ordered(specs: list[TensorSpec], order: list[str]) -> list[TensorSpec]:
+    place = {n: i for i, n in enumerate(order)}
+    return sorted(specs, key=lambda s: place.get(s.name, len(place)))
 
 
 def _plan_tensors(specs: list[TensorSpec], outtype: OutType, path: Path) -> dict[str, GGUFTensor]:
