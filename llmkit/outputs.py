@@ -27,3 +27,17 @@ def weight_sink_options(
         flag = "--outtype" if outtype is not None else "--split-max-size"
         raise InputError(f"{flag} applies to --format gguf only", hint=f"add --format gguf, or drop {flag}")
     return {"shard_size": shard_size}
+
+
+def job_sink_options(options: Any) -> dict[str, Any]:
+    """:func:`weight_sink_options` from a job's options (``fmt``, ``shard_size``, ``outtype``,
+    ``split_max_size``, ``output``: a GGUF's name is the output's stem)."""
+    from pathlib import Path
+
+    return weight_sink_options(
+        options.fmt,
+        shard_size=options.shard_size,
+        outtype=options.outtype,
+        split_max_size=options.split_max_size,
+        name=Path(options.output).stem,
+    )

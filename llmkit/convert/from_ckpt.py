@@ -21,7 +21,7 @@ from llmkit.io.core.spec import TensorSpec
 from llmkit.io.meta.as_hf import config_files
 from llmkit.io.meta.names import permute_meta_to_hf
 from llmkit.io.mindspore.mindformers import check_config, guessed_config, llama_hf_name
-from llmkit.outputs import WEIGHT_FORMATS, weight_sink_options
+from llmkit.outputs import WEIGHT_FORMATS, job_sink_options
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, ProgressFactory
 
 
@@ -217,13 +217,7 @@ def _from_ckpt_plan(
         input_bytes=sum(src.info(n).nbytes for n in src_of.values()),
         aux=aux,
         files=files,
-        sink_options=weight_sink_options(
-            options.fmt,
-            shard_size=options.shard_size,
-            outtype=options.outtype,
-            split_max_size=options.split_max_size,
-            name=Path(options.output).stem,
-        ),
+        sink_options=job_sink_options(options),
         notices=notices,
         taps=[_CkptCRC(src)],
     )

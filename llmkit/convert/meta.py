@@ -30,7 +30,7 @@ from llmkit.io.core.files import CONFIG_FILES, TOKENIZER_FILES
 from llmkit.io.core.source import STDIN, TensorSource, open_model, require_layout
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.meta.as_hf import MetaHFView, open_as_hf, tokenizer_model
-from llmkit.outputs import WEIGHT_FORMATS, weight_sink_options
+from llmkit.outputs import WEIGHT_FORMATS, job_sink_options
 from llmkit.pipeline import AuxCopy, Check, Notice, Plan, PlanReport, PlanResult, ProgressFactory, run_plan
 from llmkit.units import DEFAULT_SHARD_SIZE
 
@@ -200,13 +200,7 @@ def from_meta(options: FromMetaOptions, *, progress: ProgressFactory | None = No
     dtype = cast_dtype(options.dtype)
     if options.fmt not in WEIGHT_FORMATS:
         raise InputError(f"unknown format {options.fmt!r}", hint=f"use one of {', '.join(WEIGHT_FORMATS)}")
-    sink_options = weight_sink_options(
-        options.fmt,
-        shard_size=options.shard_size,
-        outtype=options.outtype,
-        split_max_size=options.split_max_size,
-        name=Path(options.output).stem,
-    )
+    sink_options = job_sink_options(options)
     hint = "pass the folder holding consolidated.NN.pth and params.json"
     refuse = require_layout("meta-pth", "Meta checkpoint", options.source, hint)
     # only a Meta folder passes refuse, and open_as_hf makes it the view (which checked it complete)

@@ -15,7 +15,7 @@ from llmkit.io.core.dtypes import CLI_DTYPES, dtype_name
 from llmkit.io.core.llama_tensors import check_source
 from llmkit.io.core.source import TensorSource
 from llmkit.io.core.spec import TensorSpec
-from llmkit.outputs import weight_sink_options
+from llmkit.outputs import job_sink_options
 from llmkit.pipeline import AuxCopy, Notice, Plan, PlanReport
 from llmkit.recover.arithmetic import base_inv_freq, diff_tensor, recover_tensor, working_set
 from llmkit.recover.integrity import SumTap
@@ -201,13 +201,7 @@ def _plan(
         working_set_bytes=max(working_set(i.numel, i.dtype, b_dtype(i.name), out_dtype, operation) for i in o_infos),
         label="recovering" if operation == "recover" else "making diff",
         aux=[AuxCopy(Path(folder), tuple(names), dtype=out_dtype) for folder, names in folders.items()],
-        sink_options=weight_sink_options(
-            options.fmt,
-            shard_size=options.shard_size,
-            outtype=options.outtype,
-            split_max_size=options.split_max_size,
-            name=Path(options.output).stem,
-        ),
+        sink_options=job_sink_options(options),
         notices=notices,
         sources=[other, base],
     )
