@@ -86,17 +86,9 @@ class GGUFSink(ShardSetWriter):
         self.tensors = _plan_tensors(
             folder_order(specs) if order is None else _ordered(specs, order), self.outtype, self.path
         )
-        self._hf_of = {t.name: hf for hf, t in self.tensors.items()}
         byte_specs = [TensorSpec(t.name, torch.uint8, (t.nbytes,)) for t in self.tensors.values()]
         groups = plan_shards(byte_specs, split_max_size) if self.split else [byte_specs]
-        stem = self.path.name if self.split else self.path.stem
-        names = (
-            [f"{stem}.gguf"]
-            if len(groups) == 1
-            else [f"{stem}-{i:05d}-of-{len(groups):05d}.gguf" for i in range(1, len(groups) + 1)]
-        )
-        if not self.split:
-            names = [self.path.name]
+        names = [self.path.name] if not self.split else split_names(self.path.name, len(groups))
         super().__init__(
             self.path if self.split else self.path.parent,
             list(zip(names, groups, strict=True)),
@@ -198,6 +190,11 @@ class GGUFSink(ShardSetWriter):
             )
             tensor = to_interleaved(tensor, heads)
         return quantize(tensor, t.ttype)
+
+
+def split_names(stem: str, count: int) -> list[str]:
+    """The files of a split output in the ``-o`` folder ``stem``: llama.cpp's names (``gguf.GGUFWriter``'s)."""
+    return [f"{stem}.gguf"] if count == 1 else [f"{stem}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
 
 
 def folder_order(specs: list[TensorSpec]) -> list[TensorSpec]:
