@@ -135,7 +135,7 @@ def to_ckpt_command(
             metavar="SOURCE",
             help="A model llmkit reads: a Hugging Face folder or "
             "weight file, a Meta folder, a recover or "
-            "merge-lora output; or - for a stream on stdin.",
+            "merge-lora output; or - for a stream on stdin; or a URL: hf://OWNER/NAME, s3://BUCKET/PREFIX.",
             show_default=False,
         ),
     ],

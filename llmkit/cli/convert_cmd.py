@@ -126,7 +126,7 @@ def to_meta_command(
         Path,
         typer.Argument(
             metavar="SOURCE",
-            help="A Hugging Face LLaMA folder (any layout llmkit reads), or - for a stream on stdin.",
+            help="A Hugging Face LLaMA folder (any layout llmkit reads), or - for a stream on stdin; or a URL: hf://OWNER/NAME, s3://BUCKET/PREFIX.",
             show_default=False,
         ),
     ],

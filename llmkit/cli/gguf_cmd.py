@@ -75,7 +75,7 @@ def to_gguf_command(
         Path,
         typer.Argument(
             metavar="SOURCE",
-            help="A LLaMA: a Hugging Face folder, a Meta folder (consolidated.NN.pth), or - for a stream on stdin.",
+            help="A LLaMA: a Hugging Face folder, a Meta folder (consolidated.NN.pth), or - for a stream on stdin; or a URL: hf://OWNER/NAME, s3://BUCKET/PREFIX.",
             show_default=False,
         ),
     ],

@@ -103,7 +103,8 @@ def inspect_command(
     path: Annotated[
         Path,
         typer.Argument(
-            metavar="PATH", help="A model or adapter folder, a weight file, a shard index, or - for a stream on stdin."
+            metavar="PATH",
+            help="A model or adapter folder, a weight file, a shard index, or - for a stream on stdin; or a URL: hf://OWNER/NAME, s3://BUCKET/PREFIX.",
         ),
     ],
     tensors: Annotated[

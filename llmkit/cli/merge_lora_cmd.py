@@ -95,7 +95,8 @@ def merge_lora_command(
             metavar="PATH",
             rich_help_panel=INPUTS,
             help="The base model folder (Hugging Face layout: safetensors or .bin, sharded or not), or - for a "
-            "stream on stdin (llmkit ... -o - | llmkit merge-lora --base - ...).",
+            "stream on stdin (llmkit ... -o - | llmkit merge-lora --base - ...), or a URL: hf://OWNER/NAME, "
+            "s3://BUCKET/PREFIX.",
         ),
     ],
     lora: Annotated[

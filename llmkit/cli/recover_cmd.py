@@ -63,7 +63,7 @@ BaseOpt = Annotated[
         metavar="PATH",
         rich_help_panel=INPUTS,
         help="The base model (e.g. LLaMA-13B converted to Hugging Face, or Meta's "
-        "folder); any layout: folder, shard index or single file; or - for a stream on stdin.",
+        "folder); any layout: folder, shard index or single file; or - for a stream on stdin; or a URL: hf://OWNER/NAME, s3://BUCKET/PREFIX.",
     ),
 ]
 OutOpt = Annotated[
@@ -185,7 +185,8 @@ def recover_command(
             "--diff",
             metavar="PATH",
             rich_help_panel=INPUTS,
-            help="The published weight diff (e.g. zjunlp/zhixi-13b-diff); its config and "
+            help="The published weight diff: a folder, hf://zjunlp/zhixi-13b-diff (read from the hub without a "
+            "local copy), s3://BUCKET/PREFIX, or a registry name (zhixi-13b-diff: its hub repo); its config and "
             "tokenizer files go to the output.",
         ),
     ],

@@ -332,7 +332,9 @@ def supplied_source(path: str | os.PathLike) -> TensorSource | None:
 def open_source(path: str | os.PathLike, *, ckpt_key: Any = None) -> TensorSource:
     """Open any supported weight layout at ``path`` (a file or a folder) without reading tensor data.
     ``ckpt_key`` (``llmkit.io.mindspore.keys.CkptKey``) opens an encrypted MindSpore checkpoint; ``-`` reads
-    a safetensors stream from stdin (``llmkit.io.hf.stream``); a path :func:`supplying` names is that source."""
+    a safetensors stream from stdin (``llmkit.io.hf.stream``); a path :func:`supplying` names is that source;
+    ``hf://...``/``s3://...`` (or a registry model's name that is no local path) is read remotely
+    (``llmkit.io.remote``)."""
     supplied = supplied_source(path)
     if supplied is not None:
         return supplied
@@ -340,6 +342,15 @@ def open_source(path: str | os.PathLike, *, ckpt_key: Any = None) -> TensorSourc
         from llmkit.io.hf.stream import open_stdin_stream
 
         return open_stdin_stream()
+    from llmkit.io.remote.url import registry_url, remote_url
+
+    url = remote_url(path)
+    if url is None and not os.path.lexists(path):  # a registry model's name: its repo on the hub
+        url = registry_url(os.fspath(path))
+    if url is not None:
+        from llmkit.io.remote.source import open_remote
+
+        return open_remote(url)
     path = Path(path)
     if not path.exists():
         problem = broken_link(path)

@@ -69,6 +69,7 @@ class StreamFile(TensorFile):
         self.position = start
         self._last: tuple[str, torch.Tensor] | None = None  # the tensor read last, for a second read of it
         self._skip: memoryview | None = None  # the buffer bytes nobody needs are read into
+        self.where = "the stream on stdin"  # what messages call it (a remote file read front to back: its URL)
 
     def index(self, name: str) -> int | None:
         return self._index.get(name)
@@ -94,8 +95,8 @@ class StreamFile(TensorFile):
         begin, end = self._spans[name]
         if begin < self.position:
             raise InputError(
-                f"tensor {name!r} was needed again after the stream on stdin had passed it",
-                hint="write the input to a file first (-o FOLDER) and pass that folder instead of -",
+                f"tensor {name!r} was needed again after {self.where} had passed it",
+                hint="write the input to a file first (-o FOLDER) and pass that folder instead",
             )
         self._skip_to(begin)
         info = self.infos[name]
@@ -110,7 +111,7 @@ class StreamFile(TensorFile):
         self._skip_to(self.size)
         if self._stream.read(1):
             raise InputError(
-                f"the stream on stdin goes on after the {self.size} bytes its header describes",
+                f"{self.where} goes on after the {self.size} bytes its header describes",
                 hint="pipe in one stream, as llmkit ... -o - writes it",
             )
 

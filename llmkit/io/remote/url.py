@@ -1,0 +1,57 @@
+"""Which inputs are URLs: ``hf://`` and ``s3://`` (also as a :class:`~pathlib.Path` has folded them, ``hf:/x``),
+and :class:`RemotePath`, the ``path`` a remote source shows in messages (``hf://owner/name/file``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import PosixPath
+
+SCHEMES = ("hf", "s3")
+
+
+class RemotePath(PosixPath):
+    """A remote location as a path: stored as ``scheme:/rest`` (so ``/`` and ``.name`` work), shown as
+    ``scheme://rest``. Nothing on the local disk has this name, so every local check of it finds nothing."""
+
+    def __str__(self) -> str:
+        parts = self.parts
+        return f"{parts[0]}//{'/'.join(parts[1:])}" if len(parts) > 1 else f"{parts[0]}//"
+
+    def __repr__(self) -> str:
+        return f"RemotePath({str(self)!r})"
+
+    @property
+    def url(self) -> str:
+        return str(self)
+
+    @property
+    def scheme(self) -> str:
+        return self.parts[0][:-1]
+
+
+def remote_url(path: str | os.PathLike) -> str | None:
+    """``path`` as a ``scheme://rest`` URL when it names a remote location (``hf://...``, ``s3://...``, or the
+    ``hf:/...`` a ``Path`` makes of them), else None."""
+    if isinstance(path, RemotePath):
+        return path.url
+    text = os.fspath(path)
+    for scheme in SCHEMES:
+        for prefix in (f"{scheme}://", f"{scheme}:/"):
+            if text.startswith(prefix) and len(text) > len(prefix):
+                return f"{scheme}://{text[len(prefix) :].strip('/')}"
+    return None
+
+
+def as_remote_path(url: str) -> RemotePath:
+    scheme, rest = url.split("://", 1)
+    return RemotePath(f"{scheme}:", *[p for p in rest.split("/") if p])
+
+
+def registry_url(name: str) -> str | None:
+    """``hf://<repo>`` of a registry model named ``name`` that is on the hub (``zhixi-13b-diff``), else None."""
+    if not name or "/" in name or os.sep in name:
+        return None
+    from llmkit.registry import MODELS
+
+    model = next((m for m in MODELS if m.name == name and m.repo_id), None)
+    return f"hf://{model.repo_id}" if model is not None else None
