@@ -258,6 +258,8 @@ def _side_file_names(plan: Plan) -> list[str]:
 
 
 def plan_report(plan: Plan, sink: Sink) -> PlanReport:
+    from llmkit.read_order import held_bytes, run_order
+
     largest = max(plan.specs, key=lambda s: s.nbytes, default=None)
     return PlanReport(
         output=str(plan.output),
@@ -268,7 +270,7 @@ def plan_report(plan: Plan, sink: Sink) -> PlanReport:
         files=list(sink.files) + (_side_file_names(plan) if getattr(sink, "carries_side_files", True) else []),
         largest_tensor=largest.name if largest else "",
         largest_tensor_bytes=largest.nbytes if largest else 0,
-        memory_estimate_bytes=plan.working_set_bytes + current_rss(),
+        memory_estimate_bytes=plan.working_set_bytes + current_rss() + held_bytes(plan, run_order(plan, sink)),
         free_disk_bytes=sink.free_disk_bytes,
         needed_disk_bytes=sink.needed_disk_bytes,
         disk_margin_bytes=sink.space_margin,

@@ -70,3 +70,43 @@ def check_read_order(plan: Plan, order: list[str] | None = None) -> None:
                     hint="write the input to a file first (-o FOLDER) and pass that folder instead of -",
                 )
             last[id(src)] = (pos, key)
+
+
+def held_bytes(plan: Plan, order: list[str]) -> int:
+    """The most bytes remote files hold at once while the plan runs in ``order``: a source that reads any
+    order (``holds_skipped``, ``llmkit.io.remote``) keeps each tensor of a file it passes on the way to a later
+    one until asked for. Plus the read-ahead of the remote files (``reader.AHEAD`` chunks for each of the
+    two files at most that are read at once: the one finishing and the next)."""
+    files: dict[int, dict[str, tuple[int, int]]] = {}  # id(file) -> name -> (position, bytes)
+    sequence: list[tuple[int, str]] = []
+    for name in order:
+        for src, key in leaf_reads(plan, name):
+            if not getattr(src, "holds_skipped", False):
+                continue
+            pos = src.stream_position(key)
+            if pos is None:
+                continue
+            f = id(src.weight_map[key])
+            files.setdefault(f, {})[key] = (pos, src.info(key).nbytes)
+            sequence.append((f, key))
+    if not files:
+        return 0
+    from llmkit.io.remote.reader import AHEAD, CHUNK
+
+    peak = held = 0
+    passed: dict[int, int] = {}  # id(file) -> the position read up to
+    taken: set[tuple[int, str]] = set()
+    for f, key in sequence:
+        if (f, key) in taken:
+            continue
+        taken.add((f, key))
+        pos, nbytes = files[f][key]
+        if pos < passed.get(f, -1):
+            held -= nbytes  # it was held: handed out now
+            continue
+        for other, (p, n) in files[f].items():
+            if passed.get(f, -1) < p < pos and (f, other) not in taken:
+                held += n
+        passed[f] = pos
+        peak = max(peak, held)
+    return peak + min(len(files), 2) * AHEAD * CHUNK

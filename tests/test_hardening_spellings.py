@@ -152,9 +152,6 @@ def empty_cwd(tmp_path):
 @pytest.mark.parametrize(
     "argv,name",
     [
-        (["to-ckpt", "techgpt-2.0-atom", "-o", "x.ckpt"], "techgpt-2.0-atom"),
-        (["inspect", "zhixi-13b-diff"], "zhixi-13b-diff"),
-        (["recover", "--base", "BASE", "--diff", "zhixi-13b-diff", "-o", "out"], "zhixi-13b-diff"),
         (["merge-lora", "--base", "BASE", "--lora", "chinese-alpaca-lora-7b", "-o", "out"], "chinese-alpaca-lora-7b"),
         (["verify", "zhixi-13b-diff"], "zhixi-13b-diff"),
         (["decrypt", "techgpt-7b", "-k", "k", "-o", "out"], "techgpt-7b"),
@@ -165,6 +162,32 @@ def test_a_model_name_used_as_a_missing_path_says_how_to_download_it(run_cli, em
     base = str(tiny_factory().path)  # a real base: the missing path is the model name
     line = one_error_line(run_cli(*[base if a == "BASE" else a for a in argv]), "no such ", f"llmkit download {name}")
     assert " -o " not in line.split("llmkit download")[1] or argv[-1] == "TechGPT-2.0-atom-hf"
+    assert list(empty_cwd.iterdir()) == []  # nothing was created
+
+
+@pytest.mark.parametrize(
+    "argv,name,repo",
+    [
+        (["to-ckpt", "techgpt-2.0-atom", "-o", "x.ckpt"], "techgpt-2.0-atom", "neukg/TechGPT-2.0-atom-hf"),
+        (["inspect", "zhixi-13b-diff"], "zhixi-13b-diff", "zjunlp/zhixi-13b-diff"),
+        (
+            ["recover", "--base", "BASE", "--diff", "zhixi-13b-diff", "-o", "out"],
+            "zhixi-13b-diff",
+            "zjunlp/zhixi-13b-diff",
+        ),
+    ],
+)
+def test_a_model_name_that_is_no_local_path_is_read_from_its_hub_repo(
+    run_cli, empty_cwd, tiny_factory, monkeypatch, argv, name, repo
+):
+    """A registry name where a model is read is its hub repo (hf://); with the hub out of reach (a closed local
+    port here), one line names the URL tried and the way to download it instead."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    base = str(tiny_factory().path)
+    line = one_error_line(
+        run_cli(*[base if a == "BASE" else a for a in argv]), f"hf://{repo}", f"llmkit download {name}"
+    )
+    assert "cannot reach http://127.0.0.1:9" in line, line  # the endpoint HF_ENDPOINT names, nothing else
     assert list(empty_cwd.iterdir()) == []  # nothing was created
 
 

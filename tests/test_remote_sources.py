@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -322,6 +323,8 @@ def test_a_registry_name_reads_its_hub_repo(hub: FakeHub, tmp_path):
 def test_to_gguf_to_meta_and_make_diff_read_a_hub_model_as_the_local_one(hub_model, tmp_path):
     _hub, folder, _files, work, env = hub_model
     url = f"hf://{REPO}"
+    named = tmp_path / "named" / REPO.split("/")[1]  # the folder name GGUF's general.name comes from: the repo's
+    shutil.copytree(folder, named)
     other = tmp_path / "other"
     save_tiny_model(other, "safetensors", seed=3)
     jobs = {
@@ -330,7 +333,7 @@ def test_to_gguf_to_meta_and_make_diff_read_a_hub_model_as_the_local_one(hub_mod
         "diff": (["make-diff", "--base", "{src}", "--target", str(other), "-o", "{out}"], ""),
     }
     for name, (args, suffix) in jobs.items():
-        for tag, src in (("remote", url), ("local", str(folder))):
+        for tag, src in (("remote", url), ("local", str(named))):
             r = _run([a.format(src=src, out=work / f"{name}-{tag}") for a in args], env, work)
             assert r.returncode == 0, (name, tag, r.stderr)
         remote, local = work / f"{name}-remote{suffix}", work / f"{name}-local{suffix}"
@@ -340,3 +343,16 @@ def test_to_gguf_to_meta_and_make_diff_read_a_hub_model_as_the_local_one(hub_mod
             assert sorted(p.name for p in remote.iterdir()) == sorted(p.name for p in local.iterdir())
             for p in local.iterdir():
                 assert (remote / p.name).read_bytes() == p.read_bytes(), (name, p.name)
+
+
+def test_dry_run_memory_counts_what_a_fixed_order_sink_holds(hub_model):
+    """A .ckpt asks for tensors in its own order: the remote files hold the ones passed, and --dry-run says so."""
+    from llmkit.io.remote.reader import AHEAD, CHUNK
+
+    _hub, folder, _files, work, env = hub_model
+    memory = {}
+    for tag, src in (("remote", f"hf://{REPO}"), ("local", str(folder))):
+        r = _run(["to-ckpt", src, "-o", str(work / "x.ckpt"), "--dry-run", "--json"], env, work)
+        assert r.returncode == 0, r.stderr
+        memory[tag] = json.loads(r.stdout)["plan"]["memory_estimate_bytes"]
+    assert memory["remote"] - memory["local"] >= 2 * AHEAD * CHUNK  # read-ahead (RSS of the two runs aside)

@@ -15,6 +15,7 @@ from llmkit.errors import InputError
 from llmkit.io.core.files import AUX_FILES
 from llmkit.io.core.source import STDIN, TensorSource, open_model
 from llmkit.io.meta.as_hf import open_as_hf
+from llmkit.io.remote.url import remote_url
 from llmkit.pipeline import AuxCopy, PlanReport, PlanResult, ProgressFactory, run_plan
 from llmkit.units import parse_size
 
@@ -98,7 +99,13 @@ def converter_order(src: TensorSource) -> list[str] | None:
     weight files sorted by name, each file's tensors sorted by name (safetensors, as ``safetensors`` lists
     them) or as stored (a ``.bin``). None for another layout or a model not on disk (a Meta folder, a stream,
     a chain's planned model): the sink then orders them as the folder llmkit would write (``folder_order``)."""
-    on_disk = all(f.path.suffix in (".safetensors", ".bin") and f.path.is_file() for f in src.files)
+    from llmkit.io.remote.url import RemotePath
+
+    # a remote folder (hf://, s3://) is the folder the converter reads too (its files, listed the same way)
+    on_disk = all(
+        f.path.suffix in (".safetensors", ".bin") and (f.path.is_file() or isinstance(f.path, RemotePath))
+        for f in src.files
+    )
     if src.layout not in _HF_LAYOUTS or not on_disk or not src.files:  # a stream, a chain's planned model
         return None
     names = set(src.keys())
@@ -120,7 +127,9 @@ def to_gguf(options: ToGGUFOptions, *, progress: ProgressFactory | None = None) 
         # the name llama.cpp's converter reads general.name from: the model folder's (a planned one, in a chain)
         source = Path(options.source)
         named = source.parent if source.suffix in (".safetensors", ".bin", ".pth") else source
-        sink_options["model_name"] = Path(options.output).stem if str(source) == STDIN else named.resolve().name
+        remote = remote_url(options.source) is not None  # hf://owner/name@rev: the repo's name
+        local_name = named.name.split("@")[0] if remote else named.resolve().name
+        sink_options["model_name"] = Path(options.output).stem if str(source) == STDIN else local_name
         plan = _cast_plan(
             "to-gguf",
             src,

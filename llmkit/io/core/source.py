@@ -345,12 +345,20 @@ def open_source(path: str | os.PathLike, *, ckpt_key: Any = None) -> TensorSourc
     from llmkit.io.remote.url import registry_url, remote_url
 
     url = remote_url(path)
+    name = None
     if url is None and not os.path.lexists(path):  # a registry model's name: its repo on the hub
         url = registry_url(os.fspath(path))
+        name = os.fspath(path) if url is not None else None
     if url is not None:
         from llmkit.io.remote.source import open_remote
 
-        return open_remote(url)
+        try:
+            return open_remote(url)
+        except InputError as e:
+            if name is None:
+                raise
+            hint = f"{e.hint}; or download it first: llmkit download {name}" if e.hint else f"llmkit download {name}"
+            raise InputError(e.message, path=e.path, hint=hint) from None
     path = Path(path)
     if not path.exists():
         problem = broken_link(path)
