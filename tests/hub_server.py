@@ -45,6 +45,7 @@ Knobs for tests (plain attributes of :class:`FakeHub`, safe to change while the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import socket
@@ -85,16 +86,16 @@ class RepoFileSpec:
     def size(self) -> int:
         return len(self.data)
 
-    @property
-    def sha256(self) -> str:
+    @functools.cached_property
+    def sha256(self) -> str:  # computed once: a ranged read of a GB file must not hash it again
         return sha256_hex(self.data)
 
-    @property
+    @functools.cached_property
     def blob_sha1(self) -> str:
         """The git blob id of what git stores: the file itself, or its LFS pointer."""
         return git_blob_sha1(lfs_pointer(self.data) if self.lfs else self.data)
 
-    @property
+    @functools.cached_property
     def etag(self) -> str:
         """What the hub announces as the file's content hash: sha256 for LFS, git blob sha1 otherwise."""
         return self.sha256 if self.lfs else git_blob_sha1(self.data)
