@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from llmkit.errors import InputError
 from llmkit.io.remote.url import RemotePath, as_remote_path
@@ -28,6 +28,7 @@ from llmkit.io.remote.url import RemotePath, as_remote_path
 TRIES = 5
 RETRY_WAIT = 0.5  # seconds before the second try
 _FINAL_STATUS = frozenset({400, 401, 403, 404, 416})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,15 @@ class Store:
     def describe(self, e: BaseException, what: str) -> InputError:
         return InputError(f"cannot read {what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
+    def guarded(self, call: Callable[[], T]) -> T:
+        """``call()``, a client failure turned into this store's one-line error about its URL."""
+        try:
+            return call()
+        except InputError:
+            raise
+        except Exception as e:
+            raise self.describe(e, self.url) from None
+
     def fetch(self, entry: RemoteEntry, start: int, end: int, sleep: Callable[[float], None] = time.sleep) -> bytes:
         """Bytes ``[start, end)`` of ``entry``, exactly: a short or failed read is tried again."""
         wait = RETRY_WAIT
@@ -143,21 +153,20 @@ class HubStore(Store):
         self.fs = HfFileSystem(endpoint=self.endpoint, token=token, skip_instance_cache=True)
         self._files: dict[str, Any] = {}
         self._lock = threading.Lock()
-        rest = url[len("hf://") :]
-        try:
-            resolved = self.fs.resolve_path(rest)
+        self.root = as_remote_path(url)
+
+        def pin_and_list() -> dict[str, RemoteEntry]:
+            resolved = self.fs.resolve_path(url[len("hf://") :])
             if not isinstance(resolved, HfFileSystemResolvedRepositoryPath):
                 raise InputError(f"{url} is not a model repo", hint="use hf://owner/name[@revision][/path]")
             self.repo = resolved.repo_id
             info = HfApi(endpoint=self.endpoint, token=token).model_info(self.repo, revision=resolved.revision)
             self.revision = info.sha
-            self._key = f"{self.repo}@{self.revision}" + (f"/{resolved.path_in_repo}" if resolved.path_in_repo else "")
-            self.root = as_remote_path(url)
-            self._entries = self._list()
-        except InputError:
-            raise
-        except Exception as e:
-            raise self.describe(e, url) from None
+            sub = f"/{resolved.path_in_repo}" if resolved.path_in_repo else ""
+            self._key = f"{self.repo}@{self.revision}{sub}"
+            return self._list()
+
+        self._entries = self.guarded(pin_and_list)
 
     def describe(self, e: BaseException, what: str) -> InputError:
         from llmkit.hub_errors import hub_error
@@ -218,12 +227,7 @@ class S3Store(Store):
             skip_instance_cache=True,
         )
         self._key = url[len("s3://") :]
-        try:
-            self._entries = self._list()
-        except InputError:
-            raise
-        except Exception as e:
-            raise self.describe(e, url) from None
+        self._entries = self.guarded(self._list)
 
     def describe(self, e: BaseException, what: str) -> InputError:
         if isinstance(e, FileNotFoundError):
