@@ -23,7 +23,7 @@ import pytest
 import torch
 from common import only_error_line
 from hub_server import DEFAULT_TOKEN, FakeHub, hub  # noqa: F401 (hub: the fixture)
-from s3_server import BUCKET, DEAD_PROXY, s3  # noqa: F401 (s3: the fixture)
+from s3_server import BUCKET, DEAD_PROXY, s3, s3_auth  # noqa: F401 (s3, s3_auth: the fixtures)
 from safetensors.torch import save_file
 
 from llmkit.tiny import save_tiny_model
@@ -356,3 +356,18 @@ def test_dry_run_memory_counts_what_a_fixed_order_sink_holds(hub_model):
         assert r.returncode == 0, r.stderr
         memory[tag] = json.loads(r.stdout)["plan"]["memory_estimate_bytes"]
     assert memory["remote"] - memory["local"] >= 2 * AHEAD * CHUNK  # read-ahead (RSS of the two runs aside)
+
+
+def test_s3_wrong_credentials_are_one_line_that_echoes_no_secret(s3_auth, tmp_path):
+    folder, _ = _model(tmp_path, "safetensors")
+    s3_auth.put_folder(folder, "tiny")
+    work = tmp_path / "work"
+    work.mkdir()
+    r = _run(["checksum", "--tensors", f"s3://{BUCKET}/tiny", "--json"], s3_auth.env, work)
+    assert r.returncode == 0, r.stderr  # the right key reads it
+    wrong = "not-the-secret-0123456789"
+    r = _run(["inspect", f"s3://{BUCKET}/tiny"], {**s3_auth.env, "AWS_SECRET_ACCESS_KEY": wrong}, work)
+    assert r.returncode == 2
+    line = only_error_line(r.stderr)
+    assert "access denied" in line and "AWS_SECRET_ACCESS_KEY" in line, line  # the fix: which credentials to set
+    assert wrong not in r.stderr and s3_auth.env["AWS_SECRET_ACCESS_KEY"] not in r.stderr
