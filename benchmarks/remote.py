@@ -46,17 +46,6 @@ def llmkit(*args: str | Path, env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def fetched_bytes(hub: FakeHub) -> int:
-    total = 0
-    for h in hub.log:
-        if h.method != "GET" or h.status >= 300 or (not h.path.startswith("/lfs/") and "/resolve/" not in h.path):
-            continue
-        size = len(hub.file(REPO, h.file).data)
-        a, _, b = (h.range or "bytes=0-").removeprefix("bytes=").partition("-")
-        total += (int(b) if b else size - 1) - int(a) + 1
-    return total
-
-
 def digest(folder: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(folder.iterdir()):
@@ -90,7 +79,7 @@ def main() -> None:
             t_local = llmkit("recover", "--base", base, "--diff", work / "dl", "-o", work / "out-local", env=env)
             hub.clear_log()
             t_remote = llmkit("recover", "--base", base, "--diff", f"hf://{REPO}", "-o", work / "out-remote", env=env)
-            fetched = fetched_bytes(hub)
+            fetched = sum(hub.bytes_asked().values())
         row = {
             "layers": args.layers,
             "diff_bytes": sum(len(d) for d in files.values()),

@@ -75,19 +75,23 @@ def check_read_order(plan: Plan, order: list[str] | None = None) -> None:
 def held_bytes(plan: Plan, order: list[str]) -> int:
     """The most bytes remote files hold at once while the plan runs in ``order``: a source that reads any
     order (``holds_skipped``, ``llmkit.io.remote``) keeps each tensor of a file it passes on the way to a later
-    one until asked for. Plus the read-ahead of the remote files (``reader.AHEAD`` chunks for each of the
-    two files at most that are read at once: the one finishing and the next)."""
-    files: dict[int, dict[str, tuple[int, int]]] = {}  # id(file) -> name -> (position, bytes)
+    one until asked for (a tensor the plan never asks for stays held). Plus the read-ahead of the remote files
+    (``reader.AHEAD`` chunks for each of the two files at most that are read at once: the one finishing and
+    the next)."""
+    files: dict[int, dict[str, tuple[int, int]]] = {}  # id(file) -> each of its tensors -> (position, bytes)
     sequence: list[tuple[int, str]] = []
     for name in order:
         for src, key in leaf_reads(plan, name):
-            if not getattr(src, "holds_skipped", False):
+            if not getattr(src, "holds_skipped", False) or src.stream_position(key) is None:
                 continue
-            pos = src.stream_position(key)
-            if pos is None:
-                continue
-            f = id(src.weight_map[key])
-            files.setdefault(f, {})[key] = (pos, src.info(key).nbytes)
+            file = src.weight_map[key]
+            f = id(file)
+            if f not in files:
+                files[f] = {
+                    k: (p, src.info(k).nbytes)
+                    for k, owner in src.weight_map.items()
+                    if owner is file and (p := src.stream_position(k)) is not None
+                }
             sequence.append((f, key))
     if not files:
         return 0

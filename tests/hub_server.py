@@ -238,6 +238,18 @@ class FakeHub:
         """Every GET of any file's bytes (resolve or lfs)."""
         return [h for h in self.hits() if h.method == "GET" and h.kind in ("resolve", "lfs")]
 
+    def bytes_asked(self) -> dict[str, int]:
+        """Bytes of each file that answered GETs asked for: its ranges, or the whole file (redirects aside)."""
+        out: dict[str, int] = {}
+        for h in self.byte_gets():
+            if h.status >= 300 or h.file is None or h.repo is None:
+                continue
+            size = self.file(h.repo, h.file).size
+            a, _, b = (h.range or "bytes=0-").removeprefix("bytes=").partition("-")
+            n = int(b) if a == "" else (int(b) if b else size - 1) - int(a) + 1  # "-N": the last N bytes
+            out[h.file] = out.get(h.file, 0) + n
+        return out
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeHub:

@@ -67,22 +67,6 @@ def hub_model(hub: FakeHub, tmp_path: Path):
     return hub, folder, files, work, {"HF_ENDPOINT": hub.url}
 
 
-def _fetched(hub: FakeHub) -> dict[str, int]:
-    """Bytes of each file the server was asked for by its byte GETs (the ranges, or whole files)."""
-    out: dict[str, int] = {}
-    for h in hub.log:
-        if h.method != "GET" or h.status >= 300 or not (h.path.startswith("/lfs/") or "/resolve/" in h.path):
-            continue
-        size = len(hub.file(REPO, h.file).data)
-        if h.range:
-            a, _, b = h.range.removeprefix("bytes=").partition("-")
-            n = (int(b) if b else size - 1) - int(a) + 1
-        else:
-            n = size
-        out[h.file] = out.get(h.file, 0) + n
-    return out
-
-
 def test_hub_model_jobs_match_the_local_copy_and_fetch_each_byte_once(hub_model):
     hub, folder, files, work, env = hub_model
     url = f"hf://{REPO}"
@@ -90,14 +74,14 @@ def test_hub_model_jobs_match_the_local_copy_and_fetch_each_byte_once(hub_model)
     local = _run(["checksum", "--tensors", str(folder), "--json"], env, work)
     assert remote.returncode == 0, remote.stderr
     assert json.loads(remote.stdout)["tensors"] == json.loads(local.stdout)["tensors"]
-    assert _fetched(hub) == {n: len(d) for n, d in files.items()}  # every file once, nothing twice
+    assert hub.bytes_asked() == {n: len(d) for n, d in files.items()}  # every file once, nothing twice
 
     hub.clear_log()
     r = _run(["to-ckpt", url, "-o", str(work / "remote.ckpt")], env, work)
     assert r.returncode == 0, r.stderr
     assert _run(["to-ckpt", str(folder), "-o", str(work / "local.ckpt")], env, work).returncode == 0
     assert (work / "remote.ckpt").read_bytes() == (work / "local.ckpt").read_bytes()
-    assert _fetched(hub) == {n: len(d) for n, d in files.items()}
+    assert hub.bytes_asked() == {n: len(d) for n, d in files.items()}
     assert _left(work) == ["local.ckpt", "remote.ckpt"]  # the private temp folder is gone
 
     r = _run(["inspect", url, "--json"], env, work)
@@ -163,7 +147,7 @@ def test_hub_dry_run_fetches_no_tensor_data(hub_model):
     hub, _folder, files, work, env = hub_model
     r = _run(["to-ckpt", f"hf://{REPO}", "-o", str(work / "x.ckpt"), "--dry-run"], env, work)
     assert r.returncode == 0, r.stderr
-    fetched = _fetched(hub)
+    fetched = hub.bytes_asked()
     for name, data in files.items():
         if name.endswith(".safetensors"):
             header = 8 + int.from_bytes(data[:8], "little")
@@ -262,7 +246,7 @@ def test_hub_pytorch_bin_models_stream_without_a_local_copy(hub: FakeHub, tmp_pa
         json.loads(r.stdout)["tensors"]
         == json.loads(_run(["checksum", "--tensors", str(folder), "--json"], env, work).stdout)["tensors"]
     )
-    assert _fetched(hub) == {n: len(d) for n, d in files.items()}  # the pickle's bytes are not fetched twice
+    assert hub.bytes_asked() == {n: len(d) for n, d in files.items()}  # the pickle's bytes are not fetched twice
     assert _run(["to-ckpt", f"hf://{REPO}", "-o", str(work / "r.ckpt")], env, work).returncode == 0
     assert _run(["to-ckpt", str(folder), "-o", str(work / "l.ckpt")], env, work).returncode == 0
     assert (work / "r.ckpt").read_bytes() == (work / "l.ckpt").read_bytes()

@@ -99,11 +99,9 @@ def converter_order(src: TensorSource) -> list[str] | None:
     weight files sorted by name, each file's tensors sorted by name (safetensors, as ``safetensors`` lists
     them) or as stored (a ``.bin``). None for another layout or a model not on disk (a Meta folder, a stream,
     a chain's planned model): the sink then orders them as the folder llmkit would write (``folder_order``)."""
-    from llmkit.io.remote.url import RemotePath
-
     # a remote folder (hf://, s3://) is the folder the converter reads too (its files, listed the same way)
     on_disk = all(
-        f.path.suffix in (".safetensors", ".bin") and (f.path.is_file() or isinstance(f.path, RemotePath))
+        f.path.suffix in (".safetensors", ".bin") and (f.path.is_file() or remote_url(f.path) is not None)
         for f in src.files
     )
     if src.layout not in _HF_LAYOUTS or not on_disk or not src.files:  # a stream, a chain's planned model

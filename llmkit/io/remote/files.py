@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections import Counter
 
 import torch
 
@@ -159,7 +160,7 @@ class RemoteTorchFile(TensorFile):
         raw_infos = {k: TensorInfo(k, torch.uint8, (b - a,), path) for k, (a, b) in spans.items()}
         reader = VerifiedReader(store, entry, 0, b"", known=meta.blocks)
         self.raw = HeldStream(reader, raw_infos, spans, path)
-        self._users = {k: sum(1 for v in self._views.values() if v[0] == k) for k in spans}
+        self._users = Counter(key for key, _, _ in self._views.values())  # tensors per storage
         self._shared: dict[str, torch.Tensor] = {}
 
     def index(self, name: str) -> int | None:
@@ -177,10 +178,6 @@ class RemoteTorchFile(TensorFile):
         t = torch.empty(0, dtype=info.dtype)
         t.set_(storage.untyped_storage(), offset, info.shape, stride)
         return t if t.is_contiguous() and t.numel() * t.element_size() == storage.numel() else t.clone()
-
-    @property
-    def reader(self) -> VerifiedReader:
-        return self.raw.reader
 
     def read_to_end(self) -> None:
         self.raw.read_to_end()

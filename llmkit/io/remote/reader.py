@@ -21,13 +21,12 @@ AHEAD = 3  # chunks fetched ahead of the reader at most
 
 class VerifiedReader:
     """``entry``'s bytes from ``start`` on (``head``: the bytes before ``start``, fetched already and
-    hashed first), as a binary stream with ``readinto``/``read``; ``fetched`` counts the bytes requested."""
+    hashed first), as a binary stream with ``readinto``/``read``."""
 
     def __init__(
         self, store: Store, entry: RemoteEntry, start: int, head: bytes, known: dict[int, bytes] | None = None
     ):
         self.store, self.entry, self.position = store, entry, start
-        self.fetched = 0
         self._known = dict(sorted((known or {}).items()))  # offset -> bytes fetched already (metadata reads)
         self._hasher = Hasher(entry.digest[0], entry.size) if entry.digest else None
         if self._hasher is not None:
@@ -47,7 +46,6 @@ class VerifiedReader:
                 if data is None:
                     end = min([offset + CHUNK, self.entry.size, *(k for k in self._known if k > offset)])
                     data = self.store.fetch(self.entry, offset, end)
-                    self.fetched += len(data)
                 end = offset + len(data)
                 if self._hasher is not None:
                     self._hasher.update(data)

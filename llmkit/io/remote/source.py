@@ -2,13 +2,14 @@
 
 :func:`open_remote` lists the location (``store``), fetches the small files (config, tokenizer, shard
 index, adapter config: each checked against the store's digest) into a private temporary folder that is
-the source's ``folder`` (removed on close), and reads each weight file's safetensors header by two ranged
-requests. Tensor data is then read front to back once per file (``reader.VerifiedReader``: fetched ahead,
+the source's ``folder`` (removed on close), and reads each weight file's metadata by ranged requests
+(``files``: a safetensors header; a torch zip's directory and pickle). Tensor data is then read front to back once per file (``reader.VerifiedReader``: fetched ahead,
 hashed as it arrives, the digest judged when the job reads the file to its end, before the output is
 made final). Tensors are listed as a local folder of the same files lists them; the runner reads them in
-file order (``stream_position``), so every byte is fetched once. Layouts: a ``*.safetensors`` file, a
-folder with ``model.safetensors``, ``adapter_model.safetensors``, one loose ``*.safetensors`` or shards
-with ``model.safetensors.index.json``; a ``.bin`` (which needs random access) is refused with the fix.
+file order (``stream_position``), so every byte is fetched once. Layouts: a ``*.safetensors`` or ``.bin``
+file; a folder with ``model.safetensors``, ``adapter_model.safetensors``, ``pytorch_model.bin``,
+``adapter_model.bin`` or one loose weight file; shards with ``model.safetensors.index.json`` or
+``pytorch_model.bin.index.json``.
 """
 
 from __future__ import annotations
@@ -49,10 +50,6 @@ class RemoteSource(TensorSource):
         """Fetch what no job needed and judge each file's digest (an error keeps no output)."""
         for f in self.remote_files:
             f.read_to_end()
-
-    @property
-    def bytes_fetched(self) -> int:
-        return sum(f.reader.fetched for f in self.remote_files)
 
     def close(self) -> None:
         super().close()
