@@ -25,6 +25,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 from llmkit.errors import InputError, OutputExistsError, writing
 from llmkit.io.core.claim import OutputClaim
@@ -171,8 +172,65 @@ def _carry(folder: Path, stage: Path, names: list[str]) -> None:
             ) from e
 
 
+class Staging(Protocol):
+    """What a writer builds its output in: a local stage beside the target (:class:`StagedFolder`,
+    :class:`StagedFile`) or an object store's pending uploads (``llmkit.io.remote.sink``).
+
+    ``check()`` raises if the run may not write the target (and says what it would replace); ``open()``
+    claims it; files are written with ``open_file``/``close_file`` (a handle that is written front to back:
+    a remote stage refuses a seek backwards) and ``write_file``; ``commit()`` makes everything final at
+    once, ``discard()`` keeps nothing. ``remote``: the stage is no local path (no fsync, no disk check).
+    """
+
+    target: Path
+    kept: list[str]
+    replaced: list[str]
+    remote: bool
+
+    def check(self) -> ExistingFolder: ...
+
+    def open(self) -> object: ...
+
+    def path(self, name: str) -> Path: ...
+
+    def open_file(self, name: str) -> BinaryIO: ...
+
+    def close_file(self, name: str, f: BinaryIO) -> None: ...
+
+    def size(self, name: str) -> int: ...
+
+    def write_file(self, name: str, data: bytes) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+def staged_output(
+    target: Path,
+    *,
+    one_file: bool,
+    writes: Callable[[str], bool] = lambda n: False,
+    owned: Callable[[str], bool] = lambda n: False,
+    force: bool = False,
+) -> Staging:
+    """The stage for ``target``: a folder (or ``one_file``) beside it, or an object store's uploads for a
+    URL (``s3://``, ``hf://``)."""
+    from llmkit.io.remote.url import remote_url
+
+    if remote_url(target) is not None:
+        from llmkit.io.remote.sink import remote_staging
+
+        return remote_staging(target, one_file=one_file, writes=writes, owned=owned, force=force)
+    if one_file:
+        return StagedFile(target, force=force)
+    return StagedFolder(target, writes=writes, owned=owned, force=force)
+
+
 class _Staged:
     """What both staged outputs share: the target, its claim, the hidden stage name beside it."""
+
+    remote = False
 
     def __init__(self, target: Path, force: bool):
         self.target = Path(target)
@@ -188,6 +246,24 @@ class _Staged:
 
     def _make_stage(self) -> None:
         """Create the stage before any byte is written (a file stage is created by its writer)."""
+
+    def path(self, name: str) -> Path:
+        raise NotImplementedError
+
+    def open_file(self, name: str) -> BinaryIO:
+        return open(self.path(name), "w+b")  # the writer keeps it open; close_file closes it
+
+    def close_file(self, name: str, f: BinaryIO) -> None:
+        """Flush, fsync and close a file of the stage."""
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+
+    def size(self, name: str) -> int:
+        return self.path(name).stat().st_size
+
+    def write_file(self, name: str, data: bytes) -> None:
+        self.path(name).write_bytes(data)
 
     def open(self) -> Path:
         """Claim the target, check it under the claim, remove dead runs' leftovers, make the stage."""

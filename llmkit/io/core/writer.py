@@ -37,7 +37,7 @@ from llmkit.io.core.layout import FileLayout, FileStart, tensor_bytes
 from llmkit.io.core.regular import is_special, read_regular
 from llmkit.io.core.sink import is_weight_file, own_files
 from llmkit.io.core.spec import TensorSpec
-from llmkit.io.core.staging import StagedFile, StagedFolder
+from llmkit.io.core.staging import Staging, staged_output
 from llmkit.io.core.writeback import WriteBehind
 from llmkit.units import check_space, free_bytes
 
@@ -124,7 +124,7 @@ class ShardSetWriter:
         self.files: list[str] = [sh.name for sh in self.shards]
         self._aux: dict[str, bytes] = {}
         self.own_files = own_files(fmt)  # stale files of this layout that --force replaces
-        self._staging: StagedFolder | StagedFile = self._make_staging()
+        self._staging: Staging = self._make_staging()
         self._done = False
         self.inputs = list(inputs) if inputs is not None else None
         self.free_disk_bytes = 0
@@ -133,9 +133,10 @@ class ShardSetWriter:
         self.smaller_files: str | None = None  # how to get smaller weight files (for the size-limit hint)
 
     # ---- checks before any byte is written ----
-    def _make_staging(self) -> StagedFolder | StagedFile:
-        """The output folder, built beside the target and made final at once (``staging.StagedFolder``)."""
-        return StagedFolder(self.out_dir, writes=self._writes, owned=self._owned, force=self.force)
+    def _make_staging(self) -> Staging:
+        """The output folder, built beside the target and made final at once (``staging.StagedFolder``),
+        or an object store's pending uploads for a URL."""
+        return staged_output(self.out_dir, one_file=False, writes=self._writes, owned=self._owned, force=self.force)
 
     def _writes(self, name: str) -> bool:
         return name in self.files or name in self._aux
@@ -163,6 +164,9 @@ class ShardSetWriter:
         return self._existing.replaced
 
     def _check_destination(self, extra_bytes: int) -> None:
+        if self._staging.remote:
+            self._check_remote_destination(extra_bytes)
+            return
         if self.inputs is not None:
             ensure_output_is_new(self.out_dir, self.inputs)
         else:
@@ -173,9 +177,18 @@ class ShardSetWriter:
         self.space_margin = check_space(self.out_dir, need, self.free_disk_bytes)
         self.needed_disk_bytes = need + self.space_margin
 
+    def _check_remote_destination(self, extra_bytes: int) -> None:
+        """An object-store output: nothing to check on local disk; the store's own checks (what exists,
+        the inputs it may not overwrite) run in ``check``."""
+        from llmkit.io.remote.sink import check_remote_output
+
+        check_remote_output(self.out_dir, self.inputs or [])
+        self._existing = self._staging.check()
+        self.needed_disk_bytes = self.free_disk_bytes = self.space_margin = 0
+
     # ---- context manager ----
     def __enter__(self: _W) -> _W:
-        self._made_dirs = make_folder(self._staging.target.parent)  # removed again if the run fails and empty
+        self._made_dirs = [] if self._staging.remote else make_folder(self._staging.target.parent)
         try:
             self._staging.open()
         except BaseException:
@@ -195,16 +208,12 @@ class ShardSetWriter:
         else:
             self.abort()
 
-    def _tmp(self, name: str) -> Path:
-        return self._staging.path(name)
-
     # ---- shards ----
     def _open_shard(self, sh: _Shard) -> None:
-        path = self._tmp(sh.name)
         with writing(self.out_dir / sh.name, smaller=self.smaller_files):
-            sh.handle = open(path, "w+b")  # noqa: SIM115  kept open across write_to calls; _close_shard/abort close it
-            sh.start = self.layout.start(sh.handle, path, sh.specs, self.metadata)
-        sh.behind = WriteBehind(sh.handle.fileno())
+            sh.handle = self._staging.open_file(sh.name)  # kept open across write_to calls; _close_shard/abort close it
+            sh.start = self.layout.start(sh.handle, self._staging.path(sh.name), sh.specs, self.metadata)
+        sh.behind = None if self._staging.remote else WriteBehind(sh.handle.fileno())
         sh.remaining = {s.name for s in sh.specs}
 
     def write_to(self, shard: int, name: str, tensor: torch.Tensor) -> None:
@@ -229,8 +238,8 @@ class ShardSetWriter:
         assert sh.handle is not None and sh.start is not None
         with writing(self.out_dir / sh.name, smaller=self.smaller_files):
             self.layout.write_tensor(sh.handle, sh.start, name, data)
-            assert sh.behind is not None
-            sh.behind.wrote(sh.handle.tell())
+            if sh.behind is not None:
+                sh.behind.wrote(sh.handle.tell())
         if self.layout.needs_crc:
             sh.crc[name] = zlib.crc32(data)
         sh.remaining.discard(name)
@@ -242,9 +251,7 @@ class ShardSetWriter:
         assert sh.start is not None
         with writing(self.out_dir / sh.name, smaller=self.smaller_files):
             self.layout.finish(sh.handle, sh.start, sh.crc)
-            sh.handle.flush()
-            os.fsync(sh.handle.fileno())
-            sh.handle.close()
+            self._staging.close_file(sh.name, sh.handle)
         sh.handle = sh.behind = None
 
     # ---- non-weight files ----
@@ -304,15 +311,14 @@ class ShardSetWriter:
             if not sh.specs and not sh.started:  # an empty model: one empty, valid file
                 self._open_shard(sh)
                 self._close_shard(sh)
-            tmp = self._tmp(sh.name)
-            actual = tmp.stat().st_size
+            actual = self._staging.size(sh.name)
             assert sh.start is not None
             if actual != sh.start.size:
-                raise InputError(f"shard {sh.name} has {actual} bytes, expected {sh.start.size}", path=tmp)
+                raise InputError(f"shard {sh.name} has {actual} bytes, expected {sh.start.size}", path=self.out_dir)
         self._aux.update(self._index_files())
         for name, data in self._aux.items():
             with writing(self.out_dir / name):
-                self._tmp(name).write_bytes(data)
+                self._staging.write_file(name, data)
         self.files = [sh.name for sh in self.shards] + [
             n for n in self._aux if n not in {sh.name for sh in self.shards}
         ]

@@ -25,7 +25,7 @@ from llmkit.io.core.destination import ensure_output_file_is_new
 from llmkit.io.core.layout import FileLayout, FileStart
 from llmkit.io.core.sink import register_sink
 from llmkit.io.core.spec import TensorSpec
-from llmkit.io.core.staging import StagedFile, StagedFolder
+from llmkit.io.core.staging import Staging, staged_output
 from llmkit.io.core.writer import ShardSetWriter, plan_shards
 from llmkit.io.gguf.metadata import GGUFTensor, gguf_writer, header_bytes
 from llmkit.io.gguf.names import DROPPED, gguf_name, rotary_role, to_interleaved
@@ -109,16 +109,16 @@ class GGUFSink(ShardSetWriter):
         self._check_destination(extra_bytes)
 
     # ---- where the output goes ----
-    def _make_staging(self) -> StagedFile | StagedFolder:
-        if self.split:
-            return StagedFolder(self.path, writes=self._writes, owned=self._owned, force=self.force)
-        return StagedFile(self.path, force=self.force)
+    def _make_staging(self) -> Staging:
+        return staged_output(
+            self.path, one_file=not self.split, writes=self._writes, owned=self._owned, force=self.force
+        )
 
     def _owned(self, name: str) -> bool:
         return name.endswith(".gguf")
 
     def _check_destination(self, extra_bytes: int) -> None:
-        if self.split:
+        if self.split or self._staging.remote:
             super()._check_destination(extra_bytes)
             return
         ensure_output_file_is_new(self.path, self.inputs or [])

@@ -21,7 +21,7 @@ from llmkit.errors import InputError
 from llmkit.io.core.destination import ensure_output_file_is_new
 from llmkit.io.core.sink import register_sink
 from llmkit.io.core.spec import TensorSpec
-from llmkit.io.core.staging import StagedFile
+from llmkit.io.core.staging import Staging, staged_output
 from llmkit.io.core.writer import ShardSetWriter
 from llmkit.io.mindspore.ckpt import CkptLayout
 from llmkit.units import check_space, free_bytes
@@ -58,10 +58,13 @@ class CkptSink(ShardSetWriter):
         self.write_order = [s.name for s in specs]  # records follow each other: tensors in plan order
         self._check_destination(extra_bytes)
 
-    def _make_staging(self) -> StagedFile:
-        return StagedFile(self.path, force=self.force)
+    def _make_staging(self) -> Staging:
+        return staged_output(self.path, one_file=True, force=self.force)
 
     def _check_destination(self, extra_bytes: int) -> None:
+        if self._staging.remote:
+            self._check_remote_destination(extra_bytes)
+            return
         ensure_output_file_is_new(self.path, self.inputs or [])
         self._existing = self._staging.check()  # exists without --force, or is not a regular file
         need = self.total_size + extra_bytes
