@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # torch and the io layer load when a job runs, not when the C
     from llmkit.io.core.source import TensorSource
     from llmkit.io.core.spec import TensorSpec
 
+
 from llmkit.read_order import check_read_order, leaf_reads, run_order  # the runner orders tensors with these
 
 # progress(label, total_bytes) -> context manager yielding advance(nbytes); Output.progress fits.
@@ -257,12 +258,19 @@ def _side_file_names(plan: Plan) -> list[str]:
     )
 
 
+def shown_path(path: Path) -> str:
+    """An output as results show it (a URL as ``s3://...``)."""
+    from llmkit.io.remote.url import shown
+
+    return shown(path)
+
+
 def plan_report(plan: Plan, sink: Sink) -> PlanReport:
     from llmkit.read_order import held_bytes, run_order
 
     largest = max(plan.specs, key=lambda s: s.nbytes, default=None)
     return PlanReport(
-        output=str(plan.output),
+        output=shown_path(plan.output),
         format=plan.fmt,
         tensors=len(plan.specs),
         output_bytes=sink.total_size,
@@ -418,7 +426,7 @@ def run_plan(
         sink = open_plan_sink(plan, force=options.force)  # checks only: nothing is created or read yet
         check_read_order(plan, run_order(plan, sink))
         result = result_for(plan_report(plan, sink), sink)
-        result.output, result.dry_run = str(plan.output), options.dry_run
+        result.output, result.dry_run = shown_path(plan.output), options.dry_run
         result.notices, result.checks = list(plan.notices), list(plan.checks)
         if options.dry_run:
             return result

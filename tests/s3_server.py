@@ -48,6 +48,13 @@ class S3:
                 self.client.put_object(Bucket=BUCKET, Key=key, Body=p.read_bytes())
 
 
+def _reset(url: str) -> None:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    opener.open(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=30).close()
+
+
 def _user_key(url: str) -> tuple[str, str]:
     """An IAM user allowed everything, and its access key (made by the server's first, unauthenticated calls)."""
     import json
@@ -89,6 +96,7 @@ def _serve(*, auth: bool) -> Iterator[S3]:
     ActionAuthenticatorMixin.request_count = 0  # moto counts those calls per process, across servers
     server.start()
     url = f"http://127.0.0.1:{port}"
+    _reset(url)  # moto keeps its buckets in this process: start each test empty
     key_id, secret = _user_key(url) if auth else ("testing", "testing")
     env = {
         "AWS_ENDPOINT_URL": url,

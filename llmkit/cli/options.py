@@ -82,9 +82,25 @@ DryRunOpt = Annotated[  # the plan every tensor job shows (pipeline.plan_rows)
 ]
 
 
+def _remote_output(value: Any) -> Any:
+    """An ``-o`` URL (``s3://...``, which a ``Path`` folds into ``s3:/...``) as the path that prints as it."""
+    from llmkit.io.remote.url import as_remote_path, remote_url
+
+    url = remote_url(value) if value is not None else None
+    return as_remote_path(url) if url is not None else value
+
+
 def output_option(help: str, *, metavar: str = "DIR") -> Any:
     """``--output`` / ``-o``: the folder (or file) a command writes."""
-    return typer.Option("--output", "-o", metavar=metavar, rich_help_panel=OUTPUT, help=help, show_default=False)
+    return typer.Option(
+        "--output",
+        "-o",
+        metavar=metavar,
+        rich_help_panel=OUTPUT,
+        help=help,
+        show_default=False,
+        callback=_remote_output,
+    )
 
 
 def choice_metavar(enum: Any) -> str:

@@ -50,11 +50,14 @@ class FileLayout:
     """The hook every weight-file format implements (see the module docstring).
 
     ``name``: the format it writes; ``needs_crc``: whether :meth:`finish` is handed each tensor's CRC-32
-    (the writer computes them as the bytes go out only for a layout that asks).
+    (the writer computes them as the bytes go out only for a layout that asks); ``sequential``: whether the
+    file is written front to back when its tensors come in file order (False: it patches earlier bytes, so
+    it cannot be streamed to an object store).
     """
 
     name: str = ""
     needs_crc: bool = False
+    sequential: bool = True  # written front to back when tensors come in file order (an upload can take it)
 
     def start(self, f: BinaryIO, path: Path, specs: list[TensorSpec], metadata: dict[str, str] | None) -> FileStart:
         raise NotImplementedError

@@ -177,7 +177,7 @@ class Staging(Protocol):
     :class:`StagedFile`) or an object store's pending uploads (``llmkit.io.remote.sink``).
 
     ``check()`` raises if the run may not write the target (and says what it would replace); ``open()``
-    claims it; files are written with ``open_file``/``close_file`` (a handle that is written front to back:
+    claims it; files are written with ``open_file(name, size)``/``close_file`` (a handle that is written front to back:
     a remote stage refuses a seek backwards) and ``write_file``; ``commit()`` makes everything final at
     once, ``discard()`` keeps nothing. ``remote``: the stage is no local path (no fsync, no disk check).
     """
@@ -193,7 +193,7 @@ class Staging(Protocol):
 
     def path(self, name: str) -> Path: ...
 
-    def open_file(self, name: str) -> BinaryIO: ...
+    def open_file(self, name: str, size: int = 0) -> BinaryIO: ...
 
     def close_file(self, name: str, f: BinaryIO) -> None: ...
 
@@ -250,7 +250,8 @@ class _Staged:
     def path(self, name: str) -> Path:
         raise NotImplementedError
 
-    def open_file(self, name: str) -> BinaryIO:
+    def open_file(self, name: str, size: int = 0) -> BinaryIO:
+        """A new file of the stage, about ``size`` bytes (a hint: an upload picks its part size from it)."""
         return open(self.path(name), "w+b")  # the writer keeps it open; close_file closes it
 
     def close_file(self, name: str, f: BinaryIO) -> None:

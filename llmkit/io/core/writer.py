@@ -114,7 +114,9 @@ class ShardSetWriter:
             if len(set(names)) != len(names):
                 dup = next(n for n in names if names.count(n) > 1)
                 raise InputError(f"tensor {dup!r} planned twice in {file_name}")
-        self.out_dir = Path(out_dir)
+        from llmkit.io.remote.url import as_path
+
+        self.out_dir = as_path(out_dir)
         self.fmt = fmt
         self.force = force
         self.metadata = {"format": "pt"} if metadata is None else metadata
@@ -182,9 +184,21 @@ class ShardSetWriter:
         the inputs it may not overwrite) run in ``check``."""
         from llmkit.io.remote.sink import check_remote_output
 
+        if not self.layout.sequential:
+            raise InputError(
+                f"{self.fmt} files are patched after they are written, which an upload cannot do",
+                path=self.out_dir,
+                hint="use --format safetensors for a remote -o, or write to a local path",
+            )
         check_remote_output(self.out_dir, self.inputs or [])
+        if self.write_order is None:  # an upload is written front to back: tensors in file order
+            self.write_order = self._file_order()
         self._existing = self._staging.check()
         self.needed_disk_bytes = self.free_disk_bytes = self.space_margin = 0
+
+    def _file_order(self) -> list[str]:
+        """The plan's tensor names in the order the files store them (what :meth:`write` is given)."""
+        return [s.name for sh in self.shards for s in sh.specs]
 
     # ---- context manager ----
     def __enter__(self: _W) -> _W:
@@ -211,7 +225,9 @@ class ShardSetWriter:
     # ---- shards ----
     def _open_shard(self, sh: _Shard) -> None:
         with writing(self.out_dir / sh.name, smaller=self.smaller_files):
-            sh.handle = self._staging.open_file(sh.name)  # kept open across write_to calls; _close_shard/abort close it
+            sh.handle = self._staging.open_file(
+                sh.name, sum(s.nbytes for s in sh.specs)
+            )  # kept open across write_to calls; _close_shard/abort close it
             sh.start = self.layout.start(sh.handle, self._staging.path(sh.name), sh.specs, self.metadata)
         sh.behind = None if self._staging.remote else WriteBehind(sh.handle.fileno())
         sh.remaining = {s.name for s in sh.specs}

@@ -166,6 +166,11 @@ class GGUFSink(ShardSetWriter):
         return self._header_list()[index]
 
     # ---- tensors ----
+    def _file_order(self) -> list[str]:
+        """HF names in file order (the tensors GGUF drops, rotary tables, are not written at all)."""
+        at = {s.name: (i, j) for i, sh in enumerate(self.shards) for j, s in enumerate(sh.specs)}
+        return sorted(self.tensors, key=lambda hf: at[self.tensors[hf].name])
+
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if DROPPED.search(name):
             return

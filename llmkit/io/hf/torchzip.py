@@ -35,6 +35,8 @@ class TorchZipLayout(FileLayout):
     """``torch.save`` lays out the zip with no data (``skip_data``); tensors fill their ``data/N`` records
     and the CRC-32s are patched at the end, so ``unzip -t`` and ``torch.load`` both accept the file."""
 
+    sequential = False  # the zip's CRC-32s are patched in at the end
+
     name = "bin"
     needs_crc = True
 

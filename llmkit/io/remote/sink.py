@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, cast
 
 from llmkit.errors import InputError, OutputExistsError
 from llmkit.io.core.staging import ExistingFolder, Staging
-from llmkit.io.remote.upload import ObjectUpload
+from llmkit.io.remote.upload import ObjectUpload, part_size_for
 from llmkit.io.remote.url import RemotePath, as_remote_path, remote_url
 
 LOCK_NAME = ".llmkit-lock"
@@ -78,7 +78,9 @@ def s3_filesystem() -> Any:
             "writing to s3:// needs s3fs, which is not installed", hint="pip install 'llmkit[s3]'"
         ) from None
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {}, skip_instance_cache=True)
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {}, skip_instance_cache=True)
+    fs.retries = 1  # each upload step is retried by llmkit (upload.TRIES), with its own backoff
+    return fs
 
 
 def _pid_alive(pid: int) -> bool:
@@ -261,8 +263,8 @@ class S3Staging:
     def path(self, name: str) -> Path:
         return self.target if self.one_file else RemotePath(self.target, name)
 
-    def open_file(self, name: str) -> BinaryIO:
-        up = ObjectUpload(self._call, self.bucket, self._key(name), str(self.path(name)))
+    def open_file(self, name: str, size: int = 0) -> BinaryIO:
+        up = ObjectUpload(self._call, self.bucket, self._key(name), str(self.path(name)), part_size_for(size))
         self.uploads[name] = up
         return cast(BinaryIO, up)
 

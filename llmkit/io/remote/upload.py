@@ -1,7 +1,8 @@
 """One S3 object written front to back as a multipart upload that stays invisible until :meth:`complete`.
 
-:class:`ObjectUpload` is the file handle a remote stage gives the writer: ``write``/``tell`` (and a
-``seek`` to where it already is, which the layouts do; a seek elsewhere is refused: the bytes are gone).
+:class:`ObjectUpload` is the file handle a remote stage gives the writer: ``write``/``tell``, a
+``seek`` forward (over zeros) or to where it is, ``truncate`` to a larger size (zeros at the end); a seek
+backwards is refused: those bytes are gone.
 Every :data:`PART_SIZE` bytes become one part, sent on a thread while the writer goes on (at most
 :data:`AHEAD` parts in flight, so memory stays near ``(AHEAD + 1) * PART_SIZE``). Each part carries its
 ``Content-MD5`` (S3 refuses a part whose bytes changed on the way) and the part's returned ETag is
@@ -23,8 +24,16 @@ from typing import Any
 from llmkit.errors import InputError
 from llmkit.io.remote.store import RETRY_WAIT, TRIES
 
-PART_SIZE = 64 << 20  # bytes per part (S3: at least 5 MiB except the last, at most 10,000 parts)
+PART_SIZE = 16 << 20  # bytes per part (S3: at least 5 MiB except the last, at most 10,000 parts)
+MAX_PARTS = 10_000
 AHEAD = 2  # parts in flight while the writer fills the next one
+
+
+def part_size_for(size: int) -> int:
+    """The part size for an object of about ``size`` bytes: :data:`PART_SIZE`, or larger (whole MiB) when
+    that would take more than 9,000 parts (room for the header and the estimate's slack)."""
+    mib = 1 << 20
+    return max(PART_SIZE, -(-size // 9_000 // mib) * mib + mib)
 
 
 class ObjectUpload:
@@ -40,6 +49,7 @@ class ObjectUpload:
         self._pending: list[Future[dict[str, Any]]] = []
         self._parts: list[dict[str, Any]] = []
         self._md5s: list[bytes] = []
+        self._end = 0  # the length truncate() asked for
         self.finished = False
 
     # ---- the file handle the layouts write to ----
@@ -57,7 +67,10 @@ class ObjectUpload:
         return self._pos
 
     def seek(self, offset: int, whence: int = 0) -> int:
+        """Stay, or move forward over bytes never written (they are zeros, as in a sparse local file)."""
         target = offset if whence == 0 else self._pos + offset if whence == 1 else None
+        if target is not None and target > self._pos:
+            self._zeros(target - self._pos)
         if target != self._pos:
             raise InputError(
                 "this layout writes out of order, which an object upload cannot do",
@@ -66,12 +79,27 @@ class ObjectUpload:
             )
         return self._pos
 
+    def truncate(self, size: int) -> int:
+        """Make the file ``size`` bytes long: what is not written up to there is zeros (never shorter)."""
+        if size < self._pos:
+            raise InputError("a layout cut an upload short", path=self.url)
+        self._end = size
+        return size
+
+    def _zeros(self, n: int) -> None:
+        while n > 0:
+            step = min(n, 1 << 20)
+            self.write(bytes(step))
+            n -= step
+
     def flush(self) -> None:
         """Nothing to do: a part goes out when it is full."""
 
     def close(self) -> None:
-        """Closing is :meth:`finish` (the stage completes or aborts the upload later)."""
-        self.finish()
+        """A writer that gives up closes its files: nothing more is sent (the stage aborts the upload;
+        a file the writer completed was finished by ``close_file`` before)."""
+        self.finished = True
+        self._buf.clear()
 
     @property
     def size(self) -> int:
@@ -133,6 +161,8 @@ class ObjectUpload:
         """The last bytes written: a multipart upload sends its last part and waits for every part."""
         if self.finished:
             return
+        if self._end > self._pos:
+            self._zeros(self._end - self._pos)
         self.finished = True
         if self._upload_id is not None:
             if self._buf:

@@ -42,6 +42,17 @@ def remote_url(path: str | os.PathLike) -> str | None:
     return None
 
 
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as messages and results show it: a URL as ``scheme://rest`` (a ``Path`` folds it), else as is."""
+    return remote_url(path) or os.fspath(path)
+
+
+def as_path(path: str | os.PathLike) -> PosixPath:
+    """``path`` as a ``Path``, a URL as a :class:`RemotePath` (``Path()`` of one loses the ``//``)."""
+    url = remote_url(path)
+    return as_remote_path(url) if url is not None else PosixPath(path)
+
+
 def as_remote_path(url: str) -> RemotePath:
     scheme, rest = url.split("://", 1)
     return RemotePath(f"{scheme}:", *[p for p in rest.split("/") if p])
