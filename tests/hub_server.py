@@ -21,6 +21,9 @@ client's HEAD stops at a redirect to another host and takes the file's metadata 
 (``X-Linked-Etag``, ``X-Linked-Size``, ``X-Repo-Commit``), so the CDN answers as a storage bucket does: its
 own ``ETag`` (the MD5 of the bytes), no hub headers. Its requests are logged with ``server="cdn"``.
 
+``FakeHub(prefix="/mirror")`` is a mirror under a path: every endpoint above is served under the prefix
+(``endpoint`` is ``url`` + prefix, what ``--endpoint`` / ``HF_ENDPOINT`` name), anything else is 404.
+
 Both byte endpoints honour ``Range: bytes=a-`` / ``bytes=a-b`` (206 + ``Content-Range``).
 
 Errors are typed the hub's way, by ``X-Error-Code`` / ``X-Error-Message`` headers: an unknown repo is 404
@@ -162,7 +165,9 @@ def default_commit(repo_id: str) -> str:
 class FakeHub:
     """The server's state and knobs; see the module docstring."""
 
-    def __init__(self, *, lfs_threshold: int = LFS_THRESHOLD, token: str = DEFAULT_TOKEN, cdn: bool = False):
+    def __init__(
+        self, *, lfs_threshold: int = LFS_THRESHOLD, token: str = DEFAULT_TOKEN, cdn: bool = False, prefix: str = ""
+    ):
         self.repos: dict[str, FakeRepo] = {}
         self.lfs_threshold = lfs_threshold
         self.token = token
@@ -180,6 +185,7 @@ class FakeHub:
         self._servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
         self.url = ""
         self.cdn = cdn
+        self.prefix = prefix.rstrip("/")  # a mirror's path ("/mirror"), or "" (served at the root)
         self.cdn_url = ""  # the CDN's http://127.0.0.1:<port>, once started with cdn=True
 
     # ------------------------------------------------------------------ repos
@@ -269,6 +275,11 @@ class FakeHub:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def endpoint(self) -> str:
+        """What a client is pointed at: the server's URL and the mirror's path prefix, if any."""
+        return self.url + self.prefix
+
     def cdn_signature(self, sha256: str, path: str) -> str:
         """The signature the CDN's URL of an LFS file carries (keyed by this hub's token, as a signed URL is)."""
         return hashlib.sha256(f"{self.token}|{sha256}|{path}".encode()).hexdigest()[:32]
@@ -348,6 +359,11 @@ class _HubHandler(BaseHTTPRequestHandler):
         self._start()
         split = urlsplit(self.path)
         try:
+            prefix = self.hub.prefix
+            if prefix and not split.path.startswith(prefix + "/"):
+                self._send_error(404, None, "Not found", head=head)
+                return
+            split = split._replace(path=split.path[len(prefix) :])
             parts = split.path.split("/")
             if self._fault(parts, head=head):
                 return
@@ -571,7 +587,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             )
             return
         if f.lfs:
-            location = f"{self.hub.url}/lfs/{quote(repo.repo_id)}/{f.sha256}/{quote(f.path)}"
+            location = f"{self.hub.endpoint}/lfs/{quote(repo.repo_id)}/{f.sha256}/{quote(f.path)}"
             if self.hub.cdn:
                 signature = self.hub.cdn_signature(f.sha256, f.path)
                 location = (

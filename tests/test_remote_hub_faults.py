@@ -14,6 +14,7 @@ import json
 import pytest
 from common import only_error_line
 from hub_server import DEFAULT_TOKEN, FakeHub, hub_cdn  # noqa: F401 (hub_cdn: the fixture)
+from s3_server import DEAD_PROXY
 from test_remote_sources import _left, _model, _run
 
 from llmkit.tiny import save_tiny_model
@@ -103,3 +104,49 @@ def test_corrupt_bytes_from_the_cdn_fail_and_keep_nothing(hub_cdn: FakeHub, tmp_
         assert shard in line and "sha256" in line, line
         assert _left(work) == []
     assert {h.file for h in hub.hits() if h.server == "cdn" and h.file == shard}  # the bad bytes came from there
+
+
+@pytest.mark.slow
+def test_endpoint_flag_is_the_hub_before_hf_endpoint_with_a_mirror_path(tmp_path):
+    """``--endpoint`` > ``HF_ENDPOINT`` > huggingface.co, as ``download``: the hub at a port (and under a
+    mirror's path) only ``--endpoint`` names serves the job while ``HF_ENDPOINT`` points at a closed port."""
+    folder, files = _model(tmp_path, "safetensors")
+    work = tmp_path / "work"
+    work.mkdir()
+    with FakeHub(prefix="/hf-mirror") as hub:
+        hub.add_repo(REPO, files)
+        hub.add_repo("zjunlp/zhixi-13b-diff", files)  # a registry name's repo
+        dead = {"HF_ENDPOINT": DEAD_PROXY}
+        local = json.loads(_run(["checksum", "--tensors", str(folder), "--json"], {}, work).stdout)["tensors"]
+        for model in (f"hf://{REPO}", "zhixi-13b-diff"):
+            hub.clear_log()
+            r = _run(["checksum", "--tensors", model, "--endpoint", hub.endpoint, "--json"], dead, work)
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)["tensors"] == local
+            assert hub.bytes_asked() == {n: len(d) for n, d in files.items()}  # every byte once
+            assert {h.path.split("/")[1] for h in hub.hits()} == {"hf-mirror"}  # every request under the prefix
+
+        r = _run(["inspect", f"hf://{REPO}", "--json"], dead, work)  # no flag: HF_ENDPOINT's closed port
+        assert r.returncode == 2
+        assert DEAD_PROXY in only_error_line(r.stderr)
+        r = _run(["inspect", f"hf://{REPO}", "--json"], {"HF_ENDPOINT": hub.endpoint}, work)
+        assert r.returncode == 0, r.stderr  # the same mirror path from HF_ENDPOINT
+
+        r = _run(["download", REPO, "-o", str(work / "got"), "--endpoint", hub.endpoint, "--json"], dead, work)
+        assert r.returncode == 0, r.stderr  # download takes the same --endpoint, path and all
+        assert {p.name: p.read_bytes() for p in (work / "got").iterdir()} == files
+
+
+def test_the_endpoint_without_the_cli_is_a_block_around_the_call(monkeypatch):
+    """What ``--endpoint`` sets, for library callers: innermost block, else ``HF_ENDPOINT``, else the hub."""
+    from llmkit.io.remote.store import current_endpoint, hub_endpoint
+
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    assert current_endpoint() == "https://huggingface.co"
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9/")
+    assert current_endpoint() == "http://127.0.0.1:9"
+    with hub_endpoint("http://127.0.0.1:8/mirror/"):
+        assert current_endpoint() == "http://127.0.0.1:8/mirror"
+        with hub_endpoint(None):  # a command given no --endpoint inside another's block
+            assert current_endpoint() == "http://127.0.0.1:8/mirror"
+    assert current_endpoint() == "http://127.0.0.1:9"
