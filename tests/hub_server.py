@@ -14,6 +14,16 @@ Repos live in memory (``{repo_id: {path: bytes}}``), each at one fixed commit. S
   stays on the same host with its HEAD, so this response carries ``X-Repo-Commit`` and the sha256 ``ETag``
   too (as the hub's own ``/api/resolve-cache`` redirects do).
 
+``FakeHub(cdn=True)`` serves LFS bytes as the real hub does, from another host: a second server on 127.0.0.1
+(another port, ``cdn_url``). The resolve 302 then points there, at a signed URL (``?X-Amz-Expires=..&
+X-Amz-Signature=..``; a wrong or missing signature is 403), and the hub itself serves no ``/lfs/``. The
+client's HEAD stops at a redirect to another host and takes the file's metadata from the 302 itself
+(``X-Linked-Etag``, ``X-Linked-Size``, ``X-Repo-Commit``), so the CDN answers as a storage bucket does: its
+own ``ETag`` (the MD5 of the bytes), no hub headers. Its requests are logged with ``server="cdn"``.
+
+``FakeHub(prefix="/mirror")`` is a mirror under a path: every endpoint above is served under the prefix
+(``endpoint`` is ``url`` + prefix, what ``--endpoint`` / ``HF_ENDPOINT`` name), anything else is 404.
+
 Both byte endpoints honour ``Range: bytes=a-`` / ``bytes=a-b`` (206 + ``Content-Range``).
 
 Errors are typed the hub's way, by ``X-Error-Code`` / ``X-Error-Message`` headers: an unknown repo is 404
@@ -91,6 +101,10 @@ class RepoFileSpec:
         return sha256_hex(self.data)
 
     @functools.cached_property
+    def md5(self) -> str:  # what a storage bucket (the CDN) announces as the ETag of a single-part object
+        return hashlib.md5(self.data).hexdigest()
+
+    @functools.cached_property
     def blob_sha1(self) -> str:
         """The git blob id of what git stores: the file itself, or its LFS pointer."""
         return git_blob_sha1(lfs_pointer(self.data) if self.lfs else self.data)
@@ -120,6 +134,7 @@ class Hit:
     kind: str | None = None  # info | tree | resolve | lfs | other
     range: str | None = None
     auth: str | None = None  # the Authorization header as sent
+    server: str = "hub"  # hub | cdn (FakeHub(cdn=True)'s byte server)
 
 
 @dataclass
@@ -150,7 +165,9 @@ def default_commit(repo_id: str) -> str:
 class FakeHub:
     """The server's state and knobs; see the module docstring."""
 
-    def __init__(self, *, lfs_threshold: int = LFS_THRESHOLD, token: str = DEFAULT_TOKEN):
+    def __init__(
+        self, *, lfs_threshold: int = LFS_THRESHOLD, token: str = DEFAULT_TOKEN, cdn: bool = False, prefix: str = ""
+    ):
         self.repos: dict[str, FakeRepo] = {}
         self.lfs_threshold = lfs_threshold
         self.token = token
@@ -165,9 +182,11 @@ class FakeHub:
         self.log: list[Hit] = []
         self._lock = threading.Lock()
         self.in_flight = 0  # requests whose handler has not recorded them yet
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
         self.url = ""
+        self.cdn = cdn
+        self.prefix = prefix.rstrip("/")  # a mirror's path ("/mirror"), or "" (served at the root)
+        self.cdn_url = ""  # the CDN's http://127.0.0.1:<port>, once started with cdn=True
 
     # ------------------------------------------------------------------ repos
 
@@ -234,14 +253,18 @@ class FakeHub:
         """GETs of the resolve or lfs URL of repo file ``path``: each one is a transfer of its bytes."""
         return self.requests_for(path, repo, "GET")
 
-    def byte_gets(self) -> list[Hit]:
-        """Every GET of any file's bytes (resolve or lfs)."""
-        return [h for h in self.hits() if h.method == "GET" and h.kind in ("resolve", "lfs")]
+    def byte_gets(self, server: str | None = None) -> list[Hit]:
+        """Every GET of any file's bytes (resolve or lfs), optionally of one server (hub | cdn) only."""
+        return [
+            h
+            for h in self.hits()
+            if h.method == "GET" and h.kind in ("resolve", "lfs") and (server is None or h.server == server)
+        ]
 
-    def bytes_asked(self) -> dict[str, int]:
+    def bytes_asked(self, server: str | None = None) -> dict[str, int]:
         """Bytes of each file that answered GETs asked for: its ranges, or the whole file (redirects aside)."""
         out: dict[str, int] = {}
-        for h in self.byte_gets():
+        for h in self.byte_gets(server):
             if h.status >= 300 or h.file is None or h.repo is None:
                 continue
             size = self.file(h.repo, h.file).size
@@ -252,26 +275,36 @@ class FakeHub:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> FakeHub:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+    @property
+    def endpoint(self) -> str:
+        """What a client is pointed at: the server's URL and the mirror's path prefix, if any."""
+        return self.url + self.prefix
+
+    def cdn_signature(self, sha256: str, path: str) -> str:
+        """The signature the CDN's URL of an LFS file carries (keyed by this hub's token, as a signed URL is)."""
+        return hashlib.sha256(f"{self.token}|{sha256}|{path}".encode()).hexdigest()[:32]
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler], name: str) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         server.daemon_threads = True
-        self._server = server
         host, port = server.server_address[:2]
-        self.url = f"http://{host}:{port}"
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub", daemon=True
-        )
-        self._thread.start()
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True)
+        thread.start()
+        self._servers.append((server, thread))
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeHub:
+        self.url = self._serve(_make_handler(self, _HubHandler), "fake-hub")
+        if self.cdn:
+            self.cdn_url = self._serve(_make_handler(self, _CdnHandler), "fake-cdn")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        for server, thread in self._servers:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+        self._servers.clear()
 
     def __enter__(self) -> FakeHub:
         return self.start()
@@ -280,8 +313,8 @@ class FakeHub:
         self.stop()
 
 
-def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
-    class Handler(_HubHandler):
+def _make_handler(hub: FakeHub, base: type[_HubHandler]) -> type[BaseHTTPRequestHandler]:
+    class Handler(base):  # type: ignore[valid-type,misc]  # a fresh class per server, bound to its hub
         pass
 
     Handler.hub = hub
@@ -292,6 +325,7 @@ class _HubHandler(BaseHTTPRequestHandler):
     hub: FakeHub
     protocol_version = "HTTP/1.0"  # one request per connection: a drop cuts exactly one response
     server_version = "fake-hub/1.0"
+    server_name = "hub"
 
     def log_message(self, format, *args):
         pass
@@ -325,12 +359,17 @@ class _HubHandler(BaseHTTPRequestHandler):
         self._start()
         split = urlsplit(self.path)
         try:
+            prefix = self.hub.prefix
+            if prefix and not split.path.startswith(prefix + "/"):
+                self._send_error(404, None, "Not found", head=head)
+                return
+            split = split._replace(path=split.path[len(prefix) :])
             parts = split.path.split("/")
             if self._fault(parts, head=head):
                 return
             if split.path.startswith("/api/models/"):
                 self._api(parts[3:], parse_qs(split.query), head=head)
-            elif split.path.startswith("/lfs/"):
+            elif split.path.startswith("/lfs/") and not self.hub.cdn:  # with a CDN, LFS bytes are there only
                 self._lfs(parts[2:], head=head)
             elif len(parts) >= 6 and parts[3] == "resolve":
                 self._resolve(parts[1:], head=head)
@@ -382,6 +421,7 @@ class _HubHandler(BaseHTTPRequestHandler):
                 self._kind,
                 self.headers.get("Range"),
                 self.headers.get("Authorization"),
+                self.server_name,
             )
         )
 
@@ -547,7 +587,13 @@ class _HubHandler(BaseHTTPRequestHandler):
             )
             return
         if f.lfs:
-            location = f"{self.hub.url}/lfs/{quote(repo.repo_id)}/{f.sha256}/{quote(f.path)}"
+            location = f"{self.hub.endpoint}/lfs/{quote(repo.repo_id)}/{f.sha256}/{quote(f.path)}"
+            if self.hub.cdn:
+                signature = self.hub.cdn_signature(f.sha256, f.path)
+                location = (
+                    f"{self.hub.cdn_url}/lfs/{quote(repo.repo_id)}/{f.sha256}/{quote(f.path)}"
+                    f"?X-Amz-Expires=3600&X-Amz-Signature={signature}"
+                )
             self._send(
                 302,
                 {
@@ -589,7 +635,9 @@ class _HubHandler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ bytes (Range, corruption, drops)
 
-    def _serve_bytes(self, repo: FakeRepo, f: RepoFileSpec, *, head: bool, headers: dict[str, str]) -> None:
+    def _serve_bytes(
+        self, repo: FakeRepo, f: RepoFileSpec, *, head: bool, headers: dict[str, str], hub_headers: bool = True
+    ) -> None:
         data = f.data
         if not head and f.path in self.hub.corrupt_in_transit:
             bad = self.hub.corrupt_in_transit[f.path]
@@ -599,7 +647,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         start, end = 0, size - 1
         status = 200
         extra = {
-            "X-Repo-Commit": repo.sha,
+            **({"X-Repo-Commit": repo.sha} if hub_headers else {}),
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
             **headers,
@@ -670,6 +718,57 @@ class _HubHandler(BaseHTTPRequestHandler):
             self.wfile.write(body[i : i + piece])
             self.wfile.flush()
             time.sleep(piece / rate)
+
+
+class _CdnHandler(_HubHandler):
+    """The CDN of ``FakeHub(cdn=True)``: ``/lfs/...`` at the signed URL the hub's 302 names, nothing else."""
+
+    server_version = "fake-cdn/1.0"
+    server_name = "cdn"
+
+    def _dispatch(self, *, head: bool) -> None:
+        self._start()
+        self._kind = "lfs"
+        try:
+            parts = self._raw_path.split("/")
+            if self._fault(parts, head=head):
+                return
+            if not self._raw_path.startswith("/lfs/") or len(parts) < 6:
+                self._send(
+                    404, {"Content-Type": "application/xml"}, b"<Error><Code>NoSuchKey</Code></Error>", head=head
+                )
+                return
+            self._repo = f"{unquote(parts[2])}/{unquote(parts[3])}"
+            self._file = unquote("/".join(parts[5:]))
+            signature = (parse_qs(self._query).get("X-Amz-Signature") or [""])[0]
+            if signature != self.hub.cdn_signature(parts[4], self._file):
+                body = (
+                    b"<Error><Code>AccessDenied</Code><Message>Request has expired or is not signed</Message></Error>"
+                )
+                self._send(403, {"Content-Type": "application/xml"}, body, head=head)
+                return
+            repo = self.hub.repos.get(self._repo)
+            f = repo.files.get(self._file) if repo is not None else None
+            if repo is None or f is None or not f.lfs or f.sha256 != parts[4]:
+                self._send(
+                    404, {"Content-Type": "application/xml"}, b"<Error><Code>NoSuchKey</Code></Error>", head=head
+                )
+                return
+            self._serve_bytes(repo, f, head=head, headers={"ETag": f'"{f.md5}"'}, hub_headers=False)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            self._record()
+
+
+@pytest.fixture
+def hub_cdn() -> Iterator[FakeHub]:
+    """A fake hub whose LFS bytes come from a CDN on another 127.0.0.1 port (``FakeHub(cdn=True)``)."""
+    server = FakeHub(cdn=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

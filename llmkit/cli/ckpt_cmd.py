@@ -24,6 +24,7 @@ from llmkit.cli.options import (
     dtype_option,
     gguf_output,
     output_option,
+    reads_remote,
     shard_size_option,
     tensor_output,
     with_output,
@@ -128,6 +129,7 @@ def _render(result: CkptResult) -> Callable[[Console], None]:
 
 
 @with_output
+@reads_remote
 def to_ckpt_command(
     source: Annotated[
         Path,

@@ -22,6 +22,7 @@ from llmkit.cli.options import (
     dtype_option,
     gguf_output,
     output_option,
+    reads_remote,
     tensor_output,
     with_output,
 )
@@ -121,6 +122,7 @@ def from_meta_command(
 
 
 @with_output
+@reads_remote
 def to_meta_command(
     source: Annotated[
         Path,

@@ -23,6 +23,7 @@ from llmkit.cli.options import (
     SplitMaxSizeOpt,
     dtype_option,
     output_option,
+    reads_remote,
     tensor_output,
     with_output,
 )
@@ -70,6 +71,7 @@ def _render(result: GGUFResult) -> Callable[[Console], None]:
 
 
 @with_output
+@reads_remote
 def to_gguf_command(
     source: Annotated[
         Path,

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from llmkit.cli.helptext import OUTPUT, examples
 from llmkit.cli.keys import DecKeyOpt, DecModeOpt, mode_value
-from llmkit.cli.options import with_output
+from llmkit.cli.options import reads_remote, with_output
 from llmkit.cli.output import Failure, Output, print_rows
 from llmkit.errors import EXIT_CHECK_FAILED
 from llmkit.units import human_bytes
@@ -99,6 +99,7 @@ def _render(s: ModelSummary, show_tensors: bool) -> Callable[[Console], None]:
 
 
 @with_output
+@reads_remote
 def inspect_command(
     path: Annotated[
         Path,

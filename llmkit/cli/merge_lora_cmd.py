@@ -21,6 +21,7 @@ from llmkit.cli.options import (
     dtype_option,
     gguf_output,
     output_option,
+    reads_remote,
     shard_size_option,
     with_output,
 )
@@ -87,6 +88,7 @@ def _render(r: MergeResult) -> Callable[[Console], None]:
 
 
 @with_output
+@reads_remote
 def merge_lora_command(
     base: Annotated[
         Path,

@@ -216,6 +216,36 @@ def endpoint_option(help: str) -> Any:
     return typer.Option("--endpoint", metavar="URL", rich_help_panel=INPUTS, help=help)
 
 
+ModelEndpointOpt = Annotated[
+    str | None,
+    endpoint_option(
+        "Hub or mirror URL that hf:// inputs and registry names are read from (default: HF_ENDPOINT, else "
+        "huggingface.co). Tokens come from HF_TOKEN or 'hf auth login', never from the command line."
+    ),
+]
+
+
+def reads_remote(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that reads models takes ``--endpoint URL`` (keyword-only, before ``out``: last in its Inputs
+    panel) and runs inside :func:`llmkit.io.remote.store.hub_endpoint` of it. Apply under :func:`with_output`."""
+    signature = inspect.signature(command, eval_str=True)
+    params = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.KEYWORD_ONLY), len(params))
+    added = inspect.Parameter("endpoint", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ModelEndpointOpt)
+
+    @functools.wraps(command)
+    def run(*args: Any, endpoint: str | None = None, **kwargs: Any) -> None:
+        from llmkit.io.remote.store import hub_endpoint
+
+        with hub_endpoint(endpoint):
+            command(*args, **kwargs)
+
+    shown = signature.replace(parameters=[*params[:at], added, *params[at:]])
+    run.__dict__["__signature__"] = shown
+    run.__annotations__ = {p.name: p.annotation for p in shown.parameters.values()} | {"return": None}
+    return run
+
+
 def jobs_option(help: str, **kwargs: Any) -> Any:
     """``--jobs N`` / ``-j N``."""
     return typer.Option("--jobs", "-j", metavar="N", rich_help_panel=PERFORMANCE, help=help, **kwargs)

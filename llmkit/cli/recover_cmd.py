@@ -23,6 +23,7 @@ from llmkit.cli.options import (
     dtype_option,
     gguf_output,
     output_option,
+    reads_remote,
     tensor_output,
     with_output,
 )
@@ -177,6 +178,7 @@ def _run(out: Output, options: RecoverOptions | MakeDiffOptions) -> None:
 
 
 @with_output
+@reads_remote
 def recover_command(
     base: BaseOpt,
     diff: Annotated[
@@ -250,6 +252,7 @@ def recover_command(
 
 
 @with_output
+@reads_remote
 def make_diff_command(
     base: BaseOpt,
     target: Annotated[

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, examples
 from llmkit.cli.keys import DecKeyOpt, DecModeOpt, EncMode, mode_value
-from llmkit.cli.options import choice_option, jobs_option, with_output
+from llmkit.cli.options import choice_option, jobs_option, reads_remote, with_output
 from llmkit.cli.output import Failure, Output
 from llmkit.errors import EXIT_CHECK_FAILED, InputError
 
@@ -277,6 +277,7 @@ def _verify_files(
 
 
 @with_output
+@reads_remote
 def verify_command(
     paths: Annotated[
         list[Path] | None,
@@ -330,6 +331,7 @@ def verify_command(
 
 
 @with_output
+@reads_remote
 def checksum_command(
     paths: Annotated[
         list[Path],

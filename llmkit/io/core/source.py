@@ -1,7 +1,7 @@
 """Tensor sources: list names, dtypes and shapes from headers, read one tensor at a time.
 
 :class:`TensorSource` is a model or adapter as one ordered set of named tensors over :class:`TensorFile`s
-(one weight file each); :class:`RenamedSource` shows a source under other names. :func:`open_source`
+(one weight file each; ``renamed.RenamedSource`` shows a source under other names). :func:`open_source`
 opens any path by asking the registered format families in rank order (:func:`register_source`; the
 built-in ones: ``hf`` 10, ``meta`` 20, ``hf-file`` 30, ``mindspore`` 40, ``gguf`` 50); :func:`open_model` is how a job
 opens the model it reads (its refusals, its view, the complete-LLaMA check). What a file carries beyond
@@ -209,67 +209,6 @@ class TensorSource:
         self.close()
 
 
-class RenamedSource(TensorSource):
-    """``source`` under other names (``mapping``: stored name -> shown name, one to one), same order;
-    closing it closes ``source``."""
-
-    def __init__(self, source: TensorSource, mapping: dict[str, str]):
-        self.inner = source
-        self._stored = {mapping[k]: k for k in source.keys()}
-        super().__init__(
-            path=source.path,
-            layout=source.layout,
-            files=source.files,
-            weight_map={mapping[k]: f for k, f in source.weight_map.items()},
-            folder=source.folder,
-            warnings=source.warnings,
-            adapter=source.adapter,
-            index=source.index,
-        )
-
-    def info(self, name: str) -> TensorInfo:
-        i = self.inner.info(self._stored[name])
-        return TensorInfo(name, i.dtype, i.shape, i.file)
-
-    def get(self, name: str) -> torch.Tensor:
-        if name not in self._stored:
-            raise InputError(f"no tensor named {name!r}", path=self.path)
-        return self.inner.get(self._stored[name])
-
-    def release(self, name: str) -> None:
-        if name in self._stored:
-            self.inner.release(self._stored[name])
-
-    def prefetch(self, name: str) -> None:
-        if name in self._stored:
-            self.inner.prefetch(self._stored[name])
-
-    def records(self, name: str) -> int:
-        return self.inner.records(self._stored[name])
-
-    @property
-    def stores_converted(self) -> bool:  # type: ignore[override]  # the inner source's, per instance
-        return self.inner.stores_converted
-
-    def stored_type(self, name: str) -> str | None:
-        return self.inner.stored_type(self._stored[name])
-
-    def stored_nbytes(self, name: str) -> int:
-        return self.inner.stored_nbytes(self._stored[name])
-
-    def as_stored(self, name: str, values: torch.Tensor) -> torch.Tensor | None:
-        return self.inner.as_stored(self._stored[name], values)
-
-    def stream_position(self, name: str) -> int | None:
-        return self.inner.stream_position(self._stored[name]) if name in self._stored else None
-
-    def read_to_end(self) -> None:
-        self.inner.read_to_end()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 @dataclass(frozen=True)
 class SourceFormat:
     """How one format family opens a path: each opener returns ``None`` for a path that is not its own.
@@ -342,23 +281,11 @@ def open_source(path: str | os.PathLike, *, ckpt_key: Any = None) -> TensorSourc
         from llmkit.io.hf.stream import open_stdin_stream
 
         return open_stdin_stream()
-    from llmkit.io.remote.url import registry_url, remote_url
+    from llmkit.io.remote.url import open_url
 
-    url = remote_url(path)
-    name = None
-    if url is None and not os.path.lexists(path):  # a registry model's name: its repo on the hub
-        url = registry_url(os.fspath(path))
-        name = os.fspath(path) if url is not None else None
-    if url is not None:
-        from llmkit.io.remote.source import open_remote
-
-        try:
-            return open_remote(url)
-        except InputError as e:
-            if name is None:
-                raise
-            hint = f"{e.hint}; or download it first: llmkit download {name}" if e.hint else f"llmkit download {name}"
-            raise InputError(e.message, path=e.path, hint=hint) from None
+    remote = open_url(path)
+    if remote is not None:
+        return remote
     path = Path(path)
     if not path.exists():
         problem = broken_link(path)

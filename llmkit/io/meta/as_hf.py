@@ -26,7 +26,8 @@ from llmkit.errors import InputError
 from llmkit.io.core.llama_tensors import Findings
 from llmkit.io.core.llama_weights import hf_sort_key, layers_seen, llama_config
 from llmkit.io.core.regular import check_regular, is_special
-from llmkit.io.core.source import RenamedSource, TensorSource
+from llmkit.io.core.renamed import RenamedSource
+from llmkit.io.core.source import TensorSource
 from llmkit.io.meta.names import meta_to_hf_name, permute_meta_to_hf
 from llmkit.io.meta.source import MetaSource
 

@@ -198,7 +198,7 @@ def hf_named(src):
     """``src`` (a :class:`~llmkit.io.core.source.TensorSource`) with MindFormers names seen under their HF names
     (other names kept), so a ``.ckpt`` compares tensor by tensor with the model it came from; ``src`` itself
     when nothing would be renamed."""
-    from llmkit.io.core.source import RenamedSource
+    from llmkit.io.core.renamed import RenamedSource
 
     mapping = {n: llama_hf_name(n) or n for n in src.keys()}
     if all(k == v for k, v in mapping.items()) or len(set(mapping.values())) != len(mapping):

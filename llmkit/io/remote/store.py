@@ -1,8 +1,8 @@
 """Where a remote input lives: a folder (or one file) on the hub or in S3, listed once with each file's size
 and the digest its store publishes, read by exact byte ranges with retries.
 
-- ``hf://owner/name[@revision][/sub]``: ``huggingface_hub.HfFileSystem`` (endpoint: ``HF_ENDPOINT``, token:
-  ``HF_TOKEN`` or ``hf auth login``, as ``llmkit download``); the revision is pinned to its commit when
+- ``hf://owner/name[@revision][/sub]``: ``huggingface_hub.HfFileSystem`` (endpoint: :func:`hub_endpoint`'s,
+  else ``HF_ENDPOINT``, else huggingface.co; token: ``HF_TOKEN`` or ``hf auth login``, as ``llmkit download``); the revision is pinned to its commit when
   listed, so every read is of that commit. Digests: an LFS file's sha256, a small file's git blob sha1.
 - ``s3://bucket/prefix``: ``s3fs`` (credentials and region from the usual AWS environment and config files;
   endpoint: ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``). Digest: the object's ETag, which is the MD5 of
@@ -18,7 +18,9 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,6 +31,24 @@ TRIES = 5
 RETRY_WAIT = 0.5  # seconds before the second try
 _FINAL_STATUS = frozenset({400, 401, 403, 404, 416})
 T = TypeVar("T")
+_ENDPOINT: ContextVar[str | None] = ContextVar("llmkit_hub_endpoint", default=None)
+
+
+@contextmanager
+def hub_endpoint(url: str | None) -> Iterator[None]:
+    """Within the block, ``hf://`` inputs (and registry names) are read from ``url``, the hub or a mirror
+    (``--endpoint``; None: no change). Read when a source is opened, so open it inside the block."""
+    token = _ENDPOINT.set(url or _ENDPOINT.get())
+    try:
+        yield
+    finally:
+        _ENDPOINT.reset(token)
+
+
+def current_endpoint() -> str:
+    """The hub ``hf://`` reads: :func:`hub_endpoint`'s, else ``HF_ENDPOINT``, else huggingface.co (as
+    ``llmkit download``), without a trailing ``/``."""
+    return (_ENDPOINT.get() or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -147,7 +167,7 @@ class HubStore(Store):
         from llmkit.redact import register_secret
 
         self.url = url
-        self.endpoint = os.environ.get("HF_ENDPOINT") or None
+        self.endpoint = current_endpoint()
         token = get_token()
         register_secret(token)
         self.fs = HfFileSystem(endpoint=self.endpoint, token=token, skip_instance_cache=True)
@@ -171,7 +191,7 @@ class HubStore(Store):
     def describe(self, e: BaseException, what: str) -> InputError:
         from llmkit.hub_errors import hub_error
 
-        err = hub_error(e, getattr(self, "repo", self.url), self.endpoint or "https://huggingface.co")
+        err = hub_error(e, getattr(self, "repo", self.url), self.endpoint)
         return InputError(f"{what}: {err.message}", hint=getattr(err, "hint", None))
 
     def _entry(self, name: str, d: dict) -> RemoteEntry:

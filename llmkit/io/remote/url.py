@@ -1,10 +1,17 @@
 """Which inputs are URLs: ``hf://`` and ``s3://`` (also as a :class:`~pathlib.Path` has folded them, ``hf:/x``),
-and :class:`RemotePath`, the ``path`` a remote source shows in messages (``hf://owner/name/file``)."""
+or a registry model's name that is no local path; :func:`open_url` opens them; :class:`RemotePath` is the
+``path`` a remote source shows in messages (``hf://owner/name/file``)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import PosixPath
+from typing import TYPE_CHECKING
+
+from llmkit.errors import InputError
+
+if TYPE_CHECKING:
+    from llmkit.io.remote.source import RemoteSource
 
 SCHEMES = ("hf", "s3")
 
@@ -66,3 +73,24 @@ def registry_url(name: str) -> str | None:
 
     model = next((m for m in MODELS if m.name == name and m.repo_id), None)
     return f"hf://{model.repo_id}" if model is not None else None
+
+
+def open_url(path: str | os.PathLike) -> RemoteSource | None:
+    """The remote source ``path`` names: a URL, or a registry model's name that is no local path (its repo
+    on the hub; a failure then also hints ``llmkit download <name>``). None for any other path."""
+    url = remote_url(path)
+    name = None
+    if url is None and not os.path.lexists(path):  # a registry model's name: its repo on the hub
+        url = registry_url(os.fspath(path))
+        name = os.fspath(path) if url is not None else None
+    if url is None:
+        return None
+    from llmkit.io.remote.source import open_remote
+
+    try:
+        return open_remote(url)
+    except InputError as e:
+        if name is None:
+            raise
+        hint = f"{e.hint}; or download it first: llmkit download {name}" if e.hint else f"llmkit download {name}"
+        raise InputError(e.message, path=e.path, hint=hint) from None
