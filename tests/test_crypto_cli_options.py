@@ -80,6 +80,7 @@ def test_decrypt_every_flag(run_cli, calls):
         "-j",
         "3",
         "--force",
+        "--dry-run",
     )
     assert r.exit_code == 0, r.stderr
     [(_, options, _)] = calls
@@ -92,6 +93,7 @@ def test_decrypt_every_flag(run_cli, calls):
         content_check=False,
         jobs=3,
         force=True,
+        dry_run=True,
     )
 
 

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from llmkit.cli.helptext import CHECKS, INPUTS, examples
-from llmkit.cli.options import ForceOpt, choice_option, jobs_option, output_option, with_output
+from llmkit.cli.options import ForceOpt, choice_option, dry_run_option, jobs_option, output_option, with_output
 from llmkit.cli.output import Output
 from llmkit.errors import InputError
 from llmkit.units import human_bytes
@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # llmkit.crypto (numpy) is imported when a crypto command run
 DECRYPT_EXAMPLES = examples(
     "# TechGPT-1.0: every .enc file of the download, verified against the published MD5s",
     "llmkit decrypt techgpt-7b --key LLaMA/7B/consolidated.00.pth -o TechGPT-7B",
+    "# straight from the hub (no local copy of the .enc files; each verified as it streams)",
+    "llmkit decrypt hf://neukg/TechGPT-7B --key LLaMA/7B/consolidated.00.pth -o TechGPT-7B",
     "# one file from stdin to stdout (use set -o pipefail: a failure exits non-zero)",
     "llmkit decrypt - --format techgpt --key LLaMA/7B/consolidated.00.pth -o - < config.json.enc | md5sum",
 )
@@ -102,10 +104,15 @@ JobsOpt = Annotated[
 
 def _render(result: CryptoResult) -> Callable[[Console], None]:
     def render(console: Console) -> None:
+        if result.dry_run:
+            _render_plan(console, result)
+            return
         verb = "decrypted" if result.command == "decrypt" else "encrypted"
         for f in result.files:
+            fetched = f", {f.fetched:,} fetched" if f.fetched is not None else ""
             console.print(
-                f"{verb}  {f.input} -> {f.output}  ({f.format}, {f.bytes:,} bytes, {f.seconds:.2f} s)", markup=False
+                f"{verb}  {f.input} -> {f.output}  ({f.format}, {f.bytes:,} bytes{fetched}, {f.seconds:.2f} s)",
+                markup=False,
             )
             for c in f.checks:
                 mark = {"ok": "ok", "mismatch": "MISMATCH"}.get(c.status, c.status)
@@ -118,6 +125,20 @@ def _render(result: CryptoResult) -> Callable[[Console], None]:
         )
 
     return render
+
+
+def _render_plan(console: Console, result: CryptoResult) -> None:
+    """A dry run: each file, the bytes it would decrypt and fetch, the totals; nothing was read or written."""
+    for f in result.files:
+        fetched = f", {f.fetched:,} to fetch" if f.fetched is not None else ""
+        console.print(f"would decrypt  {f.input} -> {f.output}  ({f.format}, {f.bytes:,} bytes{fetched})", markup=False)
+    remote = [f.fetched for f in result.files if f.fetched is not None]
+    fetch = f"; {human_bytes(sum(remote))} to fetch ({len(remote)} remote file(s))" if remote else ""
+    console.print(
+        f"{len(result.files)} file(s), {human_bytes(result.bytes)} to write{fetch}; key check: {result.key_check}; "
+        "dry run: nothing fetched or written",
+        markup=False,
+    )
 
 
 def _report(out: Output, result: CryptoResult, *, to_stderr: bool) -> None:
@@ -135,7 +156,10 @@ def decrypt_command(
         list[Path],
         typer.Argument(
             metavar="INPUT",
-            help=".enc files, folders (every *.enc in them; other files are ignored), or - for stdin.",
+            help=".enc files, folders (every *.enc in them; other files are ignored), hf://OWNER/NAME[@REV][/PATH] "
+            "or s3://BUCKET/PREFIX (streamed, no local copy; a name from llmkit models that is no local path: its "
+            "hub repo), "
+            "or - for stdin.",
             show_default=False,
         ),
     ],
@@ -158,6 +182,14 @@ def decrypt_command(
     no_table_check: NoTableCheckOpt = False,
     jobs: JobsOpt = 1,
     force: ForceOpt = False,
+    dry_run: Annotated[
+        bool,
+        dry_run_option(
+            "Run every check (names, formats, sizes, free space, existing outputs, the key) and list the files "
+            "and the bytes to decrypt and, for a URL, to fetch; write nothing, fetch nothing but a BELLE file's "
+            "32-byte header."
+        ),
+    ] = False,
     *,
     out: Output,
 ) -> None:
@@ -168,7 +200,8 @@ def decrypt_command(
     TechGPT-1.0 files against the MD5s published in its model card (a mismatch fails; --no-table-check
     makes it a warning). The files of one run get their final names together, only when every file
     passed; a failure leaves none of them. When the output is stdout, a failure exits non-zero (use
-    set -o pipefail).
+    set -o pipefail). A URL is streamed without a local copy, each file checked against the digest its
+    store publishes before the output is kept.
     """
     from llmkit.crypto import DecryptOptions, decrypt
 
@@ -185,6 +218,7 @@ def decrypt_command(
         table_check=not no_table_check,
         jobs=jobs,
         force=force,
+        dry_run=dry_run,
     )
     result = decrypt(
         options, stream=sys.stdout.buffer if to_stdout else None, stdin=sys.stdin.buffer, progress=out.progress

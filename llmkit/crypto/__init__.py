@@ -10,6 +10,8 @@ Options -> plan -> run, like every job, but over bytes instead of tensors:
 - :mod:`~llmkit.crypto.diagnosis` — wrong bytes: a wrong key or a damaged ``.enc``, and the check that tells them
   apart;
 - :mod:`~llmkit.crypto.plan` — :class:`DecryptOptions`, :class:`EncryptOptions` and the pre-flight checks;
+- :mod:`~llmkit.crypto.remote` — remote ``.enc`` inputs (``hf://``, ``s3://``, a registry name): listed, streamed
+  and verified (no local copy);
 - :mod:`~llmkit.crypto.jobs` — :func:`decrypt` and :func:`encrypt`, all or nothing;
 - :mod:`~llmkit.crypto.results` — :class:`CryptoResult` (a :class:`llmkit.pipeline.Result`), :class:`FileResult`.
 """

@@ -12,13 +12,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from llmkit.crypto.keycheck import KEY_DESCRIPTION
+from llmkit.errors import CheckFailed
 
 if TYPE_CHECKING:
     from llmkit.crypto.plan import FileJob
+    from llmkit.io.core.sniff import ContentError
 
 
 def file_check(job: FileJob) -> str:
     """The check that says whether this ``.enc`` file is intact."""
+    if job.remote is not None:
+        return (
+            "a remote .enc is judged against its store's digest only once read to its end: download it "
+            "(llmkit download for the hub, which verifies every file) and decrypt the local copy"
+        )
     if job.in_entries and job.src is not None:
         return (
             f"llmkit verify {job.src.parent} --table {job.in_entries[0][0]} compares the .enc files with the "
@@ -46,4 +53,21 @@ def key_or_damage(job: FileJob, key_checked: bool) -> str:
         f"either the key is not {KEY_DESCRIPTION} (LLaMA-2's file or a converted model is the usual mistake) "
         f"or the .enc file is damaged{belle}: run without --no-key-check to check the key's md5; "
         f"{file_check(job)}"
+    )
+
+
+def content_failed(e: ContentError, job: FileJob, to_stream: bool, key_checked: bool) -> CheckFailed:
+    """A content check failure as the user's error: garbage is a wrong key or a damaged file (the key check tells
+    which), a short file a bad download."""
+    if e.incomplete:
+        kept = "discard what reached stdout" if to_stream else "nothing was kept"
+        return CheckFailed(
+            f"the decrypted {e.kind} file is incomplete: {e.detail}; {kept}",
+            path=job.display,
+            hint=f"the .enc file is truncated or damaged: download it again ({file_check(job)})",
+        )
+    return CheckFailed(
+        f"the decrypted bytes are not a {e.kind} file ({e.detail}); decryption stopped",
+        path=job.display,
+        hint=f"{key_or_damage(job, key_checked)}; --no-content-check decrypts files that are not model files",
     )

@@ -20,12 +20,13 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from llmkit.crypto.diagnosis import file_check, key_or_damage
+from llmkit.crypto.diagnosis import content_failed, key_or_damage
 from llmkit.crypto.keycheck import check_key
 from llmkit.crypto.keystream import KeyStream, advise_sequential, read_full
 from llmkit.crypto.names import EMPTY_SHA256, HEADER_BYTES, stale_belle_outputs
 from llmkit.crypto.plan import CryptoPlan, DecryptOptions, EncryptOptions, FileJob, plan_decrypt, plan_encrypt
-from llmkit.crypto.results import CryptoResult, FileResult
+from llmkit.crypto.remote import open_remote_input
+from llmkit.crypto.results import CryptoResult, FileResult, planned_files
 from llmkit.crypto.stream import WRITE_BEHIND_OK, Cancelled, write_all, xor_stream
 from llmkit.crypto.tables import finish_tables, table_hashes
 from llmkit.errors import CheckFailed, InputError, writing
@@ -113,7 +114,7 @@ def _execute(
 
 
 def _crypto_result(
-    plan: CryptoPlan, key_status: str, results: list[FileResult], warnings: list[str], t0: float
+    plan: CryptoPlan, key_status: str, results: list[FileResult], warnings: list[str], t0: float, dry_run: bool = False
 ) -> CryptoResult:
     """The run's result: per-file results, their total bytes and the seconds since ``t0``."""
     return CryptoResult(
@@ -126,6 +127,7 @@ def _crypto_result(
         warnings,
         sum(r.bytes for r in results),
         round(time.perf_counter() - t0, 3),
+        dry_run=dry_run,
     )
 
 
@@ -152,23 +154,6 @@ def _removed_on_failure(tmp: Path | None) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ decrypt
-
-
-def _content_failed(e: ContentError, job: FileJob, to_stream: bool, key_checked: bool) -> CheckFailed:
-    """A content check failure as the user's error: garbage is a wrong key or a damaged file (the key check tells
-    which), a short file a bad download."""
-    if e.incomplete:
-        kept = "discard what reached stdout" if to_stream else "nothing was kept"
-        return CheckFailed(
-            f"the decrypted {e.kind} file is incomplete: {e.detail}; {kept}",
-            path=job.display,
-            hint=f"the .enc file is truncated or damaged: download it again ({file_check(job)})",
-        )
-    return CheckFailed(
-        f"the decrypted bytes are not a {e.kind} file ({e.detail}); decryption stopped",
-        path=job.display,
-        hint=f"{key_or_damage(job, key_checked)}; --no-content-check decrypts files that are not model files",
-    )
 
 
 def _read_belle_header(src: BinaryIO, job: FileJob) -> bytes:
@@ -206,8 +191,12 @@ def _decrypt_one(
     if content_check:
         check = ContentCheck.for_name(job.out_name, job.payload) if job.out_name else ContentCheck(None)
     tmp = stage.path(out_name) if stage is not None else None
-    # Both files are entered by the with statements below (a stream the caller gave is left open there).
-    src_cm = open(job.src, "rb", buffering=0) if job.src is not None else nullcontext(stdin)  # noqa: SIM115
+    # Both files are entered by the with statements below (a stream the caller gave is left open there); a
+    # remote file's digest is judged when it is left.
+    if job.remote is not None:
+        src_cm: Any = open_remote_input(job)
+    else:
+        src_cm = open(job.src, "rb", buffering=0) if job.src is not None else nullcontext(stdin)  # noqa: SIM115
     with _removed_on_failure(tmp):
         with src_cm as src, KeyStream(key) as ks:
             assert src is not None
@@ -231,7 +220,7 @@ def _decrypt_one(
                     if check is not None:
                         check.finish()
                 except ContentError as e:
-                    raise _content_failed(e, job, tmp is None, key_checked) from None
+                    raise content_failed(e, job, tmp is None, key_checked) from None
                 if tmp is not None:
                     os.fsync(dst.fileno())
                 else:
@@ -241,6 +230,7 @@ def _decrypt_one(
                 f"read {n:,} bytes, expected {job.payload:,}: the file changed while decrypting", path=job.display
             )
         result = FileResult(job.display, str(out_dir / out_name) if out_dir is not None else "-", job.fmt, n)
+        result.fetched = job.remote.size if job.remote is not None else None
         if out_sha is not None:
             result.sha256 = out_sha.hexdigest()
             if header is not None and out_sha.digest() != header:
@@ -284,6 +274,8 @@ def decrypt(
     if plan.reads_stdin and stdin is None:
         stdin = sys.stdin.buffer
     key_status = check_key(plan.key, progress=progress) if options.key_check else "skipped"
+    if options.dry_run:
+        return _crypto_result(plan, key_status, planned_files(plan), [], t0, dry_run=True)
     warnings: list[str] = []
 
     def work(

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from llmkit.errors import InputError
@@ -47,20 +47,46 @@ def output_name(path: Path) -> str:
 
 
 def detect_format(path: Path, fmt: str = "auto") -> tuple[str, bytes | None]:
-    """The format of an ``.enc`` file (SPEC.md 1) and, for BELLE, its 32-byte header.
+    """The format of a local ``.enc`` file and, for BELLE, its 32-byte header (:func:`detect_format_of`)."""
+
+    def head() -> bytes:
+        with open(path, "rb") as f:
+            return f.read(HEADER_BYTES)
+
+    return detect_format_of(path, path.stat().st_size, head, fmt)
+
+
+def detect_format_of(
+    path: Path, size: int, read_head: Callable[[], bytes], fmt: str = "auto"
+) -> tuple[str, bytes | None]:
+    """The format of the ``.enc`` file ``path`` of ``size`` bytes (SPEC.md 1) and, for BELLE, its 32-byte
+    header, read by ``read_head()`` only when the name and size leave the format open (a remote file's
+    first bytes are then fetched; a TechGPT name never needs them).
 
     auto: BELLE when the first 32 bytes equal the hex in the name. A name whose label is neither the
     TechGPT constant nor the file's first 32 bytes is refused (a damaged BELLE file decrypted as
-    TechGPT would silently give garbage); ``--format`` settles it.
+    TechGPT would silently give garbage); ``--format`` settles it. The TechGPT label is the sha256 of
+    empty bytes, so only a 32-byte file with it can be BELLE (a header, nothing encrypted).
     """
-    size = path.stat().st_size
     _, label = split_enc_name(path.name)
-    with open(path, "rb") as f:
-        head = f.read(HEADER_BYTES)
+    if fmt == "techgpt":
+        return "techgpt", None
+    if fmt == "auto" and (label is None or (label == EMPTY_SHA256 and size != HEADER_BYTES)):
+        return "techgpt", None
+    if fmt == "belle" and size < HEADER_BYTES:
+        raise InputError(
+            f"only {size} bytes: too short for the 32-byte BELLE sha256 header",
+            path=path,
+            hint="the file is truncated; download it again",
+        )
+    if fmt not in ("auto", "belle"):
+        raise InputError(f"unknown format {fmt!r}", hint="use auto, techgpt or belle")
+    head = read_head()
     if fmt == "auto":
-        if label is not None and len(head) == HEADER_BYTES and head == bytes.fromhex(label):
+        assert label is not None  # no label is TechGPT, above
+        if len(head) == HEADER_BYTES and head == bytes.fromhex(label):
             return "belle", head
-        if label is None or label == EMPTY_SHA256:
+        if label == EMPTY_SHA256:
             return "techgpt", None
         raise InputError(
             f"cannot tell the format: the name carries sha256 {label[:12]}... but the file "
@@ -68,23 +94,13 @@ def detect_format(path: Path, fmt: str = "auto") -> tuple[str, bytes | None]:
             path=path,
             hint="a BELLE file that is damaged or truncated? re-download it, or pass --format techgpt|belle",
         )
-    if fmt == "belle":
-        if size < HEADER_BYTES:
-            raise InputError(
-                f"only {size} bytes: too short for the 32-byte BELLE sha256 header",
-                path=path,
-                hint="the file is truncated; download it again",
-            )
-        if label is not None and head != bytes.fromhex(label):
-            raise InputError(
-                f"the header sha256 {head.hex()[:12]}... differs from the name's {label[:12]}...",
-                path=path,
-                hint="the file is damaged or renamed; download it again",
-            )
-        return "belle", head
-    if fmt == "techgpt":
-        return "techgpt", None
-    raise InputError(f"unknown format {fmt!r}", hint="use auto, techgpt or belle")
+    if label is not None and head != bytes.fromhex(label):
+        raise InputError(
+            f"the header sha256 {head.hex()[:12]}... differs from the name's {label[:12]}...",
+            path=path,
+            hint="the file is damaged or renamed; download it again",
+        )
+    return "belle", head
 
 
 def expand_decrypt_inputs(inputs: Sequence[Path]) -> tuple[list[Path | None], list[str]]:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmkit.crypto.keycheck import require_key_file
 from llmkit.crypto.names import (
@@ -29,6 +30,9 @@ from llmkit.errors import InputError, OutputExistsError
 from llmkit.io.core.destination import ensure_output_is_new
 from llmkit.units import check_space, free_bytes
 
+if TYPE_CHECKING:
+    from llmkit.crypto.remote import RemoteEnc
+
 
 def _freeze_paths(options: DecryptOptions | EncryptOptions) -> None:
     """Normalize frozen options as given by any caller: ``inputs`` a tuple of paths, ``key`` and ``output`` paths."""
@@ -42,7 +46,7 @@ def _freeze_paths(options: DecryptOptions | EncryptOptions) -> None:
 class DecryptOptions:
     """What ``llmkit decrypt`` does, as data (the CLI builds it from its flags)."""
 
-    inputs: tuple[Path, ...]  # .enc files, folders (their *.enc), or Path("-") for stdin
+    inputs: tuple[Path, ...]  # .enc files, folders (their *.enc), hf:// / s3:// URLs, or Path("-") for stdin
     key: Path
     output: Path | None = None  # the output folder; None: the stream passed to decrypt() (stdout)
     format: str = "auto"  # auto | techgpt | belle
@@ -51,6 +55,7 @@ class DecryptOptions:
     table_check: bool = True  # a published md5 table that does not match fails (off: a warning)
     jobs: int = 1  # files in parallel
     force: bool = False  # overwrite existing outputs
+    dry_run: bool = False  # every check, then the files and bytes to read (fetch) listed; nothing read or written
 
     def __post_init__(self) -> None:
         _freeze_paths(self)
@@ -74,7 +79,7 @@ class EncryptOptions:
 
 @dataclass
 class FileJob:
-    src: Path | None  # None: stdin
+    src: Path | None  # None: stdin; a RemotePath for a remote file (``remote``)
     display: str  # input name as shown
     out_name: str | None  # decrypt: final output name; encrypt: None until the BELLE digest is known
     fmt: str
@@ -83,6 +88,7 @@ class FileJob:
     in_entries: list[tuple[str, str]] = field(default_factory=list)  # published (table, md5) of the input
     out_entries: list[tuple[str, str]] = field(default_factory=list)  # ... and of the output
     table_check: bool = True  # a mismatch with those entries fails (False: a warning)
+    remote: RemoteEnc | None = None  # a remote file: its store, entry and the head fetched while planning
 
 
 @dataclass
@@ -177,15 +183,35 @@ def check_outputs(
     check_space(out_dir, need, free_bytes(out_dir))  # a read-only file system, or output + margin > free
 
 
+def _local_job(p: Path, fmt: str, table_check: bool) -> FileJob:
+    out_name = output_name(p)
+    f, header = detect_format(p, fmt)
+    size = p.stat().st_size
+    job = FileJob(
+        p, str(p), out_name, f, size - HEADER_BYTES if f == "belle" else size, header, table_check=table_check
+    )
+    if f == "techgpt":  # the published tables are TechGPT-1.0's; BELLE files carry their own sha256
+        job.in_entries, job.out_entries = published_entries(p.name, out_name)
+    return job
+
+
 def plan_decrypt(options: DecryptOptions, *, to_stream: bool) -> CryptoPlan:
-    """Check everything a decrypt can check before it starts; ``to_stream``: the output is a stream."""
-    _common_checks(options, ("auto", *FORMATS), ".enc files, their folder, or - for stdin")
+    """Check everything a decrypt can check before it starts; ``to_stream``: the output is a stream.
+    A remote input (``hf://``, ``s3://``, a registry name) is listed after the local checks
+    (:mod:`llmkit.crypto.remote`); only a BELLE file's 32-byte header is fetched."""
+    from llmkit.crypto.remote import input_url, remote_jobs
+
+    _common_checks(options, ("auto", *FORMATS), ".enc files, their folder, a URL, or - for stdin")
     fmt = options.format
     if (options.output is None) != to_stream:
         raise InputError("give either an output folder or an output stream")
-    files, ignored = expand_decrypt_inputs(options.inputs)
+    urls = [input_url(p) for p in options.inputs]
+    expanded = [
+        expand_decrypt_inputs([p]) if u is None else ([], []) for p, u in zip(options.inputs, urls, strict=True)
+    ]
+    files = [f for found, _ in expanded for f in found]  # local
     if None in files:
-        if len(files) > 1:
+        if len(options.inputs) > 1:
             raise InputError("stdin (-) must be the only input")
         if fmt == "auto":
             raise InputError("stdin has no file name to detect the format from", hint="pass --format techgpt or belle")
@@ -197,30 +223,26 @@ def plan_decrypt(options: DecryptOptions, *, to_stream: bool) -> CryptoPlan:
         )
     require_key_file(options.key)
     jobs: list[FileJob] = []
-    for p in files:
-        if p is None:
-            jobs.append(FileJob(None, "-", None, fmt, None))
-            continue
-        out_name = output_name(p)
-        f, header = detect_format(p, fmt)
-        size = p.stat().st_size
-        job = FileJob(
-            p,
-            str(p),
-            out_name,
-            f,
-            size - HEADER_BYTES if f == "belle" else size,
-            header,
-            table_check=options.table_check,
+    ignored: list[str] = []
+    for (found, skipped), url in zip(expanded, urls, strict=True):
+        if url is not None:
+            found_jobs, skipped = remote_jobs(*url, fmt, options.table_check)
+            jobs += found_jobs
+        else:
+            jobs += [
+                FileJob(None, "-", None, fmt, None) if f is None else _local_job(f, fmt, options.table_check)
+                for f in found
+            ]
+        ignored += skipped
+    if to_stream and len(jobs) > 1:
+        raise InputError(
+            f"{len(jobs)} inputs cannot all go to stdout", hint="decrypt one file with -o -, or give an output folder"
         )
-        if f == "techgpt":  # the published tables are TechGPT-1.0's; BELLE files carry their own sha256
-            job.in_entries, job.out_entries = published_entries(p.name, out_name)
-        jobs.append(job)
     if options.output is not None:
         check_outputs(
             options.output,
             [j.out_name for j in jobs if j.out_name],
-            [p for p in options.inputs if str(p) != "-"],
+            [p for p, u in zip(options.inputs, urls, strict=True) if u is None and str(p) != "-"],
             files,
             options.force,
             sum(j.payload or 0 for j in jobs),

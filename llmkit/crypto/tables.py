@@ -42,13 +42,14 @@ def table_hashes(job: FileJob) -> tuple[hashlib._Hash | None, hashlib._Hash | No
 
     The output's when a table lists it. The input's for TechGPT bytes read from stdin (no name to look
     up, and no second read possible: reported for the user to compare), and when a table lists the
-    ``.enc`` file and either no table lists the output or a core is spare for a second MD5 thread beside
-    the XOR (:func:`spare_cores`); otherwise :func:`finish_tables` hashes the input only after a mismatch.
+    ``.enc`` file and either no table lists the output, or a core is spare for a second MD5 thread beside
+    the XOR (:func:`spare_cores`), or the file is remote (a second read would fetch it again); otherwise
+    :func:`finish_tables` hashes the input only after a mismatch.
     """
     if job.src is None:
         wants_input = job.fmt == "techgpt"
     else:
-        wants_input = bool(job.in_entries) and (not job.out_entries or spare_cores())
+        wants_input = bool(job.in_entries) and (not job.out_entries or spare_cores() or job.remote is not None)
     return (hashlib.md5() if wants_input else None), (hashlib.md5() if job.out_entries else None)
 
 

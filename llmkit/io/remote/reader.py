@@ -120,6 +120,14 @@ class VerifiedReader:
             self.position += take
         return bytes(out)
 
+    def finish(self) -> None:
+        """Read what is left (nothing after a read to the end) and judge the digest: :class:`CheckFailed`
+        on a mismatch. A consumer that reads the file whole calls it before its output is made final."""
+        while len(self._buf) or self._next():
+            self.position += len(self._buf)
+            self._buf = memoryview(b"")
+        self._verify()
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:

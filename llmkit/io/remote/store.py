@@ -112,6 +112,7 @@ class Store:
     url: str
     root: RemotePath  # what messages name
     revision: str | None = None  # the commit (hub) the listing is pinned to
+    single: bool = False  # the URL named one file (``root`` is then its folder), not a folder
 
     def entries(self) -> dict[str, RemoteEntry]:
         raise NotImplementedError
@@ -202,7 +203,8 @@ class HubStore(Store):
 
     def _list(self) -> dict[str, RemoteEntry]:
         info = self.fs.info(self._key)
-        if info["type"] == "file":
+        self.single = info["type"] == "file"
+        if self.single:
             self.root = self.root.parent
             return {info["name"].rsplit("/", 1)[-1]: self._entry(info["name"].rsplit("/", 1)[-1], info)}
         listed: list[dict[str, Any]] = self.fs.ls(self._key, detail=True)  # type: ignore[assignment]  # detail=True: dicts
@@ -275,6 +277,7 @@ class S3Store(Store):
         items = (
             [info] if info["type"] == "file" else [d for d in self.fs.ls(self._key, detail=True) if d["type"] == "file"]
         )
+        self.single = info["type"] == "file"
         out = {}
         for d in items:
             name = d["name"].rsplit("/", 1)[-1]
