@@ -12,7 +12,15 @@ import typer
 from rich.console import Console
 
 from llmkit.cli.helptext import CHECKS, INPUTS, examples
-from llmkit.cli.options import ForceOpt, choice_option, dry_run_option, jobs_option, output_option, with_output
+from llmkit.cli.options import (
+    ForceOpt,
+    choice_option,
+    dry_run_option,
+    jobs_option,
+    output_option,
+    reads_remote,
+    with_output,
+)
 from llmkit.cli.output import Output
 from llmkit.errors import InputError
 from llmkit.units import human_bytes
@@ -151,6 +159,7 @@ def _report(out: Output, result: CryptoResult, *, to_stderr: bool) -> None:
 
 
 @with_output
+@reads_remote
 def decrypt_command(
     inputs: Annotated[
         list[Path],
