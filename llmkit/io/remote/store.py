@@ -93,6 +93,11 @@ class Store:
     root: RemotePath  # what messages name
     revision: str | None = None  # the commit (hub) the listing is pinned to
 
+    @property
+    def pinned_url(self) -> str:
+        """The URL of what was listed: on the hub at its commit (``hf://owner/name@sha[/path]``)."""
+        return self.url
+
     def entries(self) -> dict[str, RemoteEntry]:
         raise NotImplementedError
 
@@ -194,6 +199,10 @@ class HubStore(Store):
 
     def entries(self) -> dict[str, RemoteEntry]:
         return self._entries
+
+    @property
+    def pinned_url(self) -> str:
+        return f"hf://{self._key}"
 
     def _fetch_once(self, entry: RemoteEntry, start: int, end: int) -> bytes:
         with self._lock:
