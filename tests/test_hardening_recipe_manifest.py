@@ -63,6 +63,17 @@ VARIANTS: dict[str, tuple[object, str]] = {
     "step-finished-a-list": (step(finished=[]), "finished"),
     "step-llmkit-null": (step(llmkit=None), "llmkit"),
     "step-unknown-field": (step(colour="red"), "colour"),
+    "step-remote-a-list": (step(remote=["hf://a/b"]), "remote"),
+    "step-remote-revision-a-number": (step(remote={"hf://a/b": {"revision": 1, "files": {}}}), "revision"),
+    "step-remote-files-missing": (step(remote={"hf://a/b": {"revision": None}}), "files"),
+    "step-remote-size-a-string": (
+        step(remote={"hf://a/b": {"revision": None, "files": {"m": {"size": "1", "digest": None}}}}),
+        "size",
+    ),
+    "step-remote-digest-a-string": (
+        step(remote={"hf://a/b": {"revision": None, "files": {"m": {"size": 1, "digest": "md5"}}}}),
+        "digest",
+    ),
     "step-job-missing": (without("job"), "job"),
     "created-a-string": ({"recipe": "cutegpt-13b", "steps": {}, "created": "/w/x"}, "created"),
     "created-of-numbers": ({"recipe": "cutegpt-13b", "steps": {}, "created": [1, 2]}, "created"),

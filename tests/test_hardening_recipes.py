@@ -2,7 +2,8 @@
 
 A recipe deletes only the intermediates its own manifest records as created by it in this work folder, and
 an existing output it did not create is refused before the first step (``--force`` replaces it). A download
-step may still reuse verified files that are already there (that is resume). Against the local test hub.
+step may still reuse verified files that are already there (that is resume). Against the local test hub
+(CuteGPT's base and LoRA stream from it: no download step; TechGPT-1.0 downloads, as decrypt reads files).
 """
 
 # ruff: noqa: F811  (fixtures imported from hub_server / test_download are taken as test arguments)
@@ -14,7 +15,7 @@ import shutil
 from common import one_error_line
 from hub_server import hub  # noqa: F401
 from test_download import hf_env  # noqa: F401
-from test_recipes import files_of
+from test_recipes import files_of, techgpt  # noqa: F401 (techgpt: the fixture)
 
 from llmkit.recipes.manifest import MANIFEST
 
@@ -26,26 +27,25 @@ def _cutegpt_hub(hub, tiny_factory, lora_work):
     return base
 
 
-def test_a_folder_the_user_already_had_is_not_deleted_as_an_intermediate(
-    run_cli, tiny_factory, lora_work, hub, hf_env, tmp_path
-):
-    base = _cutegpt_hub(hub, tiny_factory, lora_work)
+def test_a_folder_the_user_already_had_is_not_deleted_as_an_intermediate(run_cli, techgpt, hub, tmp_path):
+    """TechGPT-1.0's download stays a step (verify and decrypt read it from disk): the user's copy is reused."""
+    _plain, key = techgpt
     work = tmp_path / "work"
-    mine = work / "cutegpt-13b-base"
-    shutil.copytree(base, mine)  # the user downloaded the base earlier, and keeps notes beside it
+    mine = work / "techgpt-7b-enc"
+    shutil.copytree(tmp_path / "enc", mine)  # the user downloaded the .enc files earlier, and keeps notes beside it
     (mine / "notes.txt").write_text("my notes")
     before = files_of(mine)
-    r = run_cli("recipe", "run", "cutegpt-13b", "--workdir", work, "--endpoint", hub.url, "--json")
+    args = ("recipe", "run", "techgpt-1.0", "--workdir", work, "--key", key, "--endpoint", hub.url, "--json")
+    r = run_cli(*args)
     assert r.exit_code == 0, r.stderr
     res = r.json()
     assert files_of(mine) == before  # resumed (verified files reused), and kept
-    assert res["removed"] == [str(work / "cutegpt-13b-ift-lora")]  # only what the recipe itself created
-    assert not (work / "cutegpt-13b-ift-lora").exists()
+    assert res["removed"] == [] and res["streamed"] == {}
     assert [n.get("text", "") for n in res["notices"] if str(mine) in n.get("text", "")], res["notices"]
     manifest = json.loads((work / MANIFEST).read_text())
-    assert str(mine) not in manifest["created"] and str(work / "cutegpt-13b-ift") in manifest["created"]
+    assert str(mine) not in manifest["created"] and str(work / "techgpt-7b") in manifest["created"]
     # A re-run does not delete it either.
-    again = run_cli("recipe", "run", "cutegpt-13b", "--workdir", work, "--endpoint", hub.url, "--json")
+    again = run_cli(*args)
     assert again.exit_code == 0, again.stderr
     assert files_of(mine) == before and again.json()["removed"] == []
 
@@ -84,7 +84,7 @@ def test_a_stale_output_of_the_recipe_itself_is_replaced_without_force(
     (work / "cutegpt-13b-ift" / "config.json").write_text("{}")  # the recipe's own output went stale
     r = run_cli(*args)
     assert r.exit_code == 0, r.stderr
-    assert sorted(r.json()["removed"]) == [str(work / "cutegpt-13b-base"), str(work / "cutegpt-13b-ift-lora")]
+    assert r.json()["removed"] == []  # the base and the LoRA stream from the hub: nothing was downloaded
     direct = tmp_path / "direct"
     assert run_cli("merge-lora", "--base", base, "--lora", lora_work / "cute", "-o", direct).exit_code == 0
     assert run_cli("verify", "--tensors", work / "cutegpt-13b-ift", direct).exit_code == 0

@@ -5,7 +5,7 @@ local test hub (tests/hub_server.py, 127.0.0.1 only), records each step, resumes
   published tables given through ``LLMKIT_CHECKSUMS`` and the key check pointed at a tiny key;
 - ZhiXi (fp16): from-meta (a tiny Meta folder) -> download the diff -> verify -> recover -> download the
   LoRA -> verify -> merge-lora;
-- CuteGPT: download base and LoRA -> merge-lora.
+- CuteGPT: merge-lora of the base and LoRA streamed from the hub (no download step).
 """
 
 # ruff: noqa: F811  (fixtures imported from hub_server / test_download are taken as test arguments)
@@ -262,7 +262,9 @@ def test_zhixi_fp16_recipe_from_meta_download_verify_recover_merge(
     assert run_cli("verify", "--tensors", work / "zhixi-13b-fp16-lora-merged", merged).exit_code == 0
 
 
-def test_cutegpt_recipe_download_download_merge(run_cli, tiny_factory, lora_work, hub, hf_env, tmp_path):
+def test_cutegpt_recipe_streams_its_base_and_lora_into_one_pass(
+    run_cli, tiny_factory, lora_work, hub, hf_env, tmp_path
+):
     base = tiny_factory("safetensors").path
     hub.add_repo("XuYipei/kw-cutegpt-13b-base", files_of(base))
     hub.add_repo("Abbey4799/kw-cutegpt-13b-ift-lora", files_of(lora_work / "cute"))
@@ -272,7 +274,12 @@ def test_cutegpt_recipe_download_download_merge(run_cli, tiny_factory, lora_work
     res = r.json()
     assert res["final"] == [str(work / "model.ckpt")] and not (work / "cutegpt-13b-ift").exists()  # one pass
     assert res["output"] == str(work / "model.ckpt")
-    assert sorted(res["removed"]) == [str(work / "cutegpt-13b-base"), str(work / "cutegpt-13b-ift-lora")]
+    assert [s["id"] for s in res["steps"]] == ["merge-lora+to-ckpt"]  # no download step: both inputs stream
+    assert res["streamed"] == {
+        "cutegpt-13b-base": "hf://XuYipei/kw-cutegpt-13b-base",
+        "cutegpt-13b-ift-lora": "hf://Abbey4799/kw-cutegpt-13b-ift-lora",
+    }
+    assert res["removed"] == [] and sorted(p.name for p in work.iterdir()) == ["llmkit-recipe.json", "model.ckpt"]
     direct = tmp_path / "direct"
     assert run_cli("merge-lora", "--base", base, "--lora", lora_work / "cute", "-o", direct).exit_code == 0
     assert run_cli("verify", "--tensors", work / "model.ckpt", direct).exit_code == 0

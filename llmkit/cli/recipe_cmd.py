@@ -43,6 +43,8 @@ RUN_EXAMPLES = examples(
     "llmkit recipe run techgpt-1.0 --workdir techgpt --key LLaMA/7B/consolidated.00.pth",
     "# ZhiXi-13B (fp16 diff) from Meta's LLaMA-13B, plus a MindSpore .ckpt; the plan first",
     "llmkit recipe run zhixi-13b-fp16 --workdir zhixi --llama-dir LLaMA/13B --to-ckpt --dry-run",
+    "# CuteGPT with its base from your own S3 bucket (both inputs stream: nothing is downloaded)",
+    "llmkit recipe run cutegpt-13b --workdir cutegpt --input cutegpt-13b-base=s3://weights/cutegpt-13b-base",
 )
 
 
@@ -70,6 +72,28 @@ ToGGUFOpt = Annotated[
 WithLoraOpt = Annotated[
     bool, _flag("--with-lora", "ZhiXi: also download the ZhiXi LoRA and merge it into the recovered model.")
 ]
+InputOpt = Annotated[
+    list[str] | None,
+    _path_option(
+        "--input",
+        "NAME=URL",
+        "Read the recipe's input NAME (a model it downloads) from URL (hf://..., s3://...) as it streams, instead "
+        "of its hub repo. Repeatable.",
+    ),
+]
+
+
+def _inputs(values: list[str] | None) -> dict[str, str]:
+    """``--input NAME=URL`` values as name -> URL."""
+    from llmkit.errors import InputError
+
+    out: dict[str, str] = {}
+    for v in values or []:
+        name, sep, url = v.partition("=")
+        if not sep or not name or not url:
+            raise InputError(f"--input {v}: not NAME=URL", hint="e.g. --input cutegpt-13b-base=s3://bucket/base")
+        out[name] = url
+    return out
 
 
 @with_output
@@ -100,6 +124,7 @@ def show_command(
     to_meta: ToMetaOpt = False,
     to_gguf: ToGGUFOpt = False,
     with_lora: WithLoraOpt = False,
+    inputs: InputOpt = None,
     *,
     out: Output,
 ) -> None:
@@ -111,7 +136,15 @@ def show_command(
 
     script = show_recipe(
         ShowOptions(
-            name, workdir, key, llama_dir, to_ckpt=to_ckpt, to_meta=to_meta, to_gguf=to_gguf, with_lora=with_lora
+            name,
+            workdir,
+            key,
+            llama_dir,
+            to_ckpt=to_ckpt,
+            to_meta=to_meta,
+            to_gguf=to_gguf,
+            with_lora=with_lora,
+            inputs=_inputs(inputs),
         )
     )
     out.result(script, lambda console: console.print(script.script(), markup=False, soft_wrap=True))
@@ -126,6 +159,8 @@ def _render(result: RecipeResult) -> Callable[[Console], None]:
             f"disk        needs {disk} (every output at once); free: {human_bytes(result.free_disk_bytes)}",
             markup=False,
         )
+        for input_, url in result.streamed.items():
+            console.print(f"streams     {input_} from {url} (no download step)", markup=False, soft_wrap=True)
         if result.memory_estimate_bytes:
             console.print(f"memory      about {human_bytes(result.memory_estimate_bytes)} peak", markup=False)
         if result.dry_run:
@@ -155,8 +190,12 @@ def run_command(
     key: KeyOpt = None,
     llama_dir: LlamaOpt = None,
     endpoint: Annotated[
-        str | None, endpoint_option("Hub or mirror URL for the downloads (default: HF_ENDPOINT, else the hub).")
+        str | None,
+        endpoint_option(
+            "Hub or mirror URL for the downloads and streamed inputs (default: HF_ENDPOINT, else the hub)."
+        ),
     ] = None,
+    inputs: InputOpt = None,
     to_ckpt: ToCkptOpt = False,
     to_meta: ToMetaOpt = False,
     to_gguf: ToGGUFOpt = False,
@@ -174,7 +213,12 @@ def run_command(
         ),
     ] = False,
     keep_intermediate: Annotated[
-        bool, _flag("--keep-intermediate", "Keep outputs no later step needs (default: deleted at the end).")
+        bool,
+        _flag(
+            "--keep-intermediate",
+            "Keep outputs no later step needs (default: deleted at the end); download the hub inputs the recipe "
+            "would stream, and keep those copies too.",
+        ),
     ] = False,
     force: Annotated[
         bool,
@@ -206,6 +250,7 @@ def run_command(
         dry_run=dry_run,
         force=force,
         rehash=rehash,
+        inputs=_inputs(inputs),
     )
     result = run_recipe(options, progress=out.progress)
     out.show(result, _render(result))

@@ -17,6 +17,7 @@ from llmkit.errors import InputError
 from llmkit.io.core.regular import is_special
 from llmkit.io.core.source import TensorSource, open_source
 from llmkit.io.hf.adapter_config import ADAPTER_CONFIG
+from llmkit.io.remote.url import remote_url
 from llmkit.lora.layer_shapes import bias_target, check_pair, orientation
 from llmkit.lora.settings import LoraSettings
 from llmkit.lora.vocab import OUTPUT_HEADS
@@ -65,6 +66,7 @@ class Adapter:
     tokenizer_size: int | None = None
     vocab_size: int | None = None  # rows of the vocabulary tensors once this adapter is applied
     ignored: list[str] = field(default_factory=list)  # LoRA layers peft would not load
+    url: str | None = None  # a remote adapter's URL (``folder``: the private folder of its side files)
 
     def close(self) -> None:
         self.source.close()
@@ -120,7 +122,11 @@ def load_adapter(
     vocab: dict[str, str],
     warnings: list[str],
 ) -> Adapter:
-    """Open the adapter in ``folder`` (a file stands for its folder) and index it against ``base``."""
+    """Open the adapter in ``folder`` (a file stands for its folder; a URL is read remotely) and index it
+    against ``base``."""
+    url = remote_url(folder)
+    if url is not None:
+        return _load_remote_adapter(url, base, resolver, model_type, vocab, warnings)
     folder = Path(folder)
     if folder.is_file():
         folder = folder.parent
@@ -138,6 +144,30 @@ def load_adapter(
     source = open_source(file)
     ad = Adapter(folder=folder, file=file, settings=settings, source=source)
     try:
+        _index_adapter(ad, base, resolver, model_type, vocab, warnings)
+    except BaseException:
+        source.close()
+        raise
+    return ad
+
+
+def _load_remote_adapter(
+    url: str, base: TensorSource, resolver: Resolver, model_type: str | None, vocab: dict[str, str], warnings: list[str]
+) -> Adapter:
+    """An adapter at ``hf://``/``s3://``: its side files (adapter_config.json, a tokenizer) fetched into the
+    source's private folder, its weights streamed (``llmkit.io.remote``)."""
+    source = open_source(url)
+    try:
+        folder = source.folder
+        if folder is None or not (folder / ADAPTER_CONFIG).is_file():
+            raise InputError(
+                "not a peft adapter: adapter_config.json is missing",
+                path=url,
+                hint="give the URL of the folder that holds adapter_config.json and adapter_model.*",
+            )
+        file = source.files[0].path if len(source.files) == 1 else Path(url)
+        ad = Adapter(folder=folder, file=file, settings=LoraSettings.read(folder / ADAPTER_CONFIG), source=source)
+        ad.url = url
         _index_adapter(ad, base, resolver, model_type, vocab, warnings)
     except BaseException:
         source.close()

@@ -49,7 +49,7 @@ class MergeResult(PlanResult):
 def adapter_report(a: Adapter) -> AdapterReport:
     s = a.settings
     return AdapterReport(
-        path=str(a.folder),
+        path=a.url or str(a.folder),
         file=a.file.name,
         r=s.r,
         lora_alpha=s.lora_alpha,

@@ -7,27 +7,34 @@ from typing import Any
 
 from llmkit.recipes.book import Recipe, Step
 from llmkit.recipes.jobs import build_options, call
-from llmkit.recipes.planning import deps
+from llmkit.recipes.planning import deps, input_paths
+from llmkit.recipes.remote import RemotePrints, urls_in
 
 
-def estimate(steps: list[Step], resolved: dict[str, dict[str, Any]], to_run: set[str]) -> dict[str, int | None]:
+def estimate(
+    steps: list[Step], resolved: dict[str, dict[str, Any]], to_run: set[str], remote: RemotePrints | None = None
+) -> dict[str, int | None]:
     """Bytes each step writes: for a download the hub's listing (a dry run of it, which also checks the repo
-    and endpoint before anything starts), the size of its input for the other jobs."""
+    and endpoint before anything starts), the size of its input for the other jobs (a streamed input: its
+    listing, which checks the URL before anything starts)."""
     est: dict[str, int | None] = {}
+    listings = remote or RemotePrints()
     for s in steps:
         args = resolved[s.id]
+        streamed = [listings.size(u) for u in urls_in(input_paths(s.job, args))] if s.id in to_run else []
         if s.job == "download":
             est[s.id] = _download_size(args) if s.id in to_run else 0
         elif s.job == "from-meta":
             est[s.id] = _meta_bytes(Path(args["source"]))
         elif s.job == "chain":  # the final output and each kept one: about the size of the largest input
             sizes = [est.get(d) for d in deps(s)] + [_meta_bytes(Path(p)) for p in args["inputs"] if _is_meta(p)]
+            sizes += streamed
             largest = None if None in sizes else max((n or 0 for n in sizes), default=0)
             est[s.id] = None if largest is None else largest * (1 + len(args["keep"]))
         elif s.job == "verify":
             est[s.id] = 0
         else:
-            sources = [est.get(d) for d in deps(s)]
+            sources = [est.get(d) for d in deps(s)] + streamed
             known = [n for n in sources if n is not None]
             est[s.id] = sources[0] if len(sources) == 1 else (max(known, default=0) if known == sources else None)
     return est

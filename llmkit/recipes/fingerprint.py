@@ -47,10 +47,12 @@ Fingerprint = dict[str, Entry] | str | None  # str: an earlier llmkit's digest o
 class Change:
     """Why a recorded fingerprint no longer matches: the first ``file`` that differs and ``how``:
     missing, added, size, time, kind (no longer a regular file), content, content in place (same size and
-    modification time), or older record (written by an llmkit that recorded no content)."""
+    modification time), older record (written by an llmkit that recorded no content), or remote (a remote
+    input's listing: ``detail`` says what differs)."""
 
     file: Path
     how: str
+    detail: str = ""
 
 
 def listing(path: Path) -> dict[str, Path] | None:

@@ -2,7 +2,9 @@
 
 Each finished and verified step is recorded with its resolved options, a fingerprint of every input and
 output (``llmkit.recipes.fingerprint``: per file its size, modification time and, for what the recipe
-itself wrote, the sha256 of its content), the checks it passed, the llmkit version and when. A re-run
+itself wrote, the sha256 of its content), the listing of every remote input it streamed (``remote``: the
+commit and each file's published digest, ``llmkit.recipes.remote``), the checks it passed, the llmkit
+version and when. A re-run
 skips a step whose record matches, re-runs a step whose options, inputs or output changed (and every
 step after it that reads its output), and resumes at a failed one. ``created`` lists the outputs a step
 of this recipe created (they did not exist before it ran): only those may be replaced without
@@ -34,7 +36,8 @@ _HEX = frozenset("0123456789abcdef")
 @dataclass
 class StepRecord:
     """One finished step: ``inputs``/``output``: path -> fingerprint (None: it did not exist);
-    ``removed``: its output was deleted as an intermediate once no later step needed it."""
+    ``removed``: its output was deleted as an intermediate once no later step needed it; ``remote``: per
+    URL it read, ``{"revision": commit or None, "files": {name: {"size", "digest": [algorithm, value]}}}``."""
 
     job: str
     options: dict[str, Any]
@@ -45,6 +48,7 @@ class StepRecord:
     llmkit: str = __version__
     finished: str = ""
     removed: bool = False
+    remote: dict[str, Any] = field(default_factory=dict)  # URL -> its listing (llmkit.recipes.remote)
 
 
 @dataclass
@@ -139,6 +143,9 @@ def _load_record(value: Any, path: Path, where: str) -> StepRecord:
         prints = _typed(rec[key], dict, "an object of paths and fingerprints", path, f"{where}.{key}")
         for p, fp in prints.items():
             _check_fingerprint(fp, path, f"{where}.{key}[{p!r}]")
+    remote = _typed(rec.get("remote", {}), dict, "an object of URLs and listings", path, f"{where}.remote")
+    for url, listed in remote.items():
+        _check_listing(listed, path, f"{where}.remote[{url!r}]")
     checks = _typed(rec.get("checks", []), list, "a list of checks", path, f"{where}.checks")
     for i, c in enumerate(checks):
         _typed(c, dict, "a check", path, f"{where}.checks[{i}]")
@@ -176,3 +183,25 @@ def _check_fingerprint(fp: Any, path: Path, where: str) -> None:
             and all(isinstance(x, int) and not isinstance(x, bool) for x in seal)
         ):
             _bad(path, f"{at}.seal", f"is {json_kind(seal)}, not a pair of integers")
+
+
+def _check_listing(listed: Any, path: Path, where: str) -> None:
+    """A remote input's record: its commit (a string, or None in S3) and per file its size and digest."""
+    listed = _typed(listed, dict, "a remote listing", path, where)
+    extra = sorted(set(listed) - {"revision", "files"})
+    if extra:
+        _bad(path, f"{where}.{extra[0]}", "is not a field llmkit writes")
+    if listed.get("revision") is not None:
+        _typed(listed["revision"], str, "a commit", path, f"{where}.revision")
+    files = _typed(listed.get("files"), dict, "an object of files", path, f"{where}.files")
+    for name, entry in files.items():
+        at = f"{where}.files[{name!r}]"
+        entry = _typed(entry, dict, "a remote file", path, at)
+        if set(entry) != {"size", "digest"}:
+            _bad(path, at, "does not hold exactly size and digest")
+        _typed(entry["size"], int, "an integer", path, f"{at}.size")
+        digest = entry["digest"]
+        if digest is not None and not (
+            isinstance(digest, list) and len(digest) == 2 and all(isinstance(x, str) for x in digest)
+        ):
+            _bad(path, f"{at}.digest", f"is {json_kind(digest)}, not [algorithm, value]")

@@ -1,7 +1,8 @@
 """Which steps of a recipe run: placeholders filled in, then each step's record checked against the files.
 
 A step is current when the manifest records it with the same options, every input it read is unchanged
-(or was deleted as an intermediate) and its output is intact (``llmkit.recipes.fingerprint``: size and
+(or was deleted as an intermediate; a remote input lists the same files with the same published digests:
+``llmkit.recipes.remote``) and its output is intact (``llmkit.recipes.fingerprint``: size and
 seal, and the sha256 of every file whose seal changed). A stale step runs again, so does every step that
 reads its output, and so does a deleted intermediate a running step needs. Each stale step gets one
 notice naming the first file that changed and how.
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import InputError
+from llmkit.io.remote.url import as_remote_path
 from llmkit.pipeline import Notice
 from llmkit.recipes.book import Step
 from llmkit.recipes.fingerprint import Change, Fingerprints
 from llmkit.recipes.jobs import JOBS
 from llmkit.recipes.manifest import Manifest, StepRecord
+from llmkit.recipes.remote import RemotePrints, urls_in
 
 _PLACEHOLDER = re.compile(r"\{(workdir|key|llama_dir|out:[\w-]+)\}")
 
@@ -81,12 +84,19 @@ def _content_args(args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k != "endpoint"}
 
 
-def _change(rec: StepRecord, removed: set[str], prints: Fingerprints) -> Change | None:
-    """The first recorded input or output that changed (inputs deleted as intermediates do not count)."""
+def _change(rec: StepRecord, removed: set[str], prints: Fingerprints, remote: RemotePrints) -> Change | None:
+    """The first recorded input or output that changed (inputs deleted as intermediates do not count; a
+    remote input is listed again, metadata only)."""
     for p, fp in rec.inputs.items():
         if p in removed and not Path(p).exists():
             continue
         change = prints.check(Path(p), fp)
+        if change is not None:
+            return change
+    for url in urls_in(input_paths(rec.job, rec.options)):
+        if url not in rec.remote:
+            return Change(as_remote_path(url), "older record")
+        change = remote.check(url, rec.remote[url])
         if change is not None:
             return change
     if rec.removed:
@@ -100,6 +110,11 @@ def _change(rec: StepRecord, removed: set[str], prints: Fingerprints) -> Change 
 
 def _notice(step_id: str, change: Change) -> Notice:
     """One line naming the file that makes ``step_id`` stale."""
+    if change.how == "remote":
+        return Notice.info(
+            f"{change.file}: changed since recipe step {step_id} recorded it ({change.detail}); "
+            f"step {step_id} must run again"
+        )
     if change.how == "content in place":
         return Notice.warning(
             f"{change.file}: changed in place since recipe step {step_id} recorded it (same size "
@@ -120,7 +135,12 @@ def _notice(step_id: str, change: Change) -> Notice:
 
 
 def _stale(
-    steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: Manifest, removed: set[str], prints: Fingerprints
+    steps: list[Step],
+    resolved: dict[str, dict[str, Any]],
+    manifest: Manifest,
+    removed: set[str],
+    prints: Fingerprints,
+    remote: RemotePrints,
 ) -> tuple[set[str], list[Notice]]:
     """The recorded steps that are not current, with one notice per step whose files changed."""
     run: set[str] = set()
@@ -131,7 +151,7 @@ def _stale(
         if rec is None or _content_args(rec.options) != _content_args(json.loads(json.dumps(resolved[s.id]))):
             run.add(s.id)
             continue
-        change = _change(rec, removed, prints)
+        change = _change(rec, removed, prints, remote)
         if change is not None:
             run.add(s.id)
             if change.file not in told and change.how != "missing":
@@ -141,12 +161,16 @@ def _stale(
 
 
 def plan_run(
-    steps: list[Step], resolved: dict[str, dict[str, Any]], manifest: Manifest, prints: Fingerprints
+    steps: list[Step],
+    resolved: dict[str, dict[str, Any]],
+    manifest: Manifest,
+    prints: Fingerprints,
+    remote: RemotePrints | None = None,
 ) -> tuple[set[str], list[Notice]]:
     """The ids of the steps to run: the stale ones, what reads their output, and the deleted inputs of those."""
     out_of = {s.id: output_path(s, resolved[s.id]) for s in steps}
     removed = {str(out_of[k]) for k, r in manifest.steps.items() if r.removed and out_of.get(k)}
-    run, notices = _stale(steps, resolved, manifest, removed, prints)
+    run, notices = _stale(steps, resolved, manifest, removed, prints, remote or RemotePrints())
     changed = True
     while changed:
         changed = False

@@ -8,7 +8,8 @@ manifest (``llmkit.recipes.manifest``); a re-run skips what is recorded and unch
 Outputs no later step needs are deleted at the end unless ``keep_intermediate``, but only those the
 manifest records as created by this recipe: something the user already had at an output path is never
 deleted, and is refused before the first step unless ``force`` (a download step resumes into its folder
-instead).
+instead). A download whose readers stream URLs is not run at all (``llmkit.recipes.remote``): they read
+``hf://`` of the registry repo, or the ``inputs`` URL given for it, recorded by its commit and digests.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import CheckFailed, DiskSpaceError, InputError, OutputExistsError
+from llmkit.io.remote.store import hub_endpoint
+from llmkit.io.remote.url import remote_url
 from llmkit.pipeline import Check, Notice, ProgressFactory, Result
 from llmkit.recipes.book import RECIPES, Recipe, Step
 from llmkit.recipes.estimate import estimate, memory_estimate
@@ -30,6 +33,7 @@ from llmkit.recipes.fusion import fuse
 from llmkit.recipes.jobs import JOBS, build_options, call, command_line
 from llmkit.recipes.manifest import Manifest, StepRecord
 from llmkit.recipes.planning import input_paths, output_path, plan_run, resolve
+from llmkit.recipes.remote import RemotePrints, Streamed, pin, stream_inputs, urls_in
 from llmkit.recipes.selection import active_steps, switches
 
 NEEDS = {
@@ -55,6 +59,7 @@ class RecipeOptions:
     dry_run: bool = False
     force: bool = False  # replace outputs this recipe did not create (never deletes them afterwards)
     rehash: bool = False  # read every recorded file again before reusing a step, not only those whose stat changed
+    inputs: dict[str, str] = field(default_factory=dict)  # registry name -> the URL a download's readers stream
 
 
 @dataclass
@@ -83,6 +88,7 @@ class RecipeResult(Result):
     needed_disk_bytes: int | None = None
     free_disk_bytes: int = 0
     memory_estimate_bytes: int | None = None
+    streamed: dict[str, str] = field(default_factory=dict)  # input -> the URL read instead of downloading it
     seconds: float = 0.0
 
 
@@ -129,19 +135,31 @@ def _check_inputs(recipe: Recipe, options: RecipeOptions, progress: ProgressFact
 
 def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = None) -> RecipeResult:
     """Check everything, then run (or with ``dry_run`` only plan) the recipe's steps."""
+    with hub_endpoint(options.endpoint):
+        return _run_recipe(options, progress)
+
+
+def _run_recipe(options: RecipeOptions, progress: ProgressFactory | None) -> RecipeResult:
     recipe = get_recipe(options.name)
     started = time.perf_counter()
     _check_inputs(recipe, options, progress)
     workdir = Path(options.workdir)
-    steps = fuse(active_steps(recipe, switches(options)), keep_intermediate=options.keep_intermediate)
+    active, streamed = stream_inputs(
+        active_steps(recipe, switches(options)),
+        options.inputs,
+        keep_intermediate=options.keep_intermediate,
+        recipe=recipe.name,
+    )
+    steps = fuse(active, keep_intermediate=options.keep_intermediate)
     env = {"workdir": str(workdir), "key": str(options.key), "llama_dir": str(options.llama_dir)}
     resolved = resolve(steps, env, options.endpoint)
     manifest = Manifest.load(workdir, recipe.name)
-    prints = Fingerprints(rehash=options.rehash, progress=progress)
-    to_run, stale = plan_run(steps, resolved, manifest, prints)
+    prints, remote = Fingerprints(rehash=options.rehash, progress=progress), RemotePrints()
+    to_run, stale = plan_run(steps, resolved, manifest, prints, remote)
     if not options.force:
         _refuse_foreign_outputs(steps, resolved, to_run, manifest)
-    result = _planned_result(recipe, options, steps, resolved, to_run, stale)
+    result = _planned_result(recipe, options, steps, resolved, to_run, stale + _streaming(streamed), remote)
+    result.streamed = {s.name: s.url for s in streamed}
     if options.dry_run:
         return result
     if prints.renewed:
@@ -158,7 +176,7 @@ def run_recipe(options: RecipeOptions, *, progress: ProgressFactory | None = Non
                 result,
                 progress,
                 options.force,
-                _Recording(prints, produced),
+                _Recording(prints, produced, remote),
             )
     _cleanup(steps, resolved, manifest, workdir, options, result)
     result.final = [out for s in steps if s.final and (out := output_path(s, resolved[s.id])) is not None]
@@ -175,6 +193,7 @@ def _planned_result(
     resolved: dict[str, dict[str, Any]],
     to_run: set[str],
     stale: list[Notice],
+    remote: RemotePrints,
 ) -> RecipeResult:
     """The result before any step runs: disk and memory estimates, notices, a report per step.
 
@@ -182,7 +201,7 @@ def _planned_result(
     from llmkit.units import free_bytes, human_bytes, space_margin
 
     workdir = Path(options.workdir)
-    est = estimate(steps, resolved, to_run)
+    est = estimate(steps, resolved, to_run, remote)
     sizes = [est[s.id] for s in steps if s.id in to_run]
     needed = None if None in sizes else sum(s or 0 for s in sizes)
     free = free_bytes(workdir)
@@ -233,12 +252,25 @@ def _refuse_foreign_outputs(
                 )
 
 
+def _streaming(streamed: list[Streamed]) -> list[Notice]:
+    """One line per input read from its URL instead of downloaded."""
+    return [
+        Notice.info(
+            f"{s.name}: streamed from {s.url} by step {', '.join(s.readers)}, no download step and no local copy"
+            + (" (--input)" if s.given else " (--keep-intermediate downloads it)")
+        )
+        for s in streamed
+    ]
+
+
 @dataclass(frozen=True)
 class _Recording:
-    """How a finished step is fingerprinted: by content for every path a step of the recipe writes."""
+    """How a finished step is fingerprinted: by content for every path a step of the recipe writes; a
+    remote input by its listing (``llmkit.recipes.remote``)."""
 
     prints: Fingerprints
     produced: set[str]
+    remote: RemotePrints
 
     def take(self, path: str) -> Any:
         return self.prints.take(Path(path), content=path in self.produced)
@@ -265,8 +297,10 @@ def _run_step(
     kept_existed = {k: os.path.lexists(k) for k in kept}
     if any(kept_existed.values()):
         run_args["force"] = True  # checked before the first step: this recipe's own, or --force
+    urls = urls_in(input_paths(s.job, args))
     start = time.perf_counter()
     try:
+        run_args = pin(run_args, {u: recording.remote.pinned(u) for u in urls})  # read the commit recorded
         outcome = call(s.job, build_options(s.job, run_args), progress)
         if getattr(outcome, "ok", True) is False:
             bad = [c for c in getattr(outcome, "checks", []) if c.status not in ("ok", "info", "extra")]
@@ -287,8 +321,9 @@ def _run_step(
     manifest.steps[s.id] = StepRecord(
         job=s.job,
         options=json.loads(json.dumps(args)),
-        inputs={p: recording.take(p) for p in input_paths(s.job, args)},
+        inputs={p: recording.take(p) for p in input_paths(s.job, args) if remote_url(p) is None},
         output={str(out): recording.take(str(out))} if out else {},
+        remote={u: recording.remote.record(u) for u in urls},
         checks=[c.__dict__ for c in checks],
         seconds=round(time.perf_counter() - start, 3),
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

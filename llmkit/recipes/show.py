@@ -10,6 +10,7 @@ from llmkit.pipeline import Result
 from llmkit.recipes.book import RECIPES
 from llmkit.recipes.fusion import fuse
 from llmkit.recipes.jobs import command_line
+from llmkit.recipes.remote import stream_inputs
 from llmkit.recipes.runner import NEEDS, get_recipe, resolve
 from llmkit.recipes.selection import active_steps, switches
 
@@ -26,6 +27,7 @@ class ShowOptions:
     to_meta: bool = False
     to_gguf: bool = False
     with_lora: bool = False
+    inputs: dict[str, str] = field(default_factory=dict)  # registry name -> URL (as recipe run --input)
 
 
 @dataclass
@@ -41,9 +43,11 @@ class RecipeScript(Result):
         default_factory=list
     )  # switches that add steps: --to-ckpt, --to-meta, --to-gguf, --with-lora
     notes: list[str] = field(default_factory=list)
+    streamed: dict[str, str] = field(default_factory=dict)  # input -> the URL its readers stream (no download)
 
     def script(self) -> str:
         lines = [f"# {self.recipe}: {self.summary}", "set -euo pipefail  # stop at the first failure, in a pipe too"]
+        lines += [f"# {k}: streamed from {v} (no download step, no local copy)" for k, v in self.streamed.items()]
         lines += [f"{k}={v}" for k, v in self.variables.items()]
         return "\n".join(lines + self.commands)
 
@@ -59,7 +63,10 @@ def show_recipe(options: ShowOptions) -> RecipeScript:
         value = getattr(options, need)
         variables[need.upper()] = shlex.quote(str(value)) if value else placeholders[need]
     env = {"workdir": "$WORKDIR", "key": "$KEY", "llama_dir": "$LLAMA_DIR"}
-    steps = fuse(active_steps(recipe, switches(options)))  # what run does: tensor steps as tensor pipes
+    active, streamed = stream_inputs(
+        active_steps(recipe, switches(options)), options.inputs, keep_intermediate=False, recipe=recipe.name
+    )
+    steps = fuse(active)  # what run does: streamed inputs read from their URL, tensor steps as tensor pipes
     resolved = resolve(steps, env)
     commands = [command_line(s.job, resolved[s.id]) for s in steps]
     optional = sorted({f"--{s.when.replace('_', '-')}" for s in recipe.steps if s.when})
@@ -71,6 +78,7 @@ def show_recipe(options: ShowOptions) -> RecipeScript:
         commands=commands,
         optional=optional,
         notes=[f"needs {NEEDS[n]}" for n in recipe.needs] + list(recipe.notes),
+        streamed={s.name: s.url for s in streamed},
     )
 
 

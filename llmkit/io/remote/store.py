@@ -114,6 +114,11 @@ class Store:
     revision: str | None = None  # the commit (hub) the listing is pinned to
     single: bool = False  # the URL named one file (``root`` is then its folder), not a folder
 
+    @property
+    def pinned_url(self) -> str:
+        """The URL of what was listed: on the hub at its commit (``hf://owner/name@sha[/path]``)."""
+        return self.url
+
     def entries(self) -> dict[str, RemoteEntry]:
         raise NotImplementedError
 
@@ -216,6 +221,10 @@ class HubStore(Store):
 
     def entries(self) -> dict[str, RemoteEntry]:
         return self._entries
+
+    @property
+    def pinned_url(self) -> str:
+        return f"hf://{self._key}"
 
     def _fetch_once(self, entry: RemoteEntry, start: int, end: int) -> bytes:
         with self._lock:
