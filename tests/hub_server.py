@@ -26,6 +26,18 @@ own ``ETag`` (the MD5 of the bytes), no hub headers. Its requests are logged wit
 
 Both byte endpoints honour ``Range: bytes=a-`` / ``bytes=a-b`` (206 + ``Content-Range``).
 
+The write API, as ``HfApi.create_repo``/``create_branch``/``preupload_lfs_files``/``create_commit`` use it
+with ``HF_HUB_DISABLE_XET=1`` (every call needs ``Authorization: Bearer <token>``: 401 without, 403 with
+another): ``POST /api/repos/create`` (a new repo holds ``.gitattributes``; 409 if it exists);
+``POST /api/models/{repo}/branch/{branch}`` (``startingPoint``); ``POST /api/models/{repo}/preupload/{rev}``
+(``lfs`` for files of at least ``lfs_threshold`` bytes, and the ``oid`` of a file already there);
+``POST /{repo}.git/info/lfs/objects/batch`` (basic transfer: an upload href on this server and a verify action,
+none for an object already stored); ``PUT /lfs-upload/{repo}/{sha256}`` (the bytes, refused with 400 unless
+they hash to the sha256); ``POST /lfs-verify/{repo}``; ``POST /api/models/{repo}/commit/{rev}`` (ndjson:
+header with ``parentCommit``, ``file`` inline base64, ``lfsFile`` of an uploaded object, ``deletedFile``;
+412 when ``parentCommit`` is not the branch head). Commits move the branch: every read endpoint serves the
+branch or commit it is asked for (``FakeRepo.commits``/``heads``), and ``FakeHub.commits`` records each.
+
 Errors are typed the hub's way, by ``X-Error-Code`` / ``X-Error-Message`` headers: an unknown repo is 404
 ``RepoNotFound``; an unknown revision 404 ``RevisionNotFound``; an unknown file 404 ``EntryNotFound``; a gated
 repo without the right ``Authorization: Bearer <token>`` is 401 (no token) or 403 (another token)
@@ -46,6 +58,8 @@ Knobs for tests (plain attributes of :class:`FakeHub`, safe to change while the 
 - ``faults``: a list of :class:`Fault` (status, how many times, which requests): a matching request is answered
   with that status (5xx with an HTML body and an ``X-Request-Id``, 429 with ``Retry-After`` if given), as a hub
   under load or a proxy in front of it does; once a fault has answered ``times`` requests it is used up;
+- ``on_lfs_upload(repo, sha256)``: called once an uploaded LFS object is stored, before the answer (a test
+  commits meanwhile, or kills the uploading process); ``make_commit``: a commit as another writer makes it;
 - ``log``: every request as a :class:`Hit` (method, path, query, status, repo, file, range, auth);
   :meth:`FakeHub.gets` / :meth:`FakeHub.requests_for` filter it.
 
@@ -54,6 +68,7 @@ Knobs for tests (plain attributes of :class:`FakeHub`, safe to change while the 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
@@ -61,8 +76,8 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -117,10 +132,39 @@ class RepoFileSpec:
 
 @dataclass
 class FakeRepo:
+    """A repo: ``sha``/``files`` are the head of ``main``; ``commits`` every commit's files, ``heads`` each
+    branch's commit (the write API moves them)."""
+
     repo_id: str
     sha: str
     files: dict[str, RepoFileSpec]
     branches: tuple[str, ...] = ("main",)
+    commits: dict[str, dict[str, RepoFileSpec]] = field(default_factory=dict)
+    heads: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.commits.setdefault(self.sha, self.files)
+        for b in self.branches:
+            self.heads.setdefault(b, self.sha)
+
+    def snapshot(self, rev: str) -> tuple[str, dict[str, RepoFileSpec]] | None:
+        """(commit, files) of a branch or commit, or None."""
+        sha = self.heads.get(rev, rev)
+        files = self.commits.get(sha)
+        return None if files is None else (sha, files)
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """One commit made through the write API (or :meth:`FakeHub.make_commit`)."""
+
+    repo: str
+    branch: str
+    sha: str
+    parent: str
+    summary: str
+    added: tuple[str, ...]
+    deleted: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -180,7 +224,11 @@ class FakeHub:
         self.throttle: dict[str, float] = {}
         self.faults: list[Fault] = []
         self.log: list[Hit] = []
-        self._lock = threading.Lock()
+        self.lfs_objects: dict[str, bytes] = {}  # sha256 -> bytes, as PUT by LFS uploads
+        self.commits: list[CommitRecord] = []  # commits made through the write API or make_commit
+        self.on_lfs_upload: Callable[[str, str], None] | None = None  # (repo, sha256) after an upload is stored
+        self.verify_lfs = True  # the LFS batch answer offers a verify action
+        self._lock = threading.RLock()
         self.in_flight = 0  # requests whose handler has not recorded them yet
         self._servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
         self.url = ""
@@ -210,8 +258,48 @@ class FakeHub:
             self.repos[repo_id] = repo
         return repo
 
-    def commit(self, repo_id: str) -> str:
-        return self.repos[repo_id].sha
+    def commit(self, repo_id: str, branch: str = "main") -> str:
+        return self.repos[repo_id].heads[branch]
+
+    def files_at(self, repo_id: str, rev: str = "main") -> dict[str, bytes]:
+        """Every file of ``repo_id`` at a branch or commit: path -> bytes."""
+        snap = self.repos[repo_id].snapshot(rev)
+        assert snap is not None, rev
+        return {p: f.data for p, f in snap[1].items()}
+
+    def make_commit(
+        self,
+        repo_id: str,
+        add: dict[str, bytes] | None = None,
+        delete: tuple[str, ...] = (),
+        *,
+        branch: str = "main",
+        summary: str = "a commit",
+        parent: str | None = None,
+        lfs: set[str] | None = None,
+    ) -> str:
+        """Commit ``add`` and ``delete`` on ``branch``; ValueError("parent") if its head is not ``parent``,
+        KeyError(path) for a deleted file that does not exist. Returns the new commit."""
+        with self._lock:
+            repo = self.repos[repo_id]
+            head = repo.heads[branch]
+            if parent is not None and not head.startswith(parent):
+                raise ValueError("parent")
+            files = dict(repo.commits[head])
+            for path in delete:
+                if path not in files:
+                    raise KeyError(path)
+                del files[path]
+            lfs = set(lfs or ())
+            for path, data in (add or {}).items():
+                files[path] = RepoFileSpec(path, bytes(data), path in lfs or len(data) >= self.lfs_threshold)
+            sha = hashlib.sha1(f"{head} {sorted((p, f.etag) for p, f in files.items())} {summary}".encode()).hexdigest()
+            repo.commits[sha] = files
+            repo.heads[branch] = sha
+            if branch == "main":
+                repo.sha, repo.files = sha, files
+            self.commits.append(CommitRecord(repo_id, branch, sha, head, summary, tuple(add or ()), tuple(delete)))
+            return sha
 
     def file(self, repo_id: str, path: str) -> RepoFileSpec:
         return self.repos[repo_id].files[path]
@@ -339,11 +427,33 @@ class _HubHandler(BaseHTTPRequestHandler):
         self._dispatch(head=False)
 
     def do_POST(self):
+        self._writing(self._post)
+
+    def do_PUT(self):
+        self._writing(self._put)
+
+    def _writing(self, handle) -> None:
         self._start()
         try:
-            self._send_error(405, None, "Method not allowed")
+            handle(self._raw_path.split("/"), self._body())
+        except (BrokenPipeError, ConnectionResetError):
+            pass
         finally:
             self._record()
+
+    def _body(self) -> bytes:
+        """The request body: ``Content-Length`` bytes, or a chunked body."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def _start(self) -> None:
         self.hub.started()
@@ -354,6 +464,8 @@ class _HubHandler(BaseHTTPRequestHandler):
         self._file: str | None = None
         self._kind = "other"
         self._hit_status = 0
+        self._commit: str | None = None
+        self._files: dict[str, RepoFileSpec] = {}
 
     def _dispatch(self, *, head: bool) -> None:
         self._start()
@@ -450,7 +562,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         if code:
             headers["X-Error-Code"] = code
         if repo is not None and code == "EntryNotFound":
-            headers["X-Repo-Commit"] = repo.sha
+            headers["X-Repo-Commit"] = self._commit or repo.sha
         self._send(status, headers, json.dumps({"error": message}).encode(), head=head)
 
     def _find_repo(self, owner: str, name: str, *, head: bool) -> FakeRepo | None:
@@ -488,7 +600,11 @@ class _HubHandler(BaseHTTPRequestHandler):
         return True
 
     def _revision_ok(self, repo: FakeRepo, rev: str, *, head: bool) -> bool:
-        if rev == repo.sha or rev in repo.branches:
+        """True (and the snapshot kept in ``_commit``/``_files``) if ``rev`` names a branch or commit."""
+        with self.hub._lock:
+            snap = repo.snapshot(rev)
+        if snap is not None:
+            self._commit, self._files = snap
             return True
         self._send_error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head=head)
         return False
@@ -510,7 +626,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             self._kind = "info"
             rev = unquote(rest[1]) if len(rest) == 2 else "main"
             if self._revision_ok(repo, rev, head=head):
-                self._send_json(self._info(repo), head=head)
+                self._send_json(self._info(repo, self._commit, self._files), head=head)
             return
         if rest[0] == "tree" and len(rest) >= 2:
             self._kind = "tree"
@@ -519,17 +635,17 @@ class _HubHandler(BaseHTTPRequestHandler):
                 return
             sub = unquote("/".join(rest[2:])).strip("/")
             recursive = (query.get("recursive") or ["false"])[0].lower() in ("1", "true", "yes")
-            self._send_json(self._tree(repo, sub, recursive), head=head)
+            self._send_json(self._tree(self._files, sub, recursive), head=head)
             return
         self._send_error(404, None, "Not found", head=head)
 
-    def _info(self, repo: FakeRepo) -> dict:
+    def _info(self, repo: FakeRepo, sha: str, files: dict[str, RepoFileSpec]) -> dict:
         return {
             "_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24],
             "id": repo.repo_id,
             "modelId": repo.repo_id,
             "author": repo.repo_id.split("/")[0],
-            "sha": repo.sha,
+            "sha": sha,
             "private": False,
             "gated": "manual" if repo.repo_id in self.hub.gated else False,
             "disabled": False,
@@ -538,10 +654,10 @@ class _HubHandler(BaseHTTPRequestHandler):
             "tags": [],
             "lastModified": "2024-01-01T00:00:00.000Z",
             "createdAt": "2023-01-01T00:00:00.000Z",
-            "siblings": [{"rfilename": f.path} for f in repo.files.values()],
+            "siblings": [{"rfilename": f.path} for f in files.values()],
         }
 
-    def _tree(self, repo: FakeRepo, sub: str, recursive: bool) -> list[dict]:
+    def _tree(self, files: dict[str, RepoFileSpec], sub: str, recursive: bool) -> list[dict]:
         prefix = sub + "/" if sub else ""
 
         def listed(p: str) -> bool:
@@ -549,7 +665,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             return bool(rel) and (recursive or "/" not in rel)
 
         dirs: dict[str, None] = {}
-        for f in repo.files.values():
+        for f in files.values():
             comps = f.path.split("/")
             for i in range(1, len(comps)):  # the folders a path implies (ordinary components only)
                 if all(c not in ("", ".", "..") for c in comps[:i]):
@@ -557,7 +673,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         entries: list[dict] = [
             {"type": "directory", "oid": git_blob_sha1(d.encode()), "size": 0, "path": d} for d in dirs if listed(d)
         ]
-        for f in repo.files.values():
+        for f in files.values():
             if not listed(f.path):
                 continue
             e = {"type": "file", "oid": f.blob_sha1, "size": f.size, "path": f.path}
@@ -580,14 +696,14 @@ class _HubHandler(BaseHTTPRequestHandler):
             return
         if not self._revision_ok(repo, unquote(parts[3]), head=head):
             return
-        f = repo.files.get(path)
+        f = self._files.get(path)
         if f is None:
             self._send_error(
                 404, "EntryNotFound", f'{path} does not exist on "{unquote(parts[3])}"', head=head, repo=repo
             )
             return
         if f.lfs:
-            location = f"{self.hub.endpoint}/lfs/{quote(repo.repo_id)}/{f.sha256}/{quote(f.path)}"
+            location = f"{self.hub.endpoint}/lfs/{quote(repo.repo_id)}/{f.sha256}/{quote(f.path)}?commit={self._commit}"
             if self.hub.cdn:
                 signature = self.hub.cdn_signature(f.sha256, f.path)
                 location = (
@@ -598,7 +714,7 @@ class _HubHandler(BaseHTTPRequestHandler):
                 302,
                 {
                     "Location": location,
-                    "X-Repo-Commit": repo.sha,
+                    "X-Repo-Commit": self._commit,
                     "X-Linked-Etag": f'"{f.sha256}"',
                     "X-Linked-Size": str(f.size),
                     "ETag": f'"{f.blob_sha1}"',
@@ -622,7 +738,11 @@ class _HubHandler(BaseHTTPRequestHandler):
             return
         path = unquote("/".join(parts[3:]))
         self._file = path
-        f = repo.files.get(path)
+        commit = (parse_qs(self._query).get("commit") or [repo.sha])[0]
+        with self.hub._lock:
+            snap = repo.snapshot(commit)
+        self._commit, self._files = snap if snap is not None else (repo.sha, repo.files)
+        f = self._files.get(path)
         if f is None or not f.lfs or f.sha256 != parts[2]:
             self._send_error(404, None, "Not found", head=head)
             return
@@ -647,7 +767,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         start, end = 0, size - 1
         status = 200
         extra = {
-            **({"X-Repo-Commit": repo.sha} if hub_headers else {}),
+            **({"X-Repo-Commit": self._commit or repo.sha} if hub_headers else {}),
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
             **headers,
@@ -718,6 +838,170 @@ class _HubHandler(BaseHTTPRequestHandler):
             self.wfile.write(body[i : i + piece])
             self.wfile.flush()
             time.sleep(piece / rate)
+
+    # ------------------------------------------------------------------ the write API (huggingface_hub's commit API)
+
+    def _authorized(self) -> bool:
+        """True if the request carries the hub's token; else a 401 (no token) or 403 (another) is sent."""
+        auth = self.headers.get("Authorization") or ""
+        if auth == f"Bearer {self.hub.token}":
+            return True
+        if not auth:
+            self._send_error(401, None, "Invalid username or password.")
+        else:
+            self._send_error(403, None, "You don't have the rights to write to this repo: the token is read-only")
+        return False
+
+    def _post(self, parts: list[str], body: bytes) -> None:
+        path = "/".join(parts)
+        if path == "/api/repos/create":
+            self._kind = "create"
+            if self._authorized():
+                self._create_repo(json.loads(body))
+            return
+        if path.startswith("/api/models/") and len(parts) >= 7:
+            self._kind = parts[5]  # preupload | commit | branch
+            repo = self._find_repo(parts[3], parts[4], head=False)
+            if repo is None or not self._authorized():
+                return
+            rev = unquote("/".join(parts[6:]))
+            handler = {"preupload": self._preupload, "commit": self._commit_ndjson, "branch": self._create_branch}
+            if self._kind in handler:
+                handler[self._kind](repo, rev, body)
+                return
+        if path.endswith(".git/info/lfs/objects/batch") and len(parts) == 7:
+            self._kind = "batch"
+            repo = self._find_repo(parts[1], parts[2].removesuffix(".git"), head=False)
+            if repo is not None and self._authorized():
+                self._lfs_batch(repo, json.loads(body))
+            return
+        if path.startswith("/lfs-verify/") and len(parts) == 4:
+            self._kind = "verify"
+            self._repo = f"{unquote(parts[2])}/{unquote(parts[3])}"
+            asked = json.loads(body)
+            with self.hub._lock:
+                stored = self.hub.lfs_objects.get(asked.get("oid", ""))
+            if stored is None or len(stored) != asked.get("size"):
+                self._send_error(404, None, "Object not found")
+            else:
+                self._send_json({"success": True}, head=False)
+            return
+        self._send_error(404, None, "Not found")
+
+    def _create_repo(self, asked: dict) -> None:
+        repo_id = f"{asked.get('organization')}/{asked.get('name')}"
+        self._repo = repo_id
+        if repo_id in self.hub.repos:
+            self._send_error(409, None, "You already created this model repo")
+            return
+        attributes = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
+        self.hub.add_repo(
+            repo_id, {".gitattributes": attributes}, sha=hashlib.sha1(f"new {repo_id}".encode()).hexdigest()
+        )
+        self._send_json({"url": f"{self.hub.url}/{repo_id}", "name": repo_id, "id": repo_id}, head=False)
+
+    def _create_branch(self, repo: FakeRepo, branch: str, body: bytes) -> None:
+        start = (json.loads(body) if body else {}).get("startingPoint") or "main"
+        with self.hub._lock:
+            if branch in repo.heads:
+                self._send_error(409, None, "Reference already exists")
+                return
+            snap = repo.snapshot(start)
+            if snap is None:
+                self._send_error(404, "RevisionNotFound", f"Invalid rev id: {start}")
+                return
+            repo.heads[branch] = snap[0]
+            repo.branches = (*repo.branches, branch)
+        self._send_json({}, head=False)
+
+    def _preupload(self, repo: FakeRepo, rev: str, body: bytes) -> None:
+        if not self._revision_ok(repo, rev, head=False):
+            return
+        answer = []
+        for f in json.loads(body)["files"]:
+            old = self._files.get(f["path"])
+            lfs = f["size"] >= self.hub.lfs_threshold
+            oid = None if old is None else (old.sha256 if old.lfs else git_blob_sha1(old.data))
+            answer.append(
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
+        self._send_json({"files": answer}, head=False)
+
+    def _lfs_batch(self, repo: FakeRepo, asked: dict) -> None:
+        objects = []
+        for o in asked.get("objects", []):
+            oid, size = o["oid"], o["size"]
+            entry: dict = {"oid": oid, "size": size, "authenticated": True}
+            with self.hub._lock:
+                stored = oid in self.hub.lfs_objects
+            if not stored:
+                actions = {"upload": {"href": f"{self.hub.url}/lfs-upload/{quote(repo.repo_id)}/{oid}?size={size}"}}
+                if self.hub.verify_lfs:
+                    actions["verify"] = {"href": f"{self.hub.url}/lfs-verify/{quote(repo.repo_id)}"}
+                entry["actions"] = actions
+            objects.append(entry)
+        body = json.dumps({"transfer": "basic", "objects": objects}).encode()
+        self._send(200, {"Content-Type": "application/vnd.git-lfs+json"}, body)
+
+    def _put(self, parts: list[str], body: bytes) -> None:
+        # /lfs-upload/{owner}/{name}/{sha256}: the bytes of one LFS object, checked against their sha256
+        if len(parts) != 5 or parts[1] != "lfs-upload":
+            self._send_error(404, None, "Not found")
+            return
+        self._kind, self._repo, oid = "lfs-upload", f"{unquote(parts[2])}/{unquote(parts[3])}", parts[4]
+        if sha256_hex(body) != oid:
+            self._send_error(400, None, f"the bytes hash to {sha256_hex(body)}, not {oid}")
+            return
+        with self.hub._lock:
+            self.hub.lfs_objects[oid] = body
+        if self.hub.on_lfs_upload is not None:
+            self.hub.on_lfs_upload(self._repo, oid)
+        self._send(200, {"Content-Type": "text/plain"}, b"")
+
+    def _commit_ndjson(self, repo: FakeRepo, rev: str, body: bytes) -> None:
+        lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+        header = next((x["value"] for x in lines if x["key"] == "header"), {})
+        add: dict[str, bytes] = {}
+        lfs: set[str] = set()
+        deleted: list[str] = []
+        for item in lines:
+            key, value = item["key"], item["value"]
+            if key == "file":
+                add[value["path"]] = base64.b64decode(value["content"])
+            elif key == "lfsFile":
+                with self.hub._lock:
+                    data = self.hub.lfs_objects.get(value["oid"])
+                if data is None or ("size" in value and value["size"] != len(data)):
+                    self._send_error(422, None, f"LFS object {value['oid']} of {value['path']} was never uploaded")
+                    return
+                add[value["path"]], _ = data, lfs.add(value["path"])
+            elif key == "deletedFile":
+                deleted.append(value["path"])
+            elif key != "header":
+                self._send_error(400, None, f"unknown commit operation {key}")
+                return
+        if rev not in repo.heads:
+            self._send_error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            return
+        try:
+            sha = self.hub.make_commit(
+                repo.repo_id,
+                add,
+                tuple(deleted),
+                branch=rev,
+                summary=header.get("summary", ""),
+                parent=header.get("parentCommit"),
+                lfs=lfs,
+            )
+        except ValueError:
+            self._send_error(412, None, "A commit has happened since. Please refresh and try again.")
+            return
+        except KeyError as e:
+            self._send_error(404, "EntryNotFound", f"A file with this name doesn't exist: {e.args[0]}")
+            return
+        self._send_json(
+            {"success": True, "commitOid": sha, "commitUrl": f"{self.hub.url}/{repo.repo_id}/commit/{sha}"}, head=False
+        )
 
 
 class _CdnHandler(_HubHandler):

@@ -180,12 +180,15 @@ class Staging(Protocol):
     claims it; files are written with ``open_file(name, size)``/``close_file`` (a handle that is written front to back:
     a remote stage refuses a seek backwards) and ``write_file``; ``commit()`` makes everything final at
     once, ``discard()`` keeps nothing. ``remote``: the stage is no local path (no fsync, no disk check).
+    ``scratch``: a remote stage's local folder that each file passes through, from ``open_file`` until its
+    upload after ``close_file`` (at most two files at once: one written, one uploading); None if none does.
     """
 
     target: Path
     kept: list[str]
     replaced: list[str]
     remote: bool
+    scratch: Path | None
 
     def check(self) -> ExistingFolder: ...
 
@@ -231,6 +234,7 @@ class _Staged:
     """What both staged outputs share: the target, its claim, the hidden stage name beside it."""
 
     remote = False
+    scratch: Path | None = None
 
     def __init__(self, target: Path, force: bool):
         self.target = Path(target)

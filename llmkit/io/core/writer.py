@@ -28,7 +28,7 @@ from typing import BinaryIO, TypeVar
 
 import torch
 
-from llmkit.errors import InputError, writing
+from llmkit.errors import DiskSpaceError, InputError, writing
 from llmkit.io.core.destination import check_output_path, ensure_output_is_new, make_folder, remove_empty
 from llmkit.io.core.dtypes import CONFIG_NAMES
 from llmkit.io.core.files import AUX_FILES
@@ -39,7 +39,7 @@ from llmkit.io.core.sink import is_weight_file, own_files
 from llmkit.io.core.spec import TensorSpec
 from llmkit.io.core.staging import Staging, staged_output
 from llmkit.io.core.writeback import WriteBehind
-from llmkit.units import check_space, free_bytes
+from llmkit.units import check_space, free_bytes, human_bytes, space_margin
 
 _W = TypeVar("_W", bound="ShardSetWriter")
 
@@ -180,21 +180,37 @@ class ShardSetWriter:
         self.needed_disk_bytes = need + self.space_margin
 
     def _check_remote_destination(self, extra_bytes: int) -> None:
-        """An object-store output: nothing to check on local disk; the store's own checks (what exists,
-        the inputs it may not overwrite) run in ``check``."""
+        """A remote output: the store's own checks (what exists, the inputs it may not overwrite) run in
+        ``check``; local disk is checked only where files pass through it (``staging.scratch``: room for the
+        two largest files, one written while the other uploads, plus the margin)."""
         from llmkit.io.remote.sink import check_remote_output
 
-        if not self.layout.sequential:
+        streamed = self._staging.scratch is None  # each file goes up as it is written, front to back
+        if streamed and not self.layout.sequential:
             raise InputError(
                 f"{self.fmt} files are patched after they are written, which an upload cannot do",
                 path=self.out_dir,
                 hint="use --format safetensors for a remote -o, or write to a local path",
             )
         check_remote_output(self.out_dir, self.inputs or [])
-        if self.write_order is None:  # an upload is written front to back: tensors in file order
+        if streamed and self.write_order is None:  # tensors in file order
             self.write_order = self._file_order()
         self._existing = self._staging.check()
         self.needed_disk_bytes = self.free_disk_bytes = self.space_margin = 0
+        scratch = self._staging.scratch
+        if scratch is None:
+            return
+        sizes = sorted((sum(s.nbytes for s in sh.specs) for sh in self.shards), reverse=True)
+        need = sum(sizes[:2])
+        self.free_disk_bytes, self.space_margin = free_bytes(scratch), space_margin(need)
+        self.needed_disk_bytes = need + self.space_margin
+        if self.free_disk_bytes < self.needed_disk_bytes:
+            raise DiskSpaceError(
+                f"the upload passes its files through {scratch}, which needs "
+                f"{human_bytes(self.needed_disk_bytes)} free, {human_bytes(self.free_disk_bytes)} available",
+                path=self.out_dir,
+                hint="set TMPDIR to a folder with more free space, or use a smaller --shard-size",
+            )
 
     def _file_order(self) -> list[str]:
         """The plan's tensor names in the order the files store them (what :meth:`write` is given)."""

@@ -43,11 +43,15 @@ def remote_staging(
     owned: Callable[[str], bool],
     force: bool,
 ) -> Staging:
-    """The stage of a remote output: S3 uploads for ``s3://``."""
+    """The stage of a remote output: S3 uploads for ``s3://``, a hub commit for ``hf://``."""
     url = remote_url(target)
     assert url is not None
     if url.startswith("s3://"):
         return S3Staging(url, one_file=one_file, writes=writes, owned=owned, force=force)
+    if url.startswith("hf://"):
+        from llmkit.io.remote.hub_sink import HubStaging
+
+        return HubStaging(url, one_file=one_file, writes=writes, owned=owned, force=force)
     raise InputError(f"cannot write to {url}", hint="write to a local path, s3://bucket/prefix or hf://owner/name")
 
 
@@ -97,6 +101,7 @@ class S3Staging:
     """The pending uploads of one run's output under ``s3://bucket/prefix``; see the module docstring."""
 
     remote = True
+    scratch: Path | None = None  # nothing passes through local disk
 
     def __init__(
         self,
