@@ -243,3 +243,20 @@ def test_wrong_credentials_for_an_output_are_one_line(s3_auth, tmp_path, work):
     assert r.returncode == 2
     line = only_error_line(r.stderr)
     assert "AWS_SECRET_ACCESS_KEY" in line and "wrong-secret-123" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("out", "inp"),
+    [
+        ("hf://acme/m@dev/out", "hf://acme/m"),  # another revision of the same repo is the same place
+        ("hf://acme/m", "hf://acme/m@main/sub"),  # an output holding the input
+        ("s3://weights/model/x.ckpt", "s3://weights/model/"),
+    ],
+)
+def test_an_output_at_an_input_is_refused_whatever_the_revision(out, inp):
+    from llmkit.errors import InputError
+    from llmkit.io.remote.sink import check_remote_output
+
+    with pytest.raises(InputError, match="would overwrite the input"):
+        check_remote_output(out, [Path("/local/base"), inp])
+    check_remote_output("hf://acme/other", [inp])  # a neighbour is fine

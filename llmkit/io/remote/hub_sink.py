@@ -30,7 +30,8 @@ from urllib.parse import unquote
 
 from llmkit.errors import InputError, OutputExistsError
 from llmkit.io.core.staging import ExistingFolder
-from llmkit.io.remote.url import RemotePath, as_remote_path
+from llmkit.io.remote.stage import RemoteStage, pid_alive
+from llmkit.io.remote.store import current_endpoint
 
 UPLOAD_MARK = "llmkit-upload-"
 COMMIT_MESSAGE = "Upload with llmkit"
@@ -49,16 +50,6 @@ def parse_hub_output(url: str) -> tuple[str, str | None, str]:
     return f"{parts[0]}/{name}", unquote(branch) or None, "/".join(parts[2:])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_dead_uploads(tmp: Path) -> None:
     """Remove the upload folders of runs of this machine that were killed (their process is gone)."""
     try:
@@ -67,14 +58,12 @@ def remove_dead_uploads(tmp: Path) -> None:
         return
     for e in entries:
         pid = e.name[len(UPLOAD_MARK) :].partition("-")[0]
-        if e.name.startswith(UPLOAD_MARK) and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if e.name.startswith(UPLOAD_MARK) and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(e.path, ignore_errors=True)
 
 
-class HubStaging:
+class HubStaging(RemoteStage):
     """The pending commit of one run's output in a hub repo; see the module docstring."""
-
-    remote = True
 
     def __init__(
         self,
@@ -90,15 +79,13 @@ class HubStaging:
 
         from llmkit.redact import register_secret
 
-        self.url = url.rstrip("/")
-        self.target: Path = as_remote_path(self.url)
-        self.one_file, self.writes, self.owned, self.force = one_file, writes, owned, force
+        super().__init__(url, one_file=one_file, writes=writes, owned=owned, force=force)
         self.repo, self.branch, self.folder = parse_hub_output(self.url)
         if one_file and not self.folder:
             raise InputError(
                 "a one-file output needs a file name", path=self.url, hint="use hf://owner/name/model.ckpt"
             )
-        self.endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        self.endpoint = current_endpoint()
         token = get_token()
         if not token:
             raise InputError(
@@ -112,8 +99,6 @@ class HubStaging:
         self.api = HfApi(endpoint=self.endpoint, token=token)
         self.scratch: Path | None = Path(tempfile.gettempdir())  # where files pass through (the disk check)
         self.folder_path: Path | None = None  # this run's private upload folder, made by open()
-        self.kept: list[str] = []
-        self.replaced: list[str] = []
         self.parent: str | None = None  # the branch head the listing was read at (None: no repo yet)
         self._missing: str | None = None  # "repo" | "branch": made by open()
         self._existing = ExistingFolder()
@@ -126,9 +111,6 @@ class HubStaging:
     # ---- names and errors ----
     def _in_repo(self, name: str) -> str:
         return self.folder if self.one_file else f"{self.folder}/{name}".lstrip("/")
-
-    def path(self, name: str) -> Path:
-        return self.target if self.one_file else RemotePath(self.target, name)
 
     def _local(self, name: str) -> Path:
         assert self.folder_path is not None
@@ -192,8 +174,6 @@ class HubStaging:
     def check(self) -> ExistingFolder:
         """What the output's existing files become; raises if this run may not replace them."""
         files = self._listing()
-        found = ExistingFolder()
-        clash: list[str] = []
         if self.one_file:
             if any(f.startswith(self.folder + "/") for f in files):
                 raise InputError(
@@ -203,16 +183,8 @@ class HubStaging:
         else:
             prefix = f"{self.folder}/" if self.folder else ""
             names = [f[len(prefix) :] for f in files if f.startswith(prefix) and "/" not in f[len(prefix) :]]
-        for name in sorted(names):
-            if self.one_file or self.writes(name) or self.owned(name):
-                (found.replaced if self.force else clash).append(name)
-            else:
-                found.kept.append(name)
-        if clash:
-            what = "output file exists" if self.one_file else f"output folder already holds {', '.join(clash[:3])}"
-            raise OutputExistsError(what, path=self.url, hint="pass --force to overwrite, or choose another -o")
-        self._existing = found
-        return found
+        self._existing = self.sort_existing(names)
+        return self._existing
 
     # ---- the protocol ----
     def open(self) -> object:

@@ -29,8 +29,9 @@ from typing import Any, BinaryIO, cast
 
 from llmkit.errors import InputError, OutputExistsError
 from llmkit.io.core.staging import ExistingFolder, Staging
+from llmkit.io.remote.stage import RemoteStage, pid_alive
 from llmkit.io.remote.upload import ObjectUpload, part_size_for
-from llmkit.io.remote.url import RemotePath, as_remote_path, remote_url
+from llmkit.io.remote.url import remote_url
 
 LOCK_NAME = ".llmkit-lock"
 
@@ -55,8 +56,19 @@ def remote_staging(
     raise InputError(f"cannot write to {url}", hint="write to a local path, s3://bucket/prefix or hf://owner/name")
 
 
+def _place(url: str) -> str:
+    """Where a URL points, whatever the revision: ``hf://owner/name@rev/sub`` as ``hf://owner/name/sub``."""
+    if not url.startswith("hf://"):
+        return url.rstrip("/")
+    parts = url[len("hf://") :].split("/")
+    if len(parts) >= 2:
+        parts[1] = parts[1].split("@", 1)[0]
+    return "hf://" + "/".join(p for p in parts if p)
+
+
 def _inside(a: str, b: str) -> bool:
-    return a == b or a.startswith(b.rstrip("/") + "/")
+    a, b = _place(a), _place(b)
+    return a == b or a.startswith(b + "/")
 
 
 def check_remote_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
@@ -87,20 +99,9 @@ def s3_filesystem() -> Any:
     return fs
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class S3Staging:
+class S3Staging(RemoteStage):
     """The pending uploads of one run's output under ``s3://bucket/prefix``; see the module docstring."""
 
-    remote = True
     scratch: Path | None = None  # nothing passes through local disk
 
     def __init__(
@@ -112,9 +113,7 @@ class S3Staging:
         owned: Callable[[str], bool],
         force: bool,
     ):
-        self.url = url.rstrip("/")
-        self.target: Path = as_remote_path(self.url)
-        self.one_file, self.writes, self.owned, self.force = one_file, writes, owned, force
+        super().__init__(url, one_file=one_file, writes=writes, owned=owned, force=force)
         bucket, _, self.prefix = self.url[len("s3://") :].partition("/")
         self.bucket = bucket
         if not self.prefix:
@@ -122,8 +121,6 @@ class S3Staging:
         self.fs = s3_filesystem()
         self.uploads: dict[str, ObjectUpload] = {}
         self.small: dict[str, bytes] = {}
-        self.kept: list[str] = []
-        self.replaced: list[str] = []
         self.run = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         self._locked = False
 
@@ -181,17 +178,7 @@ class S3Staging:
     # ---- the protocol ----
     def check(self) -> ExistingFolder:
         """What the output's existing objects become; raises if this run may not replace them."""
-        found = ExistingFolder()
-        clash: list[str] = []
-        for name in sorted(self._listed()):
-            if self.one_file or self.writes(name) or self.owned(name):
-                (found.replaced if self.force else clash).append(name)
-            else:
-                found.kept.append(name)
-        if clash:
-            what = "output object exists" if self.one_file else f"output prefix already holds {', '.join(clash[:3])}"
-            raise OutputExistsError(what, path=self.url, hint="pass --force to overwrite, or choose another -o")
-        return found
+        return self.sort_existing(self._listed(), folder_word="prefix")
 
     def open(self) -> object:
         """Take the output's lock, check again under it, and drop what a dead run left pending."""
@@ -235,7 +222,7 @@ class S3Staging:
             return True
         host, _, rest = holder.partition(":")
         pid = rest.partition(":")[0]
-        return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+        return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
 
     def _refuse(self, holder: str | None) -> None:
         who = f" ({holder.rsplit(':', 1)[0].replace(':', ', pid ')})" if holder else ""
@@ -264,9 +251,6 @@ class S3Staging:
             self._locked = False
             if self._holder() == self.run:
                 self._call("delete_object", Bucket=self.bucket, Key=self._lock_key)
-
-    def path(self, name: str) -> Path:
-        return self.target if self.one_file else RemotePath(self.target, name)
 
     def open_file(self, name: str, size: int = 0) -> BinaryIO:
         up = ObjectUpload(self._call, self.bucket, self._key(name), str(self.path(name)), part_size_for(size))
