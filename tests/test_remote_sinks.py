@@ -115,6 +115,7 @@ def test_sharded_output_matches_the_local_folder(s3, tmp_path, work):
     assert _pending(s3) == []
 
 
+@pytest.mark.slow
 def test_one_object_outputs_match_the_local_files(s3, big_model, tmp_path, work):
     small, _ = _model(tmp_path)
     for cmd, name, model in (("to-ckpt", "m.ckpt", big_model), ("to-gguf", "m.gguf", small)):
@@ -127,6 +128,7 @@ def test_one_object_outputs_match_the_local_files(s3, big_model, tmp_path, work)
     assert sorted(_objects(s3, "one/")) == ["m.ckpt", "m.gguf"] and _pending(s3) == []
 
 
+@pytest.mark.slow
 def test_a_multipart_output_reads_back_as_a_verified_remote_input(s3, big_model, tmp_path, work):
     """The ETag a multipart output gets is the one a remote source checks the bytes against."""
     ckpt = tmp_path / "big.ckpt"
@@ -152,6 +154,7 @@ def test_bin_output_is_refused_before_any_work(s3, tmp_path, work):
     assert _objects(s3) == {} and _pending(s3) == []
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force_which_replaces_it_at_the_end(s3, tmp_path, work):
     folder, _ = _model(tmp_path)
     ckpt = tmp_path / "m.ckpt"
@@ -175,6 +178,7 @@ def test_existing_output_needs_force_which_replaces_it_at_the_end(s3, tmp_path, 
     assert _objects(s3, "out/") == {**_files(tmp_path / "l"), "NOTES.md": b"mine"}
 
 
+@pytest.mark.slow
 def test_a_failed_upload_keeps_nothing(s3, held, big_model, work):
     held.fail = True
     r = _run(["to-ckpt", str(big_model), "-o", f"s3://{BUCKET}/f/m.ckpt"], s3.env, work)
@@ -183,6 +187,7 @@ def test_a_failed_upload_keeps_nothing(s3, held, big_model, work):
     assert _objects(s3) == {} and _pending(s3) == []  # no object, no lock, the upload aborted
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_nothing_final_and_a_rerun_succeeds(s3, held, big_model, tmp_path, work):
     out = f"s3://{BUCKET}/k/m.ckpt"
     p = _start(["to-ckpt", str(big_model), "-o", out], s3.env, work)
@@ -203,6 +208,7 @@ def test_a_killed_run_leaves_nothing_final_and_a_rerun_succeeds(s3, held, big_mo
     assert _pending(s3) == []  # the killed run's upload was aborted
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_output_never_both_succeed(s3, held, big_model, tmp_path, work):
     out = f"s3://{BUCKET}/two/m.ckpt"
     first = _start(["to-ckpt", str(big_model), "-o", out], s3.env, work)
