@@ -144,6 +144,16 @@ class Plan:
     taps: list[Tap] = field(default_factory=list)
     sources: list[TensorSource] = field(default_factory=list)  # closed by close()
 
+    def __post_init__(self) -> None:
+        """The sources' warnings that nothing vouches for their values (a remote file read without a published
+        digest, a cipher that cannot authenticate) join the notices, once each."""
+        texts = {n.text for n in self.notices}
+        for s in self.sources:
+            for w in s.integrity_warnings():
+                if w not in texts:
+                    texts.add(w)
+                    self.notices.append(Notice.warning(w))
+
     def close(self) -> None:
         for s in self.sources:
             s.close()

@@ -16,6 +16,7 @@ from llmkit.errors import InputError
 from llmkit.io.core.jsonfile import int_field
 from llmkit.io.core.source import TensorSource, open_source, safetensors_code
 from llmkit.io.hf.adapter_config import AdapterInfo
+from llmkit.io.remote.url import shown
 from llmkit.pipeline import Check, Notice, Result
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ def summarize(path: str | Path, ckpt_key=None) -> ModelSummary:
         return ModelSummary(
             ok=complete is None or complete.status == "ok",
             checks=[complete] if complete is not None else [],
-            path=str(path),
+            path=shown(path),  # a URL as given, not as a Path folds it
             layout=src.layout,
             kind="adapter" if src.adapter is not None else "model",
             files=[str(p) for p in src.weight_files],

@@ -15,6 +15,7 @@ from llmkit.convert.meta import ConvertResult, cast_dtype
 from llmkit.errors import InputError
 from llmkit.io.core.jsonfile import int_field
 from llmkit.io.mindspore.mindformers import ROTARY_LAYOUTS, rotary_role
+from llmkit.io.remote.url import shown
 from llmkit.pipeline import Plan, PlanReport, ProgressFactory, run_plan
 from llmkit.units import DEFAULT_SHARD_SIZE
 
@@ -103,7 +104,7 @@ def run_ckpt(
         return CkptResult(
             plan=report,
             command=command,
-            source=str(options.source),
+            source=shown(options.source),  # a URL as given, not as a Path folds it
             format=options.fmt,
             dtype=options.dtype,
             names=options.names,

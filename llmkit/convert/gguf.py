@@ -15,7 +15,7 @@ from llmkit.errors import InputError
 from llmkit.io.core.files import AUX_FILES
 from llmkit.io.core.source import STDIN, TensorSource, open_model
 from llmkit.io.meta.as_hf import open_as_hf
-from llmkit.io.remote.url import remote_url
+from llmkit.io.remote.url import remote_url, shown
 from llmkit.pipeline import AuxCopy, PlanReport, PlanResult, ProgressFactory, run_plan
 from llmkit.units import parse_size
 
@@ -150,7 +150,7 @@ def to_gguf(options: ToGGUFOptions, *, progress: ProgressFactory | None = None) 
         options,
         lambda report, sink: GGUFResult(
             plan=report,
-            source=str(options.source),
+            source=shown(options.source),  # a URL as given, not as a Path folds it
             outtype=cast(Any, sink).outtype.name,
             tensor_types=tensor_type_counts(sink),
         ),

@@ -77,6 +77,12 @@ def list_remote(url: str, name: str | None) -> tuple[Store, list[RemoteEntry], l
                 path=store.root / entry.name,
                 hint="decrypt takes .enc files or their folder; other files are never decrypted",
             )
+        if entry.digest is None:  # a plain https:// server without Content-MD5/Digest: nothing to verify against
+            raise InputError(
+                f"decrypt reads remote files only against a published digest, and {store.no_digest}",
+                path=store.root / entry.name,
+                hint="download the .enc file and decrypt the local copy",
+            )
         return store, [entry], []
     visible = sorted(n for n in entries if not n.startswith("."))
     found = [entries[n] for n in visible if n.endswith(".enc")]

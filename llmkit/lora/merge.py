@@ -324,6 +324,8 @@ def open_merge(options: MergeOptions) -> MergePlan:
             loaded.append(ad)
             if has_tokenizer(ad.folder):
                 ad.tokenizer_size = tokenizer_size(ad.folder)
+        for src in (base, *(a.source for a in loaded)):  # e.g. a remote file read without a published digest
+            warnings += [w for w in src.integrity_warnings() if w not in warnings]
         plan = plan_vocabulary(base, loaded, Path(options.tokenizer) if options.tokenizer else None, warnings)
         dropped = _meta_dropped(base, cfg, options)
         if dropped:

@@ -98,7 +98,7 @@ class TensorSource:
 
     def integrity_warnings(self, values_read: bool = True) -> list[str]:
         """Each file's warning that nothing vouches for its values (:meth:`TensorFile.integrity_warning`)."""
-        return [w for f in self.files if (w := f.integrity_warning(values_read)) is not None]
+        return list(dict.fromkeys(w for f in self.files if (w := f.integrity_warning(values_read)) is not None))
 
     # ---- how the files store the tensors (neutral unless a format converts when reading: GGUF) ----
     def stored_type(self, name: str) -> str | None:

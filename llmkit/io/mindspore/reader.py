@@ -256,11 +256,12 @@ class CkptFile(TensorFile):
 
 def finish_reads(files: Iterable[TensorFile]) -> list[str]:
     """After a job read the tensors of ``files`` (a source's): the CRC trailer of each ``.ckpt`` checked over
-    what was not read yet (a mismatch raises), and the warnings its reads carry (values nothing verified)."""
-    warnings = []
+    what was not read yet (a mismatch raises), and the warnings the files' reads carry (values nothing
+    verified: a ``.ckpt`` cipher without authentication, a remote file without a published digest), once each."""
+    warnings: list[str] = []
     for f in files:
         if isinstance(f, CkptFile):
             f.verify_crc()
-            if (w := f.integrity_warning()) is not None:
-                warnings.append(w)
+        if (w := f.integrity_warning()) is not None and w not in warnings:
+            warnings.append(w)
     return warnings

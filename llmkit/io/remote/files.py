@@ -46,6 +46,10 @@ class HeldStream(StreamFile):
         self._index = {n: i for i, n in enumerate(self._order)}
         self._next = 0  # index in _order of the first tensor not passed yet
         self._held: dict[str, torch.Tensor] = {}
+        self.unverified: str | None = None  # the source's line naming the files read without a digest
+
+    def integrity_warning(self, values_read: bool = True) -> str | None:
+        return self.unverified
 
     def get(self, name: str) -> torch.Tensor:
         held = self._held.pop(name, None)
@@ -162,6 +166,10 @@ class RemoteTorchFile(TensorFile):
         self.raw = HeldStream(reader, raw_infos, spans, path)
         self._users = Counter(key for key, _, _ in self._views.values())  # tensors per storage
         self._shared: dict[str, torch.Tensor] = {}
+        self.unverified: str | None = None  # the source's line naming the files read without a digest
+
+    def integrity_warning(self, values_read: bool = True) -> str | None:
+        return self.unverified
 
     def index(self, name: str) -> int | None:
         view = self._views.get(name)

@@ -1,11 +1,12 @@
-"""A remote model as a tensor source: ``hf://...`` or ``s3://...`` read without a local copy.
+"""A remote model as a tensor source: ``hf://...``, ``s3://...`` or ``https://...`` read without a local copy.
 
 :func:`open_remote` lists the location (``store``), fetches the small files (config, tokenizer, shard
 index, adapter config: each checked against the store's digest) into a private temporary folder that is
 the source's ``folder`` (removed on close), and reads each weight file's metadata by ranged requests
 (``files``: a safetensors header; a torch zip's directory and pickle). Tensor data is then read front to back once per file (``reader.VerifiedReader``: fetched ahead,
 hashed as it arrives, the digest judged when the job reads the file to its end, before the output is
-made final). Tensors are listed as a local folder of the same files lists them; the runner reads them in
+made final; a file whose store publishes no digest is read unverified, and every weight file's
+``integrity_warning`` says so for the source). Tensors are listed as a local folder of the same files lists them; the runner reads them in
 file order (``stream_position``), so every byte is fetched once. Layouts: a ``*.safetensors`` or ``.bin``
 file; a folder with ``model.safetensors``, ``adapter_model.safetensors``, ``pytorch_model.bin``,
 ``adapter_model.bin`` or one loose weight file; shards with ``model.safetensors.index.json`` or
@@ -61,12 +62,16 @@ def _is_weight(name: str) -> bool:
     return name.endswith(WEIGHT_SUFFIXES)
 
 
-def _fetch_side_files(store: Store, entries: dict[str, RemoteEntry], folder: Path) -> None:
+def _fetch_side_files(store: Store, entries: dict[str, RemoteEntry], folder: Path) -> list[str]:
+    """Fetch the small non-weight files into ``folder``; their names."""
+    fetched = []
     for name, e in entries.items():
         if _is_weight(name) or e.size > SIDE_FILE_MAX or name.startswith("."):
             continue
         with open(folder / name, "xb") as f:
             f.write(read_verified(store, e))
+        fetched.append(name)
+    return fetched
 
 
 def _weight_names(store: Store, entries: dict[str, RemoteEntry], folder: Path) -> tuple[list[str], str]:
@@ -109,11 +114,14 @@ def open_remote(url: str) -> RemoteSource:
     folder = Path(tempfile.mkdtemp(prefix="llmkit-remote-"))
     files: list[RemoteFile] = []
     try:
-        _fetch_side_files(store, entries, folder)
+        side = _fetch_side_files(store, entries, folder)
         names, layout = _weight_names(store, entries, folder)
         for n in names:
             kind = RemoteSafetensorsFile if n.endswith(".safetensors") else RemoteTorchFile
             files.append(kind(store, entries[n], store.root / n))
+        unverified = store.unverified_line(names + side)  # no digest published (plain https://)
+        for f in files:
+            f.unverified = unverified
         index = folder / (SAFETENSORS_INDEX if layout == "safetensors-sharded" else BIN_INDEX)
         if layout.endswith("-sharded"):
             _check_shards(files, names, index)

@@ -1,5 +1,6 @@
-"""Where a remote input lives: a folder (or one file) on the hub or in S3, listed once with each file's size
-and the digest its store publishes, read by exact byte ranges with retries.
+"""Where a remote input lives: a folder (or one file) on the hub, in S3 or on an HTTP server
+(``io/remote/http.py``), listed once with each file's size and the digest its store publishes, read by
+exact byte ranges with retries.
 
 - ``hf://owner/name[@revision][/sub]``: ``huggingface_hub.HfFileSystem`` (endpoint: :func:`hub_endpoint`'s,
   else ``HF_ENDPOINT``, else huggingface.co; token: ``HF_TOKEN`` or ``hf auth login``, as ``llmkit download``); the revision is pinned to its commit when
@@ -113,6 +114,7 @@ class Store:
     root: RemotePath  # what messages name
     revision: str | None = None  # the commit (hub) the listing is pinned to
     single: bool = False  # the URL named one file (``root`` is then its folder), not a folder
+    no_digest = "the store publishes no digest"  # why a file without a digest is read unverified
 
     @property
     def pinned_url(self) -> str:
@@ -124,6 +126,14 @@ class Store:
 
     def _fetch_once(self, entry: RemoteEntry, start: int, end: int) -> bytes:
         raise NotImplementedError
+
+    def unverified_line(self, names: list[str]) -> str | None:
+        """The warning that the files ``names`` of this store that have no digest were read unverified, or None."""
+        bare = sorted(n for n in names if self.entries()[n].digest is None)
+        if len(bare) <= 1:
+            return f"{bare[0]} from {self.root} was read unverified ({self.no_digest})" if bare else None
+        listed = ", ".join(bare[:4]) + (f" and {len(bare) - 4} more" if len(bare) > 4 else "")
+        return f"{len(bare)} files from {self.root} were read unverified ({self.no_digest}): {listed}"
 
     def describe(self, e: BaseException, what: str) -> InputError:
         return InputError(f"cannot read {what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
@@ -146,6 +156,8 @@ class Store:
                 if len(data) == end - start:
                     return data
                 problem: BaseException = OSError(f"got {len(data)} of {end - start} bytes")
+            except InputError:
+                raise
             except (FileNotFoundError, PermissionError) as e:
                 raise self.describe(e, str(self.root / entry.name)) from None
             except Exception as e:
@@ -303,9 +315,13 @@ class S3Store(Store):
 
 
 def open_store(url: str) -> Store:
-    """The store of ``url`` (``hf://`` or ``s3://``), listed."""
+    """The store of ``url`` (``hf://``, ``s3://``, ``https://`` or ``http://``), listed."""
     if url.startswith("hf://"):
         return HubStore(url)
     if url.startswith("s3://"):
         return S3Store(url)
-    raise InputError(f"unsupported URL scheme in {url}", hint="use hf://owner/name or s3://bucket/prefix")
+    if url.startswith(("https://", "http://")):
+        from llmkit.io.remote.http import HttpStore
+
+        return HttpStore(url)
+    raise InputError(f"unsupported URL scheme in {url}", hint="use hf://owner/name, s3://bucket/prefix or https://")

@@ -1,6 +1,7 @@
-"""Which inputs are URLs: ``hf://`` and ``s3://`` (also as a :class:`~pathlib.Path` has folded them, ``hf:/x``),
-or a registry model's name that is no local path; :func:`open_url` opens them; :class:`RemotePath` is the
-``path`` a remote source shows in messages (``hf://owner/name/file``)."""
+"""Which inputs are URLs: ``hf://``, ``s3://``, ``https://`` and ``http://`` (also as a
+:class:`~pathlib.Path` has folded them, ``hf:/x``), or a registry model's name that is no local path;
+:func:`open_url` opens them; :class:`RemotePath` is the ``path`` a remote source shows in messages
+(``hf://owner/name/file``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from llmkit.errors import InputError
 if TYPE_CHECKING:
     from llmkit.io.remote.source import RemoteSource
 
-SCHEMES = ("hf", "s3")
+SCHEMES = ("hf", "s3", "https", "http")
 
 
 class RemotePath(PosixPath):
@@ -37,8 +38,8 @@ class RemotePath(PosixPath):
 
 
 def remote_url(path: str | os.PathLike) -> str | None:
-    """``path`` as a ``scheme://rest`` URL when it names a remote location (``hf://...``, ``s3://...``, or the
-    ``hf:/...`` a ``Path`` makes of them), else None."""
+    """``path`` as a ``scheme://rest`` URL when it names a remote location (``hf://...``, ``s3://...``,
+    ``https://...``, or the ``hf:/...`` a ``Path`` makes of them), else None."""
     if isinstance(path, RemotePath):
         return path.url
     text = os.fspath(path)
