@@ -154,7 +154,6 @@ def empty_cwd(tmp_path):
     [
         (["merge-lora", "--base", "BASE", "--lora", "chinese-alpaca-lora-7b", "-o", "out"], "chinese-alpaca-lora-7b"),
         (["verify", "zhixi-13b-diff"], "zhixi-13b-diff"),
-        (["decrypt", "techgpt-7b", "-k", "k", "-o", "out"], "techgpt-7b"),
         (["inspect", "TechGPT-2.0-atom-hf"], "techgpt-2.0-atom"),  # the folder a download by repo id makes
     ],
 )
@@ -170,6 +169,7 @@ def test_a_model_name_used_as_a_missing_path_says_how_to_download_it(run_cli, em
     [
         (["to-ckpt", "techgpt-2.0-atom", "-o", "x.ckpt"], "techgpt-2.0-atom", "neukg/TechGPT-2.0-atom-hf"),
         (["inspect", "zhixi-13b-diff"], "zhixi-13b-diff", "zjunlp/zhixi-13b-diff"),
+        (["decrypt", "techgpt-7b", "-k", "KEY", "-o", "out"], "techgpt-7b", "neukg/TechGPT-7B"),
         (
             ["recover", "--base", "BASE", "--diff", "zhixi-13b-diff", "-o", "out"],
             "zhixi-13b-diff",
@@ -184,8 +184,9 @@ def test_a_model_name_that_is_no_local_path_is_read_from_its_hub_repo(
     port here), one line names the URL tried and the way to download it instead."""
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     base = str(tiny_factory().path)
+    key = f"{base}/config.json"  # a key file that exists: the hub is what fails
     line = one_error_line(
-        run_cli(*[base if a == "BASE" else a for a in argv]), f"hf://{repo}", f"llmkit download {name}"
+        run_cli(*[{"BASE": base, "KEY": key}.get(a, a) for a in argv]), f"hf://{repo}", f"llmkit download {name}"
     )
     assert "cannot reach http://127.0.0.1:9" in line, line  # the endpoint HF_ENDPOINT names, nothing else
     assert list(empty_cwd.iterdir()) == []  # nothing was created

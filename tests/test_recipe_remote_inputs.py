@@ -246,3 +246,18 @@ def test_merge_lora_reads_an_adapter_from_the_hub_as_the_local_one(hub: FakeHub,
     assert _run(["merge-lora", "--base", str(base), "--lora", str(lora), "-o", str(run / "l")], {}, run).returncode == 0
     assert files_of(run / "r") == files_of(run / "l")
     assert hub.bytes_asked() == {n: len(d) for n, d in files_of(lora).items()}
+
+
+def test_a_remote_file_without_a_published_digest_always_counts_as_changed():
+    """A plain HTTP server publishes no digest: a same-size file may hold other bytes, so the step runs again."""
+    from llmkit.recipes.remote import RemotePrints
+
+    url = "https://example.test/model/"
+    record = {"revision": None, "files": {"model.safetensors": {"size": 10, "digest": None}}}
+    prints = RemotePrints()
+    prints._seen[url] = (record, url)  # the listing, as the store would give it
+    change = prints.check(url, record)
+    assert change is not None and "publishes no digest" in change.detail
+    hashed = {"revision": None, "files": {"model.safetensors": {"size": 10, "digest": ["md5", "ab"]}}}
+    prints._seen[url] = (hashed, url)
+    assert prints.check(url, hashed) is None

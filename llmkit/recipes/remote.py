@@ -170,13 +170,16 @@ class RemotePrints:
         return sum(int(f["size"]) for f in self.record(url)["files"].values())
 
     def check(self, url: str, recorded: RemoteRecord) -> Change | None:
-        """None when the listing has the recorded files with the same sizes and digests, else the first change."""
+        """None when the listing has the recorded files with the same sizes and digests, else the first change
+        (a file without a published digest always counts as changed: its step runs again)."""
         now = self.record(url)["files"]
         before = recorded.get("files", {})
         for name in sorted(set(now) | set(before)):
             if name not in now or name not in before:
                 how = "missing" if name not in now else "added"
                 return Change(as_remote_path(url) / name, "remote", f"{how}{_commit(recorded, self.record(url))}")
+            if now[name].get("digest") is None:  # a plain HTTP server publishes none: no way to tell
+                return Change(as_remote_path(url) / name, "remote", "unknown: its server publishes no digest")
             if now[name] != before[name]:
                 what = "size" if now[name]["size"] != before[name]["size"] else "published digest"
                 detail = f"a different {what}{_commit(recorded, self.record(url))}"
