@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from llmkit.io.core.writer import ShardSetWriter
 
 MAX_RETRIES = 3  # a piece whose worker died is written again (same name, same bytes)
+CONNECT_SECONDS = 5
 SPLIT_FORMATS = ("safetensors", "bin")  # outputs of several files, one task per file
 
 
@@ -98,9 +99,10 @@ def run_on_ray(
             raise InputError(why, path=plan.output, hint="run without --ray")
         sink = open_plan_sink(plan, force=options.force)
         writer = _writer(sink)
+        if options.dry_run:  # in the plan's notices: every job shows those with its plan
+            plan.notices += dry_run_notices(writer, address)
         result = planned_result(plan, options, result_for, sink)
         if options.dry_run:
-            result.notices += dry_run_notices(writer, address)
             return result
         done = _run(plan, options, sink, address, progress)
     result.files, result.seconds, result.outputs = done.files, done.seconds, [result.output]
@@ -127,7 +129,7 @@ def dry_run_notices(writer: ShardSetWriter, address: str) -> list[Notice]:
     listed = ", ".join(f"{n} ({human_bytes(b)})" for n, b in pieces)
     cpus, nodes, error = cluster_cpus(address)
     if cpus is None:
-        at_once = f"unknown (no Ray cluster reachable at {address}: {error})"
+        at_once = f"parallelism unknown ({error})"
     else:
         at_once = f"{min(len(pieces), int(cpus))} task(s) at once ({int(cpus)} CPUs on {nodes} node(s))"
     return [Notice.info(f"ray: {len(pieces)} piece(s), one task per file: {listed}"), Notice.info(f"ray: {at_once}")]
@@ -138,7 +140,8 @@ def cluster_cpus(address: str) -> tuple[float | None, int, str]:
     try:
         ray = _connect(address)
     except Exception as e:  # a dry run says why, whatever Ray raised
-        return None, 0, str(e).splitlines()[0] if str(e) else type(e).__name__
+        why = e.args[0] if isinstance(e, InputError) and e.args else str(e)
+        return None, 0, str(why).splitlines()[0] if str(why) else type(e).__name__
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return float(ray.cluster_resources().get("CPU", 0)), len(nodes), ""
 
@@ -150,8 +153,26 @@ def _connect(address: str) -> Any:
     except ImportError as e:
         raise InputError("--ray needs Ray", hint="pip install 'llmkit[ray]'") from e
     if not ray.is_initialized():
+        _check_reachable(address)
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """One line, at once, when nothing answers at ``address`` (``ray.init`` would retry for minutes)."""
+    import socket
+
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # auto without RAY_ADDRESS: Ray looks for the cluster on this machine itself
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as e:
+        raise InputError(
+            f"no Ray cluster answers at {target} ({e.strerror or e})",
+            hint="start one (ray start --head) or pass the head's HOST:PORT to --ray",
+        ) from None
 
 
 def _task_memory(ray: Any, plan: Plan) -> int:
