@@ -111,6 +111,17 @@ class Tap(Protocol):
         ...
 
 
+class SplitTap(Tap, Protocol):
+    """A tap whose ``feed`` is ``take(name, part(name, tensor))``: a Ray task computes the parts of its
+    tensors, the driver takes them in the run's order, so the result is the one-process result
+    (``llmkit.cluster``). A tap with ``reads_output = False`` (it judges inputs only) is finished by the
+    driver as is; any other tap is refused with ``--ray``."""
+
+    def part(self, name: str, tensor: torch.Tensor) -> object: ...  # small and picklable
+
+    def take(self, name: str, part: object) -> None: ...
+
+
 @dataclass
 class AuxCopy:
     """Config/tokenizer files carried from ``folder`` (those of ``names`` that exist); ``config.json``
@@ -427,7 +438,17 @@ def run_plan(
     the sink added), ``checks`` (the plan's pre-checks, then the taps'), and after a run ``files``,
     ``seconds`` and ``outputs``. A failure, or a tap that fails, raises and keeps no output.
     """
+    from llmkit import cluster
+
+    if cluster.current_piece() is not None:  # inside a Ray task: write its one file, nothing else
+        from llmkit.cluster.worker import run_piece
+
+        run_piece(plan)
     chain = _CHAIN.get()
+    if cluster.current_address() is not None:
+        from llmkit.cluster.driver import run_on_ray
+
+        return run_on_ray(plan, options, result_for, progress, chained=chain is not None)
     if chain is not None:
         if not chain.at_last:  # an inner stage of a chain: its plan is the next stage's source
             return chain.capture(plan, options, result_for)
@@ -435,12 +456,18 @@ def run_plan(
     with plan:
         sink = open_plan_sink(plan, force=options.force)  # checks only: nothing is created or read yet
         check_read_order(plan, run_order(plan, sink))
-        result = result_for(plan_report(plan, sink), sink)
-        result.output, result.dry_run = shown_path(plan.output), options.dry_run
-        result.notices, result.checks = list(plan.notices), list(plan.checks)
+        result = planned_result(plan, options, result_for, sink)
         if options.dry_run:
             return result
         done = execute(plan, sink, progress=progress)
     result.files, result.seconds, result.outputs = done.files, done.seconds, [result.output]
     result.checks += done.checks
+    return result
+
+
+def planned_result(plan: Plan, options: RunOptions, result_for: Callable[[PlanReport, Sink], R], sink: Sink) -> R:
+    """The job's result before the run: ``result_for``'s, with ``output``, ``dry_run``, ``notices``, ``checks``."""
+    result = result_for(plan_report(plan, sink), sink)
+    result.output, result.dry_run = shown_path(plan.output), options.dry_run
+    result.notices, result.checks = list(plan.notices), list(plan.checks)
     return result

@@ -25,6 +25,7 @@ from llmkit.cli.options import (
     gguf_output,
     output_option,
     reads_remote,
+    runs_on_ray,
     shard_size_option,
     tensor_output,
     with_output,
@@ -197,6 +198,7 @@ def to_ckpt_command(
 
 
 @with_output
+@runs_on_ray
 def from_ckpt_command(
     source: Annotated[
         Path,

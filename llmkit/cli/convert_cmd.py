@@ -23,6 +23,7 @@ from llmkit.cli.options import (
     gguf_output,
     output_option,
     reads_remote,
+    runs_on_ray,
     tensor_output,
     with_output,
 )
@@ -73,6 +74,7 @@ def _render(result: ConvertResult) -> Callable[[Console], None]:
 
 
 @with_output
+@runs_on_ray
 def from_meta_command(
     source: Annotated[
         Path,

@@ -24,6 +24,7 @@ from llmkit.cli.options import (
     dtype_option,
     output_option,
     reads_remote,
+    runs_on_ray,
     tensor_output,
     with_output,
 )
@@ -125,6 +126,7 @@ def _render_from(result: FromGGUFResult) -> Callable[[Console], None]:
 
 
 @with_output
+@runs_on_ray
 def from_gguf_command(
     source: Annotated[
         Path,

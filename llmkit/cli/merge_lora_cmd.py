@@ -22,6 +22,7 @@ from llmkit.cli.options import (
     gguf_output,
     output_option,
     reads_remote,
+    runs_on_ray,
     shard_size_option,
     with_output,
 )
@@ -89,6 +90,7 @@ def _render(r: MergeResult) -> Callable[[Console], None]:
 
 @with_output
 @reads_remote
+@runs_on_ray
 def merge_lora_command(
     base: Annotated[
         Path,

@@ -225,25 +225,62 @@ ModelEndpointOpt = Annotated[
 ]
 
 
-def reads_remote(command: Callable[..., None]) -> Callable[..., None]:
-    """A command that reads models takes ``--endpoint URL`` (keyword-only, before ``out``: last in its Inputs
-    panel) and runs inside :func:`llmkit.io.remote.store.hub_endpoint` of it. Apply under :func:`with_output`."""
+def _with_keyword(
+    command: Callable[..., None], name: str, annotation: Any, context: Callable[[Any], Any]
+) -> Callable[..., None]:
+    """``command`` with one more keyword-only option ``name`` (first of its keyword-only ones, so before
+    ``out``), its body run inside ``context(value)``."""
     signature = inspect.signature(command, eval_str=True)
     params = list(signature.parameters.values())
     at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.KEYWORD_ONLY), len(params))
-    added = inspect.Parameter("endpoint", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ModelEndpointOpt)
+    added = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
     @functools.wraps(command)
-    def run(*args: Any, endpoint: str | None = None, **kwargs: Any) -> None:
-        from llmkit.io.remote.store import hub_endpoint
-
-        with hub_endpoint(endpoint):
+    def run(*args: Any, **kwargs: Any) -> None:
+        with context(kwargs.pop(name, None)):
             command(*args, **kwargs)
 
     shown = signature.replace(parameters=[*params[:at], added, *params[at:]])
     run.__dict__["__signature__"] = shown
     run.__annotations__ = {p.name: p.annotation for p in shown.parameters.values()} | {"return": None}
     return run
+
+
+def _endpoint_context(url: str | None) -> Any:
+    from llmkit.io.remote.store import hub_endpoint
+
+    return hub_endpoint(url)
+
+
+def reads_remote(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that reads models takes ``--endpoint URL`` (keyword-only, before ``out``: last in its Inputs
+    panel) and runs inside :func:`llmkit.io.remote.store.hub_endpoint` of it. Apply under :func:`with_output`."""
+    return _with_keyword(command, "endpoint", ModelEndpointOpt, _endpoint_context)
+
+
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        rich_help_panel=PERFORMANCE,
+        help="Write the output files as Ray tasks on the cluster at ADDRESS: auto (RAY_ADDRESS, else the cluster "
+        "running on this machine) or HOST:PORT. The output folder and the inputs must be on a filesystem every "
+        "node shares; needs pip install 'llmkit[ray]' (docs/scaling.md).",
+    ),
+]
+
+
+def _ray_context(address: str | None) -> Any:
+    from llmkit.cluster import on_ray
+
+    return on_ray(address)
+
+
+def runs_on_ray(command: Callable[..., None]) -> Callable[..., None]:
+    """A tensor job that writes folders takes ``--ray ADDRESS`` and runs inside :func:`llmkit.cluster.on_ray`
+    of it (Ray itself loads only when a plan runs). Apply under :func:`with_output`."""
+    return _with_keyword(command, "ray", RayOpt, _ray_context)
 
 
 def jobs_option(help: str, **kwargs: Any) -> Any:

@@ -24,6 +24,7 @@ from llmkit.cli.options import (
     gguf_output,
     output_option,
     reads_remote,
+    runs_on_ray,
     tensor_output,
     with_output,
 )
@@ -179,6 +180,7 @@ def _run(out: Output, options: RecoverOptions | MakeDiffOptions) -> None:
 
 @with_output
 @reads_remote
+@runs_on_ray
 def recover_command(
     base: BaseOpt,
     diff: Annotated[
@@ -253,6 +255,7 @@ def recover_command(
 
 @with_output
 @reads_remote
+@runs_on_ray
 def make_diff_command(
     base: BaseOpt,
     target: Annotated[

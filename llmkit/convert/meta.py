@@ -146,10 +146,15 @@ class _PublishedOriginal:
     """A tap that hashes Meta's published original(s) in a thread while the conversion streams, and judges
     the digest before the rename (``llama-7b-meta``; a mismatch is a warning, not a failure)."""
 
+    reads_output = False  # judged on the inputs: with --ray on the driver, never in a task
+
     def __init__(self, folder: Path, files: list[str]):
+        from llmkit import cluster
         from llmkit.verify import published_matches
 
         self.matches: list = []
+        if cluster.current_piece() is not None:  # a Ray task writing one file: the driver hashes the original
+            return
         self._thread = threading.Thread(
             target=lambda: self.matches.extend(published_matches(folder, files, {LLAMA_7B_TABLE})),
             name="llmkit-hash-original",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -155,9 +156,17 @@ class SumTap:
         self.result: SumCheck | None = None
 
     def feed(self, name: str, tensor: torch.Tensor) -> None:
-        self.s64 += fp64_sum(tensor)
-        if self.s32 is not None:
-            self.s32 = self.s32 + tensor.sum()  # upstream: Python sum of fp32 tensor sums
+        self.take(name, self.part(name, tensor))
+
+    def part(self, name: str, tensor: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+        """One tensor's share of the sums (a Ray task computes it; ``take`` adds it in the run's order)."""
+        return fp64_sum(tensor), tensor.sum() if self.s32 is not None else None
+
+    def take(self, name: str, part: object) -> None:
+        s64, s32 = cast("tuple[float, torch.Tensor | None]", part)  # what part() returned
+        self.s64 += float(s64)
+        if self.s32 is not None and s32 is not None:
+            self.s32 = self.s32 + s32  # upstream: Python sum of fp32 tensor sums
         self.buffers += name.endswith(ROTARY_BUFFER)
 
     def finish(self) -> Check:

@@ -37,7 +37,7 @@ from llmkit.io.core.layout import FileLayout, FileStart, tensor_bytes
 from llmkit.io.core.regular import is_special, read_regular
 from llmkit.io.core.sink import is_weight_file, own_files
 from llmkit.io.core.spec import TensorSpec
-from llmkit.io.core.staging import Staging, staged_output
+from llmkit.io.core.staging import StagedFolder, Staging, staged_output
 from llmkit.io.core.writeback import WriteBehind
 from llmkit.units import check_space, free_bytes, human_bytes, space_margin
 
@@ -285,6 +285,29 @@ class ShardSetWriter:
             self.layout.finish(sh.handle, sh.start, sh.crc)
             self._staging.close_file(sh.name, sh.handle)
         sh.handle = sh.behind = None
+
+    # ---- files written by other processes (llmkit.io.core.pieces: a Ray task's piece) ----
+    @property
+    def stage_folder(self) -> Path | None:
+        """The local folder the output is built in (None: an object store's uploads, or a one-file output)."""
+        return self._staging.stage if isinstance(self._staging, StagedFolder) else None
+
+    def planned_start(self, shard: int, scratch: Path) -> FileStart:
+        """File ``shard``'s layout (offsets, size), found by starting it in the scratch file ``scratch``
+        (headers only: data regions are sparse), which is removed."""
+        try:
+            with open(scratch, "w+b") as f:
+                return self.layout.start(f, scratch, self.shards[shard].specs, self.metadata)
+        finally:
+            scratch.unlink(missing_ok=True)
+
+    def adopt(self, shard: int, start: FileStart) -> None:
+        """File ``shard`` is in the stage, written by someone else with layout ``start``: it counts as
+        written (:meth:`finalize` checks its size against ``start.size``)."""
+        sh = self.shards[shard]
+        if sh.started:
+            raise InputError(f"{sh.name} written twice")
+        sh.start, sh.remaining = start, set()
 
     # ---- non-weight files ----
     def add_file(self, name: str, data: bytes) -> None:

@@ -1,0 +1,232 @@
+"""``--ray ADDRESS``: a plan's output files written as Ray tasks on a real local cluster, on 127.0.0.1 only.
+
+The cluster (module fixture) is ``ray start --head --block`` on 127.0.0.1 with a free port, its own temp
+folder, no dashboard and no usage stats, in single-node mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the
+environment of the head, its workers and every driver); every node address Ray reports is checked to be
+127.0.0.1, and the cluster is stopped by terminating the process this module started. llmkit runs as a
+subprocess (the driver), as a user runs it; the outputs are compared byte for byte with the same command
+run without --ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from common import one_error_line, only_error_line, tiny_state, tuned_state, write_hf, write_lora
+
+import llmkit
+
+ROOT = Path(llmkit.__file__).resolve().parents[1]  # the checkout under test: workers import llmkit from it
+PY = sys.executable
+SHARD = "60KB"  # the tiny model's 21 tensors in 11 files: 11 tasks
+MERGE_TAIL = ("--shard-size", SHARD, "-q")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "LLMKIT_DEBUG"}
+    env.update(
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    env.update(extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _node_addresses(address: str) -> list[str]:
+    code = (
+        f"import json, ray; ray.init(address={address!r}, log_to_driver=False, logging_level='ERROR'); "
+        "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes()]))"
+    )
+    out = subprocess.run([PY, "-c", code], env=_env(), capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """ADDRESS of a 2-CPU Ray head on 127.0.0.1 that this module starts and stops."""
+    port = _free_port()
+    temp = Path(tempfile.mkdtemp(prefix="llmkit-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    head = [PY, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1"]
+    head += ["--port", str(port), "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]
+    head += ["--temp-dir", str(temp)]
+    proc = subprocess.Popen(head, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+                time.sleep(0.5)
+        nodes = _node_addresses(address)
+        assert nodes and all(a == "127.0.0.1" for a in nodes), nodes
+        yield address
+    finally:
+        proc.terminate()  # ray start --block stops the processes it started
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """base, diff (tuned - base in fp32: recover gives the tuned model back) and a LoRA adapter."""
+    root = tmp_path_factory.mktemp("raymodels")
+    base = tiny_state(0)
+    tuned = tuned_state(base)
+    diff = {
+        k: torch.from_numpy((tuned[k].double().numpy() - base[k].double().numpy()).astype(np.float32)) for k in tuned
+    }
+    return {
+        "base": write_hf(root / "base", base),
+        "diff": write_hf(root / "diff", diff),
+        "lora": write_lora(root / "lora"),
+    }
+
+
+def llmkit_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [PY, "-m", "llmkit", *[str(a) for a in args]]
+    return subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def same_folder(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for n in names:
+        assert (a / n).read_bytes() == (b / n).read_bytes(), n
+
+
+def _recover_args(models, out: Path) -> list[object]:
+    return ["recover", "--base", models["base"], "--diff", models["diff"], "-o", out, "--shard-size", SHARD, "-q"]
+
+
+@pytest.mark.slow
+def test_recover_and_merge_lora_on_ray_are_byte_identical(cluster, models, tmp_path):
+    for name, args in {
+        "recover": _recover_args(models, tmp_path / "{}"),
+        "merge": ["merge-lora", "--base", models["base"], "--lora", models["lora"], "-o", tmp_path / "{}", *MERGE_TAIL],
+    }.items():
+        one = [str(a).format(f"{name}-one") for a in args]
+        on_ray = [str(a).format(f"{name}-ray") for a in args]
+        assert llmkit_cli(*one).returncode == 0
+        r = llmkit_cli(*on_ray, "--ray", cluster)
+        assert r.returncode == 0, r.stderr
+        assert len(list((tmp_path / f"{name}-ray").glob("model-*.safetensors"))) == 11
+        same_folder(tmp_path / f"{name}-one", tmp_path / f"{name}-ray")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no stage, no lock left behind
+
+
+@pytest.mark.slow
+def test_recover_check_sum_on_ray_is_the_one_process_sum(cluster, models, tmp_path):
+    """The integrity sum taken from the pieces' per-tensor parts: the tuned model's fp64 sum, as in one process."""
+    tuned = tuned_state(tiny_state(0))
+    expected = f"sum of all output values is {sum(float(t.double().sum()) for t in tuned.values()):.4f},"
+    for i, extra in enumerate(([], ["--ray", cluster])):
+        r = llmkit_cli(*_recover_args(models, tmp_path / f"o{i}"), "--check-sum", "1e9", *extra)
+        assert r.returncode == 1
+        assert expected in only_error_line(r.stderr)
+    assert not list(tmp_path.iterdir())  # a failed tap keeps nothing
+
+
+@pytest.mark.slow
+def test_dry_run_on_ray_lists_pieces_and_parallelism(cluster, models, tmp_path):
+    r = llmkit_cli(*_recover_args(models, tmp_path / "o"), "--dry-run", "--json", "--ray", cluster)
+    assert r.returncode == 0, r.stderr
+    notes = [n["text"] for n in json.loads(r.stdout)["notices"] if n["text"].startswith("ray:")]
+    assert notes[0].startswith("ray: 11 piece(s), one task per file: model-00001-of-00011.safetensors (")
+    assert notes[1] == "ray: 2 task(s) at once (2 CPUs on 1 node(s))"
+    assert not (tmp_path / "o").exists()
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> int:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the held piece never started"
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_piece_is_retried_to_the_same_bytes(cluster, models, tmp_path):
+    assert llmkit_cli(*_recover_args(models, tmp_path / "one")).returncode == 0
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    cmd = [PY, "-m", "llmkit", *map(str, _recover_args(models, tmp_path / "ray")), "--ray", cluster]
+    proc = subprocess.Popen(
+        cmd, env=_env(LLMKIT_TEST_HOLD_PIECE=str(hold)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    worker = _wait_for(hold / "piece-0.pid", proc)
+    assert worker != proc.pid
+    stage = next(tmp_path.glob(".ray.llmkit-stage-*"))
+    assert list((stage / ".llmkit-pieces").glob("model-00001-of-00011.safetensors.*"))  # its piece half written
+    os.kill(worker, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    same_folder(tmp_path / "one", tmp_path / "ray")
+
+
+@pytest.mark.slow
+def test_the_driver_killed_leaves_nothing_final_and_a_rerun_succeeds(cluster, models, tmp_path):
+    assert llmkit_cli(*_recover_args(models, tmp_path / "one")).returncode == 0
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    cmd = [PY, "-m", "llmkit", *map(str, _recover_args(models, tmp_path / "ray")), "--ray", cluster]
+    proc = subprocess.Popen(
+        cmd, env=_env(LLMKIT_TEST_HOLD_PIECE=str(hold)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _wait_for(hold / "piece-0.pid", proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert not (tmp_path / "ray").exists()  # only the hidden stage of the dead run
+    r = llmkit_cli(*_recover_args(models, tmp_path / "ray"), "--ray", cluster)
+    assert r.returncode == 0, r.stderr
+    same_folder(tmp_path / "one", tmp_path / "ray")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ray.")]  # the dead run's stage removed
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["-o", "-"], "--ray writes files on a shared filesystem, not a stream on stdout (-o -)"),
+        (["-o", "{tmp}/x", "--format", "gguf"], "a gguf output is one file: --ray splits an output by file"),
+    ],
+)
+def test_what_cannot_be_split_is_refused_in_one_line_before_any_work(run_cli, models, tmp_path, extra, expected):
+    args = ["recover", "--base", models["base"], "--diff", models["diff"], "--ray", "127.0.0.1:1"]
+    r = run_cli(*args, *[a.format(tmp=tmp_path) for a in extra])
+    assert r.exit_code == 2
+    assert expected in one_error_line(r)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_cluster_at_the_address_is_one_line(run_cli, models, tmp_path):
+    port = _free_port()  # nothing listens there
+    r = run_cli(*_recover_args(models, tmp_path / "o"), "--ray", f"127.0.0.1:{port}")
+    assert r.exit_code == 2
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in one_error_line(r)
+    assert list(tmp_path.iterdir()) == []
