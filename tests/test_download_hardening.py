@@ -185,12 +185,20 @@ def start_download(hub, work: Path, *args: str) -> subprocess.Popen:
     )
 
 
+def _size(p: Path) -> int:
+    """``p``'s size, 0 once it is gone (a small file's ``.incomplete`` is renamed as soon as it is done)."""
+    try:
+        return p.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def wait_for_partial(proc: subprocess.Popen, root: Path, timeout: float = 60) -> list[Path]:
     """Wait until the slow file is half-written somewhere under ``root`` (the download is under way)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        partial = [p for p in root.rglob("*.incomplete") if p.stat().st_size > 0]
+        partial = [p for p in root.rglob("*.incomplete") if _size(p) > 0]
         if partial:
             return partial
         time.sleep(0.05)
