@@ -5,7 +5,8 @@ folder, no dashboard and no usage stats, in single-node mode (RAY_ENABLE_WINDOWS
 environment of the head, its workers and every driver); every node address Ray reports is checked to be
 127.0.0.1, and the cluster is stopped by terminating the process this module started. llmkit runs as a
 subprocess (the driver), as a user runs it; the outputs are compared byte for byte with the same command
-run without --ray.
+run without --ray. to-ckpt's one .ckpt is written by byte range (4 ranges on the 2-CPU head), compared the
+same way, its --crc trailer against zlib's CRC-32 of the bytes before it.
 """
 
 from __future__ import annotations
