@@ -5,7 +5,8 @@ folder, no dashboard and no usage stats, in single-node mode (RAY_ENABLE_WINDOWS
 environment of the head, its workers and every driver); every node address Ray reports is checked to be
 127.0.0.1, and the cluster is stopped by terminating the process this module started. llmkit runs as a
 subprocess (the driver), as a user runs it; the outputs are compared byte for byte with the same command
-run without --ray.
+run without --ray. to-ckpt's one .ckpt is written by byte range (4 ranges on the 2-CPU head), compared the
+same way, its --crc trailer against zlib's CRC-32 of the bytes before it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +29,12 @@ import torch
 from common import one_error_line, only_error_line, tiny_state, tuned_state, write_hf, write_lora
 
 import llmkit
+from llmkit.cluster.ranges import crc32_combine
 
 ROOT = Path(llmkit.__file__).resolve().parents[1]  # the checkout under test: workers import llmkit from it
 PY = sys.executable
 SHARD = "60KB"  # the tiny model's 21 tensors in 11 files: 11 tasks
+CKPT_RANGES = 2 * 2  # a .ckpt by byte range: two ranges per CPU of the 2-CPU cluster (21 tensors)
 MERGE_TAIL = ("--shard-size", SHARD, "-q")
 
 
@@ -207,6 +211,74 @@ def test_the_driver_killed_leaves_nothing_final_and_a_rerun_succeeds(cluster, mo
     assert r.returncode == 0, r.stderr
     same_folder(tmp_path / "one", tmp_path / "ray")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ray.")]  # the dead run's stage removed
+
+
+# ------------------------------------------------------------------ one file (.ckpt) by byte range
+
+
+def _ckpt_args(models, out: Path, *extra: object) -> list[object]:
+    return ["to-ckpt", models["base"], "-o", out, "-q", *extra]
+
+
+@pytest.mark.slow
+def test_to_ckpt_on_ray_is_byte_identical_with_and_without_the_crc_trailer(cluster, models, tmp_path):
+    for extra in ([], ["--crc"]):
+        tag = "crc" if extra else "plain"
+        assert llmkit_cli(*_ckpt_args(models, tmp_path / f"{tag}-one.ckpt", *extra)).returncode == 0
+        r = llmkit_cli(*_ckpt_args(models, tmp_path / f"{tag}-ray.ckpt", *extra), "--ray", cluster)
+        assert r.returncode == 0, r.stderr
+        data = (tmp_path / f"{tag}-ray.ckpt").read_bytes()
+        assert data == (tmp_path / f"{tag}-one.ckpt").read_bytes()
+        if extra:  # MindSpore's trailer: b"crc_num" + CRC-32 of every byte before it, 10 bytes big-endian
+            assert data[-17:] == b"crc_num" + zlib.crc32(data[:-17]).to_bytes(10, "big")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{t}-{w}.ckpt" for t in ("crc", "plain") for w in ("one", "ray")
+    ]
+
+
+def test_crc32_combine_is_the_crc_of_the_concatenation():
+    rng = np.random.default_rng(0)
+    for la, lb in [(0, 5), (5, 0), (1, 1), (1000, 37), (12345, 100000)]:
+        a, b = rng.bytes(la), rng.bytes(lb)
+        assert crc32_combine(zlib.crc32(a), zlib.crc32(b), lb) == zlib.crc32(a + b)
+
+
+@pytest.mark.slow
+def test_dry_run_on_ray_lists_the_byte_ranges_of_a_ckpt(cluster, models, tmp_path):
+    r = llmkit_cli(*_ckpt_args(models, tmp_path / "m.ckpt"), "--dry-run", "--json", "--ray", cluster)
+    assert r.returncode == 0, r.stderr
+    notes = [n["text"] for n in json.loads(r.stdout)["notices"] if n["text"].startswith("ray:")]
+    assert notes[0].startswith(f"ray: {CKPT_RANGES} piece(s), byte ranges of m.ckpt (")
+    assert ": bytes 0-" in notes[0] and notes[0].count("tensors)") == CKPT_RANGES
+    assert notes[1] == "ray: 2 task(s) at once (2 CPUs on 1 node(s))"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_range_is_retried_to_the_same_ckpt(cluster, models, tmp_path):
+    assert llmkit_cli(*_ckpt_args(models, tmp_path / "one.ckpt", "--crc")).returncode == 0
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    cmd = [PY, "-m", "llmkit", *map(str, _ckpt_args(models, tmp_path / "ray.ckpt", "--crc")), "--ray", cluster]
+    proc = subprocess.Popen(
+        cmd, env=_env(LLMKIT_TEST_HOLD_PIECE=str(hold)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    worker = _wait_for(hold / "piece-0.pid", proc)  # range 0 holds once its first tensor is written
+    assert worker != proc.pid
+    assert len(list(tmp_path.glob(".ray.ckpt.llmkit-stage-*"))) == 2  # the staged file and its ledger
+    os.kill(worker, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert (tmp_path / "ray.ckpt").read_bytes() == (tmp_path / "one.ckpt").read_bytes()
+    assert not list(tmp_path.glob(".ray.ckpt*"))
+
+
+def test_an_encrypted_ckpt_on_ray_is_refused_in_one_line(run_cli, models, tmp_path):
+    (tmp_path / "k").write_bytes(bytes(range(16)))
+    r = run_cli(*_ckpt_args(models, tmp_path / "m.ckpt", "--enc-key", tmp_path / "k"), "--ray", "127.0.0.1:1")
+    assert r.exit_code == 2
+    assert "an encrypted .ckpt is one chain of AES blocks" in one_error_line(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,7 @@ def _render(result: CkptResult) -> Callable[[Console], None]:
 
 @with_output
 @reads_remote
+@runs_on_ray
 def to_ckpt_command(
     source: Annotated[
         Path,

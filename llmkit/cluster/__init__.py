@@ -4,7 +4,8 @@ This module is what the CLI and the runner import at start-up: two context varia
 
 - :func:`on_ray` (the CLI's ``--ray``): within it, :func:`llmkit.pipeline.run_plan` hands the plan to
   :func:`llmkit.cluster.driver.run_on_ray`, which opens the sink as always (claim, stage, checks), submits one
-  task per output file, verifies every piece and makes the output final in one rename.
+  task per output file (a one-file ``.ckpt``: per byte range, :mod:`llmkit.cluster.ranges`), verifies every
+  piece and makes the output final in one rename.
 - :func:`writing_piece` (inside a task, :mod:`llmkit.cluster.worker`): the job is planned again from its
   options and ``run_plan`` writes only the task's file into the driver's stage (:func:`llmkit.cluster.worker.run_piece`).
 """
@@ -17,10 +18,11 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from llmkit.cluster.ranges import RangeTask
     from llmkit.cluster.worker import PieceTask
 
 _ADDRESS: ContextVar[str | None] = ContextVar("llmkit_ray_address", default=None)
-_PIECE: ContextVar[PieceTask | None] = ContextVar("llmkit_ray_piece", default=None)
+_PIECE: ContextVar[PieceTask | RangeTask | None] = ContextVar("llmkit_ray_piece", default=None)
 
 
 @contextmanager
@@ -40,8 +42,8 @@ def current_address() -> str | None:
 
 
 @contextmanager
-def writing_piece(task: PieceTask) -> Iterator[None]:
-    """Within the block (a Ray task), ``run_plan`` writes ``task``'s one output file and nothing else."""
+def writing_piece(task: PieceTask | RangeTask) -> Iterator[None]:
+    """Within the block (a Ray task), ``run_plan`` writes ``task``'s one output file (or byte range) and nothing else."""
     token = _PIECE.set(task)
     try:
         yield
@@ -49,6 +51,6 @@ def writing_piece(task: PieceTask) -> Iterator[None]:
         _PIECE.reset(token)
 
 
-def current_piece() -> PieceTask | None:
+def current_piece() -> PieceTask | RangeTask | None:
     """The piece this process is writing (inside a Ray task), or None."""
     return _PIECE.get()

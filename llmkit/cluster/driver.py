@@ -1,5 +1,6 @@
-"""``--ray ADDRESS``: the driver. Plan and check as always, then one Ray task per output file; the output is
-made final only when every piece is back and verified.
+"""``--ray ADDRESS``: the driver. Plan and check as always, then one Ray task per output file (a one-file
+``.ckpt``: per byte range, :mod:`llmkit.cluster.ranges`); the output is made final only when every piece is
+back and verified.
 
 The order of a run (:func:`run_on_ray`): what cannot be split is refused in one line before anything is
 opened (:func:`refusal`); the sink is opened as in one process (destination checks, claim, stage); the side
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmkit.cluster import current_address
 from llmkit.cluster.jobs import JOB_ENTRIES
+from llmkit.cluster.ranges import RANGE_FORMATS
 from llmkit.cluster.worker import HOLD_ENV, PieceDone, PieceTask, write_piece_task
 from llmkit.errors import CheckFailed, InputError
 from llmkit.io.core.pieces import PIECE_DIR
@@ -65,8 +67,12 @@ def refusal(plan: Plan, options: RunOptions, *, chained: bool) -> str | None:
         return "--ray writes into a folder every node shares; an s3:// or hf:// output is not split yet"
     if plan.job not in JOB_ENTRIES:
         return f"--ray does not run {plan.job} yet (it runs {', '.join(sorted(set(JOB_ENTRIES)))})"
-    if plan.fmt not in SPLIT_FORMATS:
-        return f"a {plan.fmt} output is one file: --ray splits an output by file, byte ranges are not split yet"
+    if plan.fmt not in SPLIT_FORMATS + RANGE_FORMATS:
+        return f"a {plan.fmt} output is one file: --ray splits an output by file, and by byte range only a .ckpt"
+    if plan.sink_options.get("enc_key") is not None:
+        return (
+            "an encrypted .ckpt is one chain of AES blocks written front to back: --ray cannot split it by byte range"
+        )
     for tap in plan.taps:
         if not hasattr(tap, "part") and getattr(tap, "reads_output", True):
             return f"--ray cannot combine {type(tap).__name__} from pieces"
@@ -98,13 +104,19 @@ def run_on_ray(
         if why is not None:
             raise InputError(why, path=plan.output, hint="run without --ray")
         sink = open_plan_sink(plan, force=options.force)
-        writer = _writer(sink)
+        one_file = plan.fmt in RANGE_FORMATS
+        writer = sink if one_file else _writer(sink)
         if options.dry_run:  # in the plan's notices: every job shows those with its plan
-            plan.notices += dry_run_notices(writer, address)
+            plan.notices += dry_run_notices(writer, address, one_file=one_file)
         result = planned_result(plan, options, result_for, sink)
         if options.dry_run:
             return result
-        done = _run(plan, options, sink, address, progress)
+        if one_file:
+            from llmkit.cluster.ranges import run_ranges
+
+            done = run_ranges(plan, options, sink, address, progress)  # type: ignore[arg-type]
+        else:
+            done = _run(plan, options, sink, address, progress)
     result.files, result.seconds, result.outputs = done.files, done.seconds, [result.output]
     result.checks += done.checks
     return result
@@ -123,16 +135,23 @@ def piece_sizes(writer: ShardSetWriter) -> list[tuple[str, int]]:
     return [(sh.name, sum(s.nbytes for s in sh.specs)) for sh in writer.shards]
 
 
-def dry_run_notices(writer: ShardSetWriter, address: str) -> list[Notice]:
-    """What ``--dry-run --ray`` adds: the pieces, bytes per piece, the parallelism the cluster offers."""
-    pieces = piece_sizes(writer)
-    listed = ", ".join(f"{n} ({human_bytes(b)})" for n, b in pieces)
+def dry_run_notices(writer: Any, address: str, *, one_file: bool = False) -> list[Notice]:
+    """What ``--dry-run --ray`` adds: the pieces (files, or a one-file output's byte ranges), bytes per
+    piece, the parallelism the cluster offers."""
     cpus, nodes, error = cluster_cpus(address)
+    if one_file:
+        from llmkit.cluster.ranges import dry_run_lines
+
+        lines, count = dry_run_lines(writer, cpus)
+    else:
+        pieces = piece_sizes(writer)
+        listed = ", ".join(f"{n} ({human_bytes(b)})" for n, b in pieces)
+        lines, count = [f"ray: {len(pieces)} piece(s), one task per file: {listed}"], len(pieces)
     if cpus is None:
         at_once = f"parallelism unknown ({error})"
     else:
-        at_once = f"{min(len(pieces), int(cpus))} task(s) at once ({int(cpus)} CPUs on {nodes} node(s))"
-    return [Notice.info(f"ray: {len(pieces)} piece(s), one task per file: {listed}"), Notice.info(f"ray: {at_once}")]
+        at_once = f"{min(count, int(cpus))} task(s) at once ({int(cpus)} CPUs on {nodes} node(s))"
+    return [*(Notice.info(line) for line in lines), Notice.info(f"ray: {at_once}")]
 
 
 def cluster_cpus(address: str) -> tuple[float | None, int, str]:
@@ -216,8 +235,8 @@ def _run(plan: Plan, options: RunOptions, sink: Sink, address: str, progress: Pr
     return Execution(list(writer.files), checks, round(time.perf_counter() - start, 3))
 
 
-def _gathered(ray: Any, refs: dict[Any, PieceTask]) -> Any:
-    """Each piece's result as it comes back; a failed piece cancels the others and raises its own error."""
+def _gathered(ray: Any, refs: dict[Any, Any]) -> Any:
+    """Each piece's result as it comes back (``refs``: Ray ref -> its task, with ``.file``); a failed piece cancels the others and raises its own error."""
     pending = list(refs)
     try:
         while pending:

@@ -18,6 +18,7 @@ JOB_ENTRIES = {
     "from-meta": "llmkit.convert.meta:from_meta",
     "from-ckpt": "llmkit.convert.from_ckpt:from_ckpt",
     "from-gguf": "llmkit.convert.from_gguf:from_gguf",
+    "to-ckpt": "llmkit.convert.to_ckpt:to_ckpt",  # a .ckpt by byte ranges (llmkit.cluster.ranges)
 }
 
 

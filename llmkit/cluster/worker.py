@@ -30,6 +30,7 @@ from llmkit.io.core.spec import TensorSpec
 if TYPE_CHECKING:
     import torch
 
+    from llmkit.cluster.ranges import RangeTask
     from llmkit.pipeline import Plan
 
 HOLD_ENV = "LLMKIT_TEST_HOLD_PIECE"  # tests only: a folder; piece 0's first attempt records its PID there and waits
@@ -65,8 +66,8 @@ class PieceDone:
 class PieceWritten(Exception):  # not an error: how a job's call ends inside a task
     """Raised by :func:`run_piece` to leave the job's library call once the piece is written."""
 
-    def __init__(self, done: PieceDone):
-        super().__init__(done.piece.name)
+    def __init__(self, done: Any):  # a PieceDone, or a RangeDone (llmkit.cluster.ranges)
+        super().__init__(done.index)
         self.done = done
 
 
@@ -90,6 +91,10 @@ def run_piece(plan: Plan) -> None:
 
     task = cluster.current_piece()
     assert task is not None
+    if not isinstance(task, PieceTask):  # a byte range of a one-file output
+        from llmkit.cluster.ranges import run_range
+
+        run_range(plan, task)
     with plan:
         _check_same_plan(plan, task)
         split = [t for t in plan.taps if hasattr(t, "part")]
@@ -101,7 +106,7 @@ def run_piece(plan: Plan) -> None:
     raise PieceWritten(PieceDone(task.index, piece, parts, os.getpid()))
 
 
-def _check_same_plan(plan: Plan, task: PieceTask) -> None:
+def _check_same_plan(plan: Plan, task: PieceTask | RangeTask) -> None:
     """The plan made here must be the driver's for this file (same job, same names, dtypes and shapes)."""
     mine = {s.name: (s.dtype, s.shape) for s in plan.specs}
     if plan.job != task.job:
@@ -116,7 +121,7 @@ def _check_same_plan(plan: Plan, task: PieceTask) -> None:
 
 
 def _produced(
-    plan: Plan, task: PieceTask, split: list, parts: dict[str, list[object]]
+    plan: Plan, task: PieceTask | RangeTask, split: list, parts: dict[str, list[object]]
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The piece's tensors in file order: the next one's inputs prefetched, each one's released once written."""
     from llmkit.pipeline import _release, _tensor_stream
