@@ -1,24 +1,22 @@
 """``--ray ADDRESS``: a plan's output files written as Ray tasks on a real local cluster, on 127.0.0.1 only.
 
-The cluster (module fixture) is ``ray start --head --block`` on 127.0.0.1 with a free port, its own temp
-folder, no dashboard and no usage stats, in single-node mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the
-environment of the head, its workers and every driver); every node address Ray reports is checked to be
-127.0.0.1, and the cluster is stopped by terminating the process this module started. llmkit runs as a
-subprocess (the driver), as a user runs it; the outputs are compared byte for byte with the same command
-run without --ray. to-ckpt's one .ckpt is written by byte range (4 ranges on the 2-CPU head), compared the
-same way, its --crc trailer against zlib's CRC-32 of the bytes before it.
+The cluster (module fixture, tests/ray_cluster.py) is ``ray start --head --block`` on 127.0.0.1 with a free
+port, its own temp folder, no dashboard and no usage stats, in single-node mode
+(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the environment of the head, its workers and every driver); every node
+address Ray reports is checked to be 127.0.0.1, and the cluster is stopped by terminating the process the
+fixture started. llmkit runs as a subprocess (the driver), as a user runs it; the outputs are compared byte
+for byte with the same command run without --ray. to-ckpt's one .ckpt is written by byte range (4 ranges on
+the 2-CPU head), compared the same way, its --crc trailer against zlib's CRC-32 of the bytes before it.
 """
+
+# ruff: noqa: F811  (the cluster fixture, imported from ray_cluster, is taken as a test argument)
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -27,73 +25,13 @@ import numpy as np
 import pytest
 import torch
 from common import one_error_line, only_error_line, tiny_state, tuned_state, write_hf, write_lora
+from ray_cluster import PY, cluster, free_port, llmkit_cli, ray_env, same_folder  # noqa: F401 (cluster: the fixture)
 
-import llmkit
 from llmkit.cluster.ranges import crc32_combine
 
-ROOT = Path(llmkit.__file__).resolve().parents[1]  # the checkout under test: workers import llmkit from it
-PY = sys.executable
 SHARD = "60KB"  # the tiny model's 21 tensors in 11 files: 11 tasks
 CKPT_RANGES = 2 * 2  # a .ckpt by byte range: two ranges per CPU of the 2-CPU cluster (21 tensors)
 MERGE_TAIL = ("--shard-size", SHARD, "-q")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "LLMKIT_DEBUG"}
-    env.update(
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-        RAY_USAGE_STATS_ENABLED="0",
-        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    env.update(extra)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _node_addresses(address: str) -> list[str]:
-    code = (
-        f"import json, ray; ray.init(address={address!r}, log_to_driver=False, logging_level='ERROR'); "
-        "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes()]))"
-    )
-    out = subprocess.run([PY, "-c", code], env=_env(), capture_output=True, text=True, timeout=120, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """ADDRESS of a 2-CPU Ray head on 127.0.0.1 that this module starts and stops."""
-    port = _free_port()
-    temp = Path(tempfile.mkdtemp(prefix="llmkit-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    head = [PY, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1"]
-    head += ["--port", str(port), "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]
-    head += ["--temp-dir", str(temp)]
-    proc = subprocess.Popen(head, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
-                time.sleep(0.5)
-        nodes = _node_addresses(address)
-        assert nodes and all(a == "127.0.0.1" for a in nodes), nodes
-        yield address
-    finally:
-        proc.terminate()  # ray start --block stops the processes it started
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -110,18 +48,6 @@ def models(tmp_path_factory):
         "diff": write_hf(root / "diff", diff),
         "lora": write_lora(root / "lora"),
     }
-
-
-def llmkit_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = [PY, "-m", "llmkit", *[str(a) for a in args]]
-    return subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def same_folder(a: Path, b: Path) -> None:
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
-    for n in names:
-        assert (a / n).read_bytes() == (b / n).read_bytes(), n
 
 
 def _recover_args(models, out: Path) -> list[object]:
@@ -182,7 +108,7 @@ def test_a_worker_killed_mid_piece_is_retried_to_the_same_bytes(cluster, models,
     hold.mkdir()
     cmd = [PY, "-m", "llmkit", *map(str, _recover_args(models, tmp_path / "ray")), "--ray", cluster]
     proc = subprocess.Popen(
-        cmd, env=_env(LLMKIT_TEST_HOLD_PIECE=str(hold)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        cmd, env=ray_env(LLMKIT_TEST_HOLD_PIECE=str(hold)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     worker = _wait_for(hold / "piece-0.pid", proc)
     assert worker != proc.pid
@@ -201,7 +127,7 @@ def test_the_driver_killed_leaves_nothing_final_and_a_rerun_succeeds(cluster, mo
     hold.mkdir()
     cmd = [PY, "-m", "llmkit", *map(str, _recover_args(models, tmp_path / "ray")), "--ray", cluster]
     proc = subprocess.Popen(
-        cmd, env=_env(LLMKIT_TEST_HOLD_PIECE=str(hold)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        cmd, env=ray_env(LLMKIT_TEST_HOLD_PIECE=str(hold)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     _wait_for(hold / "piece-0.pid", proc)
     proc.kill()
@@ -261,7 +187,7 @@ def test_a_worker_killed_mid_range_is_retried_to_the_same_ckpt(cluster, models, 
     hold.mkdir()
     cmd = [PY, "-m", "llmkit", *map(str, _ckpt_args(models, tmp_path / "ray.ckpt", "--crc")), "--ray", cluster]
     proc = subprocess.Popen(
-        cmd, env=_env(LLMKIT_TEST_HOLD_PIECE=str(hold)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        cmd, env=ray_env(LLMKIT_TEST_HOLD_PIECE=str(hold)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     worker = _wait_for(hold / "piece-0.pid", proc)  # range 0 holds once its first tensor is written
     assert worker != proc.pid
@@ -297,7 +223,7 @@ def test_what_cannot_be_split_is_refused_in_one_line_before_any_work(run_cli, mo
 
 
 def test_no_cluster_at_the_address_is_one_line(run_cli, models, tmp_path):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     r = run_cli(*_recover_args(models, tmp_path / "o"), "--ray", f"127.0.0.1:{port}")
     assert r.exit_code == 2
     assert f"no Ray cluster answers at 127.0.0.1:{port}" in one_error_line(r)
