@@ -228,3 +228,17 @@ def test_no_cluster_at_the_address_is_one_line(run_cli, models, tmp_path):
     assert r.exit_code == 2
     assert f"no Ray cluster answers at 127.0.0.1:{port}" in one_error_line(r)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_piece_written_again_with_other_bytes_fails_the_job(tmp_path):
+    """A retried task whose bytes differ from the first attempt's record: the job is not deterministic."""
+    from llmkit.cluster.worker import record
+    from llmkit.errors import CheckFailed
+
+    ledger = tmp_path / "0.json"
+    entry = {"file": "model-00001-of-00002.safetensors", "size": 10, "sha256": "aa" * 32}
+    record(ledger, entry, entry["file"])
+    record(ledger, dict(entry), entry["file"])  # the same bytes again (Ray retried a killed task): fine
+    with pytest.raises(CheckFailed, match="written twice with different bytes"):
+        record(ledger, {**entry, "sha256": "bb" * 32}, entry["file"])
+    assert json.loads(ledger.read_text()) == entry  # the first record stands

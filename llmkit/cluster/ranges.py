@@ -306,20 +306,10 @@ def write_records(task: RangeTask, tensors: Iterable[tuple[str, torch.Tensor]]) 
 
 
 def _record(task: RangeTask, size: int, digest: str) -> None:
-    """Record the range in the ledger; a record already there (an earlier attempt) must agree."""
-    path = Path(task.ledger) / f"{task.index}.json"
-    entry = {"offset": task.offset, "size": size, "sha256": digest}
-    if path.exists():
-        earlier = json.loads(path.read_text())
-        if earlier != entry:
-            raise CheckFailed(
-                f"{task.file} was written twice with different bytes (sha256 {earlier.get('sha256')} then "
-                f"{digest}): the job is not deterministic, nothing is kept"
-            )
-        return
-    tmp = path.with_suffix(f".{os.getpid()}")
-    tmp.write_text(json.dumps(entry))
-    os.replace(tmp, path)
+    """Record the range in the ledger (``worker.record``: an earlier attempt's record must agree)."""
+    from llmkit.cluster.worker import record
+
+    record(Path(task.ledger) / f"{task.index}.json", {"offset": task.offset, "size": size, "sha256": digest}, task.file)
 
 
 def _hold(task: RangeTask) -> None:

@@ -134,15 +134,20 @@ def _produced(
 
 
 def _record(stage: Path, index: int, piece: PieceFile) -> None:
-    """Record the piece in the stage's ledger; a record already there (an earlier attempt) must agree."""
-    ledger = stage / PIECE_DIR / f"{index}.json"
+    """Record the piece in the stage's ledger (:func:`record`)."""
     entry = {"file": piece.name, "size": piece.size, "sha256": piece.sha256}
+    record(stage / PIECE_DIR / f"{index}.json", entry, piece.name)
+
+
+def record(ledger: Path, entry: dict[str, Any], what: str) -> None:
+    """Record a piece (or a byte range) of ``what`` in the ledger file ``ledger``; a record already there (an
+    earlier attempt of the same task) must agree, else the job is not deterministic and fails."""
     if ledger.exists():
         earlier = json.loads(ledger.read_text())
         if earlier != entry:
             raise CheckFailed(
-                f"{piece.name} was written twice with different bytes (sha256 {earlier.get('sha256')} then "
-                f"{piece.sha256}): the job is not deterministic, nothing is kept"
+                f"{what} was written twice with different bytes (sha256 {earlier.get('sha256')} then "
+                f"{entry.get('sha256')}): the job is not deterministic, nothing is kept"
             )
         return
     tmp = ledger.with_suffix(f".{os.getpid()}")
