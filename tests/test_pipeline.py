@@ -66,7 +66,8 @@ def test_the_example_gets_dry_run_and_the_destination_checks_for_free(cast, tiny
 def test_a_failing_tap_keeps_nothing(tiny_factory, tmp_path):
     from llmkit.io.core.source import open_source
     from llmkit.io.core.spec import TensorSpec
-    from llmkit.pipeline import Plan, execute, open_plan_sink
+    from llmkit.pipeline import Plan, open_plan_sink
+    from llmkit.runner import execute
 
     class Refuse:
         def __init__(self):

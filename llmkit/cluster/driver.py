@@ -31,7 +31,6 @@ from llmkit.errors import CheckFailed, InputError
 from llmkit.io.core.pieces import PIECE_DIR
 from llmkit.pipeline import (
     Check,
-    Execution,
     Notice,
     Plan,
     PlanReport,
@@ -44,6 +43,7 @@ from llmkit.pipeline import (
     planned_result,
 )
 from llmkit.read_order import leaf_reads, run_order
+from llmkit.runner import Execution
 from llmkit.units import human_bytes
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def dry_run_notices(writer: Any, address: str, *, one_file: bool = False) -> lis
 def cluster_cpus(address: str) -> tuple[float | None, int, str]:
     """(CPUs, alive nodes, '') of the cluster at ``address``, or (None, 0, why) when none is reachable."""
     try:
-        ray = _connect(address)
+        ray = connect(address)
     except Exception as e:  # a dry run says why, whatever Ray raised
         why = e.args[0] if isinstance(e, InputError) and e.args else str(e)
         return None, 0, str(why).splitlines()[0] if str(why) else type(e).__name__
@@ -165,7 +165,7 @@ def cluster_cpus(address: str) -> tuple[float | None, int, str]:
     return float(ray.cluster_resources().get("CPU", 0)), len(nodes), ""
 
 
-def _connect(address: str) -> Any:
+def connect(address: str) -> Any:
     """Ray, connected to ``address`` (``auto``: RAY_ADDRESS or the cluster running on this machine)."""
     try:
         import ray
@@ -194,7 +194,7 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-def _task_memory(ray: Any, plan: Plan) -> int:
+def task_memory(ray: Any, plan: Plan) -> int:
     """The memory each task declares: the plan's working set, at most the largest node's (never unschedulable)."""
     largest = max((n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
     return int(min(plan.working_set_bytes, largest)) if largest else 0
@@ -211,14 +211,14 @@ def _tasks(plan: Plan, options: RunOptions, writer: ShardSetWriter, stage: Path)
 def _run(plan: Plan, options: RunOptions, sink: Sink, address: str, progress: ProgressFactory | None) -> Execution:
     start = time.perf_counter()
     writer = _writer(sink)
-    ray = _connect(address)
+    ray = connect(address)
     with writer:
         carry_side_files(plan, sink)
         stage = writer.stage_folder
         assert stage is not None
         (stage / PIECE_DIR).mkdir()
         tasks = _tasks(plan, options, writer, stage)
-        memory = _task_memory(ray, plan)
+        memory = task_memory(ray, plan)
         remote = ray.remote(write_piece_task).options(
             max_retries=MAX_RETRIES, retry_exceptions=False, num_cpus=1, **({"memory": memory} if memory else {})
         )
@@ -226,16 +226,16 @@ def _run(plan: Plan, options: RunOptions, sink: Sink, address: str, progress: Pr
         parts: dict[str, list[object]] = {}
         total = sum(s.nbytes for s in plan.specs)
         with (progress or no_progress)(plan.label, total) as advance:
-            for done in _gathered(ray, refs):
+            for done in gathered(ray, refs):
                 _adopt(writer, stage, done, tasks[done.index])
                 parts.update(done.parts)
                 advance(sum(s.nbytes for s in tasks[done.index].specs))
-        checks = _taps(plan, sink, parts)
+        checks = judged_taps(plan, sink, parts)
         shutil.rmtree(stage / PIECE_DIR)
     return Execution(list(writer.files), checks, round(time.perf_counter() - start, 3))
 
 
-def _gathered(ray: Any, refs: dict[Any, Any]) -> Any:
+def gathered(ray: Any, refs: dict[Any, Any]) -> Any:
     """Each piece's result as it comes back (``refs``: Ray ref -> its task, with ``.file``); a failed piece cancels the others and raises its own error."""
     pending = list(refs)
     try:
@@ -280,7 +280,7 @@ def _adopt(writer: ShardSetWriter, stage: Path, done: PieceDone, task: PieceTask
     writer.adopt(done.index, planned)
 
 
-def _taps(plan: Plan, sink: Sink, parts: dict[str, list[object]]) -> list[Check]:
+def judged_taps(plan: Plan, sink: Sink, parts: dict[str, list[object]]) -> list[Check]:
     """The split taps take every tensor's parts in the one-process order; then every tap is judged."""
     split = [t for t in plan.taps if hasattr(t, "part")]
     if split:

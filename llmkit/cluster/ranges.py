@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
     from llmkit.io.mindspore.ckpt import CkptStart
     from llmkit.io.mindspore.sink import CkptSink
-    from llmkit.pipeline import Execution, Plan, ProgressFactory, RunOptions
+    from llmkit.pipeline import Plan, ProgressFactory, RunOptions
+    from llmkit.runner import Execution
 
 RANGE_FORMATS = ("ckpt",)  # one file, every offset fixed by the plan
 RANGES_PER_CPU = 2
@@ -131,10 +132,11 @@ def run_ranges(
     """The one file written by range tasks; final only when every range is back and verified."""
     from llmkit.cluster import driver
     from llmkit.cluster.worker import HOLD_ENV
-    from llmkit.pipeline import Execution, no_progress
+    from llmkit.pipeline import no_progress
+    from llmkit.runner import Execution
 
     begun = time.perf_counter()
-    ray = driver._connect(address)
+    ray = driver.connect(address)
     specs, start = planned(sink)
     ranges = split_ranges(specs, start, range_count(ray.cluster_resources().get("CPU"), len(specs)))
     with sink:
@@ -150,7 +152,7 @@ def run_ranges(
                           r.size, r.specs, str(stage), str(ledger), hold)
                 for i, r in enumerate(ranges)
             ]  # fmt: skip
-            memory = driver._task_memory(ray, plan)
+            memory = driver.task_memory(ray, plan)
             remote = ray.remote(write_range_task).options(
                 max_retries=driver.MAX_RETRIES,
                 retry_exceptions=False,
@@ -161,14 +163,14 @@ def run_ranges(
             dones: dict[int, RangeDone] = {}
             parts: dict[str, list[object]] = {}
             with (progress or no_progress)(plan.label, sum(s.nbytes for s in plan.specs)) as advance:
-                for done in driver._gathered(ray, refs):
+                for done in driver.gathered(ray, refs):
                     _check_range(done, tasks[done.index], ledger)
                     dones[done.index] = done
                     parts.update(done.parts)
                     advance(sum(s.nbytes for s in tasks[done.index].specs))
             _finish(sink, stage, start, [dones[i] for i in range(len(tasks))])
             sink.adopt(0, start)
-            checks = driver._taps(plan, sink, parts)
+            checks = driver.judged_taps(plan, sink, parts)
         finally:
             shutil.rmtree(ledger, ignore_errors=True)
     return Execution(list(sink.files), checks, round(time.perf_counter() - begun, 3))

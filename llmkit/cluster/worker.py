@@ -124,13 +124,13 @@ def _produced(
     plan: Plan, task: PieceTask | RangeTask, split: list, parts: dict[str, list[object]]
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The piece's tensors in file order: the next one's inputs prefetched, each one's released once written."""
-    from llmkit.pipeline import _release, _tensor_stream
+    from llmkit.runner import release_inputs, tensor_stream
 
-    for name, tensor in _tensor_stream(plan, [s.name for s in task.specs]):
+    for name, tensor in tensor_stream(plan, [s.name for s in task.specs]):
         parts[name] = [t.part(name, tensor) for t in split]
         yield name, tensor
         del tensor
-        _release(plan, name)
+        release_inputs(plan, name)
 
 
 def _record(stage: Path, index: int, piece: PieceFile) -> None:
