@@ -246,18 +246,10 @@ def _gf2_square(mat: list[int]) -> list[int]:
 
 def write_range_task(task: RangeTask) -> RangeDone:
     """The Ray task: plan ``task.job`` from its options and write range ``task.index`` of the staged file."""
-    from llmkit import cluster
-    from llmkit.cluster.jobs import job_entry
-    from llmkit.cluster.worker import PieceWritten
+    from llmkit.cluster.worker import rebuilt_and_written
 
-    entry = job_entry(task.job)
-    with cluster.writing_piece(task):
-        try:
-            entry(task.options)
-        except PieceWritten as written:
-            done: RangeDone = written.done
-            return done
-    raise InputError(f"{task.job} ended without reaching its runner on the worker")
+    done: RangeDone = rebuilt_and_written(task)
+    return done
 
 
 def run_range(plan: Plan, task: RangeTask) -> NoReturn:

@@ -73,6 +73,13 @@ class PieceWritten(Exception):  # not an error: how a job's call ends inside a t
 
 def write_piece_task(task: PieceTask) -> PieceDone:
     """The Ray task: plan ``task.job`` from its options and write file ``task.index``."""
+    done: PieceDone = rebuilt_and_written(task)
+    return done
+
+
+def rebuilt_and_written(task: Any) -> Any:
+    """Run ``task.job`` from ``task.options`` in piece mode: its ``run_plan`` writes the task's file (or byte
+    range) and raises :class:`PieceWritten` with what it wrote, which this returns."""
     from llmkit import cluster
     from llmkit.cluster.jobs import job_entry
 
