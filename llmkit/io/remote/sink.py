@@ -30,7 +30,8 @@ from typing import Any, BinaryIO, cast
 from llmkit.errors import InputError, OutputExistsError
 from llmkit.io.core.staging import ExistingFolder, Staging
 from llmkit.io.remote.stage import RemoteStage, pid_alive
-from llmkit.io.remote.upload import ObjectUpload, part_size_for
+from llmkit.io.remote.store import s3_filesystem
+from llmkit.io.remote.upload import ObjectUpload, part_size_for, s3_write_error
 from llmkit.io.remote.url import remote_url
 
 LOCK_NAME = ".llmkit-lock"
@@ -85,20 +86,6 @@ def check_remote_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLi
             )
 
 
-def s3_filesystem() -> Any:
-    """An ``s3fs.S3FileSystem`` with the AWS environment's credentials and endpoint (no instance cache)."""
-    try:
-        import s3fs  # type: ignore[import-untyped]  # s3fs ships no type hints
-    except ImportError:
-        raise InputError(
-            "writing to s3:// needs s3fs, which is not installed", hint="pip install 'llmkit[s3]'"
-        ) from None
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {}, skip_instance_cache=True)
-    fs.retries = 1  # each upload step is retried by llmkit (upload.TRIES), with its own backoff
-    return fs
-
-
 class S3Staging(RemoteStage):
     """The pending uploads of one run's output under ``s3://bucket/prefix``; see the module docstring."""
 
@@ -118,7 +105,8 @@ class S3Staging(RemoteStage):
         self.bucket = bucket
         if not self.prefix:
             raise InputError("an S3 output needs a prefix", path=self.url, hint="use s3://bucket/prefix/")
-        self.fs = s3_filesystem()
+        self.fs = s3_filesystem("writing to s3://")
+        self.fs.retries = 1  # each upload step is retried by llmkit (upload.TRIES), with its own backoff
         self.uploads: dict[str, ObjectUpload] = {}
         self.small: dict[str, bytes] = {}
         self.run = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
@@ -147,12 +135,8 @@ class S3Staging(RemoteStage):
             raise InputError(
                 "no such bucket", path=f"s3://{self.bucket}", hint="create it, or check its name"
             ) from None
-        except PermissionError:
-            raise InputError(
-                "access denied",
-                path=self.url,
-                hint="set the AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) allowed to write here",
-            ) from None
+        except PermissionError as e:
+            raise s3_write_error(e, self.url) from None
 
     def _listed(self) -> list[str]:
         """The names directly under the prefix (a one-object output: that object, if it exists)."""

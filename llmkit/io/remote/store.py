@@ -251,24 +251,27 @@ class HubStore(Store):
             raise
 
 
+AWS_CREDENTIALS = "set the AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+
+
+def s3_filesystem(doing: str) -> Any:
+    """An ``s3fs.S3FileSystem`` with the AWS environment's credentials and endpoint (``AWS_ENDPOINT_URL_S3``,
+    else ``AWS_ENDPOINT_URL``), no instance cache; ``doing`` (``reading s3://...``) names what needs it."""
+    try:
+        import s3fs  # type: ignore[import-untyped]  # s3fs ships no type hints
+    except ImportError:
+        raise InputError(f"{doing} needs s3fs, which is not installed", hint="pip install 'llmkit[s3]'") from None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {}, skip_instance_cache=True)
+
+
 class S3Store(Store):
     """Objects under an S3 prefix (or one object); credentials the AWS way, never from the command line."""
 
     def __init__(self, url: str):
-        try:
-            import s3fs  # type: ignore[import-untyped]  # s3fs ships no type hints
-        except ImportError:
-            raise InputError(
-                f"reading {url} needs s3fs, which is not installed", hint="pip install 'llmkit[s3]'"
-            ) from None
-
         self.url = url
         self.root = as_remote_path(url)
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        self.fs = s3fs.S3FileSystem(
-            client_kwargs={"endpoint_url": endpoint} if endpoint else {},
-            skip_instance_cache=True,
-        )
+        self.fs = s3_filesystem(f"reading {url}")
         self._key = url[len("s3://") :]
         self._entries = self.guarded(self._list)
 
@@ -279,7 +282,7 @@ class S3Store(Store):
             return InputError(
                 "access denied",
                 path=what,
-                hint="set the AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) for this bucket",
+                hint=f"{AWS_CREDENTIALS} for this bucket",
             )
         return super().describe(e, what)
 

@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from llmkit.errors import InputError
-from llmkit.io.remote.store import RETRY_WAIT, TRIES
+from llmkit.io.remote.store import AWS_CREDENTIALS, RETRY_WAIT, TRIES
 
 PART_SIZE = 16 << 20  # bytes per part (S3: at least 5 MiB except the last, at most 10,000 parts)
 MAX_PARTS = 10_000
@@ -145,7 +145,7 @@ class ObjectUpload:
             try:
                 return call()
             except (PermissionError, FileNotFoundError) as e:
-                raise _denied(e, self.url) from None
+                raise s3_write_error(e, self.url) from None
             except Exception as e:
                 if attempt == TRIES:
                     raise InputError(
@@ -223,11 +223,12 @@ class ObjectUpload:
             self._pool = None
 
 
-def _denied(e: BaseException, url: str) -> InputError:
+def s3_write_error(e: BaseException, url: str) -> InputError:
+    """One line for a refused write to ``url``: no such bucket, or credentials that may not write there."""
     if isinstance(e, FileNotFoundError):
         return InputError("no such bucket", path=url, hint="create the bucket first, or check its name")
     return InputError(
         "access denied",
         path=url,
-        hint="set the AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) allowed to write here",
+        hint=f"{AWS_CREDENTIALS} allowed to write here",
     )
