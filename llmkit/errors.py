@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from llmkit.io.remote.schemes import unfolded
+
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
@@ -33,7 +35,7 @@ class LlmkitError(Exception):
     def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, hint: str | None = None):
         super().__init__(message)
         self.message = message
-        self.path = _folded_url(str(path)) if path is not None else None
+        self.path = (unfolded(str(path)) or str(path)) if path is not None else None  # a URL as typed
         self.hint = hint
 
     def __str__(self) -> str:
@@ -116,11 +118,3 @@ def write_error(e: OSError, path: str | Path, *, smaller: str | None = None) -> 
     else:
         what, hint = e.strerror or str(e), "check the output folder and try again"
     return WriteError(f"writing failed: {what}; nothing was kept", path=path, hint=hint)
-
-
-def _folded_url(text: str) -> str:
-    """A path as messages show it: a URL that a ``Path`` folded (``s3:/b/k``) as ``s3://b/k``."""
-    for scheme in ("hf", "s3"):
-        if text.startswith(f"{scheme}:/") and not text.startswith(f"{scheme}://"):
-            return f"{scheme}://{text[len(scheme) + 2 :]}"
-    return text

@@ -10,11 +10,10 @@ from pathlib import PosixPath
 from typing import TYPE_CHECKING
 
 from llmkit.errors import InputError
+from llmkit.io.remote.schemes import unfolded
 
 if TYPE_CHECKING:
     from llmkit.io.remote.source import RemoteSource
-
-SCHEMES = ("hf", "s3", "https", "http")
 
 
 class RemotePath(PosixPath):
@@ -42,12 +41,7 @@ def remote_url(path: str | os.PathLike) -> str | None:
     ``https://...``, or the ``hf:/...`` a ``Path`` makes of them), else None."""
     if isinstance(path, RemotePath):
         return path.url
-    text = os.fspath(path)
-    for scheme in SCHEMES:
-        for prefix in (f"{scheme}://", f"{scheme}:/"):
-            if text.startswith(prefix) and len(text) > len(prefix):
-                return f"{scheme}://{text[len(prefix) :].strip('/')}"
-    return None
+    return unfolded(os.fspath(path))
 
 
 def shown(path: str | os.PathLike) -> str:
