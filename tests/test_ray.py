@@ -101,16 +101,22 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> int:
     return int(path.read_text())
 
 
-@pytest.mark.slow
-def test_a_worker_killed_mid_piece_is_retried_to_the_same_bytes(cluster, models, tmp_path):
-    assert llmkit_cli(*_recover_args(models, tmp_path / "one")).returncode == 0
+def _held_run(tmp_path: Path, args: list) -> tuple[subprocess.Popen, int]:
+    """``llmkit ARGS`` started with the test hook that holds piece (or range) 0's first attempt; the driver
+    process and the PID of the worker holding it, once it holds."""
     hold = tmp_path / "hold"
     hold.mkdir()
-    cmd = [PY, "-m", "llmkit", *map(str, _recover_args(models, tmp_path / "ray")), "--ray", cluster]
+    cmd = [PY, "-m", "llmkit", *map(str, args)]
     proc = subprocess.Popen(
         cmd, env=ray_env(LLMKIT_TEST_HOLD_PIECE=str(hold)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    worker = _wait_for(hold / "piece-0.pid", proc)
+    return proc, _wait_for(hold / "piece-0.pid", proc)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_piece_is_retried_to_the_same_bytes(cluster, models, tmp_path):
+    assert llmkit_cli(*_recover_args(models, tmp_path / "one")).returncode == 0
+    proc, worker = _held_run(tmp_path, [*_recover_args(models, tmp_path / "ray"), "--ray", cluster])
     assert worker != proc.pid
     stage = next(tmp_path.glob(".ray.llmkit-stage-*"))
     assert list((stage / ".llmkit-pieces").glob("model-00001-of-00011.safetensors.*"))  # its piece half written
@@ -123,13 +129,7 @@ def test_a_worker_killed_mid_piece_is_retried_to_the_same_bytes(cluster, models,
 @pytest.mark.slow
 def test_the_driver_killed_leaves_nothing_final_and_a_rerun_succeeds(cluster, models, tmp_path):
     assert llmkit_cli(*_recover_args(models, tmp_path / "one")).returncode == 0
-    hold = tmp_path / "hold"
-    hold.mkdir()
-    cmd = [PY, "-m", "llmkit", *map(str, _recover_args(models, tmp_path / "ray")), "--ray", cluster]
-    proc = subprocess.Popen(
-        cmd, env=ray_env(LLMKIT_TEST_HOLD_PIECE=str(hold)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    _wait_for(hold / "piece-0.pid", proc)
+    proc, _worker = _held_run(tmp_path, [*_recover_args(models, tmp_path / "ray"), "--ray", cluster])
     proc.kill()
     proc.communicate(timeout=60)
     assert not (tmp_path / "ray").exists()  # only the hidden stage of the dead run
@@ -183,13 +183,9 @@ def test_dry_run_on_ray_lists_the_byte_ranges_of_a_ckpt(cluster, models, tmp_pat
 @pytest.mark.slow
 def test_a_worker_killed_mid_range_is_retried_to_the_same_ckpt(cluster, models, tmp_path):
     assert llmkit_cli(*_ckpt_args(models, tmp_path / "one.ckpt", "--crc")).returncode == 0
-    hold = tmp_path / "hold"
-    hold.mkdir()
-    cmd = [PY, "-m", "llmkit", *map(str, _ckpt_args(models, tmp_path / "ray.ckpt", "--crc")), "--ray", cluster]
-    proc = subprocess.Popen(
-        cmd, env=ray_env(LLMKIT_TEST_HOLD_PIECE=str(hold)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    worker = _wait_for(hold / "piece-0.pid", proc)  # range 0 holds once its first tensor is written
+    proc, worker = _held_run(
+        tmp_path, [*_ckpt_args(models, tmp_path / "ray.ckpt", "--crc"), "--ray", cluster]
+    )  # range 0 holds once its first tensor is written
     assert worker != proc.pid
     assert len(list(tmp_path.glob(".ray.ckpt.llmkit-stage-*"))) == 2  # the staged file and its ledger
     os.kill(worker, signal.SIGKILL)
