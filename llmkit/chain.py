@@ -95,6 +95,7 @@ class PlanSource(TensorSource):
         self._largest = max(self._sizes.values(), default=0)
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: dict[str, Future[torch.Tensor]] = {}
+        self.parts: dict[str, list[object]] | None = None  # in a Ray task: split-tap parts instead of feeding
         file = _PlanFile(self)
         super().__init__(
             path=plan.output,
@@ -108,8 +109,11 @@ class PlanSource(TensorSource):
         """Compute ``name`` (on the source's thread), feeding the taps and the tee the first time."""
         tensor = self.plan.produce(name)
         if name not in self.done:
-            for tap in self.plan.taps:
-                tap.feed(name, tensor)
+            if self.parts is not None:  # a Ray task: the driver's taps take these (take_parts)
+                self.parts[name] = [t.part(name, tensor) for t in self.plan.taps if hasattr(t, "part")]
+            else:
+                for tap in self.plan.taps:
+                    tap.feed(name, tensor)
             if self.tee is not None:
                 self.tee.write(name, tensor)
             self.done.add(name)
@@ -133,6 +137,16 @@ class PlanSource(TensorSource):
 
     def expand_reads(self, name: str) -> list[tuple[TensorSource, str]]:
         return list(self.plan.reads(name))
+
+    def take_parts(self, order: list[str], parts: dict[str, list[object]]) -> None:
+        """On the driver of a Ray run: the split taps take the tasks' parts of the tensors in ``order`` (the
+        one-process order); those count as computed, so :meth:`drain` computes only what no task did."""
+        split: list[Any] = [t for t in self.plan.taps if hasattr(t, "part")]  # SplitTaps
+        for name in order:
+            if name in parts and name not in self.done:
+                for tap, part in zip(split, parts[name], strict=True):
+                    tap.take(name, part)
+                self.done.add(name)
 
     def drain(self) -> None:
         """Compute every tensor nobody asked for, if a tap or the tee must see it."""
@@ -188,6 +202,11 @@ class _StageDone:
 
     inner: _Inner
 
+    @property
+    def stage_taps(self) -> list[Any]:
+        """The inner stage's own taps (``--ray`` checks each can be combined from pieces)."""
+        return list(self.inner.source.plan.taps)
+
     def feed(self, name: str, tensor: torch.Tensor) -> None:
         pass
 
@@ -211,6 +230,7 @@ class _Chain:
     results: list[Any] = field(default_factory=list)
     inner: list[_Inner] = field(default_factory=list)
     current: int = 0
+    entry: tuple[str, Any] | None = None  # (job, options) that run this chain again (a Ray task's)
 
     @property
     def at_last(self) -> bool:
@@ -248,6 +268,37 @@ class _Chain:
             plan.inputs += [p for p in i.source.plan.inputs if p not in plan.inputs]
         plan.taps += [_StageDone(i) for i in self.inner]
 
+    def inner_parts(self) -> list[dict[str, list[object]]]:
+        """In a Ray task: from now on each inner stage keeps its split-tap parts (filled as it computes)."""
+        for i in self.inner:
+            i.source.parts = {}
+        return [i.source.parts for i in self.inner if i.source.parts is not None]
+
+    def take_inner_parts(self, plan: Plan, order: list[str], parts: list[dict[str, list[object]]]) -> None:
+        """On the driver: each inner stage's taps take the tasks' parts in the one-process order, the last
+        stage's tensors ``order`` followed back through each stage's reads."""
+        consumer, names = plan, order
+        for inner, got in reversed(list(zip(self.inner, parts, strict=True))):
+            names = _reads_from(consumer, names, inner.source)
+            inner.source.take_parts(names, got)
+            consumer = inner.source.plan
+
+
+def _reads_from(plan: Plan, names: list[str], source: PlanSource) -> list[str]:
+    """The tensors of ``source`` that producing ``names`` (in order) reads, in the order first read."""
+    seen: dict[str, None] = {}
+    for name in names:
+        todo = list(plan.reads(name))
+        while todo:
+            src, key = todo.pop(0)
+            if src is source:
+                seen.setdefault(key, None)
+                continue
+            inner = src.expand_reads(key)
+            if inner != [(src, key)]:
+                todo[:0] = inner
+    return list(seen)
+
 
 def _file_bytes(plan: Plan) -> int:
     """The tensor bytes ``plan`` reads from files: its input bytes less those of the plans it reads."""
@@ -284,13 +335,18 @@ def _run_stage(chain: _Chain, index: int) -> None:
     chain.results[index] = result
 
 
-def run_chain(stages: list[Stage], *, keep: set[str] | None = None, force: bool = False) -> list[Any]:
+def run_chain(
+    stages: list[Stage], *, keep: set[str] | None = None, force: bool = False, entry: tuple[str, Any] | None = None
+) -> list[Any]:
     """Run ``stages`` (each a tensor job's library call) as one pass; their results, in order.
 
     Stage N+1 must read stage N's output path as its model. ``keep``: inner output paths to write too
-    (``force``: replacing what is there). Raises what a stage raises; then no stage's output is kept.
+    (``force``: replacing what is there). ``entry``: the (job, options) whose call runs this chain, so
+    ``--ray`` tasks can run it again (``llmkit.cluster.jobs``). Raises what a stage raises; then no
+    stage's output is kept.
     """
-    chain = _Chain(list(stages), {str(Path(k)) for k in keep or ()}, force, [None] * len(stages))
+    keeping = {str(Path(k)) for k in keep or ()}
+    chain = _Chain(list(stages), keeping, force, [None] * len(stages), entry=entry)
     if stages:
         with chain_hook(chain):
             _run_stage(chain, 0)

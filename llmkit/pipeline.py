@@ -339,6 +339,20 @@ class ChainHook(Protocol):
 
     def absorb(self, plan: Plan) -> None: ...
 
+    @property
+    def entry(self) -> tuple[str, Any] | None:
+        """(job, options) that run the whole chain again (``llmkit.cluster.jobs``), or None: a Ray task
+        rebuilds the chain from it."""
+        ...
+
+    def inner_parts(self) -> list[dict[str, list[object]]]:
+        """In a Ray task: each inner stage's split-tap parts, filled as its tensors are computed."""
+        ...
+
+    def take_inner_parts(self, plan: Plan, order: list[str], parts: list[dict[str, list[object]]]) -> None:
+        """On the driver: each inner stage's split taps take the pieces' parts in the one-process order."""
+        ...
+
 
 _CHAIN: ContextVar[ChainHook | None] = ContextVar("llmkit_chain", default=None)
 
@@ -370,19 +384,22 @@ def run_plan(
     """
     from llmkit import cluster
 
+    chain = _CHAIN.get()
+    if chain is not None and not chain.at_last:  # an inner stage of a chain: its plan is the next stage's source
+        return chain.capture(plan, options, result_for)
     if cluster.current_piece() is not None:  # inside a Ray task: write its one file, nothing else
         from llmkit.cluster.worker import run_piece
 
-        run_piece(plan)
-    chain = _CHAIN.get()
-    if cluster.current_address() is not None:
-        from llmkit.cluster.driver import run_on_ray
-
-        return run_on_ray(plan, options, result_for, progress, chained=chain is not None)
+        run_piece(plan, chain)
     if chain is not None:
-        if not chain.at_last:  # an inner stage of a chain: its plan is the next stage's source
-            return chain.capture(plan, options, result_for)
         chain.absorb(plan)
+    if cluster.current_address() is not None:
+        from llmkit.cluster.driver import refusal, run_on_ray
+
+        why = refusal(plan, options, chain)
+        if why is None or not cluster.falls_back():
+            return run_on_ray(plan, options, result_for, progress, chain=chain)
+        plan.notices.append(Notice.info(f"ray: {plan.job} runs in this process: {why}"))
     with plan:
         sink = open_plan_sink(plan, force=options.force)  # checks only: nothing is created or read yet
         check_read_order(plan, run_order(plan, sink))

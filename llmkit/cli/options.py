@@ -283,6 +283,32 @@ def runs_on_ray(command: Callable[..., None]) -> Callable[..., None]:
     return _with_keyword(command, "ray", RayOpt, _ray_context)
 
 
+RecipeRayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        rich_help_panel=PERFORMANCE,
+        help="Run each tensor step (a fused chain too) as Ray tasks on the cluster at ADDRESS: auto (RAY_ADDRESS, "
+        "else the cluster running on this machine) or HOST:PORT. Downloads and the steps Ray cannot split run in "
+        "this process, as the output says; the hub inputs are downloaded, not streamed. The work folder and the "
+        "inputs must be on a filesystem every node shares; needs pip install 'llmkit[ray]' (docs/scaling.md).",
+    ),
+]
+
+
+def _recipe_ray_context(address: str | None) -> Any:
+    from llmkit.cluster import on_ray
+
+    return on_ray(address, local_fallback=True)
+
+
+def runs_steps_on_ray(command: Callable[..., None]) -> Callable[..., None]:
+    """A recipe command takes ``--ray ADDRESS``: its tensor steps run on the cluster, the others in this
+    process (:func:`llmkit.cluster.on_ray` with ``local_fallback``). Apply under :func:`with_output`."""
+    return _with_keyword(command, "ray", RecipeRayOpt, _recipe_ray_context)
+
+
 def jobs_option(help: str, **kwargs: Any) -> Any:
     """``--jobs N`` / ``-j N``."""
     return typer.Option("--jobs", "-j", metavar="N", rich_help_panel=PERFORMANCE, help=help, **kwargs)

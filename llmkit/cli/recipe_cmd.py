@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from llmkit.cli.helptext import CHECKS, INPUTS, OUTPUT, LlmkitTyper, examples
-from llmkit.cli.options import dry_run_option, endpoint_option, force_option, with_output
+from llmkit.cli.options import dry_run_option, endpoint_option, force_option, runs_steps_on_ray, with_output
 from llmkit.cli.output import Output
 from llmkit.cli.usage import LlmkitGroup
 from llmkit.units import human_bytes
@@ -176,6 +176,7 @@ def _render(result: RecipeResult) -> Callable[[Console], None]:
 
 
 @with_output
+@runs_steps_on_ray
 def run_command(
     name: NameArg,
     workdir: Annotated[

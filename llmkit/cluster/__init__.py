@@ -22,18 +22,26 @@ if TYPE_CHECKING:
     from llmkit.cluster.worker import PieceTask
 
 _ADDRESS: ContextVar[str | None] = ContextVar("llmkit_ray_address", default=None)
+_FALLBACK: ContextVar[bool] = ContextVar("llmkit_ray_fallback", default=False)
 _PIECE: ContextVar[PieceTask | RangeTask | None] = ContextVar("llmkit_ray_piece", default=None)
 
 
 @contextmanager
-def on_ray(address: str | None) -> Iterator[None]:
+def on_ray(address: str | None, *, local_fallback: bool = False) -> Iterator[None]:
     """Within the block, tensor jobs run as Ray tasks on the cluster at ``address`` (``auto`` or
-    ``HOST:PORT``); None: in this process, as without the block."""
-    token = _ADDRESS.set(address)
+    ``HOST:PORT``); None: in this process, as without the block. A job Ray cannot split is refused, or
+    with ``local_fallback`` (a recipe's steps) runs in this process with a notice saying why."""
+    token, fallback = _ADDRESS.set(address), _FALLBACK.set(local_fallback)
     try:
         yield
     finally:
         _ADDRESS.reset(token)
+        _FALLBACK.reset(fallback)
+
+
+def falls_back() -> bool:
+    """Whether a job Ray cannot split runs in this process (a recipe's step) instead of being refused."""
+    return _FALLBACK.get()
 
 
 def current_address() -> str | None:

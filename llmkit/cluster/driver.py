@@ -49,18 +49,21 @@ from llmkit.units import human_bytes
 if TYPE_CHECKING:
     from llmkit.io.core.sink import Sink
     from llmkit.io.core.writer import ShardSetWriter
+    from llmkit.pipeline import ChainHook
 
 MAX_RETRIES = 3  # a piece whose worker died is written again (same name, same bytes)
 CONNECT_SECONDS = 5
 SPLIT_FORMATS = ("safetensors", "bin")  # outputs of several files, one task per file
 
 
-def refusal(plan: Plan, options: RunOptions, *, chained: bool) -> str | None:
-    """Why ``plan`` cannot run as Ray tasks yet (one line), or None."""
+def refusal(plan: Plan, options: RunOptions, chain: ChainHook | None = None) -> str | None:
+    """Why ``plan`` (the last stage of ``chain``, if any) cannot run as Ray tasks yet (one line), or None."""
     from llmkit.io.remote.url import remote_url
 
-    if chained:
-        return "--ray runs one job at a time: a fused chain of jobs is not split yet"
+    if chain is not None and chain.entry is None:
+        return "--ray runs a chain of jobs only as a recipe's fused step (llmkit recipe run --ray)"
+    if chain is not None and chain.entry is not None and getattr(chain.entry[1], "keep", None):
+        return "--ray does not write a chain's inner outputs from its tasks (--keep-intermediate)"
     if str(plan.output) == "-":
         return "--ray writes files on a shared filesystem, not a stream on stdout (-o -)"
     if remote_url(plan.output) is not None:
@@ -73,7 +76,7 @@ def refusal(plan: Plan, options: RunOptions, *, chained: bool) -> str | None:
         return (
             "an encrypted .ckpt is one chain of AES blocks written front to back: --ray cannot split it by byte range"
         )
-    for tap in plan.taps:
+    for tap in [t for top in plan.taps for t in getattr(top, "stage_taps", [top])]:  # a chain: its stages'
         if not hasattr(tap, "part") and getattr(tap, "reads_output", True):
             return f"--ray cannot combine {type(tap).__name__} from pieces"
     for spec in plan.specs:
@@ -94,13 +97,14 @@ def run_on_ray(
     result_for: Callable[[PlanReport, Sink], R],
     progress: ProgressFactory | None,
     *,
-    chained: bool = False,
+    chain: ChainHook | None = None,
 ) -> R:
-    """:func:`llmkit.pipeline.run_plan` on the Ray cluster at ``--ray``'s address (see the module docstring)."""
+    """:func:`llmkit.pipeline.run_plan` on the Ray cluster at ``--ray``'s address (see the module docstring);
+    ``plan`` is the last stage of ``chain`` (absorbed), which each task runs again whole."""
     address = current_address()
     assert address is not None
     with plan:
-        why = refusal(plan, options, chained=chained)
+        why = refusal(plan, options, chain)
         if why is not None:
             raise InputError(why, path=plan.output, hint="run without --ray")
         sink = open_plan_sink(plan, force=options.force)
@@ -111,15 +115,46 @@ def run_on_ray(
         result = planned_result(plan, options, result_for, sink)
         if options.dry_run:
             return result
+        job = Job(plan, options, chain)
         if one_file:
             from llmkit.cluster.ranges import run_ranges
 
-            done = run_ranges(plan, options, sink, address, progress)  # type: ignore[arg-type]
+            done = run_ranges(job, sink, address, progress)  # type: ignore[arg-type]
         else:
-            done = _run(plan, options, sink, address, progress)
+            done = _run(job, sink, address, progress)
     result.files, result.seconds, result.outputs = done.files, done.seconds, [result.output]
     result.checks += done.checks
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What the driver runs: the plan that writes the output, the run's options, and the chain it ends (if any)."""
+
+    plan: Plan
+    options: RunOptions
+    chain: ChainHook | None = None
+
+    @property
+    def entry(self) -> tuple[str, Any]:
+        """(job, options) a task calls to plan the output again (``llmkit.cluster.jobs``): a chain's whole."""
+        if self.chain is not None and self.chain.entry is not None:
+            return self.chain.entry
+        return self.plan.job, self.options
+
+    def judged(self, sink: Sink, parts: dict[str, list[object]], inner: list[dict[str, list[object]]]) -> list[Check]:
+        """Every tap judged from the pieces' parts (a chain's inner stages' too: ``inner``, merged per stage)."""
+        if self.chain is not None:
+            self.chain.take_inner_parts(self.plan, run_order(self.plan, sink), inner)
+        return judged_taps(self.plan, sink, parts)
+
+
+def merge_inner(into: list[dict[str, list[object]]], got: list[dict[str, list[object]]]) -> None:
+    """Add one piece's inner-stage parts (one dict per inner stage) to ``into``."""
+    if not into:
+        into.extend({} for _ in got)
+    for mine, theirs in zip(into, got, strict=True):
+        mine.update(theirs)
 
 
 def _writer(sink: Sink) -> ShardSetWriter:
@@ -200,16 +235,17 @@ def task_memory(ray: Any, plan: Plan) -> int:
     return int(min(plan.working_set_bytes, largest)) if largest else 0
 
 
-def _tasks(plan: Plan, options: RunOptions, writer: ShardSetWriter, stage: Path) -> list[PieceTask]:
-    hold = os.environ.get(HOLD_ENV)
+def _tasks(job: Job, writer: ShardSetWriter, stage: Path) -> list[PieceTask]:
+    hold, (entry, options) = os.environ.get(HOLD_ENV), job.entry
     return [
-        PieceTask(plan.job, options, i, sh.name, list(sh.specs), writer.layout, writer.metadata, str(stage), hold)
+        PieceTask(entry, options, i, sh.name, list(sh.specs), writer.layout, writer.metadata, str(stage), hold,
+                  planned=job.plan.job)
         for i, sh in enumerate(writer.shards)
-    ]
+    ]  # fmt: skip
 
 
-def _run(plan: Plan, options: RunOptions, sink: Sink, address: str, progress: ProgressFactory | None) -> Execution:
-    start = time.perf_counter()
+def _run(job: Job, sink: Sink, address: str, progress: ProgressFactory | None) -> Execution:
+    start, plan = time.perf_counter(), job.plan
     writer = _writer(sink)
     ray = connect(address)
     with writer:
@@ -217,20 +253,22 @@ def _run(plan: Plan, options: RunOptions, sink: Sink, address: str, progress: Pr
         stage = writer.stage_folder
         assert stage is not None
         (stage / PIECE_DIR).mkdir()
-        tasks = _tasks(plan, options, writer, stage)
+        tasks = _tasks(job, writer, stage)
         memory = task_memory(ray, plan)
         remote = ray.remote(write_piece_task).options(
             max_retries=MAX_RETRIES, retry_exceptions=False, num_cpus=1, **({"memory": memory} if memory else {})
         )
         refs = {remote.remote(t): t for t in tasks}
         parts: dict[str, list[object]] = {}
+        inner: list[dict[str, list[object]]] = []
         total = sum(s.nbytes for s in plan.specs)
         with (progress or no_progress)(plan.label, total) as advance:
             for done in gathered(ray, refs):
                 _adopt(writer, stage, done, tasks[done.index])
                 parts.update(done.parts)
+                merge_inner(inner, done.inner)
                 advance(sum(s.nbytes for s in tasks[done.index].specs))
-        checks = judged_taps(plan, sink, parts)
+        checks = job.judged(sink, parts, inner)
         shutil.rmtree(stage / PIECE_DIR)
     return Execution(list(writer.files), checks, round(time.perf_counter() - start, 3))
 

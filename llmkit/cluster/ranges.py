@@ -34,9 +34,10 @@ from llmkit.io.core.spec import TensorSpec
 if TYPE_CHECKING:
     import torch
 
+    from llmkit.cluster.driver import Job
     from llmkit.io.mindspore.ckpt import CkptStart
     from llmkit.io.mindspore.sink import CkptSink
-    from llmkit.pipeline import Plan, ProgressFactory, RunOptions
+    from llmkit.pipeline import Plan, ProgressFactory
     from llmkit.runner import Execution
 
 RANGE_FORMATS = ("ckpt",)  # one file, every offset fixed by the plan
@@ -66,6 +67,7 @@ class RangeTask:
     path: str  # the driver's staged file (a shared filesystem)
     ledger: str  # folder of the ranges' records
     hold: str | None = None  # HOLD_ENV of the driver (tests)
+    planned: str = ""  # the job whose plan writes the file (a chain's last stage), when not ``job``
 
 
 @dataclass
@@ -78,6 +80,7 @@ class RangeDone:
     crc: int
     parts: dict[str, list[object]] = field(default_factory=dict)
     pid: int = 0
+    inner: list[dict[str, list[object]]] = field(default_factory=list)  # a chain's inner stages' parts
 
 
 def split_ranges(specs: list[TensorSpec], start: CkptStart, count: int) -> list[ByteRange]:
@@ -126,16 +129,14 @@ def dry_run_lines(sink: CkptSink, cpus: float | None) -> tuple[list[str], int]:
     return [line], len(ranges)
 
 
-def run_ranges(
-    plan: Plan, options: RunOptions, sink: CkptSink, address: str, progress: ProgressFactory | None
-) -> Execution:
+def run_ranges(job: Job, sink: CkptSink, address: str, progress: ProgressFactory | None) -> Execution:
     """The one file written by range tasks; final only when every range is back and verified."""
     from llmkit.cluster import driver
     from llmkit.cluster.worker import HOLD_ENV
     from llmkit.pipeline import no_progress
     from llmkit.runner import Execution
 
-    begun = time.perf_counter()
+    begun, plan, (entry, options) = time.perf_counter(), job.plan, job.entry
     ray = driver.connect(address)
     specs, start = planned(sink)
     ranges = split_ranges(specs, start, range_count(ray.cluster_resources().get("CPU"), len(specs)))
@@ -148,8 +149,8 @@ def run_ranges(
                 f.truncate(start.size)  # no header in a .ckpt: record 0 starts at byte 0
             hold = os.environ.get(HOLD_ENV)
             tasks = [
-                RangeTask(plan.job, options, i, f"{sink.path.name} bytes {r.offset}-{r.offset + r.size}", r.offset,
-                          r.size, r.specs, str(stage), str(ledger), hold)
+                RangeTask(entry, options, i, f"{sink.path.name} bytes {r.offset}-{r.offset + r.size}", r.offset,
+                          r.size, r.specs, str(stage), str(ledger), hold, planned=plan.job)
                 for i, r in enumerate(ranges)
             ]  # fmt: skip
             memory = driver.task_memory(ray, plan)
@@ -162,15 +163,17 @@ def run_ranges(
             refs = {remote.remote(t): t for t in tasks}
             dones: dict[int, RangeDone] = {}
             parts: dict[str, list[object]] = {}
+            inner: list[dict[str, list[object]]] = []
             with (progress or no_progress)(plan.label, sum(s.nbytes for s in plan.specs)) as advance:
                 for done in driver.gathered(ray, refs):
                     _check_range(done, tasks[done.index], ledger)
                     dones[done.index] = done
                     parts.update(done.parts)
+                    driver.merge_inner(inner, done.inner)
                     advance(sum(s.nbytes for s in tasks[done.index].specs))
             _finish(sink, stage, start, [dones[i] for i in range(len(tasks))])
             sink.adopt(0, start)
-            checks = driver.judged_taps(plan, sink, parts)
+            checks = job.judged(sink, parts, inner)
         finally:
             shutil.rmtree(ledger, ignore_errors=True)
     return Execution(list(sink.files), checks, round(time.perf_counter() - begun, 3))
@@ -252,8 +255,9 @@ def write_range_task(task: RangeTask) -> RangeDone:
     return done
 
 
-def run_range(plan: Plan, task: RangeTask) -> NoReturn:
-    """``run_plan`` inside a range task: write the range's records; always raises ``PieceWritten``."""
+def run_range(plan: Plan, task: RangeTask, inner: list[dict[str, list[object]]]) -> NoReturn:
+    """``run_plan`` inside a range task: write the range's records; always raises ``PieceWritten`` (``inner``:
+    a chain's inner stages' tap parts, filled as the range's tensors are computed)."""
     from llmkit.cluster.worker import PieceWritten, _check_same_plan, _produced
 
     with plan:
@@ -262,7 +266,7 @@ def run_range(plan: Plan, task: RangeTask) -> NoReturn:
         parts: dict[str, list[object]] = {}
         size, digest, crc = write_records(task, _produced(plan, task, split, parts))
         _record(task, size, digest)
-    raise PieceWritten(RangeDone(task.index, size, digest, crc, parts, os.getpid()))
+    raise PieceWritten(RangeDone(task.index, size, digest, crc, parts, os.getpid(), inner))
 
 
 def write_records(task: RangeTask, tensors: Iterable[tuple[str, torch.Tensor]]) -> tuple[int, str, int]:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import torch
 
     from llmkit.cluster.ranges import RangeTask
-    from llmkit.pipeline import Plan
+    from llmkit.pipeline import ChainHook, Plan
 
 HOLD_ENV = "LLMKIT_TEST_HOLD_PIECE"  # tests only: a folder; piece 0's first attempt records its PID there and waits
 HOLD_SECONDS = 300
@@ -42,8 +42,8 @@ class PieceTask:
     """One output file to write: the job and its options (to plan it again), the file as the driver's sink
     laid it out, and the driver's stage folder (on a filesystem every node shares)."""
 
-    job: str
-    options: Any  # the job's frozen options dataclass
+    job: str  # the entry that plans it again (llmkit.cluster.jobs): the job, or "chain" for a fused chain
+    options: Any  # the entry's frozen options dataclass
     index: int  # the file's number in the sink's plan
     file: str
     specs: list[TensorSpec]  # in file order
@@ -51,16 +51,19 @@ class PieceTask:
     metadata: dict[str, str] | None
     stage: str
     hold: str | None = None  # HOLD_ENV of the driver (tests)
+    planned: str = ""  # the job whose plan writes the file (a chain's last stage), when not ``job``
 
 
 @dataclass
 class PieceDone:
-    """What a task returns: the file written and, per tensor, its split taps' parts (in the plan's tap order)."""
+    """What a task returns: the file written and, per tensor, its split taps' parts (in the plan's tap order);
+    in a chain, also each inner stage's (``inner``, in stage order)."""
 
     index: int
     piece: PieceFile
     parts: dict[str, list[object]] = field(default_factory=dict)
     pid: int = 0
+    inner: list[dict[str, list[object]]] = field(default_factory=list)
 
 
 class PieceWritten(Exception):  # not an error: how a job's call ends inside a task
@@ -92,16 +95,18 @@ def rebuilt_and_written(task: Any) -> Any:
     raise InputError(f"{task.job} ended without reaching its runner on the worker")
 
 
-def run_piece(plan: Plan) -> None:
-    """``run_plan`` inside a task: write this task's file from ``plan``; always raises (:class:`PieceWritten`)."""
+def run_piece(plan: Plan, chain: ChainHook | None = None) -> None:
+    """``run_plan`` inside a task: write this task's file from ``plan`` (the last stage of ``chain``, when the
+    task runs a fused chain: its inner stages' tap parts are kept too); always raises (:class:`PieceWritten`)."""
     from llmkit import cluster
 
     task = cluster.current_piece()
     assert task is not None
+    inner = chain.inner_parts() if chain is not None else []
     if not isinstance(task, PieceTask):  # a byte range of a one-file output
         from llmkit.cluster.ranges import run_range
 
-        run_range(plan, task)
+        run_range(plan, task, inner)
     with plan:
         _check_same_plan(plan, task)
         split = [t for t in plan.taps if hasattr(t, "part")]
@@ -110,14 +115,15 @@ def run_piece(plan: Plan) -> None:
         tensors = _produced(plan, task, split, parts)
         piece = write_piece(stage, task.file, task.specs, task.layout, task.metadata, tensors, started=_hold(task))
         _record(stage, task.index, piece)
-    raise PieceWritten(PieceDone(task.index, piece, parts, os.getpid()))
+    raise PieceWritten(PieceDone(task.index, piece, parts, os.getpid(), inner))
 
 
 def _check_same_plan(plan: Plan, task: PieceTask | RangeTask) -> None:
     """The plan made here must be the driver's for this file (same job, same names, dtypes and shapes)."""
     mine = {s.name: (s.dtype, s.shape) for s in plan.specs}
-    if plan.job != task.job:
-        raise InputError(f"the worker planned {plan.job}, the driver {task.job}")
+    planned = task.planned or task.job
+    if plan.job != planned:
+        raise InputError(f"the worker planned {plan.job}, the driver {planned}")
     for s in task.specs:
         if mine.get(s.name) != (s.dtype, s.shape):
             raise InputError(

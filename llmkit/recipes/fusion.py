@@ -175,7 +175,7 @@ def run_chain_step(options: ChainOptions, *, progress: ProgressFactory | None = 
         last = i == len(staged) - 1
         inner = {"dry_run": options.dry_run if last else True, "force": last and options.force}
         calls.append(partial(call, job, build_options(job, {**args, **inner}), progress))
-    results = run_chain(calls, keep={str(p) for p in options.keep}, force=options.force)
+    results = run_chain(calls, keep={str(p) for p in options.keep}, force=options.force, entry=("chain", options))
     result = ChainResult(stages=results)
     for (sid, _job, _args), r in zip(staged, results, strict=True):
         result.ok = result.ok and getattr(r, "ok", True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmkit.cluster import current_address
 from llmkit.errors import CheckFailed, DiskSpaceError, InputError, OutputExistsError
 from llmkit.io.remote.store import hub_endpoint
 from llmkit.io.remote.url import remote_url
@@ -144,13 +145,23 @@ def _run_recipe(options: RecipeOptions, progress: ProgressFactory | None) -> Rec
     started = time.perf_counter()
     _check_inputs(recipe, options, progress)
     workdir = Path(options.workdir)
+    on_ray = current_address() is not None
+    if on_ray and options.inputs:
+        raise InputError(
+            f"--input {next(iter(options.inputs))}=URL streams that input, and --ray tasks read theirs from a "
+            "filesystem every node shares",
+            hint="drop --input (the recipe downloads it into the work folder) or --ray",
+        )
     active, streamed = stream_inputs(
         active_steps(recipe, switches(options)),
         options.inputs,
-        keep_intermediate=options.keep_intermediate,
+        keep_intermediate=options.keep_intermediate or on_ray,  # Ray tasks read local copies
         recipe=recipe.name,
     )
-    steps = fuse(active, keep_intermediate=options.keep_intermediate)
+    # --ray --keep-intermediate: every step written by its own tasks (a chain's tasks write its last output)
+    steps = (
+        active if on_ray and options.keep_intermediate else fuse(active, keep_intermediate=options.keep_intermediate)
+    )
     env = {"workdir": str(workdir), "key": str(options.key), "llama_dir": str(options.llama_dir)}
     resolved = resolve(steps, env, options.endpoint)
     manifest = Manifest.load(workdir, recipe.name)
