@@ -3,7 +3,8 @@
 The cluster is tests/ray_cluster.py's (a 2-CPU head on 127.0.0.1 only, every node address checked). llmkit
 runs as a subprocess (the driver), with and without --ray, and the two .gguf files are compared byte for byte:
 the one-process file is the reference (its bytes are held to llama.cpp's converter in tests/test_gguf_peers.py).
-On the 2-CPU head the tensors are cut into 2 ranges per CPU: 4 ranges.
+On the 2-CPU head the tensors are cut into 2 ranges per CPU: 4 ranges. The model holds the rotary tables
+(``rotary_emb.inv_freq``) older LLaMA checkpoints carry: GGUF drops them, but a tap still counts them.
 """
 
 # ruff: noqa: F811  (the cluster fixture, imported from ray_cluster, is taken as a test argument)
@@ -15,16 +16,37 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
-from common import one_error_line, tiny_state, write_hf, write_lora
+import torch
+from common import (
+    TINY_HEADS,
+    TINY_HIDDEN,
+    one_error_line,
+    only_error_line,
+    tiny_state,
+    tuned_state,
+    write_hf,
+    write_lora,
+)
 from ray_cluster import cluster, llmkit_cli  # noqa: F401 (cluster: the fixture)
 
 RANGES = 2 * 2  # two ranges per CPU of the 2-CPU cluster
+HEAD_DIM = TINY_HIDDEN // TINY_HEADS
+
+
+def with_rotary_tables(state: dict[str, torch.Tensor], value: float | None = None) -> dict[str, torch.Tensor]:
+    """``state`` with each layer's ``rotary_emb.inv_freq`` (transformers' formula, or all ``value``)."""
+    out = dict(state)
+    for n in range(2):
+        inv = 1.0 / (10000 ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float32) / HEAD_DIM))
+        out[f"model.layers.{n}.self_attn.rotary_emb.inv_freq"] = inv if value is None else torch.full_like(inv, value)
+    return out
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    return write_hf(tmp_path_factory.mktemp("raygguf") / "tiny-llama", tiny_state(0))
+    return write_hf(tmp_path_factory.mktemp("raygguf") / "tiny-llama", with_rotary_tables(tiny_state(0)))
 
 
 def _gguf_args(model: Path, out: Path, *extra: object) -> list[object]:
@@ -84,6 +106,26 @@ def test_a_worker_killed_mid_range_is_retried_to_the_same_gguf(cluster, model, t
     assert proc.returncode == 0, err
     assert (tmp_path / "ray.gguf").read_bytes() == (tmp_path / "one.gguf").read_bytes()
     assert not list(tmp_path.glob(".ray.gguf*"))
+
+
+@pytest.mark.slow
+def test_recover_check_sum_of_a_gguf_on_ray_counts_every_tensor(cluster, model, tmp_path):
+    """The sum tap's parts come back from the ranges, the rotary tables GGUF drops included: the sum is the
+    one-process sum of every output tensor (the tuned model's, and the tables recover adds a zero diff to)."""
+    base = tiny_state(0)
+    tuned = tuned_state(base)
+    diff = {
+        k: torch.from_numpy((tuned[k].double().numpy() - base[k].double().numpy()).astype(np.float32)) for k in tuned
+    }
+    diff_dir = write_hf(tmp_path / "diff", with_rotary_tables(diff, 0.0))
+    outputs = with_rotary_tables(tuned)
+    expected = f"sum of all output values is {sum(float(t.double().sum()) for t in outputs.values()):.4f},"
+    args = ["recover", "--base", model, "--diff", diff_dir, "--format", "gguf", "--check-sum", "1e9", "-q"]
+    for extra in ([], ["--ray", cluster]):
+        r = llmkit_cli(*args, "-o", tmp_path / "r.gguf", *extra)
+        assert r.returncode == 1
+        assert expected in only_error_line(r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diff"]  # a failed tap keeps nothing
 
 
 def test_a_split_gguf_on_ray_is_refused_in_one_line(run_cli, model, tmp_path):
