@@ -73,6 +73,7 @@ def _render(result: GGUFResult) -> Callable[[Console], None]:
 
 @with_output
 @reads_remote
+@runs_on_ray
 def to_gguf_command(
     source: Annotated[
         Path,

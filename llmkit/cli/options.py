@@ -278,7 +278,7 @@ def _ray_context(address: str | None) -> Any:
 
 
 def runs_on_ray(command: Callable[..., None]) -> Callable[..., None]:
-    """A tensor job that writes folders (or a ``.ckpt``, by byte range) takes ``--ray ADDRESS`` and runs inside :func:`llmkit.cluster.on_ray`
+    """A tensor job that writes folders (or a ``.ckpt`` or ``.gguf``, by byte range) takes ``--ray ADDRESS`` and runs inside :func:`llmkit.cluster.on_ray`
     of it (Ray itself loads only when a plan runs). Apply under :func:`with_output`."""
     return _with_keyword(command, "ray", RayOpt, _ray_context)
 

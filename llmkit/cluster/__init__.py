@@ -4,7 +4,7 @@ This module is what the CLI and the runner import at start-up: two context varia
 
 - :func:`on_ray` (the CLI's ``--ray``): within it, :func:`llmkit.pipeline.run_plan` hands the plan to
   :func:`llmkit.cluster.driver.run_on_ray`, which opens the sink as always (claim, stage, checks), submits one
-  task per output file (a one-file ``.ckpt``: per byte range, :mod:`llmkit.cluster.ranges`), verifies every
+  task per output file (a one-file ``.ckpt`` or ``.gguf``: per byte range, :mod:`llmkit.cluster.ranges`), verifies every
   piece and makes the output final in one rename.
 - :func:`writing_piece` (inside a task, :mod:`llmkit.cluster.worker`): the job is planned again from its
   options and ``run_plan`` writes only the task's file into the driver's stage (:func:`llmkit.cluster.worker.run_piece`).

@@ -71,7 +71,9 @@ def refusal(plan: Plan, options: RunOptions, chain: ChainHook | None = None) -> 
     if plan.job not in JOB_ENTRIES:
         return f"--ray does not run {plan.job} yet (it runs {', '.join(sorted(set(JOB_ENTRIES)))})"
     if plan.fmt not in SPLIT_FORMATS + RANGE_FORMATS:
-        return f"a {plan.fmt} output is one file: --ray splits an output by file, and by byte range only a .ckpt"
+        return f"--ray does not split a {plan.fmt} output yet (it splits by file, and by byte range a .ckpt or a .gguf)"
+    if plan.fmt == "gguf" and plan.sink_options.get("split_max_size"):
+        return "--ray writes a GGUF as one file by byte range; a split GGUF (--split-max-size) is not split yet"
     if plan.sink_options.get("enc_key") is not None:
         return (
             "an encrypted .ckpt is one chain of AES blocks written front to back: --ray cannot split it by byte range"

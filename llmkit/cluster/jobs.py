@@ -19,6 +19,7 @@ JOB_ENTRIES = {
     "from-ckpt": "llmkit.convert.from_ckpt:from_ckpt",
     "from-gguf": "llmkit.convert.from_gguf:from_gguf",
     "to-ckpt": "llmkit.convert.to_ckpt:to_ckpt",  # a .ckpt by byte ranges (llmkit.cluster.ranges)
+    "to-gguf": "llmkit.convert.gguf:to_gguf",  # a .gguf by byte ranges (llmkit.cluster.gguf_ranges)
     "chain": "llmkit.recipes.fusion:run_chain_step",  # a recipe's fused chain: its last stage's output
 }
 

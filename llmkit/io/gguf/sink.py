@@ -81,6 +81,7 @@ class GGUFSink(ShardSetWriter):
         order: list[str] | None = None,
     ):
         self.path = Path(path)
+        self.planned_specs = {s.name: s for s in specs}  # HF names, as the plan produces them
         self.outtype = outtype if isinstance(outtype, OutType) else parse_outtype(outtype)
         self.split = split_max_size > 0
         self.tensors = _plan_tensors(
@@ -103,6 +104,7 @@ class GGUFSink(ShardSetWriter):
         self.display_name = display_name
         self._side: dict[str, bytes] = {}
         self._headers: list[bytes] | None = None
+        self._heads: dict[str, int] | None = None
         self._shard_of = {s.name: i for i, sh in enumerate(self.shards) for s in sh.specs}
         self.total_size = sum(pad(s.nbytes) for s in byte_specs) + HEADER_ALLOWANCE * len(groups)
         self._extra = extra_bytes
@@ -132,7 +134,7 @@ class GGUFSink(ShardSetWriter):
     def add_file(self, name: str, data: bytes) -> None:
         """A side file (config, tokenizer): read into the header's metadata; GGUF stores no files."""
         self._side[name] = data
-        self._headers = None
+        self._headers = self._heads = None
 
     def side_files_ready(self) -> None:
         """Fix the header now that config and tokenizer are known: exact sizes, the disk check again."""
@@ -177,24 +179,37 @@ class GGUFSink(ShardSetWriter):
         t = self.tensors.get(name)
         if t is None:
             raise InputError(f"tensor {name!r} is not in the output plan")
-        data = self._converted(name, t, tensor)
+        data = tensor_data(name, tensor, t.ttype, self.heads())
         self.write_to(self._shard_of[t.name], t.name, torch.from_numpy(data))
 
     def _config(self) -> dict:
         cfg = self._side.get("config.json")
         return json.loads(cfg) if cfg else {}
 
-    def _converted(self, hf: str, t: GGUFTensor, tensor: torch.Tensor) -> np.ndarray:
-        role = rotary_role(hf)
-        if role is not None:
-            cfg = self._config()
-            heads = (
-                cfg["num_attention_heads"]
-                if role == "q"
-                else cfg.get("num_key_value_heads", cfg["num_attention_heads"])
-            )
-            tensor = to_interleaved(tensor, heads)
-        return quantize(tensor, t.ttype)
+    def heads(self) -> dict[str, int]:
+        """:func:`rotary_heads` of the side files' config (a Ray range task is handed them)."""
+        if self._heads is None:
+            self._heads = rotary_heads(self._config())
+        return self._heads
+
+
+def rotary_heads(cfg: dict) -> dict[str, int]:
+    """q/k -> the heads its rows are interleaved by: ``num_attention_heads`` (k: ``num_key_value_heads`` when
+    the config has it); empty for a config without heads (no q/k tensor can be converted then)."""
+    if "num_attention_heads" not in cfg:
+        return {}
+    heads = cfg["num_attention_heads"]
+    return {"q": heads, "k": cfg.get("num_key_value_heads", heads)}
+
+
+def tensor_data(hf: str, tensor: torch.Tensor, ttype: int, heads: dict[str, int]) -> np.ndarray:
+    """The bytes GGUF stores for the HF tensor ``hf`` as GGML type ``ttype`` (flat uint8, unpadded): q/k rows
+    interleaved by ``heads`` (:func:`rotary_heads`), then quantized. The one conversion of the sink and of a
+    Ray range task (``llmkit.cluster.gguf_ranges``)."""
+    role = rotary_role(hf)
+    if role is not None:
+        tensor = to_interleaved(tensor, heads[role])
+    return quantize(tensor, ttype)
 
 
 def split_names(stem: str, count: int) -> list[str]:
