@@ -60,7 +60,12 @@ def execute(plan: Plan, sink: Sink, *, progress: ProgressFactory | None = None) 
     checks: list[Check] = []
     total = sum(s.nbytes for s in plan.specs)
     order = run_order(plan, sink)
-    streams = {id(src): src for n in order for src, key in leaf_reads(plan, n) if src.stream_position(key) is not None}
+    streams = {  # read to their ends at the last: streams, and remote files read by range (judged whole)
+        id(src): src
+        for n in order
+        for src, key in leaf_reads(plan, n)
+        if src.stream_position(key) is not None or getattr(src, "ranged", False)
+    }
     with sink, ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmkit-write") as pool:
         # the side files first: they are small and read now, and a stream sink puts config.json in its header
         carry_side_files(plan, sink)

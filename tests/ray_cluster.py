@@ -10,6 +10,7 @@ driver); :func:`same_folder` compares two outputs byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,12 +69,20 @@ def short_temp() -> Path:
 @pytest.fixture(scope="module")
 def cluster():
     """ADDRESS of a 2-CPU Ray head on 127.0.0.1 that this module starts and stops."""
+    with ray_head() as address:
+        yield address
+
+
+@contextlib.contextmanager
+def ray_head(**env: str) -> Iterator[str]:
+    """A 2-CPU Ray head on 127.0.0.1 whose processes (the workers too) have ``env`` added to their
+    environment (a node's own credentials); its ADDRESS, stopped at the end of the block."""
     port = free_port()
     temp = short_temp()
     head = [PY, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1"]
     head += ["--port", str(port), "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]
     head += ["--temp-dir", str(temp)]
-    proc = subprocess.Popen(head, env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(head, env=ray_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -265,8 +265,9 @@ RayOpt = Annotated[
         metavar="ADDRESS",
         rich_help_panel=PERFORMANCE,
         help="Write the output files as Ray tasks on the cluster at ADDRESS: auto (RAY_ADDRESS, else the cluster "
-        "running on this machine) or HOST:PORT. The output folder and the inputs must be on a filesystem every "
-        "node shares; needs pip install 'llmkit[ray]' (docs/scaling.md).",
+        "running on this machine) or HOST:PORT. The output folder must be on a filesystem every node shares, the "
+        "inputs there too or at hf://, s3:// or https:// URLs every node can read; needs pip install "
+        "'llmkit[ray]' (docs/scaling.md).",
     ),
 ]
 

@@ -15,6 +15,7 @@ tap is judged, the index and side files are written and the stage is renamed, as
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from llmkit.cluster import current_address
 from llmkit.cluster.jobs import JOB_ENTRIES
 from llmkit.cluster.ranges import RANGE_FORMATS
-from llmkit.cluster.worker import HOLD_ENV, PieceDone, PieceTask, write_piece_task
+from llmkit.cluster.worker import HOLD_ENV, PieceDone, PieceTask, TaskContext, write_piece_task
 from llmkit.errors import CheckFailed, InputError
 from llmkit.io.core.pieces import PIECE_DIR
 from llmkit.pipeline import (
@@ -83,9 +84,7 @@ def refusal(plan: Plan, options: RunOptions, chain: ChainHook | None = None) -> 
             return f"--ray cannot combine {type(tap).__name__} from pieces"
     for spec in plan.specs:
         if any(src.stream_position(key) is not None for src, key in leaf_reads(plan, spec.name)):
-            return (
-                "--ray reads inputs by path on every node; a stream (stdin, a URL read front to back) is not split yet"
-            )
+            return "--ray reads inputs on every node; a stream on stdin is not split"
     for f in dataclasses.fields(options):  # type: ignore[arg-type]
         value = getattr(options, f.name)
         if isinstance(value, str) and value.startswith("env:"):
@@ -144,11 +143,44 @@ class Job:
             return self.chain.entry
         return self.plan.job, self.options
 
+    @functools.cached_property
+    def context(self) -> TaskContext:
+        """What every task must see as this run does: the hub endpoint, the remote inputs' listings."""
+        from llmkit.io.remote.ranged import listing
+        from llmkit.io.remote.store import current_endpoint
+
+        return TaskContext(current_endpoint(), listing(remote_inputs(self.plan)))
+
+    def submit_input_checks(self, ray: Any) -> dict[Any, Any]:
+        """One Ray task per remote input file read by range: read whole, judged against the listed digest
+        (Ray ref -> its :class:`~llmkit.io.remote.ranged.VerifyFile`); :func:`wait_for` them."""
+        from llmkit.io.remote.ranged import verifications, verify_file
+
+        files = verifications(remote_inputs(self.plan), self.context.endpoint)
+        remote = ray.remote(verify_file).options(max_retries=MAX_RETRIES, retry_exceptions=False, num_cpus=1)
+        return {remote.remote(v): v for v in files}
+
     def judged(self, sink: Sink, parts: dict[str, list[object]], inner: list[dict[str, list[object]]]) -> list[Check]:
         """Every tap judged from the pieces' parts (a chain's inner stages' too: ``inner``, merged per stage)."""
         if self.chain is not None:
             self.chain.take_inner_parts(self.plan, run_order(self.plan, sink), inner)
         return judged_taps(self.plan, sink, parts)
+
+
+def remote_inputs(plan: Plan) -> list[Any]:
+    """The remote sources ``plan`` reads by range (``--ray``), each once."""
+    found: dict[int, Any] = {}
+    for spec in plan.specs:
+        for src, _ in leaf_reads(plan, spec.name):
+            if getattr(src, "ranged", False):
+                found[id(src)] = src
+    return list(found.values())
+
+
+def wait_for(ray: Any, refs: dict[Any, Any]) -> None:
+    """Every task of ``refs`` done; the first that failed raises its own error."""
+    for _ in gathered(ray, refs):
+        pass
 
 
 def merge_inner(into: list[dict[str, list[object]]], got: list[dict[str, list[object]]]) -> None:
@@ -241,7 +273,7 @@ def _tasks(job: Job, writer: ShardSetWriter, stage: Path) -> list[PieceTask]:
     hold, (entry, options) = os.environ.get(HOLD_ENV), job.entry
     return [
         PieceTask(entry, options, i, sh.name, list(sh.specs), writer.layout, writer.metadata, str(stage), hold,
-                  planned=job.plan.job)
+                  planned=job.plan.job, context=job.context)
         for i, sh in enumerate(writer.shards)
     ]  # fmt: skip
 
@@ -260,6 +292,7 @@ def _run(job: Job, sink: Sink, address: str, progress: ProgressFactory | None) -
         remote = ray.remote(write_piece_task).options(
             max_retries=MAX_RETRIES, retry_exceptions=False, num_cpus=1, **({"memory": memory} if memory else {})
         )
+        checks_of_inputs = job.submit_input_checks(ray)
         refs = {remote.remote(t): t for t in tasks}
         parts: dict[str, list[object]] = {}
         inner: list[dict[str, list[object]]] = []
@@ -270,6 +303,7 @@ def _run(job: Job, sink: Sink, address: str, progress: ProgressFactory | None) -
                 parts.update(done.parts)
                 merge_inner(inner, done.inner)
                 advance(sum(s.nbytes for s in tasks[done.index].specs))
+        wait_for(ray, checks_of_inputs)
         checks = job.judged(sink, parts, inner)
         shutil.rmtree(stage / PIECE_DIR)
     return Execution(list(writer.files), checks, round(time.perf_counter() - start, 3))

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import torch
 
     from llmkit.cluster.driver import Job
+    from llmkit.cluster.worker import TaskContext
     from llmkit.io.core.writer import ShardSetWriter
     from llmkit.pipeline import Plan, ProgressFactory
     from llmkit.runner import Execution
@@ -129,6 +130,7 @@ class RangeTask:
     bytes_of: SlotBytes = CkptRecords()
     crc: bool = False  # return the range's CRC-32 (a .ckpt's trailer)
     planned: str = ""  # the job whose plan writes the file (a chain's last stage), when not ``job``
+    context: TaskContext | None = None  # the driver's hub endpoint and remote listings
 
 
 @dataclass
@@ -229,6 +231,7 @@ def run_ranges(job: Job, sink: ShardSetWriter, address: str, progress: ProgressF
                 num_cpus=1,
                 **({"memory": memory} if memory else {}),
             )
+            checks_of_inputs = job.submit_input_checks(ray)
             refs = {remote.remote(t): t for t in tasks}
             dones: dict[int, RangeDone] = {}
             parts: dict[str, list[object]] = {}
@@ -240,6 +243,7 @@ def run_ranges(job: Job, sink: ShardSetWriter, address: str, progress: ProgressF
                     parts.update(done.parts)
                     driver.merge_inner(inner, done.inner)
                     advance(sum(s.nbytes for s in tasks[done.index].specs))
+            driver.wait_for(ray, checks_of_inputs)
             _finish(path, stage, one, [dones[i] for i in range(len(tasks))])
             sink.adopt(0, one.start)
             checks = job.judged(sink, parts, inner)  # type: ignore[arg-type]  # a ckpt or gguf Sink
@@ -257,7 +261,7 @@ def _tasks(job: Job, one: OneFile, ranges: list[ByteRange], where: tuple[str, Pa
     hold, (entry, options) = os.environ.get(HOLD_ENV), job.entry
     return [
         RangeTask(entry, options, i, f"{name} bytes {r.offset}-{r.offset + r.size}", r.offset, r.size,
-                  r.specs, str(stage), str(ledger), hold, planned=job.plan.job, offsets=r.offsets,
+                  r.specs, str(stage), str(ledger), hold, planned=job.plan.job, context=job.context, offsets=r.offsets,
                   bytes_of=one.bytes_of.narrowed(r.specs), crc=one.crc)
         for i, r in enumerate(ranges)
     ]  # fmt: skip

@@ -52,6 +52,16 @@ class PieceTask:
     stage: str
     hold: str | None = None  # HOLD_ENV of the driver (tests)
     planned: str = ""  # the job whose plan writes the file (a chain's last stage), when not ``job``
+    context: TaskContext | None = None  # what the driver's run saw: the hub endpoint, the remote listings
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task must see as the driver did: the hub endpoint (``--endpoint``) and each remote input's
+    listing (URL -> file -> size and digest), which the task's own listing must equal."""
+
+    endpoint: str | None = None
+    listing: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,9 +95,12 @@ def rebuilt_and_written(task: Any) -> Any:
     range) and raises :class:`PieceWritten` with what it wrote, which this returns."""
     from llmkit import cluster
     from llmkit.cluster.jobs import job_entry
+    from llmkit.io.remote.ranged import listed_as
+    from llmkit.io.remote.store import hub_endpoint
 
     entry = job_entry(task.job)
-    with cluster.writing_piece(task):
+    context = task.context or TaskContext()
+    with cluster.writing_piece(task), hub_endpoint(context.endpoint), listed_as(context.listing):
         try:
             entry(task.options)
         except PieceWritten as written:

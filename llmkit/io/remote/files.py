@@ -23,6 +23,7 @@ from llmkit.io.core.source import TensorFile
 from llmkit.io.core.spec import TensorInfo
 from llmkit.io.hf.st_header import MAX_HEADER_BYTES, parse_header
 from llmkit.io.hf.stream import StreamFile
+from llmkit.io.remote.ranged import RangedSpans
 from llmkit.io.remote.reader import VerifiedReader
 from llmkit.io.remote.store import RemoteEntry, Store
 from llmkit.io.remote.url import RemotePath
@@ -47,11 +48,27 @@ class HeldStream(StreamFile):
         self._next = 0  # index in _order of the first tensor not passed yet
         self._held: dict[str, torch.Tensor] = {}
         self.unverified: str | None = None  # the source's line naming the files read without a digest
+        self.ranges: RangedSpans | None = None  # --ray: each tensor read by ranged requests instead
+
+    def read_by_range(self, store: Store) -> None:
+        """From now on, read each tensor on its own by ranged requests (any order; ``--ray``)."""
+        self.ranges = RangedSpans(store, self.reader.entry, self.infos, self._spans)
 
     def integrity_warning(self, values_read: bool = True) -> str | None:
         return self.unverified
 
+    def index(self, name: str) -> int | None:
+        return None if self.ranges is not None else super().index(name)
+
+    def read_to_end(self) -> None:
+        if self.ranges is not None:
+            self.ranges.read_to_end()  # the file read whole once, judged against its digest
+        else:
+            super().read_to_end()
+
     def get(self, name: str) -> torch.Tensor:
+        if self.ranges is not None:
+            return self.ranges.get(name)
         held = self._held.pop(name, None)
         if held is not None:
             return held

@@ -24,6 +24,7 @@ from llmkit.io.core.source import TensorFile, TensorSource
 from llmkit.io.hf.adapter_config import ADAPTER_CONFIG, AdapterInfo
 from llmkit.io.hf.names import BIN_INDEX, SAFETENSORS_INDEX
 from llmkit.io.remote.files import RemoteSafetensorsFile, RemoteTorchFile
+from llmkit.io.remote.ranged import check_listed, ranged
 from llmkit.io.remote.reader import read_verified
 from llmkit.io.remote.store import RemoteEntry, Store, open_store
 from llmkit.io.remote.url import as_remote_path
@@ -39,7 +40,9 @@ class RemoteSource(TensorSource):
 
     remote_files: list[RemoteFile]
     store: Store
+    url: str  # the store's URL pinned to what was listed (the hub: its commit)
     holds_skipped = True  # read in any order: what is passed is held (read_order.check_read_order)
+    ranged = False  # --ray: tensors read by ranged requests; read_to_end reads each file whole to judge it
 
     def stream_position(self, name: str) -> int | None:
         f = self.weight_map[name]
@@ -116,9 +119,14 @@ def open_remote(url: str) -> RemoteSource:
     try:
         side = _fetch_side_files(store, entries, folder)
         names, layout = _weight_names(store, entries, folder)
+        by_range = ranged()
+        if by_range:
+            check_listed(store.url, entries, names)
         for n in names:
             kind = RemoteSafetensorsFile if n.endswith(".safetensors") else RemoteTorchFile
             files.append(kind(store, entries[n], store.root / n))
+            if by_range:
+                (files[-1].raw if isinstance(files[-1], RemoteTorchFile) else files[-1]).read_by_range(store)
         unverified = store.unverified_line(names + side)  # no digest published (plain https://)
         for f in files:
             f.unverified = unverified
@@ -144,5 +152,5 @@ def open_remote(url: str) -> RemoteSource:
             f.close()
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    src.remote_files, src.store = files, store
+    src.remote_files, src.store, src.url, src.ranged = files, store, store.pinned_url, by_range
     return src
