@@ -189,6 +189,25 @@ def test_a_recipe_on_ray_fuses_its_tensor_steps_and_writes_the_one_process_bytes
 
 
 @pytest.mark.slow
+def test_a_recipe_step_ray_cannot_split_runs_in_this_process_and_says_why(cluster, tmp_path, hub_recipe):
+    """--to-meta: merge-lora + to-meta writes Meta .pth files, which Ray does not split; under recipe run
+    --ray that chain runs in the llmkit process, with a notice, and writes the one-process bytes."""
+    env, endpoint = hub_recipe
+    outs = {}
+    for tag, extra in (("one", []), ("ray", ["--ray", cluster])):
+        args = ["recipe", "run", "cutegpt-13b", "--workdir", tmp_path / tag, "--endpoint", endpoint, "--to-meta"]
+        r = llmkit_cli(*args, "--json", *extra, env=env)
+        assert r.returncode == 0, r.stderr
+        outs[tag] = json.loads(r.stdout)
+    texts = [n["text"] if isinstance(n, dict) else str(n) for n in outs["ray"]["notices"]]
+    assert any(t.startswith("ray: to-meta runs in this process: ") for t in texts), texts
+    one, ray = Path(outs["one"]["final"][-1]), Path(outs["ray"]["final"][-1])
+    assert sorted(p.name for p in ray.iterdir()) == sorted(p.name for p in one.iterdir())
+    for f in one.iterdir():
+        assert (ray / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+@pytest.mark.slow
 def test_a_recipe_refuses_an_input_url_with_ray(cluster, tmp_path):
     r = llmkit_cli(
         "recipe", "run", "cutegpt-13b", "--workdir", tmp_path / "w", "--ray", cluster,
