@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmkit.chain_hook import chain_hook
 from llmkit.errors import InputError
 from llmkit.io.core.source import TensorFile, TensorSource, supplying
 from llmkit.io.core.spec import TensorInfo
@@ -40,7 +41,6 @@ from llmkit.pipeline import (
     PlanReport,
     PlanResult,
     RunOptions,
-    chain_hook,
     open_plan_sink,
     plan_report,
 )

@@ -26,7 +26,6 @@ from __future__ import annotations
 import mmap
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -39,6 +38,7 @@ if TYPE_CHECKING:  # torch and the io layer load when a job runs, not when the C
     from llmkit.io.core.spec import TensorSpec
 
 
+from llmkit.chain_hook import current_chain
 from llmkit.read_order import check_read_order, run_order  # the runner orders tensors with these
 
 # progress(label, total_bytes) -> context manager yielding advance(nbytes); Output.progress fits.
@@ -328,45 +328,6 @@ def plan_rows(report: Any) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------ running a plan (execute: llmkit.runner)
 
 
-class ChainHook(Protocol):
-    """What :func:`run_plan` asks a running chain (``llmkit.chain``): the last stage's plan takes on the
-    chain's inputs and judgements (``absorb``); an inner stage's plan is handed over (``capture``)."""
-
-    @property
-    def at_last(self) -> bool: ...
-
-    def capture(self, plan: Plan, options: RunOptions, result_for: Callable[[PlanReport, Any], Any]) -> Any: ...
-
-    def absorb(self, plan: Plan) -> None: ...
-
-    @property
-    def entry(self) -> tuple[str, Any] | None:
-        """(job, options) that run the whole chain again (``llmkit.cluster.jobs``), or None: a Ray task
-        rebuilds the chain from it."""
-        ...
-
-    def inner_parts(self) -> list[dict[str, list[object]]]:
-        """In a Ray task: each inner stage's split-tap parts, filled as its tensors are computed."""
-        ...
-
-    def take_inner_parts(self, plan: Plan, order: list[str], parts: list[dict[str, list[object]]]) -> None:
-        """On the driver: each inner stage's split taps take the pieces' parts in the one-process order."""
-        ...
-
-
-_CHAIN: ContextVar[ChainHook | None] = ContextVar("llmkit_chain", default=None)
-
-
-@contextmanager
-def chain_hook(chain: ChainHook) -> Iterator[None]:
-    """Within the block, :func:`run_plan` runs plans as stages of ``chain``."""
-    token = _CHAIN.set(chain)
-    try:
-        yield
-    finally:
-        _CHAIN.reset(token)
-
-
 def run_plan(
     plan: Plan,
     options: RunOptions,
@@ -384,7 +345,7 @@ def run_plan(
     """
     from llmkit import cluster
 
-    chain = _CHAIN.get()
+    chain = current_chain()
     if chain is not None and not chain.at_last:  # an inner stage of a chain: its plan is the next stage's source
         return chain.capture(plan, options, result_for)
     if cluster.current_piece() is not None:  # inside a Ray task: write its one file, nothing else

@@ -27,7 +27,7 @@ import torch
 from common import one_error_line, only_error_line, tiny_state, tuned_state, write_hf, write_lora
 from ray_cluster import PY, cluster, free_port, llmkit_cli, ray_env, same_folder  # noqa: F401 (cluster: the fixture)
 
-from llmkit.cluster.ranges import crc32_combine
+from llmkit.cluster.crc import crc32_combine
 
 SHARD = "60KB"  # the tiny model's 21 tensors in 11 files: 11 tasks
 CKPT_RANGES = 2 * 2  # a .ckpt by byte range: two ranges per CPU of the 2-CPU cluster (21 tensors)

@@ -48,9 +48,9 @@ from llmkit.runner import Execution
 from llmkit.units import human_bytes
 
 if TYPE_CHECKING:
+    from llmkit.chain_hook import ChainHook
     from llmkit.io.core.sink import Sink
     from llmkit.io.core.writer import ShardSetWriter
-    from llmkit.pipeline import ChainHook
 
 MAX_RETRIES = 3  # a piece whose worker died is written again (same name, same bytes)
 CONNECT_SECONDS = 5

@@ -13,7 +13,7 @@ tensors' bytes at their offsets in the staged file (a shared filesystem), fsyncs
 size, sha256 (and for a ``.ckpt`` its CRC-32); the ledger beside the stage (``<stage>.ranges/N.json``)
 records each range's hash once its bytes are in, so a retry that hashes differently fails the job. A killed
 worker's retry rewrites the same bytes at the same offsets. When every range is back and checked, the driver
-writes the ``.ckpt``'s CRC trailer (``--crc``: the ranges' CRCs combined, :func:`crc32_combine`), fsyncs and
+writes the ``.ckpt``'s CRC trailer (``--crc``: the ranges' CRCs combined, :func:`llmkit.cluster.crc.crc32_combine`), fsyncs and
 renames. Encryption chains the file through AES blocks written front to back: refused
 (:func:`llmkit.cluster.driver.refusal`), as a split GGUF (a folder of files, each with its own header).
 """
@@ -281,6 +281,7 @@ def _check_range(done: RangeDone, task: RangeTask, ledger: Path) -> None:
 
 def _finish(path: Path, stage: Path, one: OneFile, dones: list[RangeDone]) -> None:
     """What needs every range: a .ckpt's CRC trailer (CRC-32 of all records), then the file's fsync."""
+    from llmkit.cluster.crc import crc32_combine
     from llmkit.io.mindspore.ckpt import CRC_MAGIC
 
     with writing(path), open(stage, "r+b") as f:
@@ -292,44 +293,6 @@ def _finish(path: Path, stage: Path, one: OneFile, dones: list[RangeDone]) -> No
             f.write(CRC_MAGIC + crc.to_bytes(10, "big"))
         f.flush()
         os.fsync(f.fileno())
-
-
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC-32 of A + B from ``crc1`` = crc32(A), ``crc2`` = crc32(B) and ``len2`` = len(B) (zlib's
-    ``crc32_combine``, which Python's zlib does not expose): crc1 shifted through len2 zero bytes, xor crc2."""
-    if len2 <= 0:
-        return crc1
-    odd = [0xEDB88320] + [1 << n for n in range(31)]  # the operator for one zero bit
-    even = _gf2_square(odd)  # two zero bits
-    odd = _gf2_square(even)  # four zero bits
-    while True:
-        even = _gf2_square(odd)
-        if len2 & 1:
-            crc1 = _gf2_times(even, crc1)
-        len2 >>= 1
-        if not len2:
-            break
-        odd = _gf2_square(even)
-        if len2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
-    return crc1 ^ crc2
-
-
-def _gf2_times(mat: list[int], vec: int) -> int:
-    out, i = 0, 0
-    while vec:
-        if vec & 1:
-            out ^= mat[i]
-        vec >>= 1
-        i += 1
-    return out
-
-
-def _gf2_square(mat: list[int]) -> list[int]:
-    return [_gf2_times(mat, mat[n]) for n in range(32)]
 
 
 # ------------------------------------------------------------------ the task

@@ -30,8 +30,9 @@ from llmkit.io.core.spec import TensorSpec
 if TYPE_CHECKING:
     import torch
 
+    from llmkit.chain_hook import ChainHook
     from llmkit.cluster.ranges import RangeTask
-    from llmkit.pipeline import ChainHook, Plan
+    from llmkit.pipeline import Plan
 
 HOLD_ENV = "LLMKIT_TEST_HOLD_PIECE"  # tests only: a folder; piece 0's first attempt records its PID there and waits
 HOLD_SECONDS = 300
