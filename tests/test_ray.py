@@ -19,6 +19,7 @@ import signal
 import subprocess
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -180,19 +181,23 @@ def test_dry_run_on_ray_lists_the_byte_ranges_of_a_ckpt(cluster, models, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
-def test_a_worker_killed_mid_range_is_retried_to_the_same_ckpt(cluster, models, tmp_path):
-    assert llmkit_cli(*_ckpt_args(models, tmp_path / "one.ckpt", "--crc")).returncode == 0
-    proc, worker = _held_run(
-        tmp_path, [*_ckpt_args(models, tmp_path / "ray.ckpt", "--crc"), "--ray", cluster]
-    )  # range 0 holds once its first tensor is written
+def killed_range_gives_the_same_file(tmp_path: Path, cluster: str, args_to: Callable[[Path], list], suffix: str):
+    """``llmkit ARGS`` into ``one<suffix>``, then with ``--ray`` into ``ray<suffix>`` while range 0's worker is
+    SIGKILLed once its first tensor is written: Ray's retry gives the same bytes, nothing else is left."""
+    assert llmkit_cli(*args_to(tmp_path / f"one{suffix}")).returncode == 0
+    proc, worker = _held_run(tmp_path, [*args_to(tmp_path / f"ray{suffix}"), "--ray", cluster])
     assert worker != proc.pid
-    assert len(list(tmp_path.glob(".ray.ckpt.llmkit-stage-*"))) == 2  # the staged file and its ledger
+    assert len(list(tmp_path.glob(f".ray{suffix}.llmkit-stage-*"))) == 2  # the staged file and its ledger
     os.kill(worker, signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert (tmp_path / "ray.ckpt").read_bytes() == (tmp_path / "one.ckpt").read_bytes()
-    assert not list(tmp_path.glob(".ray.ckpt*"))
+    assert (tmp_path / f"ray{suffix}").read_bytes() == (tmp_path / f"one{suffix}").read_bytes()
+    assert not list(tmp_path.glob(f".ray{suffix}*"))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_range_is_retried_to_the_same_ckpt(cluster, models, tmp_path):
+    killed_range_gives_the_same_file(tmp_path, cluster, lambda out: _ckpt_args(models, out, "--crc"), ".ckpt")
 
 
 def test_an_encrypted_ckpt_on_ray_is_refused_in_one_line(run_cli, models, tmp_path):

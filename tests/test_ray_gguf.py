@@ -12,8 +12,6 @@ On the 2-CPU head the tensors are cut into 2 ranges per CPU: 4 ranges. The model
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -93,19 +91,11 @@ def test_merge_lora_format_gguf_on_ray_is_the_one_process_file(cluster, model, t
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_range_is_retried_to_the_same_gguf(cluster, model, tmp_path):
-    from test_ray import _held_run
+    from test_ray import killed_range_gives_the_same_file
 
-    assert llmkit_cli(*_gguf_args(model, tmp_path / "one.gguf", "--outtype", "q8_0")).returncode == 0
-    proc, worker = _held_run(
-        tmp_path, [*_gguf_args(model, tmp_path / "ray.gguf", "--outtype", "q8_0"), "--ray", cluster]
-    )  # range 0 holds once its first tensor is written
-    assert worker != proc.pid
-    assert len(list(tmp_path.glob(".ray.gguf.llmkit-stage-*"))) == 2  # the staged file and its ledger
-    os.kill(worker, signal.SIGKILL)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    assert (tmp_path / "ray.gguf").read_bytes() == (tmp_path / "one.gguf").read_bytes()
-    assert not list(tmp_path.glob(".ray.gguf*"))
+    killed_range_gives_the_same_file(
+        tmp_path, cluster, lambda out: _gguf_args(model, out, "--outtype", "q8_0"), ".gguf"
+    )
 
 
 @pytest.mark.slow

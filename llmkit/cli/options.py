@@ -258,13 +258,14 @@ def reads_remote(command: Callable[..., None]) -> Callable[..., None]:
     return _with_keyword(command, "endpoint", ModelEndpointOpt, _endpoint_context)
 
 
+def _ray_option(help: str) -> Any:
+    return typer.Option("--ray", metavar="ADDRESS", rich_help_panel=PERFORMANCE, help=help)
+
+
 RayOpt = Annotated[
     str | None,
-    typer.Option(
-        "--ray",
-        metavar="ADDRESS",
-        rich_help_panel=PERFORMANCE,
-        help="Write the output files as Ray tasks on the cluster at ADDRESS: auto (RAY_ADDRESS, else the cluster "
+    _ray_option(
+        "Write the output files as Ray tasks on the cluster at ADDRESS: auto (RAY_ADDRESS, else the cluster "
         "running on this machine) or HOST:PORT. The output folder must be on a filesystem every node shares, the "
         "inputs there too or at hf://, s3:// or https:// URLs every node can read; needs pip install "
         "'llmkit[ray]' (docs/scaling.md).",
@@ -286,11 +287,8 @@ def runs_on_ray(command: Callable[..., None]) -> Callable[..., None]:
 
 RecipeRayOpt = Annotated[
     str | None,
-    typer.Option(
-        "--ray",
-        metavar="ADDRESS",
-        rich_help_panel=PERFORMANCE,
-        help="Run each tensor step (a fused chain too) as Ray tasks on the cluster at ADDRESS: auto (RAY_ADDRESS, "
+    _ray_option(
+        "Run each tensor step (a fused chain too) as Ray tasks on the cluster at ADDRESS: auto (RAY_ADDRESS, "
         "else the cluster running on this machine) or HOST:PORT. Downloads and the steps Ray cannot split run in "
         "this process, as the output says; the hub inputs are downloaded, not streamed. The work folder and the "
         "inputs must be on a filesystem every node shares; needs pip install 'llmkit[ray]' (docs/scaling.md).",
