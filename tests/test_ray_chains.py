@@ -180,6 +180,8 @@ def test_a_recipe_on_ray_fuses_its_tensor_steps_and_writes_the_one_process_bytes
         r = llmkit_cli(*args, *extra, env=env)
         assert r.returncode == 0, r.stderr
         outs[tag] = json.loads(r.stdout)
+    texts = [n["text"] if isinstance(n, dict) else str(n) for n in outs["ray"]["notices"]]
+    assert f"ray: tensor steps run as Ray tasks on {cluster} (2 CPUs on 1 node(s))" in " ".join(texts), texts
     ran = {s["id"]: s for s in outs["ray"]["steps"]}
     assert any(s["job"] == "chain" for s in ran.values()), ran
     assert any(s["job"] == "download" for s in ran.values())  # under --ray the hub inputs are local copies
@@ -217,6 +219,17 @@ def test_a_recipe_refuses_an_input_url_with_ray(cluster, tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) <= 2 and "--input kw-cutegpt-13b-base=URL streams that input" in r.stderr, r.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_a_recipe_on_ray_checks_the_cluster_before_the_first_download(tmp_path):
+    from ray_cluster import free_port
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    hub = f"http://127.0.0.1:{free_port()}"  # nor there: were the hub listed first, this test would fail
+    r = llmkit_cli("recipe", "run", "cutegpt-13b", "--workdir", tmp_path / "w", "--endpoint", hub, "--ray", address)
+    assert r.returncode == 2, r.stderr
+    assert f"no Ray cluster answers at {address}" in r.stderr, r.stderr
+    assert not (tmp_path / "w").exists()  # nothing was downloaded
 
 
 @pytest.fixture

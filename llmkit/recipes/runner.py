@@ -146,6 +146,10 @@ def _run_recipe(options: RecipeOptions, progress: ProgressFactory | None) -> Rec
     _check_inputs(recipe, options, progress)
     workdir = Path(options.workdir)
     on_ray = current_address() is not None
+    if on_ray and not options.dry_run:  # before anything is listed or downloaded: no cluster is one line now
+        from llmkit.cluster.driver import connect
+
+        connect(str(current_address()))
     if on_ray and options.inputs:
         raise InputError(
             f"--input {next(iter(options.inputs))}=URL streams that input, and --ray tasks read theirs from a "
@@ -171,6 +175,8 @@ def _run_recipe(options: RecipeOptions, progress: ProgressFactory | None) -> Rec
         _refuse_foreign_outputs(steps, resolved, to_run, manifest)
     result = _planned_result(recipe, options, steps, resolved, to_run, stale + _streaming(streamed), remote)
     result.streamed = {s.name: s.url for s in streamed}
+    if on_ray:
+        result.notices += _ray_notices(options.dry_run)
     if options.dry_run:
         return result
     if prints.renewed:
@@ -195,6 +201,22 @@ def _run_recipe(options: RecipeOptions, progress: ProgressFactory | None) -> Rec
     result.output = result.final[-1] if result.final else None
     result.seconds = round(time.perf_counter() - started, 3)
     return result
+
+
+def _ray_notices(dry_run: bool) -> list[Notice]:
+    """Under ``--ray``: what runs where, and the cluster's CPUs (a dry run: or why it is unknown)."""
+    from llmkit.cluster import driver
+
+    address = current_address()
+    assert address is not None
+    cpus, nodes, why = driver.cluster_cpus(address)
+    at = f"{int(cpus)} CPUs on {nodes} node(s)" if cpus is not None else f"unknown ({why})"
+    return [
+        Notice.info(
+            f"ray: tensor steps run as Ray tasks on {address} ({at}); downloads, checks and the steps Ray "
+            "does not split run in this process"
+        )
+    ]
 
 
 def _planned_result(
