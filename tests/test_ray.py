@@ -140,6 +140,28 @@ def test_the_driver_killed_leaves_nothing_final_and_a_rerun_succeeds(cluster, mo
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ray.")]  # the dead run's stage removed
 
 
+@pytest.mark.slow
+def test_a_rerun_after_a_killed_driver_keeps_the_pieces_it_finished(cluster, models, tmp_path):
+    """The driver SIGKILLed once 3 pieces are recorded: the re-run keeps those (read again against their
+    recorded sha256), writes the rest, and the output is the one-process output."""
+    assert llmkit_cli(*_recover_args(models, tmp_path / "one")).returncode == 0
+    proc, _worker = _held_run(tmp_path, [*_recover_args(models, tmp_path / "ray"), "--ray", cluster])
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob(".ray.llmkit-stage-*/.llmkit-pieces/[0-9]*.json"))) < 3:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.kill()
+    proc.communicate(timeout=60)
+    r = llmkit_cli(*_recover_args(models, tmp_path / "ray"), "--ray", cluster, "--json")
+    assert r.returncode == 0, r.stderr
+    resumed = [c for c in json.loads(r.stdout)["checks"] if c["name"] == "ray resume"]
+    assert resumed and resumed[0]["status"] == "info", json.loads(r.stdout)["checks"]
+    kept = int(resumed[0]["detail"].split(" of ")[0])
+    assert 3 <= kept < 11, resumed  # piece 0 was held: never finished
+    same_folder(tmp_path / "one", tmp_path / "ray")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ray.")]  # no stage, no salvage left
+
+
 # ------------------------------------------------------------------ one file (.ckpt) by byte range
 
 

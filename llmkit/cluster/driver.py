@@ -282,29 +282,35 @@ def _run(job: Job, sink: Sink, address: str, progress: ProgressFactory | None) -
     start, plan = time.perf_counter(), job.plan
     writer = _writer(sink)
     ray = connect(address)
+    from llmkit.cluster import resume
+
+    if resume.resumable(job):
+        writer._staging.salvage = resume.salvage  # type: ignore[attr-defined]  # a StagedFolder (_writer)
     with writer:
         carry_side_files(plan, sink)
         stage = writer.stage_folder
         assert stage is not None
         (stage / PIECE_DIR).mkdir()
-        tasks = _tasks(job, writer, stage)
+        kept = resume.kept_pieces(job, writer, stage)
+        tasks = {t.index: t for t in _tasks(job, writer, stage) if t.index not in kept}
         memory = task_memory(ray, plan)
         remote = ray.remote(write_piece_task).options(
             max_retries=MAX_RETRIES, retry_exceptions=False, num_cpus=1, **({"memory": memory} if memory else {})
         )
         checks_of_inputs = job.submit_input_checks(ray)
-        refs = {remote.remote(t): t for t in tasks}
+        refs = {remote.remote(t): t for t in tasks.values()}
         parts: dict[str, list[object]] = {}
         inner: list[dict[str, list[object]]] = []
         total = sum(s.nbytes for s in plan.specs)
         with (progress or no_progress)(plan.label, total) as advance:
+            advance(sum(s.nbytes for i in kept for s in writer.shards[i].specs))
             for done in gathered(ray, refs):
                 _adopt(writer, stage, done, tasks[done.index])
                 parts.update(done.parts)
                 merge_inner(inner, done.inner)
                 advance(sum(s.nbytes for s in tasks[done.index].specs))
         wait_for(ray, checks_of_inputs)
-        checks = job.judged(sink, parts, inner)
+        checks = job.judged(sink, parts, inner) + resume.kept_check(kept, len(writer.shards))
         shutil.rmtree(stage / PIECE_DIR)
     return Execution(list(writer.files), checks, round(time.perf_counter() - start, 3))
 

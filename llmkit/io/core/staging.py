@@ -235,6 +235,7 @@ class _Staged:
 
     remote = False
     scratch: Path | None = None
+    salvage: Callable[[Path], None] | None = None  # under the claim, before dead stages go (llmkit.cluster.resume)
 
     def __init__(self, target: Path, force: bool):
         self.target = Path(target)
@@ -275,6 +276,8 @@ class _Staged:
         self.claim.acquire()
         try:
             self.check()
+            if self.salvage is not None:
+                self.salvage(self.target)
             self.leftovers = remove_leftovers(self.target)
             self._make_stage()
         except BaseException:
