@@ -82,6 +82,9 @@ def ray_head(**env: str) -> Iterator[str]:
     head = [PY, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1"]
     head += ["--port", str(port), "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]
     head += ["--temp-dir", str(temp)]
+    scratch = temp / "tmp"  # the workers' TMPDIR: what a SIGKILLed worker leaves goes with the cluster
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch), **env}
     proc = subprocess.Popen(head, env=ray_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     try:
