@@ -63,16 +63,21 @@ def check_listed(url: str, entries: dict[str, RemoteEntry], names: list[str]) ->
             )
 
 
-def listing(sources: list[object]) -> Listing:
-    """URL -> weight file -> (size, digest) of every ranged remote source in ``sources`` (the driver's)."""
-    out: Listing = {}
+def ranged_entries(sources: list[object]) -> Iterator[tuple[Store, RemoteEntry]]:
+    """(store, entry) of every file of ``sources`` (remote sources) read by range."""
     for src in sources:
-        url = getattr(getattr(src, "store", None), "url", None)  # as given: a task lists it again
+        store = getattr(src, "store", None)
         for f in getattr(src, "remote_files", []):
-            raw = getattr(f, "raw", f)
-            spans = getattr(raw, "ranges", None)
-            if url is not None and spans is not None:
-                out.setdefault(url, {})[spans.entry.name] = (spans.entry.size, spans.entry.digest)
+            spans = getattr(getattr(f, "raw", f), "ranges", None)  # a torch zip reads through its storages'
+            if store is not None and spans is not None:
+                yield store, spans.entry
+
+
+def listing(sources: list[object]) -> Listing:
+    """URL (as given: a task lists it again) -> weight file -> (size, digest) of every ranged remote file."""
+    out: Listing = {}
+    for store, entry in ranged_entries(sources):
+        out.setdefault(store.url, {})[entry.name] = (entry.size, entry.digest)
     return out
 
 
@@ -143,11 +148,4 @@ def verify_file(task: VerifyFile) -> str:
 
 def verifications(sources: list[object], endpoint: str | None) -> list[VerifyFile]:
     """One :class:`VerifyFile` per ranged remote weight file of ``sources`` that publishes a digest."""
-    out: list[VerifyFile] = []
-    for src in sources:
-        url = getattr(src, "url", None)
-        for f in getattr(src, "remote_files", []):
-            spans = getattr(getattr(f, "raw", f), "ranges", None)
-            if url is not None and spans is not None and spans.entry.digest is not None:
-                out.append(VerifyFile(url, endpoint, spans.entry))
-    return out
+    return [VerifyFile(store.pinned_url, endpoint, e) for store, e in ranged_entries(sources) if e.digest is not None]

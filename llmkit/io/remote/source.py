@@ -40,7 +40,6 @@ class RemoteSource(TensorSource):
 
     remote_files: list[RemoteFile]
     store: Store
-    url: str  # the store's URL pinned to what was listed (the hub: its commit)
     holds_skipped = True  # read in any order: what is passed is held (read_order.check_read_order)
     ranged = False  # --ray: tensors read by ranged requests; read_to_end reads each file whole to judge it
 
@@ -152,5 +151,5 @@ def open_remote(url: str) -> RemoteSource:
             f.close()
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    src.remote_files, src.store, src.url, src.ranged = files, store, store.pinned_url, by_range
+    src.remote_files, src.store, src.ranged = files, store, by_range
     return src
