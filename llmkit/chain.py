@@ -44,6 +44,7 @@ from llmkit.pipeline import (
     open_plan_sink,
     plan_report,
 )
+from llmkit.read_order import leaf_reads
 
 if TYPE_CHECKING:
     import torch
@@ -286,18 +287,8 @@ class _Chain:
 
 def _reads_from(plan: Plan, names: list[str], source: PlanSource) -> list[str]:
     """The tensors of ``source`` that producing ``names`` (in order) reads, in the order first read."""
-    seen: dict[str, None] = {}
-    for name in names:
-        todo = list(plan.reads(name))
-        while todo:
-            src, key = todo.pop(0)
-            if src is source:
-                seen.setdefault(key, None)
-                continue
-            inner = src.expand_reads(key)
-            if inner != [(src, key)]:
-                todo[:0] = inner
-    return list(seen)
+    read = (key for n in names for src, key in leaf_reads(plan, n, stop=source) if src is source)
+    return list(dict.fromkeys(read))
 
 
 def _file_bytes(plan: Plan) -> int:

@@ -17,18 +17,28 @@ if TYPE_CHECKING:
     from llmkit.pipeline import Plan
 
 
-def leaf_reads(plan: Plan, name: str) -> list[tuple[TensorSource, str]]:
-    """What producing ``name`` reads in the end: ``plan.reads(name)``, through every plan read as a source."""
+def leaf_reads(plan: Plan, name: str, *, stop: TensorSource | None = None) -> list[tuple[TensorSource, str]]:
+    """What producing ``name`` reads in the end: ``plan.reads(name)``, through every plan read as a source
+    (but ``stop``, a plan read as a source, counts as a leaf: what is read of it)."""
     leaves: list[tuple[TensorSource, str]] = []
     todo = list(plan.reads(name))
     while todo:
         src, key = todo.pop(0)
-        inner = src.expand_reads(key)
+        inner = [(src, key)] if src is stop else src.expand_reads(key)
         if inner != [(src, key)]:
             todo[:0] = inner
         else:
             leaves.append((src, key))
     return leaves
+
+
+def leaf_sources(plan: Plan) -> list[TensorSource]:
+    """Every source the plan reads in the end (:func:`leaf_reads` of every tensor), each once, in first-read order."""
+    found: dict[int, TensorSource] = {}
+    for spec in plan.specs:
+        for src, _ in leaf_reads(plan, spec.name):
+            found.setdefault(id(src), src)
+    return list(found.values())
 
 
 def run_order(plan: Plan, sink: Sink) -> list[str]:

@@ -43,7 +43,7 @@ from llmkit.pipeline import (
     open_plan_sink,
     planned_result,
 )
-from llmkit.read_order import leaf_reads, run_order
+from llmkit.read_order import leaf_reads, leaf_sources, run_order
 from llmkit.runner import Execution
 from llmkit.units import human_bytes
 
@@ -169,12 +169,7 @@ class Job:
 
 def remote_inputs(plan: Plan) -> list[Any]:
     """The remote sources ``plan`` reads by range (``--ray``), each once."""
-    found: dict[int, Any] = {}
-    for spec in plan.specs:
-        for src, _ in leaf_reads(plan, spec.name):
-            if getattr(src, "ranged", False):
-                found[id(src)] = src
-    return list(found.values())
+    return [src for src in leaf_sources(plan) if getattr(src, "ranged", False)]
 
 
 def wait_for(ray: Any, refs: dict[Any, Any]) -> None:

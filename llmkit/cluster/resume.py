@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from llmkit.io.core.pieces import PIECE_DIR, sha256_file
 from llmkit.io.core.staging import STAGE_MARK
 from llmkit.pipeline import Check
-from llmkit.read_order import leaf_reads
+from llmkit.read_order import leaf_sources
 
 if TYPE_CHECKING:
     from llmkit.cluster.driver import Job
@@ -48,13 +48,12 @@ def fingerprint(job: Job, writer: ShardSetWriter) -> str:
     fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name not in _RUN_FIELDS}
     pieces = [[sh.name, [[s.name, str(s.dtype), list(s.shape)] for s in sh.specs]] for sh in writer.shards]
     seen: dict[str, list[int]] = {}
-    for spec in job.plan.specs:
-        for src, _ in leaf_reads(job.plan, spec.name):
-            for f in getattr(src, "files", []):
-                path = getattr(f, "path", None)
-                if path is not None and str(path) not in seen and os.path.exists(path):
-                    st = os.stat(path)
-                    seen[str(path)] = [st.st_size, st.st_mtime_ns, st.st_ino]
+    for src in leaf_sources(job.plan):
+        for f in getattr(src, "files", []):
+            path = getattr(f, "path", None)
+            if path is not None and str(path) not in seen and os.path.exists(path):
+                st = os.stat(path)
+                seen[str(path)] = [st.st_size, st.st_mtime_ns, st.st_ino]
     doc = {"entry": entry, "options": fields, "pieces": pieces, "files": seen, "remote": job.context.listing}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
