@@ -356,10 +356,14 @@ def run_plan(
         chain.absorb(plan)
     if cluster.current_address() is not None:
         from llmkit.cluster.driver import refusal, run_on_ray
+        from llmkit.errors import InputError
 
         why = refusal(plan, options, chain)
-        if why is None or not cluster.falls_back():
+        if why is None:
             return run_on_ray(plan, options, result_for, progress, chain=chain)
+        if not cluster.falls_back():
+            with plan:
+                raise InputError(why, path=plan.output, hint="run without --ray")
         plan.notices.append(Notice.info(f"ray: {plan.job} runs in this process: {why}"))
     with plan:
         sink = open_plan_sink(plan, force=options.force)  # checks only: nothing is created or read yet
