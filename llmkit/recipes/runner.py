@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit.cluster import current_address
 from llmkit.errors import CheckFailed, DiskSpaceError, InputError, OutputExistsError
 from llmkit.io.remote.store import hub_endpoint
 from llmkit.io.remote.url import remote_url
@@ -33,6 +32,7 @@ from llmkit.recipes.fingerprint import Fingerprints
 from llmkit.recipes.fusion import fuse
 from llmkit.recipes.jobs import JOBS, build_options, call, command_line
 from llmkit.recipes.manifest import Manifest, StepRecord
+from llmkit.recipes.on_ray import checked_for_ray, ray_notices
 from llmkit.recipes.planning import input_paths, output_path, plan_run, resolve
 from llmkit.recipes.remote import RemotePrints, Streamed, pin, stream_inputs, urls_in
 from llmkit.recipes.selection import active_steps, switches
@@ -145,17 +145,7 @@ def _run_recipe(options: RecipeOptions, progress: ProgressFactory | None) -> Rec
     started = time.perf_counter()
     _check_inputs(recipe, options, progress)
     workdir = Path(options.workdir)
-    on_ray = current_address() is not None
-    if on_ray and not options.dry_run:  # before anything is listed or downloaded: no cluster is one line now
-        from llmkit.cluster.driver import connect
-
-        connect(str(current_address()))
-    if on_ray and options.inputs:
-        raise InputError(
-            f"--input {next(iter(options.inputs))}=URL streams that input, and --ray tasks read theirs from a "
-            "filesystem every node shares",
-            hint="drop --input (the recipe downloads it into the work folder) or --ray",
-        )
+    on_ray = checked_for_ray(options.inputs, dry_run=options.dry_run)
     active, streamed = stream_inputs(
         active_steps(recipe, switches(options)),
         options.inputs,
@@ -176,7 +166,7 @@ def _run_recipe(options: RecipeOptions, progress: ProgressFactory | None) -> Rec
     result = _planned_result(recipe, options, steps, resolved, to_run, stale + _streaming(streamed), remote)
     result.streamed = {s.name: s.url for s in streamed}
     if on_ray:
-        result.notices += _ray_notices(options.dry_run)
+        result.notices += ray_notices()
     if options.dry_run:
         return result
     if prints.renewed:
@@ -201,22 +191,6 @@ def _run_recipe(options: RecipeOptions, progress: ProgressFactory | None) -> Rec
     result.output = result.final[-1] if result.final else None
     result.seconds = round(time.perf_counter() - started, 3)
     return result
-
-
-def _ray_notices(dry_run: bool) -> list[Notice]:
-    """Under ``--ray``: what runs where, and the cluster's CPUs (a dry run: or why it is unknown)."""
-    from llmkit.cluster import driver
-
-    address = current_address()
-    assert address is not None
-    cpus, nodes, why = driver.cluster_cpus(address)
-    at = f"{int(cpus)} CPUs on {nodes} node(s)" if cpus is not None else f"unknown ({why})"
-    return [
-        Notice.info(
-            f"ray: tensor steps run as Ray tasks on {address} ({at}); downloads, checks and the steps Ray "
-            "does not split run in this process"
-        )
-    ]
 
 
 def _planned_result(
